@@ -1,0 +1,74 @@
+use super::*;
+use crate::parse_bootstrap;
+
+fn errors(yaml: &str) -> Vec<String> {
+    let b = parse_bootstrap(yaml).expect("parses");
+    match validate(&b) {
+        Ok(()) => vec![],
+        Err(e) => e.iter().map(ToString::to_string).collect(),
+    }
+}
+
+const GOOD: &str = r#"
+listeners:
+  - { name: in, address: "127.0.0.1:4140", routes: [api] }
+routes:
+  - name: api
+    match: { host: "*.example.com", path_prefix: /api, methods: [GET] }
+    backends: [{ cluster: a, weight: 9 }, { cluster: b }]
+clusters:
+  - { name: a, endpoints: [{ address: "127.0.0.1:8081" }] }
+  - { name: b, endpoints: [{ address: "localhost:8082" }] }
+"#;
+
+#[test]
+fn good_config_passes() {
+    assert_eq!(errors(GOOD), Vec::<String>::new());
+}
+
+#[test]
+fn dangling_cluster_is_named() {
+    let bad = GOOD.replace("{ cluster: b }", "{ cluster: x }");
+    assert_eq!(errors(&bad), vec![r#"routes[api].backends[1].cluster: no cluster named "x""#]);
+}
+
+#[test]
+fn dangling_route_is_named() {
+    let bad = GOOD.replace("routes: [api]", "routes: [api, nope]");
+    assert_eq!(errors(&bad), vec![r#"listeners[in].routes[1]: no route named "nope""#]);
+}
+
+#[test]
+fn duplicate_names_and_addresses() {
+    let bad = GOOD.replace(
+        "  - { name: in, address: \"127.0.0.1:4140\", routes: [api] }",
+        "  - { name: in, address: \"127.0.0.1:4140\", routes: [api] }\n  - { name: in, address: \"127.0.0.1:4140\", routes: [api] }",
+    );
+    let e = errors(&bad);
+    assert!(e.iter().any(|e| e.contains("listeners[in].name")), "{e:?}");
+    assert!(e.iter().any(|e| e.contains("is used by another listener")), "{e:?}");
+}
+
+#[test]
+fn bad_values() {
+    let bad = GOOD
+        .replace("path_prefix: /api", "path_prefix: api")
+        .replace("*.example.com", "a*b")
+        .replace("[GET]", "[\"G T\"]")
+        .replace("127.0.0.1:8081", "not-an-address");
+    let e = errors(&bad);
+    for want in [
+        "routes[api].match.path_prefix",
+        "routes[api].match.host",
+        "routes[api].match.methods[0]",
+        "clusters[a].endpoints[0].address",
+    ] {
+        assert!(e.iter().any(|e| e.starts_with(want)), "missing {want} in {e:?}");
+    }
+}
+
+#[test]
+fn tcp_listener_needs_cluster() {
+    let bad = GOOD.replace("routes: [api] }", "protocol: tcp }");
+    assert_eq!(errors(&bad), vec!["listeners[in].cluster: a tcp listener needs a cluster"]);
+}

@@ -1,0 +1,148 @@
+//! The runtime config: an immutable [`Snapshot`] compiled from validated `trellis-api`
+//! resources. Requests read it through one `ArcSwap` load; a reload builds a new one off the
+//! hot path (reusing endpoint pools and route lifetimes that carry over) and swaps it in.
+
+use crate::http::route::{Life, Route};
+use crate::telemetry::RouteMetrics;
+use crate::upstream::Cluster;
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+use trellis_api::{self as api, Bootstrap, ListenerProtocol};
+
+/// Why a config could not be loaded or applied.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Parse(#[from] api::ParseError),
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<api::ValidationError>),
+    #[error("{0}")]
+    Build(String),
+}
+
+/// Reads, parses and validates a bootstrap file.
+pub fn load(path: &Path) -> Result<Bootstrap, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    let b = api::parse_bootstrap(&text)?;
+    api::validate(&b).map_err(ConfigError::Invalid)?;
+    Ok(b)
+}
+
+/// Everything a request or connection needs, as of one config version.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub version: u64,
+    pub source: Arc<Bootstrap>,
+    pub listeners: Vec<Arc<Listener>>,
+    pub clusters: HashMap<String, Arc<Cluster>>,
+    pub drain_timeout: Duration,
+}
+
+/// A listener's runtime view.
+#[derive(Debug)]
+pub struct Listener {
+    pub name: Arc<str>,
+    pub addr: SocketAddr,
+    pub spec: api::Listener,
+    /// HTTP listeners: routes in match order.
+    pub routes: Vec<Arc<Route>>,
+    /// TCP listeners: where connections go.
+    pub tcp_cluster: Option<Arc<Cluster>>,
+    /// Counts requests no route matched.
+    pub no_route: RouteMetrics,
+}
+
+impl Listener {
+    pub fn header_timeout(&self) -> Duration {
+        self.spec.header_timeout.unwrap_or(api::DEFAULT_HEADER_TIMEOUT).get()
+    }
+    pub fn max_header_bytes(&self) -> usize {
+        self.spec.max_header_bytes.unwrap_or(api::DEFAULT_MAX_HEADER_BYTES) as usize
+    }
+}
+
+impl Snapshot {
+    /// The listener named `name`.
+    pub fn listener(&self, name: &str) -> Option<&Arc<Listener>> {
+        self.listeners.iter().find(|l| &*l.name == name)
+    }
+
+    /// Route lifetimes present here but not in `next`: the routes a reload removes.
+    pub fn removed_routes(&self, next: &Snapshot) -> Vec<Arc<Life>> {
+        self.listeners
+            .iter()
+            .flat_map(|l| l.routes.iter().map(move |r| (l, r)))
+            .filter(|(l, r)| next.route_life(&l.name, &r.name).is_none())
+            .map(|(_, r)| r.life.clone())
+            .collect()
+    }
+
+    fn route_life(&self, listener: &str, route: &str) -> Option<&Arc<Life>> {
+        self.listener(listener)?.routes.iter().find(|r| &*r.name == route).map(|r| &r.life)
+    }
+}
+
+/// Compiles a validated bootstrap. `prev` lends the endpoint pools and route lifetimes that
+/// carry over; `workers` sizes the per-worker pools.
+pub fn build(b: Bootstrap, prev: Option<&Snapshot>, workers: usize, version: u64) -> Result<Snapshot, ConfigError> {
+    let mut clusters = HashMap::with_capacity(b.clusters.len());
+    for c in &b.clusters {
+        let mut addrs = Vec::with_capacity(c.endpoints.len());
+        for (i, e) in c.endpoints.iter().enumerate() {
+            let addr = resolve(&e.address).ok_or_else(|| {
+                ConfigError::Build(format!(
+                    "clusters[{}].endpoints[{i}].address: cannot resolve \"{}\"",
+                    c.name, e.address
+                ))
+            })?;
+            addrs.push((addr, e));
+        }
+        let old = prev.and_then(|p| p.clusters.get(&c.name)).map(|c| &**c);
+        clusters.insert(c.name.clone(), Arc::new(Cluster::build(c, addrs, old, workers)));
+    }
+    let routes_by_name: HashMap<&str, &api::Route> = b.routes.iter().map(|r| (r.name.as_str(), r)).collect();
+    let mut listeners = Vec::with_capacity(b.listeners.len());
+    for l in &b.listeners {
+        let addr: SocketAddr =
+            l.address.parse().map_err(|_| ConfigError::Build(format!("listeners[{}].address: not IP:PORT", l.name)))?;
+        let mut routes = Vec::with_capacity(l.routes.len());
+        for name in &l.routes {
+            let spec = routes_by_name.get(name.as_str()).ok_or_else(|| {
+                ConfigError::Build(format!("listeners[{}].routes: no route named \"{name}\"", l.name))
+            })?;
+            let life = prev.and_then(|p| p.route_life(&l.name, name)).cloned().unwrap_or_default();
+            routes.push(Arc::new(Route::build(&l.name, spec, &clusters, life).map_err(ConfigError::Build)?));
+        }
+        let tcp_cluster = match (l.protocol, &l.cluster) {
+            (ListenerProtocol::Tcp, Some(c)) => Some(clusters.get(c).cloned().ok_or_else(|| {
+                ConfigError::Build(format!("listeners[{}].cluster: no cluster named \"{c}\"", l.name))
+            })?),
+            _ => None,
+        };
+        listeners.push(Arc::new(Listener {
+            name: l.name.as_str().into(),
+            addr,
+            spec: l.clone(),
+            routes,
+            tcp_cluster,
+            no_route: RouteMetrics::new(&l.name, "", ""),
+        }));
+    }
+    Ok(Snapshot {
+        version,
+        drain_timeout: b.drain_timeout.unwrap_or(api::DEFAULT_DRAIN_TIMEOUT).get(),
+        source: Arc::new(b),
+        listeners,
+        clusters,
+    })
+}
+
+fn resolve(addr: &str) -> Option<SocketAddr> {
+    addr.parse().ok().or_else(|| addr.to_socket_addrs().ok()?.next())
+}

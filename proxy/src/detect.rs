@@ -1,0 +1,63 @@
+//! Protocol sniffing on a fresh connection: an HTTP/2 client with prior knowledge opens
+//! with the 24-byte preface; anything else is treated as HTTP/1.x. Peeking leaves the
+//! bytes in the socket for the HTTP server to read.
+
+use std::io;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What the client speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// Peeks until the protocol is known. `Ok(None)` when the client closed or sent nothing
+/// before `timeout`.
+pub async fn sniff(stream: &TcpStream, timeout: Duration) -> io::Result<Option<Protocol>> {
+    let deadline = Instant::now() + timeout;
+    let mut buf = [0u8; 24];
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Ok(r) => r?,
+            Err(_) => return Ok(None),
+        };
+        if n == 0 {
+            return Ok(None);
+        }
+        match classify(&buf[..n]) {
+            Some(p) => return Ok(Some(p)),
+            // A prefix of the preface: wait for more bytes (rare: clients send it whole).
+            None if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(1)).await,
+            None => return Ok(None),
+        }
+    }
+}
+
+/// Decides from the first bytes, or `None` if they are a strict prefix of the h2 preface.
+pub fn classify(first: &[u8]) -> Option<Protocol> {
+    if first.len() >= H2_PREFACE.len() {
+        Some(if first.starts_with(H2_PREFACE) { Protocol::Http2 } else { Protocol::Http1 })
+    } else if H2_PREFACE.starts_with(first) {
+        None
+    } else {
+        Some(Protocol::Http1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies() {
+        assert_eq!(classify(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"), Some(Protocol::Http1));
+        assert_eq!(classify(H2_PREFACE), Some(Protocol::Http2));
+        assert_eq!(classify(b"PRI * HT"), None);
+        assert_eq!(classify(b"POST"), Some(Protocol::Http1));
+    }
+}

@@ -1,0 +1,207 @@
+//! Response bodies. Upstream bodies are streamed frame by frame (data and trailers) with no
+//! buffering; the wrapper adds the idle and whole-exchange timers, cuts streams of a retired
+//! route, and on the last frame hands the upstream connection back to its pool.
+
+use crate::http::route::Route;
+use crate::upstream::Lease;
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use thiserror::Error;
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::WaitForCancellationFutureOwned;
+
+/// Why a response body stopped early.
+#[derive(Debug, Error)]
+pub enum BodyError {
+    #[error("upstream body failed: {0}")]
+    Upstream(#[from] hyper::Error),
+    #[error("upstream idle for longer than the route's idle_timeout")]
+    IdleTimeout,
+    #[error("request exceeded the route's timeout")]
+    Deadline,
+    #[error("route was removed and its drain time is over")]
+    RouteRemoved,
+}
+
+/// Every response the proxy writes downstream.
+#[derive(Debug)]
+pub enum ProxyBody {
+    /// A body we made (errors, admin).
+    Full(Option<Bytes>),
+    /// An upstream's body, streamed.
+    Upstream(Box<UpstreamBody>),
+}
+
+impl ProxyBody {
+    /// A body of fixed bytes.
+    pub fn full(b: impl Into<Bytes>) -> Self {
+        Self::Full(Some(b.into()))
+    }
+}
+
+/// The bookkeeping of one forwarded exchange, settled when the response ends or is dropped.
+#[derive(Debug)]
+pub struct Exchange {
+    pub route: Arc<Route>,
+    pub backend: usize,
+    pub lease: Option<Lease>,
+    pub started: std::time::Instant,
+    /// The whole response was read: the connection may be reused.
+    pub clean: bool,
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        if let Some(b) = self.route.backends.get(self.backend) {
+            b.metrics.observe(self.started.elapsed());
+        }
+        if let Some(lease) = self.lease.take()
+            && self.clean
+        {
+            lease.release();
+        }
+    }
+}
+
+/// An upstream response body on its way downstream.
+#[derive(Debug)]
+pub struct UpstreamBody {
+    inner: Incoming,
+    idle_after: Option<Duration>,
+    /// Armed only once the upstream makes us wait, so small responses never touch the timer.
+    idle: Option<Pin<Box<Sleep>>>,
+    progressed: bool,
+    deadline: Option<Pin<Box<Sleep>>>,
+    cut: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    exchange: Option<Exchange>,
+}
+
+impl UpstreamBody {
+    /// Wraps `inner`. `streaming` responses (no length known) also watch for route removal.
+    pub fn new(inner: Incoming, mut exchange: Exchange, deadline: Option<Instant>, streaming: bool) -> Self {
+        let route = exchange.route.clone();
+        if inner.is_end_stream() {
+            // Nothing to read (204, HEAD, empty): settle now, the connection is free.
+            exchange.clean = true;
+            drop(exchange);
+            return Self {
+                inner,
+                idle_after: None,
+                idle: None,
+                progressed: false,
+                deadline: None,
+                cut: None,
+                exchange: None,
+            };
+        }
+        Self {
+            inner,
+            idle_after: route.idle_timeout,
+            idle: None,
+            progressed: false,
+            deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+            cut: streaming.then(|| Box::pin(route.life.cut())),
+            exchange: Some(exchange),
+        }
+    }
+
+    fn settle(&mut self, clean: bool) {
+        if let Some(mut ex) = self.exchange.take() {
+            ex.clean = clean;
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        if let Some(d) = this.deadline.as_mut()
+            && d.as_mut().poll(cx).is_ready()
+        {
+            this.settle(false);
+            return Poll::Ready(Some(Err(BodyError::Deadline)));
+        }
+        if let Some(c) = this.cut.as_mut()
+            && c.as_mut().poll(cx).is_ready()
+        {
+            this.settle(false);
+            return Poll::Ready(Some(Err(BodyError::RouteRemoved)));
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.progressed = true;
+                if this.inner.is_end_stream() {
+                    this.settle(true);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.settle(false);
+                Poll::Ready(Some(Err(BodyError::Upstream(e))))
+            }
+            Poll::Ready(None) => {
+                this.settle(true);
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                let Some(after) = this.idle_after else { return Poll::Pending };
+                match this.idle.as_mut() {
+                    None => this.idle = Some(Box::pin(tokio::time::sleep(after))),
+                    Some(t) if this.progressed => t.as_mut().reset(Instant::now() + after),
+                    Some(_) => {}
+                }
+                this.progressed = false;
+                if let Some(t) = this.idle.as_mut()
+                    && t.as_mut().poll(cx).is_ready()
+                {
+                    this.settle(false);
+                    return Poll::Ready(Some(Err(BodyError::IdleTimeout)));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            Self::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Self::Upstream(u) => Pin::new(u.as_mut()).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Full(b) => b.is_none(),
+            Self::Upstream(u) => u.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Self::Upstream(u) => u.size_hint(),
+        }
+    }
+}

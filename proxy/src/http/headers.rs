@@ -1,0 +1,202 @@
+//! Header rewriting between client and upstream: hop-by-hop headers out, forwarding
+//! headers (`x-forwarded-for`, `x-forwarded-proto`, `x-request-id`, `traceparent`) in, the
+//! route's rules applied, and the request target reshaped for the upstream's HTTP version.
+
+use crate::upstream::Wire;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use http::{Request, Version};
+use std::net::IpAddr;
+
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named in `Connection`.
+/// `TE: trailers` is end-to-end in practice (gRPC needs it) and is kept.
+pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    if let Some(conn) = h.remove(header::CONNECTION) {
+        let listed: Vec<HeaderName> =
+            conn.to_str().unwrap_or("").split(',').filter_map(|n| HeaderName::try_from(n.trim()).ok()).collect();
+        for name in listed {
+            if name != header::TE {
+                h.remove(name);
+            }
+        }
+        // Further Connection headers (several lines) go too.
+        while h.remove(header::CONNECTION).is_some() {}
+    }
+    for name in [&KEEP_ALIVE, &PROXY_CONNECTION, &header::TRANSFER_ENCODING, &header::UPGRADE, &header::TRAILER] {
+        if h.contains_key(name) {
+            h.remove(name);
+        }
+    }
+    if let Some(te) = h.get(header::TE)
+        && !te.as_bytes().eq_ignore_ascii_case(b"trailers")
+    {
+        h.remove(header::TE);
+    }
+}
+
+/// Who is on the other side of the downstream connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub ip: IpAddr,
+    pub tls: bool,
+}
+
+/// Rewrites a downstream request in place for forwarding to an upstream over `wire`.
+pub fn prepare_request<B>(req: &mut Request<B>, peer: Peer, wire: Wire) {
+    let h = req.headers_mut();
+    strip_hop_by_hop(h);
+
+    let ip = peer.ip.to_string();
+    let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) => HeaderValue::try_from(format!("{prev}, {ip}")),
+        None => HeaderValue::try_from(ip),
+    };
+    if let Ok(v) = xff {
+        h.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(if peer.tls { "https" } else { "http" }));
+    if !h.contains_key(&X_REQUEST_ID) {
+        h.insert(X_REQUEST_ID.clone(), request_id(fastrand::u128(..)));
+    }
+    if !h.contains_key(&TRACEPARENT) {
+        h.insert(TRACEPARENT.clone(), traceparent(fastrand::u128(1..), fastrand::u64(1..)));
+    }
+
+    let authority: Option<Authority> = req
+        .uri()
+        .authority()
+        .cloned()
+        .or_else(|| req.headers().get(header::HOST).and_then(|v| Authority::try_from(v.as_bytes()).ok()));
+    let path = req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+    match wire {
+        Wire::Http1 => {
+            *req.version_mut() = Version::HTTP_11;
+            if !req.headers().contains_key(header::HOST)
+                && let Some(a) = &authority
+                && let Ok(v) = HeaderValue::try_from(a.as_str())
+            {
+                req.headers_mut().insert(header::HOST, v);
+            }
+            if req.uri().scheme().is_some() {
+                *req.uri_mut() = Uri::from(path);
+            }
+        }
+        Wire::Http2 => {
+            *req.version_mut() = Version::HTTP_2;
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(Scheme::HTTP);
+            parts.authority = authority;
+            parts.path_and_query = Some(path);
+            if let Ok(uri) = Uri::from_parts(parts) {
+                *req.uri_mut() = uri;
+                // :authority carries it now.
+                req.headers_mut().remove(header::HOST);
+            }
+        }
+    }
+}
+
+/// Rewrites an upstream response's headers for the client.
+pub fn prepare_response(h: &mut HeaderMap) {
+    strip_hop_by_hop(h);
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+fn hex_into(out: &mut Vec<u8>, mut v: u128, digits: usize) {
+    let start = out.len();
+    out.resize(start + digits, b'0');
+    for i in (0..digits).rev() {
+        out[start + i] = HEX[(v & 0xf) as usize];
+        v >>= 4;
+    }
+}
+
+/// A random UUID-v4-shaped request id.
+fn request_id(r: u128) -> HeaderValue {
+    let r = (r & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
+    let mut out = Vec::with_capacity(36);
+    hex_into(&mut out, r >> 96, 8);
+    out.push(b'-');
+    hex_into(&mut out, (r >> 80) & 0xffff, 4);
+    out.push(b'-');
+    hex_into(&mut out, (r >> 64) & 0xffff, 4);
+    out.push(b'-');
+    hex_into(&mut out, (r >> 48) & 0xffff, 4);
+    out.push(b'-');
+    hex_into(&mut out, r & 0xffff_ffff_ffff, 12);
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(out)).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+/// A W3C trace context starting a new sampled trace.
+fn traceparent(trace: u128, span: u64) -> HeaderValue {
+    let mut out = Vec::with_capacity(55);
+    out.extend_from_slice(b"00-");
+    hex_into(&mut out, trace, 32);
+    out.push(b'-');
+    hex_into(&mut out, u128::from(span), 16);
+    out.extend_from_slice(b"-01");
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(out)).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_listed() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        let mut names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(names, vec!["te", "x-keep"]);
+        h.insert(header::TE, HeaderValue::from_static("gzip"));
+        strip_hop_by_hop(&mut h);
+        assert!(!h.contains_key(header::TE));
+    }
+
+    #[test]
+    fn request_gets_forwarding_headers_and_h2_target() {
+        let mut req =
+            Request::get("/a?b=1").header("host", "svc:80").header("x-forwarded-for", "10.0.0.1").body(()).unwrap();
+        prepare_request(&mut req, Peer { ip: "127.0.0.9".parse().unwrap(), tls: false }, Wire::Http2);
+        assert_eq!(req.uri().to_string(), "http://svc:80/a?b=1");
+        assert!(req.headers().get(header::HOST).is_none());
+        assert_eq!(req.headers()["x-forwarded-for"], "10.0.0.1, 127.0.0.9");
+        assert_eq!(req.headers()["x-forwarded-proto"], "http");
+        assert_eq!(req.headers()["x-request-id"].len(), 36);
+        assert_eq!(req.headers()["traceparent"].len(), 55);
+    }
+
+    #[test]
+    fn h2_request_to_h1_gets_host_and_origin_form() {
+        let mut req = Request::get("http://svc.local/p").header("x-request-id", "keep").body(()).unwrap();
+        prepare_request(&mut req, Peer { ip: "::1".parse().unwrap(), tls: true }, Wire::Http1);
+        assert_eq!(req.uri().to_string(), "/p");
+        assert_eq!(req.headers()[header::HOST], "svc.local");
+        assert_eq!(req.headers()["x-request-id"], "keep");
+        assert_eq!(req.headers()["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn ids_are_well_formed() {
+        let id = request_id(u128::MAX);
+        let s = id.to_str().unwrap();
+        assert_eq!(s.as_bytes()[14], b'4');
+        assert_eq!(s.split('-').map(str::len).collect::<Vec<_>>(), vec![8, 4, 4, 4, 12]);
+        assert_eq!(traceparent(1, 2).to_str().unwrap(), "00-00000000000000000000000000000001-0000000000000002-01");
+    }
+}

@@ -1,0 +1,11 @@
+//! HTTP: serving downstream connections (`server`), choosing a route (`router`, `route`),
+//! forwarding (`forward`, `headers`), streaming bodies (`body`) and turning failures into
+//! responses (`respond`).
+
+pub mod body;
+pub mod forward;
+pub mod headers;
+pub mod respond;
+pub mod route;
+pub mod router;
+pub mod server;

@@ -1,0 +1,67 @@
+//! The one place where a failure becomes a response: status, `x-trellis-error`, and a short
+//! plain-text body naming the cause.
+
+use crate::http::body::ProxyBody;
+use crate::upstream::UpstreamError;
+use http::{HeaderValue, Response, StatusCode, header};
+use std::sync::Arc;
+use thiserror::Error;
+
+/// Header naming the proxy's reason for an error response.
+pub const ERROR_HEADER: &str = "x-trellis-error";
+
+/// Why a request could not be forwarded.
+#[derive(Debug, Error)]
+pub enum ForwardError {
+    #[error("no route matches this request")]
+    NoRoute,
+    #[error("cluster {0} has no healthy endpoint")]
+    NoEndpoint(Arc<str>),
+    #[error("{0}")]
+    Upstream(#[from] UpstreamError),
+    #[error("no response within the route's timeout")]
+    Timeout,
+    #[error("upstream sent no response within the route's idle_timeout")]
+    IdleTimeout,
+    #[error("this listener was removed and is draining")]
+    ListenerGone,
+}
+
+impl ForwardError {
+    /// The status the client gets.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::NoEndpoint(_) | Self::ListenerGone => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Upstream(_) => StatusCode::BAD_GATEWAY,
+            Self::Timeout | Self::IdleTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The short reason in `x-trellis-error`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NoRoute => "no route",
+            Self::NoEndpoint(_) => "no healthy endpoint",
+            Self::Upstream(UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout(_)) => {
+                "upstream connect failure"
+            }
+            Self::Upstream(UpstreamError::Handshake(_) | UpstreamError::Reset(_)) => "upstream reset",
+            Self::Timeout => "upstream timeout",
+            Self::IdleTimeout => "upstream idle timeout",
+            Self::ListenerGone => "listener draining",
+        }
+    }
+}
+
+/// Renders `err` for the client.
+pub fn error_response(err: &ForwardError) -> Response<ProxyBody> {
+    let reason = err.reason();
+    let body = format!("{reason}: {err}\n");
+    let mut resp = Response::new(ProxyBody::full(body));
+    *resp.status_mut() = err.status();
+    let h = resp.headers_mut();
+    h.insert(ERROR_HEADER, HeaderValue::from_static(reason));
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
+}

@@ -1,0 +1,153 @@
+//! A compiled route: its matcher, weighted backends with their metric handles, timeouts,
+//! header rules, and its lifetime across reloads (`Life`).
+
+use crate::http::router::{Matcher, Routable};
+use crate::telemetry::RouteMetrics;
+use crate::upstream::Cluster;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use trellis_api as api;
+
+/// A route as one listener uses it.
+#[derive(Debug)]
+pub struct Route {
+    pub name: Arc<str>,
+    matcher: Matcher,
+    pub backends: Vec<Backend>,
+    total_weight: u32,
+    /// Whole-exchange deadline.
+    pub timeout: Option<Duration>,
+    /// Longest silence from the upstream (head or between body chunks).
+    pub idle_timeout: Option<Duration>,
+    pub request_headers: HeaderOps,
+    pub response_headers: HeaderOps,
+    pub life: Arc<Life>,
+}
+
+/// One weighted destination.
+#[derive(Debug)]
+pub struct Backend {
+    pub cluster: Arc<Cluster>,
+    /// Running sum of weights up to and including this backend.
+    cumulative: u32,
+    pub metrics: RouteMetrics,
+}
+
+impl Routable for Route {
+    fn matcher(&self) -> &Matcher {
+        &self.matcher
+    }
+}
+
+impl Route {
+    /// Compiles a validated route for `listener`; `clusters` must hold every referenced one.
+    pub fn build(
+        listener: &str,
+        spec: &api::Route,
+        clusters: &HashMap<String, Arc<Cluster>>,
+        life: Arc<Life>,
+    ) -> Result<Self, String> {
+        let mut total = 0u32;
+        let mut backends = Vec::with_capacity(spec.backends.len());
+        for (i, b) in spec.backends.iter().enumerate() {
+            let cluster = clusters.get(&b.cluster).ok_or_else(|| {
+                format!("routes[{}].backends[{i}].cluster: no cluster named \"{}\"", spec.name, b.cluster)
+            })?;
+            total = total.saturating_add(b.weight);
+            backends.push(Backend {
+                cluster: cluster.clone(),
+                cumulative: total,
+                metrics: RouteMetrics::new(listener, &spec.name, &b.cluster),
+            });
+        }
+        let nonzero = |d: Option<api::Duration>| d.filter(|d| !d.is_zero()).map(api::Duration::get);
+        Ok(Self {
+            name: spec.name.as_str().into(),
+            matcher: Matcher::new(&spec.matches).map_err(|e| format!("routes[{}].match: {e}", spec.name))?,
+            backends,
+            total_weight: total,
+            timeout: nonzero(spec.timeout),
+            idle_timeout: nonzero(Some(spec.idle_timeout.unwrap_or(api::DEFAULT_IDLE_TIMEOUT))),
+            request_headers: HeaderOps::new(&spec.headers)
+                .map_err(|e| format!("routes[{}].headers: {e}", spec.name))?,
+            response_headers: HeaderOps::new(&spec.response_headers)
+                .map_err(|e| format!("routes[{}].response_headers: {e}", spec.name))?,
+            life,
+        })
+    }
+
+    /// Picks a backend by weight.
+    pub fn pick_backend(&self) -> (usize, &Backend) {
+        let i = if self.backends.len() == 1 || self.total_weight == 0 {
+            0
+        } else {
+            let x = fastrand::u32(..self.total_weight);
+            self.backends.partition_point(|b| b.cumulative <= x).min(self.backends.len() - 1)
+        };
+        (i, &self.backends[i])
+    }
+}
+
+/// Compiled header add/remove rules.
+#[derive(Debug, Default)]
+pub struct HeaderOps {
+    add: Vec<(HeaderName, HeaderValue)>,
+    remove: Vec<HeaderName>,
+}
+
+impl HeaderOps {
+    fn new(rules: &api::HeaderRules) -> Result<Self, String> {
+        let add = rules
+            .add
+            .iter()
+            .map(|(k, v)| {
+                Ok((
+                    HeaderName::try_from(k.as_str()).map_err(|e| format!("{k}: {e}"))?,
+                    HeaderValue::try_from(v.as_str()).map_err(|e| format!("{k}: {e}"))?,
+                ))
+            })
+            .collect::<Result<_, String>>()?;
+        let remove = rules
+            .remove
+            .iter()
+            .map(|k| HeaderName::try_from(k.as_str()).map_err(|e| format!("{k}: {e}")))
+            .collect::<Result<_, String>>()?;
+        Ok(Self { add, remove })
+    }
+
+    /// Removes, then adds (replacing any existing value).
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        for (name, value) in &self.add {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
+}
+
+/// How long a route lives. A route kept by a reload keeps its `Life`; a removed one is
+/// retired: its streams may run on for the drain timeout, then they are cut.
+#[derive(Debug, Default)]
+pub struct Life {
+    cut: CancellationToken,
+}
+
+impl Life {
+    /// Cuts the route's remaining streams after `grace`.
+    pub fn retire(self: &Arc<Self>, grace: Duration) {
+        let life = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            life.cut.cancel();
+        });
+    }
+
+    /// Resolves when the route's streams must end.
+    pub fn cut(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+        self.cut.clone().cancelled_owned()
+    }
+}

@@ -1,0 +1,262 @@
+//! Listening sockets and the worker threads that accept on them. Each worker runs a
+//! current-thread runtime with its own SO_REUSEPORT socket per listener, so the kernel
+//! spreads connections and a connection never changes thread. The main thread sends
+//! workers commands: start a listener, stop one (its connections drain), or drain all.
+
+use crate::config::{Listener, Snapshot};
+use crate::detect;
+use crate::http::forward::ConnCtx;
+use crate::http::headers::Peer;
+use crate::telemetry;
+use arc_swap::ArcSwap;
+use hyper_util::server::graceful::GracefulShutdown;
+use socket2::{Domain, Protocol, Socket, Type};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use trellis_api::ListenerProtocol;
+
+/// Binds one socket per worker on `addr`, all in one SO_REUSEPORT group.
+pub fn bind(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    (0..workers.max(1))
+        .map(|_| {
+            let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+            s.set_reuse_address(true)?;
+            s.set_reuse_port(true)?;
+            s.set_nonblocking(true)?;
+            s.bind(&addr.into())?;
+            s.listen(1024)?;
+            Ok(s.into())
+        })
+        .collect()
+}
+
+enum Command {
+    Start { name: Arc<str>, socket: std::net::TcpListener },
+    Stop { name: Arc<str>, drain: Duration },
+    DrainAll { drain: Duration },
+}
+
+/// The worker threads.
+pub struct Workers {
+    senders: Vec<mpsc::UnboundedSender<Command>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Workers {
+    /// Starts `n` worker threads reading config from `config`.
+    pub fn start(n: usize, config: Arc<ArcSwap<Snapshot>>) -> std::io::Result<Self> {
+        let mut senders = Vec::with_capacity(n);
+        let mut threads = Vec::with_capacity(n);
+        for id in 0..n {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let config = config.clone();
+            let t = std::thread::Builder::new().name(format!("trellis-worker-{id}")).spawn(move || {
+                crate::worker::set_current(id);
+                rt.block_on(worker_main(rx, config));
+            })?;
+            senders.push(tx);
+            threads.push(t);
+        }
+        Ok(Self { senders, threads })
+    }
+
+    /// Number of workers.
+    pub fn len(&self) -> usize {
+        self.senders.len()
+    }
+
+    /// Whether there are no workers.
+    pub fn is_empty(&self) -> bool {
+        self.senders.is_empty()
+    }
+
+    /// Hands each worker its socket of listener `name` (from [`bind`]).
+    pub fn start_listener(&self, name: &Arc<str>, sockets: Vec<std::net::TcpListener>) {
+        for (tx, socket) in self.senders.iter().zip(sockets) {
+            let _ = tx.send(Command::Start { name: name.clone(), socket });
+        }
+    }
+
+    /// Stops accepting on `name`; its connections get `drain` to finish.
+    pub fn stop_listener(&self, name: &Arc<str>, drain: Duration) {
+        for tx in &self.senders {
+            let _ = tx.send(Command::Stop { name: name.clone(), drain });
+        }
+    }
+
+    /// Stops accepting everywhere, waits up to `drain` for connections to finish, and joins
+    /// the threads.
+    pub fn drain_and_join(self, drain: Duration) {
+        for tx in &self.senders {
+            let _ = tx.send(Command::DrainAll { drain });
+        }
+        drop(self.senders);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Running {
+    /// Stop accepting and start draining.
+    stop: CancellationToken,
+    /// Close whatever connections are still open.
+    kill: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn worker_main(mut rx: mpsc::UnboundedReceiver<Command>, config: Arc<ArcSwap<Snapshot>>) {
+    let mut running: HashMap<Arc<str>, Running> = HashMap::new();
+    while let Some(cmd) = rx.recv().await {
+        match cmd {
+            Command::Start { name, socket } => {
+                let socket = match tokio::net::TcpListener::from_std(socket) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!(listener = %name, error = %e, "cannot register listener socket");
+                        continue;
+                    }
+                };
+                let stop = CancellationToken::new();
+                let kill = CancellationToken::new();
+                let task = tokio::spawn(accept_loop(name.clone(), socket, config.clone(), stop.clone(), kill.clone()));
+                if let Some(old) = running.insert(name, Running { stop, kill, task }) {
+                    old.stop.cancel();
+                }
+            }
+            Command::Stop { name, drain } => {
+                if let Some(r) = running.remove(&name) {
+                    // The listener drains in the background; this worker keeps serving others.
+                    r.stop.cancel();
+                    tokio::spawn(async move {
+                        if tokio::time::timeout(drain, r.task).await.is_err() {
+                            r.kill.cancel();
+                        }
+                    });
+                }
+            }
+            Command::DrainAll { drain } => {
+                let deadline = tokio::time::Instant::now() + drain;
+                for r in running.values() {
+                    r.stop.cancel();
+                }
+                for (_, r) in running.drain() {
+                    let _ = tokio::time::timeout_at(deadline, r.task).await;
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Counts a listener's open TCP (L4) connections so a drain can wait for them.
+#[derive(Default)]
+struct L4Tracker {
+    open: AtomicUsize,
+    idle: Notify,
+}
+
+async fn accept_loop(
+    name: Arc<str>,
+    socket: tokio::net::TcpListener,
+    config: Arc<ArcSwap<Snapshot>>,
+    stop: CancellationToken,
+    kill: CancellationToken,
+) {
+    let graceful = GracefulShutdown::new();
+    let l4 = Arc::new(L4Tracker::default());
+    let gauge = metrics::gauge!(telemetry::TCP_CONNECTIONS, "listener" => name.to_string());
+    let accepted = metrics::counter!(telemetry::DOWNSTREAM_CONNECTIONS_TOTAL, "listener" => name.to_string());
+    loop {
+        let (stream, peer) = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            r = socket.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(listener = %name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        accepted.increment(1);
+        let snap = config.load();
+        let Some(listener) = snap.listener(&name).cloned() else { continue };
+        drop(snap);
+        let _ = stream.set_nodelay(true);
+        let gauge = gauge.clone();
+        gauge.increment(1.0);
+        match listener.spec.protocol {
+            ListenerProtocol::Tcp => {
+                let Some(cluster) = listener.tcp_cluster.clone() else { continue };
+                let l4 = l4.clone();
+                let kill = kill.clone();
+                l4.open.fetch_add(1, Ordering::AcqRel);
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = crate::tcp::forward(stream, cluster) => {}
+                        _ = kill.cancelled() => {}
+                    }
+                    gauge.decrement(1.0);
+                    if l4.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+                        l4.idle.notify_waiters();
+                    }
+                });
+            }
+            ListenerProtocol::Auto | ListenerProtocol::Http => {
+                let watcher = graceful.watcher();
+                let config = config.clone();
+                let name = name.clone();
+                let kill = kill.clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = serve_http(stream, peer, name, listener, config, watcher) => {}
+                        _ = kill.cancelled() => {}
+                    }
+                    gauge.decrement(1.0);
+                });
+            }
+        }
+    }
+    // Stop accepting at once (the socket closes here), then let connections finish. TCP
+    // connections have no graceful signal: they end when either side closes, or are killed.
+    drop(socket);
+    graceful.shutdown().await;
+    while l4.open.load(Ordering::Acquire) > 0 {
+        let idle = l4.idle.notified();
+        if l4.open.load(Ordering::Acquire) == 0 {
+            break;
+        }
+        idle.await;
+    }
+}
+
+async fn serve_http(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    name: Arc<str>,
+    listener: Arc<Listener>,
+    config: Arc<ArcSwap<Snapshot>>,
+    watcher: hyper_util::server::graceful::Watcher,
+) {
+    let proto = match detect::sniff(&stream, listener.header_timeout()).await {
+        Ok(Some(p)) => p,
+        Ok(None) | Err(_) => return,
+    };
+    let ctx = Arc::new(ConnCtx {
+        config,
+        listener: name,
+        peer: Peer { ip: peer.ip(), tls: false },
+        h2: proto == detect::Protocol::Http2,
+    });
+    crate::http::server::serve(stream, proto, ctx, &listener, watcher).await;
+}

@@ -1,0 +1,128 @@
+//! `trellis proxy`: load and validate the config, bind every listener, start the workers and
+//! the admin server, then wait for reloads (SIGHUP, file change) and for SIGTERM/SIGINT,
+//! which drains in-flight requests before returning.
+
+use crate::admin;
+use crate::config::{self, ConfigError};
+use crate::listener::{self, Workers};
+use crate::reload;
+use crate::telemetry;
+use arc_swap::ArcSwap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use thiserror::Error;
+use tokio::signal::unix::{SignalKind, signal};
+use trellis_api as api;
+
+/// How to run the proxy.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub config: PathBuf,
+    /// Worker threads; default: one per CPU.
+    pub threads: Option<usize>,
+}
+
+/// Why the proxy could not run.
+#[derive(Debug, Error)]
+pub enum RunError {
+    /// The config is unreadable or invalid (exit code 2).
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("listeners[{name}].address: cannot bind {addr}: {source}")]
+    Bind { name: String, addr: String, source: std::io::Error },
+    #[error("{0}")]
+    Runtime(String),
+}
+
+/// Runs the proxy until SIGTERM/SIGINT and the drain that follows.
+pub fn run(opts: Options) -> Result<(), RunError> {
+    let bootstrap = config::load(&opts.config)?;
+    let workers = opts.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
+    let admin_addr = bootstrap.admin.as_ref().map_or(api::DEFAULT_ADMIN_ADDRESS, |a| a.address.as_str()).to_owned();
+    let prometheus = telemetry::install().map_err(RunError::Runtime)?;
+    let snapshot = config::build(bootstrap, None, workers, 1)?;
+
+    // Bind everything before starting anything, so a busy port fails the start cleanly.
+    let admin_socket = std::net::TcpListener::bind(&admin_addr)
+        .and_then(|s| s.set_nonblocking(true).map(|()| s))
+        .map_err(|source| RunError::Bind { name: "admin".into(), addr: admin_addr.clone(), source })?;
+    let mut sockets = Vec::with_capacity(snapshot.listeners.len());
+    for l in &snapshot.listeners {
+        let s = listener::bind(l.addr, workers).map_err(|source| RunError::Bind {
+            name: l.name.to_string(),
+            addr: l.addr.to_string(),
+            source,
+        })?;
+        sockets.push((l.name.clone(), s));
+    }
+
+    metrics::gauge!(telemetry::CONFIG_VERSION, "type" => "static").set(snapshot.version as f64);
+    let shared = Arc::new(ArcSwap::from_pointee(snapshot));
+    let pool = Workers::start(workers, shared.clone()).map_err(|e| RunError::Runtime(e.to_string()))?;
+    for (name, s) in sockets {
+        pool.start_listener(&name, s);
+    }
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| RunError::Runtime(e.to_string()))?;
+    let state = Arc::new(admin::State { config: shared.clone(), metrics: prometheus, ready: false.into() });
+    let drain = rt.block_on(async {
+        let admin_listener =
+            tokio::net::TcpListener::from_std(admin_socket).map_err(|e| RunError::Runtime(e.to_string()))?;
+        tokio::spawn(admin::serve(admin_listener, state.clone()));
+        let upkeep = state.metrics.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                upkeep.run_upkeep();
+            }
+        });
+        state.ready.store(true, Ordering::Release);
+        tracing::info!(config = %opts.config.display(), workers, admin = %admin_addr, "trellis proxy ready");
+        wait_and_reload(&opts, &shared, &pool).await
+    })?;
+
+    state.ready.store(false, Ordering::Release);
+    tracing::info!(drain_timeout = ?drain, "draining");
+    pool.drain_and_join(drain);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Serves reload triggers until a stop signal; returns the drain timeout then in force.
+async fn wait_and_reload(
+    opts: &Options,
+    shared: &ArcSwap<config::Snapshot>,
+    workers: &Workers,
+) -> Result<Duration, RunError> {
+    let sig = |k| signal(k).map_err(|e| RunError::Runtime(format!("signal handler: {e}")));
+    let (mut hup, mut term, mut int) =
+        (sig(SignalKind::hangup())?, sig(SignalKind::terminate())?, sig(SignalKind::interrupt())?);
+    let mut poll = tokio::time::interval(Duration::from_millis(500));
+    let mut last = reload::stamp(&opts.config);
+    loop {
+        let why = tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => "SIGHUP",
+            _ = poll.tick() => {
+                let now = reload::stamp(&opts.config);
+                if now == last || now.is_none() {
+                    continue;
+                }
+                "file changed"
+            }
+        };
+        last = reload::stamp(&opts.config);
+        match reload::reload(&opts.config, shared, workers) {
+            Ok(v) => tracing::info!(version = v, trigger = why, "config reloaded"),
+            Err(e) => tracing::error!(trigger = why, error = %e, "config reload refused; the previous config stays"),
+        }
+    }
+    Ok(shared.load().drain_timeout)
+}

@@ -1,0 +1,80 @@
+//! Metric names (DESIGN §7) and the per-route handles the hot path records into. Handles
+//! are registered when a config is built, so a request records with an atomic add, not a
+//! registry lookup.
+
+use metrics::{Counter, Histogram, Label};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+pub const REQUESTS_TOTAL: &str = "trellis_requests_total";
+pub const REQUEST_DURATION: &str = "trellis_request_duration_seconds";
+pub const TCP_CONNECTIONS: &str = "trellis_tcp_connections";
+pub const DOWNSTREAM_CONNECTIONS_TOTAL: &str = "trellis_downstream_connections_total";
+pub const CONFIG_VERSION: &str = "trellis_config_version";
+pub const CONFIG_RELOADS_TOTAL: &str = "trellis_config_reloads_total";
+pub const UPSTREAM_CONNECT_ERRORS_TOTAL: &str = "trellis_upstream_connect_errors_total";
+
+/// Histogram buckets for request durations, in seconds (0.5 ms … 60 s).
+const DURATION_BUCKETS: &[f64] =
+    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+
+/// Installs the process-wide Prometheus recorder; the handle renders `/metrics`.
+pub fn install() -> Result<PrometheusHandle, String> {
+    let builder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.into()), DURATION_BUCKETS)
+        .map_err(|e| e.to_string())?;
+    let handle = builder.install_recorder().map_err(|e| e.to_string())?;
+    metrics::describe_counter!(REQUESTS_TOTAL, "Requests answered, by listener, route, cluster and status code");
+    metrics::describe_histogram!(
+        REQUEST_DURATION,
+        metrics::Unit::Seconds,
+        "Time from request head to the end of the response"
+    );
+    metrics::describe_gauge!(TCP_CONNECTIONS, "Open downstream connections, by listener");
+    metrics::describe_gauge!(CONFIG_VERSION, "Version of the applied config, by type");
+    Ok(handle)
+}
+
+/// Status codes whose counters are cached; others are looked up per request.
+const COMMON_CODES: [u16; 20] =
+    [200, 201, 202, 204, 206, 301, 302, 304, 400, 401, 403, 404, 408, 413, 429, 431, 500, 502, 503, 504];
+
+/// Metric handles for one (listener, route, cluster).
+#[derive(Debug)]
+pub struct RouteMetrics {
+    labels: [Label; 3],
+    duration: Histogram,
+    codes: [OnceLock<Counter>; COMMON_CODES.len()],
+}
+
+impl RouteMetrics {
+    pub fn new(listener: &str, route: &str, cluster: &str) -> Self {
+        let labels = [
+            Label::new("listener", listener.to_owned()),
+            Label::new("route", route.to_owned()),
+            Label::new("cluster", cluster.to_owned()),
+        ];
+        let duration = metrics::histogram!(REQUEST_DURATION, labels.to_vec());
+        Self { labels, duration, codes: Default::default() }
+    }
+
+    /// Counts one answered request.
+    pub fn count(&self, code: u16) {
+        match COMMON_CODES.iter().position(|&c| c == code) {
+            Some(i) => self.codes[i].get_or_init(|| self.counter(code)).increment(1),
+            None => self.counter(code).increment(1),
+        }
+    }
+
+    fn counter(&self, code: u16) -> Counter {
+        let mut labels = self.labels.to_vec();
+        labels.push(Label::new("code", code.to_string()));
+        metrics::counter!(REQUESTS_TOTAL, labels)
+    }
+
+    /// Records how long a finished request took.
+    pub fn observe(&self, took: Duration) {
+        self.duration.record(took.as_secs_f64());
+    }
+}

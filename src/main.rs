@@ -1,0 +1,93 @@
+//! The `trellis` command line: parses arguments and calls into the crates. No logic here.
+
+mod certs_cmd;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Trellis: a zero-trust mTLS service-mesh data plane.
+#[derive(Parser)]
+#[command(name = "trellis", version, about, propagate_version = true)]
+struct Cli {
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `trellis_proxy=debug`.
+    #[arg(long, global = true, env = "TRELLIS_LOG", default_value = "info")]
+    log: String,
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a proxy (sidecar or gateway) from a bootstrap/static config file.
+    Proxy {
+        /// Bootstrap config, YAML or JSON (DESIGN §3). Watched: edits are applied live.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Worker threads (each a single-threaded runtime). Default: one per CPU.
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+    /// Check a config file and print the first problems found; exit 2 if invalid.
+    Validate {
+        /// Config file, YAML or JSON.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// CA and workload certificates.
+    Certs {
+        #[command(subcommand)]
+        cmd: certs_cmd::CertsCmd,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log, cli.log_json);
+    // One crypto provider for the whole process (ring); ignore "already installed".
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match cli.cmd {
+        Cmd::Proxy { config, threads } => match trellis_proxy::run(trellis_proxy::Options { config, threads }) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e @ trellis_proxy::RunError::Config(_)) => {
+                eprintln!("trellis: invalid config: {e}");
+                ExitCode::from(2)
+            }
+            Err(e) => {
+                eprintln!("trellis: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Cmd::Validate { config } => match trellis_proxy::config::load(&config) {
+            Ok(_) => {
+                println!("{}: valid", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("trellis: invalid config: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Cmd::Certs { cmd } => match certs_cmd::run(cmd) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("trellis: {e:#}");
+                ExitCode::from(1)
+            }
+        },
+    }
+}
+
+fn init_logging(filter: &str, json: bool) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
