@@ -7,7 +7,8 @@ use tokio::net::TcpStream;
 
 /// Forwards `client` to an endpoint of `cluster`; closes it if none can be reached.
 pub async fn forward(mut client: TcpStream, cluster: Arc<Cluster>) {
-    let Some(ep) = cluster.pick() else {
+    let key = client.peer_addr().ok().and_then(|p| cluster.hash_key(&http::HeaderMap::new(), p.ip()));
+    let Some(ep) = cluster.pick(key) else {
         tracing::debug!(cluster = %cluster.name, "tcp: no endpoint");
         return;
     };

@@ -187,13 +187,31 @@ pub enum ClusterProtocol {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LbPolicy {
-    /// Smooth weighted round robin.
+    /// Power of two choices on peak-EWMA latency × (in-flight + 1) ÷ weight (Linkerd's default).
     #[default]
+    PeakEwma,
+    /// Smooth weighted round robin.
     RoundRobin,
-    /// Power of two choices on in-flight requests (weighted).
+    /// Power of two choices on in-flight requests ÷ weight.
     LeastRequest,
     /// Weighted random.
     Random,
+    /// Consistent hashing on a ring (Ketama) keyed by `hash_on`.
+    RingHash,
+    /// Maglev consistent hashing keyed by `hash_on`.
+    Maglev,
+}
+
+/// What a consistent-hash balancer hashes. Requests without the key are spread at random.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HashOn {
+    /// Hash this request header (e.g. an agent session id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// Hash the client's IP address.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub source_ip: bool,
 }
 
 /// A set of endpoints serving one service.
@@ -205,6 +223,9 @@ pub struct Cluster {
     pub protocol: ClusterProtocol,
     #[serde(default)]
     pub lb: LbPolicy,
+    /// For `ring_hash` and `maglev`: the request key. Default: the client's IP address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_on: Option<HashOn>,
     /// Default 1s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect_timeout: Option<Duration>,

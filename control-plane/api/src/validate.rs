@@ -1,7 +1,7 @@
 //! Whole-config validation: names unique, references resolve, values in range. Errors name
 //! the resource and field path the way users read them: `routes[api].backends[0].cluster`.
 
-use crate::{Bootstrap, ListenerProtocol};
+use crate::{Bootstrap, LbPolicy, ListenerProtocol};
 use std::collections::HashSet;
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -144,6 +144,20 @@ pub fn validate(b: &Bootstrap) -> Result<(), Vec<ValidationError>> {
                     format!("{at}.endpoints[{i}].address"),
                     format!("\"{}\" is not IP:PORT nor a resolvable HOST:PORT", e.address),
                 );
+            }
+        }
+        if let Some(h) = &c.hash_on {
+            match (&h.header, h.source_ip) {
+                (Some(_), true) | (None, false) => {
+                    errs.push(format!("{at}.hash_on"), "give exactly one of header or source_ip: true")
+                }
+                (Some(name), false) if !is_token(name) => {
+                    errs.push(format!("{at}.hash_on.header"), "not a valid header name")
+                }
+                _ => {}
+            }
+            if !matches!(c.lb, LbPolicy::RingHash | LbPolicy::Maglev) {
+                errs.push(format!("{at}.hash_on"), "only ring_hash and maglev use hash_on");
             }
         }
         if c.max_streams_per_connection == Some(0) {

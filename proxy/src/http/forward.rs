@@ -61,7 +61,8 @@ pub async fn handle(mut req: Request<Incoming>, ctx: &ConnCtx) -> Response<Proxy
         resp
     };
     let cluster = &backend.cluster;
-    let Some(endpoint) = cluster.pick() else {
+    let key = cluster.hash_key(req.headers(), ctx.peer.ip);
+    let Some(endpoint) = cluster.pick(key) else {
         return fail(ForwardError::NoEndpoint(cluster.name.clone()));
     };
     let wire = cluster.wire_for(ctx.h2);
@@ -88,6 +89,10 @@ pub async fn handle(mut req: Request<Incoming>, ctx: &ConnCtx) -> Response<Proxy
         Err(e) => return fail(e),
     };
 
+    if cluster.tracks_latency() {
+        let now = std::time::Instant::now();
+        lease.endpoint().load.observe(now - started, now);
+    }
     let (mut parts, body) = resp.into_parts();
     // The downstream connection decides its own version; an HTTP/1.0 upstream must not turn
     // the client's keep-alive connection into a 1.0 one.

@@ -1,5 +1,6 @@
-//! Endpoint selection. Every policy honours endpoint weights; all are lock-free on the hot
-//! path (an atomic cursor or a random draw).
+//! Endpoint selection. Every policy honours endpoint weights and is lock-free on the hot
+//! path: an atomic cursor (round robin), two random draws compared on load (least request,
+//! peak EWMA), or a lookup in a table built when the config is applied (ring hash, maglev).
 
 use crate::upstream::Endpoint;
 use std::sync::Arc;
@@ -8,39 +9,49 @@ use trellis_api::LbPolicy;
 
 /// Longest precomputed round-robin schedule; weights are scaled down to fit.
 const MAX_SCHEDULE: u64 = 4096;
+/// Maglev lookup table size (prime, ≫ endpoints, as the paper recommends).
+const MAGLEV_SIZE: usize = 65537;
+/// Points on the hash ring per unit of normalised weight.
+const RING_POINTS_PER_ENDPOINT: u64 = 160;
 
 #[derive(Debug)]
 pub(crate) enum Balancer {
-    /// Smooth weighted round robin, precomputed into a schedule walked by an atomic cursor.
     RoundRobin { schedule: Vec<u32>, cursor: AtomicUsize },
-    /// Power of two choices on in-flight requests divided by weight.
     LeastRequest,
-    /// Weighted random over cumulative weights.
+    PeakEwma,
     Random { cumulative: Vec<u64> },
+    RingHash { ring: Vec<(u64, u32)>, fallback: Box<Balancer> },
+    Maglev { table: Vec<u32>, fallback: Box<Balancer> },
 }
 
 impl Balancer {
     pub(crate) fn new(policy: LbPolicy, endpoints: &[Arc<Endpoint>]) -> Self {
         let weights: Vec<u64> = endpoints.iter().map(|e| u64::from(e.weight)).collect();
+        let random = || Self::Random {
+            cumulative: weights
+                .iter()
+                .scan(0u64, |acc, w| {
+                    *acc += w;
+                    Some(*acc)
+                })
+                .collect(),
+        };
+        let keys: Vec<String> = endpoints.iter().map(|e| e.addr.to_string()).collect();
         match policy {
             LbPolicy::RoundRobin => Self::RoundRobin {
                 schedule: smooth_schedule(&weights),
                 cursor: AtomicUsize::new(fastrand::usize(..usize::MAX / 2)),
             },
             LbPolicy::LeastRequest => Self::LeastRequest,
-            LbPolicy::Random => Self::Random {
-                cumulative: weights
-                    .iter()
-                    .scan(0u64, |acc, w| {
-                        *acc += w;
-                        Some(*acc)
-                    })
-                    .collect(),
-            },
+            LbPolicy::PeakEwma => Self::PeakEwma,
+            LbPolicy::Random => random(),
+            LbPolicy::RingHash => Self::RingHash { ring: ring(&keys, &weights), fallback: Box::new(random()) },
+            LbPolicy::Maglev => Self::Maglev { table: maglev(&keys, &weights), fallback: Box::new(random()) },
         }
     }
 
-    pub(crate) fn pick<'a>(&self, endpoints: &'a [Arc<Endpoint>]) -> Option<&'a Arc<Endpoint>> {
+    /// Picks an endpoint; `key` is the request's hash key for consistent-hash policies.
+    pub(crate) fn pick<'a>(&self, endpoints: &'a [Arc<Endpoint>], key: Option<u64>) -> Option<&'a Arc<Endpoint>> {
         match endpoints.len() {
             0 => return None,
             1 => return endpoints.first(),
@@ -48,31 +59,46 @@ impl Balancer {
         }
         match self {
             Self::RoundRobin { schedule, cursor } => {
-                if schedule.is_empty() {
-                    return None;
-                }
-                let i = cursor.fetch_add(1, Ordering::Relaxed) % schedule.len();
-                endpoints.get(schedule[i] as usize)
+                let i = cursor.fetch_add(1, Ordering::Relaxed) % schedule.len().max(1);
+                endpoints.get(*schedule.get(i)? as usize)
             }
-            Self::LeastRequest => {
-                let a = &endpoints[fastrand::usize(..endpoints.len())];
-                let b = &endpoints[fastrand::usize(..endpoints.len())];
-                // Compare in-flight/weight without division: a.load * b.w vs b.load * a.w.
-                let la = (a.in_flight() + 1) * u64::from(b.weight.max(1));
-                let lb = (b.in_flight() + 1) * u64::from(a.weight.max(1));
-                Some(if la <= lb { a } else { b })
-            }
+            Self::LeastRequest => Some(p2c(endpoints, |e| (e.in_flight() + 1) as f64)),
+            Self::PeakEwma => Some(p2c(endpoints, |e| e.load.estimate_ns() * (e.in_flight() + 1) as f64)),
             Self::Random { cumulative } => {
                 let total = *cumulative.last()?;
                 if total == 0 {
                     return None;
                 }
                 let x = fastrand::u64(..total);
-                let i = cumulative.partition_point(|&c| c <= x);
-                endpoints.get(i)
+                endpoints.get(cumulative.partition_point(|&c| c <= x))
             }
+            Self::RingHash { ring, fallback } => match key {
+                Some(k) if !ring.is_empty() => {
+                    let i = ring.partition_point(|&(h, _)| h < k) % ring.len();
+                    endpoints.get(ring[i].1 as usize)
+                }
+                _ => fallback.pick(endpoints, None),
+            },
+            Self::Maglev { table, fallback } => match key {
+                Some(k) if !table.is_empty() => endpoints.get(table[(k % table.len() as u64) as usize] as usize),
+                _ => fallback.pick(endpoints, None),
+            },
         }
     }
+}
+
+/// Power of two choices: two random endpoints, the one with the lower `cost ÷ weight` wins.
+fn p2c<'a>(endpoints: &'a [Arc<Endpoint>], cost: impl Fn(&Endpoint) -> f64) -> &'a Arc<Endpoint> {
+    let n = endpoints.len();
+    let i = fastrand::usize(..n);
+    let mut j = fastrand::usize(..n - 1);
+    if j >= i {
+        j += 1;
+    }
+    let (a, b) = (&endpoints[i], &endpoints[j]);
+    let ca = cost(a) / f64::from(a.weight.max(1));
+    let cb = cost(b) / f64::from(b.weight.max(1));
+    if ca <= cb { a } else { b }
 }
 
 /// The order nginx's smooth weighted round robin would visit endpoints in, one full cycle.
@@ -97,18 +123,82 @@ fn smooth_schedule(weights: &[u64]) -> Vec<u32> {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn smooth_schedule_interleaves_by_weight() {
-        assert_eq!(smooth_schedule(&[5, 1, 1]), vec![0, 0, 1, 0, 2, 0, 0]);
-        assert_eq!(smooth_schedule(&[1, 1]), vec![0, 1]);
-        assert_eq!(smooth_schedule(&[0, 2]), vec![1, 1]);
-        let big = smooth_schedule(&[1_000_000, 3_000_000]);
-        assert!(big.len() <= MAX_SCHEDULE as usize + 2);
-        let ones = big.iter().filter(|&&i| i == 1).count() as f64 / big.len() as f64;
-        assert!((ones - 0.75).abs() < 0.01, "{ones}");
+/// A stable 64-bit hash (FNV-1a, then a murmur3 finaliser for spread), the same in every
+/// proxy so replicas agree on where a key goes.
+pub fn hash64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
     }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
 }
+
+/// Ketama-style ring: points per endpoint in proportion to its weight.
+fn ring(keys: &[String], weights: &[u64]) -> Vec<(u64, u32)> {
+    let max = weights.iter().copied().max().unwrap_or(0).max(1);
+    let mut ring = Vec::new();
+    for (i, (key, &w)) in keys.iter().zip(weights).enumerate() {
+        let points = (RING_POINTS_PER_ENDPOINT * w).div_ceil(max);
+        for p in 0..points {
+            ring.push((hash64(format!("{key}-{p}").as_bytes()), i as u32));
+        }
+    }
+    ring.sort_unstable();
+    ring
+}
+
+/// Weighted Maglev table (Eisenbud et al. 2016; weights as in Envoy: an endpoint takes a
+/// turn only while its share of filled slots is below its share of weight).
+fn maglev(keys: &[String], weights: &[u64]) -> Vec<u32> {
+    let n = keys.len();
+    let max = weights.iter().copied().max().unwrap_or(0);
+    if n == 0 || max == 0 {
+        return Vec::new();
+    }
+    let m = MAGLEV_SIZE as u64;
+    let perm: Vec<(u64, u64)> = keys
+        .iter()
+        .map(|k| {
+            let offset = hash64(k.as_bytes()) % m;
+            let skip = hash64(format!("{k}#skip").as_bytes()) % (m - 1) + 1;
+            (offset, skip)
+        })
+        .collect();
+    let norm: Vec<f64> = weights.iter().map(|&w| w as f64 / max as f64).collect();
+    let mut next = vec![0u64; n];
+    let mut filled_by = vec![0u64; n];
+    let mut table = vec![u32::MAX; MAGLEV_SIZE];
+    let mut filled = 0;
+    let mut iteration = 1u64;
+    while filled < MAGLEV_SIZE {
+        for i in 0..n {
+            if norm[i] == 0.0 || (iteration as f64 * norm[i]) < filled_by[i] as f64 + 1.0 {
+                continue;
+            }
+            let (offset, skip) = perm[i];
+            loop {
+                let slot = ((offset + next[i] * skip) % m) as usize;
+                next[i] += 1;
+                if table[slot] == u32::MAX {
+                    table[slot] = i as u32;
+                    filled_by[i] += 1;
+                    filled += 1;
+                    break;
+                }
+            }
+            if filled == MAGLEV_SIZE {
+                break;
+            }
+        }
+        iteration += 1;
+    }
+    table
+}
+
+#[cfg(test)]
+mod tests;

@@ -3,6 +3,7 @@
 //! counters) outlive config reloads while the endpoint stays in its cluster.
 
 pub mod balancer;
+pub mod load;
 pub mod pool;
 
 pub use pool::{Lease, UpstreamError};
@@ -52,11 +53,13 @@ pub struct Endpoint {
     pub active: AtomicU64,
     /// Requests sent in total.
     pub total: AtomicU64,
+    /// Latency estimate for peak-EWMA balancing.
+    pub load: load::PeakEwma,
     pub pool: pool::Pool,
 }
 
 impl Endpoint {
-    fn new(addr: SocketAddr, weight: u32, zone: Option<String>, settings: Settings, workers: usize) -> Self {
+    pub(crate) fn new(addr: SocketAddr, weight: u32, zone: Option<String>, settings: Settings, workers: usize) -> Self {
         Self {
             addr,
             weight,
@@ -64,6 +67,7 @@ impl Endpoint {
             settings,
             active: AtomicU64::new(0),
             total: AtomicU64::new(0),
+            load: load::PeakEwma::default(),
             pool: pool::Pool::new(workers),
         }
     }
@@ -109,8 +113,28 @@ impl Cluster {
     }
 
     /// Picks the endpoint for the next request, or `None` when the cluster has none.
-    pub fn pick(&self) -> Option<&Arc<Endpoint>> {
-        self.balancer.pick(&self.endpoints)
+    /// `key` is the request's hash key (see [`Cluster::hash_key`]).
+    pub fn pick(&self, key: Option<u64>) -> Option<&Arc<Endpoint>> {
+        self.balancer.pick(&self.endpoints, key)
+    }
+
+    /// The consistent-hash key of a request, for `ring_hash`/`maglev` clusters only.
+    pub fn hash_key(&self, headers: &http::HeaderMap, client: std::net::IpAddr) -> Option<u64> {
+        if !matches!(self.spec.lb, api::LbPolicy::RingHash | api::LbPolicy::Maglev) {
+            return None;
+        }
+        match self.spec.hash_on.as_ref().and_then(|h| h.header.as_deref()) {
+            Some(name) => headers.get(name).map(|v| balancer::hash64(v.as_bytes())),
+            None => Some(match client {
+                std::net::IpAddr::V4(ip) => balancer::hash64(&ip.octets()),
+                std::net::IpAddr::V6(ip) => balancer::hash64(&ip.octets()),
+            }),
+        }
+    }
+
+    /// Whether responses should feed the endpoints' latency estimate.
+    pub fn tracks_latency(&self) -> bool {
+        self.spec.lb == api::LbPolicy::PeakEwma
     }
 
     /// The wire protocol for a request that arrived as `downstream`.
