@@ -85,11 +85,20 @@ fn clusters(snap: &Snapshot) -> serde_json::Value {
                 .iter()
                 .map(|e| {
                     let (idle, h2) = e.pool.sizes();
+                    let health = if !e.health.is_healthy() {
+                        "unhealthy"
+                    } else if e.outlier.is_ejected() {
+                        "ejected"
+                    } else {
+                        "healthy"
+                    };
                     serde_json::json!({
                         "address": e.addr.to_string(),
                         "weight": e.weight,
                         "zone": e.zone,
-                        "health": "healthy",
+                        "health": health,
+                        "times_ejected": e.outlier.times_ejected(),
+                        "ewma_ms": e.load.estimate_ns() / 1e6,
                         "active_requests": e.in_flight(),
                         "total_requests": e.total.load(Ordering::Relaxed),
                         "idle_http1_connections": idle,
@@ -97,7 +106,20 @@ fn clusters(snap: &Snapshot) -> serde_json::Value {
                     })
                 })
                 .collect();
-            serde_json::json!({ "name": &*c.name, "protocol": c.protocol, "lb": c.spec.lb, "endpoints": eps })
+            let counts = &c.counts;
+            serde_json::json!({
+                "name": &*c.name,
+                "protocol": c.protocol,
+                "lb": c.spec.lb,
+                "circuit_breaker": {
+                    "limits": c.settings.limits,
+                    "connections": counts.connections.load(Ordering::Relaxed),
+                    "pending": counts.pending.load(Ordering::Relaxed),
+                    "requests": counts.requests.load(Ordering::Relaxed),
+                    "retries": counts.retries.load(Ordering::Relaxed),
+                },
+                "endpoints": eps,
+            })
         })
         .collect();
     serde_json::json!({ "clusters": list })

@@ -14,6 +14,7 @@ pub mod detect;
 pub mod http;
 pub mod listener;
 pub mod reload;
+pub mod resilience;
 pub mod run;
 pub mod tcp;
 pub mod telemetry;

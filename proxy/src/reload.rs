@@ -61,6 +61,7 @@ fn try_reload(path: &Path, shared: &ArcSwap<Snapshot>, workers: &Workers) -> Res
     let retired = old.removed_routes(&next);
     let drain = next.drain_timeout;
     let version = next.version;
+    crate::resilience::health::start(&next);
     shared.store(Arc::new(next));
 
     for name in &removed {

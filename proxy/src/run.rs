@@ -74,6 +74,7 @@ pub fn run(opts: Options) -> Result<(), RunError> {
         let admin_listener =
             tokio::net::TcpListener::from_std(admin_socket).map_err(|e| RunError::Runtime(e.to_string()))?;
         tokio::spawn(admin::serve(admin_listener, state.clone()));
+        crate::resilience::health::start(&shared.load());
         let upkeep = state.metrics.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(5));

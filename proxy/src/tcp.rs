@@ -8,7 +8,7 @@ use tokio::net::TcpStream;
 /// Forwards `client` to an endpoint of `cluster`; closes it if none can be reached.
 pub async fn forward(mut client: TcpStream, cluster: Arc<Cluster>) {
     let key = client.peer_addr().ok().and_then(|p| cluster.hash_key(&http::HeaderMap::new(), p.ip()));
-    let Some(ep) = cluster.pick(key) else {
+    let Some(ep) = cluster.pick(key, None) else {
         tracing::debug!(cluster = %cluster.name, "tcp: no endpoint");
         return;
     };

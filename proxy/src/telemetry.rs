@@ -14,6 +14,12 @@ pub const DOWNSTREAM_CONNECTIONS_TOTAL: &str = "trellis_downstream_connections_t
 pub const CONFIG_VERSION: &str = "trellis_config_version";
 pub const CONFIG_RELOADS_TOTAL: &str = "trellis_config_reloads_total";
 pub const UPSTREAM_CONNECT_ERRORS_TOTAL: &str = "trellis_upstream_connect_errors_total";
+pub const UPSTREAM_RETRIES_TOTAL: &str = "trellis_upstream_retries_total";
+pub const UPSTREAM_HEDGES_TOTAL: &str = "trellis_upstream_hedges_total";
+pub const RETRY_BUDGET_EXHAUSTED_TOTAL: &str = "trellis_retry_budget_exhausted_total";
+pub const CIRCUIT_BREAKER_REJECTIONS_TOTAL: &str = "trellis_circuit_breaker_rejections_total";
+pub const OUTLIER_EJECTIONS_TOTAL: &str = "trellis_outlier_ejections_total";
+pub const RATE_LIMITED_TOTAL: &str = "trellis_rate_limited_total";
 
 /// Histogram buckets for request durations, in seconds (0.5 ms … 60 s).
 const DURATION_BUCKETS: &[f64] =

@@ -92,6 +92,7 @@ pub fn validate(b: &Bootstrap) -> Result<(), Vec<ValidationError>> {
                 errs.push(format!("{at}.backends[{i}].cluster"), format!("no cluster named \"{}\"", be.cluster));
             }
         }
+        validate_route_resilience(&mut errs, &at, r);
         let m = &r.matches;
         if m.path.is_some() && m.path_prefix.is_some() {
             errs.push(format!("{at}.match"), "give either path or path_prefix, not both");
@@ -160,6 +161,25 @@ pub fn validate(b: &Bootstrap) -> Result<(), Vec<ValidationError>> {
                 errs.push(format!("{at}.hash_on"), "only ring_hash and maglev use hash_on");
             }
         }
+        if let Some(o) = &c.outlier_detection {
+            if o.max_ejection_percent > 100 {
+                errs.push(format!("{at}.outlier_detection.max_ejection_percent"), "must be 0–100");
+            }
+            if o.base_ejection.is_zero() {
+                errs.push(format!("{at}.outlier_detection.base_ejection"), "must be above 0");
+            }
+        }
+        if let Some(h) = &c.health_check {
+            if h.interval.is_zero() || h.timeout.is_zero() {
+                errs.push(format!("{at}.health_check"), "interval and timeout must be above 0");
+            }
+            if h.healthy == 0 || h.unhealthy == 0 {
+                errs.push(format!("{at}.health_check"), "healthy and unhealthy thresholds must be at least 1");
+            }
+            if h.path.as_deref().is_some_and(|p| !p.starts_with('/')) {
+                errs.push(format!("{at}.health_check.path"), "must start with /");
+            }
+        }
         if c.max_streams_per_connection == Some(0) {
             errs.push(format!("{at}.max_streams_per_connection"), "must be at least 1");
         }
@@ -169,6 +189,48 @@ pub fn validate(b: &Bootstrap) -> Result<(), Vec<ValidationError>> {
     }
 
     if errs.0.is_empty() { Ok(()) } else { Err(errs.0) }
+}
+
+fn validate_route_resilience(errs: &mut Errors, at: &str, r: &crate::Route) {
+    if let Some(retry) = &r.retry {
+        if retry.attempts == 0 || retry.attempts > 10 {
+            errs.push(format!("{at}.retry.attempts"), "must be 1–10 (tries in total)");
+        }
+        if retry.budget.ratio < 0.0 || !retry.budget.ratio.is_finite() {
+            errs.push(format!("{at}.retry.budget.ratio"), "must be 0 or more");
+        }
+        if retry.backoff.base > retry.backoff.max {
+            errs.push(format!("{at}.retry.backoff"), "base must not exceed max");
+        }
+    }
+    if let Some(h) = &r.hedge
+        && (h.max == 0 || h.max > 4)
+    {
+        errs.push(format!("{at}.hedge.max"), "must be 1–4");
+    }
+    if let Some(rl) = &r.rate_limit {
+        if rl.requests_per_second.is_nan() || rl.requests_per_second <= 0.0 || !rl.requests_per_second.is_finite() {
+            errs.push(format!("{at}.rate_limit.requests_per_second"), "must be above 0");
+        }
+        if rl.burst == Some(0) {
+            errs.push(format!("{at}.rate_limit.burst"), "must be at least 1");
+        }
+        if rl.per_header.is_some() && rl.per_source_ip {
+            errs.push(format!("{at}.rate_limit"), "give at most one of per_header and per_source_ip");
+        }
+    }
+    if let Some(f) = &r.fault {
+        for (field, p) in
+            [("delay", f.delay.as_ref().map(|d| d.percent)), ("abort", f.abort.as_ref().map(|a| a.percent))]
+        {
+            if p.is_some_and(|p| !(0.0..=100.0).contains(&p)) {
+                errs.push(format!("{at}.fault.{field}.percent"), "must be 0–100");
+            }
+        }
+        if f.abort.as_ref().is_some_and(|a| !(200..600).contains(&a.status)) {
+            errs.push(format!("{at}.fault.abort.status"), "must be an HTTP status 200–599");
+        }
+    }
 }
 
 fn unique_names<'a>(errs: &mut Errors, kind: &str, names: impl Iterator<Item = &'a str>) -> HashSet<&'a str> {

@@ -29,6 +29,65 @@ pub enum BodyError {
     RouteRemoved,
 }
 
+/// A request body on its way upstream: streamed from the client, or held in memory so a
+/// retry or hedge can send it again.
+#[derive(Debug)]
+pub enum RequestBody {
+    Stream(Incoming),
+    Replay(Option<Bytes>),
+}
+
+impl RequestBody {
+    /// Reads `body` into memory when its announced length is at most `max` (a body without
+    /// one is streamed and cannot be replayed). Errors are the client's.
+    pub async fn buffer(body: Incoming, max: usize) -> Result<Self, hyper::Error> {
+        if body.is_end_stream() {
+            return Ok(Self::Replay(None));
+        }
+        match body.size_hint().exact() {
+            Some(n) if n as usize <= max => {
+                let bytes = http_body_util::BodyExt::collect(body).await?.to_bytes();
+                Ok(Self::Replay(Some(bytes)))
+            }
+            _ => Ok(Self::Stream(body)),
+        }
+    }
+
+    /// A copy for another try, if this body can be replayed.
+    pub fn replay(&self) -> Option<Self> {
+        match self {
+            Self::Stream(_) => None,
+            Self::Replay(b) => Some(Self::Replay(b.clone())),
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            Self::Stream(b) => Pin::new(b).poll_frame(cx),
+            Self::Replay(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Stream(b) => b.is_end_stream(),
+            Self::Replay(b) => b.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Stream(b) => b.size_hint(),
+            Self::Replay(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+        }
+    }
+}
+
 /// Every response the proxy writes downstream.
 #[derive(Debug)]
 pub enum ProxyBody {

@@ -1,21 +1,23 @@
-//! The request path, top to bottom: find the route, pick a backend and an endpoint, rewrite
-//! headers, send upstream under the route's timers, and stream the response back.
+//! The request path, top to bottom: find the route, apply its rate limit and fault
+//! injection, pick a backend, rewrite headers, get a response head from the cluster
+//! (`attempts`: tries, retries, hedges), and stream the response back.
 
 use crate::config::Snapshot;
-use crate::http::body::{Exchange, ProxyBody, UpstreamBody};
+use crate::http::attempts::{self, Plan};
+use crate::http::body::{Exchange, ProxyBody, RequestBody, UpstreamBody};
 use crate::http::headers::{self, Peer};
 use crate::http::respond::{ForwardError, error_response};
 use crate::http::router::{self, RequestView};
-use crate::upstream::{self, Lease, UpstreamError};
+use crate::resilience::{fault, retry};
+use crate::telemetry;
 use arc_swap::ArcSwap;
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::Duration;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
+
+/// Response header with the number of tries a request took (routes with retry or hedge).
+pub const ATTEMPTS_HEADER: &str = "x-trellis-attempts";
 
 /// What a downstream connection knows about itself.
 #[derive(Debug)]
@@ -53,94 +55,70 @@ pub async fn handle(mut req: Request<Incoming>, ctx: &ConnCtx) -> Response<Proxy
         }
     };
     let (index, backend) = route.pick_backend();
-    let fail = |err: ForwardError| {
-        let resp = error_response(&err);
+    let fail = |err: ForwardError, tries: Option<u32>| {
+        let mut resp = error_response(&err);
+        if let Some(n) = tries {
+            resp.headers_mut().insert(ATTEMPTS_HEADER, HeaderValue::from(n));
+        }
         backend.metrics.count(resp.status().as_u16());
         backend.metrics.observe(started.elapsed());
         tracing::debug!(route = %route.name, error = %err, "request failed");
         resp
     };
+    if let Some(limiter) = &route.rate_limit
+        && let Err(wait) = limiter.check(req.headers(), ctx.peer.ip)
+    {
+        metrics::counter!(telemetry::RATE_LIMITED_TOTAL, "route" => route.name.to_string()).increment(1);
+        return fail(ForwardError::RateLimited(wait), None);
+    }
+    if let Some(f) = &route.fault {
+        if let Some(d) = fault::delay(f) {
+            tokio::time::sleep(d).await;
+        }
+        if let Some(status) = fault::abort(f) {
+            return fail(ForwardError::FaultAbort(status), None);
+        }
+    }
+
     let cluster = &backend.cluster;
-    let key = cluster.hash_key(req.headers(), ctx.peer.ip);
-    let Some(endpoint) = cluster.pick(key) else {
-        return fail(ForwardError::NoEndpoint(cluster.name.clone()));
-    };
     let wire = cluster.wire_for(ctx.h2);
+    let key = cluster.hash_key(req.headers(), ctx.peer.ip);
     headers::prepare_request(&mut req, ctx.peer, wire);
     route.request_headers.apply(req.headers_mut());
-
     let deadline = route.timeout.map(|t| Instant::now() + t);
-    let sent = Timed {
-        fut: upstream::pool::send(endpoint, wire, req),
-        deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
-        idle_after: route.idle_timeout,
-        idle: None,
-    }
-    .await;
-    let (resp, lease): (Response<Incoming>, Lease) = match sent {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            if matches!(e, UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout(_)) {
-                metrics::counter!(crate::telemetry::UPSTREAM_CONNECT_ERRORS_TOTAL, "cluster" => cluster.name.to_string())
-                    .increment(1);
-            }
-            return fail(ForwardError::Upstream(e));
+
+    // Retries and hedges need the body again: keep it in memory when it is small enough.
+    let retry = route.retry.as_ref().filter(|r| r.allows_method(req.method()));
+    let hedge = route.hedge.as_ref().filter(|_| retry::is_idempotent(req.method())).map(|h| (h.delay, h.max));
+    let counted = route.retry.is_some() || route.hedge.is_some();
+    let (parts, body) = req.into_parts();
+    let body = if retry.is_some() || hedge.is_some() {
+        let max = retry.map_or(64 * 1024, |r| r.max_body);
+        match RequestBody::buffer(body, max).await {
+            Ok(b) => b,
+            Err(e) => return fail(ForwardError::ClientBody(e), None),
         }
-        Err(e) => return fail(e),
+    } else {
+        RequestBody::Stream(body)
+    };
+    let plan = Plan { cluster, wire, key, deadline, idle_timeout: route.idle_timeout, retry, hedge };
+    let sent = match attempts::send(&plan, Request::from_parts(parts, body)).await {
+        Ok(s) => s,
+        Err((e, tries)) => return fail(e, counted.then_some(tries)),
     };
 
-    if cluster.tracks_latency() {
-        let now = std::time::Instant::now();
-        lease.endpoint().load.observe(now - started, now);
-    }
-    let (mut parts, body) = resp.into_parts();
+    let (mut parts, body) = sent.response.into_parts();
     // The downstream connection decides its own version; an HTTP/1.0 upstream must not turn
     // the client's keep-alive connection into a 1.0 one.
     parts.version = http::Version::HTTP_11;
     headers::prepare_response(&mut parts.headers);
     route.response_headers.apply(&mut parts.headers);
+    if counted {
+        parts.headers.insert(ATTEMPTS_HEADER, HeaderValue::from(sent.tries));
+    }
     backend.metrics.count(parts.status.as_u16());
     let streaming = http_body::Body::size_hint(&body).exact().is_none();
-    let exchange = Exchange { route: route.clone(), backend: index, lease: Some(lease), started, clean: false };
+    let exchange = Exchange { route: route.clone(), backend: index, lease: Some(sent.lease), started, clean: false };
     let body = UpstreamBody::new(body, exchange, deadline, streaming);
     Response::from_parts(parts, ProxyBody::Upstream(Box::new(body)))
-}
-
-pin_project_lite::pin_project! {
-    /// Waits for the upstream's response head under the route's whole deadline and idle
-    /// timeout. The idle timer is only armed if the first poll has to wait.
-    struct Timed<F> {
-        #[pin]
-        fut: F,
-        deadline: Option<Pin<Box<Sleep>>>,
-        idle_after: Option<Duration>,
-        #[pin]
-        idle: Option<Sleep>,
-    }
-}
-
-impl<F: Future> Future for Timed<F> {
-    type Output = Result<F::Output, ForwardError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        if let Poll::Ready(out) = this.fut.poll(cx) {
-            return Poll::Ready(Ok(out));
-        }
-        if let Some(d) = this.deadline.as_mut()
-            && d.as_mut().poll(cx).is_ready()
-        {
-            return Poll::Ready(Err(ForwardError::Timeout));
-        }
-        if let Some(after) = *this.idle_after {
-            let mut idle = this.idle;
-            if idle.is_none() {
-                idle.set(Some(tokio::time::sleep(after)));
-            }
-            if idle.as_pin_mut().is_some_and(|t| t.poll(cx).is_ready()) {
-                return Poll::Ready(Err(ForwardError::IdleTimeout));
-            }
-        }
-        Poll::Pending
-    }
 }

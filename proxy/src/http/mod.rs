@@ -2,6 +2,7 @@
 //! forwarding (`forward`, `headers`), streaming bodies (`body`) and turning failures into
 //! responses (`respond`).
 
+pub mod attempts;
 pub mod body;
 pub mod forward;
 pub mod headers;

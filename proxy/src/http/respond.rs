@@ -21,10 +21,18 @@ pub enum ForwardError {
     Upstream(#[from] UpstreamError),
     #[error("no response within the route's timeout")]
     Timeout,
+    #[error("no response within the retry policy's per_try_timeout")]
+    TryTimeout,
     #[error("upstream sent no response within the route's idle_timeout")]
     IdleTimeout,
     #[error("this listener was removed and is draining")]
     ListenerGone,
+    #[error("over the route's rate limit; retry in {0:?}")]
+    RateLimited(std::time::Duration),
+    #[error("fault injection aborted this request")]
+    FaultAbort(u16),
+    #[error("reading the request body failed: {0}")]
+    ClientBody(hyper::Error),
 }
 
 impl ForwardError {
@@ -32,9 +40,14 @@ impl ForwardError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::NoRoute => StatusCode::NOT_FOUND,
-            Self::NoEndpoint(_) | Self::ListenerGone => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoEndpoint(_) | Self::ListenerGone | Self::Upstream(UpstreamError::Overloaded(_)) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Upstream(_) => StatusCode::BAD_GATEWAY,
-            Self::Timeout | Self::IdleTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::FaultAbort(code) => StatusCode::from_u16(*code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+            Self::ClientBody(_) => StatusCode::BAD_REQUEST,
+            Self::Timeout | Self::TryTimeout | Self::IdleTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -47,7 +60,11 @@ impl ForwardError {
                 "upstream connect failure"
             }
             Self::Upstream(UpstreamError::Handshake(_) | UpstreamError::Reset(_)) => "upstream reset",
-            Self::Timeout => "upstream timeout",
+            Self::Upstream(UpstreamError::Overloaded(_)) => "overloaded",
+            Self::RateLimited(_) => "rate limited",
+            Self::FaultAbort(_) => "fault injected",
+            Self::ClientBody(_) => "bad request body",
+            Self::Timeout | Self::TryTimeout => "upstream timeout",
             Self::IdleTimeout => "upstream idle timeout",
             Self::ListenerGone => "listener draining",
         }
@@ -63,5 +80,9 @@ pub fn error_response(err: &ForwardError) -> Response<ProxyBody> {
     let h = resp.headers_mut();
     h.insert(ERROR_HEADER, HeaderValue::from_static(reason));
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    if let ForwardError::RateLimited(wait) = err {
+        let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+        h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
     resp
 }

@@ -2,6 +2,8 @@
 //! header rules, and its lifetime across reloads (`Life`).
 
 use crate::http::router::{Matcher, Routable};
+use crate::resilience::rate_limit::Limiter;
+use crate::resilience::retry::Retry;
 use crate::telemetry::RouteMetrics;
 use crate::upstream::Cluster;
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -24,6 +26,10 @@ pub struct Route {
     pub idle_timeout: Option<Duration>,
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
+    pub retry: Option<Retry>,
+    pub hedge: Option<api::HedgePolicy>,
+    pub rate_limit: Option<Limiter>,
+    pub fault: Option<api::Fault>,
     pub life: Arc<Life>,
 }
 
@@ -75,6 +81,10 @@ impl Route {
                 .map_err(|e| format!("routes[{}].headers: {e}", spec.name))?,
             response_headers: HeaderOps::new(&spec.response_headers)
                 .map_err(|e| format!("routes[{}].response_headers: {e}", spec.name))?,
+            retry: spec.retry.as_ref().map(Retry::new),
+            hedge: spec.hedge.clone(),
+            rate_limit: spec.rate_limit.as_ref().map(Limiter::new),
+            fault: spec.fault.clone(),
             life,
         })
     }

@@ -88,7 +88,7 @@ impl Balancer {
 }
 
 /// Power of two choices: two random endpoints, the one with the lower `cost ÷ weight` wins.
-fn p2c<'a>(endpoints: &'a [Arc<Endpoint>], cost: impl Fn(&Endpoint) -> f64) -> &'a Arc<Endpoint> {
+fn p2c(endpoints: &[Arc<Endpoint>], cost: impl Fn(&Endpoint) -> f64) -> &Arc<Endpoint> {
     let n = endpoints.len();
     let i = fastrand::usize(..n);
     let mut j = fastrand::usize(..n - 1);

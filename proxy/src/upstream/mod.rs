@@ -1,6 +1,6 @@
-//! Clusters and their endpoints: which endpoint a request goes to (`balancer`), and the
-//! pooled connections it is sent on (`pool`). Endpoint objects (with their pools and load
-//! counters) outlive config reloads while the endpoint stays in its cluster.
+//! Clusters and their endpoints: which endpoint a request goes to (`balancer`, `load`), and
+//! the pooled connections it is sent on (`pool`). Endpoint objects (with their pools, load,
+//! outlier and health state) outlive config reloads while the endpoint stays in its cluster.
 
 pub mod balancer;
 pub mod load;
@@ -8,6 +8,10 @@ pub mod pool;
 
 pub use pool::{Lease, UpstreamError};
 
+use crate::resilience::breaker::Counts;
+use crate::resilience::health::Health;
+use crate::resilience::outlier::{Outcome, Outlier, Verdict};
+use crate::telemetry;
 use crate::upstream::balancer::Balancer;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,7 +34,11 @@ pub struct Cluster {
     pub settings: Settings,
     pub endpoints: Vec<Arc<Endpoint>>,
     balancer: Balancer,
-    /// The resource it was built from, to decide reuse on reload.
+    /// Circuit-breaker counts, shared by the endpoints and kept across reloads.
+    pub counts: Arc<Counts>,
+    /// Recent time-to-first-byte, for `hedge: { delay: auto }`.
+    pub latency: Arc<LatencyHistogram>,
+    /// The resource it was built from.
     pub spec: api::Cluster,
 }
 
@@ -40,14 +48,16 @@ pub struct Settings {
     pub connect_timeout: Duration,
     pub max_streams: u32,
     pub max_idle: usize,
+    pub limits: Option<api::CircuitBreaker>,
 }
 
-/// One upstream address, its pools and its load.
+/// One upstream address, its pools, its load and its health.
 #[derive(Debug)]
 pub struct Endpoint {
     pub addr: SocketAddr,
     pub weight: u32,
     pub zone: Option<String>,
+    pub cluster: Arc<str>,
     pub settings: Settings,
     /// Requests in flight (response not finished).
     pub active: AtomicU64,
@@ -55,6 +65,10 @@ pub struct Endpoint {
     pub total: AtomicU64,
     /// Latency estimate for peak-EWMA balancing.
     pub load: load::PeakEwma,
+    pub outlier: Outlier,
+    pub health: Health,
+    health_check: Option<api::HealthCheck>,
+    pub counts: Arc<Counts>,
     pub pool: pool::Pool,
 }
 
@@ -64,18 +78,33 @@ impl Endpoint {
             addr,
             weight,
             zone,
+            cluster: "".into(),
             settings,
             active: AtomicU64::new(0),
             total: AtomicU64::new(0),
             load: load::PeakEwma::default(),
+            outlier: Outlier::default(),
+            health: Health::default(),
+            health_check: None,
+            counts: Arc::default(),
             pool: pool::Pool::new(workers),
         }
+    }
+
+    /// Requests in flight.
+    pub fn in_flight(&self) -> u64 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// May take traffic: healthy by active checks and not ejected by outlier detection.
+    pub fn available(&self) -> bool {
+        self.health.is_healthy() && !self.outlier.is_ejected()
     }
 }
 
 impl Cluster {
     /// Builds a cluster, keeping endpoint objects of `prev` (same cluster name) whose address
-    /// and connection settings did not change, so their pools and counters survive.
+    /// and connection settings did not change, so their pools and state survive.
     pub fn build(
         spec: &api::Cluster,
         addrs: Vec<(SocketAddr, &api::Endpoint)>,
@@ -86,36 +115,71 @@ impl Cluster {
             connect_timeout: spec.connect_timeout.unwrap_or(api::DEFAULT_CONNECT_TIMEOUT).get(),
             max_streams: spec.max_streams_per_connection.unwrap_or(api::DEFAULT_MAX_STREAMS_PER_CONNECTION),
             max_idle: spec.max_idle_per_endpoint.unwrap_or(api::DEFAULT_MAX_IDLE_PER_ENDPOINT) as usize,
+            limits: spec.circuit_breaker,
         };
+        let counts = prev.map(|p| p.counts.clone()).unwrap_or_default();
+        let name: Arc<str> = spec.name.as_str().into();
         let endpoints: Vec<Arc<Endpoint>> = addrs
             .into_iter()
             .map(|(addr, e)| {
                 let kept = prev.and_then(|p| {
                     p.endpoints.iter().find(|old| {
-                        old.addr == addr && old.settings == settings && old.weight == e.weight && old.zone == e.zone
+                        old.addr == addr
+                            && old.settings == settings
+                            && old.weight == e.weight
+                            && old.zone == e.zone
+                            && old.health_check == spec.health_check
                     })
                 });
                 match kept {
                     Some(old) => old.clone(),
-                    None => Arc::new(Endpoint::new(addr, e.weight, e.zone.clone(), settings, workers)),
+                    None => {
+                        let mut ep = Endpoint::new(addr, e.weight, e.zone.clone(), settings, workers);
+                        ep.cluster = name.clone();
+                        ep.counts = counts.clone();
+                        ep.health_check = spec.health_check.clone();
+                        Arc::new(ep)
+                    }
                 }
             })
             .collect();
         let balancer = Balancer::new(spec.lb, &endpoints);
         Self {
-            name: spec.name.as_str().into(),
+            name,
             protocol: spec.protocol,
             settings,
             endpoints,
             balancer,
+            counts,
+            latency: prev.map(|p| p.latency.clone()).unwrap_or_default(),
             spec: spec.clone(),
         }
     }
 
-    /// Picks the endpoint for the next request, or `None` when the cluster has none.
-    /// `key` is the request's hash key (see [`Cluster::hash_key`]).
-    pub fn pick(&self, key: Option<u64>) -> Option<&Arc<Endpoint>> {
-        self.balancer.pick(&self.endpoints, key)
+    /// Picks the endpoint for the next try, or `None` when no endpoint may take traffic.
+    /// `key` is the request's hash key (see [`Cluster::hash_key`]); `avoid` is the endpoint
+    /// of the previous try, used again only when it is the one left.
+    pub fn pick(&self, key: Option<u64>, avoid: Option<&Arc<Endpoint>>) -> Option<&Arc<Endpoint>> {
+        let ok = |e: &Arc<Endpoint>| e.available() && !avoid.is_some_and(|a| Arc::ptr_eq(a, e));
+        // The balancer's choice, a few times (random policies draw anew each time)…
+        for _ in 0..3 {
+            match self.balancer.pick(&self.endpoints, key) {
+                Some(e) if ok(e) => return Some(e),
+                Some(_) if key.is_some() => break,
+                Some(_) => {}
+                None => return None,
+            }
+        }
+        // …then the next usable endpoint after a key-derived or random start.
+        let n = self.endpoints.len();
+        if n == 0 {
+            return None;
+        }
+        let start = key.map_or_else(|| fastrand::usize(..n), |k| (k % n as u64) as usize);
+        (0..n)
+            .map(|i| &self.endpoints[(start + i) % n])
+            .find(|e| ok(e))
+            .or_else(|| avoid.filter(|a| a.available()).and_then(|a| self.endpoints.iter().find(|e| Arc::ptr_eq(a, e))))
     }
 
     /// The consistent-hash key of a request, for `ring_hash`/`maglev` clusters only.
@@ -137,6 +201,24 @@ impl Cluster {
         self.spec.lb == api::LbPolicy::PeakEwma
     }
 
+    /// Feeds one try's outcome to outlier detection; ejects the endpoint when its
+    /// thresholds are crossed and the cluster's ejection cap allows.
+    pub fn record(&self, ep: &Endpoint, outcome: Outcome) {
+        let Some(cfg) = &self.spec.outlier_detection else { return };
+        if ep.outlier.record(outcome, cfg) != Verdict::Eject {
+            return;
+        }
+        let ejected = self.endpoints.iter().filter(|e| e.outlier.is_ejected()).count();
+        let cap = self.endpoints.len() * cfg.max_ejection_percent as usize / 100;
+        if ejected + 1 > cap {
+            tracing::debug!(cluster = %self.name, endpoint = %ep.addr, "outlier: over max_ejection_percent, not ejected");
+            return;
+        }
+        let d = ep.outlier.eject(cfg.base_ejection.get());
+        metrics::counter!(telemetry::OUTLIER_EJECTIONS_TOTAL, "cluster" => self.name.to_string()).increment(1);
+        tracing::warn!(cluster = %self.name, endpoint = %ep.addr, ejected_for = ?d, "outlier: endpoint ejected");
+    }
+
     /// The wire protocol for a request that arrived as `downstream`.
     pub fn wire_for(&self, downstream_h2: bool) -> Wire {
         match self.protocol {
@@ -148,9 +230,79 @@ impl Cluster {
     }
 }
 
-impl Endpoint {
-    /// Load as seen by least-request balancing.
-    pub fn in_flight(&self) -> u64 {
-        self.active.load(Ordering::Relaxed)
+/// Time-to-first-byte histogram (log-spaced buckets, lock-free) of recent requests: every
+/// `DECAY_EVERY` samples all counts are halved, so old traffic fades out.
+#[derive(Debug)]
+pub struct LatencyHistogram {
+    buckets: [AtomicU64; 64],
+    samples: AtomicU64,
+}
+
+const DECAY_EVERY: u64 = 4096;
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        Self { buckets: std::array::from_fn(|_| AtomicU64::new(0)), samples: AtomicU64::new(0) }
+    }
+}
+
+impl LatencyHistogram {
+    /// Bucket i holds samples up to 16 µs × 2^((i+1)/2).
+    fn bucket(d: Duration) -> usize {
+        let x = (d.as_micros() as f64 / 16.0).max(1.0);
+        ((x.log2() * 2.0) as usize).min(63)
+    }
+
+    fn upper(i: usize) -> Duration {
+        Duration::from_micros((16.0 * 2f64.powf((i + 1) as f64 / 2.0)) as u64)
+    }
+
+    pub fn record(&self, d: Duration) {
+        self.buckets[Self::bucket(d)].fetch_add(1, Ordering::Relaxed);
+        if self.samples.fetch_add(1, Ordering::Relaxed) % DECAY_EVERY == DECAY_EVERY - 1 {
+            for b in &self.buckets {
+                let v = b.load(Ordering::Relaxed);
+                b.store(v / 2, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The q-quantile (0..1) of recent samples (an upper bound), or `None` with too few.
+    pub fn quantile(&self, q: f64) -> Option<Duration> {
+        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
+        let total: u64 = counts.iter().sum();
+        if total < 20 {
+            return None;
+        }
+        let target = (total as f64 * q).ceil() as u64;
+        let mut seen = 0;
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= target {
+                return Some(Self::upper(i));
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_quantiles() {
+        let h = LatencyHistogram::default();
+        assert_eq!(h.quantile(0.95), None);
+        for _ in 0..95 {
+            h.record(Duration::from_millis(1));
+        }
+        for _ in 0..5 {
+            h.record(Duration::from_millis(100));
+        }
+        let p95 = h.quantile(0.95).unwrap();
+        assert!(p95 >= Duration::from_millis(1) && p95 < Duration::from_millis(2), "{p95:?}");
+        let p99 = h.quantile(0.99).unwrap();
+        assert!(p99 >= Duration::from_millis(100) && p99 < Duration::from_millis(150), "{p99:?}");
     }
 }

@@ -3,6 +3,8 @@
 //! HTTP/2: multiplexed connections shared by all workers, a new one opened only when every
 //! open one carries `max_streams` requests.
 
+use crate::http::body::RequestBody;
+use crate::resilience::breaker::Threshold;
 use crate::upstream::{Endpoint, Wire};
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -25,13 +27,15 @@ pub enum UpstreamError {
     Handshake(hyper::Error),
     #[error("upstream connection reset: {0}")]
     Reset(hyper::Error),
+    #[error("cluster over its {} circuit-breaker threshold", .0.as_str())]
+    Overloaded(Threshold),
 }
 
-type H1 = http1::SendRequest<Incoming>;
+type H1 = http1::SendRequest<RequestBody>;
 
 #[derive(Debug)]
 struct H2Conn {
-    sender: http2::SendRequest<Incoming>,
+    sender: http2::SendRequest<RequestBody>,
     streams: Arc<AtomicU32>,
 }
 
@@ -78,7 +82,7 @@ impl Pool {
         }
     }
 
-    fn checkout_h2(&self, max_streams: u32) -> Option<(http2::SendRequest<Incoming>, Arc<AtomicU32>)> {
+    fn checkout_h2(&self, max_streams: u32) -> Option<(http2::SendRequest<RequestBody>, Arc<AtomicU32>)> {
         let mut conns = self.h2.lock().unwrap_or_else(|p| p.into_inner());
         conns.retain(|c| !c.sender.is_closed());
         conns.iter().find_map(|c| {
@@ -131,6 +135,7 @@ impl Drop for Lease {
             streams.fetch_sub(1, Ordering::AcqRel);
         }
         self.endpoint.active.fetch_sub(1, Ordering::Relaxed);
+        self.endpoint.counts.release(Threshold::MaxRequests);
     }
 }
 
@@ -138,8 +143,11 @@ impl Drop for Lease {
 pub async fn send(
     ep: &Arc<Endpoint>,
     wire: Wire,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
 ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
+    ep.counts
+        .acquire(Threshold::MaxRequests, ep.settings.limits.as_ref(), &ep.cluster)
+        .map_err(UpstreamError::Overloaded)?;
     ep.active.fetch_add(1, Ordering::Relaxed);
     ep.total.fetch_add(1, Ordering::Relaxed);
     // From here on the lease owns the `active` count, whatever happens.
@@ -160,7 +168,7 @@ pub async fn send(
     }
 }
 
-async fn send_h1(ep: &Endpoint, mut req: Request<Incoming>) -> Result<(Response<Incoming>, H1), UpstreamError> {
+async fn send_h1(ep: &Endpoint, mut req: Request<RequestBody>) -> Result<(Response<Incoming>, H1), UpstreamError> {
     // A pooled connection may have been closed by the upstream while idle; when hyper hands
     // the request back unsent we try the next one, and finally a fresh connection.
     while let Some(mut sender) = ep.pool.take_h1() {
@@ -180,12 +188,30 @@ async fn send_h1(ep: &Endpoint, mut req: Request<Incoming>) -> Result<(Response<
     Ok((resp, sender))
 }
 
+/// Opens a TCP connection under the cluster's `max_connections` and `max_pending`
+/// thresholds. On success the caller owns one `max_connections` unit, to be released by
+/// [`spawn_conn`] when the connection ends (or at once if the handshake fails).
 async fn connect_tcp(ep: &Endpoint) -> Result<TokioIo<TcpStream>, UpstreamError> {
     let addr = ep.addr;
-    let stream = tokio::time::timeout(ep.settings.connect_timeout, TcpStream::connect(addr))
-        .await
-        .map_err(|_| UpstreamError::ConnectTimeout(addr))?
-        .map_err(|source| UpstreamError::Connect { addr, source })?;
+    let limits = ep.settings.limits.as_ref();
+    ep.counts.acquire(Threshold::MaxConnections, limits, &ep.cluster).map_err(UpstreamError::Overloaded)?;
+    if let Err(t) = ep.counts.acquire(Threshold::MaxPending, limits, &ep.cluster) {
+        ep.counts.release(Threshold::MaxConnections);
+        return Err(UpstreamError::Overloaded(t));
+    }
+    let connected = tokio::time::timeout(ep.settings.connect_timeout, TcpStream::connect(addr)).await;
+    ep.counts.release(Threshold::MaxPending);
+    let stream = match connected {
+        Ok(Ok(s)) => s,
+        Ok(Err(source)) => {
+            ep.counts.release(Threshold::MaxConnections);
+            return Err(UpstreamError::Connect { addr, source });
+        }
+        Err(_) => {
+            ep.counts.release(Threshold::MaxConnections);
+            return Err(UpstreamError::ConnectTimeout(addr));
+        }
+    };
     // Latency matters more than packet count for request/response traffic.
     let _ = stream.set_nodelay(true);
     Ok(TokioIo::new(stream))
@@ -204,7 +230,7 @@ async fn connect_h1(ep: &Endpoint) -> Result<H1, UpstreamError> {
 
 async fn checkout_or_connect_h2(
     ep: &Endpoint,
-) -> Result<(http2::SendRequest<Incoming>, Arc<AtomicU32>), UpstreamError> {
+) -> Result<(http2::SendRequest<RequestBody>, Arc<AtomicU32>), UpstreamError> {
     let max = ep.settings.max_streams;
     if let Some(c) = ep.pool.checkout_h2(max) {
         return Ok(c);
@@ -215,18 +241,20 @@ async fn checkout_or_connect_h2(
         return Ok(c);
     }
     let io = connect_tcp(ep).await?;
-    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+    let handshake = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10))
         .handshake(io)
-        .await
-        .map_err(UpstreamError::Handshake)?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "upstream http2 connection ended");
+        .await;
+    let (sender, conn) = match handshake {
+        Ok(x) => x,
+        Err(e) => {
+            ep.counts.release(Threshold::MaxConnections);
+            return Err(UpstreamError::Handshake(e));
         }
-    });
+    };
+    spawn_conn(ep, conn);
     let streams = Arc::new(AtomicU32::new(1));
     ep.pool
         .h2
@@ -234,4 +262,19 @@ async fn checkout_or_connect_h2(
         .unwrap_or_else(|p| p.into_inner())
         .push(H2Conn { sender: sender.clone(), streams: streams.clone() });
     Ok((sender, streams))
+}
+
+/// Drives an upstream connection to its end, then gives back its `max_connections` unit.
+fn spawn_conn<C, E>(ep: &Endpoint, conn: C)
+where
+    C: std::future::Future<Output = Result<(), E>> + Send + 'static,
+    E: std::fmt::Display,
+{
+    let counts = ep.counts.clone();
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream connection ended");
+        }
+        counts.release(Threshold::MaxConnections);
+    });
 }

@@ -3,7 +3,7 @@ use crate::upstream::{Endpoint, Settings};
 use std::time::Duration;
 
 fn endpoints(weights: &[u32]) -> Vec<Arc<Endpoint>> {
-    let settings = Settings { connect_timeout: Duration::from_secs(1), max_streams: 100, max_idle: 8 };
+    let settings = Settings { connect_timeout: Duration::from_secs(1), max_streams: 100, max_idle: 8, limits: None };
     weights
         .iter()
         .enumerate()

@@ -1,0 +1,284 @@
+//! Getting a response head from a cluster: one try, or several under the route's retry
+//! policy (a different endpoint when one exists, backoff between tries, the retry budget and
+//! the `max_retries` breaker respected) and hedging (a second try after a delay; the first
+//! response wins, the others are cancelled by being dropped).
+
+use crate::http::body::RequestBody;
+use crate::http::respond::ForwardError;
+use crate::resilience::breaker::Threshold;
+use crate::resilience::outlier::Outcome;
+use crate::resilience::retry::Retry;
+use crate::telemetry;
+use crate::upstream::{Cluster, Endpoint, Lease, UpstreamError, Wire, pool};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use http::request::Parts;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::{Instant, Sleep};
+use trellis_api::HedgeDelay;
+
+/// How to reach a cluster for one request.
+pub struct Plan<'a> {
+    pub cluster: &'a Cluster,
+    pub wire: Wire,
+    pub key: Option<u64>,
+    /// The route's whole-request deadline.
+    pub deadline: Option<Instant>,
+    pub idle_timeout: Option<Duration>,
+    /// Set only when this request may be retried.
+    pub retry: Option<&'a Retry>,
+    /// Set only when this request may be hedged: (delay, extra tries).
+    pub hedge: Option<(HedgeDelay, u32)>,
+}
+
+/// A response head and what it took.
+pub struct Sent {
+    pub response: Response<Incoming>,
+    pub lease: Lease,
+    /// Tries made, hedges included.
+    pub tries: u32,
+}
+
+type TryResult = Result<(Response<Incoming>, Lease), ForwardError>;
+
+/// Sends `req` under `plan`. Failures carry the number of tries made.
+pub async fn send(plan: &Plan<'_>, req: Request<RequestBody>) -> Result<Sent, (ForwardError, u32)> {
+    let replayable = matches!(req.body(), RequestBody::Replay(_));
+    if !replayable || (plan.retry.is_none() && plan.hedge.is_none()) {
+        let (_, result) = try_once(plan, req, None).await;
+        return result.map(|(response, lease)| Sent { response, lease, tries: 1 }).map_err(|e| (e, 1));
+    }
+    let (parts, body) = req.into_parts();
+    if let Some(r) = plan.retry {
+        r.budget.deposit();
+    }
+    let attempts = plan.retry.map_or(1, |r| r.attempts);
+    let mut tries = 0;
+    let mut last: Option<Arc<Endpoint>> = None;
+    for attempt in 1.. {
+        let (ep, result, made) = match plan.hedge {
+            Some((delay, max)) => hedged(plan, &parts, &body, delay, max, last.as_ref()).await,
+            None => {
+                let (ep, r) = try_once(plan, rebuild(&parts, &body), last.clone()).await;
+                (ep, r, 1)
+            }
+        };
+        tries += made;
+        let Some(retry) = plan.retry else { return finish(result, tries) };
+        let outcome = match &result {
+            Ok((resp, _)) => outcome_of(resp),
+            Err(e) => match error_outcome(e) {
+                Some(o) => o,
+                None => return finish(result, tries),
+            },
+        };
+        if attempt >= attempts || !retry.retries_on(outcome) {
+            return finish(result, tries);
+        }
+        let Some(wait) = retry.backoff(attempt + 1, result.as_ref().ok().map(|(r, _)| r.headers())) else {
+            return finish(result, tries);
+        };
+        if plan.deadline.is_some_and(|d| Instant::now() + wait >= d) {
+            return finish(result, tries);
+        }
+        if !retry.budget.withdraw() {
+            metrics::counter!(telemetry::RETRY_BUDGET_EXHAUSTED_TOTAL, "cluster" => plan.cluster.name.to_string())
+                .increment(1);
+            return finish(result, tries);
+        }
+        let counts = &plan.cluster.counts;
+        if counts.acquire(Threshold::MaxRetries, plan.cluster.settings.limits.as_ref(), &plan.cluster.name).is_err() {
+            return finish(result, tries);
+        }
+        // Release the failed try's connection before waiting.
+        drop(result);
+        metrics::counter!(telemetry::UPSTREAM_RETRIES_TOTAL, "cluster" => plan.cluster.name.to_string()).increment(1);
+        tokio::time::sleep(wait).await;
+        counts.release(Threshold::MaxRetries);
+        last = ep;
+    }
+    unreachable!("the loop returns")
+}
+
+fn finish(result: TryResult, tries: u32) -> Result<Sent, (ForwardError, u32)> {
+    result.map(|(response, lease)| Sent { response, lease, tries }).map_err(|e| (e, tries))
+}
+
+/// One try on one endpoint (not `avoid` if another is usable), fed to outlier detection
+/// and the latency estimates.
+async fn try_once(
+    plan: &Plan<'_>,
+    req: Request<RequestBody>,
+    avoid: Option<Arc<Endpoint>>,
+) -> (Option<Arc<Endpoint>>, TryResult) {
+    let cluster = plan.cluster;
+    let Some(ep) = cluster.pick(plan.key, avoid.as_ref()) else {
+        return (None, Err(ForwardError::NoEndpoint(cluster.name.clone())));
+    };
+    let started = std::time::Instant::now();
+    let per_try = plan.retry.and_then(|r| r.per_try_timeout).map(|t| Instant::now() + t);
+    let deadline = match (plan.deadline, per_try) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let sent = Timed {
+        fut: pool::send(ep, plan.wire, req),
+        deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+        idle_after: plan.idle_timeout,
+        idle: None,
+    }
+    .await;
+    let result = match sent {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) => {
+            if matches!(e, UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout(_)) {
+                metrics::counter!(telemetry::UPSTREAM_CONNECT_ERRORS_TOTAL, "cluster" => cluster.name.to_string())
+                    .increment(1);
+            }
+            Err(ForwardError::Upstream(e))
+        }
+        // The per-try deadline passed but the route's did not: a per-try timeout.
+        Err(ForwardError::Timeout) if plan.deadline.is_none_or(|d| Instant::now() < d) => Err(ForwardError::TryTimeout),
+        Err(e) => Err(e),
+    };
+    match &result {
+        Ok((resp, _)) => {
+            let now = std::time::Instant::now();
+            if cluster.tracks_latency() {
+                ep.load.observe(now - started, now);
+            }
+            if matches!(plan.hedge, Some((HedgeDelay::Auto, _))) {
+                cluster.latency.record(now - started);
+            }
+            cluster.record(ep, outcome_of(resp));
+        }
+        Err(e) => {
+            if let Some(o) = error_outcome(e) {
+                cluster.record(ep, o);
+            }
+        }
+    }
+    (Some(ep.clone()), result)
+}
+
+/// Runs up to `1 + max` tries, starting another each time `delay` passes without a
+/// usable response; returns the first usable one (or the last failure) and the tries made.
+async fn hedged(
+    plan: &Plan<'_>,
+    parts: &Parts,
+    body: &RequestBody,
+    delay: HedgeDelay,
+    max: u32,
+    avoid: Option<&Arc<Endpoint>>,
+) -> (Option<Arc<Endpoint>>, TryResult, u32) {
+    let delay = match delay {
+        HedgeDelay::Fixed(d) => Some(d.get()),
+        HedgeDelay::Auto => plan.cluster.latency.quantile(0.95),
+    };
+    let mut inflight = FuturesUnordered::new();
+    inflight.push(Box::pin(try_once(plan, rebuild(parts, body), avoid.cloned())));
+    let mut tries = 1;
+    let mut last_ep = avoid.cloned();
+    let mut timer = delay.map(|d| Box::pin(tokio::time::sleep(d)));
+    loop {
+        let hedge_due = async {
+            match timer.as_mut() {
+                Some(t) if tries <= max => t.as_mut().await,
+                _ => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            Some((ep, result)) = inflight.next() => {
+                let usable = match &result {
+                    Ok((resp, _)) => !plan.retry.is_some_and(|r| r.retries_on(outcome_of(resp))),
+                    Err(e) => error_outcome(e).is_none(),
+                };
+                if usable || inflight.is_empty() {
+                    return (ep, result, tries);
+                }
+                last_ep = ep;
+            }
+            () = hedge_due => {
+                tries += 1;
+                metrics::counter!(telemetry::UPSTREAM_HEDGES_TOTAL, "cluster" => plan.cluster.name.to_string()).increment(1);
+                inflight.push(Box::pin(try_once(plan, rebuild(parts, body), last_ep.clone())));
+                if let (Some(t), Some(d)) = (timer.as_mut(), delay) {
+                    t.as_mut().reset(Instant::now() + d);
+                }
+            }
+        }
+    }
+}
+
+fn rebuild(parts: &Parts, body: &RequestBody) -> Request<RequestBody> {
+    let mut r = Request::new(body.replay().unwrap_or(RequestBody::Replay(None)));
+    *r.method_mut() = parts.method.clone();
+    *r.uri_mut() = parts.uri.clone();
+    *r.version_mut() = parts.version;
+    *r.headers_mut() = parts.headers.clone();
+    r
+}
+
+/// The outcome of a response head (grpc-status is in the head for trailers-only answers).
+fn outcome_of(resp: &Response<Incoming>) -> Outcome {
+    let grpc = resp.headers().get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|s| s.parse().ok());
+    Outcome::Status { code: resp.status().as_u16(), grpc }
+}
+
+/// The outcome of a failed try, or `None` when the failure is not the endpoint's doing
+/// (and is not retried): the route's own timeout, an open breaker, no endpoint.
+fn error_outcome(e: &ForwardError) -> Option<Outcome> {
+    match e {
+        ForwardError::Upstream(UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout(_)) => {
+            Some(Outcome::ConnectFailure)
+        }
+        ForwardError::Upstream(UpstreamError::Reset(_) | UpstreamError::Handshake(_)) => Some(Outcome::Reset),
+        ForwardError::TryTimeout | ForwardError::IdleTimeout => Some(Outcome::Timeout),
+        _ => None,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Waits for the upstream's response head under a deadline and the idle timeout. The
+    /// idle timer is only armed if the first poll has to wait.
+    struct Timed<F> {
+        #[pin]
+        fut: F,
+        deadline: Option<Pin<Box<Sleep>>>,
+        idle_after: Option<Duration>,
+        #[pin]
+        idle: Option<Sleep>,
+    }
+}
+
+impl<F: Future> Future for Timed<F> {
+    type Output = Result<F::Output, ForwardError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(out) = this.fut.poll(cx) {
+            return Poll::Ready(Ok(out));
+        }
+        if let Some(d) = this.deadline.as_mut()
+            && d.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Err(ForwardError::Timeout));
+        }
+        if let Some(after) = *this.idle_after {
+            let mut idle = this.idle;
+            if idle.is_none() {
+                idle.set(Some(tokio::time::sleep(after)));
+            }
+            if idle.as_pin_mut().is_some_and(|t| t.poll(cx).is_ready()) {
+                return Poll::Ready(Err(ForwardError::IdleTimeout));
+            }
+        }
+        Poll::Pending
+    }
+}
