@@ -104,7 +104,7 @@ pub fn build(b: Bootstrap, prev: Option<&Snapshot>, workers: usize, version: u64
             addrs.push((addr, e));
         }
         let old = prev.and_then(|p| p.clusters.get(&c.name)).map(|c| &**c);
-        clusters.insert(c.name.clone(), Arc::new(Cluster::build(c, addrs, old, workers)));
+        clusters.insert(c.name.clone(), Arc::new(Cluster::build(c, addrs, old, workers, b.node.zone.as_deref())));
     }
     let routes_by_name: HashMap<&str, &api::Route> = b.routes.iter().map(|r| (r.name.as_str(), r)).collect();
     let mut listeners = Vec::with_capacity(b.listeners.len());

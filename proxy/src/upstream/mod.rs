@@ -34,12 +34,22 @@ pub struct Cluster {
     pub settings: Settings,
     pub endpoints: Vec<Arc<Endpoint>>,
     balancer: Balancer,
+    /// Endpoints in this proxy's zone (when it has one and some endpoints share it).
+    local: Option<Zoned>,
     /// Circuit-breaker counts, shared by the endpoints and kept across reloads.
     pub counts: Arc<Counts>,
     /// Recent time-to-first-byte, for `hedge: { delay: auto }`.
     pub latency: Arc<LatencyHistogram>,
     /// The resource it was built from.
     pub spec: api::Cluster,
+}
+
+/// A cluster's endpoints split by the proxy's zone.
+#[derive(Debug)]
+struct Zoned {
+    local: Vec<Arc<Endpoint>>,
+    balancer: Balancer,
+    remote: Vec<Arc<Endpoint>>,
 }
 
 /// Connection settings shared by a cluster's endpoints.
@@ -110,6 +120,7 @@ impl Cluster {
         addrs: Vec<(SocketAddr, &api::Endpoint)>,
         prev: Option<&Cluster>,
         workers: usize,
+        zone: Option<&str>,
     ) -> Self {
         let settings = Settings {
             connect_timeout: spec.connect_timeout.unwrap_or(api::DEFAULT_CONNECT_TIMEOUT).get(),
@@ -144,12 +155,20 @@ impl Cluster {
             })
             .collect();
         let balancer = Balancer::new(spec.lb, &endpoints);
+        let (local, remote): (Vec<Arc<Endpoint>>, Vec<Arc<Endpoint>>) =
+            endpoints.iter().cloned().partition(|e| zone.is_some() && e.zone.as_deref() == zone);
+        let local = (!local.is_empty() && !remote.is_empty()).then(|| Zoned {
+            balancer: Balancer::new(spec.lb, &local),
+            local,
+            remote,
+        });
         Self {
             name,
             protocol: spec.protocol,
             settings,
             endpoints,
             balancer,
+            local,
             counts,
             latency: prev.map(|p| p.latency.clone()).unwrap_or_default(),
             spec: spec.clone(),
@@ -161,6 +180,20 @@ impl Cluster {
     /// of the previous try, used again only when it is the one left.
     pub fn pick(&self, key: Option<u64>, avoid: Option<&Arc<Endpoint>>) -> Option<&Arc<Endpoint>> {
         let ok = |e: &Arc<Endpoint>| e.available() && !avoid.is_some_and(|a| Arc::ptr_eq(a, e));
+        // Zone-aware: stay in the local zone while its pick is usable and not much busier
+        // than a random endpoint elsewhere; spill over (to the others) otherwise.
+        let mut busy_local = None;
+        if let Some(z) = &self.local
+            && let Some(l) = z.balancer.pick(&z.local, key)
+            && ok(l)
+        {
+            let other = &z.remote[fastrand::usize(..z.remote.len())];
+            if !other.available() || l.in_flight() <= 2 * other.in_flight() + 4 {
+                return Some(l);
+            }
+            busy_local = Some(l);
+        }
+        let ok = |e: &Arc<Endpoint>| ok(e) && !busy_local.is_some_and(|b| Arc::ptr_eq(b, e));
         // The balancer's choice, a few times (random policies draw anew each time)…
         for _ in 0..3 {
             match self.balancer.pick(&self.endpoints, key) {
@@ -179,6 +212,7 @@ impl Cluster {
         (0..n)
             .map(|i| &self.endpoints[(start + i) % n])
             .find(|e| ok(e))
+            .or(busy_local)
             .or_else(|| avoid.filter(|a| a.available()).and_then(|a| self.endpoints.iter().find(|e| Arc::ptr_eq(a, e))))
     }
 

@@ -79,3 +79,23 @@ fn consistent_hash_moves_about_a_tenth_when_one_of_ten_goes() {
         assert_eq!(b10.pick(&ten, k).unwrap().addr, b10.pick(&ten, k).unwrap().addr);
     }
 }
+
+#[test]
+fn zone_aware_prefers_local_and_spills_over() {
+    use std::sync::atomic::Ordering;
+    let spec: trellis_api::Cluster = trellis_api::parse::parse(
+        "{ name: c, lb: round_robin, endpoints: [{ address: '10.0.0.1:80', zone: a }, { address: '10.0.0.2:80', zone: b }, { address: '10.0.0.3:80', zone: b }] }",
+    )
+    .unwrap();
+    let addrs = spec.endpoints.iter().map(|e| (e.address.parse().unwrap(), e)).collect();
+    let c = crate::upstream::Cluster::build(&spec, addrs, None, 1, Some("a"));
+    let local = c.endpoints[0].clone();
+    assert!((0..100).all(|_| Arc::ptr_eq(c.pick(None, None).unwrap(), &local)));
+    // Overloaded local endpoint: traffic spills to the other zone.
+    local.active.store(100, Ordering::Relaxed);
+    assert!((0..100).all(|_| !Arc::ptr_eq(c.pick(None, None).unwrap(), &local)));
+    local.active.store(0, Ordering::Relaxed);
+    // Ejected local endpoint: spills too.
+    local.outlier.eject(Duration::from_secs(5));
+    assert!((0..100).all(|_| !Arc::ptr_eq(c.pick(None, None).unwrap(), &local)));
+}
