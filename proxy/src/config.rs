@@ -2,8 +2,10 @@
 //! resources. Requests read it through one `ArcSwap` load; a reload builds a new one off the
 //! hot path (reusing endpoint pools and route lifetimes that carry over) and swaps it in.
 
+use crate::authz;
 use crate::http::route::{Life, Route};
 use crate::telemetry::RouteMetrics;
+use crate::tls::{self, TlsError};
 use crate::upstream::Cluster;
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -24,6 +26,8 @@ pub enum ConfigError {
     Invalid(Vec<api::ValidationError>),
     #[error("{0}")]
     Build(String),
+    #[error("{0}")]
+    Tls(#[from] TlsError),
 }
 
 /// Reads, parses and validates a bootstrap file.
@@ -42,6 +46,8 @@ pub struct Snapshot {
     pub listeners: Vec<Arc<Listener>>,
     pub clusters: HashMap<String, Arc<Cluster>>,
     pub drain_timeout: Duration,
+    /// This proxy's mesh identity, when the bootstrap has one.
+    pub mesh: Option<Arc<tls::mesh::Mesh>>,
 }
 
 /// A listener's runtime view.
@@ -56,6 +62,11 @@ pub struct Listener {
     pub tcp_cluster: Option<Arc<Cluster>>,
     /// Counts requests no route matched.
     pub no_route: RouteMetrics,
+    /// TLS to accept with (mesh or terminate).
+    pub server_tls: Option<Arc<rustls::ServerConfig>>,
+    /// A mesh listener: peers are authenticated, and authorized by `policy` (none = deny).
+    pub mesh: bool,
+    pub policy: Option<Arc<authz::Policy>>,
 }
 
 impl Listener {
@@ -91,6 +102,14 @@ impl Snapshot {
 /// Compiles a validated bootstrap. `prev` lends the endpoint pools and route lifetimes that
 /// carry over; `workers` sizes the per-worker pools.
 pub fn build(b: Bootstrap, prev: Option<&Snapshot>, workers: usize, version: u64) -> Result<Snapshot, ConfigError> {
+    let mesh = b.identity.as_ref().map(tls::mesh::load).transpose()?.map(Arc::new);
+    if let Some(m) = &mesh
+        && let Some(t) = m.not_after
+    {
+        metrics::gauge!(crate::telemetry::TLS_CERT_EXPIRY, "cert" => "identity").set(t as f64);
+    }
+    let policies: HashMap<&str, Arc<authz::Policy>> =
+        b.policies.iter().map(|p| (p.name.as_str(), Arc::new(authz::Policy::new(p)))).collect();
     let mut clusters = HashMap::with_capacity(b.clusters.len());
     for c in &b.clusters {
         let mut addrs = Vec::with_capacity(c.endpoints.len());
@@ -104,7 +123,11 @@ pub fn build(b: Bootstrap, prev: Option<&Snapshot>, workers: usize, version: u64
             addrs.push((addr, e));
         }
         let old = prev.and_then(|p| p.clusters.get(&c.name)).map(|c| &**c);
-        clusters.insert(c.name.clone(), Arc::new(Cluster::build(c, addrs, old, workers, b.node.zone.as_deref())));
+        let upstream_tls = crate::upstream::tls_for(c, mesh.as_deref())?;
+        clusters.insert(
+            c.name.clone(),
+            Arc::new(Cluster::build(c, addrs, old, workers, b.node.zone.as_deref(), upstream_tls)),
+        );
     }
     let routes_by_name: HashMap<&str, &api::Route> = b.routes.iter().map(|r| (r.name.as_str(), r)).collect();
     let mut listeners = Vec::with_capacity(b.listeners.len());
@@ -125,6 +148,26 @@ pub fn build(b: Bootstrap, prev: Option<&Snapshot>, workers: usize, version: u64
             })?),
             _ => None,
         };
+        let tls_mode = l.tls.as_ref().map_or(api::ListenerTlsMode::None, |t| t.mode);
+        let server_tls = match (tls_mode, &l.tls) {
+            (api::ListenerTlsMode::Mesh, _) => Some(
+                mesh.as_ref()
+                    .ok_or_else(|| {
+                        ConfigError::Build(format!("listeners[{}].tls.mode: mesh needs an identity", l.name))
+                    })?
+                    .server
+                    .clone(),
+            ),
+            (api::ListenerTlsMode::Terminate, Some(t)) => {
+                let (config, expiries) = tls::edge::server_config(t)?;
+                if let Some(first) = expiries.iter().min() {
+                    metrics::gauge!(crate::telemetry::TLS_CERT_EXPIRY, "cert" => format!("listener:{}", l.name))
+                        .set(*first as f64);
+                }
+                Some(config)
+            }
+            _ => None,
+        };
         listeners.push(Arc::new(Listener {
             name: l.name.as_str().into(),
             addr,
@@ -132,6 +175,9 @@ pub fn build(b: Bootstrap, prev: Option<&Snapshot>, workers: usize, version: u64
             routes,
             tcp_cluster,
             no_route: RouteMetrics::new(&l.name, "", ""),
+            server_tls,
+            mesh: tls_mode == api::ListenerTlsMode::Mesh,
+            policy: l.policy.as_deref().and_then(|p| policies.get(p).cloned()),
         }));
     }
     Ok(Snapshot {
@@ -140,7 +186,26 @@ pub fn build(b: Bootstrap, prev: Option<&Snapshot>, workers: usize, version: u64
         source: Arc::new(b),
         listeners,
         clusters,
+        mesh,
     })
+}
+
+/// Files whose change triggers a reload: the config and every certificate, key and bundle
+/// it names.
+pub fn watched_files(config: &Path, b: &Bootstrap) -> Vec<PathBuf> {
+    let mut files = vec![config.to_owned()];
+    if let Some(i) = &b.identity {
+        files.extend([&i.cert, &i.key, &i.trust_bundle].map(PathBuf::from));
+    }
+    for l in &b.listeners {
+        for pair in l.tls.iter().flat_map(|t| &t.certificates) {
+            files.extend([&pair.cert, &pair.key].map(PathBuf::from));
+        }
+    }
+    for c in &b.clusters {
+        files.extend(c.tls.iter().filter_map(|t| t.trust_bundle.as_ref()).map(PathBuf::from));
+    }
+    files
 }
 
 fn resolve(addr: &str) -> Option<SocketAddr> {

@@ -9,6 +9,7 @@
 //! swapped atomically by `reload`; `admin` serves health, metrics and the config dump.
 
 pub mod admin;
+pub mod authz;
 pub mod config;
 pub mod detect;
 pub mod http;
@@ -18,6 +19,7 @@ pub mod resilience;
 pub mod run;
 pub mod tcp;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;
 pub mod worker;
 

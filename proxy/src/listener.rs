@@ -201,9 +201,10 @@ async fn accept_loop(
                 let l4 = l4.clone();
                 let kill = kill.clone();
                 l4.open.fetch_add(1, Ordering::AcqRel);
+                let name = name.clone();
                 tokio::spawn(async move {
                     tokio::select! {
-                        _ = crate::tcp::forward(stream, cluster) => {}
+                        _ = serve_tcp(stream, peer, &name, &listener, cluster) => {}
                         _ = kill.cancelled() => {}
                     }
                     gauge.decrement(1.0);
@@ -248,15 +249,55 @@ async fn serve_http(
     config: Arc<ArcSwap<Snapshot>>,
     watcher: hyper_util::server::graceful::Watcher,
 ) {
-    let proto = match detect::sniff(&stream, listener.header_timeout()).await {
-        Ok(Some(p)) => p,
-        Ok(None) | Err(_) => return,
+    let Some(tls) = listener.server_tls.clone() else {
+        let proto = match detect::sniff(&stream, listener.header_timeout()).await {
+            Ok(Some(p)) => p,
+            Ok(None) | Err(_) => return,
+        };
+        let ctx = Arc::new(ConnCtx {
+            config,
+            listener: name,
+            peer: Peer { ip: peer.ip(), tls: false },
+            peer_id: None,
+            h2: proto == detect::Protocol::Http2,
+        });
+        crate::http::server::serve(stream, proto, ctx, &listener, watcher).await;
+        return;
     };
-    let ctx = Arc::new(ConnCtx {
-        config,
-        listener: name,
-        peer: Peer { ip: peer.ip(), tls: false },
-        h2: proto == detect::Protocol::Http2,
-    });
+    let Some(stream) = crate::tls::accept(stream, tls, listener.header_timeout(), &name).await else { return };
+    let (_, conn) = stream.get_ref();
+    let h2 = conn.alpn_protocol() == Some(crate::tls::ALPN_H2);
+    let peer_id = if listener.mesh { crate::tls::mesh::peer_id(conn.peer_certificates()) } else { None };
+    let proto = if h2 { detect::Protocol::Http2 } else { detect::Protocol::Http1 };
+    let ctx = Arc::new(ConnCtx { config, listener: name, peer: Peer { ip: peer.ip(), tls: true }, peer_id, h2 });
     crate::http::server::serve(stream, proto, ctx, &listener, watcher).await;
+}
+
+async fn serve_tcp(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    name: &str,
+    listener: &Listener,
+    cluster: Arc<crate::upstream::Cluster>,
+) {
+    let Some(tls) = listener.server_tls.clone() else {
+        if authorized_l4(listener, name, None, peer) {
+            crate::tcp::forward(stream, peer.ip(), cluster).await;
+        }
+        return;
+    };
+    let Some(stream) = crate::tls::accept(stream, tls, listener.header_timeout(), name).await else { return };
+    let peer_id = if listener.mesh { crate::tls::mesh::peer_id(stream.get_ref().1.peer_certificates()) } else { None };
+    if authorized_l4(listener, name, peer_id.as_deref(), peer) {
+        crate::tcp::forward(stream, peer.ip(), cluster).await;
+    }
+}
+
+/// L4 authorization: a denied connection is closed (and audited).
+fn authorized_l4(listener: &Listener, name: &str, peer_id: Option<&str>, peer: SocketAddr) -> bool {
+    let d = crate::authz::decide(listener.policy.as_deref(), listener.mesh, peer_id, None, None);
+    if !d.allowed() {
+        crate::http::forward::audit_denied(name, peer_id, peer.ip(), None, None, d, listener.policy.as_deref());
+    }
+    d.allowed()
 }

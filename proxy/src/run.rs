@@ -104,26 +104,32 @@ async fn wait_and_reload(
     let sig = |k| signal(k).map_err(|e| RunError::Runtime(format!("signal handler: {e}")));
     let (mut hup, mut term, mut int) =
         (sig(SignalKind::hangup())?, sig(SignalKind::terminate())?, sig(SignalKind::interrupt())?);
+    // The config file and every certificate, key and bundle it names are watched: a
+    // rotation of identity files is a reload like any other.
+    let watched = || config::watched_files(&opts.config, &shared.load().source);
+    let stamps = |files: &[PathBuf]| files.iter().map(|f| reload::stamp(f)).collect::<Vec<_>>();
     let mut poll = tokio::time::interval(Duration::from_millis(500));
-    let mut last = reload::stamp(&opts.config);
+    let mut files = watched();
+    let mut last = stamps(&files);
     loop {
         let why = tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => "SIGHUP",
             _ = poll.tick() => {
-                let now = reload::stamp(&opts.config);
-                if now == last || now.is_none() {
+                let now = stamps(&files);
+                if now == last || now.iter().any(Option::is_none) {
                     continue;
                 }
                 "file changed"
             }
         };
-        last = reload::stamp(&opts.config);
         match reload::reload(&opts.config, shared, workers) {
             Ok(v) => tracing::info!(version = v, trigger = why, "config reloaded"),
             Err(e) => tracing::error!(trigger = why, error = %e, "config reload refused; the previous config stays"),
         }
+        files = watched();
+        last = stamps(&files);
     }
     Ok(shared.load().drain_timeout)
 }

@@ -2,12 +2,14 @@
 //! connection, bytes copied both ways until either side closes.
 
 use crate::upstream::Cluster;
+use std::net::IpAddr;
 use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 /// Forwards `client` to an endpoint of `cluster`; closes it if none can be reached.
-pub async fn forward(mut client: TcpStream, cluster: Arc<Cluster>) {
-    let key = client.peer_addr().ok().and_then(|p| cluster.hash_key(&http::HeaderMap::new(), p.ip()));
+pub async fn forward<S: AsyncRead + AsyncWrite + Unpin>(mut client: S, client_ip: IpAddr, cluster: Arc<Cluster>) {
+    let key = cluster.hash_key(&http::HeaderMap::new(), client_ip);
     let Some(ep) = cluster.pick(key, None) else {
         tracing::debug!(cluster = %cluster.name, "tcp: no endpoint");
         return;

@@ -20,6 +20,9 @@ pub const RETRY_BUDGET_EXHAUSTED_TOTAL: &str = "trellis_retry_budget_exhausted_t
 pub const CIRCUIT_BREAKER_REJECTIONS_TOTAL: &str = "trellis_circuit_breaker_rejections_total";
 pub const OUTLIER_EJECTIONS_TOTAL: &str = "trellis_outlier_ejections_total";
 pub const RATE_LIMITED_TOTAL: &str = "trellis_rate_limited_total";
+pub const TLS_HANDSHAKE_ERRORS_TOTAL: &str = "trellis_tls_handshake_errors_total";
+pub const TLS_CERT_EXPIRY: &str = "trellis_tls_cert_expiry_timestamp_seconds";
+pub const AUTHZ_DENIED_TOTAL: &str = "trellis_authz_denied_total";
 
 /// Histogram buckets for request durations, in seconds (0.5 ms … 60 s).
 const DURATION_BUCKETS: &[f64] =

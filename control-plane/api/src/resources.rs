@@ -19,12 +19,124 @@ pub struct Bootstrap {
     pub drain_timeout: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_log: Option<AccessLog>,
+    /// This proxy's mTLS identity (files watched and hot-reloaded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<Identity>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub listeners: Vec<Listener>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<Route>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub clusters: Vec<Cluster>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<Policy>,
+}
+
+/// Certificate, key and trust bundle files of a proxy's mesh identity.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Identity {
+    /// Leaf then chain (PEM); the SPIFFE ID is the leaf's URI SAN.
+    pub cert: String,
+    pub key: String,
+    /// Trusted roots (PEM; several allowed, for root rotation).
+    pub trust_bundle: String,
+}
+
+/// TLS on a listener.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    pub mode: ListenerTlsMode,
+    /// `terminate`: server certificates, chosen by SNI (exact, then wildcard); the first is
+    /// the default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<CertPair>,
+    /// `terminate`: oldest TLS version accepted, "1.2" (default) or "1.3". Mesh is 1.3 only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_version: Option<String>,
+}
+
+/// What TLS a listener speaks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ListenerTlsMode {
+    #[default]
+    None,
+    /// mTLS between proxies: client certificate required, SPIFFE ID authorized by `policy`.
+    Mesh,
+    /// Public TLS at the edge with server certificates by SNI.
+    Terminate,
+}
+
+/// A certificate chain and its key (PEM files).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertPair {
+    pub cert: String,
+    pub key: String,
+}
+
+/// TLS to a cluster's endpoints.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterTls {
+    pub mode: ClusterTlsMode,
+    /// `mesh`: the SPIFFE ID the endpoints must present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    /// `tls`: the server name to send and verify. Default: the endpoint's host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    /// `tls`: roots to trust (PEM). Required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust_bundle: Option<String>,
+}
+
+/// What TLS a cluster speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClusterTlsMode {
+    /// mTLS with this proxy's identity; the server's SPIFFE ID is verified, not a DNS name.
+    Mesh,
+    /// Ordinary TLS: server name verified against `trust_bundle`.
+    Tls,
+}
+
+/// An authorization policy for a listener.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    pub name: String,
+    /// What happens when no rule matches. Default deny.
+    #[serde(default)]
+    pub default: PolicyDefault,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<PolicyRule>,
+}
+
+/// A policy's fallback.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyDefault {
+    #[default]
+    Deny,
+    Allow,
+}
+
+/// Allows a request when every given condition holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyRule {
+    /// Peer SPIFFE IDs: exact, or ending in `*` (prefix). Empty: any peer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from: Vec<String>,
+    /// Paths: exact, or ending in `/*` (that prefix). Empty: any path.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
+    /// Empty: any method.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
 }
 
 /// Default for [`Bootstrap::drain_timeout`].
@@ -92,6 +204,11 @@ pub struct Listener {
     /// Largest request header block accepted; larger gets 431. Default 64 KiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_header_bytes: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenerTls>,
+    /// Authorization policy name. A mesh listener without one denies everything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
 }
 
 /// Default for [`Listener::header_timeout`].
@@ -249,6 +366,8 @@ pub struct Cluster {
     pub outlier_detection: Option<OutlierDetection>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheck>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ClusterTls>,
     pub endpoints: Vec<Endpoint>,
 }
 

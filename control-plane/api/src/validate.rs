@@ -30,6 +30,37 @@ pub fn validate(b: &Bootstrap) -> Result<(), Vec<ValidationError>> {
     let clusters = unique_names(&mut errs, "clusters", b.clusters.iter().map(|c| c.name.as_str()));
     let routes = unique_names(&mut errs, "routes", b.routes.iter().map(|r| r.name.as_str()));
     unique_names(&mut errs, "listeners", b.listeners.iter().map(|l| l.name.as_str()));
+    let policies = unique_names(&mut errs, "policies", b.policies.iter().map(|p| p.name.as_str()));
+    validate_tls(&mut errs, b);
+    for p in &b.policies {
+        for (i, rule) in p.rules.iter().enumerate() {
+            for (j, from) in rule.from.iter().enumerate() {
+                let id = from.strip_suffix('*').unwrap_or(from);
+                if !id.starts_with("spiffe://") {
+                    errs.push(
+                        format!("policies[{}].rules[{i}].from[{j}]", p.name),
+                        format!("\"{from}\" is not a SPIFFE ID (spiffe://…, optionally ending in *)"),
+                    );
+                }
+            }
+            for (j, path) in rule.paths.iter().enumerate() {
+                if !path.starts_with('/') || path[..path.len().saturating_sub(1)].contains('*') {
+                    errs.push(
+                        format!("policies[{}].rules[{i}].paths[{j}]", p.name),
+                        format!("\"{path}\": use /exact or /prefix/*"),
+                    );
+                }
+            }
+            for (j, m) in rule.methods.iter().enumerate() {
+                if !is_token(m) {
+                    errs.push(
+                        format!("policies[{}].rules[{i}].methods[{j}]", p.name),
+                        format!("\"{m}\" is not a method"),
+                    );
+                }
+            }
+        }
+    }
 
     if let Some(admin) = &b.admin
         && admin.address.parse::<SocketAddr>().is_err()
@@ -47,6 +78,11 @@ pub fn validate(b: &Bootstrap) -> Result<(), Vec<ValidationError>> {
                 }
             }
             Err(_) => errs.push(format!("{at}.address"), format!("\"{}\" is not an IP:PORT address", l.address)),
+        }
+        if let Some(p) = &l.policy
+            && !policies.contains(p.as_str())
+        {
+            errs.push(format!("{at}.policy"), format!("no policy named \"{p}\""));
         }
         match l.protocol {
             ListenerProtocol::Tcp => {
@@ -189,6 +225,59 @@ pub fn validate(b: &Bootstrap) -> Result<(), Vec<ValidationError>> {
     }
 
     if errs.0.is_empty() { Ok(()) } else { Err(errs.0) }
+}
+
+fn validate_tls(errs: &mut Errors, b: &Bootstrap) {
+    use crate::{ClusterTlsMode, ListenerTlsMode};
+    let has_identity = b.identity.is_some();
+    for l in &b.listeners {
+        let Some(tls) = &l.tls else { continue };
+        let at = format!("listeners[{}].tls", l.name);
+        match tls.mode {
+            ListenerTlsMode::Mesh if !has_identity => {
+                errs.push(format!("{at}.mode"), "mesh needs the bootstrap's identity (cert, key, trust_bundle)")
+            }
+            ListenerTlsMode::Terminate if tls.certificates.is_empty() => {
+                errs.push(format!("{at}.certificates"), "terminate needs at least one certificate")
+            }
+            _ => {}
+        }
+        if tls.mode != ListenerTlsMode::Terminate && (!tls.certificates.is_empty() || tls.min_version.is_some()) {
+            errs.push(&at, "certificates and min_version apply to mode terminate only");
+        }
+        if let Some(v) = &tls.min_version
+            && v != "1.2"
+            && v != "1.3"
+        {
+            errs.push(format!("{at}.min_version"), format!("\"{v}\": use \"1.2\" or \"1.3\""));
+        }
+    }
+    for c in &b.clusters {
+        let Some(tls) = &c.tls else { continue };
+        let at = format!("clusters[{}].tls", c.name);
+        match tls.mode {
+            ClusterTlsMode::Mesh => {
+                if !has_identity {
+                    errs.push(format!("{at}.mode"), "mesh needs the bootstrap's identity (cert, key, trust_bundle)");
+                }
+                match &tls.identity {
+                    None => errs.push(format!("{at}.identity"), "mesh needs the SPIFFE ID the endpoints must present"),
+                    Some(id) if !id.starts_with("spiffe://") => {
+                        errs.push(format!("{at}.identity"), format!("\"{id}\" is not a SPIFFE ID"))
+                    }
+                    Some(_) => {}
+                }
+            }
+            ClusterTlsMode::Tls => {
+                if tls.trust_bundle.is_none() {
+                    errs.push(format!("{at}.trust_bundle"), "tls needs a trust bundle");
+                }
+                if tls.identity.is_some() {
+                    errs.push(format!("{at}.identity"), "identity applies to mode mesh only");
+                }
+            }
+        }
+    }
 }
 
 fn validate_route_resilience(errs: &mut Errors, at: &str, r: &crate::Route) {

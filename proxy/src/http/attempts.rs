@@ -238,7 +238,9 @@ fn error_outcome(e: &ForwardError) -> Option<Outcome> {
         ForwardError::Upstream(UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout(_)) => {
             Some(Outcome::ConnectFailure)
         }
-        ForwardError::Upstream(UpstreamError::Reset(_) | UpstreamError::Handshake(_)) => Some(Outcome::Reset),
+        ForwardError::Upstream(UpstreamError::Reset(_) | UpstreamError::Handshake(_) | UpstreamError::Tls { .. }) => {
+            Some(Outcome::Reset)
+        }
         ForwardError::TryTimeout | ForwardError::IdleTimeout => Some(Outcome::Timeout),
         _ => None,
     }

@@ -2,6 +2,7 @@
 //! injection, pick a backend, rewrite headers, get a response head from the cluster
 //! (`attempts`: tries, retries, hedges), and stream the response back.
 
+use crate::authz;
 use crate::config::Snapshot;
 use crate::http::attempts::{self, Plan};
 use crate::http::body::{Exchange, ProxyBody, RequestBody, UpstreamBody};
@@ -25,8 +26,34 @@ pub struct ConnCtx {
     pub config: Arc<ArcSwap<Snapshot>>,
     pub listener: Arc<str>,
     pub peer: Peer,
+    /// The mesh peer's verified SPIFFE ID.
+    pub peer_id: Option<Arc<str>>,
     /// The connection speaks HTTP/2.
     pub h2: bool,
+}
+
+/// Writes the audit line and counts a denial.
+pub fn audit_denied(
+    listener: &str,
+    peer_id: Option<&str>,
+    peer: std::net::IpAddr,
+    method: Option<&http::Method>,
+    path: Option<&str>,
+    decision: authz::Decision,
+    policy: Option<&authz::Policy>,
+) {
+    metrics::counter!(telemetry::AUTHZ_DENIED_TOTAL, "listener" => listener.to_owned()).increment(1);
+    tracing::warn!(
+        target: "trellis::audit",
+        listener,
+        peer_id = peer_id.unwrap_or("none"),
+        peer = %peer,
+        method = method.map(http::Method::as_str).unwrap_or("-"),
+        path = path.unwrap_or("-"),
+        policy = policy.map_or("none", |p| p.name.as_str()),
+        rule = ?decision,
+        "authorization denied"
+    );
 }
 
 /// Forwards one request and returns the response to write (never fails: errors become
@@ -40,6 +67,28 @@ pub async fn handle(mut req: Request<Incoming>, ctx: &ConnCtx) -> Response<Proxy
         let Some(listener) = snap.listener(&ctx.listener) else {
             return error_response(&ForwardError::ListenerGone);
         };
+        if listener.mesh || listener.policy.is_some() {
+            let peer_id = ctx.peer_id.as_deref();
+            let d = authz::decide(
+                listener.policy.as_deref(),
+                listener.mesh,
+                peer_id,
+                Some(req.method()),
+                Some(req.uri().path()),
+            );
+            if !d.allowed() {
+                audit_denied(
+                    &ctx.listener,
+                    peer_id,
+                    ctx.peer.ip,
+                    Some(req.method()),
+                    Some(req.uri().path()),
+                    d,
+                    listener.policy.as_deref(),
+                );
+                return error_response(&ForwardError::Forbidden);
+            }
+        }
         let view = RequestView {
             method: req.method(),
             host: router::request_host(req.uri(), req.headers()),

@@ -33,6 +33,8 @@ pub enum ForwardError {
     FaultAbort(u16),
     #[error("reading the request body failed: {0}")]
     ClientBody(hyper::Error),
+    #[error("not authorized")]
+    Forbidden,
 }
 
 impl ForwardError {
@@ -47,6 +49,7 @@ impl ForwardError {
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::FaultAbort(code) => StatusCode::from_u16(*code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
             Self::ClientBody(_) => StatusCode::BAD_REQUEST,
+            Self::Forbidden => StatusCode::FORBIDDEN,
             Self::Timeout | Self::TryTimeout | Self::IdleTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -61,9 +64,12 @@ impl ForwardError {
             }
             Self::Upstream(UpstreamError::Handshake(_) | UpstreamError::Reset(_)) => "upstream reset",
             Self::Upstream(UpstreamError::Overloaded(_)) => "overloaded",
+            Self::Upstream(UpstreamError::Identity(_)) => "upstream identity mismatch",
+            Self::Upstream(UpstreamError::Tls { .. }) => "upstream tls failure",
             Self::RateLimited(_) => "rate limited",
             Self::FaultAbort(_) => "fault injected",
             Self::ClientBody(_) => "bad request body",
+            Self::Forbidden => "forbidden",
             Self::Timeout | Self::TryTimeout => "upstream timeout",
             Self::IdleTimeout => "upstream idle timeout",
             Self::ListenerGone => "listener draining",

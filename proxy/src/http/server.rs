@@ -9,10 +9,13 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::Watcher;
 use std::convert::Infallible;
 use std::sync::Arc;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 
-/// Serves `stream` until the client leaves or a graceful shutdown completes.
-pub async fn serve(stream: TcpStream, proto: Protocol, ctx: Arc<ConnCtx>, listener: &Listener, watcher: Watcher) {
+/// Serves `stream` (plain TCP or TLS) until the client leaves or a graceful shutdown completes.
+pub async fn serve<S>(stream: S, proto: Protocol, ctx: Arc<ConnCtx>, listener: &Listener, watcher: Watcher)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let io = TokioIo::new(stream);
     let svc = service_fn(move |req| {
         let ctx = ctx.clone();

@@ -44,6 +44,45 @@ pub struct Cluster {
     pub spec: api::Cluster,
 }
 
+/// How to wrap a cluster's connections in TLS: one client config per HTTP version (ALPN).
+#[derive(Debug)]
+pub struct UpstreamTls {
+    pub h1: Arc<rustls::ClientConfig>,
+    pub h2: Arc<rustls::ClientConfig>,
+    /// `tls` clusters: the SNI (and verified name); else the endpoint's host.
+    pub sni: Option<String>,
+}
+
+/// Builds a cluster's TLS settings (mesh needs the proxy's identity).
+pub fn tls_for(
+    spec: &api::Cluster,
+    mesh: Option<&crate::tls::mesh::Mesh>,
+) -> Result<Option<Arc<UpstreamTls>>, crate::tls::TlsError> {
+    use crate::tls::{ALPN_H2, ALPN_HTTP1, TlsError};
+    let Some(t) = &spec.tls else { return Ok(None) };
+    let built = match t.mode {
+        api::ClusterTlsMode::Mesh => {
+            let mesh =
+                mesh.ok_or_else(|| TlsError::Invalid(format!("clusters[{}].tls: mesh needs an identity", spec.name)))?;
+            let id = t.identity.as_deref().unwrap_or_default();
+            UpstreamTls {
+                h1: crate::tls::mesh::client_config(mesh, id, ALPN_HTTP1)?,
+                h2: crate::tls::mesh::client_config(mesh, id, ALPN_H2)?,
+                sni: None,
+            }
+        }
+        api::ClusterTlsMode::Tls => {
+            let bundle = t.trust_bundle.as_deref().unwrap_or_default();
+            UpstreamTls {
+                h1: crate::tls::edge::client_config(bundle, ALPN_HTTP1)?,
+                h2: crate::tls::edge::client_config(bundle, ALPN_H2)?,
+                sni: t.sni.clone(),
+            }
+        }
+    };
+    Ok(Some(Arc::new(built)))
+}
+
 /// A cluster's endpoints split by the proxy's zone.
 #[derive(Debug)]
 struct Zoned {
@@ -79,6 +118,11 @@ pub struct Endpoint {
     pub health: Health,
     health_check: Option<api::HealthCheck>,
     pub counts: Arc<Counts>,
+    /// TLS for new connections (swapped on reload, e.g. after a certificate rotation).
+    pub tls: arc_swap::ArcSwapOption<UpstreamTls>,
+    tls_spec: Option<api::ClusterTls>,
+    /// The host part of the configured address, for SNI.
+    pub host: String,
     pub pool: pool::Pool,
 }
 
@@ -97,6 +141,9 @@ impl Endpoint {
             health: Health::default(),
             health_check: None,
             counts: Arc::default(),
+            tls: arc_swap::ArcSwapOption::empty(),
+            tls_spec: None,
+            host: addr.ip().to_string(),
             pool: pool::Pool::new(workers),
         }
     }
@@ -121,6 +168,7 @@ impl Cluster {
         prev: Option<&Cluster>,
         workers: usize,
         zone: Option<&str>,
+        tls: Option<Arc<UpstreamTls>>,
     ) -> Self {
         let settings = Settings {
             connect_timeout: spec.connect_timeout.unwrap_or(api::DEFAULT_CONNECT_TIMEOUT).get(),
@@ -140,18 +188,28 @@ impl Cluster {
                             && old.weight == e.weight
                             && old.zone == e.zone
                             && old.health_check == spec.health_check
+                            && old.tls_spec == spec.tls
                     })
                 });
-                match kept {
+                let ep = match kept {
                     Some(old) => old.clone(),
                     None => {
                         let mut ep = Endpoint::new(addr, e.weight, e.zone.clone(), settings, workers);
                         ep.cluster = name.clone();
                         ep.counts = counts.clone();
                         ep.health_check = spec.health_check.clone();
+                        ep.tls_spec = spec.tls.clone();
+                        ep.host = e
+                            .address
+                            .rsplit_once(':')
+                            .map_or(e.address.as_str(), |(h, _)| h)
+                            .trim_matches(['[', ']'])
+                            .to_owned();
                         Arc::new(ep)
                     }
-                }
+                };
+                ep.tls.store(tls.clone());
+                ep
             })
             .collect();
         let balancer = Balancer::new(spec.lb, &endpoints);

@@ -5,11 +5,13 @@
 
 use crate::http::body::RequestBody;
 use crate::resilience::breaker::Threshold;
+use crate::tls::io::MaybeTls;
 use crate::upstream::{Endpoint, Wire};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls_pki_types::ServerName;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -29,6 +31,10 @@ pub enum UpstreamError {
     Reset(hyper::Error),
     #[error("cluster over its {} circuit-breaker threshold", .0.as_str())]
     Overloaded(Threshold),
+    #[error("{0}")]
+    Identity(String),
+    #[error("upstream TLS handshake with {addr} failed: {source}")]
+    Tls { addr: std::net::SocketAddr, source: std::io::Error },
 }
 
 type H1 = http1::SendRequest<RequestBody>;
@@ -191,7 +197,7 @@ async fn send_h1(ep: &Endpoint, mut req: Request<RequestBody>) -> Result<(Respon
 /// Opens a TCP connection under the cluster's `max_connections` and `max_pending`
 /// thresholds. On success the caller owns one `max_connections` unit, to be released by
 /// [`spawn_conn`] when the connection ends (or at once if the handshake fails).
-async fn connect_tcp(ep: &Endpoint) -> Result<TokioIo<TcpStream>, UpstreamError> {
+async fn connect_tcp(ep: &Endpoint, wire: Wire) -> Result<TokioIo<MaybeTls>, UpstreamError> {
     let addr = ep.addr;
     let limits = ep.settings.limits.as_ref();
     ep.counts.acquire(Threshold::MaxConnections, limits, &ep.cluster).map_err(UpstreamError::Overloaded)?;
@@ -214,11 +220,38 @@ async fn connect_tcp(ep: &Endpoint) -> Result<TokioIo<TcpStream>, UpstreamError>
     };
     // Latency matters more than packet count for request/response traffic.
     let _ = stream.set_nodelay(true);
-    Ok(TokioIo::new(stream))
+    let Some(tls) = ep.tls.load_full() else {
+        return Ok(TokioIo::new(MaybeTls::Plain(stream)));
+    };
+    let config = match wire {
+        Wire::Http1 => tls.h1.clone(),
+        Wire::Http2 => tls.h2.clone(),
+    };
+    let name = tls.sni.as_deref().unwrap_or(&ep.host);
+    let server_name = ServerName::try_from(name.to_owned()).unwrap_or_else(|_| ServerName::from(addr.ip()));
+    let handshake = tokio::time::timeout(
+        ep.settings.connect_timeout,
+        tokio_rustls::TlsConnector::from(config).connect(server_name, stream),
+    )
+    .await;
+    match handshake {
+        Ok(Ok(s)) => Ok(TokioIo::new(MaybeTls::Tls(Box::new(s)))),
+        Ok(Err(e)) => {
+            ep.counts.release(Threshold::MaxConnections);
+            if let Some(m) = crate::tls::mesh::identity_mismatch(&e) {
+                return Err(UpstreamError::Identity(m.to_string()));
+            }
+            Err(UpstreamError::Tls { addr, source: e })
+        }
+        Err(_) => {
+            ep.counts.release(Threshold::MaxConnections);
+            Err(UpstreamError::ConnectTimeout(addr))
+        }
+    }
 }
 
 async fn connect_h1(ep: &Endpoint) -> Result<H1, UpstreamError> {
-    let io = connect_tcp(ep).await?;
+    let io = connect_tcp(ep, Wire::Http1).await?;
     let (sender, conn) = http1::Builder::new().handshake(io).await.map_err(UpstreamError::Handshake)?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
@@ -240,7 +273,7 @@ async fn checkout_or_connect_h2(
     if let Some(c) = ep.pool.checkout_h2(max) {
         return Ok(c);
     }
-    let io = connect_tcp(ep).await?;
+    let io = connect_tcp(ep, Wire::Http2).await?;
     let handshake = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .keep_alive_interval(Duration::from_secs(30))

@@ -88,7 +88,7 @@ fn zone_aware_prefers_local_and_spills_over() {
     )
     .unwrap();
     let addrs = spec.endpoints.iter().map(|e| (e.address.parse().unwrap(), e)).collect();
-    let c = crate::upstream::Cluster::build(&spec, addrs, None, 1, Some("a"));
+    let c = crate::upstream::Cluster::build(&spec, addrs, None, 1, Some("a"), None);
     let local = c.endpoints[0].clone();
     assert!((0..100).all(|_| Arc::ptr_eq(c.pick(None, None).unwrap(), &local)));
     // Overloaded local endpoint: traffic spills to the other zone.

@@ -1,0 +1,88 @@
+//! Edge TLS: terminating listeners pick a certificate by SNI (exact name, then wildcard,
+//! then the first as default) and offer h2 and http/1.1; `tls` clusters verify an ordinary
+//! server name against their own trust bundle.
+
+use crate::tls::{ALPN_H2, ALPN_HTTP1, TlsError, files};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, ServerConfig};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use trellis_api as api;
+
+/// Certificates by name.
+#[derive(Debug)]
+struct SniResolver {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// `*.example.com` stored as `example.com`.
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    default: Arc<CertifiedKey>,
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let Some(name) = hello.server_name().map(str::to_ascii_lowercase) else {
+            return Some(self.default.clone());
+        };
+        if let Some(k) = self.exact.get(&name) {
+            return Some(k.clone());
+        }
+        if let Some((_, parent)) = name.split_once('.')
+            && let Some(k) = self.wildcard.get(parent)
+        {
+            return Some(k.clone());
+        }
+        Some(self.default.clone())
+    }
+}
+
+/// The server config of a `terminate` listener. The leaf expiries come back for metrics.
+pub fn server_config(tls: &api::ListenerTls) -> Result<(Arc<ServerConfig>, Vec<i64>), TlsError> {
+    let mut exact = HashMap::new();
+    let mut wildcard = HashMap::new();
+    let mut default = None;
+    let mut expiries = Vec::new();
+    for pair in &tls.certificates {
+        let key = files::certified_key(Path::new(&pair.cert), Path::new(&pair.key))?;
+        let info = key
+            .cert
+            .first()
+            .map(|c| trellis_certs::inspect_der(c))
+            .transpose()?
+            .ok_or_else(|| TlsError::Invalid(format!("{}: no certificate", pair.cert)))?;
+        expiries.push(info.not_after);
+        for name in &info.dns_names {
+            let name = name.to_ascii_lowercase();
+            match name.strip_prefix("*.") {
+                Some(parent) => wildcard.entry(parent.to_owned()).or_insert_with(|| key.clone()),
+                None => exact.entry(name).or_insert_with(|| key.clone()),
+            };
+        }
+        default.get_or_insert(key);
+    }
+    let default = default.ok_or_else(|| TlsError::Invalid("terminate needs a certificate".into()))?;
+    let versions: &[&rustls::SupportedProtocolVersion] = match tls.min_version.as_deref() {
+        Some("1.3") => &[&rustls::version::TLS13],
+        _ => &[&rustls::version::TLS13, &rustls::version::TLS12],
+    };
+    let mut c = ServerConfig::builder_with_provider(crate::tls::provider())
+        .with_protocol_versions(versions)
+        .map_err(|source| TlsError::Rustls { what: "edge server config".into(), source })?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(SniResolver { exact, wildcard, default }));
+    c.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()];
+    Ok((Arc::new(c), expiries))
+}
+
+/// The client config of a `tls` cluster for one ALPN protocol.
+pub fn client_config(trust_bundle: &str, alpn: &[u8]) -> Result<Arc<ClientConfig>, TlsError> {
+    let roots = files::roots(Path::new(trust_bundle))?;
+    let mut c = ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|source| TlsError::Rustls { what: "tls client config".into(), source })?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    c.alpn_protocols = vec![alpn.to_vec()];
+    Ok(Arc::new(c))
+}
