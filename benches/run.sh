@@ -7,7 +7,8 @@
 # raised autogroup priority. See benches/README.md for what every column means.
 #
 # Usage: benches/run.sh [--quick] [--reps N] [--duration S] [--no-build] [--no-memory]
-#                       [--idle-conns N] [--sse-streams N] [--no-haproxy]
+#                       [--idle-conns N] [--sse-streams N] [--sse-client auto|h1|h2c]
+#                       [--no-haproxy]
 # Env:   TRELLIS_CLUSTER_PROTOCOL     protocol Trellis speaks to the origin (default http1)
 #        TRELLIS_H2_CLUSTER_PROTOCOL  the same for the h2c scenario (default: as above; if it
 #                                     differs, a second Trellis listener is used for h2c)
@@ -54,6 +55,8 @@ USE_HAPROXY=1
 IDLE_CONNS=1000
 SSE_STREAMS=10000
 HOLD_SECS=10
+SSE_CLIENT=auto         # h1: one connection per stream; h2c: SSE_H2_STREAMS streams per connection
+SSE_H2_STREAMS=100
 CLUSTER_PROTOCOL="${TRELLIS_CLUSTER_PROTOCOL:-http1}"
 H2_CLUSTER_PROTOCOL="${TRELLIS_H2_CLUSTER_PROTOCOL:-$CLUSTER_PROTOCOL}"
 
@@ -67,7 +70,8 @@ while [[ $# -gt 0 ]]; do
         --no-haproxy) USE_HAPROXY=0 ;;
         --idle-conns) IDLE_CONNS="$2"; shift ;;
         --sse-streams) SSE_STREAMS="$2"; shift ;;
-        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        --sse-client) SSE_CLIENT="$2"; shift ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
         *) echo "unknown option: $1" >&2; exit 2 ;;
     esac
     shift
@@ -197,11 +201,29 @@ else
 fi
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 NOFILE=$(ulimit -n)
-if [[ "$NOFILE" != unlimited ]] && ((NOFILE < 2 * SSE_STREAMS + 1000)); then
-    warn "open-file limit $NOFILE is too low for $SSE_STREAMS streams through a proxy"
+[[ "$NOFILE" == unlimited ]] && NOFILE=1048576
+# With HTTP/1.1 clients, N streams through a proxy cost it 2N descriptors (client side +
+# upstream side); with h2c clients, N + N/SSE_H2_STREAMS. Choose what fits the limit.
+if [[ "$SSE_CLIENT" == auto ]]; then
+    SSE_CLIENT=h1
+    if ((NOFILE < 2 * SSE_STREAMS + 500)); then
+        SSE_CLIENT=h2c
+        warn "open-file limit $NOFILE (hard limit; raising it needs CAP_SYS_RESOURCE) is too low for $SSE_STREAMS HTTP/1.1 SSE streams through a proxy: using h2c clients with $SSE_H2_STREAMS streams per connection (upstream stays HTTP/1.1)"
+    fi
+fi
+if [[ "$SSE_CLIENT" == h2c ]]; then
+    max_streams=$(((NOFILE - 500) * SSE_H2_STREAMS / (SSE_H2_STREAMS + 1)))
+else
+    max_streams=$(((NOFILE - 500) / 2))
+fi
+if ((SSE_STREAMS > max_streams)); then
+    warn "open-file limit $NOFILE: SSE streams reduced from $SSE_STREAMS to $max_streams"
+    SSE_STREAMS=$max_streams
 fi
 
 HAVE_WRK=0; command -v wrk >/dev/null && HAVE_WRK=1
+WRK_VERSION=none
+((HAVE_WRK)) && WRK_VERSION=$(wrk -v 2>&1 | awk 'NR == 1 {print $2}')
 HAVE_H2LOAD=0; command -v h2load >/dev/null && HAVE_H2LOAD=1
 HAVE_NGINX=0; command -v nginx >/dev/null && HAVE_NGINX=1
 HAVE_HAPROXY=0; ((USE_HAPROXY)) && command -v haproxy >/dev/null && HAVE_HAPROXY=1
@@ -362,10 +384,11 @@ EOF
 HAPROXY_PID=""
 start_haproxy() {
     local cfg="$TMP/haproxy.cfg"
+    # HAProxy refuses to start if it cannot get ~2 descriptors per maxconn.
     cat >"$cfg" <<EOF
 global
     nbthread 1
-    maxconn 200000
+    maxconn $(((NOFILE - 500) / 2))
 defaults
     mode http
     timeout connect 5s
@@ -621,8 +644,13 @@ if ((MEMORY)); then
         log "memory: $t idle RSS $((MEM_IDLE[$t] / 1024)) MB"
         hold_rss "$pid" "$t $IDLE_CONNS idle connections" --url "${H1_URL[$t]}" --hold "$IDLE_CONNS"
         MEM_CONNS[$t]=$HOLD_RSS; CONN_INFO[$t]=$HOLD_SUMMARY
-        hold_rss "$pid" "$t $SSE_STREAMS SSE streams" --url "${H1_URL[$t]}sse?interval_ms=1000" \
-            --hold "$SSE_STREAMS" --sse --threads 1
+        if [[ "$SSE_CLIENT" == h2c ]]; then
+            hold_rss "$pid" "$t $SSE_STREAMS SSE streams (h2c)" --url "${H2_URL[$t]}sse?interval_ms=1000" \
+                --hold "$SSE_STREAMS" --sse --h2 -m "$SSE_H2_STREAMS"
+        else
+            hold_rss "$pid" "$t $SSE_STREAMS SSE streams (h1)" --url "${H1_URL[$t]}sse?interval_ms=1000" \
+                --hold "$SSE_STREAMS" --sse
+        fi
         MEM_SSE[$t]=$HOLD_RSS; SSE_INFO[$t]=$HOLD_SUMMARY
     done
 fi
@@ -639,7 +667,7 @@ has() { [[ " ${TARGETS[*]} " == *" $1 "* ]]; }
     echo "- $REPS interleaved repetition(s) × ${DURATION} s (+${WARMUP} s warm-up); medians with min–max."
     echo "- Load generator + origin (\`trellis-origin --threads 1\`) pinned on cpu0; each proxy alone on cpu1 with one worker/thread."
     echo "- Trellis cluster protocol: h1 scenario \`$CLUSTER_PROTOCOL\`, h2c scenario \`$H2_CLUSTER_PROTOCOL\`. nginx: upstream keepalive 64, HTTP/1.1 upstream."
-    echo "- Machine: $(nproc) cores, $(uname -r), load average before the run: $START_LOADAVG; $(nginx -v 2>&1 | sed 's/.*: //'); wrk $( ((HAVE_WRK)) && wrk -v 2>&1 | head -n1 | awk '{print $2}' || echo none); h2load $( ((HAVE_H2LOAD)) && h2load --version | awk '{print $2}' || echo none)."
+    echo "- Machine: $(nproc) cores, $(uname -r), load average before the run: $START_LOADAVG; $(nginx -v 2>&1 | sed 's/.*: //'); wrk $WRK_VERSION; h2load $( ((HAVE_H2LOAD)) && h2load --version | awk '{print $2}' || echo none)."
     ((TRELLIS_OK)) && has trellis || echo "- **Trellis was not measured** (binary missing or not ready): only the other columns are meaningful."
     echo
     echo "## Throughput (closed loop)"
@@ -727,7 +755,12 @@ has() { [[ " ${TARGETS[*]} " == *" $1 "* ]]; }
     done
     echo
     if ((${#MEM_TARGETS[@]})); then
-        echo "Fresh process; $IDLE_CONNS idle keep-alive client connections, then $SSE_STREAMS concurrent SSE streams (\`/sse?interval_ms=1000\`), each held ${HOLD_SECS} s:"
+        if [[ "$SSE_CLIENT" == h2c ]]; then
+            sse_how="h2c clients, $SSE_H2_STREAMS streams per connection, HTTP/1.1 upstream"
+        else
+            sse_how="HTTP/1.1 clients, one connection per stream"
+        fi
+        echo "Fresh process; $IDLE_CONNS idle keep-alive HTTP/1.1 client connections, then $SSE_STREAMS concurrent SSE streams (\`/sse?interval_ms=1000\`; $sse_how), each held ${HOLD_SECS} s once established:"
         echo
         echo "| target | idle | $IDLE_CONNS idle conns | KB/conn over idle | $SSE_STREAMS SSE streams | KB/stream over idle |"
         echo "|---|---|---|---|---|---|"

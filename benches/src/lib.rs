@@ -10,13 +10,9 @@ use anyhow::{Context, bail};
 /// Parses a human duration: `8s`, `500ms`, `2m`, `1.5s`, `250us`, or a bare number of seconds.
 pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let value: f64 = num
-        .parse()
-        .with_context(|| format!("invalid duration {s:?}"))?;
+    let value: f64 = num.parse().with_context(|| format!("invalid duration {s:?}"))?;
     let secs = match unit.trim() {
         "" | "s" => value,
         "ms" => value / 1e3,
@@ -40,10 +36,7 @@ pub fn raise_nofile_limit() -> Option<u64> {
     if current.current == current.maximum {
         return current.current;
     }
-    let wanted = Rlimit {
-        current: current.maximum,
-        maximum: current.maximum,
-    };
+    let wanted = Rlimit { current: current.maximum, maximum: current.maximum };
     match setrlimit(Resource::Nofile, wanted) {
         Ok(()) => current.maximum,
         Err(e) => {

@@ -30,7 +30,9 @@
 //! trellis-load --url 'http://127.0.0.1:18080/sse?interval_ms=1000' --hold 10000 --sse -d 20s
 //! ```
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -50,7 +52,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::json;
 use tokio::net::TcpStream;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::LocalSet;
 use tokio::time::{Instant, sleep, timeout_at};
 use trellis_bench::parse_duration;
@@ -63,10 +65,7 @@ const GRACE: Duration = Duration::from_secs(2);
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(10);
 
 #[derive(Parser, Debug, Clone)]
-#[command(
-    name = "trellis-load",
-    about = "HTTP/1.1 + h2c load driver for Trellis benchmarks"
-)]
+#[command(name = "trellis-load", about = "HTTP/1.1 + h2c load driver for Trellis benchmarks")]
 struct Args {
     /// Target URL (http:// only; h2 is h2c with prior knowledge).
     #[arg(long, default_value = "http://127.0.0.1:4140/")]
@@ -95,6 +94,14 @@ struct Args {
     /// Also print the result as one JSON object line.
     #[arg(long)]
     json: bool,
+    /// Open loop: pace with tokio's 1 ms timer wheel instead of a timerfd per slot
+    /// (cheaper, but requests leave in 1 ms bursts and latency includes up to 1 ms of
+    /// timer lateness).
+    #[arg(long)]
+    coarse_timer: bool,
+    /// Open loop: shortest interval between two timer wake-ups of a thread.
+    #[arg(long, default_value = "200us", value_parser = parse_duration)]
+    pace_granularity: Duration,
     /// Hold mode: open N idle keep-alive connections (or N SSE streams with --sse).
     #[arg(long, value_name = "N")]
     hold: Option<usize>,
@@ -120,37 +127,19 @@ struct Target {
 
 impl Target {
     fn parse(url: &str, h2: bool) -> anyhow::Result<Self> {
-        let parsed: Uri = url
-            .parse()
-            .with_context(|| format!("invalid URL {url:?}"))?;
+        let parsed: Uri = url.parse().with_context(|| format!("invalid URL {url:?}"))?;
         if parsed.scheme_str() != Some("http") {
             bail!("only http:// URLs are supported (h2 means h2c prior knowledge): {url}");
         }
-        let authority = parsed
-            .authority()
-            .with_context(|| format!("URL has no host: {url}"))?
-            .clone();
+        let authority = parsed.authority().with_context(|| format!("URL has no host: {url}"))?.clone();
         let port = authority.port_u16().unwrap_or(80);
         let addr = std::net::ToSocketAddrs::to_socket_addrs(&(authority.host(), port))
             .with_context(|| format!("resolving {authority}"))?
             .next()
             .with_context(|| format!("{authority} resolves to no address"))?;
-        let path = parsed
-            .path_and_query()
-            .map(|p| p.as_str())
-            .filter(|p| !p.is_empty())
-            .unwrap_or("/");
-        let uri: Uri = if h2 {
-            format!("http://{authority}{path}").parse()?
-        } else {
-            path.parse()?
-        };
-        Ok(Self {
-            addr,
-            h2,
-            uri,
-            host: HeaderValue::from_str(authority.as_str())?,
-        })
+        let path = parsed.path_and_query().map(|p| p.as_str()).filter(|p| !p.is_empty()).unwrap_or("/");
+        let uri: Uri = if h2 { format!("http://{authority}{path}").parse()? } else { path.parse()? };
+        Ok(Self { addr, h2, uri, host: HeaderValue::from_str(authority.as_str())? })
     }
 
     fn request(&self) -> Request<Empty<Bytes>> {
@@ -211,9 +200,7 @@ async fn connect(target: &Target, open: Option<Arc<AtomicU64>>) -> anyhow::Resul
     stream.set_nodelay(true)?;
     let io = TokioIo::new(stream);
     if target.h2 {
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .handshake(io)
-            .await?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new()).handshake(io).await?;
         spawn_conn(conn, open);
         Ok(Sender::H2(sender))
     } else {
@@ -250,8 +237,17 @@ async fn drain(body: Incoming) -> hyper::Result<u64> {
     Ok(n)
 }
 
-fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+fn main() -> std::process::ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("trellis-load: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
     let nofile = trellis_bench::raise_nofile_limit();
     if args.threads == 0 || args.connections == 0 || args.streams == 0 {
         bail!("--threads, -c and -m must be at least 1");
@@ -330,6 +326,8 @@ struct Ctx {
     /// Open loop: interval between two requests of one lane, and the lane count.
     pacing: Option<(Duration, u64)>,
     streams: usize,
+    /// Open loop: the thread's clock.
+    pacer: Option<Pacer>,
     stats: RefCell<Stats>,
 }
 
@@ -345,12 +343,7 @@ impl Ctx {
 
 fn run_load(args: &Args, target: Arc<Target>) -> anyhow::Result<()> {
     let lanes_total = (args.connections * args.streams) as u64;
-    let pacing = args.rate.map(|rate| {
-        (
-            Duration::from_secs_f64(lanes_total as f64 / rate),
-            lanes_total,
-        )
-    });
+    let pacing = args.rate.map(|rate| (Duration::from_secs_f64(lanes_total as f64 / rate), lanes_total));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
     let (start_tx, start_rx) = watch::channel::<Option<std::time::Instant>>(None);
 
@@ -362,21 +355,17 @@ fn run_load(args: &Args, target: Arc<Target>) -> anyhow::Result<()> {
         let ready_tx = ready_tx.clone();
         let mut start_rx = start_rx.clone();
         let (warmup, duration, streams) = (args.warmup, args.duration, args.streams);
-        let handle = std::thread::Builder::new()
-            .name(format!("load-{t}"))
-            .spawn(move || -> anyhow::Result<Stats> {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?;
+        let (coarse_timer, granularity) = (args.coarse_timer, args.pace_granularity);
+        let handle =
+            std::thread::Builder::new().name(format!("load-{t}")).spawn(move || -> anyhow::Result<Stats> {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
                 let local = LocalSet::new();
                 local.block_on(&rt, async move {
                     // Connect first, so that connection setup is not part of the run.
                     let mut initial = Vec::with_capacity(conn_ids.len());
                     for _ in &conn_ids {
                         let target = target.clone();
-                        initial.push(tokio::task::spawn_local(async move {
-                            connect(&target, None).await.ok()
-                        }));
+                        initial.push(tokio::task::spawn_local(async move { connect(&target, None).await.ok() }));
                     }
                     let mut conns = Vec::with_capacity(initial.len());
                     for h in initial {
@@ -398,15 +387,20 @@ fn run_load(args: &Args, target: Arc<Target>) -> anyhow::Result<()> {
                         hard_deadline: measure_end + GRACE,
                         pacing,
                         streams,
+                        pacer: pacing.map(|_| Pacer::new(coarse_timer, granularity)),
                         stats: RefCell::new(Stats::new()?),
                     });
+                    if ctx.pacer.is_some() {
+                        let ctx = ctx.clone();
+                        tokio::task::spawn_local(async move {
+                            if let Some(pacer) = &ctx.pacer {
+                                pacer.run().await;
+                            }
+                        });
+                    }
                     let mut sups = Vec::with_capacity(conns.len());
                     for (conn_id, conn) in conn_ids.iter().zip(conns) {
-                        sups.push(tokio::task::spawn_local(supervise(
-                            ctx.clone(),
-                            *conn_id,
-                            conn,
-                        )));
+                        sups.push(tokio::task::spawn_local(supervise(ctx.clone(), *conn_id, conn)));
                     }
                     for s in sups {
                         let _ = s.await;
@@ -446,11 +440,11 @@ fn run_load(args: &Args, target: Arc<Target>) -> anyhow::Result<()> {
 /// lane has reached the end of the run.
 async fn supervise(ctx: Rc<Ctx>, conn_id: usize, mut conn: Option<Sender>) {
     let m = ctx.streams;
-    // Per lane: next request index (open-loop schedule position) and whether it is done.
-    let mut next: Vec<u64> = vec![0; m];
-    let mut done: Vec<bool> = vec![false; m];
+    let lane_base = (conn_id * m) as u64;
+    let mut lanes: Vec<LaneState> =
+        (0..m).map(|i| LaneState { id: lane_base + i as u64, k: 0, in_flight: false, done: false }).collect();
     loop {
-        if done.iter().all(|d| *d) || Instant::now() >= ctx.hard_deadline {
+        if lanes.iter().all(|l| l.done) || Instant::now() >= ctx.hard_deadline {
             return;
         }
         let sender = match conn.take() {
@@ -472,52 +466,79 @@ async fn supervise(ctx: Rc<Ctx>, conn_id: usize, mut conn: Option<Sender>) {
                 }
             }
         };
-        let lane_base = (conn_id * m) as u64;
         if m == 1 {
-            let (k, d) = lane(&ctx, lane_base, sender, next[0]).await;
-            (next[0], done[0]) = (k, d);
-        } else {
-            let mut tasks = Vec::with_capacity(m);
-            for i in (0..m).filter(|i| !done[*i]) {
-                let Some(s) = sender.try_clone() else { break };
-                let ctx = ctx.clone();
-                let k = next[i];
-                tasks.push((
-                    i,
-                    tokio::task::spawn_local(async move {
-                        lane(&ctx, lane_base + i as u64, s, k).await
-                    }),
-                ));
-            }
-            drop(sender);
-            for (i, t) in tasks {
-                match t.await {
-                    Ok((k, d)) => (next[i], done[i]) = (k, d),
-                    Err(_) => done[i] = true,
+            run_lane(&ctx, sender, &mut lanes[0]).await;
+            continue;
+        }
+        // h2: one task per stream slot, sharing the connection.
+        let mut tasks = Vec::with_capacity(m);
+        for mut state in std::mem::take(&mut lanes) {
+            let clone = if state.done { None } else { sender.try_clone() };
+            match clone {
+                Some(s) => {
+                    let ctx = ctx.clone();
+                    tasks.push(tokio::task::spawn_local(async move {
+                        run_lane(&ctx, s, &mut state).await;
+                        state
+                    }));
                 }
+                None => lanes.push(state),
+            }
+        }
+        drop(sender);
+        for task in tasks {
+            // A lane task cannot panic short of a bug; if it did, its lane is lost.
+            if let Ok(state) = task.await {
+                lanes.push(state);
             }
         }
     }
 }
 
+/// Where a lane (a connection on HTTP/1.1, a stream slot on h2) stands.
+struct LaneState {
+    /// Global lane number (sets its phase in the open-loop schedule).
+    id: u64,
+    /// Index of its next request in the open-loop schedule.
+    k: u64,
+    /// A measured request is outstanding.
+    in_flight: bool,
+    /// Reached the end of the run.
+    done: bool,
+}
+
+/// Runs a lane on a connection until the run ends or the connection closes. The whole
+/// lane, not each request, is bounded by the hard deadline (one timer, not one per
+/// request): a measured request still in flight then counts as a timeout.
+async fn run_lane(ctx: &Ctx, sender: Sender, state: &mut LaneState) {
+    let result = timeout_at(ctx.hard_deadline, lane(ctx, sender, state)).await;
+    if result.is_err() {
+        if state.in_flight {
+            ctx.stats.borrow_mut().timeouts += 1;
+        }
+        state.done = true;
+    }
+}
+
 /// Issues requests on one connection (h1) or stream slot (h2) until the run ends
-/// (returns `done = true`) or the connection closes (`done = false`). `k` is the
-/// lane's position in the open-loop schedule.
-async fn lane(ctx: &Ctx, lane_id: u64, mut sender: Sender, mut k: u64) -> (u64, bool) {
-    let pacer = ctx.pacing.map(|_| Pacer::new());
+/// (`state.done`) or the connection closes.
+async fn lane(ctx: &Ctx, mut sender: Sender, state: &mut LaneState) {
+    let wake = Rc::new(Notify::new());
     loop {
-        let intended = match (&pacer, ctx.intended(lane_id, k)) {
+        let intended = match (&ctx.pacer, ctx.intended(state.id, state.k)) {
             (Some(pacer), Some(at)) => {
                 if at >= ctx.measure_end {
-                    return (k, true);
+                    state.done = true;
+                    return;
                 }
-                pacer.sleep_until(at).await;
+                pacer.sleep_until(at, &wake).await;
                 at
             }
             _ => {
                 let now = Instant::now();
                 if now >= ctx.measure_end {
-                    return (k, true);
+                    state.done = true;
+                    return;
                 }
                 now
             }
@@ -525,121 +546,217 @@ async fn lane(ctx: &Ctx, lane_id: u64, mut sender: Sender, mut k: u64) -> (u64, 
         // A failed `ready` means the connection closed between requests (e.g. the
         // server's keep-alive limit): nothing was sent, so it is not an error; the
         // request is sent on the next connection, still charged from `intended`.
-        match timeout_at(ctx.hard_deadline, sender.ready()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return (k, false),
-            Err(_) => return (k, true),
+        if sender.ready().await.is_err() {
+            return;
         }
-        let result = timeout_at(ctx.hard_deadline, async {
+        let measured = intended >= ctx.measure_start;
+        // Sent early (within the pacing slack): count from the actual send.
+        let start = intended.min(Instant::now());
+        state.in_flight = measured;
+        let result = async {
             let res = sender.send(ctx.target.request()).await?;
             let status = res.status();
             drain(res.into_body()).await?;
             Ok::<StatusCode, hyper::Error>(status)
-        })
+        }
         .await;
+        state.in_flight = false;
         let finished = Instant::now();
-        k += 1;
-        let measured = intended >= ctx.measure_start;
+        state.k += 1;
+        if !measured {
+            if result.is_err() && sender.is_closed() {
+                return;
+            }
+            continue;
+        }
         let mut stats = ctx.stats.borrow_mut();
         match result {
-            Ok(Ok(status)) => {
-                if measured {
-                    let us = finished.saturating_duration_since(intended).as_micros();
-                    stats
-                        .hist
-                        .saturating_record(u64::try_from(us).unwrap_or(u64::MAX).max(1));
-                    stats.responses += 1;
-                    if !status.is_success() {
-                        stats.status_errors += 1;
-                    }
-                }
-            }
-            Ok(Err(_)) => {
-                if measured {
-                    stats.transport_errors += 1;
-                }
-                if sender.is_closed() {
-                    return (k, false);
+            Ok(status) => {
+                let us = finished.saturating_duration_since(start).as_micros();
+                stats.hist.saturating_record(u64::try_from(us).unwrap_or(u64::MAX).max(1));
+                stats.responses += 1;
+                if !status.is_success() {
+                    stats.status_errors += 1;
                 }
             }
             Err(_) => {
-                if measured {
-                    stats.timeouts += 1;
+                stats.transport_errors += 1;
+                if sender.is_closed() {
+                    return;
                 }
-                return (k, true);
             }
         }
     }
 }
 
-/// Sleeps until an instant with nanosecond resolution (timerfd), falling back to
-/// tokio's millisecond timer if no timerfd can be had.
+/// The open-loop clock of one thread: lanes wait here for their intended send times.
+///
+/// One timerfd per thread (nanosecond resolution, unlike tokio's 1 ms timer wheel),
+/// armed for the earliest pending send time but never sooner than `granularity` after
+/// its previous expiry. This bounds the thread's timer wake-ups to 1/granularity per
+/// second whatever the rate: a wake-up of an idle thread costs tens of microseconds of
+/// CPU, and the driver shares its core with the origin. A request can so leave up to
+/// about `granularity` late, which is charged to its latency like any other lateness.
+/// Without a timerfd (or with `--coarse-timer`) tokio's timer is used instead.
 struct Pacer {
     fd: Option<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>>,
+    granularity: Duration,
+    queue: RefCell<BinaryHeap<Reverse<Due>>>,
+    /// When the timer will next fire, if armed.
+    armed: Cell<Option<Instant>>,
+    last_wake: Cell<Instant>,
+    seq: Cell<u64>,
+    /// Tells the tokio-timer fallback that `armed` moved earlier.
+    kick: Notify,
 }
 
+/// A lane waiting for its send time.
+struct Due {
+    at: Instant,
+    seq: u64,
+    wake: Rc<Notify>,
+}
+
+impl PartialEq for Due {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Due {}
+impl PartialOrd for Due {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Due {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+/// Send times this close are treated as due now (a timer cannot do better).
+const PACE_SLACK: Duration = Duration::from_micros(20);
+
 impl Pacer {
-    fn new() -> Self {
+    fn new(coarse: bool, granularity: Duration) -> Self {
         use rustix::time::{TimerfdClockId, TimerfdFlags, timerfd_create};
-        let fd = timerfd_create(
-            TimerfdClockId::Monotonic,
-            TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC,
-        )
-        .ok()
-        .and_then(|fd| {
-            // `AsyncFd::new` is deprecated in favour of the `unsafe` `register`, whose
-            // contract is that the raw fd stays open and unchanged while registered. An
-            // `OwnedFd` moved into the `AsyncFd` guarantees exactly that, and the
-            // workspace forbids `unsafe`, so the safe (deprecated) entry point is used.
-            #[allow(deprecated)]
-            let registered = tokio::io::unix::AsyncFd::new(fd);
-            registered.ok()
-        });
-        Self { fd }
+        let fd = if coarse {
+            None
+        } else {
+            timerfd_create(TimerfdClockId::Monotonic, TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC).ok().and_then(
+                |fd| {
+                    // `AsyncFd::new` is deprecated in favour of the `unsafe` `register`, whose
+                    // contract is that the raw fd stays open and unchanged while registered.
+                    // An `OwnedFd` moved into the `AsyncFd` guarantees exactly that, and the
+                    // workspace forbids `unsafe`, so the safe (deprecated) entry point is used.
+                    #[allow(deprecated)]
+                    let registered = tokio::io::unix::AsyncFd::new(fd);
+                    registered.ok()
+                },
+            )
+        };
+        Self {
+            fd,
+            granularity,
+            queue: RefCell::new(BinaryHeap::new()),
+            armed: Cell::new(None),
+            last_wake: Cell::new(Instant::now()),
+            seq: Cell::new(0),
+            kick: Notify::new(),
+        }
     }
 
-    async fn sleep_until(&self, at: Instant) {
-        use rustix::time::{Itimerspec, TimerfdTimerFlags, Timespec, timerfd_settime};
-        let now = Instant::now();
-        // Closer than this, sleeping costs more than the error it avoids.
-        if at <= now + Duration::from_micros(20) {
+    /// Waits until `at` (give each lane its own `wake`).
+    async fn sleep_until(&self, at: Instant, wake: &Rc<Notify>) {
+        if at <= Instant::now() + PACE_SLACK {
             return;
         }
+        let seq = self.seq.get();
+        self.seq.set(seq + 1);
+        self.queue.borrow_mut().push(Reverse(Due { at, seq, wake: wake.clone() }));
+        self.arm_for(at, true);
+        wake.notified().await;
+    }
+
+    /// Makes sure the timer fires by `at` (or by the granularity floor after it).
+    /// `from_lane`: called by a lane, so the clock task may have to be told.
+    fn arm_for(&self, at: Instant, from_lane: bool) {
+        let at = at.max(self.last_wake.get() + self.granularity);
+        if self.armed.get().is_some_and(|armed| armed <= at) {
+            return;
+        }
+        self.armed.set(Some(at));
         let Some(fd) = &self.fd else {
-            tokio::time::sleep_until(at).await;
+            if from_lane {
+                self.kick.notify_one();
+            }
             return;
         };
-        let wait = at - now;
+        use rustix::time::{Itimerspec, TimerfdTimerFlags, Timespec, timerfd_settime};
+        // Zero would disarm the timer: one nanosecond means "now".
+        let wait = at.saturating_duration_since(Instant::now()).max(Duration::from_nanos(1));
         let spec = Itimerspec {
-            it_interval: Timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            },
+            it_interval: Timespec { tv_sec: 0, tv_nsec: 0 },
             it_value: Timespec {
                 tv_sec: i64::try_from(wait.as_secs()).unwrap_or(i64::MAX),
                 tv_nsec: wait.subsec_nanos().into(),
             },
         };
         if timerfd_settime(fd.get_ref(), TimerfdTimerFlags::empty(), &spec).is_err() {
-            tokio::time::sleep_until(at).await;
-            return;
+            // Cannot happen with a valid timerfd; the fallback below keeps lanes moving.
+            self.kick.notify_one();
         }
+    }
+
+    /// The clock task of a thread: wakes lanes whose time has come. Never returns (it
+    /// is dropped with its thread's task set).
+    async fn run(&self) {
         loop {
-            let Ok(mut guard) = fd.readable().await else {
-                tokio::time::sleep_until(at).await;
-                return;
-            };
-            let mut buf = [0u8; 8];
-            match guard.try_io(|inner| {
-                rustix::io::read(inner.get_ref(), &mut buf).map_err(std::io::Error::from)
-            }) {
-                Ok(Ok(_)) => return,
-                Ok(Err(_)) => {
-                    tokio::time::sleep_until(at).await;
-                    return;
+            self.wait_expiry().await;
+            let now = Instant::now();
+            self.last_wake.set(now);
+            self.armed.set(None);
+            let next = {
+                let mut queue = self.queue.borrow_mut();
+                while let Some(Reverse(due)) = queue.peek() {
+                    if due.at > now + PACE_SLACK {
+                        break;
+                    }
+                    due.wake.notify_one();
+                    queue.pop();
                 }
-                Err(_would_block) => continue,
+                queue.peek().map(|Reverse(due)| due.at)
+            };
+            if let Some(at) = next {
+                self.arm_for(at, false);
             }
+        }
+    }
+
+    async fn wait_expiry(&self) {
+        if let Some(fd) = &self.fd {
+            loop {
+                let Ok(mut guard) = fd.readable().await else {
+                    // Cannot register interest: degrade to a 1 ms poll.
+                    sleep(Duration::from_millis(1)).await;
+                    return;
+                };
+                let mut buf = [0u8; 8];
+                match guard.try_io(|inner| rustix::io::read(inner.get_ref(), &mut buf).map_err(std::io::Error::from)) {
+                    Ok(_) => return,
+                    // Stale readiness, or re-armed before we read: wait again.
+                    Err(_would_block) => continue,
+                }
+            }
+        }
+        match self.armed.get() {
+            Some(at) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at) => {}
+                    _ = self.kick.notified() => {}
+                }
+            }
+            None => self.kick.notified().await,
         }
     }
 }
@@ -650,15 +767,8 @@ fn report_load(args: &Args, target: &Target, s: &Stats) {
     let errors = s.status_errors + s.transport_errors + s.timeouts;
     let q = |p: f64| s.hist.value_at_quantile(p);
     let (p50, p90, p99, p999, max) = (q(0.5), q(0.9), q(0.99), q(0.999), s.hist.max());
-    let mode = if args.rate.is_some() {
-        "open"
-    } else {
-        "closed"
-    };
-    let rate = args
-        .rate
-        .map(|r| format!(" rate={r:.0}/s"))
-        .unwrap_or_default();
+    let mode = if args.rate.is_some() { "open" } else { "closed" };
+    let rate = args.rate.map(|r| format!(" rate={r:.0}/s")).unwrap_or_default();
     println!(
         "{mode} {proto} {url} c={c} m={m}{rate} {secs:.1}s: {n} responses, {errors} errors \
          ({st} status, {tr} transport, {to} timeout), {rps:.1} rps | latency p50 {p50} \
@@ -752,41 +862,36 @@ fn run_hold(args: &Args, target: Arc<Target>, n: usize) -> anyhow::Result<()> {
         let mut stop_rx = stop_rx.clone();
         let sse = args.sse;
         let permits = (args.ramp_concurrency / threads).max(1);
-        let handle = std::thread::Builder::new()
-            .name(format!("hold-{t}"))
-            .spawn(move || -> anyhow::Result<()> {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?;
-                let local = LocalSet::new();
-                local.block_on(&rt, async move {
-                    let ramp = Rc::new(Semaphore::new(permits));
-                    let mut tasks = Vec::with_capacity(conn_ids.len());
-                    for id in conn_ids {
-                        let streams = per_conn.min(n - id * per_conn);
-                        let (target, counters, ramp) =
-                            (target.clone(), counters.clone(), ramp.clone());
-                        let stop = stop_rx.clone();
-                        tasks.push(tokio::task::spawn_local(async move {
-                            let _permit = ramp.acquire().await;
-                            let fut = hold_one(target, counters.clone(), streams, sse, stop);
-                            match timeout_at(ramp_deadline, fut).await {
-                                Ok(Ok(())) => {}
-                                Ok(Err(_)) | Err(_) => {
-                                    counters.errors.fetch_add(1, Ordering::Relaxed);
-                                }
+        let handle = std::thread::Builder::new().name(format!("hold-{t}")).spawn(move || -> anyhow::Result<()> {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let local = LocalSet::new();
+            local.block_on(&rt, async move {
+                let ramp = Rc::new(Semaphore::new(permits));
+                let mut tasks = Vec::with_capacity(conn_ids.len());
+                for id in conn_ids {
+                    let streams = per_conn.min(n - id * per_conn);
+                    let (target, counters, ramp) = (target.clone(), counters.clone(), ramp.clone());
+                    let stop = stop_rx.clone();
+                    tasks.push(tokio::task::spawn_local(async move {
+                        let _permit = ramp.acquire().await;
+                        let fut = hold_one(target, counters.clone(), streams, sse, stop);
+                        match timeout_at(ramp_deadline, fut).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(_)) | Err(_) => {
+                                counters.errors.fetch_add(1, Ordering::Relaxed);
                             }
-                        }));
-                    }
-                    for t in tasks {
-                        let _ = t.await;
-                    }
-                    let _ = ready_tx.send(());
-                    // Keep the runtime (and so every connection) alive until told to stop.
-                    let _ = stop_rx.wait_for(|stop| *stop).await;
-                });
-                Ok(())
-            })?;
+                        }
+                    }));
+                }
+                for t in tasks {
+                    let _ = t.await;
+                }
+                let _ = ready_tx.send(());
+                // Keep the runtime (and so every connection) alive until told to stop.
+                let _ = stop_rx.wait_for(|stop| *stop).await;
+            });
+            Ok(())
+        })?;
         handles.push(handle);
     }
     drop(ready_tx);
@@ -807,11 +912,7 @@ fn run_hold(args: &Args, target: Arc<Target>, n: usize) -> anyhow::Result<()> {
     let events_before = counters.events.load(Ordering::Relaxed);
     std::thread::sleep(args.duration);
     let open_conns = counters.open_conns.load(Ordering::Relaxed);
-    let open = if args.sse {
-        counters.open_streams.load(Ordering::Relaxed)
-    } else {
-        open_conns
-    };
+    let open = if args.sse { counters.open_streams.load(Ordering::Relaxed) } else { open_conns };
     let events = counters.events.load(Ordering::Relaxed);
     let errors = counters.errors.load(Ordering::Relaxed);
     let _ = stop_tx.send(true);

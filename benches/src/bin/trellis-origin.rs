@@ -43,10 +43,7 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const MAX_WAIT_MS: u64 = 3_600_000;
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "trellis-origin",
-    about = "Fast HTTP/1.1 + h2c benchmark origin"
-)]
+#[command(name = "trellis-origin", about = "Fast HTTP/1.1 + h2c benchmark origin")]
 struct Args {
     /// Address to listen on (port 0 picks a free port, printed on stdout).
     #[arg(long, default_value = "127.0.0.1:18081")]
@@ -62,8 +59,17 @@ struct Args {
     h2_max_streams: u32,
 }
 
-fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+fn main() -> std::process::ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("trellis-origin: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
     trellis_bench::raise_nofile_limit();
     let threads = args.threads.max(1);
 
@@ -84,10 +90,8 @@ fn main() -> anyhow::Result<()> {
         let handle = std::thread::Builder::new()
             .name(format!("origin-{i}"))
             .spawn(move || -> anyhow::Result<()> {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .context("building runtime")?;
+                let rt =
+                    tokio::runtime::Builder::new_current_thread().enable_all().build().context("building runtime")?;
                 rt.block_on(accept_loop(socket, max_streams))
             })
             .context("spawning worker thread")?;
@@ -109,9 +113,7 @@ fn bind(addr: SocketAddr, backlog: i32) -> anyhow::Result<std::net::TcpListener>
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
-    socket
-        .bind(&addr.into())
-        .with_context(|| format!("binding {addr}"))?;
+    socket.bind(&addr.into()).with_context(|| format!("binding {addr}"))?;
     socket.listen(backlog)?;
     Ok(socket.into())
 }
@@ -151,10 +153,7 @@ async fn serve(stream: TcpStream, max_streams: u32) {
             .serve_connection(io, service)
             .await;
     } else {
-        let _ = hyper::server::conn::http1::Builder::new()
-            .keep_alive(true)
-            .serve_connection(io, service)
-            .await;
+        let _ = hyper::server::conn::http1::Builder::new().keep_alive(true).serve_connection(io, service).await;
     }
 }
 
@@ -186,9 +185,7 @@ async fn sniff_h2(stream: &TcpStream) -> std::io::Result<bool> {
 async fn handle(req: Request<Incoming>) -> Result<Response<OriginBody>, Infallible> {
     let path = req.uri().path();
     if path == "/sse" {
-        let interval_ms = query_u64(req.uri().query(), "interval_ms")
-            .unwrap_or(1000)
-            .clamp(1, MAX_WAIT_MS);
+        let interval_ms = query_u64(req.uri().query(), "interval_ms").unwrap_or(1000).clamp(1, MAX_WAIT_MS);
         let mut interval = tokio::time::interval(Duration::from_millis(interval_ms));
         interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut res = Response::new(OriginBody::Sse { interval, tick: 0 });
@@ -198,9 +195,7 @@ async fn handle(req: Request<Incoming>) -> Result<Response<OriginBody>, Infallib
         return Ok(res);
     }
     if path == "/slow" {
-        let ms = query_u64(req.uri().query(), "ms")
-            .unwrap_or(100)
-            .min(MAX_WAIT_MS);
+        let ms = query_u64(req.uri().query(), "ms").unwrap_or(100).min(MAX_WAIT_MS);
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     // Read and drop any request body so HTTP/1.1 keep-alive can continue.
@@ -209,9 +204,7 @@ async fn handle(req: Request<Incoming>) -> Result<Response<OriginBody>, Infallib
         while let Some(Ok(_)) = body.frame().await {}
     }
     // hyper writes `content-length: 2` from the body's exact size hint (h1 and h2).
-    Ok(Response::new(OriginBody::Full(Some(Bytes::from_static(
-        b"ok",
-    )))))
+    Ok(Response::new(OriginBody::Full(Some(Bytes::from_static(b"ok")))))
 }
 
 /// Finds `key=<u64>` in a query string; malformed values count as absent.
@@ -232,10 +225,7 @@ impl Body for OriginBody {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         match self.get_mut() {
             OriginBody::Full(data) => Poll::Ready(data.take().map(|b| Ok(Frame::data(b)))),
             OriginBody::Sse { interval, tick } => {
