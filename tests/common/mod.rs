@@ -338,3 +338,452 @@ clusters:
 pub fn listen_addr() -> SocketAddr {
     format!("127.0.0.1:{}", free_port()).parse().unwrap()
 }
+
+// --- lifecycle helpers ---
+
+/// Runs blocking helper code (`Proxy::reload`, `Proxy::wait_exit`, `admin_get`) from a test on
+/// the multi-thread runtime without stalling the origins and clients running beside it.
+pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+/// A body fed chunk by chunk through a channel; it ends when the sender is dropped.
+pub struct ChanBody {
+    rx: tokio::sync::mpsc::Receiver<Bytes>,
+}
+
+impl hyper::body::Body for ChanBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        self.rx.poll_recv(cx).map(|chunk| chunk.map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+}
+
+/// A streaming body (for slow uploads and endless responses) and the sender feeding it.
+pub fn chan_body() -> (tokio::sync::mpsc::Sender<Bytes>, Body) {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    (tx, ChanBody { rx }.boxed())
+}
+
+/// An origin answering every request with an endless server-sent-event stream: one event
+/// `data: NAME N` every `every`, until the reader goes away.
+pub async fn sse_origin(name: &'static str, every: Duration) -> Origin {
+    Origin::start(move |_req: Request<Incoming>| async move {
+        let (tx, body) = chan_body();
+        tokio::spawn(async move {
+            for n in 0u64.. {
+                if tx.send(Bytes::from(format!("id: {n}\ndata: {name} {n}\n\n"))).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(every).await;
+            }
+        });
+        Response::builder()
+            .header("content-type", "text/event-stream")
+            .header("cache-control", "no-cache")
+            .body(body)
+            .unwrap()
+    })
+    .await
+}
+
+/// An in-process origin whose handler also sees the peer address of the connection the
+/// request came on (for a proxy: which upstream connection it used).
+pub async fn origin_with_peer<F, Fut>(handler: F) -> Origin
+where
+    F: Fn(SocketAddr, Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handler = Arc::new(handler);
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, peer)) = listener.accept().await else { continue };
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let fut = handler.as_ref()(peer, req);
+                    async move { Ok::<_, Infallible>(fut.await) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Origin { addr, task }
+}
+
+/// How an event stream read by [`EventReader`] ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// The body ended cleanly.
+    Eof,
+    /// The body failed (reset, connection closed mid-body, …).
+    Error(String),
+}
+
+/// Reads a server-sent-event response body in the background, noting when each event arrived.
+pub struct EventReader {
+    pub events: Arc<std::sync::Mutex<Vec<Instant>>>,
+    pub task: tokio::task::JoinHandle<(StreamEnd, Instant)>,
+}
+
+impl EventReader {
+    pub fn spawn(resp: Response<Incoming>) -> EventReader {
+        let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = events.clone();
+        let task = tokio::spawn(async move {
+            let mut body = resp.into_body();
+            let mut buf = String::new();
+            loop {
+                match body.frame().await {
+                    None => return (StreamEnd::Eof, Instant::now()),
+                    Some(Err(e)) => return (StreamEnd::Error(e.to_string()), Instant::now()),
+                    Some(Ok(frame)) => {
+                        if let Ok(data) = frame.into_data() {
+                            buf.push_str(&String::from_utf8_lossy(&data));
+                            while let Some(end) = buf.find("\n\n") {
+                                buf.drain(..end + 2);
+                                seen.lock().unwrap().push(Instant::now());
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        EventReader { events, task }
+    }
+
+    /// Events received so far.
+    pub fn count(&self) -> usize {
+        self.events.lock().unwrap().len()
+    }
+
+    /// Events received at or after `since`.
+    pub fn count_since(&self, since: Instant) -> usize {
+        self.events.lock().unwrap().iter().filter(|t| **t >= since).count()
+    }
+
+    /// The longest silence between `from` and now: between events, or since the last one.
+    pub fn longest_gap_since(&self, from: Instant) -> Duration {
+        let events = self.events.lock().unwrap();
+        let mut last = from;
+        let mut worst = Duration::ZERO;
+        for t in events.iter().filter(|t| **t >= from) {
+            worst = worst.max(t.duration_since(last));
+            last = *t;
+        }
+        worst.max(last.elapsed())
+    }
+
+    /// Waits until at least `n` events have arrived, up to `limit`.
+    pub async fn wait_for(&self, n: usize, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if self.count() >= n {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.count() >= n
+    }
+}
+
+/// Polls `addr` until a TCP connect is refused (nobody listens any more), up to `limit`.
+/// Returns how long that took, or `None` if connections were still accepted at the end.
+pub async fn wait_refused(addr: SocketAddr, limit: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        match tokio::time::timeout(Duration::from_millis(500), tokio::net::TcpStream::connect(addr)).await {
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Some(start.elapsed()),
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    None
+}
+
+/// The last `n` lines of the proxy's log, for failure messages.
+pub fn log_tail(proxy: &Proxy, n: usize) -> String {
+    let logs = proxy.logs();
+    let lines: Vec<&str> = logs.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Runs a whole test body under a time limit, so a hang fails (and drops its proxy) instead
+/// of stalling the suite.
+pub async fn within<T>(limit: Duration, body: impl Future<Output = T>) -> T {
+    tokio::time::timeout(limit, body).await.unwrap_or_else(|_| panic!("test did not finish within {limit:?}"))
+}
+
+// --- http_path helpers ---
+
+/// A field of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`, …).
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':')?.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// The value of the first Prometheus sample named `name` whose labels include every pair of
+/// `labels` (exposition text format, as served by admin `/metrics`).
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
+        let (series, value) = line.trim().rsplit_once(' ')?;
+        let (n, rest) = match series.split_once('{') {
+            Some((n, r)) => (n, r.strip_suffix('}')?),
+            None => (series, ""),
+        };
+        if n != name {
+            return None;
+        }
+        let have = prometheus_labels(rest);
+        if labels.iter().all(|(k, v)| have.iter().any(|(hk, hv)| hk == k && hv == v)) {
+            value.parse().ok()
+        } else {
+            None
+        }
+    })
+}
+
+/// `a="x",b="y"` → pairs (handles `\"`, `\\` and `\n` escapes).
+pub fn prometheus_labels(s: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = s;
+    while let Some((k, after)) = rest.split_once("=\"") {
+        let mut v = String::new();
+        let mut end = after.len();
+        let mut chars = after.char_indices();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some((_, e)) = chars.next() {
+                        v.push(if e == 'n' { '\n' } else { e });
+                    }
+                }
+                '"' => {
+                    end = i + 1;
+                    break;
+                }
+                _ => v.push(c),
+            }
+        }
+        out.push((k.trim_start_matches(',').trim().to_owned(), v));
+        rest = &after[end..];
+    }
+    out
+}
+
+/// Runs `f` under a hard time bound so a hung proxy fails the test instead of the suite.
+pub async fn bounded<F: Future<Output = ()>>(limit: Duration, f: F) {
+    tokio::time::timeout(limit, f).await.expect("test exceeded its time bound");
+}
+
+// --- resilience helpers ---
+
+/// A bootstrap with listener `in` on `listen` taking the routes named in `route_names`, and
+/// the given `routes:` and `clusters:` list items (YAML, indented by two spaces).
+pub fn bootstrap(listen: SocketAddr, route_names: &[&str], routes: &str, clusters: &str) -> String {
+    format!(
+        "admin: {{ address: \"{{admin}}\" }}\ndrain_timeout: 1s\nlisteners:\n  - name: in\n    address: \"{listen}\"\n    routes: [{}]\nroutes:\n{routes}clusters:\n{clusters}",
+        route_names.join(", ")
+    )
+}
+
+/// A flow-style endpoint list: `[{ address: "A", weight: W }, …]`.
+pub fn endpoints_yaml(eps: &[(SocketAddr, u32)]) -> String {
+    let items: Vec<String> = eps.iter().map(|(a, w)| format!("{{ address: \"{a}\", weight: {w} }}")).collect();
+    format!("[{}]", items.join(", "))
+}
+
+/// Like [`Origin::echo`], but every answer waits `delay` first.
+pub async fn echo_after(name: &'static str, delay: Duration) -> Origin {
+    Origin::start(move |req: Request<Incoming>| async move {
+        tokio::time::sleep(delay).await;
+        let _ = req.into_body().collect().await;
+        let json = serde_json::json!({ "origin": name });
+        Response::builder().header("content-type", "application/json").body(full(json.to_string())).unwrap()
+    })
+    .await
+}
+
+/// The `origin` field of an echo answer ("" when the body is not an echo).
+pub fn origin_name(got: &Got) -> String {
+    serde_json::from_slice::<serde_json::Value>(&got.body)
+        .ok()
+        .and_then(|j| j["origin"].as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// What a [`counting_origin`] saw: every request's head and body, in arrival order.
+#[derive(Default)]
+pub struct Seen {
+    pub requests: std::sync::Mutex<Vec<(http::request::Parts, Bytes, Instant)>>,
+}
+
+impl Seen {
+    pub fn count(&self) -> usize {
+        self.requests.lock().unwrap().len()
+    }
+    /// Requests whose path is not `except`.
+    pub fn count_except(&self, except: &str) -> usize {
+        self.requests.lock().unwrap().iter().filter(|(p, _, _)| p.uri.path() != except).count()
+    }
+    pub fn bodies(&self) -> Vec<Bytes> {
+        self.requests.lock().unwrap().iter().map(|(_, b, _)| b.clone()).collect()
+    }
+    pub fn times(&self) -> Vec<Instant> {
+        self.requests.lock().unwrap().iter().map(|(_, _, t)| *t).collect()
+    }
+}
+
+/// An origin that records every request (head, whole body, arrival time) and answers with
+/// `respond(n, parts)`, `n` being the request's 1-based arrival number.
+pub async fn counting_origin<F>(respond: F) -> (Origin, Arc<Seen>)
+where
+    F: Fn(usize, &http::request::Parts) -> Response<Body> + Send + Sync + 'static,
+{
+    let seen = Arc::new(Seen::default());
+    let log = seen.clone();
+    let respond = Arc::new(respond);
+    let origin = Origin::start(move |req: Request<Incoming>| {
+        let (log, respond) = (log.clone(), respond.clone());
+        async move {
+            let (parts, body) = req.into_parts();
+            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            let n = {
+                let mut all = log.requests.lock().unwrap();
+                all.push((parts.clone(), body, Instant::now()));
+                all.len()
+            };
+            respond(n, &parts)
+        }
+    })
+    .await;
+    (origin, seen)
+}
+
+/// A response with `status` and a short body.
+pub fn status_response(status: u16) -> Response<Body> {
+    Response::builder().status(status).body(full(format!("status {status}\n"))).unwrap()
+}
+
+/// Runs `clients` concurrent HTTP/1.1 clients (one connection each) sending `per_client`
+/// sequential GETs of `path` with an optional header; returns each answer and its latency.
+pub async fn load(
+    addr: SocketAddr,
+    clients: usize,
+    per_client: usize,
+    path: &str,
+    header: Option<(&'static str, String)>,
+) -> Vec<(Got, Duration)> {
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (path, header) = (path.to_owned(), header.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut c = Client::h1(addr).await;
+            let mut out = Vec::with_capacity(per_client);
+            for _ in 0..per_client {
+                let mut req = Request::get(path.as_str());
+                if let Some((k, v)) = &header {
+                    req = req.header(*k, v.as_str());
+                }
+                let t = Instant::now();
+                let got = c.fetch(req.body(full("")).unwrap()).await;
+                out.push((got, t.elapsed()));
+            }
+            out
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all
+}
+
+/// Admin `/clusters` as JSON.
+pub fn clusters_json(proxy: &Proxy) -> serde_json::Value {
+    let (status, body) = admin_get(proxy.admin, "/clusters").unwrap();
+    assert_eq!(status, 200, "/clusters: {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// One endpoint's entry in `/clusters` (panics when absent).
+pub fn endpoint_json(proxy: &Proxy, cluster: &str, addr: SocketAddr) -> serde_json::Value {
+    let all = clusters_json(proxy);
+    let c = all["clusters"].as_array().unwrap().iter().find(|c| c["name"] == cluster).cloned();
+    let c = c.unwrap_or_else(|| panic!("no cluster {cluster} in /clusters: {all}"));
+    let e = c["endpoints"].as_array().unwrap().iter().find(|e| e["address"] == addr.to_string()).cloned();
+    e.unwrap_or_else(|| panic!("no endpoint {addr} in cluster {cluster}: {c}"))
+}
+
+/// Polls `/clusters` until the endpoint's `health` is `want`, up to `limit`; true if it got there.
+pub async fn wait_health(proxy: &Proxy, cluster: &str, addr: SocketAddr, want: &str, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if endpoint_json(proxy, cluster, addr)["health"] == want {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// An echo origin that can be killed for real: its listener closes (new connections are
+/// refused) and every open connection is cut, in-flight requests included.
+pub struct KillableOrigin {
+    pub addr: SocketAddr,
+    accept: tokio::task::JoinHandle<()>,
+    conns: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl KillableOrigin {
+    pub async fn echo(name: &'static str) -> KillableOrigin {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let conns: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let tracked = conns.clone();
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| async move {
+                    let _ = req.into_body().collect().await;
+                    let json = serde_json::json!({ "origin": name });
+                    Ok::<_, Infallible>(Response::new(full(json.to_string())))
+                });
+                let conn = tokio::spawn(async move {
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+                tracked.lock().unwrap().push(conn.abort_handle());
+            }
+        });
+        KillableOrigin { addr, accept, conns }
+    }
+
+    /// Closes the listener and cuts every connection.
+    pub fn kill(&self) {
+        self.accept.abort();
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+}
+
+impl Drop for KillableOrigin {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

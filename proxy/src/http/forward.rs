@@ -67,6 +67,13 @@ pub async fn handle(mut req: Request<Incoming>, ctx: &ConnCtx) -> Response<Proxy
         let Some(listener) = snap.listener(&ctx.listener) else {
             return error_response(&ForwardError::ListenerGone);
         };
+        if header_block_size(&req) > listener.max_header_bytes() {
+            let mut resp = error_response(&ForwardError::HeadersTooLarge);
+            if !ctx.h2 {
+                resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            return resp;
+        }
         if listener.mesh || listener.policy.is_some() {
             let peer_id = ctx.peer_id.as_deref();
             let d = authz::decide(
@@ -170,4 +177,10 @@ pub async fn handle(mut req: Request<Incoming>, ctx: &ConnCtx) -> Response<Proxy
     let exchange = Exchange { route: route.clone(), backend: index, lease: Some(sent.lease), started, clean: false };
     let body = UpstreamBody::new(body, exchange, deadline, streaming);
     Response::from_parts(parts, ProxyBody::Upstream(Box::new(body)))
+}
+
+/// The size of a request's head as HTTP/1.1 would carry it: request line and header lines.
+fn header_block_size<B>(req: &Request<B>) -> usize {
+    let line = req.method().as_str().len() + req.uri().path_and_query().map_or(1, |p| p.as_str().len()) + 12;
+    line + req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum::<usize>()
 }

@@ -54,9 +54,15 @@ pub fn prepare_request<B>(req: &mut Request<B>, peer: Peer, wire: Wire) {
     strip_hop_by_hop(h);
 
     let ip = peer.ip.to_string();
-    let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) => HeaderValue::try_from(format!("{prev}, {ip}")),
-        None => HeaderValue::try_from(ip),
+    // Several x-forwarded-for lines are one list (RFC 9110 §5.3): keep the whole chain.
+    let mut prev = h.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).peekable();
+    let xff = if prev.peek().is_some() {
+        let mut chain = prev.collect::<Vec<_>>().join(", ");
+        chain.push_str(", ");
+        chain.push_str(&ip);
+        HeaderValue::try_from(chain)
+    } else {
+        HeaderValue::try_from(ip)
     };
     if let Ok(v) = xff {
         h.insert(X_FORWARDED_FOR.clone(), v);
@@ -78,14 +84,24 @@ pub fn prepare_request<B>(req: &mut Request<B>, peer: Peer, wire: Wire) {
     match wire {
         Wire::Http1 => {
             *req.version_mut() = Version::HTTP_11;
-            if !req.headers().contains_key(header::HOST)
-                && let Some(a) = &authority
-                && let Ok(v) = HeaderValue::try_from(a.as_str())
+            // The request target's authority (absolute-form, or h2's :authority) wins over a
+            // Host header (RFC 9112 §3.2.2); otherwise Host is kept as sent.
+            if (req.uri().authority().is_some() || !req.headers().contains_key(header::HOST))
+                && let Some(v) = authority.as_ref().and_then(|a| HeaderValue::try_from(a.as_str()).ok())
             {
                 req.headers_mut().insert(header::HOST, v);
             }
             if req.uri().scheme().is_some() {
                 *req.uri_mut() = Uri::from(path);
+            }
+            // h2 may split cookies into several fields; HTTP/1.1 wants one (RFC 9113 §8.2.3).
+            let h = req.headers_mut();
+            if h.get_all(header::COOKIE).iter().nth(1).is_some() {
+                let joined =
+                    h.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>().join("; ");
+                if let Ok(v) = HeaderValue::try_from(joined) {
+                    h.insert(header::COOKIE, v);
+                }
             }
         }
         Wire::Http2 => {

@@ -35,6 +35,8 @@ pub enum ForwardError {
     ClientBody(hyper::Error),
     #[error("not authorized")]
     Forbidden,
+    #[error("the request header block is over the listener's max_header_bytes")]
+    HeadersTooLarge,
 }
 
 impl ForwardError {
@@ -50,6 +52,7 @@ impl ForwardError {
             Self::FaultAbort(code) => StatusCode::from_u16(*code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
             Self::ClientBody(_) => StatusCode::BAD_REQUEST,
             Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::Timeout | Self::TryTimeout | Self::IdleTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -70,6 +73,7 @@ impl ForwardError {
             Self::FaultAbort(_) => "fault injected",
             Self::ClientBody(_) => "bad request body",
             Self::Forbidden => "forbidden",
+            Self::HeadersTooLarge => "header block too large",
             Self::Timeout | Self::TryTimeout => "upstream timeout",
             Self::IdleTimeout => "upstream idle timeout",
             Self::ListenerGone => "listener draining",

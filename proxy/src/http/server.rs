@@ -26,13 +26,15 @@ where
             let mut b = hyper::server::conn::http1::Builder::new();
             b.timer(TokioTimer::new())
                 .header_read_timeout(listener.header_timeout())
-                .max_buf_size(listener.max_header_bytes());
+                // Room above the limit so most oversized heads reach `forward`, which answers
+                // 431 like every other proxy error; far larger ones get hyper's bare 431.
+                .max_buf_size(listener.max_header_bytes() * 2);
             watcher.watch(b.serve_connection(io, svc)).await
         }
         Protocol::Http2 => {
             let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
             b.timer(TokioTimer::new())
-                .max_header_list_size(listener.max_header_bytes() as u32)
+                .max_header_list_size(listener.max_header_bytes() as u32 * 2)
                 .max_concurrent_streams(1024);
             watcher.watch(b.serve_connection(io, svc)).await
         }
