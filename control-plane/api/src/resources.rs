@@ -19,6 +19,9 @@ pub struct Bootstrap {
     pub drain_timeout: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_log: Option<AccessLog>,
+    /// Where to get dynamic resources from (discovery).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_plane: Option<ControlPlane>,
     /// This proxy's mTLS identity (files watched and hot-reloaded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<Identity>,
@@ -30,6 +33,20 @@ pub struct Bootstrap {
     pub clusters: Vec<Cluster>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub policies: Vec<Policy>,
+}
+
+/// The control plane a proxy takes resources from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlPlane {
+    /// `http://HOST:PORT` of the discovery server.
+    pub address: String,
+    /// File holding the bearer token, if the control plane requires one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<String>,
+    /// Registered as this proxy's endpoint of `node.service` (sidecars: the inbound address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbound_address: Option<String>,
 }
 
 /// Certificate, key and trust bundle files of a proxy's mesh identity.
@@ -190,6 +207,9 @@ pub enum ListenerProtocol {
 pub struct Listener {
     pub name: String,
     pub address: String,
+    /// Discovery: only proxies whose `node.service` is this get the listener. Absent: all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
     #[serde(default)]
     pub protocol: ListenerProtocol,
     /// HTTP: route names, first match wins.

@@ -24,14 +24,25 @@ impl Errors {
     }
 }
 
-/// Checks a whole config; returns every problem found, in document order.
+/// Checks a whole bootstrap; returns every problem found, in document order.
 pub fn validate(b: &Bootstrap) -> Result<(), Vec<ValidationError>> {
+    check(b, true)
+}
+
+/// Checks resources held by the control plane: like [`validate`], but without the checks
+/// that belong to one proxy's bootstrap (a mesh listener or cluster needs that proxy's
+/// `identity`, which the control plane does not have).
+pub fn validate_resources(b: &Bootstrap) -> Result<(), Vec<ValidationError>> {
+    check(b, false)
+}
+
+fn check(b: &Bootstrap, bootstrap: bool) -> Result<(), Vec<ValidationError>> {
     let mut errs = Errors(Vec::new());
     let clusters = unique_names(&mut errs, "clusters", b.clusters.iter().map(|c| c.name.as_str()));
     let routes = unique_names(&mut errs, "routes", b.routes.iter().map(|r| r.name.as_str()));
     unique_names(&mut errs, "listeners", b.listeners.iter().map(|l| l.name.as_str()));
     let policies = unique_names(&mut errs, "policies", b.policies.iter().map(|p| p.name.as_str()));
-    validate_tls(&mut errs, b);
+    validate_tls(&mut errs, b, bootstrap);
     for p in &b.policies {
         for (i, rule) in p.rules.iter().enumerate() {
             for (j, from) in rule.from.iter().enumerate() {
@@ -227,9 +238,9 @@ pub fn validate(b: &Bootstrap) -> Result<(), Vec<ValidationError>> {
     if errs.0.is_empty() { Ok(()) } else { Err(errs.0) }
 }
 
-fn validate_tls(errs: &mut Errors, b: &Bootstrap) {
+fn validate_tls(errs: &mut Errors, b: &Bootstrap, bootstrap: bool) {
     use crate::{ClusterTlsMode, ListenerTlsMode};
-    let has_identity = b.identity.is_some();
+    let has_identity = b.identity.is_some() || !bootstrap;
     for l in &b.listeners {
         let Some(tls) = &l.tls else { continue };
         let at = format!("listeners[{}].tls", l.name);
