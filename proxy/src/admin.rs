@@ -17,8 +17,10 @@ use std::time::Duration;
 pub struct State {
     pub config: Arc<ArcSwap<Snapshot>>,
     pub metrics: PrometheusHandle,
-    /// Listeners bound (and, with a control plane, first config applied); false again while draining.
+    /// Listeners bound; false again while draining.
     pub ready: AtomicBool,
+    /// Set when the proxy takes config from a control plane: ready only once applied.
+    pub discovery: Option<Arc<crate::discovery::Status>>,
 }
 
 /// Serves the admin API on `listener` until the runtime stops.
@@ -50,7 +52,8 @@ fn handle<B>(req: &Request<B>, state: &State) -> Response<ProxyBody> {
     match req.uri().path() {
         "/live" => text(StatusCode::OK, "live\n"),
         "/ready" => {
-            if state.ready.load(Ordering::Acquire) {
+            let applied = state.discovery.as_ref().is_none_or(|d| d.applied.load(Ordering::Acquire));
+            if state.ready.load(Ordering::Acquire) && applied {
                 text(StatusCode::OK, "ready\n")
             } else {
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
@@ -63,8 +66,16 @@ fn handle<B>(req: &Request<B>, state: &State) -> Response<ProxyBody> {
         }
         "/config_dump" => {
             let snap = state.config.load();
+            let cp = state.discovery.as_ref().map(|d| {
+                serde_json::json!({
+                    "connected": d.connected.load(Ordering::Acquire),
+                    "system_version": &*d.system_version.lock().unwrap_or_else(|p| p.into_inner()),
+                    "last_error": &*d.last_error.lock().unwrap_or_else(|p| p.into_inner()),
+                })
+            });
             json(&serde_json::json!({
                 "version": snap.version,
+                "control_plane": cp,
                 "config": &*snap.source,
             }))
         }

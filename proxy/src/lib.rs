@@ -12,6 +12,7 @@ pub mod admin;
 pub mod authz;
 pub mod config;
 pub mod detect;
+pub mod discovery;
 pub mod http;
 pub mod listener;
 pub mod reload;

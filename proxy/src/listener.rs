@@ -45,7 +45,7 @@ enum Command {
 /// The worker threads.
 pub struct Workers {
     senders: Vec<mpsc::UnboundedSender<Command>>,
-    threads: Vec<JoinHandle<()>>,
+    threads: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Workers {
@@ -64,7 +64,7 @@ impl Workers {
             senders.push(tx);
             threads.push(t);
         }
-        Ok(Self { senders, threads })
+        Ok(Self { senders, threads: std::sync::Mutex::new(threads) })
     }
 
     /// Number of workers.
@@ -93,12 +93,12 @@ impl Workers {
 
     /// Stops accepting everywhere, waits up to `drain` for connections to finish, and joins
     /// the threads.
-    pub fn drain_and_join(self, drain: Duration) {
+    pub fn drain_and_join(&self, drain: Duration) {
         for tx in &self.senders {
             let _ = tx.send(Command::DrainAll { drain });
         }
-        drop(self.senders);
-        for t in self.threads {
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in threads {
             let _ = t.join();
         }
     }

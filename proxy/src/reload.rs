@@ -1,14 +1,17 @@
-//! Applying a new static config while serving: parse and validate the file, build the new
-//! snapshot off the hot path, bind any new listeners, swap, then retire what was removed.
-//! A bad file is refused with the error logged; the old config keeps serving.
+//! Applying a new config while serving: the static file (reloaded on SIGHUP or change) merged
+//! with what discovery delivered, validated, built into a new snapshot off the hot path;
+//! then new listeners are bound, the snapshot swapped, and what was removed retired. A bad
+//! config is refused with the error logged (or NACKed); the old config keeps serving.
 
 use crate::config::{self, ConfigError, Snapshot};
+use crate::discovery::Dynamic;
 use crate::listener::{self, Workers};
 use crate::telemetry;
 use arc_swap::ArcSwap;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
+use trellis_api::Bootstrap;
 
 /// Why a reload was refused.
 #[derive(Debug, thiserror::Error)]
@@ -25,16 +28,77 @@ pub fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
     Some((m.modified().ok()?, m.len()))
 }
 
-/// Reloads from `path`. Returns the new version.
-pub fn reload(path: &Path, shared: &ArcSwap<Snapshot>, workers: &Workers) -> Result<u64, ReloadError> {
-    let result = try_reload(path, shared, workers);
-    let outcome = if result.is_ok() { "ok" } else { "error" };
-    metrics::counter!(telemetry::CONFIG_RELOADS_TOTAL, "result" => outcome).increment(1);
-    result
+/// Where the config comes from: the static file, plus (with a control plane) the resources
+/// discovery delivered. Both paths end in [`Reloader::apply`].
+pub struct Reloader {
+    path: PathBuf,
+    shared: Arc<ArcSwap<Snapshot>>,
+    workers: Workers,
+    sources: Mutex<Sources>,
 }
 
-fn try_reload(path: &Path, shared: &ArcSwap<Snapshot>, workers: &Workers) -> Result<u64, ReloadError> {
-    let bootstrap = config::load(path)?;
+struct Sources {
+    file: Bootstrap,
+    dynamic: Dynamic,
+}
+
+impl Reloader {
+    pub fn new(path: PathBuf, file: Bootstrap, shared: Arc<ArcSwap<Snapshot>>, workers: Workers) -> Self {
+        Self { path, shared, workers, sources: Mutex::new(Sources { file, dynamic: Dynamic::default() }) }
+    }
+
+    pub fn workers(&self) -> &Workers {
+        &self.workers
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.shared.load_full()
+    }
+
+    /// Re-reads the static file and applies it with the current dynamic resources.
+    pub fn reload_file(&self) -> Result<u64, ReloadError> {
+        let result = (|| {
+            let file = config::load(&self.path)?;
+            let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+            let merged = sources.dynamic.merge_into(&file);
+            let v = self.apply(merged)?;
+            sources.file = file;
+            Ok(v)
+        })();
+        count(&result);
+        result
+    }
+
+    /// Applies resources from the control plane on top of the static file. On error nothing
+    /// changes (the caller NACKs).
+    pub fn apply_dynamic(&self, dynamic: Dynamic) -> Result<u64, ReloadError> {
+        let result = (|| {
+            let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+            let merged = dynamic.merge_into(&sources.file);
+            let v = self.apply(merged)?;
+            sources.dynamic = dynamic;
+            Ok(v)
+        })();
+        count(&result);
+        result
+    }
+
+    fn apply(&self, bootstrap: Bootstrap) -> Result<u64, ReloadError> {
+        trellis_api::validate(&bootstrap).map_err(|e| ReloadError::Config(ConfigError::Invalid(e)))?;
+        apply(bootstrap, &self.shared, &self.workers)
+    }
+}
+
+fn count(result: &Result<u64, ReloadError>) {
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    metrics::counter!(telemetry::CONFIG_RELOADS_TOTAL, "result" => outcome).increment(1);
+}
+
+fn apply(bootstrap: Bootstrap, shared: &ArcSwap<Snapshot>, workers: &Workers) -> Result<u64, ReloadError> {
     let old = shared.load_full();
     let next = config::build(bootstrap, Some(&old), workers.len(), old.version + 1)?;
 

@@ -4,8 +4,9 @@
 
 use crate::admin;
 use crate::config::{self, ConfigError};
+use crate::discovery;
 use crate::listener::{self, Workers};
-use crate::reload;
+use crate::reload::{self, Reloader};
 use crate::telemetry;
 use arc_swap::ArcSwap;
 use std::path::PathBuf;
@@ -42,6 +43,9 @@ pub fn run(opts: Options) -> Result<(), RunError> {
     let workers = opts.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
     let admin_addr = bootstrap.admin.as_ref().map_or(api::DEFAULT_ADMIN_ADDRESS, |a| a.address.as_str()).to_owned();
     let prometheus = telemetry::install().map_err(RunError::Runtime)?;
+    let file = bootstrap.clone();
+    let control_plane = bootstrap.control_plane.clone();
+    let node = bootstrap.node.clone();
     let snapshot = config::build(bootstrap, None, workers, 1)?;
 
     // Bind everything before starting anything, so a busy port fails the start cleanly.
@@ -64,12 +68,19 @@ pub fn run(opts: Options) -> Result<(), RunError> {
     for (name, s) in sockets {
         pool.start_listener(&name, s);
     }
+    let reloader = Arc::new(Reloader::new(opts.config.clone(), file, shared.clone(), pool));
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| RunError::Runtime(e.to_string()))?;
-    let state = Arc::new(admin::State { config: shared.clone(), metrics: prometheus, ready: false.into() });
+    let discovery = Arc::new(discovery::Status::default());
+    let state = Arc::new(admin::State {
+        config: shared.clone(),
+        metrics: prometheus,
+        ready: false.into(),
+        discovery: control_plane.as_ref().map(|_| discovery.clone()),
+    });
     let drain = rt.block_on(async {
         let admin_listener =
             tokio::net::TcpListener::from_std(admin_socket).map_err(|e| RunError::Runtime(e.to_string()))?;
@@ -84,29 +95,28 @@ pub fn run(opts: Options) -> Result<(), RunError> {
             }
         });
         state.ready.store(true, Ordering::Release);
-        tracing::info!(config = %opts.config.display(), workers, admin = %admin_addr, "trellis proxy ready");
-        wait_and_reload(&opts, &shared, &pool).await
+        if let Some(cp) = control_plane {
+            tokio::spawn(discovery::run(cp, node, reloader.clone(), discovery.clone()));
+        }
+        tracing::info!(config = %opts.config.display(), workers, admin = %admin_addr, "trellis proxy started");
+        wait_and_reload(&opts, &reloader).await
     })?;
 
     state.ready.store(false, Ordering::Release);
     tracing::info!(drain_timeout = ?drain, "draining");
-    pool.drain_and_join(drain);
+    reloader.workers().drain_and_join(drain);
     tracing::info!("stopped");
     Ok(())
 }
 
 /// Serves reload triggers until a stop signal; returns the drain timeout then in force.
-async fn wait_and_reload(
-    opts: &Options,
-    shared: &ArcSwap<config::Snapshot>,
-    workers: &Workers,
-) -> Result<Duration, RunError> {
+async fn wait_and_reload(opts: &Options, reloader: &Reloader) -> Result<Duration, RunError> {
     let sig = |k| signal(k).map_err(|e| RunError::Runtime(format!("signal handler: {e}")));
     let (mut hup, mut term, mut int) =
         (sig(SignalKind::hangup())?, sig(SignalKind::terminate())?, sig(SignalKind::interrupt())?);
     // The config file and every certificate, key and bundle it names are watched: a
     // rotation of identity files is a reload like any other.
-    let watched = || config::watched_files(&opts.config, &shared.load().source);
+    let watched = || config::watched_files(&opts.config, &reloader.snapshot().source);
     let stamps = |files: &[PathBuf]| files.iter().map(|f| reload::stamp(f)).collect::<Vec<_>>();
     let mut poll = tokio::time::interval(Duration::from_millis(500));
     let mut files = watched();
@@ -124,12 +134,12 @@ async fn wait_and_reload(
                 "file changed"
             }
         };
-        match reload::reload(&opts.config, shared, workers) {
+        match reloader.reload_file() {
             Ok(v) => tracing::info!(version = v, trigger = why, "config reloaded"),
             Err(e) => tracing::error!(trigger = why, error = %e, "config reload refused; the previous config stays"),
         }
         files = watched();
         last = stamps(&files);
     }
-    Ok(shared.load().drain_timeout)
+    Ok(reloader.snapshot().drain_timeout)
 }
