@@ -39,7 +39,7 @@ pub fn bind(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<std::net::T
 enum Command {
     Start { name: Arc<str>, socket: std::net::TcpListener },
     Stop { name: Arc<str>, drain: Duration },
-    DrainAll { drain: Duration },
+    DrainAll { drain: Duration, all_done: Arc<tokio::sync::Barrier> },
 }
 
 /// The worker threads.
@@ -94,8 +94,11 @@ impl Workers {
     /// Stops accepting everywhere, waits up to `drain` for connections to finish, and joins
     /// the threads.
     pub fn drain_and_join(&self, drain: Duration) {
+        // Workers wait for each other before their runtimes stop: an HTTP/2 upstream
+        // connection driven by one worker may carry requests of the others.
+        let all_done = Arc::new(tokio::sync::Barrier::new(self.senders.len()));
         for tx in &self.senders {
-            let _ = tx.send(Command::DrainAll { drain });
+            let _ = tx.send(Command::DrainAll { drain, all_done: all_done.clone() });
         }
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
         for t in threads {
@@ -142,7 +145,7 @@ async fn worker_main(mut rx: mpsc::UnboundedReceiver<Command>, config: Arc<ArcSw
                     });
                 }
             }
-            Command::DrainAll { drain } => {
+            Command::DrainAll { drain, all_done } => {
                 let deadline = tokio::time::Instant::now() + drain;
                 for r in running.values() {
                     r.stop.cancel();
@@ -150,6 +153,7 @@ async fn worker_main(mut rx: mpsc::UnboundedReceiver<Command>, config: Arc<ArcSw
                 for (_, r) in running.drain() {
                     let _ = tokio::time::timeout_at(deadline, r.task).await;
                 }
+                let _ = tokio::time::timeout_at(deadline, all_done.wait()).await;
                 return;
             }
         }
@@ -218,9 +222,10 @@ async fn accept_loop(
                 let config = config.clone();
                 let name = name.clone();
                 let kill = kill.clone();
+                let stop = stop.clone();
                 tokio::spawn(async move {
                     tokio::select! {
-                        _ = serve_http(stream, peer, name, listener, config, watcher) => {}
+                        _ = serve_http(stream, peer, name, listener, config, watcher, &stop) => {}
                         _ = kill.cancelled() => {}
                     }
                     gauge.decrement(1.0);
@@ -248,9 +253,16 @@ async fn serve_http(
     listener: Arc<Listener>,
     config: Arc<ArcSwap<Snapshot>>,
     watcher: hyper_util::server::graceful::Watcher,
+    stop: &CancellationToken,
 ) {
+    // A connection that has not finished its preface or handshake when draining starts has
+    // no request in flight: it is dropped, not waited for.
     let Some(tls) = listener.server_tls.clone() else {
-        let proto = match detect::sniff(&stream, listener.header_timeout()).await {
+        let sniffed = tokio::select! {
+            r = detect::sniff(&stream, listener.header_timeout()) => r,
+            _ = stop.cancelled() => return,
+        };
+        let proto = match sniffed {
             Ok(Some(p)) => p,
             Ok(None) | Err(_) => return,
         };
@@ -264,7 +276,11 @@ async fn serve_http(
         crate::http::server::serve(stream, proto, ctx, &listener, watcher).await;
         return;
     };
-    let Some(stream) = crate::tls::accept(stream, tls, listener.header_timeout(), &name).await else { return };
+    let accepted = tokio::select! {
+        s = crate::tls::accept(stream, tls, listener.header_timeout(), &name) => s,
+        _ = stop.cancelled() => return,
+    };
+    let Some(stream) = accepted else { return };
     let (_, conn) = stream.get_ref();
     let h2 = conn.alpn_protocol() == Some(crate::tls::ALPN_H2);
     let peer_id = if listener.mesh { crate::tls::mesh::peer_id(conn.peer_certificates()) } else { None };

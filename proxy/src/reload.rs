@@ -22,10 +22,17 @@ pub enum ReloadError {
     Bind { name: String, addr: std::net::SocketAddr, source: std::io::Error },
 }
 
-/// A file's identity for change detection (modification time and length).
-pub fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+/// A file's identity for change detection: inode, length, modification time, and a hash of
+/// the content (config and certificate files are small), so even a same-length rewrite
+/// within one timestamp tick is noticed.
+pub fn stamp(path: &Path) -> Option<(u64, u64, SystemTime, u64)> {
+    use std::hash::{Hash, Hasher};
+    use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok()?, m.len()))
+    let content = if m.len() <= 4 << 20 { std::fs::read(path).ok()? } else { Vec::new() };
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    content.hash(&mut h);
+    Some((m.ino(), m.len(), m.modified().ok()?, h.finish()))
 }
 
 /// Where the config comes from: the static file, plus (with a control plane) the resources

@@ -104,7 +104,11 @@ pub fn run(opts: Options) -> Result<(), RunError> {
 
     state.ready.store(false, Ordering::Release);
     tracing::info!(drain_timeout = ?drain, "draining");
-    reloader.workers().drain_and_join(drain);
+    // The admin server keeps answering (/ready 503) while the workers drain.
+    let draining = reloader.clone();
+    rt.block_on(async move {
+        let _ = tokio::task::spawn_blocking(move || draining.workers().drain_and_join(drain)).await;
+    });
     tracing::info!("stopped");
     Ok(())
 }

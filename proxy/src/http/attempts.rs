@@ -117,10 +117,19 @@ async fn try_once(
     req: Request<RequestBody>,
     avoid: Option<Arc<Endpoint>>,
 ) -> (Option<Arc<Endpoint>>, TryResult) {
+    match plan.cluster.pick(plan.key, avoid.as_ref()) {
+        Some(ep) => {
+            let ep = ep.clone();
+            let r = try_on(plan, req, &ep).await;
+            (Some(ep), r)
+        }
+        None => (None, Err(ForwardError::NoEndpoint(plan.cluster.name.clone()))),
+    }
+}
+
+/// One try on `ep`.
+async fn try_on(plan: &Plan<'_>, req: Request<RequestBody>, ep: &Arc<Endpoint>) -> TryResult {
     let cluster = plan.cluster;
-    let Some(ep) = cluster.pick(plan.key, avoid.as_ref()) else {
-        return (None, Err(ForwardError::NoEndpoint(cluster.name.clone())));
-    };
     let started = std::time::Instant::now();
     let per_try = plan.retry.and_then(|r| r.per_try_timeout).map(|t| Instant::now() + t);
     let deadline = match (plan.deadline, per_try) {
@@ -164,7 +173,7 @@ async fn try_once(
             }
         }
     }
-    (Some(ep.clone()), result)
+    result
 }
 
 /// Runs up to `1 + max` tries, starting another each time `delay` passes without a
@@ -181,10 +190,21 @@ async fn hedged(
         HedgeDelay::Fixed(d) => Some(d.get()),
         HedgeDelay::Auto => plan.cluster.latency.quantile(0.95),
     };
+    // Each try's endpoint is chosen here, so a hedge can avoid the one it hedges.
+    let Some(first) = plan.cluster.pick(plan.key, avoid).cloned() else {
+        return (None, Err(ForwardError::NoEndpoint(plan.cluster.name.clone())), 1);
+    };
+    let launch = |ep: Arc<Endpoint>| {
+        let req = rebuild(parts, body);
+        Box::pin(async move {
+            let r = try_on(plan, req, &ep).await;
+            (Some(ep), r)
+        })
+    };
     let mut inflight = FuturesUnordered::new();
-    inflight.push(Box::pin(try_once(plan, rebuild(parts, body), avoid.cloned())));
+    inflight.push(launch(first.clone()));
     let mut tries = 1;
-    let mut last_ep = avoid.cloned();
+    let mut last_ep = Some(first);
     let mut timer = delay.map(|d| Box::pin(tokio::time::sleep(d)));
     loop {
         let hedge_due = async {
@@ -207,7 +227,13 @@ async fn hedged(
             () = hedge_due => {
                 tries += 1;
                 metrics::counter!(telemetry::UPSTREAM_HEDGES_TOTAL, "cluster" => plan.cluster.name.to_string()).increment(1);
-                inflight.push(Box::pin(try_once(plan, rebuild(parts, body), last_ep.clone())));
+                match plan.cluster.pick(plan.key, last_ep.as_ref()).cloned() {
+                    Some(ep) => {
+                        last_ep = Some(ep.clone());
+                        inflight.push(launch(ep));
+                    }
+                    None => tries -= 1,
+                }
                 if let (Some(t), Some(d)) = (timer.as_mut(), delay) {
                     t.as_mut().reset(Instant::now() + d);
                 }

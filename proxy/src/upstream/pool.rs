@@ -252,12 +252,14 @@ async fn connect_tcp(ep: &Endpoint, wire: Wire) -> Result<TokioIo<MaybeTls>, Ups
 
 async fn connect_h1(ep: &Endpoint) -> Result<H1, UpstreamError> {
     let io = connect_tcp(ep, Wire::Http1).await?;
-    let (sender, conn) = http1::Builder::new().handshake(io).await.map_err(UpstreamError::Handshake)?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "upstream http1 connection ended");
+    let (sender, conn) = match http1::Builder::new().handshake(io).await {
+        Ok(x) => x,
+        Err(e) => {
+            ep.counts.release(Threshold::MaxConnections);
+            return Err(UpstreamError::Handshake(e));
         }
-    });
+    };
+    spawn_conn(ep, conn);
     Ok(sender)
 }
 
