@@ -1694,3 +1694,38 @@ async fn client_going_away_cancels_the_upstream_stream() {
     })
     .await;
 }
+
+/// A slow upload is client progress, not upstream silence: with `idle_timeout: 500ms`, a
+/// body sent in chunks every 150 ms for ~1.5 s still reaches the origin and gets its answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_upload_is_not_cut_by_the_idle_timeout() {
+    use http_body_util::BodyExt;
+    within(Duration::from_secs(15), async {
+        let origin = Origin::start(|req: Request<hyper::body::Incoming>| async move {
+            let n = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+            Response::new(full(n.to_string()))
+        })
+        .await;
+        let listen = listen_addr();
+        let yaml = simple_config(listen, origin.addr, "http1").replace(
+            "    backends: [{ cluster: origin }]",
+            "    backends: [{ cluster: origin }]\n    idle_timeout: 500ms",
+        );
+        let _proxy = Proxy::start(&yaml);
+        let mut c = Client::h1(listen).await;
+        let (tx, body) = chan_body();
+        let feeder = tokio::spawn(async move {
+            for _ in 0..10 {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                if tx.send(Bytes::from(vec![b'x'; 100])).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let got = c.fetch(Request::post("/upload").body(body).unwrap()).await;
+        feeder.await.unwrap();
+        assert_eq!(got.status, 200, "{}", got.text());
+        assert_eq!(got.text(), "1000");
+    })
+    .await;
+}

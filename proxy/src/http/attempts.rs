@@ -136,11 +136,13 @@ async fn try_on(plan: &Plan<'_>, req: Request<RequestBody>, ep: &Arc<Endpoint>) 
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
+    let upload = req.body().progress();
     let sent = Timed {
         fut: pool::send(ep, plan.wire, req),
         deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
         idle_after: plan.idle_timeout,
         idle: None,
+        upload,
     }
     .await;
     let result = match sent {
@@ -282,6 +284,8 @@ pin_project_lite::pin_project! {
         idle_after: Option<Duration>,
         #[pin]
         idle: Option<Sleep>,
+        // While the client is still sending the body, the upstream is not idle.
+        upload: Option<Arc<crate::http::body::Progress>>,
     }
 }
 
@@ -303,8 +307,14 @@ impl<F: Future> Future for Timed<F> {
             if idle.is_none() {
                 idle.set(Some(tokio::time::sleep(after)));
             }
-            if idle.as_pin_mut().is_some_and(|t| t.poll(cx).is_ready()) {
-                return Poll::Ready(Err(ForwardError::IdleTimeout));
+            while let Some(mut t) = idle.as_mut().as_pin_mut() {
+                if t.as_mut().poll(cx).is_pending() {
+                    break;
+                }
+                match this.upload.as_ref().map(|p| p.idle_for()) {
+                    Some(quiet) if quiet < after => t.reset(Instant::now() + (after - quiet)),
+                    _ => return Poll::Ready(Err(ForwardError::IdleTimeout)),
+                }
             }
         }
         Poll::Pending

@@ -33,8 +33,52 @@ pub enum BodyError {
 /// retry or hedge can send it again.
 #[derive(Debug)]
 pub enum RequestBody {
-    Stream(Incoming),
+    /// Streamed; `Progress` (bodies that are not empty) notes when the client last sent data,
+    /// so a slow upload does not count as upstream silence.
+    Stream(Incoming, Option<Arc<Progress>>),
     Replay(Option<Bytes>),
+}
+
+/// When a streamed request body last moved, as milliseconds since a process-wide epoch.
+#[derive(Debug, Default)]
+pub struct Progress(std::sync::atomic::AtomicU64);
+
+impl Progress {
+    fn epoch() -> std::time::Instant {
+        static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        *EPOCH.get_or_init(std::time::Instant::now)
+    }
+
+    fn touch(&self) {
+        let ms = Self::epoch().elapsed().as_millis() as u64;
+        self.0.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long ago the body last moved.
+    pub fn idle_for(&self) -> Duration {
+        let now = Self::epoch().elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.0.load(std::sync::atomic::Ordering::Relaxed)))
+    }
+}
+
+impl RequestBody {
+    /// A streamed body; one with data gets a progress tracker.
+    pub fn stream(body: Incoming) -> Self {
+        let progress = (!body.is_end_stream()).then(|| {
+            let p = Arc::new(Progress::default());
+            p.touch();
+            p
+        });
+        Self::Stream(body, progress)
+    }
+
+    /// The progress tracker of a streamed body with data.
+    pub fn progress(&self) -> Option<Arc<Progress>> {
+        match self {
+            Self::Stream(_, p) => p.clone(),
+            Self::Replay(_) => None,
+        }
+    }
 }
 
 impl RequestBody {
@@ -49,14 +93,14 @@ impl RequestBody {
                 let bytes = http_body_util::BodyExt::collect(body).await?.to_bytes();
                 Ok(Self::Replay(Some(bytes)))
             }
-            _ => Ok(Self::Stream(body)),
+            _ => Ok(Self::stream(body)),
         }
     }
 
     /// A copy for another try, if this body can be replayed.
     pub fn replay(&self) -> Option<Self> {
         match self {
-            Self::Stream(_) => None,
+            Self::Stream(..) => None,
             Self::Replay(b) => Some(Self::Replay(b.clone())),
         }
     }
@@ -68,21 +112,27 @@ impl Body for RequestBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            Self::Stream(b) => Pin::new(b).poll_frame(cx),
+            Self::Stream(b, progress) => {
+                let polled = Pin::new(b).poll_frame(cx);
+                if let (Poll::Ready(Some(Ok(_))), Some(p)) = (&polled, progress) {
+                    p.touch();
+                }
+                polled
+            }
             Self::Replay(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            Self::Stream(b) => b.is_end_stream(),
+            Self::Stream(b, _) => b.is_end_stream(),
             Self::Replay(b) => b.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            Self::Stream(b) => b.size_hint(),
+            Self::Stream(b, _) => b.size_hint(),
             Self::Replay(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
         }
     }

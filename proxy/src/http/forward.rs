@@ -155,7 +155,7 @@ pub async fn handle(mut req: Request<Incoming>, ctx: &ConnCtx) -> Response<Proxy
             Err(e) => return fail(ForwardError::ClientBody(e), None),
         }
     } else {
-        RequestBody::Stream(body)
+        RequestBody::stream(body)
     };
     let plan = Plan { cluster, wire, key, deadline, idle_timeout: route.idle_timeout, retry, hedge };
     let sent = match attempts::send(&plan, Request::from_parts(parts, body)).await {
