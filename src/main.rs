@@ -42,6 +42,16 @@ enum Cmd {
         #[command(subcommand)]
         cmd: certs_cmd::CertsCmd,
     },
+    /// A whole local mesh on embedded defaults (control plane, CA, two sidecars with mTLS,
+    /// two agent services calling each other), with traffic, until Ctrl-C.
+    Demo {
+        /// Concurrent simulated users.
+        #[arg(long, default_value_t = 4)]
+        users: usize,
+        /// Stop by itself after this many seconds (default: run until Ctrl-C).
+        #[arg(long)]
+        seconds: Option<u64>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -71,6 +81,24 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Cmd::Demo { users, seconds } => {
+            let trellis = match std::env::current_exe() {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("trellis: cannot find its own binary: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            let opts =
+                trellis_demo::Options { trellis, users, duration: seconds.map(std::time::Duration::from_secs) };
+            match trellis_demo::run(opts) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("trellis demo: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Cmd::Certs { cmd } => match certs_cmd::run(cmd) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
