@@ -48,6 +48,8 @@ pub struct Snapshot {
     pub drain_timeout: Duration,
     /// This proxy's mesh identity, when the bootstrap has one.
     pub mesh: Option<Arc<tls::mesh::Mesh>>,
+    /// Leaf expiries (unix seconds) by certificate label, published once this snapshot serves.
+    pub cert_expiry: Vec<(String, i64)>,
 }
 
 /// A listener's runtime view.
@@ -79,6 +81,13 @@ impl Listener {
 }
 
 impl Snapshot {
+    /// Publishes the gauges that describe this snapshot; call once it is the one serving.
+    pub fn publish(&self) {
+        for (cert, t) in &self.cert_expiry {
+            metrics::gauge!(crate::telemetry::TLS_CERT_EXPIRY, "cert" => cert.clone()).set(*t as f64);
+        }
+    }
+
     /// The listener named `name`.
     pub fn listener(&self, name: &str) -> Option<&Arc<Listener>> {
         self.listeners.iter().find(|l| &*l.name == name)
@@ -103,10 +112,9 @@ impl Snapshot {
 /// carry over; `workers` sizes the per-worker pools.
 pub fn build(b: Bootstrap, prev: Option<&Snapshot>, workers: usize, version: u64) -> Result<Snapshot, ConfigError> {
     let mesh = b.identity.as_ref().map(tls::mesh::load).transpose()?.map(Arc::new);
-    if let Some(m) = &mesh
-        && let Some(t) = m.not_after
-    {
-        metrics::gauge!(crate::telemetry::TLS_CERT_EXPIRY, "cert" => "identity").set(t as f64);
+    let mut cert_expiry = Vec::new();
+    if let Some(t) = mesh.as_ref().and_then(|m| m.not_after) {
+        cert_expiry.push(("identity".to_owned(), t));
     }
     let policies: HashMap<&str, Arc<authz::Policy>> =
         b.policies.iter().map(|p| (p.name.as_str(), Arc::new(authz::Policy::new(p)))).collect();
@@ -161,8 +169,7 @@ pub fn build(b: Bootstrap, prev: Option<&Snapshot>, workers: usize, version: u64
             (api::ListenerTlsMode::Terminate, Some(t)) => {
                 let (config, expiries) = tls::edge::server_config(t)?;
                 if let Some(first) = expiries.iter().min() {
-                    metrics::gauge!(crate::telemetry::TLS_CERT_EXPIRY, "cert" => format!("listener:{}", l.name))
-                        .set(*first as f64);
+                    cert_expiry.push((format!("listener:{}", l.name), *first));
                 }
                 Some(config)
             }
@@ -187,6 +194,7 @@ pub fn build(b: Bootstrap, prev: Option<&Snapshot>, workers: usize, version: u64
         listeners,
         clusters,
         mesh,
+        cert_expiry,
     })
 }
 

@@ -269,7 +269,7 @@ async fn serve_http(
         let ctx = Arc::new(ConnCtx {
             config,
             listener: name,
-            peer: Peer { ip: peer.ip(), tls: false },
+            peer: Peer::new(peer.ip(), false),
             peer_id: None,
             h2: proto == detect::Protocol::Http2,
         });
@@ -285,7 +285,7 @@ async fn serve_http(
     let h2 = conn.alpn_protocol() == Some(crate::tls::ALPN_H2);
     let peer_id = if listener.mesh { crate::tls::mesh::peer_id(conn.peer_certificates()) } else { None };
     let proto = if h2 { detect::Protocol::Http2 } else { detect::Protocol::Http1 };
-    let ctx = Arc::new(ConnCtx { config, listener: name, peer: Peer { ip: peer.ip(), tls: true }, peer_id, h2 });
+    let ctx = Arc::new(ConnCtx { config, listener: name, peer: Peer::new(peer.ip(), true), peer_id, h2 });
     crate::http::server::serve(stream, proto, ctx, &listener, watcher).await;
 }
 

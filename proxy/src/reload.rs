@@ -133,6 +133,7 @@ fn apply(bootstrap: Bootstrap, shared: &ArcSwap<Snapshot>, workers: &Workers) ->
     let drain = next.drain_timeout;
     let version = next.version;
     crate::resilience::health::start(&next);
+    next.publish();
     shared.store(Arc::new(next));
 
     for name in &removed {

@@ -63,6 +63,7 @@ pub fn run(opts: Options) -> Result<(), RunError> {
     }
 
     metrics::gauge!(telemetry::CONFIG_VERSION, "type" => "static").set(snapshot.version as f64);
+    snapshot.publish();
     let shared = Arc::new(ArcSwap::from_pointee(snapshot));
     let pool = Workers::start(workers, shared.clone()).map_err(|e| RunError::Runtime(e.to_string()))?;
     for (name, s) in sockets {

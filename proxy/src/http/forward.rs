@@ -60,6 +60,11 @@ pub fn audit_denied(
 /// responses via [`error_response`]).
 pub async fn handle(mut req: Request<Incoming>, ctx: &ConnCtx) -> Response<ProxyBody> {
     let started = std::time::Instant::now();
+    // Routing, authorization and the upstream all see one normalized path, so `/api/../admin`
+    // cannot pass a `/api/*` rule and reach `/admin`.
+    if let Some(normalized) = crate::http::path::normalize(req.uri()) {
+        *req.uri_mut() = normalized;
+    }
     // One config load per request; the route (and the clusters it holds) is kept alive by
     // this request even if a reload replaces it meanwhile.
     let route = {
@@ -139,7 +144,7 @@ pub async fn handle(mut req: Request<Incoming>, ctx: &ConnCtx) -> Response<Proxy
     let cluster = &backend.cluster;
     let wire = cluster.wire_for(ctx.h2);
     let key = cluster.hash_key(req.headers(), ctx.peer.ip);
-    headers::prepare_request(&mut req, ctx.peer, wire);
+    headers::prepare_request(&mut req, &ctx.peer, wire);
     route.request_headers.apply(req.headers_mut());
     let deadline = route.timeout.map(|t| Instant::now() + t);
 

@@ -42,29 +42,37 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
 }
 
 /// Who is on the other side of the downstream connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Peer {
     pub ip: IpAddr,
     pub tls: bool,
+    /// `ip` as a header value, made once per connection for `x-forwarded-for`.
+    ip_value: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(ip: IpAddr, tls: bool) -> Self {
+        let ip_value = HeaderValue::try_from(ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Self { ip, tls, ip_value }
+    }
 }
 
 /// Rewrites a downstream request in place for forwarding to an upstream over `wire`.
-pub fn prepare_request<B>(req: &mut Request<B>, peer: Peer, wire: Wire) {
+pub fn prepare_request<B>(req: &mut Request<B>, peer: &Peer, wire: Wire) {
     let h = req.headers_mut();
     strip_hop_by_hop(h);
 
-    let ip = peer.ip.to_string();
     // Several x-forwarded-for lines are one list (RFC 9110 §5.3): keep the whole chain.
     let mut prev = h.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).peekable();
     let xff = if prev.peek().is_some() {
         let mut chain = prev.collect::<Vec<_>>().join(", ");
         chain.push_str(", ");
-        chain.push_str(&ip);
-        HeaderValue::try_from(chain)
+        chain.push_str(peer.ip_value.to_str().unwrap_or(""));
+        HeaderValue::try_from(chain).ok()
     } else {
-        HeaderValue::try_from(ip)
+        Some(peer.ip_value.clone())
     };
-    if let Ok(v) = xff {
+    if let Some(v) = xff {
         h.insert(X_FORWARDED_FOR.clone(), v);
     }
     h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(if peer.tls { "https" } else { "http" }));
@@ -188,7 +196,7 @@ mod tests {
     fn request_gets_forwarding_headers_and_h2_target() {
         let mut req =
             Request::get("/a?b=1").header("host", "svc:80").header("x-forwarded-for", "10.0.0.1").body(()).unwrap();
-        prepare_request(&mut req, Peer { ip: "127.0.0.9".parse().unwrap(), tls: false }, Wire::Http2);
+        prepare_request(&mut req, &Peer::new("127.0.0.9".parse().unwrap(), false), Wire::Http2);
         assert_eq!(req.uri().to_string(), "http://svc:80/a?b=1");
         assert!(req.headers().get(header::HOST).is_none());
         assert_eq!(req.headers()["x-forwarded-for"], "10.0.0.1, 127.0.0.9");
@@ -200,7 +208,7 @@ mod tests {
     #[test]
     fn h2_request_to_h1_gets_host_and_origin_form() {
         let mut req = Request::get("http://svc.local/p").header("x-request-id", "keep").body(()).unwrap();
-        prepare_request(&mut req, Peer { ip: "::1".parse().unwrap(), tls: true }, Wire::Http1);
+        prepare_request(&mut req, &Peer::new("::1".parse().unwrap(), true), Wire::Http1);
         assert_eq!(req.uri().to_string(), "/p");
         assert_eq!(req.headers()[header::HOST], "svc.local");
         assert_eq!(req.headers()["x-request-id"], "keep");

@@ -6,6 +6,7 @@ pub mod attempts;
 pub mod body;
 pub mod forward;
 pub mod headers;
+pub mod path;
 pub mod respond;
 pub mod route;
 pub mod router;

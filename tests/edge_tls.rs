@@ -1,0 +1,478 @@
+//! Edge TLS and certificates end to end (DESIGN §4) against the real binary: terminating
+//! listeners pick certificates by SNI (checked with rustls and `openssl s_client`), offer h2
+//! by ALPN and honour `min_version`; `tls` clusters verify the origin's name against their
+//! trust bundle; and the `trellis certs` command line.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+use common::*;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+use trellis_certs::Ca;
+
+const EDGE_DEFAULT: &str = "spiffe://trellis.local/ns/edge/sa/default";
+const EDGE_A: &str = "spiffe://trellis.local/ns/edge/sa/a";
+const EDGE_WILD: &str = "spiffe://trellis.local/ns/edge/sa/wild-b";
+
+/// A root CA and its files in a temp dir.
+struct Pki {
+    dir: tempfile::TempDir,
+    ca: Ca,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        ring_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::init(dir.path().join("ca"), false).unwrap();
+        Pki { dir, ca }
+    }
+
+    fn bundle(&self) -> PathBuf {
+        Ca::cert_path(self.dir.path().join("ca"))
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn issue(&self, name: &str, id: &str, dns: &[&str]) -> (PathBuf, PathBuf) {
+        let prefix = self.path(name);
+        issue_to(&self.ca, id, dns, &prefix);
+        pem_key(&prefix)
+    }
+}
+
+/// Terminating listeners `(name, address, certificates, min_version)` in front of an echo
+/// app (cluster protocol `auto`: HTTP/2 upstream for HTTP/2 clients).
+/// A terminating listener: name, address, certificate (cert, key) files, min_version.
+type EdgeListener<'a> = (&'a str, SocketAddr, &'a [(PathBuf, PathBuf)], Option<&'a str>);
+
+fn edge_config(listeners: &[EdgeListener<'_>], app: SocketAddr) -> String {
+    let mut y = String::from("admin: { address: \"{admin}\" }\ndrain_timeout: 1s\nlisteners:\n");
+    for (name, addr, certs, min) in listeners {
+        let certs: Vec<String> =
+            certs.iter().map(|(c, k)| format!("{{ cert: \"{}\", key: \"{}\" }}", c.display(), k.display())).collect();
+        y.push_str(&format!(
+            "  - name: {name}\n    address: \"{addr}\"\n    tls:\n      mode: terminate\n      certificates: [{}]\n",
+            certs.join(", ")
+        ));
+        if let Some(v) = min {
+            y.push_str(&format!("      min_version: \"{v}\"\n"));
+        }
+        y.push_str("    routes: [all]\n");
+    }
+    y.push_str(&format!(
+        "routes:\n  - name: all\n    match: {{ path_prefix: / }}\n    backends: [{{ cluster: app }}]\nclusters:\n  - name: app\n    protocol: auto\n    endpoints: [{{ address: \"{app}\" }}]\n"
+    ));
+    y
+}
+
+/// A client trusting `roots` (or anything, when `None`), offering `alpn`.
+fn edge_client(roots: Option<&Path>, tls12_only: bool, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    tls_client_config(&TlsClientOpts {
+        identity: None,
+        roots: roots.map(Path::to_path_buf),
+        tls12_only,
+        alpn: alpn.iter().map(|p| p.to_vec()).collect(),
+    })
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+const H1: &[&[u8]] = &[b"http/1.1"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminate_min_version() {
+    within(Duration::from_secs(30), async {
+        let pki = Pki::new();
+        let cert = pki.issue("edge", EDGE_DEFAULT, &["edge.test"]);
+        let certs = [cert];
+        let app = Origin::echo("app").await;
+        let (l12, l13, ldef) = (listen_addr(), listen_addr(), listen_addr());
+        let proxy = Proxy::start(&edge_config(
+            &[
+                ("edge12", l12, &certs, Some("1.2")),
+                ("edge13", l13, &certs, Some("1.3")),
+                ("edgedef", ldef, &certs, None),
+            ],
+            app.addr,
+        ));
+        let tls12 = edge_client(Some(&pki.bundle()), true, H1);
+        let tls13 = edge_client(Some(&pki.bundle()), false, H1);
+
+        for addr in [l12, ldef] {
+            let (got, seen) = tls_fetch(addr, tls12.clone(), "edge.test", "GET", "/x").await.unwrap();
+            assert_eq!(got.status, 200);
+            assert_eq!(seen.version, Some(rustls::ProtocolVersion::TLSv1_2));
+            assert_eq!(got.json()["headers"]["x-forwarded-proto"], "https");
+        }
+        let r = tls_fetch(l13, tls12, "edge.test", "GET", "/x").await;
+        assert!(r.is_err(), "TLS 1.2 accepted by min_version 1.3: {:?}", r.map(|(g, s)| (g.status, s.version)));
+        let v =
+            wait_metric(&proxy, "trellis_tls_handshake_errors_total", &[("listener", "edge13")], |v| v >= 1.0, secs(2))
+                .await;
+        assert_eq!(v, Some(1.0), "{}", blocking(|| proxy.metrics()));
+
+        for addr in [l12, l13, ldef] {
+            let (got, seen) = tls_fetch(addr, tls13.clone(), "edge.test", "GET", "/x").await.unwrap();
+            assert_eq!(got.status, 200);
+            assert_eq!(seen.version, Some(rustls::ProtocolVersion::TLSv1_3));
+        }
+    })
+    .await;
+}
+
+/// `openssl s_client -servername NAME` (or `-noservername`) against `addr`: the subject and
+/// the subjectAltName extension of the certificate the server sent.
+fn openssl_server_cert(addr: SocketAddr, servername: Option<&str>, scratch: &Path) -> (String, String) {
+    let mut cmd = Command::new("timeout");
+    cmd.args(["10", "openssl", "s_client", "-connect", &addr.to_string()]);
+    match servername {
+        Some(n) => cmd.args(["-servername", n]),
+        None => cmd.arg("-noservername"),
+    };
+    let out = cmd.stdin(Stdio::null()).output().expect("run openssl");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let begin = stdout.find("-----BEGIN CERTIFICATE-----");
+    let end = stdout.find("-----END CERTIFICATE-----");
+    let (Some(b), Some(e)) = (begin, end) else {
+        panic!("no certificate from openssl s_client: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    };
+    let pem = &stdout[b..e + "-----END CERTIFICATE-----".len()];
+    let file = scratch.join(format!("openssl-{}.pem", servername.unwrap_or("none")));
+    std::fs::write(&file, format!("{pem}\n")).unwrap();
+    let subject = stdout.lines().find(|l| l.starts_with("subject=")).unwrap_or_default().to_owned();
+    let x509 = Command::new("openssl")
+        .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
+        .arg(&file)
+        .output()
+        .expect("run openssl x509");
+    (subject, String::from_utf8_lossy(&x509.stdout).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sni_selects_the_certificate() {
+    within(Duration::from_secs(40), async {
+        let pki = Pki::new();
+        let default = pki.issue("default", EDGE_DEFAULT, &["default.example.com", "127.0.0.1"]);
+        let a = pki.issue("a", EDGE_A, &["a.example.com"]);
+        let wild = pki.issue("wild", EDGE_WILD, &["*.b.example.com"]);
+        let certs = [default.clone(), a.clone(), wild.clone()];
+        let app = Origin::echo("app").await;
+        let edge = listen_addr();
+        let proxy = Proxy::start(&edge_config(&[("edge", edge, &certs, None)], app.addr));
+
+        // Verified against the CA: the name must match the certificate picked.
+        let verified = edge_client(Some(&pki.bundle()), false, H1);
+        for (name, id, dns) in [
+            ("a.example.com", EDGE_A, "a.example.com"),
+            ("x.b.example.com", EDGE_WILD, "*.b.example.com"),
+            ("127.0.0.1", EDGE_DEFAULT, "default.example.com"),
+        ] {
+            let (got, seen) = tls_fetch(edge, verified.clone(), name, "GET", "/sni").await.unwrap();
+            assert_eq!(got.status, 200, "{name}");
+            assert_eq!(seen.leaf.spiffe_id.as_ref().map(|i| i.as_str()), Some(id), "{name}");
+            assert!(seen.leaf.dns_names.iter().any(|d| d == dns), "{name}: {:?}", seen.leaf.dns_names);
+        }
+        // Names without a certificate get the first one (the wildcard covers one label only).
+        let any = edge_client(None, false, H1);
+        for name in ["other.example.org", "b.example.com", "y.x.b.example.com", "example.com"] {
+            let (got, seen) = tls_fetch(edge, any.clone(), name, "GET", "/sni").await.unwrap();
+            assert_eq!(got.status, 200, "{name}");
+            assert_eq!(seen.leaf.spiffe_id.as_ref().map(|i| i.as_str()), Some(EDGE_DEFAULT), "{name}");
+        }
+
+        // The same through OpenSSL.
+        let scratch = pki.path("openssl");
+        std::fs::create_dir_all(&scratch).unwrap();
+        for (servername, id, dns) in [
+            (Some("x.b.example.com"), EDGE_WILD, "DNS:*.b.example.com"),
+            (Some("a.example.com"), EDGE_A, "DNS:a.example.com"),
+            (None, EDGE_DEFAULT, "DNS:default.example.com"),
+        ] {
+            let (subject, san) = blocking(|| openssl_server_cert(edge, servername, &scratch));
+            assert!(subject.contains(id), "{servername:?}: {subject}");
+            assert!(san.contains(dns) && san.contains(&format!("URI:{id}")), "{servername:?}: {san}");
+        }
+
+        // The listener's earliest certificate expiry is exported.
+        let earliest = [&default, &a, &wild]
+            .iter()
+            .map(|(c, _)| trellis_certs::inspect_file(c).unwrap()[0].not_after)
+            .min()
+            .unwrap();
+        let v = metric_value(
+            &blocking(|| proxy.metrics()),
+            "trellis_tls_cert_expiry_timestamp_seconds",
+            &[("cert", "listener:edge")],
+        );
+        assert_eq!(v.map(|v| v as i64), Some(earliest));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alpn_h2_through_a_terminating_listener() {
+    within(Duration::from_secs(30), async {
+        let pki = Pki::new();
+        let certs = [pki.issue("edge", EDGE_DEFAULT, &["edge.test"])];
+        let app = Origin::echo("app").await;
+        let edge = listen_addr();
+        let _proxy = Proxy::start(&edge_config(&[("edge", edge, &certs, None)], app.addr));
+
+        let h2 = edge_client(Some(&pki.bundle()), false, &[b"h2", b"http/1.1"]);
+        let mut conn = TlsConn::open(edge, h2, "edge.test").await.unwrap();
+        assert_eq!(conn.seen.alpn.as_deref(), Some(&b"h2"[..]));
+        for i in 0..3 {
+            let got = conn.get(&format!("/h2/{i}")).await.unwrap();
+            assert_eq!(got.status, 200);
+            let j = got.json();
+            assert_eq!(j["version"], "HTTP/2.0", "{j}");
+            assert_eq!(j["path"], format!("/h2/{i}"));
+        }
+        // HTTP/1.1 by ALPN, and with no ALPN at all.
+        for alpn in [H1, &[][..]] {
+            let c = edge_client(Some(&pki.bundle()), false, alpn);
+            let (got, seen) = tls_fetch(edge, c, "edge.test", "GET", "/h1").await.unwrap();
+            assert_eq!(got.status, 200);
+            assert_eq!(got.json()["version"], "HTTP/1.1");
+            assert_eq!(seen.alpn.as_deref(), alpn.first().copied());
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_cluster_verifies_the_origin_name() {
+    within(Duration::from_secs(30), async {
+        let pki = Pki::new();
+        let (cert, key) = pki.issue("origin", "spiffe://trellis.local/ns/default/sa/origin", &["origin.test"]);
+        let (origin, snis) = tls_echo_origin("tls-origin", &cert, &key).await;
+        let other = Ca::generate().unwrap();
+        let other_bundle = pki.path("other-ca.pem");
+        std::fs::write(&other_bundle, other.cert_pem()).unwrap();
+        let bundle = pki.bundle();
+
+        let listen = listen_addr();
+        let o = origin.addr;
+        let cluster = |name: &str, proto: &str, sni: Option<&str>, bundle: &Path| {
+            let sni = sni.map(|s| format!(", sni: {s}")).unwrap_or_default();
+            format!(
+                "  - name: {name}\n    protocol: {proto}\n    tls: {{ mode: tls{sni}, trust_bundle: \"{}\" }}\n    endpoints: [{{ address: \"{o}\" }}]\n",
+                bundle.display()
+            )
+        };
+        let route = |name: &str| {
+            format!("  - name: {name}\n    match: {{ path_prefix: /{name}/ }}\n    backends: [{{ cluster: {name} }}]\n")
+        };
+        let names = ["good", "good2", "wrong", "nosni", "untrusted"];
+        let routes: String = names.iter().map(|n| route(n)).collect();
+        let clusters = [
+            cluster("good", "http1", Some("origin.test"), &bundle),
+            cluster("good2", "http2", Some("origin.test"), &bundle),
+            cluster("wrong", "http1", Some("wrong.test"), &bundle),
+            cluster("nosni", "http1", None, &bundle),
+            cluster("untrusted", "http1", Some("origin.test"), &other_bundle),
+        ]
+        .concat();
+        let _proxy = Proxy::start(&bootstrap(listen, &names, &routes, &clusters));
+
+        let mut c = Client::h1(listen).await;
+        for (path, version) in [("/good/x", "HTTP/1.1"), ("/good2/x", "HTTP/2.0")] {
+            let got = c.get(path).await;
+            assert_eq!(got.status, 200, "{path}: {}", got.text());
+            let j = got.json();
+            assert_eq!(j["origin"], "tls-origin");
+            assert_eq!(j["version"], version, "{path}");
+        }
+        for path in ["/wrong/x", "/nosni/x", "/untrusted/x"] {
+            let got = c.get(path).await;
+            assert_eq!(got.status, 502, "{path}: {}", got.text());
+            assert_eq!(got.header("x-trellis-error"), Some("upstream tls failure"), "{path}: {}", got.text());
+        }
+        let snis = snis.lock().unwrap().clone();
+        assert!(!snis.is_empty());
+        assert!(snis.iter().all(|s| s.as_deref() == Some("origin.test")), "{snis:?}");
+    })
+    .await;
+}
+
+/// Runs `trellis ARGS…`; returns (exit code, stdout, stderr).
+fn trellis_out(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_trellis")).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certs_cli_init_issue_inspect() {
+    within(Duration::from_secs(40), async {
+        ring_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let p = |s: &str| dir.path().join(s).display().to_string();
+        let ca = p("ca");
+
+        let (code, out, err) = trellis_out(&["certs", "init", "--dir", &ca]);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("created root CA") && out.contains(&format!("{ca}/ca.pem")), "{out}");
+        assert_eq!(mode(Path::new(&format!("{ca}/ca.key"))), 0o600);
+        let (code, _, err) = trellis_out(&["certs", "init", "--dir", &ca]);
+        assert_eq!(code, 1, "a second init must refuse: {err}");
+        assert!(err.contains("already exists") && err.contains("--force"), "{err}");
+
+        for (sa, prefix) in [("checkout", p("out/checkout")), ("frontend", p("out/frontend"))] {
+            let id = format!("spiffe://trellis.local/ns/default/sa/{sa}");
+            let (code, out, err) = trellis_out(&[
+                "certs",
+                "issue",
+                "--dir",
+                &ca,
+                "--id",
+                &id,
+                "--out",
+                &prefix,
+                "--dns",
+                &format!("{sa}.svc"),
+            ]);
+            assert_eq!(code, 0, "{err}");
+            assert!(out.contains(&format!("issued {id}")), "{out}");
+            assert_eq!(mode(Path::new(&format!("{prefix}.key"))), 0o600);
+
+            let (code, out, err) = trellis_out(&["certs", "inspect", &format!("{prefix}.pem")]);
+            assert_eq!(code, 0, "{err}");
+            assert!(out.contains(&format!("spiffe id:   {id}")), "{out}");
+            assert!(out.contains(&format!("dns names:   {sa}.svc")), "{out}");
+            assert!(out.contains("(leaf)") && out.contains("(CA)"), "leaf then CA: {out}");
+        }
+        let (code, out, _) = trellis_out(&["certs", "inspect", &format!("{ca}/ca.pem")]);
+        assert_eq!(code, 0);
+        assert!(out.contains("is ca:       yes") && out.contains("spiffe id:   -"), "{out}");
+
+        // Bad input: clap rejects a bad --id (exit 2); a missing CA or file is exit 1.
+        let (code, _, err) = trellis_out(&["certs", "issue", "--dir", &ca, "--id", "not-an-id", "--out", &p("x")]);
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("--id") && err.contains("spiffe://"), "{err}");
+        let (code, _, err) = trellis_out(&[
+            "certs",
+            "issue",
+            "--dir",
+            &p("no-such-ca"),
+            "--id",
+            "spiffe://trellis.local/ns/default/sa/x",
+            "--out",
+            &p("x"),
+        ]);
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains("no CA in") && err.contains("trellis certs init"), "{err}");
+        assert!(!Path::new(&p("x.pem")).exists());
+        let (code, _, err) = trellis_out(&["certs", "inspect", &p("missing.pem")]);
+        assert_eq!(code, 1);
+        assert!(err.contains("missing.pem"), "{err}");
+
+        // What the CLI issued works as mesh identities.
+        let app = Origin::echo("app").await;
+        let mesh = listen_addr();
+        let yaml = format!(
+            r#"admin: {{ address: "{{admin}}" }}
+identity: {{ cert: "{c}.pem", key: "{c}.key", trust_bundle: "{ca}/ca.pem" }}
+listeners:
+  - name: mesh
+    address: "{mesh}"
+    tls: {{ mode: mesh }}
+    policy: fe
+    routes: [all]
+routes:
+  - name: all
+    match: {{ path_prefix: / }}
+    backends: [{{ cluster: app }}]
+clusters:
+  - name: app
+    endpoints: [{{ address: "{app}" }}]
+policies:
+  - name: fe
+    rules: [{{ from: [spiffe://trellis.local/ns/default/sa/frontend] }}]
+"#,
+            c = p("out/checkout"),
+            app = app.addr,
+        );
+        let _proxy = Proxy::start(&yaml);
+        let client = tls_client_config(&TlsClientOpts {
+            identity: Some(pem_key(Path::new(&p("out/frontend")))),
+            alpn: H1.iter().map(|a| a.to_vec()).collect(),
+            ..Default::default()
+        });
+        let (got, seen) = tls_fetch(mesh, client, "checkout", "GET", "/any").await.unwrap();
+        assert_eq!(got.status, 200, "{}", got.text());
+        assert_eq!(
+            seen.leaf.spiffe_id.as_ref().map(|i| i.as_str()),
+            Some("spiffe://trellis.local/ns/default/sa/checkout")
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_certificate_rotation_applies_to_new_handshakes() {
+    within(Duration::from_secs(30), async {
+        let pki = Pki::new();
+        let default = pki.issue("default", EDGE_DEFAULT, &["default.example.com"]);
+        let a = pki.issue("a", EDGE_A, &["a.example.com"]);
+        let certs = [default.clone(), a.clone()];
+        let app = Origin::echo("app").await;
+        let edge = listen_addr();
+        let proxy = Proxy::start(&edge_config(&[("edge", edge, &certs, None)], app.addr));
+        let client = edge_client(Some(&pki.bundle()), false, H1);
+        let leaf_of = |name: &'static str| {
+            let client = client.clone();
+            async move { TlsConn::open(edge, client, name).await.map(|c| c.seen.leaf.sha256) }
+        };
+        let old_a = trellis_certs::inspect_file(&a.0).unwrap().remove(0).sha256;
+        let old_default = trellis_certs::inspect_file(&default.0).unwrap().remove(0).sha256;
+        assert_eq!(leaf_of("a.example.com").await.unwrap(), old_a);
+        let mut established = TlsConn::open(edge, client.clone(), "a.example.com").await.unwrap();
+
+        // Replace a.example.com's key, then its certificate.
+        let id = trellis_certs::SpiffeId::parse(EDGE_A).unwrap();
+        let next = pki.ca.issue(&id, secs(7200), &["a.example.com".to_owned()]).unwrap();
+        let new_a = trellis_certs::inspect(next.cert_pem.as_bytes()).unwrap();
+        replace_file(&a.1, next.key_pem.as_bytes());
+        replace_file(&a.0, next.cert_pem.as_bytes());
+        let rotated = std::time::Instant::now();
+        let mut seen = String::new();
+        while rotated.elapsed() < secs(3) {
+            seen = leaf_of("a.example.com").await.unwrap();
+            if seen == new_a.sha256 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(seen, new_a.sha256, "{}", log_tail(&proxy, 10));
+        assert!(rotated.elapsed() <= secs(2), "took {:?}", rotated.elapsed());
+        assert_eq!(leaf_of("default.example.com").await.unwrap(), old_default);
+        let got = established.get("/still").await.unwrap();
+        assert_eq!(got.status, 200);
+        let v = metric_value(
+            &blocking(|| proxy.metrics()),
+            "trellis_tls_cert_expiry_timestamp_seconds",
+            &[("cert", "listener:edge")],
+        );
+        let default_expiry = trellis_certs::inspect_file(&default.0).unwrap()[0].not_after;
+        assert_eq!(v.map(|v| v as i64), Some(default_expiry.min(new_a.not_after)));
+    })
+    .await;
+}
