@@ -87,13 +87,15 @@ pub async fn send(plan: &Plan<'_>, req: Request<RequestBody>) -> Result<Sent, (F
         if plan.deadline.is_some_and(|d| Instant::now() + wait >= d) {
             return finish(result, tries);
         }
-        if !retry.budget.withdraw() {
-            metrics::counter!(telemetry::RETRY_BUDGET_EXHAUSTED_TOTAL, "cluster" => plan.cluster.name.to_string())
-                .increment(1);
-            return finish(result, tries);
-        }
+        // The breaker first: a retry it refuses must not spend the budget.
         let counts = &plan.cluster.counts;
         if counts.acquire(Threshold::MaxRetries, plan.cluster.settings.limits.as_ref(), &plan.cluster.name).is_err() {
+            return finish(result, tries);
+        }
+        if !retry.budget.withdraw() {
+            counts.release(Threshold::MaxRetries);
+            metrics::counter!(telemetry::RETRY_BUDGET_EXHAUSTED_TOTAL, "cluster" => plan.cluster.name.to_string())
+                .increment(1);
             return finish(result, tries);
         }
         // Release the failed try's connection before waiting.

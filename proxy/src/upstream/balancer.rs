@@ -16,34 +16,50 @@ const RING_POINTS_PER_ENDPOINT: u64 = 160;
 
 #[derive(Debug)]
 pub(crate) enum Balancer {
-    RoundRobin { schedule: Vec<u32>, cursor: AtomicUsize },
-    LeastRequest,
-    PeakEwma,
-    Random { cumulative: Vec<u64> },
-    RingHash { ring: Vec<(u64, u32)>, fallback: Box<Balancer> },
-    Maglev { table: Vec<u32>, fallback: Box<Balancer> },
+    RoundRobin {
+        schedule: Vec<u32>,
+        cursor: AtomicUsize,
+    },
+    /// P2C; the two candidates are drawn in proportion to weight (`cumulative`), then
+    /// compared on load, so weights hold at low load and load wins under pressure.
+    LeastRequest {
+        cumulative: Vec<u64>,
+    },
+    PeakEwma {
+        cumulative: Vec<u64>,
+    },
+    Random {
+        cumulative: Vec<u64>,
+    },
+    RingHash {
+        ring: Vec<(u64, u32)>,
+        fallback: Box<Balancer>,
+    },
+    Maglev {
+        table: Vec<u32>,
+        fallback: Box<Balancer>,
+    },
 }
 
 impl Balancer {
     pub(crate) fn new(policy: LbPolicy, endpoints: &[Arc<Endpoint>]) -> Self {
         let weights: Vec<u64> = endpoints.iter().map(|e| u64::from(e.weight)).collect();
-        let random = || Self::Random {
-            cumulative: weights
-                .iter()
-                .scan(0u64, |acc, w| {
-                    *acc += w;
-                    Some(*acc)
-                })
-                .collect(),
-        };
+        let cumulative: Vec<u64> = weights
+            .iter()
+            .scan(0u64, |acc, w| {
+                *acc += w;
+                Some(*acc)
+            })
+            .collect();
+        let random = || Self::Random { cumulative: cumulative.clone() };
         let keys: Vec<String> = endpoints.iter().map(|e| e.addr.to_string()).collect();
         match policy {
             LbPolicy::RoundRobin => Self::RoundRobin {
                 schedule: smooth_schedule(&weights),
                 cursor: AtomicUsize::new(fastrand::usize(..usize::MAX / 2)),
             },
-            LbPolicy::LeastRequest => Self::LeastRequest,
-            LbPolicy::PeakEwma => Self::PeakEwma,
+            LbPolicy::LeastRequest => Self::LeastRequest { cumulative: cumulative.clone() },
+            LbPolicy::PeakEwma => Self::PeakEwma { cumulative: cumulative.clone() },
             LbPolicy::Random => random(),
             LbPolicy::RingHash => Self::RingHash { ring: ring(&keys, &weights), fallback: Box::new(random()) },
             LbPolicy::Maglev => Self::Maglev { table: maglev(&keys, &weights), fallback: Box::new(random()) },
@@ -62,16 +78,12 @@ impl Balancer {
                 let i = cursor.fetch_add(1, Ordering::Relaxed) % schedule.len().max(1);
                 endpoints.get(*schedule.get(i)? as usize)
             }
-            Self::LeastRequest => Some(p2c(endpoints, |e| (e.in_flight() + 1) as f64)),
-            Self::PeakEwma => Some(p2c(endpoints, |e| e.load.estimate_ns() * (e.in_flight() + 1) as f64)),
-            Self::Random { cumulative } => {
-                let total = *cumulative.last()?;
-                if total == 0 {
-                    return None;
-                }
-                let x = fastrand::u64(..total);
-                endpoints.get(cumulative.partition_point(|&c| c <= x))
+            Self::LeastRequest { cumulative } => p2c(endpoints, cumulative, |e| (e.in_flight() + 1) as f64),
+            Self::PeakEwma { cumulative } => {
+                let now = std::time::Instant::now();
+                p2c(endpoints, cumulative, |e| e.load.estimate_ns_at(now) * (e.in_flight() + 1) as f64)
             }
+            Self::Random { cumulative } => weighted(endpoints, cumulative),
             Self::RingHash { ring, fallback } => match key {
                 Some(k) if !ring.is_empty() => {
                     let i = ring.partition_point(|&(h, _)| h < k) % ring.len();
@@ -87,18 +99,34 @@ impl Balancer {
     }
 }
 
-/// Power of two choices: two random endpoints, the one with the lower `cost ÷ weight` wins.
-fn p2c(endpoints: &[Arc<Endpoint>], cost: impl Fn(&Endpoint) -> f64) -> &Arc<Endpoint> {
-    let n = endpoints.len();
-    let i = fastrand::usize(..n);
-    let mut j = fastrand::usize(..n - 1);
-    if j >= i {
-        j += 1;
+/// One endpoint drawn in proportion to weight.
+fn weighted<'a>(endpoints: &'a [Arc<Endpoint>], cumulative: &[u64]) -> Option<&'a Arc<Endpoint>> {
+    let total = *cumulative.last()?;
+    if total == 0 {
+        return None;
     }
-    let (a, b) = (&endpoints[i], &endpoints[j]);
-    let ca = cost(a) / f64::from(a.weight.max(1));
-    let cb = cost(b) / f64::from(b.weight.max(1));
-    if ca <= cb { a } else { b }
+    let x = fastrand::u64(..total);
+    endpoints.get(cumulative.partition_point(|&c| c <= x))
+}
+
+/// Power of two choices: two endpoints drawn by weight; the second wins only if clearly less loaded.
+fn p2c<'a>(
+    endpoints: &'a [Arc<Endpoint>],
+    cumulative: &[u64],
+    cost: impl Fn(&Endpoint) -> f64,
+) -> Option<&'a Arc<Endpoint>> {
+    let a = weighted(endpoints, cumulative)?;
+    let mut b = weighted(endpoints, cumulative)?;
+    if Arc::ptr_eq(a, b) {
+        // A second draw landing on the same endpoint: take another one at random, so two
+        // different endpoints are compared whenever there are two.
+        let i = endpoints.iter().position(|e| Arc::ptr_eq(e, a)).unwrap_or(0);
+        let j = (i + 1 + fastrand::usize(..endpoints.len() - 1)) % endpoints.len();
+        b = &endpoints[j];
+    }
+    // The first draw (made by weight) keeps the request unless the other is clearly less
+    // loaded: near-equal costs then split traffic by weight, real differences by load.
+    Some(if cost(b) * 1.25 < cost(a) { b } else { a })
 }
 
 /// The order nginx's smooth weighted round robin would visit endpoints in, one full cycle.

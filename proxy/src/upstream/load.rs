@@ -48,9 +48,17 @@ impl PeakEwma {
         self.stamp_ns.store(now_ns, Ordering::Relaxed);
     }
 
-    /// The current estimate in nanoseconds.
+    /// The estimate in nanoseconds as of the last sample.
     pub fn estimate_ns(&self) -> f64 {
         f64::from_bits(self.rtt_ns.load(Ordering::Relaxed))
+    }
+
+    /// The estimate as balancing sees it at `now`: it decays while no sample arrives, so an
+    /// endpoint avoided after a slow spell is tried again and can prove itself.
+    pub fn estimate_ns_at(&self, now: Instant) -> f64 {
+        let now_ns = now.saturating_duration_since(epoch()).as_nanos() as u64;
+        let elapsed = now_ns.saturating_sub(self.stamp_ns.load(Ordering::Relaxed)) as f64;
+        self.estimate_ns() * (-elapsed / DECAY.as_nanos() as f64).exp()
     }
 }
 

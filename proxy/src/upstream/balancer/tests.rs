@@ -35,14 +35,17 @@ fn smooth_schedule_interleaves_by_weight() {
 
 #[test]
 fn every_policy_honours_weights() {
-    for policy in [LbPolicy::RoundRobin, LbPolicy::Random, LbPolicy::RingHash, LbPolicy::Maglev] {
+    // Load-based policies with no load draw their candidates by weight: weights decide.
+    for policy in [
+        LbPolicy::RoundRobin,
+        LbPolicy::Random,
+        LbPolicy::RingHash,
+        LbPolicy::Maglev,
+        LbPolicy::LeastRequest,
+        LbPolicy::PeakEwma,
+    ] {
         let s = shares(policy, &[1, 3], 40_000);
         assert!((s[1] - 0.75).abs() < 0.05, "{policy:?}: {s:?}");
-    }
-    // Load-based policies with no load: weights decide.
-    for policy in [LbPolicy::LeastRequest, LbPolicy::PeakEwma] {
-        let s = shares(policy, &[1, 3], 40_000);
-        assert!(s[1] > 0.6, "{policy:?}: {s:?}");
     }
 }
 
