@@ -1,6 +1,8 @@
 //! The `trellis` command line: parses arguments and calls into the crates. No logic here.
 
 mod certs_cmd;
+mod cp_cmd;
+mod ctl_cmd;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -37,6 +39,10 @@ enum Cmd {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Run the control plane (REST API, durable store, discovery server, CA).
+    ControlPlane(cp_cmd::ControlPlaneArgs),
+    /// Drive a control plane: apply, get, delete, proxies.
+    Ctl(ctl_cmd::CtlArgs),
     /// CA and workload certificates.
     Certs {
         #[command(subcommand)]
@@ -89,8 +95,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            let opts =
-                trellis_demo::Options { trellis, users, duration: seconds.map(std::time::Duration::from_secs) };
+            let opts = trellis_demo::Options { trellis, users, duration: seconds.map(std::time::Duration::from_secs) };
             match trellis_demo::run(opts) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -99,6 +104,20 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::ControlPlane(args) => match cp_cmd::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("trellis: {e:#}");
+                ExitCode::from(1)
+            }
+        },
+        Cmd::Ctl(args) => match ctl_cmd::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("trellis: {e:#}");
+                ExitCode::from(1)
+            }
+        },
         Cmd::Certs { cmd } => match certs_cmd::run(cmd) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    PKCS_ECDSA_P256_SHA256,
 };
 use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
@@ -52,11 +52,8 @@ impl Ca {
         dn.push(DnType::CommonName, CA_COMMON_NAME);
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         params.serial_number = Some(random_serial()?);
         params.not_before = now - BACKDATE;
         params.not_after = now + CA_VALIDITY;
@@ -93,16 +90,8 @@ impl Ca {
     pub fn save(&self, dir: impl AsRef<Path>) -> Result<()> {
         let dir = dir.as_ref();
         ensure_dir(dir, true)?;
-        write_file(
-            &Self::key_path(dir),
-            self.key_pem().as_bytes(),
-            Access::Private,
-        )?;
-        write_file(
-            &Self::cert_path(dir),
-            self.cert_pem.as_bytes(),
-            Access::Public,
-        )
+        write_file(&Self::key_path(dir), self.key_pem().as_bytes(), Access::Private)?;
+        write_file(&Self::cert_path(dir), self.cert_pem.as_bytes(), Access::Public)
     }
 
     /// Reads the CA back from `DIR/ca.pem` and `DIR/ca.key`.
@@ -117,10 +106,7 @@ impl Ca {
         let read = |path: &Path| {
             read_file(path).map_err(|e| match e {
                 CertError::Read { err, .. } if err.kind() == ErrorKind::NotFound => {
-                    CertError::CaMissing {
-                        dir: dir.to_path_buf(),
-                        path: path.to_path_buf(),
-                    }
+                    CertError::CaMissing { dir: dir.to_path_buf(), path: path.to_path_buf() }
                 }
                 other => other,
             })
@@ -142,41 +128,22 @@ impl Ca {
 
     fn from_parts(cert_pem: &[u8], key_pem: &[u8], cert_src: &Path, key_src: &Path) -> Result<Ca> {
         let cert_der = parse_certs(cert_pem, cert_src)?.swap_remove(0);
-        let bad_cert = |reason: String| CertError::BadCertificate {
-            path: cert_src.to_path_buf(),
-            reason,
-        };
-        let (_, x509) =
-            x509_parser::parse_x509_certificate(&cert_der).map_err(|e| bad_cert(e.to_string()))?;
+        let bad_cert = |reason: String| CertError::BadCertificate { path: cert_src.to_path_buf(), reason };
+        let (_, x509) = x509_parser::parse_x509_certificate(&cert_der).map_err(|e| bad_cert(e.to_string()))?;
         if !x509.is_ca() {
-            return Err(CertError::NotACa {
-                path: cert_src.to_path_buf(),
-            });
+            return Err(CertError::NotACa { path: cert_src.to_path_buf() });
         }
         let not_after = OffsetDateTime::from_unix_timestamp(x509.validity().not_after.timestamp())
             .map_err(|e| bad_cert(format!("not-after out of range: {e}")))?;
 
-        let bad_key = |reason: String| CertError::BadKey {
-            path: key_src.to_path_buf(),
-            reason,
-        };
-        let key_text =
-            std::str::from_utf8(key_pem).map_err(|_| bad_key("not UTF-8 text".into()))?;
+        let bad_key = |reason: String| CertError::BadKey { path: key_src.to_path_buf(), reason };
+        let key_text = std::str::from_utf8(key_pem).map_err(|_| bad_key("not UTF-8 text".into()))?;
         let key = KeyPair::from_pem(key_text).map_err(|e| bad_key(e.to_string()))?;
         if key.public_key_raw() != x509.public_key().subject_public_key.data.as_ref() {
-            return Err(CertError::CaKeyMismatch {
-                cert: cert_src.to_path_buf(),
-                key: key_src.to_path_buf(),
-            });
+            return Err(CertError::CaKeyMismatch { cert: cert_src.to_path_buf(), key: key_src.to_path_buf() });
         }
-        let issuer =
-            Issuer::from_ca_cert_der(&cert_der, key).map_err(|e| bad_cert(e.to_string()))?;
-        Ok(Ca {
-            cert_pem: encode_cert_pem(&cert_der),
-            cert_der,
-            not_after,
-            issuer,
-        })
+        let issuer = Issuer::from_ca_cert_der(&cert_der, key).map_err(|e| bad_cert(e.to_string()))?;
+        Ok(Ca { cert_pem: encode_cert_pem(&cert_der), cert_der, not_after, issuer })
     }
 
     /// `DIR/ca.pem`.
@@ -212,10 +179,7 @@ impl Ca {
 
 impl fmt::Debug for Ca {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Ca")
-            .field("issuer", &self.issuer)
-            .field("not_after", &self.not_after)
-            .finish_non_exhaustive()
+        f.debug_struct("Ca").field("issuer", &self.issuer).field("not_after", &self.not_after).finish_non_exhaustive()
     }
 }
 
@@ -237,22 +201,15 @@ mod tests {
         assert_eq!(ca.cert_der(), loaded.cert_der());
         assert_eq!(ca.cert_pem(), loaded.cert_pem());
         assert_eq!(ca.not_after(), loaded.not_after());
-        assert_eq!(
-            std::fs::read_to_string(Ca::cert_path(&ca_dir)).expect("read"),
-            ca.cert_pem()
-        );
+        assert_eq!(std::fs::read_to_string(Ca::cert_path(&ca_dir)).expect("read"), ca.cert_pem());
         let (_, x509) = x509_parser::parse_x509_certificate(ca.cert_der()).expect("parse");
         assert!(x509.is_ca());
-        assert_eq!(
-            x509.subject().to_string(),
-            format!("O=Trellis, CN={CA_COMMON_NAME}")
-        );
+        assert_eq!(x509.subject().to_string(), format!("O=Trellis, CN={CA_COMMON_NAME}"));
         assert!(!format!("{ca:?}").contains("PRIVATE"));
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode =
-                |p: PathBuf| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+            let mode = |p: PathBuf| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
             assert_eq!(mode(Ca::key_path(&ca_dir)), 0o600);
             assert_eq!(mode(ca_dir.clone()), 0o700);
         }
@@ -266,16 +223,10 @@ mod tests {
         assert!(matches!(err, CertError::CaExists { .. }), "{err}");
         assert!(err.to_string().contains("ca.pem"), "{err}");
         // Untouched after the refusal.
-        assert_eq!(
-            Ca::load(dir.path()).expect("load").cert_der(),
-            first.cert_der()
-        );
+        assert_eq!(Ca::load(dir.path()).expect("load").cert_der(), first.cert_der());
         let second = Ca::init(dir.path(), true).expect("forced");
         assert_ne!(second.cert_der(), first.cert_der());
-        assert_eq!(
-            Ca::load(dir.path()).expect("load").cert_der(),
-            second.cert_der()
-        );
+        assert_eq!(Ca::load(dir.path()).expect("load").cert_der(), second.cert_der());
     }
 
     #[test]

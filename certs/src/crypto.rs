@@ -8,9 +8,8 @@ use crate::error::{CertError, Result};
 /// SHA-256 of `data`.
 pub(crate) fn sha256(data: &[u8]) -> Vec<u8> {
     // TLS13_AES_128_GCM_SHA256 is always a TLS 1.3 suite whose hash is SHA-256.
-    let suite = provider::cipher_suite::TLS13_AES_128_GCM_SHA256
-        .tls13()
-        .expect("TLS13_AES_128_GCM_SHA256 is a TLS 1.3 suite");
+    let suite =
+        provider::cipher_suite::TLS13_AES_128_GCM_SHA256.tls13().expect("TLS13_AES_128_GCM_SHA256 is a TLS 1.3 suite");
     suite.common.hash_provider.hash(data).as_ref().to_vec()
 }
 
@@ -28,10 +27,7 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 /// positive, as RFC 5280 asks (unique per CA, at most 20 octets).
 pub(crate) fn random_serial() -> Result<rcgen::SerialNumber> {
     let mut buf = [0u8; 16];
-    provider::default_provider()
-        .secure_random
-        .fill(&mut buf)
-        .map_err(|_| CertError::Random)?;
+    provider::default_provider().secure_random.fill(&mut buf).map_err(|_| CertError::Random)?;
     buf[0] &= 0x7f;
     // Never zero, and never with a leading zero octet that DER would have to strip.
     buf[0] |= 0x40;
@@ -44,10 +40,7 @@ mod tests {
 
     #[test]
     fn sha256_known_answer() {
-        assert_eq!(
-            hex(&sha256(b"abc")),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(hex(&sha256(b"abc")), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }
 
     #[test]

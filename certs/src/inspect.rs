@@ -58,19 +58,13 @@ pub fn inspect(pem: &[u8]) -> Result<CertInfo> {
 /// Reads every certificate of PEM text, in order (leaf first for a chain file).
 pub fn inspect_chain(pem: &[u8]) -> Result<Vec<CertInfo>> {
     let origin = Path::new("<PEM input>");
-    parse_certs(pem, origin)?
-        .iter()
-        .map(|der| info_from_der(der, origin))
-        .collect()
+    parse_certs(pem, origin)?.iter().map(|der| info_from_der(der, origin)).collect()
 }
 
 /// Reads every certificate of a PEM file; errors name the file.
 pub fn inspect_file(path: impl AsRef<Path>) -> Result<Vec<CertInfo>> {
     let path = path.as_ref();
-    parse_certs(&read_file(path)?, path)?
-        .iter()
-        .map(|der| info_from_der(der, path))
-        .collect()
+    parse_certs(&read_file(path)?, path)?.iter().map(|der| info_from_der(der, path)).collect()
 }
 
 /// Reads one DER certificate.
@@ -79,10 +73,7 @@ pub fn inspect_der(der: &[u8]) -> Result<CertInfo> {
 }
 
 fn info_from_der(der: &[u8], origin: &Path) -> Result<CertInfo> {
-    let x509 = parse_der(der).map_err(|reason| CertError::BadCertificate {
-        path: origin.to_path_buf(),
-        reason,
-    })?;
+    let x509 = parse_der(der).map_err(|reason| CertError::BadCertificate { path: origin.to_path_buf(), reason })?;
     let mut info = CertInfo {
         subject: x509.subject().to_string(),
         issuer: x509.issuer().to_string(),
@@ -126,10 +117,7 @@ pub fn leaf_spiffe_id(der: &[u8]) -> Option<SpiffeId> {
 
 fn parse_der(der: &[u8]) -> std::result::Result<X509Certificate<'_>, String> {
     match x509_parser::parse_x509_certificate(der) {
-        Ok((rest, _)) if !rest.is_empty() => Err(format!(
-            "{} trailing bytes after the certificate",
-            rest.len()
-        )),
+        Ok((rest, _)) if !rest.is_empty() => Err(format!("{} trailing bytes after the certificate", rest.len())),
         Ok((_, cert)) => Ok(cert),
         Err(e) => Err(e.to_string()),
     }
@@ -186,30 +174,20 @@ fn format_span(secs: u64) -> String {
 }
 
 fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 impl fmt::Display for CertInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let now = unix_now();
         let list = |v: &[String]| {
-            if v.is_empty() {
-                "-".to_owned()
-            } else {
-                v.join(", ")
-            }
+            if v.is_empty() { "-".to_owned() } else { v.join(", ") }
         };
         writeln!(f, "subject:     {}", self.subject)?;
         match (&self.spiffe_id, self.uris.as_slice()) {
             (Some(id), _) => writeln!(f, "spiffe id:   {id}")?,
             (None, []) => writeln!(f, "spiffe id:   -")?,
-            (None, uris) => writeln!(
-                f,
-                "spiffe id:   - (URI SANs that are not one SPIFFE ID: {})",
-                uris.join(", ")
-            )?,
+            (None, uris) => writeln!(f, "spiffe id:   - (URI SANs that are not one SPIFFE ID: {})", uris.join(", "))?,
         }
         writeln!(f, "dns names:   {}", list(&self.dns_names))?;
         if !self.ip_addresses.is_empty() {
@@ -223,21 +201,11 @@ impl fmt::Display for CertInfo {
         let status = if now > self.not_after {
             format!("EXPIRED {} ago", format_span(now.abs_diff(self.not_after)))
         } else if now < self.not_before {
-            format!(
-                "NOT YET VALID, starts in {}",
-                format_span(now.abs_diff(self.not_before))
-            )
+            format!("NOT YET VALID, starts in {}", format_span(now.abs_diff(self.not_before)))
         } else {
-            format!(
-                "valid, expires in {}",
-                format_span(now.abs_diff(self.not_after))
-            )
+            format!("valid, expires in {}", format_span(now.abs_diff(self.not_after)))
         };
-        writeln!(
-            f,
-            "not after:   {} ({status})",
-            format_unix_time(self.not_after)
-        )?;
+        writeln!(f, "not after:   {} ({status})", format_unix_time(self.not_after))?;
         write!(f, "sha256:      {}", self.sha256)
     }
 }
@@ -265,10 +233,7 @@ mod tests {
 
     #[test]
     fn ip_octets() {
-        assert_eq!(
-            ip_from_octets(&[127, 0, 0, 1]),
-            Some(IpAddr::from([127, 0, 0, 1]))
-        );
+        assert_eq!(ip_from_octets(&[127, 0, 0, 1]), Some(IpAddr::from([127, 0, 0, 1])));
         assert_eq!(ip_from_octets(&[0; 16]), Some(IpAddr::from([0u8; 16])));
         assert_eq!(ip_from_octets(&[1, 2, 3]), None);
     }

@@ -40,27 +40,20 @@ pub(crate) fn parse_certs(pem: &[u8], origin: &Path) -> Result<Vec<CertificateDe
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| pem_error(e, origin))?;
     if certs.is_empty() {
-        return Err(CertError::NoCertificate {
-            path: origin.to_path_buf(),
-        });
+        return Err(CertError::NoCertificate { path: origin.to_path_buf() });
     }
     Ok(certs)
 }
 
 pub(crate) fn parse_key(pem: &[u8], origin: &Path) -> Result<PrivateKeyDer<'static>> {
     PrivateKeyDer::from_pem_slice(pem).map_err(|e| match e {
-        pem::Error::NoItemsFound => CertError::NoPrivateKey {
-            path: origin.to_path_buf(),
-        },
+        pem::Error::NoItemsFound => CertError::NoPrivateKey { path: origin.to_path_buf() },
         other => pem_error(other, origin),
     })
 }
 
 fn pem_error(e: pem::Error, origin: &Path) -> CertError {
-    CertError::Pem {
-        path: origin.to_path_buf(),
-        reason: e.to_string(),
-    }
+    CertError::Pem { path: origin.to_path_buf(), reason: e.to_string() }
 }
 
 /// Encodes one DER certificate as a PEM `CERTIFICATE` block (64-column lines, trailing `\n`).
@@ -68,10 +61,7 @@ pub(crate) fn encode_cert_pem(der: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut b64 = Vec::with_capacity(der.len().div_ceil(3) * 4);
     for chunk in der.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |acc, (i, &b)| acc | (u32::from(b) << (16 - 8 * i)));
+        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, &b)| acc | (u32::from(b) << (16 - 8 * i)));
         for i in 0..4 {
             if i <= chunk.len() {
                 b64.push(ALPHABET[((n >> (18 - 6 * i)) & 0x3f) as usize]);
@@ -92,10 +82,7 @@ pub(crate) fn encode_cert_pem(der: &[u8]) -> String {
 
 /// Reads a whole file, mapping the error to one that names it.
 pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>> {
-    fs::read(path).map_err(|err| CertError::Read {
-        path: path.to_path_buf(),
-        err,
-    })
+    fs::read(path).map_err(|err| CertError::Read { path: path.to_path_buf(), err })
 }
 
 /// Who may read a file written by [`write_file`].
@@ -114,10 +101,7 @@ pub(crate) fn write_file(path: &Path, contents: &[u8], access: Access) -> Result
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let werr = |p: &Path| {
         let p = p.to_path_buf();
-        move |source| CertError::Write {
-            path: p,
-            err: source,
-        }
+        move |source| CertError::Write { path: p, err: source }
     };
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -130,11 +114,7 @@ pub(crate) fn write_file(path: &Path, contents: &[u8], access: Access) -> Result
             err: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name"),
         })?
         .to_string_lossy();
-    let tmp = dir.join(format!(
-        ".{name}.tmp.{}.{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
+    let tmp = dir.join(format!(".{name}.tmp.{}.{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
 
     let mut opts = fs::OpenOptions::new();
     opts.write(true).create_new(true);
@@ -175,10 +155,7 @@ pub(crate) fn ensure_dir(dir: &Path, private: bool) -> Result<()> {
     }
     #[cfg(not(unix))]
     let _ = private;
-    b.create(dir).map_err(|err| CertError::Write {
-        path: dir.to_path_buf(),
-        err,
-    })
+    b.create(dir).map_err(|err| CertError::Write { path: dir.to_path_buf(), err })
 }
 
 #[cfg(test)]
@@ -189,10 +166,7 @@ mod tests {
     fn missing_file_is_named() {
         let err = load_certs("/nonexistent/trellis/x.pem").expect_err("missing");
         let msg = err.to_string();
-        assert!(
-            msg.starts_with("cannot read /nonexistent/trellis/x.pem:"),
-            "{msg}"
-        );
+        assert!(msg.starts_with("cannot read /nonexistent/trellis/x.pem:"), "{msg}");
         let err = load_key("/nonexistent/trellis/x.key").expect_err("missing");
         assert!(err.to_string().contains("/nonexistent/trellis/x.key"));
     }
@@ -208,11 +182,7 @@ mod tests {
         let err = load_key(&p).expect_err("no key");
         assert!(matches!(err, CertError::NoPrivateKey { .. }), "{err}");
 
-        fs::write(
-            &p,
-            b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
-        )
-        .expect("write");
+        fs::write(&p, b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n").expect("write");
         let err = load_certs(&p).expect_err("bad base64");
         assert!(matches!(err, CertError::Pem { .. }), "{err}");
     }

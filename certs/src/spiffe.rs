@@ -44,11 +44,7 @@ impl SpiffeId {
             return Err(bad("is empty"));
         }
         if s.len() > Self::MAX_LEN {
-            return Err(bad(&format!(
-                "is {} bytes long, the limit is {}",
-                s.len(),
-                Self::MAX_LEN
-            )));
+            return Err(bad(&format!("is {} bytes long, the limit is {}", s.len(), Self::MAX_LEN)));
         }
         let Some(rest) = s.strip_prefix(SCHEME) else {
             return Err(bad("must start with spiffe://"));
@@ -65,15 +61,10 @@ impl SpiffeId {
         };
         check_trust_domain(td).map_err(|r| bad(&r))?;
         if path.is_empty() {
-            return Err(bad(
-                "has no path: a workload ID is spiffe://<trust-domain>/<path>",
-            ));
+            return Err(bad("has no path: a workload ID is spiffe://<trust-domain>/<path>"));
         }
         check_path(path).map_err(|r| bad(&r))?;
-        Ok(Self {
-            id: s.to_owned(),
-            path_start: SCHEME.len() + td.len(),
-        })
+        Ok(Self { id: s.to_owned(), path_start: SCHEME.len() + td.len() })
     }
 
     /// Builds `spiffe://<trust_domain><path>`; `path` must start with `/`.
@@ -86,10 +77,7 @@ impl SpiffeId {
     /// `namespace` and `service_account` must each be one path segment (no `/`).
     pub fn workload(trust_domain: &str, namespace: &str, service_account: &str) -> Result<Self> {
         let id = format!("{SCHEME}{trust_domain}/ns/{namespace}/sa/{service_account}");
-        for (what, value) in [
-            ("namespace", namespace),
-            ("service account", service_account),
-        ] {
+        for (what, value) in [("namespace", namespace), ("service account", service_account)] {
             if value.contains('/') {
                 return Err(invalid(&id, &format!("{what} {value:?} contains '/'")));
             }
@@ -153,10 +141,7 @@ fn invalid(id: &str, reason: &str) -> CertError {
     } else {
         id.to_owned()
     };
-    CertError::InvalidSpiffeId {
-        id: shown,
-        reason: reason.to_owned(),
-    }
+    CertError::InvalidSpiffeId { id: shown, reason: reason.to_owned() }
 }
 
 fn check_trust_domain(td: &str) -> std::result::Result<(), String> {
@@ -173,9 +158,7 @@ fn check_trust_domain(td: &str) -> std::result::Result<(), String> {
         } else {
             ""
         };
-        return Err(format!(
-            "trust domain {td:?} contains {c:?}; allowed: a-z 0-9 . - _{hint}"
-        ));
+        return Err(format!("trust domain {td:?} contains {c:?}; allowed: a-z 0-9 . - _{hint}"));
     }
     Ok(())
 }
@@ -184,17 +167,13 @@ fn check_path(path: &str) -> std::result::Result<(), String> {
     // `path` starts with '/'; splitting the rest yields the segments.
     for seg in path[1..].split('/') {
         if seg.is_empty() {
-            return Err(format!(
-                "path {path:?} has an empty segment (no '//' or trailing '/')"
-            ));
+            return Err(format!("path {path:?} has an empty segment (no '//' or trailing '/')"));
         }
         if seg == "." || seg == ".." {
             return Err(format!("path {path:?} has a {seg:?} segment"));
         }
         if let Some(c) = seg.chars().find(|c| !is_path_char(*c)) {
-            return Err(format!(
-                "path segment {seg:?} contains {c:?}; allowed: a-z A-Z 0-9 . - _"
-            ));
+            return Err(format!("path segment {seg:?} contains {c:?}; allowed: a-z A-Z 0-9 . - _"));
         }
     }
     Ok(())
@@ -269,14 +248,8 @@ mod tests {
         assert_eq!(id.path(), "/ns/default/sa/checkout");
         assert_eq!(id.namespace(), Some("default"));
         assert_eq!(id.service_account(), Some("checkout"));
-        assert_eq!(
-            id.to_string(),
-            "spiffe://trellis.local/ns/default/sa/checkout"
-        );
-        assert_eq!(
-            id.segments().collect::<Vec<_>>(),
-            ["ns", "default", "sa", "checkout"]
-        );
+        assert_eq!(id.to_string(), "spiffe://trellis.local/ns/default/sa/checkout");
+        assert_eq!(id.segments().collect::<Vec<_>>(), ["ns", "default", "sa", "checkout"]);
     }
 
     #[test]
@@ -295,10 +268,7 @@ mod tests {
     #[test]
     fn error_message_names_the_id() {
         let err = SpiffeId::parse("x").expect_err("must fail");
-        assert_eq!(
-            err.to_string(),
-            "invalid SPIFFE ID \"x\": must start with spiffe://"
-        );
+        assert_eq!(err.to_string(), "invalid SPIFFE ID \"x\": must start with spiffe://");
     }
 
     #[test]
@@ -326,10 +296,7 @@ mod tests {
             ("spiffe://trellis.local/é", "contains 'é'"),
         ] {
             let r = reason(input);
-            assert!(
-                r.contains(expect),
-                "{input:?}: reason {r:?} lacks {expect:?}"
-            );
+            assert!(r.contains(expect), "{input:?}: reason {r:?} lacks {expect:?}");
         }
     }
 

@@ -45,12 +45,10 @@ pub async fn tools(req: Request<Incoming>) -> Response<Body> {
             .header("content-type", "application/json")
             .body(full(r#"{"results":["trellis.dev","linkerd.io","envoyproxy.io"]}"#))
             .unwrap_or_default(),
-        "/run" => {
-            Response::builder()
-                .header("content-type", "text/event-stream")
-                .body(BodyExt::boxed(events(5, Duration::from_millis(50))))
-                .unwrap_or_default()
-        }
+        "/run" => Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(BodyExt::boxed(events(5, Duration::from_millis(50))))
+            .unwrap_or_default(),
         _ => status(StatusCode::NOT_FOUND),
     }
 }
@@ -108,11 +106,10 @@ pub async fn planner(req: Request<Incoming>, sidecar: SocketAddr) -> Response<Bo
 
 async fn plan(sidecar: SocketAddr) -> Result<usize, String> {
     let stream = tokio::net::TcpStream::connect(sidecar).await.map_err(|e| e.to_string())?;
-    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+    let (mut tx, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
     tokio::spawn(conn);
-    let get = |path: &str| {
-        Request::get(path).header("host", "tools").body(full("")).map_err(|e| e.to_string())
-    };
+    let get = |path: &str| Request::get(path).header("host", "tools").body(full("")).map_err(|e| e.to_string());
     let search = tx.send_request(get("/search")?).await.map_err(|e| e.to_string())?;
     if !search.status().is_success() {
         return Err(format!("search: {}", search.status()));

@@ -28,7 +28,8 @@ pub struct Mesh {
 
 /// The default port if it is free, else any free one.
 fn port(default: u16) -> Result<SocketAddr, DemoError> {
-    let l = std::net::TcpListener::bind(("127.0.0.1", default)).or_else(|_| std::net::TcpListener::bind("127.0.0.1:0"))?;
+    let l =
+        std::net::TcpListener::bind(("127.0.0.1", default)).or_else(|_| std::net::TcpListener::bind("127.0.0.1:0"))?;
     Ok(l.local_addr()?)
 }
 
@@ -48,17 +49,8 @@ impl Mesh {
             ca.issue(&SpiffeId::parse(id)?, Duration::from_secs(24 * 3600), &[])?.write(d.join(name))?;
         }
 
-        let mut mesh = Mesh {
-            dir,
-            children: Vec::new(),
-            agents: Vec::new(),
-            planner_app,
-            api,
-            xds,
-            admins,
-            outbound,
-            inbound,
-        };
+        let mut mesh =
+            Mesh { dir, children: Vec::new(), agents: Vec::new(), planner_app, api, xds, admins, outbound, inbound };
         let log = |name: &str| std::fs::File::create(d.join(format!("{name}.log")));
         let cp = Command::new(&opts.trellis)
             .args(["control-plane", "--data-dir"])
@@ -71,7 +63,9 @@ impl Mesh {
         wait_http(api, "/healthz").await?;
         mesh.apply_resources(tools_app).await?;
 
-        for (i, (name, service, registers)) in [("planner", "planner", false), ("tools", "tools", true)].into_iter().enumerate() {
+        for (i, (name, service, registers)) in
+            [("planner", "planner", false), ("tools", "tools", true)].into_iter().enumerate()
+        {
             let bootstrap = serde_json::json!({
                 "node": { "id": format!("{name}-0"), "service": service },
                 "admin": { "address": admins[i].to_string() },
@@ -110,35 +104,60 @@ impl Mesh {
     /// The mesh's resources, PUT through the REST API like `trellis ctl apply` does.
     async fn apply_resources(&self, tools_app: SocketAddr) -> Result<(), DemoError> {
         let resources = [
-            ("policies", "tools-authz", serde_json::json!({
-                "default": "deny",
-                "rules": [{ "from": [PLANNER_ID], "paths": ["/search", "/run"], "methods": ["GET"] }],
-            })),
-            ("clusters", "tools-app", serde_json::json!({
-                "protocol": "http1", "endpoints": [{ "address": tools_app.to_string() }],
-            })),
+            (
+                "policies",
+                "tools-authz",
+                serde_json::json!({
+                    "default": "deny",
+                    "rules": [{ "from": [PLANNER_ID], "paths": ["/search", "/run"], "methods": ["GET"] }],
+                }),
+            ),
+            (
+                "clusters",
+                "tools-app",
+                serde_json::json!({
+                    "protocol": "http1", "endpoints": [{ "address": tools_app.to_string() }],
+                }),
+            ),
             ("routes", "tools-local", serde_json::json!({ "backends": [{ "cluster": "tools-app" }] })),
-            ("listeners", "tools-inbound", serde_json::json!({
-                "service": "tools", "address": self.inbound.to_string(),
-                "tls": { "mode": "mesh" }, "policy": "tools-authz", "routes": ["tools-local"],
-            })),
+            (
+                "listeners",
+                "tools-inbound",
+                serde_json::json!({
+                    "service": "tools", "address": self.inbound.to_string(),
+                    "tls": { "mode": "mesh" }, "policy": "tools-authz", "routes": ["tools-local"],
+                }),
+            ),
             // Endpoints of `tools` come from the tools sidecar's registration.
-            ("clusters", "tools", serde_json::json!({
-                "protocol": "http2", "lb": "peak_ewma",
-                "tls": { "mode": "mesh", "identity": TOOLS_ID },
-                "outlier_detection": { "consecutive_5xx": 5 },
-                "endpoints": [],
-            })),
-            ("routes", "to-tools", serde_json::json!({
-                "backends": [{ "cluster": "tools" }],
-                "retry": { "attempts": 2 }, "timeout": "10s", "idle_timeout": "5s",
-            })),
-            ("listeners", "planner-outbound", serde_json::json!({
-                "service": "planner", "address": self.outbound.to_string(), "routes": ["to-tools"],
-            })),
+            (
+                "clusters",
+                "tools",
+                serde_json::json!({
+                    "protocol": "http2", "lb": "peak_ewma",
+                    "tls": { "mode": "mesh", "identity": TOOLS_ID },
+                    "outlier_detection": { "consecutive_5xx": 5 },
+                    "endpoints": [],
+                }),
+            ),
+            (
+                "routes",
+                "to-tools",
+                serde_json::json!({
+                    "backends": [{ "cluster": "tools" }],
+                    "retry": { "attempts": 2 }, "timeout": "10s", "idle_timeout": "5s",
+                }),
+            ),
+            (
+                "listeners",
+                "planner-outbound",
+                serde_json::json!({
+                    "service": "planner", "address": self.outbound.to_string(), "routes": ["to-tools"],
+                }),
+            ),
         ];
         for (kind, name, body) in resources {
-            let (status, text) = request(self.api, "PUT", &format!("/v1/{kind}/{name}"), Some(body.to_string())).await?;
+            let (status, text) =
+                request(self.api, "PUT", &format!("/v1/{kind}/{name}"), Some(body.to_string())).await?;
             if !(200..300).contains(&status) {
                 return Err(DemoError::Setup(format!("PUT /v1/{kind}/{name}: {status} {text}")));
             }
@@ -204,8 +223,9 @@ async fn wait_http(addr: SocketAddr, path: &str) -> Result<(), DemoError> {
 
 async fn request(addr: SocketAddr, method: &str, path: &str, body: Option<String>) -> Result<(u16, String), DemoError> {
     let stream = tokio::net::TcpStream::connect(addr).await?;
-    let (mut tx, conn) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| DemoError::Setup(e.to_string()))?;
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| DemoError::Setup(e.to_string()))?;
     tokio::spawn(conn);
     let req = http::Request::builder()
         .method(method)

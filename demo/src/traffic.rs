@@ -48,7 +48,10 @@ impl Stats {
         let ok = self.ok.load(Ordering::Relaxed);
         let errors = self.errors.load(Ordering::Relaxed);
         let secs = self.started.elapsed().as_secs_f64().max(0.001);
-        format!("total: {ok} plans ok, {errors} errors in {secs:.0}s ({:.0} plans/s, each = 2 mesh calls)", ok as f64 / secs)
+        format!(
+            "total: {ok} plans ok, {errors} errors in {secs:.0}s ({:.0} plans/s, each = 2 mesh calls)",
+            ok as f64 / secs
+        )
     }
 }
 
@@ -75,7 +78,9 @@ async fn call(planner: SocketAddr) -> bool {
     let Ok(stream) = tokio::net::TcpStream::connect(planner).await else { return false };
     let Ok((mut tx, conn)) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await else { return false };
     tokio::spawn(conn);
-    let Ok(req) = http::Request::get("/plan").header("host", "planner").body(Empty::<Bytes>::new()) else { return false };
+    let Ok(req) = http::Request::get("/plan").header("host", "planner").body(Empty::<Bytes>::new()) else {
+        return false;
+    };
     match tx.send_request(req).await {
         Ok(r) if r.status().is_success() => r.into_body().collect().await.is_ok(),
         _ => false,

@@ -163,7 +163,9 @@ async fn session(
             req.metadata_mut().insert("authorization", b.clone());
         }
         Ok(req)
-    });
+    })
+    // The first response carries the proxy's whole view; large meshes exceed tonic's 4 MiB.
+    .max_decoding_message_size(256 << 20);
     let (tx, rx) = mpsc::channel::<DiscoveryRequest>(16);
     let first =
         DiscoveryRequest { node: Some(node.clone()), r#type: ResourceType::Unspecified as i32, ..Default::default() };

@@ -57,7 +57,13 @@ struct Args {
     /// SETTINGS_MAX_CONCURRENT_STREAMS advertised on h2 connections.
     #[arg(long, default_value_t = 100_000)]
     h2_max_streams: u32,
+    /// Adds `x-origin: NAME` to every response (examples use it to show where a request went).
+    #[arg(long)]
+    name: Option<String>,
 }
+
+/// `--name`, as a header value, set once at start.
+static ORIGIN_NAME: std::sync::OnceLock<HeaderValue> = std::sync::OnceLock::new();
 
 fn main() -> std::process::ExitCode {
     match run(Args::parse()) {
@@ -72,6 +78,9 @@ fn main() -> std::process::ExitCode {
 fn run(args: Args) -> anyhow::Result<()> {
     trellis_bench::raise_nofile_limit();
     let threads = args.threads.max(1);
+    if let Some(name) = &args.name {
+        let _ = ORIGIN_NAME.set(HeaderValue::try_from(name.as_str()).context("--name is not a valid header value")?);
+    }
 
     // Bind every socket before announcing the address, so a script that waits for the
     // line can connect at once. With port 0 the first socket picks the port and the
@@ -204,7 +213,11 @@ async fn handle(req: Request<Incoming>) -> Result<Response<OriginBody>, Infallib
         while let Some(Ok(_)) = body.frame().await {}
     }
     // hyper writes `content-length: 2` from the body's exact size hint (h1 and h2).
-    Ok(Response::new(OriginBody::Full(Some(Bytes::from_static(b"ok")))))
+    let mut res = Response::new(OriginBody::Full(Some(Bytes::from_static(b"ok"))));
+    if let Some(name) = ORIGIN_NAME.get() {
+        res.headers_mut().insert("x-origin", name.clone());
+    }
+    Ok(res)
 }
 
 /// Finds `key=<u64>` in a query string; malformed values count as absent.

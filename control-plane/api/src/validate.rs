@@ -84,7 +84,17 @@ fn check(b: &Bootstrap, bootstrap: bool) -> Result<(), Vec<ValidationError>> {
         let at = format!("listeners[{}]", l.name);
         match l.address.parse::<SocketAddr>() {
             Ok(addr) => {
-                if !bound.insert(addr) {
+                // Listeners for different services go to different proxies: on the control
+                // plane they may share an address (every sidecar's inbound is 0.0.0.0:4143).
+                // A listener without a service goes to every proxy and clashes with all.
+                let scope = if bootstrap { None } else { l.service.as_deref() };
+                let clash = !bound.insert((addr, scope))
+                    || (!bootstrap
+                        && match scope {
+                            None => bound.iter().any(|(a, s)| *a == addr && s.is_some()),
+                            Some(_) => bound.contains(&(addr, None)),
+                        });
+                if clash {
                     errs.push(format!("{at}.address"), format!("{addr} is used by another listener"));
                 }
             }

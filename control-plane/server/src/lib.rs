@@ -1,1 +1,204 @@
-//! placeholder
+//! The Trellis control plane (DESIGN §5, §6): a durable resource store, the REST API that
+//! edits it, the discovery server that streams each proxy its part of it, and the CA that
+//! signs proxies' CSRs.
+//!
+//! ```text
+//! REST (axum, api)  ──put/delete──▶  store (redb, fsync per write) ──watch(revision)──┐
+//!                                                                                      ▼
+//! proxies ◀──deltas── discovery (tonic) ◀── view(snapshot, endpoints, node.service) ◀─┘
+//!                         │ sidecar registrations, ACK/NACK
+//!                         └──▶ registry ──watch(endpoints)──▶ every stream
+//! ```
+//!
+//! [`start`] binds both servers and returns a [`Running`] handle; [`serve`] runs until a
+//! shutdown future completes. [`client`] and [`manifest`] are what `trellis ctl` uses.
+
+pub mod api;
+mod auth;
+pub mod client;
+pub mod discovery;
+mod error;
+pub mod manifest;
+pub mod resource;
+pub mod store;
+mod validation;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use trellis_api::discovery::discovery_server::DiscoveryServer;
+use trellis_certs::Ca;
+
+pub use error::Error;
+pub use resource::{Kind, Resource};
+
+/// Default REST API address (DESIGN §2).
+pub const DEFAULT_API_ADDR: &str = "127.0.0.1:7070";
+/// Default discovery address (DESIGN §2).
+pub const DEFAULT_XDS_ADDR: &str = "127.0.0.1:7071";
+/// Default time a sidecar's endpoint outlives its stream.
+pub const DEFAULT_ENDPOINT_GRACE: Duration = Duration::from_secs(10);
+/// How long stopping may wait for open requests and streams before cutting them.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How to run the control plane.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Holds `trellis.redb` and the CA (`ca/ca.pem`, `ca/ca.key`, made on first start).
+    pub data_dir: PathBuf,
+    pub api_addr: SocketAddr,
+    pub xds_addr: SocketAddr,
+    /// When set, every request (but `/healthz`) needs `Authorization: Bearer <token>`.
+    pub token_file: Option<PathBuf>,
+    /// How long a sidecar's endpoint stays after its discovery stream ends.
+    pub endpoint_grace: Duration,
+}
+
+impl Options {
+    /// Defaults for everything but the data directory.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Options {
+        Options {
+            data_dir: data_dir.into(),
+            api_addr: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            xds_addr: SocketAddr::from(([127, 0, 0, 1], 7071)),
+            token_file: None,
+            endpoint_grace: DEFAULT_ENDPOINT_GRACE,
+        }
+    }
+}
+
+/// A started control plane.
+pub struct Running {
+    api_addr: SocketAddr,
+    xds_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    api: JoinHandle<Result<(), Error>>,
+    xds: JoinHandle<Result<(), Error>>,
+}
+
+impl Running {
+    /// Where the REST API listens (the bound port when 0 was asked for).
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api_addr
+    }
+
+    /// Where the discovery server listens.
+    pub fn xds_addr(&self) -> SocketAddr {
+        self.xds_addr
+    }
+
+    /// Stops accepting, ends discovery streams, lets open requests finish (up to 5 s).
+    pub async fn stop(self) -> Result<(), Error> {
+        self.stop.send_replace(true);
+        let (api, xds) = (self.api, self.xds);
+        let api_abort = api.abort_handle();
+        let xds_abort = xds.abort_handle();
+        match tokio::time::timeout(STOP_TIMEOUT, async { (join(api, "REST").await, join(xds, "discovery").await) })
+            .await
+        {
+            Ok((a, x)) => a.and(x),
+            Err(_) => {
+                tracing::warn!("connections still open after {STOP_TIMEOUT:?}; closing them");
+                api_abort.abort();
+                xds_abort.abort();
+                Ok(())
+            }
+        }
+    }
+
+    /// Waits until `shutdown` completes (then stops) or a server fails.
+    pub async fn until(mut self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+        tokio::select! {
+            () = shutdown => self.stop().await,
+            r = &mut self.api => { self.stop.send_replace(true); flatten(r, "REST") }
+            r = &mut self.xds => { self.stop.send_replace(true); flatten(r, "discovery") }
+        }
+    }
+}
+
+async fn join(task: JoinHandle<Result<(), Error>>, what: &'static str) -> Result<(), Error> {
+    flatten(task.await, what)
+}
+
+fn flatten(r: Result<Result<(), Error>, tokio::task::JoinError>, what: &'static str) -> Result<(), Error> {
+    r.map_err(|e| Error::Serve { what, reason: e.to_string() })?
+}
+
+/// Opens the store and CA, binds both servers and starts serving.
+pub async fn start(opts: Options) -> Result<Running, Error> {
+    let token = opts.token_file.as_deref().map(auth::Token::load).transpose()?.map(Arc::new);
+    let store = Arc::new(store::Store::open(&opts.data_dir)?);
+    let ca = load_or_init_ca(&opts.data_dir.join("ca"))?;
+    let registry = Arc::new(discovery::Registry::new(opts.endpoint_grace));
+
+    let bind =
+        |what, addr| async move { TcpListener::bind(addr).await.map_err(|source| Error::Bind { what, addr, source }) };
+    let api_listener = bind("REST API", opts.api_addr).await?;
+    let xds_listener = bind("discovery", opts.xds_addr).await?;
+    let local = |l: &TcpListener, what, addr| l.local_addr().map_err(|source| Error::Bind { what, addr, source });
+    let api_addr = local(&api_listener, "REST API", opts.api_addr)?;
+    let xds_addr = local(&xds_listener, "discovery", opts.xds_addr)?;
+
+    let (stop, stopped) = watch::channel(false);
+    let shared = Arc::new(api::Shared { store: store.clone(), registry: registry.clone(), ca, token: token.clone() });
+    let router = api::router(shared);
+    let api = tokio::spawn({
+        let mut stopped = stopped.clone();
+        async move {
+            axum::serve(api_listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
+                .await
+                .map_err(|e| Error::Serve { what: "REST", reason: e.to_string() })
+        }
+    });
+    let xds_service = DiscoveryServer::new(discovery::Server::new(store.clone(), registry, token, stopped.clone()));
+    let xds = tokio::spawn({
+        let mut stopped = stopped;
+        async move {
+            tonic::transport::Server::builder()
+                .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                .add_service(xds_service)
+                .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(xds_listener), async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
+                .await
+                .map_err(|e| Error::Serve { what: "discovery", reason: e.to_string() })
+        }
+    });
+    tracing::info!(
+        api = %api_addr,
+        xds = %xds_addr,
+        data_dir = %opts.data_dir.display(),
+        revision = store.snapshot().revision(),
+        auth = token_state(opts.token_file.is_some()),
+        "control plane listening"
+    );
+    Ok(Running { api_addr, xds_addr, stop, api, xds })
+}
+
+fn token_state(on: bool) -> &'static str {
+    if on { "bearer token" } else { "none" }
+}
+
+/// Runs the control plane until `shutdown` completes, then stops gracefully.
+pub async fn serve(opts: Options, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    start(opts).await?.until(shutdown).await
+}
+
+/// The CA in `dir`, made on first start.
+fn load_or_init_ca(dir: &std::path::Path) -> Result<Ca, Error> {
+    if Ca::cert_path(dir).exists() || Ca::key_path(dir).exists() {
+        Ok(Ca::load(dir)?)
+    } else {
+        tracing::info!(dir = %dir.display(), "creating the mesh CA");
+        Ok(Ca::init(dir, false)?)
+    }
+}

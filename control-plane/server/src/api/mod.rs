@@ -1,0 +1,91 @@
+//! The REST API (DESIGN §6), axum: resources CRUD with ETags, proxy status, CSR signing,
+//! the OpenAPI document and a health check. Every route but `/healthz` needs the bearer
+//! token when one is configured. Errors are JSON, made in [`error`].
+
+mod certificates;
+mod error;
+mod openapi;
+mod resources;
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use http::{HeaderMap, StatusCode, header};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use trellis_certs::Ca;
+
+use crate::auth::Token;
+use crate::discovery::Registry;
+use crate::store::Store;
+
+pub use error::ApiError;
+
+/// Largest request body accepted; larger gets 413.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// What every handler can reach.
+pub struct Shared {
+    pub store: Arc<Store>,
+    pub registry: Arc<Registry>,
+    pub ca: Ca,
+    pub token: Option<Arc<Token>>,
+}
+
+/// The REST router.
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/openapi.json", get(openapi::document))
+        .route("/v1/proxies", get(proxies))
+        .route("/v1/certificates", post(certificates::sign))
+        .route("/v1/{kind}", get(resources::list))
+        .route("/v1/{kind}/{name}", get(resources::get).put(resources::put).delete(resources::delete))
+        .fallback(|| async { ApiError::not_found("no such path (see /openapi.json)") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this path (see /openapi.json)")
+        })
+        .layer(middleware::from_fn_with_state(shared.clone(), authorize))
+        .with_state(shared)
+}
+
+/// Lets a request through when no token is configured, for `/healthz`, or when it carries
+/// `Authorization: Bearer <token>`.
+async fn authorize(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+    if let Some(token) = &shared.token
+        && req.uri().path() != "/healthz"
+    {
+        let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        if !token.accepts(given) {
+            return ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token").into_response();
+        }
+    }
+    next.run(req).await
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn proxies(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "proxies": shared.registry.proxies() }))
+}
+
+/// Reads a whole request body of at most [`MAX_BODY_BYTES`] (413 beyond).
+async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+    let too_large =
+        || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body over {MAX_BODY_BYTES} bytes"));
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(body, MAX_BODY_BYTES).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Err(e) => Err(ApiError::bad_request(format!("cannot read the request body: {e}"), None)),
+    }
+}

@@ -1,0 +1,103 @@
+//! The discovery server (DESIGN §5): `trellis.discovery.v1.Discovery/Stream`.
+//!
+//! Per stream: check the bearer token, read the first request (it carries the node), then
+//! a [`session`] task sends the proxy's whole view and, after every store or endpoint change
+//! (debounced), only the delta. [`registry`] keeps per-proxy status and sidecar endpoints;
+//! [`view`] is the pure "what does this proxy get" function.
+
+mod registry;
+mod session;
+mod view;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use trellis_api::discovery::discovery_server::Discovery;
+use trellis_api::discovery::{DiscoveryRequest, DiscoveryResponse};
+
+use crate::auth::Token;
+use crate::store::Store;
+
+pub use registry::{EndpointSet, Endpoints, Nack, NodeInfo, ProxyStatus, Registry};
+
+/// How long a new stream may take to send its first request.
+const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The gRPC service. One per server; cheap to clone into tonic.
+pub struct Server {
+    store: Arc<Store>,
+    registry: Arc<Registry>,
+    token: Option<Arc<Token>>,
+    /// Turns true when the control plane stops: every session ends its stream.
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Server {
+    pub fn new(
+        store: Arc<Store>,
+        registry: Arc<Registry>,
+        token: Option<Arc<Token>>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Server {
+        Server { store, registry, token, shutdown }
+    }
+}
+
+#[tonic::async_trait]
+impl Discovery for Server {
+    type StreamStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
+
+    async fn stream(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        if let Some(token) = &self.token {
+            let header = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
+            if !token.accepts(header) {
+                return Err(Status::unauthenticated("missing or wrong bearer token in `authorization`"));
+            }
+        }
+        let mut inbound = request.into_inner();
+        let first = match tokio::time::timeout(FIRST_REQUEST_TIMEOUT, inbound.message()).await {
+            Err(_) => return Err(Status::deadline_exceeded("no first request")),
+            Ok(Err(status)) => return Err(status),
+            Ok(Ok(None)) => return Err(Status::cancelled("the stream ended before its first request")),
+            Ok(Ok(Some(req))) => req,
+        };
+        let node = node_info(&first)?;
+        tracing::info!(id = %node.id, service = ?node.service, "proxy connected");
+        let (tx, rx) = mpsc::channel(4);
+        let session =
+            session::Session::new(self.store.clone(), self.registry.clone(), node, &first, self.shutdown.clone());
+        tokio::spawn(session.run(inbound, tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// The node of a first request, checked.
+fn node_info(first: &DiscoveryRequest) -> Result<NodeInfo, Status> {
+    let node = first.node.as_ref().ok_or_else(|| Status::invalid_argument("the first request must carry `node`"))?;
+    if node.id.is_empty() {
+        return Err(Status::invalid_argument("node.id is empty"));
+    }
+    let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    let info = NodeInfo {
+        id: node.id.clone(),
+        service: some(&node.service),
+        zone: some(&node.zone),
+        inbound_address: some(&node.inbound_address),
+    };
+    if let Some(addr) = &info.inbound_address {
+        if info.service.is_none() {
+            return Err(Status::invalid_argument("node.inbound_address needs node.service"));
+        }
+        let valid = addr.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !valid {
+            return Err(Status::invalid_argument(format!("node.inbound_address \"{addr}\" is not HOST:PORT")));
+        }
+    }
+    Ok(info)
+}

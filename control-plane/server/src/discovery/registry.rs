@@ -1,0 +1,314 @@
+//! Who is connected, what each proxy was sent and acknowledged, and the sidecar endpoints
+//! registered by discovery streams.
+//!
+//! A stream whose node has a `service` and an `inbound_address` registers that address as
+//! an endpoint of the service. When the stream ends the endpoint stays for the grace period
+//! (a restarting sidecar keeps its place), then leaves. Endpoint sets are published as an
+//! immutable [`Endpoints`] value on a `watch` channel that every stream follows.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tokio::sync::watch;
+use trellis_api::Endpoint;
+
+/// How long a disconnected proxy stays listed in `GET /v1/proxies`.
+const KEEP_DISCONNECTED: Duration = Duration::from_secs(300);
+
+/// Identifies one discovery stream.
+pub type StreamId = u64;
+
+/// The registered endpoints of one service.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EndpointSet {
+    /// Changes whenever the set changes.
+    pub version: u64,
+    /// JSON array of `{address, weight, zone}`: the ENDPOINTS resource body.
+    pub body: Arc<str>,
+}
+
+/// Every service's registered endpoints (services without any are absent).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Endpoints(pub BTreeMap<String, EndpointSet>);
+
+/// What a proxy says about itself on its first request.
+#[derive(Clone, Debug, Default)]
+pub struct NodeInfo {
+    pub id: String,
+    pub service: Option<String>,
+    pub zone: Option<String>,
+    pub inbound_address: Option<String>,
+}
+
+/// A refused update, as the proxy reported it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Nack {
+    /// The `system_version` of the refused response.
+    pub version: u64,
+    pub error: String,
+    /// RFC 3339, UTC.
+    pub at: String,
+}
+
+/// One proxy's discovery state, as `GET /v1/proxies` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProxyStatus {
+    pub id: String,
+    pub service: Option<String>,
+    pub zone: Option<String>,
+    pub inbound_address: Option<String>,
+    pub connected: bool,
+    pub connected_at: String,
+    pub disconnected_at: Option<String>,
+    /// `system_version` of the last response sent.
+    pub sent_version: Option<u64>,
+    /// `system_version` of the last response acknowledged.
+    pub acked_version: Option<u64>,
+    pub last_nack: Option<Nack>,
+    /// Responses sent on this stream.
+    pub pushes: u64,
+    #[serde(skip)]
+    disconnected: Option<SystemTime>,
+}
+
+struct Registration {
+    stream: StreamId,
+    zone: Option<String>,
+    /// The owning stream ended; the endpoint leaves when the grace period is over.
+    leaving: bool,
+}
+
+#[derive(Default)]
+struct Inner {
+    next_stream: StreamId,
+    proxies: BTreeMap<StreamId, ProxyStatus>,
+    /// service → address → registration.
+    registered: BTreeMap<String, BTreeMap<String, Registration>>,
+    /// Bumped on every endpoint change; a changed set takes it as its version.
+    generation: u64,
+    versions: BTreeMap<String, u64>,
+}
+
+/// The registry. Share it in an `Arc`.
+pub struct Registry {
+    inner: Mutex<Inner>,
+    endpoints: watch::Sender<Arc<Endpoints>>,
+    grace: Duration,
+}
+
+impl Registry {
+    /// A registry keeping endpoints of ended streams for `grace`.
+    pub fn new(grace: Duration) -> Registry {
+        let (endpoints, _) = watch::channel(Arc::new(Endpoints::default()));
+        Registry { inner: Mutex::new(Inner::default()), endpoints, grace }
+    }
+
+    /// Follows the registered endpoints.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Endpoints>> {
+        self.endpoints.subscribe()
+    }
+
+    /// Records a new stream and registers its endpoint, if it offers one.
+    pub fn connect(&self, node: NodeInfo) -> StreamId {
+        let mut inner = self.lock();
+        let now = SystemTime::now();
+        inner.proxies.retain(|_, p| {
+            // A reconnecting proxy replaces its own stale entry.
+            p.connected || (p.id != node.id && p.disconnected.is_some_and(|t| age(t, now) < KEEP_DISCONNECTED))
+        });
+        inner.next_stream += 1;
+        let stream = inner.next_stream;
+        if let (Some(service), Some(address)) = (&node.service, &node.inbound_address) {
+            let reg = Registration { stream, zone: node.zone.clone(), leaving: false };
+            let before = inner.registered.get(service).and_then(|s| s.get(address)).map(|r| r.zone.clone());
+            inner.registered.entry(service.clone()).or_default().insert(address.clone(), reg);
+            if before != Some(node.zone.clone()) {
+                self.changed(&mut inner, service);
+            }
+        }
+        inner.proxies.insert(
+            stream,
+            ProxyStatus {
+                id: node.id,
+                service: node.service,
+                zone: node.zone,
+                inbound_address: node.inbound_address,
+                connected: true,
+                connected_at: rfc3339(now),
+                disconnected_at: None,
+                sent_version: None,
+                acked_version: None,
+                last_nack: None,
+                pushes: 0,
+                disconnected: None,
+            },
+        );
+        stream
+    }
+
+    /// A response with `version` went out on `stream`.
+    pub fn sent(&self, stream: StreamId, version: u64) {
+        if let Some(p) = self.lock().proxies.get_mut(&stream) {
+            p.sent_version = Some(version);
+            p.pushes += 1;
+        }
+    }
+
+    /// The proxy on `stream` applied the response with `version`.
+    pub fn acked(&self, stream: StreamId, version: u64) {
+        if let Some(p) = self.lock().proxies.get_mut(&stream) {
+            p.acked_version = Some(version);
+        }
+    }
+
+    /// The proxy on `stream` refused the response with `version`.
+    pub fn nacked(&self, stream: StreamId, version: u64, error: String) {
+        if let Some(p) = self.lock().proxies.get_mut(&stream) {
+            p.last_nack = Some(Nack { version, error, at: rfc3339(SystemTime::now()) });
+        }
+    }
+
+    /// The stream ended: the proxy shows as disconnected and its endpoint leaves after the
+    /// grace period (unless a new stream registers it again first).
+    pub fn disconnect(self: &Arc<Self>, stream: StreamId) {
+        let mut inner = self.lock();
+        let Some(p) = inner.proxies.get_mut(&stream) else { return };
+        let now = SystemTime::now();
+        p.connected = false;
+        p.disconnected = Some(now);
+        p.disconnected_at = Some(rfc3339(now));
+        let (Some(service), Some(address)) = (p.service.clone(), p.inbound_address.clone()) else { return };
+        let Some(reg) = inner.registered.get_mut(&service).and_then(|s| s.get_mut(&address)) else { return };
+        if reg.stream != stream {
+            return;
+        }
+        reg.leaving = true;
+        drop(inner);
+        let registry = Arc::clone(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(registry.grace).await;
+            registry.expire(&service, &address, stream);
+        });
+    }
+
+    /// Removes `service`'s endpoint `address` if `stream` still owns it and is gone.
+    fn expire(&self, service: &str, address: &str, stream: StreamId) {
+        let mut inner = self.lock();
+        let Some(set) = inner.registered.get_mut(service) else { return };
+        if !set.get(address).is_some_and(|r| r.stream == stream && r.leaving) {
+            return;
+        }
+        set.remove(address);
+        if set.is_empty() {
+            inner.registered.remove(service);
+        }
+        self.changed(&mut inner, service);
+    }
+
+    /// Connected proxies and those gone for less than five minutes, oldest stream first.
+    pub fn proxies(&self) -> Vec<ProxyStatus> {
+        let now = SystemTime::now();
+        self.lock()
+            .proxies
+            .values()
+            .filter(|p| p.disconnected.is_none_or(|t| age(t, now) < KEEP_DISCONNECTED))
+            .cloned()
+            .collect()
+    }
+
+    /// Republishes the endpoints after `service`'s set changed.
+    fn changed(&self, inner: &mut Inner, service: &str) {
+        inner.generation += 1;
+        let generation = inner.generation;
+        if inner.registered.contains_key(service) {
+            inner.versions.insert(service.to_string(), generation);
+        } else {
+            inner.versions.remove(service);
+        }
+        let mut all = BTreeMap::new();
+        for (service, set) in &inner.registered {
+            let endpoints: Vec<Endpoint> = set
+                .iter()
+                .map(|(address, r)| Endpoint { address: address.clone(), weight: 1, zone: r.zone.clone() })
+                .collect();
+            let body = serde_json::to_string(&endpoints).unwrap_or_else(|_| "[]".into()).into();
+            let version = inner.versions.get(service).copied().unwrap_or(generation);
+            all.insert(service.clone(), EndpointSet { version, body });
+        }
+        self.endpoints.send_replace(Arc::new(Endpoints(all)));
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Every critical section leaves the maps consistent; ignore poison.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn age(t: SystemTime, now: SystemTime) -> Duration {
+    now.duration_since(t).unwrap_or_default()
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    trellis_certs::format_unix_time(secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sidecar(id: &str, service: &str, address: &str) -> NodeInfo {
+        NodeInfo {
+            id: id.into(),
+            service: Some(service.into()),
+            zone: Some("z1".into()),
+            inbound_address: Some(address.into()),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn endpoint_stays_for_the_grace_period() {
+        let reg = Arc::new(Registry::new(Duration::from_secs(10)));
+        let rx = reg.subscribe();
+        let s = reg.connect(sidecar("a-0", "a", "10.0.0.1:4143"));
+        let set = rx.borrow().0.get("a").cloned().expect("registered");
+        assert_eq!(&*set.body, r#"[{"address":"10.0.0.1:4143","weight":1,"zone":"z1"}]"#);
+        reg.disconnect(s);
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        assert!(rx.borrow().0.contains_key("a"), "still there within the grace period");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(rx.borrow().0.is_empty(), "gone after it");
+        assert!(!reg.proxies()[0].connected);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reconnecting_within_the_grace_keeps_the_endpoint() {
+        let reg = Arc::new(Registry::new(Duration::from_secs(10)));
+        let rx = reg.subscribe();
+        let s1 = reg.connect(sidecar("a-0", "a", "10.0.0.1:4143"));
+        let v1 = rx.borrow().0["a"].version;
+        reg.disconnect(s1);
+        let _s2 = reg.connect(sidecar("a-0", "a", "10.0.0.1:4143"));
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(rx.borrow().0["a"].version, v1, "same set, same version");
+        let proxies = reg.proxies();
+        assert_eq!(proxies.len(), 1, "the stale entry was replaced");
+        assert!(proxies[0].connected);
+    }
+
+    #[tokio::test]
+    async fn acks_and_nacks_are_recorded() {
+        let reg = Arc::new(Registry::new(Duration::from_secs(10)));
+        let s = reg.connect(NodeInfo { id: "gw".into(), ..Default::default() });
+        reg.sent(s, 3);
+        reg.acked(s, 3);
+        reg.sent(s, 4);
+        reg.nacked(s, 4, "bad".into());
+        let p = &reg.proxies()[0];
+        assert_eq!((p.sent_version, p.acked_version, p.pushes), (Some(4), Some(3), 2));
+        assert_eq!(p.last_nack.as_ref().map(|n| (n.version, n.error.as_str())), Some((4, "bad")));
+        assert!(reg.subscribe().borrow().0.is_empty(), "no inbound address, no endpoint");
+    }
+}

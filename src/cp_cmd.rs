@@ -1,0 +1,73 @@
+//! `trellis control-plane`: runs the control plane (REST API, store, discovery, CA) until
+//! SIGTERM or SIGINT. All the work is in `trellis-control-plane`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use trellis_control_plane::{DEFAULT_API_ADDR, DEFAULT_XDS_ADDR, Options};
+
+/// Run the control plane.
+#[derive(Debug, Args)]
+pub struct ControlPlaneArgs {
+    /// Directory for the store (DIR/trellis.redb) and the mesh CA (DIR/ca, made on first
+    /// start); created if missing.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: PathBuf,
+    /// Address of the REST API (`trellis ctl`, /openapi.json).
+    #[arg(long, value_name = "IP:PORT", default_value = DEFAULT_API_ADDR)]
+    pub api_addr: SocketAddr,
+    /// Address of the discovery server (gRPC, plaintext) proxies stream from.
+    #[arg(long, value_name = "IP:PORT", default_value = DEFAULT_XDS_ADDR)]
+    pub xds_addr: SocketAddr,
+    /// File holding a bearer token that every client and proxy must send. Without it,
+    /// anyone who can reach the ports may change the mesh: keep them on loopback.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// How long a sidecar's endpoint stays registered after its discovery stream ends,
+    /// e.g. 10s, 500ms, 1m.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub endpoint_grace: Duration,
+}
+
+/// Serves until SIGTERM or SIGINT, then stops gracefully.
+pub fn run(args: ControlPlaneArgs) -> Result<()> {
+    let opts = Options {
+        data_dir: args.data_dir,
+        api_addr: args.api_addr,
+        xds_addr: args.xds_addr,
+        token_file: args.token_file,
+        endpoint_grace: args.endpoint_grace,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("trellis-cp")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        // Install the handlers before serving so an early SIGTERM is not fatal.
+        let signal = shutdown_signal()?;
+        trellis_control_plane::serve(opts, signal).await?;
+        tracing::info!("control plane stopped");
+        Ok(())
+    })
+}
+
+/// Completes on the first SIGTERM or SIGINT.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = int.recv() => tracing::info!("SIGINT: stopping"),
+        }
+    })
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    s.parse::<trellis_api::Duration>().map(trellis_api::Duration::get)
+}

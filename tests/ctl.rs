@@ -1,0 +1,205 @@
+//! `trellis ctl` against an in-process control plane: apply (created / configured /
+//! unchanged, dependency order, errors naming the document), get, delete, proxies. The CLI
+//! modules are compiled in here as they are in the binary, so they are checked even before
+//! `src/main.rs` dispatches to them; `binary_*` tests run the real `trellis ctl`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[allow(dead_code)]
+#[path = "../src/cp_cmd.rs"]
+mod cp_cmd;
+#[allow(dead_code)]
+#[path = "../src/ctl_cmd.rs"]
+mod ctl_cmd;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::{CommandFactory, Parser};
+use trellis_control_plane::client::Client;
+use trellis_control_plane::{Kind, Options, Running};
+
+/// The two commands as `src/main.rs` mounts them.
+#[derive(Parser)]
+#[command(name = "trellis")]
+enum Cli {
+    ControlPlane(cp_cmd::ControlPlaneArgs),
+    Ctl(ctl_cmd::CtlArgs),
+}
+
+const MANIFEST: &str = "\
+kind: Listener
+name: out
+address: 127.0.0.1:4140
+routes: [all]
+---
+kind: Route
+name: all
+backends: [{cluster: web}]
+---
+kind: Cluster
+name: web
+endpoints: [{address: \"127.0.0.1:8080\"}]
+";
+
+async fn start() -> (Running, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = Options::new(dir.path().join("data"));
+    opts.api_addr = "127.0.0.1:0".parse().unwrap();
+    opts.xds_addr = "127.0.0.1:0".parse().unwrap();
+    (trellis_control_plane::start(opts).await.unwrap(), dir)
+}
+
+/// Runs `trellis ctl ARGS` through the module (on a blocking thread: it has its own runtime).
+async fn ctl(server: &Running, args: &[&str]) -> anyhow::Result<()> {
+    let mut argv =
+        vec!["trellis".to_string(), "ctl".into(), "--server".into(), format!("http://{}", server.api_addr())];
+    argv.extend(args.iter().map(|s| s.to_string()));
+    let Cli::Ctl(parsed) = Cli::try_parse_from(argv).unwrap() else { panic!("not ctl") };
+    tokio::task::spawn_blocking(move || ctl_cmd::run(parsed)).await.unwrap()
+}
+
+#[test]
+fn cli_definitions_are_consistent() {
+    Cli::command().debug_assert();
+    let Cli::ControlPlane(cp) = Cli::try_parse_from(["trellis", "control-plane", "--data-dir", "/tmp/x"]).unwrap()
+    else {
+        panic!("not control-plane")
+    };
+    assert_eq!(cp.api_addr.to_string(), "127.0.0.1:7070");
+    assert_eq!(cp.xds_addr.to_string(), "127.0.0.1:7071");
+    assert_eq!(cp.endpoint_grace, std::time::Duration::from_secs(10));
+    assert!(Cli::try_parse_from(["trellis", "control-plane", "--data-dir", "x", "--endpoint-grace", "10"]).is_err());
+    let Cli::Ctl(ctl) = Cli::try_parse_from(["trellis", "ctl", "get", "cluster", "web", "-o", "json"]).unwrap() else {
+        panic!("not ctl")
+    };
+    assert!(matches!(ctl.cmd, ctl_cmd::CtlCmd::Get { kind: Kind::Cluster, .. }));
+    assert!(Cli::try_parse_from(["trellis", "ctl", "get", "gateways"]).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_get_delete() {
+    let (cp, dir) = start().await;
+    let file = dir.path().join("mesh.yaml");
+    std::fs::write(&file, MANIFEST).unwrap();
+    let f = file.to_str().unwrap();
+    // Listed listener-first, applied cluster-first: references resolve.
+    ctl(&cp, &["apply", "-f", f]).await.unwrap();
+    let client = Client::new(&format!("http://{}", cp.api_addr()), None).unwrap();
+    let web = client.get(Kind::Cluster, "web").await.unwrap().expect("applied");
+    let v1 = client.send(http::Method::GET, "/v1/clusters/web", None, &[]).await.unwrap().etag();
+
+    // Again: unchanged, nothing written.
+    ctl(&cp, &["apply", "-f", f]).await.unwrap();
+    let v2 = client.send(http::Method::GET, "/v1/clusters/web", None, &[]).await.unwrap().etag();
+    assert_eq!(v1, v2);
+
+    std::fs::write(&file, MANIFEST.replace("8080", "8081")).unwrap();
+    ctl(&cp, &["apply", "-f", f]).await.unwrap();
+    let changed = client.get(Kind::Cluster, "web").await.unwrap().unwrap();
+    assert_ne!(changed, web);
+
+    ctl(&cp, &["get", "clusters"]).await.unwrap();
+    ctl(&cp, &["get", "route", "all", "-o", "json"]).await.unwrap();
+    ctl(&cp, &["proxies"]).await.unwrap();
+    let missing = ctl(&cp, &["get", "clusters", "nope"]).await.unwrap_err();
+    assert!(format!("{missing:#}").contains("no cluster named \"nope\""), "{missing:#}");
+
+    let refused = ctl(&cp, &["delete", "cluster", "web"]).await.unwrap_err();
+    assert!(format!("{refused:#}").contains("routes[all].backends[0].cluster"), "{refused:#}");
+    ctl(&cp, &["delete", "listener", "out"]).await.unwrap();
+    assert!(client.get(Kind::Listener, "out").await.unwrap().is_none());
+    cp.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_names_the_bad_document_and_writes_nothing() {
+    let (cp, dir) = start().await;
+    let file = dir.path().join("bad.yaml");
+    std::fs::write(&file, MANIFEST.replace("backends: [{cluster: web}]", "backends: [{cluster: web, wieght: 1}]"))
+        .unwrap();
+    let err = ctl(&cp, &["apply", "-f", file.to_str().unwrap()]).await.unwrap_err();
+    assert!(format!("{err:#}").contains("document 2: Route all: backends[0].wieght"), "{err:#}");
+    let client = Client::new(&format!("http://{}", cp.api_addr()), None).unwrap();
+    assert!(client.list(Kind::Cluster).await.unwrap().is_empty());
+
+    // A server-side refusal carries the server's message.
+    std::fs::write(&file, "kind: Route\nname: r\nbackends: [{cluster: ghost}]\n").unwrap();
+    let err = ctl(&cp, &["apply", "-f", file.to_str().unwrap()]).await.unwrap_err();
+    assert!(format!("{err:#}").contains("no cluster named \"ghost\""), "{err:#}");
+    cp.stop().await.unwrap();
+}
+
+/// A child process killed on drop.
+struct Kill(std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `trellis ctl` as a process against a `trellis control-plane` process with a token.
+#[test]
+fn binary_ctl_apply_prints_what_it_did() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let xds = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "t0ken").unwrap();
+    let _server = Kill(
+        Command::new(env!("CARGO_BIN_EXE_trellis"))
+            .args(["control-plane", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(["--api-addr", &api.to_string(), "--xds-addr", &xds.to_string(), "--token-file"])
+            .arg(&token)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(api).is_err() {
+        assert!(Instant::now() < deadline, "control plane not listening");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let file = dir.path().join("mesh.yaml");
+    std::fs::write(&file, MANIFEST).unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_trellis"))
+            .arg("ctl")
+            .args(args)
+            .env("TRELLIS_SERVER", format!("http://{api}"))
+            .env("TRELLIS_TOKEN_FILE", &token)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = run(&["apply", "-f", file.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out, "cluster/web created\nroute/all created\nlistener/out created\n");
+    let (_, out, _) = run(&["apply", "-f", file.to_str().unwrap()]);
+    assert_eq!(out, "cluster/web unchanged\nroute/all unchanged\nlistener/out unchanged\n");
+    let (code, out, _) = run(&["get", "clusters"]);
+    assert_eq!(code, Some(0));
+    assert!(out.starts_with("kind: Cluster\n"), "{out}");
+    // What `get` prints, `apply` reads back.
+    let again = dir.path().join("again.yaml");
+    std::fs::write(&again, &out).unwrap();
+    let (_, out, _) = run(&["apply", "-f", again.to_str().unwrap()]);
+    assert_eq!(out, "cluster/web unchanged\n");
+    let (code, _, err) = run(&["delete", "cluster", "web"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("routes[all].backends[0].cluster"), "{err}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_trellis"))
+        .args(["ctl", "--server", &format!("http://{api}"), "get", "clusters"])
+        .env_remove("TRELLIS_TOKEN_FILE")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "no token: refused");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bearer token"));
+}

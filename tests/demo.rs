@@ -1,0 +1,21 @@
+//! `trellis demo` end to end: the real binary brings up a control plane, two sidecars with
+//! mTLS and two agent services, drives traffic through them, and stops everything.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+
+#[test]
+fn demo_runs_a_mesh_with_traffic_and_no_errors() {
+    let out = Command::new(env!("CARGO_BIN_EXE_trellis"))
+        .args(["demo", "--seconds", "6", "--users", "2"])
+        .output()
+        .expect("run trellis demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "demo failed: {stdout}\n{stderr}");
+    let total = stdout.lines().find(|l| l.starts_with("total:")).unwrap_or_else(|| panic!("no total line: {stdout}"));
+    let ok: u64 = total.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap();
+    assert!(ok > 10, "too few plans went through: {total}");
+    assert!(total.contains(" 0 errors"), "errors in the demo: {total}\n{stderr}");
+    assert!(stdout.contains("trellis ctl --server"), "the guide names ctl commands: {stdout}");
+}
