@@ -176,6 +176,9 @@ async fn accept_loop(
 ) {
     let graceful = GracefulShutdown::new();
     let l4 = Arc::new(L4Tracker::default());
+    // Connection tasks live in a set so a removed listener's leftovers can be aborted
+    // without every connection polling a kill signal on each wake-up.
+    let mut conns = tokio::task::JoinSet::new();
     let gauge = metrics::gauge!(telemetry::TCP_CONNECTIONS, "listener" => name.to_string());
     let accepted = metrics::counter!(telemetry::DOWNSTREAM_CONNECTIONS_TOTAL, "listener" => name.to_string());
     loop {
@@ -193,6 +196,8 @@ async fn accept_loop(
             },
         };
         accepted.increment(1);
+        // Reap finished connection tasks so the set only holds live ones.
+        while conns.try_join_next().is_some() {}
         let snap = config.load();
         let Some(listener) = snap.listener(&name).cloned() else { continue };
         drop(snap);
@@ -203,14 +208,10 @@ async fn accept_loop(
             ListenerProtocol::Tcp => {
                 let Some(cluster) = listener.tcp_cluster.clone() else { continue };
                 let l4 = l4.clone();
-                let kill = kill.clone();
                 l4.open.fetch_add(1, Ordering::AcqRel);
                 let name = name.clone();
-                tokio::spawn(async move {
-                    tokio::select! {
-                        _ = serve_tcp(stream, peer, &name, &listener, cluster) => {}
-                        _ = kill.cancelled() => {}
-                    }
+                conns.spawn(async move {
+                    serve_tcp(stream, peer, &name, &listener, cluster).await;
                     gauge.decrement(1.0);
                     if l4.open.fetch_sub(1, Ordering::AcqRel) == 1 {
                         l4.idle.notify_waiters();
@@ -221,13 +222,9 @@ async fn accept_loop(
                 let watcher = graceful.watcher();
                 let config = config.clone();
                 let name = name.clone();
-                let kill = kill.clone();
                 let stop = stop.clone();
-                tokio::spawn(async move {
-                    tokio::select! {
-                        _ = serve_http(stream, peer, name, listener, config, watcher, &stop) => {}
-                        _ = kill.cancelled() => {}
-                    }
+                conns.spawn(async move {
+                    serve_http(stream, peer, name, listener, config, watcher, &stop).await;
                     gauge.decrement(1.0);
                 });
             }
@@ -236,13 +233,19 @@ async fn accept_loop(
     // Stop accepting at once (the socket closes here), then let connections finish. TCP
     // connections have no graceful signal: they end when either side closes, or are killed.
     drop(socket);
-    graceful.shutdown().await;
-    while l4.open.load(Ordering::Acquire) > 0 {
-        let idle = l4.idle.notified();
-        if l4.open.load(Ordering::Acquire) == 0 {
-            break;
+    let finished = async {
+        graceful.shutdown().await;
+        while l4.open.load(Ordering::Acquire) > 0 {
+            let idle = l4.idle.notified();
+            if l4.open.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            idle.await;
         }
-        idle.await;
+    };
+    tokio::select! {
+        () = finished => {}
+        () = kill.cancelled() => conns.abort_all(),
     }
 }
 

@@ -54,6 +54,11 @@ pub async fn send(plan: &Plan<'_>, req: Request<RequestBody>) -> Result<Sent, (F
         let (_, result) = try_once(plan, req, None).await;
         return result.map(|(response, lease)| Sent { response, lease, tries: 1 }).map_err(|e| (e, 1));
     }
+    // Boxed: the retry/hedge machinery stays out of the common path's (moved) future.
+    Box::pin(send_with_policy(plan, req)).await
+}
+
+async fn send_with_policy(plan: &Plan<'_>, req: Request<RequestBody>) -> Result<Sent, (ForwardError, u32)> {
     let (parts, body) = req.into_parts();
     if let Some(r) = plan.retry {
         r.budget.deposit();

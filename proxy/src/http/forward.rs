@@ -155,7 +155,7 @@ pub async fn handle(mut req: Request<Incoming>, ctx: &ConnCtx) -> Response<Proxy
     let (parts, body) = req.into_parts();
     let body = if retry.is_some() || hedge.is_some() {
         let max = retry.map_or(64 * 1024, |r| r.max_body);
-        match RequestBody::buffer(body, max).await {
+        match Box::pin(RequestBody::buffer(body, max)).await {
             Ok(b) => b,
             Err(e) => return fail(ForwardError::ClientBody(e), None),
         }

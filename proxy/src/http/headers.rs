@@ -18,27 +18,40 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named in `Connection`.
 /// `TE: trailers` is end-to-end in practice (gRPC needs it) and is kept.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    if let Some(conn) = h.remove(header::CONNECTION) {
-        let listed: Vec<HeaderName> =
-            conn.to_str().unwrap_or("").split(',').filter_map(|n| HeaderName::try_from(n.trim()).ok()).collect();
-        for name in listed {
-            if name != header::TE {
-                h.remove(name);
-            }
-        }
-        // Further Connection headers (several lines) go too.
-        while h.remove(header::CONNECTION).is_some() {}
+    // One pass over the names first: most requests and responses carry none of these.
+    if !h.keys().any(is_hop_by_hop) {
+        return;
     }
-    for name in [&KEEP_ALIVE, &PROXY_CONNECTION, &header::TRANSFER_ENCODING, &header::UPGRADE, &header::TRAILER] {
-        if h.contains_key(name) {
+    let listed: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("").split(','))
+        .filter_map(|n| HeaderName::try_from(n.trim()).ok())
+        .collect();
+    h.remove(header::CONNECTION);
+    for name in listed {
+        if name != header::TE {
             h.remove(name);
         }
+    }
+    for name in [&KEEP_ALIVE, &PROXY_CONNECTION, &header::TRANSFER_ENCODING, &header::UPGRADE, &header::TRAILER] {
+        h.remove(name);
     }
     if let Some(te) = h.get(header::TE)
         && !te.as_bytes().eq_ignore_ascii_case(b"trailers")
     {
         h.remove(header::TE);
     }
+}
+
+fn is_hop_by_hop(k: &HeaderName) -> bool {
+    k == header::CONNECTION
+        || k == header::TRANSFER_ENCODING
+        || k == header::TE
+        || k == header::UPGRADE
+        || k == header::TRAILER
+        || k == KEEP_ALIVE
+        || k == PROXY_CONNECTION
 }
 
 /// Who is on the other side of the downstream connection.
