@@ -1729,3 +1729,32 @@ async fn slow_upload_is_not_cut_by_the_idle_timeout() {
     })
     .await;
 }
+
+/// Many concurrent requests to an http2 cluster share one upstream connection: streams
+/// given back at the end of each response keep it under its stream limit.
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_cluster_multiplexes_concurrent_requests_on_one_connection() {
+    within(Duration::from_secs(20), async {
+        let origin = Origin::echo("o").await;
+        let listen = listen_addr();
+        let proxy = Proxy::start(&simple_config(listen, origin.addr, "http2"));
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            tasks.push(tokio::spawn(async move {
+                let mut c = Client::h1(listen).await;
+                for _ in 0..100 {
+                    assert_eq!(c.get("/").await.status, 200);
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let (_, body) = admin_get(proxy.admin, "/clusters").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let ep = &v["clusters"][0]["endpoints"][0];
+        assert_eq!(ep["http2_connections"], 1, "{ep}");
+        assert_eq!(ep["active_requests"], 0, "{ep}");
+    })
+    .await;
+}

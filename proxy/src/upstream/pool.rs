@@ -124,8 +124,12 @@ enum Held {
 impl Lease {
     /// The exchange ended cleanly: an HTTP/1.1 connection may carry the next request.
     pub fn release(mut self) {
-        if let Some(Held::H1(s)) = self.conn.take() {
-            self.endpoint.pool.put_h1(s, self.endpoint.settings.max_idle);
+        match self.conn.take() {
+            Some(Held::H1(s)) => self.endpoint.pool.put_h1(s, self.endpoint.settings.max_idle),
+            Some(Held::H2(streams)) => {
+                streams.fetch_sub(1, Ordering::AcqRel);
+            }
+            None => {}
         }
     }
 

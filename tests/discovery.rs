@@ -1,0 +1,251 @@
+//! Discovery end to end with the real binaries: `trellis control-plane` and `trellis proxy`
+//! processes talking over the real gRPC stream; resources written through the REST API.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+use common::*;
+
+use http::Request;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// A running `trellis control-plane`, killed (hard) on drop.
+struct ControlPlane {
+    child: Child,
+    data: std::path::PathBuf,
+    api: SocketAddr,
+    xds: SocketAddr,
+}
+
+impl ControlPlane {
+    fn start(data: &std::path::Path, api: SocketAddr, xds: SocketAddr) -> ControlPlane {
+        let child = Command::new(env!("CARGO_BIN_EXE_trellis"))
+            .arg("control-plane")
+            .arg("--data-dir")
+            .arg(data)
+            .args(["--api-addr", &api.to_string(), "--xds-addr", &xds.to_string(), "--endpoint-grace", "1s"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if admin_get(api, "/healthz").map(|(s, _)| s == 200).unwrap_or(false) {
+                return ControlPlane { child, data: data.to_owned(), api, xds };
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("control plane did not come up");
+    }
+
+    fn fresh() -> (ControlPlane, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let cp = ControlPlane::start(dir.path(), listen_addr(), listen_addr());
+        (cp, dir)
+    }
+
+    async fn put(&self, kind: &str, name: &str, body: serde_json::Value) -> Got {
+        let mut c = Client::h1(self.api).await;
+        let req = Request::put(format!("/v1/{kind}/{name}"))
+            .header("content-type", "application/json")
+            .body(full(body.to_string()))
+            .unwrap();
+        c.fetch(req).await
+    }
+
+    /// The bootstrap of a proxy of `service` taking everything from this control plane.
+    fn bootstrap(&self, id: &str, service: &str) -> String {
+        format!(
+            "node: {{ id: {id}, service: {service} }}\nadmin: {{ address: \"{{admin}}\" }}\ndrain_timeout: 2s\ncontrol_plane: {{ address: \"http://{}\" }}\n",
+            self.xds
+        )
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn setup(cp: &ControlPlane, listen: SocketAddr, a: &Origin, b: &Origin, service: Option<&str>) {
+    for (name, o) in [("a", a), ("b", b)] {
+        let got =
+            cp.put("clusters", name, serde_json::json!({ "endpoints": [{ "address": o.addr.to_string() }] })).await;
+        assert!(got.status.is_success(), "{}", got.text());
+    }
+    route_to(cp, "a").await;
+    let mut l = serde_json::json!({ "address": listen.to_string(), "routes": ["r"] });
+    if let Some(s) = service {
+        l["service"] = s.into();
+    }
+    let got = cp.put("listeners", "web", l).await;
+    assert!(got.status.is_success(), "{}", got.text());
+}
+
+async fn route_to(cp: &ControlPlane, cluster: &str) {
+    let got = cp.put("routes", "r", serde_json::json!({ "backends": [{ "cluster": cluster }] })).await;
+    assert!(got.status.is_success(), "{}", got.text());
+}
+
+async fn origin_at(listen: SocketAddr) -> String {
+    let mut c = Client::h1(listen).await;
+    c.get("/").await.json()["origin"].as_str().unwrap_or("").to_owned()
+}
+
+/// Polls until requests reach `want`; returns how long it took.
+async fn until_origin(listen: SocketAddr, want: &str, limit: Duration) -> Duration {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if origin_at(listen).await == want {
+            return t.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("requests did not reach {want} within {limit:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_changes_reach_a_running_proxy_within_a_second_and_none_fails_under_load() {
+    within(Duration::from_secs(60), async {
+        let (cp, _dir) = ControlPlane::fresh();
+        let (a, b) = (Origin::echo("a").await, Origin::echo("b").await);
+        let listen = listen_addr();
+        setup(&cp, listen, &a, &b, None).await;
+        let proxy = blocking(|| Proxy::start(&cp.bootstrap("web-0", "web")));
+        assert_eq!(origin_at(listen).await, "a");
+
+        // One change: served within a second of the REST answer.
+        route_to(&cp, "b").await;
+        let took = until_origin(listen, "b", Duration::from_secs(1)).await;
+        assert!(took < Duration::from_secs(1), "took {took:?}");
+
+        // 100 changes under continuous load: no request fails.
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let mut clients = Vec::new();
+        for _ in 0..4 {
+            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            clients.push(tokio::spawn(async move {
+                let mut c = Client::h1(listen).await;
+                while !stop.load(Ordering::Relaxed) {
+                    let got = c.get("/").await;
+                    if got.status == 200 {
+                        ok.fetch_add(1, Ordering::Relaxed)
+                    } else {
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    };
+                }
+            }));
+        }
+        for i in 0..100 {
+            route_to(&cp, if i % 2 == 0 { "a" } else { "b" }).await;
+            tokio::time::sleep(Duration::from_millis(15)).await;
+        }
+        until_origin(listen, "b", Duration::from_secs(2)).await;
+        stop.store(true, Ordering::Relaxed);
+        for c in clients {
+            c.await.unwrap();
+        }
+        assert_eq!(failed.load(Ordering::Relaxed), 0, "failed requests; logs: {}", proxy.logs());
+        assert!(ok.load(Ordering::Relaxed) > 100);
+        let dump: serde_json::Value = serde_json::from_str(&admin_get(proxy.admin, "/config_dump").unwrap().1).unwrap();
+        assert_eq!(dump["control_plane"]["connected"], true, "{dump}");
+        assert!(proxy.metrics().contains("trellis_config_version{type=\"route\"}"));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxies_keep_serving_while_the_control_plane_is_down_and_resync_when_it_returns() {
+    within(Duration::from_secs(60), async {
+        let (cp, dir) = ControlPlane::fresh();
+        let (api, xds) = (cp.api, cp.xds);
+        let (a, b) = (Origin::echo("a").await, Origin::echo("b").await);
+        let listen = listen_addr();
+        setup(&cp, listen, &a, &b, None).await;
+        let proxy = blocking(|| Proxy::start(&cp.bootstrap("web-0", "web")));
+        assert_eq!(origin_at(listen).await, "a");
+
+        drop(cp); // kill -9
+        for _ in 0..20 {
+            assert_eq!(origin_at(listen).await, "a");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(admin_get(proxy.admin, "/ready").unwrap().0, 200);
+
+        let cp = blocking(|| ControlPlane::start(dir.path(), api, xds));
+        assert_eq!(cp.data, dir.path());
+        route_to(&cp, "b").await;
+        // Reconnect backoff (jittered, capped while the outage is short) plus the push.
+        until_origin(listen, "b", Duration::from_secs(15)).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_the_proxy_cannot_apply_is_nacked_visible_and_the_old_config_serves() {
+    within(Duration::from_secs(60), async {
+        let (cp, _dir) = ControlPlane::fresh();
+        let (a, b) = (Origin::echo("a").await, Origin::echo("b").await);
+        let listen = listen_addr();
+        setup(&cp, listen, &a, &b, None).await;
+        let proxy = blocking(|| Proxy::start(&cp.bootstrap("web-0", "web")));
+        // A port someone else holds: valid for the control plane, unbindable for the proxy.
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let busy = taken.local_addr().unwrap();
+        let got =
+            cp.put("listeners", "second", serde_json::json!({ "address": busy.to_string(), "routes": ["r"] })).await;
+        assert!(got.status.is_success(), "{}", got.text());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut seen = String::new();
+        while Instant::now() < deadline {
+            seen = admin_get(cp.api, "/v1/proxies").unwrap().1;
+            if seen.contains("cannot bind") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(seen.contains("cannot bind") && seen.contains(&busy.to_string()), "no NACK in /v1/proxies: {seen}");
+        assert_eq!(origin_at(listen).await, "a", "the old config keeps serving; logs: {}", proxy.logs());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_proxies_get_only_the_listeners_of_their_service() {
+    within(Duration::from_secs(60), async {
+        let (cp, _dir) = ControlPlane::fresh();
+        let (a, b) = (Origin::echo("a").await, Origin::echo("b").await);
+        let (web_listen, api_listen) = (listen_addr(), listen_addr());
+        setup(&cp, web_listen, &a, &b, Some("web")).await;
+        let got = cp
+            .put(
+                "listeners",
+                "api",
+                serde_json::json!({ "service": "api", "address": api_listen.to_string(), "routes": ["r"] }),
+            )
+            .await;
+        assert!(got.status.is_success(), "{}", got.text());
+        let web = blocking(|| Proxy::start(&cp.bootstrap("web-0", "web")));
+        let api = blocking(|| Proxy::start(&cp.bootstrap("api-0", "api")));
+        let names = |p: &Proxy| {
+            let dump: serde_json::Value = serde_json::from_str(&admin_get(p.admin, "/config_dump").unwrap().1).unwrap();
+            dump["config"]["listeners"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l["name"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(&web), vec!["web"]);
+        assert_eq!(names(&api), vec!["api"]);
+        assert_eq!(origin_at(web_listen).await, "a");
+        assert_eq!(origin_at(api_listen).await, "a");
+    })
+    .await;
+}
