@@ -22,7 +22,7 @@ struct ControlPlane {
 
 impl ControlPlane {
     fn start(data: &std::path::Path, api: SocketAddr, xds: SocketAddr) -> ControlPlane {
-        let child = Command::new(env!("CARGO_BIN_EXE_trellis"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_trellis"))
             .arg("control-plane")
             .arg("--data-dir")
             .arg(data)
@@ -38,6 +38,8 @@ impl ControlPlane {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("control plane did not come up");
     }
 
