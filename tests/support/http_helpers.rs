@@ -152,15 +152,20 @@ routes:
   - name: to-auto
     match: {{ path_prefix: /auto }}
     backends: [{{ cluster: c-auto }}]
+# A burst of hundreds of simultaneous connects on a loaded CI machine can lose a SYN,
+# whose retransmission comes after 1 s: these tests are about protocols, not connect timeouts.
 clusters:
   - name: c-h1
     protocol: http1
+    connect_timeout: 5s
     endpoints: [{{ address: "{origin}" }}]
   - name: c-h2
     protocol: http2
+    connect_timeout: 5s
     endpoints: [{{ address: "{origin}" }}]
   - name: c-auto
     protocol: auto
+    connect_timeout: 5s
     endpoints: [{{ address: "{origin}" }}]
 "#
     )
