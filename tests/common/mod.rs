@@ -214,22 +214,7 @@ impl Origin {
     /// An origin answering every request with 200 and a JSON echo of what it received:
     /// `{"origin": name, "method", "path", "version", "headers": {..}, "body_len"}`.
     pub async fn echo(name: &'static str) -> Origin {
-        Origin::start(move |req: Request<Incoming>| async move {
-            let (parts, body) = req.into_parts();
-            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-            let headers: serde_json::Map<String, serde_json::Value> =
-                parts.headers.iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into())).collect();
-            let json = serde_json::json!({
-                "origin": name,
-                "method": parts.method.as_str(),
-                "path": parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"),
-                "version": format!("{:?}", parts.version),
-                "headers": headers,
-                "body_len": body.len(),
-            });
-            Response::builder().header("content-type", "application/json").body(full(json.to_string())).unwrap()
-        })
-        .await
+        Origin::start(move |req: Request<Incoming>| echo_answer(name, req)).await
     }
 }
 
