@@ -53,8 +53,8 @@ pub enum CertsCmd {
 pub fn run(cmd: CertsCmd) -> Result<()> {
     match cmd {
         CertsCmd::Init { dir, force } => {
-            Ca::init(&dir, force)?;
-            println!("created root CA \"{}\"", trellis_certs::CA_COMMON_NAME);
+            let ca = Ca::init(&dir, force)?;
+            println!("created root CA \"{}\"", ca.common_name());
             println!("  certificate: {}", Ca::cert_path(&dir).display());
             println!("  private key: {} (mode 0600)", Ca::key_path(&dir).display());
         }

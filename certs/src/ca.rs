@@ -1,5 +1,6 @@
 //! The Trellis root CA: an ECDSA P-256 key and a self-signed certificate
-//! (CN "Trellis Root CA"), kept as `DIR/ca.pem` and `DIR/ca.key` (mode 0600).
+//! (CN "Trellis Root CA 1a2b3c4d", the suffix unique per CA), kept as `DIR/ca.pem` and
+//! `DIR/ca.key` (mode 0600).
 //!
 //! Issuing leaves from a [`Ca`] lives in [`crate::issue`].
 
@@ -15,7 +16,7 @@ use rcgen::{
 use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
 
-use crate::crypto::random_serial;
+use crate::crypto::{hex, random_serial};
 use crate::error::{CertError, Result};
 use crate::pem::{Access, encode_cert_pem, ensure_dir, parse_certs, read_file, write_file};
 
@@ -23,7 +24,10 @@ use crate::pem::{Access, encode_cert_pem, ensure_dir, parse_certs, read_file, wr
 pub const CA_CERT_FILE: &str = "ca.pem";
 /// File name of the CA private key inside a CA directory (mode 0600).
 pub const CA_KEY_FILE: &str = "ca.key";
-/// Common name of the root CA certificate.
+/// Common name of a root CA certificate, before its unique suffix. Each root's name is
+/// unique so that a certificate from another Trellis CA has no candidate issuer in a trust
+/// bundle (`unknown_issuer`), instead of one whose signature fails, and so that old and new
+/// roots can be told apart during a rotation.
 pub const CA_COMMON_NAME: &str = "Trellis Root CA";
 /// How long a new root CA is valid: ten years.
 pub const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
@@ -47,14 +51,15 @@ impl Ca {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let now = OffsetDateTime::now_utc();
         let mut params = CertificateParams::default();
+        let serial = random_serial()?;
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, "Trellis");
-        dn.push(DnType::CommonName, CA_COMMON_NAME);
+        dn.push(DnType::CommonName, format!("{CA_COMMON_NAME} {}", hex(&serial.as_ref()[..4])));
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages =
             vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-        params.serial_number = Some(random_serial()?);
+        params.serial_number = Some(serial);
         params.not_before = now - BACKDATE;
         params.not_after = now + CA_VALIDITY;
         let cert = params.self_signed(&key)?;
@@ -175,6 +180,14 @@ impl Ca {
     pub fn not_after(&self) -> SystemTime {
         self.not_after.into()
     }
+
+    /// The CA certificate's common name, e.g. `Trellis Root CA 1a2b3c4d`.
+    pub fn common_name(&self) -> String {
+        x509_parser::parse_x509_certificate(&self.cert_der)
+            .ok()
+            .and_then(|(_, c)| c.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok().map(str::to_owned)))
+            .unwrap_or_else(|| CA_COMMON_NAME.to_owned())
+    }
 }
 
 impl fmt::Debug for Ca {
@@ -204,7 +217,12 @@ mod tests {
         assert_eq!(std::fs::read_to_string(Ca::cert_path(&ca_dir)).expect("read"), ca.cert_pem());
         let (_, x509) = x509_parser::parse_x509_certificate(ca.cert_der()).expect("parse");
         assert!(x509.is_ca());
-        assert_eq!(x509.subject().to_string(), format!("O=Trellis, CN={CA_COMMON_NAME}"));
+        let subject = x509.subject().to_string();
+        assert_eq!(subject, format!("O=Trellis, CN={}", ca.common_name()));
+        assert!(subject.starts_with(&format!("O=Trellis, CN={CA_COMMON_NAME} ")), "{subject}");
+        let other = Ca::generate().expect("another CA");
+        let (_, other) = x509_parser::parse_x509_certificate(other.cert_der()).expect("parse");
+        assert_ne!(other.subject().to_string(), subject, "every root's name is its own");
         assert!(!format!("{ca:?}").contains("PRIVATE"));
         #[cfg(unix)]
         {
