@@ -314,10 +314,16 @@ async fn sidecar_pair_multiplexes_one_mtls_connection() {
         let (fcert, fkey) = pki.issue("frontend", FRONTEND, &[]);
         let app = Origin::echo("checkout-app").await;
         let (inbound, outbound) = (listen_addr(), listen_addr());
-        let checkout = Proxy::start(&inbound_config(
-            &identity_yaml(&ccert, &ckey, &pki.bundle()),
-            &[("inbound", inbound, Some("authz"))],
-            app.addr,
+        let access = tempfile::tempdir().unwrap();
+        let access = access.path().join("access.log");
+        let checkout = Proxy::start(&format!(
+            "access_log: {{ path: \"{}\" }}\n{}",
+            access.display(),
+            inbound_config(
+                &identity_yaml(&ccert, &ckey, &pki.bundle()),
+                &[("inbound", inbound, Some("authz"))],
+                app.addr
+            )
         ));
         let frontend =
             Proxy::start(&outbound_config(&identity_yaml(&fcert, &fkey, &pki.bundle()), outbound, inbound, CHECKOUT));
@@ -352,6 +358,25 @@ async fn sidecar_pair_multiplexes_one_mtls_connection() {
         assert!(wait_log(&checkout, "authorization denied", secs(2)).await);
         let audit = plain_logs(&checkout).lines().find(|l| l.contains("authorization denied")).unwrap().to_owned();
         assert!(audit.contains(FRONTEND) && audit.contains("DELETE"), "{audit}");
+
+        // The peer's verified identity reaches the access log, allowed or denied.
+        let mut lines = Vec::new();
+        for _ in 0..40 {
+            let text = std::fs::read_to_string(&access).unwrap_or_default();
+            lines = text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).collect();
+            if lines.len() >= 22 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(lines.len(), 22, "{lines:#?}");
+        for l in &lines {
+            assert_eq!(l["peer_id"], FRONTEND, "{l}");
+            assert_eq!(l["listener"], "inbound", "{l}");
+            assert_eq!(l["protocol"], "HTTP/2", "between the sidecars: {l}");
+        }
+        let denied = lines.iter().find(|l| l["method"] == "DELETE").expect("the denied request's line");
+        assert_eq!((denied["status"].as_u64(), denied["error"].as_str()), (Some(403), Some("forbidden")), "{denied}");
     })
     .await;
 }

@@ -50,6 +50,8 @@ pub struct Snapshot {
     pub mesh: Option<Arc<tls::mesh::Mesh>>,
     /// Leaf expiries (unix seconds) by certificate label, published once this snapshot serves.
     pub cert_expiry: Vec<(String, i64)>,
+    /// Where each request's JSON line goes, when the bootstrap asks for an access log.
+    pub access_log: Option<Arc<crate::access_log::AccessLog>>,
 }
 
 /// A listener's runtime view.
@@ -187,8 +189,16 @@ pub fn build(b: Bootstrap, prev: Option<&Snapshot>, workers: usize, version: u64
             policy: l.policy.as_deref().and_then(|p| policies.get(p).cloned()),
         }));
     }
+    let access_log = match &b.access_log {
+        Some(a) => Some(
+            crate::access_log::AccessLog::open(&a.path)
+                .map_err(|e| ConfigError::Build(format!("access_log.path: cannot open {:?}: {e}", a.path)))?,
+        ),
+        None => None,
+    };
     Ok(Snapshot {
         version,
+        access_log,
         drain_timeout: b.drain_timeout.unwrap_or(api::DEFAULT_DRAIN_TIMEOUT).get(),
         source: Arc::new(b),
         listeners,

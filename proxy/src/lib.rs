@@ -8,6 +8,7 @@
 //! `http::respond`. The config every request reads is one immutable `config::Snapshot`
 //! swapped atomically by `reload`; `admin` serves health, metrics and the config dump.
 
+pub mod access_log;
 pub mod admin;
 pub mod authz;
 pub mod config;

@@ -189,6 +189,8 @@ pub struct UpstreamBody {
     deadline: Option<Pin<Box<Sleep>>>,
     cut: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
     exchange: Option<Exchange>,
+    /// The access log entry, written when this body is dropped (sent or abandoned).
+    log: Option<crate::access_log::Pending>,
 }
 
 impl UpstreamBody {
@@ -207,6 +209,7 @@ impl UpstreamBody {
                 deadline: None,
                 cut: None,
                 exchange: None,
+                log: None,
             };
         }
         Self {
@@ -217,13 +220,28 @@ impl UpstreamBody {
             deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
             cut: streaming.then(|| Box::pin(route.life.cut())),
             exchange: Some(exchange),
+            log: None,
         }
+    }
+
+    /// Counts the bytes sent into `pending` and writes it when the body is done.
+    pub fn log_on_end(&mut self, pending: crate::access_log::Pending) {
+        self.log = Some(pending);
     }
 
     fn settle(&mut self, clean: bool) {
         if let Some(mut ex) = self.exchange.take() {
             ex.clean = clean;
         }
+    }
+
+    /// Settles a failed body, noting why in the access log.
+    fn fail(&mut self, err: BodyError) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        self.settle(false);
+        if let Some(p) = self.log.as_mut() {
+            p.entry.error = Some(err.to_string());
+        }
+        Poll::Ready(Some(Err(err)))
     }
 }
 
@@ -236,27 +254,25 @@ impl Body for UpstreamBody {
         if let Some(d) = this.deadline.as_mut()
             && d.as_mut().poll(cx).is_ready()
         {
-            this.settle(false);
-            return Poll::Ready(Some(Err(BodyError::Deadline)));
+            return this.fail(BodyError::Deadline);
         }
         if let Some(c) = this.cut.as_mut()
             && c.as_mut().poll(cx).is_ready()
         {
-            this.settle(false);
-            return Poll::Ready(Some(Err(BodyError::RouteRemoved)));
+            return this.fail(BodyError::RouteRemoved);
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 this.progressed = true;
+                if let (Some(p), Some(d)) = (this.log.as_mut(), frame.data_ref()) {
+                    p.entry.bytes += d.len() as u64;
+                }
                 if this.inner.is_end_stream() {
                     this.settle(true);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => {
-                this.settle(false);
-                Poll::Ready(Some(Err(BodyError::Upstream(e))))
-            }
+            Poll::Ready(Some(Err(e))) => this.fail(BodyError::Upstream(e)),
             Poll::Ready(None) => {
                 this.settle(true);
                 Poll::Ready(None)
@@ -272,8 +288,7 @@ impl Body for UpstreamBody {
                 if let Some(t) = this.idle.as_mut()
                     && t.as_mut().poll(cx).is_ready()
                 {
-                    this.settle(false);
-                    return Poll::Ready(Some(Err(BodyError::IdleTimeout)));
+                    return this.fail(BodyError::IdleTimeout);
                 }
                 Poll::Pending
             }

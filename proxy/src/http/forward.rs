@@ -2,6 +2,7 @@
 //! injection, pick a backend, rewrite headers, get a response head from the cluster
 //! (`attempts`: tries, retries, hedges), and stream the response back.
 
+use crate::access_log;
 use crate::authz;
 use crate::config::Snapshot;
 use crate::http::attempts::{self, Plan};
@@ -57,8 +58,40 @@ pub fn audit_denied(
 }
 
 /// Forwards one request and returns the response to write (never fails: errors become
-/// responses via [`error_response`]).
-pub async fn handle(mut req: Request<Incoming>, ctx: &ConnCtx) -> Response<ProxyBody> {
+/// responses via [`error_response`]), and writes its access log line when the config has
+/// an access log.
+pub async fn handle(req: Request<Incoming>, ctx: &ConnCtx) -> Response<ProxyBody> {
+    let Some(log) = ctx.config.load().access_log.clone() else {
+        return forward(req, ctx, &mut None).await;
+    };
+    let mut entry = Some(access_log::Entry::new(&req, &ctx.listener, ctx.peer.ip, ctx.peer_id.as_ref()));
+    let mut resp = forward(req, ctx, &mut entry).await;
+    if let Some(mut entry) = entry {
+        entry.status = resp.status().as_u16();
+        let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok());
+        entry.error = header(crate::http::respond::ERROR_HEADER).map(str::to_owned);
+        entry.attempts = header(ATTEMPTS_HEADER).and_then(|v| v.parse().ok());
+        let pending = access_log::Pending { entry, log };
+        match resp.body_mut() {
+            // Written when the body has been sent (or abandoned), with its final size.
+            ProxyBody::Upstream(body) => body.log_on_end(pending),
+            // A body the proxy made: written now, as `pending` drops.
+            ProxyBody::Full(b) => {
+                let mut pending = pending;
+                pending.entry.bytes = b.as_ref().map_or(0, |b| b.len() as u64);
+            }
+        }
+    }
+    resp
+}
+
+/// The request path proper; `log` (set when the access log is on) learns the route, the
+/// cluster, the request ID and the endpoint as they are decided.
+async fn forward(
+    mut req: Request<Incoming>,
+    ctx: &ConnCtx,
+    log: &mut Option<Box<access_log::Entry>>,
+) -> Response<ProxyBody> {
     let started = std::time::Instant::now();
     // Routing, authorization and the upstream all see one normalized path, so `/api/../admin`
     // cannot pass a `/api/*` rule and reach `/admin`.
@@ -116,6 +149,10 @@ pub async fn handle(mut req: Request<Incoming>, ctx: &ConnCtx) -> Response<Proxy
         }
     };
     let (index, backend) = route.pick_backend();
+    if let Some(e) = log.as_deref_mut() {
+        e.route = Some(route.name.clone());
+        e.cluster = Some(backend.cluster.name.clone());
+    }
     let fail = |err: ForwardError, tries: Option<u32>| {
         let mut resp = error_response(&err);
         if let Some(n) = tries {
@@ -146,6 +183,9 @@ pub async fn handle(mut req: Request<Incoming>, ctx: &ConnCtx) -> Response<Proxy
     let key = cluster.hash_key(req.headers(), ctx.peer.ip);
     headers::prepare_request(&mut req, &ctx.peer, wire);
     route.request_headers.apply(req.headers_mut());
+    if let Some(e) = log.as_deref_mut() {
+        e.request_id = req.headers().get(&headers::X_REQUEST_ID).cloned();
+    }
     let deadline = route.timeout.map(|t| Instant::now() + t);
 
     // Retries and hedges need the body again: keep it in memory when it is small enough.
@@ -168,6 +208,9 @@ pub async fn handle(mut req: Request<Incoming>, ctx: &ConnCtx) -> Response<Proxy
         Err((e, tries)) => return fail(e, counted.then_some(tries)),
     };
 
+    if let Some(e) = log.as_deref_mut() {
+        e.upstream = Some(sent.lease.endpoint().addr);
+    }
     let (mut parts, body) = sent.response.into_parts();
     // The downstream connection decides its own version; an HTTP/1.0 upstream must not turn
     // the client's keep-alive connection into a 1.0 one.

@@ -1,0 +1,204 @@
+//! The JSON access log (DESIGN §7): one line per HTTP request, written when its response has
+//! ended (so the duration and byte count are final), to stdout or to a file. Workers hand
+//! finished lines to a bounded queue drained by one writer thread, so a slow disk never
+//! stalls request handling; when the queue is full a line is dropped and counted in
+//! `trellis_access_log_dropped_total` rather than blocking.
+
+use crate::telemetry;
+use http::{HeaderValue, Method, Request, Version};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Instant, SystemTime};
+
+/// Lines waiting for the writer; beyond this they are dropped.
+const QUEUE: usize = 16 * 1024;
+
+/// Where lines go.
+#[derive(Debug)]
+pub struct AccessLog {
+    path: String,
+    tx: SyncSender<String>,
+}
+
+impl AccessLog {
+    /// The log for `path` (`stdout` or a file, appended to and created if missing). One
+    /// writer per path for the life of the process, shared by every config that names it, so
+    /// reloads neither reopen the file nor interleave two writers.
+    pub fn open(path: &str) -> std::io::Result<Arc<AccessLog>> {
+        static OPEN: OnceLock<Mutex<HashMap<String, Arc<AccessLog>>>> = OnceLock::new();
+        let mut open = OPEN.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(log) = open.get(path) {
+            return Ok(log.clone());
+        }
+        let out: Box<dyn Write + Send> = if path == "stdout" {
+            Box::new(std::io::stdout())
+        } else {
+            Box::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?)
+        };
+        let (tx, rx) = sync_channel(QUEUE);
+        std::thread::Builder::new().name("trellis-access-log".into()).spawn(move || write_lines(rx, out))?;
+        let log = Arc::new(AccessLog { path: path.to_owned(), tx });
+        open.insert(path.to_owned(), log.clone());
+        Ok(log)
+    }
+
+    /// Queues one finished entry.
+    pub fn write(&self, entry: &Entry) {
+        let mut line = match serde_json::to_string(&entry.line()) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot encode an access log line");
+                return;
+            }
+        };
+        line.push('\n');
+        match self.tx.try_send(line) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                metrics::counter!(telemetry::ACCESS_LOG_DROPPED_TOTAL).increment(1);
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                metrics::counter!(telemetry::ACCESS_LOG_DROPPED_TOTAL).increment(1);
+                tracing::warn!(path = %self.path, "the access log writer has stopped");
+            }
+        }
+    }
+}
+
+/// The writer thread: writes what is queued, flushes whenever the queue runs dry.
+fn write_lines(rx: Receiver<String>, out: Box<dyn Write + Send>) {
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
+    while let Ok(line) = rx.recv() {
+        let mut result = out.write_all(line.as_bytes());
+        while let (Ok(()), Ok(more)) = (&result, rx.try_recv()) {
+            result = out.write_all(more.as_bytes());
+        }
+        if let Err(e) = result.and_then(|()| out.flush()) {
+            tracing::warn!(error = %e, "cannot write the access log");
+        }
+    }
+}
+
+/// What is known about one request, filled in as it goes through the proxy.
+#[derive(Debug)]
+pub struct Entry {
+    at: SystemTime,
+    started: Instant,
+    listener: Arc<str>,
+    method: Method,
+    path: String,
+    authority: Option<String>,
+    version: Version,
+    peer: IpAddr,
+    peer_id: Option<Arc<str>>,
+    pub request_id: Option<HeaderValue>,
+    pub route: Option<Arc<str>>,
+    pub cluster: Option<Arc<str>>,
+    pub upstream: Option<SocketAddr>,
+    pub status: u16,
+    /// The `x-trellis-error` of a response the proxy made, or why a body stopped early.
+    pub error: Option<String>,
+    pub attempts: Option<u32>,
+    /// Response body bytes sent downstream.
+    pub bytes: u64,
+}
+
+impl Entry {
+    /// Starts an entry for `req`, arriving on `listener` from `peer`.
+    pub fn new<B>(req: &Request<B>, listener: &Arc<str>, peer: IpAddr, peer_id: Option<&Arc<str>>) -> Box<Entry> {
+        Box::new(Entry {
+            at: SystemTime::now(),
+            started: Instant::now(),
+            listener: listener.clone(),
+            method: req.method().clone(),
+            path: req.uri().path_and_query().map_or_else(|| req.uri().path().to_owned(), |p| p.as_str().to_owned()),
+            authority: Some(crate::http::router::request_host(req.uri(), req.headers()).to_owned())
+                .filter(|h| !h.is_empty()),
+            version: req.version(),
+            peer,
+            peer_id: peer_id.cloned(),
+            request_id: req.headers().get(&crate::http::headers::X_REQUEST_ID).cloned(),
+            route: None,
+            cluster: None,
+            upstream: None,
+            status: 0,
+            error: None,
+            attempts: None,
+            bytes: 0,
+        })
+    }
+
+    fn line(&self) -> Line<'_> {
+        let at = time::OffsetDateTime::from(self.at);
+        Line {
+            time: at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+            listener: &self.listener,
+            method: self.method.as_str(),
+            path: &self.path,
+            authority: self.authority.as_deref(),
+            protocol: match self.version {
+                Version::HTTP_2 => "HTTP/2",
+                Version::HTTP_10 => "HTTP/1.0",
+                _ => "HTTP/1.1",
+            },
+            status: self.status,
+            duration_ms: self.started.elapsed().as_secs_f64() * 1000.0,
+            bytes_sent: self.bytes,
+            peer: self.peer,
+            peer_id: self.peer_id.as_deref(),
+            request_id: self.request_id.as_ref().and_then(|v| v.to_str().ok()),
+            route: self.route.as_deref(),
+            cluster: self.cluster.as_deref(),
+            upstream: self.upstream,
+            attempts: self.attempts,
+            error: self.error.as_deref(),
+        }
+    }
+}
+
+/// One line's JSON.
+#[derive(Serialize)]
+struct Line<'a> {
+    time: String,
+    listener: &'a str,
+    method: &'a str,
+    path: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    authority: Option<&'a str>,
+    protocol: &'static str,
+    status: u16,
+    duration_ms: f64,
+    bytes_sent: u64,
+    peer: IpAddr,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peer_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    route: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstream: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attempts: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+}
+
+/// An entry waiting for its response body to end, and the log it goes to.
+#[derive(Debug)]
+pub struct Pending {
+    pub entry: Box<Entry>,
+    pub log: Arc<AccessLog>,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.log.write(&self.entry);
+    }
+}

@@ -1,0 +1,136 @@
+//! The JSON access log (DESIGN §7), from the real binary: one line per request with the
+//! route, cluster, endpoint, status, size and request ID; proxy-made errors and bodies cut
+//! short say why; an unusable path is a config error naming the field.
+
+mod common;
+
+use common::*;
+use http::Request;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn config(listen: SocketAddr, log: &Path, origin: SocketAddr, silent: SocketAddr) -> String {
+    format!(
+        r#"admin: {{ address: "{{admin}}" }}
+access_log: {{ path: "{log}" }}
+listeners:
+  - {{ name: edge, address: "{listen}", routes: [api, quiet, gone] }}
+routes:
+  - {{ name: api, match: {{ path_prefix: /api }}, backends: [{{ cluster: app }}] }}
+  - {{ name: quiet, match: {{ path_prefix: /quiet }}, backends: [{{ cluster: silent }}], idle_timeout: 200ms }}
+  - {{ name: gone, match: {{ path_prefix: /gone }}, backends: [{{ cluster: refused }}] }}
+clusters:
+  - {{ name: app, endpoints: [{{ address: "{origin}" }}] }}
+  - {{ name: silent, endpoints: [{{ address: "{silent}" }}] }}
+  - {{ name: refused, endpoints: [{{ address: "127.0.0.1:{refused}" }}] }}
+"#,
+        log = log.display(),
+        refused = free_port(),
+    )
+}
+
+/// The log's lines as JSON, once at least `n` are there (lines are written off the request
+/// path, so they may lag the response a little).
+async fn lines(log: &Path, n: usize) -> Vec<serde_json::Value> {
+    for _ in 0..100 {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let got: Vec<serde_json::Value> =
+            text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
+        if got.len() >= n {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("fewer than {n} lines in {}:\n{}", log.display(), std::fs::read_to_string(log).unwrap_or_default());
+}
+
+fn line_for<'a>(lines: &'a [serde_json::Value], path: &str, protocol: &str) -> &'a serde_json::Value {
+    lines
+        .iter()
+        .find(|l| l["path"] == path && l["protocol"] == protocol)
+        .unwrap_or_else(|| panic!("no {protocol} line for {path} in {lines:#?}"))
+}
+
+#[tokio::test]
+async fn every_request_gets_one_json_line() {
+    bounded(LIMIT, async {
+        let origin = Origin::echo("app").await;
+        // Answers with a head and then nothing: the route's idle timeout cuts the body.
+        let silent = Origin::start(|_req| async {
+            let (_tx, body) = chan_body();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                drop(_tx);
+            });
+            http::Response::builder().header("content-type", "text/event-stream").body(body).unwrap()
+        })
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("access.log");
+        let listen = listen_addr();
+        let proxy = Proxy::start(&config(listen, &log, origin.addr, silent.addr));
+
+        let mut h1 = Client::h1(listen).await;
+        let ok = h1.fetch(Request::post("/api/orders?id=7").body(full("hello")).unwrap()).await;
+        assert_eq!(ok.status, 200);
+        let seen_id = ok.json()["headers"]["x-request-id"].as_str().unwrap().to_owned();
+        assert_eq!(h1.get("/nowhere").await.status, 404);
+        assert_eq!(h1.get("/gone").await.status, 502);
+        let mut h2 = Client::h2(listen).await;
+        let ok2 = h2.fetch(Request::get("/api/h2").header("x-request-id", "mine-1").body(full("")).unwrap()).await;
+        assert_eq!(ok2.status, 200);
+        let cut = h2.send(Request::get("/quiet").body(full("")).unwrap()).await.unwrap();
+        assert_eq!(cut.status(), 200);
+        let _ = http_body_util::BodyExt::collect(cut.into_body()).await;
+
+        let lines = lines(&log, 5).await;
+        assert_eq!(lines.len(), 5, "{lines:#?}");
+
+        let l = line_for(&lines, "/api/orders?id=7", "HTTP/1.1");
+        assert_eq!(l["method"], "POST");
+        assert_eq!(l["status"], 200);
+        assert_eq!(l["listener"], "edge");
+        assert_eq!(l["route"], "api");
+        assert_eq!(l["cluster"], "app");
+        assert_eq!(l["upstream"], origin.addr.to_string());
+        assert_eq!(l["request_id"], seen_id.as_str(), "the ID the upstream saw");
+        assert_eq!(l["bytes_sent"], ok.body.len() as u64);
+        assert_eq!(l["peer"], "127.0.0.1");
+        assert!(l["duration_ms"].as_f64().unwrap() > 0.0, "{l}");
+        assert!(l["time"].as_str().unwrap().ends_with('Z'), "RFC 3339 UTC: {l}");
+        assert!(l.get("error").is_none() && l.get("peer_id").is_none(), "{l}");
+
+        let l = line_for(&lines, "/nowhere", "HTTP/1.1");
+        assert_eq!((l["status"].as_u64(), l["error"].as_str()), (Some(404), Some("no route")), "{l}");
+        assert!(l.get("route").is_none(), "{l}");
+
+        let l = line_for(&lines, "/gone", "HTTP/1.1");
+        assert_eq!(l["status"], 502);
+        assert_eq!((l["route"].as_str(), l["cluster"].as_str()), (Some("gone"), Some("refused")), "{l}");
+        assert!(l["error"].as_str().is_some_and(|e| !e.is_empty()), "{l}");
+
+        let l = line_for(&lines, "/api/h2", "HTTP/2");
+        assert_eq!((l["status"].as_u64(), l["request_id"].as_str()), (Some(200), Some("mine-1")), "{l}");
+
+        let l = line_for(&lines, "/quiet", "HTTP/2");
+        assert_eq!(l["status"], 200);
+        assert!(l["error"].as_str().is_some_and(|e| e.contains("idle")), "a cut body says why: {l}");
+        assert!(l["duration_ms"].as_f64().unwrap() >= 150.0, "logged when the body ended: {l}");
+        drop(proxy);
+    })
+    .await;
+}
+
+#[test]
+fn an_unusable_log_path_is_a_config_error_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("t.yaml");
+    let yaml = format!("access_log: {{ path: \"{}/no/such/dir/access.log\" }}\nlisteners: []\n", dir.path().display());
+    std::fs::write(&cfg, yaml).unwrap();
+    let (code, out) = trellis(&["proxy", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("access_log.path"), "{out}");
+}
