@@ -1,5 +1,6 @@
 //! The JSON access log (DESIGN §7): one line per HTTP request, written when its response has
-//! ended (so the duration and byte count are final), to stdout or to a file. Workers hand
+//! ended (so the duration and byte count are final), and one per L4 connection when it
+//! closes, to stdout or to a file. Workers hand
 //! finished lines to a bounded queue drained by one writer thread, so a slow disk never
 //! stalls request handling; when the queue is full a line is dropped and counted in
 //! `trellis_access_log_dropped_total` rather than blocking.
@@ -46,9 +47,30 @@ impl AccessLog {
         Ok(log)
     }
 
-    /// Queues one finished entry.
+    /// Queues one finished request.
     pub fn write(&self, entry: &Entry) {
-        let mut line = match serde_json::to_string(&entry.line()) {
+        self.queue(&entry.line());
+    }
+
+    /// Queues one closed L4 connection.
+    pub fn write_l4(&self, e: &L4Entry) {
+        self.queue(&L4Line {
+            time: rfc3339(e.at),
+            listener: &e.listener,
+            protocol: "TCP",
+            duration_ms: e.started.elapsed().as_secs_f64() * 1000.0,
+            bytes_received: e.bytes_received,
+            bytes_sent: e.bytes_sent,
+            peer: e.peer,
+            peer_id: e.peer_id.as_deref(),
+            cluster: &e.cluster,
+            upstream: e.upstream,
+            error: e.error.as_deref(),
+        });
+    }
+
+    fn queue(&self, line: &impl Serialize) {
+        let mut line = match serde_json::to_string(line) {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot encode an access log line");
@@ -133,9 +155,8 @@ impl Entry {
     }
 
     fn line(&self) -> Line<'_> {
-        let at = time::OffsetDateTime::from(self.at);
         Line {
-            time: at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+            time: rfc3339(self.at),
             listener: &self.listener,
             method: self.method.as_str(),
             path: &self.path,
@@ -188,6 +209,63 @@ struct Line<'a> {
     attempts: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'a str>,
+}
+
+/// One L4 (`protocol: tcp`) connection, logged when it closes.
+#[derive(Debug)]
+pub struct L4Entry {
+    at: SystemTime,
+    started: Instant,
+    listener: Arc<str>,
+    peer: IpAddr,
+    peer_id: Option<Arc<str>>,
+    cluster: Arc<str>,
+    pub upstream: Option<SocketAddr>,
+    /// Bytes from the client to the upstream, and back.
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    /// Why the connection could not be forwarded, or how it broke.
+    pub error: Option<String>,
+}
+
+impl L4Entry {
+    pub fn new(listener: &Arc<str>, peer: IpAddr, peer_id: Option<&Arc<str>>, cluster: &Arc<str>) -> L4Entry {
+        L4Entry {
+            at: SystemTime::now(),
+            started: Instant::now(),
+            listener: listener.clone(),
+            peer,
+            peer_id: peer_id.cloned(),
+            cluster: cluster.clone(),
+            upstream: None,
+            bytes_received: 0,
+            bytes_sent: 0,
+            error: None,
+        }
+    }
+}
+
+/// One L4 line's JSON.
+#[derive(Serialize)]
+struct L4Line<'a> {
+    time: String,
+    listener: &'a str,
+    protocol: &'static str,
+    duration_ms: f64,
+    bytes_received: u64,
+    bytes_sent: u64,
+    peer: IpAddr,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peer_id: Option<&'a str>,
+    cluster: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstream: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+}
+
+fn rfc3339(at: SystemTime) -> String {
+    time::OffsetDateTime::from(at).format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }
 
 /// An entry waiting for its response body to end, and the log it goes to.

@@ -200,6 +200,7 @@ async fn accept_loop(
         while conns.try_join_next().is_some() {}
         let snap = config.load();
         let Some(listener) = snap.listener(&name).cloned() else { continue };
+        let access_log = snap.access_log.clone();
         drop(snap);
         let _ = stream.set_nodelay(true);
         let gauge = gauge.clone();
@@ -211,7 +212,7 @@ async fn accept_loop(
                 l4.open.fetch_add(1, Ordering::AcqRel);
                 let name = name.clone();
                 conns.spawn(async move {
-                    serve_tcp(stream, peer, &name, &listener, cluster).await;
+                    serve_tcp(stream, peer, &name, &listener, cluster, access_log).await;
                     gauge.decrement(1.0);
                     if l4.open.fetch_sub(1, Ordering::AcqRel) == 1 {
                         l4.idle.notify_waiters();
@@ -295,20 +296,23 @@ async fn serve_http(
 async fn serve_tcp(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
-    name: &str,
+    name: &Arc<str>,
     listener: &Listener,
     cluster: Arc<crate::upstream::Cluster>,
+    log: Option<Arc<crate::access_log::AccessLog>>,
 ) {
     let Some(tls) = listener.server_tls.clone() else {
         if authorized_l4(listener, name, None, peer) {
-            crate::tcp::forward(stream, peer.ip(), cluster).await;
+            let client = crate::tcp::Client { listener: name, ip: peer.ip(), peer_id: None };
+            crate::tcp::forward(stream, client, cluster, log).await;
         }
         return;
     };
     let Some(stream) = crate::tls::accept(stream, tls, listener.header_timeout(), name).await else { return };
     let peer_id = if listener.mesh { crate::tls::mesh::peer_id(stream.get_ref().1.peer_certificates()) } else { None };
     if authorized_l4(listener, name, peer_id.as_deref(), peer) {
-        crate::tcp::forward(stream, peer.ip(), cluster).await;
+        let client = crate::tcp::Client { listener: name, ip: peer.ip(), peer_id: peer_id.as_ref() };
+        crate::tcp::forward(stream, client, cluster, log).await;
     }
 }
 

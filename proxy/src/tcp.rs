@@ -1,33 +1,69 @@
 //! L4 forwarding for `protocol: tcp` listeners: one upstream connection per client
-//! connection, bytes copied both ways until either side closes.
+//! connection (TCP, or TLS per the cluster, through the same breakers as HTTP), bytes copied
+//! both ways until either side closes, then one access log line when the bootstrap has one.
 
-use crate::upstream::Cluster;
+use crate::access_log::{AccessLog, L4Entry};
+use crate::resilience::outlier::Outcome;
+use crate::upstream::{Cluster, pool};
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 
-/// Forwards `client` to an endpoint of `cluster`; closes it if none can be reached.
-pub async fn forward<S: AsyncRead + AsyncWrite + Unpin>(mut client: S, client_ip: IpAddr, cluster: Arc<Cluster>) {
-    let key = cluster.hash_key(&http::HeaderMap::new(), client_ip);
-    let Some(ep) = cluster.pick(key, None) else {
-        tracing::debug!(cluster = %cluster.name, "tcp: no endpoint");
-        return;
-    };
-    let connect = tokio::time::timeout(ep.settings.connect_timeout, TcpStream::connect(ep.addr)).await;
-    let mut upstream = match connect {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            tracing::debug!(cluster = %cluster.name, error = %e, "tcp: connect failed");
-            return;
+/// Who is connecting, for routing and the access log.
+pub struct Client<'a> {
+    pub listener: &'a Arc<str>,
+    pub ip: IpAddr,
+    pub peer_id: Option<&'a Arc<str>>,
+}
+
+/// Forwards `stream` to an endpoint of `cluster`; closes it if none can be reached.
+pub async fn forward<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    client: Client<'_>,
+    cluster: Arc<Cluster>,
+    log: Option<Arc<AccessLog>>,
+) {
+    let mut entry = log.as_ref().map(|_| L4Entry::new(client.listener, client.ip, client.peer_id, &cluster.name));
+    let key = cluster.hash_key(&http::HeaderMap::new(), client.ip);
+    match cluster.pick(key, None) {
+        None => {
+            tracing::debug!(cluster = %cluster.name, "tcp: no endpoint");
+            if let Some(e) = entry.as_mut() {
+                e.error = Some(format!("no healthy endpoint in cluster {}", cluster.name));
+            }
         }
-        Err(_) => {
-            tracing::debug!(cluster = %cluster.name, "tcp: connect timed out");
-            return;
+        Some(ep) => {
+            let ep = ep.clone();
+            if let Some(e) = entry.as_mut() {
+                e.upstream = Some(ep.addr);
+            }
+            match pool::connect_l4(&ep).await {
+                Err(err) => {
+                    tracing::debug!(cluster = %cluster.name, error = %err, "tcp: connect failed");
+                    if matches!(err, pool::UpstreamError::Connect { .. } | pool::UpstreamError::ConnectTimeout(_)) {
+                        cluster.record(&ep, Outcome::ConnectFailure);
+                    }
+                    if let Some(e) = entry.as_mut() {
+                        e.error = Some(err.to_string());
+                    }
+                }
+                Ok(mut upstream) => {
+                    ep.active.fetch_add(1, Ordering::Relaxed);
+                    ep.total.fetch_add(1, Ordering::Relaxed);
+                    let copied = tokio::io::copy_bidirectional(&mut stream, &mut upstream.io).await;
+                    ep.active.fetch_sub(1, Ordering::Relaxed);
+                    if let Some(e) = entry.as_mut() {
+                        match copied {
+                            Ok((up, down)) => (e.bytes_received, e.bytes_sent) = (up, down),
+                            Err(err) => e.error = Some(err.to_string()),
+                        }
+                    }
+                }
+            }
         }
-    };
-    let _ = upstream.set_nodelay(true);
-    ep.active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-    ep.active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    if let (Some(log), Some(e)) = (log, entry) {
+        log.write_l4(&e);
+    }
 }

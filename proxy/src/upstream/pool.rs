@@ -198,9 +198,32 @@ async fn send_h1(ep: &Endpoint, mut req: Request<RequestBody>) -> Result<(Respon
     Ok((resp, sender))
 }
 
+/// A connection for L4 (`protocol: tcp`) forwarding: TCP, or TLS per the cluster's `tls`,
+/// holding one `max_connections` unit until dropped.
+pub struct L4Conn {
+    pub io: MaybeTls,
+    _slot: ConnSlot,
+}
+
+/// Connects to `ep` for L4 forwarding, with the same breakers, timeouts and TLS (mesh
+/// identity check included) as HTTP connections to the cluster.
+pub async fn connect_l4(ep: &Endpoint) -> Result<L4Conn, UpstreamError> {
+    let io = connect_tcp(ep, Wire::Http1).await?;
+    Ok(L4Conn { io: io.into_inner(), _slot: ConnSlot(ep.counts.clone()) })
+}
+
+/// One `max_connections` unit, given back when dropped.
+struct ConnSlot(Arc<crate::resilience::breaker::Counts>);
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.0.release(Threshold::MaxConnections);
+    }
+}
+
 /// Opens a TCP connection under the cluster's `max_connections` and `max_pending`
 /// thresholds. On success the caller owns one `max_connections` unit, to be released by
-/// [`spawn_conn`] when the connection ends (or at once if the handshake fails).
+/// [`spawn_conn`] (or [`L4Conn`]) when the connection ends, or at once if a handshake fails.
 async fn connect_tcp(ep: &Endpoint, wire: Wire) -> Result<TokioIo<MaybeTls>, UpstreamError> {
     let addr = ep.addr;
     let limits = ep.settings.limits.as_ref();
