@@ -1,0 +1,67 @@
+//! Helpers that look at a running proxy: its memory, metrics samples and time bounds.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use super::*;
+
+/// A field of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`, …).
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':')?.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// The value of the first Prometheus sample named `name` whose labels include every pair of
+/// `labels` (exposition text format, as served by admin `/metrics`).
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
+        let (series, value) = line.trim().rsplit_once(' ')?;
+        let (n, rest) = match series.split_once('{') {
+            Some((n, r)) => (n, r.strip_suffix('}')?),
+            None => (series, ""),
+        };
+        if n != name {
+            return None;
+        }
+        let have = prometheus_labels(rest);
+        if labels.iter().all(|(k, v)| have.iter().any(|(hk, hv)| hk == k && hv == v)) {
+            value.parse().ok()
+        } else {
+            None
+        }
+    })
+}
+
+/// `a="x",b="y"` → pairs (handles `\"`, `\\` and `\n` escapes).
+pub fn prometheus_labels(s: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = s;
+    while let Some((k, after)) = rest.split_once("=\"") {
+        let mut v = String::new();
+        let mut end = after.len();
+        let mut chars = after.char_indices();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some((_, e)) = chars.next() {
+                        v.push(if e == 'n' { '\n' } else { e });
+                    }
+                }
+                '"' => {
+                    end = i + 1;
+                    break;
+                }
+                _ => v.push(c),
+            }
+        }
+        out.push((k.trim_start_matches(',').trim().to_owned(), v));
+        rest = &after[end..];
+    }
+    out
+}
+
+/// Runs `f` under a hard time bound so a hung proxy fails the test instead of the suite.
+pub async fn bounded<F: Future<Output = ()>>(limit: Duration, f: F) {
+    tokio::time::timeout(limit, f).await.expect("test exceeded its time bound");
+}
