@@ -1,35 +1,24 @@
 //! L4 (`protocol: tcp`) forwarding from the real binary: a TCP sidecar pair carries raw
 //! bytes over mTLS with the server's SPIFFE ID checked, a wrong identity never gets a byte
 //! through, and each closed connection writes one access log line.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
 use common::*;
+use http_body_util::BodyExt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use trellis_certs::Ca;
 
-const FRONTEND: &str = "spiffe://trellis.local/ns/default/sa/frontend";
+include!("support/mesh_helpers.rs");
+
 const DB: &str = "spiffe://trellis.local/ns/default/sa/db";
 const LIMIT: Duration = Duration::from_secs(30);
-
-/// A TCP echo server.
-async fn tcp_echo() -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = l.accept().await else { continue };
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    addr
-}
 
 /// Sends `msg` over a fresh connection to `addr`, half-closes, and returns all that came back.
 async fn exchange(addr: SocketAddr, msg: &[u8]) -> Vec<u8> {
@@ -72,7 +61,7 @@ async fn tcp_sidecar_pair_carries_bytes_over_mtls_and_logs_each_connection() {
         ring_provider();
         let dir = tempfile::tempdir().unwrap();
         let ca = trellis_certs::Ca::init(dir.path().join("ca"), false).unwrap();
-        let echo = tcp_echo().await;
+        let (echo, _echo_task) = tcp_echo().await;
         let (inbound, outbound, wrong) = (listen_addr(), listen_addr(), listen_addr());
         let log = dir.path().join("outbound.log");
         let inbound_yaml = format!(

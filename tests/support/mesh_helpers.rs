@@ -1,0 +1,224 @@
+// Helpers shared by mtls.rs and mtls_rotation.rs (included, not a test crate of its own).
+
+const FRONTEND: &str = "spiffe://trellis.local/ns/default/sa/frontend";
+const CHECKOUT: &str = "spiffe://trellis.local/ns/default/sa/checkout";
+const INTRUDER: &str = "spiffe://trellis.local/ns/default/sa/intruder";
+
+/// A root CA and its files in a temp dir.
+struct Pki {
+    dir: tempfile::TempDir,
+    ca: Ca,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        ring_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::init(dir.path().join("ca"), false).unwrap();
+        Pki { dir, ca }
+    }
+
+    /// `DIR/ca/ca.pem`.
+    fn bundle(&self) -> PathBuf {
+        Ca::cert_path(self.dir.path().join("ca"))
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Issues `id` (plus DNS SANs) to `DIR/NAME.pem` + `DIR/NAME.key`.
+    fn issue(&self, name: &str, id: &str, dns: &[&str]) -> (PathBuf, PathBuf) {
+        let prefix = self.path(name);
+        issue_to(&self.ca, id, dns, &prefix);
+        pem_key(&prefix)
+    }
+}
+
+fn identity_yaml(cert: &Path, key: &Path, bundle: &Path) -> String {
+    format!(
+        "identity: {{ cert: \"{}\", key: \"{}\", trust_bundle: \"{}\" }}\n",
+        cert.display(),
+        key.display(),
+        bundle.display()
+    )
+}
+
+/// A server-side sidecar: mesh listeners `(name, address, policy)` in front of an HTTP/1.1
+/// app; policy `authz` lets the frontend GET/POST `/api/*`, `open` lets any mesh peer in.
+fn inbound_config(identity: &str, listeners: &[(&str, SocketAddr, Option<&str>)], app: SocketAddr) -> String {
+    let mut y = format!("admin: {{ address: \"{{admin}}\" }}\ndrain_timeout: 1s\n{identity}listeners:\n");
+    for (name, addr, policy) in listeners {
+        y.push_str(&format!("  - name: {name}\n    address: \"{addr}\"\n    tls: {{ mode: mesh }}\n"));
+        if let Some(p) = policy {
+            y.push_str(&format!("    policy: {p}\n"));
+        }
+        y.push_str("    routes: [local]\n");
+    }
+    y.push_str(&format!(
+        r#"routes:
+  - name: local
+    match: {{ path_prefix: / }}
+    backends: [{{ cluster: app }}]
+clusters:
+  - name: app
+    protocol: http1
+    endpoints: [{{ address: "{app}" }}]
+policies:
+  - name: authz
+    default: deny
+    rules:
+      - from: [{FRONTEND}]
+        paths: ["/api/*"]
+        methods: [GET, POST]
+  - name: open
+    default: allow
+"#
+    ));
+    y
+}
+
+/// A client-side sidecar: plaintext listener `outbound` → mTLS HTTP/2 to `inbound`, whose
+/// SPIFFE ID must be `expect`.
+fn outbound_config(identity: &str, listen: SocketAddr, inbound: SocketAddr, expect: &str) -> String {
+    format!(
+        r#"admin: {{ address: "{{admin}}" }}
+drain_timeout: 1s
+{identity}listeners:
+  - name: outbound
+    address: "{listen}"
+    routes: [mesh]
+routes:
+  - name: mesh
+    match: {{ path_prefix: / }}
+    backends: [{{ cluster: checkout }}]
+clusters:
+  - name: checkout
+    protocol: http2
+    tls: {{ mode: mesh, identity: "{expect}" }}
+    endpoints: [{{ address: "{inbound}" }}]
+"#
+    )
+}
+
+/// A test client presenting `PREFIX.pem`/`PREFIX.key` (any server certificate accepted).
+fn mesh_client(identity: Option<(PathBuf, PathBuf)>) -> Arc<rustls::ClientConfig> {
+    tls_client_config(&TlsClientOpts { identity, alpn: vec![b"http/1.1".to_vec()], ..Default::default() })
+}
+
+/// Established TCP connections (IPv4) whose remote port is `port`, from /proc/net/tcp.
+fn established_to(port: u16) -> usize {
+    let text = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    text.lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3
+                && f[3] == "01"
+                && f[2].rsplit_once(':').and_then(|(_, p)| u16::from_str_radix(p, 16).ok()) == Some(port)
+        })
+        .count()
+}
+
+fn unix(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+const DENIED: &str = "trellis_authz_denied_total";
+const HS_ERRORS: &str = "trellis_tls_handshake_errors_total";
+const EXPIRY: &str = "trellis_tls_cert_expiry_timestamp_seconds";
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// Runs `tasks` client loops against a mesh listener until `stop_at`: each opens a fresh
+/// TLS connection, sends up to 5 GETs on it, and starts over. Returns (ok, failures).
+fn mesh_load(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    tasks: usize,
+    stop_at: Instant,
+) -> Vec<tokio::task::JoinHandle<(usize, Vec<String>)>> {
+    (0..tasks)
+        .map(|_| {
+            let config = config.clone();
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0, Vec::new());
+                for _ in 0..10_000 {
+                    if Instant::now() >= stop_at {
+                        break;
+                    }
+                    match TlsConn::open(addr, config.clone(), "checkout").await {
+                        Ok(mut c) => {
+                            for _ in 0..5 {
+                                match c.get("/api/load").await {
+                                    Ok(g) if g.status == 200 => ok += 1,
+                                    Ok(g) => failed.push(format!("status {}: {}", g.status, g.text())),
+                                    Err(e) => failed.push(e),
+                                }
+                            }
+                        }
+                        Err(e) => failed.push(e),
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                (ok, failed)
+            })
+        })
+        .collect()
+}
+
+async fn load_results(tasks: Vec<tokio::task::JoinHandle<(usize, Vec<String>)>>) -> (usize, Vec<String>) {
+    let (mut ok, mut failed) = (0, Vec::new());
+    for t in tasks {
+        let (o, f) = t.await.unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    (ok, failed)
+}
+
+/// The SHA-256 of the leaf a fresh handshake gets.
+async fn presented(addr: SocketAddr, config: &Arc<rustls::ClientConfig>) -> Result<String, String> {
+    TlsConn::open(addr, config.clone(), "checkout").await.map(|c| c.seen.leaf.sha256)
+}
+
+/// A TCP echo server: writes back whatever it reads.
+async fn tcp_echo() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else { continue };
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// Over a fresh mTLS connection: writes `ping`, returns what came back before EOF/error (5 s).
+async fn tls_ping(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> Result<Vec<u8>, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let work = async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        let name = rustls::pki_types::ServerName::try_from("checkout").unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.map_err(|e| e.to_string())?;
+        tls.write_all(b"ping").await.map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 4];
+        let mut got = Vec::new();
+        while got.len() < 4 {
+            match tls.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if got.is_empty() => return Err(e.to_string()),
+                Err(_) => break,
+            }
+        }
+        Ok(got)
+    };
+    tokio::time::timeout(secs(5), work).await.map_err(|_| "timed out".to_owned())?
+}
