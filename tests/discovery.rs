@@ -251,3 +251,71 @@ async fn two_proxies_get_only_the_listeners_of_their_service() {
     })
     .await;
 }
+
+/// A cluster of `n` endpoints: `n - 1` with weight 0 (never picked, never connected to)
+/// and one real one, `live`, with weight 1.
+fn many_endpoints(n: u32, live: SocketAddr) -> serde_json::Value {
+    let mut eps: Vec<serde_json::Value> = (1..n)
+        .map(|i| serde_json::json!({ "address": format!("10.255.{}.{}:9", i >> 8, i & 255), "weight": 0 }))
+        .collect();
+    eps.push(serde_json::json!({ "address": live.to_string() }));
+    serde_json::json!({ "lb": "round_robin", "endpoints": eps })
+}
+
+/// `GET /v1/proxies` entry of `id`.
+fn proxy_status(cp: &ControlPlane, id: &str) -> serde_json::Value {
+    let all: serde_json::Value = serde_json::from_str(&admin_get(cp.api, "/v1/proxies").unwrap().1).unwrap();
+    all["proxies"].as_array().unwrap().iter().find(|p| p["id"] == id).cloned().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_endpoint_of_a_large_cluster_changes_as_a_delta_and_is_routed_to_within_a_second() {
+    within(Duration::from_secs(60), async {
+        let (cp, _dir) = ControlPlane::fresh();
+        let (a, b) = (Origin::echo("a").await, Origin::echo("b").await);
+        let listen = listen_addr();
+        let got = cp.put("clusters", "many", many_endpoints(2_000, a.addr)).await;
+        assert!(got.status.is_success(), "{}", got.text());
+        route_to(&cp, "many").await;
+        let got =
+            cp.put("listeners", "web", serde_json::json!({ "address": listen.to_string(), "routes": ["r"] })).await;
+        assert!(got.status.is_success(), "{}", got.text());
+        let proxy = blocking(|| Proxy::start(&cp.bootstrap("web-0", "web")));
+        assert_eq!(origin_at(listen).await, "a");
+        let first = proxy_status(&cp, "web-0");
+        assert!(first["bytes_sent"].as_u64().unwrap() > 50_000, "the whole set first: {first}");
+
+        // The live endpoint moves (a pod replaced): one endpoint of 2,000 changes.
+        let got = cp.put("clusters", "many", many_endpoints(2_000, b.addr)).await;
+        assert!(got.status.is_success(), "{}", got.text());
+        let took = until_origin(listen, "b", Duration::from_secs(1)).await;
+        assert!(took < Duration::from_secs(1), "took {took:?}");
+
+        // It travelled as that endpoint only: one resource, one removed name, a few hundred bytes.
+        let status = within(Duration::from_secs(2), async {
+            loop {
+                let s = proxy_status(&cp, "web-0");
+                if s["acked_version"] == s["sent_version"] && s["pushes"].as_u64() > first["pushes"].as_u64() {
+                    return s;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        let push = &status["last_push"];
+        assert_eq!((push["resources"].as_u64(), push["removed"].as_u64()), (Some(1), Some(1)), "{status}");
+        assert!(push["bytes"].as_u64().unwrap() < 500, "{status}");
+
+        // The proxy holds the same effective cluster as if it had been sent whole.
+        let dump: serde_json::Value = serde_json::from_str(&admin_get(proxy.admin, "/config_dump").unwrap().1).unwrap();
+        let cluster = dump["config"]["clusters"].as_array().unwrap().iter().find(|c| c["name"] == "many").unwrap();
+        let eps = cluster["endpoints"].as_array().unwrap();
+        assert_eq!(eps.len(), 2_000);
+        assert_eq!(cluster["lb"], "round_robin");
+        let live: Vec<&serde_json::Value> = eps.iter().filter(|e| e["weight"] == 1).collect();
+        assert_eq!(live.len(), 1);
+        assert_eq!(live[0]["address"], b.addr.to_string());
+        assert!(!eps.iter().any(|e| e["address"] == a.addr.to_string()));
+    })
+    .await;
+}

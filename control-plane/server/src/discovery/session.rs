@@ -1,7 +1,8 @@
 //! One proxy's stream: the whole view first, then debounced deltas; ACKs and NACKs are
-//! matched to responses by nonce and recorded in the registry.
+//! matched to responses by nonce and recorded in the registry. What the proxy was sent is
+//! the shared view it was last brought to (plus the keys a NACK left unknown), not a copy.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,15 +11,16 @@ use tokio::time::Instant;
 use tonic::{Status, Streaming};
 use trellis_api::discovery::{DiscoveryRequest, DiscoveryResponse, ResourceType};
 
-use super::registry::{Endpoints, NodeInfo, Registry, StreamId};
-use super::view::{self, Key, Subscriptions};
+use super::cache::Views;
+use super::registry::{Endpoints, NodeInfo, Push, Registry, StreamId};
+use super::view::{self, Delta, Key, Subscriptions, View};
 use crate::store::Store;
 
 /// A push waits until changes have been quiet this long…
 const QUIET: Duration = Duration::from_millis(50);
 /// …but no longer than this after the first change it carries.
 const MAX_DELAY: Duration = Duration::from_millis(500);
-/// Responses remembered for matching ACK/NACK nonces.
+/// Unanswered responses remembered for matching ACK/NACK nonces.
 const NONCES: usize = 16;
 
 /// The response stream went away (the proxy disconnected).
@@ -28,20 +30,21 @@ struct Closed;
 struct Pending {
     nonce: String,
     version: u64,
-    /// What it added/updated and removed, to undo in `sent` if it is refused.
-    updated: Vec<Key>,
-    removed: Vec<Key>,
+    /// What it carried (shared with the other streams it went to), to forget if refused.
+    delta: Arc<Delta>,
 }
 
 pub struct Session {
-    store: Arc<Store>,
+    views: Arc<Views>,
     registry: Arc<Registry>,
     stream: StreamId,
     node: NodeInfo,
     subs: Subscriptions,
-    /// What the proxy was sent: key → version.
-    sent: BTreeMap<Key, String>,
-    /// Recent responses, oldest first.
+    /// The view the proxy was last brought to…
+    sent: Arc<View>,
+    /// …except these keys, whose copy on the proxy is unknown after a NACK.
+    dirty: BTreeSet<Key>,
+    /// Unanswered responses, oldest first.
     pending: VecDeque<Pending>,
     store_rx: watch::Receiver<u64>,
     endpoints_rx: watch::Receiver<Arc<Endpoints>>,
@@ -51,7 +54,8 @@ pub struct Session {
 impl Session {
     /// Registers the proxy and takes the first request's subscriptions.
     pub fn new(
-        store: Arc<Store>,
+        store: &Store,
+        views: Arc<Views>,
         registry: Arc<Registry>,
         node: NodeInfo,
         first: &DiscoveryRequest,
@@ -63,12 +67,13 @@ impl Session {
         let mut subs = Subscriptions::default();
         subs.update(first);
         Session {
-            store,
+            views,
             registry,
             stream,
             node,
             subs,
-            sent: BTreeMap::new(),
+            sent: Arc::default(),
+            dirty: BTreeSet::new(),
             pending: VecDeque::new(),
             store_rx,
             endpoints_rx,
@@ -139,19 +144,21 @@ impl Session {
     /// view may have changed.
     fn on_request(&mut self, req: &DiscoveryRequest) -> bool {
         if !req.response_nonce.is_empty() {
-            match self.pending.iter().find(|p| p.nonce == req.response_nonce) {
-                Some(p) if req.error.is_empty() => self.registry.acked(self.stream, p.version),
-                Some(p) => {
-                    tracing::warn!(id = %self.node.id, version = p.version, error = %req.error, "proxy refused an update");
-                    self.registry.nacked(self.stream, p.version, req.error.clone());
-                    // The proxy kept its previous config: forget that it got these, so the
-                    // next push (after the next change, not at once: the same content would
-                    // fail again) carries them again.
-                    for key in &p.updated {
-                        self.sent.remove(key);
-                    }
-                    for key in &p.removed {
-                        self.sent.insert(key.clone(), String::new());
+            match self.pending.iter().position(|p| p.nonce == req.response_nonce) {
+                Some(i) => {
+                    // The proxy answers in order: older unanswered responses never will be.
+                    let mut answered = self.pending.drain(..=i);
+                    let p = answered.next_back().expect("drained up to i");
+                    drop(answered);
+                    if req.error.is_empty() {
+                        self.registry.acked(self.stream, p.version);
+                    } else {
+                        tracing::warn!(id = %self.node.id, version = p.version, error = %req.error, "proxy refused an update");
+                        self.registry.nacked(self.stream, p.version, req.error.clone());
+                        // The proxy kept its previous config: what this response carried is
+                        // unknown there now, so the next push (after the next change, not at
+                        // once: the same content would fail again) sends or removes it again.
+                        self.dirty.extend(p.delta.keys());
                     }
                 }
                 None => tracing::debug!(id = %self.node.id, nonce = %req.response_nonce, "unknown nonce"),
@@ -163,38 +170,51 @@ impl Session {
     /// Sends what changed in the proxy's view since the last response (everything, the
     /// first time — even nothing, so the proxy knows it is in sync).
     async fn push(&mut self, tx: &mpsc::Sender<Result<DiscoveryResponse, Status>>, first: bool) -> Result<(), Closed> {
-        let snap = self.store.snapshot();
+        // Mark the changes seen before reading the view, so none is missed.
         self.store_rx.borrow_and_update();
-        let endpoints = self.endpoints_rx.borrow_and_update().clone();
-        let mut view = view::compute(&snap, &endpoints, self.node.service.as_deref());
-        self.subs.filter(&mut view);
-        let (resources, removed) = match view::delta(&mut self.sent, &view) {
-            Some(delta) => delta,
-            None if first => (Vec::new(), Vec::new()),
-            None => return Ok(()),
+        self.endpoints_rx.borrow_and_update();
+        let service = self.node.service.as_deref();
+        let shared = self.views.current(service);
+        let (view, delta) = if !self.subs.is_all() {
+            // A narrowed proxy holds its own copy of its part of the view.
+            let mut view = self.subs.filter(&shared);
+            view.id = self.views.fresh_id();
+            let delta = Arc::new(view::delta(&self.sent, &self.dirty, &view));
+            (Arc::new(view), delta)
+        } else if self.dirty.is_empty() {
+            let delta = self.views.delta(service, &self.sent, &shared);
+            (shared, delta)
+        } else {
+            let delta = Arc::new(view::delta(&self.sent, &self.dirty, &shared));
+            (shared, delta)
         };
-        let version = snap.revision();
+        self.sent = view.clone();
+        self.dirty.clear();
+        if delta.is_empty() && !first {
+            return Ok(());
+        }
+        let version = view.revision;
         let nonce = format!("{:016x}", fastrand::u64(..));
         if self.pending.len() == NONCES {
             self.pending.pop_front();
         }
-        let key = |t: i32, name: &str| (ResourceType::try_from(t).unwrap_or_default(), name.to_string());
-        self.pending.push_back(Pending {
-            nonce: nonce.clone(),
-            version,
-            updated: resources.iter().map(|r| key(r.r#type, &r.name)).collect(),
-            removed: removed.iter().map(|r| key(r.r#type, &r.name)).collect(),
-        });
-        tracing::debug!(id = %self.node.id, version, updated = resources.len(), removed = removed.len(), "push");
+        self.pending.push_back(Pending { nonce: nonce.clone(), version, delta: delta.clone() });
         let response = DiscoveryResponse {
             r#type: ResourceType::Unspecified as i32,
             system_version: version.to_string(),
             nonce,
-            resources,
-            removed,
+            resources: delta.resources.clone(),
+            removed: delta.removed.clone(),
         };
+        let push = Push {
+            version,
+            resources: response.resources.len(),
+            removed: response.removed.len(),
+            bytes: prost::Message::encoded_len(&response),
+        };
+        tracing::debug!(id = %self.node.id, version, updated = push.resources, removed = push.removed, bytes = push.bytes, "push");
         tx.send(Ok(response)).await.map_err(|_| Closed)?;
-        self.registry.sent(self.stream, version);
+        self.registry.sent(self.stream, push);
         Ok(())
     }
 }
