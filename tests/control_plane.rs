@@ -498,6 +498,44 @@ async fn a_burst_of_writes_is_coalesced_into_few_pushes() {
     cp.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_response_comes_in_parts_with_one_nonce() {
+    let cp = Cp::start().await;
+    let eps: Vec<Value> =
+        (0..2_000).map(|i| json!({ "address": format!("10.0.{}.{}:8080", i >> 8, i & 255) })).collect();
+    cp.ok_put("/v1/clusters/big", json!({ "endpoints": eps })).await;
+    cp.ok_put("/v1/routes/to-big", json!({ "backends": [{ "cluster": "big" }] })).await;
+    cp.ok_put("/v1/listeners/out", json!({ "address": "127.0.0.1:4140", "routes": ["to-big"] })).await;
+    let mut a = Xds::connect(cp.xds(), node("gw", "", ""), None).await.unwrap();
+    let mut parts = vec![a.next(Duration::from_secs(2)).await.unwrap()];
+    while parts.last().unwrap().more {
+        parts.push(a.next(Duration::from_secs(2)).await.expect("the next part"));
+    }
+    assert!(parts.len() > 2, "{} parts", parts.len());
+    let (nonce, version) = (&parts[0].nonce, &parts[0].system_version);
+    for p in &parts {
+        assert_eq!((&p.nonce, &p.system_version), (nonce, version));
+        assert!(prost::Message::encoded_len(p) < 40 << 10, "{} bytes", prost::Message::encoded_len(p));
+    }
+    let total: usize = parts.iter().map(|p| p.resources.len()).sum();
+    assert_eq!(total, 3 + 2_000);
+    // One answer for the whole.
+    a.answer(parts.last().unwrap(), "").await;
+    let acked = within(Duration::from_secs(2), async {
+        loop {
+            let p = cp.proxy("gw").await.unwrap();
+            if !p["acked_version"].is_null() {
+                return p;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(acked["acked_version"].to_string(), *version);
+    assert_eq!((acked["pushes"].as_u64(), acked["last_push"]["resources"].as_u64()), (Some(1), Some(2_003)));
+    cp.stop().await;
+}
+
 // ---------- the real binary ----------
 
 /// A running `trellis control-plane`, killed on drop.

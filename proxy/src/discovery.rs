@@ -227,7 +227,21 @@ async fn session(
     tracing::info!(address, node = %node.id, "connected to the control plane");
     // Resubscribing after a reconnect starts from nothing: the server sends the full view.
     *dynamic = Dynamic::default();
-    while let Some(resp) = responses.message().await.map_err(|e| format!("stream: {e}"))? {
+    // The parts of a large response received so far (`more`): applied together, answered once.
+    let mut parts: Option<DiscoveryResponse> = None;
+    while let Some(part) = responses.message().await.map_err(|e| format!("stream: {e}"))? {
+        let resp = match parts.take() {
+            Some(mut so_far) => {
+                so_far.resources.extend(part.resources);
+                so_far.removed.extend(part.removed);
+                DiscoveryResponse { more: part.more, nonce: part.nonce, system_version: part.system_version, ..so_far }
+            }
+            None => part,
+        };
+        if resp.more {
+            parts = Some(resp);
+            continue;
+        }
         let result = dynamic.with(&resp).map_err(|e| e.to_string()).and_then(|next| {
             match reloader.apply_dynamic(next.clone()) {
                 Ok(v) => Ok((next, v)),

@@ -80,10 +80,16 @@ async fn stream(xds: String, i: usize, fleet: Arc<Fleet>) -> anyhow::Result<()> 
     tx.send(DiscoveryRequest { node: Some(node.clone()), ..Default::default() }).await?;
     let reqs = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
     let mut resp = client.stream(reqs).await?.into_inner();
+    let mut bytes = 0;
     while let Some(r) = resp.message().await? {
+        // A large response comes in parts (`more`); it counts, and is answered, as one.
+        bytes += prost::Message::encoded_len(&r) as u64;
+        if r.more {
+            continue;
+        }
         let now = Instant::now();
         let v: u64 = r.system_version.parse().unwrap_or(0);
-        fleet.bytes[i].store(prost::Message::encoded_len(&r) as u64, Ordering::Relaxed);
+        fleet.bytes[i].store(std::mem::take(&mut bytes), Ordering::Relaxed);
         fleet.seen.lock().await.push((v, now));
         tx.send(DiscoveryRequest {
             node: Some(node.clone()),

@@ -4,8 +4,9 @@
 //! a [`session`] task sends the proxy's whole view and, after every store or endpoint change
 //! (debounced), only the delta. [`registry`] keeps per-proxy status and sidecar endpoints;
 //! [`view`] is the pure "what does this proxy get" function; [`cache`] shares views and
-//! deltas between the streams of a service.
+//! deltas between the streams of a service; [`budget`] bounds the responses in flight.
 
+mod budget;
 mod cache;
 mod registry;
 mod session;
@@ -26,6 +27,10 @@ use crate::store::Store;
 pub use registry::{EndpointSet, Endpoints, Nack, NodeInfo, ProxyStatus, Push, Registered, Registry};
 pub use view::ClusterParts;
 
+/// Bytes of responses in flight across every stream (see [`budget`]): a few large
+/// responses at a time, while small deltas pass at once.
+const RESPONSE_BUDGET: usize = 16 << 20;
+
 /// How long a new stream may take to send its first request.
 const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -33,6 +38,7 @@ const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Server {
     store: Arc<Store>,
     views: Arc<cache::Views>,
+    budget: Arc<budget::Budget>,
     registry: Arc<Registry>,
     token: Option<Arc<Token>>,
     /// Turns true when the control plane stops: every session ends its stream.
@@ -47,7 +53,8 @@ impl Server {
         shutdown: watch::Receiver<bool>,
     ) -> Server {
         let views = Arc::new(cache::Views::new(store.clone(), registry.subscribe()));
-        Server { store, views, registry, token, shutdown }
+        let budget = Arc::new(budget::Budget::new(RESPONSE_BUDGET));
+        Server { store, views, budget, registry, token, shutdown }
     }
 }
 
@@ -78,6 +85,7 @@ impl Discovery for Server {
         let session = session::Session::new(
             &self.store,
             self.views.clone(),
+            self.budget.clone(),
             self.registry.clone(),
             node,
             &first,

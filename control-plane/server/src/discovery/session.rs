@@ -9,8 +9,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tonic::{Status, Streaming};
-use trellis_api::discovery::{DiscoveryRequest, DiscoveryResponse, ResourceType};
+use trellis_api::discovery::{DiscoveryRequest, DiscoveryResponse, RemovedResource, Resource, ResourceType};
 
+use super::budget::{Budget, Held};
 use super::cache::Views;
 use super::registry::{Endpoints, NodeInfo, Push, Registry, StreamId};
 use super::view::{self, Delta, Key, Subscriptions, View};
@@ -22,6 +23,9 @@ const QUIET: Duration = Duration::from_millis(50);
 const MAX_DELAY: Duration = Duration::from_millis(500);
 /// Unanswered responses remembered for matching ACK/NACK nonces.
 const NONCES: usize = 16;
+/// A response larger than this goes as several messages (`more`): tonic keeps, per stream,
+/// an encode buffer the size of the largest message sent on it.
+const PART_BYTES: usize = 32 << 10;
 
 /// The response stream went away (the proxy disconnected).
 struct Closed;
@@ -32,10 +36,13 @@ struct Pending {
     version: u64,
     /// What it carried (shared with the other streams it went to), to forget if refused.
     delta: Arc<Delta>,
+    /// Its share of the in-flight budget, given back when it is answered.
+    held: Option<Held>,
 }
 
 pub struct Session {
     views: Arc<Views>,
+    budget: Arc<Budget>,
     registry: Arc<Registry>,
     stream: StreamId,
     node: NodeInfo,
@@ -56,6 +63,7 @@ impl Session {
     pub fn new(
         store: &Store,
         views: Arc<Views>,
+        budget: Arc<Budget>,
         registry: Arc<Registry>,
         node: NodeInfo,
         first: &DiscoveryRequest,
@@ -68,6 +76,7 @@ impl Session {
         subs.update(first);
         Session {
             views,
+            budget,
             registry,
             stream,
             node,
@@ -198,25 +207,59 @@ impl Session {
         if self.pending.len() == NONCES {
             self.pending.pop_front();
         }
-        self.pending.push_back(Pending { nonce: nonce.clone(), version, delta: delta.clone() });
-        let response = DiscoveryResponse {
-            r#type: ResourceType::Unspecified as i32,
-            system_version: version.to_string(),
-            nonce,
-            resources: delta.resources.clone(),
-            removed: delta.removed.clone(),
-        };
-        let push = Push {
-            version,
-            resources: response.resources.len(),
-            removed: response.removed.len(),
-            bytes: prost::Message::encoded_len(&response),
-        };
+        // Give back what earlier responses hold first: this stream cannot read their
+        // answers while it waits, and must not wait on itself.
+        for p in &mut self.pending {
+            p.held = None;
+        }
+        let held = self.budget.take(delta.size).await;
+        self.pending.push_back(Pending { nonce: nonce.clone(), version, delta: delta.clone(), held: Some(held) });
+        let mut push = Push { version, resources: delta.resources.len(), removed: delta.removed.len(), bytes: 0 };
+        // Parts are made one at a time as the channel takes them, so a stream never holds
+        // more than a few parts of a large response.
+        let mut parts = parts(&delta, PART_BYTES).peekable();
+        while let Some((resources, removed)) = parts.next() {
+            let response = DiscoveryResponse {
+                r#type: ResourceType::Unspecified as i32,
+                system_version: version.to_string(),
+                nonce: nonce.clone(),
+                resources: resources.to_vec(),
+                removed: removed.to_vec(),
+                more: parts.peek().is_some(),
+            };
+            push.bytes += prost::Message::encoded_len(&response);
+            tx.send(Ok(response)).await.map_err(|_| Closed)?;
+        }
         tracing::debug!(id = %self.node.id, version, updated = push.resources, removed = push.removed, bytes = push.bytes, "push");
-        tx.send(Ok(response)).await.map_err(|_| Closed)?;
         self.registry.sent(self.stream, push);
         Ok(())
     }
+}
+
+/// `delta` cut into parts of about `max` encoded bytes (at least one part, maybe empty):
+/// resources first, then removed names.
+fn parts(delta: &Delta, max: usize) -> impl Iterator<Item = (&[Resource], &[RemovedResource])> {
+    let mut cuts = Vec::new();
+    let (mut start, mut size) = (0, 0);
+    let sizes = delta
+        .resources
+        .iter()
+        .map(prost::Message::encoded_len)
+        .chain(delta.removed.iter().map(prost::Message::encoded_len));
+    for (i, s) in sizes.enumerate() {
+        if size > 0 && size + s > max {
+            cuts.push(start..i);
+            (start, size) = (i, 0);
+        }
+        size += s + 4;
+    }
+    cuts.push(start..delta.resources.len() + delta.removed.len());
+    let n = delta.resources.len();
+    cuts.into_iter().map(move |r| {
+        let resources = &delta.resources[r.start.min(n)..r.end.min(n)];
+        let removed = &delta.removed[r.start.max(n) - n..r.end.max(n) - n];
+        (resources, removed)
+    })
 }
 
 /// The new deadline of a pending push after one more change.
@@ -236,5 +279,29 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_deltas_are_cut_into_parts_in_order() {
+        let res = |i: usize| Resource { name: format!("c/10.0.0.{i}:80"), body: "x".repeat(100), ..Default::default() };
+        let gone = |i: usize| RemovedResource { name: format!("c/10.1.0.{i}:80"), ..Default::default() };
+        let delta = Delta { resources: (0..100).map(res).collect(), removed: (0..50).map(gone).collect(), size: 0 };
+        let parts: Vec<_> = parts(&delta, 2_000).collect();
+        assert!(parts.len() > 5, "{}", parts.len());
+        let all: Vec<&Resource> = parts.iter().flat_map(|(r, _)| r.iter()).collect();
+        let removed: Vec<&RemovedResource> = parts.iter().flat_map(|(_, r)| r.iter()).collect();
+        assert_eq!((all.len(), removed.len()), (100, 50));
+        assert!(all.iter().zip(&delta.resources).all(|(a, b)| *a == b));
+        for (r, g) in &parts {
+            let size: usize = r.iter().map(prost::Message::encoded_len).sum::<usize>()
+                + g.iter().map(prost::Message::encoded_len).sum::<usize>();
+            assert!(size <= 2_000, "{size}");
+        }
+        assert_eq!(super::parts(&Delta::default(), 2_000).count(), 1, "an empty delta is one (empty) part");
     }
 }

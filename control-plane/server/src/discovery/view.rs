@@ -194,6 +194,8 @@ impl Subscriptions {
 pub struct Delta {
     pub resources: Vec<Resource>,
     pub removed: Vec<RemovedResource>,
+    /// About the encoded size of a response carrying it.
+    pub size: usize,
 }
 
 impl Delta {
@@ -228,7 +230,7 @@ pub fn delta(sent: &View, dirty: &BTreeSet<Key>, view: &View) -> Delta {
             version: e.version.to_string(),
             body: e.body.to_string(),
         })
-        .collect();
+        .collect::<Vec<_>>();
     let gone = |key: &&Key| !view.entries.contains_key(*key);
     let removed = sent
         .entries
@@ -236,8 +238,11 @@ pub fn delta(sent: &View, dirty: &BTreeSet<Key>, view: &View) -> Delta {
         .filter(gone)
         .chain(dirty.iter().filter(|k| !sent.entries.contains_key(*k)).filter(gone))
         .map(|(t, name)| RemovedResource { r#type: *t as i32, name: name.to_string() })
-        .collect();
-    Delta { resources, removed }
+        .collect::<Vec<_>>();
+    // Each entry also costs a tag and a length prefix in the response: a few bytes.
+    let size = resources.iter().map(|r| prost::Message::encoded_len(r) + 4).sum::<usize>()
+        + removed.iter().map(|r| prost::Message::encoded_len(r) + 4).sum::<usize>();
+    Delta { resources, removed, size }
 }
 
 #[cfg(test)]
