@@ -372,8 +372,12 @@ async fn a_rest_write_reaches_the_proxy_as_a_delta_within_a_second() {
     let v = cp.ok_put("/v1/clusters/b", cluster(9000)).await;
     let delta = a.next(Duration::from_secs(1)).await.expect("a delta within 1 s");
     eprintln!("delta after {:?}", started.elapsed());
+    // The cluster's settings did not change, its endpoint list did: one ENDPOINTS resource.
     assert_eq!(delta.resources.len(), 1, "only what changed: {delta:?}");
-    assert_eq!((delta.resources[0].name.as_str(), delta.resources[0].version.clone()), ("b", v.to_string()));
+    assert_eq!(
+        (delta.resources[0].name.as_str(), delta.resources[0].version.clone()),
+        ("b/127.0.0.1:9000", v.to_string())
+    );
     assert_eq!(delta.system_version, v.to_string());
     assert_ne!(delta.nonce, first.nonce);
 
@@ -386,7 +390,7 @@ async fn a_rest_write_reaches_the_proxy_as_a_delta_within_a_second() {
     let delta = a.next(Duration::from_secs(1)).await.unwrap();
     let mut removed: Vec<String> = delta.removed.iter().map(|r| r.name.clone()).collect();
     removed.sort();
-    assert_eq!(removed, ["b", "in-a", "to-b"]);
+    assert_eq!(removed, ["b", "b/127.0.0.1:9000", "in-a", "to-b"], "the cluster leaves with its endpoints");
 
     a.answer(&delta, "").await;
     let acked = within(Duration::from_secs(2), async {
@@ -432,7 +436,8 @@ async fn a_nack_shows_in_proxies() {
     assert!(a.next(Duration::from_millis(300)).await.is_none(), "no retry loop");
     cp.ok_put("/v1/clusters/b", cluster(9000)).await;
     let again = a.next(Duration::from_secs(1)).await.unwrap();
-    assert_eq!(again.resources.len(), 3, "{again:?}");
+    // The three refused (in-a, to-b, b) and b's new endpoint.
+    assert_eq!(again.resources.len(), 4, "{again:?}");
     a.answer(&again, "").await;
     cp.stop().await;
 }
@@ -451,9 +456,9 @@ async fn sidecar_endpoints_come_and_go_after_the_grace_period() {
     let mut sidecar = Xds::connect(cp.xds(), node("web-0", "web", "127.0.0.1:18080"), None).await.unwrap();
     sidecar.next(Duration::from_secs(2)).await.unwrap();
     let push = gw.next(Duration::from_secs(1)).await.expect("endpoints pushed");
-    assert_eq!(names(&push, ResourceType::Endpoints), ["web"]);
+    assert_eq!(names(&push, ResourceType::Endpoints), ["web/127.0.0.1:18080"]);
     let body: Value = serde_json::from_str(&push.resources[0].body).unwrap();
-    assert_eq!(body, json!([{ "address": "127.0.0.1:18080", "weight": 1, "zone": "z1" }]));
+    assert_eq!(body, json!({ "address": "127.0.0.1:18080", "weight": 1, "zone": "z1", "registered": true }));
     let p = cp.proxy("web-0").await.unwrap();
     assert_eq!((p["connected"].clone(), p["inbound_address"].clone()), (json!(true), json!("127.0.0.1:18080")));
 
@@ -463,7 +468,10 @@ async fn sidecar_endpoints_come_and_go_after_the_grace_period() {
     let push = gw.next(Duration::from_secs(3)).await.expect("endpoint removed after the grace");
     eprintln!("endpoint removed {:?} after the stream ended", gone.elapsed());
     assert_eq!(push.removed.len(), 1);
-    assert_eq!((push.removed[0].r#type, push.removed[0].name.as_str()), (ResourceType::Endpoints as i32, "web"));
+    assert_eq!(
+        (push.removed[0].r#type, push.removed[0].name.as_str()),
+        (ResourceType::Endpoints as i32, "web/127.0.0.1:18080")
+    );
     assert_eq!(cp.proxy("web-0").await.unwrap()["connected"], false);
     cp.stop().await;
 }
@@ -486,8 +494,45 @@ async fn a_burst_of_writes_is_coalesced_into_few_pushes() {
     assert!(!pushes.is_empty() && pushes.len() <= 5, "{} pushes", pushes.len());
     let final_push = pushes.last().unwrap();
     assert_eq!(final_push.system_version, last.to_string());
-    let b: Value = serde_json::from_str(&final_push.resources[0].body).unwrap();
-    assert_eq!(b["endpoints"][0]["address"], "127.0.0.1:9019");
+    assert_eq!(names(final_push, ResourceType::Endpoints), ["b/127.0.0.1:9019"]);
+    cp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_response_comes_in_parts_with_one_nonce() {
+    let cp = Cp::start().await;
+    let eps: Vec<Value> =
+        (0..2_000).map(|i| json!({ "address": format!("10.0.{}.{}:8080", i >> 8, i & 255) })).collect();
+    cp.ok_put("/v1/clusters/big", json!({ "endpoints": eps })).await;
+    cp.ok_put("/v1/routes/to-big", json!({ "backends": [{ "cluster": "big" }] })).await;
+    cp.ok_put("/v1/listeners/out", json!({ "address": "127.0.0.1:4140", "routes": ["to-big"] })).await;
+    let mut a = Xds::connect(cp.xds(), node("gw", "", ""), None).await.unwrap();
+    let mut parts = vec![a.next(Duration::from_secs(2)).await.unwrap()];
+    while parts.last().unwrap().more {
+        parts.push(a.next(Duration::from_secs(2)).await.expect("the next part"));
+    }
+    assert!(parts.len() > 2, "{} parts", parts.len());
+    let (nonce, version) = (&parts[0].nonce, &parts[0].system_version);
+    for p in &parts {
+        assert_eq!((&p.nonce, &p.system_version), (nonce, version));
+        assert!(prost::Message::encoded_len(p) < 40 << 10, "{} bytes", prost::Message::encoded_len(p));
+    }
+    let total: usize = parts.iter().map(|p| p.resources.len()).sum();
+    assert_eq!(total, 3 + 2_000);
+    // One answer for the whole.
+    a.answer(parts.last().unwrap(), "").await;
+    let acked = within(Duration::from_secs(2), async {
+        loop {
+            let p = cp.proxy("gw").await.unwrap();
+            if !p["acked_version"].is_null() {
+                return p;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(acked["acked_version"].to_string(), *version);
+    assert_eq!((acked["pushes"].as_u64(), acked["last_push"]["resources"].as_u64()), (Some(1), Some(2_003)));
     cp.stop().await;
 }
 

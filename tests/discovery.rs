@@ -251,3 +251,183 @@ async fn two_proxies_get_only_the_listeners_of_their_service() {
     })
     .await;
 }
+
+/// A cluster of `n` endpoints: `n - 1` with weight 0 (never picked, never connected to)
+/// and one real one, `live`, with weight 1.
+fn many_endpoints(n: u32, live: SocketAddr) -> serde_json::Value {
+    let mut eps: Vec<serde_json::Value> = (1..n)
+        .map(|i| serde_json::json!({ "address": format!("10.255.{}.{}:9", i >> 8, i & 255), "weight": 0 }))
+        .collect();
+    eps.push(serde_json::json!({ "address": live.to_string() }));
+    serde_json::json!({ "lb": "round_robin", "endpoints": eps })
+}
+
+/// `GET /v1/proxies` entry of `id`.
+fn proxy_status(cp: &ControlPlane, id: &str) -> serde_json::Value {
+    let all: serde_json::Value = serde_json::from_str(&admin_get(cp.api, "/v1/proxies").unwrap().1).unwrap();
+    all["proxies"].as_array().unwrap().iter().find(|p| p["id"] == id).cloned().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_endpoint_of_a_large_cluster_changes_as_a_delta_and_is_routed_to_within_a_second() {
+    within(Duration::from_secs(60), async {
+        let (cp, _dir) = ControlPlane::fresh();
+        let (a, b) = (Origin::echo("a").await, Origin::echo("b").await);
+        let listen = listen_addr();
+        let got = cp.put("clusters", "many", many_endpoints(2_000, a.addr)).await;
+        assert!(got.status.is_success(), "{}", got.text());
+        route_to(&cp, "many").await;
+        let got =
+            cp.put("listeners", "web", serde_json::json!({ "address": listen.to_string(), "routes": ["r"] })).await;
+        assert!(got.status.is_success(), "{}", got.text());
+        let proxy = blocking(|| Proxy::start(&cp.bootstrap("web-0", "web")));
+        assert_eq!(origin_at(listen).await, "a");
+        let first = proxy_status(&cp, "web-0");
+        assert!(first["bytes_sent"].as_u64().unwrap() > 50_000, "the whole set first: {first}");
+
+        // The live endpoint moves (a pod replaced): one endpoint of 2,000 changes.
+        let got = cp.put("clusters", "many", many_endpoints(2_000, b.addr)).await;
+        assert!(got.status.is_success(), "{}", got.text());
+        let took = until_origin(listen, "b", Duration::from_secs(1)).await;
+        assert!(took < Duration::from_secs(1), "took {took:?}");
+
+        // It travelled as that endpoint only: one resource, one removed name, a few hundred bytes.
+        let status = within(Duration::from_secs(2), async {
+            loop {
+                let s = proxy_status(&cp, "web-0");
+                if s["acked_version"] == s["sent_version"] && s["pushes"].as_u64() > first["pushes"].as_u64() {
+                    return s;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        let push = &status["last_push"];
+        assert_eq!((push["resources"].as_u64(), push["removed"].as_u64()), (Some(1), Some(1)), "{status}");
+        assert!(push["bytes"].as_u64().unwrap() < 500, "{status}");
+
+        // The proxy holds the same effective cluster as if it had been sent whole.
+        let dump: serde_json::Value = serde_json::from_str(&admin_get(proxy.admin, "/config_dump").unwrap().1).unwrap();
+        let cluster = dump["config"]["clusters"].as_array().unwrap().iter().find(|c| c["name"] == "many").unwrap();
+        let eps = cluster["endpoints"].as_array().unwrap();
+        assert_eq!(eps.len(), 2_000);
+        assert_eq!(cluster["lb"], "round_robin");
+        let live: Vec<&serde_json::Value> = eps.iter().filter(|e| e["weight"] == 1).collect();
+        assert_eq!(live.len(), 1);
+        assert_eq!(live[0]["address"], b.addr.to_string());
+        assert!(!eps.iter().any(|e| e["address"] == a.addr.to_string()));
+    })
+    .await;
+}
+
+/// A stand-in control plane for what the real one never sends: it plays `responses` in
+/// order on the first stream, one after each answer, and hands every answer to the test.
+struct Scripted {
+    responses: std::sync::Mutex<Vec<trellis_api::discovery::DiscoveryResponse>>,
+    answers: tokio::sync::mpsc::UnboundedSender<trellis_api::discovery::DiscoveryRequest>,
+}
+
+type ResponseStream = std::pin::Pin<
+    Box<dyn futures_util::Stream<Item = Result<trellis_api::discovery::DiscoveryResponse, tonic::Status>> + Send>,
+>;
+
+#[tonic::async_trait]
+impl trellis_api::discovery::discovery_server::Discovery for Scripted {
+    type StreamStream = ResponseStream;
+
+    async fn stream(
+        &self,
+        request: tonic::Request<tonic::Streaming<trellis_api::discovery::DiscoveryRequest>>,
+    ) -> Result<tonic::Response<ResponseStream>, tonic::Status> {
+        let mut inbound = request.into_inner();
+        let script = std::mem::take(&mut *self.responses.lock().unwrap());
+        let answers = self.answers.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let _first = inbound.message().await;
+            for r in script {
+                if tx.send(Ok(r)).await.is_err() {
+                    return;
+                }
+                match inbound.message().await {
+                    Ok(Some(answer)) => drop(answers.send(answer)),
+                    _ => return,
+                }
+            }
+            // Hold the stream open so the proxy does not reconnect.
+            while let Ok(Some(_)) = inbound.message().await {}
+        });
+        let out = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+        Ok(tonic::Response::new(Box::pin(out)))
+    }
+}
+
+async fn next(
+    answers: &mut tokio::sync::mpsc::UnboundedReceiver<trellis_api::discovery::DiscoveryRequest>,
+) -> trellis_api::discovery::DiscoveryRequest {
+    tokio::time::timeout(Duration::from_secs(5), answers.recv()).await.unwrap().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_endpoints_resources_are_nacked_and_the_old_config_serves() {
+    use trellis_api::discovery::{DiscoveryResponse, Resource, ResourceType};
+    within(Duration::from_secs(60), async {
+        let a = Origin::echo("a").await;
+        let listen = listen_addr();
+        let res = |t: ResourceType, name: &str, body: String| Resource {
+            r#type: t as i32,
+            name: name.into(),
+            version: "1".into(),
+            body,
+        };
+        let response = |v: &str, resources| DiscoveryResponse {
+            system_version: v.into(),
+            nonce: v.into(),
+            resources,
+            ..Default::default()
+        };
+        let ep = |name: String, body: String| res(ResourceType::Endpoints, &name, body);
+        let good = response(
+            "1",
+            vec![
+                res(ResourceType::Listener, "web", format!(r#"{{"name":"web","address":"{listen}","routes":["r"]}}"#)),
+                res(ResourceType::Route, "r", r#"{"name":"r","backends":[{"cluster":"c"}]}"#.into()),
+                res(ResourceType::Cluster, "c", r#"{"name":"c","endpoints":[]}"#.into()),
+                ep(format!("c/{}", a.addr), format!(r#"{{"address":"{}"}}"#, a.addr)),
+            ],
+        );
+        let unknown_cluster = response("2", vec![ep("nope/127.0.0.1:1".into(), r#"{"address":"127.0.0.1:1"}"#.into())]);
+        let malformed = response("3", vec![ep("c/127.0.0.1:1".into(), r#"{"address":"127.0.0.1:1","weight":"x"}"#.into())]);
+        let mismatched = response("4", vec![ep("c/127.0.0.1:2".into(), r#"{"address":"127.0.0.1:1"}"#.into())]);
+        let (answers, mut answered) = tokio::sync::mpsc::unbounded_channel();
+        let script = Scripted { responses: std::sync::Mutex::new(vec![good, unknown_cluster, malformed, mismatched]), answers };
+        let xds = listen_addr();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(trellis_api::discovery::discovery_server::DiscoveryServer::new(script))
+                .serve(xds),
+        );
+        let bootstrap = format!(
+            "node: {{ id: web-0, service: web }}\nadmin: {{ address: \"{{admin}}\" }}\ncontrol_plane: {{ address: \"http://{xds}\" }}\n"
+        );
+        let proxy = blocking(|| Proxy::start(&bootstrap));
+        let ack = next(&mut answered).await;
+        assert_eq!((ack.response_nonce.as_str(), ack.error.as_str()), ("1", ""));
+        assert_eq!(origin_at(listen).await, "a");
+        let nack = next(&mut answered).await;
+        assert_eq!(nack.response_nonce, "2");
+        assert_eq!(nack.error, r#"endpoints[nope/127.0.0.1:1]: no cluster named "nope""#);
+        let nack = next(&mut answered).await;
+        assert_eq!(nack.response_nonce, "3");
+        assert!(nack.error.starts_with("endpoints[c/127.0.0.1:1]: weight: "), "{}", nack.error);
+        let nack = next(&mut answered).await;
+        assert_eq!(nack.response_nonce, "4");
+        assert!(nack.error.contains("differs from the body's"), "{}", nack.error);
+        // The old config serves, whole.
+        assert_eq!(origin_at(listen).await, "a");
+        let dump: serde_json::Value = serde_json::from_str(&admin_get(proxy.admin, "/config_dump").unwrap().1).unwrap();
+        assert_eq!(dump["config"]["clusters"][0]["endpoints"].as_array().unwrap().len(), 1, "{dump}");
+        server.abort();
+    })
+    .await;
+}

@@ -4,17 +4,36 @@
 //! — or NACKed with the error, the previous config left serving. The stream reconnects with
 //! jittered exponential backoff, and the last good config serves while the control plane is
 //! away.
+//!
+//! Clusters arrive without their endpoints; each endpoint is an ENDPOINTS resource of its
+//! own (`CLUSTER/ADDRESS`, see `trellis_api::endpoints`), and [`Dynamic::merge_into`] puts
+//! every cluster back together, so a change to one endpoint of a large cluster is one small
+//! resource on the wire.
 
 use crate::reload::Reloader;
 use crate::telemetry;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use trellis_api::discovery::{
     DiscoveryRequest, DiscoveryResponse, Node, ResourceType, discovery_client::DiscoveryClient,
 };
+use trellis_api::endpoints::{self, NameError};
 use trellis_api::{self as api, Bootstrap};
+
+/// Why a control-plane response cannot be applied (the NACK's error).
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError {
+    #[error("{kind}[{name}]: {source}")]
+    Parse { kind: String, name: String, source: api::ParseError },
+    #[error("endpoints[{name}]: {source}")]
+    EndpointName { name: String, source: NameError },
+    #[error("endpoints[{name}]: no cluster named \"{cluster}\"")]
+    UnknownCluster { name: String, cluster: String },
+    #[error("resource {0} has no type")]
+    NoType(String),
+}
 
 /// Resources delivered by the control plane, by name.
 #[derive(Debug, Clone, Default)]
@@ -23,15 +42,19 @@ pub struct Dynamic {
     pub routes: BTreeMap<String, api::Route>,
     pub clusters: BTreeMap<String, api::Cluster>,
     pub policies: BTreeMap<String, api::Policy>,
-    /// Extra endpoints per cluster (sidecar registrations).
-    pub endpoints: BTreeMap<String, Vec<api::Endpoint>>,
+    /// Endpoints (ENDPOINTS resources) by cluster, then address.
+    pub endpoints: BTreeMap<String, BTreeMap<String, endpoints::Body>>,
     pub system_version: String,
 }
 
 impl Dynamic {
-    /// The static bootstrap plus these resources. Static resources win a name clash.
+    /// The static bootstrap plus these resources. Static resources win a name clash. A
+    /// cluster gets its endpoints back: those its body lists (none, from a control plane
+    /// that sends them apart), then its written ENDPOINTS, then the registered ones, each
+    /// by address. A static cluster that wins a clash takes only the registered ones.
     pub fn merge_into(&self, file: &Bootstrap) -> Bootstrap {
         let mut b = file.clone();
+        let from_file: HashSet<&str> = file.clusters.iter().map(|c| c.name.as_str()).collect();
         fn add<T: Clone>(into: &mut Vec<T>, from: &BTreeMap<String, T>, name: impl Fn(&T) -> &str) {
             for (n, r) in from {
                 if !into.iter().any(|x| name(x) == n) {
@@ -44,10 +67,14 @@ impl Dynamic {
         add(&mut b.clusters, &self.clusters, |c| &c.name);
         add(&mut b.policies, &self.policies, |p| &p.name);
         for c in &mut b.clusters {
-            if let Some(extra) = self.endpoints.get(&c.name) {
-                for e in extra {
-                    if !c.endpoints.iter().any(|have| have.address == e.address) {
-                        c.endpoints.push(e.clone());
+            let Some(extra) = self.endpoints.get(&c.name) else { continue };
+            let own = !from_file.contains(c.name.as_str());
+            // A set, not a scan of the list: clusters of 10,000 endpoints are the point.
+            let mut have: HashSet<String> = c.endpoints.iter().map(|e| e.address.clone()).collect();
+            for registered in [false, true] {
+                for e in extra.values().filter(|e| e.registered == registered && (own || registered)) {
+                    if have.insert(e.address.clone()) {
+                        c.endpoints.push(e.endpoint());
                     }
                 }
             }
@@ -56,11 +83,15 @@ impl Dynamic {
     }
 
     /// This plus one response's changes.
-    fn with(&self, resp: &DiscoveryResponse) -> Result<Dynamic, String> {
+    fn with(&self, resp: &DiscoveryResponse) -> Result<Dynamic, UpdateError> {
         let mut next = self.clone();
         for r in &resp.resources {
             let kind = ResourceType::try_from(r.r#type).unwrap_or(ResourceType::Unspecified);
-            let at = |e: api::ParseError| format!("{}[{}]: {e}", kind.as_str_name().to_ascii_lowercase(), r.name);
+            let at = |source| UpdateError::Parse {
+                kind: kind.as_str_name().to_ascii_lowercase(),
+                name: r.name.clone(),
+                source,
+            };
             match kind {
                 ResourceType::Listener => {
                     next.listeners.insert(r.name.clone(), api::parse::parse(&r.body).map_err(at)?);
@@ -75,9 +106,13 @@ impl Dynamic {
                     next.policies.insert(r.name.clone(), api::parse::parse(&r.body).map_err(at)?);
                 }
                 ResourceType::Endpoints => {
-                    next.endpoints.insert(r.name.clone(), api::parse::parse(&r.body).map_err(at)?);
+                    let body: endpoints::Body = api::parse::parse(&r.body).map_err(at)?;
+                    let cluster = body
+                        .cluster_of(&r.name)
+                        .map_err(|source| UpdateError::EndpointName { name: r.name.clone(), source })?;
+                    next.endpoints.entry(cluster.to_owned()).or_default().insert(body.address.clone(), body);
                 }
-                ResourceType::Unspecified => return Err(format!("resource {} has no type", r.name)),
+                ResourceType::Unspecified => return Err(UpdateError::NoType(r.name.clone())),
             }
         }
         for gone in &resp.removed {
@@ -86,9 +121,25 @@ impl Dynamic {
                 ResourceType::Route => next.routes.remove(&gone.name).map(drop),
                 ResourceType::Cluster => next.clusters.remove(&gone.name).map(drop),
                 ResourceType::Policy => next.policies.remove(&gone.name).map(drop),
-                ResourceType::Endpoints => next.endpoints.remove(&gone.name).map(drop),
+                ResourceType::Endpoints => {
+                    // A name that does not split was never added: nothing to remove.
+                    endpoints::split_name(&gone.name).ok().and_then(|(cluster, address)| {
+                        let set = next.endpoints.get_mut(cluster)?;
+                        set.remove(address);
+                        set.is_empty().then(|| next.endpoints.remove(cluster)).map(drop)
+                    })
+                }
                 ResourceType::Unspecified => None,
             };
+        }
+        // A cluster and its endpoints come and go in the same response; endpoints left
+        // without their cluster mean the two sides disagree about what this proxy holds.
+        if let Some((cluster, set)) = next.endpoints.iter().find(|(c, _)| !next.clusters.contains_key(*c)) {
+            let address = set.keys().next().map_or("", String::as_str);
+            return Err(UpdateError::UnknownCluster {
+                name: endpoints::name(cluster, address),
+                cluster: cluster.clone(),
+            });
         }
         next.system_version = resp.system_version.clone();
         Ok(next)
@@ -176,10 +227,26 @@ async fn session(
     tracing::info!(address, node = %node.id, "connected to the control plane");
     // Resubscribing after a reconnect starts from nothing: the server sends the full view.
     *dynamic = Dynamic::default();
-    while let Some(resp) = responses.message().await.map_err(|e| format!("stream: {e}"))? {
-        let result = dynamic.with(&resp).and_then(|next| match reloader.apply_dynamic(next.clone()) {
-            Ok(v) => Ok((next, v)),
-            Err(e) => Err(e.to_string()),
+    // The parts of a large response received so far (`more`): applied together, answered once.
+    let mut parts: Option<DiscoveryResponse> = None;
+    while let Some(part) = responses.message().await.map_err(|e| format!("stream: {e}"))? {
+        let resp = match parts.take() {
+            Some(mut so_far) => {
+                so_far.resources.extend(part.resources);
+                so_far.removed.extend(part.removed);
+                DiscoveryResponse { more: part.more, nonce: part.nonce, system_version: part.system_version, ..so_far }
+            }
+            None => part,
+        };
+        if resp.more {
+            parts = Some(resp);
+            continue;
+        }
+        let result = dynamic.with(&resp).map_err(|e| e.to_string()).and_then(|next| {
+            match reloader.apply_dynamic(next.clone()) {
+                Ok(v) => Ok((next, v)),
+                Err(e) => Err(e.to_string()),
+            }
         });
         let error = match result {
             Ok((next, version)) => {
@@ -209,4 +276,102 @@ async fn session(
         tx.send(ack).await.map_err(|_| "request channel closed")?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trellis_api::discovery::{RemovedResource, Resource};
+
+    fn res(t: ResourceType, name: &str, body: &str) -> Resource {
+        Resource { r#type: t as i32, name: name.into(), version: "1".into(), body: body.into() }
+    }
+
+    fn ep(name: &str, body: &str) -> Resource {
+        res(ResourceType::Endpoints, name, body)
+    }
+
+    fn response(resources: Vec<Resource>, removed: &[(ResourceType, &str)]) -> DiscoveryResponse {
+        let removed = removed.iter().map(|(t, n)| RemovedResource { r#type: *t as i32, name: (*n).into() }).collect();
+        DiscoveryResponse { system_version: "1".into(), resources, removed, ..Default::default() }
+    }
+
+    fn addresses(b: &Bootstrap, cluster: &str) -> Vec<String> {
+        let c = b.clusters.iter().find(|c| c.name == cluster).expect("cluster");
+        c.endpoints.iter().map(|e| format!("{}*{}", e.address, e.weight)).collect()
+    }
+
+    /// A cluster `web` (body without endpoints) and three endpoints, one registered.
+    fn web() -> Dynamic {
+        let resp = response(
+            vec![
+                res(ResourceType::Cluster, "web", r#"{"name":"web","lb":"round_robin","endpoints":[]}"#),
+                ep("web/10.0.0.2:80", r#"{"address":"10.0.0.2:80","weight":3}"#),
+                ep("web/10.0.0.1:80", r#"{"address":"10.0.0.1:80"}"#),
+                ep("web/10.0.0.0:4143", r#"{"address":"10.0.0.0:4143","registered":true}"#),
+            ],
+            &[],
+        );
+        Dynamic::default().with(&resp).expect("applies")
+    }
+
+    #[test]
+    fn clusters_are_put_back_together_and_endpoints_change_one_by_one() {
+        let d = web();
+        let b = d.merge_into(&Bootstrap::default());
+        assert_eq!(addresses(&b, "web"), ["10.0.0.1:80*1", "10.0.0.2:80*3", "10.0.0.0:4143*1"]);
+        assert_eq!(b.clusters[0].lb, api::LbPolicy::RoundRobin);
+
+        // One endpoint replaced by another: one resource and one removed name.
+        let resp = response(
+            vec![ep("web/10.0.0.3:80", r#"{"address":"10.0.0.3:80"}"#)],
+            &[(ResourceType::Endpoints, "web/10.0.0.2:80")],
+        );
+        let d = d.with(&resp).expect("applies");
+        assert_eq!(
+            addresses(&d.merge_into(&Bootstrap::default()), "web"),
+            ["10.0.0.1:80*1", "10.0.0.3:80*1", "10.0.0.0:4143*1"]
+        );
+
+        // The cluster and its endpoints leave together.
+        let gone: Vec<(ResourceType, &str)> = vec![
+            (ResourceType::Cluster, "web"),
+            (ResourceType::Endpoints, "web/10.0.0.1:80"),
+            (ResourceType::Endpoints, "web/10.0.0.3:80"),
+            (ResourceType::Endpoints, "web/10.0.0.0:4143"),
+        ];
+        let d = d.with(&response(vec![], &gone)).expect("applies");
+        assert!(d.clusters.is_empty() && d.endpoints.is_empty());
+    }
+
+    #[test]
+    fn a_static_cluster_that_wins_a_clash_takes_only_registered_endpoints() {
+        let file: Bootstrap =
+            api::parse_bootstrap(r#"{"clusters":[{"name":"web","endpoints":[{"address":"10.9.9.9:80"}]}]}"#).unwrap();
+        let b = web().merge_into(&file);
+        assert_eq!(addresses(&b, "web"), ["10.9.9.9:80*1", "10.0.0.0:4143*1"]);
+    }
+
+    #[test]
+    fn bad_endpoints_are_refused_with_the_resource_named() {
+        let d = web();
+        let refuse = |r: Resource| d.with(&response(vec![r], &[])).expect_err("refused").to_string();
+        assert_eq!(
+            refuse(ep("api/10.0.0.1:80", r#"{"address":"10.0.0.1:80"}"#)),
+            r#"endpoints[api/10.0.0.1:80]: no cluster named "api""#
+        );
+        assert!(
+            refuse(ep("web/10.0.0.1:80", r#"{"address":"10.0.0.1:80","wieght":2}"#))
+                .starts_with("endpoints[web/10.0.0.1:80]: wieght: unknown field")
+        );
+        assert!(refuse(ep("web/10.0.0.1:80", "[1, 2]")).starts_with("endpoints[web/10.0.0.1:80]: "));
+        assert_eq!(
+            refuse(ep("web/10.0.0.5:80", r#"{"address":"10.0.0.1:80"}"#)),
+            r#"endpoints[web/10.0.0.5:80]: the name's address "10.0.0.5:80" differs from the body's "10.0.0.1:80""#
+        );
+        assert_eq!(refuse(ep("web", r#"{"address":"10.0.0.1:80"}"#)), "endpoints[web]: not CLUSTER/ADDRESS");
+        // Removing the cluster but not its endpoints leaves them orphaned: refused too.
+        let orphaned = d.with(&response(vec![], &[(ResourceType::Cluster, "web")])).expect_err("refused");
+        assert!(matches!(orphaned, UpdateError::UnknownCluster { .. }), "{orphaned}");
+    }
 }

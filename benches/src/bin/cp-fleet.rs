@@ -1,8 +1,9 @@
 //! Control-plane scale benchmark: an in-process fleet of simulated proxies, each holding a
 //! real discovery stream (tonic) to a running `trellis control-plane`, ACKing every push.
 //! Measures the time from a REST write to every proxy's ACK of it, the control plane's RSS
-//! and CPU while holding the fleet, and the bytes each proxy receives when one endpoint of
-//! a 10,000-endpoint cluster changes.
+//! and CPU while holding the fleet; then, with a 10,000-endpoint cluster in every proxy's
+//! view, the bytes each proxy receives (protobuf-encoded response size) and the time to
+//! the last ACK when one endpoint changes, and the control plane's RSS around it.
 
 use anyhow::{Context, bail};
 use clap::Parser;
@@ -36,7 +37,8 @@ struct Args {
     endpoints: usize,
 }
 
-/// What the fleet saw: per proxy, the highest system_version received, and bytes.
+/// What the fleet saw: per proxy, the highest system_version received, and the size of
+/// the last response.
 struct Fleet {
     acked: Vec<AtomicU64>,
     bytes: Vec<AtomicU64>,
@@ -44,13 +46,20 @@ struct Fleet {
     seen: Mutex<Vec<(u64, Instant)>>,
 }
 
-fn rss_kb(pid: u32) -> u64 {
+fn status_kb(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
+        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
         .unwrap_or(0)
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    status_kb(pid, "VmRSS:")
+}
+
+/// Peak RSS since the process started.
+fn hwm_kb(pid: u32) -> u64 {
+    status_kb(pid, "VmHWM:")
 }
 
 fn cpu_ticks(pid: u32) -> u64 {
@@ -71,11 +80,16 @@ async fn stream(xds: String, i: usize, fleet: Arc<Fleet>) -> anyhow::Result<()> 
     tx.send(DiscoveryRequest { node: Some(node.clone()), ..Default::default() }).await?;
     let reqs = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
     let mut resp = client.stream(reqs).await?.into_inner();
+    let mut bytes = 0;
     while let Some(r) = resp.message().await? {
+        // A large response comes in parts (`more`); it counts, and is answered, as one.
+        bytes += prost::Message::encoded_len(&r) as u64;
+        if r.more {
+            continue;
+        }
         let now = Instant::now();
         let v: u64 = r.system_version.parse().unwrap_or(0);
-        let size: usize = r.resources.iter().map(|x| x.body.len() + x.name.len() + 16).sum();
-        fleet.bytes[i].store(size as u64, Ordering::Relaxed);
+        fleet.bytes[i].store(std::mem::take(&mut bytes), Ordering::Relaxed);
         fleet.seen.lock().await.push((v, now));
         tx.send(DiscoveryRequest {
             node: Some(node.clone()),
@@ -187,7 +201,8 @@ async fn main() -> anyhow::Result<()> {
         println!("control plane while pushing: RSS {} KB, CPU {cpu:.0}% of one core", rss_kb(pid));
     }
 
-    // One endpoint of a big cluster changes: what does each proxy receive?
+    // A big cluster, then one endpoint of it changes, `writes` times: what does each proxy
+    // receive, and how long until the last ACK?
     let eps = |n: usize, last: u32| -> Vec<serde_json::Value> {
         (0..n)
             .map(|i| {
@@ -196,25 +211,54 @@ async fn main() -> anyhow::Result<()> {
             })
             .collect()
     };
+    let rss_small = args.cp_pid.map(rss_kb).unwrap_or(0);
+    let t = Instant::now();
     put(Kind::Cluster, "fleet-origin", serde_json::json!({ "endpoints": eps(args.endpoints, 1 << 20) })).await?;
     let rev = api.get_json("/v1/clusters").await?["revision"].as_u64().unwrap_or(0);
-    wait_all(rev, Duration::from_secs(60)).await;
+    if !wait_all(rev, Duration::from_secs(120)).await {
+        bail!("not every proxy ACKed the {}-endpoint cluster within 120 s", args.endpoints);
+    }
     let full = fleet.bytes[0].load(Ordering::Relaxed);
-    put(Kind::Cluster, "fleet-origin", serde_json::json!({ "endpoints": eps(args.endpoints, (1 << 20) + 1) })).await?;
-    let rev = api.get_json("/v1/clusters").await?["revision"].as_u64().unwrap_or(0);
-    let t = Instant::now();
-    wait_all(rev, Duration::from_secs(60)).await;
-    let delta = fleet.bytes[0].load(Ordering::Relaxed);
     println!(
-        "{}-endpoint cluster, one endpoint changed: {} bytes per proxy (cluster resource re-sent whole; other resources not re-sent); all {} proxies ACKed in {:?}; first push of it was {} bytes",
+        "{}-endpoint cluster sent to {} proxies: {} bytes each, all ACKed in {:?}; control plane RSS {} KB → {} KB (peak {} KB)",
         args.endpoints,
-        delta,
         args.proxies,
+        full,
         t.elapsed(),
-        full
+        rss_small,
+        args.cp_pid.map(rss_kb).unwrap_or(0),
+        args.cp_pid.map(hwm_kb).unwrap_or(0)
+    );
+    let mut to_last = Vec::new();
+    let (mut least, mut most) = (u64::MAX, 0);
+    for w in 0..args.writes {
+        let last = (1 << 20) + 1 + w as u32;
+        api.put(Kind::Cluster, "fleet-origin", &serde_json::json!({ "endpoints": eps(args.endpoints, last) })).await?;
+        let answered = Instant::now();
+        let rev = api.get_json("/v1/clusters").await?["revision"].as_u64().unwrap_or(0);
+        if !wait_all(rev, Duration::from_secs(60)).await {
+            bail!("endpoint change {w}: not every proxy ACKed revision {rev} within 60 s");
+        }
+        to_last.push(answered.elapsed());
+        for b in &fleet.bytes {
+            let b = b.load(Ordering::Relaxed);
+            (least, most) = (least.min(b), most.max(b));
+        }
+    }
+    to_last.sort();
+    println!(
+        "one endpoint of {} changed, {} times: {}–{} bytes per proxy (one ENDPOINTS resource + one removed name); REST answer → last of {} ACKs: p50 {:?} p99 {:?} max {:?}",
+        args.endpoints,
+        args.writes,
+        least,
+        most,
+        args.proxies,
+        pct(&to_last, 0.5),
+        pct(&to_last, 0.99),
+        to_last.last().copied().unwrap_or_default()
     );
     if let Some(pid) = args.cp_pid {
-        println!("control plane after: RSS {} KB", rss_kb(pid));
+        println!("control plane after: RSS {} KB (peak {} KB)", rss_kb(pid), hwm_kb(pid));
     }
     Ok(())
 }

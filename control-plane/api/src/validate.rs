@@ -196,8 +196,19 @@ fn check(b: &Bootstrap, bootstrap: bool) -> Result<(), Vec<ValidationError>> {
 
     for c in &b.clusters {
         let at = format!("clusters[{}]", c.name);
+        let mut addresses = HashSet::new();
         for (i, e) in c.endpoints.iter().enumerate() {
-            if e.address.parse::<SocketAddr>().is_err() && !resolvable(&e.address) {
+            // Discovery names each endpoint `CLUSTER/ADDRESS` (crate::endpoints): an address
+            // must be unique in its cluster and hold no `/`. Neither ever worked anyway: a
+            // duplicate is better said with `weight`, and no host name holds a `/`.
+            if !addresses.insert(e.address.as_str()) {
+                errs.push(
+                    format!("{at}.endpoints[{i}].address"),
+                    format!("\"{}\" is listed twice (give it a weight instead)", e.address),
+                );
+            } else if e.address.contains(crate::endpoints::SEPARATOR) {
+                errs.push(format!("{at}.endpoints[{i}].address"), format!("\"{}\" holds a `/`", e.address));
+            } else if e.address.parse::<SocketAddr>().is_err() && !resolvable(&e.address) {
                 errs.push(
                     format!("{at}.endpoints[{i}].address"),
                     format!("\"{}\" is not IP:PORT nor a resolvable HOST:PORT", e.address),

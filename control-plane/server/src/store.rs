@@ -12,12 +12,13 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::watch;
 use trellis_api::{Bootstrap, ValidationError};
 
+use crate::discovery::ClusterParts;
 use crate::error::Error;
 use crate::resource::{Kind, Resource};
 use crate::validation;
@@ -40,12 +41,15 @@ pub struct Item {
     pub resource: Resource,
     /// The canonical JSON text (what REST and discovery serve).
     pub json: Arc<str>,
+    /// Clusters: the pieces discovery sends (the body without endpoints, one resource per
+    /// endpoint), made on first use and shared by every proxy's view.
+    pub(crate) discovery: OnceLock<ClusterParts>,
 }
 
 impl Item {
     fn new(version: u64, resource: Resource) -> Item {
         let json = resource.to_value().to_string().into();
-        Item { version, resource, json }
+        Item { version, resource, json, discovery: OnceLock::new() }
     }
 }
 

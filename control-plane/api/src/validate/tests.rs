@@ -72,3 +72,21 @@ fn tcp_listener_needs_cluster() {
     let bad = GOOD.replace("routes: [api] }", "protocol: tcp }");
     assert_eq!(errors(&bad), vec!["listeners[in].cluster: a tcp listener needs a cluster"]);
 }
+
+#[test]
+fn endpoint_addresses_are_unique_in_a_cluster_and_hold_no_slash() {
+    let bad = GOOD.replace(
+        r#"endpoints: [{ address: "127.0.0.1:8081" }]"#,
+        r#"endpoints: [{ address: "127.0.0.1:8081" }, { address: "127.0.0.1:8081", weight: 2 }, { address: "a/b:80" }]"#,
+    );
+    assert_eq!(
+        errors(&bad),
+        vec![
+            r#"clusters[a].endpoints[1].address: "127.0.0.1:8081" is listed twice (give it a weight instead)"#,
+            r#"clusters[a].endpoints[2].address: "a/b:80" holds a `/`"#,
+        ]
+    );
+    // The same address in two clusters is fine.
+    let ok = GOOD.replace("localhost:8082", "127.0.0.1:8081");
+    assert_eq!(errors(&ok), Vec::<String>::new());
+}

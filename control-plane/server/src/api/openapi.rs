@@ -66,6 +66,10 @@ pub fn spec() -> Value {
                     "sent_version": { "type": "integer", "nullable": true },
                     "acked_version": { "type": "integer", "nullable": true },
                     "pushes": { "type": "integer" },
+                    "bytes_sent": { "type": "integer", "description": "protobuf-encoded bytes of every response on this stream" },
+                    "last_push": { "type": "object", "nullable": true, "properties": {
+                        "version": { "type": "integer" }, "resources": { "type": "integer" },
+                        "removed": { "type": "integer" }, "bytes": { "type": "integer" } } },
                     "last_nack": { "type": "object", "nullable": true, "properties": {
                         "version": { "type": "integer" }, "error": { "type": "string" }, "at": { "type": "string" } } } } }
             }

@@ -3,8 +3,11 @@
 //! Per stream: check the bearer token, read the first request (it carries the node), then
 //! a [`session`] task sends the proxy's whole view and, after every store or endpoint change
 //! (debounced), only the delta. [`registry`] keeps per-proxy status and sidecar endpoints;
-//! [`view`] is the pure "what does this proxy get" function.
+//! [`view`] is the pure "what does this proxy get" function; [`cache`] shares views and
+//! deltas between the streams of a service; [`budget`] bounds the responses in flight.
 
+mod budget;
+mod cache;
 mod registry;
 mod session;
 mod view;
@@ -21,7 +24,12 @@ use trellis_api::discovery::{DiscoveryRequest, DiscoveryResponse};
 use crate::auth::Token;
 use crate::store::Store;
 
-pub use registry::{EndpointSet, Endpoints, Nack, NodeInfo, ProxyStatus, Registry};
+pub use registry::{EndpointSet, Endpoints, Nack, NodeInfo, ProxyStatus, Push, Registered, Registry};
+pub use view::ClusterParts;
+
+/// Bytes of responses in flight across every stream (see [`budget`]): a few large
+/// responses at a time, while small deltas pass at once.
+const RESPONSE_BUDGET: usize = 16 << 20;
 
 /// How long a new stream may take to send its first request.
 const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -29,6 +37,8 @@ const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// The gRPC service. One per server; cheap to clone into tonic.
 pub struct Server {
     store: Arc<Store>,
+    views: Arc<cache::Views>,
+    budget: Arc<budget::Budget>,
     registry: Arc<Registry>,
     token: Option<Arc<Token>>,
     /// Turns true when the control plane stops: every session ends its stream.
@@ -42,7 +52,9 @@ impl Server {
         token: Option<Arc<Token>>,
         shutdown: watch::Receiver<bool>,
     ) -> Server {
-        Server { store, registry, token, shutdown }
+        let views = Arc::new(cache::Views::new(store.clone(), registry.subscribe()));
+        let budget = Arc::new(budget::Budget::new(RESPONSE_BUDGET));
+        Server { store, views, budget, registry, token, shutdown }
     }
 }
 
@@ -70,8 +82,15 @@ impl Discovery for Server {
         let node = node_info(&first)?;
         tracing::info!(id = %node.id, service = ?node.service, "proxy connected");
         let (tx, rx) = mpsc::channel(4);
-        let session =
-            session::Session::new(self.store.clone(), self.registry.clone(), node, &first, self.shutdown.clone());
+        let session = session::Session::new(
+            &self.store,
+            self.views.clone(),
+            self.budget.clone(),
+            self.registry.clone(),
+            node,
+            &first,
+            self.shutdown.clone(),
+        );
         tokio::spawn(session.run(inbound, tx));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -94,10 +113,34 @@ fn node_info(first: &DiscoveryRequest) -> Result<NodeInfo, Status> {
         if info.service.is_none() {
             return Err(Status::invalid_argument("node.inbound_address needs node.service"));
         }
-        let valid = addr.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        // No `/`: the address is part of an ENDPOINTS resource name (`SERVICE/ADDRESS`).
+        let valid = !addr.contains(trellis_api::endpoints::SEPARATOR)
+            && addr.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
         if !valid {
             return Err(Status::invalid_argument(format!("node.inbound_address \"{addr}\" is not HOST:PORT")));
         }
     }
     Ok(info)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trellis_api::discovery::Node;
+
+    fn first(service: &str, inbound: &str) -> DiscoveryRequest {
+        let node =
+            Node { id: "p".into(), service: service.into(), inbound_address: inbound.into(), ..Default::default() };
+        DiscoveryRequest { node: Some(node), ..Default::default() }
+    }
+
+    #[test]
+    fn inbound_addresses_are_host_port_without_a_slash() {
+        assert!(node_info(&first("web", "10.0.0.1:4143")).is_ok());
+        for bad in ["10.0.0.1", ":4143", "a/b:4143"] {
+            let err = node_info(&first("web", bad)).expect_err(bad);
+            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{bad}");
+        }
+        assert!(node_info(&first("", "10.0.0.1:4143")).is_err(), "needs a service");
+    }
 }

@@ -4,7 +4,8 @@
 //! A stream whose node has a `service` and an `inbound_address` registers that address as
 //! an endpoint of the service. When the stream ends the endpoint stays for the grace period
 //! (a restarting sidecar keeps its place), then leaves. Endpoint sets are published as an
-//! immutable [`Endpoints`] value on a `watch` channel that every stream follows.
+//! immutable [`Endpoints`] value on a `watch` channel that every stream follows; each
+//! endpoint carries its ENDPOINTS resource name and body, made once at registration.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -12,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use tokio::sync::watch;
-use trellis_api::Endpoint;
+use trellis_api::endpoints::{self, Body};
 
 /// How long a disconnected proxy stays listed in `GET /v1/proxies`.
 const KEEP_DISCONNECTED: Duration = Duration::from_secs(300);
@@ -20,18 +21,27 @@ const KEEP_DISCONNECTED: Duration = Duration::from_secs(300);
 /// Identifies one discovery stream.
 pub type StreamId = u64;
 
-/// The registered endpoints of one service.
+/// One registered endpoint, as discovery sends it.
 #[derive(Clone, Debug, PartialEq)]
-pub struct EndpointSet {
-    /// Changes whenever the set changes.
+pub struct Registered {
+    /// The ENDPOINTS resource name, `SERVICE/ADDRESS`.
+    pub name: Arc<str>,
+    /// The generation at which it was registered or last changed.
     pub version: u64,
-    /// JSON array of `{address, weight, zone}`: the ENDPOINTS resource body.
+    /// JSON of a `trellis_api::endpoints::Body` with `registered: true`.
     pub body: Arc<str>,
 }
 
+/// The registered endpoints of one service, by address.
+pub type EndpointSet = BTreeMap<String, Registered>;
+
 /// Every service's registered endpoints (services without any are absent).
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Endpoints(pub BTreeMap<String, EndpointSet>);
+pub struct Endpoints {
+    /// Bumped on every change, so a view computed from one value is known to be current.
+    pub generation: u64,
+    pub services: BTreeMap<String, Arc<EndpointSet>>,
+}
 
 /// What a proxy says about itself on its first request.
 #[derive(Clone, Debug, Default)]
@@ -52,6 +62,19 @@ pub struct Nack {
     pub at: String,
 }
 
+/// One response sent to a proxy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Push {
+    /// Its `system_version`.
+    pub version: u64,
+    /// Resources added or updated.
+    pub resources: usize,
+    /// Names removed.
+    pub removed: usize,
+    /// Its size, protobuf-encoded.
+    pub bytes: usize,
+}
+
 /// One proxy's discovery state, as `GET /v1/proxies` shows it.
 #[derive(Clone, Debug, Serialize)]
 pub struct ProxyStatus {
@@ -69,6 +92,10 @@ pub struct ProxyStatus {
     pub last_nack: Option<Nack>,
     /// Responses sent on this stream.
     pub pushes: u64,
+    /// Bytes of the responses sent on this stream (protobuf-encoded).
+    pub bytes_sent: u64,
+    /// The last response sent.
+    pub last_push: Option<Push>,
     #[serde(skip)]
     disconnected: Option<SystemTime>,
 }
@@ -76,6 +103,8 @@ pub struct ProxyStatus {
 struct Registration {
     stream: StreamId,
     zone: Option<String>,
+    /// The generation at which the endpoint was registered or its zone changed.
+    version: u64,
     /// The owning stream ended; the endpoint leaves when the grace period is over.
     leaving: bool,
 }
@@ -86,9 +115,8 @@ struct Inner {
     proxies: BTreeMap<StreamId, ProxyStatus>,
     /// service → address → registration.
     registered: BTreeMap<String, BTreeMap<String, Registration>>,
-    /// Bumped on every endpoint change; a changed set takes it as its version.
+    /// Bumped on every endpoint change; a changed endpoint takes it as its version.
     generation: u64,
-    versions: BTreeMap<String, u64>,
 }
 
 /// The registry. Share it in an `Arc`.
@@ -121,10 +149,12 @@ impl Registry {
         inner.next_stream += 1;
         let stream = inner.next_stream;
         if let (Some(service), Some(address)) = (&node.service, &node.inbound_address) {
-            let reg = Registration { stream, zone: node.zone.clone(), leaving: false };
-            let before = inner.registered.get(service).and_then(|s| s.get(address)).map(|r| r.zone.clone());
+            let before = inner.registered.get(service).and_then(|s| s.get(address));
+            let same = before.filter(|r| r.zone == node.zone).map(|r| r.version);
+            let version = same.unwrap_or(inner.generation + 1);
+            let reg = Registration { stream, zone: node.zone.clone(), version, leaving: false };
             inner.registered.entry(service.clone()).or_default().insert(address.clone(), reg);
-            if before != Some(node.zone.clone()) {
+            if same.is_none() {
                 self.changed(&mut inner, service);
             }
         }
@@ -142,17 +172,21 @@ impl Registry {
                 acked_version: None,
                 last_nack: None,
                 pushes: 0,
+                bytes_sent: 0,
+                last_push: None,
                 disconnected: None,
             },
         );
         stream
     }
 
-    /// A response with `version` went out on `stream`.
-    pub fn sent(&self, stream: StreamId, version: u64) {
+    /// `push` went out on `stream`.
+    pub fn sent(&self, stream: StreamId, push: Push) {
         if let Some(p) = self.lock().proxies.get_mut(&stream) {
-            p.sent_version = Some(version);
+            p.sent_version = Some(push.version);
             p.pushes += 1;
+            p.bytes_sent += push.bytes as u64;
+            p.last_push = Some(push);
         }
     }
 
@@ -218,26 +252,31 @@ impl Registry {
             .collect()
     }
 
-    /// Republishes the endpoints after `service`'s set changed.
+    /// Republishes the endpoints after `service`'s set changed: a new generation, that
+    /// service's set rebuilt, the other services' sets shared with the previous value.
     fn changed(&self, inner: &mut Inner, service: &str) {
         inner.generation += 1;
-        let generation = inner.generation;
-        if inner.registered.contains_key(service) {
-            inner.versions.insert(service.to_string(), generation);
-        } else {
-            inner.versions.remove(service);
+        let mut next = Endpoints::clone(&self.endpoints.borrow());
+        next.generation = inner.generation;
+        match inner.registered.get(service) {
+            Some(set) => {
+                let set = set
+                    .iter()
+                    .map(|(address, r)| {
+                        let body = Body { address: address.clone(), weight: 1, zone: r.zone.clone(), registered: true };
+                        // Plain data: serializing cannot fail.
+                        let body = serde_json::to_string(&body).unwrap_or_default().into();
+                        let name = endpoints::name(service, address).into();
+                        (address.clone(), Registered { name, version: r.version, body })
+                    })
+                    .collect();
+                next.services.insert(service.to_string(), Arc::new(set));
+            }
+            None => {
+                next.services.remove(service);
+            }
         }
-        let mut all = BTreeMap::new();
-        for (service, set) in &inner.registered {
-            let endpoints: Vec<Endpoint> = set
-                .iter()
-                .map(|(address, r)| Endpoint { address: address.clone(), weight: 1, zone: r.zone.clone() })
-                .collect();
-            let body = serde_json::to_string(&endpoints).unwrap_or_else(|_| "[]".into()).into();
-            let version = inner.versions.get(service).copied().unwrap_or(generation);
-            all.insert(service.clone(), EndpointSet { version, body });
-        }
-        self.endpoints.send_replace(Arc::new(Endpoints(all)));
+        self.endpoints.send_replace(Arc::new(next));
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -273,13 +312,15 @@ mod tests {
         let reg = Arc::new(Registry::new(Duration::from_secs(10)));
         let rx = reg.subscribe();
         let s = reg.connect(sidecar("a-0", "a", "10.0.0.1:4143"));
-        let set = rx.borrow().0.get("a").cloned().expect("registered");
-        assert_eq!(&*set.body, r#"[{"address":"10.0.0.1:4143","weight":1,"zone":"z1"}]"#);
+        let set = rx.borrow().services.get("a").cloned().expect("registered");
+        let ep = &set["10.0.0.1:4143"];
+        assert_eq!(&*ep.name, "a/10.0.0.1:4143");
+        assert_eq!(&*ep.body, r#"{"address":"10.0.0.1:4143","weight":1,"zone":"z1","registered":true}"#);
         reg.disconnect(s);
         tokio::time::sleep(Duration::from_secs(9)).await;
-        assert!(rx.borrow().0.contains_key("a"), "still there within the grace period");
+        assert!(rx.borrow().services.contains_key("a"), "still there within the grace period");
         tokio::time::sleep(Duration::from_secs(2)).await;
-        assert!(rx.borrow().0.is_empty(), "gone after it");
+        assert!(rx.borrow().services.is_empty(), "gone after it");
         assert!(!reg.proxies()[0].connected);
     }
 
@@ -288,27 +329,33 @@ mod tests {
         let reg = Arc::new(Registry::new(Duration::from_secs(10)));
         let rx = reg.subscribe();
         let s1 = reg.connect(sidecar("a-0", "a", "10.0.0.1:4143"));
-        let v1 = rx.borrow().0["a"].version;
+        let v1 = rx.borrow().generation;
         reg.disconnect(s1);
         let _s2 = reg.connect(sidecar("a-0", "a", "10.0.0.1:4143"));
         tokio::time::sleep(Duration::from_secs(30)).await;
-        assert_eq!(rx.borrow().0["a"].version, v1, "same set, same version");
+        assert_eq!(rx.borrow().generation, v1, "same set, nothing republished");
         let proxies = reg.proxies();
         assert_eq!(proxies.len(), 1, "the stale entry was replaced");
         assert!(proxies[0].connected);
+        // Another sidecar of the service: the first keeps its version.
+        let _s3 = reg.connect(sidecar("a-1", "a", "10.0.0.2:4143"));
+        let set = rx.borrow().services["a"].clone();
+        assert_eq!((set["10.0.0.1:4143"].version, set["10.0.0.2:4143"].version), (v1, v1 + 1));
     }
 
     #[tokio::test]
     async fn acks_and_nacks_are_recorded() {
         let reg = Arc::new(Registry::new(Duration::from_secs(10)));
         let s = reg.connect(NodeInfo { id: "gw".into(), ..Default::default() });
-        reg.sent(s, 3);
+        let push = |version| Push { version, resources: 1, removed: 0, bytes: 10 };
+        reg.sent(s, push(3));
         reg.acked(s, 3);
-        reg.sent(s, 4);
+        reg.sent(s, push(4));
         reg.nacked(s, 4, "bad".into());
         let p = &reg.proxies()[0];
-        assert_eq!((p.sent_version, p.acked_version, p.pushes), (Some(4), Some(3), 2));
+        assert_eq!((p.sent_version, p.acked_version, p.pushes, p.bytes_sent), (Some(4), Some(3), 2, 20));
+        assert_eq!(p.last_push, Some(push(4)));
         assert_eq!(p.last_nack.as_ref().map(|n| (n.version, n.error.as_str())), Some((4, "bad")));
-        assert!(reg.subscribe().borrow().0.is_empty(), "no inbound address, no endpoint");
+        assert!(reg.subscribe().borrow().services.is_empty(), "no inbound address, no endpoint");
     }
 }

@@ -1,25 +1,31 @@
 //! One proxy's stream: the whole view first, then debounced deltas; ACKs and NACKs are
-//! matched to responses by nonce and recorded in the registry.
+//! matched to responses by nonce and recorded in the registry. What the proxy was sent is
+//! the shared view it was last brought to (plus the keys a NACK left unknown), not a copy.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tonic::{Status, Streaming};
-use trellis_api::discovery::{DiscoveryRequest, DiscoveryResponse, ResourceType};
+use trellis_api::discovery::{DiscoveryRequest, DiscoveryResponse, RemovedResource, Resource, ResourceType};
 
-use super::registry::{Endpoints, NodeInfo, Registry, StreamId};
-use super::view::{self, Key, Subscriptions};
+use super::budget::{Budget, Held};
+use super::cache::Views;
+use super::registry::{Endpoints, NodeInfo, Push, Registry, StreamId};
+use super::view::{self, Delta, Key, Subscriptions, View};
 use crate::store::Store;
 
 /// A push waits until changes have been quiet this long…
 const QUIET: Duration = Duration::from_millis(50);
 /// …but no longer than this after the first change it carries.
 const MAX_DELAY: Duration = Duration::from_millis(500);
-/// Responses remembered for matching ACK/NACK nonces.
+/// Unanswered responses remembered for matching ACK/NACK nonces.
 const NONCES: usize = 16;
+/// A response larger than this goes as several messages (`more`): tonic keeps, per stream,
+/// an encode buffer the size of the largest message sent on it.
+const PART_BYTES: usize = 32 << 10;
 
 /// The response stream went away (the proxy disconnected).
 struct Closed;
@@ -28,20 +34,24 @@ struct Closed;
 struct Pending {
     nonce: String,
     version: u64,
-    /// What it added/updated and removed, to undo in `sent` if it is refused.
-    updated: Vec<Key>,
-    removed: Vec<Key>,
+    /// What it carried (shared with the other streams it went to), to forget if refused.
+    delta: Arc<Delta>,
+    /// Its share of the in-flight budget, given back when it is answered.
+    held: Option<Held>,
 }
 
 pub struct Session {
-    store: Arc<Store>,
+    views: Arc<Views>,
+    budget: Arc<Budget>,
     registry: Arc<Registry>,
     stream: StreamId,
     node: NodeInfo,
     subs: Subscriptions,
-    /// What the proxy was sent: key → version.
-    sent: BTreeMap<Key, String>,
-    /// Recent responses, oldest first.
+    /// The view the proxy was last brought to…
+    sent: Arc<View>,
+    /// …except these keys, whose copy on the proxy is unknown after a NACK.
+    dirty: BTreeSet<Key>,
+    /// Unanswered responses, oldest first.
     pending: VecDeque<Pending>,
     store_rx: watch::Receiver<u64>,
     endpoints_rx: watch::Receiver<Arc<Endpoints>>,
@@ -51,7 +61,9 @@ pub struct Session {
 impl Session {
     /// Registers the proxy and takes the first request's subscriptions.
     pub fn new(
-        store: Arc<Store>,
+        store: &Store,
+        views: Arc<Views>,
+        budget: Arc<Budget>,
         registry: Arc<Registry>,
         node: NodeInfo,
         first: &DiscoveryRequest,
@@ -63,12 +75,14 @@ impl Session {
         let mut subs = Subscriptions::default();
         subs.update(first);
         Session {
-            store,
+            views,
+            budget,
             registry,
             stream,
             node,
             subs,
-            sent: BTreeMap::new(),
+            sent: Arc::default(),
+            dirty: BTreeSet::new(),
             pending: VecDeque::new(),
             store_rx,
             endpoints_rx,
@@ -139,19 +153,21 @@ impl Session {
     /// view may have changed.
     fn on_request(&mut self, req: &DiscoveryRequest) -> bool {
         if !req.response_nonce.is_empty() {
-            match self.pending.iter().find(|p| p.nonce == req.response_nonce) {
-                Some(p) if req.error.is_empty() => self.registry.acked(self.stream, p.version),
-                Some(p) => {
-                    tracing::warn!(id = %self.node.id, version = p.version, error = %req.error, "proxy refused an update");
-                    self.registry.nacked(self.stream, p.version, req.error.clone());
-                    // The proxy kept its previous config: forget that it got these, so the
-                    // next push (after the next change, not at once: the same content would
-                    // fail again) carries them again.
-                    for key in &p.updated {
-                        self.sent.remove(key);
-                    }
-                    for key in &p.removed {
-                        self.sent.insert(key.clone(), String::new());
+            match self.pending.iter().position(|p| p.nonce == req.response_nonce) {
+                Some(i) => {
+                    // The proxy answers in order: older unanswered responses never will be.
+                    let mut answered = self.pending.drain(..=i);
+                    let p = answered.next_back().expect("drained up to i");
+                    drop(answered);
+                    if req.error.is_empty() {
+                        self.registry.acked(self.stream, p.version);
+                    } else {
+                        tracing::warn!(id = %self.node.id, version = p.version, error = %req.error, "proxy refused an update");
+                        self.registry.nacked(self.stream, p.version, req.error.clone());
+                        // The proxy kept its previous config: what this response carried is
+                        // unknown there now, so the next push (after the next change, not at
+                        // once: the same content would fail again) sends or removes it again.
+                        self.dirty.extend(p.delta.keys());
                     }
                 }
                 None => tracing::debug!(id = %self.node.id, nonce = %req.response_nonce, "unknown nonce"),
@@ -163,40 +179,87 @@ impl Session {
     /// Sends what changed in the proxy's view since the last response (everything, the
     /// first time — even nothing, so the proxy knows it is in sync).
     async fn push(&mut self, tx: &mpsc::Sender<Result<DiscoveryResponse, Status>>, first: bool) -> Result<(), Closed> {
-        let snap = self.store.snapshot();
+        // Mark the changes seen before reading the view, so none is missed.
         self.store_rx.borrow_and_update();
-        let endpoints = self.endpoints_rx.borrow_and_update().clone();
-        let mut view = view::compute(&snap, &endpoints, self.node.service.as_deref());
-        self.subs.filter(&mut view);
-        let (resources, removed) = match view::delta(&mut self.sent, &view) {
-            Some(delta) => delta,
-            None if first => (Vec::new(), Vec::new()),
-            None => return Ok(()),
+        self.endpoints_rx.borrow_and_update();
+        let service = self.node.service.as_deref();
+        let shared = self.views.current(service);
+        let (view, delta) = if !self.subs.is_all() {
+            // A narrowed proxy holds its own copy of its part of the view.
+            let mut view = self.subs.filter(&shared);
+            view.id = self.views.fresh_id();
+            let delta = Arc::new(view::delta(&self.sent, &self.dirty, &view));
+            (Arc::new(view), delta)
+        } else if self.dirty.is_empty() {
+            let delta = self.views.delta(service, &self.sent, &shared);
+            (shared, delta)
+        } else {
+            let delta = Arc::new(view::delta(&self.sent, &self.dirty, &shared));
+            (shared, delta)
         };
-        let version = snap.revision();
+        self.sent = view.clone();
+        self.dirty.clear();
+        if delta.is_empty() && !first {
+            return Ok(());
+        }
+        let version = view.revision;
         let nonce = format!("{:016x}", fastrand::u64(..));
         if self.pending.len() == NONCES {
             self.pending.pop_front();
         }
-        let key = |t: i32, name: &str| (ResourceType::try_from(t).unwrap_or_default(), name.to_string());
-        self.pending.push_back(Pending {
-            nonce: nonce.clone(),
-            version,
-            updated: resources.iter().map(|r| key(r.r#type, &r.name)).collect(),
-            removed: removed.iter().map(|r| key(r.r#type, &r.name)).collect(),
-        });
-        tracing::debug!(id = %self.node.id, version, updated = resources.len(), removed = removed.len(), "push");
-        let response = DiscoveryResponse {
-            r#type: ResourceType::Unspecified as i32,
-            system_version: version.to_string(),
-            nonce,
-            resources,
-            removed,
-        };
-        tx.send(Ok(response)).await.map_err(|_| Closed)?;
-        self.registry.sent(self.stream, version);
+        // Give back what earlier responses hold first: this stream cannot read their
+        // answers while it waits, and must not wait on itself.
+        for p in &mut self.pending {
+            p.held = None;
+        }
+        let held = self.budget.take(delta.size).await;
+        self.pending.push_back(Pending { nonce: nonce.clone(), version, delta: delta.clone(), held: Some(held) });
+        let mut push = Push { version, resources: delta.resources.len(), removed: delta.removed.len(), bytes: 0 };
+        // Parts are made one at a time as the channel takes them, so a stream never holds
+        // more than a few parts of a large response.
+        let mut parts = parts(&delta, PART_BYTES).peekable();
+        while let Some((resources, removed)) = parts.next() {
+            let response = DiscoveryResponse {
+                r#type: ResourceType::Unspecified as i32,
+                system_version: version.to_string(),
+                nonce: nonce.clone(),
+                resources: resources.to_vec(),
+                removed: removed.to_vec(),
+                more: parts.peek().is_some(),
+            };
+            push.bytes += prost::Message::encoded_len(&response);
+            tx.send(Ok(response)).await.map_err(|_| Closed)?;
+        }
+        tracing::debug!(id = %self.node.id, version, updated = push.resources, removed = push.removed, bytes = push.bytes, "push");
+        self.registry.sent(self.stream, push);
         Ok(())
     }
+}
+
+/// `delta` cut into parts of about `max` encoded bytes (at least one part, maybe empty):
+/// resources first, then removed names.
+fn parts(delta: &Delta, max: usize) -> impl Iterator<Item = (&[Resource], &[RemovedResource])> {
+    let mut cuts = Vec::new();
+    let (mut start, mut size) = (0, 0);
+    let sizes = delta
+        .resources
+        .iter()
+        .map(prost::Message::encoded_len)
+        .chain(delta.removed.iter().map(prost::Message::encoded_len));
+    for (i, s) in sizes.enumerate() {
+        if size > 0 && size + s > max {
+            cuts.push(start..i);
+            (start, size) = (i, 0);
+        }
+        size += s + 4;
+    }
+    cuts.push(start..delta.resources.len() + delta.removed.len());
+    let n = delta.resources.len();
+    cuts.into_iter().map(move |r| {
+        let resources = &delta.resources[r.start.min(n)..r.end.min(n)];
+        let removed = &delta.removed[r.start.max(n) - n..r.end.max(n) - n];
+        (resources, removed)
+    })
 }
 
 /// The new deadline of a pending push after one more change.
@@ -216,5 +279,29 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_deltas_are_cut_into_parts_in_order() {
+        let res = |i: usize| Resource { name: format!("c/10.0.0.{i}:80"), body: "x".repeat(100), ..Default::default() };
+        let gone = |i: usize| RemovedResource { name: format!("c/10.1.0.{i}:80"), ..Default::default() };
+        let delta = Delta { resources: (0..100).map(res).collect(), removed: (0..50).map(gone).collect(), size: 0 };
+        let parts: Vec<_> = parts(&delta, 2_000).collect();
+        assert!(parts.len() > 5, "{}", parts.len());
+        let all: Vec<&Resource> = parts.iter().flat_map(|(r, _)| r.iter()).collect();
+        let removed: Vec<&RemovedResource> = parts.iter().flat_map(|(_, r)| r.iter()).collect();
+        assert_eq!((all.len(), removed.len()), (100, 50));
+        assert!(all.iter().zip(&delta.resources).all(|(a, b)| *a == b));
+        for (r, g) in &parts {
+            let size: usize = r.iter().map(prost::Message::encoded_len).sum::<usize>()
+                + g.iter().map(prost::Message::encoded_len).sum::<usize>();
+            assert!(size <= 2_000, "{size}");
+        }
+        assert_eq!(super::parts(&Delta::default(), 2_000).count(), 1, "an empty delta is one (empty) part");
     }
 }

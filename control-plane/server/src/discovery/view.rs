@@ -1,38 +1,83 @@
 //! What one proxy should hold, as a pure function of the store snapshot, the registered
 //! endpoints and the proxy's service; its subscriptions; and the delta between what it
 //! was sent and what it should hold now.
+//!
+//! Clusters are sent without their endpoints; every endpoint is an ENDPOINTS resource of
+//! its own (`CLUSTER/ADDRESS`, trellis-api's `endpoints` module), so that when one endpoint
+//! of a large cluster changes, the delta is that endpoint. Deltas compare bodies, not
+//! versions: rewriting a cluster gives it a new revision, but only the endpoints whose body
+//! changed are sent again.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use trellis_api::discovery::{DiscoveryRequest, RemovedResource, Resource, ResourceType};
+use trellis_api::endpoints;
 
 use super::registry::Endpoints;
 use crate::resource::{Kind, Resource as Stored};
-use crate::store::Snapshot;
+use crate::store::{Item, Snapshot};
 
 /// A resource's identity in a proxy's view.
-pub type Key = (ResourceType, String);
+pub type Key = (ResourceType, Arc<str>);
 
 /// One resource of a view.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Entry {
-    pub version: String,
+    /// The store revision (or registration generation) the body was produced at.
+    pub version: u64,
     pub body: Arc<str>,
 }
 
-/// Everything one proxy should hold.
-pub type View = BTreeMap<Key, Entry>;
+/// Everything one proxy should hold. Views are shared between the streams of a service
+/// (see `cache`); `id` tells shared views apart (0: the empty view, before any push).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct View {
+    pub id: u64,
+    /// The store revision the view was computed from: the responses' `system_version`.
+    pub revision: u64,
+    pub entries: BTreeMap<Key, Entry>,
+}
+
+/// A stored cluster as discovery sends it: the body without endpoints, and the name and
+/// body of one ENDPOINTS resource per written endpoint. Made once per stored cluster and
+/// kept on its store item, so every view shares these strings.
+#[derive(Debug)]
+pub struct ClusterParts {
+    body: Arc<str>,
+    endpoints: Vec<(Arc<str>, Arc<str>)>,
+}
+
+impl ClusterParts {
+    fn of(item: &Item) -> ClusterParts {
+        let Stored::Cluster(c) = &item.resource else {
+            return ClusterParts { body: item.json.clone(), endpoints: Vec::new() };
+        };
+        // Serializing plain data cannot fail; an endpoint that somehow did would be left out
+        // rather than stop discovery for every proxy.
+        let mut value = item.resource.to_value();
+        value["endpoints"] = serde_json::Value::Array(Vec::new());
+        let endpoints = c
+            .endpoints
+            .iter()
+            .filter_map(|e| {
+                let body = serde_json::to_string(&endpoints::Body::written(e)).ok()?;
+                Some((endpoints::name(&c.name, &e.address).into(), body.into()))
+            })
+            .collect();
+        ClusterParts { body: value.to_string().into(), endpoints }
+    }
+}
 
 /// The view of a proxy of `service`: the listeners meant for it (no `service`, or its
-/// own), the routes, clusters and policies they reference, and the registered endpoints
-/// of those clusters.
-pub fn compute(snap: &Snapshot, endpoints: &Endpoints, service: Option<&str>) -> View {
-    let mut view = View::new();
+/// own), the routes, clusters and policies they reference, and the endpoints of those
+/// clusters: the written ones, then registered ones at other addresses.
+pub fn compute(snap: &Snapshot, registered: &Endpoints, service: Option<&str>) -> View {
+    let mut view = View { id: 0, revision: snap.revision(), entries: BTreeMap::new() };
     let add = |view: &mut View, kind: Kind, name: &str| -> bool {
         let Some(item) = snap.get(kind, name) else { return false };
-        let entry = Entry { version: item.version.to_string(), body: item.json.clone() };
-        view.insert((kind.resource_type(), name.to_string()), entry).is_none()
+        let entry = Entry { version: item.version, body: item.json.clone() };
+        view.entries.insert((kind.resource_type(), name.into()), entry).is_none()
     };
     let mut routes = BTreeSet::new();
     let mut clusters = BTreeSet::new();
@@ -56,10 +101,18 @@ pub fn compute(snap: &Snapshot, endpoints: &Endpoints, service: Option<&str>) ->
         }
     }
     for name in clusters {
-        add(&mut view, Kind::Cluster, name);
-        if let Some(set) = endpoints.0.get(name) {
-            let entry = Entry { version: set.version.to_string(), body: set.body.clone() };
-            view.insert((ResourceType::Endpoints, name.to_string()), entry);
+        let Some(item) = snap.get(Kind::Cluster, name) else { continue };
+        let parts = item.discovery.get_or_init(|| ClusterParts::of(item));
+        let entry = |body: &Arc<str>| Entry { version: item.version, body: body.clone() };
+        view.entries.insert((ResourceType::Cluster, name.into()), entry(&parts.body));
+        for (ep, body) in &parts.endpoints {
+            view.entries.insert((ResourceType::Endpoints, ep.clone()), entry(body));
+        }
+        for r in registered.services.get(name).into_iter().flat_map(|set| set.values()) {
+            // A written endpoint wins over a registration at the same address.
+            view.entries
+                .entry((ResourceType::Endpoints, r.name.clone()))
+                .or_insert_with(|| Entry { version: r.version, body: r.body.clone() });
         }
     }
     view
@@ -114,36 +167,82 @@ impl Subscriptions {
         *self != before
     }
 
-    /// Drops from `view` what the proxy did not subscribe to.
-    pub fn filter(&self, view: &mut View) {
-        view.retain(|(t, name), _| {
-            self.0
-                .get(t)
-                .is_none_or(|s| !s.except.contains(name) && s.only.as_ref().is_none_or(|only| only.contains(name)))
-        });
+    /// Everything in the view (the default): the proxy can share its service's view.
+    pub fn is_all(&self) -> bool {
+        self.0.values().all(|s| *s == Sub::default())
+    }
+
+    /// `view` without what the proxy did not subscribe to (a copy: narrowed proxies do
+    /// not share views).
+    pub fn filter(&self, view: &View) -> View {
+        let entries = view
+            .entries
+            .iter()
+            .filter(|((t, name), _)| {
+                self.0.get(t).is_none_or(|s| {
+                    !s.except.contains(&**name) && s.only.as_ref().is_none_or(|only| only.contains(&**name))
+                })
+            })
+            .map(|(k, e)| (k.clone(), e.clone()))
+            .collect();
+        View { id: view.id, revision: view.revision, entries }
     }
 }
 
-/// Resources to add or update and names to remove so that a proxy holding `sent` holds
-/// `view`; `sent` is updated to `view`. `None` when there is nothing to send.
-pub fn delta(sent: &mut BTreeMap<Key, String>, view: &View) -> Option<(Vec<Resource>, Vec<RemovedResource>)> {
-    let resources: Vec<Resource> = view
+/// What one response carries: resources to add or update, names to remove.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Delta {
+    pub resources: Vec<Resource>,
+    pub removed: Vec<RemovedResource>,
+    /// About the encoded size of a response carrying it.
+    pub size: usize,
+}
+
+impl Delta {
+    pub fn is_empty(&self) -> bool {
+        self.resources.is_empty() && self.removed.is_empty()
+    }
+
+    /// Every key the delta touches (to forget after a NACK).
+    pub fn keys(&self) -> impl Iterator<Item = Key> + '_ {
+        let key = |t: i32, name: &str| (ResourceType::try_from(t).unwrap_or_default(), Arc::from(name));
+        self.resources
+            .iter()
+            .map(move |r| key(r.r#type, &r.name))
+            .chain(self.removed.iter().map(move |r| key(r.r#type, &r.name)))
+    }
+}
+
+/// What a proxy holding `sent` needs to hold `view`. Resources count as changed when their
+/// body differs; keys in `dirty` (the proxy's copy is unknown after a NACK) are sent again,
+/// or removed again, whatever the bodies say.
+pub fn delta(sent: &View, dirty: &BTreeSet<Key>, view: &View) -> Delta {
+    let resources = view
+        .entries
         .iter()
-        .filter(|(key, e)| sent.get(*key) != Some(&e.version))
+        .filter(|(key, e)| {
+            dirty.contains(*key)
+                || sent.entries.get(*key).is_none_or(|s| !Arc::ptr_eq(&s.body, &e.body) && s.body != e.body)
+        })
         .map(|((t, name), e)| Resource {
             r#type: *t as i32,
-            name: name.clone(),
-            version: e.version.clone(),
+            name: name.to_string(),
+            version: e.version.to_string(),
             body: e.body.to_string(),
         })
-        .collect();
-    let removed: Vec<RemovedResource> = sent
+        .collect::<Vec<_>>();
+    let gone = |key: &&Key| !view.entries.contains_key(*key);
+    let removed = sent
+        .entries
         .keys()
-        .filter(|key| !view.contains_key(*key))
-        .map(|(t, name)| RemovedResource { r#type: *t as i32, name: name.clone() })
-        .collect();
-    *sent = view.iter().map(|(k, e)| (k.clone(), e.version.clone())).collect();
-    (!resources.is_empty() || !removed.is_empty()).then_some((resources, removed))
+        .filter(gone)
+        .chain(dirty.iter().filter(|k| !sent.entries.contains_key(*k)).filter(gone))
+        .map(|(t, name)| RemovedResource { r#type: *t as i32, name: name.to_string() })
+        .collect::<Vec<_>>();
+    // Each entry also costs a tag and a length prefix in the response: a few bytes.
+    let size = resources.iter().map(|r| prost::Message::encoded_len(r) + 4).sum::<usize>()
+        + removed.iter().map(|r| prost::Message::encoded_len(r) + 4).sum::<usize>();
+    Delta { resources, removed, size }
 }
 
 #[cfg(test)]

@@ -1,8 +1,15 @@
 use super::*;
-use crate::discovery::EndpointSet;
+use crate::discovery::Registered;
+use crate::discovery::cache::Views;
+use crate::discovery::registry::Registry;
+use crate::store::Store;
+use std::time::Duration;
+
+fn r(kind: Kind, json: &str) -> Stored {
+    Stored::parse(kind, json).unwrap()
+}
 
 fn snapshot() -> Snapshot {
-    let r = |kind, json: &str| Stored::parse(kind, json).unwrap();
     Snapshot::from_resources(
         7,
         vec![
@@ -28,7 +35,14 @@ fn snapshot() -> Snapshot {
 }
 
 fn names(view: &View) -> Vec<String> {
-    view.keys().map(|(t, n)| format!("{}/{n}", t.as_str_name())).collect()
+    view.entries.keys().map(|(t, n)| format!("{}/{n}", t.as_str_name())).collect()
+}
+
+/// Brings `sent` to `view` and returns the delta.
+fn step(sent: &mut View, view: View) -> Delta {
+    let d = delta(sent, &BTreeSet::new(), &view);
+    *sent = view;
+    d
 }
 
 #[test]
@@ -47,31 +61,167 @@ fn a_proxy_gets_its_listeners_and_their_closure_only() {
 }
 
 #[test]
-fn registered_endpoints_of_clusters_in_the_closure_come_along() {
-    let snap = snapshot();
-    let set = |v| EndpointSet { version: v, body: r#"[{"address":"10.0.0.1:4143","weight":1}]"#.into() };
-    let eps = Endpoints([("a".to_string(), set(3)), ("unused".to_string(), set(4))].into_iter().collect());
+fn clusters_travel_without_endpoints_and_each_endpoint_alone() {
+    let snap = Snapshot::from_resources(
+        3,
+        vec![
+            r(
+                Kind::Cluster,
+                r#"{"name":"a","lb":"maglev","endpoints":[{"address":"10.0.0.1:80","weight":2},{"address":"10.0.0.2:80","zone":"z"}]}"#,
+            ),
+            r(Kind::Route, r#"{"name":"to-a","backends":[{"cluster":"a"}]}"#),
+            r(Kind::Listener, r#"{"name":"out","address":"127.0.0.1:4140","routes":["to-a"]}"#),
+        ],
+    );
+    let view = compute(&snap, &Endpoints::default(), None);
+    let cluster: serde_json::Value =
+        serde_json::from_str(&view.entries[&(ResourceType::Cluster, "a".into())].body).unwrap();
+    assert_eq!((cluster["lb"].as_str(), cluster["endpoints"].as_array().map(Vec::len)), (Some("maglev"), Some(0)));
+    let ep = |name: &str| view.entries[&(ResourceType::Endpoints, name.into())].clone();
+    assert_eq!(&*ep("a/10.0.0.1:80").body, r#"{"address":"10.0.0.1:80","weight":2}"#);
+    assert_eq!(&*ep("a/10.0.0.2:80").body, r#"{"address":"10.0.0.2:80","weight":1,"zone":"z"}"#);
+    assert_eq!(ep("a/10.0.0.1:80").version, 3);
+}
+
+fn registered(service: &str, address: &str, version: u64) -> (String, Registered) {
+    let body = format!(r#"{{"address":"{address}","weight":1,"registered":true}}"#);
+    let name = trellis_api::endpoints::name(service, address).into();
+    (address.to_string(), Registered { name, version, body: body.into() })
+}
+
+#[test]
+fn registered_endpoints_of_clusters_in_the_closure_come_along_and_written_ones_win() {
+    let snap = Snapshot::from_resources(
+        7,
+        vec![
+            r(Kind::Cluster, r#"{"name":"a","endpoints":[{"address":"10.0.0.1:4143"}]}"#),
+            r(Kind::Cluster, r#"{"name":"unused","endpoints":[]}"#),
+            r(Kind::Route, r#"{"name":"to-a","backends":[{"cluster":"a"}]}"#),
+            r(Kind::Listener, r#"{"name":"out","address":"127.0.0.1:4140","routes":["to-a"]}"#),
+        ],
+    );
+    let set = |eps: Vec<(String, Registered)>| Arc::new(eps.into_iter().collect());
+    let eps = Endpoints {
+        generation: 4,
+        services: [
+            ("a".to_string(), set(vec![registered("a", "10.0.0.1:4143", 3), registered("a", "10.0.0.2:4143", 4)])),
+            ("unused".to_string(), set(vec![registered("unused", "10.0.0.3:4143", 4)])),
+        ]
+        .into_iter()
+        .collect(),
+    };
     let view = compute(&snap, &eps, None);
-    let got = view.get(&(ResourceType::Endpoints, "a".into())).expect("endpoints of a");
-    assert_eq!(got.version, "3");
-    assert!(!view.contains_key(&(ResourceType::Endpoints, "unused".into())));
+    let written = &view.entries[&(ResourceType::Endpoints, "a/10.0.0.1:4143".into())];
+    assert_eq!((written.version, &*written.body), (7, r#"{"address":"10.0.0.1:4143","weight":1}"#));
+    let reg = &view.entries[&(ResourceType::Endpoints, "a/10.0.0.2:4143".into())];
+    assert_eq!(reg.version, 4);
+    assert!(reg.body.contains(r#""registered":true"#));
+    assert!(!view.entries.keys().any(|(_, n)| n.starts_with("unused")));
 }
 
 #[test]
 fn deltas_carry_changes_and_removals_only() {
     let snap = snapshot();
     let eps = Endpoints::default();
-    let mut sent = BTreeMap::new();
-    let (all, removed) = delta(&mut sent, &compute(&snap, &eps, Some("a"))).unwrap();
-    assert_eq!((all.len(), removed.len()), (7, 0));
-    assert!(delta(&mut sent, &compute(&snap, &eps, Some("a"))).is_none(), "nothing changed");
+    let mut sent = View::default();
+    let all = step(&mut sent, compute(&snap, &eps, Some("a")));
+    assert_eq!((all.resources.len(), all.removed.len()), (7, 0));
+    assert!(step(&mut sent, compute(&snap, &eps, Some("a"))).is_empty(), "nothing changed");
 
     // Same store, seen as service b: in-a, to-b, b and p leave; in-b, sql and db arrive.
-    let (added, removed) = delta(&mut sent, &compute(&snap, &eps, Some("b"))).unwrap();
-    let added: Vec<&str> = added.iter().map(|r| r.name.as_str()).collect();
-    let removed: Vec<&str> = removed.iter().map(|r| r.name.as_str()).collect();
+    let d = step(&mut sent, compute(&snap, &eps, Some("b")));
+    let added: Vec<&str> = d.resources.iter().map(|r| r.name.as_str()).collect();
+    let removed: Vec<&str> = d.removed.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(added, ["in-b", "sql", "db"]);
     assert_eq!(removed, ["in-a", "b", "to-b", "p"]);
+}
+
+/// A store holding a listener → route → cluster `big` with `n` endpoints, the last at `last`.
+fn big(store: &Store, n: u32, last: &str) {
+    let mut eps: Vec<serde_json::Value> = (0..n - 1)
+        .map(|i| serde_json::json!({ "address": format!("10.{}.{}.{}:8080", i >> 16, (i >> 8) & 255, i & 255) }))
+        .collect();
+    eps.push(serde_json::json!({ "address": last }));
+    let c = serde_json::json!({ "name": "big", "endpoints": eps }).to_string();
+    store.put(r(Kind::Cluster, &c), None).unwrap();
+    store.put(r(Kind::Route, r#"{"name":"to-big","backends":[{"cluster":"big"}]}"#), None).unwrap();
+    store.put(r(Kind::Listener, r#"{"name":"out","address":"127.0.0.1:4140","routes":["to-big"]}"#), None).unwrap();
+}
+
+#[test]
+fn one_endpoint_changed_in_a_large_cluster_is_one_resource_and_removal_one_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    big(&store, 10_000, "10.200.0.1:8080");
+    let eps = Endpoints::default();
+    let mut sent = View::default();
+    let first = step(&mut sent, compute(&store.snapshot(), &eps, None));
+    assert_eq!(first.resources.len(), 3 + 10_000, "listener, route, cluster and every endpoint");
+
+    // The last endpoint's weight changes: the cluster is rewritten, one endpoint is sent.
+    let mut c: serde_json::Value =
+        serde_json::from_str(&store.snapshot().get(Kind::Cluster, "big").unwrap().json).unwrap();
+    c["endpoints"][9_999]["weight"] = 5.into();
+    store.put(r(Kind::Cluster, &c.to_string()), None).unwrap();
+    let d = step(&mut sent, compute(&store.snapshot(), &eps, None));
+    assert_eq!(d.resources.len(), 1, "{:?}", d.resources);
+    assert_eq!(d.resources[0].r#type, ResourceType::Endpoints as i32);
+    assert_eq!(d.resources[0].name, "big/10.200.0.1:8080");
+    assert_eq!(d.resources[0].body, r#"{"address":"10.200.0.1:8080","weight":5}"#);
+    assert!(d.removed.is_empty());
+
+    // It goes away: one removed name, nothing else.
+    c["endpoints"].as_array_mut().unwrap().pop();
+    store.put(r(Kind::Cluster, &c.to_string()), None).unwrap();
+    let d = step(&mut sent, compute(&store.snapshot(), &eps, None));
+    assert!(d.resources.is_empty(), "{:?}", d.resources);
+    assert_eq!(
+        d.removed,
+        [RemovedResource { r#type: ResourceType::Endpoints as i32, name: "big/10.200.0.1:8080".into() }]
+    );
+
+    // A cluster setting changes: the cluster alone, no endpoint.
+    c["lb"] = "round_robin".into();
+    store.put(r(Kind::Cluster, &c.to_string()), None).unwrap();
+    let d = step(&mut sent, compute(&store.snapshot(), &eps, None));
+    let sent_names: Vec<&str> = d.resources.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!((sent_names, d.removed.len()), (vec!["big"], 0));
+}
+
+#[test]
+fn after_a_nack_the_refused_keys_go_again() {
+    let snap = snapshot();
+    let eps = Endpoints::default();
+    let mut sent = View::default();
+    step(&mut sent, compute(&snap, &eps, Some("a")));
+    let next = compute(&snap, &eps, Some("b"));
+    let refused = step(&mut sent, next.clone());
+    let dirty: BTreeSet<Key> = refused.keys().collect();
+    let again = delta(&sent, &dirty, &next);
+    assert_eq!(again.resources.len(), refused.resources.len());
+    assert_eq!(again.removed, refused.removed);
+}
+
+#[tokio::test]
+async fn streams_of_a_service_share_one_view_and_one_delta() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    big(&store, 1_000, "10.200.0.1:8080");
+    let registry = Registry::new(Duration::from_secs(1));
+    let views = Views::new(store.clone(), registry.subscribe());
+    let (v1, v2) = (views.current(Some("web")), views.current(Some("web")));
+    assert!(Arc::ptr_eq(&v1, &v2), "computed once");
+    let empty = View::default();
+    assert!(Arc::ptr_eq(&views.delta(Some("web"), &empty, &v1), &views.delta(Some("web"), &empty, &v1)));
+
+    store.put(r(Kind::Route, r#"{"name":"to-big","backends":[{"cluster":"big"}],"timeout":"1s"}"#), None).unwrap();
+    let v3 = views.current(Some("web"));
+    assert!(!Arc::ptr_eq(&v1, &v3) && v3.id > v1.id);
+    let d = views.delta(Some("web"), &v1, &v3);
+    assert_eq!(d.resources.len(), 1);
+    // The endpoint bodies are the store's, not copies.
+    let key = (ResourceType::Endpoints, Arc::from("big/10.200.0.1:8080"));
+    assert!(Arc::ptr_eq(&v1.entries[&key].body, &v3.entries[&key].body));
 }
 
 #[test]
@@ -85,9 +235,10 @@ fn subscriptions_narrow_and_drop_names() {
         ..Default::default()
     };
     assert!(!subs.update(&req(ResourceType::Unspecified, &[], &[])), "empty = all");
+    assert!(subs.is_all());
     assert!(subs.update(&req(ResourceType::Listener, &["out"], &[])));
     assert!(subs.update(&req(ResourceType::Cluster, &[], &["b"])));
-    let mut view = compute(&snap, &Endpoints::default(), Some("a"));
-    subs.filter(&mut view);
+    assert!(!subs.is_all());
+    let view = subs.filter(&compute(&snap, &Endpoints::default(), Some("a")));
     assert_eq!(names(&view), ["LISTENER/out", "CLUSTER/a", "ROUTE/to-a", "ROUTE/to-b", "POLICY/p"]);
 }
