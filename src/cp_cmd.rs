@@ -19,7 +19,7 @@ pub struct ControlPlaneArgs {
     /// Address of the REST API (`trellis ctl`, /openapi.json).
     #[arg(long, value_name = "IP:PORT", default_value = DEFAULT_API_ADDR)]
     pub api_addr: SocketAddr,
-    /// Address of the discovery server (gRPC, plaintext) proxies stream from.
+    /// Address of the discovery server (gRPC) proxies stream from.
     #[arg(long, value_name = "IP:PORT", default_value = DEFAULT_XDS_ADDR)]
     pub xds_addr: SocketAddr,
     /// File holding a bearer token that every client and proxy must send. Without it,
@@ -30,6 +30,12 @@ pub struct ControlPlaneArgs {
     /// e.g. 10s, 500ms, 1m.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub endpoint_grace: Duration,
+    /// Serve discovery over mTLS only: the control plane presents
+    /// spiffe://trellis.local/ns/trellis-system/sa/control-plane from its own CA (DIR/ca),
+    /// proxies must present certificates from that CA (`trellis certs issue --dir DIR/ca`)
+    /// and may only register as the service their identity's service account names.
+    #[arg(long)]
+    pub xds_tls: bool,
 }
 
 /// Serves until SIGTERM or SIGINT, then stops gracefully.
@@ -40,6 +46,7 @@ pub fn run(args: ControlPlaneArgs) -> Result<()> {
         xds_addr: args.xds_addr,
         token_file: args.token_file,
         endpoint_grace: args.endpoint_grace,
+        xds_tls: args.xds_tls,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -174,7 +174,7 @@ pub async fn run(cp: api::ControlPlane, node: api::Node, reloader: Arc<Reloader>
     let mut dynamic = Dynamic::default();
     let mut backoff = Duration::from_millis(250);
     loop {
-        match session(&cp.address, token.as_deref(), &node, &mut dynamic, &reloader, &status).await {
+        match session(&cp, token.as_deref(), &node, &mut dynamic, &reloader, &status).await {
             Ok(()) => tracing::warn!(address = %cp.address, "control-plane stream closed"),
             Err(e) => tracing::warn!(address = %cp.address, error = %e, "control-plane stream failed"),
         }
@@ -191,20 +191,17 @@ pub async fn run(cp: api::ControlPlane, node: api::Node, reloader: Arc<Reloader>
 }
 
 async fn session(
-    address: &str,
+    cp: &api::ControlPlane,
     token: Option<&str>,
     node: &Node,
     dynamic: &mut Dynamic,
     reloader: &Reloader,
     status: &Status,
 ) -> Result<(), String> {
-    let channel = tonic::transport::Endpoint::from_shared(address.to_owned())
-        .map_err(|e| format!("bad control-plane address: {e}"))?
-        .connect_timeout(Duration::from_secs(2))
-        .http2_keep_alive_interval(Duration::from_secs(20))
-        .connect()
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
+    let address = cp.address.as_str();
+    // The identity in use now: a rotated certificate is presented from the next connection on.
+    let identity = reloader.snapshot().mesh.clone();
+    let channel = crate::tls::control::connect(cp, identity.as_deref()).await?;
     let bearer: Option<tonic::metadata::MetadataValue<_>> = token
         .map(|t| format!("Bearer {t}").parse())
         .transpose()

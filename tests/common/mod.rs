@@ -2,10 +2,12 @@
 //! 127.0.0.1, and real clients. Every spawned process is killed by handle on drop.
 #![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
+mod control_plane;
 mod identity;
 mod lifecycle;
 mod observe;
 mod resilience;
+pub use control_plane::*;
 pub use identity::*;
 pub use lifecycle::*;
 pub use observe::*;
@@ -53,6 +55,27 @@ impl Proxy {
     }
 
     pub fn start_with(yaml: &str, args: &[&str]) -> Proxy {
+        let mut p = Self::spawn(yaml, args);
+        p.wait_ready();
+        p
+    }
+
+    /// Starts the proxy and waits only for its admin server (`/live`), not for `/ready`:
+    /// for proxies that are expected never to get a config.
+    pub fn spawn_live(yaml: &str, args: &[&str]) -> Proxy {
+        let mut p = Self::spawn(yaml, args);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while admin_get(p.admin, "/live").map(|(s, _)| s != 200).unwrap_or(true) {
+            if let Some(status) = p.child.try_wait().unwrap() {
+                panic!("trellis exited early ({status}): {}", p.logs());
+            }
+            assert!(Instant::now() < deadline, "trellis not live in 20s: {}", p.logs());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        p
+    }
+
+    fn spawn(yaml: &str, args: &[&str]) -> Proxy {
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("trellis.yaml");
@@ -68,9 +91,7 @@ impl Proxy {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("spawn trellis");
-        let mut p = Proxy { child, dir, config, admin, log };
-        p.wait_ready();
-        p
+        Proxy { child, dir, config, admin, log }
     }
 
     fn wait_ready(&mut self) {

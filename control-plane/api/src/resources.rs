@@ -39,8 +39,13 @@ pub struct Bootstrap {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ControlPlane {
-    /// `http://HOST:PORT` of the discovery server.
+    /// `http://HOST:PORT` of the discovery server, or `https://HOST:PORT` for mTLS with the
+    /// bootstrap's `identity` (the control plane runs with `--xds-tls`).
     pub address: String,
+    /// The SPIFFE ID an `https://` control plane must present; default
+    /// `spiffe://<this proxy's trust domain>/ns/trellis-system/sa/control-plane`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
     /// File holding the bearer token, if the control plane requires one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_file: Option<String>,

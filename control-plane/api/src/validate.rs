@@ -43,6 +43,27 @@ fn check(b: &Bootstrap, bootstrap: bool) -> Result<(), Vec<ValidationError>> {
     unique_names(&mut errs, "listeners", b.listeners.iter().map(|l| l.name.as_str()));
     let policies = unique_names(&mut errs, "policies", b.policies.iter().map(|p| p.name.as_str()));
     validate_tls(&mut errs, b, bootstrap);
+    if let Some(cp) = &b.control_plane {
+        if !(cp.address.starts_with("http://") || cp.address.starts_with("https://")) {
+            errs.push(
+                "control_plane.address",
+                format!("\"{}\" is not http://HOST:PORT or https://HOST:PORT", cp.address),
+            );
+        }
+        if cp.address.starts_with("https://") && b.identity.is_none() {
+            errs.push(
+                "control_plane.address",
+                "https:// (mTLS) needs the bootstrap's identity (cert, key, trust_bundle)",
+            );
+        }
+        if let Some(id) = &cp.identity {
+            if !id.starts_with("spiffe://") {
+                errs.push("control_plane.identity", format!("\"{id}\" is not a SPIFFE ID (spiffe://…)"));
+            } else if !cp.address.starts_with("https://") {
+                errs.push("control_plane.identity", "only an https:// control plane presents an identity");
+            }
+        }
+    }
     for p in &b.policies {
         for (i, rule) in p.rules.iter().enumerate() {
             for (j, from) in rule.from.iter().enumerate() {

@@ -22,6 +22,7 @@ pub mod manifest;
 pub mod resource;
 pub mod store;
 mod validation;
+pub mod xds_tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -58,6 +59,9 @@ pub struct Options {
     pub token_file: Option<PathBuf>,
     /// How long a sidecar's endpoint stays after its discovery stream ends.
     pub endpoint_grace: Duration,
+    /// Serve discovery over mTLS only ([`xds_tls`]): proxies present identities from this
+    /// control plane's CA and may only register as the service their identity names.
+    pub xds_tls: bool,
 }
 
 impl Options {
@@ -69,6 +73,7 @@ impl Options {
             xds_addr: SocketAddr::from(([127, 0, 0, 1], 7071)),
             token_file: None,
             endpoint_grace: DEFAULT_ENDPOINT_GRACE,
+            xds_tls: false,
         }
     }
 }
@@ -135,6 +140,7 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
     let token = opts.token_file.as_deref().map(auth::Token::load).transpose()?.map(Arc::new);
     let store = Arc::new(store::Store::open(&opts.data_dir)?);
     let ca = load_or_init_ca(&opts.data_dir.join("ca"))?;
+    let xds_tls = if opts.xds_tls { Some(xds_tls::server_config(Ca::load(opts.data_dir.join("ca"))?)?) } else { None };
     let registry = Arc::new(discovery::Registry::new(opts.endpoint_grace));
 
     let bind =
@@ -160,17 +166,26 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
         }
     });
     let xds_service = DiscoveryServer::new(discovery::Server::new(store.clone(), registry, token, stopped.clone()));
+    let tls_on = xds_tls.is_some();
     let xds = tokio::spawn({
         let mut stopped = stopped;
         async move {
-            tonic::transport::Server::builder()
-                .http2_keepalive_interval(Some(Duration::from_secs(30)))
-                .add_service(xds_service)
-                .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(xds_listener), async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                })
-                .await
-                .map_err(|e| Error::Serve { what: "discovery", reason: e.to_string() })
+            let until = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            let mut server =
+                tonic::transport::Server::builder().http2_keepalive_interval(Some(Duration::from_secs(30)));
+            let router = server.add_service(xds_service);
+            let served = match xds_tls {
+                Some(config) => {
+                    router.serve_with_incoming_shutdown(xds_tls::incoming(xds_listener, config), until).await
+                }
+                None => {
+                    let incoming = tonic::transport::server::TcpIncoming::from(xds_listener);
+                    router.serve_with_incoming_shutdown(incoming, until).await
+                }
+            };
+            served.map_err(|e| Error::Serve { what: "discovery", reason: e.to_string() })
         }
     });
     tracing::info!(
@@ -179,6 +194,7 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
         data_dir = %opts.data_dir.display(),
         revision = store.snapshot().revision(),
         auth = token_state(opts.token_file.is_some()),
+        discovery_tls = if tls_on { "mTLS" } else { "plaintext" },
         "control plane listening"
     );
     Ok(Running { api_addr, xds_addr, stop, api, xds })

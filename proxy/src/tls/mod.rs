@@ -3,6 +3,7 @@
 //! type that is plain or TLS (`io`). Configs are compiled into the config snapshot, so a
 //! rotation is a reload: new handshakes use the new files, open connections keep theirs.
 
+pub mod control;
 pub mod edge;
 pub mod files;
 pub mod io;

@@ -72,6 +72,7 @@ impl Discovery for Server {
                 return Err(Status::unauthenticated("missing or wrong bearer token in `authorization`"));
             }
         }
+        let peer = request.extensions().get::<crate::xds_tls::Peer>().cloned();
         let mut inbound = request.into_inner();
         let first = match tokio::time::timeout(FIRST_REQUEST_TIMEOUT, inbound.message()).await {
             Err(_) => return Err(Status::deadline_exceeded("no first request")),
@@ -80,7 +81,10 @@ impl Discovery for Server {
             Ok(Ok(Some(req))) => req,
         };
         let node = node_info(&first)?;
-        tracing::info!(id = %node.id, service = ?node.service, "proxy connected");
+        if let Some(peer) = &peer {
+            held_to_identity(peer, &node)?;
+        }
+        tracing::info!(id = %node.id, service = ?node.service, identity = ?peer.and_then(|p| p.spiffe_id).map(|i| i.into_string()), "proxy connected");
         let (tx, rx) = mpsc::channel(4);
         let session = session::Session::new(
             &self.store,
@@ -93,6 +97,22 @@ impl Discovery for Server {
         );
         tokio::spawn(session.run(inbound, tx));
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Over mTLS a proxy may only speak for the service its identity names: a node with a
+/// `service` must hold `spiffe://…/sa/<service>`, so a stolen certificate of one workload
+/// cannot register endpoints of (and draw the traffic of) another.
+fn held_to_identity(peer: &crate::xds_tls::Peer, node: &NodeInfo) -> Result<(), Status> {
+    let Some(id) = &peer.spiffe_id else {
+        return Err(Status::unauthenticated("the client certificate has no SPIFFE ID"));
+    };
+    match node.service.as_deref() {
+        Some(service) if id.service_account() != Some(service) => Err(Status::permission_denied(format!(
+            "node.service \"{service}\" is not the service of this proxy's identity {}",
+            id.as_str()
+        ))),
+        _ => Ok(()),
     }
 }
 

@@ -1,0 +1,181 @@
+//! mTLS on the discovery port (`--xds-tls`). The control plane serves with a certificate it
+//! issues itself from its own CA ([`CONTROL_PLANE_ID`], re-issued well before it expires) and
+//! accepts only clients whose certificate chains to that CA, over TLS 1.3. Each accepted
+//! connection carries the client's verified SPIFFE ID ([`Peer`]) to the discovery service,
+//! which holds a proxy to the service its identity names.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{RootCertStore, ServerConfig};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::server::TlsStream;
+use tonic::transport::server::Connected;
+use trellis_certs::{Ca, SpiffeId};
+
+use crate::Error;
+
+/// The identity the control plane presents on its discovery port.
+pub const CONTROL_PLANE_ID: &str = "spiffe://trellis.local/ns/trellis-system/sa/control-plane";
+/// How long a self-issued serving certificate is valid; it is replaced at half its life.
+const SERVING_TTL: Duration = Duration::from_secs(24 * 3600);
+/// A client that has not finished its handshake by then is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Who is on the other end of a discovery connection.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// The verified SPIFFE ID of the client certificate.
+    pub spiffe_id: Option<SpiffeId>,
+}
+
+/// One accepted mTLS connection.
+pub struct Conn {
+    tls: TlsStream<TcpStream>,
+    peer: Peer,
+}
+
+impl Connected for Conn {
+    type ConnectInfo = Peer;
+
+    fn connect_info(&self) -> Peer {
+        self.peer.clone()
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tls).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.tls).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tls).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tls).poll_shutdown(cx)
+    }
+}
+
+/// The server config: client certificates required and chained to `ca`, TLS 1.3 only, h2.
+pub fn server_config(ca: Ca) -> Result<Arc<ServerConfig>, Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    roots.add(ca.cert_der().clone()).map_err(|e| tls_error("the CA certificate", e))?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| tls_error("the client verifier", e))?;
+    let resolver = SelfIssued::new(ca, provider.clone())?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| tls_error("the server config", e))?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(Arc::new(resolver));
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+fn tls_error(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Serve { what: "discovery TLS", reason: format!("{what}: {e}") }
+}
+
+/// Accepts TCP connections, runs each handshake in its own task (a slow client never holds
+/// up the others), and yields the connections that completed it.
+pub fn incoming(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+) -> impl futures_util::Stream<Item = Result<Conn, io::Error>> {
+    let (tx, rx) = mpsc::channel::<Result<Conn, io::Error>>(64);
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, addr) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "discovery accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            if tx.is_closed() {
+                return;
+            }
+            let _ = tcp.set_nodelay(true);
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let spiffe_id = tls
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .and_then(|leaf| trellis_certs::leaf_spiffe_id(leaf.as_ref()));
+                        let _ = tx.send(Ok(Conn { tls, peer: Peer { addr, spiffe_id } })).await;
+                    }
+                    Ok(Err(e)) => tracing::info!(peer = %addr, error = %e, "discovery TLS handshake failed"),
+                    Err(_) => tracing::info!(peer = %addr, "discovery TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) })
+}
+
+/// Serves a certificate for [`CONTROL_PLANE_ID`] issued by the control plane's CA, replacing
+/// it once half its validity has passed.
+struct SelfIssued {
+    ca: Ca,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    current: Mutex<(Arc<CertifiedKey>, SystemTime)>,
+}
+
+impl std::fmt::Debug for SelfIssued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SelfIssued").finish_non_exhaustive()
+    }
+}
+
+impl SelfIssued {
+    fn new(ca: Ca, provider: Arc<rustls::crypto::CryptoProvider>) -> Result<SelfIssued, Error> {
+        let first = issue(&ca, &provider)?;
+        Ok(SelfIssued { ca, provider, current: Mutex::new(first) })
+    }
+}
+
+fn issue(ca: &Ca, provider: &rustls::crypto::CryptoProvider) -> Result<(Arc<CertifiedKey>, SystemTime), Error> {
+    let id = SpiffeId::parse(CONTROL_PLANE_ID)?;
+    let issued = ca.issue(&id, SERVING_TTL, &[])?;
+    let certs = trellis_certs::certs_from_pem(issued.cert_pem.as_bytes())?;
+    let key = trellis_certs::key_from_pem(issued.key_pem.as_bytes())?;
+    let key = CertifiedKey::from_der(certs, key, provider).map_err(|e| tls_error("the serving key", e))?;
+    Ok((Arc::new(key), SystemTime::now() + SERVING_TTL / 2))
+}
+
+impl ResolvesServerCert for SelfIssued {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if SystemTime::now() >= current.1 {
+            match issue(&self.ca, &self.provider) {
+                Ok(next) => *current = next,
+                Err(e) => tracing::error!(error = %e, "cannot renew the discovery serving certificate"),
+            }
+        }
+        Some(current.0.clone())
+    }
+}

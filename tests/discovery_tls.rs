@@ -1,0 +1,140 @@
+//! Discovery over mTLS (`trellis control-plane --xds-tls`, `control_plane.address: https://…`)
+//! with the real binaries: a proxy holding an identity from the control plane's CA gets its
+//! config; one from another CA, one that claims another service, one expecting another
+//! control-plane identity, and a plaintext one get nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+use common::*;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// Issues `spiffe://trellis.local/ns/default/sa/SA` from the CA in `ca_dir` into `dir/SA.*`
+/// and returns the bootstrap's `identity:` line.
+fn identity(ca_dir: &Path, dir: &Path, sa: &str) -> String {
+    let ca = trellis_certs::Ca::load(ca_dir).unwrap();
+    let prefix = dir.join(sa);
+    issue_to(&ca, &format!("spiffe://trellis.local/ns/default/sa/{sa}"), &[], &prefix);
+    let (cert, key) = pem_key(&prefix);
+    format!(
+        "identity: {{ cert: \"{}\", key: \"{}\", trust_bundle: \"{}\" }}\n",
+        cert.display(),
+        key.display(),
+        trellis_certs::Ca::cert_path(ca_dir).display()
+    )
+}
+
+/// A proxy of `service` with `identity`, taking its config from `cp` at `scheme://xds`.
+fn bootstrap(service: &str, identity: &str, scheme: &str, xds: SocketAddr, extra: &str) -> String {
+    format!(
+        "node: {{ id: {service}-0, service: {service} }}\nadmin: {{ address: \"{{admin}}\" }}\n{identity}control_plane: {{ address: \"{scheme}://{xds}\"{extra} }}\n"
+    )
+}
+
+fn ready(proxy: &Proxy) -> bool {
+    admin_get(proxy.admin, "/ready").map(|(s, _)| s == 200).unwrap_or(false)
+}
+
+async fn wait_ready(proxy: &Proxy, limit: Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if blocking(|| ready(proxy)) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_proxies_with_the_control_planes_identities_get_config() {
+    within(LIMIT, async {
+        ring_provider();
+        let data = tempfile::tempdir().unwrap();
+        let cp = blocking({
+            let data = data.path().to_owned();
+            move || ControlPlane::start_with(&data, listen_addr(), listen_addr(), &["--xds-tls"])
+        });
+        let ca_dir = data.path().join("ca");
+        let certs = tempfile::tempdir().unwrap();
+        let app = Origin::echo("shop-app").await;
+        let listen = listen_addr();
+        for (kind, name, body) in [
+            ("clusters", "app", serde_json::json!({ "endpoints": [{ "address": app.addr.to_string() }] })),
+            ("routes", "all", serde_json::json!({ "match": { "path_prefix": "/" }, "backends": [{ "cluster": "app" }] })),
+            ("listeners", "in", serde_json::json!({ "address": listen.to_string(), "service": "shop", "routes": ["all"] })),
+        ] {
+            let got = cp.put(kind, name, body).await;
+            assert!(got.status.is_success(), "{kind}/{name}: {}", got.text());
+        }
+
+        // The right CA, the right service: config arrives over mTLS and the listener serves.
+        let shop = Proxy::start(&bootstrap("shop", &identity(&ca_dir, certs.path(), "shop"), "https", cp.xds, ""));
+        assert!(wait_ready(&shop, Duration::from_secs(10)).await, "{}", log_tail(&shop, 20));
+        let got = Client::h1(listen).await.get("/hello").await;
+        assert_eq!(got.status, 200, "{}", got.text());
+        let (_, proxies) = admin_get(cp.api, "/v1/proxies").unwrap();
+        assert!(proxies.contains("shop-0"), "{proxies}");
+
+        // A certificate of another CA: the handshake fails, nothing is applied.
+        let other = tempfile::tempdir().unwrap();
+        trellis_certs::Ca::init(other.path().join("ca"), false).unwrap();
+        let foreign = Proxy::spawn_live(
+            &bootstrap("billing", &identity(&other.path().join("ca"), other.path(), "billing"), "https", cp.xds, ""),
+            &["--threads", "1"],
+        );
+        // The right CA, but claiming another service than its identity's.
+        let impostor = Proxy::spawn_live(
+            &bootstrap("payments", &identity(&ca_dir, certs.path(), "cart"), "https", cp.xds, ""),
+            &["--threads", "1"],
+        );
+        // Expecting another control-plane identity: the proxy refuses the server.
+        let wary = Proxy::spawn_live(
+            &bootstrap(
+                "shop",
+                &identity(&ca_dir, certs.path(), "shop"),
+                "https",
+                cp.xds,
+                ", identity: \"spiffe://trellis.local/ns/other/sa/control-plane\"",
+            ),
+            &["--threads", "1"],
+        );
+        // Plaintext to an mTLS port.
+        let plain =
+            Proxy::spawn_live(&bootstrap("shop", &identity(&ca_dir, certs.path(), "shop"), "http", cp.xds, ""), &["--threads", "1"]);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        for (what, p, needle) in [
+            ("foreign CA", &foreign, "control-plane stream failed"),
+            ("impostor", &impostor, "is not the service of this proxy's identity"),
+            ("wrong control-plane identity", &wary, "the control plane's identity mismatch: expected spiffe://trellis.local/ns/other/sa/control-plane, got spiffe://trellis.local/ns/trellis-system/sa/control-plane"),
+            ("plaintext", &plain, "control-plane stream failed"),
+        ] {
+            assert!(!blocking(|| ready(p)), "{what}: must not become ready");
+            let logs = plain_logs(p);
+            assert!(logs.contains(needle), "{what}: expected {needle:?} in:\n{}", log_tail(p, 10));
+        }
+        let (_, proxies) = admin_get(cp.api, "/v1/proxies").unwrap();
+        for id in ["billing-0", "payments-0"] {
+            assert!(!proxies.contains(id), "{id} must not be registered: {proxies}");
+        }
+    })
+    .await;
+}
+
+#[test]
+fn an_https_control_plane_needs_an_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("t.yaml");
+    std::fs::write(&cfg, "control_plane: { address: \"https://127.0.0.1:7071\" }\n").unwrap();
+    let (code, out) = trellis(&["validate", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("control_plane.address") && out.contains("identity"), "{out}");
+    std::fs::write(&cfg, "control_plane: { address: \"127.0.0.1:7071\" }\n").unwrap();
+    let (code, out) = trellis(&["validate", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("control_plane.address"), "{out}");
+}
