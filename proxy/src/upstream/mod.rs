@@ -178,21 +178,21 @@ impl Cluster {
         };
         let counts = prev.map(|p| p.counts.clone()).unwrap_or_default();
         let name: Arc<str> = spec.name.as_str().into();
+        // By address, so a cluster of thousands of endpoints is rebuilt in linear time.
+        let previous: std::collections::HashMap<SocketAddr, &Arc<Endpoint>> =
+            prev.map(|p| p.endpoints.iter().map(|e| (e.addr, e)).collect()).unwrap_or_default();
         let endpoints: Vec<Arc<Endpoint>> = addrs
             .into_iter()
             .map(|(addr, e)| {
-                let kept = prev.and_then(|p| {
-                    p.endpoints.iter().find(|old| {
-                        old.addr == addr
-                            && old.settings == settings
-                            && old.weight == e.weight
-                            && old.zone == e.zone
-                            && old.health_check == spec.health_check
-                            && old.tls_spec == spec.tls
-                    })
+                let kept = previous.get(&addr).filter(|old| {
+                    old.settings == settings
+                        && old.weight == e.weight
+                        && old.zone == e.zone
+                        && old.health_check == spec.health_check
+                        && old.tls_spec == spec.tls
                 });
                 let ep = match kept {
-                    Some(old) => old.clone(),
+                    Some(old) => (*old).clone(),
                     None => {
                         let mut ep = Endpoint::new(addr, e.weight, e.zone.clone(), settings, workers);
                         ep.cluster = name.clone();
