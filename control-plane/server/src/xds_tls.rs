@@ -104,7 +104,12 @@ pub fn incoming(
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     tokio::spawn(async move {
         loop {
-            let (tcp, addr) = match listener.accept().await {
+            // The server dropping its end (shutdown) also closes the listening socket.
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = tx.closed() => return,
+            };
+            let (tcp, addr) = match accepted {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(error = %e, "discovery accept failed");
@@ -112,9 +117,6 @@ pub fn incoming(
                     continue;
                 }
             };
-            if tx.is_closed() {
-                return;
-            }
             let _ = tcp.set_nodelay(true);
             let (acceptor, tx) = (acceptor.clone(), tx.clone());
             tokio::spawn(async move {
@@ -177,5 +179,35 @@ impl ResolvesServerCert for SelfIssued {
             }
         }
         Some(current.0.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Options, start};
+    use std::net::SocketAddr;
+
+    #[tokio::test]
+    async fn stopping_frees_the_discovery_port() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut opts = Options::new(dir.path());
+        opts.api_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        opts.xds_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        opts.xds_tls = true;
+        let running = start(opts).await.expect("start");
+        let xds = running.xds_addr();
+        running.stop().await.expect("stop");
+        // The accept loop ends with the server: the port can be bound again at once.
+        let mut bound = None;
+        for _ in 0..50 {
+            match tokio::net::TcpListener::bind(xds).await {
+                Ok(l) => {
+                    bound = Some(l);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            }
+        }
+        assert!(bound.is_some(), "{xds} still held after stop");
     }
 }
