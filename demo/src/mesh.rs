@@ -43,8 +43,11 @@ impl Mesh {
         let (outbound, inbound) = (port(4140)?, port(4143)?);
         let (planner_app, tools_app) = (port(8081)?, port(8082)?);
 
-        // A CA and one SPIFFE identity per service.
-        let ca = Ca::init(d.join("ca"), false)?;
+        // The control plane's CA (it would make it on first start) and one SPIFFE identity
+        // per service from it: the same identities secure the sidecars' mTLS and their
+        // discovery streams (`--xds-tls`).
+        let ca_dir = d.join("store").join("ca");
+        let ca = Ca::init(&ca_dir, false)?;
         for (name, id) in [("planner", PLANNER_ID), ("tools", TOOLS_ID)] {
             ca.issue(&SpiffeId::parse(id)?, Duration::from_secs(24 * 3600), &[])?.write(d.join(name))?;
         }
@@ -56,6 +59,7 @@ impl Mesh {
             .args(["control-plane", "--data-dir"])
             .arg(d.join("store"))
             .args(["--api-addr", &api.to_string(), "--xds-addr", &xds.to_string(), "--endpoint-grace", "5s"])
+            .arg("--xds-tls")
             .stdout(Stdio::null())
             .stderr(log("control-plane")?)
             .spawn()?;
@@ -72,10 +76,10 @@ impl Mesh {
                 "drain_timeout": "5s",
                 "identity": {
                     "cert": d.join(format!("{name}.pem")), "key": d.join(format!("{name}.key")),
-                    "trust_bundle": d.join("ca").join("ca.pem"),
+                    "trust_bundle": ca_dir.join("ca.pem"),
                 },
                 "control_plane": {
-                    "address": format!("http://{xds}"),
+                    "address": format!("https://{xds}"),
                     "inbound_address": registers.then(|| inbound.to_string()),
                 },
             });
@@ -172,7 +176,7 @@ impl Mesh {
         println!("  planner app  http://{}/plan   (calls tools through its sidecar)", self.planner_app);
         println!("  planner sidecar  outbound {}  admin http://{}", self.outbound, self.admins[0]);
         println!("  tools sidecar    inbound  {} (mTLS)  admin http://{}", self.inbound, self.admins[1]);
-        println!("  control plane    REST http://{}  discovery {}", self.api, self.xds);
+        println!("  control plane    REST http://{}  discovery https://{} (mTLS)", self.api, self.xds);
         println!("  files and logs   {d}");
         println!();
         println!("Try:");
