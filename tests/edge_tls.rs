@@ -18,35 +18,6 @@ const EDGE_DEFAULT: &str = "spiffe://trellis.local/ns/edge/sa/default";
 const EDGE_A: &str = "spiffe://trellis.local/ns/edge/sa/a";
 const EDGE_WILD: &str = "spiffe://trellis.local/ns/edge/sa/wild-b";
 
-/// A root CA and its files in a temp dir.
-struct Pki {
-    dir: tempfile::TempDir,
-    ca: Ca,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        ring_provider();
-        let dir = tempfile::tempdir().unwrap();
-        let ca = Ca::init(dir.path().join("ca"), false).unwrap();
-        Pki { dir, ca }
-    }
-
-    fn bundle(&self) -> PathBuf {
-        Ca::cert_path(self.dir.path().join("ca"))
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn issue(&self, name: &str, id: &str, dns: &[&str]) -> (PathBuf, PathBuf) {
-        let prefix = self.path(name);
-        issue_to(&self.ca, id, dns, &prefix);
-        pem_key(&prefix)
-    }
-}
-
 /// Terminating listeners `(name, address, certificates, min_version)` in front of an echo
 /// app (cluster protocol `auto`: HTTP/2 upstream for HTTP/2 clients).
 /// A terminating listener: name, address, certificate (cert, key) files, min_version.

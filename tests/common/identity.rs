@@ -309,3 +309,34 @@ pub async fn tls_echo_origin(
     });
     (Origin { addr, task }, snis)
 }
+
+/// A root CA and its files in a temp dir.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    pub ca: trellis_certs::Ca,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        ring_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let ca = trellis_certs::Ca::init(dir.path().join("ca"), false).unwrap();
+        Pki { dir, ca }
+    }
+
+    /// `DIR/ca/ca.pem`.
+    pub fn bundle(&self) -> PathBuf {
+        trellis_certs::Ca::cert_path(self.dir.path().join("ca"))
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Issues `id` (plus DNS SANs) to `DIR/NAME.pem` + `DIR/NAME.key`.
+    pub fn issue(&self, name: &str, id: &str, dns: &[&str]) -> (PathBuf, PathBuf) {
+        let prefix = self.path(name);
+        issue_to(&self.ca, id, dns, &prefix);
+        pem_key(&prefix)
+    }
+}

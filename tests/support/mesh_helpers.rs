@@ -4,37 +4,6 @@ const FRONTEND: &str = "spiffe://trellis.local/ns/default/sa/frontend";
 const CHECKOUT: &str = "spiffe://trellis.local/ns/default/sa/checkout";
 const INTRUDER: &str = "spiffe://trellis.local/ns/default/sa/intruder";
 
-/// A root CA and its files in a temp dir.
-struct Pki {
-    dir: tempfile::TempDir,
-    ca: Ca,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        ring_provider();
-        let dir = tempfile::tempdir().unwrap();
-        let ca = Ca::init(dir.path().join("ca"), false).unwrap();
-        Pki { dir, ca }
-    }
-
-    /// `DIR/ca/ca.pem`.
-    fn bundle(&self) -> PathBuf {
-        Ca::cert_path(self.dir.path().join("ca"))
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// Issues `id` (plus DNS SANs) to `DIR/NAME.pem` + `DIR/NAME.key`.
-    fn issue(&self, name: &str, id: &str, dns: &[&str]) -> (PathBuf, PathBuf) {
-        let prefix = self.path(name);
-        issue_to(&self.ca, id, dns, &prefix);
-        pem_key(&prefix)
-    }
-}
-
 fn identity_yaml(cert: &Path, key: &Path, bundle: &Path) -> String {
     format!(
         "identity: {{ cert: \"{}\", key: \"{}\", trust_bundle: \"{}\" }}\n",
