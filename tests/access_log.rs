@@ -134,3 +134,33 @@ fn an_unusable_log_path_is_a_config_error_naming_the_field() {
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("access_log.path"), "{out}");
 }
+
+/// logrotate's default (move the file away, let the writer make a new one): lines go to a
+/// new file at the path within about a second, none are lost to the moved file afterwards.
+#[tokio::test]
+async fn a_moved_log_file_is_followed() {
+    bounded(LIMIT, async {
+        let origin = Origin::echo("app").await;
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("access.log");
+        let listen = listen_addr();
+        let _proxy = Proxy::start(&config(listen, &log, origin.addr, origin.addr));
+        let mut c = Client::h1(listen).await;
+        assert_eq!(c.get("/api/before").await.status, 200);
+        lines(&log, 1).await;
+        let moved = dir.path().join("access.log.1");
+        std::fs::rename(&log, &moved).unwrap();
+        let mut sent = 0;
+        while !log.exists() && sent < 60 {
+            assert_eq!(c.get("/api/after").await.status, 200);
+            sent += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(log.exists(), "no new file at {} after {sent} requests", log.display());
+        let now = lines(&log, 1).await;
+        assert!(now.iter().all(|l| l["path"] == "/api/after"), "{now:#?}");
+        let old = std::fs::read_to_string(&moved).unwrap();
+        assert!(old.lines().next().is_some_and(|l| l.contains("/api/before")), "{old}");
+    })
+    .await;
+}

@@ -35,11 +35,7 @@ impl AccessLog {
         if let Some(log) = open.get(path) {
             return Ok(log.clone());
         }
-        let out: Box<dyn Write + Send> = if path == "stdout" {
-            Box::new(std::io::stdout())
-        } else {
-            Box::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?)
-        };
+        let out = if path == "stdout" { Sink::Stdout } else { Sink::File(LogFile::open(path)?) };
         let (tx, rx) = sync_channel(QUEUE);
         std::thread::Builder::new().name("trellis-access-log".into()).spawn(move || write_lines(rx, out))?;
         let log = Arc::new(AccessLog { path: path.to_owned(), tx });
@@ -91,17 +87,70 @@ impl AccessLog {
     }
 }
 
-/// The writer thread: writes what is queued, flushes whenever the queue runs dry.
-fn write_lines(rx: Receiver<String>, out: Box<dyn Write + Send>) {
-    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
-    while let Ok(line) = rx.recv() {
-        let mut result = out.write_all(line.as_bytes());
-        while let (Ok(()), Ok(more)) = (&result, rx.try_recv()) {
-            result = out.write_all(more.as_bytes());
+/// Where the writer thread writes.
+enum Sink {
+    Stdout,
+    File(LogFile),
+}
+
+/// A log file that follows its path: when the file is moved away or deleted (logrotate's
+/// default), the next write after at most [`REOPEN_CHECK`] goes to a new file at the path.
+struct LogFile {
+    path: std::path::PathBuf,
+    file: std::fs::File,
+    checked: Instant,
+}
+
+/// How often the writer checks that its file is still the one at the path.
+const REOPEN_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl LogFile {
+    fn open(path: &str) -> std::io::Result<LogFile> {
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(LogFile { path: path.into(), file, checked: Instant::now() })
+    }
+
+    /// Reopens the path if it no longer names the open file.
+    fn follow(&mut self) {
+        if self.checked.elapsed() < REOPEN_CHECK {
+            return;
         }
-        if let Err(e) = result.and_then(|()| out.flush()) {
+        self.checked = Instant::now();
+        use std::os::unix::fs::MetadataExt;
+        let same = match (std::fs::metadata(&self.path), self.file.metadata()) {
+            (Ok(at_path), Ok(open)) => at_path.ino() == open.ino() && at_path.dev() == open.dev(),
+            _ => false,
+        };
+        if !same {
+            match std::fs::OpenOptions::new().create(true).append(true).open(&self.path) {
+                Ok(f) => self.file = f,
+                Err(e) => tracing::warn!(path = %self.path.display(), error = %e, "cannot reopen the access log"),
+            }
+        }
+    }
+}
+
+/// The writer thread: writes what is queued in one batch, then waits for more.
+fn write_lines(rx: Receiver<String>, mut sink: Sink) {
+    let mut batch = Vec::with_capacity(64 * 1024);
+    while let Ok(line) = rx.recv() {
+        batch.extend_from_slice(line.as_bytes());
+        while batch.len() < 1 << 20
+            && let Ok(more) = rx.try_recv()
+        {
+            batch.extend_from_slice(more.as_bytes());
+        }
+        let written = match &mut sink {
+            Sink::Stdout => std::io::stdout().lock().write_all(&batch),
+            Sink::File(f) => {
+                f.follow();
+                f.file.write_all(&batch)
+            }
+        };
+        if let Err(e) = written {
             tracing::warn!(error = %e, "cannot write the access log");
         }
+        batch.clear();
     }
 }
 
