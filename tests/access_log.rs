@@ -164,3 +164,25 @@ async fn a_moved_log_file_is_followed() {
     })
     .await;
 }
+
+/// Lines still buffered when the proxy drains on SIGTERM are written before it exits.
+#[test]
+fn draining_writes_the_last_lines() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let origin = rt.block_on(Origin::echo("app"));
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let listen = listen_addr();
+    let mut proxy = Proxy::start(&config(listen, &log, origin.addr, origin.addr));
+    rt.block_on(async {
+        let mut c = Client::h1(listen).await;
+        for _ in 0..5 {
+            assert_eq!(c.get("/api/last").await.status, 200);
+        }
+    });
+    proxy.signal("TERM");
+    let status = proxy.wait_exit(Duration::from_secs(10)).expect("exits after the drain");
+    assert!(status.success(), "{status}");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(text.lines().filter(|l| l.contains("/api/last")).count(), 5, "{text}");
+}

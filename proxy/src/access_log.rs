@@ -1,8 +1,9 @@
 //! The JSON access log (DESIGN §7): one line per HTTP request, written when its response has
 //! ended (so the duration and byte count are final), and one per L4 connection when it
-//! closes, to stdout or to a file. Workers hand
-//! finished lines to a bounded queue drained by one writer thread, so a slow disk never
-//! stalls request handling; when the queue is full a line is dropped and counted in
+//! closes, to stdout or to a file. Workers append encoded lines to a shared buffer; one
+//! writer thread takes the buffer every [`FLUSH_EVERY`] (sooner once it holds
+//! [`FLUSH_AT`]) and writes it, so requests never wait for a disk nor wake a thread each.
+//! When the buffer is full (the disk cannot keep up), lines are dropped and counted in
 //! `trellis_access_log_dropped_total` rather than blocking.
 
 use crate::telemetry;
@@ -11,18 +12,53 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Instant, SystemTime};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
 
-/// Lines waiting for the writer; beyond this they are dropped.
-const QUEUE: usize = 16 * 1024;
+/// The writer's longest wait between writes.
+const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// Buffered bytes that wake the writer early.
+const FLUSH_AT: usize = 256 * 1024;
+/// Buffered bytes beyond which lines are dropped.
+const BUFFER_MAX: usize = 16 << 20;
+
+/// Lines waiting for the writer.
+#[derive(Debug, Default)]
+struct Buffer {
+    buf: Mutex<Vec<u8>>,
+    big: Condvar,
+    /// The writer holds a batch it has not finished writing.
+    writing: std::sync::atomic::AtomicBool,
+}
+
+/// Every log opened in this process, by path.
+fn registry() -> &'static Mutex<HashMap<String, Arc<AccessLog>>> {
+    static OPEN: OnceLock<Mutex<HashMap<String, Arc<AccessLog>>>> = OnceLock::new();
+    OPEN.get_or_init(Default::default)
+}
+
+/// Writes out what every log holds, waiting up to `limit`: called once the proxy has
+/// drained, so the last requests' lines are not lost with the process.
+pub fn flush_all(limit: Duration) {
+    let logs: Vec<Arc<AccessLog>> = registry().lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+    let deadline = Instant::now() + limit;
+    for log in logs {
+        let b = &log.pending;
+        while Instant::now() < deadline {
+            let empty = b.buf.lock().map(|v| v.is_empty()).unwrap_or(true);
+            if empty && !b.writing.load(std::sync::atomic::Ordering::Acquire) {
+                break;
+            }
+            b.big.notify_one();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
 
 /// Where lines go.
 #[derive(Debug)]
 pub struct AccessLog {
-    path: String,
-    tx: SyncSender<String>,
+    pending: Arc<Buffer>,
 }
 
 impl AccessLog {
@@ -30,15 +66,15 @@ impl AccessLog {
     /// writer per path for the life of the process, shared by every config that names it, so
     /// reloads neither reopen the file nor interleave two writers.
     pub fn open(path: &str) -> std::io::Result<Arc<AccessLog>> {
-        static OPEN: OnceLock<Mutex<HashMap<String, Arc<AccessLog>>>> = OnceLock::new();
-        let mut open = OPEN.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+        let mut open = registry().lock().unwrap_or_else(|p| p.into_inner());
         if let Some(log) = open.get(path) {
             return Ok(log.clone());
         }
         let out = if path == "stdout" { Sink::Stdout } else { Sink::File(LogFile::open(path)?) };
-        let (tx, rx) = sync_channel(QUEUE);
-        std::thread::Builder::new().name("trellis-access-log".into()).spawn(move || write_lines(rx, out))?;
-        let log = Arc::new(AccessLog { path: path.to_owned(), tx });
+        let pending = Arc::new(Buffer::default());
+        let shared = pending.clone();
+        std::thread::Builder::new().name("trellis-access-log".into()).spawn(move || write_lines(&shared, out))?;
+        let log = Arc::new(AccessLog { pending });
         open.insert(path.to_owned(), log.clone());
         Ok(log)
     }
@@ -66,23 +102,23 @@ impl AccessLog {
     }
 
     fn queue(&self, line: &impl Serialize) {
-        let mut line = match serde_json::to_string(line) {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot encode an access log line");
-                return;
-            }
-        };
-        line.push('\n');
-        match self.tx.try_send(line) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                metrics::counter!(telemetry::ACCESS_LOG_DROPPED_TOTAL).increment(1);
-            }
-            Err(TrySendError::Disconnected(_)) => {
-                metrics::counter!(telemetry::ACCESS_LOG_DROPPED_TOTAL).increment(1);
-                tracing::warn!(path = %self.path, "the access log writer has stopped");
-            }
+        let mut buf = self.pending.buf.lock().unwrap_or_else(|p| p.into_inner());
+        if buf.len() >= BUFFER_MAX {
+            drop(buf);
+            metrics::counter!(telemetry::ACCESS_LOG_DROPPED_TOTAL).increment(1);
+            return;
+        }
+        let before = buf.len();
+        // Encoded straight into the shared buffer: no per-line allocation.
+        if let Err(e) = serde_json::to_writer(&mut *buf, line) {
+            buf.truncate(before);
+            drop(buf);
+            tracing::warn!(error = %e, "cannot encode an access log line");
+            return;
+        }
+        buf.push(b'\n');
+        if before < FLUSH_AT && buf.len() >= FLUSH_AT {
+            self.pending.big.notify_one();
         }
     }
 }
@@ -102,7 +138,7 @@ struct LogFile {
 }
 
 /// How often the writer checks that its file is still the one at the path.
-const REOPEN_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+const REOPEN_CHECK: Duration = Duration::from_secs(1);
 
 impl LogFile {
     fn open(path: &str) -> std::io::Result<LogFile> {
@@ -130,27 +166,33 @@ impl LogFile {
     }
 }
 
-/// The writer thread: writes what is queued in one batch, then waits for more.
-fn write_lines(rx: Receiver<String>, mut sink: Sink) {
-    let mut batch = Vec::with_capacity(64 * 1024);
-    while let Ok(line) = rx.recv() {
-        batch.extend_from_slice(line.as_bytes());
-        while batch.len() < 1 << 20
-            && let Ok(more) = rx.try_recv()
+/// The writer thread: every [`FLUSH_EVERY`] (or when woken by a big buffer) takes what is
+/// buffered and writes it. Runs for the life of the process.
+fn write_lines(pending: &Buffer, mut sink: Sink) {
+    let mut batch = Vec::with_capacity(FLUSH_AT);
+    loop {
         {
-            batch.extend_from_slice(more.as_bytes());
+            let buf = pending.buf.lock().unwrap_or_else(|p| p.into_inner());
+            // Woken early by a big buffer or by `flush_all`.
+            let (mut buf, _) = pending.big.wait_timeout(buf, FLUSH_EVERY).unwrap_or_else(|p| p.into_inner());
+            std::mem::swap(&mut *buf, &mut batch);
+            pending.writing.store(!batch.is_empty(), std::sync::atomic::Ordering::Release);
+        }
+        if let Sink::File(f) = &mut sink {
+            f.follow();
+        }
+        if batch.is_empty() {
+            continue;
         }
         let written = match &mut sink {
             Sink::Stdout => std::io::stdout().lock().write_all(&batch),
-            Sink::File(f) => {
-                f.follow();
-                f.file.write_all(&batch)
-            }
+            Sink::File(f) => f.file.write_all(&batch),
         };
         if let Err(e) = written {
             tracing::warn!(error = %e, "cannot write the access log");
         }
         batch.clear();
+        pending.writing.store(false, std::sync::atomic::Ordering::Release);
     }
 }
 

@@ -110,6 +110,7 @@ pub fn run(opts: Options) -> Result<(), RunError> {
     rt.block_on(async move {
         let _ = tokio::task::spawn_blocking(move || draining.workers().drain_and_join(drain)).await;
     });
+    crate::access_log::flush_all(Duration::from_secs(2));
     tracing::info!("stopped");
     Ok(())
 }
