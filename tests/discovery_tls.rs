@@ -78,7 +78,11 @@ async fn only_proxies_with_the_control_planes_identities_get_config() {
         let got = Client::h1(listen).await.get("/hello").await;
         assert_eq!(got.status, 200, "{}", got.text());
         let (_, proxies) = admin_get(cp.api, "/v1/proxies").unwrap();
-        assert!(proxies.contains("shop-0"), "{proxies}");
+        let proxies: serde_json::Value = serde_json::from_str(&proxies).unwrap_or_else(|e| panic!("{e}: {proxies}"));
+        let list = proxies.get("proxies").unwrap_or(&proxies);
+        let shop0 = list.as_array().and_then(|a| a.iter().find(|p| p["id"] == "shop-0")).cloned();
+        let shop0 = shop0.unwrap_or_else(|| panic!("shop-0 in {proxies}"));
+        assert_eq!(shop0["identity"], "spiffe://trellis.local/ns/default/sa/shop", "the verified identity: {shop0}");
 
         // A certificate of another CA: the handshake fails, nothing is applied.
         let other = tempfile::tempdir().unwrap();

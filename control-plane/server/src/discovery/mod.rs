@@ -80,9 +80,10 @@ impl Discovery for Server {
             Ok(Ok(None)) => return Err(Status::cancelled("the stream ended before its first request")),
             Ok(Ok(Some(req))) => req,
         };
-        let node = node_info(&first)?;
+        let mut node = node_info(&first)?;
         if let Some(peer) = &peer {
             held_to_identity(peer, &node)?;
+            node.identity = peer.spiffe_id.as_ref().map(|i| i.as_str().to_owned());
         }
         tracing::info!(id = %node.id, service = ?node.service, identity = ?peer.and_then(|p| p.spiffe_id).map(|i| i.into_string()), "proxy connected");
         let (tx, rx) = mpsc::channel(4);
@@ -128,6 +129,7 @@ fn node_info(first: &DiscoveryRequest) -> Result<NodeInfo, Status> {
         service: some(&node.service),
         zone: some(&node.zone),
         inbound_address: some(&node.inbound_address),
+        identity: None,
     };
     if let Some(addr) = &info.inbound_address {
         if info.service.is_none() {

@@ -50,6 +50,8 @@ pub struct NodeInfo {
     pub service: Option<String>,
     pub zone: Option<String>,
     pub inbound_address: Option<String>,
+    /// The verified SPIFFE ID of the proxy's client certificate (discovery over mTLS).
+    pub identity: Option<String>,
 }
 
 /// A refused update, as the proxy reported it.
@@ -82,6 +84,9 @@ pub struct ProxyStatus {
     pub service: Option<String>,
     pub zone: Option<String>,
     pub inbound_address: Option<String>,
+    /// The proxy's verified SPIFFE ID, when it connected over mTLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
     pub connected: bool,
     pub connected_at: String,
     pub disconnected_at: Option<String>,
@@ -165,6 +170,7 @@ impl Registry {
                 service: node.service,
                 zone: node.zone,
                 inbound_address: node.inbound_address,
+                identity: node.identity,
                 connected: true,
                 connected_at: rfc3339(now),
                 disconnected_at: None,
@@ -304,6 +310,7 @@ mod tests {
             service: Some(service.into()),
             zone: Some("z1".into()),
             inbound_address: Some(address.into()),
+            identity: None,
         }
     }
 
