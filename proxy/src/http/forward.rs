@@ -9,6 +9,7 @@ use crate::http::attempts::{self, Plan};
 use crate::http::body::{Exchange, ProxyBody, RequestBody, UpstreamBody};
 use crate::http::headers::{self, Peer};
 use crate::http::respond::{ForwardError, error_response};
+use crate::http::route::Route;
 use crate::http::router::{self, RequestView};
 use crate::resilience::{fault, retry};
 use crate::telemetry;
@@ -60,13 +61,33 @@ pub fn audit_denied(
 /// Forwards one request and returns the response to write (never fails: errors become
 /// responses via [`error_response`]), and writes its access log line when the config has
 /// an access log.
-pub async fn handle(req: Request<Incoming>, ctx: &ConnCtx) -> Response<ProxyBody> {
-    let Some(log) = ctx.config.load().access_log.clone() else {
-        return forward(req, ctx, &mut None).await;
+pub async fn handle(mut req: Request<Incoming>, ctx: &ConnCtx) -> Response<ProxyBody> {
+    // One config load per request; the route (and the clusters it holds) is kept alive by
+    // this request even if a reload replaces it meanwhile.
+    let (log, mut entry, route) = {
+        let snap = ctx.config.load();
+        let log = snap.access_log.clone();
+        // The line shows the path as the client sent it.
+        let entry =
+            log.as_ref().map(|_| access_log::Entry::new(&req, &ctx.listener, ctx.peer.ip, ctx.peer_id.as_ref()));
+        // Routing, authorization and the upstream all see one normalized path, so
+        // `/api/../admin` cannot pass a `/api/*` rule and reach `/admin`.
+        if let Some(normalized) = crate::http::path::normalize(req.uri()) {
+            *req.uri_mut() = normalized;
+        }
+        (log, entry, route_for(&req, ctx, &snap))
     };
-    let mut entry = Some(access_log::Entry::new(&req, &ctx.listener, ctx.peer.ip, ctx.peer_id.as_ref()));
-    let mut resp = forward(req, ctx, &mut entry).await;
-    if let Some(mut entry) = entry {
+    let mut resp = match route {
+        Ok(route) => forward(req, ctx, route, &mut entry).await,
+        Err(err) => {
+            let mut resp = error_response(&err);
+            if matches!(err, ForwardError::HeadersTooLarge) && !ctx.h2 {
+                resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            resp
+        }
+    };
+    if let (Some(log), Some(mut entry)) = (log, entry) {
         entry.status = resp.status().as_u16();
         let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok());
         entry.error = header(crate::http::respond::ERROR_HEADER).map(str::to_owned);
@@ -85,69 +106,61 @@ pub async fn handle(req: Request<Incoming>, ctx: &ConnCtx) -> Response<ProxyBody
     resp
 }
 
-/// The request path proper; `log` (set when the access log is on) learns the route, the
-/// cluster, the request ID and the endpoint as they are decided.
+/// The route for `req` on this connection's listener, after the header-size limit and
+/// authorization; or why there is none.
+fn route_for(req: &Request<Incoming>, ctx: &ConnCtx, snap: &Snapshot) -> Result<Arc<Route>, ForwardError> {
+    let Some(listener) = snap.listener(&ctx.listener) else {
+        return Err(ForwardError::ListenerGone);
+    };
+    if header_block_size(req) > listener.max_header_bytes() {
+        return Err(ForwardError::HeadersTooLarge);
+    }
+    if listener.mesh || listener.policy.is_some() {
+        let peer_id = ctx.peer_id.as_deref();
+        let d = authz::decide(
+            listener.policy.as_deref(),
+            listener.mesh,
+            peer_id,
+            Some(req.method()),
+            Some(req.uri().path()),
+        );
+        if !d.allowed() {
+            audit_denied(
+                &ctx.listener,
+                peer_id,
+                ctx.peer.ip,
+                Some(req.method()),
+                Some(req.uri().path()),
+                d,
+                listener.policy.as_deref(),
+            );
+            return Err(ForwardError::Forbidden);
+        }
+    }
+    let view = RequestView {
+        method: req.method(),
+        host: router::request_host(req.uri(), req.headers()),
+        path: req.uri().path(),
+        headers: req.headers(),
+    };
+    match router::select(&listener.routes, &view) {
+        Some(r) => Ok(r.clone()),
+        None => {
+            listener.no_route.count(404);
+            Err(ForwardError::NoRoute)
+        }
+    }
+}
+
+/// The request path proper on its route; `log` (set when the access log is on) learns the
+/// route, the cluster, the request ID and the endpoint as they are decided.
 async fn forward(
     mut req: Request<Incoming>,
     ctx: &ConnCtx,
+    route: Arc<Route>,
     log: &mut Option<Box<access_log::Entry>>,
 ) -> Response<ProxyBody> {
     let started = std::time::Instant::now();
-    // Routing, authorization and the upstream all see one normalized path, so `/api/../admin`
-    // cannot pass a `/api/*` rule and reach `/admin`.
-    if let Some(normalized) = crate::http::path::normalize(req.uri()) {
-        *req.uri_mut() = normalized;
-    }
-    // One config load per request; the route (and the clusters it holds) is kept alive by
-    // this request even if a reload replaces it meanwhile.
-    let route = {
-        let snap = ctx.config.load();
-        let Some(listener) = snap.listener(&ctx.listener) else {
-            return error_response(&ForwardError::ListenerGone);
-        };
-        if header_block_size(&req) > listener.max_header_bytes() {
-            let mut resp = error_response(&ForwardError::HeadersTooLarge);
-            if !ctx.h2 {
-                resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-            }
-            return resp;
-        }
-        if listener.mesh || listener.policy.is_some() {
-            let peer_id = ctx.peer_id.as_deref();
-            let d = authz::decide(
-                listener.policy.as_deref(),
-                listener.mesh,
-                peer_id,
-                Some(req.method()),
-                Some(req.uri().path()),
-            );
-            if !d.allowed() {
-                audit_denied(
-                    &ctx.listener,
-                    peer_id,
-                    ctx.peer.ip,
-                    Some(req.method()),
-                    Some(req.uri().path()),
-                    d,
-                    listener.policy.as_deref(),
-                );
-                return error_response(&ForwardError::Forbidden);
-            }
-        }
-        let view = RequestView {
-            method: req.method(),
-            host: router::request_host(req.uri(), req.headers()),
-            path: req.uri().path(),
-            headers: req.headers(),
-        };
-        match router::select(&listener.routes, &view) {
-            Some(r) => r.clone(),
-            None => {
-                listener.no_route.count(404);
-                return error_response(&ForwardError::NoRoute);
-            }
-        }
-    };
     let (index, backend) = route.pick_backend();
     if let Some(e) = log.as_deref_mut() {
         e.route = Some(route.name.clone());
