@@ -212,7 +212,8 @@ pub async fn connect_l4(ep: &Endpoint) -> Result<L4Conn, UpstreamError> {
     Ok(L4Conn { io: io.into_inner(), _slot: ConnSlot(ep.counts.clone()) })
 }
 
-/// One `max_connections` unit, given back when dropped.
+/// One `max_connections` unit, given back when dropped (also if the connection's task is
+/// cancelled with its runtime).
 struct ConnSlot(Arc<crate::resilience::breaker::Counts>);
 
 impl Drop for ConnSlot {
@@ -332,11 +333,11 @@ where
     C: std::future::Future<Output = Result<(), E>> + Send + 'static,
     E: std::fmt::Display,
 {
-    let counts = ep.counts.clone();
+    let slot = ConnSlot(ep.counts.clone());
     tokio::spawn(async move {
+        let _slot = slot;
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "upstream connection ended");
         }
-        counts.release(Threshold::MaxConnections);
     });
 }
