@@ -32,21 +32,6 @@ clusters:
     )
 }
 
-/// The log's lines as JSON, once at least `n` are there (lines are written off the request
-/// path, so they may lag the response a little).
-async fn lines(log: &Path, n: usize) -> Vec<serde_json::Value> {
-    for _ in 0..100 {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        let got: Vec<serde_json::Value> =
-            text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
-        if got.len() >= n {
-            return got;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("fewer than {n} lines in {}:\n{}", log.display(), std::fs::read_to_string(log).unwrap_or_default());
-}
-
 fn line_for<'a>(lines: &'a [serde_json::Value], path: &str, protocol: &str) -> &'a serde_json::Value {
     lines
         .iter()
@@ -86,7 +71,7 @@ async fn every_request_gets_one_json_line() {
         assert_eq!(cut.status(), 200);
         let _ = http_body_util::BodyExt::collect(cut.into_body()).await;
 
-        let lines = lines(&log, 5).await;
+        let lines = access_log_lines(&log, 5).await;
         assert_eq!(lines.len(), 5, "{lines:#?}");
 
         let l = line_for(&lines, "/api/orders?id=7", "HTTP/1.1");
@@ -147,7 +132,7 @@ async fn a_moved_log_file_is_followed() {
         let _proxy = Proxy::start(&config(listen, &log, origin.addr, origin.addr));
         let mut c = Client::h1(listen).await;
         assert_eq!(c.get("/api/before").await.status, 200);
-        lines(&log, 1).await;
+        access_log_lines(&log, 1).await;
         let moved = dir.path().join("access.log.1");
         std::fs::rename(&log, &moved).unwrap();
         let mut sent = 0;
@@ -157,7 +142,7 @@ async fn a_moved_log_file_is_followed() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert!(log.exists(), "no new file at {} after {sent} requests", log.display());
-        let now = lines(&log, 1).await;
+        let now = access_log_lines(&log, 1).await;
         assert!(now.iter().all(|l| l["path"] == "/api/after"), "{now:#?}");
         let old = std::fs::read_to_string(&moved).unwrap();
         assert!(old.lines().next().is_some_and(|l| l.contains("/api/before")), "{old}");

@@ -17,15 +17,8 @@ const LIMIT: Duration = Duration::from_secs(60);
 /// and returns the bootstrap's `identity:` line.
 fn identity(ca_dir: &Path, dir: &Path, sa: &str) -> String {
     let ca = trellis_certs::Ca::load(ca_dir).unwrap();
-    let prefix = dir.join(sa);
-    issue_to(&ca, &format!("spiffe://trellis.local/ns/default/sa/{sa}"), &[], &prefix);
-    let (cert, key) = pem_key(&prefix);
-    format!(
-        "identity: {{ cert: \"{}\", key: \"{}\", trust_bundle: \"{}\" }}\n",
-        cert.display(),
-        key.display(),
-        trellis_certs::Ca::cert_path(ca_dir).display()
-    )
+    let id = format!("spiffe://trellis.local/ns/default/sa/{sa}");
+    issue_identity(&ca, dir, sa, &id, &trellis_certs::Ca::cert_path(ca_dir))
 }
 
 /// A proxy of `service` with `identity`, taking its config from `cp` at `scheme://xds`.

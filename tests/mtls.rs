@@ -230,15 +230,7 @@ async fn sidecar_pair_multiplexes_one_mtls_connection() {
         assert!(audit.contains(FRONTEND) && audit.contains("DELETE"), "{audit}");
 
         // The peer's verified identity reaches the access log, allowed or denied.
-        let mut lines = Vec::new();
-        for _ in 0..40 {
-            let text = std::fs::read_to_string(&access).unwrap_or_default();
-            lines = text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).collect();
-            if lines.len() >= 22 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let lines = access_log_lines(&access, 22).await;
         assert_eq!(lines.len(), 22, "{lines:#?}");
         for l in &lines {
             assert_eq!(l["peer_id"], FRONTEND, "{l}");

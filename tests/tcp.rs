@@ -30,31 +30,6 @@ async fn exchange(addr: SocketAddr, msg: &[u8]) -> Vec<u8> {
     got
 }
 
-fn identity(dir: &Path, ca: &trellis_certs::Ca, name: &str, id: &str) -> String {
-    let prefix = dir.join(name);
-    issue_to(ca, id, &[], &prefix);
-    let (cert, key) = pem_key(&prefix);
-    format!(
-        "identity: {{ cert: \"{}\", key: \"{}\", trust_bundle: \"{}\" }}\n",
-        cert.display(),
-        key.display(),
-        trellis_certs::Ca::cert_path(dir.join("ca")).display()
-    )
-}
-
-/// The access log's lines, once at least `n` are there.
-async fn lines(log: &PathBuf, n: usize) -> Vec<serde_json::Value> {
-    for _ in 0..100 {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        let got: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-        if got.len() >= n {
-            return got;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("fewer than {n} lines in {}", log.display());
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_sidecar_pair_carries_bytes_over_mtls_and_logs_each_connection() {
     bounded(LIMIT, async {
@@ -73,7 +48,7 @@ clusters:
 policies:
   - {{ name: fe, rules: [{{ from: ["{FRONTEND}"] }}] }}
 "#,
-            identity(dir.path(), &ca, "db", DB)
+            issue_identity(&ca, dir.path(), "db", DB, &Ca::cert_path(dir.path().join("ca")))
         );
         // `db-out` expects the right identity; `wrong-out` expects another one.
         let outbound_yaml = format!(
@@ -86,7 +61,7 @@ clusters:
   - {{ name: db, tls: {{ mode: mesh, identity: "{DB}" }}, endpoints: [{{ address: "{inbound}" }}] }}
   - {{ name: impostor, tls: {{ mode: mesh, identity: "{FRONTEND}" }}, endpoints: [{{ address: "{inbound}" }}] }}
 "#,
-            identity(dir.path(), &ca, "frontend", FRONTEND),
+            issue_identity(&ca, dir.path(), "frontend", FRONTEND, &Ca::cert_path(dir.path().join("ca"))),
             log = log.display(),
         );
         let _db = Proxy::start(&inbound_yaml);
@@ -99,7 +74,7 @@ clusters:
         // and so does a connection whose server identity is not the expected one.
         assert!(exchange(wrong, b"secret").await.is_empty(), "a wrong server identity gets no bytes through");
 
-        let lines = lines(&log, 3).await;
+        let lines = access_log_lines(&log, 3).await;
         let ok: Vec<_> = lines.iter().filter(|l| l["listener"] == "db-out").collect();
         assert_eq!(ok.len(), 2, "{lines:#?}");
         for l in &ok {

@@ -65,3 +65,18 @@ pub fn prometheus_labels(s: &str) -> Vec<(String, String)> {
 pub async fn bounded<F: Future<Output = ()>>(limit: Duration, f: F) {
     tokio::time::timeout(limit, f).await.expect("test exceeded its time bound");
 }
+
+/// An access log's lines as JSON, once at least `n` are there (lines are written off the
+/// request path, so they may lag the response a little); panics after 5 s.
+pub async fn access_log_lines(log: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
+    for _ in 0..100 {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let got: Vec<serde_json::Value> =
+            text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
+        if got.len() >= n {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("fewer than {n} lines in {}:\n{}", log.display(), std::fs::read_to_string(log).unwrap_or_default());
+}

@@ -4,15 +4,6 @@ const FRONTEND: &str = "spiffe://trellis.local/ns/default/sa/frontend";
 const CHECKOUT: &str = "spiffe://trellis.local/ns/default/sa/checkout";
 const INTRUDER: &str = "spiffe://trellis.local/ns/default/sa/intruder";
 
-fn identity_yaml(cert: &Path, key: &Path, bundle: &Path) -> String {
-    format!(
-        "identity: {{ cert: \"{}\", key: \"{}\", trust_bundle: \"{}\" }}\n",
-        cert.display(),
-        key.display(),
-        bundle.display()
-    )
-}
-
 /// A server-side sidecar: mesh listeners `(name, address, policy)` in front of an HTTP/1.1
 /// app; policy `authz` lets the frontend GET/POST `/api/*`, `open` lets any mesh peer in.
 fn inbound_config(identity: &str, listeners: &[(&str, SocketAddr, Option<&str>)], app: SocketAddr) -> String {
