@@ -277,7 +277,7 @@ async fn serve_http(
             peer_id: None,
             h2: proto == detect::Protocol::Http2,
         });
-        crate::http::server::serve(stream, proto, ctx, &listener, watcher).await;
+        crate::http::server::serve(stream, proto, ctx, &listener, watcher, stop).await;
         return;
     };
     let accepted = tokio::select! {
@@ -290,7 +290,7 @@ async fn serve_http(
     let peer_id = if listener.mesh { crate::tls::mesh::peer_id(conn.peer_certificates()) } else { None };
     let proto = if h2 { detect::Protocol::Http2 } else { detect::Protocol::Http1 };
     let ctx = Arc::new(ConnCtx { config, listener: name, peer: Peer::new(peer.ip(), true), peer_id, h2 });
-    crate::http::server::serve(stream, proto, ctx, &listener, watcher).await;
+    crate::http::server::serve(stream, proto, ctx, &listener, watcher, stop).await;
 }
 
 async fn serve_tcp(

@@ -29,6 +29,14 @@ pub enum BodyError {
     RouteRemoved,
 }
 
+/// A request body as the client sent it: hyper's (a connection hyper serves), or none (a
+/// request the in-task HTTP/1.1 server took: those never have a body).
+#[derive(Debug)]
+pub enum ClientBody {
+    Hyper(Incoming),
+    Empty,
+}
+
 /// A request body on its way upstream: streamed from the client, or held in memory so a
 /// retry or hedge can send it again.
 #[derive(Debug)]
@@ -62,8 +70,10 @@ impl Progress {
 }
 
 impl RequestBody {
-    /// A streamed body; one with data gets a progress tracker.
-    pub fn stream(body: Incoming) -> Self {
+    /// A streamed body; one with data gets a progress tracker. An empty one is a replay of
+    /// nothing.
+    pub fn stream(body: ClientBody) -> Self {
+        let ClientBody::Hyper(body) = body else { return Self::Replay(None) };
         let progress = (!body.is_end_stream()).then(|| {
             let p = Arc::new(Progress::default());
             p.touch();
@@ -84,7 +94,8 @@ impl RequestBody {
 impl RequestBody {
     /// Reads `body` into memory when its announced length is at most `max` (a body without
     /// one is streamed and cannot be replayed). Errors are the client's.
-    pub async fn buffer(body: Incoming, max: usize) -> Result<Self, hyper::Error> {
+    pub async fn buffer(body: ClientBody, max: usize) -> Result<Self, hyper::Error> {
+        let ClientBody::Hyper(body) = body else { return Ok(Self::Replay(None)) };
         if body.is_end_stream() {
             return Ok(Self::Replay(None));
         }
@@ -93,7 +104,7 @@ impl RequestBody {
                 let bytes = http_body_util::BodyExt::collect(body).await?.to_bytes();
                 Ok(Self::Replay(Some(bytes)))
             }
-            _ => Ok(Self::stream(body)),
+            _ => Ok(Self::stream(ClientBody::Hyper(body))),
         }
     }
 

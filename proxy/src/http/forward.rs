@@ -6,7 +6,7 @@ use crate::access_log;
 use crate::authz;
 use crate::config::Snapshot;
 use crate::http::attempts::{self, Plan};
-use crate::http::body::{Exchange, ProxyBody, RequestBody, UpstreamBody};
+use crate::http::body::{ClientBody, Exchange, ProxyBody, RequestBody, UpstreamBody};
 use crate::http::headers::{self, Peer};
 use crate::http::respond::{ForwardError, error_response};
 use crate::http::route::Route;
@@ -15,7 +15,6 @@ use crate::resilience::{fault, retry};
 use crate::telemetry;
 use arc_swap::ArcSwap;
 use http::{HeaderValue, Request, Response};
-use hyper::body::Incoming;
 use std::sync::Arc;
 use tokio::time::Instant;
 
@@ -61,7 +60,7 @@ pub fn audit_denied(
 /// Forwards one request and returns the response to write (never fails: errors become
 /// responses via [`error_response`]), and writes its access log line when the config has
 /// an access log.
-pub async fn handle(mut req: Request<Incoming>, ctx: &ConnCtx) -> Response<ProxyBody> {
+pub async fn handle(mut req: Request<ClientBody>, ctx: &ConnCtx) -> Response<ProxyBody> {
     // One config load per request; the route (and the clusters it holds) is kept alive by
     // this request even if a reload replaces it meanwhile.
     let (log, mut entry, route) = {
@@ -108,7 +107,7 @@ pub async fn handle(mut req: Request<Incoming>, ctx: &ConnCtx) -> Response<Proxy
 
 /// The route for `req` on this connection's listener, after the header-size limit and
 /// authorization; or why there is none.
-fn route_for(req: &Request<Incoming>, ctx: &ConnCtx, snap: &Snapshot) -> Result<Arc<Route>, ForwardError> {
+fn route_for(req: &Request<ClientBody>, ctx: &ConnCtx, snap: &Snapshot) -> Result<Arc<Route>, ForwardError> {
     let Some(listener) = snap.listener(&ctx.listener) else {
         return Err(ForwardError::ListenerGone);
     };
@@ -155,7 +154,7 @@ fn route_for(req: &Request<Incoming>, ctx: &ConnCtx, snap: &Snapshot) -> Result<
 /// The request path proper on its route; `log` (set when the access log is on) learns the
 /// route, the cluster, the request ID and the endpoint as they are decided.
 async fn forward(
-    mut req: Request<Incoming>,
+    mut req: Request<ClientBody>,
     ctx: &ConnCtx,
     route: Arc<Route>,
     log: &mut Option<Box<access_log::Entry>>,

@@ -1,10 +1,11 @@
-//! HTTP: serving downstream connections (`server`), choosing a route (`router`, `route`),
+//! HTTP: serving downstream connections (`server`, `h1`), choosing a route (`router`, `route`),
 //! forwarding (`forward`, `headers`), streaming bodies (`body`) and turning failures into
 //! responses (`respond`).
 
 pub mod attempts;
 pub mod body;
 pub mod forward;
+pub mod h1;
 pub mod headers;
 pub mod path;
 pub mod respond;

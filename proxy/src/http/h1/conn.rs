@@ -1,0 +1,315 @@
+//! One downstream HTTP/1.1 connection on the fast path: read a head (within the listener's
+//! `header_timeout`, counted from when the connection starts waiting for it, as hyper does),
+//! forward it, write the response, and loop; pipelined heads already read are served in
+//! order. While a request is forwarded or its body waits, a read watches for the client
+//! leaving (which cancels the request, as hyper does). Draining closes an idle connection
+//! at once and marks an in-flight response `connection: close`.
+
+use super::Prefixed;
+use super::parse::{self, Head, Parsed, Scratch};
+use super::write::{self, Framing};
+use crate::config::Listener;
+use crate::http::body::ProxyBody;
+use crate::http::forward::{self, ConnCtx};
+use bytes::{Bytes, BytesMut};
+use http_body::{Body, Frame};
+use hyper_util::server::graceful::Watcher;
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+
+/// Read buffer size to start with and to grow by.
+const READ_CHUNK: usize = 8 * 1024;
+/// Data frames up to this size are copied next to the head; larger ones are written from
+/// their own buffer (one vectored write either way).
+const COPY_MAX: usize = 16 * 1024;
+
+type Polled = Option<Result<Frame<Bytes>, <ProxyBody as Body>::Error>>;
+
+/// Serves `io` until the client leaves, a response closes it, draining ends it, or a
+/// request the fast path does not serve hands it to hyper. `watcher` is held for the life of
+/// the connection so a graceful shutdown waits for it.
+pub async fn serve<S>(mut io: S, ctx: Arc<ConnCtx>, listener: &Listener, watcher: Watcher, stop: &CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut conn = Conn {
+        buf: BytesMut::with_capacity(READ_CHUNK),
+        out: Vec::with_capacity(1024),
+        scratch: Vec::new(),
+        max_buf: listener.max_header_bytes() * 2,
+        header_timeout: listener.header_timeout(),
+        timer: None,
+    };
+    let mut stopped = pin!(stop.cancelled());
+    loop {
+        let head = match conn.read_head(&mut io, stopped.as_mut()).await {
+            Next::Head(head) => head,
+            Next::Hyper => {
+                let prefix = std::mem::take(&mut conn.buf).freeze();
+                crate::http::server::serve_hyper_h1(Prefixed::new(prefix, io), ctx, listener, watcher).await;
+                return;
+            }
+            Next::Done => return,
+        };
+        match conn.exchange(&mut io, head, &ctx, stop).await {
+            After::KeepAlive => {}
+            After::Close => {
+                let _ = tokio::time::timeout(conn.header_timeout, io.shutdown()).await;
+                return;
+            }
+            After::Abort => return,
+        }
+    }
+}
+
+struct Conn {
+    buf: BytesMut,
+    out: Vec<u8>,
+    scratch: Scratch,
+    /// A head that does not fit in this many bytes goes to hyper (which answers 431).
+    max_buf: usize,
+    header_timeout: Duration,
+    /// The header timeout, armed once and moved forward only when it fires early: most
+    /// requests never touch the timer.
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+// Moved once per request; boxing the head would cost an allocation each time.
+#[allow(clippy::large_enum_variant)]
+enum Next {
+    Head(Head),
+    Hyper,
+    Done,
+}
+
+enum After {
+    KeepAlive,
+    /// The response said so (or the client, or draining): close cleanly.
+    Close,
+    /// The client left, or the response could not be sent whole.
+    Abort,
+}
+
+impl Conn {
+    async fn read_head<S: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut S,
+        mut stopped: Pin<&mut WaitForCancellationFuture<'_>>,
+    ) -> Next {
+        let deadline = Instant::now() + self.header_timeout;
+        loop {
+            if !self.buf.is_empty() {
+                match parse::parse(&mut self.buf, &mut self.scratch) {
+                    Parsed::Ready(head) => return Next::Head(head),
+                    Parsed::Fallback => return Next::Hyper,
+                    Parsed::Partial if self.buf.len() >= self.max_buf => return Next::Hyper,
+                    Parsed::Partial => {}
+                }
+            }
+            self.make_room();
+            let idle = self.buf.is_empty();
+            let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            let read = loop {
+                tokio::select! {
+                    biased;
+                    r = io.read_buf(&mut self.buf) => break r,
+                    () = timer.as_mut() => {
+                        if Instant::now() >= deadline {
+                            tracing::debug!("client did not send a request head within header_timeout");
+                            return Next::Done;
+                        }
+                        timer.as_mut().reset(deadline);
+                    }
+                    () = &mut stopped, if idle => return Next::Done,
+                }
+            };
+            match read {
+                Ok(0) | Err(_) => return Next::Done,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    fn make_room(&mut self) {
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 8 {
+            self.buf.reserve(READ_CHUNK);
+        }
+    }
+
+    /// Whether a read may watch the socket for the client leaving: not once a next request
+    /// is buffered (as hyper, which stops reading then).
+    fn may_watch(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// Forwards one request and writes its response.
+    async fn exchange<S>(&mut self, io: &mut S, head: Head, ctx: &ConnCtx, stop: &CancellationToken) -> After
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let Head { req, close, trailers, head: req_head } = head;
+        let mut handled = pin!(forward::handle(req, ctx));
+        let resp = loop {
+            if !self.may_watch() {
+                break handled.as_mut().await;
+            }
+            self.make_room();
+            tokio::select! {
+                biased;
+                resp = handled.as_mut() => break resp,
+                r = io.read_buf(&mut self.buf) => match r {
+                    Ok(0) | Err(_) => return After::Abort,
+                    Ok(_) => {}
+                },
+            }
+        };
+        let (parts, mut body) = resp.into_parts();
+        let mut close = close || stop.is_cancelled();
+        let hint = if body.is_end_stream() { None } else { Some(body.size_hint().exact()) };
+        self.out.clear();
+        let framing = write::head(&mut self.out, &parts, hint, req_head, &mut close);
+        drop(parts);
+        let sent = match framing {
+            Framing::None => {
+                drop(body);
+                self.flush_out(io).await
+            }
+            framing => self.send_body(io, &mut body, framing, trailers).await,
+        };
+        match sent {
+            Ok(()) if close => After::Close,
+            Ok(()) => After::KeepAlive,
+            Err(e) => {
+                tracing::debug!(error = %e, "downstream response not sent whole");
+                After::Abort
+            }
+        }
+    }
+
+    /// Writes the body after the head in `out`: whatever frames are ready go out together,
+    /// and the connection is flushed whenever the body makes it wait (so streamed events
+    /// reach the client as they come).
+    async fn send_body<S>(
+        &mut self,
+        io: &mut S,
+        body: &mut ProxyBody,
+        framing: Framing,
+        trailers: bool,
+    ) -> io::Result<()>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let chunked = framing == Framing::Chunked;
+        let mut left = match framing {
+            Framing::Length(n) => n,
+            _ => 0,
+        };
+        loop {
+            let polled = poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await;
+            let frame = match polled {
+                Poll::Ready(frame) => frame,
+                Poll::Pending => {
+                    self.flush_out(io).await?;
+                    self.next_frame(io, body).await?
+                }
+            };
+            let frame = match frame {
+                None => break,
+                Some(Ok(frame)) => frame,
+                Some(Err(e)) => {
+                    // No terminating chunk: the client sees the body cut, as with hyper.
+                    let _ = self.flush_out(io).await;
+                    return Err(io::Error::other(e));
+                }
+            };
+            let data = match frame.into_data() {
+                Ok(data) => data,
+                Err(frame) => {
+                    if chunked {
+                        let t = if trailers { frame.trailers_ref() } else { None };
+                        write::last_chunk(&mut self.out, t);
+                        return self.flush_out(io).await;
+                    }
+                    continue;
+                }
+            };
+            if data.is_empty() {
+                continue;
+            }
+            if !chunked {
+                if data.len() as u64 > left {
+                    let _ = self.flush_out(io).await;
+                    return Err(io::Error::other("response body longer than its content-length"));
+                }
+                left -= data.len() as u64;
+            } else {
+                write::chunk_size(&mut self.out, data.len());
+            }
+            let tail: &[u8] = if chunked { b"\r\n" } else { b"" };
+            if data.len() > COPY_MAX {
+                write_all_vectored(io, &mut [IoSlice::new(&self.out), IoSlice::new(&data), IoSlice::new(tail)]).await?;
+                self.out.clear();
+            } else {
+                self.out.extend_from_slice(&data);
+                self.out.extend_from_slice(tail);
+            }
+            if body.is_end_stream() {
+                break;
+            }
+        }
+        if chunked {
+            write::last_chunk(&mut self.out, None);
+        } else if left > 0 {
+            let _ = self.flush_out(io).await;
+            return Err(io::Error::other("response body shorter than its content-length"));
+        }
+        self.flush_out(io).await
+    }
+
+    /// Waits for the body's next frame, watching for the client leaving meanwhile.
+    async fn next_frame<S: AsyncRead + Unpin>(&mut self, io: &mut S, body: &mut ProxyBody) -> io::Result<Polled> {
+        loop {
+            if !self.may_watch() {
+                return Ok(poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await);
+            }
+            self.make_room();
+            tokio::select! {
+                biased;
+                frame = poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)) => return Ok(frame),
+                r = io.read_buf(&mut self.buf) => match r {
+                    Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                    Err(e) => return Err(e),
+                    Ok(_) => {}
+                },
+            }
+        }
+    }
+
+    /// Writes and flushes `out`.
+    async fn flush_out<S: AsyncWrite + Unpin>(&mut self, io: &mut S) -> io::Result<()> {
+        if !self.out.is_empty() {
+            io.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        io.flush().await
+    }
+}
+
+async fn write_all_vectored<S: AsyncWrite + Unpin>(io: &mut S, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
+    IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        let n = io.write_vectored(bufs).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut bufs, n);
+    }
+    Ok(())
+}
