@@ -215,3 +215,26 @@ async fn idle_keep_alive_connection_closes_after_header_timeout() {
     })
     .await;
 }
+
+/// Heads the fast path does not take answer as hyper does: over 100 header lines, or a head
+/// larger than twice `max_header_bytes`, get a bare 431 and the connection closes.
+#[tokio::test]
+async fn too_many_headers_and_far_oversized_heads_get_431() {
+    bounded(LIMIT, async {
+        let (listen, _proxy, _origin) = setup().await;
+        let many: String = (0..120).map(|i| format!("x-{i}: y\r\n")).collect();
+        let huge = format!("x-big: {}\r\n", "b".repeat(200_000));
+        for (what, extra) in [("120 header lines", many), ("a 200 KB head", huge)] {
+            let mut s = TcpStream::connect(listen).await.unwrap();
+            let head = format!("GET / HTTP/1.1\r\nHost: x\r\n{extra}\r\n");
+            // The proxy may answer and close before it has read everything.
+            let _ = s.write_all(head.as_bytes()).await;
+            let mut out = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+            let text = String::from_utf8_lossy(&out);
+            assert!(text.starts_with("HTTP/1.1 431"), "{what}: {text:?}");
+            assert!(text.contains("\r\nconnection: close\r\n"), "{what}: {text:?}");
+        }
+    })
+    .await;
+}
