@@ -66,6 +66,7 @@ async fn serve(mut s: TcpStream) {
             "/close" => b"HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\nread to close",
             "/continue" => b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
             "/trunc" => b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nabc",
+            "/early" => b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\n\r\nbig!",
             // Answers the first request of a connection; hangs up on the next one unanswered.
             "/once" if served > 0 => return,
             _ => b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
@@ -76,6 +77,12 @@ async fn serve(mut s: TcpStream) {
         served += 1;
         match path.as_str() {
             "/close" | "/trunc" => return,
+            // Keeps reading (and dropping) the upload until the proxy lets go.
+            "/early" => {
+                let mut tmp = [0u8; 4096];
+                while let Ok(1..) = s.read(&mut tmp).await {}
+                return;
+            }
             "/idle-close" => {
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 return;
@@ -116,6 +123,8 @@ async fn chunked_response_with_trailers() {
         for _ in 0..2 {
             assert_eq!(c.get("/chunked").await.text(), "hello world");
         }
+        // The connection was reused after the clean chunked end.
+        assert_eq!(origin.conns.load(Ordering::SeqCst), 1);
         let mut c = Client::h2(listen).await;
         let resp = c.send(Request::get("/chunked").body(full("")).unwrap()).await.unwrap();
         assert_eq!(resp.status(), 200);
@@ -123,8 +132,6 @@ async fn chunked_response_with_trailers() {
         let trailers = collected.trailers().cloned().expect("trailers");
         assert_eq!(collected.to_bytes(), "hello world");
         assert_eq!(trailers["x-sum"], "42");
-        // The connection was reused after the clean chunked end.
-        assert_eq!(origin.conns.load(Ordering::SeqCst), 1);
     })
     .await;
 }
@@ -194,6 +201,26 @@ async fn truncated_body_then_next_request() {
         let resp = c.send(Request::get("/trunc").body(full("")).unwrap()).await.unwrap();
         assert_eq!(resp.status(), 200);
         assert!(resp.into_body().collect().await.is_err(), "a truncated body must not end cleanly");
+        let mut c = Client::h1(listen).await;
+        assert_eq!(c.get("/ok").await.text(), "ok");
+    })
+    .await;
+}
+
+/// An upstream that answers while the request body is still streaming: the answer is
+/// forwarded at once (the upload stops), and that connection is not reused.
+#[tokio::test]
+async fn early_answer_during_a_streamed_upload() {
+    within(LIMIT, async {
+        let origin = raw_origin().await;
+        let (_proxy, listen) = start(&origin);
+        let mut c = Client::h1(listen).await;
+        let (tx, body) = chan_body();
+        tx.send(bytes::Bytes::from_static(b"first part")).await.unwrap();
+        let resp = c.send(Request::post("/early").body(body).unwrap()).await.unwrap();
+        assert_eq!(resp.status(), 413);
+        assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "big!");
+        drop(tx);
         let mut c = Client::h1(listen).await;
         assert_eq!(c.get("/ok").await.text(), "ok");
     })

@@ -79,6 +79,14 @@ impl Pool {
         None
     }
 
+    /// Drops idle connections the upstream has closed, in every worker's stack, so they
+    /// give back their `max_connections` units before a new connection is counted.
+    fn sweep_h1(&self) {
+        for stack in &self.h1_idle {
+            stack.lock().unwrap_or_else(|p| p.into_inner()).retain_mut(|c| c.is_usable());
+        }
+    }
+
     /// Keeps a connection whose exchange ended cleanly for the next request.
     pub(crate) fn put_h1(&self, mut c: h1::Conn, max_idle: usize) {
         c.set_reused();
@@ -268,6 +276,8 @@ async fn connect_tcp(ep: &Endpoint, wire: Wire) -> Result<TokioIo<MaybeTls>, Ups
 }
 
 async fn connect_h1(ep: &Endpoint) -> Result<h1::Conn, UpstreamError> {
+    // Idle connections are not watched by a task; closed ones are noticed here at the latest.
+    ep.pool.sweep_h1();
     let io = connect_tcp(ep, Wire::Http1).await?;
     Ok(h1::Conn::new(io.into_inner(), ConnSlot(ep.counts.clone())))
 }
