@@ -115,8 +115,9 @@ impl Pool {
     }
 }
 
-/// A connection (or h2 stream slot) held for one exchange; returned to the pool by
-/// [`Lease::release`] once the response has been read to its end, dropped otherwise.
+/// One exchange's hold on its endpoint (the `active` count, a `max_requests` unit, and for
+/// h2 a stream slot returned by [`Lease::release`] once the response has been read to its
+/// end). An HTTP/1.1 connection is not in the lease: the response body owns it.
 #[derive(Debug)]
 pub struct Lease {
     endpoint: Arc<Endpoint>,
