@@ -9,12 +9,12 @@ use crate::resilience::breaker::Threshold;
 use crate::resilience::outlier::Outcome;
 use crate::resilience::retry::Retry;
 use crate::telemetry;
+use crate::upstream::response::ResponseBody;
 use crate::upstream::{Cluster, Endpoint, Lease, UpstreamError, Wire, pool};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use http::request::Parts;
 use http::{Request, Response};
-use hyper::body::Incoming;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -39,13 +39,13 @@ pub struct Plan<'a> {
 
 /// A response head and what it took.
 pub struct Sent {
-    pub response: Response<Incoming>,
+    pub response: Response<ResponseBody>,
     pub lease: Lease,
     /// Tries made, hedges included.
     pub tries: u32,
 }
 
-type TryResult = Result<(Response<Incoming>, Lease), ForwardError>;
+type TryResult = Result<(Response<ResponseBody>, Lease), ForwardError>;
 
 /// Sends `req` under `plan`. Failures carry the number of tries made.
 pub async fn send(plan: &Plan<'_>, req: Request<RequestBody>) -> Result<Sent, (ForwardError, u32)> {
@@ -261,7 +261,7 @@ fn rebuild(parts: &Parts, body: &RequestBody) -> Request<RequestBody> {
 }
 
 /// The outcome of a response head (grpc-status is in the head for trailers-only answers).
-fn outcome_of(resp: &Response<Incoming>) -> Outcome {
+fn outcome_of(resp: &Response<ResponseBody>) -> Outcome {
     let grpc = resp.headers().get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|s| s.parse().ok());
     Outcome::Status { code: resp.status().as_u16(), grpc }
 }

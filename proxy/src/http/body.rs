@@ -4,6 +4,7 @@
 
 use crate::http::route::Route;
 use crate::upstream::Lease;
+use crate::upstream::response::ResponseBody;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -21,6 +22,8 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 pub enum BodyError {
     #[error("upstream body failed: {0}")]
     Upstream(#[from] hyper::Error),
+    #[error("upstream body failed: {0}")]
+    UpstreamH1(#[from] crate::upstream::h1::Error),
     #[error("upstream idle for longer than the route's idle_timeout")]
     IdleTimeout,
     #[error("request exceeded the route's timeout")]
@@ -192,7 +195,7 @@ impl Drop for Exchange {
 /// An upstream response body on its way downstream.
 #[derive(Debug)]
 pub struct UpstreamBody {
-    inner: Incoming,
+    inner: ResponseBody,
     idle_after: Option<Duration>,
     /// Armed only once the upstream makes us wait, so small responses never touch the timer.
     idle: Option<Pin<Box<Sleep>>>,
@@ -206,7 +209,7 @@ pub struct UpstreamBody {
 
 impl UpstreamBody {
     /// Wraps `inner`. `streaming` responses (no length known) also watch for route removal.
-    pub fn new(inner: Incoming, mut exchange: Exchange, deadline: Option<Instant>, streaming: bool) -> Self {
+    pub fn new(inner: ResponseBody, mut exchange: Exchange, deadline: Option<Instant>, streaming: bool) -> Self {
         let route = exchange.route.clone();
         if inner.is_end_stream() {
             // Nothing to read (204, HEAD, empty): settle now, the connection is free.
@@ -283,7 +286,7 @@ impl Body for UpstreamBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => this.fail(BodyError::Upstream(e)),
+            Poll::Ready(Some(Err(e))) => this.fail(e),
             Poll::Ready(None) => {
                 this.settle(true);
                 Poll::Ready(None)

@@ -1,15 +1,17 @@
 //! Upstream connections. HTTP/1.1: a LIFO stack of idle connections per endpoint and per
-//! worker, taken for one exchange and given back when the response body has ended.
+//! worker, taken for one exchange by the request's task (`h1`) and given back by the
+//! response body at its end.
 //! HTTP/2: multiplexed connections shared by all workers, a new one opened only when every
 //! open one carries `max_streams` requests.
 
 use crate::http::body::RequestBody;
 use crate::resilience::breaker::Threshold;
 use crate::tls::io::MaybeTls;
+use crate::upstream::h1;
+use crate::upstream::response::ResponseBody;
 use crate::upstream::{Endpoint, Wire};
 use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::ServerName;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -28,7 +30,7 @@ pub enum UpstreamError {
     #[error("upstream handshake failed: {0}")]
     Handshake(hyper::Error),
     #[error("upstream connection reset: {0}")]
-    Reset(hyper::Error),
+    Reset(Box<dyn std::error::Error + Send + Sync>),
     #[error("cluster over its {} circuit-breaker threshold", .0.as_str())]
     Overloaded(Threshold),
     #[error("{0}")]
@@ -36,8 +38,6 @@ pub enum UpstreamError {
     #[error("upstream TLS handshake with {addr} failed: {source}")]
     Tls { addr: std::net::SocketAddr, source: std::io::Error },
 }
-
-type H1 = http1::SendRequest<RequestBody>;
 
 #[derive(Debug)]
 struct H2Conn {
@@ -48,7 +48,7 @@ struct H2Conn {
 /// One endpoint's connections.
 #[derive(Debug)]
 pub struct Pool {
-    h1_idle: Box<[Mutex<Vec<H1>>]>,
+    h1_idle: Box<[Mutex<Vec<h1::Conn>>]>,
     h2: Mutex<Vec<H2Conn>>,
     /// Serializes opening h2 connections so a burst opens one, not one per request.
     h2_connecting: tokio::sync::Mutex<()>,
@@ -63,28 +63,36 @@ impl Pool {
         }
     }
 
-    fn idle_slot(&self) -> &Mutex<Vec<H1>> {
+    fn idle_slot(&self) -> &Mutex<Vec<h1::Conn>> {
         let i = crate::worker::current() % self.h1_idle.len();
         &self.h1_idle[i]
     }
 
-    fn take_h1(&self) -> Option<H1> {
+    /// The most recently used idle connection that still looks open (others are closed).
+    fn take_h1(&self) -> Option<h1::Conn> {
         let mut idle = self.idle_slot().lock().unwrap_or_else(|p| p.into_inner());
-        while let Some(s) = idle.pop() {
-            if !s.is_closed() {
-                return Some(s);
+        while let Some(mut c) = idle.pop() {
+            if c.is_usable() {
+                return Some(c);
             }
         }
         None
     }
 
-    fn put_h1(&self, s: H1, max_idle: usize) {
-        if s.is_closed() {
-            return;
+    /// Drops idle connections the upstream has closed, in every worker's stack, so they
+    /// give back their `max_connections` units before a new connection is counted.
+    fn sweep_h1(&self) {
+        for stack in &self.h1_idle {
+            stack.lock().unwrap_or_else(|p| p.into_inner()).retain_mut(|c| c.is_usable());
         }
+    }
+
+    /// Keeps a connection whose exchange ended cleanly for the next request.
+    pub(crate) fn put_h1(&self, mut c: h1::Conn, max_idle: usize) {
+        c.set_reused();
         let mut idle = self.idle_slot().lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < max_idle {
-            idle.push(s);
+            idle.push(c);
         }
     }
 
@@ -107,29 +115,22 @@ impl Pool {
     }
 }
 
-/// A connection (or h2 stream slot) held for one exchange; returned to the pool by
-/// [`Lease::release`] once the response has been read to its end, dropped otherwise.
+/// One exchange's hold on its endpoint (the `active` count, a `max_requests` unit, and for
+/// h2 a stream slot returned by [`Lease::release`] once the response has been read to its
+/// end). An HTTP/1.1 connection is not in the lease: the response body owns it.
 #[derive(Debug)]
 pub struct Lease {
     endpoint: Arc<Endpoint>,
-    conn: Option<Held>,
-}
-
-#[derive(Debug)]
-enum Held {
-    H1(H1),
-    H2(Arc<AtomicU32>),
+    /// The h2 connection's count of streams in use. (An HTTP/1.1 connection is owned by the
+    /// response body, which gives it back to the pool itself.)
+    h2_streams: Option<Arc<AtomicU32>>,
 }
 
 impl Lease {
-    /// The exchange ended cleanly: an HTTP/1.1 connection may carry the next request.
+    /// The exchange ended cleanly.
     pub fn release(mut self) {
-        match self.conn.take() {
-            Some(Held::H1(s)) => self.endpoint.pool.put_h1(s, self.endpoint.settings.max_idle),
-            Some(Held::H2(streams)) => {
-                streams.fetch_sub(1, Ordering::AcqRel);
-            }
-            None => {}
+        if let Some(streams) = self.h2_streams.take() {
+            streams.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
@@ -141,7 +142,7 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if let Some(Held::H2(streams)) = self.conn.take() {
+        if let Some(streams) = self.h2_streams.take() {
             streams.fetch_sub(1, Ordering::AcqRel);
         }
         self.endpoint.active.fetch_sub(1, Ordering::Relaxed);
@@ -154,48 +155,45 @@ pub async fn send(
     ep: &Arc<Endpoint>,
     wire: Wire,
     req: Request<RequestBody>,
-) -> Result<(Response<Incoming>, Lease), UpstreamError> {
+) -> Result<(Response<ResponseBody>, Lease), UpstreamError> {
     ep.counts
         .acquire(Threshold::MaxRequests, ep.settings.limits.as_ref(), &ep.cluster)
         .map_err(UpstreamError::Overloaded)?;
     ep.active.fetch_add(1, Ordering::Relaxed);
     ep.total.fetch_add(1, Ordering::Relaxed);
     // From here on the lease owns the `active` count, whatever happens.
-    let mut lease = Lease { endpoint: ep.clone(), conn: None };
+    let mut lease = Lease { endpoint: ep.clone(), h2_streams: None };
     match wire {
         Wire::Http1 => {
-            let (resp, sender) = send_h1(ep, req).await?;
-            lease.conn = Some(Held::H1(sender));
-            Ok((resp, lease))
+            let resp = send_h1(ep, req).await?;
+            Ok((resp.map(ResponseBody::H1), lease))
         }
         Wire::Http2 => {
             let (mut sender, streams) = checkout_or_connect_h2(ep).await?;
-            lease.conn = Some(Held::H2(streams));
-            sender.ready().await.map_err(UpstreamError::Reset)?;
-            let resp = sender.send_request(req).await.map_err(UpstreamError::Reset)?;
-            Ok((resp, lease))
+            lease.h2_streams = Some(streams);
+            let reset = |e: hyper::Error| UpstreamError::Reset(e.into());
+            sender.ready().await.map_err(reset)?;
+            let resp = sender.send_request(req).await.map_err(reset)?;
+            Ok((resp.map(ResponseBody::H2), lease))
         }
     }
 }
 
-async fn send_h1(ep: &Endpoint, mut req: Request<RequestBody>) -> Result<(Response<Incoming>, H1), UpstreamError> {
-    // A pooled connection may have been closed by the upstream while idle; when hyper hands
-    // the request back unsent we try the next one, and finally a fresh connection.
-    while let Some(mut sender) = ep.pool.take_h1() {
-        if sender.ready().await.is_err() {
-            continue;
-        }
-        match sender.try_send_request(req).await {
-            Ok(resp) => return Ok((resp, sender)),
-            Err(mut e) => match e.take_message() {
-                Some(unsent) => req = unsent,
-                None => return Err(UpstreamError::Reset(e.into_error())),
-            },
+async fn send_h1(ep: &Arc<Endpoint>, req: Request<RequestBody>) -> Result<Response<h1::H1Body>, UpstreamError> {
+    let reset = |e: h1::Error| UpstreamError::Reset(e.into());
+    let mut out = h1::Outgoing::new(req).await.map_err(reset)?;
+    // A pooled connection the upstream closed while idle is caught by `take_h1`; one that
+    // fails before any response byte (closed meanwhile) is retried once on a fresh
+    // connection when the request is whole in memory.
+    if let Some(conn) = ep.pool.take_h1() {
+        match h1::exchange(conn, &mut out, ep).await {
+            Ok(resp) => return Ok(resp),
+            Err(f) if f.retry => tracing::debug!(error = %f.error, "pooled upstream connection failed; retrying"),
+            Err(f) => return Err(reset(f.error)),
         }
     }
-    let mut sender = connect_h1(ep).await?;
-    let resp = sender.send_request(req).await.map_err(UpstreamError::Reset)?;
-    Ok((resp, sender))
+    let conn = connect_h1(ep).await?;
+    h1::exchange(conn, &mut out, ep).await.map_err(|f| reset(f.error))
 }
 
 /// A connection for L4 (`protocol: tcp`) forwarding: TCP, or TLS per the cluster's `tls`,
@@ -214,7 +212,7 @@ pub async fn connect_l4(ep: &Endpoint) -> Result<L4Conn, UpstreamError> {
 
 /// One `max_connections` unit, given back when dropped (also if the connection's task is
 /// cancelled with its runtime).
-struct ConnSlot(Arc<crate::resilience::breaker::Counts>);
+pub(crate) struct ConnSlot(Arc<crate::resilience::breaker::Counts>);
 
 impl Drop for ConnSlot {
     fn drop(&mut self) {
@@ -224,7 +222,7 @@ impl Drop for ConnSlot {
 
 /// Opens a TCP connection under the cluster's `max_connections` and `max_pending`
 /// thresholds. On success the caller owns one `max_connections` unit, to be released by
-/// [`spawn_conn`] (or [`L4Conn`]) when the connection ends, or at once if a handshake fails.
+/// [`spawn_conn`] (or [`L4Conn`], [`h1::Conn`]) when the connection ends, or at once if a handshake fails.
 async fn connect_tcp(ep: &Endpoint, wire: Wire) -> Result<TokioIo<MaybeTls>, UpstreamError> {
     let addr = ep.addr;
     let limits = ep.settings.limits.as_ref();
@@ -278,17 +276,11 @@ async fn connect_tcp(ep: &Endpoint, wire: Wire) -> Result<TokioIo<MaybeTls>, Ups
     }
 }
 
-async fn connect_h1(ep: &Endpoint) -> Result<H1, UpstreamError> {
+async fn connect_h1(ep: &Endpoint) -> Result<h1::Conn, UpstreamError> {
+    // Idle connections are not watched by a task; closed ones are noticed here at the latest.
+    ep.pool.sweep_h1();
     let io = connect_tcp(ep, Wire::Http1).await?;
-    let (sender, conn) = match http1::Builder::new().handshake(io).await {
-        Ok(x) => x,
-        Err(e) => {
-            ep.counts.release(Threshold::MaxConnections);
-            return Err(UpstreamError::Handshake(e));
-        }
-    };
-    spawn_conn(ep, conn);
-    Ok(sender)
+    Ok(h1::Conn::new(io.into_inner(), ConnSlot(ep.counts.clone())))
 }
 
 async fn checkout_or_connect_h2(

@@ -1,0 +1,269 @@
+//! Encoding a request for an upstream: the head in one buffer, the body's framing chosen as
+//! hyper's client chose it, body frames turned into wire pieces, and the queue of pieces
+//! written with as few (vectored) writes as the socket takes.
+
+use super::Error;
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderMap, Method, header, request};
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use tokio::io::AsyncWrite;
+
+/// How the request body is delimited on the wire.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Framing {
+    /// No body is sent.
+    None,
+    /// `content-length`: bytes still to send.
+    Length(u64),
+    Chunked,
+}
+
+impl Framing {
+    /// Wire pieces for one data frame.
+    pub fn data(&mut self, q: &mut Queue, data: Bytes) -> Result<(), Error> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        match self {
+            Self::None => Ok(()),
+            Self::Length(left) => {
+                let n = data.len() as u64;
+                if n > *left {
+                    return Err(Error::RequestLength);
+                }
+                *left -= n;
+                q.push(data);
+                Ok(())
+            }
+            Self::Chunked => {
+                q.push(Bytes::from(format!("{:x}\r\n", data.len())));
+                q.push(data);
+                q.push(Bytes::from_static(b"\r\n"));
+                Ok(())
+            }
+        }
+    }
+
+    /// Wire pieces for the body's end (trailers are sent only with chunked framing).
+    pub fn end(&mut self, q: &mut Queue, trailers: Option<&HeaderMap>) -> Result<(), Error> {
+        match self {
+            Self::None => Ok(()),
+            Self::Length(0) => Ok(()),
+            Self::Length(_) => Err(Error::RequestLength),
+            Self::Chunked => {
+                match trailers {
+                    Some(t) if !t.is_empty() => {
+                        let mut out = Vec::with_capacity(64);
+                        out.extend_from_slice(b"0\r\n");
+                        for (k, v) in t {
+                            put_header(&mut out, k.as_str().as_bytes(), v.as_bytes());
+                        }
+                        out.extend_from_slice(b"\r\n");
+                        q.push(Bytes::from(out));
+                    }
+                    _ => q.push(Bytes::from_static(b"0\r\n\r\n")),
+                }
+                *self = Self::None;
+                Ok(())
+            }
+        }
+    }
+}
+
+fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Encodes the request line and headers, adding `content-length` or
+/// `transfer-encoding: chunked` as the body needs, the way hyper's client did: an empty body
+/// gets nothing added; a `content-length` already there is kept; a body of known size gets
+/// one; a body of unknown size is chunked, except for GET, HEAD and CONNECT, which are sent
+/// without one.
+pub fn head(parts: &request::Parts, empty: bool, exact: Option<u64>) -> (Vec<u8>, Framing) {
+    let h = &parts.headers;
+    let framing = if empty {
+        Framing::None
+    } else if let Some(n) = h.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.trim().parse().ok()) {
+        Framing::Length(n)
+    } else if let Some(n) = exact {
+        Framing::Length(n)
+    } else if matches!(parts.method, Method::GET | Method::HEAD | Method::CONNECT) {
+        Framing::None
+    } else {
+        Framing::Chunked
+    };
+    let size = 64
+        + parts.uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + h.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum::<usize>();
+    let mut out = Vec::with_capacity(size);
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    match parts.uri.path_and_query() {
+        Some(pq) if parts.uri.scheme().is_none() => out.extend_from_slice(pq.as_str().as_bytes()),
+        _ => {
+            use std::io::Write;
+            let _ = write!(out, "{}", parts.uri);
+        }
+    }
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (k, v) in h {
+        if k == header::TRANSFER_ENCODING {
+            continue;
+        }
+        put_header(&mut out, k.as_str().as_bytes(), v.as_bytes());
+    }
+    match framing {
+        Framing::Length(n) if !h.contains_key(header::CONTENT_LENGTH) => {
+            put_header(&mut out, b"content-length", n.to_string().as_bytes());
+        }
+        Framing::Chunked => put_header(&mut out, b"transfer-encoding", b"chunked"),
+        _ => {}
+    }
+    out.extend_from_slice(b"\r\n");
+    (out, framing)
+}
+
+const QUEUE: usize = 8;
+
+/// Wire pieces waiting to be written.
+#[derive(Debug, Clone, Default)]
+pub struct Queue {
+    parts: [Bytes; QUEUE],
+    start: usize,
+    end: usize,
+}
+
+impl Queue {
+    /// Adds a piece (merged into the last one when the queue is full).
+    pub fn push(&mut self, b: Bytes) {
+        if b.is_empty() {
+            return;
+        }
+        if self.end == QUEUE {
+            let last = std::mem::take(&mut self.parts[QUEUE - 1]);
+            let mut merged = BytesMut::with_capacity(last.len() + b.len());
+            merged.extend_from_slice(&last);
+            merged.extend_from_slice(&b);
+            self.parts[QUEUE - 1] = merged.freeze();
+            return;
+        }
+        self.parts[self.end] = b;
+        self.end += 1;
+    }
+
+    /// Adds `other`'s pieces.
+    pub fn append(&mut self, other: &Queue) {
+        for p in &other.parts[other.start..other.end] {
+            self.push(p.clone());
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    /// Writes every queued piece.
+    pub fn poll_write<W: AsyncWrite + Unpin>(&mut self, w: &mut W, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.start < self.end {
+            let pending = &self.parts[self.start..self.end];
+            let n = if pending.len() > 1 && w.is_write_vectored() {
+                let mut slices = [IoSlice::new(&[]); QUEUE];
+                for (s, p) in slices.iter_mut().zip(pending) {
+                    *s = IoSlice::new(p);
+                }
+                ready!(Pin::new(&mut *w).poll_write_vectored(cx, &slices[..pending.len()]))?
+            } else {
+                ready!(Pin::new(&mut *w).poll_write(cx, &pending[0]))?
+            };
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.advance(n);
+        }
+        self.start = 0;
+        self.end = 0;
+        Pin::new(&mut *w).poll_flush(cx)
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 && self.start < self.end {
+            let p = &mut self.parts[self.start];
+            let k = n.min(p.len());
+            p.advance(k);
+            n -= k;
+            if p.is_empty() {
+                self.parts[self.start] = Bytes::new();
+                self.start += 1;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Request;
+
+    fn enc(req: Request<()>, empty: bool, exact: Option<u64>) -> (String, Framing) {
+        let (parts, ()) = req.into_parts();
+        let (h, f) = head(&parts, empty, exact);
+        (String::from_utf8(h).unwrap(), f)
+    }
+
+    #[test]
+    fn framing_like_hyper() {
+        let get = || Request::get("/a?b").header("host", "h").body(()).unwrap();
+        assert_eq!(enc(get(), true, Some(0)), ("GET /a?b HTTP/1.1\r\nhost: h\r\n\r\n".into(), Framing::None));
+        assert_eq!(enc(get(), false, None).1, Framing::None);
+        let post = || Request::post("/p").body(()).unwrap();
+        assert_eq!(
+            enc(post(), false, Some(3)),
+            ("POST /p HTTP/1.1\r\ncontent-length: 3\r\n\r\n".into(), Framing::Length(3))
+        );
+        assert_eq!(
+            enc(post(), false, None),
+            ("POST /p HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n".into(), Framing::Chunked)
+        );
+        let with_len = Request::post("/p").header("content-length", "5").body(()).unwrap();
+        assert_eq!(
+            enc(with_len, false, None),
+            ("POST /p HTTP/1.1\r\ncontent-length: 5\r\n\r\n".into(), Framing::Length(5))
+        );
+        let empty_post = Request::post("/p").header("content-length", "0").body(()).unwrap();
+        assert_eq!(enc(empty_post, true, Some(0)).0, "POST /p HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
+    }
+
+    #[test]
+    fn chunks_and_trailers() {
+        let mut q = Queue::default();
+        let mut f = Framing::Chunked;
+        f.data(&mut q, Bytes::from_static(b"0123456789abcdef0")).unwrap();
+        let mut t = HeaderMap::new();
+        t.insert("x-sum", "1".parse().unwrap());
+        f.end(&mut q, Some(&t)).unwrap();
+        let all: Vec<u8> = q.parts[q.start..q.end].iter().flat_map(|b| b.to_vec()).collect();
+        assert_eq!(all, b"11\r\n0123456789abcdef0\r\n0\r\nx-sum: 1\r\n\r\n");
+        let mut f = Framing::Length(2);
+        assert!(f.data(&mut q, Bytes::from_static(b"abc")).is_err());
+        let mut f = Framing::Length(2);
+        f.data(&mut q, Bytes::from_static(b"a")).unwrap();
+        assert!(f.end(&mut q, None).is_err());
+    }
+
+    #[test]
+    fn full_queue_merges() {
+        let mut q = Queue::default();
+        for i in 0..QUEUE + 3 {
+            q.push(Bytes::from(vec![b'a' + i as u8]));
+        }
+        let all: Vec<u8> = q.parts[q.start..q.end].iter().flat_map(|b| b.to_vec()).collect();
+        assert_eq!(all, b"abcdefghijk");
+        q.advance(9);
+        assert_eq!(&q.parts[q.start][..], b"jk");
+    }
+}

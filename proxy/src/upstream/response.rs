@@ -1,0 +1,43 @@
+//! The body of an upstream response, whichever client read it: the in-task HTTP/1.1 client
+//! or hyper's HTTP/2 client.
+
+use crate::http::body::BodyError;
+use crate::upstream::h1::H1Body;
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+/// An upstream response body.
+#[derive(Debug)]
+pub enum ResponseBody {
+    H1(H1Body),
+    H2(Incoming),
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            Self::H1(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::UpstreamH1),
+            Self::H2(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::Upstream),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::H1(b) => b.is_end_stream(),
+            Self::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::H1(b) => b.size_hint(),
+            Self::H2(b) => b.size_hint(),
+        }
+    }
+}
