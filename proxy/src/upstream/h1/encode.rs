@@ -130,10 +130,10 @@ pub fn head(parts: &request::Parts, empty: bool, exact: Option<u64>) -> (Vec<u8>
 
 const QUEUE: usize = 8;
 
-/// Wire pieces waiting to be written.
+/// Wire pieces waiting to be written (empty slots cost nothing to copy or drop).
 #[derive(Debug, Clone, Default)]
 pub struct Queue {
-    parts: [Bytes; QUEUE],
+    parts: [Option<Bytes>; QUEUE],
     start: usize,
     end: usize,
 }
@@ -145,20 +145,20 @@ impl Queue {
             return;
         }
         if self.end == QUEUE {
-            let last = std::mem::take(&mut self.parts[QUEUE - 1]);
+            let last = self.parts[QUEUE - 1].take().unwrap_or_default();
             let mut merged = BytesMut::with_capacity(last.len() + b.len());
             merged.extend_from_slice(&last);
             merged.extend_from_slice(&b);
-            self.parts[QUEUE - 1] = merged.freeze();
+            self.parts[QUEUE - 1] = Some(merged.freeze());
             return;
         }
-        self.parts[self.end] = b;
+        self.parts[self.end] = Some(b);
         self.end += 1;
     }
 
     /// Adds `other`'s pieces.
     pub fn append(&mut self, other: &Queue) {
-        for p in &other.parts[other.start..other.end] {
+        for p in other.parts[other.start..other.end].iter().flatten() {
             self.push(p.clone());
         }
     }
@@ -173,12 +173,13 @@ impl Queue {
             let pending = &self.parts[self.start..self.end];
             let n = if pending.len() > 1 && w.is_write_vectored() {
                 let mut slices = [IoSlice::new(&[]); QUEUE];
-                for (s, p) in slices.iter_mut().zip(pending) {
+                for (s, p) in slices.iter_mut().zip(pending.iter().flatten()) {
                     *s = IoSlice::new(p);
                 }
                 ready!(Pin::new(&mut *w).poll_write_vectored(cx, &slices[..pending.len()]))?
             } else {
-                ready!(Pin::new(&mut *w).poll_write(cx, &pending[0]))?
+                let first = pending[0].as_deref().unwrap_or_default();
+                ready!(Pin::new(&mut *w).poll_write(cx, first))?
             };
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
@@ -191,15 +192,16 @@ impl Queue {
     }
 
     fn advance(&mut self, mut n: usize) {
-        while n > 0 && self.start < self.end {
-            let p = &mut self.parts[self.start];
+        while self.start < self.end {
+            let p = self.parts[self.start].get_or_insert_default();
             let k = n.min(p.len());
             p.advance(k);
             n -= k;
-            if p.is_empty() {
-                self.parts[self.start] = Bytes::new();
-                self.start += 1;
+            if !p.is_empty() {
+                break;
             }
+            self.parts[self.start] = None;
+            self.start += 1;
         }
     }
 }
@@ -246,7 +248,7 @@ mod tests {
         let mut t = HeaderMap::new();
         t.insert("x-sum", "1".parse().unwrap());
         f.end(&mut q, Some(&t)).unwrap();
-        let all: Vec<u8> = q.parts[q.start..q.end].iter().flat_map(|b| b.to_vec()).collect();
+        let all: Vec<u8> = q.parts[q.start..q.end].iter().flatten().flat_map(|b| b.to_vec()).collect();
         assert_eq!(all, b"11\r\n0123456789abcdef0\r\n0\r\nx-sum: 1\r\n\r\n");
         let mut f = Framing::Length(2);
         assert!(f.data(&mut q, Bytes::from_static(b"abc")).is_err());
@@ -261,9 +263,9 @@ mod tests {
         for i in 0..QUEUE + 3 {
             q.push(Bytes::from(vec![b'a' + i as u8]));
         }
-        let all: Vec<u8> = q.parts[q.start..q.end].iter().flat_map(|b| b.to_vec()).collect();
+        let all: Vec<u8> = q.parts[q.start..q.end].iter().flatten().flat_map(|b| b.to_vec()).collect();
         assert_eq!(all, b"abcdefghijk");
         q.advance(9);
-        assert_eq!(&q.parts[q.start][..], b"jk");
+        assert_eq!(q.parts[q.start].as_deref(), Some(&b"jk"[..]));
     }
 }

@@ -8,7 +8,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Version, header};
 use std::mem::MaybeUninit;
 
 /// The largest response head accepted.
-pub const MAX_HEAD: usize = 64 * 1024;
+pub const MAX_HEAD: usize = 64 * 1024 - 1;
 /// The most header fields accepted (hyper's client default).
 const MAX_HEADERS: usize = 100;
 
@@ -39,7 +39,8 @@ pub struct Head {
 pub fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Error> {
     let mut raw = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut res = httparse::Response::new(&mut []);
-    let mut idx = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+    // Offsets into the head (at most MAX_HEAD bytes, so they fit in u16).
+    let mut idx = [(0u16, 0u16, 0u16, 0u16); MAX_HEADERS];
     let (len, code, minor, count) = {
         let status = httparse::ParserConfig::default()
             .parse_response_with_uninit_headers(&mut res, buf, &mut raw)
@@ -50,21 +51,26 @@ pub fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Err
             }
             return Ok(None);
         };
+        if len > MAX_HEAD {
+            return Err(Error::HeadTooLarge);
+        }
         let base = buf.as_ptr() as usize;
-        for (i, h) in res.headers.iter().enumerate() {
-            let n = h.name.as_ptr() as usize - base;
-            let v = h.value.as_ptr() as usize - base;
-            idx[i] = (n, n + h.name.len(), v, v + h.value.len());
+        let off = |p: *const u8, l: usize| {
+            let start = p as usize - base;
+            (start as u16, (start + l) as u16)
+        };
+        for (slot, h) in idx.iter_mut().zip(res.headers.iter()) {
+            let (n0, n1) = off(h.name.as_ptr(), h.name.len());
+            let (v0, v1) = off(h.value.as_ptr(), h.value.len());
+            *slot = (n0, n1, v0, v1);
         }
         (len, res.code.unwrap_or(0), res.version.unwrap_or(1), res.headers.len())
     };
-    if len > MAX_HEAD {
-        return Err(Error::HeadTooLarge);
-    }
     let status = StatusCode::from_u16(code).map_err(|_| Error::Invalid("bad status code"))?;
     let head = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(count);
     for &(n0, n1, v0, v1) in &idx[..count] {
+        let (n0, n1, v0, v1) = (usize::from(n0), usize::from(n1), usize::from(v0), usize::from(v1));
         let name = HeaderName::from_bytes(&head[n0..n1]).map_err(|_| Error::Invalid("bad header name"))?;
         let value =
             HeaderValue::from_maybe_shared(head.slice(v0..v1)).map_err(|_| Error::Invalid("bad header value"))?;
