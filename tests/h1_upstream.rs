@@ -226,3 +226,19 @@ async fn early_answer_during_a_streamed_upload() {
     })
     .await;
 }
+
+/// A POST that fails on a pooled connection before any answer is not sent again: the
+/// upstream may have acted on it (nginx does the same), so the client gets the 502.
+#[tokio::test]
+async fn failed_post_on_a_pooled_connection_is_not_resent() {
+    within(LIMIT, async {
+        let origin = raw_origin().await;
+        let (_proxy, listen) = start(&origin);
+        let mut c = Client::h1(listen).await;
+        assert_eq!(c.get("/ok").await.text(), "ok");
+        let resp = c.send(Request::post("/once").body(full("")).unwrap()).await.unwrap();
+        assert_eq!(resp.status(), 502);
+        assert_eq!(origin.conns.load(Ordering::SeqCst), 1, "no second connection for the POST");
+    })
+    .await;
+}

@@ -169,14 +169,22 @@ pub async fn send(
             Ok((resp.map(ResponseBody::H1), lease))
         }
         Wire::Http2 => {
-            let (mut sender, streams) = checkout_or_connect_h2(ep).await?;
-            lease.h2_streams = Some(streams);
-            let reset = |e: hyper::Error| UpstreamError::Reset(e.into());
-            sender.ready().await.map_err(reset)?;
-            let resp = sender.send_request(req).await.map_err(reset)?;
+            let resp = send_h2(ep, req, &mut lease).await?;
             Ok((resp.map(ResponseBody::H2), lease))
         }
     }
+}
+
+async fn send_h2(
+    ep: &Endpoint,
+    req: Request<RequestBody>,
+    lease: &mut Lease,
+) -> Result<Response<hyper::body::Incoming>, UpstreamError> {
+    let (mut sender, streams) = checkout_or_connect_h2(ep).await?;
+    lease.h2_streams = Some(streams);
+    let reset = |e: hyper::Error| UpstreamError::Reset(e.into());
+    sender.ready().await.map_err(reset)?;
+    sender.send_request(req).await.map_err(reset)
 }
 
 async fn send_h1(ep: &Arc<Endpoint>, req: Request<RequestBody>) -> Result<Response<h1::H1Body>, UpstreamError> {
@@ -192,7 +200,9 @@ async fn send_h1(ep: &Arc<Endpoint>, req: Request<RequestBody>) -> Result<Respon
             Err(f) => return Err(reset(f.error)),
         }
     }
-    let conn = connect_h1(ep).await?;
+    // Boxed: connecting (TCP, maybe TLS) is rare next to pooled exchanges and its state is
+    // large; every request's future would carry (and move) it otherwise.
+    let conn = Box::pin(connect_h1(ep)).await?;
     h1::exchange(conn, &mut out, ep).await.map_err(|f| reset(f.error))
 }
 
@@ -286,10 +296,16 @@ async fn connect_h1(ep: &Endpoint) -> Result<h1::Conn, UpstreamError> {
 async fn checkout_or_connect_h2(
     ep: &Endpoint,
 ) -> Result<(http2::SendRequest<RequestBody>, Arc<AtomicU32>), UpstreamError> {
-    let max = ep.settings.max_streams;
-    if let Some(c) = ep.pool.checkout_h2(max) {
-        return Ok(c);
+    match ep.pool.checkout_h2(ep.settings.max_streams) {
+        Some(c) => Ok(c),
+        // Boxed for the same reason as `connect_h1`.
+        None => Box::pin(open_h2(ep)).await,
     }
+}
+
+/// Opens another HTTP/2 connection to `ep`, unless a concurrent caller just did.
+async fn open_h2(ep: &Endpoint) -> Result<(http2::SendRequest<RequestBody>, Arc<AtomicU32>), UpstreamError> {
+    let max = ep.settings.max_streams;
     let _opening = ep.pool.h2_connecting.lock().await;
     // Someone else may have opened one while we waited.
     if let Some(c) = ep.pool.checkout_h2(max) {

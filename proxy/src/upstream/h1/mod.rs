@@ -102,6 +102,9 @@ pub struct Outgoing<B> {
     framing: encode::Framing,
     /// The rest of a streamed body; `None` when `first` is the whole request.
     rest: Option<B>,
+    /// Whole in memory and safe to send twice (an idempotent method): the upstream may
+    /// have processed a request on a connection that then failed without an answer, so
+    /// a POST is not resent (as nginx, unlike a blind retry).
     replayable: bool,
     head_request: bool,
 }
@@ -116,6 +119,7 @@ where
         let (parts, mut body) = req.into_parts();
         let (mut head, mut framing) = encode::head(&parts, body.is_end_stream(), body.size_hint().exact());
         let head_request = parts.method == Method::HEAD;
+        let idempotent = crate::resilience::retry::is_idempotent(&parts.method);
         let mut pieces = encode::Queue::default();
         let mut ended = framing == encode::Framing::None;
         if !ended {
@@ -153,10 +157,11 @@ where
         let mut first = encode::Queue::default();
         first.push(Bytes::from(head));
         first.append(&pieces);
-        Ok(Self { first, framing, rest: (!ended).then_some(body), replayable: ended, head_request })
+        Ok(Self { first, framing, rest: (!ended).then_some(body), replayable: ended && idempotent, head_request })
     }
 
-    /// The request is whole in memory and can be written again on another connection.
+    /// The request is whole in memory, idempotent, and can be written again on another
+    /// connection.
     pub fn replayable(&self) -> bool {
         self.replayable
     }
