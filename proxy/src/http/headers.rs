@@ -70,6 +70,10 @@ impl Peer {
     }
 }
 
+/// How many headers [`prepare_request`] may add (x-forwarded-for, x-forwarded-proto,
+/// x-request-id, traceparent, host).
+pub const ADDED_TO_REQUESTS: usize = 5;
+
 /// Rewrites a downstream request in place for forwarding to an upstream over `wire`.
 pub fn prepare_request<B>(req: &mut Request<B>, peer: &Peer, wire: Wire) {
     let h = req.headers_mut();

@@ -108,7 +108,9 @@ pub fn parse(buf: &mut BytesMut, scratch: &mut Scratch) -> Parsed {
 /// The request, its target and header values sharing `bytes` (no copies).
 fn build(bytes: &Bytes, method: Method, path: (usize, usize), scratch: &mut Scratch) -> Option<Request<ClientBody>> {
     let uri = Uri::from_maybe_shared(bytes.slice(path.0..path.1)).ok()?;
-    let mut map = HeaderMap::with_capacity(scratch.len());
+    // Room for the forwarding headers `prepare_request` adds: growing the map (a new table
+    // and a rehash) was ~5% of the proxy's user time.
+    let mut map = HeaderMap::with_capacity(scratch.len() + crate::http::headers::ADDED_TO_REQUESTS);
     for (name, start, end) in scratch.drain(..) {
         let value = HeaderValue::from_maybe_shared(bytes.slice(start..end)).ok()?;
         map.append(name, value);
