@@ -25,8 +25,8 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     let listed: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
-        .flat_map(|v| v.to_str().unwrap_or("").split(','))
-        .filter_map(|n| HeaderName::try_from(n.trim()).ok())
+        .flat_map(|v| crate::http::wire::tokens(v.as_bytes()))
+        .filter_map(|n| HeaderName::from_bytes(n).ok())
         .collect();
     h.remove(header::CONNECTION);
     for name in listed {

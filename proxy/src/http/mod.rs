@@ -1,6 +1,6 @@
 //! HTTP: serving downstream connections (`server`, `h1`), choosing a route (`router`, `route`),
-//! forwarding (`forward`, `headers`), streaming bodies (`body`) and turning failures into
-//! responses (`respond`).
+//! forwarding (`forward`, `headers`), streaming bodies (`body`), turning failures into
+//! responses (`respond`), and the HTTP/1.1 wire pieces both in-task codecs share (`wire`).
 
 pub mod attempts;
 pub mod body;
@@ -12,3 +12,4 @@ pub mod respond;
 pub mod route;
 pub mod router;
 pub mod server;
+pub mod wire;

@@ -11,6 +11,7 @@ use super::write::{self, Framing};
 use crate::config::Listener;
 use crate::http::body::ProxyBody;
 use crate::http::forward::{self, ConnCtx};
+use crate::http::wire;
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame};
 use hyper_util::server::graceful::Watcher;
@@ -234,7 +235,7 @@ impl Conn {
                 Err(frame) => {
                     if chunked {
                         let t = if trailers { frame.trailers_ref() } else { None };
-                        write::last_chunk(&mut self.out, t);
+                        wire::last_chunk(&mut self.out, t);
                         return self.flush_out(io).await;
                     }
                     continue;
@@ -250,7 +251,7 @@ impl Conn {
                 }
                 left -= data.len() as u64;
             } else {
-                write::chunk_size(&mut self.out, data.len());
+                wire::chunk_size_line(&mut self.out, data.len());
             }
             let tail: &[u8] = if chunked { b"\r\n" } else { b"" };
             if data.len() > COPY_MAX {
@@ -265,7 +266,7 @@ impl Conn {
             }
         }
         if chunked {
-            write::last_chunk(&mut self.out, None);
+            wire::last_chunk(&mut self.out, None);
         } else if left > 0 {
             let _ = self.flush_out(io).await;
             return Err(io::Error::other("response body shorter than its content-length"));

@@ -4,6 +4,7 @@
 //! else, malformed heads included, the buffer is left as it was and hyper takes over.
 
 use crate::http::body::ClientBody;
+use crate::http::wire;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Uri, Version};
@@ -73,7 +74,7 @@ pub fn parse(buf: &mut BytesMut, scratch: &mut Scratch) -> Parsed {
                 return Parsed::Fallback;
             }
             header::CONNECTION => {
-                for token in tokens(h.value) {
+                for token in wire::tokens(h.value) {
                     if token.eq_ignore_ascii_case(b"close") {
                         close = true;
                     } else if token.eq_ignore_ascii_case(b"upgrade") {
@@ -81,7 +82,7 @@ pub fn parse(buf: &mut BytesMut, scratch: &mut Scratch) -> Parsed {
                     }
                 }
             }
-            header::TE => trailers |= tokens(h.value).any(|t| t.eq_ignore_ascii_case(b"trailers")),
+            header::TE => trailers |= wire::has_token(h.value, b"trailers"),
             _ => {}
         }
         let start = h.value.as_ptr() as usize - base;
@@ -121,11 +122,6 @@ fn build(bytes: &Bytes, method: Method, path: (usize, usize), scratch: &mut Scra
     *req.version_mut() = Version::HTTP_11;
     *req.headers_mut() = map;
     Some(req)
-}
-
-/// The comma-separated tokens of a header value, trimmed.
-fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value.split(|b| *b == b',').map(<[u8]>::trim_ascii).filter(|t| !t.is_empty())
 }
 
 #[cfg(test)]

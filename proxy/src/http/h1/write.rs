@@ -3,7 +3,8 @@
 //! else chunked; no body for HEAD, 1xx, 204 and 304), chunks, and the last chunk with the
 //! trailers the client asked for.
 
-use http::header::{self, HeaderMap, HeaderName};
+use crate::http::wire;
+use http::header;
 use http::{StatusCode, response};
 use std::cell::RefCell;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -59,16 +60,14 @@ pub fn head(out: &mut Vec<u8>, parts: &response::Parts, body: BodyHint, req_head
             }
             // Framing is ours to decide.
             header::TRANSFER_ENCODING => continue,
-            header::CONNECTION
-                if value.as_bytes().split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close")) =>
-            {
+            header::CONNECTION if wire::has_token(value.as_bytes(), b"close") => {
                 *close = true;
                 wrote_close = true;
             }
             header::DATE => wrote_date = true,
             _ => {}
         }
-        line(out, name, value.as_bytes());
+        wire::header_line(out, name.as_str().as_bytes(), value.as_bytes());
     }
     let framing = match framing {
         Some(f) => f,
@@ -87,7 +86,7 @@ pub fn head(out: &mut Vec<u8>, parts: &response::Parts, body: BodyHint, req_head
             Some(Some(n)) => {
                 if !bodyless_status {
                     out.extend_from_slice(b"content-length: ");
-                    out.extend_from_slice(itoa(n, &mut [0; 20]));
+                    out.extend_from_slice(wire::decimal(n, &mut [0; 20]));
                     out.extend_from_slice(b"\r\n");
                 }
                 Framing::Length(n)
@@ -104,73 +103,6 @@ pub fn head(out: &mut Vec<u8>, parts: &response::Parts, body: BodyHint, req_head
     }
     out.extend_from_slice(b"\r\n");
     if req_head || bodyless_status { Framing::None } else { framing }
-}
-
-fn line(out: &mut Vec<u8>, name: &HeaderName, value: &[u8]) {
-    out.extend_from_slice(name.as_str().as_bytes());
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
-/// Appends the size line of a chunk of `len` bytes (its data and CRLF follow).
-pub fn chunk_size(out: &mut Vec<u8>, len: usize) {
-    let mut digits = [0u8; 16];
-    let mut i = digits.len();
-    let mut n = len;
-    loop {
-        i -= 1;
-        digits[i] = b"0123456789abcdef"[n & 0xf];
-        n >>= 4;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
-    out.extend_from_slice(b"\r\n");
-}
-
-/// Appends the last chunk: `trailers` go in it when the client accepts them (fields that
-/// may not be trailers are left out, as hyper does).
-pub fn last_chunk(out: &mut Vec<u8>, trailers: Option<&HeaderMap>) {
-    out.extend_from_slice(b"0\r\n");
-    for (name, value) in trailers.into_iter().flatten() {
-        if valid_trailer(name) {
-            line(out, name, value.as_bytes());
-        }
-    }
-    out.extend_from_slice(b"\r\n");
-}
-
-fn valid_trailer(name: &HeaderName) -> bool {
-    !matches!(
-        *name,
-        header::AUTHORIZATION
-            | header::CACHE_CONTROL
-            | header::CONTENT_ENCODING
-            | header::CONTENT_LENGTH
-            | header::CONTENT_RANGE
-            | header::CONTENT_TYPE
-            | header::HOST
-            | header::MAX_FORWARDS
-            | header::SET_COOKIE
-            | header::TRAILER
-            | header::TRANSFER_ENCODING
-            | header::TE
-    )
-}
-
-fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    &buf[i..]
 }
 
 /// Appends the current `date` value (IMF-fixdate), formatted at most once a second per thread.
@@ -267,24 +199,5 @@ mod tests {
         resp.headers_mut().insert("content-length", HeaderValue::from_static("0"));
         let (text, _, _) = encode(resp, None, false, false);
         assert_eq!(text.matches("content-length").count(), 1, "{text}");
-    }
-
-    #[test]
-    fn chunks_and_trailers() {
-        let mut out = Vec::new();
-        chunk_size(&mut out, 0x1a2);
-        chunk_size(&mut out, 5);
-        assert_eq!(out, b"1a2\r\n5\r\n");
-        let mut t = HeaderMap::new();
-        t.insert("grpc-status", HeaderValue::from_static("0"));
-        t.insert("content-length", HeaderValue::from_static("9"));
-        let mut out = Vec::new();
-        last_chunk(&mut out, Some(&t));
-        assert_eq!(out, b"0\r\ngrpc-status: 0\r\n\r\n");
-        out.clear();
-        last_chunk(&mut out, None);
-        assert_eq!(out, b"0\r\n\r\n");
-        assert_eq!(itoa(0, &mut [0; 20]), b"0");
-        assert_eq!(itoa(18_446_744_073_709_551_615, &mut [0; 20]), b"18446744073709551615");
     }
 }

@@ -3,6 +3,7 @@
 //! written with as few (vectored) writes as the socket takes.
 
 use super::Error;
+use crate::http::wire;
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, Method, header, request};
 use std::io::{self, IoSlice};
@@ -38,7 +39,9 @@ impl Framing {
                 Ok(())
             }
             Self::Chunked => {
-                q.push(Bytes::from(format!("{:x}\r\n", data.len())));
+                let mut size = Vec::with_capacity(18);
+                wire::chunk_size_line(&mut size, data.len());
+                q.push(Bytes::from(size));
                 q.push(data);
                 q.push(Bytes::from_static(b"\r\n"));
                 Ok(())
@@ -56,11 +59,7 @@ impl Framing {
                 match trailers {
                     Some(t) if !t.is_empty() => {
                         let mut out = Vec::with_capacity(64);
-                        out.extend_from_slice(b"0\r\n");
-                        for (k, v) in t {
-                            put_header(&mut out, k.as_str().as_bytes(), v.as_bytes());
-                        }
-                        out.extend_from_slice(b"\r\n");
+                        wire::last_chunk(&mut out, Some(t));
                         q.push(Bytes::from(out));
                     }
                     _ => q.push(Bytes::from_static(b"0\r\n\r\n")),
@@ -70,13 +69,6 @@ impl Framing {
             }
         }
     }
-}
-
-fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
 }
 
 /// Encodes the request line and headers, adding `content-length` or
@@ -115,13 +107,13 @@ pub fn head(parts: &request::Parts, empty: bool, exact: Option<u64>) -> (Vec<u8>
         if k == header::TRANSFER_ENCODING {
             continue;
         }
-        put_header(&mut out, k.as_str().as_bytes(), v.as_bytes());
+        wire::header_line(&mut out, k.as_str().as_bytes(), v.as_bytes());
     }
     match framing {
         Framing::Length(n) if !h.contains_key(header::CONTENT_LENGTH) => {
-            put_header(&mut out, b"content-length", n.to_string().as_bytes());
+            wire::header_line(&mut out, b"content-length", wire::decimal(n, &mut [0; 20]));
         }
-        Framing::Chunked => put_header(&mut out, b"transfer-encoding", b"chunked"),
+        Framing::Chunked => wire::header_line(&mut out, b"transfer-encoding", b"chunked"),
         _ => {}
     }
     out.extend_from_slice(b"\r\n");

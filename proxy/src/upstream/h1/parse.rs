@@ -3,6 +3,7 @@
 //! whether the connection may carry another request.
 
 use super::Error;
+use crate::http::wire;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Version, header};
 use std::mem::MaybeUninit;
@@ -79,8 +80,8 @@ pub fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Err
     let version = if minor == 0 { Version::HTTP_10 } else { Version::HTTP_11 };
     let (framing, mut keep_alive) = framing(status, &headers, head_request)?;
     keep_alive &= match version {
-        Version::HTTP_10 => has_token(&headers, header::CONNECTION, "keep-alive"),
-        _ => !has_token(&headers, header::CONNECTION, "close"),
+        Version::HTTP_10 => connection_has(&headers, b"keep-alive"),
+        _ => !connection_has(&headers, b"close"),
     };
     Ok(Some(Head { status, version, headers, framing, keep_alive }))
 }
@@ -100,7 +101,7 @@ fn framing(status: StatusCode, h: &HeaderMap, head_request: bool) -> Result<(Fra
             .get_all(header::TRANSFER_ENCODING)
             .iter()
             .next_back()
-            .and_then(|v| v.as_bytes().rsplit(|&b| b == b',').next().map(trim))
+            .and_then(|v| v.as_bytes().rsplit(|&b| b == b',').next().map(<[u8]>::trim_ascii))
             .is_some_and(|last| last.eq_ignore_ascii_case(b"chunked"));
         // Both framings present: honour chunked, but do not trust the connection after.
         let clean = !h.contains_key(header::CONTENT_LENGTH);
@@ -109,7 +110,7 @@ fn framing(status: StatusCode, h: &HeaderMap, head_request: bool) -> Result<(Fra
     let mut length: Option<u64> = None;
     for v in h.get_all(header::CONTENT_LENGTH) {
         for part in v.as_bytes().split(|&b| b == b',') {
-            let n = parse_len(trim(part)).ok_or(Error::Invalid("bad content-length"))?;
+            let n = parse_len(part.trim_ascii()).ok_or(Error::Invalid("bad content-length"))?;
             if length.is_some_and(|l| l != n) {
                 return Err(Error::Invalid("conflicting content-length values"));
             }
@@ -130,15 +131,9 @@ fn parse_len(s: &[u8]) -> Option<u64> {
     s.iter().try_fold(0u64, |acc, &b| b.is_ascii_digit().then(|| acc * 10 + u64::from(b - b'0')))
 }
 
-fn trim(s: &[u8]) -> &[u8] {
-    s.trim_ascii()
-}
-
-/// Whether a comma-separated header lists `token` (case-insensitive).
-fn has_token(h: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    h.get_all(name)
-        .iter()
-        .any(|v| v.as_bytes().split(|&b| b == b',').any(|t| trim(t).eq_ignore_ascii_case(token.as_bytes())))
+/// Whether the `Connection` header lists `token`.
+fn connection_has(h: &HeaderMap, token: &[u8]) -> bool {
+    h.get_all(header::CONNECTION).iter().any(|v| wire::has_token(v.as_bytes(), token))
 }
 
 /// The body bytes of a `Length` body already in the buffer, when all of it is there.
