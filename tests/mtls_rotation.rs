@@ -16,9 +16,21 @@ use trellis_certs::Ca;
 
 include!("support/mesh_helpers.rs");
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn identity_rotation_under_load_fails_no_request() {
-    within(Duration::from_secs(40), async {
+/// An inbound sidecar for `checkout` (mesh listener, `authz` policy) in front of an echo
+/// app, and a client config holding the `frontend` identity.
+struct Checkout {
+    pki: Pki,
+    cert: PathBuf,
+    key: PathBuf,
+    _app: Origin,
+    mesh: SocketAddr,
+    proxy: Proxy,
+    old_leaf: trellis_certs::CertInfo,
+    fe: Arc<rustls::ClientConfig>,
+}
+
+impl Checkout {
+    async fn start() -> Self {
         let pki = Pki::new();
         let (cert, key) = pki.issue("checkout", CHECKOUT, &[]);
         let frontend = pki.issue("frontend", FRONTEND, &[]);
@@ -31,6 +43,33 @@ async fn identity_rotation_under_load_fails_no_request() {
         ));
         let old_leaf = trellis_certs::inspect_file(&cert).unwrap().remove(0);
         let fe = mesh_client(Some(frontend));
+        Self { pki, cert, key, _app: app, mesh, proxy, old_leaf, fe }
+    }
+}
+
+/// Polls (every 50 ms, for at most `limit`) until `mesh` presents the leaf `sha256`; how
+/// long that took. A failed handshake fails the test.
+async fn presents_within(
+    mesh: SocketAddr,
+    fe: &Arc<rustls::ClientConfig>,
+    sha256: &str,
+    limit: Duration,
+) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() <= limit {
+        // Every handshake must succeed meanwhile: the old identity serves until the new one.
+        if presented(mesh, fe).await.expect("handshake during the rotation") == sha256 {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_rotation_under_load_fails_no_request() {
+    within(Duration::from_secs(40), async {
+        let Checkout { pki, cert, key, _app, mesh, proxy, old_leaf, fe } = Checkout::start().await;
         assert_eq!(presented(mesh, &fe).await.unwrap(), old_leaf.sha256);
 
         // A connection opened before the rotation.
@@ -46,19 +85,9 @@ async fn identity_rotation_under_load_fails_no_request() {
         assert_ne!(new_leaf.sha256, old_leaf.sha256);
         replace_file(&key, new.key_pem.as_bytes());
         replace_file(&cert, new.cert_pem.as_bytes());
-        let rotated = Instant::now();
-        let mut took = None;
-        for _ in 0..100 {
-            if rotated.elapsed() > secs(3) {
-                break;
-            }
-            if presented(mesh, &fe).await.as_deref() == Ok(new_leaf.sha256.as_str()) {
-                took = Some(rotated.elapsed());
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let took = took.unwrap_or_else(|| panic!("new leaf never presented: {}", log_tail(&proxy, 20)));
+        let took = presents_within(mesh, &fe, &new_leaf.sha256, secs(3))
+            .await
+            .unwrap_or_else(|| panic!("new leaf never presented: {}", log_tail(&proxy, 20)));
         assert!(took <= secs(2), "new leaf presented only after {took:?}");
 
         // The old connection keeps working (with the certificate it was opened with).
@@ -86,18 +115,7 @@ async fn identity_rotation_under_load_fails_no_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mismatched_identity_pair_is_refused_and_old_identity_kept() {
     within(Duration::from_secs(40), async {
-        let pki = Pki::new();
-        let (cert, key) = pki.issue("checkout", CHECKOUT, &[]);
-        let frontend = pki.issue("frontend", FRONTEND, &[]);
-        let app = Origin::echo("app").await;
-        let mesh = listen_addr();
-        let proxy = Proxy::start(&inbound_config(
-            &identity_yaml(&cert, &key, &pki.bundle()),
-            &[("mesh", mesh, Some("authz"))],
-            app.addr,
-        ));
-        let old_leaf = trellis_certs::inspect_file(&cert).unwrap().remove(0);
-        let fe = mesh_client(Some(frontend));
+        let Checkout { pki, cert, key, _app, mesh, proxy, old_leaf, fe } = Checkout::start().await;
         let tasks = mesh_load(mesh, fe.clone(), 3, Instant::now() + secs(3));
         tokio::time::sleep(Duration::from_millis(500)).await;
 
@@ -124,15 +142,7 @@ async fn mismatched_identity_pair_is_refused_and_old_identity_kept() {
 
         // The matching key completes the rotation.
         replace_file(&key, new.key_pem.as_bytes());
-        let mut seen = String::new();
-        for _ in 0..60 {
-            seen = presented(mesh, &fe).await.unwrap();
-            if seen == new_leaf.sha256 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert_eq!(seen, new_leaf.sha256, "{}", log_tail(&proxy, 10));
+        assert!(presents_within(mesh, &fe, &new_leaf.sha256, secs(3)).await.is_some(), "{}", log_tail(&proxy, 10));
     })
     .await;
 }
