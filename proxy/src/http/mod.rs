@@ -1,11 +1,13 @@
 //! HTTP: serving downstream connections (`server`, `h1`), choosing a route (`router`, `route`),
 //! forwarding (`forward`, `headers`), streaming bodies (`body`), turning failures into
-//! responses (`respond`), and the HTTP/1.1 wire pieces both in-task codecs share (`wire`).
+//! responses (`respond`), and what both in-task HTTP/1.1 codecs share: the wire pieces
+//! (`wire`) and a stock of reusable header maps (`header_maps`).
 
 pub mod attempts;
 pub mod body;
 pub mod forward;
 pub mod h1;
+pub mod header_maps;
 pub mod headers;
 pub mod path;
 pub mod respond;

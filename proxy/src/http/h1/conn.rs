@@ -176,7 +176,7 @@ impl Conn {
         let hint = if body.is_end_stream() { None } else { Some(body.size_hint().exact()) };
         self.out.clear();
         let framing = write::head(&mut self.out, &parts, hint, req_head, &mut close);
-        drop(parts);
+        crate::http::header_maps::give(parts.headers);
         let sent = match framing {
             Framing::None => {
                 drop(body);

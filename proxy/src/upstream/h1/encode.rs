@@ -89,34 +89,46 @@ pub fn head(parts: &request::Parts, empty: bool, exact: Option<u64>) -> (Vec<u8>
     } else {
         Framing::Chunked
     };
-    let size = 64
-        + parts.uri.path_and_query().map_or(1, |p| p.as_str().len())
-        + h.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum::<usize>();
+    // An absolute-form target (rare) is formatted first so the head's size is known.
+    let absolute;
+    let target = match parts.uri.path_and_query() {
+        Some(pq) if parts.uri.scheme().is_none() => pq.as_str().as_bytes(),
+        _ => {
+            absolute = parts.uri.to_string();
+            absolute.as_bytes()
+        }
+    };
+    let mut digits = [0; 20];
+    let added: Option<(&[u8], &[u8])> = match framing {
+        Framing::Length(n) if !h.contains_key(header::CONTENT_LENGTH) => {
+            Some((b"content-length", wire::decimal(n, &mut digits)))
+        }
+        Framing::Chunked => Some((b"transfer-encoding", b"chunked")),
+        _ => None,
+    };
+    let sent = |k: &header::HeaderName| k != header::TRANSFER_ENCODING;
+    let line = |k: &[u8], v: &[u8]| k.len() + v.len() + 4;
+    // Sized exactly: a `Bytes` made from a full vector needs no second allocation.
+    let size = parts.method.as_str().len()
+        + 1
+        + target.len()
+        + 11
+        + h.iter().filter(|(k, _)| sent(k)).map(|(k, v)| line(k.as_str().as_bytes(), v.as_bytes())).sum::<usize>()
+        + added.map_or(0, |(k, v)| line(k, v))
+        + 2;
     let mut out = Vec::with_capacity(size);
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
-    match parts.uri.path_and_query() {
-        Some(pq) if parts.uri.scheme().is_none() => out.extend_from_slice(pq.as_str().as_bytes()),
-        _ => {
-            use std::io::Write;
-            let _ = write!(out, "{}", parts.uri);
-        }
-    }
+    out.extend_from_slice(target);
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (k, v) in h {
-        if k == header::TRANSFER_ENCODING {
-            continue;
-        }
+    for (k, v) in h.iter().filter(|(k, _)| sent(k)) {
         wire::header_line(&mut out, k.as_str().as_bytes(), v.as_bytes());
     }
-    match framing {
-        Framing::Length(n) if !h.contains_key(header::CONTENT_LENGTH) => {
-            wire::header_line(&mut out, b"content-length", wire::decimal(n, &mut [0; 20]));
-        }
-        Framing::Chunked => wire::header_line(&mut out, b"transfer-encoding", b"chunked"),
-        _ => {}
+    if let Some((k, v)) = added {
+        wire::header_line(&mut out, k, v);
     }
     out.extend_from_slice(b"\r\n");
+    debug_assert_eq!(out.len(), size);
     (out, framing)
 }
 
@@ -149,9 +161,9 @@ impl Queue {
     }
 
     /// Adds `other`'s pieces.
-    pub fn append(&mut self, other: &Queue) {
-        for p in other.parts[other.start..other.end].iter().flatten() {
-            self.push(p.clone());
+    pub fn append(&mut self, other: Queue) {
+        for p in other.parts.into_iter().skip(other.start).take(other.end - other.start).flatten() {
+            self.push(p);
         }
     }
 
@@ -159,28 +171,52 @@ impl Queue {
         self.start == self.end
     }
 
-    /// Writes every queued piece.
+    /// Writes every queued piece, dropping each once written.
     pub fn poll_write<W: AsyncWrite + Unpin>(&mut self, w: &mut W, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.start < self.end {
-            let pending = &self.parts[self.start..self.end];
-            let n = if pending.len() > 1 && w.is_write_vectored() {
-                let mut slices = [IoSlice::new(&[]); QUEUE];
-                for (s, p) in slices.iter_mut().zip(pending.iter().flatten()) {
-                    *s = IoSlice::new(p);
+        let mut sent = 0;
+        let polled = self.poll_write_from(w, cx, &mut sent);
+        self.advance(sent);
+        if let Poll::Ready(Ok(())) = polled {
+            self.start = 0;
+            self.end = 0;
+        }
+        polled
+    }
+
+    /// Writes the queued pieces from byte `sent` on, counting what is written in `sent`, and
+    /// leaves the queue as it is (a request kept for a second try is written this way).
+    pub fn poll_write_from<W: AsyncWrite + Unpin>(
+        &self,
+        w: &mut W,
+        cx: &mut Context<'_>,
+        sent: &mut usize,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            let mut slices = [IoSlice::new(&[]); QUEUE];
+            let mut n = 0;
+            let mut skip = *sent;
+            for p in self.parts[self.start..self.end].iter().flatten() {
+                if skip >= p.len() {
+                    skip -= p.len();
+                    continue;
                 }
-                ready!(Pin::new(&mut *w).poll_write_vectored(cx, &slices[..pending.len()]))?
-            } else {
-                let first = pending[0].as_deref().unwrap_or_default();
-                ready!(Pin::new(&mut *w).poll_write(cx, first))?
-            };
+                slices[n] = IoSlice::new(&p[skip..]);
+                skip = 0;
+                n += 1;
+            }
             if n == 0 {
+                return Pin::new(&mut *w).poll_flush(cx);
+            }
+            let written = if n > 1 && w.is_write_vectored() {
+                ready!(Pin::new(&mut *w).poll_write_vectored(cx, &slices[..n]))?
+            } else {
+                ready!(Pin::new(&mut *w).poll_write(cx, &slices[0]))?
+            };
+            if written == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            self.advance(n);
+            *sent += written;
         }
-        self.start = 0;
-        self.end = 0;
-        Pin::new(&mut *w).poll_flush(cx)
     }
 
     fn advance(&mut self, mut n: usize) {
@@ -247,6 +283,52 @@ mod tests {
         let mut f = Framing::Length(2);
         f.data(&mut q, Bytes::from_static(b"a")).unwrap();
         assert!(f.end(&mut q, None).is_err());
+    }
+
+    /// Takes at most 3 bytes a write, and is not ready every other time.
+    #[derive(Default)]
+    struct Trickle {
+        got: Vec<u8>,
+        ready: bool,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            self.ready = !self.ready;
+            if !self.ready {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            let n = buf.len().min(3);
+            self.got.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn kept_queue_is_written_whole_again_after_partial_writes() {
+        let mut q = Queue::default();
+        for p in ["GET / HTTP/1.1\r\n", "a", "", "host: h\r\n\r\n"] {
+            q.push(Bytes::from_static(p.as_bytes()));
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        for _ in 0..2 {
+            let (mut w, mut sent) = (Trickle::default(), 0);
+            while q.poll_write_from(&mut w, &mut cx, &mut sent).is_pending() {}
+            assert_eq!(w.got, b"GET / HTTP/1.1\r\nahost: h\r\n\r\n");
+            assert_eq!(sent, w.got.len());
+        }
+        // The consuming write empties the queue.
+        let mut w = Trickle::default();
+        while q.poll_write(&mut w, &mut cx).is_pending() {}
+        assert_eq!(w.got, b"GET / HTTP/1.1\r\nahost: h\r\n\r\n");
+        assert!(q.is_empty());
     }
 
     #[test]

@@ -134,6 +134,8 @@ where
                                 && framing == encode::Framing::Length(d.len() as u64)
                                 && d.len() <= INLINE_BODY =>
                         {
+                            // Exactly: a full vector becomes `Bytes` without a second allocation.
+                            head.reserve_exact(d.len());
                             head.extend_from_slice(&d);
                             framing = encode::Framing::Length(0);
                             ended = true;
@@ -154,9 +156,10 @@ where
         if ended {
             framing.end(&mut pieces, None)?;
         }
+        crate::http::header_maps::give(parts.headers);
         let mut first = encode::Queue::default();
         first.push(Bytes::from(head));
-        first.append(&pieces);
+        first.append(pieces);
         Ok(Self { first, framing, rest: (!ended).then_some(body), replayable: ended && idempotent, head_request })
     }
 
@@ -186,7 +189,14 @@ where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
 {
-    let mut send = Sending { queue: out.first.clone(), body: out.rest.take(), framing: out.framing, done: false };
+    let mut send = Sending {
+        first: &out.first,
+        first_sent: Some(0),
+        queue: encode::Queue::default(),
+        body: out.rest.take(),
+        framing: out.framing,
+        done: false,
+    };
     let mut got = false;
     let head_request = out.head_request;
     let head = poll_fn(|cx| read_head(cx, &mut conn, &mut send, &mut got, head_request)).await;
@@ -222,20 +232,29 @@ where
 }
 
 /// The request still being written.
-struct Sending<B> {
+struct Sending<'a, B> {
+    /// The request's first pieces, kept whole in `Outgoing` for a second try (so not cloned
+    /// or consumed here); bytes of them written so far, `None` once all are.
+    first: &'a encode::Queue,
+    first_sent: Option<usize>,
+    /// Pieces of a streamed body.
     queue: encode::Queue,
     body: Option<B>,
     framing: encode::Framing,
     done: bool,
 }
 
-impl<B> Sending<B>
+impl<B> Sending<'_, B>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
 {
     /// Writes what is queued and what the body gives until it waits or ends.
     fn poll(&mut self, cx: &mut Context<'_>, io: &mut MaybeTls) -> Poll<Result<(), Error>> {
+        if let Some(sent) = self.first_sent.as_mut() {
+            std::task::ready!(self.first.poll_write_from(io, cx, sent))?;
+            self.first_sent = None;
+        }
         loop {
             if !self.queue.is_empty() {
                 std::task::ready!(self.queue.poll_write(io, cx))?;
@@ -263,7 +282,7 @@ where
 fn read_head<B>(
     cx: &mut Context<'_>,
     conn: &mut Conn,
-    send: &mut Sending<B>,
+    send: &mut Sending<'_, B>,
     got: &mut bool,
     head_request: bool,
 ) -> Poll<Result<parse::Head, Error>>

@@ -69,25 +69,31 @@ pub fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Err
     };
     let status = StatusCode::from_u16(code).map_err(|_| Error::Invalid("bad status code"))?;
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
+    let mut headers = crate::http::header_maps::take(count);
+    // Noted while building the map: most responses have neither, and looking for an absent
+    // header costs a hash and a probe.
+    let (mut te, mut connection) = (false, false);
     for &(n0, n1, v0, v1) in &idx[..count] {
         let (n0, n1, v0, v1) = (usize::from(n0), usize::from(n1), usize::from(v0), usize::from(v1));
         let name = HeaderName::from_bytes(&head[n0..n1]).map_err(|_| Error::Invalid("bad header name"))?;
+        te |= name == header::TRANSFER_ENCODING;
+        connection |= name == header::CONNECTION;
         let value =
             HeaderValue::from_maybe_shared(head.slice(v0..v1)).map_err(|_| Error::Invalid("bad header value"))?;
         headers.append(name, value);
     }
     let version = if minor == 0 { Version::HTTP_10 } else { Version::HTTP_11 };
-    let (framing, mut keep_alive) = framing(status, &headers, head_request)?;
+    let (framing, mut keep_alive) = framing(status, &headers, te, head_request)?;
     keep_alive &= match version {
-        Version::HTTP_10 => connection_has(&headers, b"keep-alive"),
-        _ => !connection_has(&headers, b"close"),
+        Version::HTTP_10 => connection && connection_has(&headers, b"keep-alive"),
+        _ => !(connection && connection_has(&headers, b"close")),
     };
     Ok(Some(Head { status, version, headers, framing, keep_alive }))
 }
 
 /// The body's framing and whether it leaves the connection reusable.
-fn framing(status: StatusCode, h: &HeaderMap, head_request: bool) -> Result<(Framing, bool), Error> {
+/// `te`: the head has a `transfer-encoding` field.
+fn framing(status: StatusCode, h: &HeaderMap, te: bool, head_request: bool) -> Result<(Framing, bool), Error> {
     if head_request
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -95,7 +101,7 @@ fn framing(status: StatusCode, h: &HeaderMap, head_request: bool) -> Result<(Fra
     {
         return Ok((Framing::Empty, true));
     }
-    if h.contains_key(header::TRANSFER_ENCODING) {
+    if te {
         // Chunked must be the final coding; otherwise only the close delimits the body.
         let chunked = h
             .get_all(header::TRANSFER_ENCODING)
