@@ -136,12 +136,7 @@ fn route_for(req: &Request<ClientBody>, ctx: &ConnCtx, snap: &Snapshot) -> Resul
             return Err(ForwardError::Forbidden);
         }
     }
-    let view = RequestView {
-        method: req.method(),
-        host: router::request_host(req.uri(), req.headers()),
-        path: req.uri().path(),
-        headers: req.headers(),
-    };
+    let view = RequestView::new(req.method(), req.uri(), req.headers());
     match router::select(&listener.routes, &view) {
         Some(r) => Ok(r.clone()),
         None => {

@@ -3,7 +3,7 @@
 //! route's rules applied, and the request target reshaped for the upstream's HTTP version.
 
 use crate::upstream::Wire;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{Request, Version};
 use std::net::IpAddr;
@@ -79,45 +79,51 @@ pub fn prepare_request<B>(req: &mut Request<B>, peer: &Peer, wire: Wire) {
     let h = req.headers_mut();
     strip_hop_by_hop(h);
 
-    // Several x-forwarded-for lines are one list (RFC 9110 §5.3): keep the whole chain.
-    let mut prev = h.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).peekable();
-    let xff = if prev.peek().is_some() {
-        let mut chain = prev.collect::<Vec<_>>().join(", ");
-        chain.push_str(", ");
-        chain.push_str(peer.ip_value.to_str().unwrap_or(""));
-        HeaderValue::try_from(chain).ok()
-    } else {
-        Some(peer.ip_value.clone())
-    };
-    if let Some(v) = xff {
-        h.insert(X_FORWARDED_FOR.clone(), v);
+    // Entries: one lookup per header whether it is there or not.
+    match h.entry(&X_FORWARDED_FOR) {
+        Entry::Vacant(e) => {
+            e.insert(peer.ip_value.clone());
+        }
+        // Several x-forwarded-for lines are one list (RFC 9110 §5.3): keep the whole chain.
+        Entry::Occupied(mut e) => {
+            let mut chain = e.iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>().join(", ");
+            if !chain.is_empty() {
+                chain.push_str(", ");
+            }
+            chain.push_str(peer.ip_value.to_str().unwrap_or(""));
+            if let Ok(v) = HeaderValue::try_from(chain) {
+                e.insert(v);
+            }
+        }
     }
     h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(if peer.tls { "https" } else { "http" }));
-    if !h.contains_key(&X_REQUEST_ID) {
-        h.insert(X_REQUEST_ID.clone(), request_id(fastrand::u128(..)));
+    if let Entry::Vacant(e) = h.entry(&X_REQUEST_ID) {
+        e.insert(request_id(fastrand::u128(..)));
     }
-    if !h.contains_key(&TRACEPARENT) {
-        h.insert(TRACEPARENT.clone(), traceparent(fastrand::u128(1..), fastrand::u64(1..)));
+    if let Entry::Vacant(e) = h.entry(&TRACEPARENT) {
+        e.insert(traceparent(fastrand::u128(1..), fastrand::u64(1..)));
     }
 
-    let authority: Option<Authority> = req
-        .uri()
-        .authority()
-        .cloned()
-        .or_else(|| req.headers().get(header::HOST).and_then(|v| Authority::try_from(v.as_bytes()).ok()));
-    let path = req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+    // Parsed only when needed: an HTTP/1.1 request with a Host header keeps it as it is.
+    let authority = |req: &Request<B>| -> Option<Authority> {
+        req.uri()
+            .authority()
+            .cloned()
+            .or_else(|| req.headers().get(header::HOST).and_then(|v| Authority::try_from(v.as_bytes()).ok()))
+    };
+    let path = |req: &Request<B>| req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
     match wire {
         Wire::Http1 => {
             *req.version_mut() = Version::HTTP_11;
             // The request target's authority (absolute-form, or h2's :authority) wins over a
             // Host header (RFC 9112 §3.2.2); otherwise Host is kept as sent.
             if (req.uri().authority().is_some() || !req.headers().contains_key(header::HOST))
-                && let Some(v) = authority.as_ref().and_then(|a| HeaderValue::try_from(a.as_str()).ok())
+                && let Some(v) = authority(req).and_then(|a| HeaderValue::try_from(a.as_str()).ok())
             {
                 req.headers_mut().insert(header::HOST, v);
             }
             if req.uri().scheme().is_some() {
-                *req.uri_mut() = Uri::from(path);
+                *req.uri_mut() = Uri::from(path(req));
             }
             // h2 may split cookies into several fields; HTTP/1.1 wants one (RFC 9113 §8.2.3).
             let h = req.headers_mut();
@@ -133,8 +139,8 @@ pub fn prepare_request<B>(req: &mut Request<B>, peer: &Peer, wire: Wire) {
             *req.version_mut() = Version::HTTP_2;
             let mut parts = http::uri::Parts::default();
             parts.scheme = Some(Scheme::HTTP);
-            parts.authority = authority;
-            parts.path_and_query = Some(path);
+            parts.authority = authority(req);
+            parts.path_and_query = Some(path(req));
             if let Ok(uri) = Uri::from_parts(parts) {
                 *req.uri_mut() = uri;
                 // :authority carries it now.

@@ -2,6 +2,7 @@
 //! first route whose match holds. No I/O, so it is table-tested without sockets.
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use std::cell::Cell;
 use std::sync::Arc;
 use trellis_api as api;
 
@@ -31,13 +32,30 @@ enum PathMatch {
 }
 
 /// The parts of a request that routing looks at.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct RequestView<'a> {
     pub method: &'a Method,
-    /// Host without port (from `:authority` or `Host`).
-    pub host: &'a str,
+    uri: &'a http::Uri,
     pub path: &'a str,
     pub headers: &'a HeaderMap,
+    /// The host, worked out when a route first asks (most routes do not match on it).
+    host: Cell<Option<&'a str>>,
+}
+
+impl<'a> RequestView<'a> {
+    pub fn new(method: &'a Method, uri: &'a http::Uri, headers: &'a HeaderMap) -> Self {
+        Self { method, uri, path: uri.path(), headers, host: Cell::new(None) }
+    }
+
+    /// Host without port (from `:authority` or `Host`).
+    pub fn host(&self) -> &'a str {
+        if let Some(h) = self.host.get() {
+            return h;
+        }
+        let h = request_host(self.uri, self.headers);
+        self.host.set(Some(h));
+        h
+    }
 }
 
 /// Something that carries a matcher (a compiled route).
@@ -81,11 +99,12 @@ impl Matcher {
     pub fn matches(&self, req: &RequestView<'_>) -> bool {
         let host_ok = match &self.host {
             HostMatch::Any => true,
-            HostMatch::Exact(h) => req.host.eq_ignore_ascii_case(h),
+            HostMatch::Exact(h) => req.host().eq_ignore_ascii_case(h),
             HostMatch::Suffix(s) => {
-                req.host.len() > s.len()
-                    && req.host.is_char_boundary(req.host.len() - s.len())
-                    && req.host[req.host.len() - s.len()..].eq_ignore_ascii_case(s)
+                let host = req.host();
+                host.len() > s.len()
+                    && host.is_char_boundary(host.len() - s.len())
+                    && host[host.len() - s.len()..].eq_ignore_ascii_case(s)
             }
         };
         host_ok

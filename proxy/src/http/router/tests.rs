@@ -14,11 +14,13 @@ fn route(name: &'static str, yaml: &str) -> Arc<R> {
 
 fn pick(routes: &[Arc<R>], method: &str, host: &str, path: &str, headers: &[(&str, &str)]) -> Option<&'static str> {
     let mut map = HeaderMap::new();
+    map.insert(http::header::HOST, HeaderValue::try_from(format!("{host}:8080")).unwrap());
     for (k, v) in headers {
         map.append(HeaderName::try_from(*k).unwrap(), HeaderValue::try_from(*v).unwrap());
     }
     let method = Method::from_bytes(method.as_bytes()).unwrap();
-    let view = RequestView { method: &method, host, path, headers: &map };
+    let uri = http::Uri::try_from(path).unwrap();
+    let view = RequestView::new(&method, &uri, &map);
     select(routes, &view).map(|r| r.0)
 }
 
