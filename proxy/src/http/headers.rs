@@ -166,6 +166,16 @@ fn hex_into(out: &mut Vec<u8>, mut v: u128, digits: usize) {
     }
 }
 
+/// A value made for this request only. Marked sensitive so HTTP/2 sends it as a
+/// never-indexed literal: entering it in the HPACK tables of both peers would only evict
+/// entries that do repeat (and cost a table insert on each side).
+fn unique_value(out: Vec<u8>) -> HeaderValue {
+    let mut v =
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(out)).unwrap_or_else(|_| HeaderValue::from_static("0"));
+    v.set_sensitive(true);
+    v
+}
+
 /// A random UUID-v4-shaped request id.
 fn request_id(r: u128) -> HeaderValue {
     let r = (r & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
@@ -179,7 +189,7 @@ fn request_id(r: u128) -> HeaderValue {
     hex_into(&mut out, (r >> 48) & 0xffff, 4);
     out.push(b'-');
     hex_into(&mut out, r & 0xffff_ffff_ffff, 12);
-    HeaderValue::from_maybe_shared(bytes::Bytes::from(out)).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    unique_value(out)
 }
 
 /// A W3C trace context starting a new sampled trace.
@@ -190,7 +200,7 @@ fn traceparent(trace: u128, span: u64) -> HeaderValue {
     out.push(b'-');
     hex_into(&mut out, u128::from(span), 16);
     out.extend_from_slice(b"-01");
-    HeaderValue::from_maybe_shared(bytes::Bytes::from(out)).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    unique_value(out)
 }
 
 #[cfg(test)]
@@ -241,6 +251,8 @@ mod tests {
     #[test]
     fn ids_are_well_formed() {
         let id = request_id(u128::MAX);
+        // Never indexed by HPACK: unique per request.
+        assert!(id.is_sensitive() && traceparent(1, 2).is_sensitive());
         let s = id.to_str().unwrap();
         assert_eq!(s.as_bytes()[14], b'4');
         assert_eq!(s.split('-').map(str::len).collect::<Vec<_>>(), vec![8, 4, 4, 4, 12]);
