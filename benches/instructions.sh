@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# User-space instructions per proxied request, counted by valgrind's callgrind: Trellis
+# (one worker) and nginx (one worker, upstream keep-alive) forwarding HTTP/1.1 keep-alive
+# GETs to the same origin, and the sidecar pair (each sidecar separately). Instruction
+# counts do not depend on what else the machine is doing, so they show a change to the
+# hot path when RPS on a noisy, shared VM cannot (they do not count the kernel, cache
+# misses or waiting: the RPS benchmarks stay the measure of speed).
+#
+# Usage: benches/instructions.sh [--no-build] [--no-nginx] [--no-pair] [BIN...]
+#   BIN...  trellis binaries to compare (default: target/release/trellis)
+# Needs valgrind and wrk (nginx for its column). Listens on 127.0.0.1:2818x/2819x/2991x;
+# every process started here is ended by PID.
+set -uo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BIN="$ROOT/target/release"
+BUILD=1; NGINX=1; PAIR=1; TRELLIS=()
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --no-build) BUILD=0 ;;
+        --no-nginx) NGINX=0 ;;
+        --no-pair) PAIR=0 ;;
+        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        -*) echo "unknown option: $1" >&2; exit 2 ;;
+        *) TRELLIS+=("$(realpath "$1")") ;;
+    esac
+    shift
+done
+((${#TRELLIS[@]})) || TRELLIS=("$BIN/trellis")
+for tool in valgrind callgrind_control wrk curl; do
+    command -v "$tool" >/dev/null || { echo "error: $tool is not installed" >&2; exit 1; }
+done
+((BUILD)) && { (cd "$ROOT" && cargo build --release -q -p trellis -p trellis-bench) || exit 1; }
+
+TMP=$(mktemp -d /tmp/trellis-instr.XXXXXX)
+PIDS=()
+cleanup() {
+    local p
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+cd "$TMP" || exit 1
+
+wait_http() { for _ in $(seq 100); do curl -s -o /dev/null "$1" && return 0; sleep 0.3; done; echo "error: $1 not up" >&2; return 1; }
+# Total instructions in a callgrind dump of process $1 (written under prefix $2). An idle
+# process sees the request only when it next runs: one more request ($3) wakes it.
+dump_ir() {
+    callgrind_control -d "$1" >/dev/null 2>&1 &
+    local c=$!
+    sleep 0.5; curl -s -o /dev/null "$3"; wait "$c"; sleep 0.5
+    awk '/^summary:/ {print $2}' "$(ls -t "$2".*.* | head -1)"
+}
+# measure URL PID... : warm up, zero the counters, run wrk -c16 for 5 s; prints the request count.
+measure() {
+    local url=$1 p; shift
+    taskset -c 0 wrk -t1 -c16 -d2s "$url" >/dev/null
+    for p in "$@"; do callgrind_control -z "$p" >/dev/null 2>&1; done
+    taskset -c 0 wrk -t1 -c16 -d5s "$url" | awk '/requests in/ {print $1}'
+}
+stop() { local p; for p in "$@"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done; }
+cg() { exec valgrind --tool=callgrind --callgrind-out-file="$1.%p" "${@:2}"; }
+
+taskset -c 0 "$BIN/trellis-origin" --listen 127.0.0.1:28181 --threads 1 >origin.log 2>&1 &
+PIDS+=($!)
+cat >proxy.yaml <<EOF
+admin: { address: 127.0.0.1:29911 }
+listeners:
+  - { name: bench, address: 127.0.0.1:28180, routes: [all] }
+routes:
+  - { name: all, match: { path_prefix: / }, backends: [{ cluster: origin }] }
+clusters:
+  - { name: origin, protocol: http1, endpoints: [{ address: 127.0.0.1:28181 }] }
+EOF
+
+echo "## User-space instructions per request (callgrind; wrk -t1 -c16, 5 s after a 2 s warm-up)"
+echo
+echo "HTTP/1.1 keep-alive GET, 2-byte body, one worker:"
+for b in "${TRELLIS[@]}"; do
+    cg "$TMP/t" "$b" proxy --config proxy.yaml --threads 1 >trellis.log 2>&1 &
+    p=$!; PIDS+=("$p")
+    wait_http http://127.0.0.1:29911/ready || { tail -5 trellis.log; exit 1; }
+    n=$(measure http://127.0.0.1:28180/ "$p")
+    ir=$(dump_ir "$p" "$TMP/t" http://127.0.0.1:28180/)
+    printf '  %-40s %8d instructions/request (%d requests)\n' "trellis $b" $((ir / n)) "$n"
+    stop "$p"; rm -f "$TMP"/t.*
+done
+if ((NGINX)) && command -v nginx >/dev/null; then
+    mkdir -p ng/tmp
+    cat >ng/nginx.conf <<EOF
+worker_processes 1; daemon off; master_process off; pid $TMP/ng/nginx.pid; error_log $TMP/ng/error.log warn;
+events { worker_connections 4096; }
+http { access_log off; client_body_temp_path $TMP/ng/tmp/b; proxy_temp_path $TMP/ng/tmp/p; fastcgi_temp_path $TMP/ng/tmp/f; uwsgi_temp_path $TMP/ng/tmp/u; scgi_temp_path $TMP/ng/tmp/s;
+ keepalive_requests 1000000; keepalive_timeout 300s;
+ upstream origin { server 127.0.0.1:28181; keepalive 64; keepalive_requests 1000000; }
+ server { listen 127.0.0.1:28182; location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+EOF
+    cg "$TMP/n" nginx -p "$TMP/ng" -c "$TMP/ng/nginx.conf" >nginx.log 2>&1 &
+    p=$!; PIDS+=("$p")
+    wait_http http://127.0.0.1:28182/ || exit 1
+    n=$(measure http://127.0.0.1:28182/ "$p")
+    ir=$(dump_ir "$p" "$TMP/n" http://127.0.0.1:28182/)
+    printf '  %-40s %8d instructions/request (%d requests)\n' "nginx $(nginx -v 2>&1 | sed 's/.*\///')" $((ir / n)) "$n"
+    stop "$p"
+fi
+
+((PAIR)) || exit 0
+echo
+echo "sidecar pair (app -> outbound -> mTLS h2 -> inbound -> origin), examples/sidecar-pair configs:"
+T0=${TRELLIS[0]}
+"$T0" certs init --dir pki >/dev/null
+for sa in frontend checkout; do
+    "$T0" certs issue --dir pki --id "spiffe://trellis.local/ns/default/sa/$sa" --out "pki/$sa" >/dev/null
+done
+sed 's/8080/28181/; s/9902/29912/; s/4143/28193/' "$ROOT/examples/sidecar-pair/checkout.yaml" >checkout.yaml
+sed 's/9901/29913/; s/4140/28190/; s/4143/28193/' "$ROOT/examples/sidecar-pair/frontend.yaml" >frontend.yaml
+for b in "${TRELLIS[@]}"; do
+    cg "$TMP/in" "$b" proxy --config checkout.yaml --threads 1 >inbound.log 2>&1 &
+    pi=$!; PIDS+=("$pi")
+    cg "$TMP/out" "$b" proxy --config frontend.yaml --threads 1 >outbound.log 2>&1 &
+    po=$!; PIDS+=("$po")
+    wait_http http://127.0.0.1:29912/ready || exit 1
+    wait_http http://127.0.0.1:29913/ready || exit 1
+    n=$(measure http://127.0.0.1:28190/api/x "$pi" "$po")
+    ii=$(dump_ir "$pi" "$TMP/in" http://127.0.0.1:28190/api/x); io=$(dump_ir "$po" "$TMP/out" http://127.0.0.1:28190/api/x)
+    printf '  %-40s outbound %d + inbound %d instructions/request (%d requests)\n' "trellis $b" $((io / n)) $((ii / n)) "$n"
+    stop "$pi" "$po"; rm -f "$TMP"/in.* "$TMP"/out.*
+done
