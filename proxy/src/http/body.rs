@@ -21,7 +21,7 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 #[derive(Debug, Error)]
 pub enum BodyError {
     #[error("upstream body failed: {0}")]
-    Upstream(#[from] hyper::Error),
+    UpstreamH2(#[from] h2::Error),
     #[error("upstream body failed: {0}")]
     UpstreamH1(#[from] crate::upstream::h1::Error),
     #[error("upstream idle for longer than the route's idle_timeout")]

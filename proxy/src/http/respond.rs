@@ -69,6 +69,7 @@ impl ForwardError {
             Self::Upstream(UpstreamError::Overloaded(_)) => "overloaded",
             Self::Upstream(UpstreamError::Identity(_)) => "upstream identity mismatch",
             Self::Upstream(UpstreamError::Tls { .. }) => "upstream tls failure",
+            Self::Upstream(UpstreamError::Unsendable(_)) => "request not sendable upstream",
             Self::RateLimited(_) => "rate limited",
             Self::FaultAbort(_) => "fault injected",
             Self::ClientBody(_) => "bad request body",

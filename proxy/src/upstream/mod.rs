@@ -1,10 +1,11 @@
 //! Clusters and their endpoints: which endpoint a request goes to (`balancer`, `load`), and
-//! the pooled connections it is sent on (`pool`; HTTP/1.1 exchanges by `h1`, response
+//! the pooled connections it is sent on (`pool`; HTTP/1.1 exchanges by `h1`, HTTP/2 by `h2`, response
 //! bodies of either version as `response::ResponseBody`). Endpoint objects (with their pools, load,
 //! outlier and health state) outlive config reloads while the endpoint stays in its cluster.
 
 pub mod balancer;
 pub mod h1;
+pub mod h2;
 pub mod load;
 pub mod pool;
 pub mod response;

@@ -2,21 +2,19 @@
 //! worker, taken for one exchange by the request's task (`h1`) and given back by the
 //! response body at its end.
 //! HTTP/2: multiplexed connections shared by all workers, a new one opened only when every
-//! open one carries `max_streams` requests.
+//! open one carries `max_streams` requests (the protocol itself is `h2`'s).
 
 use crate::http::body::RequestBody;
 use crate::resilience::breaker::Threshold;
 use crate::tls::io::MaybeTls;
 use crate::upstream::h1;
+use crate::upstream::h2::{self, ConnState};
 use crate::upstream::response::ResponseBody;
 use crate::upstream::{Endpoint, Wire};
 use http::{Request, Response};
-use hyper::client::conn::http2;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::ServerName;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use thiserror::Error;
 use tokio::net::TcpStream;
 
@@ -28,9 +26,12 @@ pub enum UpstreamError {
     #[error("connect to {0} timed out")]
     ConnectTimeout(std::net::SocketAddr),
     #[error("upstream handshake failed: {0}")]
-    Handshake(hyper::Error),
+    Handshake(::h2::Error),
     #[error("upstream connection reset: {0}")]
     Reset(Box<dyn std::error::Error + Send + Sync>),
+    /// The request cannot be sent over HTTP/2 as it is (h2 refused it before the wire).
+    #[error("request cannot be sent over HTTP/2: {0}")]
+    Unsendable(::h2::Error),
     #[error("cluster over its {} circuit-breaker threshold", .0.as_str())]
     Overloaded(Threshold),
     #[error("{0}")]
@@ -41,8 +42,8 @@ pub enum UpstreamError {
 
 #[derive(Debug)]
 struct H2Conn {
-    sender: http2::SendRequest<RequestBody>,
-    streams: Arc<AtomicU32>,
+    sender: h2::Sender,
+    state: Arc<ConnState>,
 }
 
 /// One endpoint's connections.
@@ -96,14 +97,15 @@ impl Pool {
         }
     }
 
-    fn checkout_h2(&self, max_streams: u32) -> Option<(http2::SendRequest<RequestBody>, Arc<AtomicU32>)> {
+    fn checkout_h2(&self, max_streams: u32) -> Option<(h2::Sender, Arc<ConnState>)> {
         let mut conns = self.h2.lock().unwrap_or_else(|p| p.into_inner());
-        conns.retain(|c| !c.sender.is_closed());
+        conns.retain(|c| !c.state.is_closed());
         conns.iter().find_map(|c| {
-            c.streams
+            c.state
+                .streams
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max_streams).then_some(n + 1))
                 .ok()
-                .map(|_| (c.sender.clone(), c.streams.clone()))
+                .map(|_| (c.sender.clone(), c.state.clone()))
         })
     }
 
@@ -121,16 +123,16 @@ impl Pool {
 #[derive(Debug)]
 pub struct Lease {
     endpoint: Arc<Endpoint>,
-    /// The h2 connection's count of streams in use. (An HTTP/1.1 connection is owned by the
-    /// response body, which gives it back to the pool itself.)
-    h2_streams: Option<Arc<AtomicU32>>,
+    /// The h2 connection whose count of streams in use this exchange adds to. (An HTTP/1.1
+    /// connection is owned by the response body, which gives it back to the pool itself.)
+    h2_streams: Option<Arc<ConnState>>,
 }
 
 impl Lease {
     /// The exchange ended cleanly.
     pub fn release(mut self) {
-        if let Some(streams) = self.h2_streams.take() {
-            streams.fetch_sub(1, Ordering::AcqRel);
+        if let Some(conn) = self.h2_streams.take() {
+            conn.streams.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
@@ -142,8 +144,8 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if let Some(streams) = self.h2_streams.take() {
-            streams.fetch_sub(1, Ordering::AcqRel);
+        if let Some(conn) = self.h2_streams.take() {
+            conn.streams.fetch_sub(1, Ordering::AcqRel);
         }
         self.endpoint.active.fetch_sub(1, Ordering::Relaxed);
         self.endpoint.counts.release(Threshold::MaxRequests);
@@ -179,12 +181,11 @@ async fn send_h2(
     ep: &Endpoint,
     req: Request<RequestBody>,
     lease: &mut Lease,
-) -> Result<Response<hyper::body::Incoming>, UpstreamError> {
-    let (mut sender, streams) = checkout_or_connect_h2(ep).await?;
-    lease.h2_streams = Some(streams);
-    let reset = |e: hyper::Error| UpstreamError::Reset(e.into());
-    sender.ready().await.map_err(reset)?;
-    sender.send_request(req).await.map_err(reset)
+) -> Result<Response<h2::RecvBody>, UpstreamError> {
+    let (sender, conn) = checkout_or_connect_h2(ep).await?;
+    // The lease owns the stream slot from here on, even if this future is dropped.
+    let conn = lease.h2_streams.insert(conn);
+    h2::send(sender, conn, req).await
 }
 
 async fn send_h1(ep: &Arc<Endpoint>, req: Request<RequestBody>) -> Result<Response<h1::H1Body>, UpstreamError> {
@@ -217,7 +218,7 @@ pub struct L4Conn {
 /// identity check included) as HTTP connections to the cluster.
 pub async fn connect_l4(ep: &Endpoint) -> Result<L4Conn, UpstreamError> {
     let io = connect_tcp(ep, Wire::Http1).await?;
-    Ok(L4Conn { io: io.into_inner(), _slot: ConnSlot(ep.counts.clone()) })
+    Ok(L4Conn { io, _slot: ConnSlot(ep.counts.clone()) })
 }
 
 /// One `max_connections` unit, given back when dropped (also if the connection's task is
@@ -232,8 +233,9 @@ impl Drop for ConnSlot {
 
 /// Opens a TCP connection under the cluster's `max_connections` and `max_pending`
 /// thresholds. On success the caller owns one `max_connections` unit, to be released by
-/// [`spawn_conn`] (or [`L4Conn`], [`h1::Conn`]) when the connection ends, or at once if a handshake fails.
-async fn connect_tcp(ep: &Endpoint, wire: Wire) -> Result<TokioIo<MaybeTls>, UpstreamError> {
+/// the connection's [`ConnSlot`] (in [`L4Conn`], [`h1::Conn`], or the h2 connection's task)
+/// when the connection ends, or at once if a handshake fails.
+async fn connect_tcp(ep: &Endpoint, wire: Wire) -> Result<MaybeTls, UpstreamError> {
     let addr = ep.addr;
     let limits = ep.settings.limits.as_ref();
     ep.counts.acquire(Threshold::MaxConnections, limits, &ep.cluster).map_err(UpstreamError::Overloaded)?;
@@ -257,7 +259,7 @@ async fn connect_tcp(ep: &Endpoint, wire: Wire) -> Result<TokioIo<MaybeTls>, Ups
     // Latency matters more than packet count for request/response traffic.
     let _ = stream.set_nodelay(true);
     let Some(tls) = ep.tls.load_full() else {
-        return Ok(TokioIo::new(MaybeTls::Plain(stream)));
+        return Ok(MaybeTls::Plain(stream));
     };
     let config = match wire {
         Wire::Http1 => tls.h1.clone(),
@@ -271,7 +273,7 @@ async fn connect_tcp(ep: &Endpoint, wire: Wire) -> Result<TokioIo<MaybeTls>, Ups
     )
     .await;
     match handshake {
-        Ok(Ok(s)) => Ok(TokioIo::new(MaybeTls::Tls(Box::new(s)))),
+        Ok(Ok(s)) => Ok(MaybeTls::Tls(Box::new(s))),
         Ok(Err(e)) => {
             ep.counts.release(Threshold::MaxConnections);
             if let Some(m) = crate::tls::mesh::identity_mismatch(&e) {
@@ -290,12 +292,10 @@ async fn connect_h1(ep: &Endpoint) -> Result<h1::Conn, UpstreamError> {
     // Idle connections are not watched by a task; closed ones are noticed here at the latest.
     ep.pool.sweep_h1();
     let io = connect_tcp(ep, Wire::Http1).await?;
-    Ok(h1::Conn::new(io.into_inner(), ConnSlot(ep.counts.clone())))
+    Ok(h1::Conn::new(io, ConnSlot(ep.counts.clone())))
 }
 
-async fn checkout_or_connect_h2(
-    ep: &Endpoint,
-) -> Result<(http2::SendRequest<RequestBody>, Arc<AtomicU32>), UpstreamError> {
+async fn checkout_or_connect_h2(ep: &Endpoint) -> Result<(h2::Sender, Arc<ConnState>), UpstreamError> {
     match ep.pool.checkout_h2(ep.settings.max_streams) {
         Some(c) => Ok(c),
         // Boxed for the same reason as `connect_h1`.
@@ -304,7 +304,7 @@ async fn checkout_or_connect_h2(
 }
 
 /// Opens another HTTP/2 connection to `ep`, unless a concurrent caller just did.
-async fn open_h2(ep: &Endpoint) -> Result<(http2::SendRequest<RequestBody>, Arc<AtomicU32>), UpstreamError> {
+async fn open_h2(ep: &Endpoint) -> Result<(h2::Sender, Arc<ConnState>), UpstreamError> {
     let max = ep.settings.max_streams;
     let _opening = ep.pool.h2_connecting.lock().await;
     // Someone else may have opened one while we waited.
@@ -312,40 +312,15 @@ async fn open_h2(ep: &Endpoint) -> Result<(http2::SendRequest<RequestBody>, Arc<
         return Ok(c);
     }
     let io = connect_tcp(ep, Wire::Http2).await?;
-    let handshake = http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .handshake(io)
-        .await;
-    let (sender, conn) = match handshake {
+    let (sender, conn) = match h2::handshake(io).await {
         Ok(x) => x,
         Err(e) => {
             ep.counts.release(Threshold::MaxConnections);
             return Err(UpstreamError::Handshake(e));
         }
     };
-    spawn_conn(ep, conn);
-    let streams = Arc::new(AtomicU32::new(1));
-    ep.pool
-        .h2
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(H2Conn { sender: sender.clone(), streams: streams.clone() });
-    Ok((sender, streams))
-}
-
-/// Drives an upstream connection to its end, then gives back its `max_connections` unit.
-fn spawn_conn<C, E>(ep: &Endpoint, conn: C)
-where
-    C: std::future::Future<Output = Result<(), E>> + Send + 'static,
-    E: std::fmt::Display,
-{
-    let slot = ConnSlot(ep.counts.clone());
-    tokio::spawn(async move {
-        let _slot = slot;
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "upstream connection ended");
-        }
-    });
+    let state = Arc::new(ConnState::opened());
+    h2::spawn_driver(conn, state.clone(), ConnSlot(ep.counts.clone()));
+    ep.pool.h2.lock().unwrap_or_else(|p| p.into_inner()).push(H2Conn { sender: sender.clone(), state: state.clone() });
+    Ok((sender, state))
 }

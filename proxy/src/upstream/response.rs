@@ -1,11 +1,11 @@
 //! The body of an upstream response, whichever client read it: the in-task HTTP/1.1 client
-//! or hyper's HTTP/2 client.
+//! or the HTTP/2 client (`h2`).
 
 use crate::http::body::BodyError;
 use crate::upstream::h1::H1Body;
+use crate::upstream::h2::RecvBody;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 #[derive(Debug)]
 pub enum ResponseBody {
     H1(H1Body),
-    H2(Incoming),
+    H2(RecvBody),
 }
 
 impl Body for ResponseBody {
@@ -23,7 +23,7 @@ impl Body for ResponseBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             Self::H1(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::UpstreamH1),
-            Self::H2(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::Upstream),
+            Self::H2(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::UpstreamH2),
         }
     }
 

@@ -1,0 +1,525 @@
+//! The HTTP/2 client, on the `h2` crate directly: the handshake (with the settings hyper's
+//! client used before), the one task per connection that drives it and pings it while it
+//! carries requests, sending a request from the request's own task (its body piped to the
+//! stream with flow control, in a spawned task only while the body is still streaming when
+//! the head goes out), and the response body. Which connection a request goes on is
+//! `pool`'s business.
+
+use crate::http::body::RequestBody;
+use crate::tls::io::MaybeTls;
+use crate::upstream::pool::{ConnSlot, UpstreamError};
+use bytes::Bytes;
+use h2::client::{Builder, Connection, SendRequest};
+use h2::{Ping, Reason, RecvStream, SendStream};
+use http::header::{CONNECTION, CONTENT_LENGTH, HeaderName, TE, TRANSFER_ENCODING, UPGRADE};
+use http::{HeaderMap, HeaderValue, Method, Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+use thiserror::Error;
+use tokio::sync::oneshot;
+
+// hyper 1.x's HTTP/2 client defaults (hyper/src/proto/h2/client.rs), which this client
+// replaced: kept so the switch changes nothing on the wire.
+const CONN_WINDOW: u32 = 5 * 1024 * 1024;
+const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+const MAX_FRAME_SIZE: u32 = 16 * 1024;
+const MAX_SEND_BUF_SIZE: usize = 1024 * 1024;
+const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
+// Streams opened before the server's SETTINGS arrive: the spec's recommended minimum.
+const INITIAL_MAX_SEND_STREAMS: usize = 100;
+const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
+
+/// How long a connection carrying requests may go without a ping, and how long a ping may
+/// go unanswered before the connection is given up.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A handle to open streams on a connection.
+pub(crate) type Sender = SendRequest<Bytes>;
+
+/// What the pool and the connection's task share about one connection.
+#[derive(Debug)]
+pub(crate) struct ConnState {
+    /// Streams in use (requests whose response is not read to its end).
+    pub(crate) streams: AtomicU32,
+    /// The connection ended or refuses new streams (GOAWAY): not to be handed out again.
+    closed: AtomicBool,
+}
+
+impl ConnState {
+    /// A new connection, with the stream of the request that opened it.
+    pub(crate) fn opened() -> Self {
+        Self { streams: AtomicU32::new(1), closed: AtomicBool::new(false) }
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+    }
+}
+
+/// Why a connection's task ended.
+#[derive(Debug, Error)]
+enum ConnEnd {
+    #[error("{0}")]
+    H2(#[from] h2::Error),
+    #[error("no ping answer within {KEEP_ALIVE_TIMEOUT:?}")]
+    KeepAliveTimeout,
+}
+
+fn builder() -> Builder {
+    let mut b = Builder::new();
+    b.initial_max_send_streams(INITIAL_MAX_SEND_STREAMS)
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONN_WINDOW)
+        .max_frame_size(MAX_FRAME_SIZE)
+        .max_header_list_size(MAX_HEADER_LIST_SIZE)
+        .max_send_buffer_size(MAX_SEND_BUF_SIZE)
+        .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESET_STREAMS))
+        .enable_push(false);
+    b
+}
+
+/// Starts HTTP/2 on a fresh connection (the preface and our SETTINGS).
+pub(crate) async fn handshake(io: MaybeTls) -> Result<(Sender, Connection<MaybeTls, Bytes>), h2::Error> {
+    builder().handshake(io).await
+}
+
+/// Drives `conn` to its end in its own task, which holds the connection's
+/// `max_connections` unit (`slot`) until then and marks it closed for the pool.
+pub(crate) fn spawn_driver(conn: Connection<MaybeTls, Bytes>, state: Arc<ConnState>, slot: ConnSlot) {
+    tokio::spawn(async move {
+        let _slot = slot;
+        let ended = drive(conn, &state).await;
+        state.close();
+        if let Err(e) = ended {
+            tracing::debug!(error = %e, "upstream connection ended");
+        }
+    });
+}
+
+/// Polls the connection (which does all its reading and writing) and, while it carries
+/// requests, pings it every `KEEP_ALIVE_INTERVAL`, giving it up when a ping goes
+/// unanswered for `KEEP_ALIVE_TIMEOUT` (dropping it fails its streams).
+async fn drive(mut conn: Connection<MaybeTls, Bytes>, state: &ConnState) -> Result<(), ConnEnd> {
+    let Some(mut pings) = conn.ping_pong() else {
+        return Ok(conn.await?);
+    };
+    loop {
+        tokio::select! {
+            ended = &mut conn => return Ok(ended?),
+            () = tokio::time::sleep(KEEP_ALIVE_INTERVAL) => {}
+        }
+        // As hyper's client did (keep_alive_while_idle off): an idle connection is not
+        // pinged, so it costs the upstream nothing.
+        if state.streams.load(Ordering::Acquire) == 0 {
+            continue;
+        }
+        pings.send_ping(Ping::opaque())?;
+        let pong = tokio::time::timeout(KEEP_ALIVE_TIMEOUT, std::future::poll_fn(|cx| pings.poll_pong(cx)));
+        tokio::select! {
+            ended = &mut conn => return Ok(ended?),
+            answered = pong => match answered {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => return Err(ConnEnd::KeepAliveTimeout),
+            },
+        }
+    }
+}
+
+/// Sends `req` on the connection of `sender` and waits for the response head. A body that
+/// is still streaming when the head goes out is piped by a task of its own, so that it can
+/// go on while the response streams back (full duplex); otherwise nothing is spawned.
+pub(crate) async fn send(
+    mut sender: Sender,
+    state: &ConnState,
+    req: Request<RequestBody>,
+) -> Result<Response<RecvBody>, UpstreamError> {
+    let (parts, body) = req.into_parts();
+    let mut head = Request::from_parts(parts, ());
+    strip_connection_headers(head.headers_mut());
+    set_content_length(&mut head, &body);
+    // Waits only while this handle's previous stream is still queued; the connection
+    // queues streams over the server's concurrency limit itself.
+    std::future::poll_fn(|cx| sender.poll_ready(cx)).await.map_err(|e| {
+        state.close();
+        UpstreamError::Reset(e.into())
+    })?;
+    let eos = body.is_end_stream();
+    let (response, stream) = sender.send_request(head, eos).map_err(|e| send_failed(state, e))?;
+    let cancel = if eos { None } else { send_body(body, stream).await };
+    let resp = response.await.map_err(|e| conn_failed(state, e))?;
+    // The response came: a still-running pipe carries on.
+    if let Some(c) = cancel {
+        c.disarm();
+    }
+    Ok(into_response(resp))
+}
+
+fn into_response(resp: Response<RecvStream>) -> Response<RecvBody> {
+    let remaining = content_length(resp.headers());
+    resp.map(|recv| RecvBody { recv, data_done: false, remaining })
+}
+
+/// A stream's failure; when it is the connection's (GOAWAY, I/O), no more streams go on it.
+fn conn_failed(state: &ConnState, e: h2::Error) -> UpstreamError {
+    if e.is_go_away() || e.is_io() {
+        state.close();
+    }
+    UpstreamError::Reset(e.into())
+}
+
+/// `send_request` fails on requests h2 will not send (a user error: no reason, no I/O) or
+/// because the connection is going away.
+fn send_failed(state: &ConnState, e: h2::Error) -> UpstreamError {
+    if e.reason().is_none() && !e.is_io() {
+        return UpstreamError::Unsendable(e);
+    }
+    conn_failed(state, e)
+}
+
+/// Sends the rest of the request after its head. A body held in memory is handed to h2
+/// whole (it is in memory already, so waiting for flow-control capacity would bound
+/// nothing); a streamed one is piped under flow control, in a task of its own if it has not
+/// finished at once. Returns the spawned pipe's cancel guard.
+async fn send_body(body: RequestBody, mut stream: SendStream<Bytes>) -> Option<CancelPipe> {
+    if let RequestBody::Replay(bytes) = body {
+        // A failure here (the stream was reset) shows on the response future.
+        let _ = stream.send_data(bytes.unwrap_or_default(), true);
+        return None;
+    }
+    let mut pipe = Pipe { body, stream, pending: None };
+    // One eager poll: a body that is already complete needs no task.
+    let done = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut pipe).poll(cx))).await;
+    if let Poll::Ready(result) = done {
+        log_pipe_end(result);
+        return None;
+    }
+    let (tx, rx) = oneshot::channel();
+    tokio::spawn(Cancellable { pipe, cancel: Some(rx) });
+    Some(CancelPipe(Some(tx)))
+}
+
+fn log_pipe_end(result: Result<(), PipeError>) {
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "request body to upstream stopped");
+    }
+}
+
+/// Tells a spawned pipe to reset its stream when the request is dropped before its
+/// response head came (the client went away): the pipe's hold on the stream would
+/// otherwise keep it open.
+struct CancelPipe(Option<oneshot::Sender<()>>);
+
+impl CancelPipe {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CancelPipe {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A spawned pipe, reset with CANCEL if its request is dropped before the response head.
+struct Cancellable {
+    pipe: Pipe,
+    cancel: Option<oneshot::Receiver<()>>,
+}
+
+impl Future for Cancellable {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        if let Some(rx) = this.cancel.as_mut()
+            && let Poll::Ready(fired) = Pin::new(rx).poll(cx)
+        {
+            if fired.is_ok() {
+                this.pipe.stream.send_reset(Reason::CANCEL);
+                return Poll::Ready(());
+            }
+            // Disarmed: the response came, the pipe runs on by itself.
+            this.cancel = None;
+        }
+        Pin::new(&mut this.pipe).poll(cx).map(log_pipe_end)
+    }
+}
+
+/// Why piping a request body upstream stopped.
+#[derive(Debug, Error)]
+enum PipeError {
+    #[error("upstream reset the stream: {0:?}")]
+    Reset(Reason),
+    #[error("{0}")]
+    H2(#[from] h2::Error),
+    #[error("the stream stopped taking data")]
+    Closed,
+    #[error("client body failed: {0}")]
+    Client(hyper::Error),
+}
+
+/// Copies a streamed request body to its h2 stream, a chunk at a time as the stream's
+/// flow-control window allows (as hyper's `PipeToSendStream`).
+struct Pipe {
+    body: RequestBody,
+    stream: SendStream<Bytes>,
+    /// A chunk taken from the body, waiting for send capacity; and whether it is the last.
+    pending: Option<(Bytes, bool)>,
+}
+
+impl Future for Pipe {
+    type Output = Result<(), PipeError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        loop {
+            // Registers for RST_STREAM while waiting on the body or for capacity.
+            if let Poll::Ready(reason) = this.stream.poll_reset(cx) {
+                return Poll::Ready(Err(PipeError::Reset(reason?)));
+            }
+            if let Some((chunk, eos)) = this.pending.take() {
+                if this.poll_capacity(cx)?.is_pending() {
+                    this.pending = Some((chunk, eos));
+                    return Poll::Pending;
+                }
+                this.stream.send_data(chunk, eos)?;
+                if eos {
+                    return Poll::Ready(Ok(()));
+                }
+                continue;
+            }
+            if ready!(this.next_frame(cx))? {
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+}
+
+impl Pipe {
+    /// Waits until the stream may send at least one byte.
+    fn poll_capacity(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), PipeError>> {
+        while self.stream.capacity() == 0 {
+            match ready!(self.stream.poll_capacity(cx)) {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Poll::Ready(Err(e.into())),
+                None => return Poll::Ready(Err(PipeError::Closed)),
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Takes the body's next frame: a data chunk is parked for capacity, trailers are sent.
+    /// Ready(true) once the stream is finished.
+    fn next_frame(&mut self, cx: &mut Context<'_>) -> Poll<Result<bool, PipeError>> {
+        let frame = match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+            Some(Ok(frame)) => frame,
+            Some(Err(e)) => {
+                self.stream.send_reset(reset_reason(&e));
+                return Poll::Ready(Err(PipeError::Client(e)));
+            }
+            // No trailers and no last data frame yet: end with an empty one.
+            None => return Poll::Ready(self.stream.send_data(Bytes::new(), true).map(|()| true).map_err(Into::into)),
+        };
+        let eos = self.body.is_end_stream();
+        match frame.into_data() {
+            // Claim a minimal share of the window, not the chunk's size: h2 raises it as
+            // data is buffered, and a whole-chunk claim starves other streams (hyper#4003).
+            Ok(chunk) if !chunk.is_empty() => {
+                self.stream.reserve_capacity(1);
+                self.pending = Some((chunk, eos));
+                Poll::Ready(Ok(false))
+            }
+            Ok(chunk) => Poll::Ready(self.stream.send_data(chunk, eos).map(|()| eos).map_err(Into::into)),
+            Err(frame) => match frame.into_trailers() {
+                Ok(trailers) => {
+                    self.stream.reserve_capacity(0);
+                    Poll::Ready(self.stream.send_trailers(trailers).map(|()| true).map_err(Into::into))
+                }
+                // A frame kind we do not know: skip it.
+                Err(_) => Poll::Ready(Ok(false)),
+            },
+        }
+    }
+}
+
+/// The reset to send upstream for a failed client body: the client's own h2 reason when it
+/// reset its stream, else INTERNAL_ERROR.
+fn reset_reason(e: &hyper::Error) -> Reason {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if let Some(reason) = s.downcast_ref::<h2::Error>().and_then(h2::Error::reason) {
+            return reason;
+        }
+        source = s.source();
+    }
+    Reason::INTERNAL_ERROR
+}
+
+/// Removes what HTTP/2 forbids (RFC 9113 §8.2.2), as hyper's client did; h2 refuses the
+/// whole request otherwise. `prepare_request` drops hop-by-hop headers already: this is the
+/// last guard before the wire.
+fn strip_connection_headers(headers: &mut HeaderMap) {
+    const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+    const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+    for name in [KEEP_ALIVE, PROXY_CONNECTION, TRANSFER_ENCODING, UPGRADE] {
+        headers.remove(name);
+    }
+    if headers.get(TE).is_some_and(|te| te != "trailers") {
+        headers.remove(TE);
+    }
+    if let Some(connection) = headers.remove(CONNECTION)
+        && let Ok(names) = connection.to_str()
+    {
+        for name in names.split(',') {
+            headers.remove(name.trim());
+        }
+    }
+}
+
+/// Announces a body of known size, as hyper's client did: always for methods with payload
+/// semantics, and for the others when the body is not empty.
+fn set_content_length(head: &mut Request<()>, body: &RequestBody) {
+    let Some(len) = body.size_hint().exact() else { return };
+    let defined = !matches!(*head.method(), Method::GET | Method::HEAD | Method::DELETE | Method::CONNECT);
+    if len != 0 || defined {
+        head.headers_mut().entry(CONTENT_LENGTH).or_insert_with(|| HeaderValue::from(len));
+    }
+}
+
+/// The length every `content-length` value agrees on, if any.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    let mut len = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        for part in value.to_str().ok()?.split(',') {
+            let n: u64 = part.trim().parse().ok()?;
+            if len.is_some_and(|l| l != n) {
+                return None;
+            }
+            len = Some(n);
+        }
+    }
+    len
+}
+
+/// An upstream HTTP/2 response body: data (its flow-control window given back as each
+/// chunk is handed on), then trailers.
+#[derive(Debug)]
+pub struct RecvBody {
+    recv: RecvStream,
+    data_done: bool,
+    /// What `content-length` announced, less what has been read.
+    remaining: Option<u64>,
+}
+
+impl Body for RecvBody {
+    type Data = Bytes;
+    type Error = h2::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+        let this = self.get_mut();
+        if !this.data_done {
+            match ready!(this.recv.poll_data(cx)) {
+                Some(Ok(chunk)) => {
+                    // The window is ours to manage: without this the upstream stalls.
+                    let _ = this.recv.flow_control().release_capacity(chunk.len());
+                    if let Some(n) = this.remaining.as_mut() {
+                        *n = n.saturating_sub(chunk.len() as u64);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(chunk))));
+                }
+                Some(Err(e)) => return Poll::Ready(early_end(e)),
+                None => this.data_done = true,
+            }
+        }
+        match ready!(this.recv.poll_trailers(cx)) {
+            Ok(trailers) => Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t)))),
+            Err(e) => Poll::Ready(early_end(e)),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.recv.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.remaining.map_or_else(SizeHint::default, SizeHint::with_exact)
+    }
+}
+
+/// RST_STREAM(NO_ERROR) ends a response early without failing it (RFC 9113 §8.1).
+fn early_end(e: h2::Error) -> Option<Result<Frame<Bytes>, h2::Error>> {
+    (e.reason() != Some(Reason::NO_ERROR)).then_some(Err(e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_specific_headers_are_stripped() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "x-hop, keep-alive"),
+            ("x-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("te", "gzip"),
+            ("x-kept", "yes"),
+        ] {
+            h.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        strip_connection_headers(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn te_trailers_is_kept() {
+        let mut h = HeaderMap::new();
+        h.insert(TE, HeaderValue::from_static("trailers"));
+        strip_connection_headers(&mut h);
+        assert_eq!(h.get(TE).map(|v| v.as_bytes()), Some(&b"trailers"[..]));
+    }
+
+    #[test]
+    fn content_length_needs_agreement() {
+        let mut h = HeaderMap::new();
+        assert_eq!(content_length(&h), None);
+        h.append(CONTENT_LENGTH, HeaderValue::from_static("5"));
+        assert_eq!(content_length(&h), Some(5));
+        h.append(CONTENT_LENGTH, HeaderValue::from_static("5, 5"));
+        assert_eq!(content_length(&h), Some(5));
+        h.append(CONTENT_LENGTH, HeaderValue::from_static("6"));
+        assert_eq!(content_length(&h), None);
+    }
+
+    #[test]
+    fn content_length_is_set_as_hyper_did() {
+        let head = |m: Method, body: &RequestBody| {
+            let mut r = Request::builder().method(m).body(()).unwrap_or_default();
+            set_content_length(&mut r, body);
+            r.headers().get(CONTENT_LENGTH).cloned()
+        };
+        let empty = RequestBody::Replay(None);
+        let some = RequestBody::Replay(Some(Bytes::from_static(b"abc")));
+        assert_eq!(head(Method::GET, &empty), None);
+        assert_eq!(head(Method::POST, &empty), Some(HeaderValue::from(0u64)));
+        assert_eq!(head(Method::GET, &some), Some(HeaderValue::from(3u64)));
+    }
+}
