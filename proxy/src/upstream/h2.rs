@@ -34,10 +34,15 @@ const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
 const INITIAL_MAX_SEND_STREAMS: usize = 100;
 const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
 
-/// How long a connection carrying requests may go without a ping, and how long a ping may
-/// go unanswered before the connection is given up.
-const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
-const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a connection carrying requests is pinged, and how long a ping may go
+/// unanswered before the connection is given up.
+#[derive(Clone, Copy, Debug)]
+struct KeepAlive {
+    interval: Duration,
+    timeout: Duration,
+}
+
+const KEEP_ALIVE: KeepAlive = KeepAlive { interval: Duration::from_secs(30), timeout: Duration::from_secs(10) };
 
 /// A handle to open streams on a connection.
 pub(crate) type Sender = SendRequest<Bytes>;
@@ -71,8 +76,8 @@ impl ConnState {
 enum ConnEnd {
     #[error("{0}")]
     H2(#[from] h2::Error),
-    #[error("no ping answer within {KEEP_ALIVE_TIMEOUT:?}")]
-    KeepAliveTimeout,
+    #[error("no ping answer within {0:?}")]
+    KeepAliveTimeout(Duration),
 }
 
 fn builder() -> Builder {
@@ -98,7 +103,7 @@ pub(crate) async fn handshake(io: MaybeTls) -> Result<(Sender, Connection<MaybeT
 pub(crate) fn spawn_driver(conn: Connection<MaybeTls, Bytes>, state: Arc<ConnState>, slot: ConnSlot) {
     tokio::spawn(async move {
         let _slot = slot;
-        let ended = drive(conn, &state).await;
+        let ended = drive(conn, &state, KEEP_ALIVE).await;
         state.close();
         if let Err(e) = ended {
             tracing::debug!(error = %e, "upstream connection ended");
@@ -107,16 +112,19 @@ pub(crate) fn spawn_driver(conn: Connection<MaybeTls, Bytes>, state: Arc<ConnSta
 }
 
 /// Polls the connection (which does all its reading and writing) and, while it carries
-/// requests, pings it every `KEEP_ALIVE_INTERVAL`, giving it up when a ping goes
-/// unanswered for `KEEP_ALIVE_TIMEOUT` (dropping it fails its streams).
-async fn drive(mut conn: Connection<MaybeTls, Bytes>, state: &ConnState) -> Result<(), ConnEnd> {
+/// requests, pings it every `keep_alive.interval`, giving it up when a ping goes unanswered
+/// for `keep_alive.timeout` (dropping it fails its streams).
+async fn drive<T>(mut conn: Connection<T, Bytes>, state: &ConnState, keep_alive: KeepAlive) -> Result<(), ConnEnd>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let Some(mut pings) = conn.ping_pong() else {
         return Ok(conn.await?);
     };
     loop {
         tokio::select! {
             ended = &mut conn => return Ok(ended?),
-            () = tokio::time::sleep(KEEP_ALIVE_INTERVAL) => {}
+            () = tokio::time::sleep(keep_alive.interval) => {}
         }
         // As hyper's client did (keep_alive_while_idle off): an idle connection is not
         // pinged, so it costs the upstream nothing.
@@ -124,13 +132,13 @@ async fn drive(mut conn: Connection<MaybeTls, Bytes>, state: &ConnState) -> Resu
             continue;
         }
         pings.send_ping(Ping::opaque())?;
-        let pong = tokio::time::timeout(KEEP_ALIVE_TIMEOUT, std::future::poll_fn(|cx| pings.poll_pong(cx)));
+        let pong = tokio::time::timeout(keep_alive.timeout, std::future::poll_fn(|cx| pings.poll_pong(cx)));
         tokio::select! {
             ended = &mut conn => return Ok(ended?),
             answered = pong => match answered {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => return Err(e.into()),
-                Err(_) => return Err(ConnEnd::KeepAliveTimeout),
+                Err(_) => return Err(ConnEnd::KeepAliveTimeout(keep_alive.timeout)),
             },
         }
     }
@@ -468,6 +476,49 @@ fn early_end(e: h2::Error) -> Option<Result<Frame<Bytes>, h2::Error>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const QUICK: KeepAlive = KeepAlive { interval: Duration::from_millis(50), timeout: Duration::from_millis(50) };
+
+    /// A client connection over an in-memory pipe, its handle, and the server's end.
+    async fn client_conn() -> (Sender, Connection<tokio::io::DuplexStream, Bytes>, tokio::io::DuplexStream) {
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let (tx, conn) = builder().handshake(client).await.unwrap();
+        (tx, conn, server)
+    }
+
+    fn busy() -> ConnState {
+        ConnState::opened()
+    }
+
+    #[tokio::test]
+    async fn unanswered_ping_ends_a_busy_connection() {
+        // The server end is never read: no pong can come.
+        let (_tx, conn, _server) = client_conn().await;
+        let ended = tokio::time::timeout(Duration::from_secs(5), drive(conn, &busy(), QUICK)).await;
+        assert!(matches!(ended, Ok(Err(ConnEnd::KeepAliveTimeout(_)))), "{ended:?}");
+    }
+
+    #[tokio::test]
+    async fn idle_connection_is_not_pinged() {
+        let (_tx, conn, _server) = client_conn().await;
+        let idle = ConnState::opened();
+        idle.streams.store(0, Ordering::Release);
+        let running = tokio::time::timeout(Duration::from_millis(400), drive(conn, &idle, QUICK)).await;
+        assert!(running.is_err(), "{running:?}");
+    }
+
+    #[tokio::test]
+    async fn answered_pings_keep_a_busy_connection() {
+        let (_tx, conn, server) = client_conn().await;
+        // An h2 server answers pings while its connection is polled.
+        let serve = tokio::spawn(async move {
+            let mut s = h2::server::handshake(server).await.unwrap();
+            while s.accept().await.is_some() {}
+        });
+        let running = tokio::time::timeout(Duration::from_millis(400), drive(conn, &busy(), QUICK)).await;
+        assert!(running.is_err(), "{running:?}");
+        serve.abort();
+    }
 
     #[test]
     fn connection_specific_headers_are_stripped() {
