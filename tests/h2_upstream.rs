@@ -173,3 +173,85 @@ async fn abandoned_request_resets_the_upstream_stream_while_uploading() {
     })
     .await;
 }
+
+/// An h2c origin that counts its connections and shuts them all down gracefully (GOAWAY,
+/// streams in flight finish) when `goaway` is notified. `/events` streams a chunk every
+/// 100 ms until the reader goes away; anything else answers `ok`.
+struct GoawayOrigin {
+    addr: std::net::SocketAddr,
+    conns: Arc<AtomicUsize>,
+    goaway: Arc<tokio::sync::Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for GoawayOrigin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn goaway_origin() -> GoawayOrigin {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conns = Arc::new(AtomicUsize::new(0));
+    let goaway = Arc::new(tokio::sync::Notify::new());
+    let (counted, notified) = (conns.clone(), goaway.clone());
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            counted.fetch_add(1, Ordering::SeqCst);
+            let notified = notified.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                    if req.uri().path() != "/events" {
+                        return Ok::<_, std::convert::Infallible>(Response::new(full("ok")));
+                    }
+                    let s = futures_util::stream::unfold(0u32, |i| async move {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        Some((Ok(Frame::data(Bytes::from(format!("tick {i}\n")))), i + 1))
+                    });
+                    Ok(Response::new(StreamBody::new(s).boxed()))
+                });
+                let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc);
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => return,
+                    () = notified.notified() => conn.as_mut().graceful_shutdown(),
+                }
+                let _ = conn.await;
+            });
+        }
+    });
+    GoawayOrigin { addr, conns, goaway, task }
+}
+
+/// A connection the upstream sent GOAWAY on is not handed out again, although it stays open
+/// for its stream in flight: the next request goes on a new connection and succeeds.
+#[tokio::test]
+async fn goaway_connection_is_not_reused() {
+    bounded(LIMIT, async {
+        let origin = goaway_origin().await;
+        let listen = listen_addr();
+        let proxy = Proxy::start(&simple_config(listen, origin.addr, "http2"));
+        let mut c = Client::h1(listen).await;
+        let mut events = c.send(Request::get("/events").body(full("")).unwrap()).await.unwrap().into_body();
+        next_data(&mut events).await;
+        let mut c2 = Client::h1(listen).await;
+        assert_eq!(c2.get("/").await.status, 200);
+        assert_eq!(origin.conns.load(Ordering::SeqCst), 1);
+
+        origin.goaway.notify_waiters();
+        // Let the GOAWAY arrive; the event stream keeps its connection open meanwhile.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for i in 0..3 {
+            let got = c2.get("/").await;
+            assert_eq!(got.status, 200, "request {i} after GOAWAY: {}; logs: {}", got.text(), log_tail(&proxy, 10));
+        }
+        assert_eq!(origin.conns.load(Ordering::SeqCst), 2);
+        // The stream in flight on the old connection still runs.
+        next_data(&mut events).await;
+    })
+    .await;
+}

@@ -71,6 +71,24 @@ impl ConnState {
     }
 }
 
+/// Whether the connection of `sender` (the pool's own handle, which never has a stream
+/// queued) still takes new streams: it has not ended, failed, or been told GOAWAY. A
+/// GOAWAY shows only here until the connection's last stream ends, so this asks h2 rather
+/// than waiting for the driver. Never waits.
+pub(crate) fn takes_streams(sender: &mut Sender, state: &ConnState) -> bool {
+    if state.is_closed() {
+        return false;
+    }
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match sender.poll_ready(&mut cx) {
+        Poll::Ready(Err(_)) => {
+            state.close();
+            false
+        }
+        Poll::Ready(Ok(())) | Poll::Pending => true,
+    }
+}
+
 /// Why a connection's task ended.
 #[derive(Debug, Error)]
 enum ConnEnd {

@@ -99,7 +99,8 @@ impl Pool {
 
     fn checkout_h2(&self, max_streams: u32) -> Option<(h2::Sender, Arc<ConnState>)> {
         let mut conns = self.h2.lock().unwrap_or_else(|p| p.into_inner());
-        conns.retain(|c| !c.state.is_closed());
+        // Closed or GOAWAY'd connections leave the pool; their streams in flight finish.
+        conns.retain_mut(|c| h2::takes_streams(&mut c.sender, &c.state));
         conns.iter().find_map(|c| {
             c.state
                 .streams
