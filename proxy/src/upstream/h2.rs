@@ -165,30 +165,36 @@ where
 /// Sends `req` on the connection of `sender` and waits for the response head. A body that
 /// is still streaming when the head goes out is piped by a task of its own, so that it can
 /// go on while the response streams back (full duplex); otherwise nothing is spawned.
-pub(crate) async fn send(
+///
+/// The head is prepared before the returned future exists (no await needed): as an `async
+/// fn` its state kept the request (an argument slot) besides its head and body. This future
+/// is part of every request's future that goes upstream over HTTP/2.
+pub(crate) fn send(
     mut sender: Sender,
     state: &ConnState,
     req: Request<RequestBody>,
-) -> Result<Response<RecvBody>, UpstreamError> {
+) -> impl Future<Output = Result<Response<RecvBody>, UpstreamError>> {
     let (parts, body) = req.into_parts();
     let mut head = Request::from_parts(parts, ());
     strip_connection_headers(head.headers_mut());
     set_content_length(&mut head, &body);
-    // Waits only while this handle's previous stream is still queued; the connection
-    // queues streams over the server's concurrency limit itself.
-    std::future::poll_fn(|cx| sender.poll_ready(cx)).await.map_err(|e| {
-        state.close();
-        UpstreamError::Reset(e.into())
-    })?;
-    let eos = body.is_end_stream();
-    let (response, stream) = sender.send_request(head, eos).map_err(|e| send_failed(state, e))?;
-    let cancel = if eos { None } else { send_body(body, stream).await };
-    let resp = response.await.map_err(|e| conn_failed(state, e))?;
-    // The response came: a still-running pipe carries on.
-    if let Some(c) = cancel {
-        c.disarm();
+    async move {
+        // Waits only while this handle's previous stream is still queued; the connection
+        // queues streams over the server's concurrency limit itself.
+        std::future::poll_fn(|cx| sender.poll_ready(cx)).await.map_err(|e| {
+            state.close();
+            UpstreamError::Reset(e.into())
+        })?;
+        let eos = body.is_end_stream();
+        let (response, stream) = sender.send_request(head, eos).map_err(|e| send_failed(state, e))?;
+        let cancel = if eos { None } else { send_body(body, stream).await };
+        let resp = response.await.map_err(|e| conn_failed(state, e))?;
+        // The response came: a still-running pipe carries on.
+        if let Some(c) = cancel {
+            c.disarm();
+        }
+        Ok(into_response(resp))
     }
-    Ok(into_response(resp))
 }
 
 fn into_response(resp: Response<RecvStream>) -> Response<RecvBody> {
