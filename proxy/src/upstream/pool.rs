@@ -191,7 +191,7 @@ async fn send_h2(
 
 async fn send_h1(ep: &Arc<Endpoint>, req: Request<RequestBody>) -> Result<Response<h1::H1Body>, UpstreamError> {
     let reset = |e: h1::Error| UpstreamError::Reset(e.into());
-    let mut out = h1::Outgoing::new(req).await.map_err(reset)?;
+    let mut out = h1::Outgoing::new(req).map_err(reset)?;
     // A pooled connection the upstream closed while idle is caught by `take_h1`; one that
     // fails before any response byte (closed meanwhile) is retried once on a fresh
     // connection when the request is whole in memory.

@@ -115,7 +115,10 @@ where
     B::Error: Into<BoxError>,
 {
     /// Encodes `req`, taking the body's first frame if it is ready now.
-    pub async fn new(req: Request<B>) -> Result<Self, Error> {
+    ///
+    /// Not async: it needs no `.await`, and as an `async fn` its state (the request, then
+    /// its parts and the wire pieces) was part of every HTTP/1.1 request's future.
+    pub fn new(req: Request<B>) -> Result<Self, Error> {
         let (parts, mut body) = req.into_parts();
         let (mut head, mut framing) = encode::head(&parts, body.is_end_stream(), body.size_hint().exact());
         let head_request = parts.method == Method::HEAD;
@@ -123,7 +126,10 @@ where
         let mut pieces = encode::Queue::default();
         let mut ended = framing == encode::Framing::None;
         if !ended {
-            let polled = poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await;
+            // Only a look at whether a frame is ready now, so a no-op waker does: if the
+            // body is not ready, the exchange polls it again with the task's waker (which
+            // replaces this one) once the head is written, before the task waits on it.
+            let polled = Pin::new(&mut body).poll_frame(&mut Context::from_waker(Waker::noop()));
             if let Poll::Ready(frame) = polled {
                 let whole = body.is_end_stream();
                 match frame.transpose().map_err(|e| Error::RequestBody(e.into()))? {
@@ -180,15 +186,21 @@ pub struct Failure {
 
 /// Sends `out` on `conn` and reads the response head. The body reads on from `conn`; a
 /// reusable connection goes back to `home`'s pool at the body's end.
-pub async fn exchange<B>(
+///
+/// A plain fn returning an async block, not an `async fn`: an `async fn` keeps its
+/// arguments in its state for its whole life and copies them into locals besides, so the
+/// connection would be stored twice in every request's future.
+pub fn exchange<'a, B>(
     mut conn: Conn,
-    out: &mut Outgoing<B>,
-    home: &Arc<Endpoint>,
-) -> Result<Response<H1Body>, Failure>
+    out: &'a mut Outgoing<B>,
+    home: &'a Arc<Endpoint>,
+) -> impl Future<Output = Result<Response<H1Body>, Failure>>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
 {
+    let replayable = out.replayable();
+    let head_request = out.head_request;
     let mut send = Sending {
         first: &out.first,
         first_sent: Some(0),
@@ -197,38 +209,39 @@ where
         framing: out.framing,
         done: false,
     };
-    let mut got = false;
-    let head_request = out.head_request;
-    let head = poll_fn(|cx| read_head(cx, &mut conn, &mut send, &mut got, head_request)).await;
-    let head = match head {
-        Ok(h) => h,
-        Err(error) => {
-            let retry = conn.reused && !got && out.replayable() && matches!(error, Error::Io(_) | Error::Closed);
-            return Err(Failure { error, retry });
-        }
-    };
-    // An early answer leaves the request body half sent: the connection cannot be reused.
-    let reusable = head.keep_alive && send.done;
-    let body = match parse::take_whole(&mut conn.buf, head.framing) {
-        Some(b) => {
-            if reusable {
-                home.pool.put_h1(conn, home.settings.max_idle);
+    async move {
+        let mut got = false;
+        let head = poll_fn(|cx| read_head(cx, &mut conn, &mut send, &mut got, head_request)).await;
+        let head = match head {
+            Ok(h) => h,
+            Err(error) => {
+                let retry = conn.reused && !got && replayable && matches!(error, Error::Io(_) | Error::Closed);
+                return Err(Failure { error, retry });
             }
-            H1Body::full(Some(b))
-        }
-        None if head.framing == parse::Framing::Empty => {
-            if reusable {
-                home.pool.put_h1(conn, home.settings.max_idle);
+        };
+        // An early answer leaves the request body half sent: the connection cannot be reused.
+        let reusable = head.keep_alive && send.done;
+        let body = match parse::take_whole(&mut conn.buf, head.framing) {
+            Some(b) => {
+                if reusable {
+                    home.pool.put_h1(conn, home.settings.max_idle);
+                }
+                H1Body::full(Some(b))
             }
-            H1Body::full(None)
-        }
-        None => H1Body::reading(conn, head.framing, reusable.then(|| home.clone())),
-    };
-    let mut resp = Response::new(body);
-    *resp.status_mut() = head.status;
-    *resp.version_mut() = head.version;
-    *resp.headers_mut() = head.headers;
-    Ok(resp)
+            None if head.framing == parse::Framing::Empty => {
+                if reusable {
+                    home.pool.put_h1(conn, home.settings.max_idle);
+                }
+                H1Body::full(None)
+            }
+            None => H1Body::reading(conn, head.framing, reusable.then(|| home.clone())),
+        };
+        let mut resp = Response::new(body);
+        *resp.status_mut() = head.status;
+        *resp.version_mut() = head.version;
+        *resp.headers_mut() = head.headers;
+        Ok(resp)
+    }
 }
 
 /// The request still being written.
