@@ -145,7 +145,7 @@ async fn try_on(plan: &Plan<'_>, req: Request<RequestBody>, ep: &Arc<Endpoint>) 
     };
     let upload = req.body().progress();
     let sent = Timed {
-        fut: pool::send(ep, plan.wire, req),
+        fut: pool::send(ep.clone(), plan.wire, req),
         deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
         idle_after: plan.idle_timeout,
         idle: None,

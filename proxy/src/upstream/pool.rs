@@ -11,8 +11,10 @@ use crate::upstream::h1;
 use crate::upstream::h2::{self, ConnState};
 use crate::upstream::response::ResponseBody;
 use crate::upstream::{Endpoint, Wire};
+use futures_util::future::Either;
 use http::{Request, Response};
 use rustls_pki_types::ServerName;
+use std::future::{Future, ready};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use thiserror::Error;
@@ -154,58 +156,83 @@ impl Drop for Lease {
 }
 
 /// Sends `req` to `ep` over `wire`, on a pooled connection when one is free.
-pub async fn send(
-    ep: &Arc<Endpoint>,
+///
+/// Admission (the `max_requests` breaker, the endpoint's counts) and, for HTTP/1.1,
+/// encoding the request need no await: they are done here, before the returned future
+/// starts, so that future holds what they made (a lease, the encoded request) and not the
+/// request as well. It is part of every request's future, and is moved with it. (One future
+/// type for three cases: HTTP/1.1, HTTP/2, or refused before anything was sent.)
+pub fn send(
+    ep: Arc<Endpoint>,
     wire: Wire,
     req: Request<RequestBody>,
-) -> Result<(Response<ResponseBody>, Lease), UpstreamError> {
-    ep.counts
-        .acquire(Threshold::MaxRequests, ep.settings.limits.as_ref(), &ep.cluster)
-        .map_err(UpstreamError::Overloaded)?;
+) -> impl Future<Output = Result<(Response<ResponseBody>, Lease), UpstreamError>> {
+    if let Err(t) = ep.counts.acquire(Threshold::MaxRequests, ep.settings.limits.as_ref(), &ep.cluster) {
+        return Either::Right(ready(Err(UpstreamError::Overloaded(t))));
+    }
     ep.active.fetch_add(1, Ordering::Relaxed);
     ep.total.fetch_add(1, Ordering::Relaxed);
     // From here on the lease owns the `active` count, whatever happens.
-    let mut lease = Lease { endpoint: ep.clone(), h2_streams: None };
+    let lease = Lease { endpoint: ep, h2_streams: None };
     match wire {
-        Wire::Http1 => {
-            let resp = send_h1(ep, req).await?;
-            Ok((resp.map(ResponseBody::H1), lease))
-        }
-        Wire::Http2 => {
-            let resp = send_h2(ep, req, &mut lease).await?;
-            Ok((resp.map(ResponseBody::H2), lease))
-        }
+        Wire::Http1 => match h1::Outgoing::new(req) {
+            Ok(out) => Either::Left(Either::Left(send_h1(lease, out))),
+            Err(e) => Either::Right(ready(Err(UpstreamError::Reset(e.into())))),
+        },
+        Wire::Http2 => Either::Left(Either::Right(send_h2(lease, req))),
     }
 }
 
-async fn send_h2(
-    ep: &Endpoint,
+// `send_h2` and `send_h1` return async blocks rather than being `async fn`s: an `async fn`
+// keeps its arguments in its state for its whole life and copies them into locals besides,
+// so the request (or the encoded one) would be stored twice.
+
+#[expect(clippy::manual_async_fn, reason = "an async fn would store its arguments twice")]
+fn send_h2(
+    mut lease: Lease,
     req: Request<RequestBody>,
-    lease: &mut Lease,
-) -> Result<Response<h2::RecvBody>, UpstreamError> {
-    let (sender, conn) = checkout_or_connect_h2(ep).await?;
-    // The lease owns the stream slot from here on, even if this future is dropped.
-    let conn = lease.h2_streams.insert(conn);
-    h2::send(sender, conn, req).await
+) -> impl Future<Output = Result<(Response<ResponseBody>, Lease), UpstreamError>> {
+    async move {
+        let (sender, conn) = checkout_or_connect_h2(&lease.endpoint).await?;
+        // The lease owns the stream slot from here on, even if this future is dropped.
+        let conn = lease.h2_streams.insert(conn);
+        let resp = h2::send(sender, conn, req).await?;
+        Ok((resp.map(ResponseBody::H2), lease))
+    }
 }
 
-async fn send_h1(ep: &Arc<Endpoint>, req: Request<RequestBody>) -> Result<Response<h1::H1Body>, UpstreamError> {
-    let reset = |e: h1::Error| UpstreamError::Reset(e.into());
-    let mut out = h1::Outgoing::new(req).map_err(reset)?;
-    // A pooled connection the upstream closed while idle is caught by `take_h1`; one that
-    // fails before any response byte (closed meanwhile) is retried once on a fresh
-    // connection when the request is whole in memory.
-    if let Some(conn) = ep.pool.take_h1() {
-        match h1::exchange(conn, &mut out, ep).await {
-            Ok(resp) => return Ok(resp),
-            Err(f) if f.retry => tracing::debug!(error = %f.error, "pooled upstream connection failed; retrying"),
-            Err(f) => return Err(reset(f.error)),
+#[expect(clippy::manual_async_fn, reason = "an async fn would store its arguments twice")]
+fn send_h1(
+    lease: Lease,
+    mut out: h1::Outgoing<RequestBody>,
+) -> impl Future<Output = Result<(Response<ResponseBody>, Lease), UpstreamError>> {
+    async move {
+        let ep = &lease.endpoint;
+        // Boxed: connecting (TCP, maybe TLS) is rare next to pooled exchanges and its state is
+        // large; every request's future would carry (and move) it otherwise.
+        let connect = || Box::pin(connect_h1(ep));
+        // A pooled connection the upstream closed while idle is caught by `take_h1`; one that
+        // fails before any response byte (closed meanwhile) is retried once on a fresh
+        // connection when the request is whole in memory. (`conn` is moved into each
+        // exchange whole, so the future keeps no slot for it beside the exchange's own.)
+        let (mut conn, mut pooled) = match ep.pool.take_h1() {
+            Some(c) => (c, true),
+            None => (connect().await?, false),
+        };
+        loop {
+            match h1::exchange(conn, &mut out, ep).await {
+                Ok(resp) => return Ok((resp.map(ResponseBody::H1), lease)),
+                Err(f) if pooled && f.retry => {
+                    tracing::debug!(error = %f.error, "pooled upstream connection failed; retrying");
+                }
+                Err(f) => return Err(UpstreamError::Reset(f.error.into())),
+            }
+            // Not inside the match: its scrutinee (the exchange's result) would be kept
+            // across this await.
+            conn = connect().await?;
+            pooled = false;
         }
     }
-    // Boxed: connecting (TCP, maybe TLS) is rare next to pooled exchanges and its state is
-    // large; every request's future would carry (and move) it otherwise.
-    let conn = Box::pin(connect_h1(ep)).await?;
-    h1::exchange(conn, &mut out, ep).await.map_err(|f| reset(f.error))
 }
 
 /// A connection for L4 (`protocol: tcp`) forwarding: TCP, or TLS per the cluster's `tls`,
