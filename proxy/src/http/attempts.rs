@@ -12,6 +12,7 @@ use crate::telemetry;
 use crate::upstream::response::ResponseBody;
 use crate::upstream::{Cluster, Endpoint, Lease, UpstreamError, Wire, pool};
 use futures_util::StreamExt;
+use futures_util::future::{Either, FutureExt};
 use futures_util::stream::FuturesUnordered;
 use http::request::Parts;
 use http::{Request, Response};
@@ -48,14 +49,19 @@ pub struct Sent {
 type TryResult = Result<(Response<ResponseBody>, Lease), ForwardError>;
 
 /// Sends `req` under `plan`. Failures carry the number of tries made.
-pub async fn send(plan: &Plan<'_>, req: Request<RequestBody>) -> Result<Sent, (ForwardError, u32)> {
+///
+/// Not an `async fn`: on the common path (one try) the returned future is the try itself,
+/// with no state of its own around it, so the request's future holds the try's state once.
+pub fn send<'a>(
+    plan: &'a Plan<'a>,
+    req: Request<RequestBody>,
+) -> impl Future<Output = Result<Sent, (ForwardError, u32)>> + 'a {
     let replayable = matches!(req.body(), RequestBody::Replay(_));
-    if !replayable || (plan.retry.is_none() && plan.hedge.is_none()) {
-        let (_, result) = try_once(plan, req, None).await;
-        return result.map(|(response, lease)| Sent { response, lease, tries: 1 }).map_err(|e| (e, 1));
+    if replayable && (plan.retry.is_some() || plan.hedge.is_some()) {
+        // Boxed: the retry/hedge machinery stays out of the common path's (moved) future.
+        return Either::Right(Box::pin(send_with_policy(plan, req)));
     }
-    // Boxed: the retry/hedge machinery stays out of the common path's (moved) future.
-    Box::pin(send_with_policy(plan, req)).await
+    Either::Left(try_once(plan, req, None).map(|(_, result)| finish(result, 1)))
 }
 
 async fn send_with_policy(plan: &Plan<'_>, req: Request<RequestBody>) -> Result<Sent, (ForwardError, u32)> {
@@ -70,7 +76,7 @@ async fn send_with_policy(plan: &Plan<'_>, req: Request<RequestBody>) -> Result<
         let (ep, result, made) = match plan.hedge {
             Some((delay, max)) => hedged(plan, &parts, &body, delay, max, last.as_ref()).await,
             None => {
-                let (ep, r) = try_once(plan, rebuild(&parts, &body), last.clone()).await;
+                let (ep, r) = try_once(plan, rebuild(&parts, &body), last.as_ref()).await;
                 (ep, r, 1)
             }
         };
@@ -119,39 +125,86 @@ fn finish(result: TryResult, tries: u32) -> Result<Sent, (ForwardError, u32)> {
 
 /// One try on one endpoint (not `avoid` if another is usable), fed to outlier detection
 /// and the latency estimates.
-async fn try_once(
-    plan: &Plan<'_>,
+fn try_once<'a>(
+    plan: &'a Plan<'a>,
     req: Request<RequestBody>,
-    avoid: Option<Arc<Endpoint>>,
-) -> (Option<Arc<Endpoint>>, TryResult) {
-    match plan.cluster.pick(plan.key, avoid.as_ref()) {
-        Some(ep) => {
-            let ep = ep.clone();
-            let r = try_on(plan, req, &ep).await;
-            (Some(ep), r)
-        }
-        None => (None, Err(ForwardError::NoEndpoint(plan.cluster.name.clone()))),
-    }
+    avoid: Option<&Arc<Endpoint>>,
+) -> Try<'a, impl Future<Output = PoolResult>> {
+    let ep = plan.cluster.pick(plan.key, avoid).cloned();
+    try_on(plan, req, ep)
 }
 
-/// One try on `ep`.
-async fn try_on(plan: &Plan<'_>, req: Request<RequestBody>, ep: &Arc<Endpoint>) -> TryResult {
-    let cluster = plan.cluster;
+/// One try on `ep` (none: no usable endpoint, which fails the try).
+fn try_on<'a>(
+    plan: &'a Plan<'a>,
+    req: Request<RequestBody>,
+    ep: Option<Arc<Endpoint>>,
+) -> Try<'a, impl Future<Output = PoolResult>> {
     let started = std::time::Instant::now();
     let per_try = plan.retry.and_then(|r| r.per_try_timeout).map(|t| Instant::now() + t);
     let deadline = match (plan.deadline, per_try) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
+    let Some(ep) = ep else { return Try { sent: None, plan, ep: None, started } };
     let upload = req.body().progress();
-    let sent = Timed {
-        fut: pool::send(ep.clone(), plan.wire, req),
-        deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
-        idle_after: plan.idle_timeout,
-        idle: None,
-        upload,
+    let deadline = deadline.map(|d| Box::pin(tokio::time::sleep_until(d)));
+    // The rest is made before `pool::send`: its (large) future is then moved into place once,
+    // where making the timer after it cost a second move.
+    Try {
+        sent: Some(Timed {
+            fut: pool::send(ep.clone(), plan.wire, req),
+            deadline,
+            idle_after: plan.idle_timeout,
+            idle: None,
+            upload,
+        }),
+        plan,
+        ep: Some(ep),
+        started,
     }
-    .await;
+}
+
+type PoolResult = Result<(Response<ResponseBody>, Lease), UpstreamError>;
+
+pin_project_lite::pin_project! {
+    /// One try ([`try_on`]): the upstream exchange under the try's deadlines, and, when it
+    /// ends, what it says about the endpoint recorded. A future of its own rather than an
+    /// `async fn`, which would hold the request it was made from (and its own copy of its
+    /// arguments) next to the exchange.
+    struct Try<'a, F> {
+        // `None` when there was no endpoint to try.
+        #[pin]
+        sent: Option<Timed<F>>,
+        plan: &'a Plan<'a>,
+        ep: Option<Arc<Endpoint>>,
+        started: std::time::Instant,
+    }
+}
+
+impl<F: Future<Output = PoolResult>> Future for Try<'_, F> {
+    type Output = (Option<Arc<Endpoint>>, TryResult);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let (Some(sent), Some(ep)) = (this.sent.as_pin_mut(), this.ep.as_ref()) else {
+            return Poll::Ready((None, Err(ForwardError::NoEndpoint(this.plan.cluster.name.clone()))));
+        };
+        let sent = std::task::ready!(sent.poll(cx));
+        let result = settle(this.plan, ep, *this.started, sent);
+        Poll::Ready((this.ep.take(), result))
+    }
+}
+
+/// The result of a try on `ep` that started at `started`, recorded for outlier detection
+/// and the latency estimates.
+fn settle(
+    plan: &Plan<'_>,
+    ep: &Arc<Endpoint>,
+    started: std::time::Instant,
+    sent: Result<PoolResult, ForwardError>,
+) -> TryResult {
+    let cluster = plan.cluster;
     let result = match sent {
         Ok(Ok(r)) => Ok(r),
         Ok(Err(e)) => {
@@ -203,13 +256,7 @@ async fn hedged(
     let Some(first) = plan.cluster.pick(plan.key, avoid).cloned() else {
         return (None, Err(ForwardError::NoEndpoint(plan.cluster.name.clone())), 1);
     };
-    let launch = |ep: Arc<Endpoint>| {
-        let req = rebuild(parts, body);
-        Box::pin(async move {
-            let r = try_on(plan, req, &ep).await;
-            (Some(ep), r)
-        })
-    };
+    let launch = |ep: Arc<Endpoint>| Box::pin(try_on(plan, rebuild(parts, body), Some(ep)));
     let mut inflight = FuturesUnordered::new();
     inflight.push(launch(first.clone()));
     let mut tries = 1;
