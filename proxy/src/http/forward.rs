@@ -14,6 +14,7 @@ use crate::http::router::{self, RequestView};
 use crate::resilience::{fault, retry};
 use crate::telemetry;
 use arc_swap::ArcSwap;
+use futures_util::future::{Either, FutureExt};
 use http::{HeaderValue, Request, Response};
 use std::sync::Arc;
 use tokio::time::Instant;
@@ -60,10 +61,14 @@ pub fn audit_denied(
 /// Forwards one request and returns the response to write (never fails: errors become
 /// responses via [`error_response`]), and writes its access log line when the config has
 /// an access log.
-pub async fn handle(mut req: Request<ClientBody>, ctx: &ConnCtx) -> Response<ProxyBody> {
+///
+/// Not an `async fn`: routing needs no await, so it is done here, and the returned future
+/// is `forward`'s with no state of its own around it (an `async fn` would hold the request
+/// and `forward`'s whole future besides).
+pub fn handle(mut req: Request<ClientBody>, ctx: &ConnCtx) -> impl Future<Output = Response<ProxyBody>> {
     // One config load per request; the route (and the clusters it holds) is kept alive by
     // this request even if a reload replaces it meanwhile.
-    let (log, mut entry, route) = {
+    let (log, entry, route) = {
         let snap = ctx.config.load();
         let log = snap.access_log.clone();
         // The line shows the path as the client sent it.
@@ -76,16 +81,25 @@ pub async fn handle(mut req: Request<ClientBody>, ctx: &ConnCtx) -> Response<Pro
         }
         (log, entry, route_for(&req, ctx, &snap))
     };
-    let mut resp = match route {
-        Ok(route) => forward(req, ctx, route, &mut entry).await,
+    match route {
+        Ok(route) => Either::Left(forward(req, ctx, route, entry).map(|(resp, entry)| logged(resp, log, entry))),
         Err(err) => {
             let mut resp = error_response(&err);
             if matches!(err, ForwardError::HeadersTooLarge) && !ctx.h2 {
                 resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
             }
-            resp
+            Either::Right(std::future::ready(logged(resp, log, entry)))
         }
-    };
+    }
+}
+
+/// Completes `entry` from `resp` and hands it to the access log: at the end of an upstream
+/// body, or now for a response the proxy made.
+fn logged(
+    mut resp: Response<ProxyBody>,
+    log: Option<Arc<access_log::AccessLog>>,
+    entry: Option<Box<access_log::Entry>>,
+) -> Response<ProxyBody> {
     if let (Some(log), Some(mut entry)) = (log, entry) {
         entry.status = resp.status().as_u16();
         let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok());
@@ -147,91 +161,101 @@ fn route_for(req: &Request<ClientBody>, ctx: &ConnCtx, snap: &Snapshot) -> Resul
 }
 
 /// The request path proper on its route; `log` (set when the access log is on) learns the
-/// route, the cluster, the request ID and the endpoint as they are decided.
-async fn forward(
+/// route, the cluster, the request ID and the endpoint as they are decided, and is handed
+/// back with the response.
+///
+/// A plain fn returning an async block, not an `async fn`: an `async fn` keeps its
+/// arguments in its state for its whole life and copies them into locals besides, so the
+/// request would be stored twice.
+#[expect(clippy::manual_async_fn, reason = "an async fn would store its arguments twice")]
+fn forward(
     mut req: Request<ClientBody>,
     ctx: &ConnCtx,
     route: Arc<Route>,
-    log: &mut Option<Box<access_log::Entry>>,
-) -> Response<ProxyBody> {
-    let started = std::time::Instant::now();
-    let (index, backend) = route.pick_backend();
-    if let Some(e) = log.as_deref_mut() {
-        e.route = Some(route.name.clone());
-        e.cluster = Some(backend.cluster.name.clone());
-    }
-    let fail = |err: ForwardError, tries: Option<u32>| {
-        let mut resp = error_response(&err);
-        if let Some(n) = tries {
-            resp.headers_mut().insert(ATTEMPTS_HEADER, HeaderValue::from(n));
+    mut log: Option<Box<access_log::Entry>>,
+) -> impl Future<Output = (Response<ProxyBody>, Option<Box<access_log::Entry>>)> {
+    async move {
+        let started = std::time::Instant::now();
+        let (index, backend) = route.pick_backend();
+        if let Some(e) = log.as_deref_mut() {
+            e.route = Some(route.name.clone());
+            e.cluster = Some(backend.cluster.name.clone());
         }
-        backend.metrics.count(resp.status().as_u16());
-        backend.metrics.observe(started.elapsed());
-        tracing::debug!(route = %route.name, error = %err, "request failed");
-        resp
-    };
-    if let Some(limiter) = &route.rate_limit
-        && let Err(wait) = limiter.check(req.headers(), ctx.peer.ip)
-    {
-        metrics::counter!(telemetry::RATE_LIMITED_TOTAL, "route" => route.name.to_string()).increment(1);
-        return fail(ForwardError::RateLimited(wait), None);
-    }
-    if let Some(f) = &route.fault {
-        if let Some(d) = fault::delay(f) {
-            tokio::time::sleep(d).await;
+        let fail = |err: ForwardError, tries: Option<u32>| {
+            let mut resp = error_response(&err);
+            if let Some(n) = tries {
+                resp.headers_mut().insert(ATTEMPTS_HEADER, HeaderValue::from(n));
+            }
+            backend.metrics.count(resp.status().as_u16());
+            backend.metrics.observe(started.elapsed());
+            tracing::debug!(route = %route.name, error = %err, "request failed");
+            resp
+        };
+        if let Some(limiter) = &route.rate_limit
+            && let Err(wait) = limiter.check(req.headers(), ctx.peer.ip)
+        {
+            metrics::counter!(telemetry::RATE_LIMITED_TOTAL, "route" => route.name.to_string()).increment(1);
+            return (fail(ForwardError::RateLimited(wait), None), log);
         }
-        if let Some(status) = fault::abort(f) {
-            return fail(ForwardError::FaultAbort(status), None);
+        if let Some(f) = &route.fault {
+            if let Some(d) = fault::delay(f) {
+                tokio::time::sleep(d).await;
+            }
+            if let Some(status) = fault::abort(f) {
+                return (fail(ForwardError::FaultAbort(status), None), log);
+            }
         }
-    }
 
-    let cluster = &backend.cluster;
-    let wire = cluster.wire_for(ctx.h2);
-    let key = cluster.hash_key(req.headers(), ctx.peer.ip);
-    headers::prepare_request(&mut req, &ctx.peer, wire);
-    route.request_headers.apply(req.headers_mut());
-    if let Some(e) = log.as_deref_mut() {
-        e.request_id = req.headers().get(&headers::X_REQUEST_ID).cloned();
-    }
-    let deadline = route.timeout.map(|t| Instant::now() + t);
-
-    // Retries and hedges need the body again: keep it in memory when it is small enough.
-    let retry = route.retry.as_ref().filter(|r| r.allows_method(req.method()));
-    let hedge = route.hedge.as_ref().filter(|_| retry::is_idempotent(req.method())).map(|h| (h.delay, h.max));
-    let counted = route.retry.is_some() || route.hedge.is_some();
-    let (parts, body) = req.into_parts();
-    let body = if retry.is_some() || hedge.is_some() {
-        let max = retry.map_or(64 * 1024, |r| r.max_body);
-        match Box::pin(RequestBody::buffer(body, max)).await {
-            Ok(b) => b,
-            Err(e) => return fail(ForwardError::ClientBody(e), None),
+        let cluster = &backend.cluster;
+        let wire = cluster.wire_for(ctx.h2);
+        let key = cluster.hash_key(req.headers(), ctx.peer.ip);
+        headers::prepare_request(&mut req, &ctx.peer, wire);
+        route.request_headers.apply(req.headers_mut());
+        if let Some(e) = log.as_deref_mut() {
+            e.request_id = req.headers().get(&headers::X_REQUEST_ID).cloned();
         }
-    } else {
-        RequestBody::stream(body)
-    };
-    let plan = Plan { cluster, wire, key, deadline, idle_timeout: route.idle_timeout, retry, hedge };
-    let sent = match attempts::send(&plan, Request::from_parts(parts, body)).await {
-        Ok(s) => s,
-        Err((e, tries)) => return fail(e, counted.then_some(tries)),
-    };
+        let deadline = route.timeout.map(|t| Instant::now() + t);
+        let retry = route.retry.as_ref().filter(|r| r.allows_method(req.method()));
+        let hedge = route.hedge.as_ref().filter(|_| retry::is_idempotent(req.method())).map(|h| (h.delay, h.max));
+        // From here on `plan` holds these (the future keeps one copy across its awaits).
+        let plan = Plan { cluster, wire, key, deadline, idle_timeout: route.idle_timeout, retry, hedge };
+        let counted = route.retry.is_some() || route.hedge.is_some();
 
-    if let Some(e) = log.as_deref_mut() {
-        e.upstream = Some(sent.lease.endpoint().addr);
+        // Retries and hedges need the body again: keep it in memory when it is small enough.
+        let (parts, body) = req.into_parts();
+        let body = if plan.retry.is_some() || plan.hedge.is_some() {
+            let max = plan.retry.map_or(64 * 1024, |r| r.max_body);
+            match Box::pin(RequestBody::buffer(body, max)).await {
+                Ok(b) => b,
+                Err(e) => return (fail(ForwardError::ClientBody(e), None), log),
+            }
+        } else {
+            RequestBody::stream(body)
+        };
+        let sent = match attempts::send(&plan, Request::from_parts(parts, body)).await {
+            Ok(s) => s,
+            Err((e, tries)) => return (fail(e, counted.then_some(tries)), log),
+        };
+
+        if let Some(e) = log.as_deref_mut() {
+            e.upstream = Some(sent.lease.endpoint().addr);
+        }
+        let (mut parts, body) = sent.response.into_parts();
+        // The downstream connection decides its own version; an HTTP/1.0 upstream must not
+        // turn the client's keep-alive connection into a 1.0 one.
+        parts.version = http::Version::HTTP_11;
+        headers::prepare_response(&mut parts.headers);
+        route.response_headers.apply(&mut parts.headers);
+        if counted {
+            parts.headers.insert(ATTEMPTS_HEADER, HeaderValue::from(sent.tries));
+        }
+        backend.metrics.count(parts.status.as_u16());
+        let streaming = http_body::Body::size_hint(&body).exact().is_none();
+        let exchange =
+            Exchange { route: route.clone(), backend: index, lease: Some(sent.lease), started, clean: false };
+        let body = UpstreamBody::new(body, exchange, plan.deadline, streaming);
+        (Response::from_parts(parts, ProxyBody::Upstream(Box::new(body))), log)
     }
-    let (mut parts, body) = sent.response.into_parts();
-    // The downstream connection decides its own version; an HTTP/1.0 upstream must not turn
-    // the client's keep-alive connection into a 1.0 one.
-    parts.version = http::Version::HTTP_11;
-    headers::prepare_response(&mut parts.headers);
-    route.response_headers.apply(&mut parts.headers);
-    if counted {
-        parts.headers.insert(ATTEMPTS_HEADER, HeaderValue::from(sent.tries));
-    }
-    backend.metrics.count(parts.status.as_u16());
-    let streaming = http_body::Body::size_hint(&body).exact().is_none();
-    let exchange = Exchange { route: route.clone(), backend: index, lease: Some(sent.lease), started, clean: false };
-    let body = UpstreamBody::new(body, exchange, deadline, streaming);
-    Response::from_parts(parts, ProxyBody::Upstream(Box::new(body)))
 }
 
 /// The size of a request's head as HTTP/1.1 would carry it: request line and header lines.
