@@ -13,6 +13,7 @@ use crate::http::body::ProxyBody;
 use crate::http::forward::{self, ConnCtx};
 use crate::http::wire;
 use bytes::{Bytes, BytesMut};
+use http::Response;
 use http_body::{Body, Frame};
 use hyper_util::server::graceful::Watcher;
 use std::future::poll_fn;
@@ -59,7 +60,12 @@ where
             }
             Next::Done => return,
         };
-        match conn.exchange(&mut io, head, &ctx, stop).await {
+        let Head { req, close, trailers, head: req_head } = head;
+        // The request's future is pinned here and `exchange` polls it in place: inside
+        // `exchange`'s own future it would be moved into it, whole, on every request.
+        let handled = pin!(forward::handle(req, &ctx));
+        let asked = Asked { close, trailers, head: req_head };
+        match conn.exchange(&mut io, handled, asked, stop).await {
             After::KeepAlive => {}
             After::Close => {
                 let _ = tokio::time::timeout(conn.header_timeout, io.shutdown()).await;
@@ -88,6 +94,16 @@ enum Next {
     Head(Head),
     Hyper,
     Done,
+}
+
+/// What the request's head says about its response.
+struct Asked {
+    /// The client sent `Connection: close`.
+    close: bool,
+    /// The client accepts trailers (`TE: trailers`).
+    trailers: bool,
+    /// A HEAD request: the response has no body.
+    head: bool,
 }
 
 enum After {
@@ -150,13 +166,19 @@ impl Conn {
         self.buf.is_empty()
     }
 
-    /// Forwards one request and writes its response.
-    async fn exchange<S>(&mut self, io: &mut S, head: Head, ctx: &ConnCtx, stop: &CancellationToken) -> After
+    /// Gets the response to one request from `handled` (its forwarding) and writes it.
+    async fn exchange<S, F>(
+        &mut self,
+        io: &mut S,
+        mut handled: Pin<&mut F>,
+        asked: Asked,
+        stop: &CancellationToken,
+    ) -> After
     where
         S: AsyncRead + AsyncWrite + Unpin,
+        F: Future<Output = Response<ProxyBody>>,
     {
-        let Head { req, close, trailers, head: req_head } = head;
-        let mut handled = pin!(forward::handle(req, ctx));
+        let Asked { close, trailers, head: req_head } = asked;
         let resp = loop {
             if !self.may_watch() {
                 break handled.as_mut().await;
