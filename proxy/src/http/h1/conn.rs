@@ -193,12 +193,17 @@ impl Conn {
                 },
             }
         };
-        let (parts, mut body) = resp.into_parts();
         let mut close = close || stop.is_cancelled();
-        let hint = if body.is_end_stream() { None } else { Some(body.size_hint().exact()) };
-        self.out.clear();
-        let framing = write::head(&mut self.out, &parts, hint, req_head, &mut close);
-        crate::http::header_maps::give(parts.headers);
+        // The head in a block of its own: borrowed, it would keep a slot in this future
+        // across the writes below even once given back.
+        let (framing, mut body) = {
+            let (parts, body) = resp.into_parts();
+            let hint = if body.is_end_stream() { None } else { Some(body.size_hint().exact()) };
+            self.out.clear();
+            let framing = write::head(&mut self.out, &parts, hint, req_head, &mut close);
+            crate::http::header_maps::give(parts.headers);
+            (framing, body)
+        };
         let sent = match framing {
             Framing::None => {
                 drop(body);
@@ -235,13 +240,14 @@ impl Conn {
             _ => 0,
         };
         loop {
-            let polled = poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await;
-            let frame = match polled {
-                Poll::Ready(frame) => frame,
-                Poll::Pending => {
-                    self.flush_out(io).await?;
-                    self.next_frame(io, body).await?
-                }
+            // What is ready now. (`if let` rather than `match`: edition 2024 drops the polled
+            // value before the `else`, so it is not kept across the awaits there.)
+            let now = poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx)));
+            let frame = if let Poll::Ready(frame) = now.await {
+                frame
+            } else {
+                self.flush_out(io).await?;
+                self.next_frame(io, body).await?
             };
             let frame = match frame {
                 None => break,
