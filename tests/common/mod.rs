@@ -295,6 +295,11 @@ impl Client {
         Client { h1: None, h2: Some(tx), addr }
     }
 
+    /// Another handle on this h2c client's connection (streams sent on it run concurrently).
+    pub fn clone_h2(&self) -> Client {
+        Client { h1: None, h2: self.h2.clone(), addr: self.addr }
+    }
+
     /// Sends `req` (a relative URI gets this client's address as Host/authority).
     pub async fn send(&mut self, mut req: Request<Body>) -> hyper::Result<Response<Incoming>> {
         if let Some(h2) = &mut self.h2 {

@@ -2,6 +2,7 @@
 //! buffering; the wrapper adds the idle and whole-exchange timers, cuts streams of a retired
 //! route, and on the last frame hands the upstream connection back to its pool.
 
+use crate::http::h2::body::RecvBody;
 use crate::http::route::Route;
 use crate::upstream::Lease;
 use crate::upstream::response::ResponseBody;
@@ -32,12 +33,52 @@ pub enum BodyError {
     RouteRemoved,
 }
 
-/// A request body as the client sent it: hyper's (a connection hyper serves), or none (a
-/// request the in-task HTTP/1.1 server took: those never have a body).
+/// A request body as the client sent it: hyper's (a connection hyper's HTTP/1 server
+/// serves), an HTTP/2 stream's (the in-task h2 server), or none (a request the in-task
+/// HTTP/1.1 server took: those never have a body).
 #[derive(Debug)]
 pub enum ClientBody {
     Hyper(Incoming),
+    H2(RecvBody),
     Empty,
+}
+
+/// Why reading a client's request body failed.
+#[derive(Debug, Error)]
+pub enum ClientBodyError {
+    #[error("{0}")]
+    Hyper(#[from] hyper::Error),
+    #[error("{0}")]
+    H2(#[from] h2::Error),
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = ClientBodyError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        match self.get_mut() {
+            Self::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Self::H2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Self::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Hyper(b) => b.is_end_stream(),
+            Self::H2(b) => b.is_end_stream(),
+            Self::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Hyper(b) => b.size_hint(),
+            Self::H2(b) => b.size_hint(),
+            Self::Empty => SizeHint::with_exact(0),
+        }
+    }
 }
 
 /// A request body on its way upstream: streamed from the client, or held in memory so a
@@ -46,7 +87,7 @@ pub enum ClientBody {
 pub enum RequestBody {
     /// Streamed; `Progress` (bodies that are not empty) notes when the client last sent data,
     /// so a slow upload does not count as upstream silence.
-    Stream(Incoming, Option<Arc<Progress>>),
+    Stream(ClientBody, Option<Arc<Progress>>),
     Replay(Option<Bytes>),
 }
 
@@ -76,7 +117,9 @@ impl RequestBody {
     /// A streamed body; one with data gets a progress tracker. An empty one is a replay of
     /// nothing.
     pub fn stream(body: ClientBody) -> Self {
-        let ClientBody::Hyper(body) = body else { return Self::Replay(None) };
+        if matches!(body, ClientBody::Empty) {
+            return Self::Replay(None);
+        }
         let progress = (!body.is_end_stream()).then(|| {
             let p = Arc::new(Progress::default());
             p.touch();
@@ -97,8 +140,7 @@ impl RequestBody {
 impl RequestBody {
     /// Reads `body` into memory when its announced length is at most `max` (a body without
     /// one is streamed and cannot be replayed). Errors are the client's.
-    pub async fn buffer(body: ClientBody, max: usize) -> Result<Self, hyper::Error> {
-        let ClientBody::Hyper(body) = body else { return Ok(Self::Replay(None)) };
+    pub async fn buffer(body: ClientBody, max: usize) -> Result<Self, ClientBodyError> {
         if body.is_end_stream() {
             return Ok(Self::Replay(None));
         }
@@ -107,7 +149,7 @@ impl RequestBody {
                 let bytes = http_body_util::BodyExt::collect(body).await?.to_bytes();
                 Ok(Self::Replay(Some(bytes)))
             }
-            _ => Ok(Self::stream(ClientBody::Hyper(body))),
+            _ => Ok(Self::stream(body)),
         }
     }
 
@@ -122,9 +164,9 @@ impl RequestBody {
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ClientBodyError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         match self.get_mut() {
             Self::Stream(b, progress) => {
                 let polled = Pin::new(b).poll_frame(cx);

@@ -1,12 +1,15 @@
-//! HTTP: serving downstream connections (`server`, `h1`), choosing a route (`router`, `route`),
-//! forwarding (`forward`, `headers`), streaming bodies (`body`), turning failures into
-//! responses (`respond`), and what both in-task HTTP/1.1 codecs share: the wire pieces
-//! (`wire`) and a stock of reusable header maps (`header_maps`).
+//! HTTP: serving downstream connections (`server`, `h1`, `h2`), choosing a route
+//! (`router`, `route`), forwarding (`forward`, `headers`), streaming bodies (`body`),
+//! turning failures into responses (`respond`), the `date` header (`date`), and what both
+//! in-task HTTP/1.1 codecs share: the wire pieces (`wire`) and a stock of reusable header
+//! maps (`header_maps`). `h2` also holds what the HTTP/2 server and client share.
 
 pub mod attempts;
 pub mod body;
+pub mod date;
 pub mod forward;
 pub mod h1;
+pub mod h2;
 pub mod header_maps;
 pub mod headers;
 pub mod path;

@@ -32,7 +32,7 @@ pub enum ForwardError {
     #[error("fault injection aborted this request")]
     FaultAbort(u16),
     #[error("reading the request body failed: {0}")]
-    ClientBody(hyper::Error),
+    ClientBody(crate::http::body::ClientBodyError),
     #[error("not authorized")]
     Forbidden,
     #[error("the request header block is over the listener's max_header_bytes")]

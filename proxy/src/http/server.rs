@@ -1,6 +1,7 @@
 //! Serving one downstream HTTP connection: HTTP/1.1 on the in-task server (`h1`), which
 //! hands connections it does not serve to hyper's HTTP/1 server (header read timeout, header
-//! size limit → 431); h2c and h2 on hyper. Each request goes to `forward::handle`.
+//! size limit → 431); h2c and h2 on the in-task HTTP/2 server (`h2`). Each request goes to
+//! `forward::handle`.
 
 use crate::config::Listener;
 use crate::detect::Protocol;
@@ -8,7 +9,7 @@ use crate::http::body::ClientBody;
 use crate::http::forward::{self, ConnCtx};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::Watcher;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -29,16 +30,7 @@ pub async fn serve<S>(
 {
     match proto {
         Protocol::Http1 => crate::http::h1::serve(stream, ctx, listener, watcher, stop).await,
-        Protocol::Http2 => {
-            let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-            b.timer(TokioTimer::new())
-                .max_header_list_size(listener.max_header_bytes() as u32 * 2)
-                .max_concurrent_streams(1024);
-            let result = watcher.watch(b.serve_connection(TokioIo::new(stream), service(ctx))).await;
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "downstream connection ended with an error");
-            }
-        }
+        Protocol::Http2 => crate::http::h2::server::serve(stream, ctx, listener, watcher, stop).await,
     }
 }
 
@@ -69,9 +61,8 @@ fn service(
 > + Clone {
     service_fn(move |req: http::Request<Incoming>| {
         let ctx = ctx.clone();
-        // Boxed: hyper's h2 server spawns each stream as a task holding this future, and
-        // moves it several times on the way; a pointer moves cheaper than the whole
-        // request path's state (~5 KB).
+        // Boxed: hyper moves this future several times on the way; a pointer moves
+        // cheaper than the whole request path's state (~5 KB).
         async move { Ok::<_, Infallible>(Box::pin(forward::handle(req.map(ClientBody::Hyper), &ctx)).await) }
     })
 }

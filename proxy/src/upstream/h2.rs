@@ -2,23 +2,27 @@
 //! client used before), the one task per connection that drives it and pings it while it
 //! carries requests, sending a request from the request's own task (its body piped to the
 //! stream with flow control, in a spawned task only while the body is still streaming when
-//! the head goes out), and the response body. Which connection a request goes on is
-//! `pool`'s business.
+//! the head goes out), and the response body. The body and header pieces are shared with
+//! the downstream server (`http::h2`). Which connection a request goes on is `pool`'s
+//! business.
 
 use crate::http::body::RequestBody;
+pub use crate::http::h2::body::RecvBody;
+use crate::http::h2::body::{Pipe, PipeError};
+use crate::http::h2::headers::{Kind, content_length, strip_connection_headers};
 use crate::tls::io::MaybeTls;
 use crate::upstream::pool::{ConnSlot, UpstreamError};
 use bytes::Bytes;
 use h2::client::{Builder, Connection, SendRequest};
 use h2::{Ping, Reason, RecvStream, SendStream};
-use http::header::{CONNECTION, CONTENT_LENGTH, HeaderName, TE, TRANSFER_ENCODING, UPGRADE};
-use http::{HeaderMap, HeaderValue, Method, Request, Response};
-use http_body::{Body, Frame, SizeHint};
+use http::header::CONTENT_LENGTH;
+use http::{HeaderValue, Method, Request, Response};
+use http_body::Body;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::oneshot;
@@ -176,7 +180,7 @@ pub(crate) fn send(
 ) -> impl Future<Output = Result<Response<RecvBody>, UpstreamError>> {
     let (parts, body) = req.into_parts();
     let mut head = Request::from_parts(parts, ());
-    strip_connection_headers(head.headers_mut());
+    strip_connection_headers(head.headers_mut(), Kind::Request);
     set_content_length(&mut head, &body);
     async move {
         // Waits only while this handle's previous stream is still queued; the connection
@@ -199,7 +203,7 @@ pub(crate) fn send(
 
 fn into_response(resp: Response<RecvStream>) -> Response<RecvBody> {
     let remaining = content_length(resp.headers());
-    resp.map(|recv| RecvBody { recv, data_done: false, remaining })
+    resp.map(|recv| RecvBody::new(recv, remaining))
 }
 
 /// A stream's failure; when it is the connection's (GOAWAY, I/O), no more streams go on it.
@@ -229,7 +233,7 @@ async fn send_body(body: RequestBody, mut stream: SendStream<Bytes>) -> Option<C
         let _ = stream.send_data(bytes.unwrap_or_default(), true);
         return None;
     }
-    let mut pipe = Pipe { body, stream, pending: None };
+    let mut pipe = Pipe::new(body, stream);
     // One eager poll: a body that is already complete needs no task.
     let done = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut pipe).poll(cx))).await;
     if let Poll::Ready(result) = done {
@@ -268,7 +272,7 @@ impl Drop for CancelPipe {
 
 /// A spawned pipe, reset with CANCEL if its request is dropped before the response head.
 struct Cancellable {
-    pipe: Pipe,
+    pipe: Pipe<RequestBody>,
     cancel: Option<oneshot::Receiver<()>>,
 }
 
@@ -281,144 +285,13 @@ impl Future for Cancellable {
             && let Poll::Ready(fired) = Pin::new(rx).poll(cx)
         {
             if fired.is_ok() {
-                this.pipe.stream.send_reset(Reason::CANCEL);
+                this.pipe.send_reset(Reason::CANCEL);
                 return Poll::Ready(());
             }
             // Disarmed: the response came, the pipe runs on by itself.
             this.cancel = None;
         }
         Pin::new(&mut this.pipe).poll(cx).map(log_pipe_end)
-    }
-}
-
-/// Why piping a request body upstream stopped.
-#[derive(Debug, Error)]
-enum PipeError {
-    #[error("upstream reset the stream: {0:?}")]
-    Reset(Reason),
-    #[error("{0}")]
-    H2(#[from] h2::Error),
-    #[error("the stream stopped taking data")]
-    Closed,
-    #[error("client body failed: {0}")]
-    Client(hyper::Error),
-}
-
-/// Copies a streamed request body to its h2 stream, a chunk at a time as the stream's
-/// flow-control window allows (as hyper's `PipeToSendStream`).
-struct Pipe {
-    body: RequestBody,
-    stream: SendStream<Bytes>,
-    /// A chunk taken from the body, waiting for send capacity; and whether it is the last.
-    pending: Option<(Bytes, bool)>,
-}
-
-impl Future for Pipe {
-    type Output = Result<(), PipeError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.get_mut();
-        loop {
-            // Registers for RST_STREAM while waiting on the body or for capacity.
-            if let Poll::Ready(reason) = this.stream.poll_reset(cx) {
-                return Poll::Ready(Err(PipeError::Reset(reason?)));
-            }
-            if let Some((chunk, eos)) = this.pending.take() {
-                if this.poll_capacity(cx)?.is_pending() {
-                    this.pending = Some((chunk, eos));
-                    return Poll::Pending;
-                }
-                this.stream.send_data(chunk, eos)?;
-                if eos {
-                    return Poll::Ready(Ok(()));
-                }
-                continue;
-            }
-            if ready!(this.next_frame(cx))? {
-                return Poll::Ready(Ok(()));
-            }
-        }
-    }
-}
-
-impl Pipe {
-    /// Waits until the stream may send at least one byte.
-    fn poll_capacity(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), PipeError>> {
-        while self.stream.capacity() == 0 {
-            match ready!(self.stream.poll_capacity(cx)) {
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Poll::Ready(Err(e.into())),
-                None => return Poll::Ready(Err(PipeError::Closed)),
-            }
-        }
-        Poll::Ready(Ok(()))
-    }
-
-    /// Takes the body's next frame: a data chunk is parked for capacity, trailers are sent.
-    /// Ready(true) once the stream is finished.
-    fn next_frame(&mut self, cx: &mut Context<'_>) -> Poll<Result<bool, PipeError>> {
-        let frame = match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
-            Some(Ok(frame)) => frame,
-            Some(Err(e)) => {
-                self.stream.send_reset(reset_reason(&e));
-                return Poll::Ready(Err(PipeError::Client(e)));
-            }
-            // No trailers and no last data frame yet: end with an empty one.
-            None => return Poll::Ready(self.stream.send_data(Bytes::new(), true).map(|()| true).map_err(Into::into)),
-        };
-        let eos = self.body.is_end_stream();
-        match frame.into_data() {
-            // Claim a minimal share of the window, not the chunk's size: h2 raises it as
-            // data is buffered, and a whole-chunk claim starves other streams (hyper#4003).
-            Ok(chunk) if !chunk.is_empty() => {
-                self.stream.reserve_capacity(1);
-                self.pending = Some((chunk, eos));
-                Poll::Ready(Ok(false))
-            }
-            Ok(chunk) => Poll::Ready(self.stream.send_data(chunk, eos).map(|()| eos).map_err(Into::into)),
-            Err(frame) => match frame.into_trailers() {
-                Ok(trailers) => {
-                    self.stream.reserve_capacity(0);
-                    Poll::Ready(self.stream.send_trailers(trailers).map(|()| true).map_err(Into::into))
-                }
-                // A frame kind we do not know: skip it.
-                Err(_) => Poll::Ready(Ok(false)),
-            },
-        }
-    }
-}
-
-/// The reset to send upstream for a failed client body: the client's own h2 reason when it
-/// reset its stream, else INTERNAL_ERROR.
-fn reset_reason(e: &hyper::Error) -> Reason {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(s) = source {
-        if let Some(reason) = s.downcast_ref::<h2::Error>().and_then(h2::Error::reason) {
-            return reason;
-        }
-        source = s.source();
-    }
-    Reason::INTERNAL_ERROR
-}
-
-/// Removes what HTTP/2 forbids (RFC 9113 §8.2.2), as hyper's client did; h2 refuses the
-/// whole request otherwise. `prepare_request` drops hop-by-hop headers already: this is the
-/// last guard before the wire.
-fn strip_connection_headers(headers: &mut HeaderMap) {
-    const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-    const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-    for name in [KEEP_ALIVE, PROXY_CONNECTION, TRANSFER_ENCODING, UPGRADE] {
-        headers.remove(name);
-    }
-    if headers.get(TE).is_some_and(|te| te != "trailers") {
-        headers.remove(TE);
-    }
-    if let Some(connection) = headers.remove(CONNECTION)
-        && let Ok(names) = connection.to_str()
-    {
-        for name in names.split(',') {
-            headers.remove(name.trim());
-        }
     }
 }
 
@@ -430,71 +303,6 @@ fn set_content_length(head: &mut Request<()>, body: &RequestBody) {
     if len != 0 || defined {
         head.headers_mut().entry(CONTENT_LENGTH).or_insert_with(|| HeaderValue::from(len));
     }
-}
-
-/// The length every `content-length` value agrees on, if any.
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    let mut len = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        for part in value.to_str().ok()?.split(',') {
-            let n: u64 = part.trim().parse().ok()?;
-            if len.is_some_and(|l| l != n) {
-                return None;
-            }
-            len = Some(n);
-        }
-    }
-    len
-}
-
-/// An upstream HTTP/2 response body: data (its flow-control window given back as each
-/// chunk is handed on), then trailers.
-#[derive(Debug)]
-pub struct RecvBody {
-    recv: RecvStream,
-    data_done: bool,
-    /// What `content-length` announced, less what has been read.
-    remaining: Option<u64>,
-}
-
-impl Body for RecvBody {
-    type Data = Bytes;
-    type Error = h2::Error;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
-        let this = self.get_mut();
-        if !this.data_done {
-            match ready!(this.recv.poll_data(cx)) {
-                Some(Ok(chunk)) => {
-                    // The window is ours to manage: without this the upstream stalls.
-                    let _ = this.recv.flow_control().release_capacity(chunk.len());
-                    if let Some(n) = this.remaining.as_mut() {
-                        *n = n.saturating_sub(chunk.len() as u64);
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(chunk))));
-                }
-                Some(Err(e)) => return Poll::Ready(early_end(e)),
-                None => this.data_done = true,
-            }
-        }
-        match ready!(this.recv.poll_trailers(cx)) {
-            Ok(trailers) => Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t)))),
-            Err(e) => Poll::Ready(early_end(e)),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.recv.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.remaining.map_or_else(SizeHint::default, SizeHint::with_exact)
-    }
-}
-
-/// RST_STREAM(NO_ERROR) ends a response early without failing it (RFC 9113 §8.1).
-fn early_end(e: h2::Error) -> Option<Result<Frame<Bytes>, h2::Error>> {
-    (e.reason() != Some(Reason::NO_ERROR)).then_some(Err(e))
 }
 
 #[cfg(test)]
@@ -542,46 +350,6 @@ mod tests {
         let running = tokio::time::timeout(Duration::from_millis(400), drive(conn, &busy(), QUICK)).await;
         assert!(running.is_err(), "{running:?}");
         serve.abort();
-    }
-
-    #[test]
-    fn connection_specific_headers_are_stripped() {
-        let mut h = HeaderMap::new();
-        for (k, v) in [
-            ("connection", "x-hop, keep-alive"),
-            ("x-hop", "1"),
-            ("keep-alive", "timeout=5"),
-            ("proxy-connection", "keep-alive"),
-            ("transfer-encoding", "chunked"),
-            ("upgrade", "websocket"),
-            ("te", "gzip"),
-            ("x-kept", "yes"),
-        ] {
-            h.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
-        }
-        strip_connection_headers(&mut h);
-        assert_eq!(h.len(), 1, "{h:?}");
-        assert!(h.contains_key("x-kept"));
-    }
-
-    #[test]
-    fn te_trailers_is_kept() {
-        let mut h = HeaderMap::new();
-        h.insert(TE, HeaderValue::from_static("trailers"));
-        strip_connection_headers(&mut h);
-        assert_eq!(h.get(TE).map(|v| v.as_bytes()), Some(&b"trailers"[..]));
-    }
-
-    #[test]
-    fn content_length_needs_agreement() {
-        let mut h = HeaderMap::new();
-        assert_eq!(content_length(&h), None);
-        h.append(CONTENT_LENGTH, HeaderValue::from_static("5"));
-        assert_eq!(content_length(&h), Some(5));
-        h.append(CONTENT_LENGTH, HeaderValue::from_static("5, 5"));
-        assert_eq!(content_length(&h), Some(5));
-        h.append(CONTENT_LENGTH, HeaderValue::from_static("6"));
-        assert_eq!(content_length(&h), None);
     }
 
     #[test]

@@ -6,8 +6,6 @@
 use crate::http::wire;
 use http::header;
 use http::{StatusCode, response};
-use std::cell::RefCell;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// How the body goes on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,20 +103,9 @@ pub fn head(out: &mut Vec<u8>, parts: &response::Parts, body: BodyHint, req_head
     if req_head || bodyless_status { Framing::None } else { framing }
 }
 
-/// Appends the current `date` value (IMF-fixdate), formatted at most once a second per thread.
+/// Appends the current `date` value.
 fn date(out: &mut Vec<u8>) {
-    thread_local! {
-        static CACHED: RefCell<(u64, Vec<u8>)> = const { RefCell::new((u64::MAX, Vec::new())) };
-    }
-    let now = SystemTime::now();
-    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    CACHED.with_borrow_mut(|(at, text)| {
-        if *at != secs {
-            *at = secs;
-            *text = httpdate::fmt_http_date(now).into_bytes();
-        }
-        out.extend_from_slice(text);
-    });
+    crate::http::date::with(|v| out.extend_from_slice(v.as_bytes()));
 }
 
 #[cfg(test)]

@@ -1,0 +1,103 @@
+//! Header rules both HTTP/2 ends apply: the connection-specific headers HTTP/2 forbids
+//! (RFC 9113 §8.2.2), which h2 refuses to send, and the length `content-length` announces.
+
+use http::HeaderMap;
+use http::header::{CONNECTION, CONTENT_LENGTH, HeaderName, TE, TRANSFER_ENCODING, UPGRADE};
+
+/// Which kind of message a header map heads: `te: trailers` is allowed on requests only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Request,
+    Response,
+}
+
+/// Removes what HTTP/2 forbids, as hyper did on both ends; h2 refuses the whole message
+/// otherwise. `forward` drops hop-by-hop headers already: this is the last guard before
+/// the wire.
+pub fn strip_connection_headers(headers: &mut HeaderMap, kind: Kind) {
+    const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+    const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+    for name in [KEEP_ALIVE, PROXY_CONNECTION, TRANSFER_ENCODING, UPGRADE] {
+        headers.remove(name);
+    }
+    if kind == Kind::Response || headers.get(TE).is_some_and(|te| te != "trailers") {
+        headers.remove(TE);
+    }
+    if let Some(connection) = headers.remove(CONNECTION)
+        && let Ok(names) = connection.to_str()
+    {
+        for name in names.split(',') {
+            headers.remove(name.trim());
+        }
+    }
+}
+
+/// The length every `content-length` value agrees on, if any.
+pub fn content_length(headers: &HeaderMap) -> Option<u64> {
+    let mut len = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        for part in value.to_str().ok()?.split(',') {
+            let n: u64 = part.trim().parse().ok()?;
+            if len.is_some_and(|l| l != n) {
+                return None;
+            }
+            len = Some(n);
+        }
+    }
+    len
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn with_connection_headers() -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "x-hop, keep-alive"),
+            ("x-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("te", "gzip"),
+            ("x-kept", "yes"),
+        ] {
+            h.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn connection_specific_headers_are_stripped() {
+        for kind in [Kind::Request, Kind::Response] {
+            let mut h = with_connection_headers();
+            strip_connection_headers(&mut h, kind);
+            assert_eq!(h.len(), 1, "{kind:?}: {h:?}");
+            assert!(h.contains_key("x-kept"));
+        }
+    }
+
+    #[test]
+    fn te_trailers_is_kept_on_requests_only() {
+        let mut h = HeaderMap::new();
+        h.insert(TE, HeaderValue::from_static("trailers"));
+        strip_connection_headers(&mut h, Kind::Request);
+        assert_eq!(h.get(TE).map(|v| v.as_bytes()), Some(&b"trailers"[..]));
+        strip_connection_headers(&mut h, Kind::Response);
+        assert!(h.get(TE).is_none());
+    }
+
+    #[test]
+    fn content_length_needs_agreement() {
+        let mut h = HeaderMap::new();
+        assert_eq!(content_length(&h), None);
+        h.append(CONTENT_LENGTH, HeaderValue::from_static("5"));
+        assert_eq!(content_length(&h), Some(5));
+        h.append(CONTENT_LENGTH, HeaderValue::from_static("5, 5"));
+        assert_eq!(content_length(&h), Some(5));
+        h.append(CONTENT_LENGTH, HeaderValue::from_static("6"));
+        assert_eq!(content_length(&h), None);
+    }
+}

@@ -1,0 +1,245 @@
+//! One downstream HTTP/2 connection (h2c with prior knowledge, or h2 after TLS ALPN) on the
+//! `h2` crate, served inside the connection's own task: streams are accepted and each
+//! request runs through `forward::handle` concurrently with the others, as a boxed future
+//! in a `FuturesUnordered` (no task per stream). A stream's future sends the response head
+//! and pipes its body under flow control; it is dropped (cancelling the upstream request)
+//! when the client resets the stream or the connection ends. When draining starts the
+//! connection sends GOAWAY, lets its streams finish, then closes.
+
+use crate::config::Listener;
+use crate::http::body::{ClientBody, ProxyBody};
+use crate::http::forward::{self, ConnCtx};
+use crate::http::h2::body::{Pipe, RecvBody};
+use crate::http::h2::headers::{Kind, content_length, strip_connection_headers};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use h2::server::{Builder, Connection, SendResponse};
+use h2::{Reason, RecvStream, SendStream};
+use http::header::{CONTENT_LENGTH, DATE};
+use http::{HeaderValue, Method, Request, Response};
+use http_body::Body;
+use hyper_util::server::graceful::Watcher;
+use std::future::{Future, poll_fn};
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::task::Poll;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
+
+// hyper 1.x's HTTP/2 server defaults (hyper/src/proto/h2/server.rs), which this server
+// replaced: kept so the switch changes nothing on the wire.
+const CONN_WINDOW: u32 = 1024 * 1024;
+const STREAM_WINDOW: u32 = 1024 * 1024;
+const MAX_FRAME_SIZE: u32 = 16 * 1024;
+const MAX_SEND_BUF_SIZE: usize = 400 * 1024;
+const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
+/// Streams one connection may have open at once (as configured on hyper before).
+const MAX_CONCURRENT_STREAMS: u32 = 1024;
+
+/// One stream's exchange, boxed: the request path's state is large (~5 KB), and
+/// `FuturesUnordered` keeps a stub of its future type per connection, so only a pointer
+/// may be inline.
+type StreamFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+fn builder(listener: &Listener) -> Builder {
+    let mut b = Builder::new();
+    b.initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONN_WINDOW)
+        .max_frame_size(MAX_FRAME_SIZE)
+        // Room above the limit so most oversized heads reach `forward`, which answers 431
+        // like every other proxy error; far larger ones are refused by h2 itself.
+        .max_header_list_size(u32::try_from(listener.max_header_bytes() * 2).unwrap_or(u32::MAX))
+        .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESET_STREAMS))
+        .max_send_buffer_size(MAX_SEND_BUF_SIZE)
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
+    b
+}
+
+/// Serves `io` until the client leaves, the connection fails, or draining (`stop`) has
+/// sent GOAWAY and the streams in flight have finished. `watcher` is held for the life of
+/// the connection so a graceful shutdown waits for it.
+pub async fn serve<S>(io: S, ctx: Arc<ConnCtx>, listener: &Listener, watcher: Watcher, stop: &CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let _watcher = watcher;
+    // A connection still in its handshake when draining starts has no request in flight:
+    // it is dropped, not waited for. (No timeout here, as with hyper: the preface was
+    // sniffed, or TLS accepted, within the header timeout.)
+    let conn = tokio::select! {
+        biased;
+        () = stop.cancelled() => return,
+        c = builder(listener).handshake::<S, Bytes>(io) => c,
+    };
+    let mut conn = match conn {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(error = %e, "downstream HTTP/2 handshake failed");
+            return;
+        }
+    };
+    if let Err(e) = run(&mut conn, &ctx, stop).await {
+        tracing::debug!(error = %e, "downstream connection ended with an error");
+    }
+}
+
+/// Accepts streams and drives their exchanges until the connection closes. Returning drops
+/// the exchanges still running (the connection is gone: their requests are cancelled).
+async fn run<S>(conn: &mut Connection<S, Bytes>, ctx: &Arc<ConnCtx>, stop: &CancellationToken) -> Result<(), h2::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut streams: FuturesUnordered<StreamFuture> = FuturesUnordered::new();
+    let mut stopped = pin!(stop.cancelled());
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            biased;
+            () = stopped.as_mut(), if !draining => {
+                // GOAWAY; h2 closes the connection once the streams in flight are done.
+                draining = true;
+                conn.graceful_shutdown();
+            }
+            // Accepting also drives the connection: all reading and writing happen here.
+            accepted = conn.accept() => match accepted {
+                Some(Ok((req, respond))) => streams.push(Box::pin(exchange(req, respond, ctx.clone()))),
+                Some(Err(e)) => return Err(e),
+                None => return Ok(()),
+            },
+            Some(()) = streams.next(), if !streams.is_empty() => {}
+        }
+    }
+}
+
+/// One stream: forwards the request and sends the response back.
+async fn exchange(req: Request<RecvStream>, mut respond: SendResponse<Bytes>, ctx: Arc<ConnCtx>) {
+    let Some(req) = into_request(req) else {
+        respond.send_reset(Reason::INTERNAL_ERROR);
+        return;
+    };
+    let Some(resp) = forward_unless_reset(req, &mut respond, &ctx).await else { return };
+    let (head, body) = response_head(resp);
+    let eos = body.is_end_stream();
+    let stream = match respond.send_response(head, eos) {
+        Ok(stream) => stream,
+        Err(e) => {
+            tracing::debug!(error = %e, "downstream response head not sent");
+            respond.send_reset(Reason::INTERNAL_ERROR);
+            return;
+        }
+    };
+    if !eos {
+        send_body(body, stream).await;
+    }
+}
+
+/// The request as `forward` takes it: the head as h2 built it (method, URI from the
+/// pseudo-headers, version HTTP/2, headers), the stream's data as its body. A CONNECT has
+/// no body, as hyper's server gave it (it kept the stream for a tunnel); one announcing
+/// a body is refused (`None`), as hyper did.
+fn into_request(req: Request<RecvStream>) -> Option<Request<ClientBody>> {
+    let (parts, recv) = req.into_parts();
+    let len = content_length(&parts.headers);
+    if parts.method == Method::CONNECT {
+        if len.is_some_and(|n| n != 0) {
+            tracing::debug!("h2 CONNECT with a body is not supported");
+            return None;
+        }
+        return Some(Request::from_parts(parts, ClientBody::Empty));
+    }
+    Some(Request::from_parts(parts, ClientBody::H2(RecvBody::new(recv, len))))
+}
+
+/// Forwards `req`; `None` if the client reset the stream (or the connection failed) first,
+/// which drops the request on its way and so cancels it upstream.
+async fn forward_unless_reset(
+    req: Request<ClientBody>,
+    respond: &mut SendResponse<Bytes>,
+    ctx: &ConnCtx,
+) -> Option<Response<ProxyBody>> {
+    let mut handled = pin!(forward::handle(req, ctx));
+    poll_fn(|cx| {
+        if let Poll::Ready(resp) = handled.as_mut().poll(cx) {
+            return Poll::Ready(Some(resp));
+        }
+        // Only while the response is not ready, as hyper: registers for RST_STREAM.
+        match respond.poll_reset(cx) {
+            Poll::Ready(Ok(reason)) => {
+                tracing::debug!(?reason, "client reset the stream before the response");
+                Poll::Ready(None)
+            }
+            Poll::Ready(Err(e)) => {
+                tracing::debug!(error = %e, "stream failed before the response");
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
+}
+
+/// Splits `resp` into the head h2 sends, as hyper's server made it (connection-specific
+/// headers dropped, `date` and a known `content-length` added), and its body.
+fn response_head(resp: Response<ProxyBody>) -> (Response<()>, ProxyBody) {
+    let (parts, body) = resp.into_parts();
+    let mut head = Response::from_parts(parts, ());
+    let headers = head.headers_mut();
+    strip_connection_headers(headers, Kind::Response);
+    headers.entry(DATE).or_insert_with(crate::http::date::value);
+    if !body.is_end_stream()
+        && let Some(len) = body.size_hint().exact()
+    {
+        headers.entry(CONTENT_LENGTH).or_insert_with(|| HeaderValue::from(len));
+    }
+    (head, body)
+}
+
+/// Pipes the response body; a failed body resets the stream, and a client reset stops the
+/// pipe (dropping the body, which cancels the upstream exchange).
+async fn send_body(body: ProxyBody, stream: SendStream<Bytes>) {
+    if let Err(e) = Pipe::new(body, stream).await {
+        tracing::debug!(error = %e, "downstream response body stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::header::HeaderName;
+
+    fn response(headers: &[(&'static str, &'static str)], body: ProxyBody) -> Response<ProxyBody> {
+        let mut resp = Response::new(body);
+        for (k, v) in headers {
+            resp.headers_mut().append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        resp
+    }
+
+    #[test]
+    fn response_head_is_made_as_hyper_made_it() {
+        let resp = response(
+            &[
+                ("connection", "x-hop"),
+                ("x-hop", "1"),
+                ("transfer-encoding", "chunked"),
+                ("te", "trailers"),
+                ("x-kept", "yes"),
+            ],
+            ProxyBody::full("abc"),
+        );
+        let (head, _) = response_head(resp);
+        let h = head.headers();
+        assert_eq!(h.len(), 3, "{h:?}");
+        assert_eq!(h.get(CONTENT_LENGTH).map(HeaderValue::as_bytes), Some(&b"3"[..]));
+        assert!(h.contains_key(DATE) && h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn empty_body_gets_no_content_length_and_own_headers_stay() {
+        let (head, body) = response_head(response(&[("date", "then")], ProxyBody::Full(None)));
+        assert!(body.is_end_stream());
+        assert_eq!(head.headers().get(DATE).map(HeaderValue::as_bytes), Some(&b"then"[..]));
+        assert!(head.headers().get(CONTENT_LENGTH).is_none());
+    }
+}
