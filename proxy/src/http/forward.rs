@@ -184,7 +184,7 @@ fn forward(
         let fail = |err: ForwardError, tries: Option<u32>| {
             let mut resp = error_response(&err);
             if let Some(n) = tries {
-                resp.headers_mut().insert(ATTEMPTS_HEADER, HeaderValue::from(n));
+                resp.headers_mut().insert(ATTEMPTS_HEADER, attempts_value(n));
             }
             backend.metrics.count(resp.status().as_u16());
             backend.metrics.observe(started.elapsed());
@@ -247,7 +247,7 @@ fn forward(
         headers::prepare_response(&mut parts.headers);
         route.response_headers.apply(&mut parts.headers);
         if counted {
-            parts.headers.insert(ATTEMPTS_HEADER, HeaderValue::from(sent.tries));
+            parts.headers.insert(ATTEMPTS_HEADER, attempts_value(sent.tries));
         }
         backend.metrics.count(parts.status.as_u16());
         let streaming = http_body::Body::size_hint(&body).exact().is_none();
@@ -262,4 +262,24 @@ fn forward(
 fn header_block_size<B>(req: &Request<B>) -> usize {
     let line = req.method().as_str().len() + req.uri().path_and_query().map_or(1, |p| p.as_str().len()) + 12;
     line + req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum::<usize>()
+}
+
+/// The `x-trellis-attempts` value: a static one for the usual counts (formatting a
+/// number into a header value allocates, on every response of a retried route).
+fn attempts_value(n: u32) -> HeaderValue {
+    const SMALL: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+    match SMALL.get(n as usize) {
+        Some(s) => HeaderValue::from_static(s),
+        None => HeaderValue::from(n),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn attempts_values_read_as_their_number() {
+        for n in [0, 2, 9, 10, 12_345] {
+            assert_eq!(super::attempts_value(n).to_str().ok(), Some(n.to_string().as_str()));
+        }
+    }
 }

@@ -44,7 +44,8 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
-fn is_hop_by_hop(k: &HeaderName) -> bool {
+/// Whether `k` is a hop-by-hop header (those HTTP/2 forbids among them).
+pub(crate) fn is_hop_by_hop(k: &HeaderName) -> bool {
     k == header::CONNECTION
         || k == header::TRANSFER_ENCODING
         || k == header::TE

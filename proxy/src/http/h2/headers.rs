@@ -15,6 +15,11 @@ pub enum Kind {
 /// otherwise. `forward` drops hop-by-hop headers already: this is the last guard before
 /// the wire.
 pub fn strip_connection_headers(headers: &mut HeaderMap, kind: Kind) {
+    // One pass over the names first: after `forward` almost no message has any, and each
+    // removal below is a lookup.
+    if !headers.keys().any(crate::http::headers::is_hop_by_hop) {
+        return;
+    }
     const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
     const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
     for name in [KEEP_ALIVE, PROXY_CONNECTION, TRANSFER_ENCODING, UPGRADE] {
@@ -23,12 +28,15 @@ pub fn strip_connection_headers(headers: &mut HeaderMap, kind: Kind) {
     if kind == Kind::Response || headers.get(TE).is_some_and(|te| te != "trailers") {
         headers.remove(TE);
     }
-    if let Some(connection) = headers.remove(CONNECTION)
-        && let Ok(names) = connection.to_str()
-    {
-        for name in names.split(',') {
-            headers.remove(name.trim());
-        }
+    let listed: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .flat_map(|v| crate::http::wire::tokens(v.as_bytes()))
+        .filter_map(|n| HeaderName::from_bytes(n).ok())
+        .collect();
+    headers.remove(CONNECTION);
+    for name in listed {
+        headers.remove(name);
     }
 }
 
