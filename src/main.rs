@@ -1,5 +1,6 @@
 //! The `trellis` command line: parses arguments and calls into the crates. No logic here.
 
+mod alloc;
 mod certs_cmd;
 mod cp_cmd;
 mod ctl_cmd;

@@ -36,6 +36,9 @@ pub struct Plan<'a> {
     pub retry: Option<&'a Retry>,
     /// Set only when this request may be hedged: (delay, extra tries).
     pub hedge: Option<(HedgeDelay, u32)>,
+    /// When the request became ready to send, if the caller read the clock for it: the
+    /// first try's idle timer counts from it instead of reading the clock again.
+    pub since: Option<Instant>,
 }
 
 /// A response head and what it took.
@@ -61,7 +64,7 @@ pub fn send<'a>(
         // Boxed: the retry/hedge machinery stays out of the common path's (moved) future.
         return Either::Right(Box::pin(send_with_policy(plan, req)));
     }
-    Either::Left(try_once(plan, req, None).map(|(_, result)| finish(result, 1)))
+    Either::Left(try_once(plan, req, None, plan.since).map(|(_, result)| finish(result, 1)))
 }
 
 async fn send_with_policy(plan: &Plan<'_>, req: Request<RequestBody>) -> Result<Sent, (ForwardError, u32)> {
@@ -76,7 +79,7 @@ async fn send_with_policy(plan: &Plan<'_>, req: Request<RequestBody>) -> Result<
         let (ep, result, made) = match plan.hedge {
             Some((delay, max)) => hedged(plan, &parts, &body, delay, max, last.as_ref()).await,
             None => {
-                let (ep, r) = try_once(plan, rebuild(&parts, &body), last.as_ref()).await;
+                let (ep, r) = try_once(plan, rebuild(&parts, &body), last.as_ref(), None).await;
                 (ep, r, 1)
             }
         };
@@ -124,23 +127,29 @@ fn finish(result: TryResult, tries: u32) -> Result<Sent, (ForwardError, u32)> {
 }
 
 /// One try on one endpoint (not `avoid` if another is usable), fed to outlier detection
-/// and the latency estimates.
+/// and the latency estimates. `since`: see [`try_on`].
 fn try_once<'a>(
     plan: &'a Plan<'a>,
     req: Request<RequestBody>,
     avoid: Option<&Arc<Endpoint>>,
+    since: Option<Instant>,
 ) -> Try<'a, impl Future<Output = PoolResult>> {
     let ep = plan.cluster.pick(plan.key, avoid).cloned();
-    try_on(plan, req, ep)
+    try_on(plan, req, ep, since)
 }
 
-/// One try on `ep` (none: no usable endpoint, which fails the try).
+/// One try on `ep` (none: no usable endpoint, which fails the try). `since`, when given,
+/// is when the try starts, as already read by the caller (the idle timer counts from it;
+/// otherwise from when the try first waits).
 fn try_on<'a>(
     plan: &'a Plan<'a>,
     req: Request<RequestBody>,
     ep: Option<Arc<Endpoint>>,
+    since: Option<Instant>,
 ) -> Try<'a, impl Future<Output = PoolResult>> {
-    let started = std::time::Instant::now();
+    // Read the clock only for what uses a try's latency (a syscall-free read, but still
+    // one of the costliest steps per request).
+    let started = needs_latency(plan).then(std::time::Instant::now);
     let per_try = plan.retry.and_then(|r| r.per_try_timeout).map(|t| Instant::now() + t);
     let deadline = match (plan.deadline, per_try) {
         (Some(a), Some(b)) => Some(a.min(b)),
@@ -156,6 +165,7 @@ fn try_on<'a>(
             fut: pool::send(ep.clone(), plan.wire, req),
             deadline,
             idle_after: plan.idle_timeout,
+            since,
             idle: None,
             upload,
         }),
@@ -178,8 +188,14 @@ pin_project_lite::pin_project! {
         sent: Option<Timed<F>>,
         plan: &'a Plan<'a>,
         ep: Option<Arc<Endpoint>>,
-        started: std::time::Instant,
+        // Set only when the try's latency is used (`needs_latency`).
+        started: Option<std::time::Instant>,
     }
+}
+
+/// Whether a try's latency feeds anything: peak-EWMA balancing or automatic hedging.
+fn needs_latency(plan: &Plan<'_>) -> bool {
+    plan.cluster.tracks_latency() || matches!(plan.hedge, Some((HedgeDelay::Auto, _)))
 }
 
 impl<F: Future<Output = PoolResult>> Future for Try<'_, F> {
@@ -196,12 +212,12 @@ impl<F: Future<Output = PoolResult>> Future for Try<'_, F> {
     }
 }
 
-/// The result of a try on `ep` that started at `started`, recorded for outlier detection
-/// and the latency estimates.
+/// The result of a try on `ep` that started at `started` (when its latency is used),
+/// recorded for outlier detection and the latency estimates.
 fn settle(
     plan: &Plan<'_>,
     ep: &Arc<Endpoint>,
-    started: std::time::Instant,
+    started: Option<std::time::Instant>,
     sent: Result<PoolResult, ForwardError>,
 ) -> TryResult {
     let cluster = plan.cluster;
@@ -220,14 +236,18 @@ fn settle(
     };
     match &result {
         Ok((resp, _)) => {
-            let now = std::time::Instant::now();
-            if cluster.tracks_latency() {
-                ep.load.observe(now - started, now);
+            if let Some(started) = started {
+                let now = std::time::Instant::now();
+                if cluster.tracks_latency() {
+                    ep.load.observe(now - started, now);
+                }
+                if matches!(plan.hedge, Some((HedgeDelay::Auto, _))) {
+                    cluster.latency.record(now - started);
+                }
             }
-            if matches!(plan.hedge, Some((HedgeDelay::Auto, _))) {
-                cluster.latency.record(now - started);
+            if cluster.detects_outliers() {
+                cluster.record(ep, outcome_of(resp));
             }
-            cluster.record(ep, outcome_of(resp));
         }
         Err(e) => {
             if let Some(o) = error_outcome(e) {
@@ -256,7 +276,7 @@ async fn hedged(
     let Some(first) = plan.cluster.pick(plan.key, avoid).cloned() else {
         return (None, Err(ForwardError::NoEndpoint(plan.cluster.name.clone())), 1);
     };
-    let launch = |ep: Arc<Endpoint>| Box::pin(try_on(plan, rebuild(parts, body), Some(ep)));
+    let launch = |ep: Arc<Endpoint>| Box::pin(try_on(plan, rebuild(parts, body), Some(ep), None));
     let mut inflight = FuturesUnordered::new();
     inflight.push(launch(first.clone()));
     let mut tries = 1;
@@ -309,7 +329,8 @@ fn rebuild(parts: &Parts, body: &RequestBody) -> Request<RequestBody> {
 
 /// The outcome of a response head (grpc-status is in the head for trailers-only answers).
 fn outcome_of(resp: &Response<ResponseBody>) -> Outcome {
-    let grpc = resp.headers().get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|s| s.parse().ok());
+    static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+    let grpc = resp.headers().get(&GRPC_STATUS).and_then(|v| v.to_str().ok()).and_then(|s| s.parse().ok());
     Outcome::Status { code: resp.status().as_u16(), grpc }
 }
 
@@ -336,6 +357,7 @@ pin_project_lite::pin_project! {
         fut: F,
         deadline: Option<Pin<Box<Sleep>>>,
         idle_after: Option<Duration>,
+        since: Option<Instant>,
         #[pin]
         idle: Option<Sleep>,
         // While the client is still sending the body, the upstream is not idle.
@@ -359,7 +381,10 @@ impl<F: Future> Future for Timed<F> {
         if let Some(after) = *this.idle_after {
             let mut idle = this.idle;
             if idle.is_none() {
-                idle.set(Some(tokio::time::sleep(after)));
+                idle.set(Some(match *this.since {
+                    Some(since) => tokio::time::sleep_until(since + after),
+                    None => tokio::time::sleep(after),
+                }));
             }
             while let Some(mut t) = idle.as_mut().as_pin_mut() {
                 if t.as_mut().poll(cx).is_pending() {

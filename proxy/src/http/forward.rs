@@ -197,9 +197,12 @@ fn forward(
             metrics::counter!(telemetry::RATE_LIMITED_TOTAL, "route" => route.name.to_string()).increment(1);
             return (fail(ForwardError::RateLimited(wait), None), log);
         }
+        // When the request is ready to go upstream (the first try's idle timer counts from it).
+        let mut since = Instant::from_std(started);
         if let Some(f) = &route.fault {
             if let Some(d) = fault::delay(f) {
                 tokio::time::sleep(d).await;
+                since = Instant::now();
             }
             if let Some(status) = fault::abort(f) {
                 return (fail(ForwardError::FaultAbort(status), None), log);
@@ -214,11 +217,12 @@ fn forward(
         if let Some(e) = log.as_deref_mut() {
             e.request_id = req.headers().get(&headers::X_REQUEST_ID).cloned();
         }
-        let deadline = route.timeout.map(|t| Instant::now() + t);
+        let deadline = route.timeout.map(|t| Instant::from_std(started) + t);
         let retry = route.retry.as_ref().filter(|r| r.allows_method(req.method()));
         let hedge = route.hedge.as_ref().filter(|_| retry::is_idempotent(req.method())).map(|h| (h.delay, h.max));
         // From here on `plan` holds these (the future keeps one copy across its awaits).
-        let plan = Plan { cluster, wire, key, deadline, idle_timeout: route.idle_timeout, retry, hedge };
+        let plan =
+            Plan { cluster, wire, key, deadline, idle_timeout: route.idle_timeout, retry, hedge, since: Some(since) };
         let counted = route.retry.is_some() || route.hedge.is_some();
 
         // Retries and hedges need the body again: keep it in memory when it is small enough.

@@ -297,6 +297,12 @@ impl Cluster {
         self.spec.lb == api::LbPolicy::PeakEwma
     }
 
+    /// Whether this cluster runs outlier detection (whether [`Cluster::record`] uses what it
+    /// is given: working out a response's outcome costs a header lookup).
+    pub fn detects_outliers(&self) -> bool {
+        self.spec.outlier_detection.is_some()
+    }
+
     /// Feeds one try's outcome to outlier detection; ejects the endpoint when its
     /// thresholds are crossed and the cluster's ejection cap allows.
     pub fn record(&self, ep: &Endpoint, outcome: Outcome) {
