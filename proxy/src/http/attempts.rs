@@ -147,8 +147,8 @@ fn try_on<'a>(
     ep: Option<Arc<Endpoint>>,
     since: Option<Instant>,
 ) -> Try<'a, impl Future<Output = PoolResult>> {
-    // Read the clock only for what uses a try's latency (a syscall-free read, but still
-    // one of the costliest steps per request).
+    // The clock is read only for what uses a try's latency: a vDSO call, cheap but not free,
+    // and a proxied request read it six times.
     let started = needs_latency(plan).then(std::time::Instant::now);
     let per_try = plan.retry.and_then(|r| r.per_try_timeout).map(|t| Instant::now() + t);
     let deadline = match (plan.deadline, per_try) {
