@@ -7,11 +7,12 @@
 # raised autogroup priority. See benches/README.md for what every column means.
 #
 # Usage: benches/run.sh [--quick] [--reps N] [--duration S] [--no-build] [--no-memory]
-#                       [--idle-conns N] [--sse-streams N] [--sse-client auto|h1|h2c]
-#                       [--no-haproxy]
+#                       [--memory-only] [--idle-conns N] [--sse-streams N]
+#                       [--sse-client auto|h1|h2c] [--no-nginx] [--no-haproxy]
 # Env:   TRELLIS_CLUSTER_PROTOCOL     protocol Trellis speaks to the origin (default http1)
 #        TRELLIS_H2_CLUSTER_PROTOCOL  the same for the h2c scenario (default: as above; if it
 #                                     differs, a second Trellis listener is used for h2c)
+#        TRELLIS_BENCH_BIN            directory of the binaries (default target/release)
 #
 # Everything listens on 127.0.0.1; every process started here is killed by PID on exit.
 set -uo pipefail
@@ -34,7 +35,7 @@ if [[ -z "${TRELLIS_BENCH_IN_SESSION:-}" ]] && command -v setsid >/dev/null; the
 fi
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-BIN="$ROOT/target/release"
+BIN="${TRELLIS_BENCH_BIN:-$ROOT/target/release}"
 RESULTS="$ROOT/benches/results"
 
 # Ports (all on 127.0.0.1).
@@ -51,6 +52,8 @@ DURATION=8
 WARMUP=2
 BUILD=1
 MEMORY=1
+MEMORY_ONLY=0           # skip the throughput and open-loop loads
+USE_NGINX=1
 USE_HAPROXY=1
 IDLE_CONNS=1000
 SSE_STREAMS=10000
@@ -67,15 +70,21 @@ while [[ $# -gt 0 ]]; do
         --duration) DURATION="$2"; shift ;;
         --no-build) BUILD=0 ;;
         --no-memory) MEMORY=0 ;;
+        --memory-only) MEMORY_ONLY=1 ;;
+        --no-nginx) USE_NGINX=0 ;;
         --no-haproxy) USE_HAPROXY=0 ;;
         --idle-conns) IDLE_CONNS="$2"; shift ;;
         --sse-streams) SSE_STREAMS="$2"; shift ;;
         --sse-client) SSE_CLIENT="$2"; shift ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
         *) echo "unknown option: $1" >&2; exit 2 ;;
     esac
     shift
 done
+if ((MEMORY_ONLY && !MEMORY)); then
+    echo "--memory-only and --no-memory exclude each other" >&2
+    exit 2
+fi
 
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 warn() { log "WARNING: $*"; }
@@ -225,11 +234,11 @@ HAVE_WRK=0; command -v wrk >/dev/null && HAVE_WRK=1
 WRK_VERSION=none
 ((HAVE_WRK)) && WRK_VERSION=$(wrk -v 2>&1 | awk 'NR == 1 {print $2}')
 HAVE_H2LOAD=0; command -v h2load >/dev/null && HAVE_H2LOAD=1
-HAVE_NGINX=0; command -v nginx >/dev/null && HAVE_NGINX=1
+HAVE_NGINX=0; ((USE_NGINX)) && command -v nginx >/dev/null && HAVE_NGINX=1
 HAVE_HAPROXY=0; ((USE_HAPROXY)) && command -v haproxy >/dev/null && HAVE_HAPROXY=1
 ((HAVE_WRK)) || warn "wrk not installed: HTTP/1.1 figures come from trellis-load only"
 ((HAVE_H2LOAD)) || warn "h2load not installed: h2c figures come from trellis-load only"
-((HAVE_NGINX)) || warn "nginx not installed: no nginx column"
+((HAVE_NGINX)) || ((!USE_NGINX)) || warn "nginx not installed: no nginx column"
 
 TRELLIS_OK=1
 if ((BUILD)); then
@@ -533,13 +542,16 @@ rotated_targets() {
 # Closed loop: interleaved repetitions.
 # ---------------------------------------------------------------------------------------
 LOADS=()
-((HAVE_WRK)) && LOADS+=(h1-wrk)
-LOADS+=(h1-driver)
-((HAVE_H2LOAD)) && LOADS+=(h2c-h2load)
-LOADS+=(h2c-driver)
+if ((!MEMORY_ONLY)); then
+    ((HAVE_WRK)) && LOADS+=(h1-wrk)
+    LOADS+=(h1-driver)
+    ((HAVE_H2LOAD)) && LOADS+=(h2c-h2load)
+    LOADS+=(h2c-driver)
+fi
 log "targets: ${TARGETS[*]}; loads: ${LOADS[*]}; $REPS x ${DURATION}s (+${WARMUP}s warm-up)"
 START_LOADAVG=$(cut -d' ' -f1-3 /proc/loadavg)
 
+((MEMORY_ONLY)) && REPS=0
 for rep in $(seq "$REPS"); do
     log "repetition $rep/$REPS"
     for load in "${LOADS[@]}"; do
@@ -570,6 +582,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "NA" || b == "NA" || b == 0)
 OPEN_BASE=trellis
 [[ " ${TARGETS[*]} " == *" trellis "* ]] || OPEN_BASE=nginx
 [[ " ${TARGETS[*]} " == *" $OPEN_BASE "* ]] || OPEN_BASE=""
+((MEMORY_ONLY)) && OPEN_BASE=""
 declare -A OPEN_RATE
 if [[ -n "$OPEN_BASE" ]]; then
     read -r m _ _ <<<"$(agg "$OPEN_BASE" h1-driver 4)"
@@ -670,53 +683,58 @@ has() { [[ " ${TARGETS[*]} " == *" $1 "* ]]; }
     echo "- Machine: $(nproc) cores, $(uname -r), load average before the run: $START_LOADAVG; $(nginx -v 2>&1 | sed 's/.*: //'); wrk $WRK_VERSION; h2load $( ((HAVE_H2LOAD)) && h2load --version | awk '{print $2}' || echo none)."
     ((TRELLIS_OK)) && has trellis || echo "- **Trellis was not measured** (binary missing or not ready): only the other columns are meaningful."
     echo
-    echo "## Throughput (closed loop)"
-    echo
-    hdr="| load |"; sep="|---|"
-    for t in "${TARGETS[@]}"; do hdr+=" $t RPS |"; sep+="---|"; done
-    has trellis && has nginx && { hdr+=" trellis/nginx |"; sep+="---|"; }
-    has trellis && { hdr+=" trellis/direct |"; sep+="---|"; }
-    echo "$hdr"; echo "$sep"
-    for load in "${LOADS[@]}"; do
-        row="| $load |"
-        for t in "${TARGETS[@]}"; do
-            read -r m _ _ <<<"$(agg "$t" "$load" 4)"
-            row+=" $(fmt_rps "$m") |"
-        done
-        if has trellis; then
-            read -r tm _ _ <<<"$(agg trellis "$load" 4)"
-            read -r dm _ _ <<<"$(agg direct "$load" 4)"
-            if has nginx; then
-                read -r nm _ _ <<<"$(agg nginx "$load" 4)"
-                row+=" $(ratio "$tm" "$nm") |"
+    if ((${#LOADS[@]})); then
+        echo "## Throughput (closed loop)"
+        echo
+        hdr="| load |"; sep="|---|"
+        for t in "${TARGETS[@]}"; do hdr+=" $t RPS |"; sep+="---|"; done
+        has trellis && has nginx && { hdr+=" trellis/nginx |"; sep+="---|"; }
+        has trellis && { hdr+=" trellis/direct |"; sep+="---|"; }
+        echo "$hdr"; echo "$sep"
+        for load in "${LOADS[@]}"; do
+            row="| $load |"
+            for t in "${TARGETS[@]}"; do
+                read -r m _ _ <<<"$(agg "$t" "$load" 4)"
+                row+=" $(fmt_rps "$m") |"
+            done
+            if has trellis; then
+                read -r tm _ _ <<<"$(agg trellis "$load" 4)"
+                read -r dm _ _ <<<"$(agg direct "$load" 4)"
+                if has nginx; then
+                    read -r nm _ _ <<<"$(agg nginx "$load" 4)"
+                    row+=" $(ratio "$tm" "$nm") |"
+                fi
+                row+=" $(ratio "$tm" "$dm") |"
             fi
-            row+=" $(ratio "$tm" "$dm") |"
-        fi
-        echo "$row"
-    done
-    echo
-    echo "Details (median, min–max over repetitions; SUT CPU% < 95 marks a lower bound: the SUT was not the bottleneck):"
-    echo
-    echo "| load | target | RPS | RPS min–max | p50 | p99 | p99 min–max | p99.9 | max | errors | SUT CPU% | ÷ direct |"
-    echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
-    for load in "${LOADS[@]}"; do
-        read -r dm _ _ <<<"$(agg direct "$load" 4)"
-        for t in "${TARGETS[@]}"; do
-            read -r rm rlo rhi <<<"$(agg "$t" "$load" 4)"
-            read -r p50 _ _ <<<"$(agg "$t" "$load" 5)"
-            read -r p99 p99lo p99hi <<<"$(agg "$t" "$load" 7)"
-            read -r p999 _ _ <<<"$(agg "$t" "$load" 8)"
-            read -r mx _ mxhi <<<"$(agg "$t" "$load" 9)"
-            errs=$(awk -F'\t' -v t="$t" -v l="$load" '$2==t && $3==l && $10!="NA" {n+=$10} END {print n+0}' "$RAW")
-            read -r cpu _ _ <<<"$(agg "$t" "$load" 11)"
-            flag=""
-            [[ "$t" != direct && "$cpu" != NA ]] && awk -v c="$cpu" 'BEGIN { exit !(c < 95) }' && flag=" ⚠"
-            echo "| $load | $t | $(fmt_rps "$rm") | $(fmt_rps "$rlo")–$(fmt_rps "$rhi") | $(fmt_ms "$p50") | $(fmt_ms "$p99") | $(fmt_ms "$p99lo")–$(fmt_ms "$p99hi") | $(fmt_ms "$p999") | $(fmt_ms "$mxhi") | $errs | ${cpu}%$flag | $(ratio "$rm" "$dm") |"
+            echo "$row"
         done
-    done
-    echo
-    echo "\"direct\" is the origin alone; its CPU% is the origin's, which shares cpu0 with the load generator."
-    echo
+        echo
+        echo "Details (median, min–max over repetitions; SUT CPU% < 95 marks a lower bound: the SUT was not the bottleneck):"
+        echo
+        echo "| load | target | RPS | RPS min–max | p50 | p99 | p99 min–max | p99.9 | max | errors | SUT CPU% | ÷ direct |"
+        echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+        for load in "${LOADS[@]}"; do
+            read -r dm _ _ <<<"$(agg direct "$load" 4)"
+            for t in "${TARGETS[@]}"; do
+                read -r rm rlo rhi <<<"$(agg "$t" "$load" 4)"
+                read -r p50 _ _ <<<"$(agg "$t" "$load" 5)"
+                read -r p99 p99lo p99hi <<<"$(agg "$t" "$load" 7)"
+                read -r p999 _ _ <<<"$(agg "$t" "$load" 8)"
+                read -r mx _ mxhi <<<"$(agg "$t" "$load" 9)"
+                errs=$(awk -F'\t' -v t="$t" -v l="$load" '$2==t && $3==l && $10!="NA" {n+=$10} END {print n+0}' "$RAW")
+                read -r cpu _ _ <<<"$(agg "$t" "$load" 11)"
+                flag=""
+                [[ "$t" != direct && "$cpu" != NA ]] && awk -v c="$cpu" 'BEGIN { exit !(c < 95) }' && flag=" ⚠"
+                echo "| $load | $t | $(fmt_rps "$rm") | $(fmt_rps "$rlo")–$(fmt_rps "$rhi") | $(fmt_ms "$p50") | $(fmt_ms "$p99") | $(fmt_ms "$p99lo")–$(fmt_ms "$p99hi") | $(fmt_ms "$p999") | $(fmt_ms "$mxhi") | $errs | ${cpu}%$flag | $(ratio "$rm" "$dm") |"
+            done
+        done
+        echo
+        echo "\"direct\" is the origin alone; its CPU% is the origin's, which shares cpu0 with the load generator."
+        echo
+    else
+        echo "No throughput loads (\`--memory-only\`)."
+        echo
+    fi
     if [[ -n "$OPEN_BASE" ]]; then
         echo "## Added latency at half of ${OPEN_BASE}'s max load (open loop, trellis-load, no coordinated omission)"
         echo
