@@ -1,8 +1,9 @@
 //! HTTP: serving downstream connections (`server`, `h1`, `h2`), choosing a route
 //! (`router`, `route`), forwarding (`forward`, `headers`), streaming bodies (`body`),
 //! turning failures into responses (`respond`), the `date` header (`date`), and what both
-//! in-task HTTP/1.1 codecs share: the wire pieces (`wire`) and a stock of reusable header
-//! maps (`header_maps`). `h2` also holds what the HTTP/2 server and client share.
+//! in-task HTTP/1.1 codecs share: the wire pieces (`wire`), a stock of reusable header
+//! maps (`header_maps`) and of read/write buffers with the read that holds none while it
+//! waits (`io_bufs`). `h2` also holds what the HTTP/2 server and client share.
 
 pub mod attempts;
 pub mod body;
@@ -12,6 +13,7 @@ pub mod h1;
 pub mod h2;
 pub mod header_maps;
 pub mod headers;
+pub mod io_bufs;
 pub mod path;
 pub mod respond;
 pub mod route;

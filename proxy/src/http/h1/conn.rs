@@ -4,6 +4,11 @@
 //! order. While a request is forwarded or its body waits, a read watches for the client
 //! leaving (which cancels the request, as hyper does). Draining closes an idle connection
 //! at once and marks an in-flight response `connection: close`.
+//!
+//! Memory: the read buffer and the write buffer come from `io_bufs`' per-thread stock and
+//! go back to it while the connection waits between requests or between a streamed
+//! response's frames, so an idle keep-alive connection or an open SSE stream holds neither
+//! (the header-parsing scratch is per thread too).
 
 use super::Prefixed;
 use super::parse::{self, Head, Parsed, Scratch};
@@ -11,28 +16,35 @@ use super::write::{self, Framing};
 use crate::config::Listener;
 use crate::http::body::ProxyBody;
 use crate::http::forward::{self, ConnCtx};
-use crate::http::wire;
+use crate::http::{io_bufs, wire};
 use bytes::{Bytes, BytesMut};
 use http::Response;
 use http_body::{Body, Frame};
 use hyper_util::server::graceful::Watcher;
+use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
-/// Read buffer size to start with and to grow by.
-const READ_CHUNK: usize = 8 * 1024;
+/// Read buffer size to grow by (when less than an eighth of it is free).
+const READ_CHUNK: usize = io_bufs::CHUNK;
+const READ_ROOM: (usize, usize) = (READ_CHUNK / 8, READ_CHUNK);
 /// Data frames up to this size are copied next to the head; larger ones are written from
 /// their own buffer (one vectored write either way).
 const COPY_MAX: usize = 16 * 1024;
 
 type Polled = Option<Result<Frame<Bytes>, <ProxyBody as Body>::Error>>;
+
+thread_local! {
+    /// Header positions while a head is parsed (used only within `parse::parse`).
+    static SCRATCH: RefCell<Scratch> = const { RefCell::new(Vec::new()) };
+}
 
 /// Serves `io` until the client leaves, a response closes it, draining ends it, or a
 /// request the fast path does not serve hands it to hyper. `watcher` is held for the life of
@@ -42,9 +54,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut conn = Conn {
-        buf: BytesMut::with_capacity(READ_CHUNK),
-        out: Vec::with_capacity(1024),
-        scratch: Vec::new(),
+        buf: BytesMut::new(),
+        out: Vec::new(),
         max_buf: listener.max_header_bytes() * 2,
         header_timeout: listener.header_timeout(),
         timer: None,
@@ -77,15 +88,23 @@ where
 }
 
 struct Conn {
+    /// Read buffer; none (no capacity) while the connection waits with nothing buffered.
     buf: BytesMut,
+    /// Write buffer; none between responses and while a streamed body waits.
     out: Vec<u8>,
-    scratch: Scratch,
     /// A head that does not fit in this many bytes goes to hyper (which answers 431).
     max_buf: usize,
     header_timeout: Duration,
     /// The header timeout, armed once and moved forward only when it fires early: most
     /// requests never touch the timer.
     timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        io_bufs::give_read(std::mem::take(&mut self.buf));
+        self.give_out();
+    }
 }
 
 // Moved once per request; boxing the head would cost an allocation each time.
@@ -123,20 +142,23 @@ impl Conn {
         let deadline = Instant::now() + self.header_timeout;
         loop {
             if !self.buf.is_empty() {
-                match parse::parse(&mut self.buf, &mut self.scratch) {
+                let parsed = SCRATCH.with_borrow_mut(|scratch| parse::parse(&mut self.buf, scratch));
+                match parsed {
                     Parsed::Ready(head) => return Next::Head(head),
                     Parsed::Fallback => return Next::Hyper,
                     Parsed::Partial if self.buf.len() >= self.max_buf => return Next::Hyper,
                     Parsed::Partial => {}
                 }
             }
-            self.make_room();
             let idle = self.buf.is_empty();
+            if idle {
+                self.give_out();
+            }
             let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
             let read = loop {
                 tokio::select! {
                     biased;
-                    r = io.read_buf(&mut self.buf) => break r,
+                    r = poll_fn(|cx| io_bufs::poll_read(Pin::new(&mut *io), cx, &mut self.buf, READ_ROOM, true)) => break r,
                     () = timer.as_mut() => {
                         if Instant::now() >= deadline {
                             tracing::debug!("client did not send a request head within header_timeout");
@@ -154,9 +176,17 @@ impl Conn {
         }
     }
 
-    fn make_room(&mut self) {
-        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 8 {
-            self.buf.reserve(READ_CHUNK);
+    /// Gives the (empty) write buffer back to the stock.
+    fn give_out(&mut self) {
+        if self.out.capacity() > 0 {
+            io_bufs::give_write(std::mem::take(&mut self.out));
+        }
+    }
+
+    /// Takes a write buffer if the connection has none.
+    fn take_out(&mut self) {
+        if self.out.capacity() == 0 {
+            self.out = io_bufs::take_write();
         }
     }
 
@@ -183,11 +213,11 @@ impl Conn {
             if !self.may_watch() {
                 break handled.as_mut().await;
             }
-            self.make_room();
+            // The wait is usually short: the buffer is kept (`release: false`).
             tokio::select! {
                 biased;
                 resp = handled.as_mut() => break resp,
-                r = io.read_buf(&mut self.buf) => match r {
+                r = poll_fn(|cx| io_bufs::poll_read(Pin::new(&mut *io), cx, &mut self.buf, READ_ROOM, false)) => match r {
                     Ok(0) | Err(_) => return After::Abort,
                     Ok(_) => {}
                 },
@@ -199,6 +229,7 @@ impl Conn {
         let (framing, mut body) = {
             let (parts, body) = resp.into_parts();
             let hint = if body.is_end_stream() { None } else { Some(body.size_hint().exact()) };
+            self.take_out();
             self.out.clear();
             let framing = write::head(&mut self.out, &parts, hint, req_head, &mut close);
             crate::http::header_maps::give(parts.headers);
@@ -302,17 +333,24 @@ impl Conn {
         self.flush_out(io).await
     }
 
-    /// Waits for the body's next frame, watching for the client leaving meanwhile.
+    /// Waits for the body's next frame, watching for the client leaving meanwhile. The
+    /// buffers go back to the stock for the wait (`out` was just flushed).
     async fn next_frame<S: AsyncRead + Unpin>(&mut self, io: &mut S, body: &mut ProxyBody) -> io::Result<Polled> {
+        self.give_out();
+        let polled = self.wait_frame(io, body).await;
+        self.take_out();
+        polled
+    }
+
+    async fn wait_frame<S: AsyncRead + Unpin>(&mut self, io: &mut S, body: &mut ProxyBody) -> io::Result<Polled> {
         loop {
             if !self.may_watch() {
                 return Ok(poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await);
             }
-            self.make_room();
             tokio::select! {
                 biased;
                 frame = poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)) => return Ok(frame),
-                r = io.read_buf(&mut self.buf) => match r {
+                r = poll_fn(|cx| io_bufs::poll_read(Pin::new(&mut *io), cx, &mut self.buf, READ_ROOM, true)) => match r {
                     Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
                     Err(e) => return Err(e),
                     Ok(_) => {}
