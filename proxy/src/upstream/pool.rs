@@ -92,7 +92,7 @@ impl Pool {
 
     /// Keeps a connection whose exchange ended cleanly for the next request.
     pub(crate) fn put_h1(&self, mut c: h1::Conn, max_idle: usize) {
-        c.set_reused();
+        c.park();
         let mut idle = self.idle_slot().lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < max_idle {
             idle.push(c);

@@ -1,11 +1,14 @@
 //! `H1Body`: an upstream HTTP/1.1 response body, read straight from the connection it owns.
 //! At a clean end a reusable connection goes back to its endpoint's pool (once); after an
 //! error, a read-to-close body or a `connection: close`, the connection is dropped (closed,
-//! its `max_connections` unit given back).
+//! its `max_connections` unit given back). While the body waits with nothing buffered the
+//! connection holds no read buffer (`io_bufs::poll_read` with `release`), so an open SSE
+//! stream between events costs no buffer.
 
 use super::chunked::{Decoded, Decoder};
 use super::parse::Framing;
 use super::{Conn, Error};
+use crate::http::io_bufs;
 use crate::upstream::Endpoint;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -15,7 +18,8 @@ use std::task::{Context, Poll, ready};
 
 /// Largest read for a body.
 const MAX_READ: usize = 64 * 1024;
-const MIN_READ: usize = 8 * 1024;
+/// Smallest room to read a body into: a stock buffer (`io_bufs::CHUNK`).
+const MIN_READ: usize = io_bufs::CHUNK;
 
 #[derive(Debug)]
 enum Read {
@@ -129,7 +133,8 @@ impl H1Body {
         loop {
             let Some(conn) = this.conn.as_mut() else { return Poll::Ready(None) };
             let buf = &mut conn.buf;
-            let want = match &mut this.read {
+            // (room wanted, room reserved when there is less)
+            let room = match &mut this.read {
                 Read::Done => return Poll::Ready(None),
                 Read::Length(left) => {
                     if !buf.is_empty() {
@@ -141,7 +146,8 @@ impl H1Body {
                         }
                         return Poll::Ready(Some(Ok(Frame::data(data))));
                     }
-                    (*left).clamp(MIN_READ as u64, MAX_READ as u64) as usize
+                    let want = (*left).clamp(MIN_READ as u64, MAX_READ as u64) as usize;
+                    (want, want)
                 }
                 Read::Chunked(dec) => match dec.decode(buf) {
                     Err(e) => return this.fail(e, cx),
@@ -154,19 +160,17 @@ impl H1Body {
                         this.finish(true);
                         return Poll::Ready(None);
                     }
-                    Ok(Decoded::NeedMore) => MAX_READ / 4,
+                    // A reused stock buffer is room enough; a new one is larger.
+                    Ok(Decoded::NeedMore) => (MIN_READ, MAX_READ / 4),
                 },
                 Read::Close => {
                     if !buf.is_empty() {
                         return Poll::Ready(Some(Ok(Frame::data(buf.split().freeze()))));
                     }
-                    MAX_READ / 4
+                    (MIN_READ, MAX_READ / 4)
                 }
             };
-            if buf.capacity() - buf.len() < want {
-                buf.reserve(want);
-            }
-            match ready!(tokio_util::io::poll_read_buf(Pin::new(&mut conn.io), cx, buf)) {
+            match ready!(io_bufs::poll_read(Pin::new(&mut conn.io), cx, buf, room, true)) {
                 Ok(0) if matches!(this.read, Read::Close) => {
                     this.finish(false);
                     return Poll::Ready(None);

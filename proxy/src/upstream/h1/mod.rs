@@ -6,6 +6,11 @@
 //!
 //! `encode`: request head and body framing; `parse`: response head; `chunked`: chunked
 //! body decoding; `body`: the response body.
+//!
+//! Memory: a connection's read buffer comes from `http::io_bufs`' per-thread stock when
+//! bytes arrive and goes back to it when the connection is parked in the pool or a
+//! streamed body waits with nothing buffered, so idle connections and open SSE streams hold
+//! none.
 
 mod body;
 mod chunked;
@@ -14,6 +19,7 @@ mod parse;
 
 pub use body::H1Body;
 
+use crate::http::io_bufs;
 use crate::tls::io::MaybeTls;
 use crate::upstream::Endpoint;
 use crate::upstream::pool::ConnSlot;
@@ -31,7 +37,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A request body carried whole in the first write when it is at most this large.
 const INLINE_BODY: usize = 16 * 1024;
-const HEAD_READ: usize = 8 * 1024;
+/// Room for a response head read: a whole stock buffer.
+const HEAD_READ: usize = io_bufs::CHUNK;
 
 /// Why an HTTP/1.1 exchange or response body failed.
 #[derive(Debug, Error)]
@@ -60,6 +67,7 @@ pub enum Error {
 /// `max_connections` unit it holds until dropped.
 pub struct Conn {
     io: MaybeTls,
+    /// Read buffer; none (no capacity) while the connection is idle.
     buf: BytesMut,
     /// It has carried an exchange before (so the upstream may have closed it while idle).
     reused: bool,
@@ -77,9 +85,14 @@ impl Conn {
         Self { io, buf: BytesMut::new(), reused: false, _slot: slot }
     }
 
-    /// Marks an idle connection as having served an exchange.
-    pub(crate) fn set_reused(&mut self) {
+    /// Marks a connection going idle as having served an exchange, and gives its read
+    /// buffer back to the stock (a body read out of it may still be on its way downstream:
+    /// the stock only reuses it once that is dropped).
+    pub(crate) fn park(&mut self) {
         self.reused = true;
+        if self.buf.is_empty() {
+            io_bufs::give_read(std::mem::take(&mut self.buf));
+        }
     }
 
     /// Whether an idle connection still looks open: nothing buffered, and a read that does
@@ -323,10 +336,9 @@ where
             }
             return Poll::Ready(Ok(head));
         }
-        if conn.buf.capacity() - conn.buf.len() < HEAD_READ {
-            conn.buf.reserve(HEAD_READ);
-        }
-        match std::task::ready!(tokio_util::io::poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.buf)) {
+        // The buffer is kept while the head is awaited (a short wait).
+        let read = io_bufs::poll_read(Pin::new(&mut conn.io), cx, &mut conn.buf, (HEAD_READ, HEAD_READ), false);
+        match std::task::ready!(read) {
             Ok(0) => return Poll::Ready(Err(Error::Closed)),
             Ok(_) => *got = true,
             Err(e) => return Poll::Ready(Err(Error::Io(e))),
