@@ -86,10 +86,11 @@ pub fn give_write(mut buf: Vec<u8>) {
 }
 
 /// Reads from `io` into `buf`, making room for `grow` more bytes when it has less than
-/// `min` free. When `buf` is empty and has no room (given back, or never had a buffer),
-/// the read goes to a stack buffer and a buffer is taken only when bytes came. With
-/// `release`, an empty `buf` that finds nothing to read is given back (for waits that may
-/// be long: between requests, between events). Returns the bytes read (0: EOF).
+/// `min` free. With `release` (for waits that may be long: between requests, between
+/// events), an empty `buf` that finds nothing to read is given back, and while `buf` has
+/// no buffer the read goes to a stack buffer: one is taken only when bytes came. Without
+/// it (a short wait), an empty `buf` with no room takes a buffer and keeps it. Returns the
+/// bytes read (0: EOF).
 pub fn poll_read<S: AsyncRead + ?Sized>(
     io: Pin<&mut S>,
     cx: &mut Context<'_>,
@@ -98,10 +99,18 @@ pub fn poll_read<S: AsyncRead + ?Sized>(
     release: bool,
 ) -> Poll<io::Result<usize>> {
     if buf.capacity() - buf.len() < min && !buf.try_reclaim(grow) {
-        if buf.is_empty() {
+        if !buf.is_empty() {
+            buf.reserve(grow);
+        } else if release {
             return poll_read_unbuffered(io, cx, buf);
+        } else {
+            // A short wait: the buffer would be kept anyway, so take it now and read into
+            // it (no copy through the stack).
+            *buf = take_read();
+            if grow > buf.capacity() {
+                buf.reserve(grow);
+            }
         }
-        buf.reserve(grow);
     }
     let polled = tokio_util::io::poll_read_buf(io, cx, buf);
     if release && polled.is_pending() && buf.is_empty() && buf.capacity() <= MAX_KEPT {
