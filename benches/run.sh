@@ -677,7 +677,11 @@ has() { [[ " ${TARGETS[*]} " == *" $1 "* ]]; }
 {
     echo "# Trellis benchmark — $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo
-    echo "- $REPS interleaved repetition(s) × ${DURATION} s (+${WARMUP} s warm-up); medians with min–max."
+    if ((MEMORY_ONLY)); then
+        echo "- Memory only (\`--memory-only\`): no throughput or latency loads."
+    else
+        echo "- $REPS interleaved repetition(s) × ${DURATION} s (+${WARMUP} s warm-up); medians with min–max."
+    fi
     echo "- Load generator + origin (\`trellis-origin --threads 1\`) pinned on cpu0; each proxy alone on cpu1 with one worker/thread."
     echo "- Trellis cluster protocol: h1 scenario \`$CLUSTER_PROTOCOL\`, h2c scenario \`$H2_CLUSTER_PROTOCOL\`. nginx: upstream keepalive 64, HTTP/1.1 upstream."
     echo "- Machine: $(nproc) cores, $(uname -r), load average before the run: $START_LOADAVG; $(nginx -v 2>&1 | sed 's/.*: //'); wrk $WRK_VERSION; h2load $( ((HAVE_H2LOAD)) && h2load --version | awk '{print $2}' || echo none)."

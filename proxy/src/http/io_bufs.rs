@@ -175,6 +175,16 @@ mod tests {
     }
 
     #[test]
+    fn short_wait_keeps_a_buffer() {
+        let (_a, mut b) = tokio::io::duplex(64);
+        let mut buf = BytesMut::new();
+        let waker = std::task::Waker::noop();
+        let polled = poll_read(Pin::new(&mut b), &mut Context::from_waker(waker), &mut buf, (CHUNK, CHUNK), false);
+        assert!(polled.is_pending());
+        assert!(buf.capacity() >= CHUNK, "taken at once and kept while waiting");
+    }
+
+    #[test]
     fn shared_buffers_are_not_reused_while_shared() {
         let mut b = take_read();
         b.extend_from_slice(&[1u8; CHUNK]);
