@@ -545,9 +545,9 @@ struct Binary {
     log: std::path::PathBuf,
 }
 
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
+#[path = "support/ports.rs"]
+mod ports;
+use ports::free_addr;
 
 impl Binary {
     async fn start(data: &Path) -> Binary {

@@ -10,6 +10,8 @@ mod cp_cmd;
 #[allow(dead_code)]
 #[path = "../src/ctl_cmd.rs"]
 mod ctl_cmd;
+#[path = "support/ports.rs"]
+mod ports;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -143,8 +145,8 @@ impl Drop for Kill {
 #[test]
 fn binary_ctl_apply_prints_what_it_did() {
     let dir = tempfile::tempdir().unwrap();
-    let api = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let xds = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let api = ports::free_addr();
+    let xds = ports::free_addr();
     let token = dir.path().join("token");
     std::fs::write(&token, "t0ken").unwrap();
     let _server = Kill(

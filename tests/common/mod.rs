@@ -29,10 +29,9 @@ use std::time::{Duration, Instant};
 
 pub type Body = BoxBody<Bytes, Infallible>;
 
-/// A port nobody listens on right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+#[path = "../support/ports.rs"]
+mod ports;
+pub use ports::free_port;
 
 pub fn full(b: impl Into<Bytes>) -> Body {
     Full::new(b.into()).boxed()

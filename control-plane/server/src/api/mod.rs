@@ -75,16 +75,22 @@ async fn proxies(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "proxies": shared.registry.proxies() }))
 }
 
+/// A body over [`MAX_BODY_BYTES`] is still read, and dropped, up to this size before the
+/// 413 is sent: answering before the client has sent its body and then closing resets the
+/// connection under it, and a reset can discard the answer before the client reads it (a
+/// client then sees "connection reset" instead of the 413). Beyond this, the 413 goes at once.
+const DRAIN_MAX_BYTES: usize = 16 << 20;
+
 /// Reads a whole request body of at most [`MAX_BODY_BYTES`] (413 beyond).
 async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
     let too_large =
         || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body over {MAX_BODY_BYTES} bytes"));
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+    if declared.is_some_and(|n| n > DRAIN_MAX_BYTES as u64) {
         return Err(too_large());
     }
-    match Limited::new(body, MAX_BODY_BYTES).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
+    match Limited::new(body, DRAIN_MAX_BYTES).collect().await {
+        Ok(collected) => Some(collected.to_bytes()).filter(|b| b.len() <= MAX_BODY_BYTES).ok_or_else(too_large),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
         Err(e) => Err(ApiError::bad_request(format!("cannot read the request body: {e}"), None)),
     }
