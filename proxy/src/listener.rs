@@ -220,21 +220,26 @@ async fn accept_loop(
                 });
             }
             ListenerProtocol::Auto | ListenerProtocol::Http => {
-                let watcher = graceful.watcher();
-                let config = config.clone();
-                let name = name.clone();
+                let tls = listener.server_tls.clone();
+                let conn = HttpConn {
+                    peer,
+                    name: name.clone(),
+                    listener,
+                    config: config.clone(),
+                    watcher: graceful.watcher(),
+                };
                 let stop = stop.clone();
                 // Plain and TLS connections are separate task types: a task is allocated
                 // at the size of its future for the connection's whole life, and the TLS
                 // one is ~9 KB larger (one future for both made every plain connection,
                 // idle ones included, pay for it).
-                match listener.server_tls.clone() {
+                match tls {
                     None => conns.spawn(async move {
-                        serve_plain(stream, peer, name, listener, config, watcher, &stop).await;
+                        serve_plain(stream, conn, &stop).await;
                         gauge.decrement(1.0);
                     }),
                     Some(tls) => conns.spawn(async move {
-                        serve_tls(stream, tls, peer, name, listener, config, watcher, &stop).await;
+                        serve_tls(stream, tls, conn, &stop).await;
                         gauge.decrement(1.0);
                     }),
                 };
@@ -263,57 +268,71 @@ async fn accept_loop(
 // A connection that has not finished its preface or handshake when draining starts has no
 // request in flight: it is dropped, not waited for.
 
-/// A plain-TCP HTTP connection: sniff HTTP/1.1 or h2c, then serve it.
-async fn serve_plain(
-    stream: tokio::net::TcpStream,
+/// What an accepted HTTP connection's task needs besides its stream.
+struct HttpConn {
     peer: SocketAddr,
     name: Arc<str>,
     listener: Arc<Listener>,
     config: Arc<ArcSwap<Snapshot>>,
     watcher: hyper_util::server::graceful::Watcher,
-    stop: &CancellationToken,
-) {
+}
+
+impl HttpConn {
+    /// Serves `stream`, which speaks `proto`, from here on.
+    async fn serve<S>(
+        self,
+        stream: S,
+        proto: detect::Protocol,
+        tls: bool,
+        peer_id: Option<Arc<str>>,
+        stop: &CancellationToken,
+    ) where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let ctx = Arc::new(ConnCtx {
+            config: self.config,
+            listener: self.name,
+            peer: Peer::new(self.peer.ip(), tls),
+            peer_id,
+            h2: proto == detect::Protocol::Http2,
+        });
+        crate::http::server::serve(stream, proto, ctx, &self.listener, self.watcher, stop).await;
+    }
+}
+
+/// A plain-TCP HTTP connection: sniff HTTP/1.1 or h2c, then serve it.
+async fn serve_plain(stream: tokio::net::TcpStream, conn: HttpConn, stop: &CancellationToken) {
     let sniffed = tokio::select! {
-        r = detect::sniff(&stream, listener.header_timeout()) => r,
+        r = detect::sniff(&stream, conn.listener.header_timeout()) => r,
         _ = stop.cancelled() => return,
     };
     let proto = match sniffed {
         Ok(Some(p)) => p,
         Ok(None) | Err(_) => return,
     };
-    let ctx = Arc::new(ConnCtx {
-        config,
-        listener: name,
-        peer: Peer::new(peer.ip(), false),
-        peer_id: None,
-        h2: proto == detect::Protocol::Http2,
-    });
-    crate::http::server::serve(stream, proto, ctx, &listener, watcher, stop).await;
+    conn.serve(stream, proto, false, None, stop).await;
 }
 
 /// A TLS HTTP connection: handshake (ALPN picks h2 or HTTP/1.1), then serve it.
-#[allow(clippy::too_many_arguments)]
 async fn serve_tls(
     stream: tokio::net::TcpStream,
     tls: Arc<rustls::ServerConfig>,
-    peer: SocketAddr,
-    name: Arc<str>,
-    listener: Arc<Listener>,
-    config: Arc<ArcSwap<Snapshot>>,
-    watcher: hyper_util::server::graceful::Watcher,
+    conn: HttpConn,
     stop: &CancellationToken,
 ) {
     let accepted = tokio::select! {
-        s = crate::tls::accept(stream, tls, listener.header_timeout(), &name) => s,
+        s = crate::tls::accept(stream, tls, conn.listener.header_timeout(), &conn.name) => s,
         _ = stop.cancelled() => return,
     };
     let Some(stream) = accepted else { return };
-    let (_, conn) = stream.get_ref();
-    let h2 = conn.alpn_protocol() == Some(crate::tls::ALPN_H2);
-    let peer_id = if listener.mesh { crate::tls::mesh::peer_id(conn.peer_certificates()) } else { None };
-    let proto = if h2 { detect::Protocol::Http2 } else { detect::Protocol::Http1 };
-    let ctx = Arc::new(ConnCtx { config, listener: name, peer: Peer::new(peer.ip(), true), peer_id, h2 });
-    crate::http::server::serve(stream, proto, ctx, &listener, watcher, stop).await;
+    let (_, session) = stream.get_ref();
+    let proto = if session.alpn_protocol() == Some(crate::tls::ALPN_H2) {
+        detect::Protocol::Http2
+    } else {
+        detect::Protocol::Http1
+    };
+    let peer_id = if conn.listener.mesh { crate::tls::mesh::peer_id(session.peer_certificates()) } else { None };
+    conn.serve(stream, proto, true, peer_id, stop).await;
 }
 
 async fn serve_tcp(

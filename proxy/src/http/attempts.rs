@@ -36,9 +36,9 @@ pub struct Plan<'a> {
     pub retry: Option<&'a Retry>,
     /// Set only when this request may be hedged: (delay, extra tries).
     pub hedge: Option<(HedgeDelay, u32)>,
-    /// When the request became ready to send, if the caller read the clock for it: the
-    /// first try's idle timer counts from it instead of reading the clock again.
-    pub since: Option<Instant>,
+    /// When the request became ready to send: the first try's idle timer counts from it
+    /// instead of reading the clock again.
+    pub since: Instant,
 }
 
 /// A response head and what it took.
@@ -64,7 +64,7 @@ pub fn send<'a>(
         // Boxed: the retry/hedge machinery stays out of the common path's (moved) future.
         return Either::Right(Box::pin(send_with_policy(plan, req)));
     }
-    Either::Left(try_once(plan, req, None, plan.since).map(|(_, result)| finish(result, 1)))
+    Either::Left(try_once(plan, req, None, Some(plan.since)).map(|(_, result)| finish(result, 1)))
 }
 
 async fn send_with_policy(plan: &Plan<'_>, req: Request<RequestBody>) -> Result<Sent, (ForwardError, u32)> {

@@ -221,8 +221,7 @@ fn forward(
         let retry = route.retry.as_ref().filter(|r| r.allows_method(req.method()));
         let hedge = route.hedge.as_ref().filter(|_| retry::is_idempotent(req.method())).map(|h| (h.delay, h.max));
         // From here on `plan` holds these (the future keeps one copy across its awaits).
-        let plan =
-            Plan { cluster, wire, key, deadline, idle_timeout: route.idle_timeout, retry, hedge, since: Some(since) };
+        let plan = Plan { cluster, wire, key, deadline, idle_timeout: route.idle_timeout, retry, hedge, since };
         let counted = route.retry.is_some() || route.hedge.is_some();
 
         // Retries and hedges need the body again: keep it in memory when it is small enough.
