@@ -7,17 +7,20 @@
 # mTLS handshakes per second on the inbound (mesh) listener alone, and each sidecar's RSS.
 #
 # Usage: benches/pair.sh [--reps N] [--duration S] [--no-build]
+# Env: TRELLIS_BIN, the trellis binary measured (default target/release/trellis; e.g.
+# target/pgo/trellis after benches/pgo.sh).
 # Everything listens on 127.0.0.1:2814x/2809x/2990x; processes started here are killed by PID.
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BIN="$ROOT/target/release"
+TRELLIS_BIN="${TRELLIS_BIN:-$BIN/trellis}"   # e.g. target/pgo/trellis after benches/pgo.sh
 REPS=3; DUR=6; BUILD=1
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --reps) REPS="$2"; shift ;;
         --duration) DUR="$2"; shift ;;
         --no-build) BUILD=0 ;;
-        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
         *) echo "unknown option: $1" >&2; exit 2 ;;
     esac
     shift
@@ -54,9 +57,9 @@ rps_of() { sed -n 's/.* \([0-9.]*\) rps .*/\1/p'; }
 
 taskset -c 0 "$BIN/trellis-origin" --listen 127.0.0.1:28090 --threads 1 >origin.log 2>&1 &
 PIDS+=($!)
-taskset -c 1 "$BIN/trellis" proxy --config checkout.yaml --threads 1 >inbound.log 2>&1 &
+taskset -c 1 "$TRELLIS_BIN" proxy --config checkout.yaml --threads 1 >inbound.log 2>&1 &
 IN=$!; PIDS+=("$IN")
-taskset -c 1 "$BIN/trellis" proxy --config frontend.yaml --threads 1 >outbound.log 2>&1 &
+taskset -c 1 "$TRELLIS_BIN" proxy --config frontend.yaml --threads 1 >outbound.log 2>&1 &
 OUT=$!; PIDS+=("$OUT")
 wait_ready http://127.0.0.1:29902/ready
 wait_ready http://127.0.0.1:29901/ready

@@ -13,6 +13,8 @@
 #        TRELLIS_H2_CLUSTER_PROTOCOL  the same for the h2c scenario (default: as above; if it
 #                                     differs, a second Trellis listener is used for h2c)
 #        TRELLIS_BENCH_BIN            directory of the binaries (default target/release)
+#        TRELLIS_BIN                  the trellis binary measured (default: in the directory
+#                                     above; target/pgo/trellis after benches/pgo.sh)
 #
 # Everything listens on 127.0.0.1; every process started here is killed by PID on exit.
 set -uo pipefail
@@ -36,6 +38,7 @@ fi
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BIN="${TRELLIS_BENCH_BIN:-$ROOT/target/release}"
+TRELLIS_BIN="${TRELLIS_BIN:-$BIN/trellis}"
 RESULTS="$ROOT/benches/results"
 
 # Ports (all on 127.0.0.1).
@@ -76,7 +79,7 @@ while [[ $# -gt 0 ]]; do
         --idle-conns) IDLE_CONNS="$2"; shift ;;
         --sse-streams) SSE_STREAMS="$2"; shift ;;
         --sse-client) SSE_CLIENT="$2"; shift ;;
-        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         *) echo "unknown option: $1" >&2; exit 2 ;;
     esac
     shift
@@ -257,8 +260,8 @@ fi
 for b in trellis-origin trellis-load; do
     [[ -x "$BIN/$b" ]] || { echo "error: $BIN/$b missing (build trellis-bench)" >&2; exit 1; }
 done
-if [[ ! -x "$BIN/trellis" ]]; then
-    warn "$BIN/trellis not found: skipping the Trellis column"
+if [[ ! -x "$TRELLIS_BIN" ]]; then
+    warn "$TRELLIS_BIN not found: skipping the Trellis column"
     TRELLIS_OK=0
 fi
 
@@ -316,7 +319,7 @@ start_trellis() {
         fi
     } >"$cfg"
     [[ "$H2_CLUSTER_PROTOCOL" != "$CLUSTER_PROTOCOL" ]] && TRELLIS_H2_URL_PORT=$TRELLIS_H2_PORT
-    taskset -c 1 "$BIN/trellis" proxy --config "$cfg" --threads 1 >"$TMP/trellis.log" 2>&1 &
+    taskset -c 1 "$TRELLIS_BIN" proxy --config "$cfg" --threads 1 >"$TMP/trellis.log" 2>&1 &
     TRELLIS_PID=$!
     PIDS+=("$TRELLIS_PID")
     if ! wait_http "http://127.0.0.1:$TRELLIS_ADMIN/ready" 200 20 ||
