@@ -8,7 +8,9 @@
 #
 # Usage: benches/run.sh [--quick] [--reps N] [--duration S] [--no-build] [--no-memory]
 #                       [--memory-only] [--idle-conns N] [--sse-streams N]
-#                       [--sse-client auto|h1|h2c] [--no-nginx] [--no-haproxy]
+#                       [--sse-client auto|h1|h2c] [--sse-h2-upstream N] [--no-nginx] [--no-haproxy]
+#        --sse-h2-upstream N: N SSE streams from HTTP/1.1 clients through an h2c upstream
+#                             cluster, Trellis only (default 10000; 0 skips it)
 # Env:   TRELLIS_CLUSTER_PROTOCOL     protocol Trellis speaks to the origin (default http1)
 #        TRELLIS_H2_CLUSTER_PROTOCOL  the same for the h2c scenario (default: as above; if it
 #                                     differs, a second Trellis listener is used for h2c)
@@ -63,6 +65,7 @@ SSE_STREAMS=10000
 HOLD_SECS=10
 SSE_CLIENT=auto         # h1: one connection per stream; h2c: SSE_H2_STREAMS streams per connection
 SSE_H2_STREAMS=100
+SSE_H2UP_STREAMS=10000  # SSE streams from HTTP/1.1 clients through an h2c upstream cluster (Trellis only; 0: skip)
 CLUSTER_PROTOCOL="${TRELLIS_CLUSTER_PROTOCOL:-http1}"
 H2_CLUSTER_PROTOCOL="${TRELLIS_H2_CLUSTER_PROTOCOL:-$CLUSTER_PROTOCOL}"
 
@@ -79,7 +82,8 @@ while [[ $# -gt 0 ]]; do
         --idle-conns) IDLE_CONNS="$2"; shift ;;
         --sse-streams) SSE_STREAMS="$2"; shift ;;
         --sse-client) SSE_CLIENT="$2"; shift ;;
-        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+        --sse-h2-upstream) SSE_H2UP_STREAMS="$2"; shift ;;
+        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
         *) echo "unknown option: $1" >&2; exit 2 ;;
     esac
     shift
@@ -231,6 +235,13 @@ fi
 if ((SSE_STREAMS > max_streams)); then
     warn "open-file limit $NOFILE: SSE streams reduced from $SSE_STREAMS to $max_streams"
     SSE_STREAMS=$max_streams
+fi
+# HTTP/1.1 clients through an h2c upstream cluster: the proxy holds N client connections
+# and one upstream connection per 100 streams (the cluster's max_streams_per_connection).
+max_streams=$(((NOFILE - 500) * 100 / 101))
+if ((SSE_H2UP_STREAMS > max_streams)); then
+    warn "open-file limit $NOFILE: SSE streams through an h2c upstream reduced from $SSE_H2UP_STREAMS to $max_streams"
+    SSE_H2UP_STREAMS=$max_streams
 fi
 
 HAVE_WRK=0; command -v wrk >/dev/null && HAVE_WRK=1
@@ -670,6 +681,21 @@ if ((MEMORY)); then
         MEM_SSE[$t]=$HOLD_RSS; SSE_INFO[$t]=$HOLD_SUMMARY
     done
 fi
+# HTTP/1.1 SSE clients through a Trellis whose cluster speaks h2c to the origin (a fresh
+# process): one client connection per stream, ~100 streams per upstream connection.
+H2UP_IDLE=""; H2UP_SSE=""; H2UP_INFO=""
+if ((MEMORY && SSE_H2UP_STREAMS > 0)) && [[ " ${MEM_TARGETS[*]} " == *" trellis "* ]]; then
+    stop_pid "$TRELLIS_PID"
+    if CLUSTER_PROTOCOL=http2 H2_CLUSTER_PROTOCOL=http2 start_trellis; then
+        sleep 1
+        H2UP_IDLE=$(mem_kb "$TRELLIS_PID")
+        log "memory: trellis (h2c upstream) idle RSS $((H2UP_IDLE / 1024)) MB"
+        hold_rss "$TRELLIS_PID" "trellis $SSE_H2UP_STREAMS SSE streams (h1 clients, h2c upstream)" \
+            --url "http://127.0.0.1:$TRELLIS_PORT/sse?interval_ms=1000" --hold "$SSE_H2UP_STREAMS" --sse
+        H2UP_SSE=$HOLD_RSS; H2UP_INFO=$HOLD_SUMMARY
+        stop_pid "$TRELLIS_PID"
+    fi
+fi
 
 # ---------------------------------------------------------------------------------------
 # Report.
@@ -799,6 +825,17 @@ has() { [[ " ${TARGETS[*]} " == *" $1 "* ]]; }
             echo "- $t: idle connections: ${CONN_INFO[$t]}; SSE: ${SSE_INFO[$t]}."
         done
         echo
+        if [[ -n "$H2UP_SSE" ]]; then
+            echo "Trellis with an h2c upstream cluster (\`protocol: http2\`, 100 streams per upstream connection), fresh process; $SSE_H2UP_STREAMS concurrent SSE streams from HTTP/1.1 clients, one connection per stream:"
+            echo
+            echo "| target | idle | $SSE_H2UP_STREAMS SSE streams | KB/stream over idle |"
+            echo "|---|---|---|---|"
+            awk -v i="$H2UP_IDLE" -v s="$H2UP_SSE" -v ns="$SSE_H2UP_STREAMS" 'BEGIN {
+                printf "| trellis (h2c upstream) | %.1f MB | %.1f MB | %.1f |\n", i / 1024, s / 1024, (s - i) / ns }'
+            echo
+            echo "- trellis (h2c upstream): SSE: $H2UP_INFO."
+            echo
+        fi
     fi
     echo "<details><summary>raw rows (rep, target, load, rps, p50, p90, p99, p99.9, max [us], errors, SUT CPU%)</summary>"
     echo

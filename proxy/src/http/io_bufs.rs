@@ -102,6 +102,10 @@ pub fn poll_read<S: AsyncRead + ?Sized>(
         if !buf.is_empty() {
             buf.reserve(grow);
         } else if release {
+            // An empty buffer short of room (the tail of one whose bytes were handed out,
+            // e.g. after a response head) is not kept for the wait either: it goes back to
+            // the stock, which reuses it whole once those bytes are dropped.
+            give_read(std::mem::take(buf));
             return poll_read_unbuffered(io, cx, buf);
         } else {
             // A short wait: the buffer would be kept anyway, so take it now and read into
@@ -172,6 +176,22 @@ mod tests {
         buf.clear();
         let n = poll_fn(|cx| poll_read(Pin::new(&mut b), cx, &mut buf, (1024, CHUNK), true)).await.unwrap();
         assert_eq!(n, 0);
+    }
+
+    #[test]
+    fn waiting_read_gives_back_a_buffer_short_of_room() {
+        let (_a, mut b) = tokio::io::duplex(64);
+        let mut buf = take_read();
+        buf.extend_from_slice(&[7u8; 100]);
+        let head = buf.split().freeze();
+        assert!(buf.is_empty() && buf.capacity() < CHUNK);
+        let waker = std::task::Waker::noop();
+        let polled = poll_read(Pin::new(&mut b), &mut Context::from_waker(waker), &mut buf, (CHUNK, 2 * CHUNK), true);
+        assert!(polled.is_pending());
+        assert_eq!(buf.capacity(), 0, "not kept for the wait");
+        assert_eq!(&head[..], &[7u8; 100][..], "bytes handed out stay intact");
+        drop(head);
+        assert!(take_read().capacity() >= CHUNK, "reused whole once its bytes are dropped");
     }
 
     #[test]

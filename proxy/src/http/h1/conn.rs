@@ -66,7 +66,9 @@ where
             Next::Head(head) => head,
             Next::Hyper => {
                 let prefix = std::mem::take(&mut conn.buf).freeze();
-                crate::http::server::serve_hyper_h1(Prefixed::new(prefix, io), ctx, listener, watcher).await;
+                // Boxed, as it is rare: hyper's connection state would otherwise be part of
+                // every connection's task, idle ones included.
+                Box::pin(crate::http::server::serve_hyper_h1(Prefixed::new(prefix, io), ctx, listener, watcher)).await;
                 return;
             }
             Next::Done => return,
