@@ -31,17 +31,9 @@ for tool in valgrind callgrind_control wrk curl; do
 done
 ((BUILD)) && { (cd "$ROOT" && cargo build --release -q -p trellis -p trellis-bench) || exit 1; }
 
-TMP=$(mktemp -d /tmp/trellis-instr.XXXXXX)
-PIDS=()
-cleanup() {
-    local p
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-cd "$TMP" || exit 1
+# shellcheck source=benches/lib.sh
+source "$ROOT/benches/lib.sh"
+bench_workdir trellis-instr
 
 wait_http() { for _ in $(seq 100); do curl -s -o /dev/null "$1" && return 0; sleep 0.3; done; echo "error: $1 not up" >&2; return 1; }
 # Total instructions in a callgrind dump of process $1 (written under prefix $2). An idle

@@ -27,28 +27,16 @@ while [[ $# -gt 0 ]]; do
 done
 ((BUILD)) && (cd "$ROOT" && cargo build --release -q -p trellis -p trellis-bench) || ((BUILD == 0)) || exit 1
 
-TMP=$(mktemp -d /tmp/trellis-pair.XXXXXX)
-PIDS=()
-cleanup() {
-    local p
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+# shellcheck source=benches/lib.sh
+source "$ROOT/benches/lib.sh"
+bench_workdir trellis-pair
 
-cd "$TMP"
 "$BIN/trellis" certs init --dir pki >/dev/null
 "$BIN/trellis" certs issue --dir pki --id spiffe://trellis.local/ns/default/sa/frontend --out pki/frontend >/dev/null
 "$BIN/trellis" certs issue --dir pki --id spiffe://trellis.local/ns/default/sa/checkout --out pki/checkout >/dev/null
 sed 's/8080/28090/; s/9902/29902/; s/4143/28143/' "$ROOT/examples/sidecar-pair/checkout.yaml" >checkout.yaml
 sed 's/9901/29901/; s/4140/28140/; s/4143/28143/' "$ROOT/examples/sidecar-pair/frontend.yaml" >frontend.yaml
 
-wait_ready() {
-    for _ in $(seq 100); do curl -sf "$1" >/dev/null && return 0; sleep 0.1; done
-    echo "error: $1 not ready" >&2; exit 1
-}
 cpu_ns() { local t=0 f a; for f in /proc/"$1"/task/*/schedstat; do read -r a _ <"$f"; t=$((t + a)); done; echo "$t"; }
 rss_mb() { awk '/^VmRSS/ {printf "%.1f", $2 / 1024}' /proc/"$1"/status; }
 # load URL ARGS...: one trellis-load line ("... N rps | latency p50 ... p99 ...").

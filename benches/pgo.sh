@@ -53,22 +53,10 @@ TOOLS="$ROOT/target/release"
     --target-dir "$OUT/gen") || die "instrumented build failed"
 GEN="$OUT/gen/release/trellis"
 
-TMP=$(mktemp -d /tmp/trellis-pgo.XXXXXX)
-PIDS=()
-cleanup() {
-    local p
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-cd "$TMP" || die "no temp dir"
+# shellcheck source=benches/lib.sh
+source "$ROOT/benches/lib.sh"
+bench_workdir trellis-pgo
 
-wait_ready() {
-    for _ in $(seq 100); do curl -sf "$1" >/dev/null && return 0; sleep 0.1; done
-    die "$1 not ready"
-}
 # The profile is written when the proxy exits, so each proxy is drained with SIGTERM.
 stop() { kill -TERM "$@"; wait "$@"; }
 load() { "$TOOLS/trellis-load" -d "${SECS}s" "$@" | head -n 1 | sed 's/^/[pgo]   /'; }
