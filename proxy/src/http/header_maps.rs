@@ -5,6 +5,7 @@
 //! thread, so the stock takes no lock; a map taken on one thread and given back on another
 //! simply joins that thread's stock.
 
+use crate::http::stock;
 use http::HeaderMap;
 use std::cell::RefCell;
 
@@ -23,7 +24,7 @@ thread_local! {
 
 /// An empty map with room for at least `fields` fields.
 pub fn take(fields: usize) -> HeaderMap {
-    let spare = SPARE.try_with(|s| s.borrow_mut().pop()).ok().flatten();
+    let spare = stock::take(&SPARE);
     match spare {
         Some(map) if map.capacity() >= fields => map,
         _ => HeaderMap::with_capacity(fields.max(MIN_CAPACITY)),
@@ -36,12 +37,7 @@ pub fn give(mut map: HeaderMap) {
         return;
     }
     map.clear();
-    let _ = SPARE.try_with(|s| {
-        let mut s = s.borrow_mut();
-        if s.len() < STOCK {
-            s.push(map);
-        }
-    });
+    stock::keep(&SPARE, map, STOCK);
 }
 
 #[cfg(test)]

@@ -19,4 +19,5 @@ pub mod respond;
 pub mod route;
 pub mod router;
 pub mod server;
+pub mod stock;
 pub mod wire;
