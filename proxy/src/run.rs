@@ -35,11 +35,17 @@ pub enum RunError {
     Bind { name: String, addr: String, source: std::io::Error },
     #[error("{0}")]
     Runtime(String),
+    /// `identity.issuer` could not provide a certificate.
+    #[error("{0}")]
+    Identity(#[from] crate::tls::issuer::IssueError),
 }
 
 /// Runs the proxy until SIGTERM/SIGINT and the drain that follows.
 pub fn run(opts: Options) -> Result<(), RunError> {
     let bootstrap = config::load(&opts.config)?;
+    if let Some(identity) = &bootstrap.identity {
+        crate::tls::issuer::ensure_at_start(identity)?;
+    }
     let workers = opts.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
     let admin_addr = bootstrap.admin.as_ref().map_or(api::DEFAULT_ADMIN_ADDRESS, |a| a.address.as_str()).to_owned();
     let prometheus = telemetry::install().map_err(RunError::Runtime)?;
@@ -96,6 +102,7 @@ pub fn run(opts: Options) -> Result<(), RunError> {
             }
         });
         state.ready.store(true, Ordering::Release);
+        tokio::spawn(crate::tls::issuer::renew_forever(crate::tls::issuer::from_snapshot(shared.clone())));
         if let Some(cp) = control_plane {
             tokio::spawn(discovery::run(cp, node, reloader.clone(), discovery.clone()));
         }

@@ -23,6 +23,7 @@ pub const RATE_LIMITED_TOTAL: &str = "trellis_rate_limited_total";
 pub const TLS_HANDSHAKE_ERRORS_TOTAL: &str = "trellis_tls_handshake_errors_total";
 pub const TLS_CERT_EXPIRY: &str = "trellis_tls_cert_expiry_timestamp_seconds";
 pub const AUTHZ_DENIED_TOTAL: &str = "trellis_authz_denied_total";
+pub const IDENTITY_RENEWALS_TOTAL: &str = "trellis_identity_renewals_total";
 pub const ACCESS_LOG_DROPPED_TOTAL: &str = "trellis_access_log_dropped_total";
 
 /// Histogram buckets for request durations, in seconds (0.5 ms … 60 s).
@@ -43,6 +44,10 @@ pub fn install() -> Result<PrometheusHandle, String> {
     );
     metrics::describe_gauge!(TCP_CONNECTIONS, "Open downstream connections, by listener");
     metrics::describe_gauge!(CONFIG_VERSION, "Version of the applied config, by type");
+    metrics::describe_counter!(
+        IDENTITY_RENEWALS_TOTAL,
+        "Identity certificate renewals from the control plane's CA, by result (ok, error)"
+    );
     metrics::describe_counter!(ACCESS_LOG_DROPPED_TOTAL, "Access log lines dropped because the writer fell behind");
     Ok(handle)
 }

@@ -62,8 +62,12 @@ struct Tally {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let identity =
-        trellis_api::Identity { cert: args.cert.clone(), key: args.key.clone(), trust_bundle: args.bundle.clone() };
+    let identity = trellis_api::Identity {
+        cert: args.cert.clone(),
+        key: args.key.clone(),
+        trust_bundle: args.bundle.clone(),
+        issuer: None,
+    };
     let mesh = trellis_proxy::tls::mesh::load(&identity).context("loading the client identity")?;
     let config = trellis_proxy::tls::mesh::client_config(&mesh, &args.server_id, b"h2")
         .context("building the mesh client config")?;

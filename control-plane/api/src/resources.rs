@@ -63,6 +63,27 @@ pub struct Identity {
     pub key: String,
     /// Trusted roots (PEM; several allowed, for root rotation).
     pub trust_bundle: String,
+    /// Get `cert` from the control plane's CA and renew it before it expires. The proxy
+    /// makes its key itself and writes both files (the key mode 0600); only a CSR leaves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<Issuer>,
+}
+
+/// Where a proxy gets its identity certificate: the control plane's `POST /v1/certificates`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Issuer {
+    /// The control plane's REST API, `http://HOST:PORT` (default port 7070).
+    pub server: String,
+    /// The SPIFFE ID asked for.
+    pub id: String,
+    /// File holding the control plane's bearer token, if it requires one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<String>,
+    /// Validity asked for (default 24h); the certificate is renewed once less than a
+    /// third of it is left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<Duration>,
 }
 
 /// TLS on a listener.

@@ -36,6 +36,24 @@ pub fn validate_resources(b: &Bootstrap) -> Result<(), Vec<ValidationError>> {
     check(b, false)
 }
 
+fn validate_issuer(errs: &mut Errors, issuer: &crate::Issuer) {
+    // Only plain HTTP: the REST API does not serve TLS. The CSR and the certificate are
+    // public; the returned chain is checked against the trust bundle before it is used.
+    match issuer.server.strip_prefix("http://") {
+        Some(rest) if !rest.is_empty() && !rest.contains('/') => {}
+        _ => errs.push(
+            "identity.issuer.server",
+            format!("\"{}\" is not http://HOST:PORT (the control plane's REST API)", issuer.server),
+        ),
+    }
+    if !issuer.id.starts_with("spiffe://") || issuer.id.len() <= "spiffe://".len() {
+        errs.push("identity.issuer.id", format!("\"{}\" is not a SPIFFE ID (spiffe://…)", issuer.id));
+    }
+    if issuer.ttl.is_some_and(|t| t.get().as_secs() < 3) {
+        errs.push("identity.issuer.ttl", "must be at least 3s");
+    }
+}
+
 fn check(b: &Bootstrap, bootstrap: bool) -> Result<(), Vec<ValidationError>> {
     let mut errs = Errors(Vec::new());
     let clusters = unique_names(&mut errs, "clusters", b.clusters.iter().map(|c| c.name.as_str()));
@@ -63,6 +81,9 @@ fn check(b: &Bootstrap, bootstrap: bool) -> Result<(), Vec<ValidationError>> {
                 errs.push("control_plane.identity", "only an https:// control plane presents an identity");
             }
         }
+    }
+    if let Some(issuer) = b.identity.as_ref().and_then(|i| i.issuer.as_ref()) {
+        validate_issuer(&mut errs, issuer);
     }
     for p in &b.policies {
         for (i, rule) in p.rules.iter().enumerate() {

@@ -1,5 +1,5 @@
 //! TLS: loading certificates (`files`), the mesh's mTLS configs with SPIFFE verification
-//! (`mesh`), edge termination with SNI and ordinary TLS upstreams (`edge`), and a stream
+//! (`mesh`), an identity obtained from and renewed with the control plane's CA (`issuer`), edge termination with SNI and ordinary TLS upstreams (`edge`), and a stream
 //! type that is plain or TLS (`io`). Configs are compiled into the config snapshot, so a
 //! rotation is a reload: new handshakes use the new files, open connections keep theirs.
 
@@ -7,6 +7,7 @@ pub mod control;
 pub mod edge;
 pub mod files;
 pub mod io;
+pub mod issuer;
 pub mod mesh;
 
 use std::sync::Arc;

@@ -1,0 +1,349 @@
+//! Identity from the control plane's CA (`identity.issuer`). The proxy makes its own key
+//! and a CSR for its SPIFFE ID, sends only the CSR to the control plane's
+//! `POST /v1/certificates`, checks the answer (the ID asked for, a CA that is in the trust
+//! bundle, a certificate that belongs to the key) and writes `identity.cert` and
+//! `identity.key` (mode 0600). The file watch then reloads them like any other rotation:
+//! new handshakes present the new certificate, open connections keep theirs. The
+//! certificate is renewed once less than a third of the validity asked for is left; a
+//! failed renewal is retried with backoff while the old certificate keeps serving.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::rt::TokioIo;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use thiserror::Error;
+use trellis_api as api;
+use trellis_certs::SpiffeId;
+
+/// Validity asked for when `identity.issuer.ttl` is not set.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
+/// How long a start waits for a reachable control plane before giving up.
+const START_DEADLINE: Duration = Duration::from_secs(30);
+/// Bound on one request to the control plane (connect, send, answer).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest backoff between two failed attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// The largest answer read from the control plane.
+const MAX_ANSWER: usize = 64 * 1024;
+
+/// Why a certificate could not be obtained.
+#[derive(Debug, Error)]
+pub enum IssueError {
+    #[error("identity.issuer.token_file {path}: {source}")]
+    Token { path: String, source: std::io::Error },
+    #[error("identity.issuer.server {server}: {reason}")]
+    Unreachable { server: String, reason: String },
+    #[error("identity.issuer.server {server} refused the request ({status}): {message}")]
+    Refused { server: String, status: u16, message: String },
+    #[error("identity.issuer.server {server} answered with an unusable certificate: {reason}")]
+    BadAnswer { server: String, reason: String },
+    #[error("identity.issuer: {0}")]
+    Csr(#[from] trellis_certs::CertError),
+    #[error("{what} {path}: {source}")]
+    Write { what: &'static str, path: PathBuf, source: std::io::Error },
+}
+
+impl IssueError {
+    /// Worth another attempt: the control plane may come back; a refusal will not change.
+    fn retryable(&self) -> bool {
+        match self {
+            IssueError::Unreachable { .. } | IssueError::Write { .. } => true,
+            IssueError::Refused { status, .. } => *status >= 500 || *status == 429,
+            _ => false,
+        }
+    }
+}
+
+/// What the certificate file holds now, for the renewal decision.
+enum Held {
+    /// Nothing usable: missing, unreadable, another ID, or expired.
+    Nothing,
+    /// Good until `not_after` (unix seconds).
+    Until { not_after: i64 },
+}
+
+fn now_unix() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+fn ttl_of(issuer: &api::Issuer) -> Duration {
+    issuer.ttl.map_or(DEFAULT_TTL, |t| t.get())
+}
+
+fn held(identity: &api::Identity, issuer: &api::Issuer) -> Held {
+    let Ok(pem) = std::fs::read(&identity.cert) else { return Held::Nothing };
+    match trellis_certs::inspect(&pem) {
+        Ok(info)
+            if info.spiffe_id.as_ref().is_some_and(|id| id.to_string() == issuer.id) && info.not_after > now_unix() =>
+        {
+            Held::Until { not_after: info.not_after }
+        }
+        _ => Held::Nothing,
+    }
+}
+
+/// How long until the certificate should be renewed (zero: now).
+fn renew_in(identity: &api::Identity, issuer: &api::Issuer) -> Duration {
+    match held(identity, issuer) {
+        Held::Nothing => Duration::ZERO,
+        Held::Until { not_after } => {
+            let renew_at = not_after - (ttl_of(issuer).as_secs() / 3) as i64;
+            Duration::from_secs(renew_at.saturating_sub(now_unix()).max(0) as u64)
+        }
+    }
+}
+
+/// At start: makes sure the identity files hold a certificate for `issuer.id` that is not
+/// due for renewal, asking the control plane (retrying for up to 30 s while it is
+/// unreachable) when they do not. A certificate that is due but still valid is kept and
+/// renewed later if the control plane cannot be reached now.
+pub fn ensure_at_start(identity: &api::Identity) -> Result<(), IssueError> {
+    let Some(issuer) = &identity.issuer else { return Ok(()) };
+    if !renew_in(identity, issuer).is_zero() {
+        return Ok(());
+    }
+    let usable = matches!(held(identity, issuer), Held::Until { .. });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| IssueError::Unreachable { server: issuer.server.clone(), reason: e.to_string() })?;
+    rt.block_on(async {
+        let deadline = tokio::time::Instant::now() + START_DEADLINE;
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            match obtain(identity, issuer).await {
+                Ok(not_after) => {
+                    tracing::info!(id = %issuer.id, not_after, "identity certificate obtained from the control plane");
+                    return Ok(());
+                }
+                Err(e) if usable => {
+                    tracing::warn!(error = %e, "identity renewal failed; the current certificate stays until renewed");
+                    return Ok(());
+                }
+                Err(e) if e.retryable() && tokio::time::Instant::now() + backoff < deadline => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "no identity certificate yet");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    })
+}
+
+/// Keeps the identity renewed for as long as the proxy runs. The issuer settings are read
+/// from the snapshot in force each time, so a reload that changes them applies.
+pub async fn renew_forever(current: impl Fn() -> Option<api::Identity>) {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let Some(identity) = current().filter(|i| i.issuer.is_some()) else {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            continue;
+        };
+        let Some(issuer) = identity.issuer.as_ref() else { continue };
+        let wait = renew_in(&identity, issuer);
+        if !wait.is_zero() {
+            // Capped so that a changed config is seen within a minute.
+            tokio::time::sleep(wait.min(Duration::from_secs(60))).await;
+            continue;
+        }
+        match obtain(&identity, issuer).await {
+            Ok(not_after) => {
+                metrics::counter!(crate::telemetry::IDENTITY_RENEWALS_TOTAL, "result" => "ok").increment(1);
+                tracing::info!(id = %issuer.id, not_after, "identity certificate renewed");
+                backoff = Duration::from_secs(1);
+            }
+            Err(e) => {
+                metrics::counter!(crate::telemetry::IDENTITY_RENEWALS_TOTAL, "result" => "error").increment(1);
+                tracing::warn!(error = %e, retry_in = ?backoff, "identity renewal failed; the current certificate stays");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// One round: key and CSR, the request, the checks, the files. Returns the new expiry.
+async fn obtain(identity: &api::Identity, issuer: &api::Issuer) -> Result<i64, IssueError> {
+    let id: SpiffeId = issuer.id.parse()?;
+    let csr = trellis_certs::new_csr(&id)?;
+    let token = match &issuer.token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map(|t| t.trim().to_owned())
+                .map_err(|source| IssueError::Token { path: path.clone(), source })?,
+        ),
+        None => None,
+    };
+    let body = serde_json::json!({ "csr": csr.csr_pem, "ttl": api::Duration::from_secs(ttl_of(issuer).as_secs()) });
+    let answer = tokio::time::timeout(REQUEST_TIMEOUT, post(&issuer.server, token.as_deref(), body.to_string()))
+        .await
+        .map_err(|_| IssueError::Unreachable { server: issuer.server.clone(), reason: "timed out".into() })??;
+    let bad = |reason: String| IssueError::BadAnswer { server: issuer.server.clone(), reason };
+    let chain_pem = answer
+        .get("certificate")
+        .and_then(|c| c.as_str())
+        .ok_or_else(|| bad("no \"certificate\" in the answer".into()))?;
+    let not_after = check(identity, &issuer.id, chain_pem, &csr.key_pem).map_err(bad)?;
+    write_files(identity, chain_pem, &csr.key_pem)?;
+    Ok(not_after)
+}
+
+/// The answer must be for the ID asked, from a CA in our trust bundle, and belong to our
+/// key: otherwise peers would refuse it, or it would not be ours.
+fn check(identity: &api::Identity, id: &str, chain_pem: &str, key_pem: &str) -> Result<i64, String> {
+    let chain = trellis_certs::certs_from_pem(chain_pem.as_bytes()).map_err(|e| e.to_string())?;
+    let leaf = chain.first().ok_or("an empty chain")?;
+    let info = trellis_certs::inspect_der(leaf).map_err(|e| e.to_string())?;
+    let got = info.spiffe_id.as_ref().map(ToString::to_string);
+    if got.as_deref() != Some(id) {
+        return Err(format!("it is for {}, not {id}", got.as_deref().unwrap_or("no SPIFFE ID")));
+    }
+    let roots = crate::tls::files::roots(Path::new(&identity.trust_bundle)).map_err(|e| e.to_string())?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots, crate::tls::provider())
+        .build()
+        .map_err(|e| e.to_string())?;
+    verifier
+        .verify_client_cert(leaf, &chain[1..], rustls_pki_types::UnixTime::now())
+        .map_err(|e| format!("it does not chain to the trust bundle {}: {e}", identity.trust_bundle))?;
+    let key = trellis_certs::key_from_pem(key_pem.as_bytes()).map_err(|e| e.to_string())?;
+    let signer = crate::tls::provider().key_provider.load_private_key(key).map_err(|e| e.to_string())?;
+    rustls::sign::CertifiedKey::new(chain, signer)
+        .keys_match()
+        .map_err(|e| format!("it does not match our key: {e}"))?;
+    Ok(info.not_after)
+}
+
+/// Writes key then certificate, each through a temporary file and a rename, so the file
+/// watch never reads a half-written file.
+fn write_files(identity: &api::Identity, chain_pem: &str, key_pem: &str) -> Result<(), IssueError> {
+    write_atomically("identity.key", Path::new(&identity.key), key_pem.as_bytes(), 0o600)?;
+    write_atomically("identity.cert", Path::new(&identity.cert), chain_pem.as_bytes(), 0o644)
+}
+
+fn write_atomically(what: &'static str, path: &Path, data: &[u8], mode: u32) -> Result<(), IssueError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let err = |source| IssueError::Write { what, path: path.to_owned(), source };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp).map_err(err)?;
+    f.write_all(data).and_then(|()| f.sync_all()).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+/// `POST /v1/certificates` over HTTP/1.1; the JSON answer of a 200, else the error.
+async fn post(server: &str, token: Option<&str>, body: String) -> Result<serde_json::Value, IssueError> {
+    let unreachable = |reason: String| IssueError::Unreachable { server: server.to_owned(), reason };
+    let authority = server.strip_prefix("http://").unwrap_or(server).trim_end_matches('/');
+    let stream = tokio::net::TcpStream::connect(authority).await.map_err(|e| unreachable(e.to_string()))?;
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| unreachable(e.to_string()))?;
+    tokio::spawn(conn);
+    let mut req = http::Request::post("/v1/certificates")
+        .header(http::header::HOST, authority)
+        .header(http::header::CONTENT_TYPE, "application/json");
+    if let Some(t) = token {
+        req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let req = req.body(Full::new(Bytes::from(body))).map_err(|e| unreachable(e.to_string()))?;
+    let resp = send.send_request(req).await.map_err(|e| unreachable(e.to_string()))?;
+    let status = resp.status();
+    let bytes = Limited::new(resp.into_body(), MAX_ANSWER)
+        .collect()
+        .await
+        .map_err(|e| unreachable(format!("reading the answer: {e}")))?
+        .to_bytes();
+    let json: Option<serde_json::Value> = serde_json::from_slice(&bytes).ok();
+    if !status.is_success() {
+        let message = json
+            .as_ref()
+            .and_then(|j| j.get("error"))
+            .and_then(|e| e.as_str())
+            .map_or_else(|| String::from_utf8_lossy(&bytes).into_owned(), str::to_owned);
+        return Err(IssueError::Refused { server: server.to_owned(), status: status.as_u16(), message });
+    }
+    json.ok_or_else(|| IssueError::BadAnswer { server: server.to_owned(), reason: "the answer is not JSON".into() })
+}
+
+/// The renewal task's view of the identity in force.
+pub fn from_snapshot(shared: Arc<arc_swap::ArcSwap<crate::config::Snapshot>>) -> impl Fn() -> Option<api::Identity> {
+    move || shared.load().source.identity.clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity(dir: &Path) -> api::Identity {
+        api::Identity {
+            cert: dir.join("id.pem").display().to_string(),
+            key: dir.join("id.key").display().to_string(),
+            trust_bundle: dir.join("ca.pem").display().to_string(),
+            issuer: Some(api::Issuer {
+                server: "http://127.0.0.1:1".into(),
+                id: "spiffe://trellis.local/ns/default/sa/a".into(),
+                token_file: None,
+                ttl: Some(api::Duration::from_secs(3600)),
+            }),
+        }
+    }
+
+    #[test]
+    fn renewal_is_due_without_a_certificate_and_a_third_before_expiry() {
+        let dir = std::env::temp_dir().join(format!("trellis-issuer-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let id = identity(&dir);
+        let issuer = id.issuer.clone().unwrap();
+        assert!(renew_in(&id, &issuer).is_zero(), "no file yet");
+
+        let ca = trellis_certs::Ca::generate().unwrap();
+        let sid: SpiffeId = issuer.id.parse().unwrap();
+        // Two thirds of the hour left: renewal is due in about 20 minutes.
+        ca.issue(&sid, Duration::from_secs(2400), &[]).unwrap().write(dir.join("id")).unwrap();
+        let wait = renew_in(&id, &issuer).as_secs();
+        assert!((1100..=1260).contains(&wait), "renewal in {wait} s");
+        // Less than a third left: due now.
+        ca.issue(&sid, Duration::from_secs(600), &[]).unwrap().write(dir.join("id")).unwrap();
+        assert!(renew_in(&id, &issuer).is_zero());
+        // A certificate for another ID does not count.
+        let other: SpiffeId = "spiffe://trellis.local/ns/default/sa/b".parse().unwrap();
+        ca.issue(&other, Duration::from_secs(3600), &[]).unwrap().write(dir.join("id")).unwrap();
+        assert!(renew_in(&id, &issuer).is_zero());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_answer_from_another_ca_or_for_another_id_is_refused() {
+        let dir = std::env::temp_dir().join(format!("trellis-issuer-check-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let id = identity(&dir);
+        let ours = trellis_certs::Ca::generate().unwrap();
+        let theirs = trellis_certs::Ca::generate().unwrap();
+        std::fs::write(&id.trust_bundle, ours.cert_pem()).unwrap();
+        let want = "spiffe://trellis.local/ns/default/sa/a";
+        let csr = trellis_certs::new_csr(&want.parse().unwrap()).unwrap();
+
+        let good = ours.sign_csr(&csr.csr_pem, Duration::from_secs(600)).unwrap();
+        assert!(check(&id, want, &good.cert_pem, &csr.key_pem).is_ok());
+
+        let foreign = theirs.sign_csr(&csr.csr_pem, Duration::from_secs(600)).unwrap();
+        let e = check(&id, want, &foreign.cert_pem, &csr.key_pem).unwrap_err();
+        assert!(e.contains("does not chain to the trust bundle"), "{e}");
+
+        let e = check(&id, "spiffe://trellis.local/ns/default/sa/b", &good.cert_pem, &csr.key_pem).unwrap_err();
+        assert!(e.contains("not spiffe://trellis.local/ns/default/sa/b"), "{e}");
+
+        let other_key = trellis_certs::new_csr(&want.parse().unwrap()).unwrap();
+        let e = check(&id, want, &good.cert_pem, &other_key.key_pem).unwrap_err();
+        assert!(e.contains("does not match our key"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
