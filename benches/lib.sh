@@ -1,3 +1,4 @@
+#!/usr/bin/env bash
 # Sourced by the benchmark scripts (pair.sh, instructions.sh, pgo.sh): a working directory
 # that is removed on exit, processes recorded in PIDS that are ended by PID on exit, and a
 # readiness wait.

@@ -1,30 +1,53 @@
 #!/usr/bin/env bash
 # Sidecar-pair benchmark (issue "Identity"): app -> outbound sidecar (plaintext HTTP/1.1)
 # -> one multiplexed mTLS HTTP/2 connection -> inbound sidecar -> origin, against the
-# origin direct, in one run. Load driver and origin on cpu0, both sidecars (--threads 1)
-# on cpu1. Measures: closed-loop RPS at 64 connections (interleaved reps), open-loop
-# latency at half of the pair's measured maximum (direct and pair at the same rate), new
-# mTLS handshakes per second on the inbound (mesh) listener alone, and each sidecar's RSS.
+# origin direct and (unless --no-nginx) an nginx mTLS pair, in one run. Measures:
+# closed-loop RPS at 64 connections, open-loop latency at half of the Trellis pair's
+# measured maximum (every target at the same rate, runs interleaved, steal time and the
+# sidecars' CPU shown per run), new mTLS handshakes per second on the inbound (mesh)
+# listener alone, and each sidecar's RSS.
 #
-# Usage: benches/pair.sh [--reps N] [--duration S] [--no-build]
+# Layouts (--layout):
+#   shared  (default) load driver and origin on cpu0, both sidecars (--threads 1) on cpu1:
+#           the proxies alone on one core, as BENCHMARKING.md pins a system under test.
+#           Every request crosses cores four times (direct: twice).
+#   nodes   load driver and outbound sidecar on cpu0, inbound sidecar and origin on cpu1:
+#           each sidecar on its app's core, as on two nodes. Only the mTLS hop crosses
+#           cores, so the pair crosses as often as direct does.
+# The nginx pair (two nginx, one worker each: HTTP/1.1 over TLS 1.3 with client
+# certificates, upstream keepalive 64; nginx cannot proxy to an HTTP/2 upstream) runs in
+# the same layout. It is the reference for what a mature proxy pair adds on this machine.
+#
+# Usage: benches/pair.sh [--reps N] [--lat-reps N] [--duration S] [--layout shared|nodes]
+#                        [--no-nginx] [--no-build]
 # Env: TRELLIS_BIN, the trellis binary measured (default target/release/trellis; e.g.
 # target/pgo/trellis after benches/pgo.sh).
-# Everything listens on 127.0.0.1:2814x/2809x/2990x; processes started here are killed by PID.
+# Everything listens on 127.0.0.1:2814x/2815x/2809x/2990x; processes started here are
+# killed by PID.
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BIN="$ROOT/target/release"
 TRELLIS_BIN="${TRELLIS_BIN:-$BIN/trellis}"   # e.g. target/pgo/trellis after benches/pgo.sh
-REPS=3; DUR=6; BUILD=1
+REPS=3; LAT_REPS=5; DUR=6; BUILD=1; LAYOUT=shared; USE_NGINX=1
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --reps) REPS="$2"; shift ;;
+        --lat-reps) LAT_REPS="$2"; shift ;;
         --duration) DUR="$2"; shift ;;
+        --layout) LAYOUT="$2"; shift ;;
+        --no-nginx) USE_NGINX=0 ;;
         --no-build) BUILD=0 ;;
-        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
         *) echo "unknown option: $1" >&2; exit 2 ;;
     esac
     shift
 done
+case "$LAYOUT" in
+    shared) OUT_CPU=1; IN_CPU=1; ORIGIN_CPU=0 ;;
+    nodes) OUT_CPU=0; IN_CPU=1; ORIGIN_CPU=1 ;;
+    *) echo "--layout: expected shared or nodes, got '$LAYOUT'" >&2; exit 2 ;;
+esac
+[[ "$TRELLIS_BIN" == /* ]] || TRELLIS_BIN="$PWD/$TRELLIS_BIN"
 ((BUILD)) && (cd "$ROOT" && cargo build --release -q -p trellis -p trellis-bench) || ((BUILD == 0)) || exit 1
 
 # shellcheck source=benches/lib.sh
@@ -37,45 +60,179 @@ bench_workdir trellis-pair
 sed 's/8080/28090/; s/9902/29902/; s/4143/28143/' "$ROOT/examples/sidecar-pair/checkout.yaml" >checkout.yaml
 sed 's/9901/29901/; s/4140/28140/; s/4143/28143/' "$ROOT/examples/sidecar-pair/frontend.yaml" >frontend.yaml
 
-cpu_ns() { local t=0 f a; for f in /proc/"$1"/task/*/schedstat; do read -r a _ <"$f"; t=$((t + a)); done; echo "$t"; }
+# cpu_ns "PID...": CPU time of the processes, their threads and their children (nginx workers).
+cpu_ns() {
+    local t=0 p f a pids
+    read -ra pids <<<"$1"
+    for p in "${pids[@]}" $(pgrep -P "$(tr ' ' , <<<"$1")"); do
+        for f in /proc/"$p"/task/*/schedstat; do read -r a _ 2>/dev/null <"$f" && t=$((t + a)); done
+    done
+    echo "$t"
+}
 rss_mb() { awk '/^VmRSS/ {printf "%.1f", $2 / 1024}' /proc/"$1"/status; }
-# load URL ARGS...: one trellis-load line ("... N rps | latency p50 ... p99 ...").
-load() { local url=$1; shift; taskset -c 0 "$BIN/trellis-load" --url "$url" -c 64 --warmup 1s "$@" | head -1; }
-rps_of() { sed -n 's/.* \([0-9.]*\) rps .*/\1/p'; }
+# steal: "steal_ticks all_ticks" over cpu0 and cpu1 (time the hypervisor ran something else).
+steal() { awk '/^cpu[01] / {s += $9; t += $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9} END {print s, t}' /proc/stat; }
+# load URL ARGS...: one trellis-load JSON line.
+load() { local url=$1; shift; taskset -c 0 "$BIN/trellis-load" --url "$url" -c 64 --warmup 1s --json "$@" | tail -1; }
+field() { sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p"; }
+ms() { awk -v u="$1" 'BEGIN {printf "%.2f", u / 1000}'; }
+# med / range "N N ...": median, and min–max, of a space-separated list.
+values() { tr -s ' ' '\n' <<<"$1" | sed '/^$/d' | sort -g; }
+med() { values "$1" | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
+range() { values "$1" | awk 'NR == 1 {lo = $1} {hi = $1} END {print lo "–" hi}'; }
 
-taskset -c 0 "$BIN/trellis-origin" --listen 127.0.0.1:28090 --threads 1 >origin.log 2>&1 &
+taskset -c "$ORIGIN_CPU" "$BIN/trellis-origin" --listen 127.0.0.1:28090 --threads 1 >origin.log 2>&1 &
 PIDS+=($!)
-taskset -c 1 "$TRELLIS_BIN" proxy --config checkout.yaml --threads 1 >inbound.log 2>&1 &
+taskset -c "$IN_CPU" "$TRELLIS_BIN" proxy --config checkout.yaml --threads 1 >inbound.log 2>&1 &
 IN=$!; PIDS+=("$IN")
-taskset -c 1 "$TRELLIS_BIN" proxy --config frontend.yaml --threads 1 >outbound.log 2>&1 &
+taskset -c "$OUT_CPU" "$TRELLIS_BIN" proxy --config frontend.yaml --threads 1 >outbound.log 2>&1 &
 OUT=$!; PIDS+=("$OUT")
 wait_ready http://127.0.0.1:29902/ready
 wait_ready http://127.0.0.1:29901/ready
-DIRECT=http://127.0.0.1:28090/api/x
-PAIR=http://127.0.0.1:28140/api/x
 
-echo "## Sidecar pair ($(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg))"
+# The nginx pair: outbound 127.0.0.1:28150 -> HTTP/1.1 over mTLS -> inbound 28153 -> origin.
+# nginx verifies a DNS name, not a SPIFFE URI, so its server certificate also has one.
+start_nginx_pair() {
+    "$BIN/trellis" certs issue --dir pki --id spiffe://trellis.local/ns/default/sa/checkout \
+        --dns checkout.mesh --out pki/checkout-dns >/dev/null || return 1
+    local n
+    for n in nginx-in nginx-out; do
+        mkdir -p "$TMP/$n/tmp"
+        {
+            [[ $EUID -eq 0 ]] && echo "user root;"
+            cat <<EOF
+worker_processes 1;
+daemon off;
+master_process on;
+pid $TMP/$n/nginx.pid;
+error_log $TMP/$n/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $TMP/$n/tmp/body;
+    proxy_temp_path $TMP/$n/tmp/proxy;
+    fastcgi_temp_path $TMP/$n/tmp/fastcgi;
+    uwsgi_temp_path $TMP/$n/tmp/uwsgi;
+    scgi_temp_path $TMP/$n/tmp/scgi;
+    keepalive_requests 1000000;
+    keepalive_timeout 300s;
+EOF
+            if [[ $n == nginx-in ]]; then
+                cat <<EOF
+    upstream origin { server 127.0.0.1:28090; keepalive 64; keepalive_requests 1000000; }
+    server {
+        listen 127.0.0.1:28153 ssl;
+        ssl_protocols TLSv1.3;
+        ssl_certificate $TMP/pki/checkout-dns.pem;
+        ssl_certificate_key $TMP/pki/checkout-dns.key;
+        ssl_verify_client on;
+        ssl_client_certificate $TMP/pki/ca.pem;
+        location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; }
+    }
+}
+EOF
+            else
+                cat <<EOF
+    upstream inbound { server 127.0.0.1:28153; keepalive 64; keepalive_requests 1000000; }
+    server {
+        listen 127.0.0.1:28150;
+        location / {
+            proxy_pass https://inbound;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_ssl_protocols TLSv1.3;
+            proxy_ssl_certificate $TMP/pki/frontend.pem;
+            proxy_ssl_certificate_key $TMP/pki/frontend.key;
+            proxy_ssl_trusted_certificate $TMP/pki/ca.pem;
+            proxy_ssl_verify on;
+            proxy_ssl_name checkout.mesh;
+            proxy_ssl_session_reuse on;
+        }
+    }
+}
+EOF
+            fi
+        } >"$TMP/$n/nginx.conf"
+    done
+    taskset -c "$IN_CPU" nginx -p "$TMP/nginx-in" -c "$TMP/nginx-in/nginx.conf" >nginx-in.log 2>&1 &
+    NIN=$!; PIDS+=("$NIN")
+    taskset -c "$OUT_CPU" nginx -p "$TMP/nginx-out" -c "$TMP/nginx-out/nginx.conf" >nginx-out.log 2>&1 &
+    NOUT=$!; PIDS+=("$NOUT")
+    for _ in $(seq 50); do
+        [[ $(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:28150/api/x) == 200 ]] && return 0
+        sleep 0.1
+    done
+    echo "warning: the nginx pair did not answer; no nginx column" >&2
+    cat nginx-in.log nginx-out.log "$TMP"/nginx-*/error.log >&2 2>/dev/null
+    return 1
+}
+TARGETS=(direct trellis)
+declare -A URL=([direct]=http://127.0.0.1:28090/api/x [trellis]=http://127.0.0.1:28140/api/x [nginx]=http://127.0.0.1:28150/api/x)
+declare -A SIDECARS=([direct]="" [trellis]="$IN $OUT")
+if ((USE_NGINX)) && command -v nginx >/dev/null && start_nginx_pair; then
+    TARGETS+=(nginx); SIDECARS[nginx]="$NIN $NOUT"
+fi
+
+echo "## Sidecar pair ($(nproc) cores, layout $LAYOUT, load average $(cut -d' ' -f1-3 /proc/loadavg))"
 echo
-echo "closed loop, HTTP/1.1, 64 connections, ${DUR}s per run:"
-d_all=(); p_all=()
+echo "Layout: load driver cpu0, origin cpu$ORIGIN_CPU, outbound sidecar cpu$OUT_CPU, inbound sidecar cpu$IN_CPU." \
+    "Pairs: trellis ($(basename "$TRELLIS_BIN"), h2 over mTLS between the sidecars)$([[ " ${TARGETS[*]} " == *" nginx "* ]] && echo ", nginx ($(nginx -v 2>&1 | sed 's/.*\///'), HTTP/1.1 over mTLS)")."
+echo
+# run TARGET ARGS...: one load run; prints "rps p50_us p99_us steal% sidecar_cpu%" and the line.
+run() {
+    local t=$1; shift
+    local s0 t0 s1 t1 c0 c1 w0 w1 j
+    read -r s0 t0 < <(steal); c0=$(cpu_ns "${SIDECARS[$t]:-$$}"); w0=$(date +%s%N)
+    j=$(load "${URL[$t]}" "$@")
+    read -r s1 t1 < <(steal); c1=$(cpu_ns "${SIDECARS[$t]:-$$}"); w1=$(date +%s%N)
+    local cpu="-"
+    [[ -n ${SIDECARS[$t]} ]] && cpu=$(awk -v a="$c0" -v b="$c1" -v x="$w0" -v y="$w1" 'BEGIN {printf "%.0f", (b - a) * 100 / (y - x)}')
+    echo "$(field rps <<<"$j") $(field p50_us <<<"$j") $(field p99_us <<<"$j") $(( (s1 - s0) * 100 / (t1 - t0 + 1) )) $cpu $(field errors <<<"$j")"
+}
+
+echo "closed loop, HTTP/1.1, 64 connections, ${DUR}s per run (sidecar CPU: both sidecars together, % of one core, warm-up included):"
+declare -A RPS
 for rep in $(seq "$REPS"); do
-    d=$(load "$DIRECT" -d "${DUR}s"); p=$(load "$PAIR" -d "${DUR}s")
-    echo "  rep $rep direct: ${d#* c=64 m=1 }"
-    echo "  rep $rep pair:   ${p#* c=64 m=1 }"
-    d_all+=("$(rps_of <<<"$d")"); p_all+=("$(rps_of <<<"$p")")
+    for t in "${TARGETS[@]}"; do
+        read -r rps p50 p99 st cpu err < <(run "$t" -d "${DUR}s")
+        RPS[$t]+=" $rps"
+        printf '  rep %d %-8s %9.0f rps, p50 %6s ms, p99 %6s ms, errors %s | steal %2d%%, sidecars %s%%\n' \
+            "$rep" "$t:" "$rps" "$(ms "$p50")" "$(ms "$p99")" "$err" "$st" "$cpu"
+    done
 done
-med() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-DMED=$(med "${d_all[@]}"); PMED=$(med "${p_all[@]}")
-echo "  median: direct $DMED rps, pair $PMED rps = $(awk -v a="$PMED" -v b="$DMED" 'BEGIN{printf "%.2f", a/b}')x of direct"
+DMED=$(med "${RPS[direct]}")
+for t in "${TARGETS[@]}"; do
+    m=$(med "${RPS[$t]}")
+    echo "  median $t: $m rps ($(range "${RPS[$t]}")) = $(awk -v a="$m" -v b="$DMED" 'BEGIN {printf "%.2f", a / b}')x of direct"
+done
+[[ " ${TARGETS[*]} " == *" nginx "* ]] && echo "  trellis pair / nginx pair: $(awk -v a="$(med "${RPS[trellis]}")" -v b="$(med "${RPS[nginx]}")" 'BEGIN {printf "%.2f", a / b}')x"
 echo "  RSS after load: inbound $(rss_mb "$IN") MB, outbound $(rss_mb "$OUT") MB;" \
     "mTLS connections between the sidecars: $(ss -Htn state established '( dport = :28143 )' | wc -l)"
-HALF=$(awk -v p="$PMED" 'BEGIN{printf "%d", p / 2}')
-echo
-echo "open loop at half of the pair's maximum ($HALF req/s), ${DUR}s per run:"
-for rep in $(seq "$REPS"); do
-    echo "  rep $rep direct: $(load "$DIRECT" --rate "$HALF" -d "${DUR}s" | sed 's/.*| //')"
-    echo "  rep $rep pair:   $(load "$PAIR" --rate "$HALF" -d "${DUR}s" | sed 's/.*| //')"
-done
+# open_loop RATE WHAT: LAT_REPS interleaved open-loop runs of every target at RATE req/s.
+open_loop() {
+    local rate=$1 t rep rps p50 p99 st cpu err a50 a99 line
+    declare -A P50=() P99=()
+    echo
+    echo "open loop at $2 ($rate req/s), ${DUR}s per run, $LAT_REPS reps:"
+    for rep in $(seq "$LAT_REPS"); do
+        for t in "${TARGETS[@]}"; do
+            read -r rps p50 p99 st cpu err < <(run "$t" --rate "$rate" -d "${DUR}s")
+            P50[$t]+=" $p50"; P99[$t]+=" $p99"
+            printf '  rep %d %-8s p50 %7s ms, p99 %8s ms, errors %s | steal %2d%%, sidecars %s%%\n' \
+                "$rep" "$t:" "$(ms "$p50")" "$(ms "$p99")" "$err" "$st" "$cpu"
+        done
+    done
+    for t in "${TARGETS[@]}"; do
+        a50=$(med "${P50[$t]}"); a99=$(med "${P99[$t]}")
+        line="  median $t: p50 $(ms "$a50") ms, p99 $(ms "$a99") ms (p99 range $(range "${P99[$t]}") us)"
+        [[ $t != direct ]] && line+="; added: p50 $(ms $((a50 - $(med "${P50[direct]}")))) ms, p99 $(ms $((a99 - $(med "${P99[direct]}")))) ms"
+        echo "$line"
+    done
+}
+open_loop "$(awk -v p="$(med "${RPS[trellis]}")" 'BEGIN {printf "%d", p / 2}')" "half of the trellis pair's maximum"
+# The same at a rate the nginx pair also keeps up with: each pair at most at half its maximum.
+[[ " ${TARGETS[*]} " == *" nginx "* ]] && open_loop "$(awk -v p="$(med "${RPS[nginx]}")" 'BEGIN {printf "%d", p / 2}')" "half of the nginx pair's maximum"
+[[ -n ${NOUT:-} ]] && kill "$NOUT" "$NIN" 2>/dev/null
 kill "$OUT"
 echo
 echo "new mTLS handshakes on the inbound (mesh) listener alone, full TLS 1.3 handshakes, no resumption:"
