@@ -61,6 +61,18 @@ impl Mesh {
 
     /// An inbound sidecar whose identity comes from the control plane, valid for `ttl`.
     fn sidecar_yaml(&self, mesh: SocketAddr, app: SocketAddr, ttl: &str, token: &Path) -> String {
+        self.sidecar_yaml_at(&self.cert(), &self.key(), mesh, app, ttl, token)
+    }
+
+    fn sidecar_yaml_at(
+        &self,
+        cert: &Path,
+        key: &Path,
+        mesh: SocketAddr,
+        app: SocketAddr,
+        ttl: &str,
+        token: &Path,
+    ) -> String {
         format!(
             r#"admin: {{ address: "{{admin}}" }}
 identity:
@@ -86,8 +98,8 @@ policies:
     default: deny
     rules: [{{ from: ["{FRONTEND}"] }}]
 "#,
-            cert = self.cert().display(),
-            key = self.key().display(),
+            cert = cert.display(),
+            key = key.display(),
             bundle = self.bundle().display(),
             api = self.cp.api,
             token = token.display(),
@@ -118,7 +130,7 @@ async fn a_proxy_gets_its_identity_from_the_control_plane_and_renews_it_without_
     let app = Origin::echo("app").await;
     let mesh = listen_addr();
     assert!(!m.cert().exists());
-    let proxy = Proxy::start(&m.sidecar_yaml(mesh, app.addr, "6s", &m.token));
+    let proxy = Proxy::start(&m.sidecar_yaml(mesh, app.addr, "9s", &m.token));
 
     // The key was made here and written owner-only; the certificate is for the ID asked.
     let mode = std::fs::metadata(m.key()).unwrap().permissions().mode() & 0o777;
@@ -130,7 +142,7 @@ async fn a_proxy_gets_its_identity_from_the_control_plane_and_renews_it_without_
     assert_eq!(status, 200);
     assert_eq!(first.spiffe_id.as_ref().map(ToString::to_string).as_deref(), Some(CHECKOUT));
 
-    // Renewed once less than a third of the 6 s is left: a new leaf within ~5 s, and not
+    // Renewed once less than a third of the 9 s is left: a new leaf within ~7 s, and not
     // one failed request meanwhile.
     let deadline = Instant::now() + Duration::from_secs(12);
     let mut calls = 0;
@@ -150,6 +162,8 @@ async fn a_proxy_gets_its_identity_from_the_control_plane_and_renews_it_without_
     assert!(renewed.not_after > first.not_after);
     assert!(counter(&proxy, "ok") >= 1.0, "{}", proxy.metrics());
     assert!(proxy.logs().contains("identity certificate renewed"), "{}", proxy.logs());
+    // The key and certificate land together: no reload saw one without the other.
+    assert!(!proxy.logs().contains("config reload refused"), "{}", proxy.logs());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,14 +171,15 @@ async fn while_the_control_plane_is_away_the_old_identity_keeps_serving() {
     let mut m = Mesh::start();
     let app = Origin::echo("app").await;
     let mesh = listen_addr();
-    let proxy = Proxy::start(&m.sidecar_yaml(mesh, app.addr, "15s", &m.token));
+    let proxy = Proxy::start(&m.sidecar_yaml(mesh, app.addr, "21s", &m.token));
     let (_, first) = call(mesh, &m.fe).await.unwrap();
 
-    // The control plane goes away; the renewal (due ~10 s after issue) fails and is retried.
+    // The control plane goes away; the renewal (due ~14 s after issue) fails and is retried
+    // (at most a quarter of the time left apart, so well before the 21 s run out).
     let (api, xds) = (m.cp.api, m.cp.xds);
     let _ = m.cp.child.kill();
     let _ = m.cp.child.wait();
-    let deadline = Instant::now() + Duration::from_secs(14);
+    let deadline = Instant::now() + Duration::from_secs(20);
     while counter(&proxy, "error") < 1.0 {
         assert!(Instant::now() < deadline, "no failed renewal counted: {}", proxy.logs());
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -186,6 +201,27 @@ async fn while_the_control_plane_is_away_the_old_identity_keeps_serving() {
         assert!(Instant::now() < deadline, "not renewed after the control plane came back: {}", proxy.logs());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_moves_the_identity_files_gets_them_issued_and_applies() {
+    let m = Mesh::start();
+    let app = Origin::echo("app").await;
+    let mesh = listen_addr();
+    let proxy = Proxy::start(&m.sidecar_yaml(mesh, app.addr, "1h", &m.token));
+    let (_, first) = call(mesh, &m.fe).await.unwrap();
+    let version = proxy.version();
+
+    // New paths, nothing there yet: the first reload is refused for the missing files, the
+    // proxy gets a certificate for them, and the reload then applies.
+    let (cert, key) = (m.files.path().join("moved/id.pem"), m.files.path().join("moved/id.key"));
+    proxy.write_config(&m.sidecar_yaml_at(&cert, &key, mesh, app.addr, "1h", &m.token));
+    assert!(wait_version_above(&proxy, version, Duration::from_secs(10)).await, "{}", proxy.logs());
+    let written = trellis_certs::inspect_file(&cert).unwrap();
+    let (status, leaf) = call(mesh, &m.fe).await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(leaf.serial, written[0].serial, "the moved identity is the one presented");
+    assert_ne!(leaf.serial, first.serial);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -211,6 +247,7 @@ fn issuer_fields_are_validated() {
     let cases = [
         ("server: \"https://127.0.0.1:7070\", id: \"spiffe://trellis.local/ns/a/sa/b\"", "identity.issuer.server"),
         ("server: \"http://127.0.0.1:7070\", id: \"checkout\"", "identity.issuer.id"),
+        ("server: \"http://127.0.0.1\", id: \"spiffe://trellis.local/ns/a/sa/b\"", "identity.issuer.server"),
         ("server: \"http://127.0.0.1:7070\", id: \"spiffe://trellis.local/ns/a/sa/b\", ttl: 1s", "identity.issuer.ttl"),
         ("server: \"http://127.0.0.1:7070\", id: \"spiffe://trellis.local/ns/a/sa/b\", renew: 1h", "renew"),
     ];

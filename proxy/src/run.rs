@@ -82,6 +82,7 @@ pub fn run(opts: Options) -> Result<(), RunError> {
         .build()
         .map_err(|e| RunError::Runtime(e.to_string()))?;
     let discovery = Arc::new(discovery::Status::default());
+    let signals = Arc::new(crate::tls::issuer::Signals::default());
     let state = Arc::new(admin::State {
         config: shared.clone(),
         metrics: prometheus,
@@ -102,12 +103,16 @@ pub fn run(opts: Options) -> Result<(), RunError> {
             }
         });
         state.ready.store(true, Ordering::Release);
-        tokio::spawn(crate::tls::issuer::renew_forever(crate::tls::issuer::from_snapshot(shared.clone())));
+        tokio::spawn(crate::tls::issuer::renew_forever(
+            opts.config.clone(),
+            crate::tls::issuer::from_snapshot(shared.clone()),
+            signals.clone(),
+        ));
         if let Some(cp) = control_plane {
             tokio::spawn(discovery::run(cp, node, reloader.clone(), discovery.clone()));
         }
         tracing::info!(config = %opts.config.display(), workers, admin = %admin_addr, "trellis proxy started");
-        wait_and_reload(&opts, &reloader).await
+        wait_and_reload(&opts, &reloader, &signals).await
     })?;
 
     state.ready.store(false, Ordering::Release);
@@ -123,7 +128,11 @@ pub fn run(opts: Options) -> Result<(), RunError> {
 }
 
 /// Serves reload triggers until a stop signal; returns the drain timeout then in force.
-async fn wait_and_reload(opts: &Options, reloader: &Reloader) -> Result<Duration, RunError> {
+async fn wait_and_reload(
+    opts: &Options,
+    reloader: &Reloader,
+    signals: &crate::tls::issuer::Signals,
+) -> Result<Duration, RunError> {
     let sig = |k| signal(k).map_err(|e| RunError::Runtime(format!("signal handler: {e}")));
     let (mut hup, mut term, mut int) =
         (sig(SignalKind::hangup())?, sig(SignalKind::terminate())?, sig(SignalKind::interrupt())?);
@@ -139,20 +148,31 @@ async fn wait_and_reload(opts: &Options, reloader: &Reloader) -> Result<Duration
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => "SIGHUP",
+            () = signals.renewed.notified() => "identity renewed",
             _ = poll.tick() => {
-                let now = stamps(&files);
-                if now == last || now.iter().any(Option::is_none) {
+                if stamps(&files) == last {
+                    continue;
+                }
+                // A rotation writes a certificate and its key one after the other: let
+                // both land before reading them.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if stamps(&files).iter().any(Option::is_none) {
                     continue;
                 }
                 "file changed"
             }
         };
+        // Stamped before the reload reads the files: a change made while it reads is
+        // then seen by the next poll instead of being taken as already applied.
+        let before = stamps(&files);
         match reloader.reload_file() {
             Ok(v) => tracing::info!(version = v, trigger = why, "config reloaded"),
             Err(e) => tracing::error!(trigger = why, error = %e, "config reload refused; the previous config stays"),
         }
-        files = watched();
-        last = stamps(&files);
+        signals.config_changed.notify_one();
+        let now_watched = watched();
+        last = if now_watched == files { before } else { stamps(&now_watched) };
+        files = now_watched;
     }
     Ok(reloader.snapshot().drain_timeout)
 }

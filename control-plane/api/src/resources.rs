@@ -73,7 +73,8 @@ pub struct Identity {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Issuer {
-    /// The control plane's REST API, `http://HOST:PORT` (default port 7070).
+    /// The control plane's REST API, `http://HOST:PORT` (its default address is
+    /// 127.0.0.1:7070).
     pub server: String,
     /// The SPIFFE ID asked for.
     pub id: String,

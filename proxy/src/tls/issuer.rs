@@ -57,16 +57,17 @@ impl IssueError {
     }
 }
 
-/// What the certificate file holds now, for the renewal decision.
+/// What the identity files hold now, for the renewal decision.
 enum Held {
-    /// Nothing usable: missing, unreadable, another ID, or expired.
+    /// Nothing usable: missing, unreadable, another ID, expired, or a key that is not the
+    /// certificate's (e.g. a stop between the two renames).
     Nothing,
-    /// Good until `not_after` (unix seconds).
-    Until { not_after: i64 },
+    /// Good from `not_before` until `not_after` (unix seconds).
+    Valid { not_before: i64, not_after: i64 },
 }
 
-fn now_unix() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+fn now_unix_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 fn ttl_of(issuer: &api::Issuer) -> Duration {
@@ -75,24 +76,41 @@ fn ttl_of(issuer: &api::Issuer) -> Duration {
 
 fn held(identity: &api::Identity, issuer: &api::Issuer) -> Held {
     let Ok(pem) = std::fs::read(&identity.cert) else { return Held::Nothing };
-    match trellis_certs::inspect(&pem) {
-        Ok(info)
-            if info.spiffe_id.as_ref().is_some_and(|id| id.to_string() == issuer.id) && info.not_after > now_unix() =>
-        {
-            Held::Until { not_after: info.not_after }
-        }
-        _ => Held::Nothing,
+    let Ok(info) = trellis_certs::inspect(&pem) else { return Held::Nothing };
+    let ours = info.spiffe_id.as_ref().is_some_and(|id| id.to_string() == issuer.id);
+    if !ours || info.not_after * 1000 <= now_unix_ms() {
+        return Held::Nothing;
+    }
+    match crate::tls::files::certified_key(Path::new(&identity.cert), Path::new(&identity.key)) {
+        Ok(_) => Held::Valid { not_before: info.not_before, not_after: info.not_after },
+        Err(_) => Held::Nothing,
     }
 }
 
-/// How long until the certificate should be renewed (zero: now).
+/// How long until the certificate should be renewed (zero: now): once less than a third of
+/// its lifetime is left. The lifetime is the validity asked for, or less when the CA cut
+/// it short at its own expiry (the certificate's window starts a minute early, so the
+/// window alone would overstate a short `ttl`).
 fn renew_in(identity: &api::Identity, issuer: &api::Issuer) -> Duration {
     match held(identity, issuer) {
         Held::Nothing => Duration::ZERO,
-        Held::Until { not_after } => {
-            let renew_at = not_after - (ttl_of(issuer).as_secs() / 3) as i64;
-            Duration::from_secs(renew_at.saturating_sub(now_unix()).max(0) as u64)
+        Held::Valid { not_before, not_after } => {
+            let lifetime_ms = (ttl_of(issuer).as_millis() as i64).min((not_after - not_before) * 1000);
+            let renew_at_ms = not_after * 1000 - lifetime_ms / 3;
+            Duration::from_millis(renew_at_ms.saturating_sub(now_unix_ms()).max(0) as u64)
         }
+    }
+}
+
+/// The longest wait before another attempt, so that retries go on while the certificate
+/// in use is still valid: a quarter of what is left of it, at least 250 ms.
+fn retry_cap(identity: &api::Identity, issuer: &api::Issuer) -> Duration {
+    match held(identity, issuer) {
+        Held::Valid { not_after, .. } => {
+            let left_ms = (not_after * 1000).saturating_sub(now_unix_ms()).max(0) as u64;
+            Duration::from_millis(left_ms / 4).clamp(Duration::from_millis(250), MAX_BACKOFF)
+        }
+        Held::Nothing => MAX_BACKOFF,
     }
 }
 
@@ -102,10 +120,19 @@ fn renew_in(identity: &api::Identity, issuer: &api::Issuer) -> Duration {
 /// renewed later if the control plane cannot be reached now.
 pub fn ensure_at_start(identity: &api::Identity) -> Result<(), IssueError> {
     let Some(issuer) = &identity.issuer else { return Ok(()) };
+    let host = issuer.server.trim_start_matches("http://").rsplit_once(':').map_or("", |(h, _)| h);
+    let loopback = host == "localhost"
+        || host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    if !loopback && issuer.token_file.is_some() {
+        tracing::warn!(
+            server = %issuer.server,
+            "identity.issuer.server is not on this host: the control plane's token travels in clear over plain HTTP"
+        );
+    }
     if !renew_in(identity, issuer).is_zero() {
         return Ok(());
     }
-    let usable = matches!(held(identity, issuer), Held::Until { .. });
+    let usable = matches!(held(identity, issuer), Held::Valid { .. });
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -134,35 +161,63 @@ pub fn ensure_at_start(identity: &api::Identity) -> Result<(), IssueError> {
     })
 }
 
-/// Keeps the identity renewed for as long as the proxy runs. The issuer settings are read
-/// from the snapshot in force each time, so a reload that changes them applies.
-pub async fn renew_forever(current: impl Fn() -> Option<api::Identity>) {
+/// Wakes between the file watch in `run.rs` and the renewal task.
+#[derive(Debug, Default)]
+pub struct Signals {
+    /// New identity files are written: reload now, without waiting for the watch's poll.
+    pub renewed: tokio::sync::Notify,
+    /// A reload was applied or refused: read the config file's `identity` again.
+    pub config_changed: tokio::sync::Notify,
+}
+
+/// Keeps the identity renewed for as long as the proxy runs. What to keep is read from
+/// the config file (else from the config in force) each time, so a reload that adds an
+/// issuer or moves the files gets them: the reload is refused while the new files are
+/// missing, and applies once they are written.
+pub async fn renew_forever(config: PathBuf, in_force: impl Fn() -> Option<api::Identity>, signals: Arc<Signals>) {
     let mut backoff = Duration::from_secs(1);
     loop {
-        let Some(identity) = current().filter(|i| i.issuer.is_some()) else {
-            tokio::time::sleep(Duration::from_secs(30)).await;
+        let wanted = crate::config::load(&config).ok().map_or_else(&in_force, |b| b.identity);
+        let Some((identity, issuer)) = wanted.and_then(|i| i.issuer.clone().map(|s| (i, s))) else {
+            signals.config_changed.notified().await;
             continue;
         };
-        let Some(issuer) = identity.issuer.as_ref() else { continue };
-        let wait = renew_in(&identity, issuer);
+        let wait = renew_in(&identity, &issuer);
         if !wait.is_zero() {
-            // Capped so that a changed config is seen within a minute.
-            tokio::time::sleep(wait.min(Duration::from_secs(60))).await;
+            // Capped so that a change of the config is seen within a minute even unsignalled.
+            tokio::select! {
+                () = tokio::time::sleep(wait.min(Duration::from_secs(60))) => {}
+                () = signals.config_changed.notified() => {}
+            }
             continue;
         }
-        match obtain(&identity, issuer).await {
+        let pause = match obtain(&identity, &issuer).await {
             Ok(not_after) => {
                 metrics::counter!(crate::telemetry::IDENTITY_RENEWALS_TOTAL, "result" => "ok").increment(1);
                 tracing::info!(id = %issuer.id, not_after, "identity certificate renewed");
-                backoff = Duration::from_secs(1);
+                signals.renewed.notify_one();
+                if renew_in(&identity, &issuer).is_zero() {
+                    // Due as soon as issued: the CA's own expiry cut the validity short.
+                    tracing::warn!(
+                        id = %issuer.id,
+                        not_after,
+                        "the new identity certificate is already due for renewal: the control plane's CA expires soon"
+                    );
+                    backoff
+                } else {
+                    backoff = Duration::from_secs(1);
+                    continue;
+                }
             }
             Err(e) => {
                 metrics::counter!(crate::telemetry::IDENTITY_RENEWALS_TOTAL, "result" => "error").increment(1);
-                tracing::warn!(error = %e, retry_in = ?backoff, "identity renewal failed; the current certificate stays");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                let pause = backoff.min(retry_cap(&identity, &issuer));
+                tracing::warn!(error = %e, retry_in = ?pause, "identity renewal failed; the current certificate stays");
+                pause
             }
-        }
+        };
+        tokio::time::sleep(pause).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 
@@ -171,11 +226,16 @@ async fn obtain(identity: &api::Identity, issuer: &api::Issuer) -> Result<i64, I
     let id: SpiffeId = issuer.id.parse()?;
     let csr = trellis_certs::new_csr(&id)?;
     let token = match &issuer.token_file {
-        Some(path) => Some(
-            std::fs::read_to_string(path)
+        Some(path) => {
+            let token = std::fs::read_to_string(path)
                 .map(|t| t.trim().to_owned())
-                .map_err(|source| IssueError::Token { path: path.clone(), source })?,
-        ),
+                .map_err(|source| IssueError::Token { path: path.clone(), source })?;
+            if http::HeaderValue::from_str(&format!("Bearer {token}")).is_err() {
+                let source = std::io::Error::new(std::io::ErrorKind::InvalidData, "the token is not one line of text");
+                return Err(IssueError::Token { path: path.clone(), source });
+            }
+            Some(token)
+        }
         None => None,
     };
     let body = serde_json::json!({ "csr": csr.csr_pem, "ttl": api::Duration::from_secs(ttl_of(issuer).as_secs()) });
@@ -306,12 +366,27 @@ mod tests {
 
         let ca = trellis_certs::Ca::generate().unwrap();
         let sid: SpiffeId = issuer.id.parse().unwrap();
-        // Two thirds of the hour left: renewal is due in about 20 minutes.
-        ca.issue(&sid, Duration::from_secs(2400), &[]).unwrap().write(dir.join("id")).unwrap();
+        let now = SystemTime::now();
+        let window = |from: u64, to: u64| {
+            ca.issue_with_validity(&sid, now - Duration::from_secs(from), now + Duration::from_secs(to), &[])
+                .unwrap()
+                .write(dir.join("id"))
+                .unwrap();
+        };
+        // A fresh hour: renewal is due in about 40 minutes.
+        window(60, 3600);
         let wait = renew_in(&id, &issuer).as_secs();
-        assert!((1100..=1260).contains(&wait), "renewal in {wait} s");
-        // Less than a third left: due now.
-        ca.issue(&sid, Duration::from_secs(600), &[]).unwrap().write(dir.join("id")).unwrap();
+        assert!((2390..=2400).contains(&wait), "renewal in {wait} s");
+        // Less than a third of the hour left: due now.
+        window(3000, 600);
+        assert!(renew_in(&id, &issuer).is_zero());
+        // The CA cut the validity to 10 minutes: a third of those, not of the hour asked.
+        window(60, 600);
+        let wait = renew_in(&id, &issuer).as_secs();
+        assert!((350..=380).contains(&wait), "renewal in {wait} s");
+        // A key that is not the certificate's does not count.
+        let other_key = trellis_certs::new_csr(&sid).unwrap();
+        std::fs::write(dir.join("id.key"), other_key.key_pem).unwrap();
         assert!(renew_in(&id, &issuer).is_zero());
         // A certificate for another ID does not count.
         let other: SpiffeId = "spiffe://trellis.local/ns/default/sa/b".parse().unwrap();
