@@ -57,7 +57,7 @@ fn pem_error(e: pem::Error, origin: &Path) -> CertError {
 }
 
 /// Encodes one DER certificate as a PEM `CERTIFICATE` block (64-column lines, trailing `\n`).
-pub(crate) fn encode_cert_pem(der: &[u8]) -> String {
+pub fn encode_cert_pem(der: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut b64 = Vec::with_capacity(der.len().div_ceil(3) * 4);
     for chunk in der.chunks(3) {

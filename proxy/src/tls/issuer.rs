@@ -247,14 +247,21 @@ async fn obtain(identity: &api::Identity, issuer: &api::Issuer) -> Result<i64, I
         .get("certificate")
         .and_then(|c| c.as_str())
         .ok_or_else(|| bad("no \"certificate\" in the answer".into()))?;
-    let not_after = check(identity, &issuer.id, chain_pem, &csr.key_pem).map_err(bad)?;
-    write_files(identity, chain_pem, &csr.key_pem)?;
+    let (not_after, chain) = check(identity, &issuer.id, chain_pem, &csr.key_pem).map_err(bad)?;
+    // Only the certificates checked reach the file, whatever else the answer held.
+    let chain_pem: String = chain.iter().map(|c| trellis_certs::encode_cert_pem(c)).collect();
+    write_files(identity, &chain_pem, &csr.key_pem)?;
     Ok(not_after)
 }
 
 /// The answer must be for the ID asked, from a CA in our trust bundle, and belong to our
 /// key: otherwise peers would refuse it, or it would not be ours.
-fn check(identity: &api::Identity, id: &str, chain_pem: &str, key_pem: &str) -> Result<i64, String> {
+fn check(
+    identity: &api::Identity,
+    id: &str,
+    chain_pem: &str,
+    key_pem: &str,
+) -> Result<(i64, Vec<rustls_pki_types::CertificateDer<'static>>), String> {
     let chain = trellis_certs::certs_from_pem(chain_pem.as_bytes()).map_err(|e| e.to_string())?;
     let leaf = chain.first().ok_or("an empty chain")?;
     let info = trellis_certs::inspect_der(leaf).map_err(|e| e.to_string())?;
@@ -271,10 +278,9 @@ fn check(identity: &api::Identity, id: &str, chain_pem: &str, key_pem: &str) -> 
         .map_err(|e| format!("it does not chain to the trust bundle {}: {e}", identity.trust_bundle))?;
     let key = trellis_certs::key_from_pem(key_pem.as_bytes()).map_err(|e| e.to_string())?;
     let signer = crate::tls::provider().key_provider.load_private_key(key).map_err(|e| e.to_string())?;
-    rustls::sign::CertifiedKey::new(chain, signer)
-        .keys_match()
-        .map_err(|e| format!("it does not match our key: {e}"))?;
-    Ok(info.not_after)
+    let certified = rustls::sign::CertifiedKey::new(chain, signer);
+    certified.keys_match().map_err(|e| format!("it does not match our key: {e}"))?;
+    Ok((info.not_after, certified.cert))
 }
 
 /// Writes key then certificate, each through a temporary file and a rename, so the file
