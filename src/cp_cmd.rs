@@ -36,6 +36,12 @@ pub struct ControlPlaneArgs {
     /// and may only register as the service their identity's service account names.
     #[arg(long)]
     pub xds_tls: bool,
+    /// Serve the REST API over TLS: the control plane presents
+    /// spiffe://trellis.local/ns/trellis-system/sa/control-plane from its own CA (DIR/ca);
+    /// clients verify that ID against DIR/ca/ca.pem (`trellis ctl --ca-file`, a proxy's
+    /// `identity.issuer` with an https:// server) and still send the bearer token.
+    #[arg(long)]
+    pub api_tls: bool,
 }
 
 /// Serves until SIGTERM or SIGINT, then stops gracefully.
@@ -47,6 +53,7 @@ pub fn run(args: ControlPlaneArgs) -> Result<()> {
         token_file: args.token_file,
         endpoint_grace: args.endpoint_grace,
         xds_tls: args.xds_tls,
+        api_tls: args.api_tls,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -19,6 +19,10 @@ pub struct CtlArgs {
     /// File holding the bearer token to send (when the control plane runs with --token-file).
     #[arg(long, global = true, env = "TRELLIS_TOKEN_FILE", value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+    /// For an https:// server (a control plane with --api-tls): its CA certificate
+    /// (DIR/ca/ca.pem); the server must present the control plane's SPIFFE ID under it.
+    #[arg(long, global = true, env = "TRELLIS_CA_FILE", value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
     #[command(subcommand)]
     pub cmd: CtlCmd,
 }
@@ -75,7 +79,10 @@ pub enum ProxiesOutput {
 /// Runs one `trellis ctl` command; an error answer from the server is an error here.
 pub fn run(args: CtlArgs) -> Result<()> {
     let token = args.token_file.as_deref().map(read_token).transpose()?;
-    let client = Client::new(&args.server, token)?;
+    let client = match &args.ca_file {
+        Some(ca) => Client::with_ca(&args.server, token, ca)?,
+        None => Client::new(&args.server, token)?,
+    };
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
     runtime.block_on(async {

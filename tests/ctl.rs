@@ -205,3 +205,63 @@ fn binary_ctl_apply_prints_what_it_did() {
     assert_eq!(out.status.code(), Some(1), "no token: refused");
     assert!(String::from_utf8_lossy(&out.stderr).contains("bearer token"));
 }
+
+/// A control plane with `--api-tls`: `trellis ctl` reaches it over HTTPS only with its CA
+/// (and verifies its SPIFFE ID under it); plain HTTP and another CA get nothing.
+#[test]
+fn binary_ctl_over_tls_needs_and_checks_the_control_planes_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = ports::free_addr();
+    let xds = ports::free_addr();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "t0ken").unwrap();
+    let _server = Kill(
+        Command::new(env!("CARGO_BIN_EXE_trellis"))
+            .args(["control-plane", "--api-tls", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(["--api-addr", &api.to_string(), "--xds-addr", &xds.to_string(), "--token-file"])
+            .arg(&token)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(api).is_err() {
+        assert!(Instant::now() < deadline, "control plane not listening");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ca = dir.path().join("data/ca/ca.pem");
+    let other = dir.path().join("other");
+    trellis_certs::Ca::init(&other, false).unwrap();
+    let file = dir.path().join("mesh.yaml");
+    std::fs::write(&file, MANIFEST).unwrap();
+    let run = |server: String, ca: Option<&std::path::Path>, args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_trellis"));
+        cmd.arg("ctl").args(args).env("TRELLIS_SERVER", server).env("TRELLIS_TOKEN_FILE", &token);
+        if let Some(ca) = ca {
+            cmd.env("TRELLIS_CA_FILE", ca);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let https = format!("https://{api}");
+    let (code, out, err) = run(https.clone(), Some(&ca), &["apply", "-f", file.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out, "cluster/web created\nroute/all created\nlistener/out created\n");
+    let (code, out, _) = run(https.clone(), Some(&ca), &["get", "clusters"]);
+    assert_eq!(code, Some(0));
+    assert!(out.starts_with("kind: Cluster\n"), "{out}");
+
+    let (code, _, err) = run(https.clone(), None, &["get", "clusters"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("--ca-file"), "{err}");
+    let (code, _, err) = run(https, Some(&other.join("ca.pem")), &["get", "clusters"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("UnknownIssuer") || err.contains("unknown issuer"), "{err}");
+    let (code, _, err) = run(format!("http://{api}"), None, &["get", "clusters"]);
+    assert_eq!(code, Some(1), "plain HTTP to the TLS port: {err}");
+}

@@ -240,12 +240,53 @@ async fn a_refused_request_stops_the_start_with_the_control_planes_reason() {
     assert!(!m.cert().exists() && !m.key().exists(), "nothing written");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_https_the_issuer_must_be_the_control_plane_of_the_trust_bundle() {
+    ring_provider();
+    let data = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let token = files.path().join("cp.token");
+    std::fs::write(&token, "s3cret").unwrap();
+    let cp = ControlPlane::start_with(
+        data.path(),
+        listen_addr(),
+        listen_addr(),
+        &["--api-tls", "--token-file", token.to_str().unwrap()],
+    );
+    let ca = Ca::load(data.path().join("ca")).unwrap();
+    let fe_prefix = files.path().join("frontend");
+    issue_to(&ca, FRONTEND, &[], &fe_prefix);
+    let fe = tls_client_config(&TlsClientOpts { identity: Some(pem_key(&fe_prefix)), ..Default::default() });
+    let m = Mesh { cp, data, files, token, fe };
+    let app = Origin::echo("app").await;
+    let mesh = listen_addr();
+    let yaml = m.sidecar_yaml(mesh, app.addr, "1h", &m.token).replace("http://", "https://");
+    let _proxy = Proxy::start(&yaml);
+    let (status, leaf) = call(mesh, &m.fe).await.unwrap();
+    assert_eq!((status, leaf.spiffe_id.map(|i| i.to_string())), (200, Some(CHECKOUT.to_owned())));
+
+    // A trust bundle of another CA: the control plane is not believed, and nothing retried.
+    let other = tempfile::tempdir().unwrap();
+    Ca::init(other.path(), false).unwrap();
+    let cfg = m.files.path().join("untrusting.yaml");
+    let yaml = yaml
+        .replace(&m.bundle().display().to_string(), &Ca::cert_path(other.path()).display().to_string())
+        .replace("id/checkout", "id2/checkout")
+        .replace("{admin}", &listen_addr().to_string());
+    std::fs::write(&cfg, yaml).unwrap();
+    let started = Instant::now();
+    let (code, err) = blocking(move || trellis(&["proxy", "--config", cfg.to_str().unwrap()]));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("is not the control plane") && err.contains("UnknownIssuer"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10), "a TLS refusal is not retried");
+}
+
 #[test]
 fn issuer_fields_are_validated() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("bad.yaml");
     let cases = [
-        ("server: \"https://127.0.0.1:7070\", id: \"spiffe://trellis.local/ns/a/sa/b\"", "identity.issuer.server"),
+        ("server: \"ftp://127.0.0.1:7070\", id: \"spiffe://trellis.local/ns/a/sa/b\"", "identity.issuer.server"),
         ("server: \"http://127.0.0.1:7070\", id: \"checkout\"", "identity.issuer.id"),
         ("server: \"http://127.0.0.1\", id: \"spiffe://trellis.local/ns/a/sa/b\"", "identity.issuer.server"),
         ("server: \"http://127.0.0.1:7070\", id: \"spiffe://trellis.local/ns/a/sa/b\", ttl: 1s", "identity.issuer.ttl"),

@@ -29,6 +29,7 @@ mod inspect;
 mod issue;
 mod pem;
 mod spiffe;
+pub mod verify;
 
 pub use ca::{CA_CERT_FILE, CA_COMMON_NAME, CA_KEY_FILE, CA_VALIDITY, Ca};
 pub use error::{CertError, Result};

@@ -30,8 +30,14 @@ impl ControlPlane {
             .spawn()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
+        // Over TLS (`--api-tls`) a listening port is as far as a plain client can tell.
+        let tls = args.contains(&"--api-tls");
+        let up = || match tls {
+            true => std::net::TcpStream::connect(api).is_ok(),
+            false => admin_get(api, "/healthz").map(|(s, _)| s == 200).unwrap_or(false),
+        };
         while Instant::now() < deadline {
-            if admin_get(api, "/healthz").map(|(s, _)| s == 200).unwrap_or(false) {
+            if up() {
                 return ControlPlane { child, data: data.to_owned(), api, xds };
             }
             std::thread::sleep(Duration::from_millis(50));

@@ -74,7 +74,8 @@ pub struct Identity {
 #[serde(deny_unknown_fields)]
 pub struct Issuer {
     /// The control plane's REST API, `http://HOST:PORT` (its default address is
-    /// 127.0.0.1:7070).
+    /// 127.0.0.1:7070), or `https://HOST:PORT` for one started with `--api-tls`: it must
+    /// then present the control plane's SPIFFE ID under `trust_bundle`.
     pub server: String,
     /// The SPIFFE ID asked for.
     pub id: String,

@@ -37,15 +37,16 @@ pub fn validate_resources(b: &Bootstrap) -> Result<(), Vec<ValidationError>> {
 }
 
 fn validate_issuer(errs: &mut Errors, issuer: &crate::Issuer) {
-    // Only plain HTTP: the REST API does not serve TLS. The CSR and the certificate are
-    // public; the returned chain is checked against the trust bundle before it is used.
     let port =
         |rest: &str| rest.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-    match issuer.server.strip_prefix("http://") {
+    match issuer.server.strip_prefix("http://").or_else(|| issuer.server.strip_prefix("https://")) {
         Some(rest) if !rest.contains('/') && port(rest) => {}
         _ => errs.push(
             "identity.issuer.server",
-            format!("\"{}\" is not http://HOST:PORT (the control plane's REST API)", issuer.server),
+            format!(
+                "\"{}\" is not http://HOST:PORT or https://HOST:PORT (the control plane's REST API)",
+                issuer.server
+            ),
         ),
     }
     if !issuer.id.starts_with("spiffe://") || issuer.id.len() <= "spiffe://".len() {

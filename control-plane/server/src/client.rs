@@ -1,7 +1,10 @@
-//! A small REST client for the control plane (hyper 1, plain HTTP): what `trellis ctl`
-//! and the tests speak. Non-2xx answers become [`ClientError::Api`] carrying the server's
-//! `error` and `field`.
+//! A small REST client for the control plane (hyper 1): what `trellis ctl` and the tests
+//! speak. Plain HTTP, or HTTPS to a control plane started with `--api-tls`, verified by its
+//! SPIFFE ID against the CA certificate given. Non-2xx answers become [`ClientError::Api`]
+//! carrying the server's `error` and `field`.
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -72,7 +75,14 @@ pub struct Client {
     server: String,
     base: Uri,
     token: Option<String>,
-    http: HyperClient<HttpConnector, Full<Bytes>>,
+    transport: Transport,
+}
+
+#[derive(Clone)]
+enum Transport {
+    Plain(Box<HyperClient<HttpConnector, Full<Bytes>>>),
+    /// A connection per request: `trellis ctl` sends a handful.
+    Tls(tokio_rustls::TlsConnector),
 }
 
 impl std::fmt::Debug for Client {
@@ -85,20 +95,33 @@ impl std::fmt::Debug for Client {
 impl Client {
     /// A client of `server` (`http://HOST:PORT`), sending `token` as a bearer token.
     pub fn new(server: &str, token: Option<String>) -> Result<Client, ClientError> {
+        Self::build(server, token, None)
+    }
+
+    /// A client of `server`, `https://HOST:PORT` (a control plane with `--api-tls`) verified
+    /// against `ca_file` (its `DIR/ca/ca.pem`) by the control plane's SPIFFE ID.
+    pub fn with_ca(server: &str, token: Option<String>, ca_file: &Path) -> Result<Client, ClientError> {
+        Self::build(server, token, Some(ca_file))
+    }
+
+    fn build(server: &str, token: Option<String>, ca_file: Option<&Path>) -> Result<Client, ClientError> {
         let bad = |reason: &str| ClientError::BadServer { server: server.to_string(), reason: reason.to_string() };
         let base: Uri = server.trim_end_matches('/').parse().map_err(|_| bad("not a URL"))?;
-        match base.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
-                return Err(bad("https is not supported; use http:// (loopback or a TLS-terminating proxy)"));
-            }
-            _ => return Err(bad("use http://HOST:PORT")),
-        }
         if base.authority().is_none() {
             return Err(bad("no host"));
         }
-        let http = HyperClient::builder(TokioExecutor::new()).build_http();
-        Ok(Client { server: server.to_string(), base, token, http })
+        let transport = match (base.scheme_str(), ca_file) {
+            (Some("http"), None) => Transport::Plain(Box::new(HyperClient::builder(TokioExecutor::new()).build_http())),
+            (Some("http"), Some(_)) => {
+                return Err(bad("a CA file is for https:// (a control plane with --api-tls)"));
+            }
+            (Some("https"), None) => {
+                return Err(bad("https:// needs the control plane's CA certificate (--ca-file DIR/ca/ca.pem)"));
+            }
+            (Some("https"), Some(ca)) => Transport::Tls(tls_connector(ca).map_err(|reason| bad(&reason))?),
+            _ => return Err(bad("use http://HOST:PORT or https://HOST:PORT")),
+        };
+        Ok(Client { server: server.to_string(), base, token, transport })
     }
 
     /// Sends one request and returns whatever came back (no status check).
@@ -126,7 +149,17 @@ impl Client {
             .map_err(|e| ClientError::BadServer { server: self.server.clone(), reason: e.to_string() })?;
         let transport = |reason: String| ClientError::Transport { server: self.server.clone(), reason };
         let exchange = async {
-            let resp = self.http.request(req).await.map_err(|e| transport(error_chain(&e)))?;
+            let resp = match &self.transport {
+                Transport::Plain(http) => http.request(req).await.map_err(|e| transport(error_chain(&e)))?,
+                Transport::Tls(tls) => {
+                    let io = connect_tls(tls, authority).await.map_err(|e| transport(error_chain(&e)))?;
+                    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+                        .await
+                        .map_err(|e| transport(error_chain(&e)))?;
+                    tokio::spawn(conn);
+                    send.send_request(req).await.map_err(|e| transport(error_chain(&e)))?
+                }
+            };
             let (parts, body) = resp.into_parts();
             let body = body.collect().await.map_err(|e| transport(e.to_string()))?.to_bytes();
             Ok(Answer { status: parts.status, headers: parts.headers, body })
@@ -178,6 +211,40 @@ impl Client {
     }
 }
 
+/// TLS that accepts only the control plane's SPIFFE ID under the CA in `ca_file`.
+fn tls_connector(ca_file: &Path) -> Result<tokio_rustls::TlsConnector, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in trellis_certs::load_certs(ca_file).map_err(|e| e.to_string())? {
+        roots.add(cert).map_err(|e| format!("{}: {e}", ca_file.display()))?;
+    }
+    let verifier = trellis_certs::verify::SpiffeVerifier::new(
+        Arc::new(roots),
+        crate::xds_tls::CONTROL_PLANE_ID.to_owned(),
+        provider.clone(),
+    );
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+async fn connect_tls(
+    tls: &tokio_rustls::TlsConnector,
+    authority: &str,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tcp = tokio::net::TcpStream::connect(authority).await?;
+    // The verifier checks the SPIFFE ID; the name only fills SNI.
+    let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h).trim_matches(['[', ']']);
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+    tls.connect(name, tcp).await
+}
+
 /// `/v1/{kind}/{name}` with the name percent-encoded.
 pub fn resource_path(kind: Kind, name: &str) -> String {
     let mut path = format!("/v1/{}/", kind.plural());
@@ -214,9 +281,12 @@ mod tests {
     }
 
     #[test]
-    fn only_plain_http_servers() {
+    fn https_needs_the_ca_and_http_takes_none() {
         assert!(Client::new("http://127.0.0.1:7070", None).is_ok());
-        assert!(Client::new("https://cp:7070", None).unwrap_err().to_string().contains("https"));
+        assert!(Client::new("https://cp:7070", None).unwrap_err().to_string().contains("--ca-file"));
         assert!(Client::new("127.0.0.1:7070", None).is_err());
+        let ca = Path::new("/nonexistent/ca.pem");
+        assert!(Client::with_ca("http://127.0.0.1:7070", None, ca).unwrap_err().to_string().contains("https://"));
+        assert!(Client::with_ca("https://cp:7070", None, ca).unwrap_err().to_string().contains("ca.pem"));
     }
 }

@@ -62,6 +62,9 @@ pub struct Options {
     /// Serve discovery over mTLS only ([`xds_tls`]): proxies present identities from this
     /// control plane's CA and may only register as the service their identity names.
     pub xds_tls: bool,
+    /// Serve the REST API over TLS ([`xds_tls::api_server_config`]), presenting the
+    /// control plane's SPIFFE ID from its CA.
+    pub api_tls: bool,
 }
 
 impl Options {
@@ -74,6 +77,7 @@ impl Options {
             token_file: None,
             endpoint_grace: DEFAULT_ENDPOINT_GRACE,
             xds_tls: false,
+            api_tls: false,
         }
     }
 }
@@ -154,15 +158,25 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
     let (stop, stopped) = watch::channel(false);
     let shared = Arc::new(api::Shared { store: store.clone(), registry: registry.clone(), ca, token: token.clone() });
     let router = api::router(shared);
+    let api_tls = match opts.api_tls {
+        true => Some(xds_tls::api_server_config(Ca::load(opts.data_dir.join("ca"))?)?),
+        false => None,
+    };
     let api = tokio::spawn({
         let mut stopped = stopped.clone();
         async move {
-            axum::serve(api_listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                })
-                .await
-                .map_err(|e| Error::Serve { what: "REST", reason: e.to_string() })
+            let until = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            let served = match api_tls {
+                Some(config) => {
+                    let listener = xds_tls::ApiListener::new(api_listener, config)
+                        .map_err(|e| Error::Serve { what: "REST", reason: e.to_string() })?;
+                    axum::serve(listener, router).with_graceful_shutdown(until).await
+                }
+                None => axum::serve(api_listener, router).with_graceful_shutdown(until).await,
+            };
+            served.map_err(|e| Error::Serve { what: "REST", reason: e.to_string() })
         }
     });
     let xds_service = DiscoveryServer::new(discovery::Server::new(store.clone(), registry, token, stopped.clone()));
@@ -195,6 +209,7 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
         revision = store.snapshot().revision(),
         auth = token_state(opts.token_file.is_some()),
         discovery_tls = if tls_on { "mTLS" } else { "plaintext" },
+        api_tls = opts.api_tls,
         "control plane listening"
     );
     Ok(Running { api_addr, xds_addr, stop, api, xds })

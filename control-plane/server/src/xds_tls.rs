@@ -1,8 +1,11 @@
-//! mTLS on the discovery port (`--xds-tls`). The control plane serves with a certificate it
-//! issues itself from its own CA ([`CONTROL_PLANE_ID`], re-issued well before it expires) and
-//! accepts only clients whose certificate chains to that CA, over TLS 1.3. Each accepted
-//! connection carries the client's verified SPIFFE ID ([`Peer`]) to the discovery service,
-//! which holds a proxy to the service its identity names.
+//! TLS on the control plane's ports. The control plane serves with a certificate it issues
+//! itself from its own CA ([`CONTROL_PLANE_ID`], re-issued well before it expires).
+//! Discovery (`--xds-tls`) is mTLS: it accepts only clients whose certificate chains to that
+//! CA, over TLS 1.3, and each accepted connection carries the client's verified SPIFFE ID
+//! ([`Peer`]) to the discovery service, which holds a proxy to the service its identity
+//! names. The REST API (`--api-tls`) is server-authenticated TLS: its clients (`trellis ctl`,
+//! a proxy's `identity.issuer`) verify the control plane's SPIFFE ID against the CA and
+//! authenticate themselves with the bearer token.
 
 use std::io;
 use std::net::SocketAddr;
@@ -90,6 +93,57 @@ pub fn server_config(ca: Ca) -> Result<Arc<ServerConfig>, Error> {
     Ok(Arc::new(config))
 }
 
+/// The REST API's server config (`--api-tls`): the same self-issued certificate, TLS 1.2
+/// or 1.3, no client certificate asked (the bearer token authenticates), h2 or HTTP/1.1.
+pub fn api_server_config(ca: Ca) -> Result<Arc<ServerConfig>, Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let resolver = SelfIssued::new(ca, provider.clone())?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls_error("the REST server config", e))?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The REST API's listening socket behind TLS, for `axum::serve`: handshakes run in their
+/// own tasks ([`accept_loop`]), so a slow client holds up nobody.
+pub struct ApiListener {
+    ready: mpsc::Receiver<Result<Conn, io::Error>>,
+    local: SocketAddr,
+}
+
+impl ApiListener {
+    pub fn new(listener: TcpListener, config: Arc<ServerConfig>) -> io::Result<ApiListener> {
+        let local = listener.local_addr()?;
+        Ok(ApiListener { ready: accept_loop(listener, config, "REST API"), local })
+    }
+}
+
+impl axum::serve::Listener for ApiListener {
+    type Io = Conn;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Conn, SocketAddr) {
+        loop {
+            match self.ready.recv().await {
+                Some(Ok(conn)) => {
+                    let addr = conn.peer.addr;
+                    return (conn, addr);
+                }
+                Some(Err(_)) => continue,
+                // The accept loop ends only when this end is dropped.
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.local)
+    }
+}
+
 fn tls_error(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Serve { what: "discovery TLS", reason: format!("{what}: {e}") }
 }
@@ -100,6 +154,17 @@ pub fn incoming(
     listener: TcpListener,
     config: Arc<ServerConfig>,
 ) -> impl futures_util::Stream<Item = Result<Conn, io::Error>> {
+    let rx = accept_loop(listener, config, "discovery");
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) })
+}
+
+/// The accept loop behind [`incoming`] and [`ApiListener`]: connections that finished their
+/// handshake, until the receiver is dropped.
+fn accept_loop(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+    port: &'static str,
+) -> mpsc::Receiver<Result<Conn, io::Error>> {
     let (tx, rx) = mpsc::channel::<Result<Conn, io::Error>>(64);
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     tokio::spawn(async move {
@@ -112,7 +177,7 @@ pub fn incoming(
             let (tcp, addr) = match accepted {
                 Ok(c) => c,
                 Err(e) => {
-                    tracing::warn!(error = %e, "discovery accept failed");
+                    tracing::warn!(port, error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -130,13 +195,13 @@ pub fn incoming(
                             .and_then(|leaf| trellis_certs::leaf_spiffe_id(leaf.as_ref()));
                         let _ = tx.send(Ok(Conn { tls, peer: Peer { addr, spiffe_id } })).await;
                     }
-                    Ok(Err(e)) => tracing::info!(peer = %addr, error = %e, "discovery TLS handshake failed"),
-                    Err(_) => tracing::info!(peer = %addr, "discovery TLS handshake timed out"),
+                    Ok(Err(e)) => tracing::info!(port, peer = %addr, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::info!(port, peer = %addr, "TLS handshake timed out"),
                 }
             });
         }
     });
-    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) })
+    rx
 }
 
 /// Serves a certificate for [`CONTROL_PLANE_ID`] issued by the control plane's CA, replacing
@@ -175,7 +240,7 @@ impl ResolvesServerCert for SelfIssued {
         if SystemTime::now() >= current.1 {
             match issue(&self.ca, &self.provider) {
                 Ok(next) => *current = next,
-                Err(e) => tracing::error!(error = %e, "cannot renew the discovery serving certificate"),
+                Err(e) => tracing::error!(error = %e, "cannot renew the control plane's serving certificate"),
             }
         }
         Some(current.0.clone())

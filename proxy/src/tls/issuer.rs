@@ -38,6 +38,8 @@ pub enum IssueError {
     Unreachable { server: String, reason: String },
     #[error("identity.issuer.server {server} refused the request ({status}): {message}")]
     Refused { server: String, status: u16, message: String },
+    #[error("identity.issuer.server {server} is not the control plane (check trust_bundle): {reason}")]
+    Untrusted { server: String, reason: String },
     #[error("identity.issuer.server {server} answered with an unusable certificate: {reason}")]
     BadAnswer { server: String, reason: String },
     #[error("identity.issuer: {0}")]
@@ -121,9 +123,10 @@ fn retry_cap(identity: &api::Identity, issuer: &api::Issuer) -> Duration {
 pub fn ensure_at_start(identity: &api::Identity) -> Result<(), IssueError> {
     let Some(issuer) = &identity.issuer else { return Ok(()) };
     let host = issuer.server.trim_start_matches("http://").rsplit_once(':').map_or("", |(h, _)| h);
+    let plain = issuer.server.starts_with("http://");
     let loopback = host == "localhost"
         || host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
-    if !loopback && issuer.token_file.is_some() {
+    if plain && !loopback && issuer.token_file.is_some() {
         tracing::warn!(
             server = %issuer.server,
             "identity.issuer.server is not on this host: the control plane's token travels in clear over plain HTTP"
@@ -239,7 +242,8 @@ async fn obtain(identity: &api::Identity, issuer: &api::Issuer) -> Result<i64, I
         None => None,
     };
     let body = serde_json::json!({ "csr": csr.csr_pem, "ttl": api::Duration::from_secs(ttl_of(issuer).as_secs()) });
-    let answer = tokio::time::timeout(REQUEST_TIMEOUT, post(&issuer.server, token.as_deref(), body.to_string()))
+    let tls = tls_to_issuer(identity, issuer)?;
+    let answer = tokio::time::timeout(REQUEST_TIMEOUT, post(&issuer.server, tls, token.as_deref(), body.to_string()))
         .await
         .map_err(|_| IssueError::Unreachable { server: issuer.server.clone(), reason: "timed out".into() })??;
     let bad = |reason: String| IssueError::BadAnswer { server: issuer.server.clone(), reason };
@@ -305,14 +309,70 @@ fn write_atomically(what: &'static str, path: &Path, data: &[u8], mode: u32) -> 
     std::fs::rename(&tmp, path).map_err(err)
 }
 
-/// `POST /v1/certificates` over HTTP/1.1; the JSON answer of a 200, else the error.
-async fn post(server: &str, token: Option<&str>, body: String) -> Result<serde_json::Value, IssueError> {
+/// For an `https://` issuer: TLS that accepts only the control plane's SPIFFE ID (in the
+/// trust domain of the ID asked for) under the trust bundle.
+fn tls_to_issuer(
+    identity: &api::Identity,
+    issuer: &api::Issuer,
+) -> Result<Option<tokio_rustls::TlsConnector>, IssueError> {
+    if !issuer.server.starts_with("https://") {
+        return Ok(None);
+    }
+    let roots = crate::tls::files::roots(Path::new(&identity.trust_bundle))
+        .map_err(|e| IssueError::Unreachable { server: issuer.server.clone(), reason: e.to_string() })?;
+    let expected = crate::tls::control::default_identity(&issuer.id);
+    let provider = crate::tls::provider();
+    let verifier = trellis_certs::verify::SpiffeVerifier::new(roots, expected, provider.clone());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| IssueError::Unreachable { server: issuer.server.clone(), reason: e.to_string() })?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![crate::tls::ALPN_HTTP1.to_vec()];
+    Ok(Some(tokio_rustls::TlsConnector::from(Arc::new(config))))
+}
+
+/// `POST /v1/certificates` over HTTP/1.1 (in TLS when `tls` is given); the JSON answer of
+/// a 200, else the error.
+async fn post(
+    server: &str,
+    tls: Option<tokio_rustls::TlsConnector>,
+    token: Option<&str>,
+    body: String,
+) -> Result<serde_json::Value, IssueError> {
     let unreachable = |reason: String| IssueError::Unreachable { server: server.to_owned(), reason };
-    let authority = server.strip_prefix("http://").unwrap_or(server).trim_end_matches('/');
+    let authority = server.trim_start_matches("http://").trim_start_matches("https://").trim_end_matches('/');
     let stream = tokio::net::TcpStream::connect(authority).await.map_err(|e| unreachable(e.to_string()))?;
-    let (mut send, conn) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| unreachable(e.to_string()))?;
-    tokio::spawn(conn);
+    let mut send = match tls {
+        None => {
+            let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| unreachable(e.to_string()))?;
+            tokio::spawn(conn);
+            send
+        }
+        Some(tls) => {
+            // The verifier checks the SPIFFE ID; the name only fills SNI.
+            let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h).trim_matches(['[', ']']);
+            let name =
+                rustls_pki_types::ServerName::try_from(host.to_owned()).map_err(|e| unreachable(e.to_string()))?;
+            let stream = tls.connect(name, stream).await.map_err(|e| {
+                let untrusted = |reason: String| IssueError::Untrusted { server: server.to_owned(), reason };
+                let rustls_error = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
+                match (crate::tls::mesh::identity_mismatch(&e), rustls_error) {
+                    (Some(m), _) => untrusted(m.to_string()),
+                    (None, Some(rustls::Error::InvalidCertificate(c))) => untrusted(format!("{c:?}")),
+                    _ => unreachable(format!("TLS: {e}")),
+                }
+            })?;
+            let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| unreachable(e.to_string()))?;
+            tokio::spawn(conn);
+            send
+        }
+    };
     let mut req = http::Request::post("/v1/certificates")
         .header(http::header::HOST, authority)
         .header(http::header::CONTENT_TYPE, "application/json");

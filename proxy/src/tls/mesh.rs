@@ -4,15 +4,15 @@
 //! cluster's expected identity.
 
 use crate::tls::{ALPN_H2, ALPN_HTTP1, TlsError, files};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls::sign::CertifiedKey;
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, Error, OtherError, RootCertStore, ServerConfig};
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls_pki_types::CertificateDer;
 use std::path::Path;
 use std::sync::Arc;
 use trellis_api as api;
+use trellis_certs::verify::SpiffeVerifier;
+pub use trellis_certs::verify::{IdentityMismatch, identity_mismatch};
 
 /// This proxy's mesh identity and the server config built from it.
 #[derive(Debug)]
@@ -49,11 +49,7 @@ pub fn load(identity: &api::Identity) -> Result<Mesh, TlsError> {
 /// SPIFFE ID is `expected`. `alpn` selects the HTTP version.
 pub fn client_config(mesh: &Mesh, expected: &str, alpn: &[u8]) -> Result<Arc<ClientConfig>, TlsError> {
     let provider = crate::tls::provider();
-    let verifier = Arc::new(SpiffeVerifier {
-        roots: mesh.roots.clone(),
-        expected: expected.to_owned(),
-        provider: provider.clone(),
-    });
+    let verifier = Arc::new(SpiffeVerifier::new(mesh.roots.clone(), expected.to_owned(), provider.clone()));
     let mut c = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|source| TlsError::Rustls { what: "mesh client config".into(), source })?
@@ -64,91 +60,7 @@ pub fn client_config(mesh: &Mesh, expected: &str, alpn: &[u8]) -> Result<Arc<Cli
     Ok(Arc::new(c))
 }
 
-/// The server presented a valid certificate for another identity.
-#[derive(Debug, thiserror::Error)]
-#[error("upstream identity mismatch: expected {expected}, got {}", got.as_deref().unwrap_or("no SPIFFE ID"))]
-pub struct IdentityMismatch {
-    pub expected: String,
-    pub got: Option<String>,
-}
-
-/// Chain verification against the trust bundle, then an exact SPIFFE ID check in place of
-/// the usual server-name check.
-#[derive(Debug)]
-struct SpiffeVerifier {
-    roots: Arc<RootCertStore>,
-    expected: String,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for SpiffeVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, Error> {
-        let cert = webpki::EndEntityCert::try_from(end_entity)
-            .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
-        cert.verify_for_usage(
-            self.provider.signature_verification_algorithms.all,
-            &self.roots.roots,
-            intermediates,
-            now,
-            webpki::KeyUsage::server_auth(),
-            None,
-            None,
-        )
-        .map_err(|e| {
-            Error::InvalidCertificate(match e {
-                webpki::Error::CertExpired { .. } => CertificateError::Expired,
-                webpki::Error::CertNotValidYet { .. } => CertificateError::NotValidYet,
-                webpki::Error::UnknownIssuer => CertificateError::UnknownIssuer,
-                _ => CertificateError::BadSignature,
-            })
-        })?;
-        let got = trellis_certs::leaf_spiffe_id(end_entity).map(|id| id.to_string());
-        if got.as_deref() != Some(self.expected.as_str()) {
-            let err = IdentityMismatch { expected: self.expected.clone(), got };
-            return Err(Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(err)))));
-        }
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 /// The SPIFFE ID of a verified peer certificate chain.
 pub fn peer_id(certs: Option<&[CertificateDer<'_>]>) -> Option<Arc<str>> {
     certs?.first().and_then(|c| trellis_certs::leaf_spiffe_id(c)).map(|id| Arc::from(id.as_str()))
-}
-
-/// The identity mismatch inside a failed handshake, if that is what failed it.
-pub fn identity_mismatch(e: &std::io::Error) -> Option<&IdentityMismatch> {
-    match e.get_ref()?.downcast_ref::<Error>()? {
-        Error::InvalidCertificate(CertificateError::Other(OtherError(inner))) => inner.downcast_ref(),
-        _ => None,
-    }
 }
