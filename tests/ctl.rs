@@ -141,17 +141,19 @@ impl Drop for Kill {
     }
 }
 
-/// `trellis ctl` as a process against a `trellis control-plane` process with a token.
-#[test]
-fn binary_ctl_apply_prints_what_it_did() {
+/// A `trellis control-plane` process with a token (and `extra` arguments), listening:
+/// the process, its directory, its REST address and the token file.
+fn control_plane_process(extra: &[&str]) -> (Kill, tempfile::TempDir, std::net::SocketAddr, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let api = ports::free_addr();
     let xds = ports::free_addr();
     let token = dir.path().join("token");
     std::fs::write(&token, "t0ken").unwrap();
-    let _server = Kill(
+    let server = Kill(
         Command::new(env!("CARGO_BIN_EXE_trellis"))
-            .args(["control-plane", "--data-dir"])
+            .arg("control-plane")
+            .args(extra)
+            .arg("--data-dir")
             .arg(dir.path().join("data"))
             .args(["--api-addr", &api.to_string(), "--xds-addr", &xds.to_string(), "--token-file"])
             .arg(&token)
@@ -164,6 +166,13 @@ fn binary_ctl_apply_prints_what_it_did() {
         assert!(Instant::now() < deadline, "control plane not listening");
         std::thread::sleep(Duration::from_millis(20));
     }
+    (server, dir, api, token)
+}
+
+/// `trellis ctl` as a process against a `trellis control-plane` process with a token.
+#[test]
+fn binary_ctl_apply_prints_what_it_did() {
+    let (_server, dir, api, token) = control_plane_process(&[]);
     let file = dir.path().join("mesh.yaml");
     std::fs::write(&file, MANIFEST).unwrap();
     let run = |args: &[&str]| {
@@ -210,26 +219,7 @@ fn binary_ctl_apply_prints_what_it_did() {
 /// (and verifies its SPIFFE ID under it); plain HTTP and another CA get nothing.
 #[test]
 fn binary_ctl_over_tls_needs_and_checks_the_control_planes_ca() {
-    let dir = tempfile::tempdir().unwrap();
-    let api = ports::free_addr();
-    let xds = ports::free_addr();
-    let token = dir.path().join("token");
-    std::fs::write(&token, "t0ken").unwrap();
-    let _server = Kill(
-        Command::new(env!("CARGO_BIN_EXE_trellis"))
-            .args(["control-plane", "--api-tls", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .args(["--api-addr", &api.to_string(), "--xds-addr", &xds.to_string(), "--token-file"])
-            .arg(&token)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(api).is_err() {
-        assert!(Instant::now() < deadline, "control plane not listening");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (_server, dir, api, token) = control_plane_process(&["--api-tls"]);
     let ca = dir.path().join("data/ca/ca.pem");
     let other = dir.path().join("other");
     trellis_certs::Ca::init(&other, false).unwrap();

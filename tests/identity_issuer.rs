@@ -29,6 +29,11 @@ struct Mesh {
 
 impl Mesh {
     fn start() -> Mesh {
+        Self::start_with(&[])
+    }
+
+    /// With more control-plane arguments (e.g. `--api-tls`).
+    fn start_with(args: &[&str]) -> Mesh {
         ring_provider();
         let data = tempfile::tempdir().unwrap();
         let files = tempfile::tempdir().unwrap();
@@ -38,7 +43,7 @@ impl Mesh {
             data.path(),
             listen_addr(),
             listen_addr(),
-            &["--token-file", token.to_str().unwrap()],
+            &[&["--token-file", token.to_str().unwrap()], args].concat(),
         );
         let ca = Ca::load(data.path().join("ca")).unwrap();
         let fe_prefix = files.path().join("frontend");
@@ -242,22 +247,7 @@ async fn a_refused_request_stops_the_start_with_the_control_planes_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_https_the_issuer_must_be_the_control_plane_of_the_trust_bundle() {
-    ring_provider();
-    let data = tempfile::tempdir().unwrap();
-    let files = tempfile::tempdir().unwrap();
-    let token = files.path().join("cp.token");
-    std::fs::write(&token, "s3cret").unwrap();
-    let cp = ControlPlane::start_with(
-        data.path(),
-        listen_addr(),
-        listen_addr(),
-        &["--api-tls", "--token-file", token.to_str().unwrap()],
-    );
-    let ca = Ca::load(data.path().join("ca")).unwrap();
-    let fe_prefix = files.path().join("frontend");
-    issue_to(&ca, FRONTEND, &[], &fe_prefix);
-    let fe = tls_client_config(&TlsClientOpts { identity: Some(pem_key(&fe_prefix)), ..Default::default() });
-    let m = Mesh { cp, data, files, token, fe };
+    let m = Mesh::start_with(&["--api-tls"]);
     let app = Origin::echo("app").await;
     let mesh = listen_addr();
     let yaml = m.sidecar_yaml(mesh, app.addr, "1h", &m.token).replace("http://", "https://");

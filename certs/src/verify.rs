@@ -84,6 +84,21 @@ impl ServerCertVerifier for SpiffeVerifier {
     }
 }
 
+/// A client config builder that accepts only a server presenting `expected` under `roots`,
+/// over `versions`; the caller chooses whether to present a certificate.
+pub fn client_builder(
+    roots: Arc<RootCertStore>,
+    expected: String,
+    provider: Arc<CryptoProvider>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>, Error> {
+    let verifier = Arc::new(SpiffeVerifier::new(roots, expected, provider.clone()));
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier))
+}
+
 impl SpiffeVerifier {
     /// Accepts a server whose chain leads to `roots` and whose SPIFFE ID is `expected`.
     pub fn new(roots: Arc<RootCertStore>, expected: String, provider: Arc<CryptoProvider>) -> SpiffeVerifier {

@@ -218,17 +218,11 @@ fn tls_connector(ca_file: &Path) -> Result<tokio_rustls::TlsConnector, String> {
     for cert in trellis_certs::load_certs(ca_file).map_err(|e| e.to_string())? {
         roots.add(cert).map_err(|e| format!("{}: {e}", ca_file.display()))?;
     }
-    let verifier = trellis_certs::verify::SpiffeVerifier::new(
-        Arc::new(roots),
-        crate::xds_tls::CONTROL_PLANE_ID.to_owned(),
-        provider.clone(),
-    );
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth();
+    let expected = crate::xds_tls::CONTROL_PLANE_ID.to_owned();
+    let mut config =
+        trellis_certs::verify::client_builder(Arc::new(roots), expected, provider, rustls::DEFAULT_VERSIONS)
+            .map_err(|e| e.to_string())?
+            .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }

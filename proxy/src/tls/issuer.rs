@@ -321,14 +321,10 @@ fn tls_to_issuer(
     let roots = crate::tls::files::roots(Path::new(&identity.trust_bundle))
         .map_err(|e| IssueError::Unreachable { server: issuer.server.clone(), reason: e.to_string() })?;
     let expected = crate::tls::control::default_identity(&issuer.id);
-    let provider = crate::tls::provider();
-    let verifier = trellis_certs::verify::SpiffeVerifier::new(roots, expected, provider.clone());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| IssueError::Unreachable { server: issuer.server.clone(), reason: e.to_string() })?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth();
+    let mut config =
+        trellis_certs::verify::client_builder(roots, expected, crate::tls::provider(), rustls::DEFAULT_VERSIONS)
+            .map_err(|e| IssueError::Unreachable { server: issuer.server.clone(), reason: e.to_string() })?
+            .with_no_client_auth();
     config.alpn_protocols = vec![crate::tls::ALPN_HTTP1.to_vec()];
     Ok(Some(tokio_rustls::TlsConnector::from(Arc::new(config))))
 }

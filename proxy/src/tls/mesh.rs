@@ -11,7 +11,7 @@ use rustls_pki_types::CertificateDer;
 use std::path::Path;
 use std::sync::Arc;
 use trellis_api as api;
-use trellis_certs::verify::SpiffeVerifier;
+use trellis_certs::verify::client_builder;
 pub use trellis_certs::verify::{IdentityMismatch, identity_mismatch};
 
 /// This proxy's mesh identity and the server config built from it.
@@ -48,13 +48,9 @@ pub fn load(identity: &api::Identity) -> Result<Mesh, TlsError> {
 /// A client config that presents this proxy's identity and accepts only a server whose
 /// SPIFFE ID is `expected`. `alpn` selects the HTTP version.
 pub fn client_config(mesh: &Mesh, expected: &str, alpn: &[u8]) -> Result<Arc<ClientConfig>, TlsError> {
-    let provider = crate::tls::provider();
-    let verifier = Arc::new(SpiffeVerifier::new(mesh.roots.clone(), expected.to_owned(), provider.clone()));
-    let mut c = ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
+    let versions = [&rustls::version::TLS13];
+    let mut c = client_builder(mesh.roots.clone(), expected.to_owned(), crate::tls::provider(), &versions)
         .map_err(|source| TlsError::Rustls { what: "mesh client config".into(), source })?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
         .with_client_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(mesh.key.clone())));
     c.alpn_protocols = vec![alpn.to_vec()];
     Ok(Arc::new(c))
