@@ -323,6 +323,13 @@ async fn certificates_are_signed_from_csrs() {
     let bad = cp.req(Method::POST, "/v1/certificates", Some(json!({ "csr": "not a csr" })), &[]).await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
     assert_eq!(error_of(&bad).1.as_deref(), Some("csr"));
+
+    // Nobody gets the control plane's identity (or anything in its namespace) this way.
+    let own = trellis_certs::SpiffeId::workload("trellis.local", "trellis-system", "control-plane").unwrap();
+    let csr = trellis_certs::new_csr(&own).unwrap();
+    let refused = cp.req(Method::POST, "/v1/certificates", Some(json!({ "csr": csr.csr_pem })), &[]).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    assert!(error_of(&refused).0.contains("trellis-system"), "{:?}", error_of(&refused));
     cp.stop().await;
 }
 

@@ -152,6 +152,14 @@ impl Client {
             let resp = match &self.transport {
                 Transport::Plain(http) => http.request(req).await.map_err(|e| transport(error_chain(&e)))?,
                 Transport::Tls(tls) => {
+                    // A bare connection sends the URI as given: the path, and the host apart.
+                    let (mut parts, body) = req.into_parts();
+                    parts.uri = path.parse().map_err(|e: http::uri::InvalidUri| transport(e.to_string()))?;
+                    parts.headers.insert(
+                        header::HOST,
+                        http::HeaderValue::from_str(authority).map_err(|e| transport(e.to_string()))?,
+                    );
+                    let req = Request::from_parts(parts, body);
                     let io = connect_tls(tls, authority).await.map_err(|e| transport(error_chain(&e)))?;
                     let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
                         .await

@@ -145,7 +145,7 @@ impl axum::serve::Listener for ApiListener {
 }
 
 fn tls_error(what: &str, e: impl std::fmt::Display) -> Error {
-    Error::Serve { what: "discovery TLS", reason: format!("{what}: {e}") }
+    Error::Serve { what: "TLS", reason: format!("{what}: {e}") }
 }
 
 /// Accepts TCP connections, runs each handshake in its own task (a slow client never holds

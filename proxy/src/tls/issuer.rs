@@ -44,6 +44,8 @@ pub enum IssueError {
     BadAnswer { server: String, reason: String },
     #[error("identity.issuer: {0}")]
     Csr(#[from] trellis_certs::CertError),
+    #[error("identity.trust_bundle: {0}")]
+    TrustBundle(String),
     #[error("{what} {path}: {source}")]
     Write { what: &'static str, path: PathBuf, source: std::io::Error },
 }
@@ -319,7 +321,7 @@ fn tls_to_issuer(
         return Ok(None);
     }
     let roots = crate::tls::files::roots(Path::new(&identity.trust_bundle))
-        .map_err(|e| IssueError::Unreachable { server: issuer.server.clone(), reason: e.to_string() })?;
+        .map_err(|e| IssueError::TrustBundle(e.to_string()))?;
     let expected = crate::tls::control::default_identity(&issuer.id);
     let mut config =
         trellis_certs::verify::client_builder(roots, expected, crate::tls::provider(), rustls::DEFAULT_VERSIONS)

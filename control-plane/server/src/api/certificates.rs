@@ -13,6 +13,9 @@ use trellis_certs::CertError;
 
 use super::{ApiError, Shared, read_body};
 
+/// The namespace of the control plane's own identity (`…/ns/trellis-system/sa/control-plane`).
+const RESERVED_NAMESPACE: &str = "trellis-system";
+
 /// Validity when the request names none.
 const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
 
@@ -42,6 +45,18 @@ pub async fn sign(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: B
         ApiError::bad_request(format!("the body must be {{\"csr\": PEM, \"ttl\"?: \"24h\"}}: {e}"), Some(field))
     })?;
     let ttl = req.ttl.map_or(DEFAULT_TTL, |t| t.get());
+    // The control plane's own namespace is not for proxies: a certificate there would pass
+    // for the control plane with every client that checks its SPIFFE ID.
+    let asked =
+        trellis_certs::csr_spiffe_id(&req.csr).map_err(|e| ApiError::bad_request(format!("csr: {e}"), Some("csr")))?;
+    if asked.namespace() == Some(RESERVED_NAMESPACE) {
+        return Err(ApiError::new(
+            http::StatusCode::FORBIDDEN,
+            format!(
+                "csr: {asked} is in the control plane's namespace ({RESERVED_NAMESPACE}), which is not issued to proxies"
+            ),
+        ));
+    }
     let signed = shared.ca.sign_csr(&req.csr, ttl).map_err(|e| match e {
         CertError::Validity(_) => ApiError::bad_request(format!("ttl: {e}"), Some("ttl")),
         CertError::Csr(_) | CertError::InvalidSpiffeId { .. } => {
