@@ -99,6 +99,16 @@ pub fn client_builder(
         .with_custom_certificate_verifier(verifier))
 }
 
+/// The TLS server name for `HOST[:PORT]` (brackets of an IPv6 address dropped). With a
+/// [`SpiffeVerifier`] it only fills SNI: the SPIFFE ID is checked, not this name.
+pub fn sni_name(authority: &str) -> Result<ServerName<'static>, rustls_pki_types::InvalidDnsNameError> {
+    let host = match authority.rsplit_once(':') {
+        Some((host, port)) if port.parse::<u16>().is_ok() => host,
+        _ => authority,
+    };
+    ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
+}
+
 impl SpiffeVerifier {
     /// Accepts a server whose chain leads to `roots` and whose SPIFFE ID is `expected`.
     pub fn new(roots: Arc<RootCertStore>, expected: String, provider: Arc<CryptoProvider>) -> SpiffeVerifier {

@@ -239,11 +239,9 @@ async fn connect_tls(
     tls: &tokio_rustls::TlsConnector,
     authority: &str,
 ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
-    let tcp = tokio::net::TcpStream::connect(authority).await?;
-    // The verifier checks the SPIFFE ID; the name only fills SNI.
-    let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h).trim_matches(['[', ']']);
-    let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+    let name = trellis_certs::verify::sni_name(authority)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+    let tcp = tokio::net::TcpStream::connect(authority).await?;
     tls.connect(name, tcp).await
 }
 

@@ -1,11 +1,12 @@
 //! Identity from the control plane's CA (`identity.issuer`). The proxy makes its own key
 //! and a CSR for its SPIFFE ID, sends only the CSR to the control plane's
-//! `POST /v1/certificates`, checks the answer (the ID asked for, a CA that is in the trust
-//! bundle, a certificate that belongs to the key) and writes `identity.cert` and
-//! `identity.key` (mode 0600). The file watch then reloads them like any other rotation:
-//! new handshakes present the new certificate, open connections keep theirs. The
-//! certificate is renewed once less than a third of the validity asked for is left; a
-//! failed renewal is retried with backoff while the old certificate keeps serving.
+//! `POST /v1/certificates` (over TLS to the control plane's SPIFFE ID for `https://`),
+//! checks the answer (the ID asked for, a chain to the trust bundle, a certificate that
+//! belongs to the key) and writes `identity.cert` and `identity.key` (mode 0600), then has
+//! `run.rs` reload them like any other rotation: new handshakes present the new
+//! certificate, open connections keep theirs. The certificate is renewed once less than a
+//! third of its lifetime is left; a failed renewal is retried with backoff while the old
+//! certificate keeps serving.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -95,8 +96,8 @@ fn held(identity: &api::Identity, issuer: &api::Issuer) -> Held {
 /// its lifetime is left. The lifetime is the validity asked for, or less when the CA cut
 /// it short at its own expiry (the certificate's window starts a minute early, so the
 /// window alone would overstate a short `ttl`).
-fn renew_in(identity: &api::Identity, issuer: &api::Issuer) -> Duration {
-    match held(identity, issuer) {
+fn renew_in(held: &Held, issuer: &api::Issuer) -> Duration {
+    match *held {
         Held::Nothing => Duration::ZERO,
         Held::Valid { not_before, not_after } => {
             let lifetime_ms = (ttl_of(issuer).as_millis() as i64).min((not_after - not_before) * 1000);
@@ -108,8 +109,8 @@ fn renew_in(identity: &api::Identity, issuer: &api::Issuer) -> Duration {
 
 /// The longest wait before another attempt, so that retries go on while the certificate
 /// in use is still valid: a quarter of what is left of it, at least 250 ms.
-fn retry_cap(identity: &api::Identity, issuer: &api::Issuer) -> Duration {
-    match held(identity, issuer) {
+fn retry_cap(held: &Held) -> Duration {
+    match *held {
         Held::Valid { not_after, .. } => {
             let left_ms = (not_after * 1000).saturating_sub(now_unix_ms()).max(0) as u64;
             Duration::from_millis(left_ms / 4).clamp(Duration::from_millis(250), MAX_BACKOFF)
@@ -134,10 +135,11 @@ pub fn ensure_at_start(identity: &api::Identity) -> Result<(), IssueError> {
             "identity.issuer.server is not on this host: the control plane's token travels in clear over plain HTTP"
         );
     }
-    if !renew_in(identity, issuer).is_zero() {
+    let now = held(identity, issuer);
+    if !renew_in(&now, issuer).is_zero() {
         return Ok(());
     }
-    let usable = matches!(held(identity, issuer), Held::Valid { .. });
+    let usable = matches!(now, Held::Valid { .. });
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -187,7 +189,7 @@ pub async fn renew_forever(config: PathBuf, in_force: impl Fn() -> Option<api::I
             signals.config_changed.notified().await;
             continue;
         };
-        let wait = renew_in(&identity, &issuer);
+        let wait = renew_in(&held(&identity, &issuer), &issuer);
         if !wait.is_zero() {
             // Capped so that a change of the config is seen within a minute even unsignalled.
             tokio::select! {
@@ -201,7 +203,7 @@ pub async fn renew_forever(config: PathBuf, in_force: impl Fn() -> Option<api::I
                 metrics::counter!(crate::telemetry::IDENTITY_RENEWALS_TOTAL, "result" => "ok").increment(1);
                 tracing::info!(id = %issuer.id, not_after, "identity certificate renewed");
                 signals.renewed.notify_one();
-                if renew_in(&identity, &issuer).is_zero() {
+                if renew_in(&held(&identity, &issuer), &issuer).is_zero() {
                     // Due as soon as issued: the CA's own expiry cut the validity short.
                     tracing::warn!(
                         id = %issuer.id,
@@ -216,7 +218,7 @@ pub async fn renew_forever(config: PathBuf, in_force: impl Fn() -> Option<api::I
             }
             Err(e) => {
                 metrics::counter!(crate::telemetry::IDENTITY_RENEWALS_TOTAL, "result" => "error").increment(1);
-                let pause = backoff.min(retry_cap(&identity, &issuer));
+                let pause = backoff.min(retry_cap(&held(&identity, &issuer)));
                 tracing::warn!(error = %e, retry_in = ?pause, "identity renewal failed; the current certificate stays");
                 pause
             }
@@ -244,7 +246,9 @@ async fn obtain(identity: &api::Identity, issuer: &api::Issuer) -> Result<i64, I
         None => None,
     };
     let body = serde_json::json!({ "csr": csr.csr_pem, "ttl": api::Duration::from_secs(ttl_of(issuer).as_secs()) });
-    let tls = tls_to_issuer(identity, issuer)?;
+    let roots = crate::tls::files::roots(Path::new(&identity.trust_bundle))
+        .map_err(|e| IssueError::TrustBundle(e.to_string()))?;
+    let tls = tls_to_issuer(&roots, issuer)?;
     let answer = tokio::time::timeout(REQUEST_TIMEOUT, post(&issuer.server, tls, token.as_deref(), body.to_string()))
         .await
         .map_err(|_| IssueError::Unreachable { server: issuer.server.clone(), reason: "timed out".into() })??;
@@ -253,7 +257,7 @@ async fn obtain(identity: &api::Identity, issuer: &api::Issuer) -> Result<i64, I
         .get("certificate")
         .and_then(|c| c.as_str())
         .ok_or_else(|| bad("no \"certificate\" in the answer".into()))?;
-    let (not_after, chain) = check(identity, &issuer.id, chain_pem, &csr.key_pem).map_err(bad)?;
+    let (not_after, chain) = check(&roots, &issuer.id, chain_pem, &csr.key_pem).map_err(bad)?;
     // Only the certificates checked reach the file, whatever else the answer held.
     let chain_pem: String = chain.iter().map(|c| trellis_certs::encode_cert_pem(c)).collect();
     write_files(identity, &chain_pem, &csr.key_pem)?;
@@ -263,7 +267,7 @@ async fn obtain(identity: &api::Identity, issuer: &api::Issuer) -> Result<i64, I
 /// The answer must be for the ID asked, from a CA in our trust bundle, and belong to our
 /// key: otherwise peers would refuse it, or it would not be ours.
 fn check(
-    identity: &api::Identity,
+    roots: &Arc<rustls::RootCertStore>,
     id: &str,
     chain_pem: &str,
     key_pem: &str,
@@ -275,13 +279,12 @@ fn check(
     if got.as_deref() != Some(id) {
         return Err(format!("it is for {}, not {id}", got.as_deref().unwrap_or("no SPIFFE ID")));
     }
-    let roots = crate::tls::files::roots(Path::new(&identity.trust_bundle)).map_err(|e| e.to_string())?;
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots, crate::tls::provider())
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), crate::tls::provider())
         .build()
         .map_err(|e| e.to_string())?;
     verifier
         .verify_client_cert(leaf, &chain[1..], rustls_pki_types::UnixTime::now())
-        .map_err(|e| format!("it does not chain to the trust bundle {}: {e}", identity.trust_bundle))?;
+        .map_err(|e| format!("it does not chain to the trust bundle: {e}"))?;
     let key = trellis_certs::key_from_pem(key_pem.as_bytes()).map_err(|e| e.to_string())?;
     let signer = crate::tls::provider().key_provider.load_private_key(key).map_err(|e| e.to_string())?;
     let certified = rustls::sign::CertifiedKey::new(chain, signer);
@@ -314,22 +317,28 @@ fn write_atomically(what: &'static str, path: &Path, data: &[u8], mode: u32) -> 
 /// For an `https://` issuer: TLS that accepts only the control plane's SPIFFE ID (in the
 /// trust domain of the ID asked for) under the trust bundle.
 fn tls_to_issuer(
-    identity: &api::Identity,
+    roots: &Arc<rustls::RootCertStore>,
     issuer: &api::Issuer,
 ) -> Result<Option<tokio_rustls::TlsConnector>, IssueError> {
     if !issuer.server.starts_with("https://") {
         return Ok(None);
     }
-    let roots = crate::tls::files::roots(Path::new(&identity.trust_bundle))
-        .map_err(|e| IssueError::TrustBundle(e.to_string()))?;
     let expected = crate::tls::control::default_identity(&issuer.id);
-    let mut config =
-        trellis_certs::verify::client_builder(roots, expected, crate::tls::provider(), rustls::DEFAULT_VERSIONS)
-            .map_err(|e| IssueError::Unreachable { server: issuer.server.clone(), reason: e.to_string() })?
-            .with_no_client_auth();
+    let mut config = trellis_certs::verify::client_builder(
+        roots.clone(),
+        expected,
+        crate::tls::provider(),
+        rustls::DEFAULT_VERSIONS,
+    )
+    .map_err(|e| IssueError::Unreachable { server: issuer.server.clone(), reason: e.to_string() })?
+    .with_no_client_auth();
     config.alpn_protocols = vec![crate::tls::ALPN_HTTP1.to_vec()];
     Ok(Some(tokio_rustls::TlsConnector::from(Arc::new(config))))
 }
+
+/// A connection to the control plane, plain or TLS.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
 
 /// `POST /v1/certificates` over HTTP/1.1 (in TLS when `tls` is given); the JSON answer of
 /// a 200, else the error.
@@ -342,20 +351,11 @@ async fn post(
     let unreachable = |reason: String| IssueError::Unreachable { server: server.to_owned(), reason };
     let authority = server.trim_start_matches("http://").trim_start_matches("https://").trim_end_matches('/');
     let stream = tokio::net::TcpStream::connect(authority).await.map_err(|e| unreachable(e.to_string()))?;
-    let mut send = match tls {
-        None => {
-            let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(|e| unreachable(e.to_string()))?;
-            tokio::spawn(conn);
-            send
-        }
+    let io: Box<dyn Io> = match tls {
+        None => Box::new(stream),
         Some(tls) => {
-            // The verifier checks the SPIFFE ID; the name only fills SNI.
-            let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h).trim_matches(['[', ']']);
-            let name =
-                rustls_pki_types::ServerName::try_from(host.to_owned()).map_err(|e| unreachable(e.to_string()))?;
-            let stream = tls.connect(name, stream).await.map_err(|e| {
+            let name = trellis_certs::verify::sni_name(authority).map_err(|e| unreachable(e.to_string()))?;
+            Box::new(tls.connect(name, stream).await.map_err(|e| {
                 let untrusted = |reason: String| IssueError::Untrusted { server: server.to_owned(), reason };
                 let rustls_error = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
                 match (crate::tls::mesh::identity_mismatch(&e), rustls_error) {
@@ -363,14 +363,12 @@ async fn post(
                     (None, Some(rustls::Error::InvalidCertificate(c))) => untrusted(format!("{c:?}")),
                     _ => unreachable(format!("TLS: {e}")),
                 }
-            })?;
-            let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(|e| unreachable(e.to_string()))?;
-            tokio::spawn(conn);
-            send
+            })?)
         }
     };
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(io)).await.map_err(|e| unreachable(e.to_string()))?;
+    tokio::spawn(conn);
     let mut req = http::Request::post("/v1/certificates")
         .header(http::header::HOST, authority)
         .header(http::header::CONTENT_TYPE, "application/json");
@@ -426,7 +424,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let id = identity(&dir);
         let issuer = id.issuer.clone().unwrap();
-        assert!(renew_in(&id, &issuer).is_zero(), "no file yet");
+        assert!(renew_in(&held(&id, &issuer), &issuer).is_zero(), "no file yet");
 
         let ca = trellis_certs::Ca::generate().unwrap();
         let sid: SpiffeId = issuer.id.parse().unwrap();
@@ -439,23 +437,23 @@ mod tests {
         };
         // A fresh hour: renewal is due in about 40 minutes.
         window(60, 3600);
-        let wait = renew_in(&id, &issuer).as_secs();
+        let wait = renew_in(&held(&id, &issuer), &issuer).as_secs();
         assert!((2390..=2400).contains(&wait), "renewal in {wait} s");
         // Less than a third of the hour left: due now.
         window(3000, 600);
-        assert!(renew_in(&id, &issuer).is_zero());
+        assert!(renew_in(&held(&id, &issuer), &issuer).is_zero());
         // The CA cut the validity to 10 minutes: a third of those, not of the hour asked.
         window(60, 600);
-        let wait = renew_in(&id, &issuer).as_secs();
+        let wait = renew_in(&held(&id, &issuer), &issuer).as_secs();
         assert!((350..=380).contains(&wait), "renewal in {wait} s");
         // A key that is not the certificate's does not count.
         let other_key = trellis_certs::new_csr(&sid).unwrap();
         std::fs::write(dir.join("id.key"), other_key.key_pem).unwrap();
-        assert!(renew_in(&id, &issuer).is_zero());
+        assert!(renew_in(&held(&id, &issuer), &issuer).is_zero());
         // A certificate for another ID does not count.
         let other: SpiffeId = "spiffe://trellis.local/ns/default/sa/b".parse().unwrap();
         ca.issue(&other, Duration::from_secs(3600), &[]).unwrap().write(dir.join("id")).unwrap();
-        assert!(renew_in(&id, &issuer).is_zero());
+        assert!(renew_in(&held(&id, &issuer), &issuer).is_zero());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -471,17 +469,18 @@ mod tests {
         let csr = trellis_certs::new_csr(&want.parse().unwrap()).unwrap();
 
         let good = ours.sign_csr(&csr.csr_pem, Duration::from_secs(600)).unwrap();
-        assert!(check(&id, want, &good.cert_pem, &csr.key_pem).is_ok());
+        let roots = crate::tls::files::roots(Path::new(&id.trust_bundle)).unwrap();
+        assert!(check(&roots, want, &good.cert_pem, &csr.key_pem).is_ok());
 
         let foreign = theirs.sign_csr(&csr.csr_pem, Duration::from_secs(600)).unwrap();
-        let e = check(&id, want, &foreign.cert_pem, &csr.key_pem).unwrap_err();
+        let e = check(&roots, want, &foreign.cert_pem, &csr.key_pem).unwrap_err();
         assert!(e.contains("does not chain to the trust bundle"), "{e}");
 
-        let e = check(&id, "spiffe://trellis.local/ns/default/sa/b", &good.cert_pem, &csr.key_pem).unwrap_err();
+        let e = check(&roots, "spiffe://trellis.local/ns/default/sa/b", &good.cert_pem, &csr.key_pem).unwrap_err();
         assert!(e.contains("not spiffe://trellis.local/ns/default/sa/b"), "{e}");
 
         let other_key = trellis_certs::new_csr(&want.parse().unwrap()).unwrap();
-        let e = check(&id, want, &good.cert_pem, &other_key.key_pem).unwrap_err();
+        let e = check(&roots, want, &good.cert_pem, &other_key.key_pem).unwrap_err();
         assert!(e.contains("does not match our key"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
