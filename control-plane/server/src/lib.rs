@@ -144,7 +144,16 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
     let token = opts.token_file.as_deref().map(auth::Token::load).transpose()?.map(Arc::new);
     let store = Arc::new(store::Store::open(&opts.data_dir)?);
     let ca = load_or_init_ca(&opts.data_dir.join("ca"))?;
-    let xds_tls = if opts.xds_tls { Some(xds_tls::server_config(Ca::load(opts.data_dir.join("ca"))?)?) } else { None };
+    let serving = match opts.xds_tls || opts.api_tls {
+        true => Some(xds_tls::serving(Ca::load(opts.data_dir.join("ca"))?)?),
+        false => None,
+    };
+    let tls_for = |on: bool, config: fn(&Arc<xds_tls::SelfIssued>) -> Result<_, Error>| match &serving {
+        Some(s) if on => config(s).map(Some),
+        _ => Ok(None),
+    };
+    let xds_tls = tls_for(opts.xds_tls, xds_tls::server_config)?;
+    let api_tls = tls_for(opts.api_tls, xds_tls::api_server_config)?;
     let registry = Arc::new(discovery::Registry::new(opts.endpoint_grace));
 
     let bind =
@@ -158,10 +167,6 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
     let (stop, stopped) = watch::channel(false);
     let shared = Arc::new(api::Shared { store: store.clone(), registry: registry.clone(), ca, token: token.clone() });
     let router = api::router(shared);
-    let api_tls = match opts.api_tls {
-        true => Some(xds_tls::api_server_config(Ca::load(opts.data_dir.join("ca"))?)?),
-        false => None,
-    };
     let api = tokio::spawn({
         let mut stopped = stopped.clone();
         async move {

@@ -75,34 +75,37 @@ impl AsyncWrite for Conn {
     }
 }
 
-/// The server config: client certificates required and chained to `ca`, TLS 1.3 only, h2.
-pub fn server_config(ca: Ca) -> Result<Arc<ServerConfig>, Error> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+/// The control plane's serving certificate, shared by the discovery and REST ports.
+pub fn serving(ca: Ca) -> Result<Arc<SelfIssued>, Error> {
+    SelfIssued::new(ca, Arc::new(rustls::crypto::ring::default_provider())).map(Arc::new)
+}
+
+/// The discovery server config: client certificates required and chained to the CA,
+/// TLS 1.3 only, h2.
+pub fn server_config(serving: &Arc<SelfIssued>) -> Result<Arc<ServerConfig>, Error> {
+    let provider = serving.provider.clone();
     let mut roots = RootCertStore::empty();
-    roots.add(ca.cert_der().clone()).map_err(|e| tls_error("the CA certificate", e))?;
+    roots.add(serving.ca.cert_der().clone()).map_err(|e| tls_error("the CA certificate", e))?;
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
         .map_err(|e| tls_error("the client verifier", e))?;
-    let resolver = SelfIssued::new(ca, provider.clone())?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| tls_error("the server config", e))?
         .with_client_cert_verifier(verifier)
-        .with_cert_resolver(Arc::new(resolver));
+        .with_cert_resolver(serving.clone());
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
 }
 
-/// The REST API's server config (`--api-tls`): the same self-issued certificate, TLS 1.2
+/// The REST API's server config (`--api-tls`): the same serving certificate, TLS 1.2
 /// or 1.3, no client certificate asked (the bearer token authenticates), h2 or HTTP/1.1.
-pub fn api_server_config(ca: Ca) -> Result<Arc<ServerConfig>, Error> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let resolver = SelfIssued::new(ca, provider.clone())?;
-    let mut config = ServerConfig::builder_with_provider(provider)
+pub fn api_server_config(serving: &Arc<SelfIssued>) -> Result<Arc<ServerConfig>, Error> {
+    let mut config = ServerConfig::builder_with_provider(serving.provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| tls_error("the REST server config", e))?
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(resolver));
+        .with_cert_resolver(serving.clone());
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
@@ -206,7 +209,7 @@ fn accept_loop(
 
 /// Serves a certificate for [`CONTROL_PLANE_ID`] issued by the control plane's CA, replacing
 /// it once half its validity has passed.
-struct SelfIssued {
+pub struct SelfIssued {
     ca: Ca,
     provider: Arc<rustls::crypto::CryptoProvider>,
     current: Mutex<(Arc<CertifiedKey>, SystemTime)>,
