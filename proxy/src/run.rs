@@ -144,11 +144,13 @@ async fn wait_and_reload(
     let mut files = watched();
     let mut last = stamps(&files);
     loop {
-        let why = tokio::select! {
+        // `before` is stamped before the reload reads the files: a change made while it
+        // reads is then seen by the next poll instead of being taken as already applied.
+        let (why, before) = tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => "SIGHUP",
-            () = signals.renewed.notified() => "identity renewed",
+            _ = hup.recv() => ("SIGHUP", stamps(&files)),
+            () = signals.renewed.notified() => ("identity renewed", stamps(&files)),
             _ = poll.tick() => {
                 if stamps(&files) == last {
                     continue;
@@ -156,15 +158,13 @@ async fn wait_and_reload(
                 // A rotation writes a certificate and its key one after the other: let
                 // both land before reading them.
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                if stamps(&files).iter().any(Option::is_none) {
+                let settled = stamps(&files);
+                if settled.iter().any(Option::is_none) {
                     continue;
                 }
-                "file changed"
+                ("file changed", settled)
             }
         };
-        // Stamped before the reload reads the files: a change made while it reads is
-        // then seen by the next poll instead of being taken as already applied.
-        let before = stamps(&files);
         match reloader.reload_file() {
             Ok(v) => tracing::info!(version = v, trigger = why, "config reloaded"),
             Err(e) => tracing::error!(trigger = why, error = %e, "config reload refused; the previous config stays"),
