@@ -11,11 +11,10 @@ use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use trellis_certs::Ca;
 
-const CHECKOUT: &str = "spiffe://trellis.local/ns/default/sa/checkout";
-const FRONTEND: &str = "spiffe://trellis.local/ns/default/sa/frontend";
+include!("support/mesh_helpers.rs");
 
 /// A control plane with a token, and a directory for the proxy's identity files.
 struct Mesh {
@@ -78,43 +77,21 @@ impl Mesh {
         ttl: &str,
         token: &Path,
     ) -> String {
-        format!(
-            r#"admin: {{ address: "{{admin}}" }}
-identity:
-  cert: "{cert}"
-  key: "{key}"
-  trust_bundle: "{bundle}"
-  issuer: {{ server: "http://{api}", id: "{CHECKOUT}", token_file: "{token}", ttl: {ttl} }}
-listeners:
-  - name: inbound
-    address: "{mesh}"
-    tls: {{ mode: mesh }}
-    policy: allow-frontend
-    routes: [app]
-routes:
-  - name: app
-    match: {{ path_prefix: / }}
-    backends: [{{ cluster: app }}]
-clusters:
-  - name: app
-    endpoints: [{{ address: "{app}" }}]
-policies:
-  - name: allow-frontend
-    default: deny
-    rules: [{{ from: ["{FRONTEND}"] }}]
-"#,
-            cert = cert.display(),
-            key = key.display(),
-            bundle = self.bundle().display(),
-            api = self.cp.api,
-            token = token.display(),
-        )
+        let identity = format!(
+            "identity:\n  cert: \"{}\"\n  key: \"{}\"\n  trust_bundle: \"{}\"\n  issuer: {{ server: \"http://{}\", id: \"{CHECKOUT}\", token_file: \"{}\", ttl: {ttl} }}\n",
+            cert.display(),
+            key.display(),
+            self.bundle().display(),
+            self.cp.api,
+            token.display(),
+        );
+        inbound_config(&identity, &[("inbound", mesh, Some("authz"))], app)
     }
 }
 
 /// One request on a fresh mTLS connection: the status and the certificate presented.
 async fn call(mesh: SocketAddr, fe: &Arc<rustls::ClientConfig>) -> Result<(u16, trellis_certs::CertInfo), String> {
-    let (got, seen) = tls_fetch(mesh, fe.clone(), "checkout", "GET", "/x").await?;
+    let (got, seen) = tls_fetch(mesh, fe.clone(), "checkout", "GET", "/api/x").await?;
     Ok((got.status.as_u16(), seen.leaf))
 }
 
