@@ -99,6 +99,17 @@ pub fn client_builder(
         .with_custom_certificate_verifier(verifier))
 }
 
+/// Every certificate of a PEM trust bundle as a trust anchor (several roots: rotation).
+pub fn load_roots(bundle: &std::path::Path) -> crate::Result<Arc<RootCertStore>> {
+    let mut roots = RootCertStore::empty();
+    for cert in crate::load_certs(bundle)? {
+        roots
+            .add(cert)
+            .map_err(|e| crate::CertError::BadCertificate { path: bundle.to_owned(), reason: e.to_string() })?;
+    }
+    Ok(Arc::new(roots))
+}
+
 /// The TLS server name for `HOST[:PORT]` (brackets of an IPv6 address dropped). With a
 /// [`SpiffeVerifier`] it only fills SNI: the SPIFFE ID is checked, not this name.
 pub fn sni_name(authority: &str) -> Result<ServerName<'static>, rustls_pki_types::InvalidDnsNameError> {

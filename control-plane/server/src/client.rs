@@ -222,15 +222,11 @@ impl Client {
 /// TLS that accepts only the control plane's SPIFFE ID under the CA in `ca_file`.
 fn tls_connector(ca_file: &Path) -> Result<tokio_rustls::TlsConnector, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in trellis_certs::load_certs(ca_file).map_err(|e| e.to_string())? {
-        roots.add(cert).map_err(|e| format!("{}: {e}", ca_file.display()))?;
-    }
+    let roots = trellis_certs::verify::load_roots(ca_file).map_err(|e| e.to_string())?;
     let expected = crate::xds_tls::CONTROL_PLANE_ID.to_owned();
-    let mut config =
-        trellis_certs::verify::client_builder(Arc::new(roots), expected, provider, rustls::DEFAULT_VERSIONS)
-            .map_err(|e| e.to_string())?
-            .with_no_client_auth();
+    let mut config = trellis_certs::verify::client_builder(roots, expected, provider, rustls::DEFAULT_VERSIONS)
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }

@@ -24,17 +24,7 @@ pub fn certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsEr
 
 /// Every certificate of a PEM bundle as a trust anchor.
 pub fn roots(bundle: &Path) -> Result<Arc<RootCertStore>, TlsError> {
-    let certs = trellis_certs::load_certs(bundle)?;
-    let mut roots = RootCertStore::empty();
-    for c in certs {
-        roots
-            .add(c)
-            .map_err(|source| TlsError::Rustls { what: format!("trust bundle {}", bundle.display()), source })?;
-    }
-    if roots.is_empty() {
-        return Err(TlsError::Invalid(format!("trust bundle {} holds no certificate", bundle.display())));
-    }
-    Ok(Arc::new(roots))
+    Ok(trellis_certs::verify::load_roots(bundle)?)
 }
 
 /// The leaf's expiry (unix seconds) and SPIFFE ID, if any.
