@@ -254,6 +254,7 @@ impl Entry {
             authority: self.authority.as_deref(),
             protocol: match self.version {
                 Version::HTTP_2 => "HTTP/2",
+                Version::HTTP_3 => "HTTP/3",
                 Version::HTTP_10 => "HTTP/1.0",
                 _ => "HTTP/1.1",
             },

@@ -68,6 +68,10 @@ pub struct Listener {
     pub no_route: RouteMetrics,
     /// TLS to accept with (mesh or terminate).
     pub server_tls: Option<Arc<rustls::ServerConfig>>,
+    /// HTTP/3 on the same port over UDP (`tls.http3`).
+    pub h3: Option<crate::h3::ListenerH3>,
+    /// Requests by protocol (`trellis_downstream_requests_total`).
+    pub requests: crate::telemetry::ProtocolRequests,
     /// A mesh listener: peers are authenticated, and authorized by `policy` (none = deny).
     pub mesh: bool,
     pub policy: Option<Arc<authz::Policy>>,
@@ -159,6 +163,7 @@ pub fn build(b: Bootstrap, prev: Option<&Snapshot>, workers: usize, version: u64
             _ => None,
         };
         let tls_mode = l.tls.as_ref().map_or(api::ListenerTlsMode::None, |t| t.mode);
+        let mut h3 = None;
         let server_tls = match (tls_mode, &l.tls) {
             (api::ListenerTlsMode::Mesh, _) => Some(
                 mesh.as_ref()
@@ -169,11 +174,14 @@ pub fn build(b: Bootstrap, prev: Option<&Snapshot>, workers: usize, version: u64
                     .clone(),
             ),
             (api::ListenerTlsMode::Terminate, Some(t)) => {
-                let (config, expiries) = tls::edge::server_config(t)?;
-                if let Some(first) = expiries.iter().min() {
+                let edge = tls::edge::server_config(t)?;
+                if let Some(first) = edge.expiries.iter().min() {
                     cert_expiry.push((format!("listener:{}", l.name), *first));
                 }
-                Some(config)
+                if let Some(quic) = edge.quic {
+                    h3 = Some(crate::h3::ListenerH3::new(quic, addr.port(), t.early_data)?);
+                }
+                Some(edge.tcp)
             }
             _ => None,
         };
@@ -185,6 +193,8 @@ pub fn build(b: Bootstrap, prev: Option<&Snapshot>, workers: usize, version: u64
             tcp_cluster,
             no_route: RouteMetrics::new(&l.name, "", ""),
             server_tls,
+            h3,
+            requests: crate::telemetry::ProtocolRequests::new(&l.name),
             mesh: tls_mode == api::ListenerTlsMode::Mesh,
             policy: l.policy.as_deref().and_then(|p| policies.get(p).cloned()),
         }));

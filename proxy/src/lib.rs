@@ -2,7 +2,7 @@
 //!
 //! A request's path, module by module:
 //! `listener` (accept on a worker) → `detect` (HTTP/1.1 or h2 preface) → `http::server`
-//! (hyper connection) → `http::forward` (route, pick backend and endpoint, forward) →
+//! (hyper connection), or `h3` (QUIC on the listener's UDP port) → `http::forward` (route, pick backend and endpoint, forward) →
 //! `upstream` (pooled connection to the endpoint) → back through `http::body` (streamed,
 //! with idle/deadline timers) to the client. Failures become responses in one place,
 //! `http::respond`. The config every request reads is one immutable `config::Snapshot`
@@ -14,6 +14,7 @@ pub mod authz;
 pub mod config;
 pub mod detect;
 pub mod discovery;
+pub mod h3;
 pub mod http;
 pub mod listener;
 pub mod reload;

@@ -2,6 +2,8 @@
 //! current-thread runtime with its own SO_REUSEPORT socket per listener, so the kernel
 //! spreads connections and a connection never changes thread. The main thread sends
 //! workers commands: start a listener, stop one (its connections drain), or drain all.
+//! A listener's HTTP/3 side is one more task on one worker (`h3::endpoint::serve`),
+//! stopped and drained with the listener.
 
 use crate::config::{Listener, Snapshot};
 use crate::detect;
@@ -37,14 +39,36 @@ pub fn bind(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<std::net::T
 }
 
 enum Command {
-    Start { name: Arc<str>, socket: std::net::TcpListener },
-    Stop { name: Arc<str>, drain: Duration },
-    DrainAll { drain: Duration, all_done: Arc<tokio::sync::Barrier> },
+    Start {
+        name: Arc<str>,
+        socket: std::net::TcpListener,
+    },
+    /// Stops both sides of the listener.
+    Stop {
+        name: Arc<str>,
+        drain: Duration,
+    },
+    DrainAll {
+        drain: Duration,
+        all_done: Arc<tokio::sync::Barrier>,
+    },
+    /// Serves the listener's HTTP/3 endpoint from this worker.
+    StartH3 {
+        name: Arc<str>,
+        serve: crate::h3::endpoint::Serve,
+    },
+    /// Stops the listener's HTTP/3 side only.
+    StopH3 {
+        name: Arc<str>,
+        drain: Duration,
+    },
 }
 
 /// The worker threads.
 pub struct Workers {
     senders: Vec<mpsc::UnboundedSender<Command>>,
+    /// Each worker's runtime, for work placed on a given worker (HTTP/3 connections).
+    handles: Arc<[tokio::runtime::Handle]>,
     threads: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -53,9 +77,11 @@ impl Workers {
     pub fn start(n: usize, config: Arc<ArcSwap<Snapshot>>) -> std::io::Result<Self> {
         let mut senders = Vec::with_capacity(n);
         let mut threads = Vec::with_capacity(n);
+        let mut handles = Vec::with_capacity(n);
         for id in 0..n {
             let (tx, rx) = mpsc::unbounded_channel();
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            handles.push(rt.handle().clone());
             let config = config.clone();
             let t = std::thread::Builder::new().name(format!("trellis-worker-{id}")).spawn(move || {
                 crate::worker::set_current(id);
@@ -64,7 +90,26 @@ impl Workers {
             senders.push(tx);
             threads.push(t);
         }
-        Ok(Self { senders, threads: std::sync::Mutex::new(threads) })
+        Ok(Self { senders, handles: handles.into(), threads: std::sync::Mutex::new(threads) })
+    }
+
+    /// Each worker's runtime, by worker id.
+    pub fn handles(&self) -> Arc<[tokio::runtime::Handle]> {
+        self.handles.clone()
+    }
+
+    /// Has `worker` serve listener `name`'s HTTP/3 endpoint.
+    pub fn start_h3(&self, worker: usize, name: &Arc<str>, serve: crate::h3::endpoint::Serve) {
+        if let Some(tx) = self.senders.get(worker) {
+            let _ = tx.send(Command::StartH3 { name: name.clone(), serve });
+        }
+    }
+
+    /// Stops listener `name`'s HTTP/3 side; its connections get `drain` to finish.
+    pub fn stop_h3(&self, name: &Arc<str>, drain: Duration) {
+        for tx in &self.senders {
+            let _ = tx.send(Command::StopH3 { name: name.clone(), drain });
+        }
     }
 
     /// Number of workers.
@@ -115,8 +160,21 @@ struct Running {
     task: tokio::task::JoinHandle<()>,
 }
 
+impl Running {
+    /// Stops accepting now; what is open gets `drain` to finish, then is killed.
+    fn stop(self, drain: Duration) {
+        self.stop.cancel();
+        tokio::spawn(async move {
+            if tokio::time::timeout(drain, self.task).await.is_err() {
+                self.kill.cancel();
+            }
+        });
+    }
+}
+
 async fn worker_main(mut rx: mpsc::UnboundedReceiver<Command>, config: Arc<ArcSwap<Snapshot>>) {
     let mut running: HashMap<Arc<str>, Running> = HashMap::new();
+    let mut h3: HashMap<Arc<str>, Running> = HashMap::new();
     while let Some(cmd) = rx.recv().await {
         match cmd {
             Command::Start { name, socket } => {
@@ -135,22 +193,38 @@ async fn worker_main(mut rx: mpsc::UnboundedReceiver<Command>, config: Arc<ArcSw
                 }
             }
             Command::Stop { name, drain } => {
-                if let Some(r) = running.remove(&name) {
-                    // The listener drains in the background; this worker keeps serving others.
-                    r.stop.cancel();
-                    tokio::spawn(async move {
-                        if tokio::time::timeout(drain, r.task).await.is_err() {
-                            r.kill.cancel();
-                        }
-                    });
+                // The listener drains in the background; this worker keeps serving others.
+                for r in [running.remove(&name), h3.remove(&name)].into_iter().flatten() {
+                    r.stop(drain);
+                }
+            }
+            Command::StartH3 { name, serve } => {
+                let stop = CancellationToken::new();
+                let kill = CancellationToken::new();
+                let task = tokio::spawn(crate::h3::endpoint::serve(
+                    name.clone(),
+                    serve,
+                    config.clone(),
+                    stop.clone(),
+                    kill.clone(),
+                ));
+                if let Some(old) = h3.insert(name, Running { stop, kill, task }) {
+                    old.stop.cancel();
+                }
+            }
+            Command::StopH3 { name, drain } => {
+                if let Some(r) = h3.remove(&name) {
+                    r.stop(drain);
                 }
             }
             Command::DrainAll { drain, all_done } => {
                 let deadline = tokio::time::Instant::now() + drain;
-                for r in running.values() {
+                for r in running.values().chain(h3.values()) {
                     r.stop.cancel();
                 }
-                for (_, r) in running.drain() {
+                // HTTP/3 connections live on every worker: the barrier below keeps this
+                // runtime serving them while the worker driving their endpoint waits.
+                for (_, r) in running.drain().chain(h3.drain()) {
                     let _ = tokio::time::timeout_at(deadline, r.task).await;
                 }
                 let _ = tokio::time::timeout_at(deadline, all_done.wait()).await;

@@ -20,6 +20,8 @@ pub enum ReloadError {
     Config(#[from] ConfigError),
     #[error("listeners[{name}].address: cannot bind {addr}: {source}")]
     Bind { name: String, addr: std::net::SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    BindUdp(#[from] crate::h3::endpoint::BindError),
 }
 
 /// A file's identity for change detection: inode, length, modification time, and a hash of
@@ -41,6 +43,7 @@ pub struct Reloader {
     path: PathBuf,
     shared: Arc<ArcSwap<Snapshot>>,
     workers: Workers,
+    h3: crate::h3::Endpoints,
     sources: Mutex<Sources>,
 }
 
@@ -50,8 +53,14 @@ struct Sources {
 }
 
 impl Reloader {
-    pub fn new(path: PathBuf, file: Bootstrap, shared: Arc<ArcSwap<Snapshot>>, workers: Workers) -> Self {
-        Self { path, shared, workers, sources: Mutex::new(Sources { file, dynamic: Dynamic::default() }) }
+    pub fn new(
+        path: PathBuf,
+        file: Bootstrap,
+        shared: Arc<ArcSwap<Snapshot>>,
+        workers: Workers,
+        h3: crate::h3::Endpoints,
+    ) -> Self {
+        Self { path, shared, workers, h3, sources: Mutex::new(Sources { file, dynamic: Dynamic::default() }) }
     }
 
     pub fn workers(&self) -> &Workers {
@@ -96,7 +105,7 @@ impl Reloader {
 
     fn apply(&self, bootstrap: Bootstrap) -> Result<u64, ReloadError> {
         trellis_api::validate(&bootstrap).map_err(|e| ReloadError::Config(ConfigError::Invalid(e)))?;
-        apply(bootstrap, &self.shared, &self.workers)
+        apply(bootstrap, &self.shared, &self.workers, &self.h3)
     }
 }
 
@@ -105,7 +114,12 @@ fn count(result: &Result<u64, ReloadError>) {
     metrics::counter!(telemetry::CONFIG_RELOADS_TOTAL, "result" => outcome).increment(1);
 }
 
-fn apply(bootstrap: Bootstrap, shared: &ArcSwap<Snapshot>, workers: &Workers) -> Result<u64, ReloadError> {
+fn apply(
+    bootstrap: Bootstrap,
+    shared: &ArcSwap<Snapshot>,
+    workers: &Workers,
+    h3: &crate::h3::Endpoints,
+) -> Result<u64, ReloadError> {
     let old = shared.load_full();
     let next = config::build(bootstrap, Some(&old), workers.len(), old.version + 1)?;
 
@@ -128,6 +142,8 @@ fn apply(bootstrap: Bootstrap, shared: &ArcSwap<Snapshot>, workers: &Workers) ->
             bound.push((l.name.clone(), None, l.addr));
         }
     }
+    // HTTP/3 sides that start: a stop of the listener's TCP side stops them too.
+    let udp = h3.bind(&next, |name| next.listener(name).is_some_and(|l| !kept(l, &old)))?;
     let removed: Vec<_> = old.listeners.iter().filter(|l| !kept(l, &next)).map(|l| l.name.clone()).collect();
     let retired = old.removed_routes(&next);
     let drain = next.drain_timeout;
@@ -154,6 +170,7 @@ fn apply(bootstrap: Bootstrap, shared: &ArcSwap<Snapshot>, workers: &Workers) ->
         };
         workers.start_listener(&name, sockets);
     }
+    h3.apply(&shared.load(), udp, workers, drain);
     for life in retired {
         life.retire(drain);
     }

@@ -33,6 +33,8 @@ pub enum RunError {
     Config(#[from] ConfigError),
     #[error("listeners[{name}].address: cannot bind {addr}: {source}")]
     Bind { name: String, addr: String, source: std::io::Error },
+    #[error(transparent)]
+    BindUdp(#[from] crate::h3::endpoint::BindError),
     #[error("{0}")]
     Runtime(String),
     /// `identity.issuer` could not provide a certificate.
@@ -67,6 +69,8 @@ pub fn run(opts: Options) -> Result<(), RunError> {
         })?;
         sockets.push((l.name.clone(), s));
     }
+    let h3 = crate::h3::Endpoints::default();
+    let udp = h3.bind(&snapshot, |_| true)?;
 
     metrics::gauge!(telemetry::CONFIG_VERSION, "type" => "static").set(snapshot.version as f64);
     snapshot.publish();
@@ -75,7 +79,8 @@ pub fn run(opts: Options) -> Result<(), RunError> {
     for (name, s) in sockets {
         pool.start_listener(&name, s);
     }
-    let reloader = Arc::new(Reloader::new(opts.config.clone(), file, shared.clone(), pool));
+    h3.apply(&shared.load(), udp, &pool, Duration::ZERO);
+    let reloader = Arc::new(Reloader::new(opts.config.clone(), file, shared.clone(), pool, h3));
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

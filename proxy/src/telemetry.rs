@@ -25,6 +25,9 @@ pub const TLS_CERT_EXPIRY: &str = "trellis_tls_cert_expiry_timestamp_seconds";
 pub const AUTHZ_DENIED_TOTAL: &str = "trellis_authz_denied_total";
 pub const IDENTITY_RENEWALS_TOTAL: &str = "trellis_identity_renewals_total";
 pub const ACCESS_LOG_DROPPED_TOTAL: &str = "trellis_access_log_dropped_total";
+pub const DOWNSTREAM_REQUESTS_TOTAL: &str = "trellis_downstream_requests_total";
+pub const HTTP3_CONNECTIONS: &str = "trellis_http3_connections";
+pub const HTTP3_CONNECTIONS_TOTAL: &str = "trellis_http3_connections_total";
 
 /// Histogram buckets for request durations, in seconds (0.5 ms … 60 s).
 const DURATION_BUCKETS: &[f64] =
@@ -49,6 +52,15 @@ pub fn install() -> Result<PrometheusHandle, String> {
         "Identity certificate renewals from the control plane's CA, by result (ok, error)"
     );
     metrics::describe_counter!(ACCESS_LOG_DROPPED_TOTAL, "Access log lines dropped because the writer fell behind");
+    metrics::describe_counter!(
+        DOWNSTREAM_REQUESTS_TOTAL,
+        "Requests received, by listener and protocol (http/1.1, h2, h3: the ALPN ids)"
+    );
+    metrics::describe_gauge!(HTTP3_CONNECTIONS, "Open HTTP/3 (QUIC) connections, by listener");
+    metrics::describe_counter!(
+        HTTP3_CONNECTIONS_TOTAL,
+        "HTTP/3 connection attempts, by listener and result (accepted, refused: over the limit, retry: sent a Retry)"
+    );
     Ok(handle)
 }
 
@@ -92,5 +104,30 @@ impl RouteMetrics {
     /// Records how long a finished request took.
     pub fn observe(&self, took: Duration) {
         self.duration.record(took.as_secs_f64());
+    }
+}
+
+/// A listener's request counters by protocol, registered once per config.
+#[derive(Debug)]
+pub struct ProtocolRequests {
+    http1: Counter,
+    h2: Counter,
+    h3: Counter,
+}
+
+impl ProtocolRequests {
+    pub fn new(listener: &str) -> Self {
+        let counter = |p: &'static str| metrics::counter!(DOWNSTREAM_REQUESTS_TOTAL, "listener" => listener.to_owned(), "protocol" => p);
+        Self { http1: counter("http/1.1"), h2: counter("h2"), h3: counter("h3") }
+    }
+
+    /// Counts one request received over `version` (HTTP/1.0 counts as http/1.1).
+    pub fn count(&self, version: http::Version) {
+        match version {
+            http::Version::HTTP_2 => &self.h2,
+            http::Version::HTTP_3 => &self.h3,
+            _ => &self.http1,
+        }
+        .increment(1);
     }
 }

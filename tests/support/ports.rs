@@ -17,7 +17,10 @@ pub fn free_port() -> u16 {
     for _ in 0..SPAN {
         let port = FIRST + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN;
         let port = u16::try_from(port).expect("ports are below 32000");
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        // Free over UDP too: an HTTP/3 listener binds both.
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        {
             return port;
         }
     }

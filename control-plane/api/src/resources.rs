@@ -110,6 +110,18 @@ pub struct ListenerTls {
     /// `terminate`: oldest TLS version accepted, "1.2" (default) or "1.3". Mesh is 1.3 only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_version: Option<String>,
+    /// `terminate`: also serve HTTP/3 (QUIC) on the same port over UDP, with the same
+    /// certificates, routes and policy; responses over TCP then carry
+    /// `alt-svc: h3=":PORT"; ma=86400`. QUIC is TLS 1.3 only, whatever `min_version` says.
+    /// Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub http3: bool,
+    /// HTTP/3: accept 0-RTT (TLS early data) from resuming clients. Early requests can be
+    /// replayed by an attacker, so only safe methods (GET, HEAD, OPTIONS, TRACE) are
+    /// forwarded early (with `early-data: 1`); others get 425 Too Early and the client
+    /// retries once the handshake is done. Default false: no 0-RTT.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub early_data: bool,
 }
 
 /// What TLS a listener speaks.

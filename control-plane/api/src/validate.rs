@@ -328,6 +328,14 @@ fn validate_tls(errs: &mut Errors, b: &Bootstrap, bootstrap: bool) {
         {
             errs.push(format!("{at}.min_version"), format!("\"{v}\": use \"1.2\" or \"1.3\""));
         }
+        if tls.http3 && tls.mode != ListenerTlsMode::Terminate {
+            errs.push(format!("{at}.http3"), "HTTP/3 needs mode terminate");
+        } else if tls.http3 && l.protocol == crate::ListenerProtocol::Tcp {
+            errs.push(format!("{at}.http3"), "HTTP/3 needs an HTTP listener (protocol auto or http), not tcp");
+        }
+        if tls.early_data && !tls.http3 {
+            errs.push(format!("{at}.early_data"), "early data (0-RTT) is offered over HTTP/3 only: set http3: true");
+        }
     }
     for c in &b.clusters {
         let Some(tls) = &c.tls else { continue };

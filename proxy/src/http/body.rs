@@ -34,12 +34,15 @@ pub enum BodyError {
 }
 
 /// A request body as the client sent it: hyper's (a connection hyper's HTTP/1 server
-/// serves), an HTTP/2 stream's (the in-task h2 server), or none (a request the in-task
+/// serves), an HTTP/2 stream's (the in-task h2 server), an HTTP/3 stream's, or none (a request the in-task
 /// HTTP/1.1 server took: those never have a body).
 #[derive(Debug)]
 pub enum ClientBody {
     Hyper(Incoming),
     H2(RecvBody),
+    /// Boxed: an HTTP/3 stream's state is ~300 bytes, and every request's future holds
+    /// a `ClientBody`.
+    H3(Box<crate::h3::RecvBody>),
     Empty,
 }
 
@@ -50,6 +53,8 @@ pub enum ClientBodyError {
     Hyper(#[from] hyper::Error),
     #[error("{0}")]
     H2(#[from] h2::Error),
+    #[error("{0}")]
+    H3(#[from] crate::h3::RecvError),
 }
 
 impl Body for ClientBody {
@@ -60,6 +65,7 @@ impl Body for ClientBody {
         match self.get_mut() {
             Self::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             Self::H2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Self::H3(b) => Pin::new(b.as_mut()).poll_frame(cx).map_err(Into::into),
             Self::Empty => Poll::Ready(None),
         }
     }
@@ -68,6 +74,7 @@ impl Body for ClientBody {
         match self {
             Self::Hyper(b) => b.is_end_stream(),
             Self::H2(b) => b.is_end_stream(),
+            Self::H3(b) => b.is_end_stream(),
             Self::Empty => true,
         }
     }
@@ -76,6 +83,7 @@ impl Body for ClientBody {
         match self {
             Self::Hyper(b) => b.size_hint(),
             Self::H2(b) => b.size_hint(),
+            Self::H3(b) => b.size_hint(),
             Self::Empty => SizeHint::with_exact(0),
         }
     }

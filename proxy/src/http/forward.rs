@@ -4,7 +4,7 @@
 
 use crate::access_log;
 use crate::authz;
-use crate::config::Snapshot;
+use crate::config::{Listener, Snapshot};
 use crate::http::attempts::{self, Plan};
 use crate::http::body::{ClientBody, Exchange, ProxyBody, RequestBody, UpstreamBody};
 use crate::http::headers::{self, Peer};
@@ -30,7 +30,8 @@ pub struct ConnCtx {
     pub peer: Peer,
     /// The mesh peer's verified SPIFFE ID.
     pub peer_id: Option<Arc<str>>,
-    /// The connection speaks HTTP/2.
+    /// The connection multiplexes requests (HTTP/2, or HTTP/3): no `connection: close`,
+    /// and `protocol: auto` clusters speak HTTP/2 upstream.
     pub h2: bool,
 }
 
@@ -68,8 +69,17 @@ pub fn audit_denied(
 pub fn handle(mut req: Request<ClientBody>, ctx: &ConnCtx) -> impl Future<Output = Response<ProxyBody>> {
     // One config load per request; the route (and the clusters it holds) is kept alive by
     // this request even if a reload replaces it meanwhile.
-    let (log, entry, route) = {
+    let (log, entry, route, alt_svc) = {
         let snap = ctx.config.load();
+        let listener = snap.listener(&ctx.listener);
+        if let Some(l) = listener {
+            l.requests.count(req.version());
+        }
+        // A listener that also serves HTTP/3 says so on its TCP responses.
+        let alt_svc = listener
+            .and_then(|l| l.h3.as_ref())
+            .filter(|_| req.version() != http::Version::HTTP_3)
+            .map(|h3| h3.alt_svc.clone());
         let log = snap.access_log.clone();
         // The line shows the path as the client sent it.
         let entry =
@@ -79,18 +89,29 @@ pub fn handle(mut req: Request<ClientBody>, ctx: &ConnCtx) -> impl Future<Output
         if let Some(normalized) = crate::http::path::normalize(req.uri()) {
             *req.uri_mut() = normalized;
         }
-        (log, entry, route_for(&req, ctx, &snap))
+        (log, entry, route_for(&req, ctx, listener), alt_svc)
     };
     match route {
-        Ok(route) => Either::Left(forward(req, ctx, route, entry).map(|(resp, entry)| logged(resp, log, entry))),
+        Ok(route) => Either::Left(
+            forward(req, ctx, route, entry).map(move |(resp, entry)| advertise(logged(resp, log, entry), alt_svc)),
+        ),
         Err(err) => {
             let mut resp = error_response(&err);
             if matches!(err, ForwardError::HeadersTooLarge) && !ctx.h2 {
                 resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
             }
-            Either::Right(std::future::ready(logged(resp, log, entry)))
+            Either::Right(std::future::ready(advertise(logged(resp, log, entry), alt_svc)))
         }
     }
+}
+
+/// Adds the listener's `alt-svc` (it replaces an upstream's: the client reaches the
+/// upstream through this listener, so only the listener's alternatives mean anything).
+fn advertise(mut resp: Response<ProxyBody>, alt_svc: Option<HeaderValue>) -> Response<ProxyBody> {
+    if let Some(v) = alt_svc {
+        resp.headers_mut().insert(http::header::ALT_SVC, v);
+    }
+    resp
 }
 
 /// Completes `entry` from `resp` and hands it to the access log: at the end of an upstream
@@ -119,12 +140,20 @@ fn logged(
     resp
 }
 
-/// The route for `req` on this connection's listener, after the header-size limit and
-/// authorization; or why there is none.
-fn route_for(req: &Request<ClientBody>, ctx: &ConnCtx, snap: &Snapshot) -> Result<Arc<Route>, ForwardError> {
-    let Some(listener) = snap.listener(&ctx.listener) else {
+/// The route for `req` on this connection's listener, after the 0-RTT check, the
+/// header-size limit and authorization; or why there is none.
+fn route_for(
+    req: &Request<ClientBody>,
+    ctx: &ConnCtx,
+    listener: Option<&Arc<Listener>>,
+) -> Result<Arc<Route>, ForwardError> {
+    let Some(listener) = listener else {
         return Err(ForwardError::ListenerGone);
     };
+    // Early data may be a replay (RFC 8470): only a safe method may act on it.
+    if !req.method().is_safe() && req.extensions().get::<crate::h3::EarlyData>().is_some() {
+        return Err(ForwardError::TooEarly);
+    }
     if header_block_size(req) > listener.max_header_bytes() {
         return Err(ForwardError::HeadersTooLarge);
     }

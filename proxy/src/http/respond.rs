@@ -37,6 +37,8 @@ pub enum ForwardError {
     Forbidden,
     #[error("the request header block is over the listener's max_header_bytes")]
     HeadersTooLarge,
+    #[error("the request came in TLS early data (0-RTT) and its method is not safe; retry after the handshake")]
+    TooEarly,
 }
 
 impl ForwardError {
@@ -53,6 +55,7 @@ impl ForwardError {
             Self::ClientBody(_) => StatusCode::BAD_REQUEST,
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::TooEarly => StatusCode::TOO_EARLY,
             Self::Timeout | Self::TryTimeout | Self::IdleTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -75,6 +78,7 @@ impl ForwardError {
             Self::ClientBody(_) => "bad request body",
             Self::Forbidden => "forbidden",
             Self::HeadersTooLarge => "header block too large",
+            Self::TooEarly => "too early",
             Self::Timeout | Self::TryTimeout => "upstream timeout",
             Self::IdleTimeout => "upstream idle timeout",
             Self::ListenerGone => "listener draining",

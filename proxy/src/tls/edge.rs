@@ -1,8 +1,9 @@
 //! Edge TLS: terminating listeners pick a certificate by SNI (exact name, then wildcard,
-//! then the first as default) and offer h2 and http/1.1; `tls` clusters verify an ordinary
+//! then the first as default) and offer h2 and http/1.1 over TCP, and h3 over QUIC (one
+//! resolver for both); `tls` clusters verify an ordinary
 //! server name against their own trust bundle.
 
-use crate::tls::{ALPN_H2, ALPN_HTTP1, TlsError, files};
+use crate::tls::{ALPN_H2, ALPN_H3, ALPN_HTTP1, TlsError, files};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, ServerConfig};
@@ -37,8 +38,19 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// The server config of a `terminate` listener. The leaf expiries come back for metrics.
-pub fn server_config(tls: &api::ListenerTls) -> Result<(Arc<ServerConfig>, Vec<i64>), TlsError> {
+/// The server configs of a `terminate` listener: TCP (h2 and HTTP/1.1 by ALPN) and, with
+/// `http3`, QUIC's, both resolving certificates with one SNI resolver.
+#[derive(Debug)]
+pub struct EdgeServer {
+    pub tcp: Arc<ServerConfig>,
+    /// TLS 1.3 only, ALPN `h3`; early data as `early_data` says.
+    pub quic: Option<Arc<ServerConfig>>,
+    /// The leaf expiries (unix seconds), for metrics.
+    pub expiries: Vec<i64>,
+}
+
+/// The server configs of a `terminate` listener.
+pub fn server_config(tls: &api::ListenerTls) -> Result<EdgeServer, TlsError> {
     let mut exact = HashMap::new();
     let mut wildcard = HashMap::new();
     let mut default = None;
@@ -62,17 +74,31 @@ pub fn server_config(tls: &api::ListenerTls) -> Result<(Arc<ServerConfig>, Vec<i
         default.get_or_insert(key);
     }
     let default = default.ok_or_else(|| TlsError::Invalid("terminate needs a certificate".into()))?;
+    let resolver: Arc<SniResolver> = Arc::new(SniResolver { exact, wildcard, default });
     let versions: &[&rustls::SupportedProtocolVersion] = match tls.min_version.as_deref() {
         Some("1.3") => &[&rustls::version::TLS13],
         _ => &[&rustls::version::TLS13, &rustls::version::TLS12],
     };
-    let mut c = ServerConfig::builder_with_provider(crate::tls::provider())
-        .with_protocol_versions(versions)
-        .map_err(|source| TlsError::Rustls { what: "edge server config".into(), source })?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(SniResolver { exact, wildcard, default }));
-    c.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()];
-    Ok((Arc::new(c), expiries))
+    let config = |versions: &[&'static rustls::SupportedProtocolVersion], alpn: &[&[u8]]| {
+        let mut c = ServerConfig::builder_with_provider(crate::tls::provider())
+            .with_protocol_versions(versions)
+            .map_err(|source| TlsError::Rustls { what: "edge server config".into(), source })?
+            .with_no_client_auth()
+            .with_cert_resolver(resolver.clone());
+        c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Ok::<_, TlsError>(c)
+    };
+    let tcp = Arc::new(config(versions, &[ALPN_H2, ALPN_HTTP1])?);
+    let quic = if tls.http3 {
+        let mut c = config(&[&rustls::version::TLS13], &[ALPN_H3])?;
+        // QUIC allows only 0 or u32::MAX (RFC 9001 §4.6.1); rustls then takes each ticket
+        // out of its session cache on use, so one ticket opens one 0-RTT flight only.
+        c.max_early_data_size = if tls.early_data { u32::MAX } else { 0 };
+        Some(Arc::new(c))
+    } else {
+        None
+    };
+    Ok(EdgeServer { tcp, quic, expiries })
 }
 
 /// The client config of a `tls` cluster for one ALPN protocol.

@@ -32,6 +32,7 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// ALPN ids.
 pub const ALPN_H2: &[u8] = b"h2";
 pub const ALPN_HTTP1: &[u8] = b"http/1.1";
+pub const ALPN_H3: &[u8] = b"h3";
 
 /// A short label for a handshake failure, for `trellis_tls_handshake_errors_total{reason}`.
 pub fn failure_reason(e: &std::io::Error) -> &'static str {

@@ -90,3 +90,26 @@ fn endpoint_addresses_are_unique_in_a_cluster_and_hold_no_slash() {
     let ok = GOOD.replace("localhost:8082", "127.0.0.1:8081");
     assert_eq!(errors(&ok), Vec::<String>::new());
 }
+
+#[test]
+fn http3_needs_terminate_on_an_http_listener() {
+    let tls = |extra: &str| {
+        GOOD.replace(
+            "routes: [api] }",
+            &format!("routes: [api], tls: {{ mode: terminate, certificates: [{{ cert: c, key: k }}]{extra} }} }}"),
+        )
+    };
+    assert_eq!(errors(&tls(", http3: true")), Vec::<String>::new());
+    assert_eq!(errors(&tls(", http3: true, early_data: true")), Vec::<String>::new());
+    assert_eq!(
+        errors(&tls(", early_data: true")),
+        vec!["listeners[in].tls.early_data: early data (0-RTT) is offered over HTTP/3 only: set http3: true"]
+    );
+    let plain = GOOD.replace("routes: [api] }", "routes: [api], tls: { mode: none, http3: true } }");
+    assert_eq!(errors(&plain), vec!["listeners[in].tls.http3: HTTP/3 needs mode terminate"]);
+    let tcp = tls(", http3: true").replace("routes: [api], tls", "protocol: tcp, cluster: a, tls");
+    assert_eq!(
+        errors(&tcp),
+        vec!["listeners[in].tls.http3: HTTP/3 needs an HTTP listener (protocol auto or http), not tcp"]
+    );
+}

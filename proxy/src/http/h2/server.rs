@@ -193,8 +193,9 @@ async fn forward_unless_reset(
 }
 
 /// Splits `resp` into the head h2 sends, as hyper's server made it (connection-specific
-/// headers dropped, `date` and a known `content-length` added), and its body.
-fn response_head(resp: Response<ProxyBody>) -> (Response<()>, ProxyBody) {
+/// headers dropped, `date` and a known `content-length` added), and its body. HTTP/3
+/// forbids the same headers (RFC 9114 §4.2): its server uses this too.
+pub(crate) fn response_head(resp: Response<ProxyBody>) -> (Response<()>, ProxyBody) {
     let (parts, body) = resp.into_parts();
     let mut head = Response::from_parts(parts, ());
     let headers = head.headers_mut();
