@@ -4,7 +4,7 @@
 Reads a JSON plan on stdin, prints one JSON result on stdout. The plan:
 
     {"host": "127.0.0.1", "port": 4433, "sni": "edge.test", "ca": "bundle.pem" | null,
-     "timeout": 20,
+     "timeout": 20, "alpn": ["h3"],
      "connections": [            # one after the other; a session ticket carries over
        {"zero_rtt": false,       # send the requests in 0-RTT (needs a ticket from before)
         "requests": [            # sent at once on one connection, unless "sequential"
@@ -206,7 +206,8 @@ def peer_cert(client):
 
 
 async def run_connection(spec, conn, ticket_box):
-    config = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN, server_name=spec.get("sni"))
+    alpn = spec.get("alpn") or H3_ALPN
+    config = QuicConfiguration(is_client=True, alpn_protocols=alpn, server_name=spec.get("sni"))
     config.idle_timeout = float(spec.get("timeout", 20))
     if spec.get("ca"):
         config.load_verify_locations(spec["ca"])

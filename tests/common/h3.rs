@@ -68,3 +68,39 @@ pub fn h3_plan(
         "connections": connections,
     })
 }
+
+/// A bootstrap with one terminating listener `edge` on `listen` (certificates `certs`,
+/// `http3: true` plus `tls_extra`, e.g. `, early_data: true`; `listener_extra`, e.g.
+/// `header_timeout: 1s`), one catch-all route to `app` (protocol auto: h2c for HTTP/2 and
+/// HTTP/3 clients), `tail` appended (e.g. an `access_log:` line) and `{admin}`.
+pub fn h3_edge_yaml(
+    listen: SocketAddr,
+    certs: &[(PathBuf, PathBuf)],
+    tls_extra: &str,
+    listener_extra: &str,
+    app: SocketAddr,
+    tail: &str,
+) -> String {
+    let certs: Vec<String> =
+        certs.iter().map(|(c, k)| format!("{{ cert: \"{}\", key: \"{}\" }}", c.display(), k.display())).collect();
+    format!(
+        r#"admin: {{ address: "{{admin}}" }}
+drain_timeout: 5s
+listeners:
+  - name: edge
+    address: "{listen}"
+    tls: {{ mode: terminate, certificates: [{}], http3: true{tls_extra} }}
+    routes: [all]
+    {listener_extra}
+routes:
+  - name: all
+    match: {{ path_prefix: / }}
+    backends: [{{ cluster: app }}]
+clusters:
+  - name: app
+    protocol: auto
+    endpoints: [{{ address: "{app}" }}]
+{tail}"#,
+        certs.join(", ")
+    )
+}

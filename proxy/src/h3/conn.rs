@@ -69,33 +69,28 @@ impl Drop for Handshaking {
     }
 }
 
+type H3Conn = h3::server::Connection<h3_quinn::Connection, Bytes>;
+
+/// A connection whose handshake and HTTP/3 setup are done.
+struct Ready {
+    quic: quinn::Connection,
+    h3: H3Conn,
+    /// A 0-RTT connection's handshake, until it completes.
+    pending: Option<Handshake>,
+}
+
 /// Serves one connection attempt until the connection ends, or draining (`stop`) has sent
 /// GOAWAY and the requests in flight have finished.
 pub(super) async fn serve(incoming: quinn::Incoming, s: Settings, stop: CancellationToken) {
     let peer = incoming.remote_address();
     let mut handshaking = Some(Handshaking::new(&s.handshaking));
-    let connecting = match incoming.accept() {
-        Ok(c) => c,
-        Err(e) => return handshake_failed(&s.name, &e),
-    };
-    let Some((quic, mut pending)) = handshake(connecting, &s, &stop).await else { return };
+    // Boxed, and gone once done: the handshake's and the HTTP/3 setup's futures are large,
+    // and this task is allocated at its future's largest for the connection's whole life.
+    let Some(Ready { quic, mut h3, mut pending }) = Box::pin(setup(incoming, &s, &stop)).await else { return };
     if pending.is_none() {
         handshaking = None;
     }
     let _open = Open::new(&s.name);
-
-    let mut builder = h3::server::builder();
-    builder.max_field_section_size(s.max_header_bytes as u64 * 2);
-    let h3 = tokio::select! {
-        biased;
-        () = stop.cancelled() => return,
-        built = tokio::time::timeout(s.header_timeout, builder.build(h3_quinn::Connection::new(quic.clone()))) => built,
-    };
-    let mut h3 = match h3 {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => return tracing::debug!(listener = %s.name, error = %e, "HTTP/3 connection setup failed"),
-        Err(_) => return tracing::debug!(listener = %s.name, "HTTP/3 connection setup timed out"),
-    };
     let ctx = Arc::new(ConnCtx {
         config: s.config.clone(),
         listener: s.name.clone(),
@@ -119,9 +114,14 @@ pub(super) async fn serve(incoming: quinn::Incoming, s: Settings, stop: Cancella
                 draining = true;
                 // GOAWAY naming the first stream not taken (RFC 9114 §5.2). h3 still lets that
                 // one stream through; `reject` refuses it.
-                if let Err(e) = h3.shutdown(1).await {
-                    tracing::debug!(listener = %s.name, error = %e, "HTTP/3 GOAWAY not sent");
-                    break;
+                // Bounded: a client that gives the control stream no credit cannot hold it.
+                match tokio::time::timeout(s.header_timeout, h3.shutdown(1)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::debug!(listener = %s.name, error = %e, "HTTP/3 GOAWAY not sent");
+                        break;
+                    }
+                    Err(_) => break,
                 }
                 if streams.is_empty() {
                     graceful = true;
@@ -193,6 +193,37 @@ async fn completed(pending: &mut Option<Handshake>) {
         h.await;
     } else {
         std::future::pending::<()>().await;
+    }
+}
+
+/// The QUIC handshake, then HTTP/3's (control and QPACK streams, SETTINGS), each within
+/// the header timeout.
+async fn setup(incoming: quinn::Incoming, s: &Settings, stop: &CancellationToken) -> Option<Ready> {
+    let connecting = match incoming.accept() {
+        Ok(c) => c,
+        Err(e) => {
+            handshake_failed(&s.name, &e);
+            return None;
+        }
+    };
+    let (quic, pending) = handshake(connecting, s, stop).await?;
+    let mut builder = h3::server::builder();
+    builder.max_field_section_size(s.max_header_bytes as u64 * 2);
+    let built = tokio::select! {
+        biased;
+        () = stop.cancelled() => return None,
+        built = tokio::time::timeout(s.header_timeout, builder.build(h3_quinn::Connection::new(quic.clone()))) => built,
+    };
+    match built {
+        Ok(Ok(h3)) => Some(Ready { quic, h3, pending }),
+        Ok(Err(e)) => {
+            tracing::debug!(listener = %s.name, error = %e, "HTTP/3 connection setup failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(listener = %s.name, "HTTP/3 connection setup timed out");
+            None
+        }
     }
 }
 

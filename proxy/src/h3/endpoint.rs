@@ -61,9 +61,6 @@ fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     s.set_reuse_address(true)?;
     s.set_reuse_port(true)?;
     s.set_nonblocking(true)?;
-    if addr.is_ipv6() {
-        s.set_only_v6(true)?;
-    }
     s.bind(&addr.into())?;
     Ok(s.into())
 }
