@@ -74,7 +74,8 @@ impl Proxy {
         p
     }
 
-    fn spawn(yaml: &str, args: &[&str]) -> Proxy {
+    /// Starts the proxy without waiting for anything (e.g. for one expected to exit).
+    pub fn spawn(yaml: &str, args: &[&str]) -> Proxy {
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("trellis.yaml");
