@@ -175,17 +175,26 @@ impl TlsConn {
 
     /// Sends `method path` and reads the whole answer, within 5 s.
     pub async fn request(&mut self, method: &str, path: &str) -> Result<Got, String> {
+        self.send(method, path, "").await
+    }
+
+    /// Sends `method path` with `body` (JSON) and reads the whole answer, within 5 s.
+    pub async fn send(&mut self, method: &str, path: &str, body: impl Into<Bytes>) -> Result<Got, String> {
+        let body: Bytes = body.into();
+        let mut req = Request::builder().method(method);
+        if !body.is_empty() {
+            req = req.header("content-type", "application/json");
+        }
+        let body = full(body);
         let work = async {
             let resp = match &mut self.sender {
                 TlsSender::H1(tx) => {
-                    let req =
-                        Request::builder().method(method).uri(path).header("host", "test").body(full("")).unwrap();
+                    let req = req.uri(path).header("host", "test").body(body).unwrap();
                     tx.ready().await.map_err(|e| format!("not ready: {e}"))?;
                     tx.send_request(req).await
                 }
                 TlsSender::H2(tx) => {
-                    let req =
-                        Request::builder().method(method).uri(format!("https://test{path}")).body(full("")).unwrap();
+                    let req = req.uri(format!("https://test{path}")).body(body).unwrap();
                     tx.ready().await.map_err(|e| format!("not ready: {e}"))?;
                     tx.send_request(req).await
                 }
