@@ -5,7 +5,6 @@
 //! pair of DESIGN §9. The file is written next to the identity files, in the pod's
 //! memory-backed working directory, then run like any bootstrap (and watched).
 
-use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -132,10 +131,7 @@ impl Sidecar {
             .map_err(|e| SidecarError::Invalid { what: "bootstrap", reason: e.to_string() })?;
         let err = |source| SidecarError::Write { path: config.to_owned(), source };
         std::fs::create_dir_all(dir).map_err(err)?;
-        let tmp = dir.join(".proxy.yaml.tmp");
-        let mut f = std::fs::File::create(&tmp).map_err(err)?;
-        f.write_all(yaml.as_bytes()).and_then(|()| f.sync_all()).map_err(err)?;
-        std::fs::rename(&tmp, config).map_err(err)
+        trellis_certs::write_atomically(config, yaml.as_bytes(), trellis_certs::Access::Public).map_err(err)
     }
 }
 
