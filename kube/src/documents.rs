@@ -95,12 +95,12 @@ pub fn parse(text: &str) -> Result<Vec<Document>, YamlError> {
 fn first_line(message: &str) -> String {
     let line = message.lines().next().unwrap_or(message).trim();
     let line = line.strip_prefix("error:").unwrap_or(line).trim_start();
-    match line.strip_prefix("line ").and_then(|rest| rest.split_once(": ")) {
-        Some((position, reason)) if position.split(' ').next().is_some_and(|n| n.parse::<u64>().is_ok()) => {
-            reason.to_owned()
-        }
-        _ => line.to_owned(),
-    }
+    let reason = match line.strip_prefix("line ").and_then(|rest| rest.split_once(": ")) {
+        Some((position, reason)) if position.split(' ').next().is_some_and(|n| n.parse::<u64>().is_ok()) => reason,
+        _ => line,
+    };
+    // The parser's advice to its own API user is no use to ours.
+    reason.split(", set DuplicateKeyPolicy").next().unwrap_or(reason).to_owned()
 }
 
 /// Documents back to multi-document YAML (`---` between them; empty ones dropped).

@@ -318,6 +318,8 @@ fn service(ns: &str, name: &str, ports: Value) -> Value {
 }
 
 fn deployment(ns: &str, name: &str, uid: u32, container: Value, volumes: Value, strategy: Value) -> Value {
+    // Only the control plane talks to the API server (for the cluster's JWKS).
+    let api_token = name == CONTROL_PLANE;
     json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -330,6 +332,7 @@ fn deployment(ns: &str, name: &str, uid: u32, container: Value, volumes: Value, 
                 "metadata": { "labels": labels(name) },
                 "spec": {
                     "serviceAccountName": name,
+                    "automountServiceAccountToken": api_token,
                     "securityContext": {
                         "runAsUser": uid,
                         "runAsGroup": uid,

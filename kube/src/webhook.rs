@@ -15,7 +15,7 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio::net::TcpListener;
@@ -27,6 +27,8 @@ use crate::pod::Settings;
 const MAX_BODY: usize = 8 << 20;
 /// A client that has not finished its TLS handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client that has not sent a request head by then is dropped (HTTP/1.1).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the certificate and bundle files are looked at for changes.
 const RECHECK: Duration = Duration::from_secs(5);
 
@@ -170,9 +172,9 @@ impl Bound {
                     let state = state.clone();
                     async move { Ok::<_, Infallible>(handle(req, &state).await) }
                 });
-                let served = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+                let served = builder.serve_connection(TokioIo::new(stream), service).await;
                 if let Err(e) = served {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
