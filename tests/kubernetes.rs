@@ -391,6 +391,47 @@ async fn the_webhook_patches_pods_like_inject_and_refuses_garbage() {
     assert_eq!(conn.get("/inject").await.unwrap().status, 405);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_injector_refuses_bad_files_and_oversized_reviews_and_follows_a_new_certificate() {
+    let pki = Pki::new();
+    // A trust bundle that is not PEM: exit 1 naming the file.
+    let bogus = pki.path("bogus.pem");
+    std::fs::write(&bogus, "not a certificate").unwrap();
+    let (cert, key) = pki.issue("x", "spiffe://trellis.local/ns/trellis-system/sa/trellis-injector", &["127.0.0.1"]);
+    let (code, _, err) = run(
+        &["injector", "--addr", &listen_addr().to_string(), "--tls-cert", cert.to_str().unwrap()]
+            .into_iter()
+            .chain(["--tls-key", key.to_str().unwrap(), "--trust-bundle", bogus.to_str().unwrap()])
+            .collect::<Vec<_>>(),
+        "",
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("bogus.pem: no PEM certificate"), "{err}");
+
+    let injector = Injector::start(&pki);
+    let big = format!("{{\"pad\": \"{}\"}}", "x".repeat(9 << 20));
+    let got = review(&injector, &pki, &big, b"h2").await;
+    assert_eq!(got.status, 413, "{}", got.text());
+
+    // A renewed serving certificate (a Secret update) is used for new handshakes (a new
+    // client config each time: a resumed session would show the old certificate).
+    let config = || tls_client_config(&TlsClientOpts { roots: Some(pki.bundle()), ..Default::default() });
+    let first = TlsConn::open(injector.addr, config(), "127.0.0.1").await.unwrap().seen.leaf.serial;
+    std::thread::sleep(Duration::from_millis(20));
+    let (cert, key) =
+        pki.issue("injector", "spiffe://trellis.local/ns/trellis-system/sa/trellis-injector", &["127.0.0.1"]);
+    assert!(cert.exists() && key.exists());
+    let deadline = std::time::Instant::now() + Duration::from_secs(12);
+    loop {
+        let leaf = TlsConn::open(injector.addr, config(), "127.0.0.1").await.unwrap().seen.leaf;
+        if leaf.serial != first {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the new certificate is not served");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[test]
 fn the_sidecar_writes_its_bootstrap_from_the_pod() {
     let dir = tempfile::tempdir().unwrap();

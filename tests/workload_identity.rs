@@ -201,6 +201,42 @@ async fn the_keys_can_come_from_the_api_servers_jwks_url() {
     assert_eq!(got.status, 401, "{}", got.text());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusable_keys_are_refused_at_start_or_answered_503() {
+    ring_provider();
+    let dir = tempfile::tempdir().unwrap();
+    // A file without usable keys: the control plane does not start, and says why.
+    let keys = dir.path().join("jwks.json");
+    std::fs::write(&keys, r#"{"keys": []}"#).unwrap();
+    let (code, err) = trellis(&[
+        "control-plane",
+        "--data-dir",
+        dir.path().join("data").to_str().unwrap(),
+        "--api-addr",
+        &listen_addr().to_string(),
+        "--xds-addr",
+        &listen_addr().to_string(),
+        "--workload-jwks",
+        keys.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("jwks.json: no RS256 or ES256"), "{err}");
+
+    // A URL nobody answers: the control plane starts, and certificate requests get 503
+    // until the keys can be fetched.
+    let pki = Pki::new();
+    let nobody = format!("https://127.0.0.1:{}/openid/v1/jwks", free_port());
+    let cp = ControlPlane::start_with(
+        &dir.path().join("data2"),
+        listen_addr(),
+        listen_addr(),
+        &["--workload-jwks-url", &nobody, "--workload-jwks-ca", pki.bundle().to_str().unwrap()],
+    );
+    let got = sign(&cp, Some(&Signer::ec("k").token("shop", "web", AUDIENCE, 600)), &csr(WEB)).await;
+    assert_eq!(got.status, 503, "{}", got.text());
+    assert!(got.json()["error"].as_str().unwrap().starts_with("workload keys:"), "{}", got.text());
+}
+
 /// The identity part of a sidecar's bootstrap that asks `cp` with the token in `token`.
 fn identity_with_token(dir: &Path, cp: &ControlPlane, token: &Path, ttl: &str) -> String {
     format!(
