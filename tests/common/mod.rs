@@ -7,11 +7,13 @@ mod identity;
 mod lifecycle;
 mod observe;
 mod resilience;
+mod workload;
 pub use control_plane::*;
 pub use identity::*;
 pub use lifecycle::*;
 pub use observe::*;
 pub use resilience::*;
+pub use workload::*;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
