@@ -191,13 +191,7 @@ fn identity_with_token(dir: &Path, cp: &ControlPlane, token: &Path, ttl: &str) -
 }
 
 fn renewals(proxy: &Proxy, result: &str) -> f64 {
-    let needle = format!("trellis_identity_renewals_total{{result=\"{result}\"}}");
-    proxy
-        .metrics()
-        .lines()
-        .find(|l| l.starts_with(&needle))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0)
+    metric_value(&proxy.metrics(), "trellis_identity_renewals_total", &[("result", result)]).unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

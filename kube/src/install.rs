@@ -189,25 +189,27 @@ impl Install {
             .map(str::to_owned)
             .to_vec(),
         );
-        let extra = json!({
-            "ports": [
+        merge(
+            &mut c,
+            serving(json!([
                 { "name": "api", "containerPort": CONTROL_PLANE_API_PORT, "protocol": "TCP" },
                 { "name": "discovery", "containerPort": CONTROL_PLANE_XDS_PORT, "protocol": "TCP" },
-            ],
-            "readinessProbe": { "httpGet": { "path": "/healthz", "port": "api", "scheme": "HTTPS" }, "periodSeconds": 5 },
-            "livenessProbe": { "httpGet": { "path": "/healthz", "port": "api", "scheme": "HTTPS" }, "periodSeconds": 10 },
-            "resources": {
-                "requests": { "cpu": "100m", "memory": "128Mi" },
-                "limits": { "cpu": "2", "memory": "1Gi" },
-            },
-            "securityContext": restricted(),
-            "volumeMounts": [
-                { "name": "data", "mountPath": "/var/lib/trellis" },
-                { "name": "ca", "mountPath": "/var/lib/trellis/ca", "readOnly": true },
-                { "name": "admin-token", "mountPath": "/etc/trellis/admin", "readOnly": true },
-            ],
-        });
-        merge(&mut c, extra);
+            ])),
+        );
+        merge(
+            &mut c,
+            json!({
+                "resources": {
+                    "requests": { "cpu": "100m", "memory": "128Mi" },
+                    "limits": { "cpu": "2", "memory": "1Gi" },
+                },
+                "volumeMounts": [
+                    { "name": "data", "mountPath": "/var/lib/trellis" },
+                    { "name": "ca", "mountPath": "/var/lib/trellis/ca", "readOnly": true },
+                    { "name": "admin-token", "mountPath": "/etc/trellis/admin", "readOnly": true },
+                ],
+            }),
+        );
         deployment(
             ns,
             CONTROL_PLANE,
@@ -238,21 +240,20 @@ impl Install {
                 format!("--control-plane={CONTROL_PLANE}.{ns}.svc"),
             ],
         );
-        let extra = json!({
-            "ports": [{ "name": "https", "containerPort": INJECTOR_PORT, "protocol": "TCP" }],
-            "readinessProbe": { "httpGet": { "path": "/healthz", "port": "https", "scheme": "HTTPS" }, "periodSeconds": 5 },
-            "livenessProbe": { "httpGet": { "path": "/healthz", "port": "https", "scheme": "HTTPS" }, "periodSeconds": 10 },
-            "resources": {
-                "requests": { "cpu": "50m", "memory": "32Mi" },
-                "limits": { "cpu": "500m", "memory": "128Mi" },
-            },
-            "securityContext": restricted(),
-            "volumeMounts": [
-                { "name": "tls", "mountPath": "/etc/trellis/tls", "readOnly": true },
-                { "name": "trust", "mountPath": "/etc/trellis/trust", "readOnly": true },
-            ],
-        });
-        merge(&mut c, extra);
+        merge(&mut c, serving(json!([{ "name": "https", "containerPort": INJECTOR_PORT, "protocol": "TCP" }])));
+        merge(
+            &mut c,
+            json!({
+                "resources": {
+                    "requests": { "cpu": "50m", "memory": "32Mi" },
+                    "limits": { "cpu": "500m", "memory": "128Mi" },
+                },
+                "volumeMounts": [
+                    { "name": "tls", "mountPath": "/etc/trellis/tls", "readOnly": true },
+                    { "name": "trust", "mountPath": "/etc/trellis/trust", "readOnly": true },
+                ],
+            }),
+        );
         deployment(
             ns,
             INJECTOR,
@@ -274,6 +275,18 @@ fn merge(into: &mut Value, extra: Value) {
     if let (Some(into), Value::Object(extra)) = (into.as_object_mut(), extra) {
         into.extend(extra);
     }
+}
+
+/// Ports, and probes of `GET /healthz` over HTTPS on the first one, under `restricted()`.
+fn serving(ports: Value) -> Value {
+    let port = ports[0]["name"].clone();
+    let probe = |period: u32| json!({ "httpGet": { "path": "/healthz", "port": port, "scheme": "HTTPS" }, "periodSeconds": period });
+    json!({
+        "ports": ports,
+        "readinessProbe": probe(5),
+        "livenessProbe": probe(10),
+        "securityContext": restricted(),
+    })
 }
 
 fn labels(component: &str) -> Value {
