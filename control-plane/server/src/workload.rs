@@ -355,4 +355,18 @@ mod tests {
         assert!(parse_jwks(b"{\"keys\": []}").unwrap_err().contains("no RS256 or ES256"));
         assert!(parse_jwks(b"[]").unwrap_err().starts_with("not a JWKS"));
     }
+
+    /// A cluster's JWKS may hold keys we do not verify with (another curve, another type):
+    /// they are skipped, not a reason to refuse the set.
+    #[test]
+    fn keys_of_other_kinds_are_skipped() {
+        let set = r#"{"keys": [
+            {"kty": "EC", "crv": "P-384", "kid": "p384", "x": "AAAA", "y": "AAAA"},
+            {"kty": "OKP", "crv": "Ed25519", "kid": "ed", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"},
+            {"kty": "RSA", "kid": "rsa", "alg": "RS256", "use": "sig", "n": "sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95GQRV3JDXboIRROSBigeC5yjU1hGzHHyXss8UDprecbAYxknTcQkhslANGRUZmdTOQ5qTRsLAt6BTYuyvVRdhS8exSZEy_c4gs_7svlJJQ4H9_NxsiIoLwAEk7-Q3UXERGYw_75IDrGA84-lA_-Ct4eTlXHBIY2EaV7t7LjJaynVJCpkv4LKjTTAumiGUIuQhrNhZLuF_RJLqHpM2kgWFLU7-VTdL1VbC2tejvcI2BlMkEpk1BzBZI0KQB0GaDWFLN-aEAw3vRw", "e": "AQAB"}
+        ]}"#;
+        let parsed = parse_jwks(set.as_bytes()).unwrap();
+        let usable: Vec<_> = parsed.keys.iter().filter_map(algorithm_of).collect();
+        assert_eq!(usable, [Algorithm::RS256]);
+    }
 }
