@@ -4,6 +4,7 @@ mod alloc;
 mod certs_cmd;
 mod cp_cmd;
 mod ctl_cmd;
+mod kube_cmd;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -33,6 +34,8 @@ enum Cmd {
         /// Worker threads (each a single-threaded runtime). Default: one per CPU.
         #[arg(long)]
         threads: Option<usize>,
+        #[command(flatten)]
+        sidecar: kube_cmd::SidecarArgs,
     },
     /// Check a config file and print the first problems found; exit 2 if invalid.
     Validate {
@@ -51,6 +54,12 @@ enum Cmd {
         #[command(subcommand)]
         cmd: certs_cmd::CertsCmd,
     },
+    /// Add the proxy to every pod template of a Kubernetes YAML file (printed on stdout).
+    Inject(kube_cmd::InjectArgs),
+    /// Serve the same injection as a mutating admission webhook (POST /inject, HTTPS).
+    Injector(kube_cmd::InjectorArgs),
+    /// Print the Kubernetes manifests of the control plane and injector.
+    Install(kube_cmd::InstallArgs),
     /// A whole local mesh on embedded defaults (control plane, CA, two sidecars with mTLS,
     /// two agent services calling each other), with traffic, until Ctrl-C.
     Demo {
@@ -69,16 +78,12 @@ fn main() -> ExitCode {
     // One crypto provider for the whole process (ring); ignore "already installed".
     let _ = rustls::crypto::ring::default_provider().install_default();
     match cli.cmd {
-        Cmd::Proxy { config, threads } => match trellis_proxy::run(trellis_proxy::Options { config, threads }) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e @ trellis_proxy::RunError::Config(_)) => {
-                eprintln!("trellis: invalid config: {e}");
+        Cmd::Proxy { config, threads, sidecar } => match sidecar.write_bootstrap(&config) {
+            Err(e) => {
+                eprintln!("trellis: invalid config: --sidecar: {e:#}");
                 ExitCode::from(2)
             }
-            Err(e) => {
-                eprintln!("trellis: {e}");
-                ExitCode::from(1)
-            }
+            Ok(()) => run_proxy(config, threads),
         },
         Cmd::Validate { config } => match trellis_proxy::config::load(&config) {
             Ok(_) => {
@@ -131,6 +136,31 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Cmd::Inject(args) => match kube_cmd::inject(args) {
+            Ok(Ok(())) => ExitCode::SUCCESS,
+            Ok(Err(kube_cmd::BadInput(e))) => {
+                eprintln!("trellis inject: {e}");
+                ExitCode::from(2)
+            }
+            Err(e) => {
+                eprintln!("trellis inject: {e:#}");
+                ExitCode::from(1)
+            }
+        },
+        Cmd::Injector(args) => match kube_cmd::injector(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("trellis injector: {e:#}");
+                ExitCode::from(1)
+            }
+        },
+        Cmd::Install(args) => match kube_cmd::install(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("trellis install: {e:#}");
+                ExitCode::from(2)
+            }
+        },
         Cmd::Certs { cmd } => match certs_cmd::run(cmd) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -138,6 +168,20 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+    }
+}
+
+fn run_proxy(config: PathBuf, threads: Option<usize>) -> ExitCode {
+    match trellis_proxy::run(trellis_proxy::Options { config, threads }) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e @ trellis_proxy::RunError::Config(_)) => {
+            eprintln!("trellis: invalid config: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("trellis: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 
