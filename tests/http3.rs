@@ -348,8 +348,8 @@ async fn certificates_by_sni_and_alt_svc_over_tcp() {
             assert_eq!(got["connections"][0]["peer_cert"]["uri"][0], id, "{name}: {got}");
         }
 
-        // The TCP side advertises HTTP/3 on the same port, over HTTP/1.1 and h2, also on
-        // responses the proxy makes itself.
+        // The TCP side advertises HTTP/3 on the same port, over HTTP/1.1 and h2 (on the
+        // responses of the listener's routes).
         let want = format!("h3=\":{}\"; ma=86400", edge.port());
         for alpn in [&b"http/1.1"[..], b"h2"] {
             let client = tls_client_config(&TlsClientOpts {

@@ -148,14 +148,6 @@ pub fn build(b: Bootstrap, prev: Option<&Snapshot>, workers: usize, version: u64
     for l in &b.listeners {
         let addr: SocketAddr =
             l.address.parse().map_err(|_| ConfigError::Build(format!("listeners[{}].address: not IP:PORT", l.name)))?;
-        let mut routes = Vec::with_capacity(l.routes.len());
-        for name in &l.routes {
-            let spec = routes_by_name.get(name.as_str()).ok_or_else(|| {
-                ConfigError::Build(format!("listeners[{}].routes: no route named \"{name}\"", l.name))
-            })?;
-            let life = prev.and_then(|p| p.route_life(&l.name, name)).cloned().unwrap_or_default();
-            routes.push(Arc::new(Route::build(&l.name, spec, &clusters, life).map_err(ConfigError::Build)?));
-        }
         let tcp_cluster = match (l.protocol, &l.cluster) {
             (ListenerProtocol::Tcp, Some(c)) => Some(clusters.get(c).cloned().ok_or_else(|| {
                 ConfigError::Build(format!("listeners[{}].cluster: no cluster named \"{c}\"", l.name))
@@ -185,6 +177,21 @@ pub fn build(b: Bootstrap, prev: Option<&Snapshot>, workers: usize, version: u64
             }
             _ => None,
         };
+        let mut routes = Vec::with_capacity(l.routes.len());
+        for name in &l.routes {
+            let spec = routes_by_name.get(name.as_str()).ok_or_else(|| {
+                ConfigError::Build(format!("listeners[{}].routes: no route named \"{name}\"", l.name))
+            })?;
+            let life = prev.and_then(|p| p.route_life(&l.name, name)).cloned().unwrap_or_default();
+            let mut route = Route::build(&l.name, spec, &clusters, life).map_err(ConfigError::Build)?;
+            // A listener that also serves HTTP/3 says so on its responses, as a response
+            // header of each of its routes: no work per request for the others. (The h3
+            // server drops it again: over HTTP/3 it would only name the connection in use.)
+            if let Some(h3) = &h3 {
+                route.response_headers.set(http::header::ALT_SVC, h3.alt_svc.clone());
+            }
+            routes.push(Arc::new(route));
+        }
         listeners.push(Arc::new(Listener {
             name: l.name.as_str().into(),
             addr,

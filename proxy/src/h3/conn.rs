@@ -305,7 +305,9 @@ async fn exchange(resolver: Resolver, ctx: Arc<ConnCtx>, handshake: Option<Hands
         parts.headers.insert(EARLY_DATA_HEADER.clone(), HeaderValue::from_static("1"));
     }
     let resp = forward::handle(Request::from_parts(parts, body), &ctx).await;
-    let (head, body) = crate::http::h2::server::response_head(resp);
+    let (mut head, body) = crate::http::h2::server::response_head(resp);
+    // The listener's routes advertise HTTP/3 to TCP clients; this one uses it already.
+    head.headers_mut().remove(http::header::ALT_SVC);
     let eos = http_body::Body::is_end_stream(&body);
     if let Err(e) = send.send_response(head).await {
         return tracing::debug!(error = %e, "HTTP/3 response head not sent");

@@ -69,17 +69,12 @@ pub fn audit_denied(
 pub fn handle(mut req: Request<ClientBody>, ctx: &ConnCtx) -> impl Future<Output = Response<ProxyBody>> {
     // One config load per request; the route (and the clusters it holds) is kept alive by
     // this request even if a reload replaces it meanwhile.
-    let (log, entry, route, alt_svc) = {
+    let (log, entry, route) = {
         let snap = ctx.config.load();
         let listener = snap.listener(&ctx.listener);
         if let Some(l) = listener {
             l.requests.count(req.version());
         }
-        // A listener that also serves HTTP/3 says so on its TCP responses.
-        let alt_svc = listener
-            .and_then(|l| l.h3.as_ref())
-            .filter(|_| req.version() != http::Version::HTTP_3)
-            .map(|h3| h3.alt_svc.clone());
         let log = snap.access_log.clone();
         // The line shows the path as the client sent it.
         let entry =
@@ -89,29 +84,18 @@ pub fn handle(mut req: Request<ClientBody>, ctx: &ConnCtx) -> impl Future<Output
         if let Some(normalized) = crate::http::path::normalize(req.uri()) {
             *req.uri_mut() = normalized;
         }
-        (log, entry, route_for(&req, ctx, listener), alt_svc)
+        (log, entry, route_for(&req, ctx, listener))
     };
     match route {
-        Ok(route) => Either::Left(
-            forward(req, ctx, route, entry).map(move |(resp, entry)| advertise(logged(resp, log, entry), alt_svc)),
-        ),
+        Ok(route) => Either::Left(forward(req, ctx, route, entry).map(|(resp, entry)| logged(resp, log, entry))),
         Err(err) => {
             let mut resp = error_response(&err);
             if matches!(err, ForwardError::HeadersTooLarge) && !ctx.h2 {
                 resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
             }
-            Either::Right(std::future::ready(advertise(logged(resp, log, entry), alt_svc)))
+            Either::Right(std::future::ready(logged(resp, log, entry)))
         }
     }
-}
-
-/// Adds the listener's `alt-svc` (it replaces an upstream's: the client reaches the
-/// upstream through this listener, so only the listener's alternatives mean anything).
-fn advertise(mut resp: Response<ProxyBody>, alt_svc: Option<HeaderValue>) -> Response<ProxyBody> {
-    if let Some(v) = alt_svc {
-        resp.headers_mut().insert(http::header::ALT_SVC, v);
-    }
-    resp
 }
 
 /// Completes `entry` from `resp` and hands it to the access log: at the end of an upstream

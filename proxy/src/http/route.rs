@@ -128,6 +128,13 @@ impl HeaderOps {
         Ok(Self { add, remove })
     }
 
+    /// Adds `name: value` to what is set (after the configured rules: it wins).
+    pub fn set(&mut self, name: HeaderName, value: HeaderValue) {
+        self.remove.retain(|n| n != name);
+        self.add.retain(|(n, _)| n != name);
+        self.add.push((name, value));
+    }
+
     /// Removes, then adds (replacing any existing value).
     pub fn apply(&self, headers: &mut HeaderMap) {
         for name in &self.remove {
@@ -159,5 +166,23 @@ impl Life {
     /// Resolves when the route's streams must end.
     pub fn cut(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
         self.cut.clone().cancelled_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_set_header_wins_over_the_configured_rules() {
+        let mut rules = api::HeaderRules::default();
+        rules.add.insert("alt-svc".into(), "clear".into());
+        rules.remove.push("alt-svc".into());
+        let mut ops = HeaderOps::new(&rules).unwrap_or_default();
+        ops.set(http::header::ALT_SVC, HeaderValue::from_static("h3=\":443\""));
+        let mut h = HeaderMap::new();
+        h.insert(http::header::ALT_SVC, HeaderValue::from_static("upstream's"));
+        ops.apply(&mut h);
+        assert_eq!(h.get_all(http::header::ALT_SVC).iter().collect::<Vec<_>>(), [&"h3=\":443\""]);
     }
 }
