@@ -105,8 +105,7 @@ pub(super) async fn serve(incoming: quinn::Incoming, s: Settings, stop: Cancella
     // Whether the loop ended with every request answered (drained, or the client's GOAWAY).
     let mut graceful = false;
     // A 0-RTT connection must complete its handshake within the header timeout.
-    let handshake_deadline = tokio::time::sleep(s.header_timeout);
-    tokio::pin!(handshake_deadline);
+    let mut handshake_deadline = pending.as_ref().map(|_| Box::pin(tokio::time::sleep(s.header_timeout)));
     loop {
         tokio::select! {
             biased;
@@ -131,8 +130,9 @@ pub(super) async fn serve(incoming: quinn::Incoming, s: Settings, stop: Cancella
             () = completed(&mut pending), if pending.is_some() => {
                 pending = None;
                 handshaking = None;
+                handshake_deadline = None;
             }
-            () = &mut handshake_deadline, if pending.is_some() => {
+            () = expired(&mut handshake_deadline), if handshake_deadline.is_some() => {
                 tracing::debug!(listener = %s.name, "HTTP/3 0-RTT handshake not completed in time");
                 handshake_failed_reason(&s.name, "timeout");
                 break;
@@ -191,6 +191,15 @@ async fn linger(quic: &quinn::Connection) {
 async fn completed(pending: &mut Option<Handshake>) {
     if let Some(h) = pending.as_mut() {
         h.await;
+    } else {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Waits for `deadline`, if there is one.
+async fn expired(deadline: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
+    if let Some(d) = deadline.as_mut() {
+        d.as_mut().await;
     } else {
         std::future::pending::<()>().await;
     }
