@@ -13,7 +13,7 @@
 //! etcd's watch reports them ([`Registry::apply_shared`]), versioned by their etcd mod
 //! revision. A dead replica's registrations leave when its lease expires.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -345,44 +345,49 @@ impl Registry {
     /// (the last good one stays); returns those, by key, with why.
     pub fn apply_shared(&self, all: bool, changes: Vec<SharedChange>) -> Vec<(String, String)> {
         let mut inner = self.lock();
-        let mut touched: BTreeSet<String> = BTreeSet::new();
+        let previous = match all {
+            true => std::mem::take(&mut inner.shared),
+            false => BTreeMap::new(),
+        };
+        // Each touched service's set as it was, to tell whether it changed.
+        let mut before: BTreeMap<String, Option<BTreeMap<String, SharedRegistration>>> =
+            previous.iter().map(|(s, set)| (s.clone(), Some(set.clone()))).collect();
         let mut refused = Vec::new();
-        let mut next = if all { BTreeMap::new() } else { std::mem::take(&mut inner.shared) };
-        if all {
-            touched.extend(inner.shared.keys().cloned());
-        }
         for change in changes {
+            let (SharedChange::Put { service, .. } | SharedChange::Delete { service, .. }) = &change;
+            if !before.contains_key(service) {
+                before.insert(service.clone(), inner.shared.get(service).cloned());
+            }
             match change {
                 SharedChange::Put { service, address, version, value } => {
                     match serde_json::from_slice::<RegistrationValue>(&value) {
                         Ok(v) => {
                             let reg = SharedRegistration { zone: v.zone, version };
-                            next.entry(service.clone()).or_default().insert(address, reg);
+                            inner.shared.entry(service).or_default().insert(address, reg);
                         }
                         Err(e) => {
                             tracing::warn!(%service, %address, error = %e, "skipped an invalid registration in etcd");
                             refused.push((format!("registrations/{service}/{address}"), e.to_string()));
                             // The last good value stays, if this replica had one.
-                            if let Some(old) = inner.shared.get(&service).and_then(|s| s.get(&address)).cloned() {
-                                next.entry(service.clone()).or_default().insert(address, old);
+                            let old = previous.get(&service).and_then(|s| s.get(&address)).cloned();
+                            if let Some(old) = old {
+                                inner.shared.entry(service).or_default().insert(address, old);
                             }
                         }
                     }
-                    touched.insert(service);
                 }
                 SharedChange::Delete { service, address } => {
-                    if let Some(set) = next.get_mut(&service) {
+                    if let Some(set) = inner.shared.get_mut(&service) {
                         set.remove(&address);
                         if set.is_empty() {
-                            next.remove(&service);
+                            inner.shared.remove(&service);
                         }
                     }
-                    touched.insert(service);
                 }
             }
         }
-        let changed: Vec<String> = touched.into_iter().filter(|s| inner.shared.get(s) != next.get(s)).collect();
-        inner.shared = next;
+        let changed: Vec<String> =
+            before.into_iter().filter(|(s, was)| inner.shared.get(s) != was.as_ref()).map(|(s, _)| s).collect();
         if !changed.is_empty() {
             self.changed(&mut inner, changed.iter().map(String::as_str));
         }
@@ -521,5 +526,55 @@ mod tests {
         assert_eq!(p.last_push, Some(push(4)));
         assert_eq!(p.last_nack.as_ref().map(|n| (n.version, n.error.as_str())), Some((4, "bad")));
         assert!(reg.subscribe().borrow().services.is_empty(), "no inbound address, no endpoint");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shared_registry_writes_its_registrations_and_publishes_etcds() {
+        let (reg, mut ops) = Registry::shared(Duration::from_secs(1));
+        let reg = Arc::new(reg);
+        let rx = reg.subscribe();
+        let s = reg.connect(sidecar("a-0", "a", "10.0.0.1:4143"));
+        let value = RegistrationValue { node: "a-0".into(), zone: Some("z1".into()), identity: None };
+        let put = RegistrationOp::Put { service: "a".into(), address: "10.0.0.1:4143".into(), value: value.clone() };
+        assert_eq!(ops.try_recv().unwrap(), put);
+        assert!(rx.borrow().services.is_empty(), "published only once etcd has it");
+        assert_eq!(reg.local_registrations(), vec![put]);
+
+        // What etcd reports is what is published, versioned by mod revision.
+        let bytes = serde_json::to_vec(&value).unwrap();
+        let put_in_etcd = |address: &str, version| SharedChange::Put {
+            service: "a".into(),
+            address: address.into(),
+            version,
+            value: bytes.clone(),
+        };
+        assert!(
+            reg.apply_shared(false, vec![put_in_etcd("10.0.0.1:4143", 40), put_in_etcd("10.0.0.2:4143", 41)])
+                .is_empty()
+        );
+        let set = rx.borrow().services["a"].clone();
+        assert_eq!((set["10.0.0.1:4143"].version, set["10.0.0.2:4143"].version), (40, 41));
+        // A value that does not parse is refused; the last good one stays.
+        let bad = SharedChange::Put {
+            service: "a".into(),
+            address: "10.0.0.2:4143".into(),
+            version: 42,
+            value: b"{".to_vec(),
+        };
+        assert_eq!(reg.apply_shared(false, vec![bad]).len(), 1);
+        assert_eq!(rx.borrow().services["a"]["10.0.0.2:4143"].version, 41);
+        // A listing replaces everything.
+        reg.apply_shared(true, vec![put_in_etcd("10.0.0.2:4143", 41)]);
+        assert_eq!(rx.borrow().services["a"].keys().collect::<Vec<_>>(), ["10.0.0.2:4143"]);
+
+        // The stream ends: after the grace, a conditional delete goes to etcd.
+        reg.disconnect(s);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(
+            ops.try_recv().unwrap(),
+            RegistrationOp::Delete { service: "a".into(), address: "10.0.0.1:4143".into() }
+        );
+        reg.apply_shared(false, vec![SharedChange::Delete { service: "a".into(), address: "10.0.0.2:4143".into() }]);
+        assert!(rx.borrow().services.is_empty());
     }
 }

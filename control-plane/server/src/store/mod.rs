@@ -285,6 +285,10 @@ pub struct Status {
     pub connected: bool,
     /// The revision of the current snapshot.
     pub revision: u64,
+    /// etcd: how often the watch had to list the prefix again because etcd had compacted
+    /// the history it was to resume from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relists: Option<u64>,
     /// Values found in the store that failed validation (written around the REST API, e.g.
     /// by hand with etcdctl) since the start: logged, skipped, never sent to proxies.
     pub invalid_values: u64,
@@ -372,6 +376,7 @@ impl Store {
                 at: e.path().display().to_string(),
                 connected: true,
                 revision,
+                relists: None,
                 invalid_values: 0,
                 invalid: BTreeMap::new(),
             },

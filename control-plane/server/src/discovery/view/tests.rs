@@ -1,3 +1,4 @@
+use super::held as held_view;
 use super::*;
 use crate::discovery::Registered;
 use crate::discovery::cache::Views;
@@ -247,4 +248,24 @@ fn subscriptions_narrow_and_drop_names() {
     assert!(!subs.is_all());
     let view = subs.filter(&compute(&snap, &Endpoints::default(), Some("a")));
     assert_eq!(names(&view), ["LISTENER/out", "CLUSTER/a", "ROUTE/to-a", "ROUTE/to-b", "POLICY/p"]);
+}
+
+#[test]
+fn a_resuming_proxy_is_sent_what_differs_from_what_it_holds() {
+    let snap = snapshot();
+    let eps = Endpoints::default();
+    let view = compute(&snap, &eps, Some("a"));
+    let digest = |key: &Key| trellis_api::digest::digest(&view.entries[key].body);
+    let mut keys = view.entries.keys();
+    let (same, stale) = (keys.next().unwrap().clone(), keys.next().unwrap().clone());
+    let held = vec![
+        HeldResource { r#type: same.0 as i32, name: same.1.to_string(), digest: digest(&same) },
+        HeldResource { r#type: stale.0 as i32, name: stale.1.to_string(), digest: digest(&stale) ^ 1 },
+        HeldResource { r#type: ResourceType::Route as i32, name: "gone".into(), digest: 1 },
+    ];
+    let d = delta(&held_view(held, &view), &BTreeSet::new(), &view);
+    let sent: BTreeSet<&str> = d.resources.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(sent.len(), view.entries.len() - 1, "all but the one held as is");
+    assert!(!sent.contains(&*same.1) && sent.contains(&*stale.1));
+    assert_eq!(d.removed, [RemovedResource { r#type: ResourceType::Route as i32, name: "gone".into() }]);
 }

@@ -111,6 +111,7 @@ impl EtcdStore {
             at: format!("etcd://{}{}", self.client.at(), self.keys.prefix().trim_end_matches('/')),
             connected: self.follower.connected(),
             revision,
+            relists: Some(self.follower.relists.load(Ordering::Relaxed)),
             invalid_values: self.follower.invalid_values.load(Ordering::Relaxed),
             invalid: self.follower.invalid(),
         }

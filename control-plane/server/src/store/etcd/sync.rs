@@ -44,14 +44,19 @@ struct State {
     /// The write marker's mod revision (0: none).
     marker: u64,
     invalid: Invalid,
+    /// Values refused because of the set they joined (not because of themselves), tried
+    /// again with every change: key → value (`None`: a refused deletion).
+    parked: BTreeMap<(Kind, String), Value>,
 }
+
+/// A resource key's value: `(mod revision, bytes)`; `None`: deleted.
+type Value = Option<(u64, Vec<u8>)>;
 
 /// One change to a resource key.
 struct Change {
     kind: Kind,
     name: String,
-    /// `(mod revision, value)`; `None`: deleted.
-    value: Option<(u64, Vec<u8>)>,
+    value: Value,
 }
 
 /// The state the watch maintains, shared with the writer.
@@ -64,6 +69,8 @@ pub(super) struct Follower {
     seen: watch::Sender<u64>,
     connected: AtomicBool,
     pub(super) invalid_values: AtomicU64,
+    /// Listings after the first (each after a compaction).
+    pub(super) relists: AtomicU64,
 }
 
 impl Follower {
@@ -81,6 +88,7 @@ impl Follower {
             seen,
             connected: AtomicBool::new(false),
             invalid_values: AtomicU64::new(0),
+            relists: AtomicU64::new(0),
         };
         (follower, seen_rx)
     }
@@ -209,36 +217,54 @@ impl Follower {
         self.seen.send_modify(|s| *s = (*s).max(revision.max(0) as u64));
     }
 
-    /// Applies the changes of one revision to `snapshot`; `true` when it changed.
+    /// Applies the changes of one revision to `snapshot`; `true` when it changed. Values
+    /// refused earlier because of other values (a listener written before its route) are
+    /// tried again with every change, so replicas that saw values in different orders end
+    /// up holding the same set.
     fn apply(&self, state: &mut State, snapshot: &mut Snapshot, revision: u64, changes: Vec<Change>) -> bool {
         let before = snapshot.clone();
-        let mut applied: Vec<(Kind, String)> = Vec::new();
+        let mut all: Vec<(Change, bool)> = Vec::new();
         for c in changes {
-            let shown = format!("resources/{}/{}", c.kind.plural(), c.name);
+            // A new value of a parked key replaces the parked one.
+            state.parked.remove(&(c.kind, c.name.clone()));
+            all.push((c, false));
+        }
+        for ((kind, name), value) in std::mem::take(&mut state.parked) {
+            all.push((Change { kind, name, value }, true));
+        }
+        // What was applied, with its value (to park if taken back) and whether it is a retry.
+        let mut applied: Vec<((Kind, String), Value, bool)> = Vec::new();
+        for (c, retry) in all {
+            let shown = shown(c.kind, &c.name);
             let at = (c.kind, c.name.clone());
             match c.value {
                 Some((version, value)) => {
-                    state.mods.insert(at.clone(), version);
+                    if !retry {
+                        state.mods.insert(at.clone(), version);
+                    }
                     match parse(c.kind, &c.name, &value) {
                         Ok(resource) => {
-                            state.invalid.remove(&shown);
                             snapshot.kinds[c.kind.index()].insert(c.name, Arc::new(Item::new(version, resource)));
-                            applied.push(at);
+                            applied.push((at, Some((version, value)), retry));
                         }
+                        // The value itself is wrong: nothing else can make it right.
                         Err(reason) => self.refuse(state, shown, reason),
                     }
                 }
                 None => {
-                    state.mods.remove(&at);
-                    state.invalid.remove(&shown);
+                    if !retry {
+                        state.mods.remove(&at);
+                    }
                     if snapshot.kinds[c.kind.index()].remove(&c.name).is_some() {
-                        applied.push(at);
+                        applied.push((at, None, retry));
+                    } else {
+                        state.invalid.remove(&shown);
                     }
                 }
             }
         }
         // The set with them must be valid; take back what a problem blames (or, when no
-        // problem names a change, the whole revision) and check again.
+        // problem names a change, all of them), park it, and check again.
         for round in 0..=BLAME_ROUNDS {
             if applied.is_empty() {
                 break;
@@ -247,10 +273,13 @@ impl Follower {
             if problems.is_empty() {
                 break;
             }
-            let blamed: Vec<(Kind, String)> =
-                applied.iter().filter(|(k, n)| problems.iter().any(|p| blames(&p.field, *k, n))).cloned().collect();
-            let undo = if blamed.is_empty() || round == BLAME_ROUNDS { applied.clone() } else { blamed };
-            for (kind, name) in undo {
+            let blamed = |(k, n): &(Kind, String)| problems.iter().any(|p| blames(&p.field, *k, n));
+            let any_blamed = applied.iter().any(|(at, ..)| blamed(at));
+            let (undo, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut applied)
+                .into_iter()
+                .partition(|(at, ..)| !any_blamed || round == BLAME_ROUNDS || blamed(at));
+            applied = keep;
+            for ((kind, name), value, retry) in undo {
                 let problem = problems
                     .iter()
                     .find(|p| blames(&p.field, kind, &name))
@@ -260,8 +289,15 @@ impl Follower {
                     Some(item) => snapshot.kinds[kind.index()].insert(name.clone(), item.clone()),
                     None => snapshot.kinds[kind.index()].remove(&name),
                 };
-                applied.retain(|a| *a != (kind, name.clone()));
-                self.refuse(state, format!("resources/{}/{name}", kind.plural()), problem);
+                if !retry {
+                    self.refuse(state, shown(kind, &name), problem);
+                }
+                state.parked.insert((kind, name), value);
+            }
+        }
+        for ((kind, name), _, retry) in &applied {
+            if state.invalid.remove(&shown(*kind, name)).is_some() && *retry {
+                tracing::info!(key = %format!("{}{}", self.keys.prefix(), shown(*kind, name)), "accepted a value refused earlier: what it needed is there now");
             }
         }
         if applied.is_empty() {
@@ -285,6 +321,11 @@ impl Follower {
         self.invalid_values.fetch_add(refused.len() as u64, Ordering::Relaxed);
         lock(&self.state).invalid.extend(refused);
     }
+}
+
+/// How a resource key shows in the store status: `resources/KIND/NAME`.
+fn shown(kind: Kind, name: &str) -> String {
+    format!("resources/{}/{name}", kind.plural())
 }
 
 /// A value read from etcd as the resource `kind/name`.
@@ -322,6 +363,7 @@ pub(super) async fn run(client: Client, follower: Arc<Follower>, mut from: i64) 
             match client.range(&start, &end).await {
                 Ok(listing) => {
                     from = follower.apply_listing(listing);
+                    follower.relists.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(revision = from - 1, "listed etcd again");
                 }
                 Err(e) => {
