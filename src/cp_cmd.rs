@@ -25,8 +25,9 @@ pub struct ControlPlaneArgs {
     #[arg(long, value_name = "PATH", default_value = trellis_control_plane::etcd::keys::DEFAULT_PREFIX, value_parser = parse_prefix)]
     pub etcd_prefix: String,
     /// With etcd: how long a replica's sidecar registrations outlive it if it dies (the TTL
-    /// of its etcd lease), e.g. 10s.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    /// of its etcd lease, whole seconds, at least 1s; etcd raises it to its own minimum), e.g.
+    /// 10s.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_ttl)]
     pub registration_ttl: Duration,
     /// Address of the REST API (`trellis ctl`, /openapi.json).
     #[arg(long, value_name = "IP:PORT", default_value = DEFAULT_API_ADDR)]
@@ -110,6 +111,14 @@ fn parse_store(s: &str) -> Result<EtcdMembers, String> {
 
 fn parse_prefix(s: &str) -> Result<String, String> {
     trellis_control_plane::etcd::keys::Keys::new(s).map(|_| s.to_string())
+}
+
+fn parse_ttl(s: &str) -> Result<Duration, String> {
+    let ttl = parse_duration(s)?;
+    if ttl < Duration::from_secs(1) {
+        return Err("must be at least 1s (an etcd lease TTL is whole seconds)".into());
+    }
+    Ok(ttl)
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -338,6 +338,13 @@ impl Link {
                     String::new()
                 }
                 Err(e) => {
+                    if fresh {
+                        // The control plane now counts what it sent as unknown here and
+                        // sends it all again; what this proxy held before is not its base
+                        // any more (the previous config keeps serving meanwhile).
+                        *dynamic = Dynamic::default();
+                        *held = Held::default();
+                    }
                     tracing::error!(system_version = %resp.system_version, error = %e, "control-plane update refused (NACK); the previous config stays");
                     *status.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.clone());
                     e

@@ -35,8 +35,8 @@ use crate::etcd::pb::{compare, request_op, response_op};
 use crate::etcd::{Client, EtcdError, pb};
 use crate::resource::{Kind, Resource};
 
-/// How often a write is tried again when other replicas' writes keep overtaking it.
-const ATTEMPTS: usize = 20;
+/// How long a write keeps trying when other replicas' writes keep overtaking it.
+const WRITE_BUDGET: Duration = Duration::from_secs(10);
 /// How long a write's answer waits for the watch to bring it back.
 const READ_YOUR_WRITE: Duration = Duration::from_secs(5);
 
@@ -123,7 +123,8 @@ impl EtcdStore {
         let (kind, name) = (resource.kind(), resource.name().to_string());
         let key = self.keys.resource(kind, &name);
         let value = resource.to_value().to_string().into_bytes();
-        for _ in 0..ATTEMPTS {
+        let mut tries = Tries::new();
+        loop {
             let (before, guard) = self.follower.read(kind, &name);
             let (r, cond) = (resource.clone(), if_match.clone());
             let outcome = match super::blocking(move || check_put(&before, r, cond.as_ref())).await? {
@@ -144,10 +145,9 @@ impl EtcdStore {
                     let item = item.unwrap_or_else(|| Arc::new(super::Item::new(version, resource)));
                     return Ok(Written { outcome, version, item: Some(item) });
                 }
-                Committed::Overtaken => {}
+                Committed::Overtaken => tries.again().await?,
             }
         }
-        Err(contended())
     }
 
     /// Deletes `kind/name` (see the module docs).
@@ -159,7 +159,8 @@ impl EtcdStore {
     ) -> Result<Written, WriteError> {
         let _one = self.writer.lock().await;
         let key = self.keys.resource(kind, name);
-        for _ in 0..ATTEMPTS {
+        let mut tries = Tries::new();
+        loop {
             let (before, guard) = self.follower.read(kind, name);
             let (n, cond) = (name.to_string(), if_match.clone());
             super::blocking(move || check_delete(&before, kind, &n, cond.as_ref())).await?;
@@ -169,10 +170,9 @@ impl EtcdStore {
             });
             match self.commit(&key, guard, op, kind, name).await? {
                 Committed::At(version) => return Ok(Written { outcome: Outcome::Deleted, version, item: None }),
-                Committed::Overtaken => {}
+                Committed::Overtaken => tries.again().await?,
             }
         }
-        Err(contended())
     }
 
     /// One guarded transaction: `op` and a new write marker, if the marker and the key are
@@ -233,7 +233,6 @@ impl EtcdStore {
             .unwrap_or(0);
         tracing::debug!(%kind, name, newest, "write overtaken by another; validating again");
         self.wait_seen(newest.max(0) as u64).await;
-        tokio::time::sleep(Duration::from_millis(fastrand::u64(1..20))).await;
         Ok(Committed::Overtaken)
     }
 
@@ -259,10 +258,28 @@ fn unavailable(e: EtcdError) -> WriteError {
     }
 }
 
-fn contended() -> WriteError {
-    WriteError::Contended(format!(
-        "writes through other control-plane replicas kept changing the store during {ATTEMPTS} tries; try again"
-    ))
+/// The tries of one write that other replicas' writes overtake: a jittered pause that
+/// doubles each time (so that racing replicas spread out), within [`WRITE_BUDGET`].
+struct Tries {
+    deadline: tokio::time::Instant,
+    pause: Duration,
+}
+
+impl Tries {
+    fn new() -> Tries {
+        Tries { deadline: tokio::time::Instant::now() + WRITE_BUDGET, pause: Duration::from_millis(2) }
+    }
+
+    async fn again(&mut self) -> Result<(), WriteError> {
+        if tokio::time::Instant::now() >= self.deadline {
+            return Err(WriteError::Contended(format!(
+                "writes through other control-plane replicas kept changing the store for {WRITE_BUDGET:?}; try again"
+            )));
+        }
+        tokio::time::sleep(self.pause.mul_f64(fastrand::f64())).await;
+        self.pause = (self.pause * 2).min(Duration::from_millis(200));
+        Ok(())
+    }
 }
 
 /// The keys whose current value was refused, with why (for [`Status`]).
