@@ -24,6 +24,16 @@ pub struct ControlPlaneArgs {
     /// Key prefix in etcd; replicas with the same prefix share one mesh.
     #[arg(long, value_name = "PATH", default_value = trellis_control_plane::etcd::keys::DEFAULT_PREFIX, value_parser = parse_prefix)]
     pub etcd_prefix: String,
+    /// Talk TLS to etcd, checking its members' certificates against this CA (PEM) and the
+    /// host or IP in --store.
+    #[arg(long, value_name = "FILE", requires = "store")]
+    pub etcd_ca_file: Option<PathBuf>,
+    /// With --etcd-ca-file: the certificate (PEM) to present to etcd (`--client-cert-auth`).
+    #[arg(long, value_name = "FILE", requires_all = ["etcd_ca_file", "etcd_key_file"])]
+    pub etcd_cert_file: Option<PathBuf>,
+    /// The key of --etcd-cert-file (PEM).
+    #[arg(long, value_name = "FILE", requires = "etcd_cert_file")]
+    pub etcd_key_file: Option<PathBuf>,
     /// With etcd: how long a replica's sidecar registrations outlive it if it dies (the TTL
     /// of its etcd lease, whole seconds, at least 1s; etcd raises it to its own minimum), e.g.
     /// 10s.
@@ -59,9 +69,13 @@ pub struct ControlPlaneArgs {
 
 /// Serves until SIGTERM or SIGINT, then stops gracefully.
 pub fn run(args: ControlPlaneArgs) -> Result<()> {
+    let tls = args.etcd_ca_file.map(|ca_file| trellis_control_plane::etcd::Tls {
+        ca_file,
+        client: args.etcd_cert_file.zip(args.etcd_key_file),
+    });
     let store = match args.store {
         None => StoreOptions::Embedded,
-        Some(EtcdMembers(members)) => StoreOptions::Etcd { members, prefix: args.etcd_prefix.clone() },
+        Some(EtcdMembers(members)) => StoreOptions::Etcd { members, prefix: args.etcd_prefix.clone(), tls },
     };
     let opts = Options {
         data_dir: args.data_dir,

@@ -4,7 +4,7 @@
 //! replicas; a compaction in the middle of writes loses nothing; a killed replica's
 //! registrations expire while its proxies fail over, resume and register elsewhere; an etcd
 //! outage refuses writes (503) and loses no proxy config; a hand-written invalid value is
-//! skipped and counted. Skipped (with a message) where etcd is not installed; CI installs it
+//! skipped and counted; TLS to etcd with a client certificate. Skipped (with a message) where etcd is not installed; CI installs it
 //! and sets TRELLIS_REQUIRE_ETCD so that they run there.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -527,6 +527,67 @@ async fn hand_written_invalid_values_are_skipped_counted_and_never_pushed() {
         let hb = rb.get_json("/healthz").await.unwrap();
         let left: Vec<&String> = hb["store"]["invalid"].as_object().unwrap().keys().collect();
         assert_eq!(left, ["registrations/web/127.0.0.1:1", "resources/routes/bad"], "{hb}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_speak_tls_to_etcd_and_present_their_certificate() {
+    let Some(etcd) = Etcd::start_tls() else { return };
+    within(Duration::from_secs(60), async {
+        let dir = tempfile::tempdir().unwrap();
+        let flags = etcd.tls_flags();
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let a = replica(&etcd.url(), &dir.path().join("a"), &flags);
+        let b = replica(&etcd.url(), &dir.path().join("b"), &flags);
+        let v = ok_put(&rest(&a), "/v1/clusters/web", json!({ "endpoints": [{ "address": "127.0.0.1:9" }] })).await;
+        eventually(Duration::from_secs(5), "the write on b", async || {
+            (send(&rest(&b), Method::GET, "/v1/clusters/web", None, &[]).await.etag() == Some(v)).then_some(())
+        })
+        .await;
+        let health = rest(&b).get_json("/healthz").await.unwrap();
+        assert!(health["store"]["at"].as_str().unwrap().ends_with("(TLS)"), "{health}");
+        let kv = etcd.api();
+        assert_eq!(kv.range(b"/trellis/resources/clusters/web", b"").await.unwrap().kvs.len(), 1);
+
+        // Refused at start (exit 1 naming etcd): plaintext to it; no client certificate;
+        // a CA that did not sign its certificate.
+        let data = dir.path().join("c");
+        let data = data.to_str().unwrap();
+        let url = etcd.url();
+        let plain = trellis(&["control-plane", "--data-dir", data, "--store", &url]);
+        let ca = etcd.tls.as_ref().unwrap().ca.to_str().unwrap().to_string();
+        let no_cert = trellis(&["control-plane", "--data-dir", data, "--store", &url, "--etcd-ca-file", &ca]);
+        let other = EtcdTls::make(dir.path());
+        let wrong_ca = trellis(&[
+            "control-plane",
+            "--data-dir",
+            data,
+            "--store",
+            &url,
+            "--etcd-ca-file",
+            other.ca.to_str().unwrap(),
+            "--etcd-cert-file",
+            flags[3],
+            "--etcd-key-file",
+            flags[5],
+        ]);
+        for (what, (code, err)) in [("plaintext", plain), ("no client certificate", no_cert), ("another CA", wrong_ca)]
+        {
+            assert_eq!(code, 1, "{what}: {err}");
+            eprintln!("{what}: {err}");
+            assert!(err.contains(&format!("etcd at {}", etcd.client)), "{what}: {err}");
+        }
+        let (_, err) = trellis(&[
+            "control-plane",
+            "--data-dir",
+            data,
+            "--store",
+            &url,
+            "--etcd-ca-file",
+            other.ca.to_str().unwrap(),
+        ]);
+        assert!(err.to_lowercase().contains("certificate") || err.contains("UnknownIssuer"), "{err}");
     })
     .await;
 }

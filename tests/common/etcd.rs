@@ -16,11 +16,78 @@ pub struct Etcd {
     /// `127.0.0.1:PORT` clients connect to.
     pub client: SocketAddr,
     peer: SocketAddr,
+    /// Set: clients speak TLS and must present a certificate from this CA.
+    pub tls: Option<EtcdTls>,
+}
+
+/// The PEM files of a TLS etcd: its CA, and a client certificate and key from that CA.
+pub struct EtcdTls {
+    pub ca: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+}
+
+impl EtcdTls {
+    /// A CA, a server certificate for 127.0.0.1 and a client certificate, in `dir`.
+    pub fn make(dir: &std::path::Path) -> EtcdTls {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair, SanType,
+        };
+        // Distinct subjects: a leaf named like its issuer looks self-signed to TLS stacks.
+        let named = |cn: &str| {
+            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+            let mut dn = DistinguishedName::new();
+            dn.push(DnType::CommonName, cn);
+            p.distinguished_name = dn;
+            p
+        };
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = named("trellis test etcd CA");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca, ca_key);
+        let leaf = |server: bool| {
+            let key = KeyPair::generate().unwrap();
+            let mut p = named(if server { "etcd" } else { "trellis" });
+            if server {
+                p.subject_alt_names = vec![SanType::IpAddress([127, 0, 0, 1].into())];
+                p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+            } else {
+                p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            }
+            (p.signed_by(&key, &issuer).unwrap().pem(), key.serialize_pem())
+        };
+        let write = |name: &str, pem: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, pem).unwrap();
+            path
+        };
+        let (server, client) = (leaf(true), leaf(false));
+        EtcdTls {
+            ca: write("ca.pem", &ca_cert.pem()),
+            server_cert: write("server.pem", &server.0),
+            server_key: write("server.key", &server.1),
+            client_cert: write("client.pem", &client.0),
+            client_key: write("client.key", &client.1),
+        }
+    }
 }
 
 impl Etcd {
     /// Starts etcd, or `None` (having said why) when it is not installed on this machine.
     pub fn start() -> Option<Etcd> {
+        Self::start_with(false)
+    }
+
+    /// Starts an etcd whose clients must speak TLS and present a certificate from its CA.
+    pub fn start_tls() -> Option<Etcd> {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Option<Etcd> {
         let Some(bin) = find() else {
             let why =
                 "etcd is not installed (apt-get install --no-install-recommends etcd-server, or set TRELLIS_ETCD)";
@@ -28,13 +95,10 @@ impl Etcd {
             eprintln!("SKIPPED: {why}");
             return None;
         };
-        let mut etcd = Etcd {
-            child: None,
-            dir: tempfile::tempdir().unwrap(),
-            bin,
-            client: super::ports::free_addr(),
-            peer: super::ports::free_addr(),
-        };
+        let dir = tempfile::tempdir().unwrap();
+        let tls = tls.then(|| EtcdTls::make(dir.path()));
+        let mut etcd =
+            Etcd { child: None, dir, bin, client: super::ports::free_addr(), peer: super::ports::free_addr(), tls };
         etcd.run();
         Some(etcd)
     }
@@ -46,7 +110,25 @@ impl Etcd {
 
     /// A client of this etcd (the control plane's own, used here as any etcd client).
     pub fn api(&self) -> trellis_control_plane::etcd::Client {
-        trellis_control_plane::etcd::Client::new(&[self.client.to_string()]).unwrap()
+        let tls = self.tls.as_ref().map(|t| trellis_control_plane::etcd::Tls {
+            ca_file: t.ca.clone(),
+            client: Some((t.client_cert.clone(), t.client_key.clone())),
+        });
+        trellis_control_plane::etcd::Client::with_tls(&[self.client.to_string()], tls.as_ref()).unwrap()
+    }
+
+    /// The `trellis control-plane` flags for TLS to this etcd (none without TLS).
+    pub fn tls_flags(&self) -> Vec<String> {
+        let Some(t) = &self.tls else { return Vec::new() };
+        let path = |p: &PathBuf| p.to_str().unwrap().to_string();
+        vec![
+            "--etcd-ca-file".into(),
+            path(&t.ca),
+            "--etcd-cert-file".into(),
+            path(&t.client_cert),
+            "--etcd-key-file".into(),
+            path(&t.client_key),
+        ]
     }
 
     /// Kills etcd (SIGKILL, by PID); [`Etcd::restart`] brings it back with its data.
@@ -64,9 +146,15 @@ impl Etcd {
     }
 
     fn run(&mut self) {
-        let (client, peer) = (format!("http://{}", self.client), format!("http://{}", self.peer));
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let (client, peer) = (format!("{scheme}://{}", self.client), format!("http://{}", self.peer));
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("etcd.log")).unwrap();
-        let child = Command::new(&self.bin)
+        let mut cmd = Command::new(&self.bin);
+        if let Some(t) = &self.tls {
+            cmd.arg("--cert-file").arg(&t.server_cert).arg("--key-file").arg(&t.server_key);
+            cmd.arg("--trusted-ca-file").arg(&t.ca).arg("--client-cert-auth");
+        }
+        let child = cmd
             .args(["--name", "test", "--data-dir"])
             .arg(self.dir.path().join("data"))
             .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
@@ -84,12 +172,28 @@ impl Etcd {
                 panic!("etcd exited ({status}): {}", self.logs());
             }
             // etcd serves /health on its client port next to gRPC.
-            if admin_get(self.client, "/health").is_ok_and(|(s, body)| s == 200 && body.contains("true")) {
+            if self.healthy() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("etcd not healthy in 20s: {}", self.logs());
+    }
+
+    fn healthy(&self) -> bool {
+        let Some(t) = &self.tls else {
+            return admin_get(self.client, "/health").is_ok_and(|(s, body)| s == 200 && body.contains("true"));
+        };
+        let out = Command::new("curl")
+            .args(["-sf", "--max-time", "2", "--cacert"])
+            .arg(&t.ca)
+            .arg("--cert")
+            .arg(&t.client_cert)
+            .arg("--key")
+            .arg(&t.client_key)
+            .arg(format!("https://{}/health", self.client))
+            .output();
+        out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("true"))
     }
 
     pub fn logs(&self) -> String {

@@ -71,6 +71,8 @@ pub enum StoreOptions {
         members: Vec<String>,
         /// Key prefix, `/trellis` by default.
         prefix: String,
+        /// TLS to etcd.
+        tls: Option<etcd::Tls>,
     },
 }
 
@@ -272,7 +274,7 @@ async fn open_store(opts: &Options) -> Result<(store::Store, Arc<discovery::Regi
             let registry = Arc::new(discovery::Registry::new(opts.endpoint_grace));
             Ok((store, registry, ca::from_dir(&ca_dir)?))
         }
-        StoreOptions::Etcd { members, prefix } => {
+        StoreOptions::Etcd { members, prefix, tls } => {
             std::fs::create_dir_all(&opts.data_dir)
                 .map_err(|source| Error::Io { path: opts.data_dir.clone(), source })?;
             let (registry, registrations) = discovery::Registry::shared(opts.endpoint_grace);
@@ -280,6 +282,7 @@ async fn open_store(opts: &Options) -> Result<(store::Store, Arc<discovery::Regi
             let config = store::etcd::Config {
                 members: members.clone(),
                 prefix: prefix.clone(),
+                tls: tls.clone(),
                 registration_ttl: opts.registration_ttl,
             };
             let store = store::Store::open_etcd(config, registry.clone(), registrations).await?;

@@ -5,11 +5,15 @@
 //! One lazily connected channel per etcd member given; a call goes to the current member
 //! and, when that member does not answer (connection refused, no leader, timeout), to the
 //! next one, each member once. Every unary call has a deadline, so a dead etcd is an error
-//! naming the members, never a hang. [`keys`] is where the control plane keeps what in etcd.
+//! naming the members, never a hang. With [`Tls`] the channels are TLS (rustls, ring): the
+//! members' certificates are checked against the given CA and their host name or IP, and
+//! a client certificate is presented when given (etcd's `--client-cert-auth`). [`keys`]
+//! is where the control plane keeps what in etcd.
 
 pub mod keys;
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -49,6 +53,41 @@ pub enum EtcdError {
     /// The address given is not `etcd://HOST:PORT[,HOST:PORT…]`.
     #[error("bad etcd address \"{given}\": {reason}")]
     BadAddress { given: String, reason: String },
+    /// The TLS files are unusable.
+    #[error("TLS to etcd: {0}")]
+    Tls(String),
+}
+
+/// TLS to etcd.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tls {
+    /// The CA that signed the members' certificates (PEM).
+    pub ca_file: PathBuf,
+    /// This control plane's client certificate and key (PEM), for etcd's
+    /// `--client-cert-auth`.
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
+impl Tls {
+    fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, EtcdError> {
+        let bad = |e: &dyn std::fmt::Display| EtcdError::Tls(e.to_string());
+        let roots = trellis_certs::verify::load_roots(&self.ca_file).map_err(|e| bad(&e))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad(&e))?
+            .with_root_certificates(roots);
+        let mut config = match &self.client {
+            Some((cert, key)) => {
+                let chain = trellis_certs::load_certs(cert).map_err(|e| bad(&e))?;
+                let key = trellis_certs::load_key(key).map_err(|e| bad(&e))?;
+                builder.with_client_auth_cert(chain, key).map_err(|e| bad(&format!("{}: {e}", cert.display())))?
+            }
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Arc::new(config))
+    }
 }
 
 /// Parses `etcd://HOST:PORT[,HOST:PORT…]` (the scheme may be left out) into `HOST:PORT`s.
@@ -56,7 +95,7 @@ pub fn parse_members(given: &str) -> Result<Vec<String>, EtcdError> {
     let bad = |reason: String| EtcdError::BadAddress { given: given.to_string(), reason };
     let rest = given.strip_prefix("etcd://").unwrap_or(given);
     if rest.contains("://") {
-        return Err(bad("use etcd://HOST:PORT[,HOST:PORT…] (TLS to etcd is not supported yet)".into()));
+        return Err(bad("use etcd://HOST:PORT[,HOST:PORT…] (for TLS, add --etcd-ca-file)".into()));
     }
     let mut members = Vec::new();
     for member in rest.split(',').map(str::trim) {
@@ -86,28 +125,49 @@ struct Inner {
 }
 
 impl Client {
-    /// A client of `members` (`HOST:PORT`s). Connects lazily: nothing is checked here.
+    /// A client of `members` (`HOST:PORT`s), plaintext. Connects lazily: nothing is checked
+    /// here.
     pub fn new(members: &[String]) -> Result<Client, EtcdError> {
-        Self::with_timeout(members, CALL_TIMEOUT)
+        Self::with_tls(members, None)
     }
 
-    /// Like [`Client::new`] with another per-call deadline.
-    pub fn with_timeout(members: &[String], timeout: Duration) -> Result<Client, EtcdError> {
+    /// A client of `members`, over TLS when `tls` is given (the files are read here).
+    pub fn with_tls(members: &[String], tls: Option<&Tls>) -> Result<Client, EtcdError> {
+        Self::build(members, tls, CALL_TIMEOUT)
+    }
+
+    fn build(members: &[String], tls: Option<&Tls>, timeout: Duration) -> Result<Client, EtcdError> {
         let at = members.join(",");
         if members.is_empty() {
             return Err(EtcdError::BadAddress { given: at, reason: "no member".into() });
         }
+        let tls = tls.map(Tls::client_config).transpose()?.map(tokio_rustls::TlsConnector::from);
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let channels = members
             .iter()
             .map(|m| {
-                let endpoint = Endpoint::from_shared(format!("http://{m}"))
-                    .map_err(|e| EtcdError::BadAddress { given: m.clone(), reason: e.to_string() })?
+                let bad = |reason: String| EtcdError::BadAddress { given: m.clone(), reason };
+                let endpoint = Endpoint::from_shared(format!("{scheme}://{m}"))
+                    .map_err(|e| bad(e.to_string()))?
                     .connect_timeout(CONNECT_TIMEOUT)
                     .tcp_nodelay(true)
                     .http2_keep_alive_interval(Duration::from_secs(10))
                     .keep_alive_timeout(Duration::from_secs(5))
                     .keep_alive_while_idle(true);
-                Ok(endpoint.connect_lazy())
+                let Some(connector) = tls.clone() else { return Ok(endpoint.connect_lazy()) };
+                // The member's certificate must name its host (or IP) as given.
+                let name = trellis_certs::verify::sni_name(m).map_err(|e| bad(e.to_string()))?;
+                let member = m.clone();
+                let connect = tower::service_fn(move |_: http::Uri| {
+                    let (connector, name, member) = (connector.clone(), name.clone(), member.clone());
+                    async move {
+                        let tcp = tokio::net::TcpStream::connect(member.as_str()).await?;
+                        let _ = tcp.set_nodelay(true);
+                        let tls = connector.connect(name, tcp).await?;
+                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+                    }
+                });
+                Ok(endpoint.connect_with_connector_lazy(connect))
             })
             .collect::<Result<Vec<_>, EtcdError>>()?;
         Ok(Client { inner: Arc::new(Inner { members: channels, current: AtomicUsize::new(0), at, timeout }) })

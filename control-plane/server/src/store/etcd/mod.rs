@@ -47,6 +47,8 @@ pub struct Config {
     pub members: Vec<String>,
     /// Key prefix (`/trellis`).
     pub prefix: String,
+    /// TLS to etcd, if any.
+    pub tls: Option<crate::etcd::Tls>,
     /// The TTL of this replica's lease on its sidecar registrations: how long they outlive
     /// the replica if it dies.
     pub registration_ttl: Duration,
@@ -61,6 +63,7 @@ pub struct EtcdStore {
     /// One local write at a time (replicas race through the marker).
     writer: tokio::sync::Mutex<()>,
     tasks: Vec<JoinHandle<()>>,
+    tls: bool,
 }
 
 impl Drop for EtcdStore {
@@ -80,7 +83,7 @@ impl EtcdStore {
         registrations: RegistrationOps,
     ) -> Result<EtcdStore, Error> {
         let keys = Keys::new(&config.prefix).map_err(|reason| Error::Config(format!("--etcd-prefix: {reason}")))?;
-        let client = Client::new(&config.members).map_err(Error::Etcd)?;
+        let client = Client::with_tls(&config.members, config.tls.as_ref()).map_err(Error::Etcd)?;
         let (start, end) = keys.all();
         let listing = client.range(&start, &end).await.map_err(Error::Etcd)?;
         let (follower, seen) = sync::Follower::new(keys.clone(), published, registry.clone());
@@ -92,7 +95,8 @@ impl EtcdStore {
             tokio::spawn(sync::run(client.clone(), follower.clone(), from)),
             tokio::spawn(lease::run(client.clone(), keys.clone(), config.registration_ttl, registry, registrations)),
         ];
-        Ok(EtcdStore { client, keys, follower, seen, writer: tokio::sync::Mutex::new(()), tasks })
+        let tls = config.tls.is_some();
+        Ok(EtcdStore { client, keys, follower, seen, writer: tokio::sync::Mutex::new(()), tasks, tls })
     }
 
     /// The etcd client (the CA lives in etcd too).
@@ -106,9 +110,10 @@ impl EtcdStore {
     }
 
     pub(super) fn status(&self, revision: u64) -> Status {
+        let tls = if self.tls { " (TLS)" } else { "" };
         Status {
             engine: "etcd",
-            at: format!("etcd://{}{}", self.client.at(), self.keys.prefix().trim_end_matches('/')),
+            at: format!("etcd://{}{}{tls}", self.client.at(), self.keys.prefix().trim_end_matches('/')),
             connected: self.follower.connected(),
             revision,
             relists: Some(self.follower.relists.load(Ordering::Relaxed)),

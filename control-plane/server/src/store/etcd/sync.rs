@@ -47,6 +47,10 @@ struct State {
     /// Values refused because of the set they joined (not because of themselves), tried
     /// again with every change: key → value (`None`: a refused deletion).
     parked: BTreeMap<(Kind, String), Value>,
+    /// A resource changed without the write marker (around the REST API) since the last
+    /// revision validated here: the next REST write may have been validated by its replica
+    /// against a set without that change, so it is validated again here too.
+    unvouched: bool,
 }
 
 /// A resource key's value: `(mod revision, bytes)`; `None`: deleted.
@@ -154,7 +158,7 @@ impl Follower {
         // The revision of a listed set: its newest write (the same on every replica).
         let newest = changes.iter().filter_map(|c| c.value.as_ref().map(|(v, _)| *v)).max().unwrap_or(0).max(marker);
         let mut working = Snapshot::clone(&before);
-        if self.apply(&mut state, &mut working, newest, changes) {
+        if self.apply(&mut state, &mut working, newest, changes, false) {
             self.published.publish(working);
         }
         drop(state);
@@ -175,6 +179,7 @@ impl Follower {
         while i < events.len() {
             let revision = events[i].kv.as_ref().map_or(0, |kv| kv.mod_revision);
             let mut changes = Vec::new();
+            let mut stamped = false;
             while i < events.len() && events[i].kv.as_ref().map_or(0, |kv| kv.mod_revision) == revision {
                 let put = events[i].r#type == pb::event::EventType::Put as i32;
                 let kv = events[i].kv.take().unwrap_or_default();
@@ -183,7 +188,10 @@ impl Follower {
                     Key::Resource(kind, name) => {
                         changes.push(Change { kind, name, value: put.then_some((version, kv.value)) });
                     }
-                    Key::Marker => state.marker = if put { version } else { 0 },
+                    Key::Marker => {
+                        state.marker = if put { version } else { 0 };
+                        stamped = put;
+                    }
                     Key::Registration(service, address) => registrations.push(match put {
                         true => SharedChange::Put { service, address, version, value: kv.value },
                         false => SharedChange::Delete { service, address },
@@ -195,7 +203,7 @@ impl Follower {
             last = revision;
             if !changes.is_empty() {
                 let snapshot = working.get_or_insert_with(|| Snapshot::clone(&self.published.snapshot()));
-                self.apply(&mut state, snapshot, revision.max(0) as u64, changes);
+                self.apply(&mut state, snapshot, revision.max(0) as u64, changes, stamped);
             }
         }
         if let Some(after) = working
@@ -221,7 +229,23 @@ impl Follower {
     /// refused earlier because of other values (a listener written before its route) are
     /// tried again with every change, so replicas that saw values in different orders end
     /// up holding the same set.
-    fn apply(&self, state: &mut State, snapshot: &mut Snapshot, revision: u64, changes: Vec<Change>) -> bool {
+    ///
+    /// A REST write (`stamped`: it rewrote the write marker) was validated by its replica
+    /// against this very set — the marker guard saw to that — so the set is validated again
+    /// only when something changed around the REST API since ([`State::unvouched`]) or a
+    /// parked value is tried again. The values are parsed either way.
+    fn apply(
+        &self,
+        state: &mut State,
+        snapshot: &mut Snapshot,
+        revision: u64,
+        changes: Vec<Change>,
+        stamped: bool,
+    ) -> bool {
+        let vouched = stamped && !state.unvouched && state.parked.is_empty();
+        if !stamped {
+            state.unvouched = true;
+        }
         let before = snapshot.clone();
         let mut all: Vec<(Change, bool)> = Vec::new();
         for c in changes {
@@ -266,7 +290,7 @@ impl Follower {
         // The set with them must be valid; take back what a problem blames (or, when no
         // problem names a change, all of them), park it, and check again.
         for round in 0..=BLAME_ROUNDS {
-            if applied.is_empty() {
+            if applied.is_empty() || vouched {
                 break;
             }
             let problems = validation::new_problems_offline(&before.bootstrap(), &snapshot.bootstrap());
@@ -294,6 +318,10 @@ impl Follower {
                 }
                 state.parked.insert((kind, name), value);
             }
+        }
+        if stamped {
+            // Validated here against what the next REST write is validated against.
+            state.unvouched = false;
         }
         for ((kind, name), _, retry) in &applied {
             if state.invalid.remove(&shown(*kind, name)).is_some() && *retry {
