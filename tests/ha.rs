@@ -70,6 +70,20 @@ async fn generation(listen: SocketAddr) -> Option<String> {
     (got.status == 200).then(|| got.header("x-gen").unwrap_or("").to_string())
 }
 
+/// Through `writer`: an origin, route `all` (generation `generation`) to it, and listener
+/// `in` of service `s`; then a proxy `p` of `s` on `discovery`. Returns the origin, the
+/// listener's address, the proxy and the route's version.
+async fn served(writer: &Rest, generation: &str, discovery: &ControlPlane) -> (Origin, SocketAddr, Proxy, u64) {
+    let origin = Origin::echo("origin").await;
+    ok_put(writer, "/v1/clusters/origin", json!({ "endpoints": [{ "address": origin.addr.to_string() }] })).await;
+    let version = ok_put(writer, "/v1/routes/all", route(generation)).await;
+    let listen = listen_addr();
+    ok_put(writer, "/v1/listeners/in", json!({ "service": "s", "address": listen.to_string(), "routes": ["all"] }))
+        .await;
+    let proxy = proxy_on("p", "s", &[discovery.xds_url()], None);
+    (origin, listen, proxy, version)
+}
+
 fn route(generation: &str) -> Value {
     json!({ "backends": [{ "cluster": "origin" }], "response_headers": { "add": { "x-gen": generation } } })
 }
@@ -254,13 +268,7 @@ async fn a_compaction_in_the_middle_of_writes_loses_nothing() {
         let a = replica(&etcd.url(), &dir.path().join("a"), &[]);
         let b = replica(&format!("etcd://{}", gate.addr), &dir.path().join("b"), &[]);
         let (ra, rb) = (rest(&a), rest(&b));
-        let origin = Origin::echo("origin").await;
-        ok_put(&ra, "/v1/clusters/origin", json!({ "endpoints": [{ "address": origin.addr.to_string() }] })).await;
-        ok_put(&ra, "/v1/routes/all", route("0")).await;
-        let listen = listen_addr();
-        ok_put(&ra, "/v1/listeners/in", json!({ "service": "s", "address": listen.to_string(), "routes": ["all"] }))
-            .await;
-        let _p = proxy_on("p", "s", &[b.xds_url()], None);
+        let (_origin, listen, _p, _) = served(&ra, "0", &b).await;
         let kv = etcd.api();
         let compact_now = async || {
             let now = kv.range(b"/", b"").await.unwrap().header.unwrap().revision;
@@ -415,13 +423,7 @@ async fn an_etcd_outage_refuses_writes_with_503_keeps_proxies_serving_and_catche
         let a = replica(&etcd.url(), &dir.path().join("a"), &[]);
         let b = replica(&etcd.url(), &dir.path().join("b"), &[]);
         let (ra, rb) = (rest(&a), rest(&b));
-        let origin = Origin::echo("origin").await;
-        ok_put(&ra, "/v1/clusters/origin", json!({ "endpoints": [{ "address": origin.addr.to_string() }] })).await;
-        ok_put(&ra, "/v1/routes/all", route("1")).await;
-        let listen = listen_addr();
-        ok_put(&ra, "/v1/listeners/in", json!({ "service": "s", "address": listen.to_string(), "routes": ["all"] }))
-            .await;
-        let p = proxy_on("p", "s", &[b.xds_url()], None);
+        let (_origin, listen, p, _) = served(&ra, "1", &b).await;
         assert_eq!(generation(listen).await.as_deref(), Some("1"));
 
         etcd.kill();
@@ -469,13 +471,7 @@ async fn hand_written_invalid_values_are_skipped_counted_and_never_pushed() {
         let dir = tempfile::tempdir().unwrap();
         let a = replica(&etcd.url(), &dir.path().join("a"), &[]);
         let ra = rest(&a);
-        let origin = Origin::echo("origin").await;
-        ok_put(&ra, "/v1/clusters/origin", json!({ "endpoints": [{ "address": origin.addr.to_string() }] })).await;
-        let v1 = ok_put(&ra, "/v1/routes/all", route("1")).await;
-        let listen = listen_addr();
-        ok_put(&ra, "/v1/listeners/in", json!({ "service": "s", "address": listen.to_string(), "routes": ["all"] }))
-            .await;
-        let p = proxy_on("p", "s", &[a.xds_url()], None);
+        let (_origin, listen, p, v1) = served(&ra, "1", &a).await;
         let applied = p.version();
 
         // By hand, around the REST API: not JSON; a route to a cluster that does not exist;
