@@ -527,6 +527,43 @@ async fn hand_written_invalid_values_are_skipped_counted_and_never_pushed() {
     .await;
 }
 
+#[test]
+fn a_ca_given_as_files_is_the_one_every_replica_uses_and_another_is_refused() {
+    let Some(etcd) = Etcd::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (a_dir, b_dir, c_dir) = (dir.path().join("a"), dir.path().join("b"), dir.path().join("c"));
+    // The operator's CA in the first replica's data directory: stored in etcd for all.
+    let (code, err) = trellis(&["certs", "init", "--dir", a_dir.join("ca").to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let given = std::fs::read_to_string(a_dir.join("ca/ca.pem")).unwrap();
+    let _a = replica(&etcd.url(), &a_dir, &[]);
+    let _b = replica(&etcd.url(), &b_dir, &[]);
+    assert_eq!(std::fs::read_to_string(b_dir.join("ca/ca.pem")).unwrap(), given, "b copied the given CA");
+
+    // A replica holding another CA would split the mesh: it does not start.
+    let (code, err) = trellis(&["certs", "init", "--dir", c_dir.join("ca").to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let (code, err) = trellis(&["control-plane", "--data-dir", c_dir.to_str().unwrap(), "--store", &etcd.url()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("holds another CA") && err.contains(c_dir.to_str().unwrap()), "{err}");
+
+    // A CA certificate in etcd without its key (written by hand): refused, naming it.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async { etcd.api().put(b"/other/ca/cert", given.as_bytes(), 0).await }).unwrap();
+    let d_dir = dir.path().join("d");
+    let (code, err) = trellis(&[
+        "control-plane",
+        "--data-dir",
+        d_dir.to_str().unwrap(),
+        "--store",
+        &etcd.url(),
+        "--etcd-prefix",
+        "/other",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("/other/ca") && err.contains("not its key"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_speak_tls_to_etcd_and_present_their_certificate() {
     let Some(etcd) = Etcd::start_tls() else { return };
