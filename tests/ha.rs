@@ -416,6 +416,54 @@ async fn a_killed_replicas_registrations_expire_while_its_proxies_fail_over_and_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_cut_off_for_longer_than_its_lease_registers_its_sidecars_again() {
+    let Some(etcd) = Etcd::start() else { return };
+    within(Duration::from_secs(90), async {
+        let dir = tempfile::tempdir().unwrap();
+        let gate = Gate::start(etcd.client).await;
+        let a = replica(&format!("etcd://{}", gate.addr), &dir.path().join("a"), &[]);
+        let b = replica(&etcd.url(), &dir.path().join("b"), &[]);
+        let rb = rest(&b);
+        ok_put(&rb, "/v1/clusters/web", json!({ "endpoints": [] })).await;
+        ok_put(&rb, "/v1/routes/to-web", json!({ "backends": [{ "cluster": "web" }] })).await;
+        let out = listen_addr();
+        ok_put(
+            &rb,
+            "/v1/listeners/out",
+            json!({ "service": "client", "address": out.to_string(), "routes": ["to-web"] }),
+        )
+        .await;
+        let c = proxy_on("c", "client", &[b.xds_url()], None);
+        let (p1, p2) = (listen_addr(), listen_addr());
+        let _s1 = proxy_on("s1", "web", &[a.xds_url()], Some(p1));
+        let sees = |want: Vec<String>| {
+            let c = &c;
+            async move || {
+                let mut got = endpoints_of(c, "web");
+                got.sort();
+                (got == want).then_some(())
+            }
+        };
+        eventually(Duration::from_secs(10), "s1 registered through a", sees(vec![p1.to_string()])).await;
+
+        // a loses etcd; its lease runs out and s1's registration with it. Meanwhile s2
+        // registers through a: it waits.
+        gate.shut();
+        eventually(Duration::from_secs(10), "s1's registration expired", sees(vec![])).await;
+        let _s2 = proxy_on("s2", "web", &[a.xds_url()], Some(p2));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+
+        // Back: a new lease, both registered again.
+        gate.open();
+        let mut both = vec![p1.to_string(), p2.to_string()];
+        both.sort();
+        eventually(Duration::from_secs(15), "s1 and s2 registered again through a", sees(both)).await;
+        assert!(a.logs().contains("registering again under a new one"), "{}", a.logs());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_etcd_outage_refuses_writes_with_503_keeps_proxies_serving_and_catches_up() {
     let Some(mut etcd) = Etcd::start() else { return };
     within(Duration::from_secs(90), async {

@@ -53,6 +53,16 @@ pub(super) async fn run(client: Client, keys: Keys, ttl: Duration, registry: Arc
         if !pending.is_empty() {
             if let Err(e) = flush(&client, &keys, *id, &mut pending).await {
                 tracing::warn!(error = %e, waiting = pending.len(), "cannot write registrations to etcd");
+                // Puts under a lease etcd no longer has fail for good (a replica cut off
+                // for longer than the TTL): ask about the lease before trying again.
+                if let Ok(false) = renewed(&client, *id, keep_alive).await {
+                    tracing::warn!(
+                        lease = format!("{id:x}"),
+                        "the registration lease expired; registering again under a new one"
+                    );
+                    lease = None;
+                    continue;
+                }
                 collect_while(&mut ops, &mut pending, &mut backoff).await;
                 continue;
             }
