@@ -513,6 +513,24 @@ async fn an_etcd_outage_refuses_writes_with_503_keeps_proxies_serving_and_catche
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resource_over_etcds_request_limit_is_413_and_stores_nothing() {
+    let Some(etcd) = Etcd::start_with_args(&["--max-request-bytes", "4096"]) else { return };
+    within(Duration::from_secs(30), async {
+        let dir = tempfile::tempdir().unwrap();
+        let a = replica(&etcd.url(), &dir.path().join("a"), &[]);
+        let ra = rest(&a);
+        let many: Vec<Value> = (0..200).map(|i| json!({ "address": format!("127.0.0.1:{}", 1000 + i) })).collect();
+        let refused = send(&ra, Method::PUT, "/v1/clusters/big", Some(json!({ "endpoints": many })), &[]).await;
+        assert_eq!(refused.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", String::from_utf8_lossy(&refused.body));
+        let error = refused.json().unwrap()["error"].as_str().unwrap().to_string();
+        assert!(error.contains("max-request-bytes") && error.contains(&etcd.client.to_string()), "{error}");
+        assert_eq!(send(&ra, Method::GET, "/v1/clusters/big", None, &[]).await.status, StatusCode::NOT_FOUND);
+        ok_put(&ra, "/v1/clusters/small", json!({ "endpoints": [{ "address": "127.0.0.1:9" }] })).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hand_written_invalid_values_are_skipped_counted_and_never_pushed() {
     let Some(etcd) = Etcd::start() else { return };
     within(Duration::from_secs(60), async {

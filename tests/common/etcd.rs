@@ -18,6 +18,8 @@ pub struct Etcd {
     peer: SocketAddr,
     /// Set: clients speak TLS and must present a certificate from this CA.
     pub tls: Option<EtcdTls>,
+    /// More command-line arguments.
+    extra: Vec<String>,
 }
 
 /// The PEM files of a TLS etcd: its CA, and a client certificate and key from that CA.
@@ -87,7 +89,16 @@ impl Etcd {
         Self::start_with(true)
     }
 
+    /// Starts etcd with more command-line arguments (e.g. `--max-request-bytes`).
+    pub fn start_with_args(extra: &[&str]) -> Option<Etcd> {
+        Self::start_inner(false, extra.iter().map(|s| s.to_string()).collect())
+    }
+
     fn start_with(tls: bool) -> Option<Etcd> {
+        Self::start_inner(tls, Vec::new())
+    }
+
+    fn start_inner(tls: bool, extra: Vec<String>) -> Option<Etcd> {
         let Some(bin) = find() else {
             let why =
                 "etcd is not installed (apt-get install --no-install-recommends etcd-server, or set TRELLIS_ETCD)";
@@ -97,8 +108,15 @@ impl Etcd {
         };
         let dir = tempfile::tempdir().unwrap();
         let tls = tls.then(|| EtcdTls::make(dir.path()));
-        let mut etcd =
-            Etcd { child: None, dir, bin, client: super::ports::free_addr(), peer: super::ports::free_addr(), tls };
+        let mut etcd = Etcd {
+            child: None,
+            dir,
+            bin,
+            client: super::ports::free_addr(),
+            peer: super::ports::free_addr(),
+            tls,
+            extra,
+        };
         etcd.run();
         Some(etcd)
     }
@@ -161,6 +179,7 @@ impl Etcd {
             .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &format!("test={peer}"), "--initial-cluster-state", "new"])
             .args(["--logger", "zap", "--log-level", "warn"])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -71,6 +71,8 @@ impl From<WriteError> for ApiError {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, reason)
             }
             WriteError::Contended(reason) => ApiError::new(StatusCode::CONFLICT, reason),
+            WriteError::TooLarge(reason) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, reason),
+            WriteError::Refused(reason) => ApiError::internal(reason),
         }
     }
 }

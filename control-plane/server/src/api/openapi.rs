@@ -106,7 +106,7 @@ pub fn spec() -> Value {
                         "401": unauthorized,
                         "409": error_response("etcd store: other replicas' writes kept overtaking this one; try again"),
                         "412": error_response("If-Match does not match"),
-                        "413": error_response("body over 1 MiB"),
+                        "413": error_response("body over 1 MiB, or (etcd store) the resource over etcd's request limit"),
                         "503": error_response("etcd store: etcd unreachable; nothing written") } },
                 "delete": { "summary": "delete a resource nothing references", "parameters": [if_match],
                     "responses": {

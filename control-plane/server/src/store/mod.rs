@@ -169,6 +169,12 @@ pub enum WriteError {
     /// Writes through other replicas kept changing the store under this one.
     #[error("{0}")]
     Contended(String),
+    /// The store refused the write as too large (etcd's `--max-request-bytes`).
+    #[error("{0}")]
+    TooLarge(String),
+    /// The store refused the write for another reason; the message says which.
+    #[error("{0}")]
+    Refused(String),
 }
 
 fn first(errs: &[ValidationError]) -> String {

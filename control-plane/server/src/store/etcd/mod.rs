@@ -258,7 +258,10 @@ enum Committed {
 
 fn unavailable(e: EtcdError) -> WriteError {
     match e {
-        EtcdError::Unavailable { .. } => WriteError::Unavailable(format!("cannot write: {e}")),
+        EtcdError::Refused { ref reason, .. } if reason.contains("too large") => WriteError::TooLarge(format!(
+            "cannot write: {e} (the resource's canonical JSON is over etcd's --max-request-bytes, 1.5 MiB by default)"
+        )),
+        EtcdError::Refused { .. } => WriteError::Refused(format!("cannot write: {e}")),
         other => WriteError::Unavailable(format!("cannot write: {other}")),
     }
 }
