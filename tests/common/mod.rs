@@ -3,12 +3,14 @@
 #![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
 mod control_plane;
+mod etcd;
 mod identity;
 mod lifecycle;
 mod observe;
 mod resilience;
 mod workload;
 pub use control_plane::*;
+pub use etcd::*;
 pub use identity::*;
 pub use lifecycle::*;
 pub use observe::*;
