@@ -4,6 +4,7 @@ mod alloc;
 mod certs_cmd;
 mod cp_cmd;
 mod ctl_cmd;
+mod proxy_init_cmd;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -49,6 +50,9 @@ enum Cmd {
         #[command(subcommand)]
         cmd: certs_cmd::CertsCmd,
     },
+    /// Install the iptables redirect that sends this network namespace's (pod's) TCP
+    /// traffic through the sidecar (DESIGN §9); `--simulate` prints it, `--cleanup` removes it.
+    ProxyInit(proxy_init_cmd::ProxyInitArgs),
     /// A whole local mesh on embedded defaults (control plane, CA, two sidecars with mTLS,
     /// two agent services calling each other), with traffic, until Ctrl-C.
     Demo {
@@ -119,6 +123,7 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Cmd::ProxyInit(args) => proxy_init_cmd::run(args),
         Cmd::Certs { cmd } => match certs_cmd::run(cmd) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
