@@ -51,7 +51,8 @@ impl Dynamic {
     /// The static bootstrap plus these resources. Static resources win a name clash. A
     /// cluster gets its endpoints back: those its body lists (none, from a control plane
     /// that sends them apart), then its written ENDPOINTS, then the registered ones, each
-    /// by address. A static cluster that wins a clash takes only the registered ones.
+    /// by address. A static cluster that wins a clash takes only the registered ones. A
+    /// proxy without an identity cannot do mTLS: endpoints' identities are left out then.
     pub fn merge_into(&self, file: &Bootstrap) -> Bootstrap {
         let mut b = file.clone();
         let from_file: HashSet<&str> = file.clusters.iter().map(|c| c.name.as_str()).collect();
@@ -74,7 +75,11 @@ impl Dynamic {
             for registered in [false, true] {
                 for e in extra.values().filter(|e| e.registered == registered && (own || registered)) {
                     if have.insert(e.address.clone()) {
-                        c.endpoints.push(e.endpoint());
+                        let mut e = e.endpoint();
+                        if file.identity.is_none() {
+                            e.identity = None;
+                        }
+                        c.endpoints.push(e);
                     }
                 }
             }
@@ -156,8 +161,15 @@ pub struct Status {
     pub last_error: std::sync::Mutex<Option<String>>,
 }
 
-/// Runs the client until the process ends.
-pub async fn run(cp: api::ControlPlane, node: api::Node, reloader: Arc<Reloader>, status: Arc<Status>) {
+/// Runs the client until the process ends. A `transparent` proxy (one intercepting its
+/// pod's traffic) asks for every registered sidecar too (DESIGN §9).
+pub async fn run(
+    cp: api::ControlPlane,
+    node: api::Node,
+    transparent: bool,
+    reloader: Arc<Reloader>,
+    status: Arc<Status>,
+) {
     let token = cp.token_file.as_deref().and_then(|f| match std::fs::read_to_string(f) {
         Ok(t) => Some(t.trim().to_owned()),
         Err(e) => {
@@ -170,6 +182,7 @@ pub async fn run(cp: api::ControlPlane, node: api::Node, reloader: Arc<Reloader>
         service: node.service.unwrap_or_default(),
         zone: node.zone.unwrap_or_default(),
         inbound_address: cp.inbound_address.clone().unwrap_or_default(),
+        transparent,
     };
     let mut dynamic = Dynamic::default();
     let mut backoff = Duration::from_millis(250);

@@ -183,7 +183,8 @@ impl Session {
         self.store_rx.borrow_and_update();
         self.endpoints_rx.borrow_and_update();
         let service = self.node.service.as_deref();
-        let shared = self.views.current(service);
+        let transparent = self.node.transparent;
+        let shared = self.views.current(service, transparent);
         let (view, delta) = if !self.subs.is_all() {
             // A narrowed proxy holds its own copy of its part of the view.
             let mut view = self.subs.filter(&shared);
@@ -191,7 +192,7 @@ impl Session {
             let delta = Arc::new(view::delta(&self.sent, &self.dirty, &view));
             (Arc::new(view), delta)
         } else if self.dirty.is_empty() {
-            let delta = self.views.delta(service, &self.sent, &shared);
+            let delta = self.views.delta(service, transparent, &self.sent, &shared);
             (shared, delta)
         } else {
             let delta = Arc::new(view::delta(&self.sent, &self.dirty, &shared));
