@@ -15,6 +15,7 @@ pub mod config;
 pub mod detect;
 pub mod discovery;
 pub mod http;
+pub mod intercept;
 pub mod listener;
 pub mod reload;
 pub mod resilience;

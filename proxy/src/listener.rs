@@ -7,6 +7,8 @@ use crate::config::{Listener, Snapshot};
 use crate::detect;
 use crate::http::forward::ConnCtx;
 use crate::http::headers::Peer;
+use crate::http::version::Hint;
+use futures_util::FutureExt;
 use crate::telemetry;
 use arc_swap::ArcSwap;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -162,9 +164,28 @@ async fn worker_main(mut rx: mpsc::UnboundedReceiver<Command>, config: Arc<ArcSw
 
 /// Counts a listener's open TCP (L4) connections so a drain can wait for them.
 #[derive(Default)]
-struct L4Tracker {
+pub(crate) struct L4Tracker {
     open: AtomicUsize,
     idle: Notify,
+}
+
+impl L4Tracker {
+    /// Counts one more open connection until the returned guard drops.
+    pub(crate) fn hold(self: &Arc<Self>) -> L4Hold {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        L4Hold(self.clone())
+    }
+}
+
+/// One open L4 connection of an [`L4Tracker`].
+pub(crate) struct L4Hold(Arc<L4Tracker>);
+
+impl Drop for L4Hold {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
 }
 
 async fn accept_loop(
@@ -205,6 +226,19 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let gauge = gauge.clone();
         gauge.increment(1.0);
+        if listener.intercepts() {
+            let conn = crate::intercept::Conn {
+                peer,
+                name: name.clone(),
+                listener,
+                config: config.clone(),
+                watcher: graceful.watcher(),
+                l4: l4.clone(),
+                log: access_log,
+            };
+            conns.spawn(crate::intercept::serve(stream, conn, stop.clone()).map(move |()| gauge.decrement(1.0)));
+            continue;
+        }
         match listener.spec.protocol {
             ListenerProtocol::Tcp => {
                 let Some(cluster) = listener.tcp_cluster.clone() else { continue };
@@ -293,8 +327,10 @@ impl HttpConn {
             config: self.config,
             listener: self.name,
             peer: Peer::new(self.peer.ip(), tls),
+            hint: if peer_id.is_some() { Hint::MeshHeader } else { Hint::None },
             peer_id,
             h2: proto == detect::Protocol::Http2,
+            target: None,
         });
         crate::http::server::serve(stream, proto, ctx, &self.listener, self.watcher, stop).await;
     }
@@ -359,7 +395,7 @@ async fn serve_tcp(
 }
 
 /// L4 authorization: a denied connection is closed (and audited).
-fn authorized_l4(listener: &Listener, name: &str, peer_id: Option<&str>, peer: SocketAddr) -> bool {
+pub(crate) fn authorized_l4(listener: &Listener, name: &str, peer_id: Option<&str>, peer: SocketAddr) -> bool {
     let d = crate::authz::decide(listener.policy.as_deref(), listener.mesh, peer_id, None, None);
     if !d.allowed() {
         crate::http::forward::audit_denied(name, peer_id, peer.ip(), None, None, d, listener.policy.as_deref());

@@ -25,6 +25,9 @@ pub const TLS_CERT_EXPIRY: &str = "trellis_tls_cert_expiry_timestamp_seconds";
 pub const AUTHZ_DENIED_TOTAL: &str = "trellis_authz_denied_total";
 pub const IDENTITY_RENEWALS_TOTAL: &str = "trellis_identity_renewals_total";
 pub const ACCESS_LOG_DROPPED_TOTAL: &str = "trellis_access_log_dropped_total";
+pub const INBOUND_PLAINTEXT_TOTAL: &str = "trellis_inbound_plaintext_total";
+pub const TRANSPARENT_CONNECTIONS_TOTAL: &str = "trellis_transparent_connections_total";
+pub const TRANSPARENT_REFUSED_TOTAL: &str = "trellis_transparent_refused_total";
 
 /// Histogram buckets for request durations, in seconds (0.5 ms … 60 s).
 const DURATION_BUCKETS: &[f64] =
@@ -49,6 +52,18 @@ pub fn install() -> Result<PrometheusHandle, String> {
         "Identity certificate renewals from the control plane's CA, by result (ok, error)"
     );
     metrics::describe_counter!(ACCESS_LOG_DROPPED_TOTAL, "Access log lines dropped because the writer fell behind");
+    metrics::describe_counter!(
+        INBOUND_PLAINTEXT_TOTAL,
+        "Plaintext connections accepted by a permissive listener (no mTLS), by listener"
+    );
+    metrics::describe_counter!(
+        TRANSPARENT_CONNECTIONS_TOTAL,
+        "Connections of transparent listeners, by listener, protocol (http, opaque) and mesh (peer or destination is a mesh proxy)"
+    );
+    metrics::describe_counter!(
+        TRANSPARENT_REFUSED_TOTAL,
+        "Connections a transparent listener closed at once, by listener and reason (loop, registry_only)"
+    );
     Ok(handle)
 }
 

@@ -220,6 +220,15 @@ impl Origin {
         F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Response<Body>> + Send + 'static,
     {
+        Self::serve_with(listener, handler, false)
+    }
+
+    /// Like `serve`; `h1_only`: HTTP/1.1 only (an h2 preface gets hyper's 400).
+    pub fn serve_with<F, Fut>(listener: tokio::net::TcpListener, handler: F, h1_only: bool) -> Origin
+    where
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<Body>> + Send + 'static,
+    {
         let addr = listener.local_addr().unwrap();
         let handler: Handler = Arc::new(move |req| Box::pin(handler(req)));
         let task = tokio::spawn(async move {
@@ -231,13 +240,24 @@ impl Origin {
                         let h = handler.clone();
                         async move { Ok::<_, Infallible>(h(req).await) }
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let io = TokioIo::new(stream);
+                    if h1_only {
+                        let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
+                    } else {
+                        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                            .serve_connection(io, svc)
+                            .await;
+                    }
                 });
             }
         });
         Origin { addr, task }
+    }
+
+    /// Like [`Origin::echo`], speaking HTTP/1.1 only.
+    pub async fn echo_h1_only(name: &'static str) -> Origin {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Origin::serve_with(listener, move |req: Request<Incoming>| echo_answer(name, req), true)
     }
 
     /// An origin answering every request with 200 and a JSON echo of what it received:

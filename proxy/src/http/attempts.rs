@@ -27,6 +27,8 @@ use trellis_api::HedgeDelay;
 /// How to reach a cluster for one request.
 pub struct Plan<'a> {
     pub cluster: &'a Cluster,
+    /// A transparent connection's original destination: every try goes there.
+    pub target: Option<&'a Arc<Endpoint>>,
     pub wire: Wire,
     pub key: Option<u64>,
     /// The route's whole-request deadline.
@@ -39,6 +41,16 @@ pub struct Plan<'a> {
     /// When the request became ready to send: the first try's idle timer counts from it
     /// instead of reading the clock again.
     pub since: Instant,
+}
+
+impl Plan<'_> {
+    /// The endpoint of the next try: the original destination, or the cluster's pick.
+    fn pick(&self, avoid: Option<&Arc<Endpoint>>) -> Option<Arc<Endpoint>> {
+        match self.target {
+            Some(t) => Some(t.clone()),
+            None => self.cluster.pick(self.key, avoid).cloned(),
+        }
+    }
 }
 
 /// A response head and what it took.
@@ -134,7 +146,7 @@ fn try_once<'a>(
     avoid: Option<&Arc<Endpoint>>,
     since: Option<Instant>,
 ) -> Try<'a, impl Future<Output = PoolResult>> {
-    let ep = plan.cluster.pick(plan.key, avoid).cloned();
+    let ep = plan.pick(avoid);
     try_on(plan, req, ep, since)
 }
 
@@ -273,7 +285,7 @@ async fn hedged(
         HedgeDelay::Auto => plan.cluster.latency.quantile(0.95),
     };
     // Each try's endpoint is chosen here, so a hedge can avoid the one it hedges.
-    let Some(first) = plan.cluster.pick(plan.key, avoid).cloned() else {
+    let Some(first) = plan.pick(avoid) else {
         return (None, Err(ForwardError::NoEndpoint(plan.cluster.name.clone())), 1);
     };
     let launch = |ep: Arc<Endpoint>| Box::pin(try_on(plan, rebuild(parts, body), Some(ep), None));
@@ -303,7 +315,7 @@ async fn hedged(
             () = hedge_due => {
                 tries += 1;
                 metrics::counter!(telemetry::UPSTREAM_HEDGES_TOTAL, "cluster" => plan.cluster.name.to_string()).increment(1);
-                match plan.cluster.pick(plan.key, last_ep.as_ref()).cloned() {
+                match plan.pick(last_ep.as_ref()) {
                     Some(ep) => {
                         last_ep = Some(ep.clone());
                         inflight.push(launch(ep));

@@ -11,8 +11,10 @@ use crate::http::headers::{self, Peer};
 use crate::http::respond::{ForwardError, error_response};
 use crate::http::route::Route;
 use crate::http::router::{self, RequestView};
+use crate::http::version::{self, Hint};
 use crate::resilience::{fault, retry};
 use crate::telemetry;
+use crate::upstream::Endpoint;
 use arc_swap::ArcSwap;
 use futures_util::future::{Either, FutureExt};
 use http::{HeaderValue, Request, Response};
@@ -32,6 +34,25 @@ pub struct ConnCtx {
     pub peer_id: Option<Arc<str>>,
     /// The connection speaks HTTP/2.
     pub h2: bool,
+    /// A transparent connection's original destination: where requests no listener route
+    /// takes go (DESIGN §9).
+    pub target: Option<Target>,
+    /// What the connection tells about the destination app's HTTP version.
+    pub hint: Hint,
+}
+
+/// A transparent connection's original destination and the route its requests count on.
+#[derive(Debug)]
+pub struct Target {
+    pub endpoint: Arc<Endpoint>,
+    pub route: Arc<Route>,
+}
+
+/// The route a request takes, and, for a transparent connection's original destination,
+/// the endpoint it goes to.
+struct Routed {
+    route: Arc<Route>,
+    target: Option<Arc<Endpoint>>,
 }
 
 /// Writes the audit line and counts a denial.
@@ -82,7 +103,7 @@ pub fn handle(mut req: Request<ClientBody>, ctx: &ConnCtx) -> impl Future<Output
         (log, entry, route_for(&req, ctx, &snap))
     };
     match route {
-        Ok(route) => Either::Left(forward(req, ctx, route, entry).map(|(resp, entry)| logged(resp, log, entry))),
+        Ok(routed) => Either::Left(forward(req, ctx, routed, entry).map(|(resp, entry)| logged(resp, log, entry))),
         Err(err) => {
             let mut resp = error_response(&err);
             if matches!(err, ForwardError::HeadersTooLarge) && !ctx.h2 {
@@ -120,8 +141,9 @@ fn logged(
 }
 
 /// The route for `req` on this connection's listener, after the header-size limit and
-/// authorization; or why there is none.
-fn route_for(req: &Request<ClientBody>, ctx: &ConnCtx, snap: &Snapshot) -> Result<Arc<Route>, ForwardError> {
+/// authorization: the first listener route that matches, else (a transparent connection)
+/// the original destination; or why there is none.
+fn route_for(req: &Request<ClientBody>, ctx: &ConnCtx, snap: &Snapshot) -> Result<Routed, ForwardError> {
     let Some(listener) = snap.listener(&ctx.listener) else {
         return Err(ForwardError::ListenerGone);
     };
@@ -151,9 +173,10 @@ fn route_for(req: &Request<ClientBody>, ctx: &ConnCtx, snap: &Snapshot) -> Resul
         }
     }
     let view = RequestView::new(req.method(), req.uri(), req.headers());
-    match router::select(&listener.routes, &view) {
-        Some(r) => Ok(r.clone()),
-        None => {
+    match (router::select(&listener.routes, &view), &ctx.target) {
+        (Some(r), _) => Ok(Routed { route: r.clone(), target: None }),
+        (None, Some(t)) => Ok(Routed { route: t.route.clone(), target: Some(t.endpoint.clone()) }),
+        (None, None) => {
             listener.no_route.count(404);
             Err(ForwardError::NoRoute)
         }
@@ -171,10 +194,11 @@ fn route_for(req: &Request<ClientBody>, ctx: &ConnCtx, snap: &Snapshot) -> Resul
 fn forward(
     mut req: Request<ClientBody>,
     ctx: &ConnCtx,
-    route: Arc<Route>,
+    routed: Routed,
     mut log: Option<Box<access_log::Entry>>,
 ) -> impl Future<Output = (Response<ProxyBody>, Option<Box<access_log::Entry>>)> {
     async move {
+        let Routed { route, target } = routed;
         let started = std::time::Instant::now();
         let (index, backend) = route.pick_backend();
         if let Some(e) = log.as_deref_mut() {
@@ -210,9 +234,14 @@ fn forward(
         }
 
         let cluster = &backend.cluster;
-        let wire = cluster.wire_for(ctx.h2);
+        let mesh = target.as_ref().map_or(cluster.mesh, |t| t.identity.is_some());
+        let down = version::Downstream { h2: ctx.h2, hint: ctx.hint };
+        let (wire, told) = version::choose(&mut req, down, cluster.protocol, mesh);
         let key = cluster.hash_key(req.headers(), ctx.peer.ip);
         headers::prepare_request(&mut req, &ctx.peer, wire);
+        if let Some(v) = told {
+            req.headers_mut().insert(version::ORIG_PROTO.clone(), v);
+        }
         route.request_headers.apply(req.headers_mut());
         if let Some(e) = log.as_deref_mut() {
             e.request_id = req.headers().get(&headers::X_REQUEST_ID).cloned();
@@ -221,7 +250,8 @@ fn forward(
         let retry = route.retry.as_ref().filter(|r| r.allows_method(req.method()));
         let hedge = route.hedge.as_ref().filter(|_| retry::is_idempotent(req.method())).map(|h| (h.delay, h.max));
         // From here on `plan` holds these (the future keeps one copy across its awaits).
-        let plan = Plan { cluster, wire, key, deadline, idle_timeout: route.idle_timeout, retry, hedge, since };
+        let target = target.as_ref();
+        let plan = Plan { cluster, target, wire, key, deadline, idle_timeout: route.idle_timeout, retry, hedge, since };
         let counted = route.retry.is_some() || route.hedge.is_some();
 
         // Retries and hedges need the body again: keep it in memory when it is small enough.

@@ -1,5 +1,6 @@
 //! HTTP: serving downstream connections (`server`, `h1`, `h2`), choosing a route
-//! (`router`, `route`), forwarding (`forward`, `headers`), streaming bodies (`body`),
+//! (`router`, `route`), forwarding (`forward`, `headers`), the upstream HTTP version
+//! (`version`), streaming bodies (`body`),
 //! turning failures into responses (`respond`), the `date` header (`date`), and what both
 //! in-task HTTP/1.1 codecs share: the wire pieces (`wire`), a stock of reusable header
 //! maps (`header_maps`) and of read/write buffers with the read that holds none while it
@@ -20,4 +21,5 @@ pub mod route;
 pub mod router;
 pub mod server;
 pub mod stock;
+pub mod version;
 pub mod wire;

@@ -245,7 +245,7 @@ pub struct L4Conn {
 /// Connects to `ep` for L4 forwarding, with the same breakers, timeouts and TLS (mesh
 /// identity check included) as HTTP connections to the cluster.
 pub async fn connect_l4(ep: &Endpoint) -> Result<L4Conn, UpstreamError> {
-    let io = connect_tcp(ep, Wire::Http1).await?;
+    let io = connect_tcp(ep, Use::L4).await?;
     Ok(L4Conn { io, _slot: ConnSlot(ep.counts.clone()) })
 }
 
@@ -259,11 +259,19 @@ impl Drop for ConnSlot {
     }
 }
 
+/// What a new connection is for: it picks the TLS config (ALPN).
+#[derive(Clone, Copy)]
+enum Use {
+    Http1,
+    Http2,
+    L4,
+}
+
 /// Opens a TCP connection under the cluster's `max_connections` and `max_pending`
 /// thresholds. On success the caller owns one `max_connections` unit, to be released by
 /// the connection's [`ConnSlot`] (in [`L4Conn`], [`h1::Conn`], or the h2 connection's task)
 /// when the connection ends, or at once if a handshake fails.
-async fn connect_tcp(ep: &Endpoint, wire: Wire) -> Result<MaybeTls, UpstreamError> {
+async fn connect_tcp(ep: &Endpoint, what: Use) -> Result<MaybeTls, UpstreamError> {
     let addr = ep.addr;
     let limits = ep.settings.limits.as_ref();
     ep.counts.acquire(Threshold::MaxConnections, limits, &ep.cluster).map_err(UpstreamError::Overloaded)?;
@@ -289,9 +297,10 @@ async fn connect_tcp(ep: &Endpoint, wire: Wire) -> Result<MaybeTls, UpstreamErro
     let Some(tls) = ep.tls.load_full() else {
         return Ok(MaybeTls::Plain(stream));
     };
-    let config = match wire {
-        Wire::Http1 => tls.h1.clone(),
-        Wire::Http2 => tls.h2.clone(),
+    let config = match what {
+        Use::Http1 => tls.h1.clone(),
+        Use::Http2 => tls.h2.clone(),
+        Use::L4 => tls.l4.clone(),
     };
     let name = tls.sni.as_deref().unwrap_or(&ep.host);
     let server_name = ServerName::try_from(name.to_owned()).unwrap_or_else(|_| ServerName::from(addr.ip()));
@@ -319,7 +328,7 @@ async fn connect_tcp(ep: &Endpoint, wire: Wire) -> Result<MaybeTls, UpstreamErro
 async fn connect_h1(ep: &Endpoint) -> Result<h1::Conn, UpstreamError> {
     // Idle connections are not watched by a task; closed ones are noticed here at the latest.
     ep.pool.sweep_h1();
-    let io = connect_tcp(ep, Wire::Http1).await?;
+    let io = connect_tcp(ep, Use::Http1).await?;
     Ok(h1::Conn::new(io, ConnSlot(ep.counts.clone())))
 }
 
@@ -339,7 +348,7 @@ async fn open_h2(ep: &Endpoint) -> Result<(h2::Sender, Arc<ConnState>), Upstream
     if let Some(c) = ep.pool.checkout_h2(max) {
         return Ok(c);
     }
-    let io = connect_tcp(ep, Wire::Http2).await?;
+    let io = connect_tcp(ep, Use::Http2).await?;
     let (sender, conn) = match h2::handshake(io).await {
         Ok(x) => x,
         Err(e) => {
