@@ -379,7 +379,8 @@ async fn sidecar_pair_speaks_each_apps_own_protocol() {
             assert!(j["headers"].get("x-trellis-orig-proto").is_none(), "{j}");
         }
         let mut c = Client::h2(out_any).await;
-        let grpc = http::Request::post("/pkg.Svc/Call").header("content-type", "application/grpc").body(full("")).unwrap();
+        let grpc =
+            http::Request::post("/pkg.Svc/Call").header("content-type", "application/grpc").body(full("")).unwrap();
         let got = c.fetch(grpc).await;
         assert_eq!(got.status, 200, "{}", got.text());
         assert_eq!(got.json()["version"], "HTTP/2.0", "{}", got.text());

@@ -5,11 +5,13 @@
 mod control_plane;
 mod identity;
 mod lifecycle;
+mod netns;
 mod observe;
 mod resilience;
 pub use control_plane::*;
 pub use identity::*;
 pub use lifecycle::*;
+pub use netns::*;
 pub use observe::*;
 pub use resilience::*;
 
@@ -309,9 +311,20 @@ impl Client {
 
     pub async fn h2(addr: SocketAddr) -> Client {
         let s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (tx, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s)).await.unwrap();
+        Client::over(s, addr, true).await
+    }
+
+    /// HTTP/1.1 (or h2c, `h2`) on a connection already made to `addr`.
+    pub async fn over(s: tokio::net::TcpStream, addr: SocketAddr, h2: bool) -> Client {
+        if h2 {
+            let (tx, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s)).await.unwrap();
+            tokio::spawn(conn);
+            return Client { h1: None, h2: Some(tx), addr };
+        }
+        let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s)).await.unwrap();
         tokio::spawn(conn);
-        Client { h1: None, h2: Some(tx), addr }
+        Client { h1: Some(tx), h2: None, addr }
     }
 
     /// Another handle on this h2c client's connection (streams sent on it run concurrently).

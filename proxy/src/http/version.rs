@@ -19,8 +19,8 @@
 //! HTTP/1.1 is spoken: an h2 client of an HTTP/1.1-only app gets a 200, not a 502.
 
 use crate::upstream::Wire;
-use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use http::Request;
+use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use trellis_api::ClusterProtocol;
 
 /// Between proxies: the HTTP version the destination app speaks, `HTTP/1.1` or `HTTP/2`.

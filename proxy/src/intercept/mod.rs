@@ -210,13 +210,8 @@ async fn serve_http<S>(
 }
 
 /// Carries a connection as opaque TCP to `target`, counted for the drain.
-async fn serve_opaque<S>(
-    stream: S,
-    conn: &Conn,
-    t: &Transparent,
-    target: Arc<Endpoint>,
-    peer_id: Option<&Arc<str>>,
-) where
+async fn serve_opaque<S>(stream: S, conn: &Conn, t: &Transparent, target: Arc<Endpoint>, peer_id: Option<&Arc<str>>)
+where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let _open = conn.l4.hold();

@@ -106,7 +106,8 @@ mod tests {
         assert_eq!(classify(b"POST /api?x=1 HTTP/1.0\r\n"), H1);
         assert_eq!(classify(H2_PREFACE), H2);
         // Prefixes of either: wait.
-        for partial in [&b"G"[..], b"GET", b"GET /", b"GET /a HTT", b"GET /a HTTP/1.", b"GET /a HTTP/1.1", b"PRI * HT"] {
+        for partial in [&b"G"[..], b"GET", b"GET /", b"GET /a HTT", b"GET /a HTTP/1.", b"GET /a HTTP/1.1", b"PRI * HT"]
+        {
             assert_eq!(classify(partial), None, "{}", String::from_utf8_lossy(partial));
         }
         // Not HTTP: opaque at once.
