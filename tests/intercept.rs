@@ -528,6 +528,34 @@ async fn proxy_init_rules_in_a_pod() {
     assert!(!v6.contains("TRELLIS"), "{v6}");
 }
 
+/// A connection addressed to a transparent listener itself (no redirect: its original
+/// destination is the listener) is an explicit client: served by the listener's routes,
+/// or, without routes, refused with a log line and counted (following it would loop). On
+/// loopback, without namespaces: runs anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transparent_listener_addressed_directly_serves_its_routes_or_refuses() {
+    within(LIMIT, async {
+        let app = Origin::echo("app").await;
+        let (routed, bare) = (listen_addr(), listen_addr());
+        let yaml = simple_config(routed, app.addr, "http1")
+            .replace("    routes: [all]\n", &format!("    transparent: true\n    routes: [all]\n  - {{ name: bare, address: \"{bare}\", transparent: true }}\n"));
+        let proxy = Proxy::start(&yaml);
+        let got = Client::h1(routed).await.get("/explicit").await;
+        assert_eq!(got.status, 200, "{}", got.text());
+        assert_eq!(got.json()["origin"], "app");
+
+        let mut s = tokio::net::TcpStream::connect(bare).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(secs(5), s.read_to_end(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0))), "closed without an answer: {:?}", String::from_utf8_lossy(&buf));
+        assert!(wait_log(&proxy, "its original destination is this listener", secs(3)).await, "{}", log_tail(&proxy, 10));
+        let refused = wait_metric(&proxy, "trellis_transparent_refused_total", &[("listener", "bare"), ("reason", "loop")], |v| v >= 1.0, secs(3));
+        assert_eq!(refused.await, Some(1.0));
+    })
+    .await;
+}
+
 /// Bad values are refused before anything is looked at, even where these tests cannot
 /// make namespaces (not root): exit 2, the flag named. (`--simulate` changes nothing.)
 #[test]

@@ -70,34 +70,11 @@ impl Transparent {
         prev: Option<&Transparent>,
         workers: usize,
     ) -> Result<Transparent, ConfigError> {
-        let spec = api::Cluster {
-            name: PASSTHROUGH.into(),
-            protocol: api::ClusterProtocol::Auto,
-            lb: api::LbPolicy::Random,
-            hash_on: None,
-            connect_timeout: None,
-            max_streams_per_connection: None,
-            max_idle_per_endpoint: None,
-            circuit_breaker: None,
-            outlier_detection: None,
-            health_check: None,
-            tls: None,
-            endpoints: Vec::new(),
-        };
+        // Parsed rather than spelled out, so new fields take their defaults here too.
+        let spec: api::Cluster = api::parse::parse(r#"{"name":"passthrough","lb":"random","endpoints":[]}"#)?;
         let cluster = Arc::new(Cluster::build(&spec, Vec::new(), prev.map(|p| &*p.cluster), workers, None, None));
-        let route_spec = api::Route {
-            name: PASSTHROUGH.into(),
-            matches: api::RouteMatch::default(),
-            backends: vec![api::Backend { cluster: PASSTHROUGH.into(), weight: 1 }],
-            timeout: None,
-            idle_timeout: None,
-            headers: api::HeaderRules::default(),
-            response_headers: api::HeaderRules::default(),
-            retry: None,
-            hedge: None,
-            rate_limit: None,
-            fault: None,
-        };
+        let route_spec: api::Route =
+            api::parse::parse(r#"{"name":"passthrough","backends":[{"cluster":"passthrough"}]}"#)?;
         let clusters = HashMap::from([(PASSTHROUGH.to_owned(), cluster.clone())]);
         let life = prev.map_or_else(|| Arc::new(Life::default()), |p| p.route.life.clone());
         let route = Route::build(&l.name, &route_spec, &clusters, life).map_err(ConfigError::Build)?;
