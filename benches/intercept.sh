@@ -13,9 +13,12 @@
 # back, intercepted (over mTLS) vs direct. Steal time and the sidecars' CPU per run, the
 # load average before and after.
 #
-# Layout: load driver and origins on cpu0, both sidecars on cpu1 (BENCHMARKING.md).
+# Layouts (--layout): shared (default) load driver and origins on cpu0, both sidecars on
+# cpu1 (the proxies alone on one core, as BENCHMARKING.md pins a system under test);
+# nodes: pod A (load driver, its sidecar) on cpu0, pod B (origins, its sidecar) on cpu1, as
+# on two nodes.
 # Usage: benches/intercept.sh [--reps N] [--lat-reps N] [--duration S] [--echo-conns N]
-#                             [--no-build]
+#                             [--layout shared|nodes] [--only http|opaque] [--no-build]
 # Env: TRELLIS_BIN (default target/release/trellis). Needs root (namespaces, iptables);
 # namespaces are named trl15b-<pid>-*, addresses 10.250.0.240/28; everything started here
 # is ended by PID and every namespace deleted on exit.
@@ -35,20 +38,27 @@ fi
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BIN="$ROOT/target/release"
 TRELLIS_BIN="${TRELLIS_BIN:-$BIN/trellis}"
-REPS=3; LAT_REPS=3; DUR=6; BUILD=1; ECHO_CONNS=1
+REPS=3; LAT_REPS=3; DUR=6; BUILD=1; ECHO_CONNS=1; LAYOUT=shared; ONLY=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --reps) REPS="$2"; shift ;;
         --lat-reps) LAT_REPS="$2"; shift ;;
         --duration) DUR="$2"; shift ;;
         --echo-conns) ECHO_CONNS="$2"; shift ;;
+        --layout) LAYOUT="$2"; shift ;;
+        --only) ONLY="$2"; shift ;;
         --no-build) BUILD=0 ;;
-        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
         *) echo "unknown option: $1" >&2; exit 2 ;;
     esac
     shift
 done
 [[ $EUID -eq 0 ]] || { echo "error: needs root (network namespaces, iptables)" >&2; exit 2; }
+case "$LAYOUT" in
+    shared) A_CPU=0; B_CPU=0; A_PROXY_CPU=1; B_PROXY_CPU=1 ;;
+    nodes) A_CPU=0; B_CPU=1; A_PROXY_CPU=0; B_PROXY_CPU=1 ;;
+    *) echo "--layout: expected shared or nodes, got '$LAYOUT'" >&2; exit 2 ;;
+esac
 for tool in ip iptables-restore setpriv taskset; do
     command -v "$tool" >/dev/null || { echo "error: $tool is not installed" >&2; exit 1; }
 done
@@ -123,13 +133,13 @@ in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 # Started with `ip netns exec` itself (not through a function): it, taskset and setpriv
 # exec, so $! is the process's own PID.
 AS_PROXY=(setpriv --reuid 2102 --regid 2102 --clear-groups "$TMP/trellis" proxy --threads 1 --config)
-ip netns exec "$B" taskset -c 0 "$BIN/trellis-origin" --listen 0.0.0.0:8080 --threads 1 >origin-8080.log 2>&1 & PIDS+=($!)
-ip netns exec "$B" taskset -c 0 "$BIN/trellis-origin" --listen 0.0.0.0:8081 --threads 1 >origin-8081.log 2>&1 & PIDS+=($!)
-ip netns exec "$B" taskset -c 0 "$BIN/tcp-echo" --listen 0.0.0.0:7000 >echo-7000.log 2>&1 & PIDS+=($!)
-ip netns exec "$B" taskset -c 0 "$BIN/tcp-echo" --listen 0.0.0.0:7001 >echo-7001.log 2>&1 & PIDS+=($!)
-ip netns exec "$A" taskset -c 1 "${AS_PROXY[@]}" frontend.yaml >frontend.log 2>&1 &
+ip netns exec "$B" taskset -c "$B_CPU" "$BIN/trellis-origin" --listen 0.0.0.0:8080 --threads 1 >origin-8080.log 2>&1 & PIDS+=($!)
+ip netns exec "$B" taskset -c "$B_CPU" "$BIN/trellis-origin" --listen 0.0.0.0:8081 --threads 1 >origin-8081.log 2>&1 & PIDS+=($!)
+ip netns exec "$B" taskset -c "$B_CPU" "$BIN/tcp-echo" --listen 0.0.0.0:7000 >echo-7000.log 2>&1 & PIDS+=($!)
+ip netns exec "$B" taskset -c "$B_CPU" "$BIN/tcp-echo" --listen 0.0.0.0:7001 >echo-7001.log 2>&1 & PIDS+=($!)
+ip netns exec "$A" taskset -c "$A_PROXY_CPU" "${AS_PROXY[@]}" frontend.yaml >frontend.log 2>&1 &
 OUT=$!; PIDS+=("$OUT")
-ip netns exec "$B" taskset -c 1 "${AS_PROXY[@]}" checkout.yaml >checkout.log 2>&1 &
+ip netns exec "$B" taskset -c "$B_PROXY_CPU" "${AS_PROXY[@]}" checkout.yaml >checkout.log 2>&1 &
 IN=$!; PIDS+=("$IN")
 in_ns "$A" "$TMP/trellis" proxy-init --skip-outbound-ports 8081,7001 2>/dev/null >/dev/null || { echo "error: proxy-init in A" >&2; exit 1; }
 in_ns "$B" "$TMP/trellis" proxy-init --skip-inbound-ports 8081,7001,4153 2>/dev/null >/dev/null || { echo "error: proxy-init in B" >&2; exit 1; }
@@ -160,7 +170,7 @@ run() {
     local t=$1; shift
     local s0 t0 s1 t1 c0 c1 w0 w1 j cpu
     read -r s0 t0 < <(steal); c0=$(cpu_ns "$SIDECARS"); w0=$(date +%s%N)
-    j=$(in_ns "$A" taskset -c 0 "$BIN/trellis-load" --url "${URL[$t]}" -c 64 --warmup 1s --json "$@" | tail -1)
+    j=$(in_ns "$A" taskset -c "$A_CPU" "$BIN/trellis-load" --url "${URL[$t]}" -c 64 --warmup 1s --json "$@" | tail -1)
     read -r s1 t1 < <(steal); c1=$(cpu_ns "$SIDECARS"); w1=$(date +%s%N)
     cpu=$(awk -v a="$c0" -v b="$c1" -v x="$w0" -v y="$w1" 'BEGIN {printf "%.0f", (b - a) * 100 / (y - x)}')
     [[ $t == direct ]] && cpu="-"
@@ -169,7 +179,8 @@ run() {
 
 echo "## Sidecar in a pod: interception vs direct vs the explicit pair ($(nproc) cores, $(date -u +%FT%TZ))"
 echo
-echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg); trellis: $(basename "$TRELLIS_BIN"); load driver + origins cpu0, both sidecars cpu1"
+echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg); trellis: $TRELLIS_BIN; layout $LAYOUT: load driver cpu$A_CPU, origins cpu$B_CPU, sidecars cpu$A_PROXY_CPU (A) and cpu$B_PROXY_CPU (B)"
+if [[ $ONLY != opaque ]]; then
 echo
 echo "closed loop, HTTP/1.1, 64 connections, ${DUR}s per run (sidecars: CPU of both, % of one core):"
 declare -A RPS
@@ -205,6 +216,8 @@ for t in "${TARGETS[@]}"; do
     echo "$line"
 done
 
+fi
+if [[ $ONLY != http ]]; then
 echo
 echo "opaque TCP, 1 MB messages echoed back, $ECHO_CONNS connection(s), ${DUR}s per run:"
 declare -A MBPS=([direct]="" [intercepted]="")
@@ -212,16 +225,17 @@ declare -A ECHO=([direct]="$B_IP:7001" [intercepted]="$B_IP:7000")
 for rep in $(seq "$REPS"); do
     for t in direct intercepted; do
         read -r s0 t0 < <(steal); c0=$(cpu_ns "$SIDECARS"); w0=$(date +%s%N)
-        j=$(in_ns "$A" taskset -c 0 "$BIN/tcp-echo" --connect "${ECHO[$t]}" -c "$ECHO_CONNS" -d "${DUR}s" --json | tail -1)
+        j=$(in_ns "$A" taskset -c "$A_CPU" "$BIN/tcp-echo" --connect "${ECHO[$t]}" -c "$ECHO_CONNS" -d "${DUR}s" --json | tail -1)
         read -r s1 t1 < <(steal); c1=$(cpu_ns "$SIDECARS"); w1=$(date +%s%N)
         cpu=$(awk -v a="$c0" -v b="$c1" -v x="$w0" -v y="$w1" 'BEGIN {printf "%.0f", (b - a) * 100 / (y - x)}')
         mb=$(field mb_per_s <<<"$j")
         MBPS[$t]+=" $mb"
-        printf '  rep %d %-12s %8.1f MB/s each way, round trip p50 %6s ms, p99 %6s ms | steal %2d%%, sidecars %s%%\n' \
+        printf '  rep %d %-12s %8.0f MB/s each way, round trip p50 %6s ms, p99 %6s ms | steal %2d%%, sidecars %s%%\n' \
             "$rep" "$t:" "$mb" "$(ms "$(field p50_us <<<"$j")")" "$(ms "$(field p99_us <<<"$j")")" "$(( (s1 - s0) * 100 / (t1 - t0 + 1) ))" "$cpu"
     done
 done
-echo "  median: direct $(med "${MBPS[direct]}") MB/s, intercepted $(med "${MBPS[intercepted]}") MB/s = $(ratio "$(med "${MBPS[intercepted]}")" "$(med "${MBPS[direct]}")")x of direct"
+echo "  median: direct $(printf %.0f "$(med "${MBPS[direct]}")") MB/s, intercepted $(printf %.0f "$(med "${MBPS[intercepted]}")") MB/s = $(ratio "$(med "${MBPS[intercepted]}")" "$(med "${MBPS[direct]}")")x of direct"
+fi
 echo
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "connections the sidecars counted (outbound: transparent by protocol and mesh):"

@@ -363,6 +363,26 @@ mod tests {
     }
 
     #[test]
+    fn endpoint_identities_are_kept_only_by_a_proxy_with_an_identity() {
+        let resp = response(
+            vec![
+                res(ResourceType::Cluster, "web", r#"{"name":"web","endpoints":[]}"#),
+                ep(
+                    "web/10.0.0.1:4143",
+                    r#"{"address":"10.0.0.1:4143","registered":true,"identity":"spiffe://td/ns/a/sa/web"}"#,
+                ),
+            ],
+            &[],
+        );
+        let d = Dynamic::default().with(&resp).expect("applies");
+        let id = |b: &Bootstrap| b.clusters[0].endpoints[0].identity.clone();
+        assert_eq!(id(&d.merge_into(&Bootstrap::default())), None, "no identity of its own: no mTLS");
+        let with_identity: Bootstrap =
+            api::parse_bootstrap("{identity: {cert: c.pem, key: c.key, trust_bundle: ca.pem}}").unwrap();
+        assert_eq!(id(&d.merge_into(&with_identity)).as_deref(), Some("spiffe://td/ns/a/sa/web"));
+    }
+
+    #[test]
     fn bad_endpoints_are_refused_with_the_resource_named() {
         let d = web();
         let refuse = |r: Resource| d.with(&response(vec![r], &[])).expect_err("refused").to_string();

@@ -111,3 +111,47 @@ fn same(a: Option<&Arc<UpstreamTls>>, b: Option<&Arc<UpstreamTls>>) -> bool {
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use trellis_api as api;
+
+    fn cluster(yaml: &str) -> Arc<Cluster> {
+        let spec: api::Cluster = api::parse::parse(yaml).unwrap();
+        let addrs = spec.endpoints.iter().map(|e| (e.address.parse().unwrap(), e, None)).collect();
+        Arc::new(Cluster::build(&spec, addrs, None, 1, None, None))
+    }
+
+    #[test]
+    fn mesh_destinations_are_named_by_ip_and_the_registry_by_address() {
+        let mesh = cluster(
+            "{ name: a, endpoints: [{ address: '10.0.0.2:4143', identity: 'spiffe://td/ns/x/sa/a' }, { address: '10.0.0.3:8080' }] }",
+        );
+        let d = Destinations::new([&mesh]);
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert_eq!(d.identity(a("10.0.0.2:9999").ip()).map(|i| &**i), Some("spiffe://td/ns/x/sa/a"), "any port");
+        assert_eq!(d.identity("::ffff:10.0.0.2".parse().unwrap()).map(|i| &**i), Some("spiffe://td/ns/x/sa/a"));
+        assert_eq!(d.identity(a("10.0.0.3:8080").ip()), None);
+        assert!(d.known(a("10.0.0.2:1")) && d.known(a("10.0.0.3:8080")));
+        assert!(!d.known(a("10.0.0.3:8081")) && !d.known(a("10.0.0.9:8080")));
+        assert!(!mesh.mesh, "not every endpoint has an identity");
+    }
+
+    #[test]
+    fn destinations_keep_their_endpoint_until_the_identity_changes() {
+        let pass = cluster("{ name: passthrough, endpoints: [] }");
+        let p = Passthrough::new(1);
+        let addr: SocketAddr = "10.0.0.2:8080".parse().unwrap();
+        let id: Arc<str> = "spiffe://td/ns/x/sa/a".into();
+        let first = p.endpoint(addr, Some(&id), None, &pass);
+        assert!(Arc::ptr_eq(&first, &p.endpoint(addr, Some(&id), None, &pass)), "kept: its pools live on");
+        assert_eq!(&*first.cluster, "passthrough");
+        let other: Arc<str> = "spiffe://td/ns/x/sa/b".into();
+        let changed = p.endpoint(addr, Some(&other), None, &pass);
+        assert!(!Arc::ptr_eq(&first, &changed));
+        assert_eq!(changed.identity.as_deref(), Some("spiffe://td/ns/x/sa/b"));
+        assert!(p.endpoint(addr, None, None, &pass).identity.is_none());
+    }
+}

@@ -1,6 +1,9 @@
-//! L4 forwarding for `protocol: tcp` listeners: one upstream connection per client
-//! connection (TCP, or TLS per the cluster, through the same breakers as HTTP), bytes copied
-//! both ways until either side closes, then one access log line when the bootstrap has one.
+//! L4 forwarding for `protocol: tcp` listeners and opaque transparent connections: one
+//! upstream connection per client connection (TCP, or TLS per the cluster, through the same
+//! breakers as HTTP), bytes copied both ways (`duplex`) until both sides have closed, then
+//! one access log line when the bootstrap has one.
+
+pub mod duplex;
 
 use crate::access_log::{AccessLog, L4Entry};
 use crate::resilience::outlier::Outcome;
@@ -66,7 +69,7 @@ pub async fn forward_to<S: AsyncRead + AsyncWrite + Unpin>(
         Ok(mut upstream) => {
             ep.active.fetch_add(1, Ordering::Relaxed);
             ep.total.fetch_add(1, Ordering::Relaxed);
-            let copied = tokio::io::copy_bidirectional(&mut stream, &mut upstream.io).await;
+            let copied = duplex::copy(&mut stream, &mut upstream.io).await;
             ep.active.fetch_sub(1, Ordering::Relaxed);
             if let Some(e) = entry.as_mut() {
                 match copied {
