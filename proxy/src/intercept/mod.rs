@@ -183,7 +183,9 @@ async fn serve_http<S>(
         target,
         hint,
     });
-    crate::http::server::serve(stream, proto, ctx, &conn.listener, conn.watcher, stop).await;
+    // Boxed: the connection's task is allocated at the size of its largest state for its
+    // whole life, and this one (an HTTP server, over TLS on the inbound side) is the largest.
+    Box::pin(crate::http::server::serve(stream, proto, ctx, &conn.listener, conn.watcher, stop)).await;
 }
 
 /// Carries a connection as opaque TCP to `target`, counted for the drain.
