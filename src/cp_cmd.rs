@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use trellis_control_plane::workload::JwksSource;
 use trellis_control_plane::{DEFAULT_API_ADDR, DEFAULT_XDS_ADDR, Options};
 
 /// Run the control plane.
@@ -42,6 +43,43 @@ pub struct ControlPlaneArgs {
     /// `identity.issuer` with an https:// server) and still send the bearer token.
     #[arg(long)]
     pub api_tls: bool,
+    #[command(flatten)]
+    pub workload: WorkloadArgs,
+}
+
+/// Workload identity: certificates only for the service account a pod's JWT names.
+#[derive(Debug, Args)]
+pub struct WorkloadArgs {
+    /// The cluster's service-account signing keys (JWKS, e.g. from
+    /// `kubectl get --raw /openid/v1/jwks`), re-read when the file changes. Then
+    /// POST /v1/certificates needs the pod's service-account token (audience trellis) and
+    /// signs only spiffe://trellis.local/ns/NS/sa/SA of its subject; discovery over mTLS
+    /// needs no bearer token.
+    #[arg(long, value_name = "FILE", conflicts_with = "workload_jwks_url")]
+    pub workload_jwks: Option<PathBuf>,
+    /// The same keys fetched over HTTPS (in a cluster:
+    /// https://kubernetes.default.svc/openid/v1/jwks), again every 5 minutes and when a
+    /// token names an unknown key.
+    #[arg(long, value_name = "URL")]
+    pub workload_jwks_url: Option<String>,
+    /// CA bundle that verifies --workload-jwks-url.
+    #[arg(long, value_name = "FILE", default_value = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt")]
+    pub workload_jwks_ca: PathBuf,
+    /// Bearer token sent to --workload-jwks-url (re-read at every fetch); the default is
+    /// used only when it exists.
+    #[arg(long, value_name = "FILE", default_value = "/var/run/secrets/kubernetes.io/serviceaccount/token")]
+    pub workload_jwks_token_file: PathBuf,
+}
+
+impl WorkloadArgs {
+    fn source(self) -> Option<JwksSource> {
+        if let Some(file) = self.workload_jwks {
+            return Some(JwksSource::File(file));
+        }
+        let url = self.workload_jwks_url?;
+        let token_file = Some(self.workload_jwks_token_file).filter(|p| p.exists());
+        Some(JwksSource::Url { url, ca_file: self.workload_jwks_ca, token_file })
+    }
 }
 
 /// Serves until SIGTERM or SIGINT, then stops gracefully.
@@ -54,6 +92,7 @@ pub fn run(args: ControlPlaneArgs) -> Result<()> {
         endpoint_grace: args.endpoint_grace,
         xds_tls: args.xds_tls,
         api_tls: args.api_tls,
+        workload_jwks: args.workload.source(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -70,7 +109,7 @@ pub fn run(args: ControlPlaneArgs) -> Result<()> {
 }
 
 /// Completes on the first SIGTERM or SIGINT.
-fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
+pub(crate) fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;

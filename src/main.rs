@@ -4,6 +4,7 @@ mod alloc;
 mod certs_cmd;
 mod cp_cmd;
 mod ctl_cmd;
+mod kube_cmd;
 mod proxy_init_cmd;
 
 use clap::{Parser, Subcommand};
@@ -34,6 +35,8 @@ enum Cmd {
         /// Worker threads (each a single-threaded runtime). Default: one per CPU.
         #[arg(long)]
         threads: Option<usize>,
+        #[command(flatten)]
+        sidecar: kube_cmd::SidecarArgs,
     },
     /// Check a config file and print the first problems found; exit 2 if invalid.
     Validate {
@@ -41,6 +44,8 @@ enum Cmd {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Print the JSON Schema of a config file (for editors that validate YAML).
+    Schema,
     /// Run the control plane (REST API, durable store, discovery server, CA).
     ControlPlane(cp_cmd::ControlPlaneArgs),
     /// Drive a control plane: apply, get, delete, proxies.
@@ -50,6 +55,12 @@ enum Cmd {
         #[command(subcommand)]
         cmd: certs_cmd::CertsCmd,
     },
+    /// Add the proxy to every pod template of a Kubernetes YAML file (printed on stdout).
+    Inject(kube_cmd::InjectArgs),
+    /// Serve the same injection as a mutating admission webhook (POST /inject, HTTPS).
+    Injector(kube_cmd::InjectorArgs),
+    /// Print the Kubernetes manifests of the control plane and injector.
+    Install(kube_cmd::InstallArgs),
     /// Install the iptables redirect that sends this network namespace's (pod's) TCP
     /// traffic through the sidecar (DESIGN §9); `--simulate` prints it, `--cleanup` removes it.
     ProxyInit(proxy_init_cmd::ProxyInitArgs),
@@ -71,16 +82,12 @@ fn main() -> ExitCode {
     // One crypto provider for the whole process (ring); ignore "already installed".
     let _ = rustls::crypto::ring::default_provider().install_default();
     match cli.cmd {
-        Cmd::Proxy { config, threads } => match trellis_proxy::run(trellis_proxy::Options { config, threads }) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e @ trellis_proxy::RunError::Config(_)) => {
-                eprintln!("trellis: invalid config: {e}");
+        Cmd::Proxy { config, threads, sidecar } => match sidecar.write_bootstrap(&config) {
+            Err(e) => {
+                eprintln!("trellis: invalid config: --sidecar: {e:#}");
                 ExitCode::from(2)
             }
-            Err(e) => {
-                eprintln!("trellis: {e}");
-                ExitCode::from(1)
-            }
+            Ok(()) => run_proxy(config, threads),
         },
         Cmd::Validate { config } => match trellis_proxy::config::load(&config) {
             Ok(_) => {
@@ -90,6 +97,16 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("trellis: invalid config: {e}");
                 ExitCode::from(2)
+            }
+        },
+        Cmd::Schema => match serde_json::to_string_pretty(&trellis_api::reference::bootstrap_schema()) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("trellis: {e}");
+                ExitCode::from(1)
             }
         },
         Cmd::Demo { users, seconds } => {
@@ -123,6 +140,31 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Cmd::Inject(args) => match kube_cmd::inject(args) {
+            Ok(Ok(())) => ExitCode::SUCCESS,
+            Ok(Err(kube_cmd::BadInput(e))) => {
+                eprintln!("trellis inject: {e}");
+                ExitCode::from(2)
+            }
+            Err(e) => {
+                eprintln!("trellis inject: {e:#}");
+                ExitCode::from(1)
+            }
+        },
+        Cmd::Injector(args) => match kube_cmd::injector(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("trellis injector: {e:#}");
+                ExitCode::from(1)
+            }
+        },
+        Cmd::Install(args) => match kube_cmd::install(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("trellis install: {e:#}");
+                ExitCode::from(2)
+            }
+        },
         Cmd::ProxyInit(args) => proxy_init_cmd::run(args),
         Cmd::Certs { cmd } => match certs_cmd::run(cmd) {
             Ok(()) => ExitCode::SUCCESS,
@@ -131,6 +173,20 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+    }
+}
+
+fn run_proxy(config: PathBuf, threads: Option<usize>) -> ExitCode {
+    match trellis_proxy::run(trellis_proxy::Options { config, threads }) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e @ trellis_proxy::RunError::Config(_)) => {
+            eprintln!("trellis: invalid config: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("trellis: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 

@@ -175,17 +175,26 @@ impl TlsConn {
 
     /// Sends `method path` and reads the whole answer, within 5 s.
     pub async fn request(&mut self, method: &str, path: &str) -> Result<Got, String> {
+        self.send(method, path, "").await
+    }
+
+    /// Sends `method path` with `body` (JSON) and reads the whole answer, within 5 s.
+    pub async fn send(&mut self, method: &str, path: &str, body: impl Into<Bytes>) -> Result<Got, String> {
+        let body: Bytes = body.into();
+        let mut req = Request::builder().method(method);
+        if !body.is_empty() {
+            req = req.header("content-type", "application/json");
+        }
+        let body = full(body);
         let work = async {
             let resp = match &mut self.sender {
                 TlsSender::H1(tx) => {
-                    let req =
-                        Request::builder().method(method).uri(path).header("host", "test").body(full("")).unwrap();
+                    let req = req.uri(path).header("host", "test").body(body).unwrap();
                     tx.ready().await.map_err(|e| format!("not ready: {e}"))?;
                     tx.send_request(req).await
                 }
                 TlsSender::H2(tx) => {
-                    let req =
-                        Request::builder().method(method).uri(format!("https://test{path}")).body(full("")).unwrap();
+                    let req = req.uri(format!("https://test{path}")).body(body).unwrap();
                     tx.ready().await.map_err(|e| format!("not ready: {e}"))?;
                     tx.send_request(req).await
                 }
@@ -277,6 +286,20 @@ pub async fn tls_echo_origin(
     cert: &std::path::Path,
     key: &std::path::Path,
 ) -> (Origin, Arc<std::sync::Mutex<Vec<Option<String>>>>) {
+    tls_origin(cert, key, move |req| echo_answer(name, req)).await
+}
+
+/// A TLS origin (HTTP/1.1 and HTTP/2 by ALPN) answering with `handler`, with the given
+/// server certificate; the returned list records the SNI of every accepted handshake.
+pub async fn tls_origin<F, Fut>(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    handler: F,
+) -> (Origin, Arc<std::sync::Mutex<Vec<Option<String>>>>)
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
     let mut config = rustls::ServerConfig::builder_with_provider(ring_provider())
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -292,14 +315,15 @@ pub async fn tls_echo_origin(
     let task = tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
-            let (acceptor, seen) = (acceptor.clone(), seen.clone());
+            let (acceptor, seen, handler) = (acceptor.clone(), seen.clone(), handler.clone());
             tokio::spawn(async move {
                 let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(5), acceptor.accept(stream)).await else {
                     return;
                 };
                 seen.lock().unwrap().push(tls.get_ref().1.server_name().map(str::to_owned));
-                let svc = hyper::service::service_fn(move |req: Request<Incoming>| async move {
-                    Ok::<_, Infallible>(echo_answer(name, req).await)
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let answer = handler(req);
+                    async move { Ok::<_, Infallible>(answer.await) }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(tls), svc)

@@ -8,12 +8,14 @@ mod lifecycle;
 mod netns;
 mod observe;
 mod resilience;
+mod workload;
 pub use control_plane::*;
 pub use identity::*;
 pub use lifecycle::*;
 pub use netns::*;
 pub use observe::*;
 pub use resilience::*;
+pub use workload::*;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -76,7 +78,8 @@ impl Proxy {
         p
     }
 
-    fn spawn(yaml: &str, args: &[&str]) -> Proxy {
+    /// Starts the proxy without waiting for anything (e.g. for one expected to exit).
+    pub fn spawn(yaml: &str, args: &[&str]) -> Proxy {
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("trellis.yaml");

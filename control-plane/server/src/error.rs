@@ -24,6 +24,9 @@ pub enum Error {
     /// The token file is unusable.
     #[error("token file {}: {reason}", .path.display())]
     Token { path: PathBuf, reason: String },
+    /// The workload keys (`--workload-jwks`) are unusable.
+    #[error("{0}")]
+    Workload(String),
     /// A listening socket could not be bound.
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },

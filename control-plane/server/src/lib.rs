@@ -22,6 +22,7 @@ pub mod manifest;
 pub mod resource;
 pub mod store;
 mod validation;
+pub mod workload;
 pub mod xds_tls;
 
 use std::future::Future;
@@ -65,6 +66,9 @@ pub struct Options {
     /// Serve the REST API over TLS ([`xds_tls::api_server_config`]), presenting the
     /// control plane's SPIFFE ID from its CA.
     pub api_tls: bool,
+    /// Sign certificates only for the workload a service-account JWT names, checked
+    /// against these keys ([`workload`]); discovery over mTLS then needs no bearer token.
+    pub workload_jwks: Option<workload::JwksSource>,
 }
 
 impl Options {
@@ -78,6 +82,7 @@ impl Options {
             endpoint_grace: DEFAULT_ENDPOINT_GRACE,
             xds_tls: false,
             api_tls: false,
+            workload_jwks: None,
         }
     }
 }
@@ -155,6 +160,10 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
     let xds_tls = tls_for(opts.xds_tls, xds_tls::server_config)?;
     let api_tls = tls_for(opts.api_tls, xds_tls::api_server_config)?;
     let registry = Arc::new(discovery::Registry::new(opts.endpoint_grace));
+    let workload = match opts.workload_jwks.clone() {
+        Some(source) => Some(Arc::new(workload::WorkloadAuth::new(source).await.map_err(Error::Workload)?)),
+        None => None,
+    };
 
     let bind =
         |what, addr| async move { TcpListener::bind(addr).await.map_err(|source| Error::Bind { what, addr, source }) };
@@ -165,7 +174,9 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
     let xds_addr = local(&xds_listener, "discovery", opts.xds_addr)?;
 
     let (stop, stopped) = watch::channel(false);
-    let shared = Arc::new(api::Shared { store: store.clone(), registry: registry.clone(), ca, token: token.clone() });
+    let certificate_auth = workload.is_some();
+    let shared =
+        Arc::new(api::Shared { store: store.clone(), registry: registry.clone(), ca, token: token.clone(), workload });
     let router = api::router(shared);
     let api = tokio::spawn({
         let mut stopped = stopped.clone();
@@ -184,7 +195,9 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
             served.map_err(|e| Error::Serve { what: "REST", reason: e.to_string() })
         }
     });
-    let xds_service = DiscoveryServer::new(discovery::Server::new(store.clone(), registry, token, stopped.clone()));
+    let xds_service = DiscoveryServer::new(
+        discovery::Server::new(store.clone(), registry, token, stopped.clone()).certificate_suffices(certificate_auth),
+    );
     let tls_on = xds_tls.is_some();
     let xds = tokio::spawn({
         let mut stopped = stopped;

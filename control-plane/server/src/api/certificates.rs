@@ -1,5 +1,7 @@
 //! `POST /v1/certificates`: signs a proxy's CSR with the control plane's CA, so the proxy's
-//! private key never leaves it (DESIGN §4).
+//! private key never leaves it (DESIGN §4). With workload identity on (DESIGN §10), the
+//! request is authorized by the pod's service-account JWT instead of the admin token, and
+//! only `spiffe://<td>/ns/<NS>/sa/<SA>` of the token's subject is signed.
 
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -9,7 +11,9 @@ use axum::body::Body;
 use axum::extract::State;
 use http::HeaderMap;
 use serde::{Deserialize, Serialize};
-use trellis_certs::CertError;
+use trellis_certs::{CertError, DEFAULT_TRUST_DOMAIN, SpiffeId};
+
+use crate::workload::WorkloadAuth;
 
 use super::{ApiError, Shared, read_body};
 
@@ -18,6 +22,55 @@ const RESERVED_NAMESPACE: &str = "trellis-system";
 
 /// Validity when the request names none.
 const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// The token must be valid, name a workload outside the control plane's namespace, and
+/// the CSR must ask for exactly that workload's ID.
+async fn authorize_workload(
+    shared: &Shared,
+    workload: &WorkloadAuth,
+    headers: &HeaderMap,
+    csr: &str,
+) -> Result<(), ApiError> {
+    let authorization = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let who = match workload.verify(authorization).await {
+        Ok(who) => who,
+        Err(refusal) => {
+            // The admin token is not a workload's: say so rather than "not a JWT".
+            let admin = shared.token.as_ref().is_some_and(|t| t.accepts(authorization));
+            let reason = if admin {
+                "the admin token does not sign certificates when workload identity is on (--workload-jwks): \
+                 present the pod's service-account token"
+                    .to_owned()
+            } else {
+                refusal.reason
+            };
+            let status = if admin { http::StatusCode::FORBIDDEN } else { refusal.status };
+            tracing::warn!(%status, %reason, "certificate refused");
+            return Err(ApiError::new(status, reason));
+        }
+    };
+    let forbidden = |reason: String| {
+        tracing::warn!(namespace = %who.namespace, service_account = %who.service_account, %reason, "certificate refused");
+        ApiError::new(http::StatusCode::FORBIDDEN, reason)
+    };
+    if who.namespace == RESERVED_NAMESPACE {
+        return Err(forbidden(format!(
+            "the token is for {RESERVED_NAMESPACE}/{}: the control plane's namespace gets no workload certificates",
+            who.service_account
+        )));
+    }
+    let allowed = SpiffeId::workload(DEFAULT_TRUST_DOMAIN, &who.namespace, &who.service_account)
+        .map_err(|e| forbidden(format!("the token's service account has no SPIFFE ID: {e}")))?;
+    let asked =
+        trellis_certs::csr_spiffe_id(csr).map_err(|e| ApiError::bad_request(format!("csr: {e}"), Some("csr")))?;
+    if asked != allowed {
+        return Err(forbidden(format!(
+            "csr: asks for {asked}, but the token is for service account {}/{}, which may only have {allowed}",
+            who.namespace, who.service_account
+        )));
+    }
+    Ok(())
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -47,6 +100,9 @@ pub async fn sign(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: B
     let ttl = req.ttl.map_or(DEFAULT_TTL, |t| t.get());
     // The control plane's own namespace is not for proxies: a certificate there would pass
     // for the control plane with every client that checks its SPIFFE ID.
+    if let Some(workload) = &shared.workload {
+        authorize_workload(&shared, workload, &headers, &req.csr).await?;
+    }
     let asked =
         trellis_certs::csr_spiffe_id(&req.csr).map_err(|e| ApiError::bad_request(format!("csr: {e}"), Some("csr")))?;
     if asked.namespace() == Some(RESERVED_NAMESPACE) {

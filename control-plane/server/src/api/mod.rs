@@ -34,6 +34,8 @@ pub struct Shared {
     pub registry: Arc<Registry>,
     pub ca: Ca,
     pub token: Option<Arc<Token>>,
+    /// Set: certificates are signed only for the workload a service-account JWT names.
+    pub workload: Option<Arc<crate::workload::WorkloadAuth>>,
 }
 
 /// The REST router.
@@ -54,10 +56,13 @@ pub fn router(shared: Arc<Shared>) -> Router {
 }
 
 /// Lets a request through when no token is configured, for `/healthz`, or when it carries
-/// `Authorization: Bearer <token>`.
+/// `Authorization: Bearer <token>`. With workload identity on, `/v1/certificates` is
+/// authorized by the workload's own token instead (see `certificates`).
 async fn authorize(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+    let own_auth =
+        req.uri().path() == "/healthz" || (shared.workload.is_some() && req.uri().path() == "/v1/certificates");
     if let Some(token) = &shared.token
-        && req.uri().path() != "/healthz"
+        && !own_auth
     {
         let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
         if !token.accepts(given) {

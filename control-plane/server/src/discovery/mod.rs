@@ -43,6 +43,9 @@ pub struct Server {
     token: Option<Arc<Token>>,
     /// Turns true when the control plane stops: every session ends its stream.
     shutdown: watch::Receiver<bool>,
+    /// A verified client certificate stands in for the bearer token (workload identity:
+    /// the certificate was signed on the strength of the pod's service-account token).
+    certificate_suffices: bool,
 }
 
 impl Server {
@@ -54,7 +57,13 @@ impl Server {
     ) -> Server {
         let views = Arc::new(cache::Views::new(store.clone(), registry.subscribe()));
         let budget = Arc::new(budget::Budget::new(RESPONSE_BUDGET));
-        Server { store, views, budget, registry, token, shutdown }
+        Server { store, views, budget, registry, token, shutdown, certificate_suffices: false }
+    }
+
+    /// Lets an mTLS stream whose client certificate verified in without the bearer token.
+    pub fn certificate_suffices(mut self, on: bool) -> Server {
+        self.certificate_suffices = on;
+        self
     }
 }
 
@@ -66,7 +75,9 @@ impl Discovery for Server {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
-        if let Some(token) = &self.token {
+        let certified = self.certificate_suffices
+            && request.extensions().get::<crate::xds_tls::Peer>().is_some_and(|p| p.spiffe_id.is_some());
+        if let Some(token) = self.token.as_ref().filter(|_| !certified) {
             let header = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
             if !token.accepts(header) {
                 return Err(Status::unauthenticated("missing or wrong bearer token in `authorization`"));
