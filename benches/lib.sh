@@ -14,8 +14,10 @@ bench_workdir() {
 
 bench_cleanup() {
     local p
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
+    # `|| true`: under `set -e` a gone process, or `wait`'s non-zero status of a killed
+    # one, would end the cleanup before the temp dir is removed.
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
     rm -rf "$TMP"
 }
 

@@ -8,15 +8,38 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 use trellis_control_plane::workload::JwksSource;
-use trellis_control_plane::{DEFAULT_API_ADDR, DEFAULT_XDS_ADDR, Options};
+use trellis_control_plane::{DEFAULT_API_ADDR, DEFAULT_XDS_ADDR, Options, StoreOptions};
 
 /// Run the control plane.
 #[derive(Debug, Args)]
 pub struct ControlPlaneArgs {
-    /// Directory for the store (DIR/trellis.redb) and the mesh CA (DIR/ca, made on first
-    /// start); created if missing.
+    /// Directory for the embedded store (DIR/trellis.redb) and the mesh CA (DIR/ca, made on
+    /// first start; with etcd, a copy of the CA the replicas share); created if missing.
     #[arg(long, value_name = "DIR")]
     pub data_dir: PathBuf,
+    /// Keep resources in etcd instead of DIR/trellis.redb, so that several control-plane
+    /// replicas share them: etcd://HOST:PORT[,HOST:PORT…] (etcd 3.x). Sidecar registrations
+    /// and the CA live there too. See docs/high-availability.md.
+    #[arg(long, value_name = "etcd://HOST:PORT[,…]", value_parser = parse_store)]
+    pub store: Option<EtcdMembers>,
+    /// Key prefix in etcd; replicas with the same prefix share one mesh.
+    #[arg(long, value_name = "PATH", default_value = trellis_control_plane::etcd::keys::DEFAULT_PREFIX, value_parser = parse_prefix)]
+    pub etcd_prefix: String,
+    /// Talk TLS to etcd, checking its members' certificates against this CA (PEM) and the
+    /// host or IP in --store.
+    #[arg(long, value_name = "FILE", requires = "store")]
+    pub etcd_ca_file: Option<PathBuf>,
+    /// With --etcd-ca-file: the certificate (PEM) to present to etcd (`--client-cert-auth`).
+    #[arg(long, value_name = "FILE", requires_all = ["etcd_ca_file", "etcd_key_file"])]
+    pub etcd_cert_file: Option<PathBuf>,
+    /// The key of --etcd-cert-file (PEM).
+    #[arg(long, value_name = "FILE", requires = "etcd_cert_file")]
+    pub etcd_key_file: Option<PathBuf>,
+    /// With etcd: how long a replica's sidecar registrations outlive it if it dies (the TTL
+    /// of its etcd lease, whole seconds, at least 1s; etcd raises it to its own minimum), e.g.
+    /// 10s.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_ttl)]
+    pub registration_ttl: Duration,
     /// Address of the REST API (`trellis ctl`, /openapi.json).
     #[arg(long, value_name = "IP:PORT", default_value = DEFAULT_API_ADDR)]
     pub api_addr: SocketAddr,
@@ -84,8 +107,18 @@ impl WorkloadArgs {
 
 /// Serves until SIGTERM or SIGINT, then stops gracefully.
 pub fn run(args: ControlPlaneArgs) -> Result<()> {
+    let tls = args.etcd_ca_file.map(|ca_file| trellis_control_plane::etcd::Tls {
+        ca_file,
+        client: args.etcd_cert_file.zip(args.etcd_key_file),
+    });
+    let store = match args.store {
+        None => StoreOptions::Embedded,
+        Some(EtcdMembers(members)) => StoreOptions::Etcd { members, prefix: args.etcd_prefix.clone(), tls },
+    };
     let opts = Options {
         data_dir: args.data_dir,
+        store,
+        registration_ttl: args.registration_ttl,
         api_addr: args.api_addr,
         xds_addr: args.xds_addr,
         token_file: args.token_file,
@@ -119,6 +152,26 @@ pub(crate) fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>>
             _ = int.recv() => tracing::info!("SIGINT: stopping"),
         }
     })
+}
+
+/// The etcd members of `--store`.
+#[derive(Clone, Debug)]
+pub struct EtcdMembers(Vec<String>);
+
+fn parse_store(s: &str) -> Result<EtcdMembers, String> {
+    trellis_control_plane::etcd::parse_members(s).map(EtcdMembers).map_err(|e| e.to_string())
+}
+
+fn parse_prefix(s: &str) -> Result<String, String> {
+    trellis_control_plane::etcd::keys::Keys::new(s).map(|_| s.to_string())
+}
+
+fn parse_ttl(s: &str) -> Result<Duration, String> {
+    let ttl = parse_duration(s)?;
+    if ttl < Duration::from_secs(1) {
+        return Err("must be at least 1s (an etcd lease TTL is whole seconds)".into());
+    }
+    Ok(ttl)
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -17,7 +17,7 @@ use http::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use trellis_api::discovery::discovery_client::DiscoveryClient;
-use trellis_api::discovery::{DiscoveryRequest, DiscoveryResponse, Node, ResourceType};
+use trellis_api::discovery::{DiscoveryRequest, DiscoveryResponse, HeldResource, Node, ResourceType};
 use trellis_control_plane::client::{Answer, Client};
 use trellis_control_plane::{Options, Running};
 
@@ -111,9 +111,18 @@ fn node(id: &str, service: &str, inbound: &str) -> Node {
 
 impl Xds {
     async fn connect(addr: SocketAddr, node: Node, token: Option<&str>) -> Result<Xds, tonic::Status> {
+        Self::connect_with(addr, DiscoveryRequest { node: Some(node), ..Default::default() }, token).await
+    }
+
+    /// A stream whose first request is `first`.
+    async fn connect_with(
+        addr: SocketAddr,
+        first: DiscoveryRequest,
+        token: Option<&str>,
+    ) -> Result<Xds, tonic::Status> {
         let mut client = DiscoveryClient::connect(format!("http://{addr}")).await.unwrap();
         let (tx, rx) = mpsc::channel(16);
-        tx.send(DiscoveryRequest { node: Some(node), ..Default::default() }).await.unwrap();
+        tx.send(first).await.unwrap();
         let requests = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
         let mut req = tonic::Request::new(requests);
         if let Some(t) = token {
@@ -370,6 +379,45 @@ async fn each_proxy_gets_its_closure_only() {
     assert_eq!(ra.system_version, "7");
     let body: Value = serde_json::from_str(&ra.resources[0].body).unwrap();
     assert!(body.get("name").is_some(), "bodies are the resource JSON");
+    cp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnecting_proxy_gets_only_what_differs_from_what_it_holds() {
+    let cp = Cp::start().await;
+    two_services(&cp).await;
+    cp.ok_put("/v1/clusters/b", cluster(9000)).await;
+    let mut a = Xds::connect(cp.xds(), node("a-0", "a", ""), None).await.unwrap();
+    let first = a.next(Duration::from_secs(2)).await.unwrap();
+    assert!(!first.resumed, "nothing held: the whole view");
+    let holding = |r: &DiscoveryResponse| -> Vec<HeldResource> {
+        let digest = trellis_api::digest::digest;
+        r.resources
+            .iter()
+            .map(|x| HeldResource { r#type: x.r#type, name: x.name.clone(), digest: digest(&x.body) })
+            .collect()
+    };
+    drop(a);
+
+    // It holds everything current: the first response is empty, marked resumed.
+    let resume =
+        |held| DiscoveryRequest { node: Some(node("a-0", "a", "")), initial_resources: held, ..Default::default() };
+    let mut again = Xds::connect_with(cp.xds(), resume(holding(&first)), None).await.unwrap();
+    let r = again.next(Duration::from_secs(2)).await.unwrap();
+    assert!(r.resumed && r.resources.is_empty() && r.removed.is_empty(), "{r:?}");
+    drop(again);
+
+    // One body it holds is stale and one resource is no longer in its view: exactly those.
+    let mut held = holding(&first);
+    let stale = held.iter().position(|h| h.r#type == ResourceType::Endpoints as i32).unwrap();
+    held[stale].digest ^= 1;
+    let stale_name = held[stale].name.clone();
+    held.push(HeldResource { r#type: ResourceType::Route as i32, name: "gone".into(), digest: 7 });
+    let mut again = Xds::connect_with(cp.xds(), resume(held), None).await.unwrap();
+    let r = again.next(Duration::from_secs(2)).await.unwrap();
+    assert!(r.resumed);
+    assert_eq!(r.resources.iter().map(|x| x.name.as_str()).collect::<Vec<_>>(), [stale_name.as_str()]);
+    assert_eq!(r.removed.iter().map(|x| x.name.as_str()).collect::<Vec<_>>(), ["gone"]);
     cp.stop().await;
 }
 

@@ -23,6 +23,7 @@ use trellis_control_plane::{Kind, Options, Running};
 /// The two commands as `src/main.rs` mounts them.
 #[derive(Parser)]
 #[command(name = "trellis")]
+#[allow(clippy::large_enum_variant)] // parsed once per test
 enum Cli {
     ControlPlane(cp_cmd::ControlPlaneArgs),
     Ctl(ctl_cmd::CtlArgs),

@@ -3,7 +3,13 @@
 //! merged with the static file, validated and built off the hot path, swapped in, and ACKed
 //! — or NACKed with the error, the previous config left serving. The stream reconnects with
 //! jittered exponential backoff, and the last good config serves while the control plane is
-//! away.
+//! away. With several control-plane addresses (replicas sharing one etcd) the proxy starts
+//! at a random one and moves to the next each time a stream fails.
+//!
+//! A reconnecting proxy resumes: its first request lists every resource it holds with a
+//! digest of the body ([`Held`]), and the control plane sends only what differs — after a
+//! fail-over to another replica, usually nothing. A control plane that answers with the
+//! whole view instead (`resumed` false) replaces what the proxy held.
 //!
 //! Clusters arrive without their endpoints; each endpoint is an ENDPOINTS resource of its
 //! own (`CLUSTER/ADDRESS`, see `trellis_api::endpoints`), and [`Dynamic::merge_into`] puts
@@ -16,8 +22,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
+use trellis_api::digest::digest;
 use trellis_api::discovery::{
-    DiscoveryRequest, DiscoveryResponse, Node, ResourceType, discovery_client::DiscoveryClient,
+    DiscoveryRequest, DiscoveryResponse, HeldResource, Node, ResourceType, discovery_client::DiscoveryClient,
 };
 use trellis_api::endpoints::{self, NameError};
 use trellis_api::{self as api, Bootstrap};
@@ -161,6 +168,48 @@ pub struct Status {
     pub last_error: std::sync::Mutex<Option<String>>,
 }
 
+/// The body digests of what the proxy holds (for resuming), by a digest of the resource's
+/// type and name: 16 bytes a resource, where a 10,000-endpoint cluster is 10,000 resources.
+#[derive(Debug, Default)]
+pub struct Held(std::collections::HashMap<u64, u64>);
+
+impl Held {
+    fn key(kind: i32, name: &str) -> u64 {
+        digest(name) ^ (kind as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    }
+
+    /// Records one applied response (`fresh`: it replaced everything held before).
+    fn applied(&mut self, resp: &DiscoveryResponse, fresh: bool) {
+        if fresh {
+            self.0.clear();
+        }
+        for r in &resp.resources {
+            self.0.insert(Self::key(r.r#type, &r.name), digest(&r.body));
+        }
+        for gone in &resp.removed {
+            self.0.remove(&Self::key(gone.r#type, &gone.name));
+        }
+    }
+
+    /// Every resource of `dynamic`, with the digest of the body it was sent with (0 if
+    /// unknown: the control plane then sends it again).
+    fn resources(&self, dynamic: &Dynamic) -> Vec<HeldResource> {
+        let mut out = Vec::new();
+        let mut add = |t: ResourceType, name: String| {
+            let digest = self.0.get(&Self::key(t as i32, &name)).copied().unwrap_or(0);
+            out.push(HeldResource { r#type: t as i32, name, digest });
+        };
+        dynamic.listeners.keys().for_each(|n| add(ResourceType::Listener, n.clone()));
+        dynamic.routes.keys().for_each(|n| add(ResourceType::Route, n.clone()));
+        dynamic.clusters.keys().for_each(|n| add(ResourceType::Cluster, n.clone()));
+        dynamic.policies.keys().for_each(|n| add(ResourceType::Policy, n.clone()));
+        for (cluster, set) in &dynamic.endpoints {
+            set.keys().for_each(|address| add(ResourceType::Endpoints, endpoints::name(cluster, address)));
+        }
+        out
+    }
+}
+
 /// Runs the client until the process ends. A `transparent` proxy (one intercepting its
 /// pod's traffic) asks for every registered sidecar too (DESIGN §9).
 pub async fn run(
@@ -185,17 +234,25 @@ pub async fn run(
         transparent,
     };
     let mut dynamic = Dynamic::default();
+    let mut held = Held::default();
+    let addresses = cp.address.all().to_vec();
+    // A random first address spreads a fleet over the replicas.
+    let mut at = fastrand::usize(..addresses.len());
     let mut backoff = Duration::from_millis(250);
+    let link = Link { cp, token, node, reloader, status: status.clone() };
     loop {
-        match session(&cp, token.as_deref(), &node, &mut dynamic, &reloader, &status).await {
-            Ok(()) => tracing::warn!(address = %cp.address, "control-plane stream closed"),
-            Err(e) => tracing::warn!(address = %cp.address, error = %e, "control-plane stream failed"),
+        let address = addresses[at].as_str();
+        match link.session(address, &mut dynamic, &mut held).await {
+            Ok(()) => tracing::warn!(address, "control-plane stream closed"),
+            Err(e) => tracing::warn!(address, error = %e, "control-plane stream failed"),
         }
         status.connected.store(false, std::sync::atomic::Ordering::Release);
         if status.applied.load(std::sync::atomic::Ordering::Acquire) {
             // A stream that got far enough to apply something resets the backoff.
             backoff = backoff.min(Duration::from_secs(1));
         }
+        // The next replica, if there are several.
+        at = (at + 1) % addresses.len();
         // Full jitter: anywhere up to the current cap, so a fleet does not reconnect in step.
         let wait = backoff.mul_f64(0.5 + fastrand::f64() / 2.0);
         tokio::time::sleep(wait).await;
@@ -203,89 +260,120 @@ pub async fn run(
     }
 }
 
-async fn session(
-    cp: &api::ControlPlane,
-    token: Option<&str>,
-    node: &Node,
-    dynamic: &mut Dynamic,
-    reloader: &Reloader,
-    status: &Status,
-) -> Result<(), String> {
-    let address = cp.address.as_str();
-    // The identity in use now: a rotated certificate is presented from the next connection on.
-    let identity = reloader.snapshot().mesh.clone();
-    let channel = crate::tls::control::connect(cp, identity.as_deref()).await?;
-    let bearer: Option<tonic::metadata::MetadataValue<_>> = token
-        .map(|t| format!("Bearer {t}").parse())
-        .transpose()
-        .map_err(|_| "the token is not a valid header value")?;
-    let mut client = DiscoveryClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
-        if let Some(b) = &bearer {
-            req.metadata_mut().insert("authorization", b.clone());
-        }
-        Ok(req)
-    })
-    // The first response carries the proxy's whole view; large meshes exceed tonic's 4 MiB.
-    .max_decoding_message_size(256 << 20);
-    let (tx, rx) = mpsc::channel::<DiscoveryRequest>(16);
-    let first =
-        DiscoveryRequest { node: Some(node.clone()), r#type: ResourceType::Unspecified as i32, ..Default::default() };
-    tx.send(first).await.map_err(|_| "request channel closed")?;
-    let requests = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
-    let mut responses = client.stream(requests).await.map_err(|e| format!("open stream: {e}"))?.into_inner();
-    status.connected.store(true, std::sync::atomic::Ordering::Release);
-    tracing::info!(address, node = %node.id, "connected to the control plane");
-    // Resubscribing after a reconnect starts from nothing: the server sends the full view.
-    *dynamic = Dynamic::default();
-    // The parts of a large response received so far (`more`): applied together, answered once.
-    let mut parts: Option<DiscoveryResponse> = None;
-    while let Some(part) = responses.message().await.map_err(|e| format!("stream: {e}"))? {
-        let resp = match parts.take() {
-            Some(mut so_far) => {
-                so_far.resources.extend(part.resources);
-                so_far.removed.extend(part.removed);
-                DiscoveryResponse { more: part.more, nonce: part.nonce, system_version: part.system_version, ..so_far }
+/// What a stream to any control-plane address needs.
+struct Link {
+    cp: api::ControlPlane,
+    token: Option<String>,
+    node: Node,
+    reloader: Arc<Reloader>,
+    status: Arc<Status>,
+}
+
+impl Link {
+    /// One stream to `address`, until it ends.
+    async fn session(&self, address: &str, dynamic: &mut Dynamic, held: &mut Held) -> Result<(), String> {
+        let (node, reloader, status) = (&self.node, &self.reloader, &self.status);
+        // The identity in use now: a rotated certificate is presented from the next connection on.
+        let identity = reloader.snapshot().mesh.clone();
+        let channel = crate::tls::control::connect(&self.cp, address, identity.as_deref()).await?;
+        let bearer: Option<tonic::metadata::MetadataValue<_>> = self
+            .token
+            .as_ref()
+            .map(|t| format!("Bearer {t}").parse())
+            .transpose()
+            .map_err(|_| "the token is not a valid header value")?;
+        let mut client = DiscoveryClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
+            if let Some(b) = &bearer {
+                req.metadata_mut().insert("authorization", b.clone());
             }
-            None => part,
-        };
-        if resp.more {
-            parts = Some(resp);
-            continue;
-        }
-        let result = dynamic.with(&resp).map_err(|e| e.to_string()).and_then(|next| {
-            match reloader.apply_dynamic(next.clone()) {
-                Ok(v) => Ok((next, v)),
-                Err(e) => Err(e.to_string()),
-            }
-        });
-        let error = match result {
-            Ok((next, version)) => {
-                *dynamic = next;
-                status.applied.store(true, std::sync::atomic::Ordering::Release);
-                *status.system_version.lock().unwrap_or_else(|p| p.into_inner()) = resp.system_version.clone();
-                let v = resp.system_version.parse::<f64>().unwrap_or(0.0);
-                for t in ["listener", "cluster", "route", "policy", "endpoints"] {
-                    metrics::gauge!(telemetry::CONFIG_VERSION, "type" => t).set(v);
-                }
-                tracing::info!(system_version = %resp.system_version, version, "applied control-plane update");
-                String::new()
-            }
-            Err(e) => {
-                tracing::error!(system_version = %resp.system_version, error = %e, "control-plane update refused (NACK); the previous config stays");
-                *status.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.clone());
-                e
-            }
-        };
-        let ack = DiscoveryRequest {
+            Ok(req)
+        })
+        // The first response carries the proxy's whole view; large meshes exceed tonic's 4 MiB.
+        .max_decoding_message_size(256 << 20)
+        // A resuming first request lists every resource held.
+        .max_encoding_message_size(64 << 20);
+        let (tx, rx) = mpsc::channel::<DiscoveryRequest>(16);
+        // What the proxy holds (from an earlier stream): the control plane sends what differs.
+        let first = DiscoveryRequest {
             node: Some(node.clone()),
-            r#type: resp.r#type,
-            response_nonce: resp.nonce.clone(),
-            error,
+            r#type: ResourceType::Unspecified as i32,
+            initial_resources: held.resources(dynamic),
             ..Default::default()
         };
-        tx.send(ack).await.map_err(|_| "request channel closed")?;
+        let resuming = first.initial_resources.len();
+        tx.send(first).await.map_err(|_| "request channel closed")?;
+        let requests = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+        let mut responses = client.stream(requests).await.map_err(|e| format!("open stream: {e}"))?.into_inner();
+        status.connected.store(true, std::sync::atomic::Ordering::Release);
+        tracing::info!(address, node = %node.id, resuming, "connected to the control plane");
+        // The parts of a large response received so far (`more`): applied together, answered once.
+        let mut parts: Option<DiscoveryResponse> = None;
+        let mut first_response = true;
+        while let Some(part) = responses.message().await.map_err(|e| format!("stream: {e}"))? {
+            let resp = match parts.take() {
+                Some(mut so_far) => {
+                    so_far.resources.extend(part.resources);
+                    so_far.removed.extend(part.removed);
+                    DiscoveryResponse {
+                        more: part.more,
+                        nonce: part.nonce,
+                        system_version: part.system_version,
+                        ..so_far
+                    }
+                }
+                None => part,
+            };
+            if resp.more {
+                parts = Some(resp);
+                continue;
+            }
+            // The first response is either a delta against what the proxy said it holds,
+            // or the whole view, replacing it.
+            let fresh = std::mem::take(&mut first_response) && !resp.resumed;
+            let base = if fresh { &Dynamic::default() } else { &*dynamic };
+            let result = base.with(&resp).map_err(|e| e.to_string()).and_then(|next| {
+                match reloader.apply_dynamic(next.clone()) {
+                    Ok(v) => Ok((next, v)),
+                    Err(e) => Err(e.to_string()),
+                }
+            });
+            let error = match result {
+                Ok((next, version)) => {
+                    *dynamic = next;
+                    held.applied(&resp, fresh);
+                    status.applied.store(true, std::sync::atomic::Ordering::Release);
+                    *status.system_version.lock().unwrap_or_else(|p| p.into_inner()) = resp.system_version.clone();
+                    let v = resp.system_version.parse::<f64>().unwrap_or(0.0);
+                    for t in ["listener", "cluster", "route", "policy", "endpoints"] {
+                        metrics::gauge!(telemetry::CONFIG_VERSION, "type" => t).set(v);
+                    }
+                    tracing::info!(system_version = %resp.system_version, version, resumed = resp.resumed, "applied control-plane update");
+                    String::new()
+                }
+                Err(e) => {
+                    if fresh {
+                        // The control plane now counts what it sent as unknown here and
+                        // sends it all again; what this proxy held before is not its base
+                        // any more (the previous config keeps serving meanwhile).
+                        *dynamic = Dynamic::default();
+                        *held = Held::default();
+                    }
+                    tracing::error!(system_version = %resp.system_version, error = %e, "control-plane update refused (NACK); the previous config stays");
+                    *status.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.clone());
+                    e
+                }
+            };
+            let ack = DiscoveryRequest {
+                node: Some(node.clone()),
+                r#type: resp.r#type,
+                response_nonce: resp.nonce.clone(),
+                error,
+                ..Default::default()
+            };
+            tx.send(ack).await.map_err(|_| "request channel closed")?;
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 #[cfg(test)]

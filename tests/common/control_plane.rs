@@ -19,6 +19,8 @@ impl ControlPlane {
 
     /// Like [`ControlPlane::start`], with more command-line arguments (e.g. `--xds-tls`).
     pub fn start_with(data: &std::path::Path, api: SocketAddr, xds: SocketAddr, args: &[&str]) -> ControlPlane {
+        std::fs::create_dir_all(data).unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(data.join("control-plane.log")).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_trellis"))
             .arg("control-plane")
             .arg("--data-dir")
@@ -26,7 +28,7 @@ impl ControlPlane {
             .args(["--api-addr", &api.to_string(), "--xds-addr", &xds.to_string(), "--endpoint-grace", "1s"])
             .args(args)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -44,7 +46,31 @@ impl ControlPlane {
         }
         let _ = child.kill();
         let _ = child.wait();
-        panic!("control plane did not come up");
+        panic!(
+            "control plane did not come up: {}",
+            std::fs::read_to_string(data.join("control-plane.log")).unwrap_or_default()
+        );
+    }
+
+    /// What it logged (stderr).
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(self.data.join("control-plane.log")).unwrap_or_default()
+    }
+
+    /// `http://` its REST API.
+    pub fn api_url(&self) -> String {
+        format!("http://{}", self.api)
+    }
+
+    /// `http://` its discovery server.
+    pub fn xds_url(&self) -> String {
+        format!("http://{}", self.xds)
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn fresh() -> (ControlPlane, tempfile::TempDir) {

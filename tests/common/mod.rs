@@ -3,6 +3,7 @@
 #![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
 mod control_plane;
+mod etcd;
 mod identity;
 mod lifecycle;
 mod netns;
@@ -10,6 +11,7 @@ mod observe;
 mod resilience;
 mod workload;
 pub use control_plane::*;
+pub use etcd::*;
 pub use identity::*;
 pub use lifecycle::*;
 pub use netns::*;

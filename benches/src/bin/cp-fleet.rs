@@ -4,6 +4,13 @@
 //! and CPU while holding the fleet; then, with a 10,000-endpoint cluster in every proxy's
 //! view, the bytes each proxy receives (protobuf-encoded response size) and the time to
 //! the last ACK when one endpoint changes, and the control plane's RSS around it.
+//!
+//! Several replicas (`--api`, `--xds`, `--cp-pid` as comma-separated lists, e.g. three
+//! `trellis control-plane --store etcd://…` on one etcd): the fleet is spread over their
+//! discovery ports, writes go to each REST API in turn, and every proxy must ACK each write
+//! whichever replica took it. `--write-rate N` then measures the writes per second the
+//! replicas sustain into their store (N writes of clusters outside the fleet's view, from
+//! `--write-concurrency` clients spread over the replicas).
 
 use anyhow::{Context, bail};
 use clap::Parser;
@@ -17,15 +24,15 @@ use trellis_control_plane::{Kind, client::Client};
 #[derive(Parser, Debug)]
 #[command(name = "cp-fleet", about = "Discovery fan-out benchmark against a running control plane")]
 struct Args {
-    /// Control plane REST API.
-    #[arg(long, default_value = "http://127.0.0.1:7070")]
-    api: String,
-    /// Control plane discovery address.
-    #[arg(long, default_value = "http://127.0.0.1:7071")]
-    xds: String,
-    /// PID of the control plane, for RSS and CPU.
-    #[arg(long)]
-    cp_pid: Option<u32>,
+    /// Control plane REST API (several: one per replica, comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:7070")]
+    api: Vec<String>,
+    /// Control plane discovery address (several: the fleet is spread over them).
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:7071")]
+    xds: Vec<String>,
+    /// PID of the control plane (several: one per replica), for RSS and CPU.
+    #[arg(long, value_delimiter = ',')]
+    cp_pid: Vec<u32>,
     /// Simulated proxies (streams).
     #[arg(long, default_value_t = 1000)]
     proxies: usize,
@@ -35,6 +42,21 @@ struct Args {
     /// Endpoints in the big cluster.
     #[arg(long, default_value_t = 10_000)]
     endpoints: usize,
+    /// Writes for the store write-rate measurement (0: skip it).
+    #[arg(long, default_value_t = 0)]
+    write_rate: usize,
+    /// Concurrent writers for `--write-rate`.
+    #[arg(long, default_value_t = 8)]
+    write_concurrency: usize,
+}
+
+/// RSS of every replica, in KB.
+fn rss_all(pids: &[u32]) -> Vec<u64> {
+    pids.iter().map(|p| rss_kb(*p)).collect()
+}
+
+fn cpu_all(pids: &[u32]) -> u64 {
+    pids.iter().map(|p| cpu_ticks(*p)).sum()
 }
 
 /// What the fleet saw: per proxy, the highest system_version received, and the size of
@@ -110,10 +132,12 @@ fn pct(sorted: &[Duration], q: f64) -> Duration {
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let api = Client::new(&args.api, None).context("api client")?;
-    let put = |kind: Kind, name: &'static str, v: serde_json::Value| {
-        let api = &api;
-        async move { api.put(kind, name, &v).await.with_context(|| format!("PUT {name}")) }
+    let apis =
+        args.api.iter().map(|a| Client::new(a, None).context("api client")).collect::<anyhow::Result<Vec<_>>>()?;
+    let api = &apis[0];
+    let pids = &args.cp_pid;
+    let put = |kind: Kind, name: &'static str, v: serde_json::Value| async move {
+        api.put(kind, name, &v).await.with_context(|| format!("PUT {name}"))
     };
     put(Kind::Cluster, "fleet-origin", serde_json::json!({ "endpoints": [{ "address": "127.0.0.1:9" }] })).await?;
     put(Kind::Route, "fleet", serde_json::json!({ "backends": [{ "cluster": "fleet-origin" }] })).await?;
@@ -129,9 +153,9 @@ async fn main() -> anyhow::Result<()> {
         bytes: (0..args.proxies).map(|_| AtomicU64::new(0)).collect(),
         seen: Mutex::new(Vec::new()),
     });
-    let rss_before = args.cp_pid.map(rss_kb).unwrap_or(0);
+    let rss_before = rss_all(pids);
     for i in 0..args.proxies {
-        let (xds, fleet) = (args.xds.clone(), fleet.clone());
+        let (xds, fleet) = (args.xds[i % args.xds.len()].clone(), fleet.clone());
         tokio::spawn(async move {
             if let Err(e) = stream(xds, i, fleet).await {
                 eprintln!("proxy {i}: {e}");
@@ -156,18 +180,21 @@ async fn main() -> anyhow::Result<()> {
         bail!("the fleet did not connect and ACK within 60 s");
     }
     println!(
-        "fleet: {} streams connected and synced (control plane RSS {} KB → {} KB)",
+        "fleet: {} streams over {} replica(s) connected and synced (control plane RSS {:?} KB → {:?} KB)",
         args.proxies,
+        args.xds.len(),
         rss_before,
-        args.cp_pid.map(rss_kb).unwrap_or(0)
+        rss_all(pids)
     );
 
-    // Writes: time from the REST answer to each proxy's receipt, and to the last ACK.
+    // Writes: time from the REST answer to each proxy's receipt, and to the last ACK. Each
+    // write goes to the next replica's REST API.
     let mut to_each = Vec::new();
     let mut to_last = Vec::new();
-    let cpu0 = args.cp_pid.map(cpu_ticks).unwrap_or(0);
+    let cpu0 = cpu_all(pids);
     let t_all = Instant::now();
     for w in 0..args.writes {
+        let api = &apis[w % apis.len()];
         fleet.seen.lock().await.clear();
         let body = serde_json::json!({ "backends": [{ "cluster": "fleet-origin" }], "headers": { "add": { "x-gen": w.to_string() } } });
         api.put(Kind::Route, "fleet", &body).await?;
@@ -184,7 +211,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let held = t_all.elapsed();
-    let cpu = args.cp_pid.map(|p| (cpu_ticks(p) - cpu0) as f64 / 100.0 / held.as_secs_f64() * 100.0);
+    let cpu = (cpu_all(pids) - cpu0) as f64 / 100.0 / held.as_secs_f64() * 100.0;
     to_each.sort();
     to_last.sort();
     println!(
@@ -197,8 +224,12 @@ async fn main() -> anyhow::Result<()> {
         pct(&to_last, 0.99),
         to_last.last().copied().unwrap_or_default()
     );
-    if let (Some(pid), Some(cpu)) = (args.cp_pid, cpu) {
-        println!("control plane while pushing: RSS {} KB, CPU {cpu:.0}% of one core", rss_kb(pid));
+    if !pids.is_empty() {
+        println!("control plane while pushing: RSS {:?} KB, CPU {cpu:.0}% of one core (all replicas)", rss_all(pids));
+    }
+
+    if args.write_rate > 0 {
+        write_rate(&apis, args.write_rate, args.write_concurrency, "small set").await?;
     }
 
     // A big cluster, then one endpoint of it changes, `writes` times: what does each proxy
@@ -211,7 +242,7 @@ async fn main() -> anyhow::Result<()> {
             })
             .collect()
     };
-    let rss_small = args.cp_pid.map(rss_kb).unwrap_or(0);
+    let rss_small = rss_all(pids);
     let t = Instant::now();
     put(Kind::Cluster, "fleet-origin", serde_json::json!({ "endpoints": eps(args.endpoints, 1 << 20) })).await?;
     let rev = api.get_json("/v1/clusters").await?["revision"].as_u64().unwrap_or(0);
@@ -220,18 +251,19 @@ async fn main() -> anyhow::Result<()> {
     }
     let full = fleet.bytes[0].load(Ordering::Relaxed);
     println!(
-        "{}-endpoint cluster sent to {} proxies: {} bytes each, all ACKed in {:?}; control plane RSS {} KB → {} KB (peak {} KB)",
+        "{}-endpoint cluster sent to {} proxies: {} bytes each, all ACKed in {:?}; control plane RSS {:?} KB → {:?} KB (peak {:?} KB)",
         args.endpoints,
         args.proxies,
         full,
         t.elapsed(),
         rss_small,
-        args.cp_pid.map(rss_kb).unwrap_or(0),
-        args.cp_pid.map(hwm_kb).unwrap_or(0)
+        rss_all(pids),
+        pids.iter().map(|p| hwm_kb(*p)).collect::<Vec<_>>()
     );
     let mut to_last = Vec::new();
     let (mut least, mut most) = (u64::MAX, 0);
     for w in 0..args.writes {
+        let api = &apis[w % apis.len()];
         let last = (1 << 20) + 1 + w as u32;
         api.put(Kind::Cluster, "fleet-origin", &serde_json::json!({ "endpoints": eps(args.endpoints, last) })).await?;
         let answered = Instant::now();
@@ -257,8 +289,55 @@ async fn main() -> anyhow::Result<()> {
         pct(&to_last, 0.99),
         to_last.last().copied().unwrap_or_default()
     );
-    if let Some(pid) = args.cp_pid {
-        println!("control plane after: RSS {} KB (peak {} KB)", rss_kb(pid), hwm_kb(pid));
+    if !pids.is_empty() {
+        println!(
+            "control plane after: RSS {:?} KB (peak {:?} KB)",
+            rss_all(pids),
+            pids.iter().map(|p| hwm_kb(*p)).collect::<Vec<_>>()
+        );
     }
+    if args.write_rate > 0 {
+        write_rate(&apis, args.write_rate, args.write_concurrency, "with the 10,000-endpoint cluster in the set")
+            .await?;
+    }
+    Ok(())
+}
+
+/// `n` cluster writes (outside the fleet's view: no pushes) from `concurrency` writers,
+/// each on the next replica: writes per second answered, and their latency. Every write is
+/// validated against the whole set, so the set's size counts.
+async fn write_rate(apis: &[Client], n: usize, concurrency: usize, what: &str) -> anyhow::Result<()> {
+    let next = Arc::new(AtomicU64::new(0));
+    let t = Instant::now();
+    let mut writers = Vec::new();
+    for c in 0..concurrency {
+        let (api, next) = (apis[c % apis.len()].clone(), next.clone());
+        writers.push(tokio::spawn(async move {
+            let mut took = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                if i >= n {
+                    return Ok::<_, anyhow::Error>(took);
+                }
+                let body = serde_json::json!({ "endpoints": [{ "address": format!("127.0.0.1:{}", 1 + i % 60_000) }] });
+                let started = Instant::now();
+                api.put(Kind::Cluster, &format!("rate-{}", i % 100), &body).await.context("rate write")?;
+                took.push(started.elapsed());
+            }
+        }));
+    }
+    let mut took = Vec::new();
+    for w in writers {
+        took.extend(w.await??);
+    }
+    let elapsed = t.elapsed();
+    took.sort();
+    println!(
+        "store writes ({what}): {n} from {concurrency} writers over {} replica(s): {:.0} writes/s; each p50 {:?} p99 {:?}",
+        apis.len(),
+        n as f64 / elapsed.as_secs_f64(),
+        pct(&took, 0.5),
+        pct(&took, 0.99)
+    );
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! every error) and validation of a whole config (references between resources, ranges),
 //! and nothing else: no I/O beyond the text it is handed, no runtime state.
 
+pub mod digest;
 pub mod duration;
 pub mod endpoints;
 
@@ -19,4 +20,4 @@ pub mod validate;
 pub use duration::Duration;
 pub use parse::{ParseError, parse_bootstrap};
 pub use resources::*;
-pub use validate::{ValidationError, validate, validate_resources};
+pub use validate::{ValidationError, validate, validate_resources, validate_resources_offline};

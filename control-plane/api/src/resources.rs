@@ -48,8 +48,10 @@ pub struct Bootstrap {
 #[serde(deny_unknown_fields)]
 pub struct ControlPlane {
     /// `http://HOST:PORT` of the discovery server, or `https://HOST:PORT` for mTLS with the
-    /// bootstrap's `identity` (the control plane runs with `--xds-tls`).
-    pub address: String,
+    /// bootstrap's `identity` (the control plane runs with `--xds-tls`). Several (a list):
+    /// replicas sharing one etcd; the proxy starts at a random one and fails over to the
+    /// next when its stream fails.
+    pub address: Addresses,
     /// The SPIFFE ID an `https://` control plane must present; default
     /// `spiffe://<this proxy's trust domain>/ns/trellis-system/sa/control-plane`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -60,6 +62,82 @@ pub struct ControlPlane {
     /// Registered as this proxy's endpoint of `node.service` (sidecars: the inbound address).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inbound_address: Option<String>,
+}
+
+/// One address or several: `address: http://a:7071` or `address: [http://a:7071, http://b:7071]`.
+/// Written back the way it was read (one address as a string).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Addresses(Vec<String>);
+
+impl Addresses {
+    /// One address.
+    pub fn one(address: impl Into<String>) -> Addresses {
+        Addresses(vec![address.into()])
+    }
+
+    /// Every address, in order.
+    pub fn all(&self) -> &[String] {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Addresses {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join(", "))
+    }
+}
+
+impl Serialize for Addresses {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0.as_slice() {
+            [one] => s.serialize_str(one),
+            all => all.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Addresses {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Addresses;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an address (http://HOST:PORT) or a list of them")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Addresses, E> {
+                Ok(Addresses::one(v))
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Addresses, A::Error> {
+                let mut all = Vec::new();
+                while let Some(a) = seq.next_element::<String>()? {
+                    all.push(a);
+                }
+                if all.is_empty() {
+                    return Err(serde::de::Error::invalid_length(0, &"at least one address"));
+                }
+                Ok(Addresses(all))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+impl JsonSchema for Addresses {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Addresses".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "One address, or a non-empty list of them.",
+            "anyOf": [
+                { "type": "string" },
+                { "type": "array", "items": { "type": "string" }, "minItems": 1 }
+            ]
+        })
+    }
 }
 
 /// Certificate, key and trust bundle files of a proxy's mesh identity.

@@ -26,14 +26,21 @@ impl Errors {
 
 /// Checks a whole bootstrap; returns every problem found, in document order.
 pub fn validate(b: &Bootstrap) -> Result<(), Vec<ValidationError>> {
-    check(b, true)
+    check(b, true, true)
 }
 
 /// Checks resources held by the control plane: like [`validate`], but without the checks
 /// that belong to one proxy's bootstrap (a mesh listener or cluster needs that proxy's
 /// `identity`, which the control plane does not have).
 pub fn validate_resources(b: &Bootstrap) -> Result<(), Vec<ValidationError>> {
-    check(b, false)
+    check(b, false, true)
+}
+
+/// Like [`validate_resources`], without looking host names up: an endpoint `HOST:PORT`
+/// only has to be well formed. For checking values another control plane already checked
+/// (with its own resolver), so that two resolvers cannot disagree about one value.
+pub fn validate_resources_offline(b: &Bootstrap) -> Result<(), Vec<ValidationError>> {
+    check(b, false, false)
 }
 
 fn validate_issuer(errs: &mut Errors, issuer: &crate::Issuer) {
@@ -57,7 +64,7 @@ fn validate_issuer(errs: &mut Errors, issuer: &crate::Issuer) {
     }
 }
 
-fn check(b: &Bootstrap, bootstrap: bool) -> Result<(), Vec<ValidationError>> {
+fn check(b: &Bootstrap, bootstrap: bool, resolve: bool) -> Result<(), Vec<ValidationError>> {
     let mut errs = Errors(Vec::new());
     let clusters = unique_names(&mut errs, "clusters", b.clusters.iter().map(|c| c.name.as_str()));
     let routes = unique_names(&mut errs, "routes", b.routes.iter().map(|r| r.name.as_str()));
@@ -65,22 +72,24 @@ fn check(b: &Bootstrap, bootstrap: bool) -> Result<(), Vec<ValidationError>> {
     let policies = unique_names(&mut errs, "policies", b.policies.iter().map(|p| p.name.as_str()));
     validate_tls(&mut errs, b, bootstrap);
     if let Some(cp) = &b.control_plane {
-        if !(cp.address.starts_with("http://") || cp.address.starts_with("https://")) {
-            errs.push(
-                "control_plane.address",
-                format!("\"{}\" is not http://HOST:PORT or https://HOST:PORT", cp.address),
-            );
-        }
-        if cp.address.starts_with("https://") && b.identity.is_none() {
-            errs.push(
-                "control_plane.address",
-                "https:// (mTLS) needs the bootstrap's identity (cert, key, trust_bundle)",
-            );
+        let all = cp.address.all();
+        for (i, address) in all.iter().enumerate() {
+            let field = if all.len() == 1 {
+                "control_plane.address".to_string()
+            } else {
+                format!("control_plane.address[{i}]")
+            };
+            if !(address.starts_with("http://") || address.starts_with("https://")) {
+                errs.push(&field, format!("\"{address}\" is not http://HOST:PORT or https://HOST:PORT"));
+            }
+            if address.starts_with("https://") && b.identity.is_none() {
+                errs.push(&field, "https:// (mTLS) needs the bootstrap's identity (cert, key, trust_bundle)");
+            }
         }
         if let Some(id) = &cp.identity {
             if !id.starts_with("spiffe://") {
                 errs.push("control_plane.identity", format!("\"{id}\" is not a SPIFFE ID (spiffe://…)"));
-            } else if !cp.address.starts_with("https://") {
+            } else if !all.iter().all(|a| a.starts_with("https://")) {
                 errs.push("control_plane.identity", "only an https:// control plane presents an identity");
             }
         }
@@ -254,7 +263,9 @@ fn check(b: &Bootstrap, bootstrap: bool) -> Result<(), Vec<ValidationError>> {
                 );
             } else if e.address.contains(crate::endpoints::SEPARATOR) {
                 errs.push(format!("{at}.endpoints[{i}].address"), format!("\"{}\" holds a `/`", e.address));
-            } else if e.address.parse::<SocketAddr>().is_err() && !resolvable(&e.address) {
+            } else if e.address.parse::<SocketAddr>().is_err()
+                && !(if resolve { resolvable(&e.address) } else { host_port(&e.address) })
+            {
                 errs.push(
                     format!("{at}.endpoints[{i}].address"),
                     format!("\"{}\" is not IP:PORT nor a resolvable HOST:PORT", e.address),
@@ -473,6 +484,11 @@ fn is_token(s: &str) -> bool {
 
 fn resolvable(addr: &str) -> bool {
     addr.to_socket_addrs().map(|mut a| a.next().is_some()).unwrap_or(false)
+}
+
+/// `HOST:PORT` in form only.
+fn host_port(addr: &str) -> bool {
+    addr.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
 }
 
 #[cfg(test)]

@@ -30,6 +30,18 @@ pub enum Error {
     /// A listening socket could not be bound.
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
+    /// etcd (the store) is unreachable or refused what the control plane needs.
+    #[error(transparent)]
+    Etcd(#[from] crate::etcd::EtcdError),
+    /// An option is unusable.
+    #[error("{0}")]
+    Config(String),
+    /// `DATA_DIR/ca` holds another CA than the one the replicas share in etcd.
+    #[error(
+        "{} holds another CA than the one the control-plane replicas share in {at}: remove it (each replica then copies the shared one) or start over with an empty prefix",
+        .dir.display()
+    )]
+    CaMismatch { dir: PathBuf, at: String },
     /// A server stopped with an error.
     #[error("{what} server: {reason}")]
     Serve { what: &'static str, reason: String },

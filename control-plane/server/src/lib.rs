@@ -1,23 +1,29 @@
-//! The Trellis control plane (DESIGN §5, §6): a durable resource store, the REST API that
-//! edits it, the discovery server that streams each proxy its part of it, and the CA that
-//! signs proxies' CSRs.
+//! The Trellis control plane (DESIGN §5, §6, §12): a durable resource store, the REST API
+//! that edits it, the discovery server that streams each proxy its part of it, and the CA
+//! that signs proxies' CSRs.
 //!
 //! ```text
-//! REST (axum, api)  ──put/delete──▶  store (redb, fsync per write) ──watch(revision)──┐
-//!                                                                                      ▼
+//! REST (axum, api)  ──put/delete──▶  store (redb, or etcd) ──watch(revision)──┐
+//!                                                                              ▼
 //! proxies ◀──deltas── discovery (tonic) ◀── view(snapshot, endpoints, node.service) ◀─┘
 //!                         │ sidecar registrations, ACK/NACK
 //!                         └──▶ registry ──watch(endpoints)──▶ every stream
 //! ```
+//!
+//! With etcd ([`store::etcd`]) several replicas share the store: each follows etcd's watch,
+//! so a write through any of them reaches every replica's proxies; sidecar registrations
+//! and the CA live in etcd too.
 //!
 //! [`start`] binds both servers and returns a [`Running`] handle; [`serve`] runs until a
 //! shutdown future completes. [`client`] and [`manifest`] are what `trellis ctl` uses.
 
 pub mod api;
 mod auth;
+mod ca;
 pub mod client;
 pub mod discovery;
 mod error;
+pub mod etcd;
 pub mod manifest;
 pub mod resource;
 pub mod store;
@@ -46,14 +52,41 @@ pub const DEFAULT_API_ADDR: &str = "127.0.0.1:7070";
 pub const DEFAULT_XDS_ADDR: &str = "127.0.0.1:7071";
 /// Default time a sidecar's endpoint outlives its stream.
 pub const DEFAULT_ENDPOINT_GRACE: Duration = Duration::from_secs(10);
+/// Default TTL of a replica's lease on its sidecar registrations (etcd store).
+pub const DEFAULT_REGISTRATION_TTL: Duration = Duration::from_secs(10);
+/// Largest discovery request accepted: a reconnecting proxy's first request lists every
+/// resource it holds (`initial_versions`), ~50 bytes each.
+const MAX_DISCOVERY_REQUEST: usize = 64 << 20;
 /// How long stopping may wait for open requests and streams before cutting them.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where the resources are kept.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum StoreOptions {
+    /// `DATA_DIR/trellis.redb`: one control plane.
+    #[default]
+    Embedded,
+    /// etcd, shared by several control-plane replicas.
+    Etcd {
+        /// `HOST:PORT` of each etcd member.
+        members: Vec<String>,
+        /// Key prefix, `/trellis` by default.
+        prefix: String,
+        /// TLS to etcd.
+        tls: Option<etcd::Tls>,
+    },
+}
 
 /// How to run the control plane.
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// Holds `trellis.redb` and the CA (`ca/ca.pem`, `ca/ca.key`, made on first start).
+    /// Holds `trellis.redb` (embedded store) and the CA (`ca/ca.pem`, `ca/ca.key`, made on
+    /// first start; with etcd, a copy of the CA the replicas share).
     pub data_dir: PathBuf,
+    /// The embedded store (default) or etcd.
+    pub store: StoreOptions,
+    /// etcd: how long a dead replica's sidecar registrations outlive it (its lease's TTL).
+    pub registration_ttl: Duration,
     pub api_addr: SocketAddr,
     pub xds_addr: SocketAddr,
     /// When set, every request (but `/healthz`) needs `Authorization: Bearer <token>`.
@@ -76,6 +109,8 @@ impl Options {
     pub fn new(data_dir: impl Into<PathBuf>) -> Options {
         Options {
             data_dir: data_dir.into(),
+            store: StoreOptions::Embedded,
+            registration_ttl: DEFAULT_REGISTRATION_TTL,
             api_addr: SocketAddr::from(([127, 0, 0, 1], 7070)),
             xds_addr: SocketAddr::from(([127, 0, 0, 1], 7071)),
             token_file: None,
@@ -147,10 +182,10 @@ fn flatten(r: Result<Result<(), Error>, tokio::task::JoinError>, what: &'static 
 /// Opens the store and CA, binds both servers and starts serving.
 pub async fn start(opts: Options) -> Result<Running, Error> {
     let token = opts.token_file.as_deref().map(auth::Token::load).transpose()?.map(Arc::new);
-    let store = Arc::new(store::Store::open(&opts.data_dir)?);
-    let ca = load_or_init_ca(&opts.data_dir.join("ca"))?;
+    let (store, registry, ca) = open_store(&opts).await?;
+    let store = Arc::new(store);
     let serving = match opts.xds_tls || opts.api_tls {
-        true => Some(xds_tls::serving(Ca::load(opts.data_dir.join("ca"))?)?),
+        true => Some(xds_tls::serving(Ca::from_pem(ca.cert_pem(), &ca.key_pem())?)?),
         false => None,
     };
     let tls_for = |on: bool, config: fn(&Arc<xds_tls::SelfIssued>) -> Result<_, Error>| match &serving {
@@ -159,7 +194,6 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
     };
     let xds_tls = tls_for(opts.xds_tls, xds_tls::server_config)?;
     let api_tls = tls_for(opts.api_tls, xds_tls::api_server_config)?;
-    let registry = Arc::new(discovery::Registry::new(opts.endpoint_grace));
     let workload = match opts.workload_jwks.clone() {
         Some(source) => Some(Arc::new(workload::WorkloadAuth::new(source).await.map_err(Error::Workload)?)),
         None => None,
@@ -197,7 +231,8 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
     });
     let xds_service = DiscoveryServer::new(
         discovery::Server::new(store.clone(), registry, token, stopped.clone()).certificate_suffices(certificate_auth),
-    );
+    )
+    .max_decoding_message_size(MAX_DISCOVERY_REQUEST);
     let tls_on = xds_tls.is_some();
     let xds = tokio::spawn({
         let mut stopped = stopped;
@@ -224,6 +259,7 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
         api = %api_addr,
         xds = %xds_addr,
         data_dir = %opts.data_dir.display(),
+        store = %store.status().at,
         revision = store.snapshot().revision(),
         auth = token_state(opts.token_file.is_some()),
         discovery_tls = if tls_on { "mTLS" } else { "plaintext" },
@@ -242,12 +278,32 @@ pub async fn serve(opts: Options, shutdown: impl Future<Output = ()>) -> Result<
     start(opts).await?.until(shutdown).await
 }
 
-/// The CA in `dir`, made on first start.
-fn load_or_init_ca(dir: &std::path::Path) -> Result<Ca, Error> {
-    if Ca::cert_path(dir).exists() || Ca::key_path(dir).exists() {
-        Ok(Ca::load(dir)?)
-    } else {
-        tracing::info!(dir = %dir.display(), "creating the mesh CA");
-        Ok(Ca::init(dir, false)?)
+/// The store, the registry that goes with it, and the CA.
+async fn open_store(opts: &Options) -> Result<(store::Store, Arc<discovery::Registry>, Ca), Error> {
+    let ca_dir = opts.data_dir.join("ca");
+    match &opts.store {
+        StoreOptions::Embedded => {
+            let store = store::Store::open(&opts.data_dir)?;
+            let registry = Arc::new(discovery::Registry::new(opts.endpoint_grace));
+            Ok((store, registry, ca::from_dir(&ca_dir)?))
+        }
+        StoreOptions::Etcd { members, prefix, tls } => {
+            std::fs::create_dir_all(&opts.data_dir)
+                .map_err(|source| Error::Io { path: opts.data_dir.clone(), source })?;
+            let (registry, registrations) = discovery::Registry::shared(opts.endpoint_grace);
+            let registry = Arc::new(registry);
+            let config = store::etcd::Config {
+                members: members.clone(),
+                prefix: prefix.clone(),
+                tls: tls.clone(),
+                registration_ttl: opts.registration_ttl,
+            };
+            let store = store::Store::open_etcd(config, registry.clone(), registrations).await?;
+            let Some(etcd) = store.etcd() else {
+                return Err(Error::Config("the etcd store did not open as etcd".into()));
+            };
+            let ca = ca::from_etcd(etcd, &ca_dir).await?;
+            Ok((store, registry, ca))
+        }
     }
 }

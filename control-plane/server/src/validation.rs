@@ -8,10 +8,19 @@
 
 use std::collections::BTreeSet;
 
-use trellis_api::{Bootstrap, ValidationError, validate_resources};
+use trellis_api::{Bootstrap, ValidationError, validate_resources, validate_resources_offline};
 
 /// Every problem in `b` seen as a control plane holding resources for many proxies.
+#[cfg(test)]
 pub fn problems(b: &Bootstrap) -> Vec<ValidationError> {
+    problems_with(b, validate_resources)
+}
+
+/// [`problems`] with the given resource check (with or without DNS).
+fn problems_with(
+    b: &Bootstrap,
+    validate_resources: fn(&Bootstrap) -> Result<(), Vec<ValidationError>>,
+) -> Vec<ValidationError> {
     let mut out = Vec::new();
     let mut seen = BTreeSet::new();
     let mut keep = |errs: Vec<ValidationError>, only_listeners: bool| {
@@ -56,11 +65,25 @@ pub fn problems(b: &Bootstrap) -> Vec<ValidationError> {
 /// problem already present (say, an endpoint host that stopped resolving) does not block
 /// unrelated writes.
 pub fn new_problems(before: &Bootstrap, after: &Bootstrap) -> Vec<ValidationError> {
-    let found = problems(after);
+    new_problems_with(before, after, validate_resources)
+}
+
+/// [`new_problems`] without host-name lookups (see `validate_resources_offline`): for
+/// changes another replica validated, read back from etcd.
+pub fn new_problems_offline(before: &Bootstrap, after: &Bootstrap) -> Vec<ValidationError> {
+    new_problems_with(before, after, validate_resources_offline)
+}
+
+fn new_problems_with(
+    before: &Bootstrap,
+    after: &Bootstrap,
+    validate_resources: fn(&Bootstrap) -> Result<(), Vec<ValidationError>>,
+) -> Vec<ValidationError> {
+    let found = problems_with(after, validate_resources);
     if found.is_empty() {
         return found;
     }
-    let old = problems(before);
+    let old = problems_with(before, validate_resources);
     found.into_iter().filter(|e| !old.contains(e)).collect()
 }
 

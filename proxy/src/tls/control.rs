@@ -17,13 +17,14 @@ pub fn default_identity(own: &str) -> String {
     format!("spiffe://{domain}/ns/trellis-system/sa/control-plane")
 }
 
-/// Opens a channel to `cp`, over mTLS with `identity` when its address is `https://`.
-pub async fn connect(cp: &api::ControlPlane, identity: Option<&Mesh>) -> Result<Channel, String> {
-    let endpoint = Endpoint::from_shared(cp.address.clone())
+/// Opens a channel to `address` (one of `cp`'s), over mTLS with `identity` when it is
+/// `https://`.
+pub async fn connect(cp: &api::ControlPlane, address: &str, identity: Option<&Mesh>) -> Result<Channel, String> {
+    let endpoint = Endpoint::from_shared(address.to_string())
         .map_err(|e| format!("bad control-plane address: {e}"))?
         .connect_timeout(Duration::from_secs(2))
         .http2_keep_alive_interval(Duration::from_secs(20));
-    if !cp.address.starts_with("https://") {
+    if !address.starts_with("https://") {
         return endpoint.connect().await.map_err(|e| format!("connect: {e}"));
     }
     let identity = identity.ok_or("an https:// control plane needs the bootstrap's `identity`")?;

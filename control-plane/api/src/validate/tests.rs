@@ -147,3 +147,32 @@ clusters:
         ]
     );
 }
+
+#[test]
+fn control_plane_addresses_are_one_or_a_list_each_checked() {
+    let one = parse_bootstrap("control_plane: { address: \"http://127.0.0.1:7071\" }\n").unwrap();
+    assert_eq!(one.control_plane.as_ref().unwrap().address.all(), ["http://127.0.0.1:7071"]);
+    let yaml = "control_plane: { address: [\"http://a:7071\", \"b:7071\"] }\n";
+    assert_eq!(
+        errors(yaml),
+        vec![r#"control_plane.address[1]: "b:7071" is not http://HOST:PORT or https://HOST:PORT"#]
+    );
+    let list = parse_bootstrap("control_plane: { address: [\"http://a:7071\", \"http://b:7071\"] }\n").unwrap();
+    assert_eq!(list.control_plane.as_ref().unwrap().address.all().len(), 2);
+    // Written back as read.
+    let out = serde_json::to_value(&list.control_plane).unwrap();
+    assert_eq!(out["address"], serde_json::json!(["http://a:7071", "http://b:7071"]));
+    assert_eq!(serde_json::to_value(&one.control_plane).unwrap()["address"], "http://127.0.0.1:7071");
+    let err = parse_bootstrap("control_plane: { address: [] }\n").unwrap_err().to_string();
+    assert!(err.starts_with("control_plane.address") && err.contains("at least one"), "{err}");
+    let err = parse_bootstrap("control_plane: { address: 7 }\n").unwrap_err().to_string();
+    assert!(err.starts_with("control_plane.address"), "{err}");
+}
+
+#[test]
+fn offline_checks_take_host_names_by_form() {
+    let b =
+        parse_bootstrap("clusters: [{ name: a, endpoints: [{ address: \"no-such-host.invalid:80\" }] }]\n").unwrap();
+    assert!(validate_resources(&b).is_err(), "resolved: no such host");
+    assert_eq!(validate_resources_offline(&b), Ok(()));
+}

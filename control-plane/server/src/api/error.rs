@@ -66,6 +66,13 @@ impl From<WriteError> for ApiError {
             ),
             WriteError::NotFound => ApiError::not_found("no such resource"),
             WriteError::Storage(e) => ApiError::internal(e),
+            WriteError::Unavailable(reason) => {
+                tracing::warn!(%reason, "write refused");
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, reason)
+            }
+            WriteError::Contended(reason) => ApiError::new(StatusCode::CONFLICT, reason),
+            WriteError::TooLarge(reason) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, reason),
+            WriteError::Refused(reason) => ApiError::internal(reason),
         }
     }
 }

@@ -72,8 +72,10 @@ async fn authorize(State(shared): State<Arc<Shared>>, req: Request, next: Next) 
     next.run(req).await
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
+/// Alive (200) while the process serves, with the store's state: an etcd store that is
+/// unreachable shows `connected: false` (the replica still serves its last view).
+async fn healthz(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok", "store": shared.store.status() }))
 }
 
 async fn proxies(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {

@@ -13,7 +13,7 @@ use trellis_api::ParseError;
 
 use super::{ApiError, Shared, read_body};
 use crate::resource::{Kind, Resource};
-use crate::store::{IfMatch, Outcome, WriteError, Written};
+use crate::store::{IfMatch, Outcome};
 
 /// Longest resource name accepted.
 const MAX_NAME: usize = 253;
@@ -68,8 +68,7 @@ async fn put_inner(
     let if_match = if_match(headers)?;
     let bytes = read_body(headers, body).await?;
     let resource = parse_body(kind, &name, &bytes)?;
-    let store = shared.store.clone();
-    let written = blocking(move || store.put(resource, if_match.as_ref())).await?;
+    let written = shared.store.put(resource, if_match).await?;
     let status = if written.outcome == Outcome::Created { StatusCode::CREATED } else { StatusCode::OK };
     let json = written.item.map_or_else(String::new, |i| i.json.to_string());
     Ok(json_response(status, Some(written.version), json))
@@ -83,10 +82,11 @@ pub async fn delete(
     let result = async {
         let (kind, name) = target(path)?;
         let if_match = if_match(&headers)?;
-        let store = shared.store.clone();
-        let target = name.clone();
-        let written = blocking(move || store.delete(kind, &target, if_match.as_ref()))
+        let written = shared
+            .store
+            .delete(kind, &name, if_match)
             .await
+            .map_err(ApiError::from)
             .map_err(|e| if matches!(e.status, StatusCode::NOT_FOUND) { missing(kind, &name) } else { e })?;
         let body = serde_json::json!({ "deleted": format!("{}/{name}", kind.plural()), "revision": written.version });
         Ok::<_, ApiError>(json_response(StatusCode::OK, None, body.to_string()))
@@ -178,14 +178,6 @@ fn bad_path(e: PathRejection) -> ApiError {
 
 fn missing(kind: Kind, name: &str) -> ApiError {
     ApiError::not_found(format!("no {} named \"{name}\"", kind.singular()))
-}
-
-/// Runs a blocking store write off the async threads.
-async fn blocking(f: impl FnOnce() -> Result<Written, WriteError> + Send + 'static) -> Result<Written, ApiError> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(result) => result.map_err(ApiError::from),
-        Err(e) => Err(ApiError::internal(format!("store write task failed: {e}"))),
-    }
 }
 
 fn json_response(status: StatusCode, etag: Option<u64>, body: String) -> Response {

@@ -24,7 +24,10 @@ use trellis_api::discovery::{DiscoveryRequest, DiscoveryResponse};
 use crate::auth::Token;
 use crate::store::Store;
 
-pub use registry::{EndpointSet, Endpoints, Nack, NodeInfo, ProxyStatus, Push, Registered, Registry};
+pub use registry::{
+    EndpointSet, Endpoints, Nack, NodeInfo, ProxyStatus, Push, Registered, RegistrationOp, RegistrationOps,
+    RegistrationValue, Registry, SharedChange,
+};
 pub use view::ClusterParts;
 
 /// Bytes of responses in flight across every stream (see [`budget`]): a few large

@@ -6,13 +6,19 @@
 //! (a restarting sidecar keeps its place), then leaves. Endpoint sets are published as an
 //! immutable [`Endpoints`] value on a `watch` channel that every stream follows; each
 //! endpoint carries its ENDPOINTS resource name and body, made once at registration.
+//!
+//! With an etcd store the registry is shared ([`Registry::shared`]): this replica's
+//! registrations are written to etcd ([`RegistrationOp`], under the replica's lease) rather
+//! than published directly, and what is published is every replica's registrations as
+//! etcd's watch reports them ([`Registry::apply_shared`]), versioned by their etcd mod
+//! revision. A dead replica's registrations leave when its lease expires.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
-use tokio::sync::watch;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
 use trellis_api::endpoints::{self, Body};
 
 /// How long a disconnected proxy stays listed in `GET /v1/proxies`.
@@ -107,6 +113,48 @@ pub struct ProxyStatus {
     disconnected: Option<SystemTime>,
 }
 
+/// A registration as kept in etcd: the value of `PREFIX/registrations/SERVICE/ADDRESS`.
+/// Unknown fields are ignored, so a newer replica may add some.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RegistrationValue {
+    /// The registering proxy's `node.id`.
+    pub node: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// The proxy's verified SPIFFE ID, when it connected over mTLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+}
+
+/// What this replica asks of its registrations in etcd.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RegistrationOp {
+    /// Write it under this replica's lease (taking it over from another replica's).
+    Put { service: String, address: String, value: RegistrationValue },
+    /// Delete it, if it is still under this replica's lease.
+    Delete { service: String, address: String },
+}
+
+/// Where a shared registry's [`RegistrationOp`]s arrive (the etcd store's writer).
+pub type RegistrationOps = mpsc::UnboundedReceiver<RegistrationOp>;
+
+/// One change to the registrations in etcd, any replica's, as the watch reports it.
+#[derive(Clone, Debug)]
+pub enum SharedChange {
+    Put { service: String, address: String, version: u64, value: Vec<u8> },
+    Delete { service: String, address: String },
+}
+
+/// A registration read from etcd.
+#[derive(Clone, Debug, PartialEq)]
+struct SharedRegistration {
+    zone: Option<String>,
+    /// The registering stream's verified SPIFFE ID.
+    identity: Option<String>,
+    /// Its key's mod revision: the same on every replica.
+    version: u64,
+}
+
 struct Registration {
     stream: StreamId,
     zone: Option<String>,
@@ -126,6 +174,8 @@ struct Inner {
     registered: BTreeMap<String, BTreeMap<String, Registration>>,
     /// Bumped on every endpoint change; a changed endpoint takes it as its version.
     generation: u64,
+    /// Shared registry: every replica's registrations, from etcd (service → address →).
+    shared: BTreeMap<String, BTreeMap<String, SharedRegistration>>,
 }
 
 /// The registry. Share it in an `Arc`.
@@ -133,13 +183,23 @@ pub struct Registry {
     inner: Mutex<Inner>,
     endpoints: watch::Sender<Arc<Endpoints>>,
     grace: Duration,
+    /// Shared registry: where this replica's registrations go.
+    ops: Option<mpsc::UnboundedSender<RegistrationOp>>,
 }
 
 impl Registry {
     /// A registry keeping endpoints of ended streams for `grace`.
     pub fn new(grace: Duration) -> Registry {
         let (endpoints, _) = watch::channel(Arc::new(Endpoints::default()));
-        Registry { inner: Mutex::new(Inner::default()), endpoints, grace }
+        Registry { inner: Mutex::new(Inner::default()), endpoints, grace, ops: None }
+    }
+
+    /// A shared registry (etcd store): registrations go out as [`RegistrationOp`]s on the
+    /// returned receiver, and the published endpoints are what [`Registry::apply_shared`]
+    /// is told.
+    pub fn shared(grace: Duration) -> (Registry, RegistrationOps) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Registry { ops: Some(tx), ..Registry::new(grace) }, rx)
     }
 
     /// Follows the registered endpoints.
@@ -164,8 +224,19 @@ impl Registry {
             let identity = node.identity.clone();
             let reg = Registration { stream, zone: node.zone.clone(), identity, version, leaving: false };
             inner.registered.entry(service.clone()).or_default().insert(address.clone(), reg);
-            if same.is_none() {
-                self.changed(&mut inner, service);
+            match &self.ops {
+                // Always: the registration may be under another replica's lease (the proxy
+                // moved here), and must come under this one's.
+                Some(ops) => {
+                    let value = RegistrationValue {
+                        node: node.id.clone(),
+                        zone: node.zone.clone(),
+                        identity: node.identity.clone(),
+                    };
+                    let _ = ops.send(RegistrationOp::Put { service: service.clone(), address: address.clone(), value });
+                }
+                None if same.is_none() => self.changed(&mut inner, [service.as_str()]),
+                None => {}
             }
         }
         inner.proxies.insert(
@@ -249,7 +320,85 @@ impl Registry {
         if set.is_empty() {
             inner.registered.remove(service);
         }
-        self.changed(&mut inner, service);
+        match &self.ops {
+            Some(ops) => {
+                let _ = ops.send(RegistrationOp::Delete { service: service.into(), address: address.into() });
+            }
+            None => self.changed(&mut inner, [service]),
+        }
+    }
+
+    /// Every registration of this replica's streams (those in their grace period too), to
+    /// write again under a new lease.
+    pub fn local_registrations(&self) -> Vec<RegistrationOp> {
+        let inner = self.lock();
+        let mut out = Vec::new();
+        for (service, set) in &inner.registered {
+            for (address, reg) in set {
+                let proxy = inner.proxies.get(&reg.stream);
+                let value = RegistrationValue {
+                    node: proxy.map(|p| p.id.clone()).unwrap_or_default(),
+                    zone: reg.zone.clone(),
+                    identity: proxy.and_then(|p| p.identity.clone()),
+                };
+                out.push(RegistrationOp::Put { service: service.clone(), address: address.clone(), value });
+            }
+        }
+        out
+    }
+
+    /// Shared registry: applies what etcd's watch reports (`all`: the whole set, as listed
+    /// after a (re)start of the watch). A value that does not parse is logged and skipped
+    /// (the last good one stays); returns those, by key, with why.
+    pub fn apply_shared(&self, all: bool, changes: Vec<SharedChange>) -> Vec<(String, String)> {
+        let mut inner = self.lock();
+        let previous = match all {
+            true => std::mem::take(&mut inner.shared),
+            false => BTreeMap::new(),
+        };
+        // Each touched service's set as it was, to tell whether it changed.
+        let mut before: BTreeMap<String, Option<BTreeMap<String, SharedRegistration>>> =
+            previous.iter().map(|(s, set)| (s.clone(), Some(set.clone()))).collect();
+        let mut refused = Vec::new();
+        for change in changes {
+            let (SharedChange::Put { service, .. } | SharedChange::Delete { service, .. }) = &change;
+            if !before.contains_key(service) {
+                before.insert(service.clone(), inner.shared.get(service).cloned());
+            }
+            match change {
+                SharedChange::Put { service, address, version, value } => {
+                    match serde_json::from_slice::<RegistrationValue>(&value) {
+                        Ok(v) => {
+                            let reg = SharedRegistration { zone: v.zone, identity: v.identity, version };
+                            inner.shared.entry(service).or_default().insert(address, reg);
+                        }
+                        Err(e) => {
+                            tracing::warn!(%service, %address, error = %e, "skipped an invalid registration in etcd");
+                            refused.push((format!("registrations/{service}/{address}"), e.to_string()));
+                            // The last good value stays, if this replica had one.
+                            let old = previous.get(&service).and_then(|s| s.get(&address)).cloned();
+                            if let Some(old) = old {
+                                inner.shared.entry(service).or_default().insert(address, old);
+                            }
+                        }
+                    }
+                }
+                SharedChange::Delete { service, address } => {
+                    if let Some(set) = inner.shared.get_mut(&service) {
+                        set.remove(&address);
+                        if set.is_empty() {
+                            inner.shared.remove(&service);
+                        }
+                    }
+                }
+            }
+        }
+        let changed: Vec<String> =
+            before.into_iter().filter(|(s, was)| inner.shared.get(s) != was.as_ref()).map(|(s, _)| s).collect();
+        if !changed.is_empty() {
+            self.changed(&mut inner, changed.iter().map(String::as_str));
+        }
+        refused
     }
 
     /// Connected proxies and those gone for less than five minutes, oldest stream first.
@@ -263,34 +412,34 @@ impl Registry {
             .collect()
     }
 
-    /// Republishes the endpoints after `service`'s set changed: a new generation, that
-    /// service's set rebuilt, the other services' sets shared with the previous value.
-    fn changed(&self, inner: &mut Inner, service: &str) {
+    /// Republishes the endpoints after `services`' sets changed: a new generation, those
+    /// services' sets rebuilt, the other services' sets shared with the previous value.
+    /// The sets come from this replica's streams, or (shared registry) from etcd.
+    fn changed<'a>(&self, inner: &mut Inner, services: impl IntoIterator<Item = &'a str>) {
         inner.generation += 1;
         let mut next = Endpoints::clone(&self.endpoints.borrow());
         next.generation = inner.generation;
-        match inner.registered.get(service) {
-            Some(set) => {
-                let set = set
-                    .iter()
-                    .map(|(address, r)| {
-                        let body = Body {
-                            address: address.clone(),
-                            weight: 1,
-                            zone: r.zone.clone(),
-                            registered: true,
-                            identity: r.identity.clone(),
-                        };
-                        // Plain data: serializing cannot fail.
-                        let body = serde_json::to_string(&body).unwrap_or_default().into();
-                        let name = endpoints::name(service, address).into();
-                        (address.clone(), Registered { name, version: r.version, body })
-                    })
-                    .collect();
-                next.services.insert(service.to_string(), Arc::new(set));
-            }
-            None => {
+        for service in services {
+            let set: EndpointSet = match &self.ops {
+                Some(_) => inner
+                    .shared
+                    .get(service)
+                    .into_iter()
+                    .flatten()
+                    .map(|(a, r)| registered(service, a, &r.zone, &r.identity, r.version))
+                    .collect(),
+                None => inner
+                    .registered
+                    .get(service)
+                    .into_iter()
+                    .flatten()
+                    .map(|(a, r)| registered(service, a, &r.zone, &r.identity, r.version))
+                    .collect(),
+            };
+            if set.is_empty() {
                 next.services.remove(service);
+            } else {
+                next.services.insert(service.to_string(), Arc::new(set));
             }
         }
         self.endpoints.send_replace(Arc::new(next));
@@ -300,6 +449,27 @@ impl Registry {
         // Every critical section leaves the maps consistent; ignore poison.
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// One registered endpoint as discovery sends it, keyed by its address.
+fn registered(
+    service: &str,
+    address: &str,
+    zone: &Option<String>,
+    identity: &Option<String>,
+    version: u64,
+) -> (String, Registered) {
+    let body = Body {
+        address: address.to_string(),
+        weight: 1,
+        zone: zone.clone(),
+        registered: true,
+        identity: identity.clone(),
+    };
+    // Plain data: serializing cannot fail.
+    let body = serde_json::to_string(&body).unwrap_or_default().into();
+    let name = endpoints::name(service, address).into();
+    (address.to_string(), Registered { name, version, body })
 }
 
 fn age(t: SystemTime, now: SystemTime) -> Duration {
@@ -389,5 +559,55 @@ mod tests {
         assert_eq!(p.last_push, Some(push(4)));
         assert_eq!(p.last_nack.as_ref().map(|n| (n.version, n.error.as_str())), Some((4, "bad")));
         assert!(reg.subscribe().borrow().services.is_empty(), "no inbound address, no endpoint");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shared_registry_writes_its_registrations_and_publishes_etcds() {
+        let (reg, mut ops) = Registry::shared(Duration::from_secs(1));
+        let reg = Arc::new(reg);
+        let rx = reg.subscribe();
+        let s = reg.connect(sidecar("a-0", "a", "10.0.0.1:4143"));
+        let value = RegistrationValue { node: "a-0".into(), zone: Some("z1".into()), identity: None };
+        let put = RegistrationOp::Put { service: "a".into(), address: "10.0.0.1:4143".into(), value: value.clone() };
+        assert_eq!(ops.try_recv().unwrap(), put);
+        assert!(rx.borrow().services.is_empty(), "published only once etcd has it");
+        assert_eq!(reg.local_registrations(), vec![put]);
+
+        // What etcd reports is what is published, versioned by mod revision.
+        let bytes = serde_json::to_vec(&value).unwrap();
+        let put_in_etcd = |address: &str, version| SharedChange::Put {
+            service: "a".into(),
+            address: address.into(),
+            version,
+            value: bytes.clone(),
+        };
+        assert!(
+            reg.apply_shared(false, vec![put_in_etcd("10.0.0.1:4143", 40), put_in_etcd("10.0.0.2:4143", 41)])
+                .is_empty()
+        );
+        let set = rx.borrow().services["a"].clone();
+        assert_eq!((set["10.0.0.1:4143"].version, set["10.0.0.2:4143"].version), (40, 41));
+        // A value that does not parse is refused; the last good one stays.
+        let bad = SharedChange::Put {
+            service: "a".into(),
+            address: "10.0.0.2:4143".into(),
+            version: 42,
+            value: b"{".to_vec(),
+        };
+        assert_eq!(reg.apply_shared(false, vec![bad]).len(), 1);
+        assert_eq!(rx.borrow().services["a"]["10.0.0.2:4143"].version, 41);
+        // A listing replaces everything.
+        reg.apply_shared(true, vec![put_in_etcd("10.0.0.2:4143", 41)]);
+        assert_eq!(rx.borrow().services["a"].keys().collect::<Vec<_>>(), ["10.0.0.2:4143"]);
+
+        // The stream ends: after the grace, a conditional delete goes to etcd.
+        reg.disconnect(s);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(
+            ops.try_recv().unwrap(),
+            RegistrationOp::Delete { service: "a".into(), address: "10.0.0.1:4143".into() }
+        );
+        reg.apply_shared(false, vec![SharedChange::Delete { service: "a".into(), address: "10.0.0.2:4143".into() }]);
+        assert!(rx.borrow().services.is_empty());
     }
 }

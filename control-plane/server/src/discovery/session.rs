@@ -9,7 +9,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tonic::{Status, Streaming};
-use trellis_api::discovery::{DiscoveryRequest, DiscoveryResponse, RemovedResource, Resource, ResourceType};
+use trellis_api::discovery::{
+    DiscoveryRequest, DiscoveryResponse, HeldResource, RemovedResource, Resource, ResourceType,
+};
 
 use super::budget::{Budget, Held};
 use super::cache::Views;
@@ -53,6 +55,9 @@ pub struct Session {
     dirty: BTreeSet<Key>,
     /// Unanswered responses, oldest first.
     pending: VecDeque<Pending>,
+    /// What the proxy says it holds from an earlier stream (its first request): the first
+    /// push is a delta against it.
+    held: Vec<HeldResource>,
     store_rx: watch::Receiver<u64>,
     endpoints_rx: watch::Receiver<Arc<Endpoints>>,
     shutdown: watch::Receiver<bool>,
@@ -84,6 +89,7 @@ impl Session {
             sent: Arc::default(),
             dirty: BTreeSet::new(),
             pending: VecDeque::new(),
+            held: first.initial_resources.clone(),
             store_rx,
             endpoints_rx,
             shutdown,
@@ -185,12 +191,25 @@ impl Session {
         let service = self.node.service.as_deref();
         let transparent = self.node.transparent;
         let shared = self.views.current(service, transparent);
+        // A proxy resuming from an earlier stream holds what it says it holds.
+        let resumed = first && !self.held.is_empty();
+        let resume = |sent: &mut Arc<View>, held: &mut Vec<HeldResource>, view: &View| {
+            if resumed {
+                *sent = Arc::new(view::held(std::mem::take(held), view));
+            }
+        };
         let (view, delta) = if !self.subs.is_all() {
             // A narrowed proxy holds its own copy of its part of the view.
             let mut view = self.subs.filter(&shared);
             view.id = self.views.fresh_id();
+            resume(&mut self.sent, &mut self.held, &view);
             let delta = Arc::new(view::delta(&self.sent, &self.dirty, &view));
             (Arc::new(view), delta)
+        } else if resumed {
+            resume(&mut self.sent, &mut self.held, &shared);
+            let delta = Arc::new(view::delta(&self.sent, &self.dirty, &shared));
+            tracing::info!(id = %self.node.id, held = self.sent.entries.len(), updated = delta.resources.len(), removed = delta.removed.len(), "proxy resumed");
+            (shared, delta)
         } else if self.dirty.is_empty() {
             let delta = self.views.delta(service, transparent, &self.sent, &shared);
             (shared, delta)
@@ -227,6 +246,7 @@ impl Session {
                 resources: resources.to_vec(),
                 removed: removed.to_vec(),
                 more: parts.peek().is_some(),
+                resumed,
             };
             push.bytes += prost::Message::encoded_len(&response);
             tx.send(Ok(response)).await.map_err(|_| Closed)?;

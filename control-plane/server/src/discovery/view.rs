@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use trellis_api::discovery::{DiscoveryRequest, RemovedResource, Resource, ResourceType};
+use trellis_api::discovery::{DiscoveryRequest, HeldResource, RemovedResource, Resource, ResourceType};
 use trellis_api::endpoints;
 
 use super::registry::Endpoints;
@@ -214,6 +214,28 @@ impl Subscriptions {
             .collect();
         View { id: view.id, revision: view.revision, entries }
     }
+}
+
+/// What a resuming proxy holds (its first request's `initial_resources`), as a view to
+/// compute its first delta from: a held resource whose body digest matches `view`'s shares
+/// that entry (nothing to send); any other gets a body nothing equals, so the delta sends
+/// it again, or removes it if `view` has no such resource.
+pub fn held(held: Vec<HeldResource>, view: &View) -> View {
+    let stale = || Entry { version: 0, body: Arc::from("") };
+    let mut entries = BTreeMap::new();
+    for h in held {
+        let Ok(t) = ResourceType::try_from(h.r#type) else { continue };
+        if t == ResourceType::Unspecified {
+            continue;
+        }
+        let key: Key = (t, Arc::from(h.name));
+        let entry = match view.entries.get(&key) {
+            Some(e) if trellis_api::digest::digest(&e.body) == h.digest => e.clone(),
+            _ => stale(),
+        };
+        entries.insert(key, entry);
+    }
+    View { id: 0, revision: 0, entries }
 }
 
 /// What one response carries: resources to add or update, names to remove.

@@ -12,27 +12,27 @@ fn route(name: &str, cluster: &str) -> Resource {
     res(Kind::Route, &format!(r#"{{"name":"{name}","backends":[{{"cluster":"{cluster}"}}]}}"#))
 }
 
-#[test]
-fn writes_get_versions_and_survive_reopening() {
+#[tokio::test]
+async fn writes_get_versions_and_survive_reopening() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let mut rx = store.subscribe();
     assert_eq!(store.snapshot().revision(), 0);
 
-    let w = store.put(cluster("a", 1), None).unwrap();
+    let w = store.put(cluster("a", 1), None).await.unwrap();
     assert_eq!((w.outcome, w.version), (Outcome::Created, 1));
     assert!(rx.has_changed().unwrap());
     assert_eq!(*rx.borrow_and_update(), 1);
 
-    let w = store.put(cluster("a", 1), None).unwrap();
+    let w = store.put(cluster("a", 1), None).await.unwrap();
     assert_eq!((w.outcome, w.version), (Outcome::Unchanged, 1), "identical: nothing written");
     assert!(!rx.has_changed().unwrap());
 
-    let w = store.put(cluster("a", 2), None).unwrap();
+    let w = store.put(cluster("a", 2), None).await.unwrap();
     assert_eq!((w.outcome, w.version), (Outcome::Updated, 2));
-    store.put(route("r", "a"), None).unwrap();
-    store.put(cluster("b", 3), None).unwrap();
-    assert_eq!(store.delete(Kind::Cluster, "b", None).unwrap().version, 5);
+    store.put(route("r", "a"), None).await.unwrap();
+    store.put(cluster("b", 3), None).await.unwrap();
+    assert_eq!(store.delete(Kind::Cluster, "b", None).await.unwrap().version, 5);
     drop(store);
 
     let store = Store::open(dir.path()).unwrap();
@@ -44,11 +44,11 @@ fn writes_get_versions_and_survive_reopening() {
     assert!(snap.get(Kind::Cluster, "b").is_none());
 }
 
-#[test]
-fn invalid_writes_store_nothing() {
+#[tokio::test]
+async fn invalid_writes_store_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    match store.put(route("r", "nope"), None) {
+    match store.put(route("r", "nope"), None).await {
         Err(WriteError::Invalid(errs)) => assert_eq!(errs[0].field, "routes[r].backends[0].cluster"),
         other => panic!("expected invalid, got {other:?}"),
     }
@@ -56,31 +56,40 @@ fn invalid_writes_store_nothing() {
     assert!(store.snapshot().get(Kind::Route, "r").is_none());
 }
 
-#[test]
-fn deleting_a_referenced_resource_is_refused() {
+#[tokio::test]
+async fn deleting_a_referenced_resource_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    store.put(cluster("a", 1), None).unwrap();
-    store.put(route("r", "a"), None).unwrap();
-    match store.delete(Kind::Cluster, "a", None) {
+    store.put(cluster("a", 1), None).await.unwrap();
+    store.put(route("r", "a"), None).await.unwrap();
+    match store.delete(Kind::Cluster, "a", None).await {
         Err(WriteError::Referenced(errs)) => assert_eq!(errs[0].field, "routes[r].backends[0].cluster"),
         other => panic!("expected a conflict, got {other:?}"),
     }
-    assert!(matches!(store.delete(Kind::Cluster, "zz", None), Err(WriteError::NotFound)));
-    store.delete(Kind::Route, "r", None).unwrap();
-    store.delete(Kind::Cluster, "a", None).unwrap();
+    assert!(matches!(store.delete(Kind::Cluster, "zz", None).await, Err(WriteError::NotFound)));
+    store.delete(Kind::Route, "r", None).await.unwrap();
+    store.delete(Kind::Cluster, "a", None).await.unwrap();
 }
 
-#[test]
-fn if_match_guards_writes() {
+#[tokio::test]
+async fn if_match_guards_writes() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let any = IfMatch::Any;
-    assert!(matches!(store.put(cluster("a", 1), Some(&any)), Err(WriteError::Precondition { current: None })));
-    store.put(cluster("a", 1), None).unwrap();
+    assert!(matches!(
+        store.put(cluster("a", 1), Some(any.clone())).await,
+        Err(WriteError::Precondition { current: None })
+    ));
+    store.put(cluster("a", 1), None).await.unwrap();
     let stale = IfMatch::Versions(vec![7]);
-    assert!(matches!(store.put(cluster("a", 2), Some(&stale)), Err(WriteError::Precondition { current: Some(1) })));
-    assert!(matches!(store.delete(Kind::Cluster, "a", Some(&stale)), Err(WriteError::Precondition { .. })));
-    store.put(cluster("a", 2), Some(&IfMatch::Versions(vec![1]))).unwrap();
-    store.delete(Kind::Cluster, "a", Some(&IfMatch::Versions(vec![2]))).unwrap();
+    assert!(matches!(
+        store.put(cluster("a", 2), Some(stale.clone())).await,
+        Err(WriteError::Precondition { current: Some(1) })
+    ));
+    assert!(matches!(
+        store.delete(Kind::Cluster, "a", Some(stale.clone())).await,
+        Err(WriteError::Precondition { .. })
+    ));
+    store.put(cluster("a", 2), Some(IfMatch::Versions(vec![1]))).await.unwrap();
+    store.delete(Kind::Cluster, "a", Some(IfMatch::Versions(vec![2]))).await.unwrap();
 }

@@ -1,3 +1,4 @@
+use super::held as held_view;
 use super::*;
 use crate::discovery::Registered;
 use crate::discovery::cache::Views;
@@ -184,22 +185,25 @@ fn deltas_carry_changes_and_removals_only() {
 }
 
 /// A store holding a listener → route → cluster `big` with `n` endpoints, the last at `last`.
-fn big(store: &Store, n: u32, last: &str) {
+async fn big(store: &Store, n: u32, last: &str) {
     let mut eps: Vec<serde_json::Value> = (0..n - 1)
         .map(|i| serde_json::json!({ "address": format!("10.{}.{}.{}:8080", i >> 16, (i >> 8) & 255, i & 255) }))
         .collect();
     eps.push(serde_json::json!({ "address": last }));
     let c = serde_json::json!({ "name": "big", "endpoints": eps }).to_string();
-    store.put(r(Kind::Cluster, &c), None).unwrap();
-    store.put(r(Kind::Route, r#"{"name":"to-big","backends":[{"cluster":"big"}]}"#), None).unwrap();
-    store.put(r(Kind::Listener, r#"{"name":"out","address":"127.0.0.1:4140","routes":["to-big"]}"#), None).unwrap();
+    store.put(r(Kind::Cluster, &c), None).await.unwrap();
+    store.put(r(Kind::Route, r#"{"name":"to-big","backends":[{"cluster":"big"}]}"#), None).await.unwrap();
+    store
+        .put(r(Kind::Listener, r#"{"name":"out","address":"127.0.0.1:4140","routes":["to-big"]}"#), None)
+        .await
+        .unwrap();
 }
 
-#[test]
-fn one_endpoint_changed_in_a_large_cluster_is_one_resource_and_removal_one_name() {
+#[tokio::test]
+async fn one_endpoint_changed_in_a_large_cluster_is_one_resource_and_removal_one_name() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    big(&store, 10_000, "10.200.0.1:8080");
+    big(&store, 10_000, "10.200.0.1:8080").await;
     let eps = Endpoints::default();
     let mut sent = View::default();
     let first = step(&mut sent, compute(&store.snapshot(), &eps, None, false));
@@ -209,7 +213,7 @@ fn one_endpoint_changed_in_a_large_cluster_is_one_resource_and_removal_one_name(
     let mut c: serde_json::Value =
         serde_json::from_str(&store.snapshot().get(Kind::Cluster, "big").unwrap().json).unwrap();
     c["endpoints"][9_999]["weight"] = 5.into();
-    store.put(r(Kind::Cluster, &c.to_string()), None).unwrap();
+    store.put(r(Kind::Cluster, &c.to_string()), None).await.unwrap();
     let d = step(&mut sent, compute(&store.snapshot(), &eps, None, false));
     assert_eq!(d.resources.len(), 1, "{:?}", d.resources);
     assert_eq!(d.resources[0].r#type, ResourceType::Endpoints as i32);
@@ -219,7 +223,7 @@ fn one_endpoint_changed_in_a_large_cluster_is_one_resource_and_removal_one_name(
 
     // It goes away: one removed name, nothing else.
     c["endpoints"].as_array_mut().unwrap().pop();
-    store.put(r(Kind::Cluster, &c.to_string()), None).unwrap();
+    store.put(r(Kind::Cluster, &c.to_string()), None).await.unwrap();
     let d = step(&mut sent, compute(&store.snapshot(), &eps, None, false));
     assert!(d.resources.is_empty(), "{:?}", d.resources);
     assert_eq!(
@@ -229,7 +233,7 @@ fn one_endpoint_changed_in_a_large_cluster_is_one_resource_and_removal_one_name(
 
     // A cluster setting changes: the cluster alone, no endpoint.
     c["lb"] = "round_robin".into();
-    store.put(r(Kind::Cluster, &c.to_string()), None).unwrap();
+    store.put(r(Kind::Cluster, &c.to_string()), None).await.unwrap();
     let d = step(&mut sent, compute(&store.snapshot(), &eps, None, false));
     let sent_names: Vec<&str> = d.resources.iter().map(|r| r.name.as_str()).collect();
     assert_eq!((sent_names, d.removed.len()), (vec!["big"], 0));
@@ -253,7 +257,7 @@ fn after_a_nack_the_refused_keys_go_again() {
 async fn streams_of_a_service_share_one_view_and_one_delta() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(dir.path()).unwrap());
-    big(&store, 1_000, "10.200.0.1:8080");
+    big(&store, 1_000, "10.200.0.1:8080").await;
     let registry = Registry::new(Duration::from_secs(1));
     let views = Views::new(store.clone(), registry.subscribe());
     let (v1, v2) = (views.current(Some("web"), false), views.current(Some("web"), false));
@@ -261,7 +265,10 @@ async fn streams_of_a_service_share_one_view_and_one_delta() {
     let empty = View::default();
     assert!(Arc::ptr_eq(&views.delta(Some("web"), false, &empty, &v1), &views.delta(Some("web"), false, &empty, &v1)));
 
-    store.put(r(Kind::Route, r#"{"name":"to-big","backends":[{"cluster":"big"}],"timeout":"1s"}"#), None).unwrap();
+    store
+        .put(r(Kind::Route, r#"{"name":"to-big","backends":[{"cluster":"big"}],"timeout":"1s"}"#), None)
+        .await
+        .unwrap();
     let v3 = views.current(Some("web"), false);
     assert!(!Arc::ptr_eq(&v1, &v3) && v3.id > v1.id);
     let d = views.delta(Some("web"), false, &v1, &v3);
@@ -288,4 +295,24 @@ fn subscriptions_narrow_and_drop_names() {
     assert!(!subs.is_all());
     let view = subs.filter(&compute(&snap, &Endpoints::default(), Some("a"), false));
     assert_eq!(names(&view), ["LISTENER/out", "CLUSTER/a", "ROUTE/to-a", "ROUTE/to-b", "POLICY/p"]);
+}
+
+#[test]
+fn a_resuming_proxy_is_sent_what_differs_from_what_it_holds() {
+    let snap = snapshot();
+    let eps = Endpoints::default();
+    let view = compute(&snap, &eps, Some("a"), false);
+    let digest = |key: &Key| trellis_api::digest::digest(&view.entries[key].body);
+    let mut keys = view.entries.keys();
+    let (same, stale) = (keys.next().unwrap().clone(), keys.next().unwrap().clone());
+    let held = vec![
+        HeldResource { r#type: same.0 as i32, name: same.1.to_string(), digest: digest(&same) },
+        HeldResource { r#type: stale.0 as i32, name: stale.1.to_string(), digest: digest(&stale) ^ 1 },
+        HeldResource { r#type: ResourceType::Route as i32, name: "gone".into(), digest: 1 },
+    ];
+    let d = delta(&held_view(held, &view), &BTreeSet::new(), &view);
+    let sent: BTreeSet<&str> = d.resources.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(sent.len(), view.entries.len() - 1, "all but the one held as is");
+    assert!(!sent.contains(&*same.1) && sent.contains(&*stale.1));
+    assert_eq!(d.removed, [RemovedResource { r#type: ResourceType::Route as i32, name: "gone".into() }]);
 }
