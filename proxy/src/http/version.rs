@@ -3,8 +3,11 @@
 //! Each app is spoken to in its own protocol (DESIGN §9, §11). `protocol: http1 | http2`
 //! on a cluster decides alone. Under `auto` a request goes:
 //! - to a mesh endpoint (a sidecar): as h2, one multiplexed mTLS connection between the
-//!   proxies, with `x-trellis-orig-proto` saying which version the destination app speaks
-//!   when that is known (Linkerd's model: upgrade between proxies, downgrade at the inbound);
+//!   proxies (Linkerd's model: upgrade between proxies, downgrade at the inbound), with
+//!   `x-trellis-orig-proto: HTTP/2` when the destination app is known to speak h2. Without
+//!   it the next proxy speaks HTTP/1.1 to the app (or h2 for gRPC), which is what it would
+//!   be told in every other case: so the common request (an HTTP/1.1 app's) carries nothing
+//!   extra between the proxies;
 //! - elsewhere: in the version the destination app is known to speak, else HTTP/1.1.
 //!
 //! What is known of the destination app's version, first that holds:
@@ -23,7 +26,8 @@ use http::Request;
 use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use trellis_api::ClusterProtocol;
 
-/// Between proxies: the HTTP version the destination app speaks, `HTTP/1.1` or `HTTP/2`.
+/// Between proxies: the destination app speaks h2 (`HTTP/2`). `HTTP/1.1` is taken too,
+/// though it is never sent: it is what the header's absence means.
 pub static ORIG_PROTO: HeaderName = HeaderName::from_static("x-trellis-orig-proto");
 
 /// What a downstream connection tells about the destination app's HTTP version.
@@ -76,10 +80,7 @@ pub fn choose<B>(
     if ctx.hint != Hint::MeshHeader {
         req.headers_mut().remove(&ORIG_PROTO);
     }
-    let told = app.map(|v| match v {
-        Wire::Http1 => HeaderValue::from_static("HTTP/1.1"),
-        Wire::Http2 => HeaderValue::from_static("HTTP/2"),
-    });
+    let told = (app == Some(Wire::Http2)).then(|| HeaderValue::from_static("HTTP/2"));
     (wire, told)
 }
 
@@ -98,8 +99,17 @@ fn app_version<B>(req: &mut Request<B>, ctx: Downstream) -> Option<Wire> {
     if ctx.hint == Hint::Downstream || !ctx.h2 {
         return Some(if ctx.h2 { Wire::Http2 } else { Wire::Http1 });
     }
-    let grpc = req.headers().get(CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-    grpc.then_some(Wire::Http2)
+    is_grpc(req).then_some(Wire::Http2)
+}
+
+/// `content-type: application/grpc` (or `+proto`, `+json`, `;…`), not gRPC-Web, which
+/// runs over HTTP/1.1 as well.
+fn is_grpc<B>(req: &Request<B>) -> bool {
+    req.headers().get(CONTENT_TYPE).is_some_and(|v| {
+        v.as_bytes()
+            .strip_prefix(b"application/grpc")
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with(b"+") || rest.starts_with(b";"))
+    })
 }
 
 #[cfg(test)]
@@ -138,16 +148,22 @@ mod tests {
         assert_eq!(pick(&[], H2, Auto, false), (Wire::Http1, None));
         // gRPC needs h2; a transparent client chose its version for the app itself.
         assert_eq!(pick(&[("content-type", "application/grpc+proto")], H2, Auto, false), (Wire::Http2, None));
+        assert_eq!(pick(&[("content-type", "application/grpc")], H2, Auto, false), (Wire::Http2, None));
+        // gRPC-Web is HTTP/1.1-friendly: not a reason for h2.
+        assert_eq!(pick(&[("content-type", "application/grpc-web+proto")], H2, Auto, false), (Wire::Http1, None));
         assert_eq!(pick(&[], H2_TRANSPARENT, Auto, false), (Wire::Http2, None));
     }
 
     #[test]
     fn between_sidecars_h2_and_the_apps_version_travels_along() {
         use ClusterProtocol::{Auto, Http1, Http2};
-        // Outbound: an HTTP/1.1 request is upgraded between the proxies and says so.
-        assert_eq!(pick(&[], H1, Auto, true), (Wire::Http2, Some("HTTP/1.1".into())));
-        assert_eq!(pick(&[], H1, Http2, true), (Wire::Http2, Some("HTTP/1.1".into())));
+        // Outbound: an HTTP/1.1 request is upgraded between the proxies, and needs nothing
+        // said (that is what no header means); an app known to speak h2 is named.
+        assert_eq!(pick(&[], H1, Auto, true), (Wire::Http2, None));
+        assert_eq!(pick(&[], H1, Http2, true), (Wire::Http2, None));
         assert_eq!(pick(&[], H2_TRANSPARENT, Auto, true), (Wire::Http2, Some("HTTP/2".into())));
+        let grpc = [("content-type", "application/grpc+proto")];
+        assert_eq!(pick(&grpc, H2, Auto, true), (Wire::Http2, Some("HTTP/2".into())));
         // Unknown: nothing is said, and what the app sent is not passed on as ours.
         let mut r = req(&[("x-trellis-orig-proto", "HTTP/2")]);
         assert_eq!(choose(&mut r, H2, Http1, true).1, None);
