@@ -1,6 +1,8 @@
 //! Protocol sniffing on a fresh connection: an HTTP/2 client with prior knowledge opens
-//! with the 24-byte preface; anything else is treated as HTTP/1.x. Peeking leaves the
-//! bytes in the socket for the HTTP server to read.
+//! with the 24-byte preface; anything else is treated as HTTP/1.x. Bytes that start like
+//! the preface (`PRI * HTTP/2.0`) but do not finish it are HTTP/2 too, so they get
+//! HTTP/2's answer to a bad preface (GOAWAY) rather than an HTTP/1.1 400. Peeking leaves
+//! the bytes in the socket for the HTTP server to read.
 
 use std::io;
 use std::time::Duration;
@@ -8,6 +10,8 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// The request line HTTP/2's preface starts with: no HTTP/1.x request looks like it.
+const H2_PRI: &[u8] = H2_PREFACE.split_at(14).0;
 
 /// What the client speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,11 +42,12 @@ pub async fn sniff(stream: &TcpStream, timeout: Duration) -> io::Result<Option<P
     }
 }
 
-/// Decides from the first bytes, or `None` if they are a strict prefix of the h2 preface.
+/// Decides from the first bytes, or `None` if they are a strict prefix of the h2 preface's
+/// request line.
 pub fn classify(first: &[u8]) -> Option<Protocol> {
-    if first.len() >= H2_PREFACE.len() {
-        Some(if first.starts_with(H2_PREFACE) { Protocol::Http2 } else { Protocol::Http1 })
-    } else if H2_PREFACE.starts_with(first) {
+    if first.starts_with(H2_PRI) {
+        Some(Protocol::Http2)
+    } else if H2_PRI.starts_with(first) {
         None
     } else {
         Some(Protocol::Http1)
@@ -59,5 +64,8 @@ mod tests {
         assert_eq!(classify(H2_PREFACE), Some(Protocol::Http2));
         assert_eq!(classify(b"PRI * HT"), None);
         assert_eq!(classify(b"POST"), Some(Protocol::Http1));
+        // Not the preface, but HTTP/2's to refuse.
+        assert_eq!(classify(b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n"), Some(Protocol::Http2));
+        assert_eq!(classify(b"PRI * HTTP/1.1\r\n\r\n"), Some(Protocol::Http1));
     }
 }

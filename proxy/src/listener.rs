@@ -21,6 +21,11 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use trellis_api::ListenerProtocol;
 
+/// Pending connections the kernel queues per socket before `accept` (it caps this at
+/// `net.core.somaxconn`): a burst of thousands of connects must not overflow the queue
+/// (dropped SYNs are retried only after a second).
+const LISTEN_BACKLOG: i32 = 65_535;
+
 /// Binds one socket per worker on `addr`, all in one SO_REUSEPORT group.
 pub fn bind(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
     (0..workers.max(1))
@@ -30,7 +35,7 @@ pub fn bind(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<std::net::T
             s.set_reuse_port(true)?;
             s.set_nonblocking(true)?;
             s.bind(&addr.into())?;
-            s.listen(1024)?;
+            s.listen(LISTEN_BACKLOG)?;
             Ok(s.into())
         })
         .collect()
@@ -300,7 +305,10 @@ impl HttpConn {
     }
 }
 
-/// A plain-TCP HTTP connection: sniff HTTP/1.1 or h2c, then serve it.
+/// A plain-TCP HTTP connection: sniff HTTP/1.1 or h2c, then serve it. The serving state is
+/// boxed and made only once the client has sent something: a task is allocated at its
+/// future's largest size for its whole life, so a connection that sends nothing costs
+/// only this sniffing state.
 async fn serve_plain(stream: tokio::net::TcpStream, conn: HttpConn, stop: &CancellationToken) {
     let sniffed = tokio::select! {
         r = detect::sniff(&stream, conn.listener.header_timeout()) => r,
@@ -310,11 +318,29 @@ async fn serve_plain(stream: tokio::net::TcpStream, conn: HttpConn, stop: &Cance
         Ok(Some(p)) => p,
         Ok(None) | Err(_) => return,
     };
-    conn.serve(stream, proto, false, None, stop).await;
+    Box::pin(conn.serve(stream, proto, false, None, stop)).await;
 }
 
-/// A TLS HTTP connection: handshake (ALPN picks h2 or HTTP/1.1), then serve it.
+/// A TLS HTTP connection: handshake (ALPN picks h2 or HTTP/1.1), then serve it. As for
+/// plain connections, the TLS and serving state is boxed and made only once the client
+/// has sent something.
 async fn serve_tls(
+    stream: tokio::net::TcpStream,
+    tls: Arc<rustls::ServerConfig>,
+    conn: HttpConn,
+    stop: &CancellationToken,
+) {
+    let first = tokio::select! {
+        r = tokio::time::timeout(conn.listener.header_timeout(), stream.readable()) => r,
+        _ = stop.cancelled() => return,
+    };
+    if !matches!(first, Ok(Ok(()))) {
+        return;
+    }
+    Box::pin(serve_tls_handshake(stream, tls, conn, stop)).await;
+}
+
+async fn serve_tls_handshake(
     stream: tokio::net::TcpStream,
     tls: Arc<rustls::ServerConfig>,
     conn: HttpConn,

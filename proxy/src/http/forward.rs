@@ -128,6 +128,7 @@ fn route_for(req: &Request<ClientBody>, ctx: &ConnCtx, snap: &Snapshot) -> Resul
     if header_block_size(req) > listener.max_header_bytes() {
         return Err(ForwardError::HeadersTooLarge);
     }
+    check_host(req).map_err(ForwardError::Host)?;
     if listener.mesh || listener.policy.is_some() {
         let peer_id = ctx.peer_id.as_deref();
         let d = authz::decide(
@@ -259,6 +260,40 @@ fn forward(
         let body = UpstreamBody::new(body, exchange, plan.deadline, streaming);
         (Response::from_parts(parts, ProxyBody::Upstream(Box::new(body))), log)
     }
+}
+
+/// Whether the request says unambiguously which host it is for (RFC 9112 §3.2, RFC 9113
+/// §8.3.1): one `Host` at most, one in an HTTP/1.1 request unless the target is in
+/// absolute form (whose authority then wins), a valid one, and on HTTP/2 one that names
+/// what `:authority` names. Routing and the upstream must not see different hosts.
+fn check_host<B>(req: &Request<B>) -> Result<(), &'static str> {
+    let mut hosts = req.headers().get_all(http::header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err("more than one Host field");
+    }
+    let Some(host) = host else {
+        if req.version() == http::Version::HTTP_11 && req.uri().authority().is_none() {
+            return Err("an HTTP/1.1 request without Host");
+        }
+        return Ok(());
+    };
+    // An empty Host is what a client sends for a target with no authority.
+    if host.is_empty() {
+        return Ok(());
+    }
+    let Ok(parsed) = http::uri::Authority::try_from(host.as_bytes()) else { return Err("invalid Host") };
+    if parsed.as_str().contains('@') {
+        return Err("invalid Host");
+    }
+    if req.version() == http::Version::HTTP_2
+        && let Some(authority) = req.uri().authority()
+        && (!authority.host().eq_ignore_ascii_case(parsed.host())
+            || authority.port_u16().zip(parsed.port_u16()).is_some_and(|(a, b)| a != b))
+    {
+        return Err(":authority and Host differ");
+    }
+    Ok(())
 }
 
 /// The size of a request's head as HTTP/1.1 would carry it: request line and header lines.

@@ -1,7 +1,10 @@
 //! The one place where a failure becomes a response: status, `x-trellis-error`, and a short
-//! plain-text body naming the cause.
+//! plain-text body naming the cause; and whose fault each failure is (`side`): the
+//! client's are 4xx, the upstream's 502/504 (and only they count against an endpoint),
+//! the proxy's own 503 (or the configured fault status). docs/errors.md lists them.
 
 use crate::http::body::ProxyBody;
+use crate::http::fault::Side;
 use crate::upstream::UpstreamError;
 use http::{HeaderValue, Response, StatusCode, header};
 use std::sync::Arc;
@@ -33,13 +36,41 @@ pub enum ForwardError {
     FaultAbort(u16),
     #[error("reading the request body failed: {0}")]
     ClientBody(crate::http::body::ClientBodyError),
+    /// The route's or a try's timer ran out while the client was still sending the body.
+    #[error("the client sent the request body too slowly")]
+    BodyTimeout,
     #[error("not authorized")]
     Forbidden,
     #[error("the request header block is over the listener's max_header_bytes")]
     HeadersTooLarge,
+    /// An HTTP/1 request head the codec refuses (malformed, ambiguous framing, too large,
+    /// not whole in time).
+    #[error("{0}")]
+    Request(crate::http::h1::Error),
+    /// No usable `Host`: two of them, none in an HTTP/1.1 request, an invalid one, or one
+    /// that disagrees with HTTP/2's `:authority`.
+    #[error("{0}")]
+    Host(&'static str),
 }
 
 impl ForwardError {
+    /// Whose fault this is.
+    pub fn side(&self) -> Side {
+        match self {
+            Self::NoRoute
+            | Self::RateLimited(_)
+            | Self::ClientBody(_)
+            | Self::BodyTimeout
+            | Self::Forbidden
+            | Self::HeadersTooLarge
+            | Self::Request(_)
+            | Self::Host(_) => Side::Client,
+            Self::Upstream(e) => e.side(),
+            Self::Timeout | Self::TryTimeout | Self::IdleTimeout => Side::Upstream,
+            Self::NoEndpoint(_) | Self::ListenerGone | Self::FaultAbort(_) => Side::Proxy,
+        }
+    }
+
     /// The status the client gets.
     pub fn status(&self) -> StatusCode {
         match self {
@@ -47,10 +78,13 @@ impl ForwardError {
             Self::NoEndpoint(_) | Self::ListenerGone | Self::Upstream(UpstreamError::Overloaded(_)) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            Self::Upstream(UpstreamError::ClientBody(_)) => StatusCode::BAD_REQUEST,
             Self::Upstream(_) => StatusCode::BAD_GATEWAY,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::FaultAbort(code) => StatusCode::from_u16(*code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
-            Self::ClientBody(_) => StatusCode::BAD_REQUEST,
+            Self::ClientBody(_) | Self::Host(_) => StatusCode::BAD_REQUEST,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::Request(e) => e.status(),
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::Timeout | Self::TryTimeout | Self::IdleTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -70,9 +104,14 @@ impl ForwardError {
             Self::Upstream(UpstreamError::Identity(_)) => "upstream identity mismatch",
             Self::Upstream(UpstreamError::Tls { .. }) => "upstream tls failure",
             Self::Upstream(UpstreamError::Unsendable(_)) => "request not sendable upstream",
+            Self::Upstream(UpstreamError::Protocol(_)) => "upstream protocol error",
+            Self::Upstream(UpstreamError::ClientBody(_)) => "bad request body",
             Self::RateLimited(_) => "rate limited",
             Self::FaultAbort(_) => "fault injected",
             Self::ClientBody(_) => "bad request body",
+            Self::BodyTimeout => "request body timeout",
+            Self::Request(e) => e.reason(),
+            Self::Host(_) => "bad host",
             Self::Forbidden => "forbidden",
             Self::HeadersTooLarge => "header block too large",
             Self::Timeout | Self::TryTimeout => "upstream timeout",
