@@ -85,7 +85,9 @@ pub fn handle(mut req: Request<ClientBody>, ctx: &ConnCtx) -> impl Future<Output
         Ok(route) => Either::Left(forward(req, ctx, route, entry).map(|(resp, entry)| logged(resp, log, entry))),
         Err(err) => {
             let mut resp = error_response(&err);
-            if matches!(err, ForwardError::HeadersTooLarge) && !ctx.h2 {
+            // A request refused for its head: the client is not to be trusted with more on
+            // this connection.
+            if matches!(err, ForwardError::HeadersTooLarge | ForwardError::Host(_)) && !ctx.h2 {
                 resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
             }
             Either::Right(std::future::ready(logged(resp, log, entry)))
