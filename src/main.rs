@@ -40,6 +40,8 @@ enum Cmd {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Print the JSON Schema of a config file (for editors that validate YAML).
+    Schema,
     /// Run the control plane (REST API, durable store, discovery server, CA).
     ControlPlane(cp_cmd::ControlPlaneArgs),
     /// Drive a control plane: apply, get, delete, proxies.
@@ -86,6 +88,16 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("trellis: invalid config: {e}");
                 ExitCode::from(2)
+            }
+        },
+        Cmd::Schema => match serde_json::to_string_pretty(&trellis_api::reference::bootstrap_schema()) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("trellis: {e}");
+                ExitCode::from(1)
             }
         },
         Cmd::Demo { users, seconds } => {

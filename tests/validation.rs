@@ -240,3 +240,18 @@ fn help_exits_zero() {
     let (code, _) = trellis(&["validate", "--help"]);
     assert_eq!(code, 0);
 }
+
+#[test]
+fn schema_describes_the_config_file() {
+    let (out, _) = run(&["schema"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(schema["title"], "Bootstrap");
+    assert_eq!(schema["additionalProperties"], false, "unknown fields are refused, so the schema says so");
+    for field in ["node", "admin", "listeners", "routes", "clusters", "policies", "identity", "control_plane"] {
+        assert!(schema["properties"].get(field).is_some(), "no {field} in {schema}");
+    }
+    let listener = &schema["$defs"]["Listener"];
+    assert_eq!(listener["required"], serde_json::json!(["name", "address"]));
+    assert!(listener["properties"]["header_timeout"]["description"].as_str().unwrap().contains("10s"));
+}

@@ -35,5 +35,5 @@ pub use ca::{CA_CERT_FILE, CA_COMMON_NAME, CA_KEY_FILE, CA_VALIDITY, Ca};
 pub use error::{CertError, Result};
 pub use inspect::{CertInfo, format_unix_time, inspect, inspect_chain, inspect_der, inspect_file, leaf_spiffe_id};
 pub use issue::{Csr, Issued, IssuedFiles, SignedCsr, csr_spiffe_id, new_csr};
-pub use pem::{certs_from_pem, encode_cert_pem, key_from_pem, load_certs, load_key};
+pub use pem::{Access, certs_from_pem, encode_cert_pem, key_from_pem, load_certs, load_key, write_atomically};
 pub use spiffe::{DEFAULT_TRUST_DOMAIN, SpiffeId};

@@ -85,34 +85,32 @@ pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>> {
     fs::read(path).map_err(|err| CertError::Read { path: path.to_path_buf(), err })
 }
 
-/// Who may read a file written by [`write_file`].
+/// Who may read a file written by [`write_atomically`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Access {
+pub enum Access {
     /// 0644: certificates.
     Public,
     /// 0600, set when the file is created: private keys.
     Private,
 }
 
+/// [`write_atomically`], with an error that names the file.
+pub(crate) fn write_file(path: &Path, contents: &[u8], access: Access) -> Result<()> {
+    write_atomically(path, contents, access).map_err(|err| CertError::Write { path: path.to_path_buf(), err })
+}
+
 /// Writes `contents` to `path` atomically: a temporary file in the same directory, created
 /// with the final permissions (never wider and narrowed later), synced, then renamed over
 /// `path`. Readers (e.g. a proxy watching its cert files) never see a half-written file.
-pub(crate) fn write_file(path: &Path, contents: &[u8], access: Access) -> Result<()> {
+pub fn write_atomically(path: &Path, contents: &[u8], access: Access) -> std::io::Result<()> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let werr = |p: &Path| {
-        let p = p.to_path_buf();
-        move |source| CertError::Write { path: p, err: source }
-    };
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
     let name = path
         .file_name()
-        .ok_or_else(|| CertError::Write {
-            path: path.to_path_buf(),
-            err: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name"),
-        })?
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name"))?
         .to_string_lossy();
     let tmp = dir.join(format!(".{name}.tmp.{}.{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
 
@@ -130,10 +128,10 @@ pub(crate) fn write_file(path: &Path, contents: &[u8], access: Access) -> Result
     let _ = access;
 
     let result = (|| {
-        let mut f = opts.open(&tmp).map_err(werr(path))?;
-        f.write_all(contents).map_err(werr(path))?;
-        f.sync_all().map_err(werr(path))?;
-        fs::rename(&tmp, path).map_err(werr(path))
+        let mut f = opts.open(&tmp)?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);

@@ -1,12 +1,16 @@
 //! Trellis data plane: everything between a client's bytes and an upstream's.
 //!
-//! A request's path, module by module:
-//! `listener` (accept on a worker) → `detect` (HTTP/1.1 or h2 preface) → `http::server`
-//! (hyper connection) → `http::forward` (route, pick backend and endpoint, forward) →
-//! `upstream` (pooled connection to the endpoint) → back through `http::body` (streamed,
-//! with idle/deadline timers) to the client. Failures become responses in one place,
-//! `http::respond`. The config every request reads is one immutable `config::Snapshot`
-//! swapped atomically by `reload`; `admin` serves health, metrics and the config dump.
+//! A request's path, module by module (ARCHITECTURE.md draws it):
+//! `listener` (accept on a worker; `tls` first on mesh and edge listeners) → `detect`
+//! (HTTP/1.1 or the h2 preface) → `http::server` (Trellis' own in-task HTTP/1.1 server in
+//! `http::h1`, or the HTTP/2 server on the `h2` crate in `http::h2`) → `http::forward`
+//! (authorize, route, pick a backend) → `http::attempts` (tries, retries, hedges) →
+//! `upstream` (balancer, pooled connection, HTTP/1.1 or HTTP/2 exchange) → back through
+//! `http::body` (streamed, with idle/deadline timers) to the client. `tcp` forwards opaque
+//! connections. Failures become responses in one place, `http::respond`. The config every
+//! request reads is one immutable `config::Snapshot` swapped atomically by `reload` (from
+//! the file) or `discovery` (from the control plane); `admin` serves health, metrics and
+//! the config dump.
 
 pub mod access_log;
 pub mod admin;

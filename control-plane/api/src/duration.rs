@@ -27,6 +27,19 @@ impl Duration {
     }
 }
 
+impl schemars::JsonSchema for Duration {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": r"^(0|[0-9]+(\.[0-9]+)?(ms|s|m|h|d))$",
+            "description": "A duration: a number and a unit (`ms`, `s`, `m`, `h`, `d`), e.g. `250ms`, `2s`, `1.5m`; or `0`.",
+        })
+    }
+}
+
 impl FromStr for Duration {
     type Err = String;
 

@@ -12,6 +12,7 @@ pub mod discovery {
     tonic::include_proto!("trellis.discovery.v1");
 }
 pub mod parse;
+pub mod reference;
 pub mod resources;
 pub mod validate;
 

@@ -2,21 +2,25 @@
 //! naming the field, never a silently ignored setting.
 
 use crate::Duration;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// What `trellis proxy --config FILE` reads: who this proxy is plus its static resources.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Bootstrap {
+    /// Who this proxy is: `id`, `service` (for discovery and sidecar registration) and `zone`.
     #[serde(default)]
     pub node: Node,
+    /// The admin server. Default address 127.0.0.1:9901.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin: Option<Admin>,
     /// How long in-flight requests may take to finish on shutdown, and how long a stream on a
     /// route removed by a reload may keep running. Default 15s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain_timeout: Option<Duration>,
+    /// One JSON line per request (and per TCP connection). Absent: no access log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_log: Option<AccessLog>,
     /// Where to get dynamic resources from (discovery).
@@ -25,18 +29,22 @@ pub struct Bootstrap {
     /// This proxy's mTLS identity (files watched and hot-reloaded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<Identity>,
+    /// Static listeners (kept alongside the control plane's).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub listeners: Vec<Listener>,
+    /// Static routes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<Route>,
+    /// Static clusters.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub clusters: Vec<Cluster>,
+    /// Static authorization policies.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub policies: Vec<Policy>,
 }
 
 /// The control plane a proxy takes resources from.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ControlPlane {
     /// `http://HOST:PORT` of the discovery server, or `https://HOST:PORT` for mTLS with the
@@ -55,11 +63,12 @@ pub struct ControlPlane {
 }
 
 /// Certificate, key and trust bundle files of a proxy's mesh identity.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Identity {
     /// Leaf then chain (PEM); the SPIFFE ID is the leaf's URI SAN.
     pub cert: String,
+    /// Private key (PEM) of the leaf; mode 0600 is advised.
     pub key: String,
     /// Trusted roots (PEM; several allowed, for root rotation).
     pub trust_bundle: String,
@@ -70,7 +79,7 @@ pub struct Identity {
 }
 
 /// Where a proxy gets its identity certificate: the control plane's `POST /v1/certificates`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Issuer {
     /// The control plane's REST API, `http://HOST:PORT` (its default address is
@@ -89,9 +98,10 @@ pub struct Issuer {
 }
 
 /// TLS on a listener.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerTls {
+    /// Which TLS.
     pub mode: ListenerTlsMode,
     /// `terminate`: server certificates, chosen by SNI (exact, then wildcard); the first is
     /// the default.
@@ -103,9 +113,10 @@ pub struct ListenerTls {
 }
 
 /// What TLS a listener speaks.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ListenerTlsMode {
+    /// Plaintext.
     #[default]
     None,
     /// mTLS between proxies: client certificate required, SPIFFE ID authorized by `policy`.
@@ -115,17 +126,20 @@ pub enum ListenerTlsMode {
 }
 
 /// A certificate chain and its key (PEM files).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CertPair {
+    /// Leaf then chain (PEM).
     pub cert: String,
+    /// Private key (PEM).
     pub key: String,
 }
 
 /// TLS to a cluster's endpoints.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterTls {
+    /// Which TLS.
     pub mode: ClusterTlsMode,
     /// `mesh`: the SPIFFE ID the endpoints must present.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -139,7 +153,7 @@ pub struct ClusterTls {
 }
 
 /// What TLS a cluster speaks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ClusterTlsMode {
     /// mTLS with this proxy's identity; the server's SPIFFE ID is verified, not a DNS name.
@@ -149,28 +163,32 @@ pub enum ClusterTlsMode {
 }
 
 /// An authorization policy for a listener.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
+    /// Referenced by a listener's `policy`.
     pub name: String,
     /// What happens when no rule matches. Default deny.
     #[serde(default)]
     pub default: PolicyDefault,
+    /// A request is allowed when any rule allows it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<PolicyRule>,
 }
 
 /// A policy's fallback.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PolicyDefault {
+    /// Deny requests no rule allows.
     #[default]
     Deny,
+    /// Allow requests no rule matches.
     Allow,
 }
 
 /// Allows a request when every given condition holds.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyRule {
     /// Peer SPIFFE IDs: exact, or ending in `*` (prefix). Empty: any peer.
@@ -188,21 +206,25 @@ pub struct PolicyRule {
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// This proxy's identity in the mesh.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Node {
+    /// This proxy's name, unique in the mesh (shown by `trellis ctl proxies`).
     #[serde(default)]
     pub id: String,
+    /// The service this proxy fronts: selects `service` listeners from the control plane and names the cluster a sidecar registers in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
+    /// Locality; balancers prefer endpoints of the same zone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zone: Option<String>,
 }
 
 /// The admin HTTP server (/ready, /live, /metrics, /config_dump).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Admin {
+    /// `IP:PORT` to serve /live, /ready, /metrics, /config_dump and /clusters on.
     pub address: String,
 }
 
@@ -210,14 +232,15 @@ pub struct Admin {
 pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9901";
 
 /// Where the JSON access log goes: `stdout` or a file path.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AccessLog {
+    /// `stdout`, or a file path (appended to; a rotated file is followed).
     pub path: String,
 }
 
 /// What a listener speaks.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ListenerProtocol {
     /// Sniff each connection: HTTP/2 preface → h2, otherwise HTTP/1.1.
@@ -230,14 +253,17 @@ pub enum ListenerProtocol {
 }
 
 /// A bound address and what to do with its connections.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Listener {
+    /// Unique among listeners.
     pub name: String,
+    /// `IP:PORT` to bind.
     pub address: String,
     /// Discovery: only proxies whose `node.service` is this get the listener. Absent: all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
+    /// What the listener speaks.
     #[serde(default)]
     pub protocol: ListenerProtocol,
     /// HTTP: route names, first match wins.
@@ -252,6 +278,7 @@ pub struct Listener {
     /// Largest request header block accepted; larger gets 431. Default 64 KiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_header_bytes: Option<u32>,
+    /// TLS on accepted connections (mesh mTLS or edge termination). Absent: plaintext.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ListenerTls>,
     /// Authorization policy name. A mesh listener without one denies everything.
@@ -265,12 +292,15 @@ pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_HEADER_BYTES: u32 = 64 * 1024;
 
 /// Which requests a route takes and where it sends them.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
+    /// Referenced by listeners' `routes`.
     pub name: String,
+    /// Which requests the route takes; all given predicates must hold. Absent: every request.
     #[serde(default, rename = "match")]
     pub matches: RouteMatch,
+    /// Weighted clusters; each request goes to one, picked by weight.
     pub backends: Vec<Backend>,
     /// Deadline for the whole exchange, response body included; `0` or absent = none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -278,16 +308,22 @@ pub struct Route {
     /// Longest wait for the response head or between two body chunks. Default 60s; `0` = none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<Duration>,
+    /// Request headers to add or remove before forwarding.
     #[serde(default, skip_serializing_if = "HeaderRules::is_empty")]
     pub headers: HeaderRules,
+    /// Response headers to add or remove before answering.
     #[serde(default, skip_serializing_if = "HeaderRules::is_empty")]
     pub response_headers: HeaderRules,
+    /// Retry failed tries. Absent: no retries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryPolicy>,
+    /// Send a second try when the first is slow. Absent: no hedging.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hedge: Option<HedgePolicy>,
+    /// Local token bucket; over it: 429 with `Retry-After`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// Fault injection for testing resilience.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault: Option<Fault>,
 }
@@ -296,7 +332,7 @@ pub struct Route {
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Request predicates; all given ones must hold.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteMatch {
     /// `example.com` (exact), `*.example.com` (any subdomain), or `*` (default).
@@ -311,15 +347,18 @@ pub struct RouteMatch {
     /// Header name → exact value.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
+    /// HTTP methods; empty: any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub methods: Vec<String>,
 }
 
 /// One weighted destination of a route.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Backend {
+    /// Cluster name.
     pub cluster: String,
+    /// Relative share of the route's requests.
     #[serde(default = "one")]
     pub weight: u32,
 }
@@ -329,11 +368,13 @@ fn one() -> u32 {
 }
 
 /// Headers to add (overwriting) and remove.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderRules {
+    /// Header name → value, set (replacing any value).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub add: BTreeMap<String, String>,
+    /// Header names to remove.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub remove: Vec<String>,
 }
@@ -346,10 +387,12 @@ impl HeaderRules {
 }
 
 /// The HTTP version spoken to a cluster's endpoints.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ClusterProtocol {
+    /// HTTP/1.1, pooled connections.
     Http1,
+    /// HTTP/2 (h2c, or h2 over TLS), multiplexed.
     Http2,
     /// The downstream request's own version (h2 in → h2 out, HTTP/1.x in → HTTP/1.1 out).
     #[default]
@@ -357,7 +400,7 @@ pub enum ClusterProtocol {
 }
 
 /// How a cluster picks an endpoint.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LbPolicy {
     /// Power of two choices on peak-EWMA latency × (in-flight + 1) ÷ weight (Linkerd's default).
@@ -376,7 +419,7 @@ pub enum LbPolicy {
 }
 
 /// What a consistent-hash balancer hashes. Requests without the key are spread at random.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HashOn {
     /// Hash this request header (e.g. an agent session id).
@@ -388,12 +431,15 @@ pub struct HashOn {
 }
 
 /// A set of endpoints serving one service.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Cluster {
+    /// Referenced by routes' backends and TCP listeners.
     pub name: String,
+    /// HTTP version spoken to the endpoints.
     #[serde(default)]
     pub protocol: ClusterProtocol,
+    /// How an endpoint is picked.
     #[serde(default)]
     pub lb: LbPolicy,
     /// For `ring_hash` and `maglev`: the request key. Default: the client's IP address.
@@ -408,14 +454,19 @@ pub struct Cluster {
     /// Idle pooled connections kept per endpoint and worker. Default 64.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_idle_per_endpoint: Option<u32>,
+    /// Limits per cluster. Absent: no limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub circuit_breaker: Option<CircuitBreaker>,
+    /// Passive ejection of failing endpoints. Absent: off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetection>,
+    /// Active health checks. Absent: off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheck>,
+    /// TLS to the endpoints (mesh mTLS or ordinary TLS). Absent: plaintext.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ClusterTls>,
+    /// Upstream addresses (with a control plane, more arrive by discovery).
     pub endpoints: Vec<Endpoint>,
 }
 
@@ -427,13 +478,15 @@ pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = 100;
 pub const DEFAULT_MAX_IDLE_PER_ENDPOINT: u32 = 64;
 
 /// One upstream address.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Endpoint {
     /// `IP:PORT` or `HOST:PORT` (resolved when the config is applied).
     pub address: String,
+    /// Relative share of traffic, honoured by every balancer.
     #[serde(default = "one")]
     pub weight: u32,
+    /// Locality, compared with `node.zone`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zone: Option<String>,
 }
@@ -441,7 +494,7 @@ pub struct Endpoint {
 /// Envoy-style thresholds per cluster; over one, a request gets 503 at once. Without a
 /// `circuit_breaker` block there are no limits; in one, an omitted field defaults to 1024
 /// (`max_retries`: 3).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CircuitBreaker {
     /// Open upstream connections across the cluster.
@@ -466,7 +519,7 @@ fn d3() -> u32 {
 }
 
 /// Passive health: endpoints that keep failing are ejected for a while.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OutlierDetection {
     /// Consecutive 5xx responses that eject an endpoint. Default 5; 0 = off.
@@ -500,14 +553,16 @@ fn d30s() -> crate::Duration {
 }
 
 /// Active health checking of every endpoint of a cluster.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
     /// HTTP GET this path (2xx = healthy). Absent: a TCP connect check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// Time between checks.
     #[serde(default = "d5s")]
     pub interval: crate::Duration,
+    /// Longest wait for one check.
     #[serde(default = "d1s")]
     pub timeout: crate::Duration,
     /// Failed checks in a row that mark an endpoint unhealthy. Default 3.
@@ -529,7 +584,7 @@ fn d1s() -> crate::Duration {
 }
 
 /// When and how a route retries.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetryPolicy {
     /// Tries in total, the first included. Default 2.
@@ -543,8 +598,10 @@ pub struct RetryPolicy {
     /// Deadline of one try. Default: none (the route's timeouts still apply).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_try_timeout: Option<crate::Duration>,
+    /// Wait between tries.
     #[serde(default)]
     pub backoff: Backoff,
+    /// Cap on retries as a share of requests.
     #[serde(default)]
     pub budget: RetryBudget,
     /// Retry non-idempotent methods (POST, PATCH) too. Default false.
@@ -620,12 +677,29 @@ impl<'de> Deserialize<'de> for RetryOn {
     }
 }
 
+impl JsonSchema for RetryOn {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "RetryOn".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "`connect_failure`, `reset`, `gateway_error` (502/503/504), `5xx`, `retriable_grpc`, or a status code (100–599).",
+            "anyOf": [
+                { "type": "string", "enum": ["connect_failure", "reset", "gateway_error", "5xx", "retriable_grpc"] },
+                { "type": "integer", "minimum": 100, "maximum": 599 }
+            ]
+        })
+    }
+}
+
 /// Exponential backoff with full jitter between tries.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Backoff {
+    /// First wait (doubling per try, full jitter). Default 25ms.
     #[serde(default = "d25ms")]
     pub base: crate::Duration,
+    /// Longest wait. Default 1s.
     #[serde(default = "d1s")]
     pub max: crate::Duration,
 }
@@ -641,7 +715,7 @@ fn d25ms() -> crate::Duration {
 }
 
 /// Caps retries to a share of requests, so a failing upstream does not get a retry storm.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetryBudget {
     /// Retries allowed per request, over a 10 s window. Default 0.2.
@@ -666,7 +740,7 @@ fn d10() -> u32 {
 }
 
 /// A second try for slow idempotent requests; the first response wins.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HedgePolicy {
     /// Wait this long (or `auto`: the cluster's recent p95 latency) before hedging.
@@ -703,10 +777,23 @@ impl<'de> Deserialize<'de> for HedgeDelay {
     }
 }
 
+impl JsonSchema for HedgeDelay {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "HedgeDelay".into()
+    }
+    fn json_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A duration, or `auto` (the cluster's recent p95 latency).",
+            "anyOf": [ g.subschema_for::<crate::Duration>(), { "const": "auto" } ]
+        })
+    }
+}
+
 /// A local token bucket per route (optionally one per key).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimit {
+    /// Refill rate of the bucket.
     pub requests_per_second: f64,
     /// Bucket size. Default: one second's worth.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -720,27 +807,31 @@ pub struct RateLimit {
 }
 
 /// Chaos: delay or abort a share of requests.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Fault {
+    /// Delay a share of requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delay: Option<FaultDelay>,
+    /// Answer a share of requests at once with a status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub abort: Option<FaultAbort>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FaultDelay {
     /// 0–100.
     pub percent: f64,
+    /// How long.
     pub duration: crate::Duration,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FaultAbort {
     /// 0–100.
     pub percent: f64,
+    /// Status of the answer.
     pub status: u16,
 }

@@ -11,12 +11,12 @@
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 use trellis_api as api;
+use trellis_certs::Access;
 use trellis_certs::SpiffeId;
 
 /// Validity asked for when `identity.issuer.ttl` is not set.
@@ -295,23 +295,16 @@ fn check(
 /// Writes key then certificate, each through a temporary file and a rename, so the file
 /// watch never reads a half-written file.
 fn write_files(identity: &api::Identity, chain_pem: &str, key_pem: &str) -> Result<(), IssueError> {
-    write_atomically("identity.key", Path::new(&identity.key), key_pem.as_bytes(), 0o600)?;
-    write_atomically("identity.cert", Path::new(&identity.cert), chain_pem.as_bytes(), 0o644)
+    write_atomically("identity.key", Path::new(&identity.key), key_pem.as_bytes(), Access::Private)?;
+    write_atomically("identity.cert", Path::new(&identity.cert), chain_pem.as_bytes(), Access::Public)
 }
 
-fn write_atomically(what: &'static str, path: &Path, data: &[u8], mode: u32) -> Result<(), IssueError> {
-    use std::os::unix::fs::OpenOptionsExt;
+fn write_atomically(what: &'static str, path: &Path, data: &[u8], access: Access) -> Result<(), IssueError> {
     let err = |source| IssueError::Write { what, path: path.to_owned(), source };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(err)?;
     }
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp).map_err(err)?;
-    f.write_all(data).and_then(|()| f.sync_all()).map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
+    trellis_certs::write_atomically(path, data, access).map_err(err)
 }
 
 /// For an `https://` issuer: TLS that accepts only the control plane's SPIFFE ID (in the
