@@ -122,7 +122,8 @@ async fn requests_must_name_one_host() {
             assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{what}: {text:?}");
             assert!(text.contains("\r\nx-trellis-error: bad host\r\n"), "{what}: {text:?}");
         }
-        let text = exchange_raw(listen, b"GET http://b.test/x HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n").await;
+        let text =
+            exchange_raw(listen, b"GET http://b.test/x HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n").await;
         assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text:?}");
         assert_eq!(body_json(&text)["host"], "b.test", "{text}");
         // HTTP/1.0 may leave Host out.
@@ -143,8 +144,10 @@ async fn requests_must_name_one_host() {
 #[tokio::test]
 async fn upstream_length_and_chunked_passes_the_chunked_body() {
     bounded(LIMIT, async {
-        let origin =
-            scripted_origin(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n").await;
+        let origin = scripted_origin(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        )
+        .await;
         let listen = listen_addr();
         let _proxy = Proxy::start(&simple_config(listen, origin.addr, "http1"));
         for h2 in [false, true] {
@@ -166,16 +169,24 @@ async fn upstream_length_and_chunked_passes_the_chunked_body() {
 #[tokio::test]
 async fn upstream_trailers_ended_by_a_bare_lf_end_the_response() {
     bounded(LIMIT, async {
-        let origin = scripted_origin(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nx-sum: 7\n\n").await;
+        let origin =
+            scripted_origin(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nx-sum: 7\n\n").await;
         let listen = listen_addr();
         let _proxy = Proxy::start(&simple_config(listen, origin.addr, "http1"));
         let mut c = Client::h1(listen).await;
         for i in 0..3 {
-            let resp = within(Duration::from_secs(5), c.send(Request::get("/").header("te", "trailers").body(full("")).unwrap()))
-                .await
-                .unwrap();
+            let resp = within(
+                Duration::from_secs(5),
+                c.send(Request::get("/").header("te", "trailers").body(full("")).unwrap()),
+            )
+            .await
+            .unwrap();
             let body = within(Duration::from_secs(5), resp.into_body().collect()).await.unwrap();
-            assert_eq!(body.trailers().and_then(|t| t.get("x-sum")).map(|v| v.as_bytes()), Some(&b"7"[..]), "request {i}");
+            assert_eq!(
+                body.trailers().and_then(|t| t.get("x-sum")).map(|v| v.as_bytes()),
+                Some(&b"7"[..]),
+                "request {i}"
+            );
             assert_eq!(body.to_bytes(), "ok");
         }
         assert_eq!(origin.conns.load(std::sync::atomic::Ordering::SeqCst), 1, "the upstream connection is reused");
@@ -292,7 +303,11 @@ async fn h2_window_overflow_is_a_flow_control_error() {
         let mut h2 = RawH2::connect(listen).await;
         let head = h2raw::block(&[(":method", "POST"), (":scheme", "http"), (":path", "/up"), (":authority", "x")]);
         let window = h2raw::frame(h2raw::WINDOW_UPDATE, 0, 1, &0x7fff_ffffu32.to_be_bytes());
-        let e = error_after(&mut h2, vec![h2raw::frame(h2raw::HEADERS, h2raw::END_HEADERS, 1, &head), window.clone(), window]).await;
+        let e = error_after(
+            &mut h2,
+            vec![h2raw::frame(h2raw::HEADERS, h2raw::END_HEADERS, 1, &head), window.clone(), window],
+        )
+        .await;
         assert_eq!(e, Some((h2raw::RST_STREAM, 1, 0x3)), "FLOW_CONTROL_ERROR");
     })
     .await;
@@ -311,7 +326,11 @@ async fn h2_crate_gaps() {
         let _proxy = Proxy::start(&simple_config(listen, origin.addr, "http1"));
         let mut h2 = answered_early(listen, false).await;
         let trailers = h2raw::block(&[(":path", "/x")]);
-        let e = error_after(&mut h2, vec![h2raw::frame(h2raw::HEADERS, h2raw::END_HEADERS | h2raw::END_STREAM, 1, &trailers)]).await;
+        let e = error_after(
+            &mut h2,
+            vec![h2raw::frame(h2raw::HEADERS, h2raw::END_HEADERS | h2raw::END_STREAM, 1, &trailers)],
+        )
+        .await;
         assert!(matches!(e, Some((_, _, 0x1))), "pseudo-header trailers: {e:?}");
         let mut h2 = answered_early(listen, false).await;
         let window = h2raw::frame(h2raw::WINDOW_UPDATE, 0, 1, &0x7fff_ffffu32.to_be_bytes());

@@ -5,9 +5,10 @@
 //! the bytes in the socket for the HTTP server to read.
 
 use std::io;
+use std::task::Poll;
 use std::time::Duration;
+use tokio::io::ReadBuf;
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// The request line HTTP/2's preface starts with: no HTTP/1.x request looks like it.
@@ -21,22 +22,28 @@ pub enum Protocol {
 }
 
 /// Peeks until the protocol is known. `Ok(None)` when the client closed or sent nothing
-/// before `timeout`.
+/// before `timeout`. Its state is most of what a connection that has sent nothing costs,
+/// so it holds one timer and polls the socket directly (no peek future, whose wait-list
+/// entry would sit beside it).
 pub async fn sniff(stream: &TcpStream, timeout: Duration) -> io::Result<Option<Protocol>> {
-    let deadline = Instant::now() + timeout;
-    let mut buf = [0u8; 24];
+    let mut deadline = std::pin::pin!(tokio::time::sleep(timeout));
     loop {
-        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
-            Ok(r) => r?,
-            Err(_) => return Ok(None),
-        };
-        if n == 0 {
+        let mut buf = [0u8; 24];
+        let peeked = std::future::poll_fn(|cx| {
+            if deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ok(0));
+            }
+            stream.poll_peek(cx, &mut ReadBuf::new(&mut buf))
+        })
+        .await?;
+        if peeked == 0 {
             return Ok(None);
         }
-        match classify(&buf[..n]) {
+        match classify(&buf[..peeked]) {
             Some(p) => return Ok(Some(p)),
-            // A prefix of the preface: wait for more bytes (rare: clients send it whole).
-            None if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(1)).await,
+            // A prefix of the preface: wait for more bytes (rare: clients send it whole;
+            // boxed, so the usual state holds one timer).
+            None if !deadline.is_elapsed() => Box::pin(tokio::time::sleep(Duration::from_millis(1))).await,
             None => return Ok(None),
         }
     }

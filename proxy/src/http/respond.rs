@@ -136,3 +136,66 @@ pub fn error_response(err: &ForwardError) -> Response<ProxyBody> {
     }
     resp
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::h1::{Error as H1Error, Kind};
+
+    /// Every client fault is a 4xx, every upstream fault a 502/504, the proxy's own a 503
+    /// (docs/errors.md is this table).
+    #[test]
+    fn sides_statuses_and_reasons() {
+        let io = || std::io::Error::other("x");
+        let addr: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap_or_else(|_| unreachable!());
+        let body = || crate::http::body::ClientBodyError::H1(H1Error::client(Kind::Truncated));
+        let cases: Vec<(ForwardError, Side, u16, &str)> = vec![
+            (ForwardError::NoRoute, Side::Client, 404, "no route"),
+            (ForwardError::Forbidden, Side::Client, 403, "forbidden"),
+            (ForwardError::RateLimited(std::time::Duration::from_secs(1)), Side::Client, 429, "rate limited"),
+            (ForwardError::HeadersTooLarge, Side::Client, 431, "header block too large"),
+            (ForwardError::Host("two"), Side::Client, 400, "bad host"),
+            (ForwardError::ClientBody(body()), Side::Client, 400, "bad request body"),
+            (ForwardError::Upstream(UpstreamError::ClientBody(body())), Side::Client, 400, "bad request body"),
+            (ForwardError::BodyTimeout, Side::Client, 408, "request body timeout"),
+            (ForwardError::Request(H1Error::client(Kind::Invalid("x"))), Side::Client, 400, "bad request"),
+            (ForwardError::Request(H1Error::client(Kind::Timeout)), Side::Client, 408, "request timeout"),
+            (ForwardError::Request(H1Error::client(Kind::UriTooLong)), Side::Client, 414, "uri too long"),
+            (ForwardError::Request(H1Error::client(Kind::TooManyHeaders)), Side::Client, 431, "header block too large"),
+            (
+                ForwardError::Request(H1Error::client(Kind::Unsupported("x"))),
+                Side::Client,
+                501,
+                "unsupported transfer coding",
+            ),
+            (
+                ForwardError::Upstream(UpstreamError::Connect { addr, source: io() }),
+                Side::Upstream,
+                502,
+                "upstream connect failure",
+            ),
+            (ForwardError::Upstream(UpstreamError::Reset(Box::new(io()))), Side::Upstream, 502, "upstream reset"),
+            (
+                ForwardError::Upstream(UpstreamError::Protocol(H1Error::upstream(Kind::Invalid("x")).into())),
+                Side::Upstream,
+                502,
+                "upstream protocol error",
+            ),
+            (ForwardError::Timeout, Side::Upstream, 504, "upstream timeout"),
+            (ForwardError::IdleTimeout, Side::Upstream, 504, "upstream idle timeout"),
+            (ForwardError::NoEndpoint("c".into()), Side::Proxy, 503, "no healthy endpoint"),
+            (ForwardError::ListenerGone, Side::Proxy, 503, "listener draining"),
+            (
+                ForwardError::Upstream(UpstreamError::Overloaded(crate::resilience::breaker::Threshold::MaxRequests)),
+                Side::Proxy,
+                503,
+                "overloaded",
+            ),
+        ];
+        for (err, side, status, reason) in cases {
+            assert_eq!((err.side(), err.status().as_u16(), err.reason()), (side, status, reason), "{err:?}");
+            let resp = error_response(&err);
+            assert_eq!(resp.headers()[ERROR_HEADER], reason);
+        }
+    }
+}

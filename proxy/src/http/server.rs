@@ -4,28 +4,28 @@
 use crate::config::Listener;
 use crate::detect::Protocol;
 use crate::http::forward::ConnCtx;
-use hyper_util::server::graceful::Watcher;
+use crate::listener::Open;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
 /// Serves `stream` (plain TCP or TLS) until the client leaves or a graceful shutdown
-/// (`watcher`; `stop` is its start) completes.
+/// (`stop`) completes; `open` counts it for the drain until then.
 pub async fn serve<S>(
     stream: S,
     proto: Protocol,
     ctx: Arc<ConnCtx>,
     listener: &Listener,
-    watcher: Watcher,
+    open: Open,
     stop: &CancellationToken,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     match proto {
-        Protocol::Http1 => crate::http::h1::serve(stream, ctx, listener, watcher, stop).await,
+        Protocol::Http1 => crate::http::h1::serve(stream, ctx, listener, open, stop).await,
         // Boxed (one allocation per connection): a connection's task is allocated at the
         // size of its largest branch for its whole life, and HTTP/2's state is larger than
         // the HTTP/1.1 server's, so every HTTP/1.1 connection paid for it.
-        Protocol::Http2 => Box::pin(crate::http::h2::server::serve(stream, ctx, listener, watcher, stop)).await,
+        Protocol::Http2 => Box::pin(crate::http::h2::server::serve(stream, ctx, listener, open, stop)).await,
     }
 }

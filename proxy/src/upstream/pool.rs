@@ -52,12 +52,12 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
-    /// Whose fault this is: the client's for its own body, the proxy's for its breakers,
-    /// else the upstream's.
+    /// Whose fault this is: the client's for its own body, the proxy's for its breakers
+    /// and for a request it cannot put into HTTP/2, else the upstream's.
     pub fn side(&self) -> Side {
         match self {
             Self::ClientBody(_) => Side::Client,
-            Self::Overloaded(_) => Side::Proxy,
+            Self::Overloaded(_) | Self::Unsendable(_) => Side::Proxy,
             _ => Side::Upstream,
         }
     }

@@ -21,10 +21,10 @@ use crate::http::body::{ClientBody, ProxyBody};
 use crate::http::forward::{self, ConnCtx};
 use crate::http::io_bufs;
 use crate::http::respond::{ForwardError, error_response};
+use crate::listener::Open;
 use bytes::{Bytes, BytesMut};
 use http::{Method, Response, Version};
 use http_body::{Body, Frame};
-use hyper_util::server::graceful::Watcher;
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
 use std::pin::{Pin, pin};
@@ -49,12 +49,12 @@ const LINGER: (Duration, usize) = (Duration::from_secs(1), 256 * 1024);
 type Polled = Option<Result<Frame<Bytes>, <ProxyBody as Body>::Error>>;
 
 /// Serves `io` until the client leaves, a response closes it, or draining ends it.
-/// `watcher` is held for the life of the connection so a graceful shutdown waits for it.
-pub async fn serve<S>(mut io: S, ctx: Arc<ConnCtx>, listener: &Listener, watcher: Watcher, stop: &CancellationToken)
+/// `open` is held for the life of the connection so a drain waits for it.
+pub async fn serve<S>(mut io: S, ctx: Arc<ConnCtx>, listener: &Listener, open: Open, stop: &CancellationToken)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let _watcher = watcher;
+    let _open = open;
     let mut conn = Conn {
         buf: BytesMut::new(),
         out: Vec::new(),

@@ -33,6 +33,8 @@ pub enum Framing {
 pub struct Fields {
     length: Option<u64>,
     length_seen: bool,
+    /// More than one `Content-Length` field line, or a list in one.
+    length_repeated: bool,
     bad_length: bool,
     te_seen: bool,
     /// Transfer codings listed, how many of them are chunked, and whether chunked is last.
@@ -56,6 +58,7 @@ impl Fields {
     pub fn note(&mut self, name: &HeaderName, value: &[u8]) {
         match *name {
             header::CONTENT_LENGTH => {
+                self.length_repeated |= self.length_seen || value.contains(&b',');
                 self.length_seen = true;
                 match parse_length(value) {
                     Some(n) if self.length.is_none_or(|l| l == n) => self.length = Some(n),
@@ -86,9 +89,10 @@ impl Fields {
         }
     }
 
-    /// Whether the message had a `Content-Length` field.
-    pub fn has_length(&self) -> bool {
-        self.length_seen
+    /// Whether the message's `Content-Length` came repeated (the same length more than
+    /// once): it is to be sent on as one field.
+    pub fn length_repeated(&self) -> bool {
+        self.length_repeated
     }
 
     /// Whether the connection may carry another message after this one, by version and
@@ -220,6 +224,12 @@ pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, BadLength> {
         length = Some(n);
     }
     Ok(length)
+}
+
+/// Replaces every `Content-Length` field of `headers` by one saying `n` (a length that
+/// came repeated goes on once).
+pub fn set_length(headers: &mut HeaderMap, n: u64) {
+    headers.insert(header::CONTENT_LENGTH, http::HeaderValue::from(n));
 }
 
 /// The non-empty, trimmed members of a comma-separated field value.

@@ -79,7 +79,11 @@ pub fn request(buf: &mut BytesMut) -> Result<Option<RequestHead>, Error> {
     // Room for the forwarding headers `prepare_request` adds: growing the map (a new
     // table and a rehash) was ~5% of the proxy's user time.
     let extra = crate::http::headers::ADDED_TO_REQUESTS;
-    let headers = SCRATCH.with_borrow_mut(|scratch| fields_map(&head, scratch, extra, Side::Client))?;
+    let mut headers = SCRATCH.with_borrow_mut(|scratch| fields_map(&head, scratch, extra, Side::Client))?;
+    if fields.length_repeated() {
+        let n = if let Framing::Length(n) = framing { n } else { 0 };
+        framing::set_length(&mut headers, n);
+    }
     let mut req = Request::new(());
     *req.method_mut() = method;
     *req.uri_mut() = uri;
@@ -169,6 +173,9 @@ pub fn response(buf: &mut BytesMut, method: &Method) -> Result<Option<ResponseHe
     let mut headers = SCRATCH.with_borrow_mut(|scratch| fields_map(&head, scratch, 0, Side::Upstream))?;
     if drop_length {
         headers.remove(http::header::CONTENT_LENGTH);
+    } else if fields.length_repeated() {
+        let n = framing::parse_length(headers[http::header::CONTENT_LENGTH].as_bytes()).unwrap_or(0);
+        framing::set_length(&mut headers, n);
     }
     let keep_alive = reusable && fields.persistent(version);
     Ok(Some(ResponseHead { status, version, headers, framing, keep_alive }))

@@ -497,6 +497,16 @@ fn responses() {
 }
 
 #[test]
+fn repeated_lengths_go_on_once() {
+    let mut buf = BytesMut::from(&b"POST / HTTP/1.1\r\nContent-Length: 5\r\ncontent-length: 5, 5\r\n\r\nhello"[..]);
+    let h = head::request(&mut buf).unwrap().unwrap();
+    assert_eq!(h.req.headers().get_all("content-length").iter().collect::<Vec<_>>(), ["5"]);
+    let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nok"[..]);
+    let h = head::response(&mut buf, &Method::GET).unwrap().unwrap();
+    assert_eq!(h.headers.get_all("content-length").iter().collect::<Vec<_>>(), ["2"]);
+}
+
+#[test]
 fn response_drops_content_length_under_chunked() {
     let input = format!("{OK}Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n");
     let h = head::response(&mut BytesMut::from(input.as_bytes()), &Method::GET).unwrap().unwrap();

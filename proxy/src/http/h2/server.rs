@@ -16,6 +16,7 @@ use crate::http::forward::{self, ConnCtx};
 use crate::http::h1::content_length;
 use crate::http::h2::body::{Pipe, RecvBody, Returned};
 use crate::http::h2::headers::{Kind, strip_connection_headers};
+use crate::listener::Open;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
@@ -24,7 +25,6 @@ use h2::{Reason, RecvStream, SendStream};
 use http::header::{CONTENT_LENGTH, DATE};
 use http::{HeaderValue, Method, Request, Response};
 use http_body::Body;
-use hyper_util::server::graceful::Watcher;
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
 use std::sync::Arc;
@@ -68,13 +68,13 @@ fn builder(listener: &Listener) -> Builder {
 }
 
 /// Serves `io` until the client leaves, the connection fails, or draining (`stop`) has
-/// sent GOAWAY and the streams in flight have finished. `watcher` is held for the life of
-/// the connection so a graceful shutdown waits for it.
-pub async fn serve<S>(mut io: S, ctx: Arc<ConnCtx>, listener: &Listener, watcher: Watcher, stop: &CancellationToken)
+/// sent GOAWAY and the streams in flight have finished. `open` is held for the life of the
+/// connection so a drain waits for it.
+pub async fn serve<S>(mut io: S, ctx: Arc<ConnCtx>, listener: &Listener, open: Open, stop: &CancellationToken)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let _watcher = watcher;
+    let _open = open;
     let Some(refused) = serve_on(&mut io, &ctx, listener, stop).await else { return };
     // A preface that is not one (RFC 9113 §3.4) is a connection error: our SETTINGS went
     // out first, GOAWAY follows.
@@ -191,11 +191,17 @@ async fn exchange(req: Request<RecvStream>, mut respond: SendResponse<Bytes>, ct
 /// hyper did; so is one whose `content-length` fields are malformed or disagree (h2 checks
 /// only the first): the reset to send.
 fn into_request(req: Request<RecvStream>) -> Result<(Request<ClientBody>, Option<Returned>), Reason> {
-    let (parts, recv) = req.into_parts();
+    let (mut parts, recv) = req.into_parts();
     let Ok(len) = content_length(&parts.headers) else {
         tracing::debug!("h2 request with malformed content-length");
         return Err(Reason::PROTOCOL_ERROR);
     };
+    // The same length given more than once goes on once.
+    if let Some(n) = len
+        && parts.headers.get_all(http::header::CONTENT_LENGTH).iter().nth(1).is_some()
+    {
+        crate::http::h1::framing::set_length(&mut parts.headers, n);
+    }
     if parts.method == Method::CONNECT {
         if len.is_some_and(|n| n != 0) {
             tracing::debug!("h2 CONNECT with a body is not supported");
