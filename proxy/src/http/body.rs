@@ -23,7 +23,7 @@ pub enum BodyError {
     #[error("upstream body failed: {0}")]
     UpstreamH2(#[from] h2::Error),
     #[error("upstream body failed: {0}")]
-    UpstreamH1(#[from] crate::upstream::h1::Error),
+    UpstreamH1(#[from] crate::http::h1::Error),
     #[error("upstream idle for longer than the route's idle_timeout")]
     IdleTimeout,
     #[error("request exceeded the route's timeout")]
@@ -34,10 +34,11 @@ pub enum BodyError {
 
 /// A request body as the client sent it: read off an HTTP/1 connection by the in-task
 /// server, an HTTP/2 stream's, or none.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub enum ClientBody {
     H1(crate::http::h1::Incoming),
     H2(RecvBody),
+    #[default]
     Empty,
 }
 

@@ -66,7 +66,7 @@ impl UpstreamError {
 impl From<h1::Error> for UpstreamError {
     fn from(e: h1::Error) -> Self {
         match e {
-            h1::Error::RequestBody(b) => Self::ClientBody(b),
+            h1::Error::RequestBody(b) => Self::ClientBody(*b),
             h1::Error::Wire(w) if w.side() == Side::Client => Self::ClientBody(ClientBodyError::H1(w)),
             h1::Error::Wire(w) => match w.kind() {
                 crate::http::h1::Kind::Io(_) | crate::http::h1::Kind::Closed | crate::http::h1::Kind::Truncated => {

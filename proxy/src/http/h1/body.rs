@@ -30,7 +30,7 @@ impl Decoder {
         let state = match framing {
             Framing::None => Read::Done,
             Framing::Length(n) => Read::Length(n),
-            Framing::Chunked => Read::Chunked(chunked::Decoder::new(side)),
+            Framing::Chunked => Read::Chunked(chunked::Decoder::default()),
             Framing::Close => Read::Close,
         };
         Self { state, side }
@@ -53,7 +53,7 @@ impl Decoder {
                 Ok(Decoded::Data(data))
             }
             Read::Chunked(dec) => {
-                let decoded = dec.decode(buf)?;
+                let decoded = dec.decode(buf, self.side)?;
                 if dec.is_done() {
                     self.state = Read::Done;
                 }
@@ -95,20 +95,15 @@ impl Decoder {
 /// count against the announced length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Encoder {
+    /// A `Length` body counts down what it still owes.
     framing: Framing,
-    /// Bytes still owed by a `Length` body.
-    left: u64,
     /// Whose fault a body that breaks its length is: the sender of the message's source.
     side: Side,
 }
 
 impl Encoder {
     pub fn new(framing: Framing, side: Side) -> Self {
-        let left = match framing {
-            Framing::Length(n) => n,
-            _ => 0,
-        };
-        Self { framing, left, side }
+        Self { framing, side }
     }
 
     pub fn framing(&self) -> Framing {
@@ -123,13 +118,13 @@ impl Encoder {
     /// Before a data frame of `len` (> 0) bytes: appends what goes before it to `out`,
     /// and returns what goes after it.
     pub fn data(&mut self, len: usize, out: &mut Vec<u8>) -> Result<&'static [u8], Error> {
-        match self.framing {
+        match &mut self.framing {
             Framing::None => Err(Error::new(self.side, Kind::Length)),
-            Framing::Length(_) => {
-                if len as u64 > self.left {
+            Framing::Length(left) => {
+                if len as u64 > *left {
                     return Err(Error::new(self.side, Kind::Length));
                 }
-                self.left -= len as u64;
+                *left -= len as u64;
                 Ok(b"")
             }
             Framing::Chunked => {
@@ -143,10 +138,8 @@ impl Encoder {
     /// Ends the body: appends the last chunk (with `trailers`, for chunked framing only) to
     /// `out`, or checks that the announced length was sent. Ending twice adds nothing.
     pub fn end(&mut self, trailers: Option<&HeaderMap>, out: &mut Vec<u8>) -> Result<(), Error> {
-        let framing = std::mem::replace(&mut self.framing, Framing::None);
-        match framing {
-            Framing::None | Framing::Close => Ok(()),
-            Framing::Length(_) if self.left == 0 => Ok(()),
+        match std::mem::replace(&mut self.framing, Framing::None) {
+            Framing::None | Framing::Close | Framing::Length(0) => Ok(()),
             Framing::Length(_) => Err(Error::new(self.side, Kind::Length)),
             Framing::Chunked => {
                 chunked::last_chunk(out, trailers.filter(|t| !t.is_empty()));

@@ -39,10 +39,10 @@ enum State {
     Data(u64),
     DataEnd,
     /// In the trailer section: where its current line starts, and how far it has been
-    /// scanned for a line end.
+    /// scanned for a line end (both under `MAX_TRAILERS`).
     Trailers {
-        line: usize,
-        scanned: usize,
+        line: u32,
+        scanned: u32,
     },
     Done,
 }
@@ -51,31 +51,28 @@ enum State {
 #[derive(Debug)]
 pub struct Decoder {
     state: State,
-    side: Side,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Self { state: State::Size }
+    }
 }
 
 impl Decoder {
-    /// A decoder whose errors are `side`'s fault.
-    pub fn new(side: Side) -> Self {
-        Self { state: State::Size, side }
-    }
-
-    fn err(&self, why: &'static str) -> Error {
-        Error::new(self.side, Kind::Chunked(why))
-    }
-
-    /// Decodes what `buf` holds, consuming what it uses.
-    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, Error> {
+    /// Decodes what `buf` holds, consuming what it uses; errors are `side`'s fault.
+    pub fn decode(&mut self, buf: &mut BytesMut, side: Side) -> Result<Decoded, Error> {
+        let err = |why| Error::new(side, Kind::Chunked(why));
         loop {
             match self.state {
                 State::Size => {
                     let Some(nl) = buf.iter().take(MAX_LINE + 1).position(|&b| b == b'\n') else {
                         if buf.len() > MAX_LINE {
-                            return Err(self.err("chunk size line too long"));
+                            return Err(err("chunk size line too long"));
                         }
                         return Ok(Decoded::NeedMore);
                     };
-                    let size = size_line(&buf[..=nl]).map_err(|why| self.err(why))?;
+                    let size = size_line(&buf[..=nl]).map_err(err)?;
                     buf.advance(nl + 1);
                     self.state = if size == 0 { State::Trailers { line: 0, scanned: 0 } } else { State::Data(size) };
                 }
@@ -92,24 +89,24 @@ impl Decoder {
                 State::DataEnd => {
                     if buf.len() < 2 {
                         if buf.first().is_some_and(|&b| b != b'\r') {
-                            return Err(self.err("chunk data not followed by CRLF"));
+                            return Err(err("chunk data not followed by CRLF"));
                         }
                         return Ok(Decoded::NeedMore);
                     }
                     if &buf[..2] != b"\r\n" {
-                        return Err(self.err("chunk data not followed by CRLF"));
+                        return Err(err("chunk data not followed by CRLF"));
                     }
                     buf.advance(2);
                     self.state = State::Size;
                 }
-                State::Trailers { mut line, scanned } => {
-                    let mut from = scanned.max(line);
+                State::Trailers { line, scanned } => {
+                    let (mut line, mut from) = (line as usize, scanned.max(line) as usize);
                     loop {
                         let Some(i) = buf[from..].iter().position(|&b| b == b'\n') else {
                             if buf.len() > MAX_TRAILERS {
-                                return Err(self.err("trailer section too large"));
+                                return Err(err("trailer section too large"));
                             }
-                            self.state = State::Trailers { line, scanned: buf.len() };
+                            self.state = State::Trailers { line: line as u32, scanned: buf.len() as u32 };
                             return Ok(Decoded::NeedMore);
                         };
                         let nl = from + i;
@@ -120,12 +117,12 @@ impl Decoder {
                             if line == 0 {
                                 return Ok(Decoded::End);
                             }
-                            return trailers(&section).map(Decoded::Trailers).map_err(|why| self.err(why));
+                            return trailers(&section).map(Decoded::Trailers).map_err(err);
                         }
                         line = nl + 1;
                         from = line;
                         if line > MAX_TRAILERS {
-                            return Err(self.err("trailer section too large"));
+                            return Err(err("trailer section too large"));
                         }
                     }
                 }

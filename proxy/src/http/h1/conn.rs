@@ -48,6 +48,11 @@ const LINGER: (Duration, usize) = (Duration::from_secs(1), 256 * 1024);
 
 type Polled = Option<Result<Frame<Bytes>, <ProxyBody as Body>::Error>>;
 
+thread_local! {
+    /// Field positions while a head is parsed (used only within `head::request`).
+    static SCRATCH: std::cell::RefCell<head::Scratch> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Serves `io` until the client leaves, a response closes it, or draining ends it.
 /// `open` is held for the life of the connection so a drain waits for it.
 pub async fn serve<S>(mut io: S, ctx: Arc<ConnCtx>, listener: &Listener, open: Open, stop: &CancellationToken)
@@ -81,7 +86,7 @@ where
             connect: req.method() == Method::CONNECT,
             trailers,
         };
-        let mut req = req.map(|()| ClientBody::Empty);
+        let mut req = req;
         if framing != Framing::None {
             let (body, feed) = incoming::channel(framing, expect_continue);
             *req.body_mut() = ClientBody::H1(body);
@@ -133,7 +138,7 @@ impl Drop for Conn {
 // Moved once per request; boxing the head would cost an allocation each time.
 #[allow(clippy::large_enum_variant)]
 enum Next {
-    Head(RequestHead),
+    Head(RequestHead<ClientBody>),
     /// A head the codec refuses: answered, then the connection closes.
     Refuse(Error),
     Done,
@@ -173,7 +178,8 @@ impl Conn {
         let deadline = Instant::now() + self.header_timeout;
         loop {
             if !self.buf.is_empty() {
-                match head::request(&mut self.buf) {
+                let parsed = SCRATCH.with_borrow_mut(|scratch| head::request(&mut self.buf, scratch));
+                match parsed {
                     Ok(Some(head)) => return Next::Head(head),
                     Ok(None) if self.buf.len() >= self.max_buf => {
                         return Next::Refuse(Error::client(Kind::HeadTooLarge(self.max_buf)));
@@ -337,6 +343,7 @@ impl Conn {
     /// another request: one abandoned by its holder is if what remains of it is already
     /// buffered; one still being read is, until the response has `ended` (it is fed on
     /// while the response goes out).
+    #[inline]
     fn body_settled(&mut self, ended: bool) -> bool {
         let Some(feed) = self.feed.as_mut() else { return true };
         match feed.state() {

@@ -120,8 +120,14 @@ pub fn response_head(
     framing
 }
 
+/// Whether `m` defines a meaning for enclosed content (POST, PUT, PATCH and extension
+/// methods): its empty body is sent as `content-length: 0`.
+fn payload_method(m: &Method) -> bool {
+    !matches!(*m, Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS | Method::CONNECT | Method::TRACE)
+}
+
 /// Encodes the request line and fields, with the framing fields for the body: none for
-/// an empty body (`content-length: 0` if the request had a length), its length when
+/// an empty body (`content-length: 0` for a method that defines a body), its length when
 /// known, else chunked, except for GET, HEAD and CONNECT, which are sent without one (as
 /// hyper's client did). Returns the head and how the body goes.
 pub fn request_head(parts: &request::Parts, empty: bool, exact: Option<u64>) -> (Vec<u8>, Framing) {
@@ -146,7 +152,8 @@ pub fn request_head(parts: &request::Parts, empty: bool, exact: Option<u64>) -> 
     let added: Option<(&[u8], &[u8])> = match framing {
         Framing::Length(n) => Some((b"content-length", decimal(n, &mut digits))),
         Framing::Chunked => Some((b"transfer-encoding", b"chunked")),
-        _ if h.contains_key(header::CONTENT_LENGTH) => Some((b"content-length", b"0")),
+        // An empty body of a method that defines one is announced (RFC 9110 §8.6).
+        _ if payload_method(&parts.method) => Some((b"content-length", b"0")),
         _ => None,
     };
     let sent = |k: &header::HeaderName| k != header::TRANSFER_ENCODING && k != header::CONTENT_LENGTH;

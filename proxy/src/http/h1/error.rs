@@ -39,6 +39,9 @@ pub enum Kind {
     /// A transfer coding other than chunked (RFC 9112 §6.1: 501).
     #[error("transfer coding not implemented: {0}")]
     Unsupported(&'static str),
+    /// Two `Host` fields, none in an HTTP/1.1 request, or an invalid one (RFC 9112 §3.2).
+    #[error("{0}")]
+    Host(&'static str),
     #[error("malformed chunked body: {0}")]
     Chunked(&'static str),
     /// A body that is not the length its head announced.
@@ -88,6 +91,7 @@ impl Error {
             Kind::UriTooLong => "uri too long",
             Kind::Unsupported(_) => "unsupported transfer coding",
             Kind::Timeout => "request timeout",
+            Kind::Host(_) => "bad host",
             _ => "bad request",
         }
     }

@@ -12,7 +12,8 @@
 //! to the close.
 
 use super::error::{Error, Kind};
-use http::{HeaderMap, HeaderName, Method, StatusCode, Version, header};
+use super::head::Requested;
+use http::{HeaderMap, HeaderName, StatusCode, Version, header};
 
 /// How a body goes on the wire, in either direction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,8 +42,9 @@ pub struct Fields {
     codings: u32,
     chunked: u32,
     last_chunked: bool,
-    /// `Host` field lines.
+    /// `Host` field lines, and whether one is not a valid host.
     pub hosts: u32,
+    pub bad_host: bool,
     /// `Connection: close` / `Connection: keep-alive`.
     pub close: bool,
     pub keep_alive: bool,
@@ -73,7 +75,11 @@ impl Fields {
                     self.chunked += u32::from(self.last_chunked);
                 }
             }
-            header::HOST => self.hosts += 1,
+            header::HOST => {
+                self.hosts += 1;
+                // An empty Host is what a client sends for a target with no authority.
+                self.bad_host |= !value.is_empty() && !valid_host(value);
+            }
             header::CONNECTION => {
                 for token in tokens(value) {
                     if token.eq_ignore_ascii_case(b"close") {
@@ -147,19 +153,15 @@ pub struct ResponseFraming {
     pub drop_length: bool,
 }
 
-/// The framing of a response body to a `method` request (RFC 9112 §6.3, as a recipient
-/// must read it; what cannot be read is an error of the upstream's).
-pub fn response(method: &Method, status: StatusCode, version: Version, f: &Fields) -> Result<ResponseFraming, Error> {
+/// The framing of a response body to a request (`to`; RFC 9112 §6.3, as a recipient must
+/// read it; what cannot be read is an error of the upstream's).
+pub fn response(to: Requested, status: StatusCode, version: Version, f: &Fields) -> Result<ResponseFraming, Error> {
     let framed = |framing, reusable| Ok(ResponseFraming { framing, reusable, drop_length: false });
-    if *method == Method::HEAD
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
+    if to.head || status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return framed(Framing::None, true);
     }
     // A tunnel starts right after the head: no body, and the connection is not HTTP any more.
-    if *method == Method::CONNECT && status.is_success() {
+    if to.connect && status.is_success() {
         return framed(Framing::None, false);
     }
     let invalid = |why| Err(Error::upstream(Kind::Invalid(why)));
@@ -230,6 +232,73 @@ pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, BadLength> {
 /// came repeated goes on once).
 pub fn set_length(headers: &mut HeaderMap, n: u64) {
     headers.insert(header::CONTENT_LENGTH, http::HeaderValue::from(n));
+}
+
+/// The octets of a reg-name or IPv4 address (RFC 3986 §3.2.2: unreserved, pct-encoded and
+/// sub-delims), as a table: a `Host` is checked on every request.
+const REG_NAME: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric()
+            || matches!(c, b'-' | b'.' | b'_' | b'~' | b'%' | b'!' | b'$' | b'&')
+            || matches!(c, b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=');
+        b += 1;
+    }
+    t
+};
+
+/// A `Host` value's host and port (RFC 9110 §7.2: `uri-host [ ":" port ]`), or `None` when
+/// it is not one. Checked in place, in one pass: no allocation on the request path.
+pub fn host(v: &[u8]) -> Option<(&[u8], Option<u16>)> {
+    let end = if v.first() == Some(&b'[') {
+        let end = v.iter().position(|&b| b == b']')?;
+        let literal = &v[1..end];
+        if literal.is_empty() || !literal.iter().all(|&b| b.is_ascii_hexdigit() || b":.vV%-_~".contains(&b)) {
+            return None;
+        }
+        end + 1
+    } else {
+        v.iter().position(|&b| !REG_NAME[usize::from(b)]).unwrap_or(v.len())
+    };
+    let name = &v[..end];
+    let port = match &v[end..] {
+        [] | [b':'] => None,
+        [b':', digits @ ..] if digits.len() <= 5 => {
+            let mut n = 0u32;
+            for &d in digits {
+                if !d.is_ascii_digit() {
+                    return None;
+                }
+                n = n * 10 + u32::from(d - b'0');
+            }
+            Some(u16::try_from(n).ok()?)
+        }
+        _ => return None,
+    };
+    (!name.is_empty()).then_some((name, port))
+}
+
+thread_local! {
+    /// The last `Host` value this thread found valid: keep-alive clients send the same one
+    /// on every request, and comparing is cheaper than checking again.
+    static VALID_HOST: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Whether `value` is a valid `Host` (see [`host`]).
+fn valid_host(value: &[u8]) -> bool {
+    VALID_HOST.with_borrow_mut(|last| {
+        if last.as_slice() == value {
+            return true;
+        }
+        let ok = host(value).is_some();
+        if ok && value.len() <= 255 {
+            last.clear();
+            last.extend_from_slice(value);
+        }
+        ok
+    })
 }
 
 /// The non-empty, trimmed members of a comma-separated field value.

@@ -7,11 +7,9 @@
 use super::error::{Error, Kind};
 use super::framing::{self, Fields, Framing, ResponseFraming};
 use super::{MAX_HEADERS, MAX_URI_LEN};
-use crate::http::fault::Side;
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri, Version};
-use std::cell::RefCell;
 use std::mem::MaybeUninit;
 
 /// The largest upstream response head accepted.
@@ -19,9 +17,10 @@ pub const MAX_RESPONSE_HEAD: usize = 64 * 1024 - 1;
 
 /// A parsed request head and what the connection must know about it.
 #[derive(Debug)]
-pub struct RequestHead {
-    /// Method, target, version and fields; the body is the server's to attach.
-    pub req: Request<()>,
+pub struct RequestHead<B> {
+    /// Method, target, version and fields, with an empty body (`B::default()`) that the
+    /// server replaces when the framing says there is one.
+    pub req: Request<B>,
     pub framing: Framing,
     /// The connection closes after this exchange (`Connection: close`, or HTTP/1.0
     /// without keep-alive).
@@ -43,15 +42,14 @@ pub struct ResponseHead {
     pub keep_alive: bool,
 }
 
-thread_local! {
-    /// Each field's name and value range in the head being parsed.
-    static SCRATCH: RefCell<Vec<(HeaderName, u32, u32)>> = const { RefCell::new(Vec::new()) };
-}
+/// Each field's name and value range in the head being parsed: the server's scratch,
+/// kept per thread and reused by every request.
+pub type Scratch = Vec<(HeaderName, u32, u32)>;
 
 /// Parses the request head at the front of `buf`, taking it off the buffer; `Ok(None)` if
-/// the head is not whole yet. An error leaves the buffer as it was: the request is the
-/// client's mistake and the connection answers it and closes.
-pub fn request(buf: &mut BytesMut) -> Result<Option<RequestHead>, Error> {
+/// the head is not whole yet. An error means the request is the client's mistake: the
+/// connection answers it and closes. `scratch` holds the fields between the two passes.
+pub fn request<B: Default>(buf: &mut BytesMut, scratch: &mut Scratch) -> Result<Option<RequestHead<B>>, Error> {
     let mut raw = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut []);
     let len = match parsed.parse_with_uninit_headers(buf, &mut raw) {
@@ -70,21 +68,43 @@ pub fn request(buf: &mut BytesMut) -> Result<Option<RequestHead>, Error> {
     let base = buf.as_ptr() as usize;
     let offset = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
     let target = (offset(target.as_bytes()), offset(target.as_bytes()) + target.len() as u32);
-    let fields = SCRATCH.with_borrow_mut(|scratch| note_fields(scratch, parsed.headers, base, Side::Client))?;
+    scratch.clear();
+    let mut fields = Fields::default();
+    for h in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| bad("invalid field name"))?;
+        fields.note(&name, h.value);
+        let start = offset(h.value);
+        scratch.push((name, start, start + h.value.len() as u32));
+    }
     let framing = framing::request(version, &fields)?;
     let head = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(target.0 as usize..target.1 as usize))
         .map_err(|_| bad("invalid request target"))?;
     check_target(&method, &uri)?;
+    // RFC 9112 §3.2: one Host, and one at all in HTTP/1.1 unless the target is absolute
+    // (its authority then wins); checked here, as the fields are read.
+    if fields.hosts > 1 {
+        return Err(Error::client(Kind::Host("more than one Host field")));
+    }
+    if fields.bad_host {
+        return Err(Error::client(Kind::Host("invalid Host")));
+    }
+    if fields.hosts == 0 && version == Version::HTTP_11 && uri.authority().is_none() {
+        return Err(Error::client(Kind::Host("an HTTP/1.1 request without Host")));
+    }
     // Room for the forwarding headers `prepare_request` adds: growing the map (a new
     // table and a rehash) was ~5% of the proxy's user time.
-    let extra = crate::http::headers::ADDED_TO_REQUESTS;
-    let mut headers = SCRATCH.with_borrow_mut(|scratch| fields_map(&head, scratch, extra, Side::Client))?;
+    let mut headers = crate::http::header_maps::take(scratch.len() + crate::http::headers::ADDED_TO_REQUESTS);
+    for (name, start, end) in scratch.drain(..) {
+        let value = HeaderValue::from_maybe_shared(head.slice(start as usize..end as usize))
+            .map_err(|_| bad("invalid field value"))?;
+        headers.append(name, value);
+    }
     if fields.length_repeated() {
         let n = if let Framing::Length(n) = framing { n } else { 0 };
         framing::set_length(&mut headers, n);
     }
-    let mut req = Request::new(());
+    let mut req = Request::new(B::default());
     *req.method_mut() = method;
     *req.uri_mut() = uri;
     *req.version_mut() = version;
@@ -97,26 +117,6 @@ pub fn request(buf: &mut BytesMut) -> Result<Option<RequestHead>, Error> {
         // HTTP/1.0 has no 100 Continue (RFC 9110 §10.1.1).
         expect_continue: fields.expect_continue && framing != Framing::None && version == Version::HTTP_11,
     }))
-}
-
-/// Notes each field's name and value range (offsets from `base`, the buffer's start) in
-/// `scratch`, and what they say about framing.
-fn note_fields(
-    scratch: &mut Vec<(HeaderName, u32, u32)>,
-    parsed: &[httparse::Header<'_>],
-    base: usize,
-    side: Side,
-) -> Result<Fields, Error> {
-    scratch.clear();
-    let mut fields = Fields::default();
-    for h in parsed {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| Error::new(side, Kind::Invalid("invalid field name")))?;
-        fields.note(&name, h.value);
-        let start = (h.value.as_ptr() as usize - base) as u32;
-        scratch.push((name, start, start + h.value.len() as u32));
-    }
-    Ok(fields)
 }
 
 /// The request-target forms RFC 9112 §3.2 allows: authority-form only for CONNECT (and
@@ -133,25 +133,24 @@ fn check_target(method: &Method, uri: &Uri) -> Result<(), Error> {
     Ok(())
 }
 
-/// The fields noted in `scratch`, as a map sharing `head` (room for `extra` more).
-fn fields_map(
-    head: &Bytes,
-    scratch: &mut Vec<(HeaderName, u32, u32)>,
-    extra: usize,
-    side: Side,
-) -> Result<HeaderMap, Error> {
-    let mut map = crate::http::header_maps::take(scratch.len() + extra);
-    for (name, start, end) in scratch.drain(..) {
-        let value = HeaderValue::from_maybe_shared(head.slice(start as usize..end as usize))
-            .map_err(|_| Error::new(side, Kind::Invalid("invalid field value")))?;
-        map.append(name, value);
-    }
-    Ok(map)
+/// What a response's framing depends on in its request (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Requested {
+    /// A HEAD request: no body, whatever the head says.
+    pub head: bool,
+    /// A CONNECT: a 2xx answer starts a tunnel.
+    pub connect: bool,
 }
 
-/// Parses a response to a `method` request from the front of `buf`, taking it off the
-/// buffer; `Ok(None)` if incomplete. Interim (1xx) responses come back like any other.
-pub fn response(buf: &mut BytesMut, method: &Method) -> Result<Option<ResponseHead>, Error> {
+impl Requested {
+    pub fn new(method: &Method) -> Self {
+        Self { head: *method == Method::HEAD, connect: *method == Method::CONNECT }
+    }
+}
+
+/// Parses a response to a request (as `to` says) from the front of `buf`, taking it off
+/// the buffer; `Ok(None)` if incomplete. Interim (1xx) responses come back like any other.
+pub fn response(buf: &mut BytesMut, to: Requested) -> Result<Option<ResponseHead>, Error> {
     let mut raw = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut []);
     let bad = |kind| Error::upstream(kind);
@@ -166,11 +165,28 @@ pub fn response(buf: &mut BytesMut, method: &Method) -> Result<Option<ResponseHe
     let status =
         StatusCode::from_u16(parsed.code.unwrap_or(0)).map_err(|_| bad(Kind::Invalid("invalid status code")))?;
     let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
+    // Offsets into the head (at most MAX_RESPONSE_HEAD bytes, so they fit in u16): names
+    // are made after the head is split off, as the map is built.
     let base = buf.as_ptr() as usize;
-    let fields = SCRATCH.with_borrow_mut(|scratch| note_fields(scratch, parsed.headers, base, Side::Upstream))?;
-    let ResponseFraming { framing, reusable, drop_length } = framing::response(method, status, version, &fields)?;
+    let mut idx = [(0u16, 0u16, 0u16, 0u16); MAX_HEADERS];
+    let off = |s: &[u8]| ((s.as_ptr() as usize - base) as u16, (s.as_ptr() as usize - base + s.len()) as u16);
+    for (slot, h) in idx.iter_mut().zip(parsed.headers.iter()) {
+        let ((n0, n1), (v0, v1)) = (off(h.name.as_bytes()), off(h.value));
+        *slot = (n0, n1, v0, v1);
+    }
+    let count = parsed.headers.len();
     let head = buf.split_to(len).freeze();
-    let mut headers = SCRATCH.with_borrow_mut(|scratch| fields_map(&head, scratch, 0, Side::Upstream))?;
+    let mut headers = crate::http::header_maps::take(count);
+    let mut fields = Fields::default();
+    for &(n0, n1, v0, v1) in &idx[..count] {
+        let (n0, n1, v0, v1) = (usize::from(n0), usize::from(n1), usize::from(v0), usize::from(v1));
+        let name = HeaderName::from_bytes(&head[n0..n1]).map_err(|_| bad(Kind::Invalid("invalid field name")))?;
+        fields.note(&name, &head[v0..v1]);
+        let value = HeaderValue::from_maybe_shared(head.slice(v0..v1))
+            .map_err(|_| bad(Kind::Invalid("invalid field value")))?;
+        headers.append(name, value);
+    }
+    let ResponseFraming { framing, reusable, drop_length } = framing::response(to, status, version, &fields)?;
     if drop_length {
         headers.remove(http::header::CONTENT_LENGTH);
     } else if fields.length_repeated() {

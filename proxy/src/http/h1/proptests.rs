@@ -34,9 +34,9 @@ fn read_in_pieces(input: &[u8], cuts: &[usize], response: Option<&Method>) -> Re
         from = to.max(from);
         if state.is_none() {
             let parsed = match response {
-                None => head::request(&mut buf).map(|h| h.map(|h| (h.framing, !h.close))),
+                None => head::request::<()>(&mut buf, &mut Vec::new()).map(|h| h.map(|h| (h.framing, !h.close))),
                 Some(m) => loop {
-                    match head::response(&mut buf, m) {
+                    match head::response(&mut buf, head::Requested::new(m)) {
                         Ok(Some(h)) if h.status == http::StatusCode::SWITCHING_PROTOCOLS => return Read::Refused(502),
                         Ok(Some(h)) if h.status.is_informational() => continue,
                         other => break other.map(|h| h.map(|h| (h.framing, h.keep_alive))),
@@ -325,7 +325,7 @@ proptest! {
         let line = format!("{digits}{}\r\n", rest.concat());
         let mut buf = BytesMut::from(line.as_bytes());
         buf.extend_from_slice(&[b'x'; 1]);
-        let ours = super::chunked::Decoder::new(Side::Client).decode(&mut buf);
+        let ours = super::chunked::Decoder::default().decode(&mut buf, Side::Client);
         // Accepted: the size line was consumed whole (a 0 size goes on to the trailers).
         if let Ok(decoded) = ours {
             let hex: String = line.chars().take_while(char::is_ascii_hexdigit).collect();

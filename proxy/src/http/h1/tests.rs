@@ -75,7 +75,7 @@ fn body_of(mut buf: BytesMut, framing: Framing, side: Side, eof: bool) -> BodyRe
 /// The server's reading of `input` (a client's bytes).
 pub(super) fn read_request(input: &[u8]) -> Read {
     let mut buf = BytesMut::from(input);
-    let head = match head::request(&mut buf) {
+    let head = match head::request::<()>(&mut buf, &mut Vec::new()) {
         Ok(Some(h)) => h,
         Ok(None) => return Read::Partial,
         Err(e) => {
@@ -92,7 +92,7 @@ pub(super) fn read_request(input: &[u8]) -> Read {
 pub(super) fn read_response(input: &[u8], method: &Method) -> Read {
     let mut buf = BytesMut::from(input);
     let head = loop {
-        match head::response(&mut buf, method) {
+        match head::response(&mut buf, head::Requested::new(method)) {
             Ok(Some(h)) if h.status == StatusCode::SWITCHING_PROTOCOLS => return Read::Refused(502),
             Ok(Some(h)) if h.status.is_informational() => continue,
             Ok(Some(h)) => break h,
@@ -330,6 +330,15 @@ fn requests() {
         ("HTTP/9.9", "GET / HTTP/9.9\r\n\r\n".into(), Read::Refused(400)),
         ("HTTP/2.0 line", "GET / HTTP/2.0\r\n\r\n".into(), Read::Refused(400)),
         ("absolute-form, other Host", "GET http://b.test/x HTTP/1.1\r\nHost: a.test\r\n\r\n".into(), ok(None, "")),
+        ("absolute-form, no Host", "GET http://b.test/x HTTP/1.1\r\n\r\n".into(), ok(None, "")),
+        ("two Host fields", "GET / HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n".into(), Read::Refused(400)),
+        ("two Host fields, same", "GET / HTTP/1.1\r\nHost: a.test\r\nhost: a.test\r\n\r\n".into(), Read::Refused(400)),
+        ("no Host", "GET / HTTP/1.1\r\n\r\n".into(), Read::Refused(400)),
+        ("empty Host", "GET / HTTP/1.1\r\nHost:\r\n\r\n".into(), ok(None, "")),
+        ("Host with userinfo", "GET / HTTP/1.1\r\nHost: u@a.test\r\n\r\n".into(), Read::Refused(400)),
+        ("Host with a path", "GET / HTTP/1.1\r\nHost: a.test/x\r\n\r\n".into(), Read::Refused(400)),
+        ("Host with a bad port", "GET / HTTP/1.1\r\nHost: a.test:99999\r\n\r\n".into(), Read::Refused(400)),
+        ("IPv6 Host", "GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n".into(), ok(None, "")),
         ("authority-form GET", "GET a.test:443 HTTP/1.1\r\nHost: a.test\r\n\r\n".into(), Read::Refused(400)),
         ("CONNECT origin-form", "CONNECT /x HTTP/1.1\r\nHost: a.test\r\n\r\n".into(), Read::Refused(400)),
         ("CONNECT", "CONNECT a.test:443 HTTP/1.1\r\nHost: a.test:443\r\n\r\n".into(), ok(None, "")),
@@ -498,18 +507,19 @@ fn responses() {
 
 #[test]
 fn repeated_lengths_go_on_once() {
-    let mut buf = BytesMut::from(&b"POST / HTTP/1.1\r\nContent-Length: 5\r\ncontent-length: 5, 5\r\n\r\nhello"[..]);
-    let h = head::request(&mut buf).unwrap().unwrap();
+    let mut buf =
+        BytesMut::from(&b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\ncontent-length: 5, 5\r\n\r\nhello"[..]);
+    let h = head::request::<()>(&mut buf, &mut Vec::new()).unwrap().unwrap();
     assert_eq!(h.req.headers().get_all("content-length").iter().collect::<Vec<_>>(), ["5"]);
     let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nok"[..]);
-    let h = head::response(&mut buf, &Method::GET).unwrap().unwrap();
+    let h = head::response(&mut buf, head::Requested::new(&Method::GET)).unwrap().unwrap();
     assert_eq!(h.headers.get_all("content-length").iter().collect::<Vec<_>>(), ["2"]);
 }
 
 #[test]
 fn response_drops_content_length_under_chunked() {
     let input = format!("{OK}Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n");
-    let h = head::response(&mut BytesMut::from(input.as_bytes()), &Method::GET).unwrap().unwrap();
+    let h = head::response(&mut BytesMut::from(input.as_bytes()), head::Requested::new(&Method::GET)).unwrap().unwrap();
     assert!(h.headers.get("content-length").is_none(), "{:?}", h.headers);
     assert_eq!((h.framing, h.keep_alive), (Framing::Chunked, false));
 }
@@ -533,7 +543,7 @@ fn request_head_fields() {
     let mut buf = BytesMut::from(
         &b"HEAD http://api.test:8080/x HTTP/1.1\r\nHost: h\r\nX-Two: 1\r\nx-two: 2\r\nTE: trailers\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\nz"[..],
     );
-    let h = head::request(&mut buf).unwrap().unwrap();
+    let h = head::request::<()>(&mut buf, &mut Vec::new()).unwrap().unwrap();
     assert_eq!(h.req.method(), Method::HEAD);
     assert_eq!(h.req.uri().host(), Some("api.test"));
     assert_eq!(h.req.uri().port_u16(), Some(8080));
@@ -543,14 +553,14 @@ fn request_head_fields() {
     assert_eq!(h.framing, Framing::Length(1));
     assert_eq!(&buf[..], b"z");
     // Pipelined heads come off one at a time.
-    let mut buf = BytesMut::from(&b"GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\nGET /3 HT"[..]);
-    assert_eq!(head::request(&mut buf).unwrap().unwrap().req.uri().path(), "/1");
-    assert_eq!(head::request(&mut buf).unwrap().unwrap().req.uri().path(), "/2");
-    assert!(head::request(&mut buf).unwrap().is_none());
+    let mut buf = BytesMut::from(&b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\nGET /2 HTTP/1.1\r\nHost: h\r\n\r\nGET /3 HT"[..]);
+    assert_eq!(head::request::<()>(&mut buf, &mut Vec::new()).unwrap().unwrap().req.uri().path(), "/1");
+    assert_eq!(head::request::<()>(&mut buf, &mut Vec::new()).unwrap().unwrap().req.uri().path(), "/2");
+    assert!(head::request::<()>(&mut buf, &mut Vec::new()).unwrap().is_none());
     assert_eq!(&buf[..], b"GET /3 HT");
     // Exactly the most fields allowed.
-    let ok = format!("GET / HTTP/1.1\r\n{}\r\n", "x: y\r\n".repeat(super::MAX_HEADERS));
-    let h = head::request(&mut BytesMut::from(ok.as_bytes())).unwrap().unwrap();
+    let ok = format!("GET / HTTP/1.1\r\nHost: h\r\n{}\r\n", "x: y\r\n".repeat(super::MAX_HEADERS - 1));
+    let h = head::request::<()>(&mut BytesMut::from(ok.as_bytes()), &mut Vec::new()).unwrap().unwrap();
     assert_eq!(h.req.headers().len(), super::MAX_HEADERS);
 }
 
@@ -580,13 +590,13 @@ fn content_length_parser() {
 
 /// Feeds a chunked body in pieces cut at `cuts`; the data, trailers, and whether it ended.
 fn chunked_in_pieces(input: &[u8], cuts: &[usize]) -> (Vec<u8>, Option<HeaderMap>, bool) {
-    let mut d = super::chunked::Decoder::new(Side::Upstream);
+    let mut d = super::chunked::Decoder::default();
     let (mut buf, mut data, mut from) = (BytesMut::new(), Vec::new(), 0);
     for to in cuts.iter().copied().chain([input.len()]) {
         buf.extend_from_slice(&input[from..to]);
         from = to;
         loop {
-            match d.decode(&mut buf).unwrap() {
+            match d.decode(&mut buf, Side::Upstream).unwrap() {
                 Decoded::Data(b) => data.extend_from_slice(&b),
                 Decoded::Trailers(t) => return (data, Some(t), true),
                 Decoded::End => return (data, None, true),
@@ -617,7 +627,7 @@ fn chunked_split_at_every_two_points() {
 #[test]
 fn trailer_scan_is_linear() {
     // One byte at a time through a large trailer section: each read scans only what is new.
-    let mut d = super::chunked::Decoder::new(Side::Upstream);
+    let mut d = super::chunked::Decoder::default();
     let mut buf = BytesMut::from(&b"0\r\n"[..]);
     let line = "x-pad: ".to_owned() + &"p".repeat(700) + "\r\n";
     let section = line.repeat(60) + "\r\n";
@@ -625,7 +635,7 @@ fn trailer_scan_is_linear() {
     let mut end = None;
     for &b in section.as_bytes() {
         buf.extend_from_slice(&[b]);
-        match d.decode(&mut buf).unwrap() {
+        match d.decode(&mut buf, Side::Upstream).unwrap() {
             Decoded::NeedMore => {}
             other => end = Some(other),
         }
@@ -638,13 +648,13 @@ fn trailer_scan_is_linear() {
 
 #[test]
 fn chunked_limits() {
-    let mut d = super::chunked::Decoder::new(Side::Client);
+    let mut d = super::chunked::Decoder::default();
     let mut long = BytesMut::from(&vec![b'1'; super::chunked::MAX_LINE + 10][..]);
-    assert!(d.decode(&mut long).is_err());
-    let mut d = super::chunked::Decoder::new(Side::Client);
+    assert!(d.decode(&mut long, Side::Client).is_err());
+    let mut d = super::chunked::Decoder::default();
     let mut huge = BytesMut::from(&b"0\r\n"[..]);
     huge.extend_from_slice(&vec![b'x'; super::chunked::MAX_TRAILERS + 10]);
-    let e = d.decode(&mut huge).unwrap_err();
+    let e = d.decode(&mut huge, Side::Client).unwrap_err();
     assert_eq!(e.side(), Side::Client);
 }
 
@@ -750,6 +760,9 @@ fn request_heads_frame_as_hyper_did() {
     );
     let r = Request::post("/p").header("content-length", "0").body(()).unwrap();
     assert_eq!(request(r, true, Some(0)).0, "POST /p HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
+    assert_eq!(request(post(), true, Some(0)).0, "POST /p HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
+    let r = Request::delete("/p").header("content-length", "0").body(()).unwrap();
+    assert_eq!(request(r, true, Some(0)).0, "DELETE /p HTTP/1.1\r\n\r\n");
     let r = Request::get("http://h.test/x").body(()).unwrap();
     assert_eq!(request(r, true, None).0, "GET http://h.test/x HTTP/1.1\r\n\r\n");
 }
@@ -774,4 +787,31 @@ fn body_encoder() {
     e.data(1, &mut out).unwrap();
     assert_eq!(e.end(None, &mut out).unwrap_err().side(), Side::Upstream);
     assert_eq!(encode::decimal(18_446_744_073_709_551_615, &mut [0; 20]), b"18446744073709551615");
+}
+
+#[test]
+fn tmp_sizes() {
+    use std::mem::size_of;
+    eprintln!(
+        "SIZES codec::Error={} Kind={} up::Error={} ClientBodyError={} h2::Error={} H1Body={} ResponseBody={} RequestBody={} ClientBody={} RecvBody={} Outgoing={} ResponseHead={} RequestHead={} Decoder={} chunked={} Encoder={} Incoming={} UpstreamError={} ForwardError={}",
+        size_of::<super::Error>(),
+        size_of::<super::Kind>(),
+        size_of::<crate::upstream::h1::Error>(),
+        size_of::<crate::http::body::ClientBodyError>(),
+        size_of::<h2::Error>(),
+        size_of::<crate::upstream::h1::H1Body>(),
+        size_of::<crate::upstream::response::ResponseBody>(),
+        size_of::<crate::http::body::RequestBody>(),
+        size_of::<crate::http::body::ClientBody>(),
+        size_of::<crate::http::h2::body::RecvBody>(),
+        size_of::<crate::upstream::h1::Outgoing<crate::http::body::RequestBody>>(),
+        size_of::<head::ResponseHead>(),
+        size_of::<head::RequestHead<crate::http::body::ClientBody>>(),
+        size_of::<Decoder>(),
+        size_of::<super::chunked::Decoder>(),
+        size_of::<Encoder>(),
+        size_of::<super::Incoming>(),
+        size_of::<crate::upstream::UpstreamError>(),
+        size_of::<crate::http::respond::ForwardError>(),
+    );
 }

@@ -5,11 +5,12 @@
 //! connection holds no read buffer (`io_bufs::poll_read` with `release`), so an open SSE
 //! stream between events costs no buffer.
 
-use super::{Conn, Error};
+use super::Conn;
 use crate::http::fault::Side;
 use crate::http::h1::Framing;
 use crate::http::h1::body::Decoder;
 use crate::http::h1::chunked::Decoded;
+use crate::http::h1::{Error, Kind};
 use crate::http::io_bufs;
 use crate::upstream::Endpoint;
 use bytes::Bytes;
@@ -35,7 +36,7 @@ pub struct H1Body {
     /// Data was handed out since the last `Pending`.
     gave_data: bool,
     /// An error held back one poll (see `fail`).
-    failed: Option<Error>,
+    failed: Option<Box<Error>>,
 }
 
 impl H1Body {
@@ -72,7 +73,7 @@ impl H1Body {
         self.finish(false);
         if self.gave_data {
             self.gave_data = false;
-            self.failed = Some(e);
+            self.failed = Some(Box::new(e));
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
@@ -87,7 +88,7 @@ impl Body for H1Body {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
         let this = self.get_mut();
         if let Some(e) = this.failed.take() {
-            return Poll::Ready(Some(Err(e)));
+            return Poll::Ready(Some(Err(*e)));
         }
         if let Some(b) = this.full.take() {
             return Poll::Ready(Some(Ok(Frame::data(b))));
@@ -123,7 +124,7 @@ impl H1Body {
             let buf = &mut conn.buf;
             let decoded = match self.read.decode(buf) {
                 Ok(d) => d,
-                Err(e) => return self.fail(e.into(), cx),
+                Err(e) => return self.fail(e, cx),
             };
             match decoded {
                 Decoded::Data(b) => {
@@ -160,11 +161,11 @@ impl H1Body {
                             self.finish(false);
                             Poll::Ready(None)
                         }
-                        Err(e) => self.fail(e.into(), cx),
+                        Err(e) => self.fail(e, cx),
                     };
                 }
                 Ok(_) => {}
-                Err(e) => return self.fail(Error::io(e), cx),
+                Err(e) => return self.fail(Error::upstream(Kind::Io(e)), cx),
             }
         }
     }

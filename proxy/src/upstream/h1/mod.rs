@@ -27,7 +27,7 @@ use crate::tls::io::MaybeTls;
 use crate::upstream::Endpoint;
 use crate::upstream::pool::ConnSlot;
 use bytes::{Bytes, BytesMut};
-use http::{Method, Request, Response};
+use http::{Request, Response};
 use http_body::Body;
 use std::future::poll_fn;
 use std::pin::Pin;
@@ -48,9 +48,10 @@ pub enum Error {
     /// broke its own length (the client's).
     #[error("{0}")]
     Wire(#[from] codec::Error),
-    /// Reading the request body from the client failed: the client's fault.
+    /// Reading the request body from the client failed: the client's fault. (Boxed: rare,
+    /// and the error is part of every exchange's result.)
     #[error("request body failed: {0}")]
-    RequestBody(ClientBodyError),
+    RequestBody(Box<ClientBodyError>),
 }
 
 impl Error {
@@ -129,8 +130,8 @@ pub struct Outgoing<B> {
     /// have processed a request on a connection that then failed without an answer, so
     /// a POST is not resent (as nginx, unlike a blind retry).
     replayable: bool,
-    /// The request's method, which the response's framing depends on (HEAD, CONNECT).
-    method: Method,
+    /// What the response's framing depends on (HEAD, CONNECT).
+    requested: codec::head::Requested,
 }
 
 /// A request body's encoder; a body that breaks its own length is the client's fault.
@@ -158,7 +159,7 @@ where
             let polled = Pin::new(&mut body).poll_frame(&mut Context::from_waker(Waker::noop()));
             if let Poll::Ready(frame) = polled {
                 let whole = body.is_end_stream();
-                match frame.transpose().map_err(Error::RequestBody)? {
+                match frame.transpose().map_err(|e| Error::RequestBody(Box::new(e)))? {
                     Some(f) => match f.into_data() {
                         // A small whole body joins the head: one buffer, one write.
                         Ok(d) if whole && framing == Framing::Length(d.len() as u64) && d.len() <= INLINE_BODY => {
@@ -189,7 +190,8 @@ where
         first.push(Bytes::from(head));
         first.append(pieces);
         let replayable = ended && idempotent;
-        Ok(Self { first, encoder, rest: (!ended).then_some(body), replayable, method: parts.method })
+        let requested = codec::head::Requested::new(&parts.method);
+        Ok(Self { first, encoder, rest: (!ended).then_some(body), replayable, requested })
     }
 
     /// The request is whole in memory, idempotent, and can be written again on another
@@ -216,6 +218,9 @@ fn push_data(encoder: &mut Encoder, q: &mut queue::Queue, data: Bytes) -> Result
 
 /// Queues the body's end (the last chunk with its trailers, for chunked framing).
 fn push_end(encoder: &mut Encoder, q: &mut queue::Queue, trailers: Option<&http::HeaderMap>) -> Result<(), Error> {
+    if encoder.is_ended() {
+        return Ok(());
+    }
     if encoder.framing() == Framing::Chunked && trailers.is_none_or(|t| t.is_empty()) {
         encoder.end(None, &mut Vec::new())?;
         q.push(Bytes::from_static(b"0\r\n\r\n"));
@@ -250,7 +255,7 @@ where
     B: Body<Data = Bytes, Error = ClientBodyError> + Unpin,
 {
     let replayable = out.replayable();
-    let method = &out.method;
+    let requested = out.requested;
     let mut send = Sending {
         first: &out.first,
         first_sent: Some(0),
@@ -261,7 +266,7 @@ where
     };
     async move {
         let mut got = false;
-        let head = poll_fn(|cx| read_head(cx, &mut conn, &mut send, &mut got, method)).await;
+        let head = poll_fn(|cx| read_head(cx, &mut conn, &mut send, &mut got, requested)).await;
         let head = match head {
             Ok(h) => h,
             Err(error) => {
@@ -327,7 +332,7 @@ where
             }
             let Some(body) = self.body.as_mut() else { return Poll::Ready(Ok(())) };
             let frame = std::task::ready!(Pin::new(body).poll_frame(cx));
-            match frame.transpose().map_err(Error::RequestBody)? {
+            match frame.transpose().map_err(|e| Error::RequestBody(Box::new(e)))? {
                 Some(f) => match f.into_data() {
                     Ok(d) => push_data(&mut self.encoder, &mut self.queue, d)?,
                     Err(f) => {
@@ -350,7 +355,7 @@ fn read_head<B>(
     conn: &mut Conn,
     send: &mut Sending<'_, B>,
     got: &mut bool,
-    method: &Method,
+    requested: codec::head::Requested,
 ) -> Poll<Result<codec::head::ResponseHead, Error>>
 where
     B: Body<Data = Bytes, Error = ClientBodyError> + Unpin,
@@ -364,7 +369,7 @@ where
             }
         }
         if !conn.buf.is_empty()
-            && let Some(head) = codec::head::response(&mut conn.buf, method)?
+            && let Some(head) = codec::head::response(&mut conn.buf, requested)?
         {
             if head.status == http::StatusCode::SWITCHING_PROTOCOLS {
                 return Poll::Ready(Err(
