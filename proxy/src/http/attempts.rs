@@ -4,6 +4,7 @@
 //! response wins, the others are cancelled by being dropped).
 
 use crate::http::body::RequestBody;
+use crate::http::fault::Side;
 use crate::http::respond::ForwardError;
 use crate::resilience::breaker::Threshold;
 use crate::resilience::outlier::Outcome;
@@ -235,6 +236,8 @@ fn settle(
     let cluster = plan.cluster;
     let result = match sent {
         Ok(Ok(r)) => Ok(r),
+        // The client's body failed on its way: not the endpoint's doing.
+        Ok(Err(UpstreamError::ClientBody(e))) => Err(ForwardError::ClientBody(e)),
         Ok(Err(e)) => {
             if matches!(e, UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout(_)) {
                 metrics::counter!(telemetry::UPSTREAM_CONNECT_ERRORS_TOTAL, "cluster" => cluster.name.to_string())
@@ -244,6 +247,11 @@ fn settle(
         }
         // The per-try deadline passed but the route's did not: a per-try timeout.
         Err(ForwardError::Timeout) if plan.deadline.is_none_or(|d| Instant::now() < d) => Err(ForwardError::TryTimeout),
+        // The route's whole-request timeout is the route's, however the upload went (and
+        // counts against no endpoint either way).
+        Err(ForwardError::BodyTimeout) if plan.deadline.is_some_and(|d| Instant::now() >= d) => {
+            Err(ForwardError::Timeout)
+        }
         Err(e) => Err(e),
     };
     match &result {
@@ -347,15 +355,22 @@ fn outcome_of(resp: &Response<ResponseBody>) -> Outcome {
 }
 
 /// The outcome of a failed try, or `None` when the failure is not the endpoint's doing
-/// (and is not retried): the route's own timeout, an open breaker, no endpoint.
+/// (and is not retried): anything on the client's side or the proxy's (a bad or slow
+/// request body, an open breaker, no endpoint), and the route's own timeout.
 fn error_outcome(e: &ForwardError) -> Option<Outcome> {
+    if e.side() != Side::Upstream {
+        return None;
+    }
     match e {
         ForwardError::Upstream(UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout(_)) => {
             Some(Outcome::ConnectFailure)
         }
-        ForwardError::Upstream(UpstreamError::Reset(_) | UpstreamError::Handshake(_) | UpstreamError::Tls { .. }) => {
-            Some(Outcome::Reset)
-        }
+        ForwardError::Upstream(
+            UpstreamError::Reset(_)
+            | UpstreamError::Handshake(_)
+            | UpstreamError::Tls { .. }
+            | UpstreamError::Protocol(_),
+        ) => Some(Outcome::Reset),
         ForwardError::TryTimeout | ForwardError::IdleTimeout => Some(Outcome::Timeout),
         _ => None,
     }
@@ -385,10 +400,14 @@ impl<F: Future> Future for Timed<F> {
         if let Poll::Ready(out) = this.fut.poll(cx) {
             return Poll::Ready(Ok(out));
         }
+        // A try's timer that runs out while the client is still sending the body is the
+        // client's doing: the upstream may well be waiting for the rest of it. (`settle`
+        // turns the route's own deadline back into a route timeout.)
+        let uploading = this.upload.as_ref().is_some_and(|p| !p.ended());
         if let Some(d) = this.deadline.as_mut()
             && d.as_mut().poll(cx).is_ready()
         {
-            return Poll::Ready(Err(ForwardError::Timeout));
+            return Poll::Ready(Err(if uploading { ForwardError::BodyTimeout } else { ForwardError::Timeout }));
         }
         if let Some(after) = *this.idle_after {
             let mut idle = this.idle;
@@ -402,8 +421,10 @@ impl<F: Future> Future for Timed<F> {
                 if t.as_mut().poll(cx).is_pending() {
                     break;
                 }
-                match this.upload.as_ref().map(|p| p.idle_for()) {
-                    Some(quiet) if quiet < after => t.reset(Instant::now() + (after - quiet)),
+                // The upstream is idle only from when the client's body last moved (or ended).
+                match this.upload.as_ref() {
+                    Some(p) if p.idle_for() < after => t.reset(Instant::now() + (after - p.idle_for())),
+                    Some(p) if !p.ended() => return Poll::Ready(Err(ForwardError::BodyTimeout)),
                     _ => return Poll::Ready(Err(ForwardError::IdleTimeout)),
                 }
             }

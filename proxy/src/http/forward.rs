@@ -106,7 +106,9 @@ pub fn handle(mut req: Request<ClientBody>, ctx: &ConnCtx) -> impl Future<Output
         Ok(routed) => Either::Left(forward(req, ctx, routed, entry).map(|(resp, entry)| logged(resp, log, entry))),
         Err(err) => {
             let mut resp = error_response(&err);
-            if matches!(err, ForwardError::HeadersTooLarge) && !ctx.h2 {
+            // A request refused for its head: the client is not to be trusted with more on
+            // this connection.
+            if matches!(err, ForwardError::HeadersTooLarge | ForwardError::Host(_)) && !ctx.h2 {
                 resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
             }
             Either::Right(std::future::ready(logged(resp, log, entry)))
@@ -150,6 +152,7 @@ fn route_for(req: &Request<ClientBody>, ctx: &ConnCtx, snap: &Snapshot) -> Resul
     if header_block_size(req) > listener.max_header_bytes() {
         return Err(ForwardError::HeadersTooLarge);
     }
+    check_host(req).map_err(ForwardError::Host)?;
     if listener.mesh || listener.policy.is_some() {
         let peer_id = ctx.peer_id.as_deref();
         let d = authz::decide(
@@ -291,6 +294,34 @@ fn forward(
     }
 }
 
+/// Whether the request says unambiguously which host it is for (RFC 9112 §3.2, RFC 9113
+/// §8.3.1): one `Host` at most, one in an HTTP/1.1 request unless the target is in
+/// absolute form (whose authority then wins), a valid one, and on HTTP/2 one that names
+/// what `:authority` names. Routing and the upstream must not see different hosts. (The
+/// HTTP/1 codec has checked its requests as it read them: only HTTP/2's are looked at.)
+fn check_host<B>(req: &Request<B>) -> Result<(), &'static str> {
+    if req.version() != http::Version::HTTP_2 {
+        return Ok(());
+    }
+    let mut hosts = req.headers().get_all(http::header::HOST).iter();
+    let Some(host) = hosts.next() else { return Ok(()) };
+    if hosts.next().is_some() {
+        return Err("more than one Host field");
+    }
+    // An empty Host is what a client sends for a target with no authority.
+    if host.is_empty() {
+        return Ok(());
+    }
+    let Some((name, port)) = crate::http::h1::framing::host(host.as_bytes()) else { return Err("invalid Host") };
+    if let Some(authority) = req.uri().authority()
+        && (!authority.host().as_bytes().eq_ignore_ascii_case(name)
+            || authority.port_u16().zip(port).is_some_and(|(a, b)| a != b))
+    {
+        return Err(":authority and Host differ");
+    }
+    Ok(())
+}
+
 /// The size of a request's head as HTTP/1.1 would carry it: request line and header lines.
 fn header_block_size<B>(req: &Request<B>) -> usize {
     let line = req.method().as_str().len() + req.uri().path_and_query().map_or(1, |p| p.as_str().len()) + 12;
@@ -309,6 +340,27 @@ fn attempts_value(n: u32) -> HeaderValue {
 
 #[cfg(test)]
 mod tests {
+    use http::{Request, Version};
+
+    #[test]
+    fn one_host_per_http2_request() {
+        let h2 = |hosts: &[&str]| {
+            let mut b = Request::get("http://a.test:8443/").version(Version::HTTP_2);
+            for h in hosts {
+                b = b.header("host", *h);
+            }
+            super::check_host(&b.body(()).unwrap_or_default())
+        };
+        assert_eq!(h2(&[]), Ok(()));
+        assert_eq!(h2(&[""]), Ok(()));
+        assert_eq!(h2(&["A.test:8443"]), Ok(()));
+        assert_eq!(h2(&["a.test"]), Ok(()));
+        assert!(h2(&["b.test"]).is_err());
+        assert!(h2(&["a.test:9000"]).is_err());
+        assert!(h2(&["a.test", "a.test"]).is_err());
+        assert!(h2(&["u@a.test"]).is_err());
+    }
+
     #[test]
     fn attempts_values_read_as_their_number() {
         for n in [0, 2, 9, 10, 12_345] {

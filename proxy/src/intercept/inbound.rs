@@ -39,7 +39,7 @@ pub(super) async fn serve(stream: TcpStream, conn: Conn, stop: &CancellationToke
         && to_self
         && listener.routes.is_empty()
     {
-        return refuse(&conn.name, conn.peer, o, Refused::Loop);
+        return refuse(&conn.shared.name, conn.peer, o, Refused::Loop);
     }
     let target = match (t, orig) {
         (Some(t), Some(o)) if !to_self => Some(t.endpoints.endpoint(orig_dst::app(o), None, None, &t.cluster)),
@@ -55,7 +55,7 @@ pub(super) async fn serve(stream: TcpStream, conn: Conn, stop: &CancellationToke
     }
     let Some(tls) = listener.server_tls.clone() else { return };
     let accepted = tokio::select! {
-        s = crate::tls::accept(stream, tls, listener.header_timeout(), &conn.name) => s,
+        s = crate::tls::accept(stream, tls, listener.header_timeout(), &conn.shared.name) => s,
         () = stop.cancelled() => return,
     };
     let Some(stream) = accepted else { return };
@@ -65,19 +65,19 @@ pub(super) async fn serve(stream: TcpStream, conn: Conn, stop: &CancellationToke
     if alpn == Some(ALPN_OPAQUE) {
         let (Some(t), Some(ep)) = (dest.t, dest.target) else {
             if let Some(o) = dest.orig {
-                refuse(&conn.name, conn.peer, o, Refused::Loop);
+                refuse(&conn.shared.name, conn.peer, o, Refused::Loop);
             }
             return;
         };
-        if crate::listener::authorized_l4(&listener, &conn.name, peer_id.as_deref(), conn.peer) {
-            count(&conn.name, "opaque", true);
+        if crate::listener::authorized_l4(&listener, &conn.shared.name, peer_id.as_deref(), conn.peer) {
+            count(&conn.shared.name, "opaque", true);
             serve_opaque(stream, &conn, t, ep, peer_id.as_ref()).await;
         }
         return;
     }
     let proto = if alpn == Some(ALPN_H2) { Protocol::Http2 } else { Protocol::Http1 };
     if dest.t.is_some() {
-        count(&conn.name, "http", true);
+        count(&conn.shared.name, "http", true);
     }
     // A verified mesh peer's word on the app's HTTP version is taken (`http::version`).
     let hint = if peer_id.is_some() { Hint::MeshHeader } else { Hint::None };
@@ -88,7 +88,7 @@ pub(super) async fn serve(stream: TcpStream, conn: Conn, stop: &CancellationToke
 /// A plaintext connection on a permissive listener: counted, then HTTP (no identity for the
 /// policy) or, on a transparent listener, opaque TCP authorized as an anonymous peer.
 async fn plaintext(stream: TcpStream, conn: Conn, dest: Dest<'_>, stop: &CancellationToken) {
-    metrics::counter!(telemetry::INBOUND_PLAINTEXT_TOTAL, "listener" => conn.name.to_string()).increment(1);
+    metrics::counter!(telemetry::INBOUND_PLAINTEXT_TOTAL, "listener" => conn.shared.name.to_string()).increment(1);
     let sniffed = match (dest.t, dest.orig) {
         (Some(t), Some(o)) if t.opaque_port(o.port()) => Some(Sniffed::Opaque),
         (Some(t), _) => {
@@ -107,7 +107,7 @@ async fn plaintext(stream: TcpStream, conn: Conn, dest: Dest<'_>, stop: &Cancell
     match (sniffed, dest.t, dest.target) {
         (Some(Sniffed::Http(proto)), t, target) => {
             if t.is_some() {
-                count(&conn.name, "http", false);
+                count(&conn.shared.name, "http", false);
             }
             // A plaintext client of a transparent listener addressed the app itself.
             let hint = if target.is_some() { Hint::Downstream } else { Hint::None };
@@ -115,14 +115,14 @@ async fn plaintext(stream: TcpStream, conn: Conn, dest: Dest<'_>, stop: &Cancell
             serve_http(stream, proto, conn, false, None, target, hint, stop).await;
         }
         (Some(Sniffed::Opaque), Some(t), Some(ep)) => {
-            if crate::listener::authorized_l4(&conn.listener, &conn.name, None, conn.peer) {
-                count(&conn.name, "opaque", false);
+            if crate::listener::authorized_l4(&conn.listener, &conn.shared.name, None, conn.peer) {
+                count(&conn.shared.name, "opaque", false);
                 serve_opaque(stream, &conn, t, ep, None).await;
             }
         }
         (Some(Sniffed::Opaque), _, _) => {
             if let Some(o) = dest.orig {
-                refuse(&conn.name, conn.peer, o, Refused::Loop);
+                refuse(&conn.shared.name, conn.peer, o, Refused::Loop);
             }
         }
         (None, _, _) => {}

@@ -24,16 +24,14 @@ pub mod sniff;
 
 pub use destinations::{Destinations, Passthrough};
 
-use crate::config::{ConfigError, Listener, Snapshot};
+use crate::config::{ConfigError, Listener};
 use crate::http::forward::{ConnCtx, Target};
 use crate::http::headers::Peer;
 use crate::http::route::{Life, Route};
 use crate::http::version::Hint;
-use crate::listener::L4Tracker;
+use crate::listener::{Open, Shared};
 use crate::telemetry;
 use crate::upstream::{Cluster, Endpoint};
-use arc_swap::ArcSwap;
-use hyper_util::server::graceful::Watcher;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -105,17 +103,16 @@ impl Transparent {
 /// stream.
 pub(crate) struct Conn {
     pub(crate) peer: SocketAddr,
-    pub(crate) name: Arc<str>,
     pub(crate) listener: Arc<Listener>,
-    pub(crate) config: Arc<ArcSwap<Snapshot>>,
-    pub(crate) watcher: Watcher,
-    /// Counts opaque connections, so a drain waits for them.
-    pub(crate) l4: Arc<L4Tracker>,
+    /// The accept loop's name, config and stop token, and its count of open connections
+    /// (a drain waits for the HTTP and opaque ones).
+    pub(crate) shared: Arc<Shared>,
     pub(crate) log: Option<Arc<crate::access_log::AccessLog>>,
 }
 
-/// Serves one connection until it ends or the listener stops (`stop`).
-pub(crate) async fn serve(stream: TcpStream, conn: Conn, stop: CancellationToken) {
+/// Serves one connection until it ends or the listener stops.
+pub(crate) async fn serve(stream: TcpStream, conn: Conn) {
+    let stop = conn.shared.stop.clone();
     match conn.listener.transparent.as_deref() {
         Some(t) if !t.inbound => outbound::serve(stream, conn, &stop).await,
         _ => inbound::serve(stream, conn, &stop).await,
@@ -175,8 +172,8 @@ async fn serve_http<S>(
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let ctx = Arc::new(ConnCtx {
-        config: conn.config,
-        listener: conn.name,
+        config: conn.shared.config.clone(),
+        listener: conn.shared.name.clone(),
         peer: Peer::new(conn.peer.ip(), tls),
         peer_id,
         h2: proto == crate::detect::Protocol::Http2,
@@ -185,7 +182,8 @@ async fn serve_http<S>(
     });
     // Boxed: the connection's task is allocated at the size of its largest state for its
     // whole life, and this one (an HTTP server, over TLS on the inbound side) is the largest.
-    Box::pin(crate::http::server::serve(stream, proto, ctx, &conn.listener, conn.watcher, stop)).await;
+    let open = Open::new(&conn.shared);
+    Box::pin(crate::http::server::serve(stream, proto, ctx, &conn.listener, open, stop)).await;
 }
 
 /// Carries a connection as opaque TCP to `target`, counted for the drain.
@@ -193,7 +191,7 @@ async fn serve_opaque<S>(stream: S, conn: &Conn, t: &Transparent, target: Arc<En
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let _open = conn.l4.hold();
-    let client = crate::tcp::Client { listener: &conn.name, ip: conn.peer.ip(), peer_id };
+    let _open = Open::new(&conn.shared);
+    let client = crate::tcp::Client { listener: &conn.shared.name, ip: conn.peer.ip(), peer_id };
     crate::tcp::forward_to(stream, client, &t.cluster, target, conn.log.clone()).await;
 }

@@ -16,14 +16,14 @@ pub(super) async fn serve(stream: TcpStream, conn: Conn, stop: &CancellationToke
     // the listener's routes; with none, there is nowhere to go but back here.
     let to_self = orig_dst::is_listener(orig, listener.addr);
     if to_self && listener.routes.is_empty() {
-        return refuse(&conn.name, conn.peer, orig, Refused::Loop);
+        return refuse(&conn.shared.name, conn.peer, orig, Refused::Loop);
     }
     let target = if to_self {
         None
     } else {
-        let snap = conn.config.load();
+        let snap = conn.shared.config.load();
         if t.registry_only && !snap.destinations.known(orig) {
-            return refuse(&conn.name, conn.peer, orig, Refused::RegistryOnly);
+            return refuse(&conn.shared.name, conn.peer, orig, Refused::RegistryOnly);
         }
         let identity = snap.destinations.identity(orig.ip()).cloned();
         let tls = match &identity {
@@ -31,7 +31,7 @@ pub(super) async fn serve(stream: TcpStream, conn: Conn, stop: &CancellationToke
             Some(id) => match snap.mesh_clients.get(id) {
                 Ok(tls) => tls,
                 Err(e) => {
-                    tracing::error!(listener = %conn.name, identity = %id, error = %e, "no mesh TLS for the destination");
+                    tracing::error!(listener = %conn.shared.name, identity = %id, error = %e, "no mesh TLS for the destination");
                     return;
                 }
             },
@@ -52,7 +52,7 @@ pub(super) async fn serve(stream: TcpStream, conn: Conn, stop: &CancellationToke
     };
     match (sniffed, target) {
         (Sniffed::Http(proto), target) => {
-            count(&conn.name, "http", mesh);
+            count(&conn.shared.name, "http", mesh);
             // The app addressed the destination itself: its HTTP version is the one the
             // destination speaks.
             let hint = if to_self { Hint::None } else { Hint::Downstream };
@@ -60,9 +60,9 @@ pub(super) async fn serve(stream: TcpStream, conn: Conn, stop: &CancellationToke
             serve_http(stream, proto, conn, false, None, target, hint, stop).await;
         }
         (Sniffed::Opaque, Some(ep)) => {
-            count(&conn.name, "opaque", mesh);
+            count(&conn.shared.name, "opaque", mesh);
             serve_opaque(stream, &conn, t, ep, None).await;
         }
-        (Sniffed::Opaque, None) => refuse(&conn.name, conn.peer, orig, Refused::Loop),
+        (Sniffed::Opaque, None) => refuse(&conn.shared.name, conn.peer, orig, Refused::Loop),
     }
 }

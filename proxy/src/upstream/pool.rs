@@ -4,7 +4,8 @@
 //! HTTP/2: multiplexed connections shared by all workers, a new one opened only when every
 //! open one carries `max_streams` requests (the protocol itself is `h2`'s).
 
-use crate::http::body::RequestBody;
+use crate::http::body::{ClientBodyError, RequestBody};
+use crate::http::fault::Side;
 use crate::resilience::breaker::Threshold;
 use crate::tls::io::MaybeTls;
 use crate::upstream::h1;
@@ -40,6 +41,41 @@ pub enum UpstreamError {
     Identity(String),
     #[error("upstream TLS handshake with {addr} failed: {source}")]
     Tls { addr: std::net::SocketAddr, source: std::io::Error },
+    /// The upstream's response could not be read as HTTP/1 (malformed or ambiguous head,
+    /// broken framing).
+    #[error("invalid upstream response: {0}")]
+    Protocol(h1::Error),
+    /// Reading the request body from the client failed while it was being sent: the
+    /// client's fault, not the upstream's.
+    #[error("{0}")]
+    ClientBody(ClientBodyError),
+}
+
+impl UpstreamError {
+    /// Whose fault this is: the client's for its own body, the proxy's for its breakers
+    /// and for a request it cannot put into HTTP/2, else the upstream's.
+    pub fn side(&self) -> Side {
+        match self {
+            Self::ClientBody(_) => Side::Client,
+            Self::Overloaded(_) | Self::Unsendable(_) => Side::Proxy,
+            _ => Side::Upstream,
+        }
+    }
+}
+
+impl From<h1::Error> for UpstreamError {
+    fn from(e: h1::Error) -> Self {
+        match e {
+            h1::Error::RequestBody(b) => Self::ClientBody(*b),
+            h1::Error::Wire(w) if w.side() == Side::Client => Self::ClientBody(ClientBodyError::H1(w)),
+            h1::Error::Wire(w) => match w.kind() {
+                crate::http::h1::Kind::Io(_) | crate::http::h1::Kind::Closed | crate::http::h1::Kind::Truncated => {
+                    Self::Reset(w.into())
+                }
+                _ => Self::Protocol(h1::Error::Wire(w)),
+            },
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -177,7 +213,7 @@ pub fn send(
     match wire {
         Wire::Http1 => match h1::Outgoing::new(req) {
             Ok(out) => Either::Left(Either::Left(send_h1(lease, out))),
-            Err(e) => Either::Right(ready(Err(UpstreamError::Reset(e.into())))),
+            Err(e) => Either::Right(ready(Err(e.into()))),
         },
         Wire::Http2 => Either::Left(Either::Right(send_h2(lease, req))),
     }
@@ -225,7 +261,7 @@ fn send_h1(
                 Err(f) if pooled && f.retry => {
                     tracing::debug!(error = %f.error, "pooled upstream connection failed; retrying");
                 }
-                Err(f) => return Err(UpstreamError::Reset(f.error.into())),
+                Err(f) => return Err(f.error.into()),
             }
             // Not inside the match: its scrutinee (the exchange's result) would be kept
             // across this await.
