@@ -5,6 +5,7 @@ mod certs_cmd;
 mod cp_cmd;
 mod ctl_cmd;
 mod kube_cmd;
+mod proxy_init_cmd;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -60,6 +61,9 @@ enum Cmd {
     Injector(kube_cmd::InjectorArgs),
     /// Print the Kubernetes manifests of the control plane and injector.
     Install(kube_cmd::InstallArgs),
+    /// Install the iptables redirect that sends this network namespace's (pod's) TCP
+    /// traffic through the sidecar (DESIGN §9); `--simulate` prints it, `--cleanup` removes it.
+    ProxyInit(proxy_init_cmd::ProxyInitArgs),
     /// A whole local mesh on embedded defaults (control plane, CA, two sidecars with mTLS,
     /// two agent services calling each other), with traffic, until Ctrl-C.
     Demo {
@@ -161,6 +165,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Cmd::ProxyInit(args) => proxy_init_cmd::run(args),
         Cmd::Certs { cmd } => match certs_cmd::run(cmd) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

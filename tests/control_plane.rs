@@ -100,7 +100,13 @@ struct Xds {
 }
 
 fn node(id: &str, service: &str, inbound: &str) -> Node {
-    Node { id: id.into(), service: service.into(), zone: "z1".into(), inbound_address: inbound.into() }
+    Node {
+        id: id.into(),
+        service: service.into(),
+        zone: "z1".into(),
+        inbound_address: inbound.into(),
+        transparent: false,
+    }
 }
 
 impl Xds {

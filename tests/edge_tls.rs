@@ -205,7 +205,9 @@ async fn alpn_h2_through_a_terminating_listener() {
             let got = conn.get(&format!("/h2/{i}")).await.unwrap();
             assert_eq!(got.status, 200);
             let j = got.json();
-            assert_eq!(j["version"], "HTTP/2.0", "{j}");
+            // The cluster is `protocol: auto` and nothing says the app speaks h2: it is
+            // spoken to in HTTP/1.1 (DESIGN §11).
+            assert_eq!(j["version"], "HTTP/1.1", "{j}");
             assert_eq!(j["path"], format!("/h2/{i}"));
         }
         // HTTP/1.1 by ALPN, and with no ALPN at all.

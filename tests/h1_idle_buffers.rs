@@ -68,24 +68,13 @@ async fn setup() -> (SocketAddr, Proxy, Origin) {
     (listen, proxy, origin)
 }
 
-/// Reads one response with a `content-length` body off `s`, keeping what follows in `buf`;
-/// returns the head (lowercased) and the body.
-async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> (String, Vec<u8>) {
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let len = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap()))
-                .unwrap_or_else(|| panic!("no content-length: {head}"));
-            if buf.len() >= end + 4 + len {
-                let body = buf[end + 4..end + 4 + len].to_vec();
-                buf.drain(..end + 4 + len);
-                return (head, body);
-            }
-        }
-        read_more(s, buf).await;
-    }
+/// Reads one response with a `content-length` body off `s` (the shared `read_response`),
+/// keeping what follows in `buf`; returns the head (lowercased) and the body.
+async fn read_head_body(s: &mut TcpStream, buf: &mut Vec<u8>) -> (String, Vec<u8>) {
+    let resp = read_response(s, buf, false).await;
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
+    assert!(head.to_ascii_lowercase().contains("\r\ncontent-length:"), "no content-length: {head}");
+    (head.to_ascii_lowercase(), body.as_bytes().to_vec())
 }
 
 async fn read_more(s: &mut TcpStream, buf: &mut Vec<u8>) {
@@ -111,7 +100,7 @@ async fn requests_after_idle_are_read_whole() {
         let mut s = TcpStream::connect(listen).await.unwrap();
         let mut buf = Vec::new();
         s.write_all(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
-        let (head, body) = read_response(&mut s, &mut buf).await;
+        let (head, body) = read_head_body(&mut s, &mut buf).await;
         assert!(head.starts_with("http/1.1 200"), "{head}");
         assert_eq!(json(&body)["path"], "/first");
 
@@ -119,9 +108,9 @@ async fn requests_after_idle_are_read_whole() {
         let big = "b".repeat(20_000);
         let two = format!("GET /p1 HTTP/1.1\r\nHost: x\r\n\r\nGET /p2 HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n");
         s.write_all(two.as_bytes()).await.unwrap();
-        let (_, body) = read_response(&mut s, &mut buf).await;
+        let (_, body) = read_head_body(&mut s, &mut buf).await;
         assert_eq!(json(&body)["path"], "/p1");
-        let (_, body) = read_response(&mut s, &mut buf).await;
+        let (_, body) = read_head_body(&mut s, &mut buf).await;
         let j = json(&body);
         assert_eq!(j["path"], "/p2");
         assert_eq!(j["headers"]["x-big"], big.as_str(), "the 20 KB header arrived whole");
@@ -138,7 +127,7 @@ async fn requests_after_idle_are_read_whole() {
             s.write_all(piece.as_bytes()).await.unwrap();
             tokio::time::sleep(Duration::from_millis(60)).await;
         }
-        let (_, body) = read_response(&mut s, &mut buf).await;
+        let (_, body) = read_head_body(&mut s, &mut buf).await;
         let j = json(&body);
         assert_eq!(j["path"], "/pieces");
         assert_eq!(j["headers"]["x-late"], late.as_str());
@@ -148,7 +137,7 @@ async fn requests_after_idle_are_read_whole() {
         for n in [2usize, 9_000, 100_000, 20_000, 3] {
             tokio::time::sleep(IDLE).await;
             s.write_all(format!("GET /big?n={n} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
-            let (head, body) = read_response(&mut s, &mut buf).await;
+            let (head, body) = read_head_body(&mut s, &mut buf).await;
             assert!(head.starts_with("http/1.1 200"), "{head}");
             assert_eq!(body, pattern(n), "body of {n} bytes");
         }
@@ -197,12 +186,12 @@ async fn sse_streams_and_a_request_sent_meanwhile_is_answered_after() {
         assert!(spread >= 3, "events were not streamed one by one: {arrivals:?}");
         buf.drain(..end);
 
-        let (head, body) = read_response(&mut s, &mut buf).await;
+        let (head, body) = read_head_body(&mut s, &mut buf).await;
         assert!(head.starts_with("http/1.1 200"), "{head}");
         assert_eq!(json(&body)["path"], "/after");
         tokio::time::sleep(IDLE).await;
         s.write_all(b"GET /last HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
-        let (_, body) = read_response(&mut s, &mut buf).await;
+        let (_, body) = read_head_body(&mut s, &mut buf).await;
         assert_eq!(json(&body)["path"], "/last");
     })
     .await;
@@ -224,7 +213,7 @@ async fn many_idle_connections_keep_their_own_requests() {
                 s.write_all(format!("GET /c{i}/r{round} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
             }
             for (i, (s, buf)) in conns.iter_mut().enumerate() {
-                let (_, body) = read_response(s, buf).await;
+                let (_, body) = read_head_body(s, buf).await;
                 assert_eq!(json(&body)["path"], format!("/c{i}/r{round}"));
             }
             tokio::time::sleep(IDLE).await;

@@ -30,47 +30,6 @@ async fn setup() -> (SocketAddr, Proxy, Origin) {
     (listen, proxy, origin)
 }
 
-/// Reads one response (its `content-length` body unless `head`) off `s`, keeping what
-/// follows in `buf`.
-async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>, head: bool) -> String {
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let text = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let len = text
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap()))
-                .unwrap_or(0);
-            let total = end + 4 + if head { 0 } else { len };
-            if buf.len() >= total {
-                let resp = String::from_utf8_lossy(&buf[..total]).into_owned();
-                buf.drain(..total);
-                return resp;
-            }
-        }
-        let mut chunk = [0u8; 4096];
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
-            .await
-            .expect("no response within 5 s")
-            .unwrap();
-        assert!(n > 0, "closed before a whole response: {:?}", String::from_utf8_lossy(buf));
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
-fn body_json(resp: &str) -> serde_json::Value {
-    let body = resp.split_once("\r\n\r\n").unwrap().1;
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {resp}"))
-}
-
-async fn read_to_end(s: &mut TcpStream) -> String {
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
-        .await
-        .expect("connection not closed within 5 s")
-        .unwrap();
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// Three requests in one write get three responses, in order, on one connection.
 #[tokio::test]
 async fn pipelined_requests_are_answered_in_order() {

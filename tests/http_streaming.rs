@@ -367,40 +367,32 @@ async fn oversized_header_block_431_names_the_reason() {
     .await;
 }
 
-/// Reads from a raw connection until EOF, an error, or a 408; returns what was read and when.
-async fn wait_closed(s: &mut tokio::net::TcpStream, limit: Duration) -> Option<(Duration, String)> {
-    let t0 = Instant::now();
-    let mut out = Vec::new();
-    let mut buf = [0u8; 1024];
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
-            Err(_) => return None,
-            Ok(Ok(0)) | Ok(Err(_)) => return Some((t0.elapsed(), String::from_utf8_lossy(&out).into_owned())),
-            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-        }
-    }
-}
-
 /// Clients that never finish their header block are disconnected after the listener's
-/// `header_timeout` (500ms): half a header block, nothing at all, half an h2 preface, and a
-/// slow trickle of header bytes.
+/// `header_timeout` (500ms): half a header block (told so with a 408 first, as HAProxy
+/// does), nothing at all and half an h2 preface (just closed), and a slow trickle of header
+/// bytes.
 #[tokio::test]
 async fn incomplete_header_block_is_disconnected_after_header_timeout() {
     bounded(LIMIT, async {
         let env = error_env().await;
-        let cases: [(&str, &[u8]); 3] = [
-            ("half a header block", b"GET /fine HTTP/1.1\r\nHost: x\r\nX-Partial: y"),
-            ("nothing", b""),
-            ("half an h2 preface", b"PRI * HTTP/2"),
+        let cases: [(&str, &[u8], bool); 3] = [
+            ("half a header block", b"GET /fine HTTP/1.1\r\nHost: x\r\nX-Partial: y", true),
+            ("nothing", b"", false),
+            ("half an h2 preface", b"PRI * HTTP/2", false),
         ];
-        for (what, bytes) in cases {
+        for (what, bytes, told) in cases {
             let mut s = tokio::net::TcpStream::connect(env.listen).await.unwrap();
             s.write_all(bytes).await.unwrap();
             let (took, text) = wait_closed(&mut s, Duration::from_secs(3))
                 .await
                 .unwrap_or_else(|| panic!("{what}: connection still open after 3 s"));
-            assert!(text.is_empty() || text.starts_with("HTTP/1.1 408"), "{what}: got {text:?}");
+            if told {
+                assert!(text.starts_with("HTTP/1.1 408 Request Timeout\r\n"), "{what}: got {text:?}");
+                assert!(text.contains("\r\nx-trellis-error: request timeout\r\n"), "{what}: got {text:?}");
+                assert!(text.contains("\r\nconnection: close\r\n"), "{what}: got {text:?}");
+            } else {
+                assert!(text.is_empty(), "{what}: got {text:?}");
+            }
             assert!(
                 took >= Duration::from_millis(300) && took < Duration::from_secs(2),
                 "{what}: closed after {took:?}"
@@ -423,19 +415,21 @@ async fn incomplete_header_block_is_disconnected_after_header_timeout() {
         let t0 = Instant::now();
         let closed = async {
             let mut buf = [0u8; 256];
+            let mut got = Vec::new();
             loop {
                 match rd.read(&mut buf).await {
-                    Ok(0) | Err(_) => return t0.elapsed(),
-                    Ok(_) => {}
+                    Ok(0) | Err(_) => return (t0.elapsed(), String::from_utf8_lossy(&got).into_owned()),
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
                 }
             }
         };
-        let took = tokio::select! {
-            took = closed => took,
+        let (took, text) = tokio::select! {
+            closed = closed => closed,
             () = trickle => unreachable!(),
             () = tokio::time::sleep(Duration::from_secs(4)) => panic!("trickling client still connected after 4 s"),
         };
         assert!(took < Duration::from_secs(2), "trickling client closed after {took:?}");
+        assert!(text.starts_with("HTTP/1.1 408 "), "trickling client got {text:?}");
     })
     .await;
 }

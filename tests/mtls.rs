@@ -343,3 +343,133 @@ async fn dot_segments_do_not_escape_a_path_rule() {
     })
     .await;
 }
+
+/// Each app is spoken to in its own protocol (DESIGN §9): the sidecars share one mTLS h2
+/// connection, and the inbound's app cluster is `protocol: auto`. An HTTP/1.1 request (and
+/// an h2c one, whose app's version is unknown) reaches an HTTP/1.1-only app as HTTP/1.1 —
+/// it used to get h2 and a 502 "frame with invalid size" — while a gRPC request, which
+/// needs h2, reaches an app that speaks it as h2. The header between the proxies saying
+/// so never reaches the app.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecar_pair_speaks_each_apps_own_protocol() {
+    within(Duration::from_secs(40), async {
+        let pki = Pki::new();
+        let (ccert, ckey) = pki.issue("checkout", CHECKOUT, &[]);
+        let (fcert, fkey) = pki.issue("frontend", FRONTEND, &[]);
+        let h1_app = Origin::echo_h1_only("h1-only-app").await;
+        let any_app = Origin::echo("h1-h2c-app").await;
+        let (to_h1, to_any, out_h1, out_any) = (listen_addr(), listen_addr(), listen_addr(), listen_addr());
+        let inbound_identity = identity_yaml(&ccert, &ckey, &pki.bundle());
+        let inbound = |app| inbound_config(&inbound_identity, &[("inbound", to_h1, Some("open"))], app);
+        let _h1_side = Proxy::start(&inbound(h1_app.addr).replace("protocol: http1", "protocol: auto"));
+        let any_side = inbound(any_app.addr)
+            .replace("protocol: http1", "protocol: auto")
+            .replace(&to_h1.to_string(), &to_any.to_string());
+        let _any_side = Proxy::start(&any_side);
+        let identity = identity_yaml(&fcert, &fkey, &pki.bundle());
+        let _fe_h1 = Proxy::start(&outbound_config(&identity, out_h1, to_h1, CHECKOUT));
+        let _fe_any = Proxy::start(&outbound_config(&identity, out_any, to_any, CHECKOUT));
+
+        for (client, version) in [(Client::h1(out_h1).await, "HTTP/1.1"), (Client::h2(out_h1).await, "h2c")] {
+            let mut client = client;
+            let got = client.get("/api/orders").await;
+            assert_eq!(got.status, 200, "{version} client: {}", got.text());
+            let j = got.json();
+            assert_eq!((j["origin"].as_str(), j["version"].as_str()), (Some("h1-only-app"), Some("HTTP/1.1")), "{j}");
+            assert!(j["headers"].get("x-trellis-orig-proto").is_none(), "{j}");
+        }
+        let mut c = Client::h2(out_any).await;
+        let grpc =
+            http::Request::post("/pkg.Svc/Call").header("content-type", "application/grpc").body(full("")).unwrap();
+        let got = c.fetch(grpc).await;
+        assert_eq!(got.status, 200, "{}", got.text());
+        assert_eq!(got.json()["version"], "HTTP/2.0", "{}", got.text());
+    })
+    .await;
+}
+
+/// `tls: { mode: permissive }` takes mTLS clients (with their identity) and plaintext ones
+/// (without: the policy sees no peer), counting the plaintext connections; `mesh` next to
+/// it stays strict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permissive_listener_takes_plaintext_too_and_counts_it() {
+    within(Duration::from_secs(40), async {
+        let pki = Pki::new();
+        let (cert, key) = pki.issue("checkout", CHECKOUT, &[]);
+        let frontend = pki.issue("frontend", FRONTEND, &[]);
+        let app = Origin::echo("app").await;
+        let (open, guarded, strict) = (listen_addr(), listen_addr(), listen_addr());
+        let yaml = inbound_config(
+            &identity_yaml(&cert, &key, &pki.bundle()),
+            &[("open", open, Some("open")), ("guarded", guarded, Some("authz")), ("strict", strict, Some("open"))],
+            app.addr,
+        );
+        let yaml = yaml.replacen("tls: { mode: mesh }", "tls: { mode: permissive }", 2);
+        let access = tempfile::tempdir().unwrap();
+        let log = access.path().join("access.log");
+        let proxy = Proxy::start(&format!("access_log: {{ path: \"{}\" }}\n{yaml}", log.display()));
+
+        // mTLS: the caller's identity, as on a mesh listener.
+        let (got, _) = tls_fetch(open, mesh_client(Some(frontend.clone())), "checkout", "GET", "/api/a").await.unwrap();
+        assert_eq!(got.status, 200, "{}", got.text());
+        // Plaintext, HTTP/1.1 and h2c: served, no identity.
+        assert_eq!(Client::h1(open).await.get("/api/b").await.status, 200);
+        assert_eq!(Client::h2(open).await.get("/api/c").await.status, 200);
+        let lines = access_log_lines(&log, 3).await;
+        let peer_ids: Vec<Option<&str>> = lines.iter().map(|l| l["peer_id"].as_str()).collect();
+        assert_eq!(peer_ids, [Some(FRONTEND), None, None], "{lines:#?}");
+        let v = wait_metric(&proxy, "trellis_inbound_plaintext_total", &[("listener", "open")], |v| v >= 2.0, secs(3));
+        assert_eq!(v.await, Some(2.0));
+
+        // A policy naming callers: plaintext has no identity, so it is denied (403); the
+        // frontend over mTLS is let in.
+        let got = Client::h1(guarded).await.get("/api/d").await;
+        assert_eq!(got.status, 403, "{}", got.text());
+        let (got, _) = tls_fetch(guarded, mesh_client(Some(frontend)), "checkout", "GET", "/api/d").await.unwrap();
+        assert_eq!(got.status, 200, "{}", got.text());
+
+        // `mesh` is strict: plaintext gets no response at all.
+        let mut s = tokio::net::TcpStream::connect(strict).await.unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        s.write_all(b"GET /api/e HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(secs(5), s.read_to_end(&mut buf)).await;
+        assert!(!String::from_utf8_lossy(&buf).starts_with("HTTP/"), "{}", String::from_utf8_lossy(&buf));
+    })
+    .await;
+}
+
+/// An endpoint with an `identity` is reached over mesh mTLS checking it, with no `tls`
+/// block on its cluster (auto-mTLS); the wrong identity is a 502 naming the mismatch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_identity_is_auto_mtls() {
+    within(Duration::from_secs(40), async {
+        let pki = Pki::new();
+        let (ccert, ckey) = pki.issue("checkout", CHECKOUT, &[]);
+        let (fcert, fkey) = pki.issue("frontend", FRONTEND, &[]);
+        let app = Origin::echo("checkout-app").await;
+        let (inbound, outbound) = (listen_addr(), listen_addr());
+        let _checkout = Proxy::start(&inbound_config(
+            &identity_yaml(&ccert, &ckey, &pki.bundle()),
+            &[("inbound", inbound, Some("authz"))],
+            app.addr,
+        ));
+        // The outbound sidecar's config with the cluster's `protocol` and `tls` lines taken
+        // out and the identity put on the endpoint.
+        let identity = identity_yaml(&fcert, &fkey, &pki.bundle());
+        let yaml = format!(
+            "{}    endpoints: [{{ address: \"{inbound}\", identity: \"{CHECKOUT}\" }}]\n",
+            outbound_config(&identity, outbound, inbound, CHECKOUT).split("    protocol: http2").next().unwrap()
+        );
+        let frontend = Proxy::start(&yaml);
+        let got = Client::h1(outbound).await.get("/api/orders").await;
+        assert_eq!(got.status, 200, "{} / {}", got.text(), log_tail(&frontend, 10));
+        assert_eq!(got.json()["version"], "HTTP/1.1", "the app is spoken to in its own protocol");
+
+        frontend.reload(&yaml.replace(CHECKOUT, INTRUDER));
+        let got = Client::h1(outbound).await.get("/api/orders").await;
+        assert_eq!(got.status, 502, "{}", got.text());
+        assert_eq!(got.header("x-trellis-error"), Some("upstream identity mismatch"), "{}", got.text());
+    })
+    .await;
+}

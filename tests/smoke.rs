@@ -1,4 +1,6 @@
 //! The smallest end-to-end check: one request through the real binary, both protocols.
+//! The cluster is `protocol: auto`: HTTP/1.1 to the origin unless it is known to speak h2
+//! (DESIGN §11), so an h2c client's request reaches it as HTTP/1.1, a gRPC one as h2.
 
 mod common;
 use common::*;
@@ -17,5 +19,7 @@ async fn forwards_http1_and_h2c() {
     let mut c = Client::h2(listen).await;
     let got = c.get("/h2").await;
     assert_eq!(got.status, 200);
-    assert_eq!(got.json()["version"], "HTTP/2.0");
+    assert_eq!(got.json()["version"], "HTTP/1.1");
+    let grpc = http::Request::post("/pkg.Svc/Call").header("content-type", "application/grpc").body(full("")).unwrap();
+    assert_eq!(c.fetch(grpc).await.json()["version"], "HTTP/2.0");
 }

@@ -6,7 +6,7 @@ use crate::authz;
 use crate::http::route::{Life, Route};
 use crate::telemetry::RouteMetrics;
 use crate::tls::{self, TlsError};
-use crate::upstream::Cluster;
+use crate::upstream::{Cluster, MeshClients};
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -52,6 +52,10 @@ pub struct Snapshot {
     pub cert_expiry: Vec<(String, i64)>,
     /// Where each request's JSON line goes, when the bootstrap asks for an access log.
     pub access_log: Option<Arc<crate::access_log::AccessLog>>,
+    /// Mesh and registry membership of original destinations (transparent listeners).
+    pub destinations: crate::intercept::Destinations,
+    /// Mesh client TLS by expected identity (endpoints with an `identity`).
+    pub mesh_clients: Arc<MeshClients>,
 }
 
 /// A listener's runtime view.
@@ -74,7 +78,11 @@ pub struct Listener {
     pub requests: crate::telemetry::ProtocolRequests,
     /// A mesh listener: peers are authenticated, and authorized by `policy` (none = deny).
     pub mesh: bool,
+    /// `tls: permissive`: plaintext clients are taken too (they have no identity).
+    pub permissive: bool,
     pub policy: Option<Arc<authz::Policy>>,
+    /// `transparent: true` (DESIGN §9): original destinations and protocol detection.
+    pub transparent: Option<Box<crate::intercept::Transparent>>,
 }
 
 impl Listener {
@@ -83,6 +91,11 @@ impl Listener {
     }
     pub fn max_header_bytes(&self) -> usize {
         self.spec.max_header_bytes.unwrap_or(api::DEFAULT_MAX_HEADER_BYTES) as usize
+    }
+    /// Whether connections go through `intercept` (transparent or permissive) rather
+    /// than the plain HTTP or TLS path.
+    pub fn intercepts(&self) -> bool {
+        self.transparent.is_some() || self.permissive
     }
 }
 
@@ -124,6 +137,7 @@ pub fn build(b: Bootstrap, prev: Option<&Snapshot>, workers: usize, version: u64
     }
     let policies: HashMap<&str, Arc<authz::Policy>> =
         b.policies.iter().map(|p| (p.name.as_str(), Arc::new(authz::Policy::new(p)))).collect();
+    let mesh_clients = Arc::new(MeshClients::new(mesh.clone()));
     let mut clusters = HashMap::with_capacity(b.clusters.len());
     for c in &b.clusters {
         let mut addrs = Vec::with_capacity(c.endpoints.len());
@@ -134,7 +148,11 @@ pub fn build(b: Bootstrap, prev: Option<&Snapshot>, workers: usize, version: u64
                     c.name, e.address
                 ))
             })?;
-            addrs.push((addr, e));
+            let own_tls = match &e.identity {
+                Some(id) => mesh_clients.get(&Arc::from(id.as_str()))?,
+                None => None,
+            };
+            addrs.push((addr, e, own_tls));
         }
         let old = prev.and_then(|p| p.clusters.get(&c.name)).map(|c| &**c);
         let upstream_tls = crate::upstream::tls_for(c, mesh.as_deref())?;
@@ -156,8 +174,9 @@ pub fn build(b: Bootstrap, prev: Option<&Snapshot>, workers: usize, version: u64
         };
         let tls_mode = l.tls.as_ref().map_or(api::ListenerTlsMode::None, |t| t.mode);
         let mut h3 = None;
+        let meshed = matches!(tls_mode, api::ListenerTlsMode::Mesh | api::ListenerTlsMode::Permissive);
         let server_tls = match (tls_mode, &l.tls) {
-            (api::ListenerTlsMode::Mesh, _) => Some(
+            (api::ListenerTlsMode::Mesh | api::ListenerTlsMode::Permissive, _) => Some(
                 mesh.as_ref()
                     .ok_or_else(|| {
                         ConfigError::Build(format!("listeners[{}].tls.mode: mesh needs an identity", l.name))
@@ -202,8 +221,17 @@ pub fn build(b: Bootstrap, prev: Option<&Snapshot>, workers: usize, version: u64
             server_tls,
             h3,
             requests: crate::telemetry::ProtocolRequests::new(&l.name),
-            mesh: tls_mode == api::ListenerTlsMode::Mesh,
+            mesh: meshed,
+            permissive: tls_mode == api::ListenerTlsMode::Permissive,
             policy: l.policy.as_deref().and_then(|p| policies.get(p).cloned()),
+            transparent: l
+                .transparent
+                .then(|| {
+                    let prev = prev.and_then(|p| p.listener(&l.name)).and_then(|o| o.transparent.as_deref());
+                    crate::intercept::Transparent::build(l, meshed, prev, workers)
+                })
+                .transpose()?
+                .map(Box::new),
         }));
     }
     let access_log = match &b.access_log {
@@ -213,9 +241,12 @@ pub fn build(b: Bootstrap, prev: Option<&Snapshot>, workers: usize, version: u64
         ),
         None => None,
     };
+    let destinations = crate::intercept::Destinations::new(clusters.values());
     Ok(Snapshot {
         version,
         access_log,
+        destinations,
+        mesh_clients,
         drain_timeout: b.drain_timeout.unwrap_or(api::DEFAULT_DRAIN_TIMEOUT).get(),
         source: Arc::new(b),
         listeners,

@@ -58,7 +58,8 @@ impl Dynamic {
     /// The static bootstrap plus these resources. Static resources win a name clash. A
     /// cluster gets its endpoints back: those its body lists (none, from a control plane
     /// that sends them apart), then its written ENDPOINTS, then the registered ones, each
-    /// by address. A static cluster that wins a clash takes only the registered ones.
+    /// by address. A static cluster that wins a clash takes only the registered ones. A
+    /// proxy without an identity cannot do mTLS: endpoints' identities are left out then.
     pub fn merge_into(&self, file: &Bootstrap) -> Bootstrap {
         let mut b = file.clone();
         let from_file: HashSet<&str> = file.clusters.iter().map(|c| c.name.as_str()).collect();
@@ -81,7 +82,11 @@ impl Dynamic {
             for registered in [false, true] {
                 for e in extra.values().filter(|e| e.registered == registered && (own || registered)) {
                     if have.insert(e.address.clone()) {
-                        c.endpoints.push(e.endpoint());
+                        let mut e = e.endpoint();
+                        if file.identity.is_none() {
+                            e.identity = None;
+                        }
+                        c.endpoints.push(e);
                     }
                 }
             }
@@ -205,8 +210,15 @@ impl Held {
     }
 }
 
-/// Runs the client until the process ends.
-pub async fn run(cp: api::ControlPlane, node: api::Node, reloader: Arc<Reloader>, status: Arc<Status>) {
+/// Runs the client until the process ends. A `transparent` proxy (one intercepting its
+/// pod's traffic) asks for every registered sidecar too (DESIGN §9).
+pub async fn run(
+    cp: api::ControlPlane,
+    node: api::Node,
+    transparent: bool,
+    reloader: Arc<Reloader>,
+    status: Arc<Status>,
+) {
     let token = cp.token_file.as_deref().and_then(|f| match std::fs::read_to_string(f) {
         Ok(t) => Some(t.trim().to_owned()),
         Err(e) => {
@@ -219,6 +231,7 @@ pub async fn run(cp: api::ControlPlane, node: api::Node, reloader: Arc<Reloader>
         service: node.service.unwrap_or_default(),
         zone: node.zone.unwrap_or_default(),
         inbound_address: cp.inbound_address.clone().unwrap_or_default(),
+        transparent,
     };
     let mut dynamic = Dynamic::default();
     let mut held = Held::default();
@@ -435,6 +448,26 @@ mod tests {
             api::parse_bootstrap(r#"{"clusters":[{"name":"web","endpoints":[{"address":"10.9.9.9:80"}]}]}"#).unwrap();
         let b = web().merge_into(&file);
         assert_eq!(addresses(&b, "web"), ["10.9.9.9:80*1", "10.0.0.0:4143*1"]);
+    }
+
+    #[test]
+    fn endpoint_identities_are_kept_only_by_a_proxy_with_an_identity() {
+        let resp = response(
+            vec![
+                res(ResourceType::Cluster, "web", r#"{"name":"web","endpoints":[]}"#),
+                ep(
+                    "web/10.0.0.1:4143",
+                    r#"{"address":"10.0.0.1:4143","registered":true,"identity":"spiffe://td/ns/a/sa/web"}"#,
+                ),
+            ],
+            &[],
+        );
+        let d = Dynamic::default().with(&resp).expect("applies");
+        let id = |b: &Bootstrap| b.clusters[0].endpoints[0].identity.clone();
+        assert_eq!(id(&d.merge_into(&Bootstrap::default())), None, "no identity of its own: no mTLS");
+        let with_identity: Bootstrap =
+            api::parse_bootstrap("{identity: {cert: c.pem, key: c.key, trust_bundle: ca.pem}}").unwrap();
+        assert_eq!(id(&d.merge_into(&with_identity)).as_deref(), Some("spiffe://td/ns/a/sa/web"));
     }
 
     #[test]

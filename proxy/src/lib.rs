@@ -20,6 +20,7 @@ pub mod detect;
 pub mod discovery;
 pub mod h3;
 pub mod http;
+pub mod intercept;
 pub mod listener;
 pub mod reload;
 pub mod resilience;

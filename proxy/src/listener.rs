@@ -9,9 +9,9 @@ use crate::config::{Listener, Snapshot};
 use crate::detect;
 use crate::http::forward::ConnCtx;
 use crate::http::headers::Peer;
+use crate::http::version::Hint;
 use crate::telemetry;
 use arc_swap::ArcSwap;
-use hyper_util::server::graceful::GracefulShutdown;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -23,6 +23,11 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use trellis_api::ListenerProtocol;
 
+/// Pending connections the kernel queues per socket before `accept` (it caps this at
+/// `net.core.somaxconn`): a burst of thousands of connects must not overflow the queue
+/// (dropped SYNs are retried only after a second).
+const LISTEN_BACKLOG: i32 = 65_535;
+
 /// Binds one socket per worker on `addr`, all in one SO_REUSEPORT group.
 pub fn bind(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
     (0..workers.max(1))
@@ -32,7 +37,7 @@ pub fn bind(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<std::net::T
             s.set_reuse_port(true)?;
             s.set_nonblocking(true)?;
             s.bind(&addr.into())?;
-            s.listen(1024)?;
+            s.listen(LISTEN_BACKLOG)?;
             Ok(s.into())
         })
         .collect()
@@ -234,11 +239,36 @@ async fn worker_main(mut rx: mpsc::UnboundedReceiver<Command>, config: Arc<ArcSw
     }
 }
 
-/// Counts a listener's open TCP (L4) connections so a drain can wait for them.
-#[derive(Default)]
-struct L4Tracker {
+/// What the connections of one accept loop share: the listener's name, the config, its
+/// stop token and connection gauge, and the count of open connections a drain waits for
+/// (HTTP ones once they have sent something, TCP ones from their accept). Shared rather
+/// than copied into each connection's task, whose size every idle connection pays.
+pub(crate) struct Shared {
+    pub(crate) name: Arc<str>,
+    pub(crate) config: Arc<ArcSwap<Snapshot>>,
+    pub(crate) stop: CancellationToken,
+    gauge: metrics::Gauge,
     open: AtomicUsize,
     idle: Notify,
+}
+
+/// One open connection of a listener, counted until dropped: a drain waits for them all.
+/// A connection that has sent nothing is not counted (draining drops it).
+pub struct Open(Arc<Shared>);
+
+impl Open {
+    pub(crate) fn new(shared: &Arc<Shared>) -> Self {
+        shared.open.fetch_add(1, Ordering::AcqRel);
+        Self(shared.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
 }
 
 async fn accept_loop(
@@ -248,12 +278,19 @@ async fn accept_loop(
     stop: CancellationToken,
     kill: CancellationToken,
 ) {
-    let graceful = GracefulShutdown::new();
-    let l4 = Arc::new(L4Tracker::default());
-    // Connection tasks live in a set so a removed listener's leftovers can be aborted
-    // without every connection polling a kill signal on each wake-up.
-    let mut conns = tokio::task::JoinSet::new();
     let gauge = metrics::gauge!(telemetry::TCP_CONNECTIONS, "listener" => name.to_string());
+    let shared = Arc::new(Shared {
+        name: name.clone(),
+        config: config.clone(),
+        stop: stop.clone(),
+        gauge,
+        open: AtomicUsize::new(0),
+        idle: Notify::new(),
+    });
+    // Connection tasks live in a set so a removed listener's leftovers can be aborted
+    // without every connection polling a kill signal on each wake-up (and so those that
+    // have sent nothing are dropped when the loop ends).
+    let mut conns = tokio::task::JoinSet::new();
     let accepted = metrics::counter!(telemetry::DOWNSTREAM_CONNECTIONS_TOTAL, "listener" => name.to_string());
     loop {
         let (stream, peer) = tokio::select! {
@@ -277,57 +314,46 @@ async fn accept_loop(
         let access_log = snap.access_log.clone();
         drop(snap);
         let _ = stream.set_nodelay(true);
-        let gauge = gauge.clone();
-        gauge.increment(1.0);
+        shared.gauge.increment(1.0);
+        if listener.intercepts() {
+            let conn = crate::intercept::Conn { peer, listener, shared: shared.clone(), log: access_log };
+            conns.spawn(async move {
+                let shared = conn.shared.clone();
+                crate::intercept::serve(stream, conn).await;
+                shared.gauge.decrement(1.0);
+            });
+            continue;
+        }
         match listener.spec.protocol {
             ListenerProtocol::Tcp => {
                 let Some(cluster) = listener.tcp_cluster.clone() else { continue };
-                let l4 = l4.clone();
-                l4.open.fetch_add(1, Ordering::AcqRel);
-                let name = name.clone();
+                let open = Open::new(&shared);
                 conns.spawn(async move {
-                    serve_tcp(stream, peer, &name, &listener, cluster, access_log).await;
-                    gauge.decrement(1.0);
-                    if l4.open.fetch_sub(1, Ordering::AcqRel) == 1 {
-                        l4.idle.notify_waiters();
-                    }
+                    serve_tcp(stream, peer, &open.0.name, &listener, cluster, access_log).await;
+                    open.0.gauge.decrement(1.0);
                 });
             }
             ListenerProtocol::Auto | ListenerProtocol::Http => {
-                let tls = listener.server_tls.clone();
-                let conn = HttpConn {
-                    peer,
-                    name: name.clone(),
-                    listener,
-                    config: config.clone(),
-                    watcher: graceful.watcher(),
-                };
-                let stop = stop.clone();
+                let conn = HttpConn { peer, listener, shared: shared.clone() };
                 // Plain and TLS connections are separate task types: a task is allocated
                 // at the size of its future for the connection's whole life, and the TLS
                 // one is ~9 KB larger (one future for both made every plain connection,
                 // idle ones included, pay for it).
-                match tls {
-                    None => conns.spawn(async move {
-                        serve_plain(stream, conn, &stop).await;
-                        gauge.decrement(1.0);
-                    }),
-                    Some(tls) => conns.spawn(async move {
-                        serve_tls(stream, tls, conn, &stop).await;
-                        gauge.decrement(1.0);
-                    }),
+                match conn.listener.server_tls.clone() {
+                    None => conns.spawn(serve_plain(stream, conn)),
+                    Some(tls) => conns.spawn(serve_tls(stream, tls, conn)),
                 };
             }
         }
     }
-    // Stop accepting at once (the socket closes here), then let connections finish. TCP
-    // connections have no graceful signal: they end when either side closes, or are killed.
+    // Stop accepting at once (the socket closes here), then let open connections finish:
+    // HTTP ones are told by `stop` (h2: GOAWAY; HTTP/1.1: idle ones close); TCP ones have no
+    // graceful signal and end when either side closes, or are killed.
     drop(socket);
     let finished = async {
-        graceful.shutdown().await;
-        while l4.open.load(Ordering::Acquire) > 0 {
-            let idle = l4.idle.notified();
-            if l4.open.load(Ordering::Acquire) == 0 {
+        while shared.open.load(Ordering::Acquire) > 0 {
+            let idle = shared.idle.notified();
+            if shared.open.load(Ordering::Acquire) == 0 {
                 break;
             }
             idle.await;
@@ -339,64 +365,75 @@ async fn accept_loop(
     }
 }
 
-// A connection that has not finished its preface or handshake when draining starts has no
-// request in flight: it is dropped, not waited for.
+// A connection that has not sent anything (not finished its preface or handshake) when
+// draining starts has no request in flight: it is not counted, and is dropped with the
+// accept loop's task set rather than waited for.
 
 /// What an accepted HTTP connection's task needs besides its stream.
 struct HttpConn {
     peer: SocketAddr,
-    name: Arc<str>,
     listener: Arc<Listener>,
-    config: Arc<ArcSwap<Snapshot>>,
-    watcher: hyper_util::server::graceful::Watcher,
+    shared: Arc<Shared>,
 }
 
 impl HttpConn {
-    /// Serves `stream`, which speaks `proto`, from here on.
-    async fn serve<S>(
-        self,
-        stream: S,
-        proto: detect::Protocol,
-        tls: bool,
-        peer_id: Option<Arc<str>>,
-        stop: &CancellationToken,
-    ) where
+    /// Serves `stream`, which speaks `proto`, from here on, counted as open.
+    async fn serve<S>(&self, stream: S, proto: detect::Protocol, tls: bool, peer_id: Option<Arc<str>>)
+    where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
+        let open = Open::new(&self.shared);
         let ctx = Arc::new(ConnCtx {
-            config: self.config,
-            listener: self.name,
+            config: self.shared.config.clone(),
+            listener: self.shared.name.clone(),
             peer: Peer::new(self.peer.ip(), tls),
+            hint: if peer_id.is_some() { Hint::MeshHeader } else { Hint::None },
             peer_id,
             h2: proto == detect::Protocol::Http2,
+            target: None,
         });
-        crate::http::server::serve(stream, proto, ctx, &self.listener, self.watcher, stop).await;
+        crate::http::server::serve(stream, proto, ctx, &self.listener, open, &self.shared.stop).await;
     }
 }
 
-/// A plain-TCP HTTP connection: sniff HTTP/1.1 or h2c, then serve it.
-async fn serve_plain(stream: tokio::net::TcpStream, conn: HttpConn, stop: &CancellationToken) {
-    let sniffed = tokio::select! {
-        r = detect::sniff(&stream, conn.listener.header_timeout()) => r,
-        _ = stop.cancelled() => return,
-    };
-    let proto = match sniffed {
-        Ok(Some(p)) => p,
-        Ok(None) | Err(_) => return,
-    };
-    conn.serve(stream, proto, false, None, stop).await;
+/// A plain-TCP HTTP connection's task: sniff HTTP/1.1 or h2c, then serve it. Until the
+/// client has sent something the task holds only the stream, the `HttpConn` and the
+/// sniffing state (a task is allocated at its future's largest size for its whole life,
+/// and thousands of idle connections pay it): the serving state is boxed, made once
+/// there are bytes. (A plain fn returning the task's future: an `async fn` called from
+/// the task's own block would store the stream and the connection twice.)
+#[expect(clippy::manual_async_fn, reason = "an async fn would store its arguments twice")]
+fn serve_plain(stream: tokio::net::TcpStream, conn: HttpConn) -> impl Future<Output = ()> + Send + 'static {
+    async move {
+        if let Ok(Some(proto)) = detect::sniff(&stream, conn.listener.header_timeout()).await {
+            Box::pin(conn.serve(stream, proto, false, None)).await;
+        }
+        conn.shared.gauge.decrement(1.0);
+    }
 }
 
-/// A TLS HTTP connection: handshake (ALPN picks h2 or HTTP/1.1), then serve it.
-async fn serve_tls(
+/// A TLS HTTP connection's task: handshake (ALPN picks h2 or HTTP/1.1), then serve it. As
+/// for plain connections, the TLS and serving state is boxed and made only once the
+/// client has sent something.
+#[expect(clippy::manual_async_fn, reason = "an async fn would store its arguments twice")]
+fn serve_tls(
     stream: tokio::net::TcpStream,
     tls: Arc<rustls::ServerConfig>,
     conn: HttpConn,
-    stop: &CancellationToken,
-) {
+) -> impl Future<Output = ()> + Send + 'static {
+    async move {
+        let first = tokio::time::timeout(conn.listener.header_timeout(), stream.readable()).await;
+        if matches!(first, Ok(Ok(()))) {
+            Box::pin(serve_tls_handshake(stream, tls, &conn)).await;
+        }
+        conn.shared.gauge.decrement(1.0);
+    }
+}
+
+async fn serve_tls_handshake(stream: tokio::net::TcpStream, tls: Arc<rustls::ServerConfig>, conn: &HttpConn) {
     let accepted = tokio::select! {
-        s = crate::tls::accept(stream, tls, conn.listener.header_timeout(), &conn.name) => s,
-        _ = stop.cancelled() => return,
+        s = crate::tls::accept(stream, tls, conn.listener.header_timeout(), &conn.shared.name) => s,
+        _ = conn.shared.stop.cancelled() => return,
     };
     let Some(stream) = accepted else { return };
     let (_, session) = stream.get_ref();
@@ -406,7 +443,7 @@ async fn serve_tls(
         detect::Protocol::Http1
     };
     let peer_id = if conn.listener.mesh { crate::tls::mesh::peer_id(session.peer_certificates()) } else { None };
-    conn.serve(stream, proto, true, peer_id, stop).await;
+    conn.serve(stream, proto, true, peer_id).await;
 }
 
 async fn serve_tcp(
@@ -433,7 +470,7 @@ async fn serve_tcp(
 }
 
 /// L4 authorization: a denied connection is closed (and audited).
-fn authorized_l4(listener: &Listener, name: &str, peer_id: Option<&str>, peer: SocketAddr) -> bool {
+pub(crate) fn authorized_l4(listener: &Listener, name: &str, peer_id: Option<&str>, peer: SocketAddr) -> bool {
     let d = crate::authz::decide(listener.policy.as_deref(), listener.mesh, peer_id, None, None);
     if !d.allowed() {
         crate::http::forward::audit_denied(name, peer_id, peer.ip(), None, None, d, listener.policy.as_deref());

@@ -54,6 +54,7 @@ pub fn run(opts: Options) -> Result<(), RunError> {
     let file = bootstrap.clone();
     let control_plane = bootstrap.control_plane.clone();
     let node = bootstrap.node.clone();
+    let transparent = bootstrap.listeners.iter().any(|l| l.transparent);
     let snapshot = config::build(bootstrap, None, workers, 1)?;
 
     // Bind everything before starting anything, so a busy port fails the start cleanly.
@@ -114,7 +115,7 @@ pub fn run(opts: Options) -> Result<(), RunError> {
             signals.clone(),
         ));
         if let Some(cp) = control_plane {
-            tokio::spawn(discovery::run(cp, node, reloader.clone(), discovery.clone()));
+            tokio::spawn(discovery::run(cp, node, transparent, reloader.clone(), discovery.clone()));
         }
         tracing::info!(config = %opts.config.display(), workers, admin = %admin_addr, "trellis proxy started");
         wait_and_reload(&opts, &reloader, &signals).await

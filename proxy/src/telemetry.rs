@@ -28,6 +28,9 @@ pub const ACCESS_LOG_DROPPED_TOTAL: &str = "trellis_access_log_dropped_total";
 pub const DOWNSTREAM_REQUESTS_TOTAL: &str = "trellis_downstream_requests_total";
 pub const HTTP3_CONNECTIONS: &str = "trellis_http3_connections";
 pub const HTTP3_CONNECTIONS_TOTAL: &str = "trellis_http3_connections_total";
+pub const INBOUND_PLAINTEXT_TOTAL: &str = "trellis_inbound_plaintext_total";
+pub const TRANSPARENT_CONNECTIONS_TOTAL: &str = "trellis_transparent_connections_total";
+pub const TRANSPARENT_REFUSED_TOTAL: &str = "trellis_transparent_refused_total";
 
 /// Histogram buckets for request durations, in seconds (0.5 ms … 60 s).
 const DURATION_BUCKETS: &[f64] =
@@ -60,6 +63,18 @@ pub fn install() -> Result<PrometheusHandle, String> {
     metrics::describe_counter!(
         HTTP3_CONNECTIONS_TOTAL,
         "HTTP/3 connection attempts, by listener and result (accepted, refused: over the limit, retry: sent a Retry)"
+    );
+    metrics::describe_counter!(
+        INBOUND_PLAINTEXT_TOTAL,
+        "Plaintext connections accepted by a permissive listener (no mTLS), by listener"
+    );
+    metrics::describe_counter!(
+        TRANSPARENT_CONNECTIONS_TOTAL,
+        "Connections of transparent listeners, by listener, protocol (http, opaque) and mesh (peer or destination is a mesh proxy)"
+    );
+    metrics::describe_counter!(
+        TRANSPARENT_REFUSED_TOTAL,
+        "Connections a transparent listener closed at once, by listener and reason (loop, registry_only)"
     );
     Ok(handle)
 }

@@ -7,6 +7,7 @@ mod etcd;
 mod h3;
 mod identity;
 mod lifecycle;
+mod netns;
 mod observe;
 mod resilience;
 mod workload;
@@ -15,6 +16,7 @@ pub use etcd::*;
 pub use h3::*;
 pub use identity::*;
 pub use lifecycle::*;
+pub use netns::*;
 pub use observe::*;
 pub use resilience::*;
 pub use workload::*;
@@ -227,6 +229,15 @@ impl Origin {
         F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Response<Body>> + Send + 'static,
     {
+        Self::serve_with(listener, handler, false)
+    }
+
+    /// Like `serve`; `h1_only`: HTTP/1.1 only (an h2 preface gets hyper's 400).
+    pub fn serve_with<F, Fut>(listener: tokio::net::TcpListener, handler: F, h1_only: bool) -> Origin
+    where
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<Body>> + Send + 'static,
+    {
         let addr = listener.local_addr().unwrap();
         let handler: Handler = Arc::new(move |req| Box::pin(handler(req)));
         let task = tokio::spawn(async move {
@@ -238,13 +249,24 @@ impl Origin {
                         let h = handler.clone();
                         async move { Ok::<_, Infallible>(h(req).await) }
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let io = TokioIo::new(stream);
+                    if h1_only {
+                        let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
+                    } else {
+                        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                            .serve_connection(io, svc)
+                            .await;
+                    }
                 });
             }
         });
         Origin { addr, task }
+    }
+
+    /// Like [`Origin::echo`], speaking HTTP/1.1 only.
+    pub async fn echo_h1_only(name: &'static str) -> Origin {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Origin::serve_with(listener, move |req: Request<Incoming>| echo_answer(name, req), true)
     }
 
     /// An origin answering every request with 200 and a JSON echo of what it received:
@@ -296,9 +318,20 @@ impl Client {
 
     pub async fn h2(addr: SocketAddr) -> Client {
         let s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (tx, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s)).await.unwrap();
+        Client::over(s, addr, true).await
+    }
+
+    /// HTTP/1.1 (or h2c, `h2`) on a connection already made to `addr`.
+    pub async fn over(s: tokio::net::TcpStream, addr: SocketAddr, h2: bool) -> Client {
+        if h2 {
+            let (tx, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s)).await.unwrap();
+            tokio::spawn(conn);
+            return Client { h1: None, h2: Some(tx), addr };
+        }
+        let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s)).await.unwrap();
         tokio::spawn(conn);
-        Client { h1: None, h2: Some(tx), addr }
+        Client { h1: Some(tx), h2: None, addr }
     }
 
     /// Another handle on this h2c client's connection (streams sent on it run concurrently).

@@ -254,3 +254,217 @@ async fn misbehaving_origin() -> Origin {
     })
     .await
 }
+
+// ---------------------------------------------------------------------------------------------
+// Raw sockets: HTTP/1 by hand, HTTP/2 frames by hand, and a scripted raw origin
+// ---------------------------------------------------------------------------------------------
+
+/// Reads one response (its `content-length` body unless `head`) off `s`, keeping what
+/// follows in `buf`.
+async fn read_response(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>, head: bool) -> String {
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let text = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len = text
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap()))
+                .unwrap_or(0);
+            let total = end + 4 + if head { 0 } else { len };
+            if buf.len() >= total {
+                let resp = String::from_utf8_lossy(&buf[..total]).into_owned();
+                buf.drain(..total);
+                return resp;
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+            .await
+            .expect("no response within 5 s")
+            .unwrap();
+        assert!(n > 0, "closed before a whole response: {:?}", String::from_utf8_lossy(buf));
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn body_json(resp: &str) -> serde_json::Value {
+    let body = resp.split_once("\r\n\r\n").unwrap().1;
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {resp}"))
+}
+
+async fn read_to_end(s: &mut tokio::net::TcpStream) -> String {
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .expect("connection not closed within 5 s")
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Reads from a raw connection until EOF, an error, or a 408; returns what was read and when.
+async fn wait_closed(s: &mut tokio::net::TcpStream, limit: Duration) -> Option<(Duration, String)> {
+    let t0 = Instant::now();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some((t0.elapsed(), String::from_utf8_lossy(&out).into_owned())),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+
+/// A raw keep-alive "origin": on each connection, for every request head it reads (the
+/// bodies of requests are not read: send none), it writes `reply`. Counts connections.
+struct ScriptedOrigin {
+    addr: SocketAddr,
+    conns: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ScriptedOrigin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn scripted_origin(reply: &'static [u8]) -> ScriptedOrigin {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conns: std::sync::Arc<std::sync::atomic::AtomicUsize> = std::sync::Arc::default();
+    let counted = conns.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else { continue };
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                        got.drain(..end + 4);
+                        if s.write_all(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+            });
+        }
+    });
+    ScriptedOrigin { addr, conns, task }
+}
+
+/// HTTP/2 frame types and flags the raw-frame tests use (RFC 9113 §6).
+mod h2raw {
+    pub const DATA: u8 = 0x0;
+    pub const HEADERS: u8 = 0x1;
+    pub const RST_STREAM: u8 = 0x3;
+    pub const SETTINGS: u8 = 0x4;
+    pub const GOAWAY: u8 = 0x7;
+    pub const WINDOW_UPDATE: u8 = 0x8;
+    pub const END_STREAM: u8 = 0x1;
+    pub const ACK: u8 = 0x1;
+    pub const END_HEADERS: u8 = 0x4;
+    pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+    /// One frame on the wire.
+    pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len() as u32;
+        let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    /// A header block of literal fields without indexing (HPACK §6.2.2, no Huffman).
+    pub fn block(fields: &[(&str, &str)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (name, value) in fields {
+            out.push(0);
+            for s in [name, value] {
+                assert!(s.len() < 127, "short strings only");
+                out.push(s.len() as u8);
+                out.extend_from_slice(s.as_bytes());
+            }
+        }
+        out
+    }
+
+    /// A frame read off the connection: type, flags, stream, payload.
+    #[derive(Debug)]
+    pub struct Frame {
+        pub kind: u8,
+        pub flags: u8,
+        pub stream: u32,
+        pub payload: Vec<u8>,
+    }
+
+    impl Frame {
+        /// The error code of a RST_STREAM or GOAWAY.
+        pub fn error_code(&self) -> u32 {
+            let at = if self.kind == GOAWAY { 4 } else { 0 };
+            u32::from_be_bytes(self.payload[at..at + 4].try_into().unwrap())
+        }
+    }
+}
+
+/// A raw HTTP/2 client connection: the frames it writes are its own to choose.
+struct RawH2 {
+    s: tokio::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawH2 {
+    /// Connects, sends the preface and empty SETTINGS.
+    async fn connect(addr: SocketAddr) -> RawH2 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(h2raw::PREFACE).await.unwrap();
+        s.write_all(&h2raw::frame(h2raw::SETTINGS, 0, 0, &[])).await.unwrap();
+        RawH2 { s, buf: Vec::new() }
+    }
+
+    async fn send(&mut self, frame: Vec<u8>) {
+        self.s.write_all(&frame).await.unwrap();
+    }
+
+    /// The next frame (SETTINGS are acknowledged and skipped), or `None` at EOF or after 5 s.
+    async fn next(&mut self) -> Option<h2raw::Frame> {
+        loop {
+            if self.buf.len() >= 9 {
+                let len = (usize::from(self.buf[0]) << 16) | (usize::from(self.buf[1]) << 8) | usize::from(self.buf[2]);
+                if self.buf.len() >= 9 + len {
+                    let head: Vec<u8> = self.buf.drain(..9).collect();
+                    let payload: Vec<u8> = self.buf.drain(..len).collect();
+                    let stream = u32::from_be_bytes(head[5..9].try_into().unwrap()) & 0x7fff_ffff;
+                    let f = h2raw::Frame { kind: head[3], flags: head[4], stream, payload };
+                    if f.kind == h2raw::SETTINGS && f.flags & h2raw::ACK == 0 {
+                        self.send(h2raw::frame(h2raw::SETTINGS, h2raw::ACK, 0, &[])).await;
+                        continue;
+                    }
+                    return Some(f);
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout(Duration::from_secs(5), self.s.read(&mut chunk)).await {
+                Ok(Ok(n)) if n > 0 => self.buf.extend_from_slice(&chunk[..n]),
+                _ => return None,
+            }
+        }
+    }
+
+    /// Frames until one matches `want` (or `None`).
+    async fn until(&mut self, want: impl Fn(&h2raw::Frame) -> bool) -> Option<h2raw::Frame> {
+        while let Some(f) = self.next().await {
+            if want(&f) {
+                return Some(f);
+            }
+        }
+        None
+    }
+}

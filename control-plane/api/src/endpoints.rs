@@ -51,6 +51,10 @@ pub struct Body {
     /// cluster only (a static cluster wins a name clash whole).
     #[serde(default, skip_serializing_if = "is_false")]
     pub registered: bool,
+    /// The SPIFFE ID the endpoint presents: a registered sidecar's verified identity (its
+    /// discovery stream's client certificate), or a written endpoint's `identity`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
 }
 
 fn one() -> u32 {
@@ -64,12 +68,23 @@ fn is_false(b: &bool) -> bool {
 impl Body {
     /// The body for an endpoint written in a cluster resource.
     pub fn written(e: &Endpoint) -> Body {
-        Body { address: e.address.clone(), weight: e.weight, zone: e.zone.clone(), registered: false }
+        Body {
+            address: e.address.clone(),
+            weight: e.weight,
+            zone: e.zone.clone(),
+            registered: false,
+            identity: e.identity.clone(),
+        }
     }
 
     /// The endpoint, as it goes into the cluster's `endpoints` list.
     pub fn endpoint(&self) -> Endpoint {
-        Endpoint { address: self.address.clone(), weight: self.weight, zone: self.zone.clone() }
+        Endpoint {
+            address: self.address.clone(),
+            weight: self.weight,
+            zone: self.zone.clone(),
+            identity: self.identity.clone(),
+        }
     }
 
     /// Checks that this body belongs under `name`; returns the cluster name.
@@ -104,5 +119,11 @@ mod tests {
         assert_eq!(b.cluster_of("web/10.0.0.1:80"), Ok("web"));
         assert!(matches!(b.cluster_of("web/10.0.0.2:80"), Err(NameError::Mismatch { .. })));
         assert!(crate::parse::parse::<Body>(r#"{"address":"10.0.0.1:80","wieght":2}"#).is_err());
+        // A registered sidecar's identity travels with it into the cluster's endpoint.
+        let sidecar = r#"{"address":"10.0.0.1:4143","weight":1,"registered":true,"identity":"spiffe://td/ns/a/sa/b"}"#;
+        let b: Body = crate::parse::parse(sidecar).unwrap();
+        assert_eq!(serde_json::to_string(&b).unwrap(), sidecar);
+        assert_eq!(b.endpoint().identity.as_deref(), Some("spiffe://td/ns/a/sa/b"));
+        assert_eq!(Body::written(&b.endpoint()).identity, b.identity);
     }
 }

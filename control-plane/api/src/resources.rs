@@ -211,6 +211,9 @@ pub enum ListenerTlsMode {
     None,
     /// mTLS between proxies: client certificate required, SPIFFE ID authorized by `policy`.
     Mesh,
+    /// Like `mesh`, and plaintext clients too (migration; counted in
+    /// `trellis_inbound_plaintext_total`); they have no identity for `policy`.
+    Permissive,
     /// Public TLS at the edge with server certificates by SNI.
     Terminate,
 }
@@ -374,7 +377,44 @@ pub struct Listener {
     /// Authorization policy name. A mesh listener without one denies everything.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,
+    /// Transparent interception (DESIGN §9): read each connection's original destination
+    /// (SO_ORIGINAL_DST, after `trellis proxy-init`'s redirect). Without `tls` it is the
+    /// pod's outbound side (mesh destinations get mTLS); with `tls: mesh | permissive` its
+    /// inbound side (forwards to 127.0.0.1:<original port>).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub transparent: bool,
+    /// Transparent outbound listeners: what happens to a destination outside the mesh
+    /// (neither a mesh endpoint nor an endpoint of a cluster). Default `allow_any`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbound_policy: Option<OutboundPolicy>,
+    /// Transparent listeners: how long to wait for a client's first bytes before carrying
+    /// the connection as opaque TCP (server-first protocols send nothing). Default 10s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detect_timeout: Option<Duration>,
+    /// Transparent listeners: destination ports carried as opaque TCP at once, without
+    /// protocol detection. Default 25, 587, 3306, 4444, 5432, 6379, 9300, 11211
+    /// (server-first protocols: SMTP, MySQL, PostgreSQL, Redis…).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opaque_ports: Option<Vec<u16>>,
 }
+
+/// What a transparent outbound listener does with destinations outside the mesh.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OutboundPolicy {
+    /// Pass them through unchanged (plaintext, as the app sent it).
+    #[default]
+    AllowAny,
+    /// Refuse them: the connection is closed and counted.
+    RegistryOnly,
+}
+
+/// Default for [`Listener::detect_timeout`].
+pub const DEFAULT_DETECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default for [`Listener::opaque_ports`]: SMTP, SMTP submission, MySQL, Galera, PostgreSQL,
+/// Redis, Elasticsearch transport, memcached — protocols where the server speaks first, so
+/// detection would only wait (Linkerd's list).
+pub const DEFAULT_OPAQUE_PORTS: [u16; 8] = [25, 587, 3306, 4444, 5432, 6379, 9300, 11211];
 
 /// Default for [`Listener::header_timeout`].
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -484,7 +524,8 @@ pub enum ClusterProtocol {
     Http1,
     /// HTTP/2 (h2c, or h2 over TLS), multiplexed.
     Http2,
-    /// The downstream request's own version (h2 in → h2 out, HTTP/1.x in → HTTP/1.1 out).
+    /// HTTP/1.1 unless the app is known to speak h2 (a mesh peer said so, a transparent
+    /// client chose h2 for it, or the request is gRPC); h2 between sidecars (DESIGN §9, §11).
     #[default]
     Auto,
 }
@@ -579,6 +620,11 @@ pub struct Endpoint {
     /// Locality, compared with `node.zone`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zone: Option<String>,
+    /// The SPIFFE ID this endpoint's proxy presents: the endpoint is then reached over mesh
+    /// mTLS checking it (auto-mTLS), and every port of its IP is a mesh destination for
+    /// transparent listeners (DESIGN §9).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
 }
 
 /// Envoy-style thresholds per cluster; over one, a request gets 503 at once. Without a

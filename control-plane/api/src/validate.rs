@@ -188,6 +188,7 @@ fn check(b: &Bootstrap, bootstrap: bool, resolve: bool) -> Result<(), Vec<Valida
         {
             errs.push(format!("{at}.max_header_bytes"), "must be between 8192 and 1048576");
         }
+        validate_transparent(&mut errs, &at, l);
     }
 
     for r in &b.routes {
@@ -315,6 +316,48 @@ fn check(b: &Bootstrap, bootstrap: bool, resolve: bool) -> Result<(), Vec<Valida
     if errs.0.is_empty() { Ok(()) } else { Err(errs.0) }
 }
 
+/// The fields of transparent interception (DESIGN §9).
+fn validate_transparent(errs: &mut Errors, at: &str, l: &crate::Listener) {
+    use crate::ListenerTlsMode as Mode;
+    let mode = l.tls.as_ref().map_or(Mode::None, |t| t.mode);
+    if l.transparent {
+        if l.protocol == ListenerProtocol::Tcp {
+            errs.push(
+                format!("{at}.protocol"),
+                "a transparent listener detects each connection's protocol: use auto (opaque_ports for ports that are not HTTP)",
+            );
+        }
+        if mode == Mode::Terminate {
+            errs.push(
+                format!("{at}.tls.mode"),
+                "a transparent listener is outbound (no tls) or inbound (mesh or permissive), not terminate",
+            );
+        }
+    } else {
+        for (field, set) in [("detect_timeout", l.detect_timeout.is_some()), ("opaque_ports", l.opaque_ports.is_some())]
+        {
+            if set {
+                errs.push(format!("{at}.{field}"), "applies to transparent listeners only (transparent: true)");
+            }
+        }
+    }
+    if l.outbound_policy.is_some() && (!l.transparent || matches!(mode, Mode::Mesh | Mode::Permissive)) {
+        errs.push(
+            format!("{at}.outbound_policy"),
+            "applies to transparent outbound listeners only (transparent: true, no tls)",
+        );
+    }
+    if l.detect_timeout.is_some_and(|d| d.is_zero()) {
+        errs.push(format!("{at}.detect_timeout"), "must be above 0");
+    }
+    if l.opaque_ports.as_ref().is_some_and(|p| p.contains(&0)) {
+        errs.push(format!("{at}.opaque_ports"), "0 is not a port");
+    }
+    if mode == Mode::Permissive && l.protocol == ListenerProtocol::Tcp {
+        errs.push(format!("{at}.tls.mode"), "permissive applies to HTTP listeners (protocol auto or http)");
+    }
+}
+
 fn validate_tls(errs: &mut Errors, b: &Bootstrap, bootstrap: bool) {
     use crate::{ClusterTlsMode, ListenerTlsMode};
     let has_identity = b.identity.is_some() || !bootstrap;
@@ -322,9 +365,10 @@ fn validate_tls(errs: &mut Errors, b: &Bootstrap, bootstrap: bool) {
         let Some(tls) = &l.tls else { continue };
         let at = format!("listeners[{}].tls", l.name);
         match tls.mode {
-            ListenerTlsMode::Mesh if !has_identity => {
-                errs.push(format!("{at}.mode"), "mesh needs the bootstrap's identity (cert, key, trust_bundle)")
-            }
+            ListenerTlsMode::Mesh | ListenerTlsMode::Permissive if !has_identity => errs.push(
+                format!("{at}.mode"),
+                "mesh and permissive need the bootstrap's identity (cert, key, trust_bundle)",
+            ),
             ListenerTlsMode::Terminate if tls.certificates.is_empty() => {
                 errs.push(format!("{at}.certificates"), "terminate needs at least one certificate")
             }
@@ -349,6 +393,17 @@ fn validate_tls(errs: &mut Errors, b: &Bootstrap, bootstrap: bool) {
         }
     }
     for c in &b.clusters {
+        for (i, e) in c.endpoints.iter().enumerate() {
+            let Some(id) = &e.identity else { continue };
+            let at = format!("clusters[{}].endpoints[{i}].identity", c.name);
+            if !id.starts_with("spiffe://") || id.len() <= "spiffe://".len() {
+                errs.push(&at, format!("\"{id}\" is not a SPIFFE ID (spiffe://…)"));
+            } else if !has_identity {
+                errs.push(&at, "a mesh endpoint needs the bootstrap's identity (cert, key, trust_bundle)");
+            } else if c.tls.as_ref().is_some_and(|t| t.mode == ClusterTlsMode::Tls) {
+                errs.push(&at, "identity makes the endpoint a mesh (mTLS) one; the cluster's tls mode is tls");
+            }
+        }
         let Some(tls) = &c.tls else { continue };
         let at = format!("clusters[{}].tls", c.name);
         match tls.mode {

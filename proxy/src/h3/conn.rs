@@ -16,7 +16,7 @@ use super::body::{self, RecvBody};
 use crate::config::Snapshot;
 use crate::http::body::ClientBody;
 use crate::http::forward::{self, ConnCtx};
-use crate::http::h2::headers::content_length;
+use crate::http::h1::content_length;
 use crate::http::headers::Peer;
 use crate::telemetry;
 use arc_swap::ArcSwap;
@@ -96,8 +96,10 @@ pub(super) async fn serve(incoming: quinn::Incoming, s: Settings, stop: Cancella
         listener: s.name.clone(),
         peer: Peer::new(peer.ip(), true),
         peer_id: None,
-        // Multiplexed like HTTP/2: no `connection: close`, and `auto` clusters speak h2.
+        // Multiplexed like HTTP/2: no `connection: close`.
         h2: true,
+        target: None,
+        hint: crate::http::version::Hint::None,
     });
 
     let mut streams: FuturesUnordered<StreamFuture> = FuturesUnordered::new();
@@ -300,9 +302,18 @@ async fn exchange(resolver: Resolver, ctx: Arc<ConnCtx>, handshake: Option<Hands
     };
     // Before the client's Finished, a request is 0-RTT data.
     let early = handshake.is_some_and(|h| h.now_or_never().is_none());
+    // Malformed or disagreeing `content-length` fields make a malformed request
+    // (RFC 9114 §4.1.2): a stream error, as HTTP/2 resets such a stream.
+    let Ok(len) = content_length(req.headers()) else {
+        tracing::debug!("HTTP/3 request with malformed content-length");
+        let mut stream = stream;
+        stream.stop_sending(Code::H3_MESSAGE_ERROR);
+        stream.stop_stream(Code::H3_MESSAGE_ERROR);
+        return;
+    };
     let (mut send, recv) = stream.split();
     let (mut parts, ()) = req.into_parts();
-    let mut body = RecvBody::new(recv, content_length(&parts.headers));
+    let mut body = RecvBody::new(recv, len);
     // A CONNECT carries no body here (as on the HTTP/2 server); an ended stream needs none.
     let body = if parts.method == Method::CONNECT || body.ended_with_head() {
         ClientBody::Empty

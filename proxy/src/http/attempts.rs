@@ -4,6 +4,7 @@
 //! response wins, the others are cancelled by being dropped).
 
 use crate::http::body::RequestBody;
+use crate::http::fault::Side;
 use crate::http::respond::ForwardError;
 use crate::resilience::breaker::Threshold;
 use crate::resilience::outlier::Outcome;
@@ -27,6 +28,8 @@ use trellis_api::HedgeDelay;
 /// How to reach a cluster for one request.
 pub struct Plan<'a> {
     pub cluster: &'a Cluster,
+    /// A transparent connection's original destination: every try goes there.
+    pub target: Option<&'a Arc<Endpoint>>,
     pub wire: Wire,
     pub key: Option<u64>,
     /// The route's whole-request deadline.
@@ -39,6 +42,16 @@ pub struct Plan<'a> {
     /// When the request became ready to send: the first try's idle timer counts from it
     /// instead of reading the clock again.
     pub since: Instant,
+}
+
+impl Plan<'_> {
+    /// The endpoint of the next try: the original destination, or the cluster's pick.
+    fn pick(&self, avoid: Option<&Arc<Endpoint>>) -> Option<Arc<Endpoint>> {
+        match self.target {
+            Some(t) => Some(t.clone()),
+            None => self.cluster.pick(self.key, avoid).cloned(),
+        }
+    }
 }
 
 /// A response head and what it took.
@@ -134,7 +147,7 @@ fn try_once<'a>(
     avoid: Option<&Arc<Endpoint>>,
     since: Option<Instant>,
 ) -> Try<'a, impl Future<Output = PoolResult>> {
-    let ep = plan.cluster.pick(plan.key, avoid).cloned();
+    let ep = plan.pick(avoid);
     try_on(plan, req, ep, since)
 }
 
@@ -223,6 +236,8 @@ fn settle(
     let cluster = plan.cluster;
     let result = match sent {
         Ok(Ok(r)) => Ok(r),
+        // The client's body failed on its way: not the endpoint's doing.
+        Ok(Err(UpstreamError::ClientBody(e))) => Err(ForwardError::ClientBody(e)),
         Ok(Err(e)) => {
             if matches!(e, UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout(_)) {
                 metrics::counter!(telemetry::UPSTREAM_CONNECT_ERRORS_TOTAL, "cluster" => cluster.name.to_string())
@@ -232,6 +247,11 @@ fn settle(
         }
         // The per-try deadline passed but the route's did not: a per-try timeout.
         Err(ForwardError::Timeout) if plan.deadline.is_none_or(|d| Instant::now() < d) => Err(ForwardError::TryTimeout),
+        // The route's whole-request timeout is the route's, however the upload went (and
+        // counts against no endpoint either way).
+        Err(ForwardError::BodyTimeout) if plan.deadline.is_some_and(|d| Instant::now() >= d) => {
+            Err(ForwardError::Timeout)
+        }
         Err(e) => Err(e),
     };
     match &result {
@@ -273,7 +293,7 @@ async fn hedged(
         HedgeDelay::Auto => plan.cluster.latency.quantile(0.95),
     };
     // Each try's endpoint is chosen here, so a hedge can avoid the one it hedges.
-    let Some(first) = plan.cluster.pick(plan.key, avoid).cloned() else {
+    let Some(first) = plan.pick(avoid) else {
         return (None, Err(ForwardError::NoEndpoint(plan.cluster.name.clone())), 1);
     };
     let launch = |ep: Arc<Endpoint>| Box::pin(try_on(plan, rebuild(parts, body), Some(ep), None));
@@ -303,7 +323,7 @@ async fn hedged(
             () = hedge_due => {
                 tries += 1;
                 metrics::counter!(telemetry::UPSTREAM_HEDGES_TOTAL, "cluster" => plan.cluster.name.to_string()).increment(1);
-                match plan.cluster.pick(plan.key, last_ep.as_ref()).cloned() {
+                match plan.pick(last_ep.as_ref()) {
                     Some(ep) => {
                         last_ep = Some(ep.clone());
                         inflight.push(launch(ep));
@@ -335,15 +355,22 @@ fn outcome_of(resp: &Response<ResponseBody>) -> Outcome {
 }
 
 /// The outcome of a failed try, or `None` when the failure is not the endpoint's doing
-/// (and is not retried): the route's own timeout, an open breaker, no endpoint.
+/// (and is not retried): anything on the client's side or the proxy's (a bad or slow
+/// request body, an open breaker, no endpoint), and the route's own timeout.
 fn error_outcome(e: &ForwardError) -> Option<Outcome> {
+    if e.side() != Side::Upstream {
+        return None;
+    }
     match e {
         ForwardError::Upstream(UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout(_)) => {
             Some(Outcome::ConnectFailure)
         }
-        ForwardError::Upstream(UpstreamError::Reset(_) | UpstreamError::Handshake(_) | UpstreamError::Tls { .. }) => {
-            Some(Outcome::Reset)
-        }
+        ForwardError::Upstream(
+            UpstreamError::Reset(_)
+            | UpstreamError::Handshake(_)
+            | UpstreamError::Tls { .. }
+            | UpstreamError::Protocol(_),
+        ) => Some(Outcome::Reset),
         ForwardError::TryTimeout | ForwardError::IdleTimeout => Some(Outcome::Timeout),
         _ => None,
     }
@@ -373,10 +400,14 @@ impl<F: Future> Future for Timed<F> {
         if let Poll::Ready(out) = this.fut.poll(cx) {
             return Poll::Ready(Ok(out));
         }
+        // A try's timer that runs out while the client is still sending the body is the
+        // client's doing: the upstream may well be waiting for the rest of it. (`settle`
+        // turns the route's own deadline back into a route timeout.)
+        let uploading = this.upload.as_ref().is_some_and(|p| !p.ended());
         if let Some(d) = this.deadline.as_mut()
             && d.as_mut().poll(cx).is_ready()
         {
-            return Poll::Ready(Err(ForwardError::Timeout));
+            return Poll::Ready(Err(if uploading { ForwardError::BodyTimeout } else { ForwardError::Timeout }));
         }
         if let Some(after) = *this.idle_after {
             let mut idle = this.idle;
@@ -390,8 +421,10 @@ impl<F: Future> Future for Timed<F> {
                 if t.as_mut().poll(cx).is_pending() {
                     break;
                 }
-                match this.upload.as_ref().map(|p| p.idle_for()) {
-                    Some(quiet) if quiet < after => t.reset(Instant::now() + (after - quiet)),
+                // The upstream is idle only from when the client's body last moved (or ended).
+                match this.upload.as_ref() {
+                    Some(p) if p.idle_for() < after => t.reset(Instant::now() + (after - p.idle_for())),
+                    Some(p) if !p.ended() => return Poll::Ready(Err(ForwardError::BodyTimeout)),
                     _ => return Poll::Ready(Err(ForwardError::IdleTimeout)),
                 }
             }

@@ -8,7 +8,6 @@ use crate::upstream::Lease;
 use crate::upstream::response::ResponseBody;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -24,7 +23,7 @@ pub enum BodyError {
     #[error("upstream body failed: {0}")]
     UpstreamH2(#[from] h2::Error),
     #[error("upstream body failed: {0}")]
-    UpstreamH1(#[from] crate::upstream::h1::Error),
+    UpstreamH1(#[from] crate::http::h1::Error),
     #[error("upstream idle for longer than the route's idle_timeout")]
     IdleTimeout,
     #[error("request exceeded the route's timeout")]
@@ -33,24 +32,24 @@ pub enum BodyError {
     RouteRemoved,
 }
 
-/// A request body as the client sent it: hyper's (a connection hyper's HTTP/1 server
-/// serves), an HTTP/2 stream's (the in-task h2 server), an HTTP/3 stream's, or none (a request the in-task
-/// HTTP/1.1 server took: those never have a body).
-#[derive(Debug)]
+/// A request body as the client sent it: read off an HTTP/1 connection by the in-task
+/// server, an HTTP/2 stream's, an HTTP/3 stream's, or none.
+#[derive(Debug, Default)]
 pub enum ClientBody {
-    Hyper(Incoming),
+    H1(crate::http::h1::Incoming),
     H2(RecvBody),
     /// Boxed: an HTTP/3 stream's state is ~300 bytes, and every request's future holds
     /// a `ClientBody`.
     H3(Box<crate::h3::RecvBody>),
+    #[default]
     Empty,
 }
 
-/// Why reading a client's request body failed.
+/// Why reading a client's request body failed (always the client's fault).
 #[derive(Debug, Error)]
 pub enum ClientBodyError {
     #[error("{0}")]
-    Hyper(#[from] hyper::Error),
+    H1(#[from] crate::http::h1::Error),
     #[error("{0}")]
     H2(#[from] h2::Error),
     #[error("{0}")]
@@ -63,7 +62,7 @@ impl Body for ClientBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         match self.get_mut() {
-            Self::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Self::H1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             Self::H2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             Self::H3(b) => Pin::new(b.as_mut()).poll_frame(cx).map_err(Into::into),
             Self::Empty => Poll::Ready(None),
@@ -72,7 +71,7 @@ impl Body for ClientBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            Self::Hyper(b) => b.is_end_stream(),
+            Self::H1(b) => b.is_end_stream(),
             Self::H2(b) => b.is_end_stream(),
             Self::H3(b) => b.is_end_stream(),
             Self::Empty => true,
@@ -81,7 +80,7 @@ impl Body for ClientBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            Self::Hyper(b) => b.size_hint(),
+            Self::H1(b) => b.size_hint(),
             Self::H2(b) => b.size_hint(),
             Self::H3(b) => b.size_hint(),
             Self::Empty => SizeHint::with_exact(0),
@@ -99,9 +98,10 @@ pub enum RequestBody {
     Replay(Option<Bytes>),
 }
 
-/// When a streamed request body last moved, as milliseconds since a process-wide epoch.
+/// When a streamed request body last moved, as milliseconds since a process-wide epoch,
+/// and whether it has ended (then a silence is the upstream's, not the client's).
 #[derive(Debug, Default)]
-pub struct Progress(std::sync::atomic::AtomicU64);
+pub struct Progress(std::sync::atomic::AtomicU64, std::sync::atomic::AtomicBool);
 
 impl Progress {
     fn epoch() -> std::time::Instant {
@@ -112,6 +112,15 @@ impl Progress {
     fn touch(&self) {
         let ms = Self::epoch().elapsed().as_millis() as u64;
         self.0.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn end(&self) {
+        self.1.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the client has sent the whole body.
+    pub fn ended(&self) -> bool {
+        self.1.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// How long ago the body last moved.
@@ -177,9 +186,16 @@ impl Body for RequestBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         match self.get_mut() {
             Self::Stream(b, progress) => {
-                let polled = Pin::new(b).poll_frame(cx);
-                if let (Poll::Ready(Some(Ok(_))), Some(p)) = (&polled, progress) {
-                    p.touch();
+                let polled = Pin::new(&mut *b).poll_frame(cx);
+                if let (Poll::Ready(r), Some(p)) = (&polled, progress) {
+                    match r {
+                        Some(Err(_)) => {}
+                        Some(Ok(f)) if f.is_data() && !b.is_end_stream() => p.touch(),
+                        _ => {
+                            p.touch();
+                            p.end();
+                        }
+                    }
                 }
                 polled
             }

@@ -11,8 +11,10 @@ use crate::http::headers::{self, Peer};
 use crate::http::respond::{ForwardError, error_response};
 use crate::http::route::Route;
 use crate::http::router::{self, RequestView};
+use crate::http::version::{self, Hint};
 use crate::resilience::{fault, retry};
 use crate::telemetry;
+use crate::upstream::Endpoint;
 use arc_swap::ArcSwap;
 use futures_util::future::{Either, FutureExt};
 use http::{HeaderValue, Request, Response};
@@ -33,6 +35,25 @@ pub struct ConnCtx {
     /// The connection multiplexes requests (HTTP/2, or HTTP/3): no `connection: close`,
     /// and `protocol: auto` clusters speak HTTP/2 upstream.
     pub h2: bool,
+    /// A transparent connection's original destination: where requests no listener route
+    /// takes go (DESIGN §9).
+    pub target: Option<Target>,
+    /// What the connection tells about the destination app's HTTP version.
+    pub hint: Hint,
+}
+
+/// A transparent connection's original destination and the route its requests count on.
+#[derive(Debug)]
+pub struct Target {
+    pub endpoint: Arc<Endpoint>,
+    pub route: Arc<Route>,
+}
+
+/// The route a request takes, and, for a transparent connection's original destination,
+/// the endpoint it goes to.
+struct Routed {
+    route: Arc<Route>,
+    target: Option<Arc<Endpoint>>,
 }
 
 /// Writes the audit line and counts a denial.
@@ -87,10 +108,12 @@ pub fn handle(mut req: Request<ClientBody>, ctx: &ConnCtx) -> impl Future<Output
         (log, entry, route_for(&req, ctx, listener))
     };
     match route {
-        Ok(route) => Either::Left(forward(req, ctx, route, entry).map(|(resp, entry)| logged(resp, log, entry))),
+        Ok(routed) => Either::Left(forward(req, ctx, routed, entry).map(|(resp, entry)| logged(resp, log, entry))),
         Err(err) => {
             let mut resp = error_response(&err);
-            if matches!(err, ForwardError::HeadersTooLarge) && !ctx.h2 {
+            // A request refused for its head: the client is not to be trusted with more on
+            // this connection.
+            if matches!(err, ForwardError::HeadersTooLarge | ForwardError::Host(_)) && !ctx.h2 {
                 resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
             }
             Either::Right(std::future::ready(logged(resp, log, entry)))
@@ -125,12 +148,13 @@ fn logged(
 }
 
 /// The route for `req` on this connection's listener, after the 0-RTT check, the
-/// header-size limit and authorization; or why there is none.
+/// header-size limit and authorization: the first listener route that matches, else (a
+/// transparent connection) the original destination; or why there is none.
 fn route_for(
     req: &Request<ClientBody>,
     ctx: &ConnCtx,
     listener: Option<&Arc<Listener>>,
-) -> Result<Arc<Route>, ForwardError> {
+) -> Result<Routed, ForwardError> {
     let Some(listener) = listener else {
         return Err(ForwardError::ListenerGone);
     };
@@ -141,6 +165,7 @@ fn route_for(
     if header_block_size(req) > listener.max_header_bytes() {
         return Err(ForwardError::HeadersTooLarge);
     }
+    check_host(req).map_err(ForwardError::Host)?;
     if listener.mesh || listener.policy.is_some() {
         let peer_id = ctx.peer_id.as_deref();
         let d = authz::decide(
@@ -164,9 +189,10 @@ fn route_for(
         }
     }
     let view = RequestView::new(req.method(), req.uri(), req.headers());
-    match router::select(&listener.routes, &view) {
-        Some(r) => Ok(r.clone()),
-        None => {
+    match (router::select(&listener.routes, &view), &ctx.target) {
+        (Some(r), _) => Ok(Routed { route: r.clone(), target: None }),
+        (None, Some(t)) => Ok(Routed { route: t.route.clone(), target: Some(t.endpoint.clone()) }),
+        (None, None) => {
             listener.no_route.count(404);
             Err(ForwardError::NoRoute)
         }
@@ -184,10 +210,11 @@ fn route_for(
 fn forward(
     mut req: Request<ClientBody>,
     ctx: &ConnCtx,
-    route: Arc<Route>,
+    routed: Routed,
     mut log: Option<Box<access_log::Entry>>,
 ) -> impl Future<Output = (Response<ProxyBody>, Option<Box<access_log::Entry>>)> {
     async move {
+        let Routed { route, target } = routed;
         let started = std::time::Instant::now();
         let (index, backend) = route.pick_backend();
         if let Some(e) = log.as_deref_mut() {
@@ -223,9 +250,14 @@ fn forward(
         }
 
         let cluster = &backend.cluster;
-        let wire = cluster.wire_for(ctx.h2);
+        let mesh = target.as_ref().map_or(cluster.mesh, |t| t.identity.is_some());
+        let down = version::Downstream { h2: ctx.h2, hint: ctx.hint };
+        let (wire, told) = version::choose(&mut req, down, cluster.protocol, mesh);
         let key = cluster.hash_key(req.headers(), ctx.peer.ip);
         headers::prepare_request(&mut req, &ctx.peer, wire);
+        if let Some(v) = told {
+            req.headers_mut().insert(version::ORIG_PROTO.clone(), v);
+        }
         route.request_headers.apply(req.headers_mut());
         if let Some(e) = log.as_deref_mut() {
             e.request_id = req.headers().get(&headers::X_REQUEST_ID).cloned();
@@ -234,7 +266,8 @@ fn forward(
         let retry = route.retry.as_ref().filter(|r| r.allows_method(req.method()));
         let hedge = route.hedge.as_ref().filter(|_| retry::is_idempotent(req.method())).map(|h| (h.delay, h.max));
         // From here on `plan` holds these (the future keeps one copy across its awaits).
-        let plan = Plan { cluster, wire, key, deadline, idle_timeout: route.idle_timeout, retry, hedge, since };
+        let target = target.as_ref();
+        let plan = Plan { cluster, target, wire, key, deadline, idle_timeout: route.idle_timeout, retry, hedge, since };
         let counted = route.retry.is_some() || route.hedge.is_some();
 
         // Retries and hedges need the body again: keep it in memory when it is small enough.
@@ -274,6 +307,34 @@ fn forward(
     }
 }
 
+/// Whether the request says unambiguously which host it is for (RFC 9112 §3.2, RFC 9113
+/// §8.3.1): one `Host` at most, one in an HTTP/1.1 request unless the target is in
+/// absolute form (whose authority then wins), a valid one, and on HTTP/2 one that names
+/// what `:authority` names. Routing and the upstream must not see different hosts. (The
+/// HTTP/1 codec has checked its requests as it read them: only HTTP/2's are looked at.)
+fn check_host<B>(req: &Request<B>) -> Result<(), &'static str> {
+    if req.version() != http::Version::HTTP_2 {
+        return Ok(());
+    }
+    let mut hosts = req.headers().get_all(http::header::HOST).iter();
+    let Some(host) = hosts.next() else { return Ok(()) };
+    if hosts.next().is_some() {
+        return Err("more than one Host field");
+    }
+    // An empty Host is what a client sends for a target with no authority.
+    if host.is_empty() {
+        return Ok(());
+    }
+    let Some((name, port)) = crate::http::h1::framing::host(host.as_bytes()) else { return Err("invalid Host") };
+    if let Some(authority) = req.uri().authority()
+        && (!authority.host().as_bytes().eq_ignore_ascii_case(name)
+            || authority.port_u16().zip(port).is_some_and(|(a, b)| a != b))
+    {
+        return Err(":authority and Host differ");
+    }
+    Ok(())
+}
+
 /// The size of a request's head as HTTP/1.1 would carry it: request line and header lines.
 fn header_block_size<B>(req: &Request<B>) -> usize {
     let line = req.method().as_str().len() + req.uri().path_and_query().map_or(1, |p| p.as_str().len()) + 12;
@@ -292,6 +353,27 @@ fn attempts_value(n: u32) -> HeaderValue {
 
 #[cfg(test)]
 mod tests {
+    use http::{Request, Version};
+
+    #[test]
+    fn one_host_per_http2_request() {
+        let h2 = |hosts: &[&str]| {
+            let mut b = Request::get("http://a.test:8443/").version(Version::HTTP_2);
+            for h in hosts {
+                b = b.header("host", *h);
+            }
+            super::check_host(&b.body(()).unwrap_or_default())
+        };
+        assert_eq!(h2(&[]), Ok(()));
+        assert_eq!(h2(&[""]), Ok(()));
+        assert_eq!(h2(&["A.test:8443"]), Ok(()));
+        assert_eq!(h2(&["a.test"]), Ok(()));
+        assert!(h2(&["b.test"]).is_err());
+        assert!(h2(&["a.test:9000"]).is_err());
+        assert!(h2(&["a.test", "a.test"]).is_err());
+        assert!(h2(&["u@a.test"]).is_err());
+    }
+
     #[test]
     fn attempts_values_read_as_their_number() {
         for n in [0, 2, 9, 10, 12_345] {

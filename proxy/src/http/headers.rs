@@ -25,7 +25,7 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     let listed: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
-        .flat_map(|v| crate::http::wire::tokens(v.as_bytes()))
+        .flat_map(|v| crate::http::h1::framing::tokens(v.as_bytes()))
         .filter_map(|n| HeaderName::from_bytes(n).ok())
         .collect();
     h.remove(header::CONNECTION);

@@ -1,13 +1,15 @@
 //! HTTP: serving downstream connections (`server`, `h1`, `h2`), choosing a route
-//! (`router`, `route`), forwarding (`forward`, `headers`), streaming bodies (`body`),
-//! turning failures into responses (`respond`), the `date` header (`date`), and what both
-//! in-task HTTP/1.1 codecs share: the wire pieces (`wire`), a stock of reusable header
-//! maps (`header_maps`) and of read/write buffers with the read that holds none while it
-//! waits (`io_bufs`). `h2` also holds what the HTTP/2 server and client share.
+//! (`router`, `route`), forwarding (`forward`, `headers`), the upstream HTTP version
+//! (`version`), streaming bodies (`body`), whose fault a failure is (`fault`) and turning
+//! failures into responses (`respond`), the `date` header (`date`), a stock of reusable
+//! header maps (`header_maps`) and of read/write buffers with the read that holds none
+//! while it waits (`io_bufs`). `h1` is also the HTTP/1 codec the upstream client uses, and
+//! `h2` holds what the HTTP/2 server and client share.
 
 pub mod attempts;
 pub mod body;
 pub mod date;
+pub mod fault;
 pub mod forward;
 pub mod h1;
 pub mod h2;
@@ -20,4 +22,4 @@ pub mod route;
 pub mod router;
 pub mod server;
 pub mod stock;
-pub mod wire;
+pub mod version;

@@ -1,7 +1,10 @@
 //! The one place where a failure becomes a response: status, `x-trellis-error`, and a short
-//! plain-text body naming the cause.
+//! plain-text body naming the cause; and whose fault each failure is (`side`): the
+//! client's are 4xx, the upstream's 502/504 (and only they count against an endpoint),
+//! the proxy's own 503 (or the configured fault status). docs/errors.md lists them.
 
 use crate::http::body::ProxyBody;
+use crate::http::fault::Side;
 use crate::upstream::UpstreamError;
 use http::{HeaderValue, Response, StatusCode, header};
 use std::sync::Arc;
@@ -33,15 +36,44 @@ pub enum ForwardError {
     FaultAbort(u16),
     #[error("reading the request body failed: {0}")]
     ClientBody(crate::http::body::ClientBodyError),
+    /// The route's or a try's timer ran out while the client was still sending the body.
+    #[error("the client sent the request body too slowly")]
+    BodyTimeout,
     #[error("not authorized")]
     Forbidden,
     #[error("the request header block is over the listener's max_header_bytes")]
     HeadersTooLarge,
     #[error("the request came in TLS early data (0-RTT) and its method is not safe; retry after the handshake")]
     TooEarly,
+    /// An HTTP/1 request head the codec refuses (malformed, ambiguous framing, too large,
+    /// not whole in time).
+    #[error("{0}")]
+    Request(crate::http::h1::Error),
+    /// No usable `Host`: two of them, none in an HTTP/1.1 request, an invalid one, or one
+    /// that disagrees with HTTP/2's `:authority`.
+    #[error("{0}")]
+    Host(&'static str),
 }
 
 impl ForwardError {
+    /// Whose fault this is.
+    pub fn side(&self) -> Side {
+        match self {
+            Self::NoRoute
+            | Self::RateLimited(_)
+            | Self::ClientBody(_)
+            | Self::BodyTimeout
+            | Self::Forbidden
+            | Self::HeadersTooLarge
+            | Self::Request(_)
+            | Self::Host(_)
+            | Self::TooEarly => Side::Client,
+            Self::Upstream(e) => e.side(),
+            Self::Timeout | Self::TryTimeout | Self::IdleTimeout => Side::Upstream,
+            Self::NoEndpoint(_) | Self::ListenerGone | Self::FaultAbort(_) => Side::Proxy,
+        }
+    }
+
     /// The status the client gets.
     pub fn status(&self) -> StatusCode {
         match self {
@@ -49,10 +81,13 @@ impl ForwardError {
             Self::NoEndpoint(_) | Self::ListenerGone | Self::Upstream(UpstreamError::Overloaded(_)) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            Self::Upstream(UpstreamError::ClientBody(_)) => StatusCode::BAD_REQUEST,
             Self::Upstream(_) => StatusCode::BAD_GATEWAY,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::FaultAbort(code) => StatusCode::from_u16(*code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
-            Self::ClientBody(_) => StatusCode::BAD_REQUEST,
+            Self::ClientBody(_) | Self::Host(_) => StatusCode::BAD_REQUEST,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::Request(e) => e.status(),
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::TooEarly => StatusCode::TOO_EARLY,
@@ -73,9 +108,14 @@ impl ForwardError {
             Self::Upstream(UpstreamError::Identity(_)) => "upstream identity mismatch",
             Self::Upstream(UpstreamError::Tls { .. }) => "upstream tls failure",
             Self::Upstream(UpstreamError::Unsendable(_)) => "request not sendable upstream",
+            Self::Upstream(UpstreamError::Protocol(_)) => "upstream protocol error",
+            Self::Upstream(UpstreamError::ClientBody(_)) => "bad request body",
             Self::RateLimited(_) => "rate limited",
             Self::FaultAbort(_) => "fault injected",
             Self::ClientBody(_) => "bad request body",
+            Self::BodyTimeout => "request body timeout",
+            Self::Request(e) => e.reason(),
+            Self::Host(_) => "bad host",
             Self::Forbidden => "forbidden",
             Self::HeadersTooLarge => "header block too large",
             Self::TooEarly => "too early",
@@ -100,4 +140,67 @@ pub fn error_response(err: &ForwardError) -> Response<ProxyBody> {
         h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::h1::{Error as H1Error, Kind};
+
+    /// Every client fault is a 4xx, every upstream fault a 502/504, the proxy's own a 503
+    /// (docs/errors.md is this table).
+    #[test]
+    fn sides_statuses_and_reasons() {
+        let io = || std::io::Error::other("x");
+        let addr: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap_or_else(|_| unreachable!());
+        let body = || crate::http::body::ClientBodyError::H1(H1Error::client(Kind::Truncated));
+        let cases: Vec<(ForwardError, Side, u16, &str)> = vec![
+            (ForwardError::NoRoute, Side::Client, 404, "no route"),
+            (ForwardError::Forbidden, Side::Client, 403, "forbidden"),
+            (ForwardError::RateLimited(std::time::Duration::from_secs(1)), Side::Client, 429, "rate limited"),
+            (ForwardError::HeadersTooLarge, Side::Client, 431, "header block too large"),
+            (ForwardError::Host("two"), Side::Client, 400, "bad host"),
+            (ForwardError::ClientBody(body()), Side::Client, 400, "bad request body"),
+            (ForwardError::Upstream(UpstreamError::ClientBody(body())), Side::Client, 400, "bad request body"),
+            (ForwardError::BodyTimeout, Side::Client, 408, "request body timeout"),
+            (ForwardError::Request(H1Error::client(Kind::Invalid("x"))), Side::Client, 400, "bad request"),
+            (ForwardError::Request(H1Error::client(Kind::Timeout)), Side::Client, 408, "request timeout"),
+            (ForwardError::Request(H1Error::client(Kind::UriTooLong)), Side::Client, 414, "uri too long"),
+            (ForwardError::Request(H1Error::client(Kind::TooManyHeaders)), Side::Client, 431, "header block too large"),
+            (
+                ForwardError::Request(H1Error::client(Kind::Unsupported("x"))),
+                Side::Client,
+                501,
+                "unsupported transfer coding",
+            ),
+            (
+                ForwardError::Upstream(UpstreamError::Connect { addr, source: io() }),
+                Side::Upstream,
+                502,
+                "upstream connect failure",
+            ),
+            (ForwardError::Upstream(UpstreamError::Reset(Box::new(io()))), Side::Upstream, 502, "upstream reset"),
+            (
+                ForwardError::Upstream(UpstreamError::Protocol(H1Error::upstream(Kind::Invalid("x")).into())),
+                Side::Upstream,
+                502,
+                "upstream protocol error",
+            ),
+            (ForwardError::Timeout, Side::Upstream, 504, "upstream timeout"),
+            (ForwardError::IdleTimeout, Side::Upstream, 504, "upstream idle timeout"),
+            (ForwardError::NoEndpoint("c".into()), Side::Proxy, 503, "no healthy endpoint"),
+            (ForwardError::ListenerGone, Side::Proxy, 503, "listener draining"),
+            (
+                ForwardError::Upstream(UpstreamError::Overloaded(crate::resilience::breaker::Threshold::MaxRequests)),
+                Side::Proxy,
+                503,
+                "overloaded",
+            ),
+        ];
+        for (err, side, status, reason) in cases {
+            assert_eq!((err.side(), err.status().as_u16(), err.reason()), (side, status, reason), "{err:?}");
+            let resp = error_response(&err);
+            assert_eq!(resp.headers()[ERROR_HEADER], reason);
+        }
+    }
 }

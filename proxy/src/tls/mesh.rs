@@ -3,7 +3,7 @@
 //! hands the peer's ID to authorization; the client side checks the server's ID against the
 //! cluster's expected identity.
 
-use crate::tls::{ALPN_H2, ALPN_HTTP1, TlsError, files};
+use crate::tls::{ALPN_H2, ALPN_HTTP1, ALPN_OPAQUE, TlsError, files};
 use rustls::server::WebPkiClientVerifier;
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
@@ -41,7 +41,7 @@ pub fn load(identity: &api::Identity) -> Result<Mesh, TlsError> {
         .map_err(|source| TlsError::Rustls { what: "mesh server config".into(), source })?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(key.clone())));
-    server.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()];
+    server.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec(), ALPN_OPAQUE.to_vec()];
     Ok(Mesh { id, key, roots, server: Arc::new(server), not_after })
 }
 

@@ -33,6 +33,8 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 pub const ALPN_H2: &[u8] = b"h2";
 pub const ALPN_HTTP1: &[u8] = b"http/1.1";
 pub const ALPN_H3: &[u8] = b"h3";
+/// Opaque TCP between proxies (a transparent inbound proxy forwards the bytes as they are).
+pub const ALPN_OPAQUE: &[u8] = b"trellis/tcp";
 
 /// A short label for a handshake failure, for `trellis_tls_handshake_errors_total{reason}`.
 pub fn failure_reason(e: &std::io::Error) -> &'static str {

@@ -6,10 +6,11 @@
 //! the downstream server (`http::h2`). Which connection a request goes on is `pool`'s
 //! business.
 
-use crate::http::body::RequestBody;
+use crate::http::body::{ClientBodyError, RequestBody};
+use crate::http::h1::content_length;
 pub use crate::http::h2::body::RecvBody;
 use crate::http::h2::body::{Pipe, PipeError};
-use crate::http::h2::headers::{Kind, content_length, strip_connection_headers};
+use crate::http::h2::headers::{Kind, strip_connection_headers};
 use crate::tls::io::MaybeTls;
 use crate::upstream::pool::{ConnSlot, UpstreamError};
 use bytes::Bytes;
@@ -191,8 +192,12 @@ pub(crate) fn send(
         })?;
         let eos = body.is_end_stream();
         let (response, stream) = sender.send_request(head, eos).map_err(|e| send_failed(state, e))?;
-        let cancel = if eos { None } else { send_body(body, stream).await };
-        let resp = response.await.map_err(|e| conn_failed(state, e))?;
+        let cancel = if eos { None } else { send_body(body, stream).await? };
+        let resp = response.await.map_err(|e| match cancel.as_ref().and_then(CancelPipe::client_failure) {
+            // The pipe reset the stream because the client's body failed.
+            Some(b) => UpstreamError::ClientBody(b),
+            None => conn_failed(state, e),
+        })?;
         // The response came: a still-running pipe carries on.
         if let Some(c) = cancel {
             c.disarm();
@@ -202,7 +207,8 @@ pub(crate) fn send(
 }
 
 fn into_response(resp: Response<RecvStream>) -> Response<RecvBody> {
-    let remaining = content_length(resp.headers());
+    // h2 itself refuses a response whose `content-length` is malformed or broken by its DATA.
+    let remaining = content_length(resp.headers()).ok().flatten();
     resp.map(|recv| RecvBody::new(recv, remaining))
 }
 
@@ -226,39 +232,51 @@ fn send_failed(state: &ConnState, e: h2::Error) -> UpstreamError {
 /// Sends the rest of the request after its head. A body held in memory is handed to h2
 /// whole (it is in memory already, so waiting for flow-control capacity would bound
 /// nothing); a streamed one is piped under flow control, in a task of its own if it has not
-/// finished at once. Returns the spawned pipe's cancel guard.
-async fn send_body(body: RequestBody, mut stream: SendStream<Bytes>) -> Option<CancelPipe> {
+/// finished at once. Returns the spawned pipe's cancel guard; fails when the client's body
+/// failed at once.
+async fn send_body(body: RequestBody, mut stream: SendStream<Bytes>) -> Result<Option<CancelPipe>, UpstreamError> {
     if let RequestBody::Replay(bytes) = body {
         // A failure here (the stream was reset) shows on the response future.
         let _ = stream.send_data(bytes.unwrap_or_default(), true);
-        return None;
+        return Ok(None);
     }
     let mut pipe = Pipe::new(body, stream);
     // One eager poll: a body that is already complete needs no task.
     let done = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut pipe).poll(cx))).await;
     if let Poll::Ready(result) = done {
-        log_pipe_end(result);
-        return None;
+        return match client_failure(result) {
+            Some(b) => Err(UpstreamError::ClientBody(b)),
+            None => Ok(None),
+        };
     }
     let (tx, rx) = oneshot::channel();
-    tokio::spawn(Cancellable { pipe, cancel: Some(rx) });
-    Some(CancelPipe(Some(tx)))
+    let failed = Arc::new(std::sync::Mutex::new(None));
+    tokio::spawn(Cancellable { pipe, cancel: Some(rx), failed: failed.clone() });
+    Ok(Some(CancelPipe(Some(tx), failed)))
 }
 
-fn log_pipe_end(result: Result<(), PipeError>) {
-    if let Err(e) = result {
-        tracing::debug!(error = %e, "request body to upstream stopped");
+/// Logs how a pipe ended; the client's body error when that is why.
+fn client_failure(result: Result<(), PipeError>) -> Option<ClientBodyError> {
+    let e = result.err()?;
+    tracing::debug!(error = %e, "request body to upstream stopped");
+    match e {
+        PipeError::Body(b) => b.downcast::<ClientBodyError>().ok().map(|b| *b),
+        _ => None,
     }
 }
 
 /// Tells a spawned pipe to reset its stream when the request is dropped before its
 /// response head came (the client went away): the pipe's hold on the stream would
-/// otherwise keep it open.
-struct CancelPipe(Option<oneshot::Sender<()>>);
+/// otherwise keep it open. Holds the client's body error if that is why the pipe stopped.
+struct CancelPipe(Option<oneshot::Sender<()>>, Arc<std::sync::Mutex<Option<ClientBodyError>>>);
 
 impl CancelPipe {
     fn disarm(mut self) {
         self.0 = None;
+    }
+
+    fn client_failure(&self) -> Option<ClientBodyError> {
+        self.1.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
 
@@ -274,6 +292,8 @@ impl Drop for CancelPipe {
 struct Cancellable {
     pipe: Pipe<RequestBody>,
     cancel: Option<oneshot::Receiver<()>>,
+    /// Where the client's body error goes (the response future sees only the reset).
+    failed: Arc<std::sync::Mutex<Option<ClientBodyError>>>,
 }
 
 impl Future for Cancellable {
@@ -291,7 +311,11 @@ impl Future for Cancellable {
             // Disarmed: the response came, the pipe runs on by itself.
             this.cancel = None;
         }
-        Pin::new(&mut this.pipe).poll(cx).map(log_pipe_end)
+        let result = std::task::ready!(Pin::new(&mut this.pipe).poll(cx));
+        if let Some(b) = client_failure(result) {
+            *this.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(b);
+        }
+        Poll::Ready(())
     }
 }
 

@@ -9,8 +9,10 @@ pub mod h2;
 pub mod load;
 pub mod pool;
 pub mod response;
+pub mod tls;
 
 pub use pool::{Lease, UpstreamError};
+pub use tls::{MeshClients, UpstreamTls, tls_for};
 
 use crate::resilience::breaker::Counts;
 use crate::resilience::health::Health;
@@ -35,6 +37,9 @@ pub enum Wire {
 pub struct Cluster {
     pub name: Arc<str>,
     pub protocol: api::ClusterProtocol,
+    /// Its endpoints are sidecars reached over mesh mTLS (`tls: mesh`, or every endpoint
+    /// has an `identity`): HTTP goes between the proxies as h2 (DESIGN §9).
+    pub mesh: bool,
     pub settings: Settings,
     pub endpoints: Vec<Arc<Endpoint>>,
     balancer: Balancer,
@@ -46,45 +51,6 @@ pub struct Cluster {
     pub latency: Arc<LatencyHistogram>,
     /// The resource it was built from.
     pub spec: api::Cluster,
-}
-
-/// How to wrap a cluster's connections in TLS: one client config per HTTP version (ALPN).
-#[derive(Debug)]
-pub struct UpstreamTls {
-    pub h1: Arc<rustls::ClientConfig>,
-    pub h2: Arc<rustls::ClientConfig>,
-    /// `tls` clusters: the SNI (and verified name); else the endpoint's host.
-    pub sni: Option<String>,
-}
-
-/// Builds a cluster's TLS settings (mesh needs the proxy's identity).
-pub fn tls_for(
-    spec: &api::Cluster,
-    mesh: Option<&crate::tls::mesh::Mesh>,
-) -> Result<Option<Arc<UpstreamTls>>, crate::tls::TlsError> {
-    use crate::tls::{ALPN_H2, ALPN_HTTP1, TlsError};
-    let Some(t) = &spec.tls else { return Ok(None) };
-    let built = match t.mode {
-        api::ClusterTlsMode::Mesh => {
-            let mesh =
-                mesh.ok_or_else(|| TlsError::Invalid(format!("clusters[{}].tls: mesh needs an identity", spec.name)))?;
-            let id = t.identity.as_deref().unwrap_or_default();
-            UpstreamTls {
-                h1: crate::tls::mesh::client_config(mesh, id, ALPN_HTTP1)?,
-                h2: crate::tls::mesh::client_config(mesh, id, ALPN_H2)?,
-                sni: None,
-            }
-        }
-        api::ClusterTlsMode::Tls => {
-            let bundle = t.trust_bundle.as_deref().unwrap_or_default();
-            UpstreamTls {
-                h1: crate::tls::edge::client_config(bundle, ALPN_HTTP1)?,
-                h2: crate::tls::edge::client_config(bundle, ALPN_H2)?,
-                sni: t.sni.clone(),
-            }
-        }
-    };
-    Ok(Some(Arc::new(built)))
 }
 
 /// A cluster's endpoints split by the proxy's zone.
@@ -127,6 +93,9 @@ pub struct Endpoint {
     tls_spec: Option<api::ClusterTls>,
     /// The host part of the configured address, for SNI.
     pub host: String,
+    /// The SPIFFE ID the endpoint's proxy presents (an endpoint's `identity`, a registered
+    /// sidecar's, or a transparent destination's).
+    pub identity: Option<Arc<str>>,
     pub pool: pool::Pool,
 }
 
@@ -148,6 +117,7 @@ impl Endpoint {
             tls: arc_swap::ArcSwapOption::empty(),
             tls_spec: None,
             host: addr.ip().to_string(),
+            identity: None,
             pool: pool::Pool::new(workers),
         }
     }
@@ -165,10 +135,12 @@ impl Endpoint {
 
 impl Cluster {
     /// Builds a cluster, keeping endpoint objects of `prev` (same cluster name) whose address
-    /// and connection settings did not change, so their pools and state survive.
+    /// and connection settings did not change, so their pools and state survive. Each
+    /// address comes with its endpoint and, when the endpoint has an `identity`, its own
+    /// mesh TLS; the others take the cluster's `tls`.
     pub fn build(
         spec: &api::Cluster,
-        addrs: Vec<(SocketAddr, &api::Endpoint)>,
+        addrs: Vec<(SocketAddr, &api::Endpoint, Option<Arc<UpstreamTls>>)>,
         prev: Option<&Cluster>,
         workers: usize,
         zone: Option<&str>,
@@ -187,13 +159,14 @@ impl Cluster {
             prev.map(|p| p.endpoints.iter().map(|e| (e.addr, e)).collect()).unwrap_or_default();
         let endpoints: Vec<Arc<Endpoint>> = addrs
             .into_iter()
-            .map(|(addr, e)| {
+            .map(|(addr, e, own_tls)| {
                 let kept = previous.get(&addr).filter(|old| {
                     old.settings == settings
                         && old.weight == e.weight
                         && old.zone == e.zone
                         && old.health_check == spec.health_check
                         && old.tls_spec == spec.tls
+                        && old.identity.as_deref() == e.identity.as_deref()
                 });
                 let ep = match kept {
                     Some(old) => (*old).clone(),
@@ -203,6 +176,7 @@ impl Cluster {
                         ep.counts = counts.clone();
                         ep.health_check = spec.health_check.clone();
                         ep.tls_spec = spec.tls.clone();
+                        ep.identity = e.identity.as_deref().map(Arc::from);
                         ep.host = e
                             .address
                             .rsplit_once(':')
@@ -212,10 +186,12 @@ impl Cluster {
                         Arc::new(ep)
                     }
                 };
-                ep.tls.store(tls.clone());
+                ep.tls.store(own_tls.or_else(|| tls.clone()));
                 ep
             })
             .collect();
+        let mesh = spec.tls.as_ref().is_some_and(|t| t.mode == api::ClusterTlsMode::Mesh)
+            || (!endpoints.is_empty() && endpoints.iter().all(|e| e.identity.is_some()));
         let balancer = Balancer::new(spec.lb, &endpoints);
         let (local, remote): (Vec<Arc<Endpoint>>, Vec<Arc<Endpoint>>) =
             endpoints.iter().cloned().partition(|e| zone.is_some() && e.zone.as_deref() == zone);
@@ -227,6 +203,7 @@ impl Cluster {
         Self {
             name,
             protocol: spec.protocol,
+            mesh,
             settings,
             endpoints,
             balancer,
@@ -319,16 +296,6 @@ impl Cluster {
         let d = ep.outlier.eject(cfg.base_ejection.get());
         metrics::counter!(telemetry::OUTLIER_EJECTIONS_TOTAL, "cluster" => self.name.to_string()).increment(1);
         tracing::warn!(cluster = %self.name, endpoint = %ep.addr, ejected_for = ?d, "outlier: endpoint ejected");
-    }
-
-    /// The wire protocol for a request that arrived as `downstream`.
-    pub fn wire_for(&self, downstream_h2: bool) -> Wire {
-        match self.protocol {
-            api::ClusterProtocol::Http1 => Wire::Http1,
-            api::ClusterProtocol::Http2 => Wire::Http2,
-            api::ClusterProtocol::Auto if downstream_h2 => Wire::Http2,
-            api::ClusterProtocol::Auto => Wire::Http1,
-        }
     }
 }
 

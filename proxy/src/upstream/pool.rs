@@ -4,7 +4,8 @@
 //! HTTP/2: multiplexed connections shared by all workers, a new one opened only when every
 //! open one carries `max_streams` requests (the protocol itself is `h2`'s).
 
-use crate::http::body::RequestBody;
+use crate::http::body::{ClientBodyError, RequestBody};
+use crate::http::fault::Side;
 use crate::resilience::breaker::Threshold;
 use crate::tls::io::MaybeTls;
 use crate::upstream::h1;
@@ -40,6 +41,41 @@ pub enum UpstreamError {
     Identity(String),
     #[error("upstream TLS handshake with {addr} failed: {source}")]
     Tls { addr: std::net::SocketAddr, source: std::io::Error },
+    /// The upstream's response could not be read as HTTP/1 (malformed or ambiguous head,
+    /// broken framing).
+    #[error("invalid upstream response: {0}")]
+    Protocol(h1::Error),
+    /// Reading the request body from the client failed while it was being sent: the
+    /// client's fault, not the upstream's.
+    #[error("{0}")]
+    ClientBody(ClientBodyError),
+}
+
+impl UpstreamError {
+    /// Whose fault this is: the client's for its own body, the proxy's for its breakers
+    /// and for a request it cannot put into HTTP/2, else the upstream's.
+    pub fn side(&self) -> Side {
+        match self {
+            Self::ClientBody(_) => Side::Client,
+            Self::Overloaded(_) | Self::Unsendable(_) => Side::Proxy,
+            _ => Side::Upstream,
+        }
+    }
+}
+
+impl From<h1::Error> for UpstreamError {
+    fn from(e: h1::Error) -> Self {
+        match e {
+            h1::Error::RequestBody(b) => Self::ClientBody(*b),
+            h1::Error::Wire(w) if w.side() == Side::Client => Self::ClientBody(ClientBodyError::H1(w)),
+            h1::Error::Wire(w) => match w.kind() {
+                crate::http::h1::Kind::Io(_) | crate::http::h1::Kind::Closed | crate::http::h1::Kind::Truncated => {
+                    Self::Reset(w.into())
+                }
+                _ => Self::Protocol(h1::Error::Wire(w)),
+            },
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -177,7 +213,7 @@ pub fn send(
     match wire {
         Wire::Http1 => match h1::Outgoing::new(req) {
             Ok(out) => Either::Left(Either::Left(send_h1(lease, out))),
-            Err(e) => Either::Right(ready(Err(UpstreamError::Reset(e.into())))),
+            Err(e) => Either::Right(ready(Err(e.into()))),
         },
         Wire::Http2 => Either::Left(Either::Right(send_h2(lease, req))),
     }
@@ -225,7 +261,7 @@ fn send_h1(
                 Err(f) if pooled && f.retry => {
                     tracing::debug!(error = %f.error, "pooled upstream connection failed; retrying");
                 }
-                Err(f) => return Err(UpstreamError::Reset(f.error.into())),
+                Err(f) => return Err(f.error.into()),
             }
             // Not inside the match: its scrutinee (the exchange's result) would be kept
             // across this await.
@@ -245,7 +281,7 @@ pub struct L4Conn {
 /// Connects to `ep` for L4 forwarding, with the same breakers, timeouts and TLS (mesh
 /// identity check included) as HTTP connections to the cluster.
 pub async fn connect_l4(ep: &Endpoint) -> Result<L4Conn, UpstreamError> {
-    let io = connect_tcp(ep, Wire::Http1).await?;
+    let io = connect_tcp(ep, Use::L4).await?;
     Ok(L4Conn { io, _slot: ConnSlot(ep.counts.clone()) })
 }
 
@@ -259,11 +295,19 @@ impl Drop for ConnSlot {
     }
 }
 
+/// What a new connection is for: it picks the TLS config (ALPN).
+#[derive(Clone, Copy)]
+enum Use {
+    Http1,
+    Http2,
+    L4,
+}
+
 /// Opens a TCP connection under the cluster's `max_connections` and `max_pending`
 /// thresholds. On success the caller owns one `max_connections` unit, to be released by
 /// the connection's [`ConnSlot`] (in [`L4Conn`], [`h1::Conn`], or the h2 connection's task)
 /// when the connection ends, or at once if a handshake fails.
-async fn connect_tcp(ep: &Endpoint, wire: Wire) -> Result<MaybeTls, UpstreamError> {
+async fn connect_tcp(ep: &Endpoint, what: Use) -> Result<MaybeTls, UpstreamError> {
     let addr = ep.addr;
     let limits = ep.settings.limits.as_ref();
     ep.counts.acquire(Threshold::MaxConnections, limits, &ep.cluster).map_err(UpstreamError::Overloaded)?;
@@ -289,9 +333,10 @@ async fn connect_tcp(ep: &Endpoint, wire: Wire) -> Result<MaybeTls, UpstreamErro
     let Some(tls) = ep.tls.load_full() else {
         return Ok(MaybeTls::Plain(stream));
     };
-    let config = match wire {
-        Wire::Http1 => tls.h1.clone(),
-        Wire::Http2 => tls.h2.clone(),
+    let config = match what {
+        Use::Http1 => tls.h1.clone(),
+        Use::Http2 => tls.h2.clone(),
+        Use::L4 => tls.l4.clone(),
     };
     let name = tls.sni.as_deref().unwrap_or(&ep.host);
     let server_name = ServerName::try_from(name.to_owned()).unwrap_or_else(|_| ServerName::from(addr.ip()));
@@ -319,7 +364,7 @@ async fn connect_tcp(ep: &Endpoint, wire: Wire) -> Result<MaybeTls, UpstreamErro
 async fn connect_h1(ep: &Endpoint) -> Result<h1::Conn, UpstreamError> {
     // Idle connections are not watched by a task; closed ones are noticed here at the latest.
     ep.pool.sweep_h1();
-    let io = connect_tcp(ep, Wire::Http1).await?;
+    let io = connect_tcp(ep, Use::Http1).await?;
     Ok(h1::Conn::new(io, ConnSlot(ep.counts.clone())))
 }
 
@@ -339,7 +384,7 @@ async fn open_h2(ep: &Endpoint) -> Result<(h2::Sender, Arc<ConnState>), Upstream
     if let Some(c) = ep.pool.checkout_h2(max) {
         return Ok(c);
     }
-    let io = connect_tcp(ep, Wire::Http2).await?;
+    let io = connect_tcp(ep, Use::Http2).await?;
     let (sender, conn) = match h2::handshake(io).await {
         Ok(x) => x,
         Err(e) => {

@@ -1,5 +1,5 @@
-//! Hold mode: N idle keep-alive connections or N open SSE streams, held to measure a
-//! proxy's memory per connection or stream.
+//! Hold mode: N idle keep-alive connections, N connections that have sent nothing, or N
+//! open SSE streams, held to measure a proxy's memory per connection or stream.
 
 use super::*;
 
@@ -34,6 +34,7 @@ pub(crate) fn run_hold(args: &Args, target: Arc<Target>, n: usize) -> anyhow::Re
         let (target, counters, ready_tx) = (target.clone(), counters.clone(), ready_tx.clone());
         let mut stop_rx = stop_rx.clone();
         let sse = args.sse;
+        let silent = args.silent;
         let permits = (args.ramp_concurrency / threads).max(1);
         let handle = std::thread::Builder::new().name(format!("hold-{t}")).spawn(move || -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -47,7 +48,13 @@ pub(crate) fn run_hold(args: &Args, target: Arc<Target>, n: usize) -> anyhow::Re
                     let stop = stop_rx.clone();
                     tasks.push(tokio::task::spawn_local(async move {
                         let _permit = ramp.acquire().await;
-                        let fut = hold_one(target, counters.clone(), streams, sse, stop);
+                        let fut = async {
+                            if silent {
+                                hold_silent(&target, &counters, stop).await
+                            } else {
+                                hold_one(target.clone(), counters.clone(), streams, sse, stop).await
+                            }
+                        };
                         match timeout_at(ramp_deadline, fut).await {
                             Ok(Ok(())) => {}
                             Ok(Err(_)) | Err(_) => {
@@ -128,6 +135,24 @@ pub(crate) fn run_hold(args: &Args, target: Arc<Target>, n: usize) -> anyhow::Re
     if established == 0 {
         bail!("nothing could be established");
     }
+    Ok(())
+}
+
+/// Opens one connection that sends nothing, and leaves a task holding it until `stop`.
+async fn hold_silent(target: &Target, counters: &Arc<HoldCounters>, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let mut stream = TcpStream::connect(target.addr).await?;
+    counters.established.fetch_add(1, Ordering::Relaxed);
+    counters.open_conns.fetch_add(1, Ordering::Relaxed);
+    let (counters, mut stop) = (counters.clone(), stop);
+    tokio::task::spawn_local(async move {
+        // Open until told to stop, or until the server closes it (noticed, not waited for).
+        let mut byte = [0u8; 1];
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => {}
+            _ = tokio::io::AsyncReadExt::read(&mut stream, &mut byte) => {}
+        }
+        counters.open_conns.fetch_sub(1, Ordering::Relaxed);
+    });
     Ok(())
 }
 

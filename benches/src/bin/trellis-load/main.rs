@@ -15,8 +15,9 @@
 //!   tokio's millisecond timer wheel, which would bunch requests into 1 ms bursts.
 //! - hold: `--hold N` opens N connections, sends one keep-alive GET on each and keeps
 //!   them idle; with `--sse`, N concurrent event streams (GET the URL, count events as
-//!   they arrive; with `--h2`, `-m` streams share a connection). Held for `-d` after
-//!   all are established; used to measure a proxy's memory per connection/stream.
+//!   they arrive; with `--h2`, `-m` streams share a connection); with `--silent`, N
+//!   connections that send nothing at all. Held for `-d` after all are established;
+//!   used to measure a proxy's memory per connection/stream.
 //!
 //! Output: one human-readable line on stdout, and with `--json` one more line holding
 //! a single JSON object (fields `mode`, `proto`, `connections`, `rps`, `errors`,
@@ -28,6 +29,7 @@
 //! trellis-load --url http://127.0.0.1:18080/ -c 8 --h2 -m 8 -d 8s
 //! trellis-load --url http://127.0.0.1:18080/ -c 64 --rate 20000 -d 8s
 //! trellis-load --url 'http://127.0.0.1:18080/sse?interval_ms=1000' --hold 10000 --sse -d 20s
+//! trellis-load --url http://127.0.0.1:18080/ --hold 5000 --silent -d 5s
 //! ```
 
 mod hold;
@@ -114,6 +116,10 @@ struct Args {
     /// Hold mode: N concurrent server-sent-event streams instead of idle connections.
     #[arg(long, requires = "hold")]
     sse: bool,
+    /// Hold mode: connections that send nothing (not even a request), instead of idle
+    /// keep-alive connections.
+    #[arg(long, requires = "hold", conflicts_with = "sse")]
+    silent: bool,
     /// Hold mode: connections being established at once.
     #[arg(long, default_value_t = 256)]
     ramp_concurrency: usize,

@@ -91,6 +91,63 @@ fn endpoint_addresses_are_unique_in_a_cluster_and_hold_no_slash() {
     assert_eq!(errors(&ok), Vec::<String>::new());
 }
 
+const IDENTITY: &str = "identity: { cert: c.pem, key: c.key, trust_bundle: ca.pem }\n";
+
+#[test]
+fn a_pod_sidecar_config_passes() {
+    let yaml = format!(
+        r#"{IDENTITY}listeners:
+  - {{ name: outbound, address: "127.0.0.1:4140", transparent: true, outbound_policy: registry_only, detect_timeout: 1s, opaque_ports: [25, 5432] }}
+  - {{ name: inbound, address: "0.0.0.0:4143", transparent: true, tls: {{ mode: permissive }}, policy: p }}
+clusters:
+  - {{ name: checkout, endpoints: [{{ address: "10.250.0.2:8080", identity: "spiffe://trellis.local/ns/default/sa/checkout" }}] }}
+policies:
+  - {{ name: p, default: allow }}
+"#
+    );
+    assert_eq!(errors(&yaml), Vec::<String>::new());
+}
+
+#[test]
+fn transparent_fields_are_checked() {
+    let got = errors(
+        r#"listeners:
+  - { name: a, address: "127.0.0.1:1", outbound_policy: allow_any, detect_timeout: 1s, opaque_ports: [25] }
+  - { name: b, address: "127.0.0.1:2", transparent: true, protocol: tcp, cluster: c }
+  - { name: c, address: "127.0.0.1:3", transparent: true, detect_timeout: 0s, opaque_ports: [0] }
+  - { name: d, address: "127.0.0.1:4", protocol: tcp, cluster: c, tls: { mode: permissive } }
+clusters:
+  - { name: c, endpoints: [{ address: "127.0.0.1:9", identity: "not-spiffe" }] }
+  - { name: t, tls: { mode: tls, trust_bundle: ca.pem }, endpoints: [{ address: "127.0.0.1:9", identity: "spiffe://td/x" }] }
+"#,
+    );
+    assert_eq!(
+        got,
+        [
+            "listeners[d].tls.mode: mesh and permissive need the bootstrap's identity (cert, key, trust_bundle)",
+            "clusters[c].endpoints[0].identity: \"not-spiffe\" is not a SPIFFE ID (spiffe://…)",
+            "clusters[t].endpoints[0].identity: a mesh endpoint needs the bootstrap's identity (cert, key, trust_bundle)",
+            "listeners[a].detect_timeout: applies to transparent listeners only (transparent: true)",
+            "listeners[a].opaque_ports: applies to transparent listeners only (transparent: true)",
+            "listeners[a].outbound_policy: applies to transparent outbound listeners only (transparent: true, no tls)",
+            "listeners[b].protocol: a transparent listener detects each connection's protocol: use auto (opaque_ports for ports that are not HTTP)",
+            "listeners[c].detect_timeout: must be above 0",
+            "listeners[c].opaque_ports: 0 is not a port",
+            "listeners[d].tls.mode: permissive applies to HTTP listeners (protocol auto or http)",
+        ]
+    );
+    let inbound_policy = format!(
+        "{IDENTITY}listeners:\n  - {{ name: i, address: \"0.0.0.0:4143\", transparent: true, tls: {{ mode: mesh }}, outbound_policy: registry_only }}\nclusters:\n  - {{ name: t, tls: {{ mode: tls, trust_bundle: ca.pem }}, endpoints: [{{ address: \"127.0.0.1:9\", identity: \"spiffe://td/x\" }}] }}\n"
+    );
+    assert_eq!(
+        errors(&inbound_policy),
+        [
+            "clusters[t].endpoints[0].identity: identity makes the endpoint a mesh (mTLS) one; the cluster's tls mode is tls",
+            "listeners[i].outbound_policy: applies to transparent outbound listeners only (transparent: true, no tls)",
+        ]
+    );
+}
+
 #[test]
 fn http3_needs_terminate_on_an_http_listener() {
     let tls = |extra: &str| {

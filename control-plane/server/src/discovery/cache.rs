@@ -27,7 +27,8 @@ struct Shared {
 struct Inner {
     /// The id of the last view made (0 is the empty view).
     last_id: u64,
-    services: HashMap<Option<String>, Shared>,
+    /// By (service, transparent): a transparent proxy's view also holds every sidecar.
+    services: HashMap<(Option<String>, bool), Shared>,
 }
 
 /// The cache. One per discovery server.
@@ -42,13 +43,13 @@ impl Views {
         Views { store, endpoints, inner: Mutex::new(Inner::default()) }
     }
 
-    /// The current view of a proxy of `service`.
-    pub fn current(&self, service: Option<&str>) -> Arc<View> {
+    /// The current view of a proxy of `service` (`transparent`: see `view::compute`).
+    pub fn current(&self, service: Option<&str>, transparent: bool) -> Arc<View> {
         let mut inner = self.lock();
         // Read under the lock, so a view is never replaced by an older one.
         let snap = self.store.snapshot();
         let endpoints = self.endpoints.borrow().clone();
-        let key = service.map(str::to_string);
+        let key = (service.map(str::to_string), transparent);
         if let Some(s) = inner.services.get(&key)
             && s.view.revision == snap.revision()
             && s.generation == endpoints.generation
@@ -56,7 +57,7 @@ impl Views {
             return s.view.clone();
         }
         inner.last_id += 1;
-        let mut view = view::compute(&snap, &endpoints, service);
+        let mut view = view::compute(&snap, &endpoints, service, transparent);
         view.id = inner.last_id;
         let view = Arc::new(view);
         let shared = Shared { view: view.clone(), generation: endpoints.generation, deltas: HashMap::new() };
@@ -72,11 +73,12 @@ impl Views {
     }
 
     /// What a proxy holding `from` (and nothing else) needs to hold `to`, a view
-    /// [`Views::current`] returned for `service`. Shared while `to` is current.
-    pub fn delta(&self, service: Option<&str>, from: &View, to: &Arc<View>) -> Arc<Delta> {
+    /// [`Views::current`] returned for `service` and `transparent`. Shared while `to` is current.
+    pub fn delta(&self, service: Option<&str>, transparent: bool, from: &View, to: &Arc<View>) -> Arc<Delta> {
         let clean = Default::default();
         let mut inner = self.lock();
-        let Some(s) = inner.services.get_mut(&service.map(str::to_string)).filter(|s| s.view.id == to.id) else {
+        let key = (service.map(str::to_string), transparent);
+        let Some(s) = inner.services.get_mut(&key).filter(|s| s.view.id == to.id) else {
             // `to` was replaced meanwhile: this stream pushes again soon anyway.
             return Arc::new(view::delta(from, &clean, to));
         };

@@ -144,6 +144,7 @@ fn node_info(first: &DiscoveryRequest) -> Result<NodeInfo, Status> {
         zone: some(&node.zone),
         inbound_address: some(&node.inbound_address),
         identity: None,
+        transparent: node.transparent,
     };
     if let Some(addr) = &info.inbound_address {
         if info.service.is_none() {

@@ -58,6 +58,8 @@ pub struct NodeInfo {
     pub inbound_address: Option<String>,
     /// The verified SPIFFE ID of the proxy's client certificate (discovery over mTLS).
     pub identity: Option<String>,
+    /// The proxy intercepts its pod's traffic: its view holds every registered sidecar.
+    pub transparent: bool,
 }
 
 /// A refused update, as the proxy reported it.
@@ -147,6 +149,8 @@ pub enum SharedChange {
 #[derive(Clone, Debug, PartialEq)]
 struct SharedRegistration {
     zone: Option<String>,
+    /// The registering stream's verified SPIFFE ID.
+    identity: Option<String>,
     /// Its key's mod revision: the same on every replica.
     version: u64,
 }
@@ -154,6 +158,8 @@ struct SharedRegistration {
 struct Registration {
     stream: StreamId,
     zone: Option<String>,
+    /// The registering stream's verified SPIFFE ID: the endpoint's mesh identity.
+    identity: Option<String>,
     /// The generation at which the endpoint was registered or its zone changed.
     version: u64,
     /// The owning stream ended; the endpoint leaves when the grace period is over.
@@ -213,9 +219,10 @@ impl Registry {
         let stream = inner.next_stream;
         if let (Some(service), Some(address)) = (&node.service, &node.inbound_address) {
             let before = inner.registered.get(service).and_then(|s| s.get(address));
-            let same = before.filter(|r| r.zone == node.zone).map(|r| r.version);
+            let same = before.filter(|r| r.zone == node.zone && r.identity == node.identity).map(|r| r.version);
             let version = same.unwrap_or(inner.generation + 1);
-            let reg = Registration { stream, zone: node.zone.clone(), version, leaving: false };
+            let identity = node.identity.clone();
+            let reg = Registration { stream, zone: node.zone.clone(), identity, version, leaving: false };
             inner.registered.entry(service.clone()).or_default().insert(address.clone(), reg);
             match &self.ops {
                 // Always: the registration may be under another replica's lease (the proxy
@@ -362,7 +369,7 @@ impl Registry {
                 SharedChange::Put { service, address, version, value } => {
                     match serde_json::from_slice::<RegistrationValue>(&value) {
                         Ok(v) => {
-                            let reg = SharedRegistration { zone: v.zone, version };
+                            let reg = SharedRegistration { zone: v.zone, identity: v.identity, version };
                             inner.shared.entry(service).or_default().insert(address, reg);
                         }
                         Err(e) => {
@@ -419,14 +426,14 @@ impl Registry {
                     .get(service)
                     .into_iter()
                     .flatten()
-                    .map(|(a, r)| registered(service, a, &r.zone, r.version))
+                    .map(|(a, r)| registered(service, a, &r.zone, &r.identity, r.version))
                     .collect(),
                 None => inner
                     .registered
                     .get(service)
                     .into_iter()
                     .flatten()
-                    .map(|(a, r)| registered(service, a, &r.zone, r.version))
+                    .map(|(a, r)| registered(service, a, &r.zone, &r.identity, r.version))
                     .collect(),
             };
             if set.is_empty() {
@@ -445,8 +452,20 @@ impl Registry {
 }
 
 /// One registered endpoint as discovery sends it, keyed by its address.
-fn registered(service: &str, address: &str, zone: &Option<String>, version: u64) -> (String, Registered) {
-    let body = Body { address: address.to_string(), weight: 1, zone: zone.clone(), registered: true };
+fn registered(
+    service: &str,
+    address: &str,
+    zone: &Option<String>,
+    identity: &Option<String>,
+    version: u64,
+) -> (String, Registered) {
+    let body = Body {
+        address: address.to_string(),
+        weight: 1,
+        zone: zone.clone(),
+        registered: true,
+        identity: identity.clone(),
+    };
     // Plain data: serializing cannot fail.
     let body = serde_json::to_string(&body).unwrap_or_default().into();
     let name = endpoints::name(service, address).into();
@@ -473,6 +492,7 @@ mod tests {
             zone: Some("z1".into()),
             inbound_address: Some(address.into()),
             identity: None,
+            transparent: false,
         }
     }
 
@@ -510,6 +530,19 @@ mod tests {
         let _s3 = reg.connect(sidecar("a-1", "a", "10.0.0.2:4143"));
         let set = rx.borrow().services["a"].clone();
         assert_eq!((set["10.0.0.1:4143"].version, set["10.0.0.2:4143"].version), (v1, v1 + 1));
+    }
+
+    #[tokio::test]
+    async fn a_sidecar_on_mtls_registers_with_its_identity() {
+        let reg = Arc::new(Registry::new(Duration::from_secs(10)));
+        let rx = reg.subscribe();
+        let id = "spiffe://trellis.local/ns/default/sa/a";
+        reg.connect(NodeInfo { identity: Some(id.into()), ..sidecar("a-0", "a", "10.0.0.1:4143") });
+        let body = rx.borrow().services["a"]["10.0.0.1:4143"].body.clone();
+        assert_eq!(
+            &*body,
+            r#"{"address":"10.0.0.1:4143","weight":1,"zone":"z1","registered":true,"identity":"spiffe://trellis.local/ns/default/sa/a"}"#
+        );
     }
 
     #[tokio::test]

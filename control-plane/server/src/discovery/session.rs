@@ -189,7 +189,8 @@ impl Session {
         self.store_rx.borrow_and_update();
         self.endpoints_rx.borrow_and_update();
         let service = self.node.service.as_deref();
-        let shared = self.views.current(service);
+        let transparent = self.node.transparent;
+        let shared = self.views.current(service, transparent);
         // A proxy resuming from an earlier stream holds what it says it holds.
         let resumed = first && !self.held.is_empty();
         let resume = |sent: &mut Arc<View>, held: &mut Vec<HeldResource>, view: &View| {
@@ -210,7 +211,7 @@ impl Session {
             tracing::info!(id = %self.node.id, held = self.sent.entries.len(), updated = delta.resources.len(), removed = delta.removed.len(), "proxy resumed");
             (shared, delta)
         } else if self.dirty.is_empty() {
-            let delta = self.views.delta(service, &self.sent, &shared);
+            let delta = self.views.delta(service, transparent, &self.sent, &shared);
             (shared, delta)
         } else {
             let delta = Arc::new(view::delta(&self.sent, &self.dirty, &shared));

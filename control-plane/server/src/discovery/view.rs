@@ -71,8 +71,10 @@ impl ClusterParts {
 
 /// The view of a proxy of `service`: the listeners meant for it (no `service`, or its
 /// own), the routes, clusters and policies they reference, and the endpoints of those
-/// clusters: the written ones, then registered ones at other addresses.
-pub fn compute(snap: &Snapshot, registered: &Endpoints, service: Option<&str>) -> View {
+/// clusters: the written ones, then registered ones at other addresses. A `transparent`
+/// proxy (one that intercepts its pod's traffic) also gets every registered sidecar, under
+/// the cluster named after its service: the stored one, or an empty one made for it.
+pub fn compute(snap: &Snapshot, registered: &Endpoints, service: Option<&str>, transparent: bool) -> View {
     let mut view = View { id: 0, revision: snap.revision(), entries: BTreeMap::new() };
     let add = |view: &mut View, kind: Kind, name: &str| -> bool {
         let Some(item) = snap.get(kind, name) else { return false };
@@ -100,22 +102,47 @@ pub fn compute(snap: &Snapshot, registered: &Endpoints, service: Option<&str>) -
             clusters.extend(r.backends.iter().map(|b| b.cluster.as_str()));
         }
     }
-    for name in clusters {
-        let Some(item) = snap.get(Kind::Cluster, name) else { continue };
-        let parts = item.discovery.get_or_init(|| ClusterParts::of(item));
-        let entry = |body: &Arc<str>| Entry { version: item.version, body: body.clone() };
-        view.entries.insert((ResourceType::Cluster, name.into()), entry(&parts.body));
-        for (ep, body) in &parts.endpoints {
-            view.entries.insert((ResourceType::Endpoints, ep.clone()), entry(body));
+    for name in &clusters {
+        if let Some(item) = snap.get(Kind::Cluster, name) {
+            add_cluster(&mut view, name, item, registered);
         }
-        for r in registered.services.get(name).into_iter().flat_map(|set| set.values()) {
-            // A written endpoint wins over a registration at the same address.
-            view.entries
-                .entry((ResourceType::Endpoints, r.name.clone()))
-                .or_insert_with(|| Entry { version: r.version, body: r.body.clone() });
+    }
+    if transparent {
+        for (name, set) in &registered.services {
+            if clusters.contains(name.as_str()) {
+                continue;
+            }
+            match snap.get(Kind::Cluster, name) {
+                Some(item) => add_cluster(&mut view, name, item, registered),
+                None => {
+                    let version = set.values().map(|r| r.version).max().unwrap_or_default();
+                    let body = serde_json::json!({ "name": name, "endpoints": [] }).to_string().into();
+                    view.entries.insert((ResourceType::Cluster, name.as_str().into()), Entry { version, body });
+                    for r in set.values() {
+                        let entry = Entry { version: r.version, body: r.body.clone() };
+                        view.entries.insert((ResourceType::Endpoints, r.name.clone()), entry);
+                    }
+                }
+            }
         }
     }
     view
+}
+
+/// A stored cluster, its written endpoints, and the registered ones at other addresses.
+fn add_cluster(view: &mut View, name: &str, item: &Item, registered: &Endpoints) {
+    let parts = item.discovery.get_or_init(|| ClusterParts::of(item));
+    let entry = |body: &Arc<str>| Entry { version: item.version, body: body.clone() };
+    view.entries.insert((ResourceType::Cluster, name.into()), entry(&parts.body));
+    for (ep, body) in &parts.endpoints {
+        view.entries.insert((ResourceType::Endpoints, ep.clone()), entry(body));
+    }
+    for r in registered.services.get(name).into_iter().flat_map(|set| set.values()) {
+        // A written endpoint wins over a registration at the same address.
+        view.entries
+            .entry((ResourceType::Endpoints, r.name.clone()))
+            .or_insert_with(|| Entry { version: r.version, body: r.body.clone() });
+    }
 }
 
 const TYPES: [ResourceType; 5] =

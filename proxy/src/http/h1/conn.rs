@@ -1,34 +1,37 @@
-//! One downstream HTTP/1.1 connection on the fast path: read a head (within the listener's
-//! `header_timeout`, counted from when the connection starts waiting for it, as hyper does),
-//! forward it, write the response, and loop; pipelined heads already read are served in
-//! order. While a request is forwarded or its body waits, a read watches for the client
-//! leaving (which cancels the request, as hyper does). Draining closes an idle connection
-//! at once and marks an in-flight response `connection: close`.
+//! One downstream HTTP/1.x connection: read a head (within the listener's
+//! `header_timeout`, counted from when the connection starts waiting for it), forward it
+//! with its body fed from the connection (`incoming`), write the response, and loop;
+//! pipelined heads already read are served in order. While a request is forwarded or its
+//! response body waits, the connection reads on for the request body, or else watches for
+//! the client leaving (which cancels the request). A head the codec refuses is answered
+//! (400, 408, 414, 431, 501) and the connection closes. Draining closes an idle
+//! connection at once and marks an in-flight response `connection: close`.
 //!
 //! Memory: the read buffer and the write buffer come from `io_bufs`' per-thread stock and
 //! go back to it while the connection waits between requests or between a streamed
-//! response's frames, so an idle keep-alive connection or an open SSE stream holds neither
-//! (the header-parsing scratch is per thread too).
+//! response's frames, so an idle keep-alive connection or an open SSE stream holds neither.
 
-use super::Prefixed;
-use super::parse::{self, Head, Parsed, Scratch};
-use super::write::{self, Framing};
+use super::encode::{self, Answering};
+use super::error::{Error, Kind};
+use super::framing::Framing;
+use super::head::{self, RequestHead};
+use super::incoming::{self, Fed, Feed};
 use crate::config::Listener;
-use crate::http::body::ProxyBody;
+use crate::http::body::{ClientBody, ProxyBody};
 use crate::http::forward::{self, ConnCtx};
-use crate::http::{io_bufs, wire};
+use crate::http::io_bufs;
+use crate::http::respond::{ForwardError, error_response};
+use crate::listener::Open;
 use bytes::{Bytes, BytesMut};
-use http::Response;
+use http::{Method, Response, Version};
 use http_body::{Body, Frame};
-use hyper_util::server::graceful::Watcher;
-use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
 use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
@@ -38,50 +41,71 @@ const READ_ROOM: (usize, usize) = (READ_CHUNK / 8, READ_CHUNK);
 /// Data frames up to this size are copied next to the head; larger ones are written from
 /// their own buffer (one vectored write either way).
 const COPY_MAX: usize = 16 * 1024;
+/// After answering a request whose bytes were not all read, the connection reads (and
+/// drops) what the client still sends for up to this long and this much before closing,
+/// so the close does not reset the connection under the answer (lingering close).
+const LINGER: (Duration, usize) = (Duration::from_secs(1), 256 * 1024);
 
 type Polled = Option<Result<Frame<Bytes>, <ProxyBody as Body>::Error>>;
 
 thread_local! {
-    /// Header positions while a head is parsed (used only within `parse::parse`).
-    static SCRATCH: RefCell<Scratch> = const { RefCell::new(Vec::new()) };
+    /// Field positions while a head is parsed (used only within `head::request`).
+    static SCRATCH: std::cell::RefCell<head::Scratch> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Serves `io` until the client leaves, a response closes it, draining ends it, or a
-/// request the fast path does not serve hands it to hyper. `watcher` is held for the life of
-/// the connection so a graceful shutdown waits for it.
-pub async fn serve<S>(mut io: S, ctx: Arc<ConnCtx>, listener: &Listener, watcher: Watcher, stop: &CancellationToken)
+/// Serves `io` until the client leaves, a response closes it, or draining ends it.
+/// `open` is held for the life of the connection so a drain waits for it.
+pub async fn serve<S>(mut io: S, ctx: Arc<ConnCtx>, listener: &Listener, open: Open, stop: &CancellationToken)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let _open = open;
     let mut conn = Conn {
         buf: BytesMut::new(),
         out: Vec::new(),
         max_buf: listener.max_header_bytes() * 2,
         header_timeout: listener.header_timeout(),
         timer: None,
+        feed: None,
     };
     let mut stopped = pin!(stop.cancelled());
     loop {
         let head = match conn.read_head(&mut io, stopped.as_mut()).await {
             Next::Head(head) => head,
-            Next::Hyper => {
-                let prefix = std::mem::take(&mut conn.buf).freeze();
-                // Boxed, as it is rare: hyper's connection state would otherwise be part of
-                // every connection's task, idle ones included.
-                Box::pin(crate::http::server::serve_hyper_h1(Prefixed::new(prefix, io), ctx, listener, watcher)).await;
+            Next::Refuse(e) => {
+                tracing::debug!(error = %e, "request head refused");
+                conn.refuse(&mut io, &ForwardError::Request(e)).await;
                 return;
             }
             Next::Done => return,
         };
-        let Head { req, close, trailers, head: req_head } = head;
+        let RequestHead { req, framing, close, trailers, expect_continue } = head;
+        let asked = Asked {
+            close,
+            to: Answering { version: req.version(), head: req.method() == Method::HEAD },
+            connect: req.method() == Method::CONNECT,
+            trailers,
+        };
+        let mut req = req;
+        if framing != Framing::None {
+            let (body, feed) = incoming::channel(framing, expect_continue);
+            *req.body_mut() = ClientBody::H1(body);
+            conn.feed = Some(feed);
+            if expect_continue {
+                // Answered here: the upstream gets the body without waiting.
+                req.headers_mut().remove(http::header::EXPECT);
+            }
+        }
         // The request's future is pinned here and `exchange` polls it in place: inside
         // `exchange`'s own future it would be moved into it, whole, on every request.
         let handled = pin!(forward::handle(req, &ctx));
-        let asked = Asked { close, trailers, head: req_head };
         match conn.exchange(&mut io, handled, asked, stop).await {
             After::KeepAlive => {}
-            After::Close => {
+            After::Close { unread } => {
                 let _ = tokio::time::timeout(conn.header_timeout, io.shutdown()).await;
+                if unread {
+                    linger(&mut io).await;
+                }
                 return;
             }
             After::Abort => return,
@@ -94,12 +118,14 @@ struct Conn {
     buf: BytesMut,
     /// Write buffer; none between responses and while a streamed body waits.
     out: Vec<u8>,
-    /// A head that does not fit in this many bytes goes to hyper (which answers 431).
+    /// A head that does not fit in this many bytes is refused (431).
     max_buf: usize,
     header_timeout: Duration,
     /// The header timeout, armed once and moved forward only when it fires early: most
     /// requests never touch the timer.
     timer: Option<Pin<Box<Sleep>>>,
+    /// The body of the request being served, while it is read from the connection.
+    feed: Option<Feed>,
 }
 
 impl Drop for Conn {
@@ -112,28 +138,36 @@ impl Drop for Conn {
 // Moved once per request; boxing the head would cost an allocation each time.
 #[allow(clippy::large_enum_variant)]
 enum Next {
-    Head(Head),
-    Hyper,
+    Head(RequestHead<ClientBody>),
+    /// A head the codec refuses: answered, then the connection closes.
+    Refuse(Error),
     Done,
 }
 
 /// What the request's head says about its response.
 struct Asked {
-    /// The client sent `Connection: close`.
+    /// The connection closes after this exchange.
     close: bool,
+    to: Answering,
+    /// A CONNECT: a 2xx answer would start a tunnel, which this server does not carry.
+    connect: bool,
     /// The client accepts trailers (`TE: trailers`).
     trailers: bool,
-    /// A HEAD request: the response has no body.
-    head: bool,
 }
 
 enum After {
     KeepAlive,
-    /// The response said so (or the client, or draining): close cleanly.
-    Close,
+    /// The response said so (or the client, or draining): close cleanly; `unread`: bytes
+    /// the client sent may be left unread.
+    Close {
+        unread: bool,
+    },
     /// The client left, or the response could not be sent whole.
     Abort,
 }
+
+/// The client left (or its connection failed) while a response was awaited or written.
+struct ClientGone;
 
 impl Conn {
     async fn read_head<S: AsyncRead + Unpin>(
@@ -144,12 +178,14 @@ impl Conn {
         let deadline = Instant::now() + self.header_timeout;
         loop {
             if !self.buf.is_empty() {
-                let parsed = SCRATCH.with_borrow_mut(|scratch| parse::parse(&mut self.buf, scratch));
+                let parsed = SCRATCH.with_borrow_mut(|scratch| head::request(&mut self.buf, scratch));
                 match parsed {
-                    Parsed::Ready(head) => return Next::Head(head),
-                    Parsed::Fallback => return Next::Hyper,
-                    Parsed::Partial if self.buf.len() >= self.max_buf => return Next::Hyper,
-                    Parsed::Partial => {}
+                    Ok(Some(head)) => return Next::Head(head),
+                    Ok(None) if self.buf.len() >= self.max_buf => {
+                        return Next::Refuse(Error::client(Kind::HeadTooLarge(self.max_buf)));
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Next::Refuse(e),
                 }
             }
             let idle = self.buf.is_empty();
@@ -163,8 +199,13 @@ impl Conn {
                     r = poll_fn(|cx| io_bufs::poll_read(Pin::new(&mut *io), cx, &mut self.buf, READ_ROOM, true)) => break r,
                     () = timer.as_mut() => {
                         if Instant::now() >= deadline {
-                            tracing::debug!("client did not send a request head within header_timeout");
-                            return Next::Done;
+                            // A client part-way through a head is told (as HAProxy does);
+                            // an idle keep-alive connection is just closed.
+                            if self.buf.is_empty() {
+                                tracing::debug!("idle connection closed after header_timeout");
+                                return Next::Done;
+                            }
+                            return Next::Refuse(Error::client(Kind::Timeout));
                         }
                         timer.as_mut().reset(deadline);
                     }
@@ -175,6 +216,25 @@ impl Conn {
                 Ok(0) | Err(_) => return Next::Done,
                 Ok(_) => {}
             }
+        }
+    }
+
+    /// Answers a request that cannot be served and closes.
+    async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(&mut self, io: &mut S, err: &ForwardError) {
+        let resp = error_response(err);
+        let (parts, body) = resp.into_parts();
+        self.take_out();
+        self.out.clear();
+        let mut close = true;
+        let to = Answering { version: Version::HTTP_11, head: false };
+        encode::response_head(&mut self.out, &parts, Some(body.size_hint().exact()), to, &mut close);
+        if let ProxyBody::Full(Some(b)) = body {
+            self.out.extend_from_slice(&b);
+        }
+        let written = tokio::time::timeout(self.header_timeout, self.flush_out(io)).await;
+        if matches!(written, Ok(Ok(()))) {
+            let _ = tokio::time::timeout(self.header_timeout, io.shutdown()).await;
+            linger(io).await;
         }
     }
 
@@ -192,10 +252,29 @@ impl Conn {
         }
     }
 
-    /// Whether a read may watch the socket for the client leaving: not once a next request
-    /// is buffered (as hyper, which stops reading then).
-    fn may_watch(&self) -> bool {
-        self.buf.is_empty()
+    /// Reads for the request body, or watches for the client leaving (not once a next
+    /// request is buffered: as hyper, which stops reading then). `Ready(Ok)` after
+    /// progress, `Ready(Err)` when the client has gone, `Pending` when there is nothing
+    /// to do until something wakes the task.
+    fn poll_client<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        io: &mut S,
+    ) -> Poll<Result<(), ClientGone>> {
+        if let Some(feed) = self.feed.as_mut().filter(|f| f.is_open()) {
+            return match std::task::ready!(feed.poll(cx, io, &mut self.buf)) {
+                Fed::Gone => Poll::Ready(Err(ClientGone)),
+                _ => Poll::Ready(Ok(())),
+            };
+        }
+        if !self.buf.is_empty() {
+            return Poll::Pending;
+        }
+        // The wait is usually short: the buffer is kept (`release: false`).
+        match std::task::ready!(io_bufs::poll_read(Pin::new(&mut *io), cx, &mut self.buf, READ_ROOM, false)) {
+            Ok(0) | Err(_) => Poll::Ready(Err(ClientGone)),
+            Ok(_) => Poll::Ready(Ok(())),
+        }
     }
 
     /// Gets the response to one request from `handled` (its forwarding) and writes it.
@@ -210,22 +289,25 @@ impl Conn {
         S: AsyncRead + AsyncWrite + Unpin,
         F: Future<Output = Response<ProxyBody>>,
     {
-        let Asked { close, trailers, head: req_head } = asked;
-        let resp = loop {
-            if !self.may_watch() {
-                break handled.as_mut().await;
+        let waited = poll_fn(|cx| {
+            loop {
+                if let Poll::Ready(resp) = handled.as_mut().poll(cx) {
+                    return Poll::Ready(Ok(resp));
+                }
+                if std::task::ready!(self.poll_client(cx, io)).is_err() {
+                    return Poll::Ready(Err(ClientGone));
+                }
             }
-            // The wait is usually short: the buffer is kept (`release: false`).
-            tokio::select! {
-                biased;
-                resp = handled.as_mut() => break resp,
-                r = poll_fn(|cx| io_bufs::poll_read(Pin::new(&mut *io), cx, &mut self.buf, READ_ROOM, false)) => match r {
-                    Ok(0) | Err(_) => return After::Abort,
-                    Ok(_) => {}
-                },
-            }
-        };
-        let mut close = close || stop.is_cancelled();
+        })
+        .await;
+        let Ok(resp) = waited else { return After::Abort };
+        let mut close = asked.close || stop.is_cancelled() || !self.body_settled(false);
+        if asked.connect && resp.status().is_success() {
+            close = true;
+        }
+        if let Some(feed) = self.feed.as_mut() {
+            poll_fn(|cx| feed.poll_response_start(cx, io)).await;
+        }
         // The head in a block of its own: borrowed, it would keep a slot in this future
         // across the writes below even once given back.
         let (framing, mut body) = {
@@ -233,7 +315,7 @@ impl Conn {
             let hint = if body.is_end_stream() { None } else { Some(body.size_hint().exact()) };
             self.take_out();
             self.out.clear();
-            let framing = write::head(&mut self.out, &parts, hint, req_head, &mut close);
+            let framing = encode::response_head(&mut self.out, &parts, hint, asked.to, &mut close);
             crate::http::header_maps::give(parts.headers);
             (framing, body)
         };
@@ -242,15 +324,33 @@ impl Conn {
                 drop(body);
                 self.flush_out(io).await
             }
-            framing => self.send_body(io, &mut body, framing, trailers).await,
+            framing => self.send_body(io, &mut body, framing, asked.trailers).await,
         };
+        // A body not read to its end leaves the connection's framing unknown.
+        let settled = self.body_settled(true);
+        self.feed = None;
         match sent {
-            Ok(()) if close => After::Close,
+            Ok(()) if close || !settled => After::Close { unread: !settled || !self.buf.is_empty() },
             Ok(()) => After::KeepAlive,
             Err(e) => {
                 tracing::debug!(error = %e, "downstream response not sent whole");
                 After::Abort
             }
+        }
+    }
+
+    /// Whether the request body (if any) is read to its end, so the connection can carry
+    /// another request: one abandoned by its holder is if what remains of it is already
+    /// buffered; one still being read is, until the response has `ended` (it is fed on
+    /// while the response goes out).
+    #[inline]
+    fn body_settled(&mut self, ended: bool) -> bool {
+        let Some(feed) = self.feed.as_mut() else { return true };
+        match feed.state() {
+            Fed::Ended => true,
+            Fed::Open => !ended,
+            Fed::Abandoned => feed.drain_buffered(&mut self.buf),
+            Fed::Failed | Fed::Gone => false,
         }
     }
 
@@ -267,11 +367,7 @@ impl Conn {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let chunked = framing == Framing::Chunked;
-        let mut left = match framing {
-            Framing::Length(n) => n,
-            _ => 0,
-        };
+        let mut enc = super::body::Encoder::new(framing, crate::http::fault::Side::Upstream);
         loop {
             // What is ready now. (`if let` rather than `match`: edition 2024 drops the polled
             // value before the `else`, so it is not kept across the awaits there.)
@@ -294,10 +390,9 @@ impl Conn {
             let data = match frame.into_data() {
                 Ok(data) => data,
                 Err(frame) => {
-                    if chunked {
-                        let t = if trailers { frame.trailers_ref() } else { None };
-                        wire::last_chunk(&mut self.out, t);
-                        return self.flush_out(io).await;
+                    let t = if trailers { frame.trailers_ref() } else { None };
+                    if !enc.is_ended() {
+                        enc.end(t, &mut self.out).map_err(io::Error::other)?;
                     }
                     continue;
                 }
@@ -305,16 +400,13 @@ impl Conn {
             if data.is_empty() {
                 continue;
             }
-            if !chunked {
-                if data.len() as u64 > left {
+            let tail = match enc.data(data.len(), &mut self.out) {
+                Ok(tail) => tail,
+                Err(e) => {
                     let _ = self.flush_out(io).await;
-                    return Err(io::Error::other("response body longer than its content-length"));
+                    return Err(io::Error::other(e));
                 }
-                left -= data.len() as u64;
-            } else {
-                wire::chunk_size_line(&mut self.out, data.len());
-            }
-            let tail: &[u8] = if chunked { b"\r\n" } else { b"" };
+            };
             if data.len() > COPY_MAX {
                 write_all_vectored(io, &mut [IoSlice::new(&self.out), IoSlice::new(&data), IoSlice::new(tail)]).await?;
                 self.out.clear();
@@ -326,39 +418,49 @@ impl Conn {
                 break;
             }
         }
-        if chunked {
-            wire::last_chunk(&mut self.out, None);
-        } else if left > 0 {
+        if let Err(e) = enc.end(None, &mut self.out) {
             let _ = self.flush_out(io).await;
-            return Err(io::Error::other("response body shorter than its content-length"));
+            return Err(io::Error::other(e));
         }
         self.flush_out(io).await
     }
 
-    /// Waits for the body's next frame, watching for the client leaving meanwhile. The
-    /// buffers go back to the stock for the wait (`out` was just flushed).
-    async fn next_frame<S: AsyncRead + Unpin>(&mut self, io: &mut S, body: &mut ProxyBody) -> io::Result<Polled> {
+    /// Waits for the body's next frame, feeding the request body or watching for the
+    /// client leaving meanwhile. The buffers go back to the stock for the wait (`out` was
+    /// just flushed).
+    async fn next_frame<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut S,
+        body: &mut ProxyBody,
+    ) -> io::Result<Polled> {
         self.give_out();
-        let polled = self.wait_frame(io, body).await;
+        let polled = poll_fn(|cx| {
+            loop {
+                if let Poll::Ready(frame) = Pin::new(&mut *body).poll_frame(cx) {
+                    return Poll::Ready(Ok(frame));
+                }
+                // Between frames nothing need be buffered: release the read buffer.
+                if self.feed.as_ref().is_none_or(|f| !f.is_open()) && self.buf.is_empty() {
+                    return match std::task::ready!(io_bufs::poll_read(
+                        Pin::new(&mut *io),
+                        cx,
+                        &mut self.buf,
+                        READ_ROOM,
+                        true
+                    )) {
+                        Ok(0) => Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into())),
+                        Err(e) => Poll::Ready(Err(e)),
+                        Ok(_) => continue,
+                    };
+                }
+                if std::task::ready!(self.poll_client(cx, io)).is_err() {
+                    return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+                }
+            }
+        })
+        .await;
         self.take_out();
         polled
-    }
-
-    async fn wait_frame<S: AsyncRead + Unpin>(&mut self, io: &mut S, body: &mut ProxyBody) -> io::Result<Polled> {
-        loop {
-            if !self.may_watch() {
-                return Ok(poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await);
-            }
-            tokio::select! {
-                biased;
-                frame = poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)) => return Ok(frame),
-                r = poll_fn(|cx| io_bufs::poll_read(Pin::new(&mut *io), cx, &mut self.buf, READ_ROOM, true)) => match r {
-                    Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                    Err(e) => return Err(e),
-                    Ok(_) => {}
-                },
-            }
-        }
     }
 
     /// Writes and flushes `out`.
@@ -381,4 +483,21 @@ async fn write_all_vectored<S: AsyncWrite + Unpin>(io: &mut S, mut bufs: &mut [I
         IoSlice::advance_slices(&mut bufs, n);
     }
     Ok(())
+}
+
+/// Reads and drops what the client still sends (bounded by [`LINGER`]) after the answer,
+/// so closing with unread bytes does not reset the connection before the client has read
+/// the answer.
+async fn linger<S: AsyncRead + Unpin>(io: &mut S) {
+    let mut scratch = [0u8; 4096];
+    let mut left = LINGER.1;
+    let _ = tokio::time::timeout(LINGER.0, async {
+        while left > 0 {
+            match io.read(&mut scratch).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    })
+    .await;
 }

@@ -1,93 +1,39 @@
-//! The in-task HTTP/1.1 downstream server: one task per connection reads request heads
-//! (`parse`), hands them to `forward::handle` and writes the responses (`write`), with no
-//! timer or allocation per request beyond what the request itself needs (`conn`).
+//! HTTP/1.x: the one codec both directions use, and the in-task downstream server.
 //!
-//! It serves HTTP/1.1 requests without a body. Anything else (a body, HTTP/1.0, `Expect`,
-//! `Upgrade`, CONNECT, a malformed or oversized head) hands the connection, with the bytes
-//! read and not yet served (`Prefixed`), to hyper's HTTP/1 server for the rest of its life,
-//! so those keep hyper's exact behaviour.
+//! The codec owns all HTTP/1 framing, for requests and responses alike: heads parsed
+//! with `httparse` (`head`), how a body is delimited and the one `Content-Length` parser
+//! (`framing`), the chunked coding with its strict grammar (`chunked`), body decoding
+//! and encoding (`body`), writing heads (`encode`), and an error that carries the side
+//! at fault (`error`): what the server reads is the client's, what the client
+//! (`upstream::h1`) reads is the upstream's, so only upstream faults reach outlier
+//! detection, retries and 5xx statuses.
+//!
+//! The server (`conn`) serves every HTTP/1.0 and HTTP/1.1 request in its connection's
+//! task: the request body is read off the connection as it is forwarded (`incoming`),
+//! with no task or channel per request; a head the codec refuses gets its 4xx and the
+//! connection closes.
 
+pub mod body;
+pub mod chunked;
 mod conn;
-mod parse;
-mod write;
+pub mod encode;
+pub mod error;
+pub mod framing;
+pub mod head;
+mod incoming;
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod tests;
 
 pub use conn::serve;
+pub use error::{Error, Kind};
+pub use framing::{Framing, content_length};
+pub use incoming::Incoming;
 
-use bytes::{Buf, Bytes};
-use std::io::IoSlice;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+/// The most field lines in a head, either direction (more: 431 for a request, a bad
+/// response for a response), as hyper allows.
+pub const MAX_HEADERS: usize = 100;
 
-/// A stream whose first reads yield `prefix`, bytes already taken from `io`.
-#[derive(Debug)]
-pub struct Prefixed<S> {
-    prefix: Bytes,
-    io: S,
-}
-
-impl<S> Prefixed<S> {
-    pub fn new(prefix: Bytes, io: S) -> Self {
-        Self { prefix, io }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        if this.prefix.is_empty() {
-            return Pin::new(&mut this.io).poll_read(cx, buf);
-        }
-        let n = this.prefix.len().min(buf.remaining());
-        buf.put_slice(&this.prefix[..n]);
-        this.prefix.advance(n);
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-    use tokio::io::AsyncReadExt;
-
-    #[tokio::test]
-    async fn prefix_comes_first() {
-        let (mut a, b) = tokio::io::duplex(64);
-        tokio::io::AsyncWriteExt::write_all(&mut a, b" world").await.unwrap();
-        drop(a);
-        let mut p = Prefixed::new(Bytes::from_static(b"hello"), b);
-        let mut small = [0u8; 3];
-        p.read_exact(&mut small).await.unwrap();
-        assert_eq!(&small, b"hel");
-        let mut rest = String::new();
-        p.read_to_string(&mut rest).await.unwrap();
-        assert_eq!(rest, "lo world");
-    }
-}
+/// The longest request target accepted (beyond it: 414), as hyper.
+pub const MAX_URI_LEN: usize = (u16::MAX - 1) as usize;

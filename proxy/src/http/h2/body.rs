@@ -14,16 +14,38 @@ use thiserror::Error;
 /// A received HTTP/2 body: data, then trailers.
 #[derive(Debug)]
 pub struct RecvBody {
-    recv: RecvStream,
+    /// `None` only once given back (see [`RecvBody::returning`]).
+    recv: Option<RecvStream>,
     data_done: bool,
     /// What `content-length` announced, less what has been read.
     remaining: Option<u64>,
+    /// Where the stream goes if the body is dropped before its end.
+    back: Option<Returned>,
 }
+
+/// A request stream handed back by a body dropped before its end, so the server can read
+/// the rest of it (see `server::linger`).
+pub type Returned = std::sync::Arc<std::sync::Mutex<Option<RecvStream>>>;
 
 impl RecvBody {
     /// The body of `recv`, whose head announced `content_length`.
     pub fn new(recv: RecvStream, content_length: Option<u64>) -> Self {
-        Self { recv, data_done: false, remaining: content_length }
+        Self { recv: Some(recv), data_done: false, remaining: content_length, back: None }
+    }
+
+    /// Like [`RecvBody::new`], but dropped before its end it puts the stream in `back`.
+    pub fn returning(recv: RecvStream, content_length: Option<u64>, back: Returned) -> Self {
+        Self { recv: Some(recv), data_done: false, remaining: content_length, back: Some(back) }
+    }
+}
+
+impl Drop for RecvBody {
+    fn drop(&mut self) {
+        if let (Some(back), Some(recv)) = (self.back.take(), self.recv.take())
+            && !recv.is_end_stream()
+        {
+            *back.lock().unwrap_or_else(|p| p.into_inner()) = Some(recv);
+        }
     }
 }
 
@@ -33,11 +55,12 @@ impl Body for RecvBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
         let this = self.get_mut();
+        let Some(recv) = this.recv.as_mut() else { return Poll::Ready(None) };
         if !this.data_done {
-            match ready!(this.recv.poll_data(cx)) {
+            match ready!(recv.poll_data(cx)) {
                 Some(Ok(chunk)) => {
                     // The window is ours to manage: without this the sender stalls.
-                    let _ = this.recv.flow_control().release_capacity(chunk.len());
+                    let _ = recv.flow_control().release_capacity(chunk.len());
                     if let Some(n) = this.remaining.as_mut() {
                         *n = n.saturating_sub(chunk.len() as u64);
                     }
@@ -47,14 +70,14 @@ impl Body for RecvBody {
                 None => this.data_done = true,
             }
         }
-        match ready!(this.recv.poll_trailers(cx)) {
+        match ready!(recv.poll_trailers(cx)) {
             Ok(trailers) => Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t)))),
             Err(e) => Poll::Ready(early_end(e)),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.recv.is_end_stream()
+        self.recv.as_ref().is_none_or(RecvStream::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -1,8 +1,9 @@
 //! Header rules both HTTP/2 ends apply: the connection-specific headers HTTP/2 forbids
-//! (RFC 9113 §8.2.2), which h2 refuses to send, and the length `content-length` announces.
+//! (RFC 9113 §8.2.2), which h2 refuses to send. (`content-length` is parsed by the one
+//! parser in `http::h1::framing`.)
 
 use http::HeaderMap;
-use http::header::{CONNECTION, CONTENT_LENGTH, HeaderName, TE, TRANSFER_ENCODING, UPGRADE};
+use http::header::{CONNECTION, HeaderName, TE, TRANSFER_ENCODING, UPGRADE};
 
 /// Which kind of message a header map heads: `te: trailers` is allowed on requests only.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,28 +32,13 @@ pub fn strip_connection_headers(headers: &mut HeaderMap, kind: Kind) {
     let listed: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
-        .flat_map(|v| crate::http::wire::tokens(v.as_bytes()))
+        .flat_map(|v| crate::http::h1::framing::tokens(v.as_bytes()))
         .filter_map(|n| HeaderName::from_bytes(n).ok())
         .collect();
     headers.remove(CONNECTION);
     for name in listed {
         headers.remove(name);
     }
-}
-
-/// The length every `content-length` value agrees on, if any.
-pub fn content_length(headers: &HeaderMap) -> Option<u64> {
-    let mut len = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        for part in value.to_str().ok()?.split(',') {
-            let n: u64 = part.trim().parse().ok()?;
-            if len.is_some_and(|l| l != n) {
-                return None;
-            }
-            len = Some(n);
-        }
-    }
-    len
 }
 
 #[cfg(test)]
@@ -95,17 +81,5 @@ mod tests {
         assert_eq!(h.get(TE).map(|v| v.as_bytes()), Some(&b"trailers"[..]));
         strip_connection_headers(&mut h, Kind::Response);
         assert!(h.get(TE).is_none());
-    }
-
-    #[test]
-    fn content_length_needs_agreement() {
-        let mut h = HeaderMap::new();
-        assert_eq!(content_length(&h), None);
-        h.append(CONTENT_LENGTH, HeaderValue::from_static("5"));
-        assert_eq!(content_length(&h), Some(5));
-        h.append(CONTENT_LENGTH, HeaderValue::from_static("5, 5"));
-        assert_eq!(content_length(&h), Some(5));
-        h.append(CONTENT_LENGTH, HeaderValue::from_static("6"));
-        assert_eq!(content_length(&h), None);
     }
 }

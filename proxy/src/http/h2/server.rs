@@ -3,14 +3,20 @@
 //! request runs through `forward::handle` concurrently with the others, as a boxed future
 //! in a `FuturesUnordered` (no task per stream). A stream's future sends the response head
 //! and pipes its body under flow control; it is dropped (cancelling the upstream request)
-//! when the client resets the stream or the connection ends. When draining starts the
-//! connection sends GOAWAY, lets its streams finish, then closes.
+//! when the client resets the stream or the connection ends. A response finished before
+//! the request body keeps the stream open to read the rest of it (`linger`), so the
+//! client's later frames on it get the stream and connection errors the spec asks for
+//! rather than being ignored after an early reset. When draining starts the connection
+//! sends GOAWAY, lets its streams finish, then closes. A connection that opens with bytes
+//! that are not the preface gets GOAWAY(PROTOCOL_ERROR).
 
 use crate::config::Listener;
 use crate::http::body::{ClientBody, ProxyBody};
 use crate::http::forward::{self, ConnCtx};
-use crate::http::h2::body::{Pipe, RecvBody};
-use crate::http::h2::headers::{Kind, content_length, strip_connection_headers};
+use crate::http::h1::content_length;
+use crate::http::h2::body::{Pipe, RecvBody, Returned};
+use crate::http::h2::headers::{Kind, strip_connection_headers};
+use crate::listener::Open;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
@@ -19,12 +25,12 @@ use h2::{Reason, RecvStream, SendStream};
 use http::header::{CONTENT_LENGTH, DATE};
 use http::{HeaderValue, Method, Request, Response};
 use http_body::Body;
-use hyper_util::server::graceful::Watcher;
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::Poll;
-use tokio::io::{AsyncRead, AsyncWrite};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 // hyper 1.x's HTTP/2 server defaults (hyper/src/proto/h2/server.rs), which this server
@@ -36,6 +42,11 @@ const MAX_SEND_BUF_SIZE: usize = 400 * 1024;
 const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
 /// Streams one connection may have open at once (as configured on hyper before).
 const MAX_CONCURRENT_STREAMS: u32 = 1024;
+/// How long, and for how many bytes, a stream answered before the end of its request body
+/// goes on reading it (then it is reset with NO_ERROR, RFC 9113 §8.1).
+const LINGER: (Duration, usize) = (Duration::from_secs(5), 1024 * 1024);
+/// GOAWAY(last stream 0, PROTOCOL_ERROR): the answer to a connection preface that is not one.
+const GOAWAY_PROTOCOL_ERROR: [u8; 17] = [0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 
 /// One stream's exchange, boxed: the request path's state is large (~5 KB), and
 /// `FuturesUnordered` keeps a stub of its future type per connection, so only a pointer
@@ -57,30 +68,50 @@ fn builder(listener: &Listener) -> Builder {
 }
 
 /// Serves `io` until the client leaves, the connection fails, or draining (`stop`) has
-/// sent GOAWAY and the streams in flight have finished. `watcher` is held for the life of
-/// the connection so a graceful shutdown waits for it.
-pub async fn serve<S>(io: S, ctx: Arc<ConnCtx>, listener: &Listener, watcher: Watcher, stop: &CancellationToken)
+/// sent GOAWAY and the streams in flight have finished. `open` is held for the life of the
+/// connection so a drain waits for it.
+pub async fn serve<S>(mut io: S, ctx: Arc<ConnCtx>, listener: &Listener, open: Open, stop: &CancellationToken)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let _watcher = watcher;
+    let _open = open;
+    let Some(refused) = serve_on(&mut io, &ctx, listener, stop).await else { return };
+    // A preface that is not one (RFC 9113 §3.4) is a connection error: our SETTINGS went
+    // out first, GOAWAY follows.
+    if refused.reason() == Some(Reason::PROTOCOL_ERROR) && !refused.is_io() {
+        let _ = tokio::time::timeout(listener.header_timeout(), async {
+            io.write_all(&GOAWAY_PROTOCOL_ERROR).await?;
+            io.shutdown().await
+        })
+        .await;
+    }
+}
+
+/// Serves the connection on a borrowed stream (so a failed handshake can still be
+/// answered on it); the handshake's error if it failed.
+async fn serve_on<S>(io: &mut S, ctx: &Arc<ConnCtx>, listener: &Listener, stop: &CancellationToken) -> Option<h2::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     // A connection still in its handshake when draining starts has no request in flight:
     // it is dropped, not waited for. (No timeout here, as with hyper: the preface was
     // sniffed, or TLS accepted, within the header timeout.)
-    let conn = tokio::select! {
+    let handshake = tokio::select! {
         biased;
-        () = stop.cancelled() => return,
-        c = builder(listener).handshake::<S, Bytes>(io) => c,
+        () = stop.cancelled() => return None,
+        c = builder(listener).handshake::<&mut S, Bytes>(io) => c,
     };
-    let mut conn = match conn {
-        Ok(c) => c,
+    match handshake {
+        Ok(mut conn) => {
+            if let Err(e) = run(&mut conn, ctx, stop).await {
+                tracing::debug!(error = %e, "downstream connection ended with an error");
+            }
+            None
+        }
         Err(e) => {
             tracing::debug!(error = %e, "downstream HTTP/2 handshake failed");
-            return;
+            Some(e)
         }
-    };
-    if let Err(e) = run(&mut conn, &ctx, stop).await {
-        tracing::debug!(error = %e, "downstream connection ended with an error");
     }
 }
 
@@ -127,9 +158,12 @@ where
 
 /// One stream: forwards the request and sends the response back.
 async fn exchange(req: Request<RecvStream>, mut respond: SendResponse<Bytes>, ctx: Arc<ConnCtx>) {
-    let Some(req) = into_request(req) else {
-        respond.send_reset(Reason::INTERNAL_ERROR);
-        return;
+    let (req, back) = match into_request(req) {
+        Ok(r) => r,
+        Err(reason) => {
+            respond.send_reset(reason);
+            return;
+        }
     };
     let Some(resp) = forward_unless_reset(req, &mut respond, &ctx).await else { return };
     let (head, body) = response_head(resp);
@@ -145,23 +179,63 @@ async fn exchange(req: Request<RecvStream>, mut respond: SendResponse<Bytes>, ct
     if !eos {
         send_body(body, stream).await;
     }
+    if let Some(back) = back {
+        linger(&back).await;
+    }
 }
 
 /// The request as `forward` takes it: the head as h2 built it (method, URI from the
-/// pseudo-headers, version HTTP/2, headers), the stream's data as its body. A CONNECT has
-/// no body, as hyper's server gave it (it kept the stream for a tunnel); one announcing
-/// a body is refused (`None`), as hyper did.
-fn into_request(req: Request<RecvStream>) -> Option<Request<ClientBody>> {
-    let (parts, recv) = req.into_parts();
-    let len = content_length(&parts.headers);
+/// pseudo-headers, version HTTP/2, headers), the stream's data as its body, and where a
+/// body dropped before its end hands the stream back. A CONNECT has no body, as hyper's
+/// server gave it (it kept the stream for a tunnel); one announcing a body is refused, as
+/// hyper did; so is one whose `content-length` fields are malformed or disagree (h2 checks
+/// only the first): the reset to send.
+fn into_request(req: Request<RecvStream>) -> Result<(Request<ClientBody>, Option<Returned>), Reason> {
+    let (mut parts, recv) = req.into_parts();
+    let Ok(len) = content_length(&parts.headers) else {
+        tracing::debug!("h2 request with malformed content-length");
+        return Err(Reason::PROTOCOL_ERROR);
+    };
+    // The same length given more than once goes on once.
+    if let Some(n) = len
+        && parts.headers.get_all(http::header::CONTENT_LENGTH).iter().nth(1).is_some()
+    {
+        crate::http::h1::framing::set_length(&mut parts.headers, n);
+    }
     if parts.method == Method::CONNECT {
         if len.is_some_and(|n| n != 0) {
             tracing::debug!("h2 CONNECT with a body is not supported");
-            return None;
+            return Err(Reason::INTERNAL_ERROR);
         }
-        return Some(Request::from_parts(parts, ClientBody::Empty));
+        return Ok((Request::from_parts(parts, ClientBody::Empty), None));
     }
-    Some(Request::from_parts(parts, ClientBody::H2(RecvBody::new(recv, len))))
+    if recv.is_end_stream() {
+        return Ok((Request::from_parts(parts, ClientBody::H2(RecvBody::new(recv, len))), None));
+    }
+    let back = Returned::default();
+    Ok((Request::from_parts(parts, ClientBody::H2(RecvBody::returning(recv, len, back.clone()))), Some(back)))
+}
+
+/// After a complete response: reads (and drops) what is left of a request body whose
+/// reader gave it up, until the client ends it or resets it, for at most [`LINGER`]. The
+/// stream stays open meanwhile, so h2 goes on checking the client's frames on it (a
+/// second HEADERS, pseudo-headers in trailers, a length that DATA breaks, a window over
+/// 2^31−1 get their RST_STREAM or GOAWAY); dropping it early would reset it with
+/// NO_ERROR and make h2 ignore them. A body still being read elsewhere needs nothing.
+async fn linger(back: &Returned) {
+    let Some(mut recv) = back.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
+    let mut left = LINGER.1;
+    let _ = tokio::time::timeout(LINGER.0, async {
+        while let Some(Ok(chunk)) = recv.data().await {
+            let _ = recv.flow_control().release_capacity(chunk.len());
+            left = left.saturating_sub(chunk.len());
+            if left == 0 {
+                return;
+            }
+        }
+        let _ = recv.trailers().await;
+    })
+    .await;
 }
 
 /// Forwards `req`; `None` if the client reset the stream (or the connection failed) first,

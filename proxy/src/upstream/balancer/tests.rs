@@ -90,7 +90,7 @@ fn zone_aware_prefers_local_and_spills_over() {
         "{ name: c, lb: round_robin, endpoints: [{ address: '10.0.0.1:80', zone: a }, { address: '10.0.0.2:80', zone: b }, { address: '10.0.0.3:80', zone: b }] }",
     )
     .unwrap();
-    let addrs = spec.endpoints.iter().map(|e| (e.address.parse().unwrap(), e)).collect();
+    let addrs = spec.endpoints.iter().map(|e| (e.address.parse().unwrap(), e, None)).collect();
     let c = crate::upstream::Cluster::build(&spec, addrs, None, 1, Some("a"), None);
     let local = c.endpoints[0].clone();
     assert!((0..100).all(|_| Arc::ptr_eq(c.pick(None, None).unwrap(), &local)));

@@ -4,8 +4,10 @@
 //! 1xx skipped), and the response body ([`H1Body`]) reads from the connection and gives it
 //! back to the pool at its end. No task, channel or wake-up per connection.
 //!
-//! `encode`: request head and body framing; `parse`: response head; `chunked`: chunked
-//! body decoding; `body`: the response body.
+//! Framing, heads and errors are the HTTP/1 codec's (`http::h1`), whose errors say whose
+//! fault they are: the upstream's for its connection and response, the client's for the
+//! request body. `queue`: the wire pieces a request is written from; `body`: the response
+//! body.
 //!
 //! Memory: a connection's read buffer comes from `http::io_bufs`' per-thread stock when
 //! bytes arrive and goes back to it when the connection is parked in the pool or a
@@ -13,18 +15,19 @@
 //! none.
 
 mod body;
-mod chunked;
-mod encode;
-mod parse;
+mod queue;
 
 pub use body::H1Body;
 
+use crate::http::body::ClientBodyError;
+use crate::http::fault::Side;
+use crate::http::h1::{self as codec, Framing, Kind};
 use crate::http::io_bufs;
 use crate::tls::io::MaybeTls;
 use crate::upstream::Endpoint;
 use crate::upstream::pool::ConnSlot;
 use bytes::{Bytes, BytesMut};
-use http::{Method, Request, Response};
+use http::{Request, Response};
 use http_body::Body;
 use std::future::poll_fn;
 use std::pin::Pin;
@@ -32,8 +35,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use thiserror::Error;
 use tokio::io::{AsyncRead, ReadBuf};
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A request body carried whole in the first write when it is at most this large.
 const INLINE_BODY: usize = 16 * 1024;
@@ -43,24 +44,34 @@ const HEAD_READ: usize = io_bufs::CHUNK;
 /// Why an HTTP/1.1 exchange or response body failed.
 #[derive(Debug, Error)]
 pub enum Error {
-    #[error("upstream connection failed: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("upstream closed the connection before responding")]
-    Closed,
-    #[error("upstream closed the connection before the end of the body")]
-    Truncated,
-    #[error("upstream response head over {} bytes", parse::MAX_HEAD)]
-    HeadTooLarge,
-    #[error("invalid upstream response head: {0}")]
-    Parse(httparse::Error),
-    #[error("invalid upstream response: {0}")]
-    Invalid(&'static str),
-    #[error("invalid chunked upstream body: {0}")]
-    Framing(&'static str),
+    /// The wire: the upstream's connection or response (its fault), or a request body that
+    /// broke its own length (the client's).
+    #[error("{0}")]
+    Wire(#[from] codec::Error),
+    /// Reading the request body from the client failed: the client's fault. (Boxed: rare,
+    /// and the error is part of every exchange's result.)
     #[error("request body failed: {0}")]
-    RequestBody(BoxError),
-    #[error("request body length differs from its content-length")]
-    RequestLength,
+    RequestBody(Box<ClientBodyError>),
+}
+
+impl Error {
+    fn io(e: std::io::Error) -> Self {
+        Self::Wire(codec::Error::upstream(Kind::Io(e)))
+    }
+
+    /// Who is at fault.
+    pub fn side(&self) -> Side {
+        match self {
+            Self::Wire(e) => e.side(),
+            Self::RequestBody(_) => Side::Client,
+        }
+    }
+
+    /// The upstream's connection failed or closed before any answer (a request written
+    /// on a pooled connection may be sent again on a fresh one).
+    fn is_connection_lost(&self) -> bool {
+        matches!(self, Self::Wire(e) if e.side() == Side::Upstream && matches!(e.kind(), Kind::Io(_) | Kind::Closed))
+    }
 }
 
 /// An upstream connection: the stream, what was read past the last response, and the
@@ -111,21 +122,24 @@ impl Conn {
 /// A request ready to be written: its head (and body, if it was all there at once) as wire
 /// pieces, and the rest of the body if it is streamed.
 pub struct Outgoing<B> {
-    first: encode::Queue,
-    framing: encode::Framing,
+    first: queue::Queue,
+    encoder: Encoder,
     /// The rest of a streamed body; `None` when `first` is the whole request.
     rest: Option<B>,
     /// Whole in memory and safe to send twice (an idempotent method): the upstream may
     /// have processed a request on a connection that then failed without an answer, so
     /// a POST is not resent (as nginx, unlike a blind retry).
     replayable: bool,
-    head_request: bool,
+    /// What the response's framing depends on (HEAD, CONNECT).
+    requested: codec::head::Requested,
 }
+
+/// A request body's encoder; a body that breaks its own length is the client's fault.
+type Encoder = codec::body::Encoder;
 
 impl<B> Outgoing<B>
 where
-    B: Body<Data = Bytes> + Unpin,
-    B::Error: Into<BoxError>,
+    B: Body<Data = Bytes, Error = ClientBodyError> + Unpin,
 {
     /// Encodes `req`, taking the body's first frame if it is ready now.
     ///
@@ -133,11 +147,11 @@ where
     /// its parts and the wire pieces) was part of every HTTP/1.1 request's future.
     pub fn new(req: Request<B>) -> Result<Self, Error> {
         let (parts, mut body) = req.into_parts();
-        let (mut head, mut framing) = encode::head(&parts, body.is_end_stream(), body.size_hint().exact());
-        let head_request = parts.method == Method::HEAD;
+        let (mut head, framing) = codec::encode::request_head(&parts, body.is_end_stream(), body.size_hint().exact());
+        let mut encoder = Encoder::new(framing, Side::Client);
         let idempotent = crate::resilience::retry::is_idempotent(&parts.method);
-        let mut pieces = encode::Queue::default();
-        let mut ended = framing == encode::Framing::None;
+        let mut pieces = queue::Queue::default();
+        let mut ended = framing == Framing::None;
         if !ended {
             // Only a look at whether a frame is ready now, so a no-op waker does: if the
             // body is not ready, the exchange polls it again with the task's waker (which
@@ -145,26 +159,22 @@ where
             let polled = Pin::new(&mut body).poll_frame(&mut Context::from_waker(Waker::noop()));
             if let Poll::Ready(frame) = polled {
                 let whole = body.is_end_stream();
-                match frame.transpose().map_err(|e| Error::RequestBody(e.into()))? {
+                match frame.transpose().map_err(|e| Error::RequestBody(Box::new(e)))? {
                     Some(f) => match f.into_data() {
                         // A small whole body joins the head: one buffer, one write.
-                        Ok(d)
-                            if whole
-                                && framing == encode::Framing::Length(d.len() as u64)
-                                && d.len() <= INLINE_BODY =>
-                        {
+                        Ok(d) if whole && framing == Framing::Length(d.len() as u64) && d.len() <= INLINE_BODY => {
                             // Exactly: a full vector becomes `Bytes` without a second allocation.
                             head.reserve_exact(d.len());
                             head.extend_from_slice(&d);
-                            framing = encode::Framing::Length(0);
+                            encoder = Encoder::new(Framing::None, Side::Client);
                             ended = true;
                         }
                         Ok(d) => {
-                            framing.data(&mut pieces, d)?;
+                            push_data(&mut encoder, &mut pieces, d)?;
                             ended = whole;
                         }
                         Err(f) => {
-                            framing.end(&mut pieces, f.trailers_ref())?;
+                            push_end(&mut encoder, &mut pieces, f.trailers_ref())?;
                             ended = true;
                         }
                     },
@@ -173,13 +183,15 @@ where
             }
         }
         if ended {
-            framing.end(&mut pieces, None)?;
+            push_end(&mut encoder, &mut pieces, None)?;
         }
         crate::http::header_maps::give(parts.headers);
-        let mut first = encode::Queue::default();
+        let mut first = queue::Queue::default();
         first.push(Bytes::from(head));
         first.append(pieces);
-        Ok(Self { first, framing, rest: (!ended).then_some(body), replayable: ended && idempotent, head_request })
+        let replayable = ended && idempotent;
+        let requested = codec::head::Requested::new(&parts.method);
+        Ok(Self { first, encoder, rest: (!ended).then_some(body), replayable, requested })
     }
 
     /// The request is whole in memory, idempotent, and can be written again on another
@@ -187,6 +199,37 @@ where
     pub fn replayable(&self) -> bool {
         self.replayable
     }
+}
+
+/// Queues the wire pieces of one data frame.
+fn push_data(encoder: &mut Encoder, q: &mut queue::Queue, data: Bytes) -> Result<(), Error> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    let mut line = Vec::new();
+    let tail = encoder.data(data.len(), &mut line)?;
+    if !line.is_empty() {
+        q.push(Bytes::from(line));
+    }
+    q.push(data);
+    q.push(Bytes::from_static(tail));
+    Ok(())
+}
+
+/// Queues the body's end (the last chunk with its trailers, for chunked framing).
+fn push_end(encoder: &mut Encoder, q: &mut queue::Queue, trailers: Option<&http::HeaderMap>) -> Result<(), Error> {
+    if encoder.is_ended() {
+        return Ok(());
+    }
+    if encoder.framing() == Framing::Chunked && trailers.is_none_or(|t| t.is_empty()) {
+        encoder.end(None, &mut Vec::new())?;
+        q.push(Bytes::from_static(b"0\r\n\r\n"));
+        return Ok(());
+    }
+    let mut out = Vec::new();
+    encoder.end(trailers, &mut out)?;
+    q.push(Bytes::from(out));
+    Ok(())
 }
 
 /// A failed exchange; `retry` when it failed on a reused connection before any response
@@ -209,39 +252,42 @@ pub fn exchange<'a, B>(
     home: &'a Arc<Endpoint>,
 ) -> impl Future<Output = Result<Response<H1Body>, Failure>>
 where
-    B: Body<Data = Bytes> + Unpin,
-    B::Error: Into<BoxError>,
+    B: Body<Data = Bytes, Error = ClientBodyError> + Unpin,
 {
     let replayable = out.replayable();
-    let head_request = out.head_request;
+    let requested = out.requested;
     let mut send = Sending {
         first: &out.first,
         first_sent: Some(0),
-        queue: encode::Queue::default(),
+        queue: queue::Queue::default(),
         body: out.rest.take(),
-        framing: out.framing,
+        encoder: out.encoder,
         done: false,
     };
     async move {
         let mut got = false;
-        let head = poll_fn(|cx| read_head(cx, &mut conn, &mut send, &mut got, head_request)).await;
+        let head = poll_fn(|cx| read_head(cx, &mut conn, &mut send, &mut got, requested)).await;
         let head = match head {
             Ok(h) => h,
             Err(error) => {
-                let retry = conn.reused && !got && replayable && matches!(error, Error::Io(_) | Error::Closed);
+                let retry = conn.reused && !got && replayable && error.is_connection_lost();
                 return Err(Failure { error, retry });
             }
         };
         // An early answer leaves the request body half sent: the connection cannot be reused.
         let reusable = head.keep_alive && send.done;
-        let body = match parse::take_whole(&mut conn.buf, head.framing) {
+        let whole = match head.framing {
+            Framing::Length(n) if conn.buf.len() as u64 >= n => Some(conn.buf.split_to(n as usize).freeze()),
+            _ => None,
+        };
+        let body = match whole {
             Some(b) => {
                 if reusable {
                     home.pool.put_h1(conn, home.settings.max_idle);
                 }
                 H1Body::full(Some(b))
             }
-            None if head.framing == parse::Framing::Empty => {
+            None if head.framing == Framing::None => {
                 if reusable {
                     home.pool.put_h1(conn, home.settings.max_idle);
                 }
@@ -261,42 +307,41 @@ where
 struct Sending<'a, B> {
     /// The request's first pieces, kept whole in `Outgoing` for a second try (so not cloned
     /// or consumed here); bytes of them written so far, `None` once all are.
-    first: &'a encode::Queue,
+    first: &'a queue::Queue,
     first_sent: Option<usize>,
     /// Pieces of a streamed body.
-    queue: encode::Queue,
+    queue: queue::Queue,
     body: Option<B>,
-    framing: encode::Framing,
+    encoder: Encoder,
     done: bool,
 }
 
 impl<B> Sending<'_, B>
 where
-    B: Body<Data = Bytes> + Unpin,
-    B::Error: Into<BoxError>,
+    B: Body<Data = Bytes, Error = ClientBodyError> + Unpin,
 {
     /// Writes what is queued and what the body gives until it waits or ends.
     fn poll(&mut self, cx: &mut Context<'_>, io: &mut MaybeTls) -> Poll<Result<(), Error>> {
         if let Some(sent) = self.first_sent.as_mut() {
-            std::task::ready!(self.first.poll_write_from(io, cx, sent))?;
+            std::task::ready!(self.first.poll_write_from(io, cx, sent)).map_err(Error::io)?;
             self.first_sent = None;
         }
         loop {
             if !self.queue.is_empty() {
-                std::task::ready!(self.queue.poll_write(io, cx))?;
+                std::task::ready!(self.queue.poll_write(io, cx)).map_err(Error::io)?;
             }
             let Some(body) = self.body.as_mut() else { return Poll::Ready(Ok(())) };
             let frame = std::task::ready!(Pin::new(body).poll_frame(cx));
-            match frame.transpose().map_err(|e| Error::RequestBody(e.into()))? {
+            match frame.transpose().map_err(|e| Error::RequestBody(Box::new(e)))? {
                 Some(f) => match f.into_data() {
-                    Ok(d) => self.framing.data(&mut self.queue, d)?,
+                    Ok(d) => push_data(&mut self.encoder, &mut self.queue, d)?,
                     Err(f) => {
-                        self.framing.end(&mut self.queue, f.trailers_ref())?;
+                        push_end(&mut self.encoder, &mut self.queue, f.trailers_ref())?;
                         self.body = None;
                     }
                 },
                 None => {
-                    self.framing.end(&mut self.queue, None)?;
+                    push_end(&mut self.encoder, &mut self.queue, None)?;
                     self.body = None;
                 }
             }
@@ -310,11 +355,10 @@ fn read_head<B>(
     conn: &mut Conn,
     send: &mut Sending<'_, B>,
     got: &mut bool,
-    head_request: bool,
-) -> Poll<Result<parse::Head, Error>>
+    requested: codec::head::Requested,
+) -> Poll<Result<codec::head::ResponseHead, Error>>
 where
-    B: Body<Data = Bytes> + Unpin,
-    B::Error: Into<BoxError>,
+    B: Body<Data = Bytes, Error = ClientBodyError> + Unpin,
 {
     loop {
         if !send.done {
@@ -325,10 +369,12 @@ where
             }
         }
         if !conn.buf.is_empty()
-            && let Some(head) = parse::parse(&mut conn.buf, head_request)?
+            && let Some(head) = codec::head::response(&mut conn.buf, requested)?
         {
             if head.status == http::StatusCode::SWITCHING_PROTOCOLS {
-                return Poll::Ready(Err(Error::Invalid("unexpected 101 Switching Protocols")));
+                return Poll::Ready(Err(
+                    codec::Error::upstream(Kind::Invalid("unexpected 101 Switching Protocols")).into()
+                ));
             }
             if head.status.is_informational() {
                 // 100 Continue and friends: the real answer follows.
@@ -339,9 +385,9 @@ where
         // The buffer is kept while the head is awaited (a short wait).
         let read = io_bufs::poll_read(Pin::new(&mut conn.io), cx, &mut conn.buf, (HEAD_READ, HEAD_READ), false);
         match std::task::ready!(read) {
-            Ok(0) => return Poll::Ready(Err(Error::Closed)),
+            Ok(0) => return Poll::Ready(Err(codec::Error::upstream(Kind::Closed).into())),
             Ok(_) => *got = true,
-            Err(e) => return Poll::Ready(Err(Error::Io(e))),
+            Err(e) => return Poll::Ready(Err(Error::io(e))),
         }
     }
 }

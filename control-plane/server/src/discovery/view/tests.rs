@@ -51,14 +51,14 @@ fn a_proxy_gets_its_listeners_and_their_closure_only() {
     let snap = snapshot();
     let eps = Endpoints::default();
     assert_eq!(
-        names(&compute(&snap, &eps, Some("a"))),
+        names(&compute(&snap, &eps, Some("a"), false)),
         ["LISTENER/in-a", "LISTENER/out", "CLUSTER/a", "CLUSTER/b", "ROUTE/to-a", "ROUTE/to-b", "POLICY/p"]
     );
     assert_eq!(
-        names(&compute(&snap, &eps, Some("b"))),
+        names(&compute(&snap, &eps, Some("b"), false)),
         ["LISTENER/in-b", "LISTENER/out", "LISTENER/sql", "CLUSTER/a", "CLUSTER/db", "ROUTE/to-a"]
     );
-    assert_eq!(names(&compute(&snap, &eps, None)), ["LISTENER/out", "CLUSTER/a", "ROUTE/to-a"]);
+    assert_eq!(names(&compute(&snap, &eps, None, false)), ["LISTENER/out", "CLUSTER/a", "ROUTE/to-a"]);
 }
 
 #[test]
@@ -74,7 +74,7 @@ fn clusters_travel_without_endpoints_and_each_endpoint_alone() {
             r(Kind::Listener, r#"{"name":"out","address":"127.0.0.1:4140","routes":["to-a"]}"#),
         ],
     );
-    let view = compute(&snap, &Endpoints::default(), None);
+    let view = compute(&snap, &Endpoints::default(), None, false);
     let cluster: serde_json::Value =
         serde_json::from_str(&view.entries[&(ResourceType::Cluster, "a".into())].body).unwrap();
     assert_eq!((cluster["lb"].as_str(), cluster["endpoints"].as_array().map(Vec::len)), (Some("maglev"), Some(0)));
@@ -111,7 +111,7 @@ fn registered_endpoints_of_clusters_in_the_closure_come_along_and_written_ones_w
         .into_iter()
         .collect(),
     };
-    let view = compute(&snap, &eps, None);
+    let view = compute(&snap, &eps, None, false);
     let written = &view.entries[&(ResourceType::Endpoints, "a/10.0.0.1:4143".into())];
     assert_eq!((written.version, &*written.body), (7, r#"{"address":"10.0.0.1:4143","weight":1}"#));
     let reg = &view.entries[&(ResourceType::Endpoints, "a/10.0.0.2:4143".into())];
@@ -121,16 +121,63 @@ fn registered_endpoints_of_clusters_in_the_closure_come_along_and_written_ones_w
 }
 
 #[test]
+fn a_transparent_proxy_gets_every_registered_sidecar() {
+    let snap = Snapshot::from_resources(
+        7,
+        vec![
+            r(Kind::Cluster, r#"{"name":"a","endpoints":[]}"#),
+            r(Kind::Cluster, r#"{"name":"b","lb":"round_robin","endpoints":[{"address":"10.0.0.9:80"}]}"#),
+            r(Kind::Route, r#"{"name":"to-a","backends":[{"cluster":"a"}]}"#),
+            r(Kind::Listener, r#"{"name":"out","address":"127.0.0.1:4140","routes":["to-a"]}"#),
+        ],
+    );
+    let set = |eps: Vec<(String, Registered)>| Arc::new(eps.into_iter().collect());
+    let eps = Endpoints {
+        generation: 5,
+        services: [
+            ("a".to_string(), set(vec![registered("a", "10.0.0.1:4143", 3)])),
+            ("b".to_string(), set(vec![registered("b", "10.0.0.2:4143", 4)])),
+            ("c".to_string(), set(vec![registered("c", "10.0.0.3:4143", 5)])),
+        ]
+        .into_iter()
+        .collect(),
+    };
+    assert_eq!(
+        names(&compute(&snap, &eps, None, false)),
+        ["LISTENER/out", "CLUSTER/a", "ROUTE/to-a", "ENDPOINTS/a/10.0.0.1:4143"]
+    );
+    let view = compute(&snap, &eps, None, true);
+    assert_eq!(
+        names(&view),
+        [
+            "LISTENER/out",
+            "CLUSTER/a",
+            "CLUSTER/b",
+            "CLUSTER/c",
+            "ROUTE/to-a",
+            "ENDPOINTS/a/10.0.0.1:4143",
+            "ENDPOINTS/b/10.0.0.2:4143",
+            "ENDPOINTS/b/10.0.0.9:80",
+            "ENDPOINTS/c/10.0.0.3:4143",
+        ]
+    );
+    // A stored cluster comes whole; a service without one gets an empty cluster.
+    assert!(view.entries[&(ResourceType::Cluster, "b".into())].body.contains("round_robin"));
+    let c = &view.entries[&(ResourceType::Cluster, "c".into())];
+    assert_eq!((c.version, &*c.body), (5, r#"{"endpoints":[],"name":"c"}"#));
+}
+
+#[test]
 fn deltas_carry_changes_and_removals_only() {
     let snap = snapshot();
     let eps = Endpoints::default();
     let mut sent = View::default();
-    let all = step(&mut sent, compute(&snap, &eps, Some("a")));
+    let all = step(&mut sent, compute(&snap, &eps, Some("a"), false));
     assert_eq!((all.resources.len(), all.removed.len()), (7, 0));
-    assert!(step(&mut sent, compute(&snap, &eps, Some("a"))).is_empty(), "nothing changed");
+    assert!(step(&mut sent, compute(&snap, &eps, Some("a"), false)).is_empty(), "nothing changed");
 
     // Same store, seen as service b: in-a, to-b, b and p leave; in-b, sql and db arrive.
-    let d = step(&mut sent, compute(&snap, &eps, Some("b")));
+    let d = step(&mut sent, compute(&snap, &eps, Some("b"), false));
     let added: Vec<&str> = d.resources.iter().map(|r| r.name.as_str()).collect();
     let removed: Vec<&str> = d.removed.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(added, ["in-b", "sql", "db"]);
@@ -159,7 +206,7 @@ async fn one_endpoint_changed_in_a_large_cluster_is_one_resource_and_removal_one
     big(&store, 10_000, "10.200.0.1:8080").await;
     let eps = Endpoints::default();
     let mut sent = View::default();
-    let first = step(&mut sent, compute(&store.snapshot(), &eps, None));
+    let first = step(&mut sent, compute(&store.snapshot(), &eps, None, false));
     assert_eq!(first.resources.len(), 3 + 10_000, "listener, route, cluster and every endpoint");
 
     // The last endpoint's weight changes: the cluster is rewritten, one endpoint is sent.
@@ -167,7 +214,7 @@ async fn one_endpoint_changed_in_a_large_cluster_is_one_resource_and_removal_one
         serde_json::from_str(&store.snapshot().get(Kind::Cluster, "big").unwrap().json).unwrap();
     c["endpoints"][9_999]["weight"] = 5.into();
     store.put(r(Kind::Cluster, &c.to_string()), None).await.unwrap();
-    let d = step(&mut sent, compute(&store.snapshot(), &eps, None));
+    let d = step(&mut sent, compute(&store.snapshot(), &eps, None, false));
     assert_eq!(d.resources.len(), 1, "{:?}", d.resources);
     assert_eq!(d.resources[0].r#type, ResourceType::Endpoints as i32);
     assert_eq!(d.resources[0].name, "big/10.200.0.1:8080");
@@ -177,7 +224,7 @@ async fn one_endpoint_changed_in_a_large_cluster_is_one_resource_and_removal_one
     // It goes away: one removed name, nothing else.
     c["endpoints"].as_array_mut().unwrap().pop();
     store.put(r(Kind::Cluster, &c.to_string()), None).await.unwrap();
-    let d = step(&mut sent, compute(&store.snapshot(), &eps, None));
+    let d = step(&mut sent, compute(&store.snapshot(), &eps, None, false));
     assert!(d.resources.is_empty(), "{:?}", d.resources);
     assert_eq!(
         d.removed,
@@ -187,7 +234,7 @@ async fn one_endpoint_changed_in_a_large_cluster_is_one_resource_and_removal_one
     // A cluster setting changes: the cluster alone, no endpoint.
     c["lb"] = "round_robin".into();
     store.put(r(Kind::Cluster, &c.to_string()), None).await.unwrap();
-    let d = step(&mut sent, compute(&store.snapshot(), &eps, None));
+    let d = step(&mut sent, compute(&store.snapshot(), &eps, None, false));
     let sent_names: Vec<&str> = d.resources.iter().map(|r| r.name.as_str()).collect();
     assert_eq!((sent_names, d.removed.len()), (vec!["big"], 0));
 }
@@ -197,8 +244,8 @@ fn after_a_nack_the_refused_keys_go_again() {
     let snap = snapshot();
     let eps = Endpoints::default();
     let mut sent = View::default();
-    step(&mut sent, compute(&snap, &eps, Some("a")));
-    let next = compute(&snap, &eps, Some("b"));
+    step(&mut sent, compute(&snap, &eps, Some("a"), false));
+    let next = compute(&snap, &eps, Some("b"), false);
     let refused = step(&mut sent, next.clone());
     let dirty: BTreeSet<Key> = refused.keys().collect();
     let again = delta(&sent, &dirty, &next);
@@ -213,18 +260,18 @@ async fn streams_of_a_service_share_one_view_and_one_delta() {
     big(&store, 1_000, "10.200.0.1:8080").await;
     let registry = Registry::new(Duration::from_secs(1));
     let views = Views::new(store.clone(), registry.subscribe());
-    let (v1, v2) = (views.current(Some("web")), views.current(Some("web")));
+    let (v1, v2) = (views.current(Some("web"), false), views.current(Some("web"), false));
     assert!(Arc::ptr_eq(&v1, &v2), "computed once");
     let empty = View::default();
-    assert!(Arc::ptr_eq(&views.delta(Some("web"), &empty, &v1), &views.delta(Some("web"), &empty, &v1)));
+    assert!(Arc::ptr_eq(&views.delta(Some("web"), false, &empty, &v1), &views.delta(Some("web"), false, &empty, &v1)));
 
     store
         .put(r(Kind::Route, r#"{"name":"to-big","backends":[{"cluster":"big"}],"timeout":"1s"}"#), None)
         .await
         .unwrap();
-    let v3 = views.current(Some("web"));
+    let v3 = views.current(Some("web"), false);
     assert!(!Arc::ptr_eq(&v1, &v3) && v3.id > v1.id);
-    let d = views.delta(Some("web"), &v1, &v3);
+    let d = views.delta(Some("web"), false, &v1, &v3);
     assert_eq!(d.resources.len(), 1);
     // The endpoint bodies are the store's, not copies.
     let key = (ResourceType::Endpoints, Arc::from("big/10.200.0.1:8080"));
@@ -246,7 +293,7 @@ fn subscriptions_narrow_and_drop_names() {
     assert!(subs.update(&req(ResourceType::Listener, &["out"], &[])));
     assert!(subs.update(&req(ResourceType::Cluster, &[], &["b"])));
     assert!(!subs.is_all());
-    let view = subs.filter(&compute(&snap, &Endpoints::default(), Some("a")));
+    let view = subs.filter(&compute(&snap, &Endpoints::default(), Some("a"), false));
     assert_eq!(names(&view), ["LISTENER/out", "CLUSTER/a", "ROUTE/to-a", "ROUTE/to-b", "POLICY/p"]);
 }
 
@@ -254,7 +301,7 @@ fn subscriptions_narrow_and_drop_names() {
 fn a_resuming_proxy_is_sent_what_differs_from_what_it_holds() {
     let snap = snapshot();
     let eps = Endpoints::default();
-    let view = compute(&snap, &eps, Some("a"));
+    let view = compute(&snap, &eps, Some("a"), false);
     let digest = |key: &Key| trellis_api::digest::digest(&view.entries[key].body);
     let mut keys = view.entries.keys();
     let (same, stale) = (keys.next().unwrap().clone(), keys.next().unwrap().clone());

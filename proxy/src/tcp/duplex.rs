@@ -1,0 +1,171 @@
+//! Copying a connection's bytes both ways, with buffers that grow with the traffic: each
+//! direction starts with a small buffer (what an idle connection holds) and doubles it,
+//! up to [`MAX`], while reads keep filling it, so a bulk transfer moves in large chunks
+//! (fewer syscalls and TLS records per byte) and a chatty or idle one stays small.
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// A direction's first buffer.
+const START: usize = 8 * 1024;
+/// The largest a direction's buffer grows to.
+pub const MAX: usize = 64 * 1024;
+/// Full reads in a row before the buffer doubles.
+const GROW_AFTER: u8 = 2;
+
+/// Copies `a` → `b` and `b` → `a` until both sides have ended (each end is passed on as a
+/// shutdown of the other side's write half). Returns the bytes copied each way.
+pub async fn copy<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let (mut to_b, mut to_a) = (Half::new(), Half::new());
+    let (mut ab, mut ba) = (None, None);
+    poll_fn(|cx| {
+        if ab.is_none()
+            && let Poll::Ready(r) = to_b.poll(cx, Pin::new(&mut *a), Pin::new(&mut *b))
+        {
+            ab = Some(r?);
+        }
+        if ba.is_none()
+            && let Poll::Ready(r) = to_a.poll(cx, Pin::new(&mut *b), Pin::new(&mut *a))
+        {
+            ba = Some(r?);
+        }
+        match (ab, ba) {
+            (Some(x), Some(y)) => Poll::Ready(Ok((x, y))),
+            _ => Poll::Pending,
+        }
+    })
+    .await
+}
+
+/// One direction.
+#[derive(Debug)]
+struct Half {
+    buf: Vec<u8>,
+    /// `buf[pos..filled]` is read and not yet written.
+    pos: usize,
+    filled: usize,
+    full_reads: u8,
+    read_done: bool,
+    need_flush: bool,
+    copied: u64,
+}
+
+impl Half {
+    fn new() -> Half {
+        Half { buf: vec![0; START], pos: 0, filled: 0, full_reads: 0, read_done: false, need_flush: false, copied: 0 }
+    }
+
+    fn poll<R, W>(&mut self, cx: &mut Context<'_>, mut r: Pin<&mut R>, mut w: Pin<&mut W>) -> Poll<io::Result<u64>>
+    where
+        R: AsyncRead + ?Sized,
+        W: AsyncWrite + ?Sized,
+    {
+        loop {
+            if self.pos == self.filled && !self.read_done {
+                let mut rb = ReadBuf::new(&mut self.buf);
+                match r.as_mut().poll_read(cx, &mut rb) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {
+                        // Nothing to read now: what was written must not wait in the
+                        // writer's buffer (a TLS stream keeps records until flushed).
+                        if self.need_flush {
+                            ready!(w.as_mut().poll_flush(cx))?;
+                            self.need_flush = false;
+                        }
+                        return Poll::Pending;
+                    }
+                }
+                let n = rb.filled().len();
+                if n == 0 {
+                    self.read_done = true;
+                } else {
+                    (self.pos, self.filled) = (0, n);
+                    self.grow_if_full(n);
+                }
+            }
+            while self.pos < self.filled {
+                let n = ready!(w.as_mut().poll_write(cx, &self.buf[self.pos..self.filled]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.pos += n;
+                self.copied += n as u64;
+                self.need_flush = true;
+            }
+            if self.read_done {
+                ready!(w.as_mut().poll_shutdown(cx))?;
+                return Poll::Ready(Ok(self.copied));
+            }
+        }
+    }
+
+    /// After a read of `n` bytes into an empty buffer: a full one (more was waiting) counts
+    /// towards doubling the buffer.
+    fn grow_if_full(&mut self, n: usize) {
+        if n < self.buf.len() {
+            self.full_reads = 0;
+            return;
+        }
+        self.full_reads += 1;
+        if self.full_reads >= GROW_AFTER && self.buf.len() < MAX {
+            // The bytes just read are still to be written: keep them.
+            self.buf.resize(self.buf.len() * 2, 0);
+            self.full_reads = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn copies_both_ways_passes_the_ends_and_grows_for_bulk() {
+        let (mut client, mut proxy_a) = tokio::io::duplex(256 * 1024);
+        let (mut proxy_b, mut server) = tokio::io::duplex(256 * 1024);
+        let copying = tokio::spawn(async move { copy(&mut proxy_a, &mut proxy_b).await });
+        let bulk: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let sent = bulk.clone();
+        let writer = tokio::spawn(async move {
+            client.write_all(&sent).await.unwrap();
+            client.shutdown().await.unwrap();
+            let mut back = Vec::new();
+            client.read_to_end(&mut back).await.unwrap();
+            back
+        });
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        assert!(got == bulk, "client → server, whole and in order, then the end");
+        server.write_all(b"bye").await.unwrap();
+        server.shutdown().await.unwrap();
+        assert_eq!(writer.await.unwrap(), b"bye");
+        assert_eq!(copying.await.unwrap().unwrap(), (3_000_000, 3));
+    }
+
+    #[test]
+    fn buffers_grow_only_while_reads_fill_them() {
+        let mut h = Half::new();
+        h.grow_if_full(START);
+        assert_eq!(h.buf.len(), START, "one full read is not yet a trend");
+        h.grow_if_full(START);
+        assert_eq!(h.buf.len(), 2 * START);
+        h.grow_if_full(100);
+        h.grow_if_full(2 * START);
+        assert_eq!(h.buf.len(), 2 * START, "a short read resets the count");
+        for _ in 0..20 {
+            let n = h.buf.len();
+            h.grow_if_full(n);
+        }
+        assert_eq!(h.buf.len(), MAX);
+    }
+}
