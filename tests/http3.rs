@@ -192,7 +192,7 @@ async fn requests_trailers_and_observability() {
         assert!(r[0]["headers"].get("alt-svc").is_none(), "no alt-svc over h3: {got}");
         let j = body_json(&r[0]);
         assert_eq!(j["path"], "/get?q=1");
-        assert_eq!(j["version"], "HTTP/2.0", "auto: h2 upstream for an h3 client");
+        assert_eq!(j["version"], "HTTP/2.0", "protocol: http2 upstream for an h3 client");
         assert_eq!(j["headers"]["x-test"], "yes");
         assert_eq!(j["headers"]["x-forwarded-proto"], "https");
         assert!(j["headers"].get("early-data").is_none(), "{j}");
@@ -396,16 +396,31 @@ async fn zero_rtt_takes_safe_methods_only() {
                 ]),
             )
         };
-        let got = h3_client(plan(on)).await;
-        let second = &got["connections"][1];
-        assert_eq!(second["early_data_accepted"], true, "{got}");
-        let r = second["responses"].as_array().unwrap();
-        assert_eq!(r[0]["status"], 200, "{got}");
-        assert_eq!(body_json(&r[0])["headers"]["early-data"], "1", "RFC 8470: marked upstream");
-        assert_eq!(r[1]["status"], 425, "{got}");
-        assert_eq!(r[1]["headers"]["x-trellis-error"], "too early");
-        assert_eq!(r[2]["status"], 200, "{got}");
-        assert!(body_json(&r[2])["headers"].get("early-data").is_none());
+        // Whether a request counts as early depends on whether the client's Finished has
+        // been processed when its head is read, which a loaded machine may reorder: what
+        // must always hold is that nothing unsafe goes upstream as early data. A run where
+        // neither early request was taken early proves nothing, so it is tried again.
+        let mut seen_early = false;
+        for _ in 0..5 {
+            let got = h3_client(plan(on)).await;
+            let second = &got["connections"][1];
+            assert_eq!(second["early_data_accepted"], true, "{got}");
+            let r = second["responses"].as_array().unwrap();
+            let marked = |r: &Value| body_json(r)["headers"].get("early-data").is_some();
+            assert_eq!(r[0]["status"], 200, "{got}");
+            match r[1]["status"].as_u64() {
+                Some(425) => assert_eq!(r[1]["headers"]["x-trellis-error"], "too early", "{got}"),
+                Some(200) => assert!(!marked(&r[1]), "an unsafe method went upstream as early data: {got}"),
+                other => panic!("early POST: {other:?}: {got}"),
+            }
+            assert_eq!(r[2]["status"], 200, "{got}");
+            assert!(!marked(&r[2]), "after the handshake: {got}");
+            if marked(&r[0]) && r[1]["status"] == 425 {
+                seen_early = true;
+                break;
+            }
+        }
+        assert!(seen_early, "no run had its early GET marked (RFC 8470) and its early POST refused with 425");
 
         // Off (the default): the ticket allows no early data; everything waits for the
         // handshake and is served.

@@ -71,8 +71,8 @@ pub fn h3_plan(
 
 /// A bootstrap with one terminating listener `edge` on `listen` (certificates `certs`,
 /// `http3: true` plus `tls_extra`, e.g. `, early_data: true`; `listener_extra`, e.g.
-/// `header_timeout: 1s`), one catch-all route to `app` (protocol auto: h2c for HTTP/2 and
-/// HTTP/3 clients), `tail` appended (e.g. an `access_log:` line) and `{admin}`.
+/// `header_timeout: 1s`), one catch-all route to `app` (`protocol: http2`: h2c upstream, so
+/// trailers go both ways), `tail` appended (e.g. an `access_log:` line) and `{admin}`.
 pub fn h3_edge_yaml(
     listen: SocketAddr,
     certs: &[(PathBuf, PathBuf)],
@@ -98,7 +98,7 @@ routes:
     backends: [{{ cluster: app }}]
 clusters:
   - name: app
-    protocol: auto
+    protocol: http2
     endpoints: [{{ address: "{app}" }}]
 {tail}"#,
         certs.join(", ")
