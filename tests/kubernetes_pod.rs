@@ -207,7 +207,11 @@ async fn injected_pods_get_their_identity_from_their_token_and_their_traffic_is_
         net.spawn(&net.wire, net.binary(), &args.iter().map(String::as_str).collect::<Vec<_>>(), &cp_log);
         let deadline = Instant::now() + Duration::from_secs(20);
         while blocking(|| in_ns(&net.wire, || std::net::TcpStream::connect(api))).is_err() {
-            assert!(Instant::now() < deadline, "control plane: {}", std::fs::read_to_string(&cp_log).unwrap_or_default());
+            assert!(
+                Instant::now() < deadline,
+                "control plane: {}",
+                std::fs::read_to_string(&cp_log).unwrap_or_default()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
 
@@ -264,8 +268,11 @@ async fn injected_pods_get_their_identity_from_their_token_and_their_traffic_is_
         assert_eq!((j["origin"].as_str(), j["peer"].as_str()), (Some("checkout-app"), Some("127.0.0.1")), "{j}");
         let metrics = blocking(|| frontend.admin("/metrics")).unwrap().1;
         let mesh = [("listener", "outbound"), ("mesh", "true")];
-        assert!(metric_value(&metrics, "trellis_transparent_connections_total", &[mesh[0], ("protocol", "http"), mesh[1]])
-            .is_some_and(|v| v >= 1.0), "{metrics}");
+        assert!(
+            metric_value(&metrics, "trellis_transparent_connections_total", &[mesh[0], ("protocol", "http"), mesh[1]])
+                .is_some_and(|v| v >= 1.0),
+            "{metrics}"
+        );
         let metrics = blocking(|| checkout.admin("/metrics")).unwrap().1;
         assert!(
             metric_value(&metrics, "trellis_downstream_connections_total", &[("listener", "inbound")])

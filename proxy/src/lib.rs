@@ -29,6 +29,6 @@ pub mod tcp;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;
-pub mod worker;
+pub mod worker_id;
 
 pub use run::{Options, RunError, run};

@@ -89,7 +89,7 @@ impl Workers {
             handles.push(rt.handle().clone());
             let config = config.clone();
             let t = std::thread::Builder::new().name(format!("trellis-worker-{id}")).spawn(move || {
-                crate::worker::set_current(id);
+                crate::worker_id::set_current(id);
                 rt.block_on(worker_main(rx, config));
             })?;
             senders.push(tx);

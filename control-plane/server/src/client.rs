@@ -15,7 +15,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
-use crate::resource::Kind;
+use crate::stored::Kind;
 
 /// Longest wait for one request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -223,7 +223,7 @@ impl Client {
 fn tls_connector(ca_file: &Path) -> Result<tokio_rustls::TlsConnector, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let roots = trellis_certs::verify::load_roots(ca_file).map_err(|e| e.to_string())?;
-    let expected = crate::xds_tls::CONTROL_PLANE_ID.to_owned();
+    let expected = crate::server_tls::CONTROL_PLANE_ID.to_owned();
     let mut config = trellis_certs::verify::client_builder(roots, expected, provider, rustls::DEFAULT_VERSIONS)
         .map_err(|e| e.to_string())?
         .with_no_client_auth();

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use crate::resource::Kind;
+use crate::stored::Kind;
 
 /// Why the control plane could not start or keep serving.
 #[derive(Debug, thiserror::Error)]

@@ -25,11 +25,11 @@ pub mod discovery;
 mod error;
 pub mod etcd;
 pub mod manifest;
-pub mod resource;
+pub mod server_tls;
 pub mod store;
-mod validation;
+pub mod stored;
 pub mod workload;
-pub mod xds_tls;
+mod write_validation;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -44,7 +44,7 @@ use trellis_api::discovery::discovery_server::DiscoveryServer;
 use trellis_certs::Ca;
 
 pub use error::Error;
-pub use resource::{Kind, Resource};
+pub use stored::{Kind, Resource};
 
 /// Default REST API address (DESIGN §2).
 pub const DEFAULT_API_ADDR: &str = "127.0.0.1:7070";
@@ -93,10 +93,10 @@ pub struct Options {
     pub token_file: Option<PathBuf>,
     /// How long a sidecar's endpoint stays after its discovery stream ends.
     pub endpoint_grace: Duration,
-    /// Serve discovery over mTLS only ([`xds_tls`]): proxies present identities from this
+    /// Serve discovery over mTLS only ([`server_tls`]): proxies present identities from this
     /// control plane's CA and may only register as the service their identity names.
     pub xds_tls: bool,
-    /// Serve the REST API over TLS ([`xds_tls::api_server_config`]), presenting the
+    /// Serve the REST API over TLS ([`server_tls::api_server_config`]), presenting the
     /// control plane's SPIFFE ID from its CA.
     pub api_tls: bool,
     /// Sign certificates only for the workload a service-account JWT names, checked
@@ -185,15 +185,15 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
     let (store, registry, ca) = open_store(&opts).await?;
     let store = Arc::new(store);
     let serving = match opts.xds_tls || opts.api_tls {
-        true => Some(xds_tls::serving(Ca::from_pem(ca.cert_pem(), &ca.key_pem())?)?),
+        true => Some(server_tls::serving(Ca::from_pem(ca.cert_pem(), &ca.key_pem())?)?),
         false => None,
     };
-    let tls_for = |on: bool, config: fn(&Arc<xds_tls::SelfIssued>) -> Result<_, Error>| match &serving {
+    let tls_for = |on: bool, config: fn(&Arc<server_tls::SelfIssued>) -> Result<_, Error>| match &serving {
         Some(s) if on => config(s).map(Some),
         _ => Ok(None),
     };
-    let xds_tls = tls_for(opts.xds_tls, xds_tls::server_config)?;
-    let api_tls = tls_for(opts.api_tls, xds_tls::api_server_config)?;
+    let xds_tls = tls_for(opts.xds_tls, server_tls::server_config)?;
+    let api_tls = tls_for(opts.api_tls, server_tls::api_server_config)?;
     let workload = match opts.workload_jwks.clone() {
         Some(source) => Some(Arc::new(workload::WorkloadAuth::new(source).await.map_err(Error::Workload)?)),
         None => None,
@@ -220,7 +220,7 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
             };
             let served = match api_tls {
                 Some(config) => {
-                    let listener = xds_tls::ApiListener::new(api_listener, config)
+                    let listener = server_tls::ApiListener::new(api_listener, config)
                         .map_err(|e| Error::Serve { what: "REST", reason: e.to_string() })?;
                     axum::serve(listener, router).with_graceful_shutdown(until).await
                 }
@@ -245,7 +245,7 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
             let router = server.add_service(xds_service);
             let served = match xds_tls {
                 Some(config) => {
-                    router.serve_with_incoming_shutdown(xds_tls::incoming(xds_listener, config), until).await
+                    router.serve_with_incoming_shutdown(server_tls::incoming(xds_listener, config), until).await
                 }
                 None => {
                     let incoming = tonic::transport::server::TcpIncoming::from(xds_listener);

@@ -5,7 +5,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::resource::{Kind, Resource};
+use crate::stored::{Kind, Resource};
 
 /// One resource read from a manifest.
 #[derive(Clone, Debug, PartialEq)]

@@ -5,7 +5,7 @@
 //! thread, so the stock takes no lock; a map taken on one thread and given back on another
 //! simply joins that thread's stock.
 
-use crate::http::stock;
+use crate::http::recycle;
 use http::HeaderMap;
 use std::cell::RefCell;
 
@@ -24,7 +24,7 @@ thread_local! {
 
 /// An empty map with room for at least `fields` fields.
 pub fn take(fields: usize) -> HeaderMap {
-    let spare = stock::take(&SPARE);
+    let spare = recycle::take(&SPARE);
     match spare {
         Some(map) if map.capacity() >= fields => map,
         _ => HeaderMap::with_capacity(fields.max(MIN_CAPACITY)),
@@ -37,7 +37,7 @@ pub fn give(mut map: HeaderMap) {
         return;
     }
     map.clear();
-    stock::keep(&SPARE, map, STOCK);
+    recycle::keep(&SPARE, map, STOCK);
 }
 
 #[cfg(test)]

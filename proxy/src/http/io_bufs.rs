@@ -12,7 +12,7 @@
 //!
 //! Works for any `AsyncRead` (plain TCP and TLS alike): only `poll_read` is used.
 
-use crate::http::stock;
+use crate::http::recycle;
 use bytes::BytesMut;
 use std::cell::RefCell;
 use std::io;
@@ -45,7 +45,7 @@ pub fn take_read() -> BytesMut {
     // on its way downstream): `try_reclaim` then fails, and it is dropped (freed by the
     // last holder). Two tries, then a new one.
     for _ in 0..2 {
-        let Some(mut b) = stock::take(&READ) else { break };
+        let Some(mut b) = recycle::take(&READ) else { break };
         if b.try_reclaim(CHUNK) {
             return b;
         }
@@ -59,12 +59,12 @@ pub fn give_read(buf: BytesMut) {
     if !buf.is_empty() || buf.capacity() == 0 || buf.capacity() > MAX_KEPT {
         return;
     }
-    stock::keep(&READ, buf, STOCK);
+    recycle::keep(&READ, buf, STOCK);
 }
 
 /// An empty write buffer.
 pub fn take_write() -> Vec<u8> {
-    stock::take(&WRITE).unwrap_or_else(|| Vec::with_capacity(WRITE_START))
+    recycle::take(&WRITE).unwrap_or_else(|| Vec::with_capacity(WRITE_START))
 }
 
 /// Gives back a write buffer; its contents are dropped.
@@ -73,7 +73,7 @@ pub fn give_write(mut buf: Vec<u8>) {
         return;
     }
     buf.clear();
-    stock::keep(&WRITE, buf, STOCK);
+    recycle::keep(&WRITE, buf, STOCK);
 }
 
 /// Reads from `io` into `buf`, making room for `grow` more bytes when it has less than

@@ -103,7 +103,7 @@ impl Pool {
     }
 
     fn idle_slot(&self) -> &Mutex<Vec<h1::Conn>> {
-        let i = crate::worker::current() % self.h1_idle.len();
+        let i = crate::worker_id::current() % self.h1_idle.len();
         &self.h1_idle[i]
     }
 

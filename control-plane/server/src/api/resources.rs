@@ -12,8 +12,8 @@ use serde_json::Value;
 use trellis_api::ParseError;
 
 use super::{ApiError, Shared, read_body};
-use crate::resource::{Kind, Resource};
 use crate::store::{IfMatch, Outcome};
+use crate::stored::{Kind, Resource};
 
 /// Longest resource name accepted.
 const MAX_NAME: usize = 253;

@@ -79,14 +79,14 @@ impl Discovery for Server {
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
         let certified = self.certificate_suffices
-            && request.extensions().get::<crate::xds_tls::Peer>().is_some_and(|p| p.spiffe_id.is_some());
+            && request.extensions().get::<crate::server_tls::Peer>().is_some_and(|p| p.spiffe_id.is_some());
         if let Some(token) = self.token.as_ref().filter(|_| !certified) {
             let header = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
             if !token.accepts(header) {
                 return Err(Status::unauthenticated("missing or wrong bearer token in `authorization`"));
             }
         }
-        let peer = request.extensions().get::<crate::xds_tls::Peer>().cloned();
+        let peer = request.extensions().get::<crate::server_tls::Peer>().cloned();
         let mut inbound = request.into_inner();
         let first = match tokio::time::timeout(FIRST_REQUEST_TIMEOUT, inbound.message()).await {
             Err(_) => return Err(Status::deadline_exceeded("no first request")),
@@ -118,7 +118,7 @@ impl Discovery for Server {
 /// Over mTLS a proxy may only speak for the service its identity names: a node with a
 /// `service` must hold `spiffe://…/sa/<service>`, so a stolen certificate of one workload
 /// cannot register endpoints of (and draw the traffic of) another.
-fn held_to_identity(peer: &crate::xds_tls::Peer, node: &NodeInfo) -> Result<(), Status> {
+fn held_to_identity(peer: &crate::server_tls::Peer, node: &NodeInfo) -> Result<(), Status> {
     let Some(id) = &peer.spiffe_id else {
         return Err(Status::unauthenticated("the client certificate has no SPIFFE ID"));
     };

@@ -15,8 +15,8 @@ use trellis_api::discovery::{DiscoveryRequest, HeldResource, RemovedResource, Re
 use trellis_api::endpoints;
 
 use super::registry::Endpoints;
-use crate::resource::{Kind, Resource as Stored};
 use crate::store::{Item, Snapshot};
+use crate::stored::{Kind, Resource as Stored};
 
 /// A resource's identity in a proxy's view.
 pub type Key = (ResourceType, Arc<str>);

@@ -11,7 +11,7 @@
 //! A resource's version is its key's mod revision, so versions (and ETags) are the same on
 //! every replica.
 
-use crate::resource::Kind;
+use crate::stored::Kind;
 
 /// The default `--etcd-prefix`.
 pub const DEFAULT_PREFIX: &str = "/trellis";

@@ -13,7 +13,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 
 use super::{Check, IfMatch, Item, Outcome, Published, Snapshot, WriteError, Written, check_delete, check_put, lock};
 use crate::error::Error;
-use crate::resource::{Kind, Resource};
+use crate::stored::{Kind, Resource};
 
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "trellis.redb";

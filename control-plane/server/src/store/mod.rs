@@ -24,8 +24,8 @@ use trellis_api::{Bootstrap, ValidationError};
 
 use crate::discovery::ClusterParts;
 use crate::error::Error;
-use crate::resource::{Kind, Resource};
-use crate::validation;
+use crate::stored::{Kind, Resource};
+use crate::write_validation;
 
 pub use embedded::DB_FILE;
 
@@ -212,7 +212,7 @@ pub(crate) fn check_put(
     let item = Arc::new(Item::new(revision, resource));
     after.kinds[kind.index()].insert(item.resource.name().to_string(), item.clone());
     let changed = Some((kind, item.resource.name()));
-    let broken = validation::new_problems(&before.bootstrap(), &after.bootstrap_ending_with(changed));
+    let broken = write_validation::new_problems(&before.bootstrap(), &after.bootstrap_ending_with(changed));
     if !broken.is_empty() {
         return Err(WriteError::Invalid(broken));
     }
@@ -238,7 +238,7 @@ pub(crate) fn check_delete(
     let mut after = before.clone();
     after.revision = before.revision + 1;
     after.kinds[kind.index()].remove(name);
-    let broken = validation::new_problems(&before.bootstrap(), &after.bootstrap());
+    let broken = write_validation::new_problems(&before.bootstrap(), &after.bootstrap());
     if !broken.is_empty() {
         return Err(WriteError::Referenced(broken));
     }

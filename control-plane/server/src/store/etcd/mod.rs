@@ -33,7 +33,7 @@ use crate::error::Error;
 use crate::etcd::keys::Keys;
 use crate::etcd::pb::{compare, request_op, response_op};
 use crate::etcd::{Client, EtcdError, pb};
-use crate::resource::{Kind, Resource};
+use crate::stored::{Kind, Resource};
 
 /// How long a write keeps trying when other replicas' writes keep overtaking it.
 const WRITE_BUDGET: Duration = Duration::from_secs(10);

@@ -20,9 +20,9 @@ use super::Invalid;
 use crate::discovery::{Registry, SharedChange};
 use crate::etcd::keys::{Key, Keys};
 use crate::etcd::{Client, EtcdError, pb};
-use crate::resource::{Kind, Resource};
 use crate::store::{Item, Published, Snapshot, lock};
-use crate::validation;
+use crate::stored::{Kind, Resource};
+use crate::write_validation;
 
 /// Rounds of "take back the changes a problem blames, check again" before a whole batch is
 /// refused.
@@ -293,7 +293,7 @@ impl Follower {
             if applied.is_empty() || vouched {
                 break;
             }
-            let problems = validation::new_problems_offline(&before.bootstrap(), &snapshot.bootstrap());
+            let problems = write_validation::new_problems_offline(&before.bootstrap(), &snapshot.bootstrap());
             if problems.is_empty() {
                 break;
             }
