@@ -66,11 +66,12 @@ where
         max_buf: listener.max_header_bytes() * 2,
         header_timeout: listener.header_timeout(),
         timer: None,
+        armed: Armed::default(),
         feed: None,
     };
     let mut stopped = pin!(stop.cancelled());
     loop {
-        let head = match conn.read_head(&mut io, stopped.as_mut()).await {
+        let head = match conn.read_head(&mut io, stop, stopped.as_mut()).await {
             Next::Head(head) => head,
             Next::Refuse(e) => {
                 tracing::debug!(error = %e, "request head refused");
@@ -124,6 +125,8 @@ struct Conn {
     /// The header timeout, armed once and moved forward only when it fires early: most
     /// requests never touch the timer.
     timer: Option<Pin<Box<Sleep>>>,
+    /// What already has the task's waker while a head is awaited.
+    armed: Armed,
     /// The body of the request being served, while it is read from the connection.
     feed: Option<Feed>,
 }
@@ -133,6 +136,14 @@ impl Drop for Conn {
         io_bufs::give_read(std::mem::take(&mut self.buf));
         self.give_out();
     }
+}
+
+/// Waits that have registered the connection task's waker, and so wake it by themselves:
+/// the header timer (until it fires) and the stop token.
+#[derive(Default)]
+struct Armed {
+    timer: bool,
+    stop: bool,
 }
 
 // Moved once per request; boxing the head would cost an allocation each time.
@@ -173,6 +184,7 @@ impl Conn {
     async fn read_head<S: AsyncRead + Unpin>(
         &mut self,
         io: &mut S,
+        stop: &CancellationToken,
         mut stopped: Pin<&mut WaitForCancellationFuture<'_>>,
     ) -> Next {
         let deadline = Instant::now() + self.header_timeout;
@@ -193,23 +205,49 @@ impl Conn {
                 self.give_out();
             }
             let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-            let read = loop {
-                tokio::select! {
-                    biased;
-                    r = poll_fn(|cx| io_bufs::poll_read(Pin::new(&mut *io), cx, &mut self.buf, READ_ROOM, true)) => break r,
-                    () = timer.as_mut() => {
-                        if Instant::now() >= deadline {
-                            // A client part-way through a head is told (as HAProxy does);
-                            // an idle keep-alive connection is just closed.
-                            if self.buf.is_empty() {
-                                tracing::debug!("idle connection closed after header_timeout");
-                                return Next::Done;
-                            }
-                            return Next::Refuse(Error::client(Kind::Timeout));
-                        }
-                        timer.as_mut().reset(deadline);
+            let armed = &mut self.armed;
+            let buf = &mut self.buf;
+            // The timer and the stop token are polled only until they have the task's waker:
+            // after that they wake it themselves, and a look at them costs far less than a
+            // poll (this wait comes once per keep-alive request).
+            let read = poll_fn(|cx| {
+                loop {
+                    if let Poll::Ready(r) = io_bufs::poll_read(Pin::new(&mut *io), cx, buf, READ_ROOM, true) {
+                        return Poll::Ready(Ok(r));
                     }
-                    () = &mut stopped, if idle => return Next::Done,
+                    let fired = if armed.timer { timer.is_elapsed() } else { timer.as_mut().poll(cx).is_ready() };
+                    armed.timer = !fired;
+                    if fired {
+                        if Instant::now() >= deadline {
+                            return Poll::Ready(Err(()));
+                        }
+                        // An earlier request's deadline: move it to this one's, and poll it
+                        // again to have the task woken at the new one.
+                        timer.as_mut().reset(deadline);
+                        continue;
+                    }
+                    if idle {
+                        let stopped_now =
+                            if armed.stop { stop.is_cancelled() } else { stopped.as_mut().poll(cx).is_ready() };
+                        armed.stop = true;
+                        if stopped_now {
+                            return Poll::Ready(Ok(Ok(0)));
+                        }
+                    }
+                    return Poll::Pending;
+                }
+            })
+            .await;
+            let read = match read {
+                Ok(r) => r,
+                Err(()) => {
+                    // A client part-way through a head is told (as HAProxy does); an idle
+                    // keep-alive connection is just closed.
+                    if self.buf.is_empty() {
+                        tracing::debug!("idle connection closed after header_timeout");
+                        return Next::Done;
+                    }
+                    return Next::Refuse(Error::client(Kind::Timeout));
                 }
             };
             match read {
