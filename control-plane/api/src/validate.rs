@@ -124,6 +124,19 @@ fn check(b: &Bootstrap, bootstrap: bool, resolve: bool) -> Result<(), Vec<Valida
                     );
                 }
             }
+            if let Some(mcp) = &rule.mcp {
+                for (kind, names) in [("methods", &mcp.methods), ("tools", &mcp.tools)] {
+                    for (j, n) in names.iter().enumerate() {
+                        let stem = n.strip_suffix('*').unwrap_or(n);
+                        if n.is_empty() || stem.contains('*') || n.chars().any(char::is_control) {
+                            errs.push(
+                                format!("policies[{}].rules[{i}].mcp.{kind}[{j}]", p.name),
+                                format!("\"{}\": use an exact name or a prefix ending in *", n.escape_debug()),
+                            );
+                        }
+                    }
+                }
+            }
         }
     }
 
@@ -187,6 +200,9 @@ fn check(b: &Bootstrap, bootstrap: bool, resolve: bool) -> Result<(), Vec<Valida
             && !(8192..=1 << 20).contains(&n)
         {
             errs.push(format!("{at}.max_header_bytes"), "must be between 8192 and 1048576");
+        }
+        if l.max_hops.is_some_and(|n| !(1..=255).contains(&n)) {
+            errs.push(format!("{at}.max_hops"), "must be 1–255");
         }
         validate_transparent(&mut errs, &at, l);
     }
@@ -457,6 +473,14 @@ fn validate_route_resilience(errs: &mut Errors, at: &str, r: &crate::Route) {
         }
         if rl.per_header.is_some() && rl.per_source_ip {
             errs.push(format!("{at}.rate_limit"), "give at most one of per_header and per_source_ip");
+        }
+    }
+    if let Some(mcp) = &r.mcp {
+        if mcp.max_body_bytes.is_some_and(|n| !(1024..=16 * 1024 * 1024).contains(&n)) {
+            errs.push(format!("{at}.mcp.max_body_bytes"), "must be 1024–16777216 (16 MiB)");
+        }
+        if mcp.max_batch.is_some_and(|n| !(1..=1000).contains(&n)) {
+            errs.push(format!("{at}.mcp.max_batch"), "must be 1–1000");
         }
     }
     if let Some(f) = &r.fault {

@@ -199,3 +199,29 @@ fn offline_checks_take_host_names_by_form() {
     assert!(validate_resources(&b).is_err(), "resolved: no such host");
     assert_eq!(validate_resources_offline(&b), Ok(()));
 }
+
+#[test]
+fn mcp_fields_are_checked_by_name() {
+    let good = GOOD.replace("routes: [api] }", "routes: [api], max_hops: 8 }").replace(
+        "backends: [{ cluster: a, weight: 9 }, { cluster: b }]",
+        "backends: [{ cluster: a, weight: 9 }, { cluster: b }]\n    mcp: { max_body_bytes: 65536, max_batch: 10 }",
+    ) + "policies:\n  - name: p\n    rules: [{ from: [\"spiffe://td/*\"], mcp: { methods: [tools/call, \"notifications/*\"], tools: [\"search*\"] } }]\n";
+    assert_eq!(errors(&good), Vec::<String>::new());
+    let bad = good
+        .replace("max_hops: 8", "max_hops: 0")
+        .replace("max_body_bytes: 65536", "max_body_bytes: 10")
+        .replace("max_batch: 10", "max_batch: 0")
+        .replace("\"search*\"", "\"se*rch\"")
+        .replace("tools/call,", "\"\",");
+    let e = errors(&bad);
+    for want in [
+        "listeners[in].max_hops",
+        "routes[api].mcp.max_body_bytes",
+        "routes[api].mcp.max_batch",
+        "policies[p].rules[0].mcp.tools[0]",
+        "policies[p].rules[0].mcp.methods[0]",
+    ] {
+        assert!(e.iter().any(|e| e.starts_with(want)), "{want} missing from {e:?}");
+    }
+    assert_eq!(e.len(), 5, "{e:?}");
+}
