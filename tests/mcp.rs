@@ -228,3 +228,51 @@ clusters:
     let req = Request::get("/agent").header("x-trellis-hops", "many").body(full("")).unwrap();
     assert_eq!(c.fetch(req).await.status, 400);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_tools_named_idempotent_are_retried() {
+    // Two endpoints, one always failing with 503; the route retries gateway errors.
+    let ok = r#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#;
+    let (good, good_seen) = counting_origin(move |_, _| {
+        http::Response::builder().header("content-type", "application/json").body(full(ok)).unwrap()
+    })
+    .await;
+    let (bad, bad_seen) = counting_origin(|_, _| status_response(503)).await;
+    let listen = listen_addr();
+    let yaml = format!(
+        r#"admin: {{ address: "{{admin}}" }}
+drain_timeout: 1s
+listeners:
+  - {{ name: in, address: "{listen}", routes: [mcp] }}
+routes:
+  - name: mcp
+    backends: [{{ cluster: tools }}]
+    retry: {{ attempts: 2, on: [gateway_error] }}
+    mcp: {{ idempotent_tools: [search] }}
+clusters:
+  - {{ name: tools, lb: round_robin, protocol: http1, endpoints: [{{ address: "{}" }}, {{ address: "{}" }}] }}
+"#,
+        good.addr, bad.addr
+    );
+    let _proxy = Proxy::start(&yaml);
+    let mut c = Client::h1(listen).await;
+    for i in 0..6 {
+        let got = c.fetch(post(call(i, "search"), &[])).await;
+        assert_eq!(got.status, 200, "search {i}: {}", got.text());
+    }
+    let mut failed = 0;
+    for i in 0..6 {
+        let got = c.fetch(post(call(i, "add"), &[])).await;
+        failed += usize::from(got.status == 503);
+    }
+    let calls_of = |seen: &Seen, tool: &str| {
+        seen.bodies().iter().filter(|b| b.windows(tool.len()).any(|w| w == tool.as_bytes())).count()
+    };
+    // Every search answered by the good endpoint, some after a failed try.
+    assert_eq!(calls_of(&good_seen, "search"), 6);
+    assert!(calls_of(&bad_seen, "search") >= 1, "round robin never tried the failing endpoint");
+    // Each add sent once: the failures reached the client.
+    assert_eq!(calls_of(&good_seen, "\"add\"") + calls_of(&bad_seen, "\"add\""), 6);
+    assert_eq!(failed, calls_of(&bad_seen, "\"add\""));
+    assert!(failed >= 1);
+}

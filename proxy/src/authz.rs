@@ -43,19 +43,19 @@ pub enum Mcp<'a> {
 }
 /// Exact, or a prefix (written with a trailing `*`).
 #[derive(Debug)]
-enum Pattern {
+pub(crate) enum Pattern {
     Exact(String),
     Prefix(String),
 }
 
 impl Pattern {
-    fn new(s: &str) -> Self {
+    pub(crate) fn new(s: &str) -> Self {
         match s.strip_suffix('*') {
             Some(p) => Self::Prefix(p.to_owned()),
             None => Self::Exact(s.to_owned()),
         }
     }
-    fn matches(&self, s: &str) -> bool {
+    pub(crate) fn matches(&self, s: &str) -> bool {
         match self {
             Self::Exact(e) => s == e,
             Self::Prefix(p) => s.starts_with(p.as_str()),

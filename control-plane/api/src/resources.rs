@@ -499,6 +499,12 @@ pub struct McpRoute {
     /// Most messages in one JSON-RPC batch; more gets 400 with a JSON-RPC error. Default 64.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_batch: Option<u32>,
+    /// Tools whose `tools/call` may be tried again by the route's `retry` and `hedge`
+    /// (exact, or ending in `*`): they must be safe to run twice. Other tool calls are never
+    /// retried or hedged; other requests (`initialize`, `tools/list`, `resources/read`…) are
+    /// retried like idempotent requests. Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub idempotent_tools: Vec<String>,
 }
 
 /// Default for [`McpRoute::max_body_bytes`].

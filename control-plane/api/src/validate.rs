@@ -127,8 +127,7 @@ fn check(b: &Bootstrap, bootstrap: bool, resolve: bool) -> Result<(), Vec<Valida
             if let Some(mcp) = &rule.mcp {
                 for (kind, names) in [("methods", &mcp.methods), ("tools", &mcp.tools)] {
                     for (j, n) in names.iter().enumerate() {
-                        let stem = n.strip_suffix('*').unwrap_or(n);
-                        if n.is_empty() || stem.contains('*') || n.chars().any(char::is_control) {
+                        if !is_name_pattern(n) {
                             errs.push(
                                 format!("policies[{}].rules[{i}].mcp.{kind}[{j}]", p.name),
                                 format!("\"{}\": use an exact name or a prefix ending in *", n.escape_debug()),
@@ -482,6 +481,14 @@ fn validate_route_resilience(errs: &mut Errors, at: &str, r: &crate::Route) {
         if mcp.max_batch.is_some_and(|n| !(1..=1000).contains(&n)) {
             errs.push(format!("{at}.mcp.max_batch"), "must be 1–1000");
         }
+        for (j, n) in mcp.idempotent_tools.iter().enumerate() {
+            if !is_name_pattern(n) {
+                errs.push(
+                    format!("{at}.mcp.idempotent_tools[{j}]"),
+                    format!("\"{}\": use an exact name or a prefix ending in *", n.escape_debug()),
+                );
+            }
+        }
     }
     if let Some(f) = &r.fault {
         for (field, p) in
@@ -510,6 +517,12 @@ fn unique_names<'a>(errs: &mut Errors, kind: &str, names: impl Iterator<Item = &
 }
 
 /// RFC 9110 token characters (header names, methods).
+/// An MCP method or tool name, exact or a prefix ending in `*`.
+fn is_name_pattern(n: &str) -> bool {
+    let stem = n.strip_suffix('*').unwrap_or(n);
+    !n.is_empty() && !stem.contains('*') && !n.chars().any(char::is_control)
+}
+
 fn is_token(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c))
 }

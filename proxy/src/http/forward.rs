@@ -331,13 +331,17 @@ fn forward(
             e.request_id = req.headers().get(&headers::X_REQUEST_ID).cloned();
         }
         let deadline = route.timeout.map(|t| Instant::from_std(started) + t);
-        // A tools/call may act (send mail, pay): it is never tried twice.
-        let calls_tool = mcp.as_ref().is_some_and(|m| m.calls_tool());
-        let retry = route.retry.as_ref().filter(|r| r.allows_method(req.method()) && !calls_tool);
+        // On an MCP route a POST's messages decide whether it may be sent twice (a tool
+        // may act: send mail, pay), whatever its HTTP method says.
+        let replayable = match (&route.mcp, mcp.as_ref().and_then(|m| m.parsed.as_ref())) {
+            (Some(m), Some(p)) => Some(m.replayable(p)),
+            _ => None,
+        };
+        let retry = route.retry.as_ref().filter(|r| replayable.unwrap_or_else(|| r.allows_method(req.method())));
         let hedge = route
             .hedge
             .as_ref()
-            .filter(|_| retry::is_idempotent(req.method()) && !calls_tool)
+            .filter(|_| replayable.unwrap_or_else(|| retry::is_idempotent(req.method())))
             .map(|h| (h.delay, h.max));
         // From here on `plan` holds these (the future keeps one copy across its awaits).
         let target = target.as_ref();

@@ -7,7 +7,7 @@ pub mod filter;
 pub mod message;
 pub mod reply;
 
-use crate::authz::{Decision, Mcp, Policy};
+use crate::authz::{Decision, Mcp, Pattern, Policy};
 use crate::http::body::{ClientBody, ProxyBody};
 use crate::telemetry;
 use bytes::{Bytes, BytesMut};
@@ -19,10 +19,11 @@ use std::sync::Arc;
 use trellis_api as api;
 
 /// A route's compiled `mcp` settings.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct McpRoute {
     pub max_body: usize,
     pub max_batch: usize,
+    idempotent_tools: Vec<Pattern>,
 }
 
 impl McpRoute {
@@ -30,7 +31,20 @@ impl McpRoute {
         Self {
             max_body: spec.max_body_bytes.unwrap_or(api::DEFAULT_MCP_MAX_BODY_BYTES) as usize,
             max_batch: spec.max_batch.unwrap_or(api::DEFAULT_MCP_MAX_BATCH) as usize,
+            idempotent_tools: spec.idempotent_tools.iter().map(|t| Pattern::new(t)).collect(),
         }
+    }
+
+    /// Whether a body's messages may be sent again (retry, hedge): every one a request,
+    /// and a `tools/call` only of an idempotent tool.
+    pub fn replayable(&self, parsed: &Parsed) -> bool {
+        parsed.calls.iter().all(|c| match (c.method.as_deref(), &c.id) {
+            (Some("tools/call"), Some(_)) => {
+                c.name.as_deref().is_some_and(|t| self.idempotent_tools.iter().any(|p| p.matches(t)))
+            }
+            (Some(_), Some(_)) => true,
+            _ => false,
+        })
     }
 }
 
@@ -59,11 +73,6 @@ impl Admitted {
     /// The first message's method and tool and the id, for the access log.
     pub fn first(&self) -> Option<&Call> {
         self.parsed.as_ref().and_then(|p| p.calls.first())
-    }
-
-    /// Whether the body calls a tool (such a request is never retried or hedged).
-    pub fn calls_tool(&self) -> bool {
-        self.parsed.as_ref().is_some_and(|p| p.calls.iter().any(|c| c.method.as_deref() == Some("tools/call")))
     }
 
     /// Whether the answer holds a `tools/list` result that must be filtered.
@@ -353,4 +362,25 @@ pub async fn filter_answer(
 /// Whether `policy` lets this request through only on MCP conditions.
 pub fn defers(policy: Option<&Arc<Policy>>, d: Decision) -> bool {
     !d.allowed() && policy.is_some_and(|p| p.has_mcp_rules())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_idempotent_tools_and_other_requests_are_replayable() {
+        let route = McpRoute::new(&api::McpRoute {
+            idempotent_tools: vec!["search".into(), "read_*".into()],
+            ..Default::default()
+        });
+        let ok = |body: &str| route.replayable(&message::parse(body.as_bytes(), 8).unwrap_or_else(|e| panic!("{e}")));
+        let call =
+            |tool: &str| format!(r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"{tool}"}}}}"#);
+        assert!(ok(&call("search")) && ok(&call("read_file")));
+        assert!(!ok(&call("send_mail")) && !ok(&call("searches")));
+        assert!(ok(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#));
+        assert!(!ok(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#));
+        assert!(!ok(&format!("[{},{}]", call("search"), call("send_mail"))));
+    }
 }
