@@ -276,3 +276,44 @@ clusters:
     assert_eq!(failed, calls_of(&bad_seen, "\"add\""));
     assert!(failed >= 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_tool_has_its_own_rate_limit() {
+    let (origin, seen) = counting_origin(|_, _| {
+        http::Response::builder()
+            .header("content-type", "application/json")
+            .body(full(r#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#))
+            .unwrap()
+    })
+    .await;
+    let listen = listen_addr();
+    let yaml = format!(
+        r#"admin: {{ address: "{{admin}}" }}
+drain_timeout: 1s
+listeners:
+  - {{ name: in, address: "{listen}", routes: [mcp] }}
+routes:
+  - name: mcp
+    backends: [{{ cluster: tools }}]
+    rate_limit: {{ requests_per_second: 0.1, burst: 2, per_mcp_tool: true }}
+    mcp: {{}}
+clusters:
+  - {{ name: tools, protocol: http1, endpoints: [{{ address: "{}" }}] }}
+"#,
+        origin.addr
+    );
+    let _proxy = Proxy::start(&yaml);
+    let mut c = Client::h1(listen).await;
+    for i in 0..2 {
+        assert_eq!(c.fetch(post(call(i, "search"), &[])).await.status, 200);
+    }
+    let got = c.fetch(post(call(3, "search"), &[])).await;
+    assert_eq!(got.status, 429, "{}", got.text());
+    assert_eq!((got.json()["id"].clone(), got.json()["error"]["code"].clone()), (json!(3), json!(-32002)));
+    assert!(got.header("retry-after").is_some());
+    // Another tool, and requests calling none, have buckets of their own.
+    assert_eq!(c.fetch(post(call(4, "add"), &[])).await.status, 200);
+    let list = json!({ "jsonrpc": "2.0", "id": 5, "method": "tools/list" }).to_string();
+    assert_eq!(c.fetch(post(list, &[])).await.status, 200);
+    assert_eq!(seen.count(), 4);
+}

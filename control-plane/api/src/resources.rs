@@ -994,6 +994,11 @@ pub struct RateLimit {
     /// One bucket per client IP address.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub per_source_ip: bool,
+    /// Routes with `mcp`: one bucket per tool a `tools/call` names (within the header's or
+    /// IP's bucket when `per_header`/`per_source_ip` is set too); requests calling no tool
+    /// share the other bucket. Over it: 429 with a JSON-RPC error. Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub per_mcp_tool: bool,
 }
 
 /// Chaos: delay or abort a share of requests.

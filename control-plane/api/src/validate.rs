@@ -473,6 +473,12 @@ fn validate_route_resilience(errs: &mut Errors, at: &str, r: &crate::Route) {
         if rl.per_header.is_some() && rl.per_source_ip {
             errs.push(format!("{at}.rate_limit"), "give at most one of per_header and per_source_ip");
         }
+        if rl.per_mcp_tool && r.mcp.is_none() {
+            errs.push(
+                format!("{at}.rate_limit.per_mcp_tool"),
+                "needs the route's mcp (tools are read from MCP bodies)",
+            );
+        }
     }
     if let Some(mcp) = &r.mcp {
         if mcp.max_body_bytes.is_some_and(|n| !(1024..=16 * 1024 * 1024).contains(&n)) {

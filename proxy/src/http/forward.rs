@@ -298,11 +298,20 @@ fn forward(
             tracing::debug!(route = %route.name, error = %err, "request failed");
             resp
         };
-        if let Some(limiter) = &route.rate_limit
-            && let Err(wait) = limiter.check(req.headers(), ctx.peer.ip)
-        {
-            metrics::counter!(telemetry::RATE_LIMITED_TOTAL, "route" => route.name.to_string()).increment(1);
-            return (fail(ForwardError::RateLimited(wait), None), log);
+        if let Some(limiter) = &route.rate_limit {
+            let checked = match &mcp {
+                Some(m) => limiter.check_tools(req.headers(), ctx.peer.ip, &m.tools()),
+                None => limiter.check(req.headers(), ctx.peer.ip),
+            };
+            if let Err(wait) = checked {
+                metrics::counter!(telemetry::RATE_LIMITED_TOTAL, "route" => route.name.to_string()).increment(1);
+                if let Some(m) = &mcp {
+                    let resp = crate::mcp::rate_limited(m, wait);
+                    backend.metrics.count(429);
+                    return (resp, log);
+                }
+                return (fail(ForwardError::RateLimited(wait), None), log);
+            }
         }
         // When the request is ready to go upstream (the first try's idle timer counts from it).
         let mut since = Instant::from_std(started);

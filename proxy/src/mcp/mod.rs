@@ -75,6 +75,11 @@ impl Admitted {
         self.parsed.as_ref().and_then(|p| p.calls.first())
     }
 
+    /// The tools the body calls.
+    pub fn tools(&self) -> Vec<&str> {
+        self.parsed.as_ref().map_or_else(Vec::new, |p| p.calls.iter().filter_map(Call::tool).collect())
+    }
+
     /// Whether the answer holds a `tools/list` result that must be filtered.
     pub fn filters_answer(&self) -> bool {
         self.filter.is_some()
@@ -93,6 +98,20 @@ impl From<Response<ProxyBody>> for Rejected {
     fn from(response: Response<ProxyBody>) -> Self {
         Rejected { response, first: None }
     }
+}
+
+/// The 429 of an MCP request over the route's rate limit: a JSON-RPC error (with the id
+/// of a single message) and `Retry-After`.
+pub fn rate_limited(admitted: &Admitted, wait: std::time::Duration) -> Response<ProxyBody> {
+    let id = admitted.parsed.as_ref().and_then(Parsed::single).and_then(|c| c.id.as_ref());
+    let mut resp = reply::json_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate limited",
+        &reply::error_object(id, reply::RATE_LIMITED, "over the route's rate limit; retry later"),
+    );
+    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    resp
 }
 
 /// The access-log fields of a message.

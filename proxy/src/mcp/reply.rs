@@ -9,6 +9,8 @@ use serde_json::{Value, json};
 
 /// Code of a call refused by policy (a server-defined JSON-RPC error).
 pub const DENIED: i64 = -32001;
+/// Code of a call over the route's rate limit.
+pub const RATE_LIMITED: i64 = -32002;
 
 /// One JSON-RPC error object.
 pub fn error_object(id: Option<&Value>, code: i64, message: &str) -> Value {

@@ -214,6 +214,14 @@ fn mcp_fields_are_checked_by_name() {
         .replace("\"search*\"", "\"se*rch\"")
         .replace("tools/call,", "\"\",")
         .replace("\"read_*\"", "\"*x\"");
+    let no_mcp = GOOD.replace(
+        "backends: [{ cluster: a, weight: 9 }, { cluster: b }]",
+        "backends: [{ cluster: a, weight: 9 }, { cluster: b }]\n    rate_limit: { requests_per_second: 5, per_mcp_tool: true }",
+    );
+    assert_eq!(
+        errors(&no_mcp),
+        ["routes[api].rate_limit.per_mcp_tool: needs the route's mcp (tools are read from MCP bodies)"]
+    );
     let e = errors(&bad);
     for want in [
         "listeners[in].max_hops",
