@@ -262,21 +262,16 @@ fn forward(
             e.route = Some(route.name.clone());
             e.cluster = Some(backend.cluster.name.clone());
         }
-        // MCP routes read and check the body first (boxed: other routes' futures stay small).
-        let caller = crate::mcp::Caller {
-            listener: &ctx.listener,
-            route: &route.name,
-            peer_id: ctx.peer_id.as_deref(),
-            ip: ctx.peer.ip,
-        };
+        // MCP routes read and check the body first (boxed, and kept boxed: other routes'
+        // futures stay as small as they were).
         let mut mcp = None;
         if let Some(m) = &route.mcp {
-            match Box::pin(crate::mcp::admit(&mut req, m, mcp_policy.as_ref(), caller)).await {
+            match Box::pin(crate::mcp::admit(&mut req, m, mcp_policy.as_ref(), mcp_caller(ctx, &route))).await {
                 Ok(a) => {
                     if let (Some(e), Some(c)) = (log.as_deref_mut(), a.first()) {
                         e.mcp = Some(crate::mcp::log_fields(c));
                     }
-                    mcp = Some(a);
+                    mcp = Some(Box::new(a));
                 }
                 Err(r) => {
                     if let (Some(e), Some(c)) = (log.as_deref_mut(), &r.first) {
@@ -401,11 +396,16 @@ fn forward(
         }
         match &m.filter {
             Some((policy, path)) if m.filters_answer() && resp.status().is_success() => {
-                (Box::pin(crate::mcp::filter_answer(resp, (policy, path), caller)).await, log)
+                (Box::pin(crate::mcp::filter_answer(resp, (policy, path), mcp_caller(ctx, &route))).await, log)
             }
             _ => (resp, log),
         }
     }
+}
+
+/// Who calls, for MCP policy and audit lines.
+fn mcp_caller<'a>(ctx: &'a ConnCtx, route: &'a Route) -> crate::mcp::Caller<'a> {
+    crate::mcp::Caller { listener: &ctx.listener, route: &route.name, peer_id: ctx.peer_id.as_deref(), ip: ctx.peer.ip }
 }
 
 /// Whether the request says unambiguously which host it is for (RFC 9112 §3.2, RFC 9113
