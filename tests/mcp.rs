@@ -317,3 +317,19 @@ clusters:
     assert_eq!(c.fetch(post(list, &[])).await.status, 200);
     assert_eq!(seen.count(), 4);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_stops_coming_gets_408() {
+    let (origin, seen) = counting_origin(|_, _| status_response(200)).await;
+    let listen = listen_addr();
+    let yaml = plain_config(listen, origin.addr).replace("mcp: { max_batch: 8 }", "mcp: {}, idle_timeout: 1s");
+    let _proxy = Proxy::start(&yaml);
+    let mut c = Client::h1(listen).await;
+    let (tx, body) = chan_body();
+    tx.send(bytes::Bytes::from_static(b"{\"jsonrpc\":")).await.unwrap();
+    let req = Request::post("/mcp").header("content-length", "100").body(body).unwrap();
+    let got = within(Duration::from_secs(10), c.fetch(req)).await;
+    assert_eq!(got.status, 408, "{}", got.text());
+    assert_eq!(seen.count(), 0);
+    drop(tx);
+}

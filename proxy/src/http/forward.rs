@@ -266,7 +266,15 @@ fn forward(
         // futures stay as small as they were).
         let mut mcp = None;
         if let Some(m) = &route.mcp {
-            match Box::pin(crate::mcp::admit(&mut req, m, mcp_policy.as_ref(), mcp_caller(ctx, &route))).await {
+            match Box::pin(crate::mcp::admit(
+                &mut req,
+                m,
+                route.idle_timeout,
+                mcp_policy.as_ref(),
+                mcp_caller(ctx, &route),
+            ))
+            .await
+            {
                 Ok(a) => {
                     if let (Some(e), Some(c)) = (log.as_deref_mut(), a.first()) {
                         e.mcp = Some(crate::mcp::log_fields(c));

@@ -126,9 +126,11 @@ pub fn log_fields(c: &Call) -> Box<crate::access_log::McpFields> {
 /// Reads and checks an MCP request. `policy` is set when the listener's policy allowed the
 /// request only on condition of its MCP calls (the rules with `mcp` decide, per message).
 /// Err: the answer to send instead (nothing goes upstream).
+/// `idle` (the route's `idle_timeout`) bounds each wait for a piece of the body.
 pub async fn admit(
     req: &mut Request<ClientBody>,
     route: &McpRoute,
+    idle: Option<std::time::Duration>,
     policy: Option<&Arc<Policy>>,
     caller: Caller<'_>,
 ) -> Result<Admitted, Rejected> {
@@ -148,7 +150,7 @@ pub async fn admit(
         }
         return Ok(Admitted::default());
     }
-    let body = read_body(std::mem::take(req.body_mut()), route.max_body).await?;
+    let body = read_body(std::mem::take(req.body_mut()), route.max_body, idle).await?;
     let invalid = |e: Invalid, id: Option<&Value>| {
         count(caller.route, "", "", "invalid");
         reply::json_error(
@@ -180,7 +182,11 @@ pub async fn admit(
 }
 
 /// The body, whole, when it is at most `max` bytes; else 413 (read no further).
-async fn read_body(mut body: ClientBody, max: usize) -> Result<Bytes, Response<ProxyBody>> {
+async fn read_body(
+    mut body: ClientBody,
+    max: usize,
+    idle: Option<std::time::Duration>,
+) -> Result<Bytes, Response<ProxyBody>> {
     let too_large = || {
         reply::json_error(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -192,7 +198,14 @@ async fn read_body(mut body: ClientBody, max: usize) -> Result<Bytes, Response<P
         return Err(too_large());
     }
     let mut buf = BytesMut::new();
-    while let Some(frame) = body.frame().await {
+    loop {
+        let next = match idle {
+            Some(idle) => tokio::time::timeout(idle, body.frame())
+                .await
+                .map_err(|_| crate::http::respond::error_response(&crate::http::respond::ForwardError::BodyTimeout))?,
+            None => body.frame().await,
+        };
+        let Some(frame) = next else { break };
         let frame = frame
             .map_err(|e| crate::http::respond::error_response(&crate::http::respond::ForwardError::ClientBody(e)))?;
         if let Ok(data) = frame.into_data() {
