@@ -82,7 +82,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
     );
     metrics::describe_counter!(
         MCP_REQUESTS_TOTAL,
-        "MCP (JSON-RPC) messages on routes with mcp, by route, method, tool (tools/call; first 64 bytes) and outcome (allowed, denied, invalid)"
+        "MCP (JSON-RPC) messages on routes with mcp, by route, method, tool (tools/call; first 64 bytes; other after 100 names) and outcome (allowed, denied, invalid)"
     );
     metrics::describe_histogram!(
         MCP_REQUEST_DURATION,

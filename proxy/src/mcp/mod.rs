@@ -24,7 +24,12 @@ pub struct McpRoute {
     pub max_body: usize,
     pub max_batch: usize,
     idempotent_tools: Vec<Pattern>,
+    /// Tool names used as metric labels so far (clients choose them: bounded).
+    labelled: std::sync::Mutex<std::collections::HashSet<Box<str>>>,
 }
+
+/// Distinct `tool` label values per route; later names count as `other`.
+pub const MAX_TOOL_LABELS: usize = 100;
 
 impl McpRoute {
     pub fn new(spec: &api::McpRoute) -> Self {
@@ -32,6 +37,27 @@ impl McpRoute {
             max_body: spec.max_body_bytes.unwrap_or(api::DEFAULT_MCP_MAX_BODY_BYTES) as usize,
             max_batch: spec.max_batch.unwrap_or(api::DEFAULT_MCP_MAX_BATCH) as usize,
             idempotent_tools: spec.idempotent_tools.iter().map(|t| Pattern::new(t)).collect(),
+            labelled: std::sync::Mutex::default(),
+        }
+    }
+
+    /// The `tool` label for `tool`: its first 64 bytes, or `other` once the route has
+    /// labelled [`MAX_TOOL_LABELS`] different names.
+    pub fn tool_label(&self, tool: &str) -> String {
+        let mut end = tool.len().min(64);
+        while !tool.is_char_boundary(end) {
+            end -= 1;
+        }
+        let cut = &tool[..end];
+        if cut.is_empty() {
+            return String::new();
+        }
+        let mut seen = self.labelled.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.contains(cut) || seen.len() < MAX_TOOL_LABELS {
+            seen.insert(cut.into());
+            cut.to_owned()
+        } else {
+            "other".to_owned()
         }
     }
 
@@ -152,7 +178,7 @@ pub async fn admit(
     }
     let body = read_body(std::mem::take(req.body_mut()), route.max_body, idle).await?;
     let invalid = |e: Invalid, id: Option<&Value>| {
-        count(caller.route, "", "", "invalid");
+        count(caller.route, "", String::new(), "invalid");
         reply::json_error(
             StatusCode::BAD_REQUEST,
             "bad mcp request",
@@ -166,12 +192,13 @@ pub async fn admit(
         return Err(Rejected { response, first: first() });
     }
     if let Some(p) = policy
-        && let Err(response) = authorize(p, req, &parsed, caller)
+        && let Err(response) = authorize(p, req, &parsed, route, caller)
     {
         return Err(Rejected { response, first: first() });
     }
     for c in &parsed.calls {
-        count(caller.route, c.method.as_deref().unwrap_or("response"), c.tool().unwrap_or(""), "allowed");
+        let tool = route.tool_label(c.tool().unwrap_or(""));
+        count(caller.route, c.method.as_deref().unwrap_or("response"), tool, "allowed");
     }
     let filter = policy.map(|p| (p.clone(), req.uri().path().into()));
     if filter.is_some() && parsed.calls.iter().any(|c| c.method.as_deref() == Some("tools/list")) {
@@ -225,6 +252,7 @@ fn authorize(
     policy: &Arc<Policy>,
     req: &Request<ClientBody>,
     parsed: &Parsed,
+    route: &McpRoute,
     caller: Caller<'_>,
 ) -> Result<(), Response<ProxyBody>> {
     let mut denied = Vec::new();
@@ -245,7 +273,7 @@ fn authorize(
     for (c, d) in &denied {
         let method = c.method.as_deref().unwrap_or("response");
         audit(caller, policy, *d, method, c.tool(), c.id.as_ref());
-        count(caller.route, method, c.tool().unwrap_or(""), "denied");
+        count(caller.route, method, route.tool_label(c.tool().unwrap_or("")), "denied");
         let what = match c.tool() {
             Some(t) => format!("tools/call of \"{}\"", t.escape_debug()),
             None => method.to_owned(),
@@ -287,16 +315,12 @@ fn audit(caller: Caller<'_>, policy: &Policy, d: Decision, method: &str, tool: O
 }
 
 /// `trellis_mcp_requests_total`. The tool label is cut to 64 bytes.
-fn count(route: &str, method: &str, tool: &str, outcome: &'static str) {
-    let mut end = tool.len().min(64);
-    while !tool.is_char_boundary(end) {
-        end -= 1;
-    }
+fn count(route: &str, method: &str, tool: String, outcome: &'static str) {
     metrics::counter!(
         telemetry::MCP_REQUESTS_TOTAL,
         "route" => route.to_owned(),
         "method" => method_label(method),
-        "tool" => tool[..end].to_owned(),
+        "tool" => tool,
         "outcome" => outcome
     )
     .increment(1);
@@ -414,5 +438,17 @@ mod tests {
         assert!(ok(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#));
         assert!(!ok(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#));
         assert!(!ok(&format!("[{},{}]", call("search"), call("send_mail"))));
+    }
+
+    #[test]
+    fn tool_labels_are_bounded() {
+        let route = McpRoute::new(&api::McpRoute::default());
+        assert_eq!(route.tool_label(""), "");
+        assert_eq!(route.tool_label(&"é".repeat(40)), "é".repeat(32));
+        for i in 1..MAX_TOOL_LABELS {
+            assert_eq!(route.tool_label(&format!("t{i}")), format!("t{i}"));
+        }
+        assert_eq!(route.tool_label("one-too-many"), "other");
+        assert_eq!(route.tool_label("t1"), "t1");
     }
 }
