@@ -218,6 +218,17 @@ pub struct Entry {
     pub attempts: Option<u32>,
     /// Response body bytes sent downstream.
     pub bytes: u64,
+    /// An MCP route's request: its (first) JSON-RPC message.
+    pub mcp: Option<Box<McpFields>>,
+}
+
+/// The access-log fields of an MCP request (DESIGN §13).
+#[derive(Debug, Default)]
+pub struct McpFields {
+    pub method: Option<Box<str>>,
+    pub tool: Option<Box<str>>,
+    /// The JSON-RPC `id`, written as it came (`7`, `"abc"`).
+    pub id: Option<serde_json::Value>,
 }
 
 impl Entry {
@@ -242,6 +253,7 @@ impl Entry {
             error: None,
             attempts: None,
             bytes: 0,
+            mcp: None,
         })
     }
 
@@ -269,6 +281,9 @@ impl Entry {
             upstream: self.upstream,
             attempts: self.attempts,
             error: self.error.as_deref(),
+            mcp_method: self.mcp.as_ref().and_then(|m| m.method.as_deref()),
+            mcp_tool: self.mcp.as_ref().and_then(|m| m.tool.as_deref()),
+            jsonrpc_id: self.mcp.as_ref().and_then(|m| m.id.as_ref()),
         }
     }
 }
@@ -301,6 +316,12 @@ struct Line<'a> {
     attempts: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mcp_method: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mcp_tool: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jsonrpc_id: Option<&'a serde_json::Value>,
 }
 
 /// One L4 (`protocol: tcp`) connection, logged when it closes.

@@ -1,6 +1,7 @@
-//! Authorization of inbound requests by the peer's SPIFFE ID, path and method. A pure
-//! function over (policy, peer, method, path); the caller turns a denial into a 403 (HTTP)
-//! or a closed connection (TCP) and an audit line.
+//! Authorization of inbound requests by the peer's SPIFFE ID, path and method, and on MCP
+//! routes by JSON-RPC method and tool (DESIGN §13). A pure function over (policy, peer,
+//! method, path, MCP call); the caller turns a denial into a 403 (HTTP), a JSON-RPC error
+//! (MCP) or a closed connection (TCP), and an audit line.
 
 use http::Method;
 use trellis_api as api;
@@ -18,23 +19,43 @@ struct Rule {
     from: Vec<Pattern>,
     paths: Vec<Pattern>,
     methods: Vec<Method>,
+    /// Rules with MCP conditions match only MCP traffic.
+    mcp: Option<McpRule>,
 }
 
+#[derive(Debug)]
+struct McpRule {
+    methods: Vec<Pattern>,
+    tools: Vec<Pattern>,
+}
+
+/// What policy sees of a request's MCP side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mcp<'a> {
+    /// Not MCP (or not read yet): rules with `mcp` conditions do not match.
+    None,
+    /// An MCP route's request that calls nothing (the GET stream, the DELETE of a
+    /// session, a client's response to a server's request): rules with `mcp` conditions
+    /// match on their other conditions.
+    Session,
+    /// A JSON-RPC request or notification, with the tool a `tools/call` names.
+    Call { method: &'a str, tool: Option<&'a str> },
+}
 /// Exact, or a prefix (written with a trailing `*`).
 #[derive(Debug)]
-enum Pattern {
+pub(crate) enum Pattern {
     Exact(String),
     Prefix(String),
 }
 
 impl Pattern {
-    fn new(s: &str) -> Self {
+    pub(crate) fn new(s: &str) -> Self {
         match s.strip_suffix('*') {
             Some(p) => Self::Prefix(p.to_owned()),
             None => Self::Exact(s.to_owned()),
         }
     }
-    fn matches(&self, s: &str) -> bool {
+    pub(crate) fn matches(&self, s: &str) -> bool {
         match self {
             Self::Exact(e) => s == e,
             Self::Prefix(p) => s.starts_with(p.as_str()),
@@ -86,6 +107,10 @@ impl Policy {
                         .iter()
                         .filter_map(|m| Method::from_bytes(m.to_ascii_uppercase().as_bytes()).ok())
                         .collect(),
+                    mcp: r.mcp.as_ref().map(|m| McpRule {
+                        methods: m.methods.iter().map(|s| Pattern::new(s)).collect(),
+                        tools: m.tools.iter().map(|s| Pattern::new(s)).collect(),
+                    }),
                 })
                 .collect(),
         }
@@ -94,15 +119,39 @@ impl Policy {
     /// Decides for a peer (None: no verified identity) and, for HTTP, a method and path.
     /// At L4 (`method`/`path` None) only rules without path or method conditions apply.
     pub fn check(&self, peer: Option<&str>, method: Option<&Method>, path: Option<&str>) -> Decision {
+        self.check_mcp(peer, method, path, Mcp::None)
+    }
+
+    /// [`Policy::check`] for a request of an MCP route.
+    pub fn check_mcp(&self, peer: Option<&str>, method: Option<&Method>, path: Option<&str>, mcp: Mcp<'_>) -> Decision {
         for (i, r) in self.rules.iter().enumerate() {
             let from_ok = r.from.is_empty() || peer.is_some_and(|p| r.from.iter().any(|f| f.matches(p)));
             let path_ok = r.paths.is_empty() || path.is_some_and(|p| r.paths.iter().any(|f| f.matches(p)));
             let method_ok = r.methods.is_empty() || method.is_some_and(|m| r.methods.contains(m));
-            if from_ok && path_ok && method_ok {
+            let mcp_ok = match (&r.mcp, mcp) {
+                (None, _) => true,
+                (Some(_), Mcp::None) => false,
+                (Some(_), Mcp::Session) => true,
+                (Some(m), Mcp::Call { method, tool }) => {
+                    (m.methods.is_empty() || m.methods.iter().any(|p| p.matches(method)))
+                        && (m.tools.is_empty()
+                            || method != "tools/call"
+                            || tool.is_some_and(|t| m.tools.iter().any(|p| p.matches(t))))
+                }
+            };
+            if from_ok && path_ok && method_ok && mcp_ok {
                 return Decision::Rule(i);
             }
         }
         if self.default_allow { Decision::AllowByDefault } else { Decision::DenyByDefault }
+    }
+}
+
+impl Policy {
+    /// Whether some rule has MCP conditions (a request no other rule allows may then be
+    /// allowed once its MCP body is read).
+    pub fn has_mcp_rules(&self) -> bool {
+        self.rules.iter().any(|r| r.mcp.is_some())
     }
 }
 
@@ -150,6 +199,34 @@ mod tests {
         // L4: only the rule without path/method conditions can apply.
         assert_eq!(p.check(fe, None, None), Decision::DenyByDefault);
         assert_eq!(p.check(Some("spiffe://td/ns/ops/sa/admin"), None, None), Decision::Rule(1));
+    }
+
+    #[test]
+    fn mcp_rules_by_method_and_tool() {
+        let p = policy(
+            r#"{ name: p, rules: [
+                { from: ["spiffe://td/ns/agents/*"], mcp: { tools: ["search", "read_*"] } },
+                { from: ["spiffe://td/ns/ops/sa/admin"], mcp: { methods: ["tools/list", "initialize"] } } ] }"#,
+        );
+        assert!(p.has_mcp_rules());
+        let post = Method::POST;
+        let agent = Some("spiffe://td/ns/agents/sa/bot");
+        let admin = Some("spiffe://td/ns/ops/sa/admin");
+        let call = |tool| Mcp::Call { method: "tools/call", tool: Some(tool) };
+        let check = |peer, mcp| p.check_mcp(peer, Some(&post), Some("/mcp"), mcp);
+        // Not MCP: MCP rules do not match.
+        assert_eq!(check(agent, Mcp::None), Decision::DenyByDefault);
+        assert_eq!(check(agent, Mcp::Session), Decision::Rule(0));
+        assert_eq!(check(agent, call("search")), Decision::Rule(0));
+        assert_eq!(check(agent, call("read_file")), Decision::Rule(0));
+        assert_eq!(check(agent, call("delete")), Decision::DenyByDefault);
+        assert_eq!(check(agent, Mcp::Call { method: "tools/call", tool: None }), Decision::DenyByDefault);
+        // `tools` restricts tools/call only.
+        assert_eq!(check(agent, Mcp::Call { method: "tools/list", tool: None }), Decision::Rule(0));
+        assert_eq!(check(admin, Mcp::Call { method: "tools/list", tool: None }), Decision::Rule(1));
+        assert_eq!(check(admin, call("search")), Decision::DenyByDefault);
+        assert_eq!(check(None, call("search")), Decision::DenyByDefault);
+        assert!(!policy("{ name: p, rules: [{ from: [\"spiffe://a/b\"] }] }").has_mcp_rules());
     }
 
     #[test]

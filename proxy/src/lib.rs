@@ -22,6 +22,7 @@ pub mod h3;
 pub mod http;
 pub mod intercept;
 pub mod listener;
+pub mod mcp;
 pub mod reload;
 pub mod resilience;
 pub mod run;

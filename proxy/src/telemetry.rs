@@ -31,6 +31,8 @@ pub const HTTP3_CONNECTIONS_TOTAL: &str = "trellis_http3_connections_total";
 pub const INBOUND_PLAINTEXT_TOTAL: &str = "trellis_inbound_plaintext_total";
 pub const TRANSPARENT_CONNECTIONS_TOTAL: &str = "trellis_transparent_connections_total";
 pub const TRANSPARENT_REFUSED_TOTAL: &str = "trellis_transparent_refused_total";
+pub const MCP_REQUESTS_TOTAL: &str = "trellis_mcp_requests_total";
+pub const MCP_REQUEST_DURATION: &str = "trellis_mcp_request_duration_seconds";
 
 /// Histogram buckets for request durations, in seconds (0.5 ms … 60 s).
 const DURATION_BUCKETS: &[f64] =
@@ -40,6 +42,8 @@ const DURATION_BUCKETS: &[f64] =
 pub fn install() -> Result<PrometheusHandle, String> {
     let builder = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.into()), DURATION_BUCKETS)
+        .map_err(|e| e.to_string())?
+        .set_buckets_for_metric(Matcher::Full(MCP_REQUEST_DURATION.into()), DURATION_BUCKETS)
         .map_err(|e| e.to_string())?;
     let handle = builder.install_recorder().map_err(|e| e.to_string())?;
     metrics::describe_counter!(REQUESTS_TOTAL, "Requests answered, by listener, route, cluster and status code");
@@ -75,6 +79,15 @@ pub fn install() -> Result<PrometheusHandle, String> {
     metrics::describe_counter!(
         TRANSPARENT_REFUSED_TOTAL,
         "Connections a transparent listener closed at once, by listener and reason (loop, registry_only)"
+    );
+    metrics::describe_counter!(
+        MCP_REQUESTS_TOTAL,
+        "MCP (JSON-RPC) messages on routes with mcp, by route, method, tool (tools/call; first 64 bytes; other after 100 names) and outcome (allowed, denied, invalid)"
+    );
+    metrics::describe_histogram!(
+        MCP_REQUEST_DURATION,
+        metrics::Unit::Seconds,
+        "Time from an MCP request's head to its response head, by route and method (single messages)"
     );
     Ok(handle)
 }

@@ -8,18 +8,24 @@ use super::*;
 /// aioquic the caller skips (printing why); where `TRELLIS_REQUIRE_H3_CLIENT` is set (CI),
 /// a missing client fails the test instead.
 pub fn h3_client_available(test: &str) -> bool {
+    python_module_available(test, "aioquic", "TRELLIS_REQUIRE_H3_CLIENT")
+}
+
+/// Whether `python3 -c "import MODULE"` works. Where `require_env` is set (CI) a missing
+/// module fails the test; elsewhere the caller skips, and this prints why.
+pub fn python_module_available(test: &str, module: &str, require_env: &str) -> bool {
     let ok = Command::new("python3")
-        .args(["-c", "import aioquic"])
+        .args(["-c", &format!("import {module}")])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
         assert!(
-            std::env::var_os("TRELLIS_REQUIRE_H3_CLIENT").is_none(),
-            "{test}: python3 with aioquic is required here (pip install -r .ci/requirements.txt)"
+            std::env::var_os(require_env).is_none(),
+            "{test}: python3 with {module} is required here (pip install -r .ci/requirements.txt)"
         );
-        eprintln!("SKIPPED {test}: python3 with aioquic not found (pip install -r .ci/requirements.txt)");
+        eprintln!("SKIPPED {test}: python3 with {module} not found (pip install -r .ci/requirements.txt)");
     }
     ok
 }

@@ -293,6 +293,24 @@ pub struct PolicyRule {
     /// Empty: any method.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub methods: Vec<String>,
+    /// MCP conditions (DESIGN §13), checked on routes with `mcp`: the rule then allows only
+    /// the JSON-RPC methods and tools named here. Absent: any MCP call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp: Option<PolicyMcp>,
+}
+
+/// The MCP calls a policy rule allows. Both lists: exact, or ending in `*` (prefix).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyMcp {
+    /// JSON-RPC methods (`initialize`, `tools/list`, `tools/call`, `notifications/*`…).
+    /// Empty: any method.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// Tool names a `tools/call` may name; also what `tools/list` answers keep. Other
+    /// methods are not restricted by this list. Empty: any tool.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<String>,
 }
 
 /// Default for [`Bootstrap::drain_timeout`].
@@ -396,7 +414,14 @@ pub struct Listener {
     /// (server-first protocols: SMTP, MySQL, PostgreSQL, Redis…).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub opaque_ports: Option<Vec<u16>>,
+    /// Agent-chain loop guard (DESIGN §13): a request whose `x-trellis-hops` (incremented
+    /// by every proxy it passes) is already this many gets 508 Loop Detected. Default 16.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_hops: Option<u32>,
 }
+
+/// Default for [`Listener::max_hops`].
+pub const DEFAULT_MAX_HOPS: u32 = 16;
 
 /// What a transparent outbound listener does with destinations outside the mesh.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -456,7 +481,36 @@ pub struct Route {
     /// Fault injection for testing resilience.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault: Option<Fault>,
+    /// The route carries MCP (JSON-RPC 2.0 over Streamable HTTP, DESIGN §13): POST bodies
+    /// are read (bounded) and checked, policy rules' `mcp` conditions apply, and `tools/list`
+    /// answers are filtered to the caller's tools. Absent: bodies are streamed untouched.
+    // Boxed: most routes have none, and `Route` is the largest resource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp: Option<Box<McpRoute>>,
 }
+
+/// MCP settings of a route (`mcp: {}` takes the defaults).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct McpRoute {
+    /// Largest JSON-RPC request body read; larger gets 413. Default 1 MiB (1048576).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<u32>,
+    /// Most messages in one JSON-RPC batch; more gets 400 with a JSON-RPC error. Default 64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_batch: Option<u32>,
+    /// Tools whose `tools/call` may be tried again by the route's `retry` and `hedge`
+    /// (exact, or ending in `*`): they must be safe to run twice. Other tool calls are never
+    /// retried or hedged; other requests (`initialize`, `tools/list`, `resources/read`…) are
+    /// retried like idempotent requests. Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub idempotent_tools: Vec<String>,
+}
+
+/// Default for [`McpRoute::max_body_bytes`].
+pub const DEFAULT_MCP_MAX_BODY_BYTES: u32 = 1024 * 1024;
+/// Default for [`McpRoute::max_batch`].
+pub const DEFAULT_MCP_MAX_BATCH: u32 = 64;
 
 /// Default for [`Route::idle_timeout`].
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -940,6 +994,11 @@ pub struct RateLimit {
     /// One bucket per client IP address.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub per_source_ip: bool,
+    /// Routes with `mcp`: one bucket per tool a `tools/call` names (within the header's or
+    /// IP's bucket when `per_header`/`per_source_ip` is set too); requests calling no tool
+    /// share the other bucket. Over it: 429 with a JSON-RPC error. Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub per_mcp_tool: bool,
 }
 
 /// Chaos: delay or abort a share of requests.

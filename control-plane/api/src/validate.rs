@@ -124,6 +124,18 @@ fn check(b: &Bootstrap, bootstrap: bool, resolve: bool) -> Result<(), Vec<Valida
                     );
                 }
             }
+            if let Some(mcp) = &rule.mcp {
+                for (kind, names) in [("methods", &mcp.methods), ("tools", &mcp.tools)] {
+                    for (j, n) in names.iter().enumerate() {
+                        if !is_name_pattern(n) {
+                            errs.push(
+                                format!("policies[{}].rules[{i}].mcp.{kind}[{j}]", p.name),
+                                format!("\"{}\": use an exact name or a prefix ending in *", n.escape_debug()),
+                            );
+                        }
+                    }
+                }
+            }
         }
     }
 
@@ -187,6 +199,9 @@ fn check(b: &Bootstrap, bootstrap: bool, resolve: bool) -> Result<(), Vec<Valida
             && !(8192..=1 << 20).contains(&n)
         {
             errs.push(format!("{at}.max_header_bytes"), "must be between 8192 and 1048576");
+        }
+        if l.max_hops.is_some_and(|n| !(1..=255).contains(&n)) {
+            errs.push(format!("{at}.max_hops"), "must be 1–255");
         }
         validate_transparent(&mut errs, &at, l);
     }
@@ -458,6 +473,28 @@ fn validate_route_resilience(errs: &mut Errors, at: &str, r: &crate::Route) {
         if rl.per_header.is_some() && rl.per_source_ip {
             errs.push(format!("{at}.rate_limit"), "give at most one of per_header and per_source_ip");
         }
+        if rl.per_mcp_tool && r.mcp.is_none() {
+            errs.push(
+                format!("{at}.rate_limit.per_mcp_tool"),
+                "needs the route's mcp (tools are read from MCP bodies)",
+            );
+        }
+    }
+    if let Some(mcp) = &r.mcp {
+        if mcp.max_body_bytes.is_some_and(|n| !(1024..=16 * 1024 * 1024).contains(&n)) {
+            errs.push(format!("{at}.mcp.max_body_bytes"), "must be 1024–16777216 (16 MiB)");
+        }
+        if mcp.max_batch.is_some_and(|n| !(1..=1000).contains(&n)) {
+            errs.push(format!("{at}.mcp.max_batch"), "must be 1–1000");
+        }
+        for (j, n) in mcp.idempotent_tools.iter().enumerate() {
+            if !is_name_pattern(n) {
+                errs.push(
+                    format!("{at}.mcp.idempotent_tools[{j}]"),
+                    format!("\"{}\": use an exact name or a prefix ending in *", n.escape_debug()),
+                );
+            }
+        }
     }
     if let Some(f) = &r.fault {
         for (field, p) in
@@ -486,6 +523,12 @@ fn unique_names<'a>(errs: &mut Errors, kind: &str, names: impl Iterator<Item = &
 }
 
 /// RFC 9110 token characters (header names, methods).
+/// An MCP method or tool name, exact or a prefix ending in `*`.
+fn is_name_pattern(n: &str) -> bool {
+    let stem = n.strip_suffix('*').unwrap_or(n);
+    !n.is_empty() && !stem.contains('*') && !n.chars().any(char::is_control)
+}
+
 fn is_token(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c))
 }

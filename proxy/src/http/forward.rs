@@ -12,6 +12,7 @@ use crate::http::respond::{ForwardError, error_response};
 use crate::http::route::Route;
 use crate::http::router::{self, RequestView};
 use crate::http::version::{self, Hint};
+use crate::mcp::Parsed;
 use crate::resilience::{fault, retry};
 use crate::telemetry;
 use crate::upstream::Endpoint;
@@ -23,6 +24,10 @@ use tokio::time::Instant;
 
 /// Response header with the number of tries a request took (routes with retry or hedge).
 pub const ATTEMPTS_HEADER: &str = "x-trellis-attempts";
+
+/// Request header counting the proxies a request has passed (DESIGN §13): each one adds 1,
+/// and a listener answers 508 once it has reached `max_hops`.
+pub const HOPS_HEADER: http::HeaderName = http::HeaderName::from_static("x-trellis-hops");
 
 /// What a downstream connection knows about itself.
 #[derive(Debug)]
@@ -54,6 +59,11 @@ pub struct Target {
 struct Routed {
     route: Arc<Route>,
     target: Option<Arc<Endpoint>>,
+    /// `x-trellis-hops` as it came (0 when absent).
+    hops: u32,
+    /// An MCP route's policy when only its rules with `mcp` conditions can allow the
+    /// request: they are checked per JSON-RPC message once the body is read.
+    mcp_policy: Option<Arc<authz::Policy>>,
 }
 
 /// Writes the audit line and counts a denial.
@@ -166,6 +176,18 @@ fn route_for(
         return Err(ForwardError::HeadersTooLarge);
     }
     check_host(req).map_err(ForwardError::Host)?;
+    let hops = match req.headers().get(&HOPS_HEADER) {
+        None => 0,
+        Some(v) => {
+            std::str::from_utf8(v.as_bytes()).ok().and_then(|s| s.parse::<u32>().ok()).ok_or(ForwardError::BadHops)?
+        }
+    };
+    let max_hops = listener.spec.max_hops.unwrap_or(trellis_api::DEFAULT_MAX_HOPS);
+    if hops >= max_hops {
+        return Err(ForwardError::LoopDetected(max_hops));
+    }
+    // Denied unless rules with MCP conditions allow each call of the body (mcp routes).
+    let mut deferred = None;
     if listener.mesh || listener.policy.is_some() {
         let peer_id = ctx.peer_id.as_deref();
         let d = authz::decide(
@@ -175,7 +197,9 @@ fn route_for(
             Some(req.method()),
             Some(req.uri().path()),
         );
-        if !d.allowed() {
+        if crate::mcp::defers(listener.policy.as_ref(), d) {
+            deferred = Some(d);
+        } else if !d.allowed() {
             audit_denied(
                 &ctx.listener,
                 peer_id,
@@ -189,14 +213,31 @@ fn route_for(
         }
     }
     let view = RequestView::new(req.method(), req.uri(), req.headers());
-    match (router::select(&listener.routes, &view), &ctx.target) {
-        (Some(r), _) => Ok(Routed { route: r.clone(), target: None }),
-        (None, Some(t)) => Ok(Routed { route: t.route.clone(), target: Some(t.endpoint.clone()) }),
+    let (route, target) = match (router::select(&listener.routes, &view), &ctx.target) {
+        (Some(r), _) => (r.clone(), None),
+        (None, Some(t)) => (t.route.clone(), Some(t.endpoint.clone())),
         (None, None) => {
             listener.no_route.count(404);
-            Err(ForwardError::NoRoute)
+            return Err(ForwardError::NoRoute);
         }
-    }
+    };
+    let mcp_policy = match deferred {
+        None => None,
+        Some(_) if route.mcp.is_some() => listener.policy.clone(),
+        Some(d) => {
+            audit_denied(
+                &ctx.listener,
+                ctx.peer_id.as_deref(),
+                ctx.peer.ip,
+                Some(req.method()),
+                Some(req.uri().path()),
+                d,
+                listener.policy.as_deref(),
+            );
+            return Err(ForwardError::Forbidden);
+        }
+    };
+    Ok(Routed { route, target, hops, mcp_policy })
 }
 
 /// The request path proper on its route; `log` (set when the access log is on) learns the
@@ -214,12 +255,41 @@ fn forward(
     mut log: Option<Box<access_log::Entry>>,
 ) -> impl Future<Output = (Response<ProxyBody>, Option<Box<access_log::Entry>>)> {
     async move {
-        let Routed { route, target } = routed;
+        let Routed { route, target, hops, mcp_policy } = routed;
         let started = std::time::Instant::now();
         let (index, backend) = route.pick_backend();
         if let Some(e) = log.as_deref_mut() {
             e.route = Some(route.name.clone());
             e.cluster = Some(backend.cluster.name.clone());
+        }
+        // MCP routes read and check the body first (boxed, and kept boxed: other routes'
+        // futures stay as small as they were).
+        let mut mcp = None;
+        if let Some(m) = &route.mcp {
+            match Box::pin(crate::mcp::admit(
+                &mut req,
+                m,
+                route.idle_timeout,
+                mcp_policy.as_ref(),
+                mcp_caller(ctx, &route),
+            ))
+            .await
+            {
+                Ok(a) => {
+                    if let (Some(e), Some(c)) = (log.as_deref_mut(), a.first()) {
+                        e.mcp = Some(crate::mcp::log_fields(c));
+                    }
+                    mcp = Some(Box::new(a));
+                }
+                Err(r) => {
+                    if let (Some(e), Some(c)) = (log.as_deref_mut(), &r.first) {
+                        e.mcp = Some(crate::mcp::log_fields(c));
+                    }
+                    backend.metrics.count(r.response.status().as_u16());
+                    backend.metrics.observe(started.elapsed());
+                    return (r.response, log);
+                }
+            }
         }
         let fail = |err: ForwardError, tries: Option<u32>| {
             let mut resp = error_response(&err);
@@ -231,11 +301,20 @@ fn forward(
             tracing::debug!(route = %route.name, error = %err, "request failed");
             resp
         };
-        if let Some(limiter) = &route.rate_limit
-            && let Err(wait) = limiter.check(req.headers(), ctx.peer.ip)
-        {
-            metrics::counter!(telemetry::RATE_LIMITED_TOTAL, "route" => route.name.to_string()).increment(1);
-            return (fail(ForwardError::RateLimited(wait), None), log);
+        if let Some(limiter) = &route.rate_limit {
+            let checked = match &mcp {
+                Some(m) => limiter.check_tools(req.headers(), ctx.peer.ip, &m.tools()),
+                None => limiter.check(req.headers(), ctx.peer.ip),
+            };
+            if let Err(wait) = checked {
+                metrics::counter!(telemetry::RATE_LIMITED_TOTAL, "route" => route.name.to_string()).increment(1);
+                if let Some(m) = &mcp {
+                    let resp = crate::mcp::rate_limited(m, wait);
+                    backend.metrics.count(429);
+                    return (resp, log);
+                }
+                return (fail(ForwardError::RateLimited(wait), None), log);
+            }
         }
         // When the request is ready to go upstream (the first try's idle timer counts from it).
         let mut since = Instant::from_std(started);
@@ -258,13 +337,24 @@ fn forward(
         if let Some(v) = told {
             req.headers_mut().insert(version::ORIG_PROTO.clone(), v);
         }
+        req.headers_mut().insert(HOPS_HEADER, count_value(hops + 1));
         route.request_headers.apply(req.headers_mut());
         if let Some(e) = log.as_deref_mut() {
             e.request_id = req.headers().get(&headers::X_REQUEST_ID).cloned();
         }
         let deadline = route.timeout.map(|t| Instant::from_std(started) + t);
-        let retry = route.retry.as_ref().filter(|r| r.allows_method(req.method()));
-        let hedge = route.hedge.as_ref().filter(|_| retry::is_idempotent(req.method())).map(|h| (h.delay, h.max));
+        // On an MCP route a POST's messages decide whether it may be sent twice (a tool
+        // may act: send mail, pay), whatever its HTTP method says.
+        let replayable = match (&route.mcp, mcp.as_ref().and_then(|m| m.parsed.as_ref())) {
+            (Some(m), Some(p)) => Some(m.replayable(p)),
+            _ => None,
+        };
+        let retry = route.retry.as_ref().filter(|r| replayable.unwrap_or_else(|| r.allows_method(req.method())));
+        let hedge = route
+            .hedge
+            .as_ref()
+            .filter(|_| replayable.unwrap_or_else(|| retry::is_idempotent(req.method())))
+            .map(|h| (h.delay, h.max));
         // From here on `plan` holds these (the future keeps one copy across its awaits).
         let target = target.as_ref();
         let plan = Plan { cluster, target, wire, key, deadline, idle_timeout: route.idle_timeout, retry, hedge, since };
@@ -272,7 +362,10 @@ fn forward(
 
         // Retries and hedges need the body again: keep it in memory when it is small enough.
         let (parts, body) = req.into_parts();
-        let body = if plan.retry.is_some() || plan.hedge.is_some() {
+        let read = mcp.as_mut().and_then(|m| m.body.take());
+        let body = if let Some(b) = read {
+            RequestBody::Replay(Some(b))
+        } else if plan.retry.is_some() || plan.hedge.is_some() {
             let max = plan.retry.map_or(64 * 1024, |r| r.max_body);
             match Box::pin(RequestBody::buffer(body, max)).await {
                 Ok(b) => b,
@@ -303,8 +396,24 @@ fn forward(
         let exchange =
             Exchange { route: route.clone(), backend: index, lease: Some(sent.lease), started, clean: false };
         let body = UpstreamBody::new(body, exchange, plan.deadline, streaming);
-        (Response::from_parts(parts, ProxyBody::Upstream(Box::new(body))), log)
+        let resp = Response::from_parts(parts, ProxyBody::Upstream(Box::new(body)));
+        let Some(m) = mcp else { return (resp, log) };
+        if let Some(c) = m.parsed.as_ref().and_then(Parsed::single).and_then(|c| c.method.as_deref()) {
+            metrics::histogram!(telemetry::MCP_REQUEST_DURATION, "route" => route.name.to_string(), "method" => crate::mcp::method_label(c))
+                .record(started.elapsed().as_secs_f64());
+        }
+        match &m.filter {
+            Some((policy, path)) if m.filters_answer() && resp.status().is_success() => {
+                (Box::pin(crate::mcp::filter_answer(resp, (policy, path), mcp_caller(ctx, &route))).await, log)
+            }
+            _ => (resp, log),
+        }
     }
+}
+
+/// Who calls, for MCP policy and audit lines.
+fn mcp_caller<'a>(ctx: &'a ConnCtx, route: &'a Route) -> crate::mcp::Caller<'a> {
+    crate::mcp::Caller { listener: &ctx.listener, route: &route.name, peer_id: ctx.peer_id.as_deref(), ip: ctx.peer.ip }
 }
 
 /// Whether the request says unambiguously which host it is for (RFC 9112 §3.2, RFC 9113
@@ -341,10 +450,15 @@ fn header_block_size<B>(req: &Request<B>) -> usize {
     line + req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum::<usize>()
 }
 
-/// The `x-trellis-attempts` value: a static one for the usual counts (formatting a
-/// number into a header value allocates, on every response of a retried route).
 fn attempts_value(n: u32) -> HeaderValue {
-    const SMALL: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+    count_value(n)
+}
+
+/// A count as a header value (`x-trellis-attempts`, `x-trellis-hops`): a static one for
+/// the usual counts (formatting a number into a header value allocates, on every request).
+fn count_value(n: u32) -> HeaderValue {
+    const SMALL: [&str; 17] =
+        ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16"];
     match SMALL.get(n as usize) {
         Some(s) => HeaderValue::from_static(s),
         None => HeaderValue::from(n),

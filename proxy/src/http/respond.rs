@@ -53,6 +53,12 @@ pub enum ForwardError {
     /// that disagrees with HTTP/2's `:authority`.
     #[error("{0}")]
     Host(&'static str),
+    /// `x-trellis-hops` reached the listener's `max_hops`: agents calling each other in a
+    /// loop (DESIGN §13).
+    #[error("the request passed {0} proxies (the listener's max_hops); agents call each other in a loop")]
+    LoopDetected(u32),
+    #[error("invalid x-trellis-hops")]
+    BadHops,
 }
 
 impl ForwardError {
@@ -67,6 +73,8 @@ impl ForwardError {
             | Self::HeadersTooLarge
             | Self::Request(_)
             | Self::Host(_)
+            | Self::LoopDetected(_)
+            | Self::BadHops
             | Self::TooEarly => Side::Client,
             Self::Upstream(e) => e.side(),
             Self::Timeout | Self::TryTimeout | Self::IdleTimeout => Side::Upstream,
@@ -85,7 +93,8 @@ impl ForwardError {
             Self::Upstream(_) => StatusCode::BAD_GATEWAY,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::FaultAbort(code) => StatusCode::from_u16(*code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
-            Self::ClientBody(_) | Self::Host(_) => StatusCode::BAD_REQUEST,
+            Self::ClientBody(_) | Self::Host(_) | Self::BadHops => StatusCode::BAD_REQUEST,
+            Self::LoopDetected(_) => StatusCode::LOOP_DETECTED,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Request(e) => e.status(),
             Self::Forbidden => StatusCode::FORBIDDEN,
@@ -116,6 +125,8 @@ impl ForwardError {
             Self::BodyTimeout => "request body timeout",
             Self::Request(e) => e.reason(),
             Self::Host(_) => "bad host",
+            Self::LoopDetected(_) => "loop detected",
+            Self::BadHops => "bad hops",
             Self::Forbidden => "forbidden",
             Self::HeadersTooLarge => "header block too large",
             Self::TooEarly => "too early",
@@ -160,6 +171,8 @@ mod tests {
             (ForwardError::RateLimited(std::time::Duration::from_secs(1)), Side::Client, 429, "rate limited"),
             (ForwardError::HeadersTooLarge, Side::Client, 431, "header block too large"),
             (ForwardError::Host("two"), Side::Client, 400, "bad host"),
+            (ForwardError::LoopDetected(16), Side::Client, 508, "loop detected"),
+            (ForwardError::BadHops, Side::Client, 400, "bad hops"),
             (ForwardError::ClientBody(body()), Side::Client, 400, "bad request body"),
             (ForwardError::Upstream(UpstreamError::ClientBody(body())), Side::Client, 400, "bad request body"),
             (ForwardError::BodyTimeout, Side::Client, 408, "request body timeout"),

@@ -30,6 +30,8 @@ pub struct Route {
     pub hedge: Option<api::HedgePolicy>,
     pub rate_limit: Option<Limiter>,
     pub fault: Option<api::Fault>,
+    /// MCP-aware (DESIGN §13): bodies read and checked, policy per JSON-RPC call.
+    pub mcp: Option<crate::mcp::McpRoute>,
     pub life: Arc<Life>,
 }
 
@@ -85,6 +87,7 @@ impl Route {
             hedge: spec.hedge.clone(),
             rate_limit: spec.rate_limit.as_ref().map(Limiter::new),
             fault: spec.fault.clone(),
+            mcp: spec.mcp.as_deref().map(crate::mcp::McpRoute::new),
             life,
         })
     }

@@ -199,3 +199,39 @@ fn offline_checks_take_host_names_by_form() {
     assert!(validate_resources(&b).is_err(), "resolved: no such host");
     assert_eq!(validate_resources_offline(&b), Ok(()));
 }
+
+#[test]
+fn mcp_fields_are_checked_by_name() {
+    let good = GOOD.replace("routes: [api] }", "routes: [api], max_hops: 8 }").replace(
+        "backends: [{ cluster: a, weight: 9 }, { cluster: b }]",
+        "backends: [{ cluster: a, weight: 9 }, { cluster: b }]\n    mcp: { max_body_bytes: 65536, max_batch: 10, idempotent_tools: [search, \"read_*\"] }",
+    ) + "policies:\n  - name: p\n    rules: [{ from: [\"spiffe://td/*\"], mcp: { methods: [tools/call, \"notifications/*\"], tools: [\"search*\"] } }]\n";
+    assert_eq!(errors(&good), Vec::<String>::new());
+    let bad = good
+        .replace("max_hops: 8", "max_hops: 0")
+        .replace("max_body_bytes: 65536", "max_body_bytes: 10")
+        .replace("max_batch: 10", "max_batch: 0")
+        .replace("\"search*\"", "\"se*rch\"")
+        .replace("tools/call,", "\"\",")
+        .replace("\"read_*\"", "\"*x\"");
+    let no_mcp = GOOD.replace(
+        "backends: [{ cluster: a, weight: 9 }, { cluster: b }]",
+        "backends: [{ cluster: a, weight: 9 }, { cluster: b }]\n    rate_limit: { requests_per_second: 5, per_mcp_tool: true }",
+    );
+    assert_eq!(
+        errors(&no_mcp),
+        ["routes[api].rate_limit.per_mcp_tool: needs the route's mcp (tools are read from MCP bodies)"]
+    );
+    let e = errors(&bad);
+    for want in [
+        "listeners[in].max_hops",
+        "routes[api].mcp.max_body_bytes",
+        "routes[api].mcp.max_batch",
+        "policies[p].rules[0].mcp.tools[0]",
+        "policies[p].rules[0].mcp.methods[0]",
+        "routes[api].mcp.idempotent_tools[1]",
+    ] {
+        assert!(e.iter().any(|e| e.starts_with(want)), "{want} missing from {e:?}");
+    }
+    assert_eq!(e.len(), 6, "{e:?}");
+}

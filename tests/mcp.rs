@@ -1,0 +1,335 @@
+//! MCP-aware traffic (DESIGN §13) through the real `trellis` binary: a real MCP client
+//! session (official Python SDK) to a real MCP server behind a mesh listener whose policy
+//! names tools; malformed MCP input refused before the upstream; the agent-chain hop guard.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use http::Request;
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+const AGENT: &str = "spiffe://trellis.local/ns/agents/sa/planner";
+
+/// One proxy in both roles: plaintext `out_*` listeners (the agent's sidecar side) send
+/// over mesh mTLS, with the proxy's identity AGENT, to `in_*` mesh listeners (the tool
+/// server's side) whose policy lets AGENT call only `search` and `add`; `in_*` routes are
+/// `mcp: {}` to an SSE-answering and a JSON-answering MCP server.
+fn mesh_config(pki: &Pki, outs: [SocketAddr; 2], ins: [SocketAddr; 2], apps: [SocketAddr; 2], log: &str) -> String {
+    let (cert, key) = pki.issue("agent", AGENT, &[]);
+    let identity = identity_yaml(&cert, &key, &pki.bundle());
+    let mut y = format!(
+        "admin: {{ address: \"{{admin}}\" }}\ndrain_timeout: 1s\naccess_log: {{ path: \"{log}\" }}\n{identity}listeners:\n"
+    );
+    for (i, kind) in ["sse", "json"].iter().enumerate() {
+        y.push_str(&format!(
+            "  - {{ name: out_{kind}, address: \"{}\", routes: [to_{kind}] }}\n  - {{ name: in_{kind}, address: \"{}\", tls: {{ mode: mesh }}, policy: tools, routes: [mcp_{kind}] }}\n",
+            outs[i], ins[i]
+        ));
+    }
+    y.push_str("routes:\n");
+    for kind in ["sse", "json"] {
+        y.push_str(&format!(
+            "  - {{ name: to_{kind}, backends: [{{ cluster: mesh_{kind} }}] }}\n  - {{ name: mcp_{kind}, backends: [{{ cluster: app_{kind} }}], mcp: {{}} }}\n"
+        ));
+    }
+    y.push_str("clusters:\n");
+    for (i, kind) in ["sse", "json"].iter().enumerate() {
+        y.push_str(&format!(
+            "  - {{ name: mesh_{kind}, protocol: http2, tls: {{ mode: mesh, identity: \"{AGENT}\" }}, endpoints: [{{ address: \"{}\" }}] }}\n  - {{ name: app_{kind}, protocol: http1, endpoints: [{{ address: \"{}\" }}] }}\n",
+            ins[i], apps[i]
+        ));
+    }
+    y.push_str(&format!(
+        "policies:\n  - name: tools\n    rules:\n      - {{ from: [\"{AGENT}\"], mcp: {{ tools: [search, add] }} }}\n"
+    ));
+    y
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mcp_session_sees_only_the_tools_its_identity_may_call() {
+    if !mcp_sdk_available("an_mcp_session_sees_only_the_tools_its_identity_may_call") {
+        return;
+    }
+    let (sse, json_app) = tokio::join!(McpServer::start(false), McpServer::start(true));
+    let pki = Pki::new();
+    let log = pki.path("access.log");
+    let outs = [listen_addr(), listen_addr()];
+    let ins = [listen_addr(), listen_addr()];
+    let proxy = Proxy::start(&mesh_config(&pki, outs, ins, [sse.addr, json_app.addr], log.to_str().unwrap()));
+
+    for (out, kind) in outs.iter().zip(["sse", "json"]) {
+        let got = mcp_session(&format!("http://{out}/mcp"), &["search", "add", "delete_everything"]).await;
+        assert_eq!(got["server"], "trellis-test-tools", "{kind}: {got}");
+        // tools/list is filtered to what AGENT may call.
+        assert_eq!(got["tools"], json!(["add", "search"]), "{kind}: {got}");
+        assert_eq!(got["calls"]["search"], json!({ "ok": true, "text": "results for mesh" }), "{kind}: {got}");
+        assert_eq!(got["calls"]["add"]["text"], "5", "{kind}: {got}");
+        // The denied call is a JSON-RPC error the client shows, made by the proxy.
+        let denied = &got["calls"]["delete_everything"];
+        assert_eq!(denied["code"], -32001, "{kind}: {got}");
+        let message = denied["message"].as_str().unwrap_or_default();
+        assert!(message.contains("policy \"tools\"") && message.contains(AGENT), "{kind}: {message}");
+    }
+
+    let metrics = blocking(|| proxy.metrics());
+    for kind in ["sse", "json"] {
+        let route = format!("mcp_{kind}");
+        let denied =
+            [("route", route.as_str()), ("method", "tools/call"), ("tool", "delete_everything"), ("outcome", "denied")];
+        assert_eq!(metric_value(&metrics, "trellis_mcp_requests_total", &denied), Some(1.0), "{metrics}");
+        let allowed = [("route", route.as_str()), ("method", "tools/call"), ("tool", "search"), ("outcome", "allowed")];
+        assert_eq!(metric_value(&metrics, "trellis_mcp_requests_total", &allowed), Some(1.0), "{metrics}");
+    }
+    assert!(metrics.contains("trellis_mcp_request_duration_seconds"), "{metrics}");
+    assert!(plain_logs(&proxy).contains("mcp call denied"), "no audit line: {}", proxy.logs());
+    // The access log names the method, tool and JSON-RPC id.
+    let lines = access_log_lines(&log, 1).await;
+    let denied = lines
+        .iter()
+        .find(|l| l["mcp_tool"] == "delete_everything" && l["listener"] == "in_sse")
+        .unwrap_or_else(|| panic!("no access-log line for the denied call: {lines:?}"));
+    assert_eq!((denied["status"].as_u64(), denied["mcp_method"].as_str()), (Some(403), Some("tools/call")), "{denied}");
+    assert!(denied["jsonrpc_id"].is_u64(), "{denied}");
+}
+
+/// A plaintext listener whose route is `mcp: {}` (batches of at most 8) to `origin`, with
+/// a policy that lets anyone call only `search`.
+fn plain_config(listen: SocketAddr, origin: SocketAddr) -> String {
+    format!(
+        r#"admin: {{ address: "{{admin}}" }}
+drain_timeout: 1s
+listeners:
+  - {{ name: in, address: "{listen}", policy: p, routes: [mcp] }}
+routes:
+  - {{ name: mcp, backends: [{{ cluster: app }}], mcp: {{ max_batch: 8 }} }}
+clusters:
+  - {{ name: app, protocol: http1, endpoints: [{{ address: "{origin}" }}] }}
+policies:
+  - name: p
+    rules: [{{ mcp: {{ tools: [search] }} }}]
+"#
+    )
+}
+
+fn post(body: impl Into<bytes::Bytes>, headers: &[(&str, &str)]) -> Request<Body> {
+    let mut b = Request::post("/mcp").header("content-type", "application/json");
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(full(body.into())).unwrap()
+}
+
+fn call(id: u32, tool: &str) -> String {
+    json!({ "jsonrpc": "2.0", "id": id, "method": "tools/call", "params": { "name": tool, "arguments": {} } })
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_or_denied_mcp_never_reaches_the_server() {
+    let (origin, seen) = counting_origin(|_, _| {
+        http::Response::builder()
+            .header("content-type", "application/json")
+            .body(full(r#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#))
+            .unwrap()
+    })
+    .await;
+    let listen = listen_addr();
+    let proxy = Proxy::start(&plain_config(listen, origin.addr));
+    let mut c = Client::h1(listen).await;
+
+    let error = |g: &Got| (g.status.as_u16(), g.json()["error"]["code"].as_i64().unwrap_or(0));
+    // Not JSON, JSON that is not JSON-RPC, a batch of 10,000, headers that disagree, a
+    // 1 MB tool name.
+    assert_eq!(error(&c.fetch(post("{not json", &[])).await), (400, -32700));
+    assert_eq!(error(&c.fetch(post(r#"{"hello":"world"}"#, &[])).await), (400, -32600));
+    let batch = format!("[{}]", vec![call(1, "search"); 10_000].join(","));
+    let got = c.fetch(post(batch, &[])).await;
+    assert_eq!(error(&got), (400, -32600));
+    assert!(got.text().contains("batch of more than 8"), "{}", got.text());
+    let got = c.fetch(post(call(7, "search"), &[("mcp-method", "tools/list")])).await;
+    assert_eq!((error(&got), got.json()["id"].clone()), ((400, -32600), json!(7)));
+    let got = c.fetch(post(call(8, "search"), &[("mcp-method", "tools/call"), ("mcp-name", "delete")])).await;
+    assert_eq!(error(&got), (400, -32600));
+    // (1 MB fits in the default 1 MiB body: the name itself is refused.)
+    assert_eq!(error(&c.fetch(post(call(9, &"x".repeat(1_000_000)), &[])).await), (400, -32600));
+    // Over max_body_bytes (1 MiB): announced, or found while reading a chunked body.
+    let (tx, body) = chan_body();
+    let req = Request::post("/mcp").header("content-length", "104857600").body(body).unwrap();
+    let got = c.fetch(req).await;
+    assert_eq!(got.status, 413, "{}", got.text());
+    drop(tx);
+    let mut c = Client::h1(listen).await;
+    let (tx, body) = chan_body();
+    let feed = tokio::spawn(async move {
+        for _ in 0..40 {
+            if tx.send(bytes::Bytes::from(vec![b' '; 64 * 1024])).await.is_err() {
+                break;
+            }
+        }
+    });
+    let got = c.fetch(Request::post("/mcp").body(body).unwrap()).await;
+    assert_eq!(got.status, 413, "{}", got.text());
+    feed.abort();
+
+    // Denied by policy: the error carries the request's id; in a batch, one per request.
+    let mut c = Client::h1(listen).await;
+    let got = c.fetch(post(call(41, "delete"), &[])).await;
+    assert_eq!(
+        (got.status.as_u16(), got.json()["id"].clone(), got.json()["error"]["code"].clone()),
+        (403, json!(41), json!(-32001))
+    );
+    let got = c.fetch(post(format!("[{},{}]", call(1, "search"), call(2, "delete")), &[])).await;
+    assert_eq!(got.status, 403);
+    let ids: Vec<Value> = got.json().as_array().unwrap().iter().map(|e| e["id"].clone()).collect();
+    assert_eq!(ids, [json!(2)], "{}", got.text());
+    assert_eq!(seen.count(), 0, "something reached the server");
+
+    // An allowed call goes through unchanged, with one more hop.
+    let got = c.fetch(post(call(5, "search"), &[("mcp-method", "tools/call"), ("mcp-name", "search")])).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(seen.count(), 1);
+    let (parts, body, _) = seen.requests.lock().unwrap()[0].clone();
+    assert_eq!(body, call(5, "search"));
+    assert_eq!(parts.headers["x-trellis-hops"], "1");
+    let metrics = blocking(|| proxy.metrics());
+    assert!(
+        metric_value(&metrics, "trellis_mcp_requests_total", &[("route", "mcp"), ("outcome", "invalid")])
+            .unwrap_or(0.0)
+            >= 6.0,
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_looping_between_agents_stops_at_max_hops() {
+    // The route sends requests back to the listener itself: a loop of agents calling
+    // each other, one proxy per hop.
+    let listen = listen_addr();
+    let yaml = format!(
+        r#"admin: {{ address: "{{admin}}" }}
+drain_timeout: 1s
+listeners:
+  - {{ name: in, address: "{listen}", max_hops: 5, routes: [loop] }}
+routes:
+  - {{ name: loop, backends: [{{ cluster: self }}] }}
+clusters:
+  - {{ name: self, protocol: http1, endpoints: [{{ address: "{listen}" }}] }}
+"#
+    );
+    let _proxy = Proxy::start(&yaml);
+    let mut c = Client::h1(listen).await;
+    let got = within(Duration::from_secs(10), c.get("/agent")).await;
+    assert_eq!(got.status, 508, "{}", got.text());
+    assert_eq!(got.header("x-trellis-error"), Some("loop detected"));
+    let mut c = Client::h1(listen).await;
+    let req = Request::get("/agent").header("x-trellis-hops", "many").body(full("")).unwrap();
+    assert_eq!(c.fetch(req).await.status, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_tools_named_idempotent_are_retried() {
+    // Two endpoints, one always failing with 503; the route retries gateway errors.
+    let ok = r#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#;
+    let (good, good_seen) = counting_origin(move |_, _| {
+        http::Response::builder().header("content-type", "application/json").body(full(ok)).unwrap()
+    })
+    .await;
+    let (bad, bad_seen) = counting_origin(|_, _| status_response(503)).await;
+    let listen = listen_addr();
+    let yaml = format!(
+        r#"admin: {{ address: "{{admin}}" }}
+drain_timeout: 1s
+listeners:
+  - {{ name: in, address: "{listen}", routes: [mcp] }}
+routes:
+  - name: mcp
+    backends: [{{ cluster: tools }}]
+    retry: {{ attempts: 2, on: [gateway_error] }}
+    mcp: {{ idempotent_tools: [search] }}
+clusters:
+  - {{ name: tools, lb: round_robin, protocol: http1, endpoints: [{{ address: "{}" }}, {{ address: "{}" }}] }}
+"#,
+        good.addr, bad.addr
+    );
+    let _proxy = Proxy::start(&yaml);
+    let mut c = Client::h1(listen).await;
+    for i in 0..6 {
+        let got = c.fetch(post(call(i, "search"), &[])).await;
+        assert_eq!(got.status, 200, "search {i}: {}", got.text());
+    }
+    let mut failed = 0;
+    for i in 0..6 {
+        let got = c.fetch(post(call(i, "add"), &[])).await;
+        failed += usize::from(got.status == 503);
+    }
+    let calls_of = |seen: &Seen, tool: &str| {
+        seen.bodies().iter().filter(|b| b.windows(tool.len()).any(|w| w == tool.as_bytes())).count()
+    };
+    // Every search answered by the good endpoint, some after a failed try.
+    assert_eq!(calls_of(&good_seen, "search"), 6);
+    assert!(calls_of(&bad_seen, "search") >= 1, "round robin never tried the failing endpoint");
+    // Each add sent once: the failures reached the client.
+    assert_eq!(calls_of(&good_seen, "\"add\"") + calls_of(&bad_seen, "\"add\""), 6);
+    assert_eq!(failed, calls_of(&bad_seen, "\"add\""));
+    assert!(failed >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_tool_has_its_own_rate_limit() {
+    let (origin, seen) = counting_origin(|_, _| {
+        http::Response::builder()
+            .header("content-type", "application/json")
+            .body(full(r#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#))
+            .unwrap()
+    })
+    .await;
+    let listen = listen_addr();
+    let yaml = format!(
+        r#"admin: {{ address: "{{admin}}" }}
+drain_timeout: 1s
+listeners:
+  - {{ name: in, address: "{listen}", routes: [mcp] }}
+routes:
+  - name: mcp
+    backends: [{{ cluster: tools }}]
+    rate_limit: {{ requests_per_second: 0.1, burst: 2, per_mcp_tool: true }}
+    mcp: {{}}
+clusters:
+  - {{ name: tools, protocol: http1, endpoints: [{{ address: "{}" }}] }}
+"#,
+        origin.addr
+    );
+    let _proxy = Proxy::start(&yaml);
+    let mut c = Client::h1(listen).await;
+    for i in 0..2 {
+        assert_eq!(c.fetch(post(call(i, "search"), &[])).await.status, 200);
+    }
+    let got = c.fetch(post(call(3, "search"), &[])).await;
+    assert_eq!(got.status, 429, "{}", got.text());
+    assert_eq!((got.json()["id"].clone(), got.json()["error"]["code"].clone()), (json!(3), json!(-32002)));
+    assert!(got.header("retry-after").is_some());
+    // Another tool, and requests calling none, have buckets of their own.
+    assert_eq!(c.fetch(post(call(4, "add"), &[])).await.status, 200);
+    let list = json!({ "jsonrpc": "2.0", "id": 5, "method": "tools/list" }).to_string();
+    assert_eq!(c.fetch(post(list, &[])).await.status, 200);
+    assert_eq!(seen.count(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_stops_coming_gets_408() {
+    let (origin, seen) = counting_origin(|_, _| status_response(200)).await;
+    let listen = listen_addr();
+    let yaml = plain_config(listen, origin.addr).replace("mcp: { max_batch: 8 }", "mcp: {}, idle_timeout: 1s");
+    let _proxy = Proxy::start(&yaml);
+    let mut c = Client::h1(listen).await;
+    let (tx, body) = chan_body();
+    tx.send(bytes::Bytes::from_static(b"{\"jsonrpc\":")).await.unwrap();
+    let req = Request::post("/mcp").header("content-length", "100").body(body).unwrap();
+    let got = within(Duration::from_secs(10), c.fetch(req)).await;
+    assert_eq!(got.status, 408, "{}", got.text());
+    assert_eq!(seen.count(), 0);
+    drop(tx);
+}
