@@ -31,6 +31,7 @@ pub const HTTP3_CONNECTIONS_TOTAL: &str = "trellis_http3_connections_total";
 pub const INBOUND_PLAINTEXT_TOTAL: &str = "trellis_inbound_plaintext_total";
 pub const TRANSPARENT_CONNECTIONS_TOTAL: &str = "trellis_transparent_connections_total";
 pub const TRANSPARENT_REFUSED_TOTAL: &str = "trellis_transparent_refused_total";
+pub const UPGRADES_TOTAL: &str = "trellis_upgrades_total";
 
 /// Histogram buckets for request durations, in seconds (0.5 ms … 60 s).
 const DURATION_BUCKETS: &[f64] =
@@ -75,6 +76,10 @@ pub fn install() -> Result<PrometheusHandle, String> {
     metrics::describe_counter!(
         TRANSPARENT_REFUSED_TOTAL,
         "Connections a transparent listener closed at once, by listener and reason (loop, registry_only)"
+    );
+    metrics::describe_counter!(
+        UPGRADES_TOTAL,
+        "Requests switched to a byte stream (upstream 101 or tunnel established), by listener and protocol (websocket, connect, other)"
     );
     Ok(handle)
 }

@@ -11,10 +11,12 @@ use crate::http::headers::{self, Peer};
 use crate::http::respond::{ForwardError, error_response};
 use crate::http::route::Route;
 use crate::http::router::{self, RequestView};
+use crate::http::upgrade;
 use crate::http::version::{self, Hint};
 use crate::resilience::{fault, retry};
 use crate::telemetry;
 use crate::upstream::Endpoint;
+use crate::upstream::Wire;
 use arc_swap::ArcSwap;
 use futures_util::future::{Either, FutureExt};
 use http::{HeaderValue, Request, Response};
@@ -134,6 +136,11 @@ fn logged(
         entry.error = header(crate::http::respond::ERROR_HEADER).map(str::to_owned);
         entry.attempts = header(ATTEMPTS_HEADER).and_then(|v| v.parse().ok());
         let pending = access_log::Pending { entry, log };
+        if let Some(up) = resp.extensions().get::<upgrade::Upgraded>() {
+            // Written when the stream ends.
+            up.with(|t| t.log = Some(pending));
+            return resp;
+        }
         match resp.body_mut() {
             // Written when the body has been sent (or abandoned), with its final size.
             ProxyBody::Upstream(body) => body.log_on_end(pending),
@@ -253,8 +260,14 @@ fn forward(
         let mesh = target.as_ref().map_or(cluster.mesh, |t| t.identity.is_some());
         let down = version::Downstream { h2: ctx.h2, hint: ctx.hint };
         let (wire, told) = version::choose(&mut req, down, cluster.protocol, mesh);
+        // An upgrade goes to HTTP/1.1, the version that has `Upgrade` (RFC 9110 §7.8).
+        let upgrade = req.extensions_mut().remove::<upgrade::Requested>();
+        let wire = if upgrade.is_some() { Wire::Http1 } else { wire };
         let key = cluster.hash_key(req.headers(), ctx.peer.ip);
         headers::prepare_request(&mut req, &ctx.peer, wire);
+        if let Some(up) = &upgrade {
+            upgrade::restore(req.headers_mut(), up);
+        }
         if let Some(v) = told {
             req.headers_mut().insert(version::ORIG_PROTO.clone(), v);
         }
@@ -264,7 +277,11 @@ fn forward(
         }
         let deadline = route.timeout.map(|t| Instant::from_std(started) + t);
         let retry = route.retry.as_ref().filter(|r| r.allows_method(req.method()));
-        let hedge = route.hedge.as_ref().filter(|_| retry::is_idempotent(req.method())).map(|h| (h.delay, h.max));
+        let hedge = route
+            .hedge
+            .as_ref()
+            .filter(|_| retry::is_idempotent(req.method()) && upgrade.is_none())
+            .map(|h| (h.delay, h.max));
         // From here on `plan` holds these (the future keeps one copy across its awaits).
         let target = target.as_ref();
         let plan = Plan { cluster, target, wire, key, deadline, idle_timeout: route.idle_timeout, retry, hedge, since };
@@ -293,7 +310,12 @@ fn forward(
         // The downstream connection decides its own version; an HTTP/1.0 upstream must not
         // turn the client's keep-alive connection into a 1.0 one.
         parts.version = http::Version::HTTP_11;
+        let switched = switched(&mut parts, upgrade.as_ref(), route.idle_timeout);
         headers::prepare_response(&mut parts.headers);
+        if let Some(protocol) = switched {
+            upgrade::restore(&mut parts.headers, &protocol);
+            upgrade::count(&ctx.listener, upgrade::protocol_label(&protocol.0));
+        }
         route.response_headers.apply(&mut parts.headers);
         if counted {
             parts.headers.insert(ATTEMPTS_HEADER, attempts_value(sent.tries));
@@ -305,6 +327,24 @@ fn forward(
         let body = UpstreamBody::new(body, exchange, plan.deadline, streaming);
         (Response::from_parts(parts, ProxyBody::Upstream(Box::new(body))), log)
     }
+}
+
+/// For an upstream's 101 to an upgrade request: the protocol it switched to, and the
+/// tunnel told the route's idle timeout. A 101 that is not one (no upgraded connection
+/// came with it: the upstream client refuses those) is left alone.
+fn switched(
+    parts: &mut http::response::Parts,
+    asked: Option<&upgrade::Requested>,
+    idle: Option<std::time::Duration>,
+) -> Option<upgrade::Requested> {
+    if parts.status != http::StatusCode::SWITCHING_PROTOCOLS {
+        return None;
+    }
+    let asked = asked?;
+    let tunnel = parts.extensions.get::<upgrade::Upgraded>()?;
+    tunnel.with(|t| t.idle = idle);
+    let protocol = parts.headers.get(http::header::UPGRADE).cloned().unwrap_or_else(|| asked.0.clone());
+    Some(upgrade::Requested(protocol))
 }
 
 /// Whether the request says unambiguously which host it is for (RFC 9112 §3.2, RFC 9113

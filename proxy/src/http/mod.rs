@@ -22,4 +22,5 @@ pub mod route;
 pub mod router;
 pub mod server;
 pub mod stock;
+pub mod upgrade;
 pub mod version;

@@ -2,12 +2,17 @@
 //! direction starts with a small buffer (what an idle connection holds) and doubles it,
 //! up to [`MAX`], while reads keep filling it, so a bulk transfer moves in large chunks
 //! (fewer syscalls and TLS records per byte) and a chatty or idle one stays small.
+//!
+//! One copier for every byte stream the proxy carries: L4 (`protocol: tcp`) connections
+//! and HTTP upgrades (WebSocket, CONNECT tunnels), which also end after an idle time.
 
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
 
 /// A direction's first buffer.
 const START: usize = 8 * 1024;
@@ -23,23 +28,61 @@ where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
+    copy_until_idle(a, b, None).await.map_err(|e| e.error)
+}
+
+/// A copy that stopped early: why, and the bytes copied each way until then.
+#[derive(Debug)]
+pub struct Stopped {
+    pub error: io::Error,
+    pub copied: (u64, u64),
+}
+
+/// [`copy`], ended (with `io::ErrorKind::TimedOut`) once no byte has moved either way for
+/// `idle`.
+pub async fn copy_until_idle<A, B>(a: &mut A, b: &mut B, idle: Option<Duration>) -> Result<(u64, u64), Stopped>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
     let (mut to_b, mut to_a) = (Half::new(), Half::new());
     let (mut ab, mut ba) = (None, None);
+    // The timer is moved forward only when it fires: traffic just notes when it moved.
+    let mut timer = idle.map(|d| (d, Box::pin(tokio::time::sleep(d))));
+    let mut moved = 0u64;
     poll_fn(|cx| {
+        let fail =
+            |error, to_a: &Half, to_b: &Half| Poll::Ready(Err(Stopped { error, copied: (to_b.copied, to_a.copied) }));
         if ab.is_none()
             && let Poll::Ready(r) = to_b.poll(cx, Pin::new(&mut *a), Pin::new(&mut *b))
         {
-            ab = Some(r?);
+            match r {
+                Ok(n) => ab = Some(n),
+                Err(e) => return fail(e, &to_a, &to_b),
+            }
         }
         if ba.is_none()
             && let Poll::Ready(r) = to_a.poll(cx, Pin::new(&mut *b), Pin::new(&mut *a))
         {
-            ba = Some(r?);
+            match r {
+                Ok(n) => ba = Some(n),
+                Err(e) => return fail(e, &to_a, &to_b),
+            }
         }
-        match (ab, ba) {
-            (Some(x), Some(y)) => Poll::Ready(Ok((x, y))),
-            _ => Poll::Pending,
+        if let (Some(x), Some(y)) = (ab, ba) {
+            return Poll::Ready(Ok((x, y)));
         }
+        if let Some((idle, sleep)) = timer.as_mut() {
+            while sleep.as_mut().poll(cx).is_ready() {
+                let now = to_a.copied + to_b.copied;
+                if now == moved {
+                    return fail(io::ErrorKind::TimedOut.into(), &to_a, &to_b);
+                }
+                moved = now;
+                sleep.as_mut().reset(Instant::now() + *idle);
+            }
+        }
+        Poll::Pending
     })
     .await
 }
@@ -150,6 +193,26 @@ mod tests {
         server.shutdown().await.unwrap();
         assert_eq!(writer.await.unwrap(), b"bye");
         assert_eq!(copying.await.unwrap().unwrap(), (3_000_000, 3));
+    }
+
+    #[tokio::test]
+    async fn an_idle_copy_ends_after_its_idle_time_and_traffic_keeps_it() {
+        let (mut client, mut proxy_a) = tokio::io::duplex(1024);
+        let (mut proxy_b, mut server) = tokio::io::duplex(1024);
+        let idle = Duration::from_millis(300);
+        let copying = tokio::spawn(async move { copy_until_idle(&mut proxy_a, &mut proxy_b, Some(idle)).await });
+        for _ in 0..8 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            client.write_all(b"ping").await.unwrap();
+            let mut got = [0u8; 4];
+            server.read_exact(&mut got).await.unwrap();
+        }
+        assert!(!copying.is_finished(), "traffic every 100 ms for 800 ms is not idle");
+        let quiet = std::time::Instant::now();
+        let stopped = copying.await.unwrap().unwrap_err();
+        assert!(quiet.elapsed() >= Duration::from_millis(200), "{:?}", quiet.elapsed());
+        assert_eq!(stopped.error.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(stopped.copied, (32, 0));
     }
 
     #[test]
