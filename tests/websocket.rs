@@ -217,3 +217,99 @@ async fn an_upgrade_the_upstream_declines_is_an_ordinary_response_and_a_silent_p
     })
     .await;
 }
+
+/// A client WebSocket frame (FIN, masked as RFC 6455 §5.3 requires of clients).
+fn client_frame(opcode: u8, payload: &[u8]) -> bytes::Bytes {
+    assert!(payload.len() < 126);
+    let mask = [0x12, 0x34, 0x56, 0x78];
+    let mut f = vec![0x80 | opcode, 0x80 | payload.len() as u8];
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    bytes::Bytes::from(f)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_over_http2_extended_connect_reaches_an_http1_websocket_server() {
+    if !ws_peers_available("websocket_over_http2_extended_connect_reaches_an_http1_websocket_server") {
+        return;
+    }
+    bounded(LIMIT, async {
+        let echo = WsEcho::start();
+        let plain = Origin::echo("plain").await;
+        let listen = listen_addr();
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("access.log");
+        let proxy = Proxy::start(&config(listen, echo.addr, echo.addr, plain.addr, &log));
+
+        let tcp = TcpStream::connect(listen).await.unwrap();
+        let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut client = client.ready().await.unwrap();
+        // The server's SETTINGS announce extended CONNECT (RFC 8441 §3).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !client.is_extended_connect_protocol_enabled() {
+            assert!(Instant::now() < deadline, "no SETTINGS_ENABLE_CONNECT_PROTOCOL");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut req = http::Request::builder()
+            .method("CONNECT")
+            .uri(format!("http://{listen}/ws"))
+            .header("sec-websocket-version", "13")
+            .body(())
+            .unwrap();
+        req.extensions_mut().insert(h2::ext::Protocol::from_static("websocket"));
+        let (resp, mut send) = client.send_request(req, false).unwrap();
+        let resp = resp.await.unwrap();
+        assert_eq!(resp.status(), 200, "{resp:?}\n{}", proxy.logs());
+        let mut recv = resp.into_body();
+
+        // Reads server frames off the stream until `n` bytes came.
+        async fn read_n(recv: &mut h2::RecvStream, n: usize) -> Vec<u8> {
+            let mut got = Vec::new();
+            while got.len() < n {
+                let chunk = recv.data().await.expect("stream open").unwrap();
+                let _ = recv.flow_control().release_capacity(chunk.len());
+                got.extend_from_slice(&chunk);
+            }
+            got
+        }
+        send.send_data(client_frame(0x1, b"hello over h2"), false).unwrap();
+        let mut expect = vec![0x81, 13];
+        expect.extend_from_slice(b"hello over h2");
+        assert_eq!(read_n(&mut recv, expect.len()).await, expect, "the echo server's unmasked text frame");
+
+        // The close handshake: the server answers 1000 and closes, which ends the stream.
+        send.send_data(client_frame(0x8, &[0x03, 0xe8]), false).unwrap();
+        assert_eq!(read_n(&mut recv, 4).await, [0x88, 2, 0x03, 0xe8]);
+        let end = tokio::time::timeout(Duration::from_secs(10), async {
+            // END_STREAM may come on an empty DATA frame.
+            loop {
+                match recv.data().await {
+                    Some(Ok(b)) if b.is_empty() => continue,
+                    other => return other,
+                }
+            }
+        })
+        .await
+        .expect("the stream ends");
+        assert!(end.is_none(), "END_STREAM after the close: {end:?}");
+        // The client ends its side too, which ends the tunnel (and writes its log line).
+        send.send_data(bytes::Bytes::new(), true).unwrap();
+
+        let lines = access_log_lines(&log, 1).await;
+        assert_eq!(lines[0]["status"], 101, "{}", lines[0]);
+        assert_eq!(lines[0]["protocol"], "HTTP/2", "{}", lines[0]);
+        let upgrades = wait_metric(
+            &proxy,
+            "trellis_upgrades_total",
+            &[("listener", "in"), ("protocol", "websocket")],
+            |v| v >= 1.0,
+            Duration::from_secs(5),
+        )
+        .await;
+        assert_eq!(upgrades, Some(1.0));
+    })
+    .await;
+}
