@@ -313,3 +313,86 @@ async fn websocket_over_http2_extended_connect_reaches_an_http1_websocket_server
     })
     .await;
 }
+
+/// A TCP echo server (what a CONNECT tunnel reaches).
+async fn tcp_echo_server() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_tunnels_only_on_connect_listeners_and_only_to_allowed_ports() {
+    bounded(LIMIT, async {
+        let (echo, _echo) = tcp_echo_server().await;
+        let (tunnels, plain) = (listen_addr(), listen_addr());
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("access.log");
+        let yaml = format!(
+            r#"admin: {{ address: "{{admin}}" }}
+access_log: {{ path: "{log}" }}
+listeners:
+  - {{ name: tunnels, address: "{tunnels}", connect: true, connect_ports: [443, 8443], routes: [db] }}
+  - {{ name: plain, address: "{plain}", routes: [db] }}
+routes:
+  - {{ name: db, match: {{ host: db.internal }}, idle_timeout: 2s, backends: [{{ cluster: db }}] }}
+clusters:
+  - {{ name: db, endpoints: [{{ address: "{echo}" }}] }}
+"#,
+            log = log.display()
+        );
+        let proxy = Proxy::start(&yaml);
+        let connect = |port: u16| format!("CONNECT db.internal:{port} HTTP/1.1\r\nhost: db.internal:{port}\r\n\r\n");
+
+        // An allowed port: 200, then bytes both ways, the client's first bytes sent with
+        // the request included.
+        let mut s = TcpStream::connect(tunnels).await.unwrap();
+        s.write_all(format!("{}early ", connect(443)).as_bytes()).await.unwrap();
+        let head = read_head(&mut s).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}\n{}", proxy.logs());
+        assert!(!head.to_ascii_lowercase().contains("content-length"), "no framing on a CONNECT 2xx: {head}");
+        s.write_all(b"bytes through the tunnel").await.unwrap();
+        let mut got = vec![0u8; "early bytes through the tunnel".len()];
+        s.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, b"early bytes through the tunnel");
+        s.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await.unwrap().unwrap();
+        assert!(rest.is_empty());
+
+        // A port not allowed: 403 with the reason; a listener without `connect`: 405.
+        for (addr, port, status, reason) in
+            [(tunnels, 22, "403", "connect port not allowed"), (plain, 443, "405", "connect not allowed")]
+        {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(connect(port).as_bytes()).await.unwrap();
+            let head = read_head(&mut s).await;
+            assert!(head.starts_with(&format!("HTTP/1.1 {status}")), "{head}");
+            assert!(head.contains(&format!("x-trellis-error: {reason}")), "{head}");
+        }
+
+        let lines = access_log_lines(&log, 3).await;
+        let ok = lines.iter().find(|l| l["status"] == 200).expect("the tunnel's line");
+        assert_eq!(ok["method"], "CONNECT", "{ok}");
+        assert_eq!(ok["bytes_sent"], 30, "{ok}");
+        let upgrades = metric_value(
+            &blocking(|| proxy.metrics()),
+            "trellis_upgrades_total",
+            &[("listener", "tunnels"), ("protocol", "connect")],
+        );
+        assert_eq!(upgrades, Some(1.0));
+        // Still serving.
+        let mut s = TcpStream::connect(tunnels).await.unwrap();
+        s.write_all(connect(8443).as_bytes()).await.unwrap();
+        assert!(read_head(&mut s).await.starts_with("HTTP/1.1 200"));
+    })
+    .await;
+}

@@ -16,7 +16,7 @@ use crate::http::version::{self, Hint};
 use crate::resilience::{fault, retry};
 use crate::telemetry;
 use crate::upstream::Endpoint;
-use crate::upstream::Wire;
+use crate::upstream::{UpstreamError, Wire};
 use arc_swap::ArcSwap;
 use futures_util::future::{Either, FutureExt};
 use http::{HeaderValue, Request, Response};
@@ -173,6 +173,9 @@ fn route_for(
         return Err(ForwardError::HeadersTooLarge);
     }
     check_host(req).map_err(ForwardError::Host)?;
+    if req.method() == http::Method::CONNECT {
+        check_connect(req, listener, ctx.h2)?;
+    }
     if listener.mesh || listener.policy.is_some() {
         let peer_id = ctx.peer_id.as_deref();
         let d = authz::decide(
@@ -257,6 +260,15 @@ fn forward(
         }
 
         let cluster = &backend.cluster;
+        if req.method() == http::Method::CONNECT {
+            return match tunnel(&req, ctx, &route, cluster, log.as_deref_mut()).await {
+                Ok(resp) => {
+                    backend.metrics.count(200);
+                    (resp, log)
+                }
+                Err(e) => (fail(e, None), log),
+            };
+        }
         let mesh = target.as_ref().map_or(cluster.mesh, |t| t.identity.is_some());
         let down = version::Downstream { h2: ctx.h2, hint: ctx.hint };
         let (wire, told) = version::choose(&mut req, down, cluster.protocol, mesh);
@@ -327,6 +339,57 @@ fn forward(
         let body = UpstreamBody::new(body, exchange, plan.deadline, streaming);
         (Response::from_parts(parts, ProxyBody::Upstream(Box::new(body))), log)
     }
+}
+
+/// Whether this listener carries `req`, a CONNECT: `connect: true`, over HTTP/1.1 (the
+/// tunnel is carried by the HTTP/1 server), to a port in `connect_ports`.
+fn check_connect(req: &Request<ClientBody>, listener: &Listener, h2: bool) -> Result<(), ForwardError> {
+    if !listener.spec.connect {
+        return Err(ForwardError::ConnectRefused("CONNECT is not enabled on this listener (connect: true)"));
+    }
+    if h2 || req.version() != http::Version::HTTP_11 {
+        return Err(ForwardError::ConnectRefused("CONNECT tunnels are carried over HTTP/1.1 only"));
+    }
+    let port = req.uri().port_u16().unwrap_or(0);
+    let allowed = listener.spec.connect_ports.as_deref().unwrap_or(&trellis_api::DEFAULT_CONNECT_PORTS);
+    if !allowed.contains(&port) {
+        return Err(ForwardError::ConnectPort(port));
+    }
+    Ok(())
+}
+
+/// A CONNECT's tunnel: a connection to an endpoint of the route's cluster (TCP, or TLS
+/// per the cluster, through its breakers), answered 200 with the connection attached for
+/// the HTTP/1 server to splice (`http::upgrade`).
+async fn tunnel(
+    req: &Request<ClientBody>,
+    ctx: &ConnCtx,
+    route: &Route,
+    cluster: &crate::upstream::Cluster,
+    log: Option<&mut access_log::Entry>,
+) -> Result<Response<ProxyBody>, ForwardError> {
+    let key = cluster.hash_key(req.headers(), ctx.peer.ip);
+    let Some(ep) = cluster.pick(key, None).cloned() else {
+        return Err(ForwardError::NoEndpoint(cluster.name.clone()));
+    };
+    if let Some(e) = log {
+        e.upstream = Some(ep.addr);
+    }
+    let conn = match crate::upstream::pool::connect_l4(&ep).await {
+        Ok(c) => c,
+        Err(err) => {
+            if matches!(err, UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout(_)) {
+                cluster.record(&ep, crate::resilience::outlier::Outcome::ConnectFailure);
+            }
+            return Err(ForwardError::Upstream(err));
+        }
+    };
+    let tunnel = upgrade::Upgraded::new(conn.into_h1());
+    tunnel.with(|t| t.idle = route.idle_timeout);
+    upgrade::count(&ctx.listener, "connect");
+    let mut resp = Response::new(ProxyBody::Full(None));
+    resp.extensions_mut().insert(tunnel);
+    Ok(resp)
 }
 
 /// For an upstream's 101 to an upgrade request: the protocol it switched to, and the

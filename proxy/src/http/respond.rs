@@ -53,6 +53,12 @@ pub enum ForwardError {
     /// that disagrees with HTTP/2's `:authority`.
     #[error("{0}")]
     Host(&'static str),
+    /// A CONNECT this listener does not carry (no `connect: true`, or not over HTTP/1.1).
+    #[error("{0}")]
+    ConnectRefused(&'static str),
+    /// A CONNECT to a port not in the listener's `connect_ports`.
+    #[error("CONNECT to port {0} is not allowed on this listener (connect_ports)")]
+    ConnectPort(u16),
 }
 
 impl ForwardError {
@@ -67,6 +73,8 @@ impl ForwardError {
             | Self::HeadersTooLarge
             | Self::Request(_)
             | Self::Host(_)
+            | Self::ConnectRefused(_)
+            | Self::ConnectPort(_)
             | Self::TooEarly => Side::Client,
             Self::Upstream(e) => e.side(),
             Self::Timeout | Self::TryTimeout | Self::IdleTimeout => Side::Upstream,
@@ -88,7 +96,8 @@ impl ForwardError {
             Self::ClientBody(_) | Self::Host(_) => StatusCode::BAD_REQUEST,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Request(e) => e.status(),
-            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::Forbidden | Self::ConnectPort(_) => StatusCode::FORBIDDEN,
+            Self::ConnectRefused(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::TooEarly => StatusCode::TOO_EARLY,
             Self::Timeout | Self::TryTimeout | Self::IdleTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -117,6 +126,8 @@ impl ForwardError {
             Self::Request(e) => e.reason(),
             Self::Host(_) => "bad host",
             Self::Forbidden => "forbidden",
+            Self::ConnectRefused(_) => "connect not allowed",
+            Self::ConnectPort(_) => "connect port not allowed",
             Self::HeadersTooLarge => "header block too large",
             Self::TooEarly => "too early",
             Self::Timeout | Self::TryTimeout => "upstream timeout",
@@ -157,6 +168,8 @@ mod tests {
         let cases: Vec<(ForwardError, Side, u16, &str)> = vec![
             (ForwardError::NoRoute, Side::Client, 404, "no route"),
             (ForwardError::Forbidden, Side::Client, 403, "forbidden"),
+            (ForwardError::ConnectRefused("x"), Side::Client, 405, "connect not allowed"),
+            (ForwardError::ConnectPort(22), Side::Client, 403, "connect port not allowed"),
             (ForwardError::RateLimited(std::time::Duration::from_secs(1)), Side::Client, 429, "rate limited"),
             (ForwardError::HeadersTooLarge, Side::Client, 431, "header block too large"),
             (ForwardError::Host("two"), Side::Client, 400, "bad host"),

@@ -313,10 +313,9 @@ impl Conn {
         })
         .await;
         let Ok(mut resp) = waited else { return After::Abort };
-        if asked.upgrade
-            && resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
-            && let Some(tunnel) = resp.extensions_mut().remove::<upgrade::Upgraded>().and_then(|u| u.take())
-        {
+        let switching = (asked.upgrade && resp.status() == http::StatusCode::SWITCHING_PROTOCOLS)
+            || (asked.connect && resp.status().is_success());
+        if switching && let Some(tunnel) = resp.extensions_mut().remove::<upgrade::Upgraded>().and_then(|u| u.take()) {
             return self.switch(io, resp, asked.to, tunnel).await;
         }
         let mut close = asked.close || stop.is_cancelled() || !self.body_settled(false);
@@ -369,8 +368,13 @@ impl Conn {
         let (parts, _) = resp.into_parts();
         self.take_out();
         self.out.clear();
-        let mut close = false;
-        encode::response_head(&mut self.out, &parts, None, to, &mut close);
+        if parts.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            let mut close = false;
+            encode::response_head(&mut self.out, &parts, None, to, &mut close);
+        } else {
+            // A CONNECT's 2xx has no framing fields at all (RFC 9110 §9.3.6).
+            self.out.extend_from_slice(b"HTTP/1.1 200 OK\r\n\r\n");
+        }
         crate::http::header_maps::give(parts.headers);
         if let Err(e) = tokio::time::timeout(self.header_timeout, self.flush_out(io))
             .await
