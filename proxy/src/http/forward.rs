@@ -8,7 +8,7 @@ use crate::config::{Listener, Snapshot};
 use crate::http::attempts::{self, Plan};
 use crate::http::body::{ClientBody, Exchange, ProxyBody, RequestBody, UpstreamBody};
 use crate::http::headers::{self, Peer};
-use crate::http::respond::{ForwardError, error_response};
+use crate::http::respond::{ForwardError, error_response_for};
 use crate::http::route::Route;
 use crate::http::router::{self, RequestView};
 use crate::http::upgrade;
@@ -83,7 +83,7 @@ pub fn audit_denied(
 }
 
 /// Forwards one request and returns the response to write (never fails: errors become
-/// responses via [`error_response`]), and writes its access log line when the config has
+/// responses via [`error_response_for`]), and writes its access log line when the config has
 /// an access log.
 ///
 /// Not an `async fn`: routing needs no await, so it is done here, and the returned future
@@ -112,7 +112,7 @@ pub fn handle(mut req: Request<ClientBody>, ctx: &ConnCtx) -> impl Future<Output
     match route {
         Ok(routed) => Either::Left(forward(req, ctx, routed, entry).map(|(resp, entry)| logged(resp, log, entry))),
         Err(err) => {
-            let mut resp = error_response(&err);
+            let mut resp = error_response_for(&err, version::is_grpc(&req));
             // A request refused for its head: the client is not to be trusted with more on
             // this connection.
             if matches!(err, ForwardError::HeadersTooLarge | ForwardError::Host(_)) && !ctx.h2 {
@@ -226,17 +226,19 @@ fn forward(
     async move {
         let Routed { route, target } = routed;
         let started = std::time::Instant::now();
+        let grpc = version::is_grpc(&req);
         let (index, backend) = route.pick_backend();
         if let Some(e) = log.as_deref_mut() {
             e.route = Some(route.name.clone());
             e.cluster = Some(backend.cluster.name.clone());
         }
         let fail = |err: ForwardError, tries: Option<u32>| {
-            let mut resp = error_response(&err);
+            let mut resp = error_response_for(&err, grpc);
             if let Some(n) = tries {
                 resp.headers_mut().insert(ATTEMPTS_HEADER, attempts_value(n));
             }
-            backend.metrics.count(resp.status().as_u16());
+            // The error's status, also for a gRPC error sent as a 200.
+            backend.metrics.count(err.status().as_u16());
             backend.metrics.observe(started.elapsed());
             tracing::debug!(route = %route.name, error = %err, "request failed");
             resp
