@@ -124,7 +124,10 @@ where
         }
         None => sent_before.await,
     };
-    let (early, late) = (early.len() as u64, late.len() as u64);
+    let (early_len, late_len) = (early.len() as u64, late.len() as u64);
+    // Not kept for the stream's life.
+    drop((early, late));
+    let (early, late) = (early_len, late_len);
     let result = match before {
         Ok(()) => duplex::copy_until_idle(&mut *down, &mut up, idle).await,
         Err(error) => Err(duplex::Stopped { error, copied: (0, 0) }),

@@ -1,7 +1,9 @@
 //! Copying a connection's bytes both ways, with buffers that grow with the traffic: each
-//! direction starts with a small buffer (what an idle connection holds) and doubles it,
-//! up to [`MAX`], while reads keep filling it, so a bulk transfer moves in large chunks
-//! (fewer syscalls and TLS records per byte) and a chatty or idle one stays small.
+//! direction starts with a small buffer and doubles it, up to [`MAX`], while reads keep
+//! filling it, so a bulk transfer moves in large chunks (fewer syscalls and TLS records per
+//! byte) and a chatty one stays small. A direction waiting to read with nothing left to
+//! write holds no buffer at all (it is freed, and made again when the read is retried), so
+//! an idle connection costs its sockets and task only.
 //!
 //! One copier for every byte stream the proxy carries: L4 (`protocol: tcp`) connections
 //! and HTTP upgrades (WebSocket, CONNECT tunnels), which also end after an idle time.
@@ -90,7 +92,10 @@ where
 /// One direction.
 #[derive(Debug)]
 struct Half {
+    /// Empty (no capacity) while the direction waits to read with nothing to write.
     buf: Vec<u8>,
+    /// The buffer's size when there is one.
+    size: usize,
     /// `buf[pos..filled]` is read and not yet written.
     pos: usize,
     filled: usize,
@@ -102,7 +107,16 @@ struct Half {
 
 impl Half {
     fn new() -> Half {
-        Half { buf: vec![0; START], pos: 0, filled: 0, full_reads: 0, read_done: false, need_flush: false, copied: 0 }
+        Half {
+            buf: Vec::new(),
+            size: START,
+            pos: 0,
+            filled: 0,
+            full_reads: 0,
+            read_done: false,
+            need_flush: false,
+            copied: 0,
+        }
     }
 
     fn poll<R, W>(&mut self, cx: &mut Context<'_>, mut r: Pin<&mut R>, mut w: Pin<&mut W>) -> Poll<io::Result<u64>>
@@ -112,11 +126,16 @@ impl Half {
     {
         loop {
             if self.pos == self.filled && !self.read_done {
+                if self.buf.is_empty() {
+                    self.buf = vec![0; self.size];
+                }
                 let mut rb = ReadBuf::new(&mut self.buf);
                 match r.as_mut().poll_read(cx, &mut rb) {
                     Poll::Ready(Ok(())) => {}
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Pending => {
+                        // Nothing is left to write: the wait holds no buffer.
+                        self.buf = Vec::new();
                         // Nothing to read now: what was written must not wait in the
                         // writer's buffer (a TLS stream keeps records until flushed).
                         if self.need_flush {
@@ -161,6 +180,7 @@ impl Half {
         if self.full_reads >= GROW_AFTER && self.buf.len() < MAX {
             // The bytes just read are still to be written: keep them.
             self.buf.resize(self.buf.len() * 2, 0);
+            self.size = self.buf.len();
             self.full_reads = 0;
         }
     }
@@ -215,9 +235,29 @@ mod tests {
         assert_eq!(stopped.copied, (32, 0));
     }
 
+    #[tokio::test]
+    async fn a_direction_waiting_to_read_holds_no_buffer() {
+        let (mut client, mut a) = tokio::io::duplex(1024);
+        let (mut b, mut server) = tokio::io::duplex(1024);
+        let mut h = Half::new();
+        let poll = |h: &mut Half, a: &mut tokio::io::DuplexStream, b: &mut tokio::io::DuplexStream| {
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            h.poll(&mut cx, Pin::new(a), Pin::new(b)).is_pending()
+        };
+        assert!(poll(&mut h, &mut a, &mut b));
+        assert_eq!(h.buf.capacity(), 0, "idle: no buffer");
+        client.write_all(b"hi").await.unwrap();
+        assert!(poll(&mut h, &mut a, &mut b));
+        let mut got = [0u8; 2];
+        server.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"hi");
+        assert_eq!(h.buf.capacity(), 0, "written and idle again: no buffer");
+    }
+
     #[test]
     fn buffers_grow_only_while_reads_fill_them() {
         let mut h = Half::new();
+        h.buf = vec![0; START];
         h.grow_if_full(START);
         assert_eq!(h.buf.len(), START, "one full read is not yet a trend");
         h.grow_if_full(START);
