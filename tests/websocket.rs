@@ -183,9 +183,21 @@ async fn an_upgrade_the_upstream_declines_is_an_ordinary_response_and_a_silent_p
         let echoed: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(echoed["headers"]["upgrade"], "websocket", "{echoed}");
         assert_eq!(echoed["headers"]["connection"], "upgrade", "{echoed}");
-        s.write_all(b"GET /again HTTP/1.1\r\nhost: test\r\n\r\n").await.unwrap();
+        // An upgrade to another protocol (h2c) is not carried: the request goes on as an
+        // ordinary one, without Upgrade, on the same connection.
+        s.write_all(b"GET /again HTTP/1.1\r\nhost: test\r\nupgrade: h2c\r\nconnection: upgrade, http2-settings\r\nhttp2-settings: AAMAAABkAAQAAP__\r\n\r\n").await.unwrap();
         let head = read_head(&mut s).await;
         assert!(head.starts_with("HTTP/1.1 200"), "keep-alive after a declined upgrade: {head}");
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("a length");
+        let mut body = vec![0u8; len];
+        s.read_exact(&mut body).await.unwrap();
+        let echoed: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert!(echoed["headers"].get("upgrade").is_none(), "h2c is not forwarded: {echoed}");
+        assert!(echoed["headers"].get("http2-settings").is_none(), "{echoed}");
         drop(s);
 
         // A peer that never answers a close: the route's 1 s idle timeout ends the stream.

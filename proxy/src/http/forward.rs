@@ -112,7 +112,7 @@ pub fn handle(mut req: Request<ClientBody>, ctx: &ConnCtx) -> impl Future<Output
     match route {
         Ok(routed) => Either::Left(forward(req, ctx, routed, entry).map(|(resp, entry)| logged(resp, log, entry))),
         Err(err) => {
-            let mut resp = error_response_for(&err, version::is_grpc(&req));
+            let mut resp = error_response_for(&err, ctx.h2 && version::is_grpc(&req));
             // A request refused for its head: the client is not to be trusted with more on
             // this connection.
             if matches!(err, ForwardError::HeadersTooLarge | ForwardError::Host(_)) && !ctx.h2 {
@@ -226,7 +226,8 @@ fn forward(
     async move {
         let Routed { route, target } = routed;
         let started = std::time::Instant::now();
-        let grpc = version::is_grpc(&req);
+        // gRPC runs over HTTP/2 and HTTP/3 only: HTTP/1.1 requests skip the lookup.
+        let grpc = ctx.h2 && version::is_grpc(&req);
         let (index, backend) = route.pick_backend();
         if let Some(e) = log.as_deref_mut() {
             e.route = Some(route.name.clone());

@@ -23,11 +23,18 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 #[derive(Debug, Clone)]
 pub struct Requested(pub HeaderValue);
 
-/// The `Upgrade` value if `h` asks for an upgrade (an `Upgrade` field and the `upgrade`
-/// token in `Connection`). One lookup for the usual request, which has no `Upgrade`.
+/// The `Upgrade` value if `h` asks for a WebSocket upgrade (`Upgrade: websocket` and the
+/// `upgrade` token in `Connection`). One lookup for the usual request, which has no
+/// `Upgrade`. Other protocols (`h2c`…) are not carried: their `Upgrade` is dropped as
+/// hop-by-hop and the request goes on as an ordinary one, so a client cannot open an
+/// HTTP/2 connection of its own to the upstream past the proxy's per-request routing and
+/// policy ("h2c smuggling").
 #[inline]
 pub fn requested(h: &HeaderMap) -> Option<Requested> {
     let up = h.get(header::UPGRADE)?;
+    if !has_token(up.as_bytes(), b"websocket") {
+        return None;
+    }
     h.get_all(header::CONNECTION).iter().any(|v| has_token(v.as_bytes(), b"upgrade")).then(|| Requested(up.clone()))
 }
 
