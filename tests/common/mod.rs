@@ -12,6 +12,7 @@ mod netns;
 mod observe;
 mod resilience;
 mod workload;
+mod ws;
 pub use control_plane::*;
 pub use etcd::*;
 pub use h3::*;
@@ -22,6 +23,7 @@ pub use netns::*;
 pub use observe::*;
 pub use resilience::*;
 pub use workload::*;
+pub use ws::*;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};

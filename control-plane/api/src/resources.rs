@@ -418,10 +418,23 @@ pub struct Listener {
     /// by every proxy it passes) is already this many gets 508 Loop Detected. Default 16.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_hops: Option<u32>,
+    /// HTTP listeners: accept `CONNECT host:port` tunnels over HTTP/1.1 (DESIGN §11). A
+    /// CONNECT is routed like any request (its target's host is the request's host) and
+    /// its bytes go to an endpoint of the route's cluster, under the route's
+    /// `idle_timeout`. Default false: a CONNECT gets 405.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub connect: bool,
+    /// With `connect: true`: the ports a CONNECT target may name; others get 403. Default
+    /// [443].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_ports: Option<Vec<u16>>,
 }
 
 /// Default for [`Listener::max_hops`].
 pub const DEFAULT_MAX_HOPS: u32 = 16;
+
+/// Default for [`Listener::connect_ports`].
+pub const DEFAULT_CONNECT_PORTS: [u16; 1] = [443];
 
 /// What a transparent outbound listener does with destinations outside the mesh.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -204,6 +204,17 @@ fn check(b: &Bootstrap, bootstrap: bool, resolve: bool) -> Result<(), Vec<Valida
             errs.push(format!("{at}.max_hops"), "must be 1–255");
         }
         validate_transparent(&mut errs, &at, l);
+        if l.connect && (l.protocol == ListenerProtocol::Tcp || l.transparent) {
+            errs.push(format!("{at}.connect"), "applies to HTTP listeners that are not transparent");
+        }
+        match &l.connect_ports {
+            Some(_) if !l.connect => {
+                errs.push(format!("{at}.connect_ports"), "applies with connect: true only");
+            }
+            Some(p) if p.is_empty() => errs.push(format!("{at}.connect_ports"), "must list at least one port"),
+            Some(p) if p.contains(&0) => errs.push(format!("{at}.connect_ports"), "0 is not a port"),
+            _ => {}
+        }
     }
 
     for r in &b.routes {

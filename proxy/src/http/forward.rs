@@ -8,14 +8,16 @@ use crate::config::{Listener, Snapshot};
 use crate::http::attempts::{self, Plan};
 use crate::http::body::{ClientBody, Exchange, ProxyBody, RequestBody, UpstreamBody};
 use crate::http::headers::{self, Peer};
-use crate::http::respond::{ForwardError, error_response};
+use crate::http::respond::{ForwardError, error_response_for};
 use crate::http::route::Route;
 use crate::http::router::{self, RequestView};
+use crate::http::upgrade;
 use crate::http::version::{self, Hint};
 use crate::mcp::Parsed;
 use crate::resilience::{fault, retry};
 use crate::telemetry;
 use crate::upstream::Endpoint;
+use crate::upstream::{UpstreamError, Wire};
 use arc_swap::ArcSwap;
 use futures_util::future::{Either, FutureExt};
 use http::{HeaderValue, Request, Response};
@@ -91,7 +93,7 @@ pub fn audit_denied(
 }
 
 /// Forwards one request and returns the response to write (never fails: errors become
-/// responses via [`error_response`]), and writes its access log line when the config has
+/// responses via [`error_response_for`]), and writes its access log line when the config has
 /// an access log.
 ///
 /// Not an `async fn`: routing needs no await, so it is done here, and the returned future
@@ -120,7 +122,7 @@ pub fn handle(mut req: Request<ClientBody>, ctx: &ConnCtx) -> impl Future<Output
     match route {
         Ok(routed) => Either::Left(forward(req, ctx, routed, entry).map(|(resp, entry)| logged(resp, log, entry))),
         Err(err) => {
-            let mut resp = error_response(&err);
+            let mut resp = error_response_for(&err, ctx.h2 && version::is_grpc(&req));
             // A request refused for its head: the client is not to be trusted with more on
             // this connection.
             if matches!(err, ForwardError::HeadersTooLarge | ForwardError::Host(_)) && !ctx.h2 {
@@ -144,6 +146,11 @@ fn logged(
         entry.error = header(crate::http::respond::ERROR_HEADER).map(str::to_owned);
         entry.attempts = header(ATTEMPTS_HEADER).and_then(|v| v.parse().ok());
         let pending = access_log::Pending { entry, log };
+        if let Some(up) = resp.extensions().get::<upgrade::Upgraded>() {
+            // Written when the stream ends.
+            up.with(|t| t.log = Some(pending));
+            return resp;
+        }
         match resp.body_mut() {
             // Written when the body has been sent (or abandoned), with its final size.
             ProxyBody::Upstream(body) => body.log_on_end(pending),
@@ -185,6 +192,9 @@ fn route_for(
     let max_hops = listener.spec.max_hops.unwrap_or(trellis_api::DEFAULT_MAX_HOPS);
     if hops >= max_hops {
         return Err(ForwardError::LoopDetected(max_hops));
+    }
+    if req.method() == http::Method::CONNECT {
+        check_connect(req, listener, ctx.h2)?;
     }
     // Denied unless rules with MCP conditions allow each call of the body (mcp routes).
     let mut deferred = None;
@@ -257,6 +267,8 @@ fn forward(
     async move {
         let Routed { route, target, hops, mcp_policy } = routed;
         let started = std::time::Instant::now();
+        // gRPC runs over HTTP/2 and HTTP/3 only: HTTP/1.1 requests skip the lookup.
+        let grpc = ctx.h2 && version::is_grpc(&req);
         let (index, backend) = route.pick_backend();
         if let Some(e) = log.as_deref_mut() {
             e.route = Some(route.name.clone());
@@ -292,11 +304,12 @@ fn forward(
             }
         }
         let fail = |err: ForwardError, tries: Option<u32>| {
-            let mut resp = error_response(&err);
+            let mut resp = error_response_for(&err, grpc);
             if let Some(n) = tries {
                 resp.headers_mut().insert(ATTEMPTS_HEADER, attempts_value(n));
             }
-            backend.metrics.count(resp.status().as_u16());
+            // The error's status, also for a gRPC error sent as a 200.
+            backend.metrics.count(err.status().as_u16());
             backend.metrics.observe(started.elapsed());
             tracing::debug!(route = %route.name, error = %err, "request failed");
             resp
@@ -329,11 +342,26 @@ fn forward(
         }
 
         let cluster = &backend.cluster;
+        if req.method() == http::Method::CONNECT {
+            return match tunnel(&req, ctx, &route, cluster, log.as_deref_mut()).await {
+                Ok(resp) => {
+                    backend.metrics.count(200);
+                    (resp, log)
+                }
+                Err(e) => (fail(e, None), log),
+            };
+        }
         let mesh = target.as_ref().map_or(cluster.mesh, |t| t.identity.is_some());
         let down = version::Downstream { h2: ctx.h2, hint: ctx.hint };
         let (wire, told) = version::choose(&mut req, down, cluster.protocol, mesh);
+        // An upgrade goes to HTTP/1.1, the version that has `Upgrade` (RFC 9110 §7.8).
+        let upgrade = req.extensions_mut().remove::<upgrade::Requested>();
+        let wire = if upgrade.is_some() { Wire::Http1 } else { wire };
         let key = cluster.hash_key(req.headers(), ctx.peer.ip);
         headers::prepare_request(&mut req, &ctx.peer, wire);
+        if let Some(up) = &upgrade {
+            upgrade::restore(req.headers_mut(), up);
+        }
         if let Some(v) = told {
             req.headers_mut().insert(version::ORIG_PROTO.clone(), v);
         }
@@ -353,7 +381,7 @@ fn forward(
         let hedge = route
             .hedge
             .as_ref()
-            .filter(|_| replayable.unwrap_or_else(|| retry::is_idempotent(req.method())))
+            .filter(|_| replayable.unwrap_or_else(|| retry::is_idempotent(req.method())) && upgrade.is_none())
             .map(|h| (h.delay, h.max));
         // From here on `plan` holds these (the future keeps one copy across its awaits).
         let target = target.as_ref();
@@ -386,7 +414,12 @@ fn forward(
         // The downstream connection decides its own version; an HTTP/1.0 upstream must not
         // turn the client's keep-alive connection into a 1.0 one.
         parts.version = http::Version::HTTP_11;
+        let switched = switched(&mut parts, upgrade.as_ref(), route.idle_timeout);
         headers::prepare_response(&mut parts.headers);
+        if let Some(protocol) = switched {
+            upgrade::restore(&mut parts.headers, &protocol);
+            upgrade::count(&ctx.listener, upgrade::protocol_label(&protocol.0));
+        }
         route.response_headers.apply(&mut parts.headers);
         if counted {
             parts.headers.insert(ATTEMPTS_HEADER, attempts_value(sent.tries));
@@ -414,6 +447,75 @@ fn forward(
 /// Who calls, for MCP policy and audit lines.
 fn mcp_caller<'a>(ctx: &'a ConnCtx, route: &'a Route) -> crate::mcp::Caller<'a> {
     crate::mcp::Caller { listener: &ctx.listener, route: &route.name, peer_id: ctx.peer_id.as_deref(), ip: ctx.peer.ip }
+}
+
+/// Whether this listener carries `req`, a CONNECT: `connect: true`, over HTTP/1.1 (the
+/// tunnel is carried by the HTTP/1 server), to a port in `connect_ports`.
+fn check_connect(req: &Request<ClientBody>, listener: &Listener, h2: bool) -> Result<(), ForwardError> {
+    if !listener.spec.connect {
+        return Err(ForwardError::ConnectRefused("CONNECT is not enabled on this listener (connect: true)"));
+    }
+    if h2 || req.version() != http::Version::HTTP_11 {
+        return Err(ForwardError::ConnectRefused("CONNECT tunnels are carried over HTTP/1.1 only"));
+    }
+    let port = req.uri().port_u16().unwrap_or(0);
+    let allowed = listener.spec.connect_ports.as_deref().unwrap_or(&trellis_api::DEFAULT_CONNECT_PORTS);
+    if !allowed.contains(&port) {
+        return Err(ForwardError::ConnectPort(port));
+    }
+    Ok(())
+}
+
+/// A CONNECT's tunnel: a connection to an endpoint of the route's cluster (TCP, or TLS
+/// per the cluster, through its breakers), answered 200 with the connection attached for
+/// the HTTP/1 server to splice (`http::upgrade`).
+async fn tunnel(
+    req: &Request<ClientBody>,
+    ctx: &ConnCtx,
+    route: &Route,
+    cluster: &crate::upstream::Cluster,
+    log: Option<&mut access_log::Entry>,
+) -> Result<Response<ProxyBody>, ForwardError> {
+    let key = cluster.hash_key(req.headers(), ctx.peer.ip);
+    let Some(ep) = cluster.pick(key, None).cloned() else {
+        return Err(ForwardError::NoEndpoint(cluster.name.clone()));
+    };
+    if let Some(e) = log {
+        e.upstream = Some(ep.addr);
+    }
+    let conn = match crate::upstream::pool::connect_l4(&ep).await {
+        Ok(c) => c,
+        Err(err) => {
+            if matches!(err, UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout(_)) {
+                cluster.record(&ep, crate::resilience::outlier::Outcome::ConnectFailure);
+            }
+            return Err(ForwardError::Upstream(err));
+        }
+    };
+    let tunnel = upgrade::Upgraded::new(conn.into_h1());
+    tunnel.with(|t| t.idle = route.idle_timeout);
+    upgrade::count(&ctx.listener, "connect");
+    let mut resp = Response::new(ProxyBody::Full(None));
+    resp.extensions_mut().insert(tunnel);
+    Ok(resp)
+}
+
+/// For an upstream's 101 to an upgrade request: the protocol it switched to, and the
+/// tunnel told the route's idle timeout. A 101 that is not one (no upgraded connection
+/// came with it: the upstream client refuses those) is left alone.
+fn switched(
+    parts: &mut http::response::Parts,
+    asked: Option<&upgrade::Requested>,
+    idle: Option<std::time::Duration>,
+) -> Option<upgrade::Requested> {
+    if parts.status != http::StatusCode::SWITCHING_PROTOCOLS {
+        return None;
+    }
+    let asked = asked?;
+    let tunnel = parts.extensions.get::<upgrade::Upgraded>()?;
+    tunnel.with(|t| t.idle = idle);
+    let protocol = parts.headers.get(http::header::UPGRADE).cloned().unwrap_or_else(|| asked.0.clone());
+    Some(upgrade::Requested(protocol))
 }
 
 /// Whether the request says unambiguously which host it is for (RFC 9112 §3.2, RFC 9113

@@ -22,4 +22,5 @@ pub mod respond;
 pub mod route;
 pub mod router;
 pub mod server;
+pub mod upgrade;
 pub mod version;

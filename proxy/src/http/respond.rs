@@ -1,5 +1,6 @@
 //! The one place where a failure becomes a response: status, `x-trellis-error`, and a short
-//! plain-text body naming the cause; and whose fault each failure is (`side`): the
+//! plain-text body naming the cause (for a gRPC request, a gRPC error instead: HTTP 200,
+//! trailers-only, `grpc-status` mapped from the status as DESIGN §11 says, `grpc-message`); and whose fault each failure is (`side`): the
 //! client's are 4xx, the upstream's 502/504 (and only they count against an endpoint),
 //! the proxy's own 503 (or the configured fault status). docs/errors.md lists them.
 
@@ -59,6 +60,12 @@ pub enum ForwardError {
     LoopDetected(u32),
     #[error("invalid x-trellis-hops")]
     BadHops,
+    /// A CONNECT this listener does not carry (no `connect: true`, or not over HTTP/1.1).
+    #[error("{0}")]
+    ConnectRefused(&'static str),
+    /// A CONNECT to a port not in the listener's `connect_ports`.
+    #[error("CONNECT to port {0} is not allowed on this listener (connect_ports)")]
+    ConnectPort(u16),
 }
 
 impl ForwardError {
@@ -75,6 +82,8 @@ impl ForwardError {
             | Self::Host(_)
             | Self::LoopDetected(_)
             | Self::BadHops
+            | Self::ConnectRefused(_)
+            | Self::ConnectPort(_)
             | Self::TooEarly => Side::Client,
             Self::Upstream(e) => e.side(),
             Self::Timeout | Self::TryTimeout | Self::IdleTimeout => Side::Upstream,
@@ -97,7 +106,8 @@ impl ForwardError {
             Self::LoopDetected(_) => StatusCode::LOOP_DETECTED,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Request(e) => e.status(),
-            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::Forbidden | Self::ConnectPort(_) => StatusCode::FORBIDDEN,
+            Self::ConnectRefused(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::TooEarly => StatusCode::TOO_EARLY,
             Self::Timeout | Self::TryTimeout | Self::IdleTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -128,6 +138,8 @@ impl ForwardError {
             Self::LoopDetected(_) => "loop detected",
             Self::BadHops => "bad hops",
             Self::Forbidden => "forbidden",
+            Self::ConnectRefused(_) => "connect not allowed",
+            Self::ConnectPort(_) => "connect port not allowed",
             Self::HeadersTooLarge => "header block too large",
             Self::TooEarly => "too early",
             Self::Timeout | Self::TryTimeout => "upstream timeout",
@@ -135,6 +147,61 @@ impl ForwardError {
             Self::ListenerGone => "listener draining",
         }
     }
+}
+
+/// Renders `err` for the client, as a gRPC error if the request is a gRPC call.
+pub fn error_response_for(err: &ForwardError, grpc: bool) -> Response<ProxyBody> {
+    if grpc { grpc_error_response(err) } else { error_response(err) }
+}
+
+/// The gRPC status for an error the proxy answers with `status` (DESIGN §11; the statuses
+/// it does not name as gRPC's HTTP mapping has them).
+pub fn grpc_status(status: StatusCode) -> u8 {
+    match status.as_u16() {
+        502 | 503 | 425 => 14,       // UNAVAILABLE
+        504 | 408 => 4,              // DEADLINE_EXCEEDED
+        403 => 7,                    // PERMISSION_DENIED
+        429 => 8,                    // RESOURCE_EXHAUSTED
+        404 | 405 | 501 => 12,       // UNIMPLEMENTED
+        401 => 16,                   // UNAUTHENTICATED
+        400 | 413 | 414 | 431 => 13, // INTERNAL
+        _ => 2,                      // UNKNOWN
+    }
+}
+
+/// `err` as a gRPC error: HTTP 200 with no body (a trailers-only response, RFC-less but as
+/// gRPC over HTTP/2 defines it), `grpc-status`, `grpc-message` (the reason and the detail,
+/// percent-encoded) and `x-trellis-error`.
+pub fn grpc_error_response(err: &ForwardError) -> Response<ProxyBody> {
+    let reason = err.reason();
+    let mut resp = Response::new(ProxyBody::Full(None));
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    h.insert("grpc-status", HeaderValue::from(u16::from(grpc_status(err.status()))));
+    let message = percent_encode(&format!("{reason}: {err}"));
+    if let Ok(v) = HeaderValue::try_from(message) {
+        h.insert("grpc-message", v);
+    }
+    h.insert(ERROR_HEADER, HeaderValue::from_static(reason));
+    if let ForwardError::RateLimited(wait) = err {
+        let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+        h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    resp
+}
+
+/// gRPC's `grpc-message` encoding: bytes outside printable ASCII, and `%`, as `%XX`.
+fn percent_encode(s: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
 }
 
 /// Renders `err` for the client.
@@ -158,6 +225,28 @@ mod tests {
     use super::*;
     use crate::http::h1::{Error as H1Error, Kind};
 
+    #[test]
+    fn grpc_errors_are_trailers_only_with_the_mapped_status() {
+        let cases = [
+            (ForwardError::Timeout, "4"),
+            (ForwardError::NoEndpoint("c".into()), "14"),
+            (ForwardError::Forbidden, "7"),
+            (ForwardError::RateLimited(std::time::Duration::from_secs(1)), "8"),
+            (ForwardError::NoRoute, "12"),
+        ];
+        for (err, code) in cases {
+            let resp = grpc_error_response(&err);
+            assert_eq!(resp.status(), StatusCode::OK);
+            assert!(http_body::Body::is_end_stream(resp.body()), "no body: trailers-only");
+            let h = resp.headers();
+            assert_eq!(h["grpc-status"], code, "{err:?}");
+            assert_eq!(h["content-type"], "application/grpc");
+            assert_eq!(h[ERROR_HEADER], err.reason());
+            assert!(h["grpc-message"].to_str().unwrap_or("").starts_with(err.reason()));
+        }
+        assert_eq!(percent_encode("a 100% é"), "a 100%25 %C3%A9");
+    }
+
     /// Every client fault is a 4xx, every upstream fault a 502/504, the proxy's own a 503
     /// (docs/errors.md is this table).
     #[test]
@@ -168,6 +257,8 @@ mod tests {
         let cases: Vec<(ForwardError, Side, u16, &str)> = vec![
             (ForwardError::NoRoute, Side::Client, 404, "no route"),
             (ForwardError::Forbidden, Side::Client, 403, "forbidden"),
+            (ForwardError::ConnectRefused("x"), Side::Client, 405, "connect not allowed"),
+            (ForwardError::ConnectPort(22), Side::Client, 403, "connect port not allowed"),
             (ForwardError::RateLimited(std::time::Duration::from_secs(1)), Side::Client, 429, "rate limited"),
             (ForwardError::HeadersTooLarge, Side::Client, 431, "header block too large"),
             (ForwardError::Host("two"), Side::Client, 400, "bad host"),

@@ -104,7 +104,7 @@ fn app_version<B>(req: &mut Request<B>, ctx: Downstream) -> Option<Wire> {
 
 /// `content-type: application/grpc` (or `+proto`, `+json`, `;…`), not gRPC-Web, which
 /// runs over HTTP/1.1 as well.
-fn is_grpc<B>(req: &Request<B>) -> bool {
+pub fn is_grpc<B>(req: &Request<B>) -> bool {
     req.headers().get(CONTENT_TYPE).is_some_and(|v| {
         v.as_bytes()
             .strip_prefix(b"application/grpc")

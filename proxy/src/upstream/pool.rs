@@ -278,6 +278,14 @@ pub struct L4Conn {
     _slot: ConnSlot,
 }
 
+impl L4Conn {
+    /// The connection as an HTTP/1 connection object (nothing read yet), which carries an
+    /// upgraded stream (`http::upgrade`): a CONNECT tunnel.
+    pub(crate) fn into_h1(self) -> h1::Conn {
+        h1::Conn::new(self.io, self._slot)
+    }
+}
+
 /// Connects to `ep` for L4 forwarding, with the same breakers, timeouts and TLS (mesh
 /// identity check included) as HTTP connections to the cluster.
 pub async fn connect_l4(ep: &Endpoint) -> Result<L4Conn, UpstreamError> {

@@ -109,6 +109,30 @@ policies:
 }
 
 #[test]
+fn connect_fields_are_checked() {
+    let got = errors(
+        r#"listeners:
+  - { name: ok, address: "127.0.0.1:1", connect: true, connect_ports: [443, 8443] }
+  - { name: a, address: "127.0.0.1:2", connect_ports: [443] }
+  - { name: b, address: "127.0.0.1:3", connect: true, connect_ports: [] }
+  - { name: c, address: "127.0.0.1:4", connect: true, connect_ports: [0] }
+  - { name: d, address: "127.0.0.1:5", protocol: tcp, cluster: t, connect: true }
+clusters:
+  - { name: t, endpoints: [{ address: "127.0.0.1:9" }] }
+"#,
+    );
+    assert_eq!(
+        got,
+        [
+            "listeners[a].connect_ports: applies with connect: true only",
+            "listeners[b].connect_ports: must list at least one port",
+            "listeners[c].connect_ports: 0 is not a port",
+            "listeners[d].connect: applies to HTTP listeners that are not transparent",
+        ]
+    );
+}
+
+#[test]
 fn transparent_fields_are_checked() {
     let got = errors(
         r#"listeners:

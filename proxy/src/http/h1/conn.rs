@@ -21,6 +21,7 @@ use crate::http::body::{ClientBody, ProxyBody};
 use crate::http::forward::{self, ConnCtx};
 use crate::http::io_bufs;
 use crate::http::respond::{ForwardError, error_response};
+use crate::http::upgrade;
 use crate::listener::Open;
 use bytes::{Bytes, BytesMut};
 use http::{Method, Response, Version};
@@ -86,8 +87,17 @@ where
             to: Answering { version: req.version(), head: req.method() == Method::HEAD },
             connect: req.method() == Method::CONNECT,
             trailers,
+            upgrade: false,
         };
-        let mut req = req;
+        let (mut req, mut asked) = (req, asked);
+        // An upgrade without a body (a body would leave the switch point unclear).
+        if framing == Framing::None
+            && req.version() == Version::HTTP_11
+            && let Some(up) = upgrade::requested(req.headers())
+        {
+            req.extensions_mut().insert(up);
+            asked.upgrade = true;
+        }
         if framing != Framing::None {
             let (body, feed) = incoming::channel(framing, expect_continue);
             *req.body_mut() = ClientBody::H1(body);
@@ -164,6 +174,8 @@ struct Asked {
     connect: bool,
     /// The client accepts trailers (`TE: trailers`).
     trailers: bool,
+    /// The request asks for an upgrade: a 101 with the upstream's connection splices.
+    upgrade: bool,
 }
 
 enum After {
@@ -338,7 +350,12 @@ impl Conn {
             }
         })
         .await;
-        let Ok(resp) = waited else { return After::Abort };
+        let Ok(mut resp) = waited else { return After::Abort };
+        let switching = (asked.upgrade && resp.status() == http::StatusCode::SWITCHING_PROTOCOLS)
+            || (asked.connect && resp.status().is_success());
+        if switching && let Some(tunnel) = resp.extensions_mut().remove::<upgrade::Upgraded>().and_then(|u| u.take()) {
+            return self.switch(io, resp, asked.to, tunnel).await;
+        }
         let mut close = asked.close || stop.is_cancelled() || !self.body_settled(false);
         if asked.connect && resp.status().is_success() {
             close = true;
@@ -375,6 +392,40 @@ impl Conn {
                 After::Abort
             }
         }
+    }
+
+    /// Writes a 101 and carries the connection as a byte stream to the upstream's
+    /// (`http::upgrade`); the connection ends with the stream.
+    async fn switch<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut S,
+        resp: Response<ProxyBody>,
+        to: Answering,
+        tunnel: upgrade::Tunnel,
+    ) -> After {
+        let (parts, _) = resp.into_parts();
+        self.take_out();
+        self.out.clear();
+        if parts.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            let mut close = false;
+            encode::response_head(&mut self.out, &parts, None, to, &mut close);
+        } else {
+            // A CONNECT's 2xx has no framing fields at all (RFC 9110 §9.3.6).
+            self.out.extend_from_slice(b"HTTP/1.1 200 OK\r\n\r\n");
+        }
+        crate::http::header_maps::give(parts.headers);
+        if let Err(e) = tokio::time::timeout(self.header_timeout, self.flush_out(io))
+            .await
+            .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+        {
+            tracing::debug!(error = %e, "101 not sent");
+            return After::Abort;
+        }
+        self.give_out();
+        self.timer = None;
+        let early = std::mem::take(&mut self.buf);
+        upgrade::splice(io, early, tunnel).await;
+        After::Abort
     }
 
     /// Whether the request body (if any) is read to its end, so the connection can carry

@@ -16,6 +16,8 @@ use crate::http::forward::{self, ConnCtx};
 use crate::http::h1::content_length;
 use crate::http::h2::body::{Pipe, RecvBody, Returned};
 use crate::http::h2::headers::{Kind, strip_connection_headers};
+use crate::http::h2::tunnel::H2Io;
+use crate::http::upgrade;
 use crate::listener::Open;
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -63,7 +65,9 @@ fn builder(listener: &Listener) -> Builder {
         .max_header_list_size(u32::try_from(listener.max_header_bytes() * 2).unwrap_or(u32::MAX))
         .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESET_STREAMS))
         .max_send_buffer_size(MAX_SEND_BUF_SIZE)
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        // RFC 8441: WebSocket over HTTP/2 (extended CONNECT with `:protocol`).
+        .enable_connect_protocol();
     b
 }
 
@@ -158,14 +162,32 @@ where
 
 /// One stream: forwards the request and sends the response back.
 async fn exchange(req: Request<RecvStream>, mut respond: SendResponse<Bytes>, ctx: Arc<ConnCtx>) {
-    let (req, back) = match into_request(req) {
+    let Incoming { req, back, tunnel } = match into_request(req) {
         Ok(r) => r,
         Err(reason) => {
             respond.send_reset(reason);
             return;
         }
     };
-    let Some(resp) = forward_unless_reset(req, &mut respond, &ctx).await else { return };
+    let Some(mut resp) = forward_unless_reset(req, &mut respond, &ctx).await else { return };
+    if let Some(recv) = tunnel
+        && resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
+        && let Some(t) = resp.extensions_mut().remove::<upgrade::Upgraded>().and_then(|u| u.take())
+    {
+        // The upstream switched: a 200 opens the tunnel (RFC 8441 §5), the stream carries it.
+        let mut head = Response::new(());
+        for name in [http::header::SEC_WEBSOCKET_PROTOCOL, http::header::SEC_WEBSOCKET_EXTENSIONS] {
+            if let Some(v) = resp.headers().get(&name) {
+                head.headers_mut().insert(name, v.clone());
+            }
+        }
+        head.headers_mut().insert(DATE, crate::http::date::value());
+        match respond.send_response(head, false) {
+            Ok(send) => upgrade::splice(&mut H2Io::new(send, recv), bytes::BytesMut::new(), t).await,
+            Err(e) => tracing::debug!(error = %e, "extended CONNECT: 200 not sent"),
+        }
+        return;
+    }
     let (head, body) = response_head(resp);
     let eos = body.is_end_stream();
     let stream = match respond.send_response(head, eos) {
@@ -190,7 +212,7 @@ async fn exchange(req: Request<RecvStream>, mut respond: SendResponse<Bytes>, ct
 /// server gave it (it kept the stream for a tunnel); one announcing a body is refused, as
 /// hyper did; so is one whose `content-length` fields are malformed or disagree (h2 checks
 /// only the first): the reset to send.
-fn into_request(req: Request<RecvStream>) -> Result<(Request<ClientBody>, Option<Returned>), Reason> {
+fn into_request(req: Request<RecvStream>) -> Result<Incoming, Reason> {
     let (mut parts, recv) = req.into_parts();
     let Ok(len) = content_length(&parts.headers) else {
         tracing::debug!("h2 request with malformed content-length");
@@ -203,17 +225,71 @@ fn into_request(req: Request<RecvStream>) -> Result<(Request<ClientBody>, Option
         crate::http::h1::framing::set_length(&mut parts.headers, n);
     }
     if parts.method == Method::CONNECT {
+        if let Some(protocol) = parts.extensions.remove::<h2::ext::Protocol>() {
+            return websocket_request(parts, &protocol, recv);
+        }
         if len.is_some_and(|n| n != 0) {
             tracing::debug!("h2 CONNECT with a body is not supported");
             return Err(Reason::INTERNAL_ERROR);
         }
-        return Ok((Request::from_parts(parts, ClientBody::Empty), None));
+        return Ok(Incoming { req: Request::from_parts(parts, ClientBody::Empty), back: None, tunnel: None });
     }
     if recv.is_end_stream() {
-        return Ok((Request::from_parts(parts, ClientBody::H2(RecvBody::new(recv, len))), None));
+        let req = Request::from_parts(parts, ClientBody::H2(RecvBody::new(recv, len)));
+        return Ok(Incoming { req, back: None, tunnel: None });
     }
     let back = Returned::default();
-    Ok((Request::from_parts(parts, ClientBody::H2(RecvBody::returning(recv, len, back.clone()))), Some(back)))
+    let req = Request::from_parts(parts, ClientBody::H2(RecvBody::returning(recv, len, back.clone())));
+    Ok(Incoming { req, back: Some(back), tunnel: None })
+}
+
+/// A request as `forward` takes it, and what its stream keeps for later.
+struct Incoming {
+    req: Request<ClientBody>,
+    /// Where a body dropped before its end hands the stream back.
+    back: Option<Returned>,
+    /// An extended CONNECT's stream, which carries the tunnel once the upstream switched.
+    tunnel: Option<RecvStream>,
+}
+
+/// An extended CONNECT (RFC 8441) for WebSocket as the HTTP/1.1 upgrade request the
+/// upstream gets (RFC 6455 §4.1: GET, `Upgrade: websocket`, a fresh `Sec-WebSocket-Key`);
+/// other `:protocol`s are refused (the stream reset with REFUSED_STREAM: nothing was done).
+fn websocket_request(
+    mut parts: http::request::Parts,
+    protocol: &h2::ext::Protocol,
+    recv: RecvStream,
+) -> Result<Incoming, Reason> {
+    if !protocol.as_str().eq_ignore_ascii_case("websocket") {
+        tracing::debug!(protocol = protocol.as_str(), "extended CONNECT for an unsupported protocol");
+        return Err(Reason::REFUSED_STREAM);
+    }
+    parts.method = Method::GET;
+    let value = HeaderValue::from_static("websocket");
+    parts.headers.insert(http::header::SEC_WEBSOCKET_KEY, websocket_key(fastrand::u128(..)));
+    parts.extensions.insert(upgrade::Requested(value));
+    let req = Request::from_parts(parts, ClientBody::Empty);
+    Ok(Incoming { req, back: None, tunnel: Some(recv) })
+}
+
+/// A `Sec-WebSocket-Key`: 16 bytes, base64 (RFC 6455 §4.1). The HTTP/2 client has none
+/// (RFC 8441 §5: it does not check an accept value either).
+fn websocket_key(n: u128) -> HeaderValue {
+    const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let bytes = n.to_be_bytes();
+    let mut out = Vec::with_capacity(24);
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], chunk.get(1).copied().unwrap_or(0), chunk.get(2).copied().unwrap_or(0)];
+        let v = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(B64[((v >> (18 - 6 * i)) & 63) as usize]);
+            } else {
+                out.push(b'=');
+            }
+        }
+    }
+    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="))
 }
 
 /// After a complete response: reads (and drops) what is left of a request body whose
@@ -302,6 +378,14 @@ mod tests {
             resp.headers_mut().append(HeaderName::from_static(k), HeaderValue::from_static(v));
         }
         resp
+    }
+
+    #[test]
+    fn websocket_keys_are_16_bytes_in_base64() {
+        // RFC 4648 test vector: 16 zero bytes.
+        assert_eq!(websocket_key(0).as_bytes(), b"AAAAAAAAAAAAAAAAAAAAAA==");
+        let k = websocket_key(u128::MAX);
+        assert_eq!(k.as_bytes(), b"/////////////////////w==");
     }
 
     #[test]

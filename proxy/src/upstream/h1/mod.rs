@@ -106,6 +106,12 @@ impl Conn {
         }
     }
 
+    /// The connection as a byte stream, after a 101 (an upgrade): the stream, the bytes
+    /// already read past the response head, and its `max_connections` unit.
+    pub(crate) fn into_parts(self) -> (MaybeTls, BytesMut, ConnSlot) {
+        (self.io, self.buf, self._slot)
+    }
+
     /// Whether an idle connection still looks open: nothing buffered, and a read that does
     /// not wait (no syscall unless the socket is readable) finds neither EOF nor bytes.
     pub(crate) fn is_usable(&mut self) -> bool {
@@ -132,6 +138,9 @@ pub struct Outgoing<B> {
     replayable: bool,
     /// What the response's framing depends on (HEAD, CONNECT).
     requested: codec::head::Requested,
+    /// The request asks for an upgrade (it carries `Upgrade`, which only an upgrade
+    /// request keeps past `headers::prepare_request`): a 101 hands the connection over.
+    upgrade: bool,
 }
 
 /// A request body's encoder; a body that breaks its own length is the client's fault.
@@ -185,13 +194,14 @@ where
         if ended {
             push_end(&mut encoder, &mut pieces, None)?;
         }
+        let upgrade = parts.headers.contains_key(http::header::UPGRADE);
         crate::http::header_maps::give(parts.headers);
         let mut first = queue::Queue::default();
         first.push(Bytes::from(head));
         first.append(pieces);
         let replayable = ended && idempotent;
         let requested = codec::head::Requested::new(&parts.method);
-        Ok(Self { first, encoder, rest: (!ended).then_some(body), replayable, requested })
+        Ok(Self { first, encoder, rest: (!ended).then_some(body), replayable, requested, upgrade })
     }
 
     /// The request is whole in memory, idempotent, and can be written again on another
@@ -256,6 +266,7 @@ where
 {
     let replayable = out.replayable();
     let requested = out.requested;
+    let upgrade = out.upgrade;
     let mut send = Sending {
         first: &out.first,
         first_sent: Some(0),
@@ -266,7 +277,7 @@ where
     };
     async move {
         let mut got = false;
-        let head = poll_fn(|cx| read_head(cx, &mut conn, &mut send, &mut got, requested)).await;
+        let head = poll_fn(|cx| read_head(cx, &mut conn, &mut send, &mut got, requested, upgrade)).await;
         let head = match head {
             Ok(h) => h,
             Err(error) => {
@@ -274,6 +285,15 @@ where
                 return Err(Failure { error, retry });
             }
         };
+        if head.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            // The connection is the client's byte stream now (`http::upgrade`).
+            let mut resp = Response::new(H1Body::full(None));
+            *resp.status_mut() = head.status;
+            *resp.version_mut() = head.version;
+            *resp.headers_mut() = head.headers;
+            resp.extensions_mut().insert(crate::http::upgrade::Upgraded::new(conn));
+            return Ok(resp);
+        }
         // An early answer leaves the request body half sent: the connection cannot be reused.
         let reusable = head.keep_alive && send.done;
         let whole = match head.framing {
@@ -356,6 +376,7 @@ fn read_head<B>(
     send: &mut Sending<'_, B>,
     got: &mut bool,
     requested: codec::head::Requested,
+    upgrade: bool,
 ) -> Poll<Result<codec::head::ResponseHead, Error>>
 where
     B: Body<Data = Bytes, Error = ClientBodyError> + Unpin,
@@ -372,6 +393,10 @@ where
             && let Some(head) = codec::head::response(&mut conn.buf, requested)?
         {
             if head.status == http::StatusCode::SWITCHING_PROTOCOLS {
+                // Only for an upgrade request whose body (if any) has gone out whole.
+                if upgrade && send.done {
+                    return Poll::Ready(Ok(head));
+                }
                 return Poll::Ready(Err(
                     codec::Error::upstream(Kind::Invalid("unexpected 101 Switching Protocols")).into()
                 ));

