@@ -31,6 +31,8 @@ pub const HTTP3_CONNECTIONS_TOTAL: &str = "trellis_http3_connections_total";
 pub const INBOUND_PLAINTEXT_TOTAL: &str = "trellis_inbound_plaintext_total";
 pub const TRANSPARENT_CONNECTIONS_TOTAL: &str = "trellis_transparent_connections_total";
 pub const TRANSPARENT_REFUSED_TOTAL: &str = "trellis_transparent_refused_total";
+pub const TRACE_SPANS_EXPORTED_TOTAL: &str = "trellis_trace_spans_exported_total";
+pub const TRACE_SPANS_DROPPED_TOTAL: &str = "trellis_trace_spans_dropped_total";
 
 /// Histogram buckets for request durations, in seconds (0.5 ms … 60 s).
 const DURATION_BUCKETS: &[f64] =
@@ -75,6 +77,39 @@ pub fn install() -> Result<PrometheusHandle, String> {
     metrics::describe_counter!(
         TRANSPARENT_REFUSED_TOTAL,
         "Connections a transparent listener closed at once, by listener and reason (loop, registry_only)"
+    );
+    metrics::describe_counter!(DOWNSTREAM_CONNECTIONS_TOTAL, "Downstream connections accepted, by listener");
+    metrics::describe_counter!(CONFIG_RELOADS_TOTAL, "Static config reloads, by result (ok, error)");
+    metrics::describe_counter!(
+        UPSTREAM_CONNECT_ERRORS_TOTAL,
+        "Upstream connection attempts that failed (refused, timeout, TLS), by cluster"
+    );
+    metrics::describe_counter!(UPSTREAM_RETRIES_TOTAL, "Upstream retries made, by cluster");
+    metrics::describe_counter!(UPSTREAM_HEDGES_TOTAL, "Hedged upstream requests sent, by cluster");
+    metrics::describe_counter!(
+        RETRY_BUDGET_EXHAUSTED_TOTAL,
+        "Retries not made because the cluster's retry budget was spent, by cluster"
+    );
+    metrics::describe_counter!(
+        CIRCUIT_BREAKER_REJECTIONS_TOTAL,
+        "Requests refused by a cluster's circuit breaker (limit reached), by cluster and threshold"
+    );
+    metrics::describe_counter!(OUTLIER_EJECTIONS_TOTAL, "Endpoints ejected by outlier detection, by cluster");
+    metrics::describe_counter!(RATE_LIMITED_TOTAL, "Requests refused by a route's rate limit (429), by route");
+    metrics::describe_counter!(
+        TLS_HANDSHAKE_ERRORS_TOTAL,
+        "Downstream TLS handshakes that failed, by listener and reason"
+    );
+    metrics::describe_gauge!(
+        TLS_CERT_EXPIRY,
+        metrics::Unit::Seconds,
+        "Unix time at which a loaded certificate expires, by cert"
+    );
+    metrics::describe_counter!(AUTHZ_DENIED_TOTAL, "Requests denied by authorization policy (403), by listener");
+    metrics::describe_counter!(TRACE_SPANS_EXPORTED_TOTAL, "Spans the OTLP collector accepted");
+    metrics::describe_counter!(
+        TRACE_SPANS_DROPPED_TOTAL,
+        "Spans dropped, by reason (queue_full: the export queue was full; export_failed: the collector did not take them)"
     );
     Ok(handle)
 }

@@ -25,6 +25,7 @@ pub mod discovery;
 mod error;
 pub mod etcd;
 pub mod manifest;
+pub mod metrics;
 pub mod resource;
 pub mod store;
 mod validation;
