@@ -157,3 +157,275 @@ async fn control_plane_metrics_need_the_token() {
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// OTLP tracing
+// ---------------------------------------------------------------------------------------------
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use prost::Message;
+use std::sync::{Arc, Mutex};
+
+/// A real OTLP receiver: every span of every `ExportTraceServiceRequest` it was sent, over
+/// OTLP/HTTP (`POST /v1/traces`, protobuf) or OTLP/gRPC.
+#[derive(Clone, Default)]
+struct Received(Arc<Mutex<Vec<Span>>>);
+
+impl Received {
+    fn take(&self, req: ExportTraceServiceRequest) {
+        let spans = req.resource_spans.into_iter().flat_map(|r| r.scope_spans).flat_map(|s| s.spans);
+        self.0.lock().unwrap().extend(spans);
+    }
+
+    /// The spans of `trace`, once there are at least `n` of them (5 s at most).
+    async fn trace(&self, trace: u128, n: usize) -> Vec<Span> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let spans: Vec<Span> =
+                self.0.lock().unwrap().iter().filter(|s| s.trace_id == trace.to_be_bytes()).cloned().collect();
+            if spans.len() >= n || Instant::now() > deadline {
+                return spans;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for Received {
+    async fn export(
+        &self,
+        req: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.take(req.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+/// An OTLP/HTTP receiver; `/v1/traces` only.
+async fn otlp_http() -> (Origin, Received) {
+    let got = Received::default();
+    let keep = got.clone();
+    let origin = Origin::start(move |req: Request<Incoming>| {
+        let got = keep.clone();
+        async move {
+            use http_body_util::BodyExt;
+            let ok = req.method() == http::Method::POST
+                && req.uri().path() == "/v1/traces"
+                && req.headers().get("content-type").is_some_and(|v| v == "application/x-protobuf");
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            match ExportTraceServiceRequest::decode(body) {
+                Ok(r) if ok => {
+                    got.take(r);
+                    Response::builder()
+                        .header("content-type", "application/x-protobuf")
+                        .body(full(ExportTraceServiceResponse::default().encode_to_vec()))
+                        .unwrap()
+                }
+                _ => Response::builder().status(400).body(full("bad export")).unwrap(),
+            }
+        }
+    })
+    .await;
+    (origin, got)
+}
+
+/// An OTLP/gRPC receiver.
+async fn otlp_grpc() -> (SocketAddr, Received) {
+    let got = Received::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let svc = TraceServiceServer::new(got.clone());
+    tokio::spawn(async move {
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        let _ = tonic::transport::Server::builder().add_service(svc).serve_with_incoming(incoming).await;
+    });
+    (addr, got)
+}
+
+fn attr<'a>(span: &'a Span, key: &str) -> Option<&'a AnyValue> {
+    span.attributes.iter().find(|a| a.key == key).and_then(|a| a.value.as_ref()?.value.as_ref())
+}
+
+fn attr_str<'a>(span: &'a Span, key: &str) -> Option<&'a str> {
+    match attr(span, key) {
+        Some(AnyValue::StringValue(s)) => Some(s),
+        _ => None,
+    }
+}
+
+fn attr_int(span: &Span, key: &str) -> Option<i64> {
+    match attr(span, key) {
+        Some(AnyValue::IntValue(i)) => Some(*i),
+        _ => None,
+    }
+}
+
+fn traced_config(listen: SocketAddr, origin: SocketAddr, tracing: &str) -> String {
+    let routes =
+        route("r", "/", "up", "    retry: { attempts: 3, on: [gateway_error], backoff: { base: 1ms, max: 2ms } }\n");
+    let clusters = format!("  - name: up\n    endpoints: [{{ address: \"{origin}\" }}]\n");
+    format!("node: {{ id: p1, service: front }}\n{tracing}\n{}", bootstrap(listen, &["r"], &routes, &clusters))
+}
+
+/// A sampled `traceparent` from the client: the proxy's server span is its child, each try
+/// (the first answered 503, the retry 200) is a client span of its own under the server
+/// span, and the upstream saw, per try, a `traceparent` whose parent is that try's span.
+/// An unsampled `traceparent` makes no span and reaches the upstream as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_http_spans_per_request_and_per_try_with_w3c_parentage() {
+    within(Duration::from_secs(60), async {
+        let (collector, got) = otlp_http().await;
+        // Every odd request fails (503): each traced request is retried once.
+        let (origin, seen) = counting_origin(|n, _| {
+            let status = if n % 2 == 1 { 503 } else { 200 };
+            Response::builder().status(status).body(full("x")).unwrap()
+        })
+        .await;
+        let listen = listen_addr();
+        let tracing = format!(
+            "tracing: {{ otlp: {{ endpoint: \"http://{}\", protocol: http }}, sample_ratio: 1.0 }}",
+            collector.addr
+        );
+        let proxy = blocking(|| Proxy::start(&traced_config(listen, origin.addr, &tracing)));
+        let mut c = Client::h1(listen).await;
+        let trace: u128 = 0x4bf92f3577b34da6a3ce929d0e0e4736;
+        let parent: u64 = 0x00f067aa0ba902b7;
+        let req = Request::get("/orders?id=7")
+            .header("traceparent", format!("00-{trace:032x}-{parent:016x}-01"))
+            .header("user-agent", "obs-test")
+            .body(full(""))
+            .unwrap();
+        let resp = c.fetch(req).await;
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.header("x-trellis-attempts"), Some("2"));
+
+        let spans = got.trace(trace, 3).await;
+        assert_eq!(spans.len(), 3, "{spans:#?}");
+        let server: Vec<&Span> = spans.iter().filter(|s| s.kind == SpanKind::Server as i32).collect();
+        let mut clients: Vec<&Span> = spans.iter().filter(|s| s.kind == SpanKind::Client as i32).collect();
+        assert_eq!((server.len(), clients.len()), (1, 2), "{spans:#?}");
+        let server = server[0];
+        assert_eq!(server.parent_span_id, parent.to_be_bytes(), "the client's span is the server span's parent");
+        assert_eq!(attr_str(server, "http.request.method"), Some("GET"));
+        assert_eq!(attr_str(server, "url.path"), Some("/orders"));
+        assert_eq!(attr_str(server, "url.query"), Some("id=7"));
+        assert_eq!(attr_str(server, "user_agent.original"), Some("obs-test"));
+        assert_eq!(attr_str(server, "network.protocol.version"), Some("1.1"));
+        assert_eq!(attr_str(server, "trellis.listener"), Some("in"));
+        assert_eq!(attr_str(server, "trellis.route"), Some("r"));
+        assert_eq!(attr_str(server, "trellis.cluster"), Some("up"));
+        assert_eq!(attr_str(server, "trellis.endpoint"), Some(origin.addr.to_string().as_str()));
+        assert_eq!(attr_int(server, "http.response.status_code"), Some(200));
+        assert!(server.end_time_unix_nano >= server.start_time_unix_nano);
+
+        clients.sort_by_key(|s| s.start_time_unix_nano);
+        for c in &clients {
+            assert_eq!(c.parent_span_id, server.span_id, "each try is a child of the server span");
+            assert_eq!(attr_str(c, "trellis.cluster"), Some("up"));
+            assert_eq!(attr_int(c, "server.port"), Some(i64::from(origin.addr.port())));
+        }
+        assert_ne!(clients[0].span_id, clients[1].span_id);
+        assert_eq!(attr_int(clients[0], "http.response.status_code"), Some(503));
+        assert_eq!(attr_int(clients[0], "http.request.resend_count"), None);
+        assert_eq!(clients[0].status.as_ref().map(|s| s.code), Some(2), "a 503 try is an error");
+        assert_eq!(attr_int(clients[1], "http.response.status_code"), Some(200));
+        assert_eq!(attr_int(clients[1], "http.request.resend_count"), Some(1));
+
+        // What the upstream saw: per try, the trace and that try's span as parent.
+        let sent: Vec<String> = seen
+            .requests
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(p, _, _)| p.headers["traceparent"].to_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(sent.len(), 2);
+        for (tp, c) in sent.iter().zip(&clients) {
+            let span_id = u64::from_be_bytes(c.span_id.as_slice().try_into().unwrap());
+            assert_eq!(tp, &format!("00-{trace:032x}-{span_id:016x}-01"));
+        }
+
+        // Unsampled parent: passed on untouched, no span.
+        let quiet: u128 = 0x11112222333344445555666677778888;
+        let tp = format!("00-{quiet:032x}-{parent:016x}-00");
+        let req = Request::get("/quiet").header("traceparent", &tp).body(full("")).unwrap();
+        assert_eq!(c.fetch(req).await.status, 200);
+        assert_eq!(seen.requests.lock().unwrap().last().unwrap().0.headers["traceparent"], tp.as_str());
+
+        // No traceparent, ratio 1.0: a new trace whose root is the server span.
+        assert_eq!(c.get("/fresh").await.status, 200);
+        let last = seen.requests.lock().unwrap().last().unwrap().0.headers["traceparent"].to_str().unwrap().to_owned();
+        let fresh = u128::from_str_radix(&last[3..35], 16).unwrap();
+        let spans = got.trace(fresh, 3).await;
+        let root = spans.iter().find(|s| s.kind == SpanKind::Server as i32).expect("server span");
+        assert!(root.parent_span_id.is_empty(), "{root:?}");
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert!(got.trace(quiet, 0).await.is_empty(), "an unsampled request made spans");
+        let exported =
+            wait_metric(&proxy, "trellis_trace_spans_exported_total", &[], |v| v >= 6.0, Duration::from_secs(3)).await;
+        assert_eq!(exported, Some(6.0), "{}", proxy.metrics());
+        check_metrics_if_present(&proxy.metrics());
+    })
+    .await;
+}
+
+fn check_metrics_if_present(text: &str) {
+    if let Some(p) = promtool("otlp (metrics check)") {
+        check_metrics(p, "the traced proxy's /metrics", text);
+    }
+}
+
+/// OTLP/gRPC export at sample_ratio 0: only requests whose `traceparent` is sampled are
+/// traced; others reach the upstream with an unsampled `traceparent` of their own.
+/// A collector that is down loses spans, counted, and requests do not notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_grpc_export_honours_sampled_parents_and_counts_failed_exports() {
+    within(Duration::from_secs(60), async {
+        let (collector, got) = otlp_grpc().await;
+        let origin = Origin::echo("up").await;
+        let listen = listen_addr();
+        let tracing = format!("tracing: {{ otlp: {{ endpoint: \"http://{collector}\" }}, sample_ratio: 0.0 }}");
+        let proxy = blocking(|| Proxy::start(&traced_config(listen, origin.addr, &tracing)));
+        let mut c = Client::h2(listen).await;
+        let got_echo = c.get("/unsampled").await;
+        let tp = got_echo.json()["headers"]["traceparent"].as_str().unwrap().to_owned();
+        assert!(tp.ends_with("-00"), "{tp}");
+        let trace: u128 = 0xabcdef;
+        let req = Request::get("/sampled")
+            .header("traceparent", format!("00-{trace:032x}-{:016x}-01", 7))
+            .body(full(""))
+            .unwrap();
+        let echo = c.fetch(req).await;
+        assert_eq!(echo.status, 200);
+        let spans = got.trace(trace, 2).await;
+        assert_eq!(spans.len(), 2, "{spans:#?}");
+        let server = spans.iter().find(|s| s.kind == SpanKind::Server as i32).unwrap();
+        let client = spans.iter().find(|s| s.kind == SpanKind::Client as i32).unwrap();
+        assert_eq!(attr_str(server, "network.protocol.version"), Some("2"));
+        assert_eq!(client.parent_span_id, server.span_id);
+        let span_id = u64::from_be_bytes(client.span_id.as_slice().try_into().unwrap());
+        assert_eq!(echo.json()["headers"]["traceparent"], format!("00-{trace:032x}-{span_id:016x}-01").as_str());
+        let unsampled = u128::from_str_radix(&tp[3..35], 16).unwrap();
+        assert!(got.trace(unsampled, 0).await.is_empty());
+
+        // A collector that is gone: the request is answered, the spans are counted as lost.
+        let dead = listen_addr();
+        let tracing = format!("tracing: {{ otlp: {{ endpoint: \"http://{dead}\", protocol: http }} }}");
+        let proxy2_listen = listen_addr();
+        let proxy2 = blocking(|| Proxy::start(&traced_config(proxy2_listen, origin.addr, &tracing)));
+        let mut c2 = Client::h1(proxy2_listen).await;
+        assert_eq!(c2.get("/lost").await.status, 200);
+        let failed = [("reason", "export_failed")];
+        let lost =
+            wait_metric(&proxy2, "trellis_trace_spans_dropped_total", &failed, |v| v >= 2.0, Duration::from_secs(5))
+                .await;
+        assert_eq!(lost, Some(2.0), "{}", proxy2.metrics());
+        drop(proxy);
+    })
+    .await;
+}

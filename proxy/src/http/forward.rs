@@ -90,7 +90,7 @@ pub fn audit_denied(
 pub fn handle(mut req: Request<ClientBody>, ctx: &ConnCtx) -> impl Future<Output = Response<ProxyBody>> {
     // One config load per request; the route (and the clusters it holds) is kept alive by
     // this request even if a reload replaces it meanwhile.
-    let (log, entry, route) = {
+    let (log, entry, route, span) = {
         let snap = ctx.config.load();
         let listener = snap.listener(&ctx.listener);
         if let Some(l) = listener {
@@ -105,10 +105,18 @@ pub fn handle(mut req: Request<ClientBody>, ctx: &ConnCtx) -> impl Future<Output
         if let Some(normalized) = crate::http::path::normalize(req.uri()) {
             *req.uri_mut() = normalized;
         }
-        (log, entry, route_for(&req, ctx, listener))
+        // The sampling decision: with tracing off, this one branch is all it costs.
+        let span = match &snap.tracer {
+            Some(t) => t.start(&mut req, &ctx.listener, ctx.peer.ip, ctx.peer_id.as_deref()),
+            None => None,
+        };
+        (log, entry, route_for(&req, ctx, listener), span)
     };
     match route {
-        Ok(routed) => Either::Left(forward(req, ctx, routed, entry).map(|(resp, entry)| logged(resp, log, entry))),
+        Ok(routed) => Either::Left(forward(req, ctx, routed, entry, span).map(|(resp, entry, span)| {
+            finish_span(span, &resp);
+            logged(resp, log, entry)
+        })),
         Err(err) => {
             let mut resp = error_response(&err);
             // A request refused for its head: the client is not to be trusted with more on
@@ -116,8 +124,17 @@ pub fn handle(mut req: Request<ClientBody>, ctx: &ConnCtx) -> impl Future<Output
             if matches!(err, ForwardError::HeadersTooLarge | ForwardError::Host(_)) && !ctx.h2 {
                 resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
             }
+            finish_span(span, &resp);
             Either::Right(std::future::ready(logged(resp, log, entry)))
         }
+    }
+}
+
+/// Ends a traced request's server span with its response head.
+fn finish_span(span: Option<Box<crate::trace::ServerSpan>>, resp: &Response<ProxyBody>) {
+    if let Some(span) = span {
+        let error = resp.headers().get(crate::http::respond::ERROR_HEADER).and_then(|v| v.to_str().ok());
+        span.finish(resp.status().as_u16(), error);
     }
 }
 
@@ -212,11 +229,16 @@ fn forward(
     ctx: &ConnCtx,
     routed: Routed,
     mut log: Option<Box<access_log::Entry>>,
-) -> impl Future<Output = (Response<ProxyBody>, Option<Box<access_log::Entry>>)> {
+    mut span: Option<Box<crate::trace::ServerSpan>>,
+) -> impl Future<Output = (Response<ProxyBody>, Option<Box<access_log::Entry>>, Option<Box<crate::trace::ServerSpan>>)>
+{
     async move {
         let Routed { route, target } = routed;
         let started = std::time::Instant::now();
         let (index, backend) = route.pick_backend();
+        if let Some(s) = span.as_deref_mut() {
+            s.routed(&route.name, &backend.cluster.name);
+        }
         if let Some(e) = log.as_deref_mut() {
             e.route = Some(route.name.clone());
             e.cluster = Some(backend.cluster.name.clone());
@@ -235,7 +257,7 @@ fn forward(
             && let Err(wait) = limiter.check(req.headers(), ctx.peer.ip)
         {
             metrics::counter!(telemetry::RATE_LIMITED_TOTAL, "route" => route.name.to_string()).increment(1);
-            return (fail(ForwardError::RateLimited(wait), None), log);
+            return (fail(ForwardError::RateLimited(wait), None), log, span);
         }
         // When the request is ready to go upstream (the first try's idle timer counts from it).
         let mut since = Instant::from_std(started);
@@ -245,7 +267,7 @@ fn forward(
                 since = Instant::now();
             }
             if let Some(status) = fault::abort(f) {
-                return (fail(ForwardError::FaultAbort(status), None), log);
+                return (fail(ForwardError::FaultAbort(status), None), log, span);
             }
         }
 
@@ -267,7 +289,9 @@ fn forward(
         let hedge = route.hedge.as_ref().filter(|_| retry::is_idempotent(req.method())).map(|h| (h.delay, h.max));
         // From here on `plan` holds these (the future keeps one copy across its awaits).
         let target = target.as_ref();
-        let plan = Plan { cluster, target, wire, key, deadline, idle_timeout: route.idle_timeout, retry, hedge, since };
+        let trace = span.as_deref();
+        let plan =
+            Plan { cluster, target, wire, key, deadline, idle_timeout: route.idle_timeout, retry, hedge, since, trace };
         let counted = route.retry.is_some() || route.hedge.is_some();
 
         // Retries and hedges need the body again: keep it in memory when it is small enough.
@@ -276,15 +300,18 @@ fn forward(
             let max = plan.retry.map_or(64 * 1024, |r| r.max_body);
             match Box::pin(RequestBody::buffer(body, max)).await {
                 Ok(b) => b,
-                Err(e) => return (fail(ForwardError::ClientBody(e), None), log),
+                Err(e) => return (fail(ForwardError::ClientBody(e), None), log, span),
             }
         } else {
             RequestBody::stream(body)
         };
         let sent = match attempts::send(&plan, Request::from_parts(parts, body)).await {
             Ok(s) => s,
-            Err((e, tries)) => return (fail(e, counted.then_some(tries)), log),
+            Err((e, tries)) => return (fail(e, counted.then_some(tries)), log, span),
         };
+        if let Some(s) = span.as_deref_mut() {
+            s.served_by(sent.lease.endpoint());
+        }
 
         if let Some(e) = log.as_deref_mut() {
             e.upstream = Some(sent.lease.endpoint().addr);
@@ -302,8 +329,8 @@ fn forward(
         let streaming = http_body::Body::size_hint(&body).exact().is_none();
         let exchange =
             Exchange { route: route.clone(), backend: index, lease: Some(sent.lease), started, clean: false };
-        let body = UpstreamBody::new(body, exchange, plan.deadline, streaming);
-        (Response::from_parts(parts, ProxyBody::Upstream(Box::new(body))), log)
+        let body = UpstreamBody::new(body, exchange, deadline, streaming);
+        (Response::from_parts(parts, ProxyBody::Upstream(Box::new(body))), log, span)
     }
 }
 
