@@ -94,6 +94,10 @@ async fn proxy_and_control_plane_metrics_pass_promtool() {
             assert!(text.contains(family), "{family} missing:\n{text}");
         }
         check_metrics(promtool, "the proxy's /metrics", &text);
+        let exported = exported_names();
+        for f in families(&text) {
+            assert!(exported.contains(&f.as_str()), "{f} is served but not in telemetry::ALL");
+        }
 
         // The control plane, with a proxy connected (its first push ACKed) and one write done.
         let (cp, _dir) = blocking(ControlPlane::fresh);
@@ -119,6 +123,9 @@ async fn proxy_and_control_plane_metrics_pass_promtool() {
         assert_eq!(metric_value(&text, "trellis_cp_store_write_duration_seconds_count", &put), Some(1.0), "{text}");
         assert!(metric_value(&text, "trellis_cp_config_revision", &[]).unwrap() >= 1.0, "{text}");
         check_metrics(promtool, "the control plane's /metrics", &text);
+        for f in families(&text) {
+            assert!(exported.contains(&f.as_str()), "{f} is served but not in metrics::ALL");
+        }
         // The proxy that took its config from the control plane, too.
         check_metrics(promtool, "a discovery proxy's /metrics", &blocking(|| sidecar.metrics()));
         drop(sidecar);
@@ -428,4 +435,85 @@ async fn otlp_grpc_export_honours_sampled_parents_and_counts_failed_exports() {
         drop(proxy);
     })
     .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Grafana dashboard
+// ---------------------------------------------------------------------------------------------
+
+/// Every `# TYPE` family of a `/metrics` text.
+fn families(text: &str) -> Vec<String> {
+    text.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split_whitespace().next().map(str::to_owned)).collect()
+}
+
+/// The metric names an exporter's families are declared under (constants the code uses).
+fn exported_names() -> Vec<&'static str> {
+    trellis_proxy::telemetry::ALL.iter().chain(trellis_control_plane::metrics::ALL).copied().collect()
+}
+
+/// `deploy/grafana/trellis.json` is a dashboard Grafana loads (the model's required fields,
+/// every panel placed and queried) and every PromQL expression in it names only metrics
+/// Trellis exports.
+#[test]
+fn grafana_dashboard_is_well_formed_and_queries_only_trellis_metrics() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/grafana/trellis.json");
+    let d: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert!(d["title"].as_str().is_some_and(|t| !t.is_empty()));
+    assert!(d["uid"].as_str().is_some_and(|u| !u.is_empty() && u.len() <= 40), "uid: at most 40 characters");
+    assert!(d["schemaVersion"].as_u64().is_some_and(|v| v >= 36), "schemaVersion");
+    let vars = d["templating"]["list"].as_array().expect("templating.list");
+    let var_names: Vec<&str> = vars.iter().map(|v| v["name"].as_str().unwrap()).collect();
+    for v in ["datasource", "listener", "route", "cluster"] {
+        assert!(var_names.contains(&v), "templating variable {v}: {var_names:?}");
+    }
+    for v in vars {
+        assert!(v["type"].as_str().is_some(), "{v}");
+    }
+    let exported = exported_names();
+    let panels = d["panels"].as_array().expect("panels");
+    let mut ids = std::collections::HashSet::new();
+    let mut queried = std::collections::BTreeSet::new();
+    for p in panels {
+        let kind = p["type"].as_str().expect("panel type");
+        assert!(ids.insert(p["id"].as_u64().expect("panel id")), "duplicate panel id {}", p["id"]);
+        let g = &p["gridPos"];
+        for k in ["h", "w", "x", "y"] {
+            assert!(g[k].as_u64().is_some(), "gridPos.{k} of {}", p["title"]);
+        }
+        assert!(g["x"].as_u64().unwrap() + g["w"].as_u64().unwrap() <= 24, "panel wider than the grid: {}", p["title"]);
+        if kind == "row" {
+            continue;
+        }
+        assert!(p["title"].as_str().is_some_and(|t| !t.is_empty()));
+        let targets = p["targets"].as_array().unwrap_or_else(|| panic!("targets of {}", p["title"]));
+        assert!(!targets.is_empty(), "{}", p["title"]);
+        for t in targets {
+            assert!(t["refId"].as_str().is_some(), "{t}");
+            let expr = t["expr"].as_str().unwrap_or_else(|| panic!("expr in {t}"));
+            let mut rest = expr;
+            while let Some(i) = rest.find("trellis_") {
+                let name: String = rest[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                rest = &rest[i + name.len()..];
+                let base = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s).filter(|b| exported.contains(b)))
+                    .unwrap_or(&name);
+                assert!(exported.contains(&base), "{} queries {name}, which Trellis does not export", p["title"]);
+                queried.insert(base.to_owned());
+            }
+        }
+    }
+    // The golden signals, resilience, versions and expiry are all there.
+    for m in [
+        "trellis_requests_total",
+        "trellis_request_duration_seconds",
+        "trellis_upstream_retries_total",
+        "trellis_outlier_ejections_total",
+        "trellis_circuit_breaker_rejections_total",
+        "trellis_config_version",
+        "trellis_tls_cert_expiry_timestamp_seconds",
+        "trellis_cp_push_duration_seconds",
+    ] {
+        assert!(queried.contains(m), "the dashboard does not show {m}");
+    }
 }

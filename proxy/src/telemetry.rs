@@ -34,6 +34,36 @@ pub const TRANSPARENT_REFUSED_TOTAL: &str = "trellis_transparent_refused_total";
 pub const TRACE_SPANS_EXPORTED_TOTAL: &str = "trellis_trace_spans_exported_total";
 pub const TRACE_SPANS_DROPPED_TOTAL: &str = "trellis_trace_spans_dropped_total";
 
+/// Every metric name above (dashboards and tests check their queries against it).
+pub const ALL: &[&str] = &[
+    REQUESTS_TOTAL,
+    REQUEST_DURATION,
+    TCP_CONNECTIONS,
+    DOWNSTREAM_CONNECTIONS_TOTAL,
+    CONFIG_VERSION,
+    CONFIG_RELOADS_TOTAL,
+    UPSTREAM_CONNECT_ERRORS_TOTAL,
+    UPSTREAM_RETRIES_TOTAL,
+    UPSTREAM_HEDGES_TOTAL,
+    RETRY_BUDGET_EXHAUSTED_TOTAL,
+    CIRCUIT_BREAKER_REJECTIONS_TOTAL,
+    OUTLIER_EJECTIONS_TOTAL,
+    RATE_LIMITED_TOTAL,
+    TLS_HANDSHAKE_ERRORS_TOTAL,
+    TLS_CERT_EXPIRY,
+    AUTHZ_DENIED_TOTAL,
+    IDENTITY_RENEWALS_TOTAL,
+    ACCESS_LOG_DROPPED_TOTAL,
+    DOWNSTREAM_REQUESTS_TOTAL,
+    HTTP3_CONNECTIONS,
+    HTTP3_CONNECTIONS_TOTAL,
+    INBOUND_PLAINTEXT_TOTAL,
+    TRANSPARENT_CONNECTIONS_TOTAL,
+    TRANSPARENT_REFUSED_TOTAL,
+    TRACE_SPANS_EXPORTED_TOTAL,
+    TRACE_SPANS_DROPPED_TOTAL,
+];
+
 /// Histogram buckets for request durations, in seconds (0.5 ms … 60 s).
 const DURATION_BUCKETS: &[f64] =
     &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];

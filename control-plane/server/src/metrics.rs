@@ -17,6 +17,19 @@ pub const STORE_WRITE_DURATION: &str = "trellis_cp_store_write_duration_seconds"
 pub const STORE_WRITE_ERRORS_TOTAL: &str = "trellis_cp_store_write_errors_total";
 pub const CONFIG_REVISION: &str = "trellis_cp_config_revision";
 
+/// Every metric name above (dashboards and tests check their queries against it).
+pub const ALL: &[&str] = &[
+    CONNECTED_PROXIES,
+    PUSHES_TOTAL,
+    PUSH_BYTES_TOTAL,
+    ACKS_TOTAL,
+    NACKS_TOTAL,
+    PUSH_DURATION,
+    STORE_WRITE_DURATION,
+    STORE_WRITE_ERRORS_TOTAL,
+    CONFIG_REVISION,
+];
+
 /// Push → ACK and store-write buckets, in seconds (100 µs … 10 s).
 const BUCKETS: &[f64] = &[0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
 
