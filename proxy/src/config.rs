@@ -52,6 +52,8 @@ pub struct Snapshot {
     pub cert_expiry: Vec<(String, i64)>,
     /// Where each request's JSON line goes, when the bootstrap asks for an access log.
     pub access_log: Option<Arc<crate::access_log::AccessLog>>,
+    /// Span export, when the bootstrap has `tracing`.
+    pub tracer: Option<Arc<crate::trace::Tracer>>,
     /// Mesh and registry membership of original destinations (transparent listeners).
     pub destinations: crate::intercept::Destinations,
     /// Mesh client TLS by expected identity (endpoints with an `identity`).
@@ -242,9 +244,12 @@ pub fn build(b: Bootstrap, prev: Option<&Snapshot>, workers: usize, version: u64
         None => None,
     };
     let destinations = crate::intercept::Destinations::new(clusters.values());
+    let service = b.node.service.as_deref().filter(|s| !s.is_empty()).unwrap_or("trellis");
+    let tracer = b.tracing.as_ref().map(|t| Arc::new(crate::trace::Tracer::new(t, service)));
     Ok(Snapshot {
         version,
         access_log,
+        tracer,
         destinations,
         mesh_clients,
         drain_timeout: b.drain_timeout.unwrap_or(api::DEFAULT_DRAIN_TIMEOUT).get(),

@@ -29,6 +29,7 @@ pub mod run;
 pub mod tcp;
 pub mod telemetry;
 pub mod tls;
+pub mod trace;
 pub mod upstream;
 pub mod worker_id;
 

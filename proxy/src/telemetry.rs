@@ -34,6 +34,41 @@ pub const TRANSPARENT_REFUSED_TOTAL: &str = "trellis_transparent_refused_total";
 pub const MCP_REQUESTS_TOTAL: &str = "trellis_mcp_requests_total";
 pub const MCP_REQUEST_DURATION: &str = "trellis_mcp_request_duration_seconds";
 pub const UPGRADES_TOTAL: &str = "trellis_upgrades_total";
+pub const TRACE_SPANS_EXPORTED_TOTAL: &str = "trellis_trace_spans_exported_total";
+pub const TRACE_SPANS_DROPPED_TOTAL: &str = "trellis_trace_spans_dropped_total";
+
+/// Every metric name above (dashboards and tests check their queries against it).
+pub const ALL: &[&str] = &[
+    REQUESTS_TOTAL,
+    REQUEST_DURATION,
+    TCP_CONNECTIONS,
+    DOWNSTREAM_CONNECTIONS_TOTAL,
+    CONFIG_VERSION,
+    CONFIG_RELOADS_TOTAL,
+    UPSTREAM_CONNECT_ERRORS_TOTAL,
+    UPSTREAM_RETRIES_TOTAL,
+    UPSTREAM_HEDGES_TOTAL,
+    RETRY_BUDGET_EXHAUSTED_TOTAL,
+    CIRCUIT_BREAKER_REJECTIONS_TOTAL,
+    OUTLIER_EJECTIONS_TOTAL,
+    RATE_LIMITED_TOTAL,
+    TLS_HANDSHAKE_ERRORS_TOTAL,
+    TLS_CERT_EXPIRY,
+    AUTHZ_DENIED_TOTAL,
+    IDENTITY_RENEWALS_TOTAL,
+    ACCESS_LOG_DROPPED_TOTAL,
+    DOWNSTREAM_REQUESTS_TOTAL,
+    HTTP3_CONNECTIONS,
+    HTTP3_CONNECTIONS_TOTAL,
+    INBOUND_PLAINTEXT_TOTAL,
+    TRANSPARENT_CONNECTIONS_TOTAL,
+    TRANSPARENT_REFUSED_TOTAL,
+    MCP_REQUESTS_TOTAL,
+    MCP_REQUEST_DURATION,
+    UPGRADES_TOTAL,
+    TRACE_SPANS_EXPORTED_TOTAL,
+    TRACE_SPANS_DROPPED_TOTAL,
+];
 
 /// Histogram buckets for request durations, in seconds (0.5 ms … 60 s).
 const DURATION_BUCKETS: &[f64] =
@@ -93,6 +128,39 @@ pub fn install() -> Result<PrometheusHandle, String> {
     metrics::describe_counter!(
         UPGRADES_TOTAL,
         "Requests switched to a byte stream (upstream 101 or tunnel established), by listener and protocol (websocket, connect, other)"
+    );
+    metrics::describe_counter!(DOWNSTREAM_CONNECTIONS_TOTAL, "Downstream connections accepted, by listener");
+    metrics::describe_counter!(CONFIG_RELOADS_TOTAL, "Static config reloads, by result (ok, error)");
+    metrics::describe_counter!(
+        UPSTREAM_CONNECT_ERRORS_TOTAL,
+        "Upstream connection attempts that failed (refused, timeout, TLS), by cluster"
+    );
+    metrics::describe_counter!(UPSTREAM_RETRIES_TOTAL, "Upstream retries made, by cluster");
+    metrics::describe_counter!(UPSTREAM_HEDGES_TOTAL, "Hedged upstream requests sent, by cluster");
+    metrics::describe_counter!(
+        RETRY_BUDGET_EXHAUSTED_TOTAL,
+        "Retries not made because the cluster's retry budget was spent, by cluster"
+    );
+    metrics::describe_counter!(
+        CIRCUIT_BREAKER_REJECTIONS_TOTAL,
+        "Requests refused by a cluster's circuit breaker (limit reached), by cluster and threshold"
+    );
+    metrics::describe_counter!(OUTLIER_EJECTIONS_TOTAL, "Endpoints ejected by outlier detection, by cluster");
+    metrics::describe_counter!(RATE_LIMITED_TOTAL, "Requests refused by a route's rate limit (429), by route");
+    metrics::describe_counter!(
+        TLS_HANDSHAKE_ERRORS_TOTAL,
+        "Downstream TLS handshakes that failed, by listener and reason"
+    );
+    metrics::describe_gauge!(
+        TLS_CERT_EXPIRY,
+        metrics::Unit::Seconds,
+        "Unix time at which a loaded certificate expires, by cert"
+    );
+    metrics::describe_counter!(AUTHZ_DENIED_TOTAL, "Requests denied by authorization policy (403), by listener");
+    metrics::describe_counter!(TRACE_SPANS_EXPORTED_TOTAL, "Spans the OTLP collector accepted");
+    metrics::describe_counter!(
+        TRACE_SPANS_DROPPED_TOTAL,
+        "Spans dropped, by reason (queue_full: the export queue was full; export_failed: the collector did not take them)"
     );
     Ok(handle)
 }

@@ -23,6 +23,10 @@ pub struct Bootstrap {
     /// One JSON line per request (and per TCP connection). Absent: no access log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_log: Option<AccessLog>,
+    /// Span export with OTLP: a server span per request, a client span per upstream try.
+    /// Absent: no spans are made (`traceparent` is still propagated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<Tracing>,
     /// Where to get dynamic resources from (discovery).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control_plane: Option<ControlPlane>,
@@ -348,6 +352,45 @@ pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9901";
 pub struct AccessLog {
     /// `stdout`, or a file path (appended to; a rotated file is followed).
     pub path: String,
+}
+
+/// Span export (DESIGN §14).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Tracing {
+    /// The OTLP collector spans are sent to.
+    pub otlp: Otlp,
+    /// Share of new traces sampled, 0.0 to 1.0. Default 1.0. A request whose `traceparent`
+    /// is sampled is always traced, one whose `traceparent` is not sampled never is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_ratio: Option<f64>,
+    /// Finished spans waiting for export at most; more are dropped (and counted in
+    /// `trellis_trace_spans_dropped_total`). Default 4096.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_queue: Option<u32>,
+}
+
+/// An OTLP collector.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Otlp {
+    /// `http://HOST:PORT` of the collector (4317 for gRPC, 4318 for HTTP by convention).
+    /// HTTP export posts to `/v1/traces` under it.
+    pub endpoint: String,
+    /// `grpc` (default) or `http` (protobuf over HTTP).
+    #[serde(default)]
+    pub protocol: OtlpProtocol,
+}
+
+/// How spans are sent to the collector.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OtlpProtocol {
+    /// OTLP/gRPC (`TraceService/Export`).
+    #[default]
+    Grpc,
+    /// OTLP/HTTP with a protobuf body, `POST /v1/traces`.
+    Http,
 }
 
 /// What a listener speaks.

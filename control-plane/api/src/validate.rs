@@ -64,6 +64,24 @@ fn validate_issuer(errs: &mut Errors, issuer: &crate::Issuer) {
     }
 }
 
+fn validate_tracing(errs: &mut Errors, t: &crate::Tracing) {
+    let rest = t.otlp.endpoint.strip_prefix("http://").unwrap_or("");
+    let port = rest.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if !port || rest.contains('/') {
+        let reason = match t.otlp.endpoint.starts_with("https://") {
+            true => "https:// collectors are not supported yet: use http://HOST:PORT (e.g. a local collector)",
+            false => "is not http://HOST:PORT",
+        };
+        errs.push("tracing.otlp.endpoint", format!("\"{}\" {reason}", t.otlp.endpoint));
+    }
+    if t.sample_ratio.is_some_and(|r| !(0.0..=1.0).contains(&r)) {
+        errs.push("tracing.sample_ratio", "must be between 0.0 and 1.0");
+    }
+    if t.max_queue == Some(0) {
+        errs.push("tracing.max_queue", "must be at least 1");
+    }
+}
+
 fn check(b: &Bootstrap, bootstrap: bool, resolve: bool) -> Result<(), Vec<ValidationError>> {
     let mut errs = Errors(Vec::new());
     let clusters = unique_names(&mut errs, "clusters", b.clusters.iter().map(|c| c.name.as_str()));
@@ -71,6 +89,9 @@ fn check(b: &Bootstrap, bootstrap: bool, resolve: bool) -> Result<(), Vec<Valida
     unique_names(&mut errs, "listeners", b.listeners.iter().map(|l| l.name.as_str()));
     let policies = unique_names(&mut errs, "policies", b.policies.iter().map(|p| p.name.as_str()));
     validate_tls(&mut errs, b, bootstrap);
+    if let Some(t) = &b.tracing {
+        validate_tracing(&mut errs, t);
+    }
     if let Some(cp) = &b.control_plane {
         let all = cp.address.all();
         for (i, address) in all.iter().enumerate() {

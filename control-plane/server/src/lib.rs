@@ -25,6 +25,7 @@ pub mod discovery;
 mod error;
 pub mod etcd;
 pub mod manifest;
+pub mod metrics;
 pub mod server_tls;
 pub mod store;
 pub mod stored;

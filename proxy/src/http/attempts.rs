@@ -10,6 +10,7 @@ use crate::resilience::breaker::Threshold;
 use crate::resilience::outlier::Outcome;
 use crate::resilience::retry::Retry;
 use crate::telemetry;
+use crate::trace::{ClientSpan, ServerSpan, TryEnd};
 use crate::upstream::response::ResponseBody;
 use crate::upstream::{Cluster, Endpoint, Lease, UpstreamError, Wire, pool};
 use futures_util::StreamExt;
@@ -42,6 +43,8 @@ pub struct Plan<'a> {
     /// When the request became ready to send: the first try's idle timer counts from it
     /// instead of reading the clock again.
     pub since: Instant,
+    /// The request's server span, when it is traced: each try gets a client span under it.
+    pub trace: Option<&'a ServerSpan>,
 }
 
 impl Plan<'_> {
@@ -156,7 +159,7 @@ fn try_once<'a>(
 /// otherwise from when the try first waits).
 fn try_on<'a>(
     plan: &'a Plan<'a>,
-    req: Request<RequestBody>,
+    mut req: Request<RequestBody>,
     ep: Option<Arc<Endpoint>>,
     since: Option<Instant>,
 ) -> Try<'a, impl Future<Output = PoolResult>> {
@@ -168,7 +171,8 @@ fn try_on<'a>(
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
-    let Some(ep) = ep else { return Try { sent: None, plan, ep: None, started } };
+    let span = plan.trace.map(|s| s.start_try(&mut req));
+    let Some(ep) = ep else { return Try { sent: None, plan, ep: None, started, span } };
     let upload = req.body().progress();
     let deadline = deadline.map(|d| Box::pin(tokio::time::sleep_until(d)));
     // The rest is made before `pool::send`: its (large) future is then moved into place once,
@@ -185,6 +189,7 @@ fn try_on<'a>(
         plan,
         ep: Some(ep),
         started,
+        span,
     }
 }
 
@@ -203,6 +208,19 @@ pin_project_lite::pin_project! {
         ep: Option<Arc<Endpoint>>,
         // Set only when the try's latency is used (`needs_latency`).
         started: Option<std::time::Instant>,
+        // The try's client span, when the request is traced.
+        span: Option<ClientSpan>,
+    }
+}
+
+/// Ends a traced try's client span with how the try went.
+fn end_span(plan: &Plan<'_>, span: Option<ClientSpan>, ep: Option<&Arc<Endpoint>>, result: Result<u16, &ForwardError>) {
+    if let (Some(trace), Some(span)) = (plan.trace, span) {
+        let end = match result {
+            Ok(code) => TryEnd::Status(code),
+            Err(e) => TryEnd::Failed(e.reason(), e),
+        };
+        trace.end_try(span, ep.map(|e| &**e), &plan.cluster.name, end);
     }
 }
 
@@ -217,10 +235,13 @@ impl<F: Future<Output = PoolResult>> Future for Try<'_, F> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let (Some(sent), Some(ep)) = (this.sent.as_pin_mut(), this.ep.as_ref()) else {
-            return Poll::Ready((None, Err(ForwardError::NoEndpoint(this.plan.cluster.name.clone()))));
+            let err = ForwardError::NoEndpoint(this.plan.cluster.name.clone());
+            end_span(this.plan, this.span.take(), None, Err(&err));
+            return Poll::Ready((None, Err(err)));
         };
         let sent = std::task::ready!(sent.poll(cx));
         let result = settle(this.plan, ep, *this.started, sent);
+        end_span(this.plan, this.span.take(), Some(ep), result.as_ref().map(|(r, _)| r.status().as_u16()));
         Poll::Ready((this.ep.take(), result))
     }
 }

@@ -102,7 +102,7 @@ pub fn audit_denied(
 pub fn handle(mut req: Request<ClientBody>, ctx: &ConnCtx) -> impl Future<Output = Response<ProxyBody>> {
     // One config load per request; the route (and the clusters it holds) is kept alive by
     // this request even if a reload replaces it meanwhile.
-    let (log, entry, route) = {
+    let (log, entry, route, span) = {
         let snap = ctx.config.load();
         let listener = snap.listener(&ctx.listener);
         if let Some(l) = listener {
@@ -117,10 +117,18 @@ pub fn handle(mut req: Request<ClientBody>, ctx: &ConnCtx) -> impl Future<Output
         if let Some(normalized) = crate::http::path::normalize(req.uri()) {
             *req.uri_mut() = normalized;
         }
-        (log, entry, route_for(&req, ctx, listener))
+        // The sampling decision: with tracing off, this one branch is all it costs.
+        let span = match &snap.tracer {
+            Some(t) => t.start(&mut req, &ctx.listener, ctx.peer.ip, ctx.peer_id.as_deref()),
+            None => None,
+        };
+        (log, entry, route_for(&req, ctx, listener), span)
     };
     match route {
-        Ok(routed) => Either::Left(forward(req, ctx, routed, entry).map(|(resp, entry)| logged(resp, log, entry))),
+        Ok(routed) => Either::Left(forward(req, ctx, routed, entry, span).map(|(resp, entry, span)| {
+            finish_span(span, &resp);
+            logged(resp, log, entry)
+        })),
         Err(err) => {
             let mut resp = error_response_for(&err, ctx.h2 && version::is_grpc(&req));
             // A request refused for its head: the client is not to be trusted with more on
@@ -128,8 +136,17 @@ pub fn handle(mut req: Request<ClientBody>, ctx: &ConnCtx) -> impl Future<Output
             if matches!(err, ForwardError::HeadersTooLarge | ForwardError::Host(_)) && !ctx.h2 {
                 resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
             }
+            finish_span(span, &resp);
             Either::Right(std::future::ready(logged(resp, log, entry)))
         }
+    }
+}
+
+/// Ends a traced request's server span with its response head.
+fn finish_span(span: Option<Box<crate::trace::ServerSpan>>, resp: &Response<ProxyBody>) {
+    if let Some(span) = span {
+        let error = resp.headers().get(crate::http::respond::ERROR_HEADER).and_then(|v| v.to_str().ok());
+        span.finish(resp.status().as_u16(), error);
     }
 }
 
@@ -263,13 +280,18 @@ fn forward(
     ctx: &ConnCtx,
     routed: Routed,
     mut log: Option<Box<access_log::Entry>>,
-) -> impl Future<Output = (Response<ProxyBody>, Option<Box<access_log::Entry>>)> {
+    mut span: Option<Box<crate::trace::ServerSpan>>,
+) -> impl Future<Output = (Response<ProxyBody>, Option<Box<access_log::Entry>>, Option<Box<crate::trace::ServerSpan>>)>
+{
     async move {
         let Routed { route, target, hops, mcp_policy } = routed;
         let started = std::time::Instant::now();
         // gRPC runs over HTTP/2 and HTTP/3 only: HTTP/1.1 requests skip the lookup.
         let grpc = ctx.h2 && version::is_grpc(&req);
         let (index, backend) = route.pick_backend();
+        if let Some(s) = span.as_deref_mut() {
+            s.routed(&route.name, &backend.cluster.name);
+        }
         if let Some(e) = log.as_deref_mut() {
             e.route = Some(route.name.clone());
             e.cluster = Some(backend.cluster.name.clone());
@@ -299,7 +321,7 @@ fn forward(
                     }
                     backend.metrics.count(r.response.status().as_u16());
                     backend.metrics.observe(started.elapsed());
-                    return (r.response, log);
+                    return (r.response, log, span);
                 }
             }
         }
@@ -324,9 +346,9 @@ fn forward(
                 if let Some(m) = &mcp {
                     let resp = crate::mcp::rate_limited(m, wait);
                     backend.metrics.count(429);
-                    return (resp, log);
+                    return (resp, log, span);
                 }
-                return (fail(ForwardError::RateLimited(wait), None), log);
+                return (fail(ForwardError::RateLimited(wait), None), log, span);
             }
         }
         // When the request is ready to go upstream (the first try's idle timer counts from it).
@@ -337,7 +359,7 @@ fn forward(
                 since = Instant::now();
             }
             if let Some(status) = fault::abort(f) {
-                return (fail(ForwardError::FaultAbort(status), None), log);
+                return (fail(ForwardError::FaultAbort(status), None), log, span);
             }
         }
 
@@ -346,9 +368,9 @@ fn forward(
             return match tunnel(&req, ctx, &route, cluster, log.as_deref_mut()).await {
                 Ok(resp) => {
                     backend.metrics.count(200);
-                    (resp, log)
+                    (resp, log, span)
                 }
-                Err(e) => (fail(e, None), log),
+                Err(e) => (fail(e, None), log, span),
             };
         }
         let mesh = target.as_ref().map_or(cluster.mesh, |t| t.identity.is_some());
@@ -385,7 +407,9 @@ fn forward(
             .map(|h| (h.delay, h.max));
         // From here on `plan` holds these (the future keeps one copy across its awaits).
         let target = target.as_ref();
-        let plan = Plan { cluster, target, wire, key, deadline, idle_timeout: route.idle_timeout, retry, hedge, since };
+        let trace = span.as_deref();
+        let plan =
+            Plan { cluster, target, wire, key, deadline, idle_timeout: route.idle_timeout, retry, hedge, since, trace };
         let counted = route.retry.is_some() || route.hedge.is_some();
 
         // Retries and hedges need the body again: keep it in memory when it is small enough.
@@ -397,15 +421,18 @@ fn forward(
             let max = plan.retry.map_or(64 * 1024, |r| r.max_body);
             match Box::pin(RequestBody::buffer(body, max)).await {
                 Ok(b) => b,
-                Err(e) => return (fail(ForwardError::ClientBody(e), None), log),
+                Err(e) => return (fail(ForwardError::ClientBody(e), None), log, span),
             }
         } else {
             RequestBody::stream(body)
         };
         let sent = match attempts::send(&plan, Request::from_parts(parts, body)).await {
             Ok(s) => s,
-            Err((e, tries)) => return (fail(e, counted.then_some(tries)), log),
+            Err((e, tries)) => return (fail(e, counted.then_some(tries)), log, span),
         };
+        if let Some(s) = span.as_deref_mut() {
+            s.served_by(sent.lease.endpoint());
+        }
 
         if let Some(e) = log.as_deref_mut() {
             e.upstream = Some(sent.lease.endpoint().addr);
@@ -428,18 +455,18 @@ fn forward(
         let streaming = http_body::Body::size_hint(&body).exact().is_none();
         let exchange =
             Exchange { route: route.clone(), backend: index, lease: Some(sent.lease), started, clean: false };
-        let body = UpstreamBody::new(body, exchange, plan.deadline, streaming);
+        let body = UpstreamBody::new(body, exchange, deadline, streaming);
         let resp = Response::from_parts(parts, ProxyBody::Upstream(Box::new(body)));
-        let Some(m) = mcp else { return (resp, log) };
+        let Some(m) = mcp else { return (resp, log, span) };
         if let Some(c) = m.parsed.as_ref().and_then(Parsed::single).and_then(|c| c.method.as_deref()) {
             metrics::histogram!(telemetry::MCP_REQUEST_DURATION, "route" => route.name.to_string(), "method" => crate::mcp::method_label(c))
                 .record(started.elapsed().as_secs_f64());
         }
         match &m.filter {
             Some((policy, path)) if m.filters_answer() && resp.status().is_success() => {
-                (Box::pin(crate::mcp::filter_answer(resp, (policy, path), mcp_caller(ctx, &route))).await, log)
+                (Box::pin(crate::mcp::filter_answer(resp, (policy, path), mcp_caller(ctx, &route))).await, log, span)
             }
-            _ => (resp, log),
+            _ => (resp, log, span),
         }
     }
 }

@@ -259,3 +259,35 @@ fn mcp_fields_are_checked_by_name() {
     }
     assert_eq!(e.len(), 6, "{e:?}");
 }
+
+#[test]
+fn tracing_fields_are_checked_and_named() {
+    let ok = format!(
+        "{GOOD}tracing: {{ otlp: {{ endpoint: \"http://127.0.0.1:4318\", protocol: http }}, sample_ratio: 0.01 }}\n"
+    );
+    assert_eq!(errors(&ok), Vec::<String>::new());
+    let b = parse_bootstrap(&ok).expect("parses");
+    let t = b.tracing.expect("tracing");
+    assert_eq!((t.otlp.protocol, t.sample_ratio), (crate::OtlpProtocol::Http, Some(0.01)));
+    let grpc =
+        parse_bootstrap(&format!("{GOOD}tracing: {{ otlp: {{ endpoint: \"http://c:4317\" }} }}\n")).expect("parses");
+    assert_eq!(grpc.tracing.expect("tracing").otlp.protocol, crate::OtlpProtocol::Grpc, "gRPC is the default");
+
+    let bad =
+        format!("{GOOD}tracing: {{ otlp: {{ endpoint: \"collector:4317\" }}, sample_ratio: 1.5, max_queue: 0 }}\n");
+    assert_eq!(
+        errors(&bad),
+        vec![
+            r#"tracing.otlp.endpoint: "collector:4317" is not http://HOST:PORT"#,
+            "tracing.sample_ratio: must be between 0.0 and 1.0",
+            "tracing.max_queue: must be at least 1",
+        ]
+    );
+    let tls = format!("{GOOD}tracing: {{ otlp: {{ endpoint: \"https://c:4317\" }} }}\n");
+    assert!(
+        errors(&tls)[0].starts_with("tracing.otlp.endpoint: \"https://c:4317\" https:// collectors are not supported")
+    );
+    let typo = format!("{GOOD}tracing: {{ otlp: {{ endpoint: \"http://c:4317\", protocol: udp }} }}\n");
+    let err = parse_bootstrap(&typo).expect_err("unknown protocol").to_string();
+    assert!(err.contains("tracing.otlp.protocol"), "{err}");
+}

@@ -44,6 +44,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/healthz", get(healthz))
         .route("/openapi.json", get(openapi::document))
         .route("/v1/proxies", get(proxies))
+        .route("/metrics", get(metrics))
         .route("/v1/certificates", post(certificates::sign))
         .route("/v1/{kind}", get(resources::list))
         .route("/v1/{kind}/{name}", get(resources::get).put(resources::put).delete(resources::delete))
@@ -80,6 +81,13 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
 
 async fn proxies(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "proxies": shared.registry.proxies() }))
+}
+
+/// The control plane's metrics, Prometheus text (token-protected like the rest).
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    let m = shared.registry.metrics();
+    m.revision.set(shared.store.snapshot().revision() as f64);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], m.render()).into_response()
 }
 
 /// A body over [`MAX_BODY_BYTES`] is still read, and dropped, up to this size before the

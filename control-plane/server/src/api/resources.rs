@@ -12,7 +12,8 @@ use serde_json::Value;
 use trellis_api::ParseError;
 
 use super::{ApiError, Shared, read_body};
-use crate::store::{IfMatch, Outcome};
+use crate::metrics::StoreOp;
+use crate::store::{IfMatch, Outcome, WriteError};
 use crate::stored::{Kind, Resource};
 
 /// Longest resource name accepted.
@@ -68,7 +69,10 @@ async fn put_inner(
     let if_match = if_match(headers)?;
     let bytes = read_body(headers, body).await?;
     let resource = parse_body(kind, &name, &bytes)?;
-    let written = shared.store.put(resource, if_match).await?;
+    let started = std::time::Instant::now();
+    let written = shared.store.put(resource, if_match).await;
+    record_write(shared, StoreOp::Put, started, &written);
+    let written = written?;
     let status = if written.outcome == Outcome::Created { StatusCode::CREATED } else { StatusCode::OK };
     let json = written.item.map_or_else(String::new, |i| i.json.to_string());
     Ok(json_response(status, Some(written.version), json))
@@ -82,10 +86,10 @@ pub async fn delete(
     let result = async {
         let (kind, name) = target(path)?;
         let if_match = if_match(&headers)?;
-        let written = shared
-            .store
-            .delete(kind, &name, if_match)
-            .await
+        let started = std::time::Instant::now();
+        let written = shared.store.delete(kind, &name, if_match).await;
+        record_write(&shared, StoreOp::Delete, started, &written);
+        let written = written
             .map_err(ApiError::from)
             .map_err(|e| if matches!(e.status, StatusCode::NOT_FOUND) { missing(kind, &name) } else { e })?;
         let body = serde_json::json!({ "deleted": format!("{}/{name}", kind.plural()), "revision": written.version });
@@ -95,6 +99,12 @@ pub async fn delete(
         Ok(resp) => resp,
         Err(e) => e.into_response(),
     }
+}
+
+/// Store latency and failures (the store's own, not a refused or conditional write).
+fn record_write<T>(shared: &Shared, op: StoreOp, started: std::time::Instant, written: &Result<T, WriteError>) {
+    let failed = matches!(written, Err(WriteError::Storage(_) | WriteError::Unavailable(_)));
+    shared.registry.metrics().store_write(op, started.elapsed(), failed);
 }
 
 /// The resource in a PUT body: a JSON object whose `name`, if given, is the path's.

@@ -21,6 +21,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use trellis_api::endpoints::{self, Body};
 
+use crate::metrics::Metrics;
+
 /// How long a disconnected proxy stays listed in `GET /v1/proxies`.
 const KEEP_DISCONNECTED: Duration = Duration::from_secs(300);
 
@@ -185,13 +187,19 @@ pub struct Registry {
     grace: Duration,
     /// Shared registry: where this replica's registrations go.
     ops: Option<mpsc::UnboundedSender<RegistrationOp>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Registry {
     /// A registry keeping endpoints of ended streams for `grace`.
     pub fn new(grace: Duration) -> Registry {
         let (endpoints, _) = watch::channel(Arc::new(Endpoints::default()));
-        Registry { inner: Mutex::new(Inner::default()), endpoints, grace, ops: None }
+        Registry { inner: Mutex::new(Inner::default()), endpoints, grace, ops: None, metrics: Arc::default() }
+    }
+
+    /// This control plane's metrics (discovery's and the store's).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// A shared registry (etcd store): registrations go out as [`RegistrationOp`]s on the
@@ -239,6 +247,7 @@ impl Registry {
                 None => {}
             }
         }
+        self.metrics.connected.increment(1.0);
         inner.proxies.insert(
             stream,
             ProxyStatus {
@@ -264,6 +273,8 @@ impl Registry {
 
     /// `push` went out on `stream`.
     pub fn sent(&self, stream: StreamId, push: Push) {
+        self.metrics.pushes.increment(1);
+        self.metrics.push_bytes.increment(push.bytes as u64);
         if let Some(p) = self.lock().proxies.get_mut(&stream) {
             p.sent_version = Some(push.version);
             p.pushes += 1;
@@ -274,6 +285,7 @@ impl Registry {
 
     /// The proxy on `stream` applied the response with `version`.
     pub fn acked(&self, stream: StreamId, version: u64) {
+        self.metrics.acks.increment(1);
         if let Some(p) = self.lock().proxies.get_mut(&stream) {
             p.acked_version = Some(version);
         }
@@ -281,6 +293,7 @@ impl Registry {
 
     /// The proxy on `stream` refused the response with `version`.
     pub fn nacked(&self, stream: StreamId, version: u64, error: String) {
+        self.metrics.nacks.increment(1);
         if let Some(p) = self.lock().proxies.get_mut(&stream) {
             p.last_nack = Some(Nack { version, error, at: rfc3339(SystemTime::now()) });
         }
@@ -292,6 +305,9 @@ impl Registry {
         let mut inner = self.lock();
         let Some(p) = inner.proxies.get_mut(&stream) else { return };
         let now = SystemTime::now();
+        if p.connected {
+            self.metrics.connected.decrement(1.0);
+        }
         p.connected = false;
         p.disconnected = Some(now);
         p.disconnected_at = Some(rfc3339(now));

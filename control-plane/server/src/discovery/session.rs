@@ -40,6 +40,8 @@ struct Pending {
     delta: Arc<Delta>,
     /// Its share of the in-flight budget, given back when it is answered.
     held: Option<Held>,
+    /// When it went out, for the push → ACK latency.
+    sent_at: Instant,
 }
 
 pub struct Session {
@@ -165,6 +167,7 @@ impl Session {
                     let mut answered = self.pending.drain(..=i);
                     let p = answered.next_back().expect("drained up to i");
                     drop(answered);
+                    self.registry.metrics().push_duration.record(p.sent_at.elapsed().as_secs_f64());
                     if req.error.is_empty() {
                         self.registry.acked(self.stream, p.version);
                     } else {
@@ -233,7 +236,13 @@ impl Session {
             p.held = None;
         }
         let held = self.budget.take(delta.size).await;
-        self.pending.push_back(Pending { nonce: nonce.clone(), version, delta: delta.clone(), held: Some(held) });
+        self.pending.push_back(Pending {
+            nonce: nonce.clone(),
+            version,
+            delta: delta.clone(),
+            held: Some(held),
+            sent_at: Instant::now(),
+        });
         let mut push = Push { version, resources: delta.resources.len(), removed: delta.removed.len(), bytes: 0 };
         // Parts are made one at a time as the channel takes them, so a stream never holds
         // more than a few parts of a large response.

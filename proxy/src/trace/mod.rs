@@ -1,0 +1,258 @@
+//! Request tracing (DESIGN §14): a server span per downstream request and a client span per
+//! upstream try, in the W3C trace of the request's `traceparent`, exported with OTLP.
+//!
+//! The sampling decision is made once, when the request is routed ([`Tracer::start`]): an
+//! unsampled request carries no span and costs one branch per step. A sampled one carries
+//! a [`ServerSpan`]; each try made under it gets its own span id, sent upstream as the
+//! `traceparent`'s parent, so the upstream's spans hang under the try that reached it.
+//! Finished spans are encoded on the worker (sampled requests only) and handed to the
+//! exporter thread through a bounded queue ([`export`]): a full queue drops the span and
+//! counts it, and never makes a request wait.
+
+pub mod context;
+mod export;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::{HeaderMap, Request};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::trace::v1::{Span, Status, span, status};
+
+use crate::http::headers::TRACEPARENT;
+use crate::upstream::Endpoint;
+
+pub use export::{spans_dropped, spans_exported};
+
+/// Default bound of the export queue, in spans.
+pub const DEFAULT_MAX_QUEUE: u32 = 4096;
+
+/// One config's tracing: its sampling ratio and the (shared, long-lived) exporter.
+#[derive(Debug)]
+pub struct Tracer {
+    /// Sample a new trace when a random u64 is below this (ratio 1.0: always).
+    threshold: u64,
+    always: bool,
+    queue: Arc<export::Queue>,
+}
+
+impl Tracer {
+    /// The tracer of `config`; the exporter is shared by every config with the same
+    /// collector, so a reload neither loses queued spans nor opens a second connection.
+    pub fn new(config: &trellis_api::Tracing, service: &str) -> Tracer {
+        let ratio = config.sample_ratio.unwrap_or(1.0).clamp(0.0, 1.0);
+        Tracer {
+            threshold: (ratio * u64::MAX as f64) as u64,
+            always: ratio >= 1.0,
+            queue: export::Queue::shared(&config.otlp, config.max_queue.unwrap_or(DEFAULT_MAX_QUEUE), service),
+        }
+    }
+
+    /// Decides whether `req` is traced: a `traceparent` decides for itself; otherwise the
+    /// sampling ratio. An untraced request without one gets an unsampled `traceparent` (so
+    /// the services behind do not trace it either).
+    pub fn start<B>(
+        &self,
+        req: &mut Request<B>,
+        listener: &str,
+        peer: IpAddr,
+        peer_id: Option<&str>,
+    ) -> Option<Box<ServerSpan>> {
+        let parent = req.headers().get(&TRACEPARENT).and_then(context::parse);
+        let sampled = match parent {
+            Some(p) => p.sampled,
+            None => self.always || fastrand::u64(..) < self.threshold,
+        };
+        if !sampled {
+            if parent.is_none() {
+                let v = context::format(fastrand::u128(1..), fastrand::u64(1..), false);
+                req.headers_mut().insert(TRACEPARENT.clone(), v);
+            }
+            return None;
+        }
+        let mut attrs = Vec::with_capacity(16);
+        attrs.push(kv("http.request.method", req.method().as_str()));
+        attrs.push(kv("url.path", req.uri().path()));
+        if let Some(q) = req.uri().query() {
+            attrs.push(kv("url.query", q));
+        }
+        attrs.push(kv("url.scheme", req.uri().scheme_str().unwrap_or("http")));
+        attrs.push(kv("network.protocol.version", protocol_version(req.version())));
+        let host = req.uri().host().or_else(|| req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()));
+        if let Some(h) = host {
+            attrs.push(kv("server.address", h.rsplit_once(':').map_or(h, |(h, _)| h)));
+        }
+        attrs.push(kv("client.address", &peer.to_string()));
+        if let Some(ua) = header(req.headers(), http::header::USER_AGENT.as_str()) {
+            attrs.push(kv("user_agent.original", ua));
+        }
+        attrs.push(kv("trellis.listener", listener));
+        if let Some(id) = peer_id {
+            attrs.push(kv("trellis.peer.spiffe_id", id));
+        }
+        Some(Box::new(ServerSpan {
+            trace_id: parent.map_or_else(|| fastrand::u128(1..), |p| p.trace_id),
+            parent_id: parent.map_or(0, |p| p.span_id),
+            span_id: fastrand::u64(1..),
+            start: now_ns(),
+            method: req.method().clone(),
+            attrs,
+            tries: AtomicU32::new(0),
+            queue: self.queue.clone(),
+        }))
+    }
+}
+
+/// A traced request's server span, finished with its response ([`ServerSpan::finish`]).
+#[derive(Debug)]
+pub struct ServerSpan {
+    trace_id: u128,
+    /// The caller's span (0: this request started the trace).
+    parent_id: u64,
+    span_id: u64,
+    start: u64,
+    method: http::Method,
+    attrs: Vec<KeyValue>,
+    /// Tries started so far (retries and hedges included).
+    tries: AtomicU32,
+    queue: Arc<export::Queue>,
+}
+
+/// One upstream try's span, begun by [`ServerSpan::start_try`].
+#[derive(Debug)]
+pub struct ClientSpan {
+    span_id: u64,
+    start: u64,
+    /// 0 for the first try, 1 for the next (retry or hedge), …
+    resend: u32,
+}
+
+/// How a try ended, for its span.
+pub enum TryEnd<'a> {
+    Status(u16),
+    Failed(&'static str, &'a dyn std::fmt::Display),
+}
+
+impl ServerSpan {
+    /// Notes the route and cluster the request took.
+    pub fn routed(&mut self, route: &str, cluster: &str) {
+        self.attrs.push(kv("trellis.route", route));
+        self.attrs.push(kv("trellis.cluster", cluster));
+    }
+
+    /// Notes the endpoint whose response the client gets.
+    pub fn served_by(&mut self, ep: &Endpoint) {
+        self.attrs.push(kv("trellis.endpoint", &ep.addr.to_string()));
+    }
+
+    /// Starts a try's span and makes `req` carry it as the upstream's parent.
+    pub fn start_try<B>(&self, req: &mut Request<B>) -> ClientSpan {
+        let span_id = fastrand::u64(1..);
+        req.headers_mut().insert(TRACEPARENT.clone(), context::format(self.trace_id, span_id, true));
+        ClientSpan { span_id, start: now_ns(), resend: self.tries.fetch_add(1, Ordering::Relaxed) }
+    }
+
+    /// Ends a try's span (on `ep`, when there was one).
+    pub fn end_try(&self, c: ClientSpan, ep: Option<&Endpoint>, cluster: &str, end: TryEnd<'_>) {
+        let mut attrs = Vec::with_capacity(10);
+        attrs.push(kv("http.request.method", self.method.as_str()));
+        if let Some(ep) = ep {
+            attrs.push(kv("server.address", &ep.addr.ip().to_string()));
+            attrs.push(kv_int("server.port", i64::from(ep.addr.port())));
+            attrs.push(kv("trellis.endpoint", &ep.addr.to_string()));
+            if let Some(id) = &ep.identity {
+                attrs.push(kv("trellis.peer.spiffe_id", id));
+            }
+        }
+        attrs.push(kv("trellis.cluster", cluster));
+        if c.resend > 0 {
+            attrs.push(kv_int("http.request.resend_count", i64::from(c.resend)));
+        }
+        let status = match end {
+            TryEnd::Status(code) => {
+                attrs.push(kv_int("http.response.status_code", i64::from(code)));
+                // A client span's 4xx is an error too (semconv); its 5xx certainly.
+                (code >= 400).then(|| {
+                    attrs.push(kv("error.type", &code.to_string()));
+                    String::new()
+                })
+            }
+            TryEnd::Failed(kind, message) => {
+                attrs.push(kv("error.type", kind));
+                Some(message.to_string())
+            }
+        };
+        self.queue.push(Span {
+            trace_id: self.trace_id.to_be_bytes().to_vec(),
+            span_id: c.span_id.to_be_bytes().to_vec(),
+            parent_span_id: self.span_id.to_be_bytes().to_vec(),
+            name: self.method.as_str().to_owned(),
+            kind: span::SpanKind::Client as i32,
+            start_time_unix_nano: c.start,
+            end_time_unix_nano: now_ns(),
+            attributes: attrs,
+            status: status.map(error_status),
+            ..Default::default()
+        });
+    }
+
+    /// Ends the server span with the response status (and the proxy's error reason, when
+    /// the proxy made the response).
+    pub fn finish(mut self, code: u16, error: Option<&str>) {
+        self.attrs.push(kv_int("http.response.status_code", i64::from(code)));
+        // A server span's 4xx is the client's business, not an error (semconv).
+        let status = (code >= 500).then(|| {
+            self.attrs.push(kv("error.type", error.unwrap_or(&code.to_string())));
+            error.unwrap_or_default().to_owned()
+        });
+        let span = Span {
+            trace_id: self.trace_id.to_be_bytes().to_vec(),
+            span_id: self.span_id.to_be_bytes().to_vec(),
+            parent_span_id: if self.parent_id == 0 { Vec::new() } else { self.parent_id.to_be_bytes().to_vec() },
+            name: self.method.as_str().to_owned(),
+            kind: span::SpanKind::Server as i32,
+            start_time_unix_nano: self.start,
+            end_time_unix_nano: now_ns(),
+            attributes: std::mem::take(&mut self.attrs),
+            status: status.map(error_status),
+            ..Default::default()
+        };
+        self.queue.push(span);
+    }
+}
+
+fn error_status(message: String) -> Status {
+    Status { message, code: status::StatusCode::Error as i32 }
+}
+
+fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn protocol_version(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_10 => "1.0",
+        http::Version::HTTP_2 => "2",
+        http::Version::HTTP_3 => "3",
+        _ => "1.1",
+    }
+}
+
+pub(crate) fn kv(key: &str, value: &str) -> KeyValue {
+    let value = Some(AnyValue { value: Some(any_value::Value::StringValue(value.to_owned())) });
+    KeyValue { key: key.to_owned(), value, ..Default::default() }
+}
+
+fn kv_int(key: &str, v: i64) -> KeyValue {
+    KeyValue {
+        key: key.to_owned(),
+        value: Some(AnyValue { value: Some(any_value::Value::IntValue(v)) }),
+        ..Default::default()
+    }
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
