@@ -17,6 +17,8 @@ pub mod body;
 pub mod chunked;
 mod conn;
 pub mod encode;
+#[cfg(test)]
+mod encode_tests;
 pub mod error;
 pub mod framing;
 pub mod head;
