@@ -328,7 +328,7 @@ fn forward(
         let fail = |err: ForwardError, tries: Option<u32>| {
             let mut resp = error_response_for(&err, grpc);
             if let Some(n) = tries {
-                resp.headers_mut().insert(ATTEMPTS_HEADER, attempts_value(n));
+                resp.headers_mut().insert(ATTEMPTS_HEADER, count_value(n));
             }
             // The error's status, also for a gRPC error sent as a 200.
             backend.metrics.count(err.status().as_u16());
@@ -449,7 +449,7 @@ fn forward(
         }
         route.response_headers.apply(&mut parts.headers);
         if counted {
-            parts.headers.insert(ATTEMPTS_HEADER, attempts_value(sent.tries));
+            parts.headers.insert(ATTEMPTS_HEADER, count_value(sent.tries));
         }
         backend.metrics.count(parts.status.as_u16());
         let streaming = http_body::Body::size_hint(&body).exact().is_none();
@@ -579,10 +579,6 @@ fn header_block_size<B>(req: &Request<B>) -> usize {
     line + req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum::<usize>()
 }
 
-fn attempts_value(n: u32) -> HeaderValue {
-    count_value(n)
-}
-
 /// A count as a header value (`x-trellis-attempts`, `x-trellis-hops`): a static one for
 /// the usual counts (formatting a number into a header value allocates, on every request).
 fn count_value(n: u32) -> HeaderValue {
@@ -618,9 +614,9 @@ mod tests {
     }
 
     #[test]
-    fn attempts_values_read_as_their_number() {
+    fn count_values_read_as_their_number() {
         for n in [0, 2, 9, 10, 12_345] {
-            assert_eq!(super::attempts_value(n).to_str().ok(), Some(n.to_string().as_str()));
+            assert_eq!(super::count_value(n).to_str().ok(), Some(n.to_string().as_str()));
         }
     }
 }
