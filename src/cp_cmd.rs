@@ -142,7 +142,7 @@ pub fn run(args: ControlPlaneArgs) -> Result<()> {
 }
 
 /// Completes on the first SIGTERM or SIGINT.
-pub(crate) fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
+pub fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;

@@ -2,13 +2,11 @@
 //! route, cluster, endpoint, status, size and request ID; proxy-made errors and bodies cut
 //! short say why; an unusable path is a config error naming the field.
 
-mod common;
-
-use common::*;
 use http::Request;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
+use trellis_testkit::*;
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -41,7 +39,7 @@ fn line_for<'a>(lines: &'a [serde_json::Value], path: &str, protocol: &str) -> &
 
 #[tokio::test]
 async fn every_request_gets_one_json_line() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let origin = Origin::echo("app").await;
         // Answers with a head and then nothing: the route's idle timeout cuts the body.
         let silent = Origin::start(|_req| async {
@@ -124,7 +122,7 @@ fn an_unusable_log_path_is_a_config_error_naming_the_field() {
 /// new file at the path within about a second, none are lost to the moved file afterwards.
 #[tokio::test]
 async fn a_moved_log_file_is_followed() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let origin = Origin::echo("app").await;
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("access.log");

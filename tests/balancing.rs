@@ -4,8 +4,7 @@
 //! of the keys when one of ten endpoints leaves.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-use common::*;
+use trellis_testkit::*;
 
 use http::Request;
 use std::collections::HashMap;
@@ -81,7 +80,7 @@ const BY_WEIGHT: [f64; 3] = [1.0 / 6.0, 2.0 / 6.0, 3.0 / 6.0];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_follows_weights_exactly() {
-    bounded(Duration::from_secs(15), async {
+    within(Duration::from_secs(15), async {
         // Smooth weighted round robin: every cycle of 6 picks is 1 + 2 + 3, even with
         // concurrent clients (one shared cursor).
         let s = shares("round_robin", 600, 3).await;
@@ -92,7 +91,7 @@ async fn round_robin_follows_weights_exactly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_follows_weights() {
-    bounded(Duration::from_secs(15), async {
+    within(Duration::from_secs(15), async {
         // 1500 draws: one standard deviation of the smallest share is ≈ 0.01.
         let s = shares("random", 1500, 3).await;
         assert_near("random", s, BY_WEIGHT, 0.045);
@@ -102,7 +101,7 @@ async fn random_follows_weights() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ring_hash_follows_weights() {
-    bounded(Duration::from_secs(15), async {
+    within(Duration::from_secs(15), async {
         // Ketama ring with 160 points for the heaviest endpoint (54 for the lightest): arc
         // lengths vary with the (random) addresses; simulated over 1500 address sets the
         // largest deviation stays under 0.1, and the order by weight always holds.
@@ -115,7 +114,7 @@ async fn ring_hash_follows_weights() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn maglev_follows_weights() {
-    bounded(Duration::from_secs(15), async {
+    within(Duration::from_secs(15), async {
         // The weighted Maglev table matches the weights almost exactly; what is left is the
         // sampling noise of 3000 keys.
         let s = shares("maglev", 3000, 3).await;
@@ -138,7 +137,7 @@ fn assert_p2c_by_weight(lb: &str, s: [f64; 3]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_request_prefers_heavier_endpoints() {
-    bounded(Duration::from_secs(15), async {
+    within(Duration::from_secs(15), async {
         // Alone, requests never overlap: the weighted draws decide, shares follow the weights.
         let s = shares("least_request", 900, 1).await;
         assert_p2c_by_weight("least_request", s);
@@ -151,7 +150,7 @@ async fn least_request_prefers_heavier_endpoints() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peak_ewma_prefers_heavier_endpoints() {
-    bounded(Duration::from_secs(15), async {
+    within(Duration::from_secs(15), async {
         // One client, so nothing is ever in flight at a pick, and origins answering alike in
         // 5 ms: the candidates are drawn by weight and their costs are close, so the shares
         // follow the weights.
@@ -163,7 +162,7 @@ async fn peak_ewma_prefers_heavier_endpoints() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn peak_ewma_steers_away_from_a_slow_endpoint() {
-    bounded(Duration::from_secs(15), async {
+    within(Duration::from_secs(15), async {
         let fast1 = echo_after("fast1", Duration::from_millis(2)).await;
         let fast2 = echo_after("fast2", Duration::from_millis(2)).await;
         let slow = echo_after("slow", Duration::from_millis(20)).await;
@@ -223,7 +222,7 @@ async fn placement(listen: SocketAddr, path: &'static str, keys: usize) -> Vec<S
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn consistent_hashes_keep_sessions_and_move_a_tenth_when_one_of_ten_goes() {
-    bounded(Duration::from_secs(30), async {
+    within(Duration::from_secs(30), async {
         let mut origins = Vec::new();
         for name in NAMES {
             origins.push(Origin::echo(name).await);

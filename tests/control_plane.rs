@@ -7,8 +7,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -20,6 +18,7 @@ use trellis_api::discovery::discovery_client::DiscoveryClient;
 use trellis_api::discovery::{DiscoveryRequest, DiscoveryResponse, HeldResource, Node, ResourceType};
 use trellis_control_plane::client::{Answer, Client};
 use trellis_control_plane::{Options, Running};
+use trellis_testkit::{ControlPlane, blocking, in_process_control_plane, signal, wait_exit, within};
 
 // ---------- helpers ----------
 
@@ -36,13 +35,12 @@ impl Cp {
     }
 
     async fn start_with(tune: impl FnOnce(&mut Options)) -> Cp {
-        let dir = tempfile::tempdir().unwrap();
-        let mut opts = Options::new(dir.path().join("data"));
-        opts.api_addr = "127.0.0.1:0".parse().unwrap();
-        opts.xds_addr = "127.0.0.1:0".parse().unwrap();
-        tune(&mut opts);
-        let token = opts.token_file.as_ref().map(|p| std::fs::read_to_string(p).unwrap().trim().to_string());
-        let running = trellis_control_plane::start(opts).await.unwrap();
+        let mut token = None;
+        let (running, dir) = in_process_control_plane(|opts| {
+            tune(opts);
+            token = opts.token_file.as_ref().map(|p| std::fs::read_to_string(p).unwrap().trim().to_string());
+        })
+        .await;
         let client = Client::new(&format!("http://{}", running.api_addr()), token).unwrap();
         Cp { running: Some(running), client, _dir: dir }
     }
@@ -87,10 +85,6 @@ fn cluster(port: u16) -> Value {
 fn error_of(a: &Answer) -> (String, Option<String>) {
     let v = a.json().unwrap();
     (v["error"].as_str().unwrap().to_string(), v["field"].as_str().map(str::to_string))
-}
-
-async fn within<T>(limit: Duration, f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(limit, f).await.expect("timed out")
 }
 
 /// A discovery stream, as a proxy would hold it.
@@ -599,87 +593,25 @@ async fn a_large_response_comes_in_parts_with_one_nonce() {
 
 // ---------- the real binary ----------
 
-/// A running `trellis control-plane`, killed on drop.
-struct Binary {
-    child: Child,
-    api: SocketAddr,
-    log: std::path::PathBuf,
-}
-
-#[path = "support/ports.rs"]
-mod ports;
-use ports::free_addr;
-
-impl Binary {
-    async fn start(data: &Path) -> Binary {
-        let (api, xds) = (free_addr(), free_addr());
-        let log = data.with_extension(format!("{}.log", api.port()));
-        let child = Command::new(env!("CARGO_BIN_EXE_trellis"))
-            .arg("control-plane")
-            .arg("--data-dir")
-            .arg(data)
-            .args(["--api-addr", &api.to_string(), "--xds-addr", &xds.to_string()])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut bin = Binary { child, api, log };
-        let client = bin.client();
-        let ready = tokio::time::timeout(Duration::from_secs(10), async {
-            loop {
-                if client.send(Method::GET, "/healthz", None, &[]).await.is_ok_and(|a| a.status == StatusCode::OK) {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await;
-        if ready.is_err() {
-            let _ = bin.child.kill();
-            panic!("control plane not ready: {}", std::fs::read_to_string(&bin.log).unwrap_or_default());
-        }
-        bin
-    }
-
-    fn client(&self) -> Client {
-        Client::new(&format!("http://{}", self.api), None).unwrap()
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_serves_and_exits_0_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let mut bin = Binary::start(&dir.path().join("data")).await;
+    let mut bin = blocking(|| ControlPlane::start_in(&dir.path().join("data")));
     let c = bin.client();
     assert!(c.put(trellis_control_plane::Kind::Cluster, "web", &cluster(1)).await.unwrap(), "created");
     assert!(c.get(trellis_control_plane::Kind::Cluster, "web").await.unwrap().is_some());
     assert!(dir.path().join("data/trellis.redb").exists());
     assert!(dir.path().join("data/ca/ca.pem").exists(), "the CA is made on first start");
-    let pid = bin.child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let started = Instant::now();
-    let status = loop {
-        if let Some(s) = bin.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(started.elapsed() < Duration::from_secs(10), "no exit after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert_eq!(status.code(), Some(0), "{}", std::fs::read_to_string(&bin.log).unwrap_or_default());
+    signal(bin.child.id(), "TERM");
+    let status = blocking(|| wait_exit(&mut bin.child, Duration::from_secs(10))).expect("exit after SIGTERM");
+    assert_eq!(status.code(), Some(0), "{}", bin.logs());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_keeps_every_acknowledged_write_across_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut bin = Binary::start(&data).await;
+    let mut bin = blocking(|| ControlPlane::start_in(&data));
     let client = bin.client();
     let acked = Arc::new(AtomicUsize::new(0));
     let kill_after = 40 + fastrand::usize(..80);
@@ -716,7 +648,7 @@ async fn binary_keeps_every_acknowledged_write_across_kill_9() {
     eprintln!("killed after {} acknowledged writes", done.len());
     assert!(done.len() >= kill_after && done.len() < 200, "the kill landed mid-stream: {}", done.len());
 
-    let bin = Binary::start(&data).await;
+    let bin = blocking(|| ControlPlane::start_in(&data));
     let client = bin.client();
     for (name, version) in &done {
         let a = client.send(Method::GET, &format!("/v1/clusters/{name}"), None, &[]).await.unwrap();

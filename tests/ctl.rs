@@ -1,33 +1,15 @@
 //! `trellis ctl` against an in-process control plane: apply (created / configured /
-//! unchanged, dependency order, errors naming the document), get, delete, proxies. The CLI
-//! modules are compiled in here as they are in the binary, so they are checked even before
-//! `src/main.rs` dispatches to them; `binary_*` tests run the real `trellis ctl`.
+//! unchanged, dependency order, errors naming the document), get, delete, proxies, through
+//! the CLI's own argument types (`trellis::cli`); `binary_*` tests run the real `trellis ctl`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[allow(dead_code)]
-#[path = "../src/cp_cmd.rs"]
-mod cp_cmd;
-#[allow(dead_code)]
-#[path = "../src/ctl_cmd.rs"]
-mod ctl_cmd;
-#[path = "support/ports.rs"]
-mod ports;
-
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
 use clap::{CommandFactory, Parser};
+use trellis::cli::{Cli, Cmd};
+use trellis::ctl_cmd;
+use trellis_control_plane::Running;
 use trellis_control_plane::client::Client;
-use trellis_control_plane::{Kind, Options, Running};
-
-/// The two commands as `src/main.rs` mounts them.
-#[derive(Parser)]
-#[command(name = "trellis")]
-#[allow(clippy::large_enum_variant)] // parsed once per test
-enum Cli {
-    ControlPlane(cp_cmd::ControlPlaneArgs),
-    Ctl(ctl_cmd::CtlArgs),
-}
+use trellis_control_plane::{Kind, Options};
+use trellis_testkit::{ControlPlane, free_addr, in_process_control_plane, trellis_command};
 
 const MANIFEST: &str = "\
 kind: Listener
@@ -45,11 +27,7 @@ endpoints: [{address: \"127.0.0.1:8080\"}]
 ";
 
 async fn start() -> (Running, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut opts = Options::new(dir.path().join("data"));
-    opts.api_addr = "127.0.0.1:0".parse().unwrap();
-    opts.xds_addr = "127.0.0.1:0".parse().unwrap();
-    (trellis_control_plane::start(opts).await.unwrap(), dir)
+    in_process_control_plane(|_: &mut Options| {}).await
 }
 
 /// Runs `trellis ctl ARGS` through the module (on a blocking thread: it has its own runtime).
@@ -57,14 +35,14 @@ async fn ctl(server: &Running, args: &[&str]) -> anyhow::Result<()> {
     let mut argv =
         vec!["trellis".to_string(), "ctl".into(), "--server".into(), format!("http://{}", server.api_addr())];
     argv.extend(args.iter().map(|s| s.to_string()));
-    let Cli::Ctl(parsed) = Cli::try_parse_from(argv).unwrap() else { panic!("not ctl") };
+    let Cmd::Ctl(parsed) = Cli::try_parse_from(argv).unwrap().cmd else { panic!("not ctl") };
     tokio::task::spawn_blocking(move || ctl_cmd::run(parsed)).await.unwrap()
 }
 
 #[test]
 fn cli_definitions_are_consistent() {
     Cli::command().debug_assert();
-    let Cli::ControlPlane(cp) = Cli::try_parse_from(["trellis", "control-plane", "--data-dir", "/tmp/x"]).unwrap()
+    let Cmd::ControlPlane(cp) = Cli::try_parse_from(["trellis", "control-plane", "--data-dir", "/tmp/x"]).unwrap().cmd
     else {
         panic!("not control-plane")
     };
@@ -72,7 +50,8 @@ fn cli_definitions_are_consistent() {
     assert_eq!(cp.xds_addr.to_string(), "127.0.0.1:7071");
     assert_eq!(cp.endpoint_grace, std::time::Duration::from_secs(10));
     assert!(Cli::try_parse_from(["trellis", "control-plane", "--data-dir", "x", "--endpoint-grace", "10"]).is_err());
-    let Cli::Ctl(ctl) = Cli::try_parse_from(["trellis", "ctl", "get", "cluster", "web", "-o", "json"]).unwrap() else {
+    let Cmd::Ctl(ctl) = Cli::try_parse_from(["trellis", "ctl", "get", "cluster", "web", "-o", "json"]).unwrap().cmd
+    else {
         panic!("not ctl")
     };
     assert!(matches!(ctl.cmd, ctl_cmd::CtlCmd::Get { kind: Kind::Cluster, .. }));
@@ -132,52 +111,27 @@ async fn apply_names_the_bad_document_and_writes_nothing() {
     cp.stop().await.unwrap();
 }
 
-/// A child process killed on drop.
-struct Kill(std::process::Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A `trellis control-plane` process with a token (and `extra` arguments), listening:
-/// the process, its directory, its REST address and the token file.
-fn control_plane_process(extra: &[&str]) -> (Kill, tempfile::TempDir, std::net::SocketAddr, std::path::PathBuf) {
+/// A `trellis control-plane` process with a token (and `extra` arguments), serving:
+/// the process, its directory and the token file.
+fn control_plane_process(extra: &[&str]) -> (ControlPlane, tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    let api = ports::free_addr();
-    let xds = ports::free_addr();
     let token = dir.path().join("token");
     std::fs::write(&token, "t0ken").unwrap();
-    let server = Kill(
-        Command::new(env!("CARGO_BIN_EXE_trellis"))
-            .arg("control-plane")
-            .args(extra)
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .args(["--api-addr", &api.to_string(), "--xds-addr", &xds.to_string(), "--token-file"])
-            .arg(&token)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(api).is_err() {
-        assert!(Instant::now() < deadline, "control plane not listening");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (server, dir, api, token)
+    let mut args = vec!["--token-file", token.to_str().unwrap()];
+    args.extend(extra);
+    let server = ControlPlane::start_with(&dir.path().join("data"), free_addr(), free_addr(), &args);
+    (server, dir, token)
 }
 
 /// `trellis ctl` as a process against a `trellis control-plane` process with a token.
 #[test]
 fn binary_ctl_apply_prints_what_it_did() {
-    let (_server, dir, api, token) = control_plane_process(&[]);
+    let (server, dir, token) = control_plane_process(&[]);
+    let api = server.api;
     let file = dir.path().join("mesh.yaml");
     std::fs::write(&file, MANIFEST).unwrap();
     let run = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_trellis"))
+        let out = trellis_command()
             .arg("ctl")
             .args(args)
             .env("TRELLIS_SERVER", format!("http://{api}"))
@@ -207,7 +161,7 @@ fn binary_ctl_apply_prints_what_it_did() {
     assert_eq!(code, Some(1));
     assert!(err.contains("routes[all].backends[0].cluster"), "{err}");
 
-    let out = Command::new(env!("CARGO_BIN_EXE_trellis"))
+    let out = trellis_command()
         .args(["ctl", "--server", &format!("http://{api}"), "get", "clusters"])
         .env_remove("TRELLIS_TOKEN_FILE")
         .output()
@@ -220,14 +174,15 @@ fn binary_ctl_apply_prints_what_it_did() {
 /// (and verifies its SPIFFE ID under it); plain HTTP and another CA get nothing.
 #[test]
 fn binary_ctl_over_tls_needs_and_checks_the_control_planes_ca() {
-    let (_server, dir, api, token) = control_plane_process(&["--api-tls"]);
+    let (server, dir, token) = control_plane_process(&["--api-tls"]);
+    let api = server.api;
     let ca = dir.path().join("data/ca/ca.pem");
     let other = dir.path().join("other");
     trellis_certs::Ca::init(&other, false).unwrap();
     let file = dir.path().join("mesh.yaml");
     std::fs::write(&file, MANIFEST).unwrap();
     let run = |server: String, ca: Option<&std::path::Path>, args: &[&str]| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_trellis"));
+        let mut cmd = trellis_command();
         cmd.arg("ctl").args(args).env("TRELLIS_SERVER", server).env("TRELLIS_TOKEN_FILE", &token);
         if let Some(ca) = ca {
             cmd.env("TRELLIS_CA_FILE", ca);

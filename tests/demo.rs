@@ -2,14 +2,11 @@
 //! mTLS and two agent services, drives traffic through them, and stops everything.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::Command;
+use trellis_testkit::trellis_command;
 
 #[test]
 fn demo_runs_a_mesh_with_traffic_and_no_errors() {
-    let out = Command::new(env!("CARGO_BIN_EXE_trellis"))
-        .args(["demo", "--seconds", "6", "--users", "2"])
-        .output()
-        .expect("run trellis demo");
+    let out = trellis_command().args(["demo", "--seconds", "6", "--users", "2"]).output().expect("run trellis demo");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "demo failed: {stdout}\n{stderr}");

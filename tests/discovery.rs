@@ -2,8 +2,7 @@
 //! processes talking over the real gRPC stream; resources written through the REST API.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-use common::*;
+use trellis_testkit::*;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -256,72 +255,14 @@ async fn one_endpoint_of_a_large_cluster_changes_as_a_delta_and_is_routed_to_wit
     .await;
 }
 
-/// A stand-in control plane for what the real one never sends: it plays `responses` in
-/// order on the first stream, one after each answer, and hands every answer to the test.
-struct Scripted {
-    responses: std::sync::Mutex<Vec<trellis_api::discovery::DiscoveryResponse>>,
-    answers: tokio::sync::mpsc::UnboundedSender<trellis_api::discovery::DiscoveryRequest>,
-}
-
-type ResponseStream = std::pin::Pin<
-    Box<dyn futures_util::Stream<Item = Result<trellis_api::discovery::DiscoveryResponse, tonic::Status>> + Send>,
->;
-
-#[tonic::async_trait]
-impl trellis_api::discovery::discovery_server::Discovery for Scripted {
-    type StreamStream = ResponseStream;
-
-    async fn stream(
-        &self,
-        request: tonic::Request<tonic::Streaming<trellis_api::discovery::DiscoveryRequest>>,
-    ) -> Result<tonic::Response<ResponseStream>, tonic::Status> {
-        let mut inbound = request.into_inner();
-        let script = std::mem::take(&mut *self.responses.lock().unwrap());
-        let answers = self.answers.clone();
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tokio::spawn(async move {
-            let _first = inbound.message().await;
-            for r in script {
-                if tx.send(Ok(r)).await.is_err() {
-                    return;
-                }
-                match inbound.message().await {
-                    Ok(Some(answer)) => drop(answers.send(answer)),
-                    _ => return,
-                }
-            }
-            // Hold the stream open so the proxy does not reconnect.
-            while let Ok(Some(_)) = inbound.message().await {}
-        });
-        let out = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
-        Ok(tonic::Response::new(Box::pin(out)))
-    }
-}
-
-async fn next(
-    answers: &mut tokio::sync::mpsc::UnboundedReceiver<trellis_api::discovery::DiscoveryRequest>,
-) -> trellis_api::discovery::DiscoveryRequest {
-    tokio::time::timeout(Duration::from_secs(5), answers.recv()).await.unwrap().unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_endpoints_resources_are_nacked_and_the_old_config_serves() {
-    use trellis_api::discovery::{DiscoveryResponse, Resource, ResourceType};
+    use trellis_api::discovery::ResourceType;
+    use trellis_testkit::fake_cp::{resource, response};
     within(Duration::from_secs(60), async {
         let a = Origin::echo("a").await;
         let listen = listen_addr();
-        let res = |t: ResourceType, name: &str, body: String| Resource {
-            r#type: t as i32,
-            name: name.into(),
-            version: "1".into(),
-            body,
-        };
-        let response = |v: &str, resources| DiscoveryResponse {
-            system_version: v.into(),
-            nonce: v.into(),
-            resources,
-            ..Default::default()
-        };
+        let res = |t: ResourceType, name: &str, body: String| resource(t, name, "1", body);
         let ep = |name: String, body: String| res(ResourceType::Endpoints, &name, body);
         let good = response(
             "1",
@@ -333,37 +274,27 @@ async fn bad_endpoints_resources_are_nacked_and_the_old_config_serves() {
             ],
         );
         let unknown_cluster = response("2", vec![ep("nope/127.0.0.1:1".into(), r#"{"address":"127.0.0.1:1"}"#.into())]);
-        let malformed = response("3", vec![ep("c/127.0.0.1:1".into(), r#"{"address":"127.0.0.1:1","weight":"x"}"#.into())]);
+        let malformed =
+            response("3", vec![ep("c/127.0.0.1:1".into(), r#"{"address":"127.0.0.1:1","weight":"x"}"#.into())]);
         let mismatched = response("4", vec![ep("c/127.0.0.1:2".into(), r#"{"address":"127.0.0.1:1"}"#.into())]);
-        let (answers, mut answered) = tokio::sync::mpsc::unbounded_channel();
-        let script = Scripted { responses: std::sync::Mutex::new(vec![good, unknown_cluster, malformed, mismatched]), answers };
-        let xds = listen_addr();
-        let server = tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(trellis_api::discovery::discovery_server::DiscoveryServer::new(script))
-                .serve(xds),
-        );
-        let bootstrap = format!(
-            "node: {{ id: web-0, service: web }}\nadmin: {{ address: \"{{admin}}\" }}\ncontrol_plane: {{ address: \"http://{xds}\" }}\n"
-        );
-        let proxy = blocking(|| Proxy::start(&bootstrap));
-        let ack = next(&mut answered).await;
+        let mut fake = FakeControlPlane::start(vec![good, unknown_cluster, malformed, mismatched]).await;
+        let proxy = blocking(|| Proxy::start(&fake.bootstrap("web-0", "web")));
+        let ack = fake.next_answer().await;
         assert_eq!((ack.response_nonce.as_str(), ack.error.as_str()), ("1", ""));
         assert_eq!(origin_at(listen).await, "a");
-        let nack = next(&mut answered).await;
+        let nack = fake.next_answer().await;
         assert_eq!(nack.response_nonce, "2");
         assert_eq!(nack.error, r#"endpoints[nope/127.0.0.1:1]: no cluster named "nope""#);
-        let nack = next(&mut answered).await;
+        let nack = fake.next_answer().await;
         assert_eq!(nack.response_nonce, "3");
         assert!(nack.error.starts_with("endpoints[c/127.0.0.1:1]: weight: "), "{}", nack.error);
-        let nack = next(&mut answered).await;
+        let nack = fake.next_answer().await;
         assert_eq!(nack.response_nonce, "4");
         assert!(nack.error.contains("differs from the body's"), "{}", nack.error);
         // The old config serves, whole.
         assert_eq!(origin_at(listen).await, "a");
         let dump: serde_json::Value = serde_json::from_str(&admin_get(proxy.admin, "/config_dump").unwrap().1).unwrap();
         assert_eq!(dump["config"]["clusters"][0]["endpoints"].as_array().unwrap().len(), 1, "{dump}");
-        server.abort();
     })
     .await;
 }

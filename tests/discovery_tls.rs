@@ -4,8 +4,7 @@
 //! control-plane identity, and a plaintext one get nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-use common::*;
+use trellis_testkit::*;
 
 use std::net::SocketAddr;
 use std::path::Path;

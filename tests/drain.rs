@@ -4,8 +4,8 @@
 //! accepting at once while the others keep serving.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-use common::*;
+use trellis_testkit::config::{self, Yaml};
+use trellis_testkit::*;
 
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -41,8 +41,10 @@ async fn origin(delay: Duration, arrived: Arc<AtomicUsize>) -> Origin {
     .await
 }
 
-fn config(listen: SocketAddr, origin: SocketAddr, drain: &str) -> String {
-    simple_config(listen, origin, "auto").replace("drain_timeout: 5s", &format!("drain_timeout: {drain}"))
+fn config(listen: SocketAddr, origin: SocketAddr, drain_secs: u64) -> String {
+    let mut b = config::simple(listen, origin, config::ClusterProtocol::Auto);
+    b.drain_timeout = Some(trellis_api::Duration::from_secs(drain_secs));
+    b.yaml()
 }
 
 /// Sends `GET path` in the background; the result is the status and body, or the error.
@@ -75,7 +77,7 @@ async fn drains_on(sig: &str) {
     let slow = Duration::from_millis(1500);
     let origin = origin(slow, arrived.clone()).await;
     let listen = listen_addr();
-    let mut proxy = Proxy::start(&config(listen, origin.addr, "5s"));
+    let mut proxy = Proxy::start(&config(listen, origin.addr, 5));
     // An idle keep-alive connection (one request done) must not hold up the drain.
     let mut idle = Client::h1(listen).await;
     assert_eq!(idle.get("/warm").await.status, 200);
@@ -130,7 +132,7 @@ async fn sigterm_with_a_request_that_never_ends_exits_0_after_drain_timeout() {
         let arrived = Arc::new(AtomicUsize::new(0));
         let origin = origin(Duration::ZERO, arrived.clone()).await;
         let listen = listen_addr();
-        let mut proxy = Proxy::start(&config(listen, origin.addr, "1s"));
+        let mut proxy = Proxy::start(&config(listen, origin.addr, 1));
         let stuck = [
             ("h1", spawn_get(Client::h1(listen).await, "/stuck/h1")),
             ("h2c", spawn_get(Client::h2(listen).await, "/stuck/h2")),
@@ -252,7 +254,7 @@ async fn ready_is_503_while_draining() {
         let arrived = Arc::new(AtomicUsize::new(0));
         let origin = origin(Duration::from_millis(2500), arrived.clone()).await;
         let listen = listen_addr();
-        let mut proxy = Proxy::start(&config(listen, origin.addr, "5s"));
+        let mut proxy = Proxy::start(&config(listen, origin.addr, 5));
         assert_eq!(blocking(|| ready(proxy.admin)), Ok(200));
         let mut c = Client::h1(listen).await;
         assert_eq!(c.get("/x").await.status, 200);
@@ -261,8 +263,14 @@ async fn ready_is_503_while_draining() {
         let in_flight = spawn_get(Client::h1(listen).await, "/slow");
         wait_arrived(&arrived, 1).await;
         proxy.signal("TERM");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let during = blocking(|| ready(proxy.admin));
+        // /ready turns 503 while the in-flight request (2.5 s) still runs.
+        let mut during = Ok(0);
+        blocking(|| {
+            poll_until(Duration::from_secs(2), || {
+                during = ready(proxy.admin);
+                during == Ok(503)
+            })
+        });
         assert_eq!(in_flight.await.unwrap(), Ok((StatusCode::OK, "done".to_owned())));
         assert_eq!(blocking(|| proxy.wait_exit(Duration::from_secs(5))).and_then(|s| s.code()), Some(0));
         assert_eq!(during, Ok(503), "/ready while draining");
@@ -275,7 +283,7 @@ async fn a_connection_that_sent_nothing_does_not_hold_up_the_exit() {
     within(Duration::from_secs(40), async {
         let origin = Origin::echo("a").await;
         let listen = listen_addr();
-        let mut proxy = Proxy::start(&config(listen, origin.addr, "5s"));
+        let mut proxy = Proxy::start(&config(listen, origin.addr, 5));
         // A client that connected ahead of need (a pre-connect) and has sent no byte yet.
         let silent = tokio::net::TcpStream::connect(listen).await.unwrap();
         let mut c = Client::h1(listen).await;

@@ -7,8 +7,7 @@
 //! request sent while a response streams) is read whole, and streamed events still come as
 //! they are sent.
 
-mod common;
-use common::*;
+use trellis_testkit::*;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, Version};
@@ -20,7 +19,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-include!("support/http_helpers.rs");
+use trellis_testkit::raw::*;
 
 /// Long enough for a connection to be waiting (buffers given back) when the next bytes come.
 const IDLE: Duration = Duration::from_millis(150);
@@ -95,7 +94,7 @@ fn json(body: &[u8]) -> serde_json::Value {
 /// connection.
 #[tokio::test]
 async fn requests_after_idle_are_read_whole() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let (listen, _proxy, _origin) = setup().await;
         let mut s = TcpStream::connect(listen).await.unwrap();
         let mut buf = Vec::new();
@@ -151,7 +150,7 @@ async fn requests_after_idle_are_read_whole() {
 /// while the stream is open is answered after it, and the connection goes on.
 #[tokio::test]
 async fn sse_streams_and_a_request_sent_meanwhile_is_answered_after() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let (listen, _proxy, _origin) = setup().await;
         let mut s = TcpStream::connect(listen).await.unwrap();
         let t0 = Instant::now();
@@ -202,7 +201,7 @@ async fn sse_streams_and_a_request_sent_meanwhile_is_answered_after() {
 /// the per-thread stock).
 #[tokio::test]
 async fn many_idle_connections_keep_their_own_requests() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let (listen, _proxy, _origin) = setup().await;
         let mut conns = Vec::new();
         for _ in 0..40 {

@@ -3,8 +3,8 @@
 //! with trailers, read-to-close bodies, interim 1xx responses, truncated bodies, and
 //! upstreams that close pooled keep-alive connections.
 
-mod common;
-use common::*;
+use trellis_testkit::config::{self, ClusterProtocol};
+use trellis_testkit::*;
 
 use http::Request;
 use http_body_util::BodyExt;
@@ -94,7 +94,7 @@ async fn serve(mut s: TcpStream) {
 
 fn start(origin: &RawOrigin) -> (Proxy, std::net::SocketAddr) {
     let listen = listen_addr();
-    (Proxy::start(&simple_config(listen, origin.addr, "http1")), listen)
+    (Proxy::start(&config::simple(listen, origin.addr, ClusterProtocol::Http1).yaml()), listen)
 }
 
 /// Keep-alive works: sequential requests share one upstream connection.

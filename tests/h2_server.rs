@@ -4,8 +4,8 @@
 //! connection, each answered with its own response; and a client resetting its stream
 //! mid-response cancelling the upstream exchange while the connection carries on.
 
-mod common;
-use common::*;
+use trellis_testkit::config;
+use trellis_testkit::*;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -22,7 +22,7 @@ const LIMIT: Duration = Duration::from_secs(60);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_concurrent_streams_on_one_connection() {
     const N: usize = 200;
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let in_flight = Arc::new(AtomicUsize::new(0));
         let peak = Arc::new(AtomicUsize::new(0));
         let (f, p) = (in_flight.clone(), peak.clone());
@@ -93,12 +93,12 @@ async fn events_origin(ended: Arc<AtomicUsize>) -> Origin {
 /// the origin's body (HTTP/1.1 and HTTP/2 upstreams), and the connection serves on.
 #[tokio::test]
 async fn client_reset_mid_response_cancels_the_upstream_request() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         for proto in ["http1", "http2"] {
             let ended = Arc::new(AtomicUsize::new(0));
             let origin = events_origin(ended.clone()).await;
             let listen = listen_addr();
-            let proxy = Proxy::start(&simple_config(listen, origin.addr, proto));
+            let proxy = Proxy::start(&config::simple(listen, origin.addr, config::protocol(proto)).yaml());
             let mut c = Client::h2(listen).await;
             let resp = c.send(Request::get("/events").body(full("")).unwrap()).await.unwrap();
             assert_eq!(resp.status(), 200);
@@ -130,7 +130,7 @@ async fn client_reset_mid_response_cancels_the_upstream_request() {
 /// upstream request too.
 #[tokio::test]
 async fn client_reset_before_the_response_cancels_the_upstream_request() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let ended = Arc::new(AtomicUsize::new(0));
         let arrived = Arc::new(AtomicUsize::new(0));
         let (e, a) = (ended.clone(), arrived.clone());

@@ -8,8 +8,7 @@
 //! and sets TRELLIS_REQUIRE_ETCD so that they run there.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-use common::*;
+use trellis_testkit::*;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -166,7 +165,7 @@ async fn writes_through_any_replica_reach_every_replica_and_if_match_holds_acros
         std::fs::write(&manifest, "kind: Cluster\nname: extra\nendpoints: [{address: \"127.0.0.1:9\"}]\n").unwrap();
         let (code, err) = trellis(&["ctl", "--server", &reps[1].api_url(), "apply", "-f", manifest.to_str().unwrap()]);
         assert_eq!(code, 0, "{err}");
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_trellis"))
+        let out = trellis_command()
             .args(["ctl", "--server", &reps[2].api_url(), "get", "clusters", "extra"])
             .output()
             .unwrap();

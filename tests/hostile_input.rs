@@ -9,8 +9,7 @@
 //! it get GOAWAY; and after an early complete HTTP/2 response, the client's frames on that
 //! stream still get the errors RFC 9113 asks for.
 
-mod common;
-use common::*;
+use trellis_testkit::*;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, Version};
@@ -22,7 +21,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-include!("support/http_helpers.rs");
+use trellis_testkit::raw::*;
 
 /// Sends `bytes` on a fresh connection and reads until the proxy closes it.
 async fn exchange_raw(listen: SocketAddr, bytes: &[u8]) -> String {
@@ -39,7 +38,7 @@ const CHUNKED_POST: &str = "POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: c
 /// nothing when the client has gone), no endpoint is ejected, and both keep taking traffic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_garbage_and_aborted_uploads_never_eject_an_endpoint() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let (a, seen_a) = counting_origin(|_, _| Response::new(full("a"))).await;
         let (b, seen_b) = counting_origin(|_, _| Response::new(full("b"))).await;
         let listen = listen_addr();
@@ -108,7 +107,7 @@ async fn client_garbage_and_aborted_uploads_never_eject_an_endpoint() {
 /// are 400s; an absolute-form target's host wins over `Host` for routing and upstream alike.
 #[tokio::test]
 async fn requests_must_name_one_host() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let origin = echo("o").await;
         let listen = listen_addr();
         let _proxy = Proxy::start(&simple_config(listen, origin.addr, "http1"));
@@ -143,7 +142,7 @@ async fn requests_must_name_one_host() {
 /// read as chunked, passed on without the length, and its connection is not reused.
 #[tokio::test]
 async fn upstream_length_and_chunked_passes_the_chunked_body() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let origin = scripted_origin(
             b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
         )
@@ -168,7 +167,7 @@ async fn upstream_length_and_chunked_passes_the_chunked_body() {
 /// at once, with its trailers, and the upstream connection is reused.
 #[tokio::test]
 async fn upstream_trailers_ended_by_a_bare_lf_end_the_response() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let origin =
             scripted_origin(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nx-sum: 7\n\n").await;
         let listen = listen_addr();
@@ -198,7 +197,7 @@ async fn upstream_trailers_ended_by_a_bare_lf_end_the_response() {
 /// GOAWAY with PROTOCOL_ERROR, then close), not an HTTP/1.1 400.
 #[tokio::test]
 async fn invalid_h2_preface_gets_goaway() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let origin = echo("o").await;
         let listen = listen_addr();
         let _proxy = Proxy::start(&simple_config(listen, origin.addr, "http1"));
@@ -255,7 +254,7 @@ async fn error_after(h2: &mut RawH2, frames: Vec<Vec<u8>>) -> Option<(u8, u32, u
 /// ignored), so each frame that breaks the rules gets its error, every time.
 #[tokio::test]
 async fn early_h2_response_keeps_checking_the_clients_frames() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let origin = early_origin().await;
         let listen = listen_addr();
         let _proxy = Proxy::start(&simple_config(listen, origin.addr, "http1"));
@@ -292,7 +291,7 @@ async fn early_h2_response_keeps_checking_the_clients_frames() {
 /// `h2_crate_gaps`.)
 #[tokio::test]
 async fn h2_window_overflow_is_a_flow_control_error() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let origin = Origin::start(|_req: Request<Incoming>| async move {
             tokio::time::sleep(Duration::from_secs(2)).await;
             Response::new(full("late"))
@@ -320,7 +319,7 @@ async fn h2_window_overflow_is_a_flow_control_error() {
 #[tokio::test]
 #[ignore = "needs h2 to check pseudo-headers in trailers and windows of send-closed streams"]
 async fn h2_crate_gaps() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let origin = early_origin().await;
         let listen = listen_addr();
         let _proxy = Proxy::start(&simple_config(listen, origin.addr, "http1"));

@@ -5,8 +5,8 @@
 //! pipelining, keep-alive across the hand-over to hyper (bodies, HTTP/1.0), heads split
 //! over several writes, HEAD, malformed heads and idle keep-alive connections.
 
-mod common;
-use common::*;
+use trellis_testkit::config::{self, Yaml};
+use trellis_testkit::*;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, Version};
@@ -18,22 +18,22 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-include!("support/http_helpers.rs");
+use trellis_testkit::raw::*;
 
 /// A proxy with `header_timeout: 500ms` in front of an echo origin.
 async fn setup() -> (SocketAddr, Proxy, Origin) {
     let origin = echo("o").await;
     let listen = listen_addr();
-    let config = simple_config(listen, origin.addr, "http1")
-        .replace("    routes: [all]", "    header_timeout: 500ms\n    routes: [all]");
-    let proxy = Proxy::start(&config);
+    let mut b = config::simple(listen, origin.addr, config::ClusterProtocol::Http1);
+    b.listeners[0].header_timeout = Some(config::ms(500));
+    let proxy = Proxy::start(&b.yaml());
     (listen, proxy, origin)
 }
 
 /// Three requests in one write get three responses, in order, on one connection.
 #[tokio::test]
 async fn pipelined_requests_are_answered_in_order() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let (listen, _proxy, _origin) = setup().await;
         let mut s = TcpStream::connect(listen).await.unwrap();
         s.write_all(
@@ -56,7 +56,7 @@ async fn pipelined_requests_are_answered_in_order() {
 /// connection; and the same two pipelined in one write.
 #[tokio::test]
 async fn get_then_post_with_body_on_one_connection() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let (listen, _proxy, _origin) = setup().await;
         let mut s = TcpStream::connect(listen).await.unwrap();
         let mut buf = Vec::new();
@@ -88,7 +88,7 @@ async fn get_then_post_with_body_on_one_connection() {
 /// connection closes after the 1.0 response.
 #[tokio::test]
 async fn http10_after_http11_on_one_connection() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let (listen, _proxy, _origin) = setup().await;
         let mut s = TcpStream::connect(listen).await.unwrap();
         let mut buf = Vec::new();
@@ -105,7 +105,7 @@ async fn http10_after_http11_on_one_connection() {
 /// Garbage instead of a request line: 400, and the connection closes.
 #[tokio::test]
 async fn garbage_request_line_is_400() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let (listen, _proxy, _origin) = setup().await;
         for garbage in [&b"BLAH\r\n\r\n"[..], b"GET / HTTP/1.1\r\nno colon here\r\n\r\n", b"GET / HTTP/9.9\r\n\r\n"] {
             let mut s = TcpStream::connect(listen).await.unwrap();
@@ -120,7 +120,7 @@ async fn garbage_request_line_is_400() {
 /// A head arriving in several pieces (within `header_timeout`) is served.
 #[tokio::test]
 async fn head_split_across_writes() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let (listen, _proxy, _origin) = setup().await;
         let mut s = TcpStream::connect(listen).await.unwrap();
         for piece in
@@ -140,7 +140,7 @@ async fn head_split_across_writes() {
 /// HEAD: the head (with the origin's `content-length`) and no body; the connection goes on.
 #[tokio::test]
 async fn head_has_no_body_and_keeps_the_connection() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let (listen, _proxy, _origin) = setup().await;
         let mut s = TcpStream::connect(listen).await.unwrap();
         s.write_all(b"HEAD /h HTTP/1.1\r\nHost: x\r\n\r\nGET /g HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -160,7 +160,7 @@ async fn head_has_no_body_and_keeps_the_connection() {
 /// as hyper does (its header timer starts when it waits for the next head).
 #[tokio::test]
 async fn idle_keep_alive_connection_closes_after_header_timeout() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let (listen, _proxy, _origin) = setup().await;
         let mut s = TcpStream::connect(listen).await.unwrap();
         let mut buf = Vec::new();
@@ -179,7 +179,7 @@ async fn idle_keep_alive_connection_closes_after_header_timeout() {
 /// larger than twice `max_header_bytes`, get a bare 431 and the connection closes.
 #[tokio::test]
 async fn too_many_headers_and_far_oversized_heads_get_431() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let (listen, _proxy, _origin) = setup().await;
         let many: String = (0..120).map(|i| format!("x-{i}: y\r\n")).collect();
         let huge = format!("x-big: {}\r\n", "b".repeat(200_000));

@@ -4,8 +4,8 @@
 //! The admin/metrics view, listener limits and further proxy semantics, through the real
 //! `trellis` binary.
 
-mod common;
-use common::*;
+use trellis_testkit::config::{self, Yaml};
+use trellis_testkit::*;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, Version};
@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-include!("support/http_helpers.rs");
+use trellis_testkit::raw::*;
 
 // ---------------------------------------------------------------------------------------------
 // Admin and metrics
@@ -28,7 +28,7 @@ include!("support/http_helpers.rs");
 /// `/clusters` lists the endpoint with its request count.
 #[tokio::test]
 async fn admin_metrics_config_dump_and_clusters() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let origin = echo("o").await;
         let listen = listen_addr();
         let proxy = Proxy::start(&simple_config(listen, origin.addr, "auto"));
@@ -101,7 +101,7 @@ async fn admin_metrics_config_dump_and_clusters() {
 /// header), and the downstream connection stays usable.
 #[tokio::test]
 async fn upstream_error_statuses_pass_through() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let origin = Origin::start(|req: Request<Incoming>| async move {
             let code: u16 = req.uri().path().trim_start_matches('/').parse().unwrap_or(200);
             Response::builder()
@@ -135,7 +135,7 @@ async fn upstream_error_statuses_pass_through() {
 /// keep-alive by default); the upstream still sees an HTTP/1.1 request.
 #[tokio::test]
 async fn http10_client() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let origin = echo("o").await;
         let listen = listen_addr();
         let _proxy = Proxy::start(&simple_config(listen, origin.addr, "auto"));
@@ -161,7 +161,7 @@ async fn http10_client() {
 /// turn into 502s: closed pooled connections are skipped or retried unsent.
 #[tokio::test]
 async fn upstream_closing_after_each_response_is_handled() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let one_shot = raw_origin(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
         let listen = listen_addr();
         let proxy = Proxy::start(&simple_config(listen, one_shot.addr, "http1"));
@@ -184,7 +184,7 @@ async fn upstream_closing_after_each_response_is_handled() {
 /// connection) all succeed, and no request stays counted as active.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_concurrent_streams_to_http1_and_http2_clusters() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let origin = Origin::start(|req: Request<Incoming>| async move {
             tokio::time::sleep(Duration::from_millis(100)).await;
             Response::new(full(req.uri().path().to_owned()))
@@ -235,7 +235,7 @@ async fn many_concurrent_streams_to_http1_and_http2_clusters() {
 /// connection usable for the next request.
 #[tokio::test]
 async fn bodiless_responses_keep_the_connection_usable() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let origin = Origin::start(|req: Request<Incoming>| async move {
             if req.method() == Method::HEAD {
                 // hyper's h2 server would send the body of a HEAD response; a real origin does not.
@@ -292,7 +292,7 @@ async fn bodiless_responses_keep_the_connection_usable() {
 /// `Expect: 100-continue`: the client gets its interim 100 and can then send the body.
 #[tokio::test]
 async fn expect_100_continue() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let origin = echo("o").await;
         let listen = listen_addr();
         let _proxy = Proxy::start(&simple_config(listen, origin.addr, "http1"));
@@ -328,7 +328,7 @@ async fn expect_100_continue() {
 /// sees the host the route was chosen by.
 #[tokio::test]
 async fn absolute_form_target_host_wins_over_host_header() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let api = echo("api").await;
         let other = echo("other").await;
         let listen = listen_addr();
@@ -373,7 +373,7 @@ clusters:
 /// (RFC 9113 §8.2.3). Several `set-cookie` response lines all reach the client.
 #[tokio::test]
 async fn h2_cookie_crumbs_are_joined_for_http1_upstreams() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let origin = Origin::start(|req: Request<Incoming>| async move {
             let lines: Vec<String> =
                 req.headers().get_all("cookie").iter().map(|v| v.to_str().unwrap().to_owned()).collect();
@@ -435,7 +435,7 @@ async fn assert_no_active_requests(proxy: &Proxy, ctx: &str) {
 /// balancing reads).
 #[tokio::test]
 async fn failed_exchanges_release_their_endpoint() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let env = error_env().await;
         for h2 in [false, true] {
             let mut c = client(env.listen, h2).await;
@@ -459,7 +459,7 @@ async fn failed_exchanges_release_their_endpoint() {
 /// origin's stream is dropped and nothing stays in flight.
 #[tokio::test]
 async fn client_going_away_cancels_the_upstream_stream() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         use std::sync::Arc;
         use std::sync::atomic::{AtomicUsize, Ordering};
         struct Guard(Arc<AtomicUsize>);
@@ -525,11 +525,9 @@ async fn slow_upload_is_not_cut_by_the_idle_timeout() {
         })
         .await;
         let listen = listen_addr();
-        let yaml = simple_config(listen, origin.addr, "http1").replace(
-            "    backends: [{ cluster: origin }]",
-            "    backends: [{ cluster: origin }]\n    idle_timeout: 500ms",
-        );
-        let _proxy = Proxy::start(&yaml);
+        let mut b = config::simple(listen, origin.addr, config::ClusterProtocol::Http1);
+        b.routes[0].idle_timeout = Some(config::ms(500));
+        let _proxy = Proxy::start(&b.yaml());
         let mut c = Client::h1(listen).await;
         let (tx, body) = chan_body();
         let feeder = tokio::spawn(async move {

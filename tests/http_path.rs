@@ -4,8 +4,7 @@
 //! The HTTP request path end to end, through the real `trellis` binary over real sockets:
 //! protocol translation, routing, weighted splits, header rules and proxy header semantics.
 
-mod common;
-use common::*;
+use trellis_testkit::*;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, Version};
@@ -17,7 +16,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-include!("support/http_helpers.rs");
+use trellis_testkit::raw::*;
 
 // ---------------------------------------------------------------------------------------------
 // Protocols
@@ -29,7 +28,7 @@ include!("support/http_helpers.rs");
 /// the host survives the translation (Host ↔ :authority), and request bodies arrive whole.
 #[tokio::test]
 async fn protocol_matrix_h1_h2c_to_http1_http2_auto() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let origin = echo("o").await;
         let listen = listen_addr();
         let proxy = Proxy::start(&versions_config(listen, origin.addr));
@@ -121,7 +120,7 @@ type RouteCase = (&'static str, &'static str, &'static str, Option<(&'static str
 /// match wins, and no match → 404 `x-trellis-error: no route` — over HTTP/1.1 and h2c.
 #[tokio::test]
 async fn routing_matrix() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let mut origins = HashMap::new();
         for name in ["exact-host", "suffix-host", "canary", "path-exact", "methods", "prefix", "any-host"] {
             origins.insert(name, echo(name).await);
@@ -200,7 +199,7 @@ async fn routing_matrix() {
 /// the per-cluster request counters agree with what the origins saw.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weighted_backend_split() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let a = echo("a").await;
         let b = echo("b").await;
         let listen = listen_addr();
@@ -264,7 +263,7 @@ clusters:
 /// Endpoint weights 3:1:2 under `lb: round_robin` are exact over every cycle of 6 requests.
 #[tokio::test]
 async fn round_robin_endpoint_weights_are_exact() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let e1 = echo("e1").await;
         let e2 = echo("e2").await;
         let e3 = echo("e3").await;
@@ -310,7 +309,7 @@ clusters:
 /// Route `headers` rules shape what the upstream sees; `response_headers` what the client sees.
 #[tokio::test]
 async fn route_header_rules() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let origin = Origin::start(|req: Request<Incoming>| async move {
             let seen: serde_json::Map<String, serde_json::Value> = req
                 .headers()
@@ -379,7 +378,7 @@ clusters:
 /// is kept.
 #[tokio::test]
 async fn hop_by_hop_headers_are_not_forwarded() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let origin = Origin::start(|req: Request<Incoming>| async move {
             let seen: serde_json::Map<String, serde_json::Value> =
                 req.headers().iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("?").into())).collect();
@@ -439,7 +438,7 @@ fn is_lower_hex(s: &str, len: usize) -> bool {
 /// `traceparent` (added when absent, kept when present), and `Host` preserved.
 #[tokio::test]
 async fn forwarding_headers() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let origin = echo("o").await;
         let listen = listen_addr();
         let _proxy = Proxy::start(&simple_config(listen, origin.addr, "auto"));
@@ -496,7 +495,7 @@ async fn forwarding_headers() {
 /// client's address to the whole chain, not to its first line only.
 #[tokio::test]
 async fn forwarded_for_with_several_lines_keeps_the_whole_chain() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let origin = echo("o").await;
         let listen = listen_addr();
         let proxy = Proxy::start(&simple_config(listen, origin.addr, "auto"));

@@ -4,8 +4,8 @@
 //! Streaming (SSE, large uploads and downloads with bounded proxy memory) and every error
 //! response of the proxy, through the real `trellis` binary.
 
-mod common;
-use common::*;
+use trellis_testkit::config;
+use trellis_testkit::*;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, Version};
@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-include!("support/http_helpers.rs");
+use trellis_testkit::raw::*;
 
 // ---------------------------------------------------------------------------------------------
 // Streaming
@@ -43,7 +43,7 @@ async fn ticking_sse_origin() -> Origin {
 /// Server-sent events are forwarded as they come, not buffered until the stream ends.
 #[tokio::test]
 async fn sse_events_stream_through_without_buffering() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let origin = ticking_sse_origin().await;
         let listen = listen_addr();
         let _proxy = Proxy::start(&simple_config(listen, origin.addr, "auto"));
@@ -79,7 +79,7 @@ async fn sse_events_stream_through_without_buffering() {
 /// peak resident memory grows by far less than the upload (HTTP/1.1 → http1 and h2c → http2).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_upload_streams_with_bounded_proxy_memory() {
-    bounded(Duration::from_secs(120), async {
+    within(Duration::from_secs(120), async {
         let origin = Origin::start(|req: Request<Incoming>| async move {
             let mut body = req.into_body();
             let mut n: u64 = 0;
@@ -95,7 +95,7 @@ async fn large_upload_streams_with_bounded_proxy_memory() {
         for (h2, proto) in [(false, "http1"), (true, "http2")] {
             let ctx = proto_name(h2);
             let listen = listen_addr();
-            let proxy = Proxy::start(&simple_config(listen, origin.addr, proto));
+            let proxy = Proxy::start(&config::simple(listen, origin.addr, config::protocol(proto)).yaml());
             let pid = proxy.child.id();
             let mut c = client(listen, h2).await;
             assert_eq!(c.fetch(Request::post("/up").body(full("warm")).unwrap()).await.text(), "4");
@@ -122,7 +122,7 @@ async fn large_upload_streams_with_bounded_proxy_memory() {
 /// A 64 MiB download streams through with bounded proxy memory, over both protocols.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_download_streams_with_bounded_proxy_memory() {
-    bounded(Duration::from_secs(120), async {
+    within(Duration::from_secs(120), async {
         let total = 64 * MIB;
         let origin = Origin::start(move |_req: Request<Incoming>| async move {
             let chunk = Bytes::from(vec![b'd'; 64 * 1024]);
@@ -132,7 +132,7 @@ async fn large_download_streams_with_bounded_proxy_memory() {
         for (h2, proto) in [(false, "http1"), (true, "http2")] {
             let ctx = proto_name(h2);
             let listen = listen_addr();
-            let proxy = Proxy::start(&simple_config(listen, origin.addr, proto));
+            let proxy = Proxy::start(&config::simple(listen, origin.addr, config::protocol(proto)).yaml());
             let pid = proxy.child.id();
             let mut c = client(listen, h2).await;
             let (rss0, hwm0) = (proc_status_kib(pid, "VmRSS"), proc_status_kib(pid, "VmHWM"));
@@ -169,7 +169,7 @@ async fn large_download_streams_with_bounded_proxy_memory() {
 /// Nothing listens at the endpoint → 502 `upstream connect failure`, quickly.
 #[tokio::test]
 async fn upstream_refused_is_502() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let env = error_env().await;
         for h2 in [false, true] {
             let mut c = client(env.listen, h2).await;
@@ -199,7 +199,7 @@ async fn upstream_refused_is_502() {
 /// `upstream reset` (for an http1 and an http2 cluster).
 #[tokio::test]
 async fn upstream_reset_mid_request_is_502() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let env = error_env().await;
         for h2 in [false, true] {
             let mut c = client(env.listen, h2).await;
@@ -219,7 +219,7 @@ async fn upstream_reset_mid_request_is_502() {
 /// as a failed body, never as a clean, shorter one.
 #[tokio::test]
 async fn truncated_upstream_body_is_not_passed_off_as_complete() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let env = error_env().await;
         for h2 in [false, true] {
             let ctx = proto_name(h2);
@@ -238,7 +238,7 @@ async fn truncated_upstream_body_is_not_passed_off_as_complete() {
 /// A cluster with no endpoints → 503 `no healthy endpoint`.
 #[tokio::test]
 async fn empty_cluster_is_503() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let env = error_env().await;
         for h2 in [false, true] {
             let mut c = client(env.listen, h2).await;
@@ -251,7 +251,7 @@ async fn empty_cluster_is_503() {
 /// Route `timeout: 300ms` against a 2 s origin → 504 `upstream timeout` well before 1.5 s.
 #[tokio::test]
 async fn route_timeout_is_504() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let env = error_env().await;
         for h2 in [false, true] {
             let mut c = client(env.listen, h2).await;
@@ -268,7 +268,7 @@ async fn route_timeout_is_504() {
 /// Route `idle_timeout: 300ms` against an origin that never answers → 504 `upstream idle timeout`.
 #[tokio::test]
 async fn idle_timeout_without_response_head_is_504() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let env = error_env().await;
         for h2 in [false, true] {
             let mut c = client(env.listen, h2).await;
@@ -286,7 +286,7 @@ async fn idle_timeout_without_response_head_is_504() {
 /// body fails (not a clean end) shortly after the idle time.
 #[tokio::test]
 async fn silent_stream_is_cut_after_idle_timeout() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let env = error_env().await;
         for h2 in [false, true] {
             let ctx = proto_name(h2);
@@ -308,7 +308,7 @@ async fn silent_stream_is_cut_after_idle_timeout() {
 /// Route `timeout` covers the response body too: a never-ending stream is cut at the deadline.
 #[tokio::test]
 async fn route_timeout_cuts_a_streaming_body() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let env = error_env().await;
         for h2 in [false, true] {
             let ctx = proto_name(h2);
@@ -333,7 +333,7 @@ async fn route_timeout_cuts_a_streaming_body() {
 /// passes.
 #[tokio::test]
 async fn oversized_header_block_is_431() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let env = error_env().await;
         let mut c = Client::h1(env.listen).await;
         let got = c.fetch(Request::get("/fine").header("x-pad", "p".repeat(6000)).body(full("")).unwrap()).await;
@@ -353,7 +353,7 @@ async fn oversized_header_block_is_431() {
 /// The proxy's own 431 should look like its other errors (`x-trellis-error`, text body).
 #[tokio::test]
 async fn oversized_header_block_431_names_the_reason() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let env = error_env().await;
         let mut s = tokio::net::TcpStream::connect(env.listen).await.unwrap();
         let big = format!("GET /fine HTTP/1.1\r\nHost: x\r\nx-big: {}\r\n\r\n", "b".repeat(10_000));
@@ -373,7 +373,7 @@ async fn oversized_header_block_431_names_the_reason() {
 /// bytes.
 #[tokio::test]
 async fn incomplete_header_block_is_disconnected_after_header_timeout() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let env = error_env().await;
         let cases: [(&str, &[u8], bool); 3] = [
             ("half a header block", b"GET /fine HTTP/1.1\r\nHost: x\r\nX-Partial: y", true),

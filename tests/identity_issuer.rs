@@ -4,8 +4,7 @@
 //! and refuses to start when the control plane refuses it.
 #![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-use common::*;
+use trellis_testkit::*;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -14,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use trellis_certs::Ca;
 
-include!("support/mesh_helpers.rs");
+use trellis_testkit::mesh::*;
 
 /// A control plane with a token, and a directory for the proxy's identity files.
 struct Mesh {

@@ -6,8 +6,8 @@
 //! iptables (CI has them) and print SKIPPED elsewhere.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-use common::*;
+use trellis_testkit::config::{self, Yaml};
+use trellis_testkit::*;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -537,9 +537,10 @@ async fn a_transparent_listener_addressed_directly_serves_its_routes_or_refuses(
     within(LIMIT, async {
         let app = Origin::echo("app").await;
         let (routed, bare) = (listen_addr(), listen_addr());
-        let yaml = simple_config(routed, app.addr, "http1")
-            .replace("    routes: [all]\n", &format!("    transparent: true\n    routes: [all]\n  - {{ name: bare, address: \"{bare}\", transparent: true }}\n"));
-        let proxy = Proxy::start(&yaml);
+        let mut b = config::simple(routed, app.addr, config::ClusterProtocol::Http1);
+        b.listeners[0].transparent = true;
+        b.listeners.push(config::Listener { transparent: true, ..config::listener("bare", bare, &[]) });
+        let proxy = Proxy::start(&b.yaml());
         let got = Client::h1(routed).await.get("/explicit").await;
         assert_eq!(got.status, 200, "{}", got.text());
         assert_eq!(got.json()["origin"], "app");
@@ -550,8 +551,18 @@ async fn a_transparent_listener_addressed_directly_serves_its_routes_or_refuses(
         let read = tokio::time::timeout(secs(5), s.read_to_end(&mut buf)).await;
         // Closed (a FIN, or a reset since the request was left unread), without an answer.
         assert!(read.is_ok() && buf.is_empty(), "closed without an answer: {:?}", String::from_utf8_lossy(&buf));
-        assert!(wait_log(&proxy, "its original destination is this listener", secs(3)).await, "{}", log_tail(&proxy, 10));
-        let refused = wait_metric(&proxy, "trellis_transparent_refused_total", &[("listener", "bare"), ("reason", "loop")], |v| v >= 1.0, secs(3));
+        assert!(
+            wait_log(&proxy, "its original destination is this listener", secs(3)).await,
+            "{}",
+            log_tail(&proxy, 10)
+        );
+        let refused = wait_metric(
+            &proxy,
+            "trellis_transparent_refused_total",
+            &[("listener", "bare"), ("reason", "loop")],
+            |v| v >= 1.0,
+            secs(3),
+        );
         assert_eq!(refused.await, Some(1.0));
     })
     .await;
@@ -570,10 +581,7 @@ fn proxy_init_refuses_bad_values_anywhere() {
         assert_eq!(code, 2, "{args:?}: {err}");
         assert!(err.contains(flag), "{args:?}: {err}");
     }
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_trellis"))
-        .args(["proxy-init", "--simulate", "--cleanup"])
-        .output()
-        .unwrap();
+    let out = trellis_command().args(["proxy-init", "--simulate", "--cleanup"]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains("-X TRELLIS_OUTPUT"), "{text}");
 }

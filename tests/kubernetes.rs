@@ -5,8 +5,7 @@
 //! JSONPatch is applied with Python's `jsonpatch` (both installed by .ci/run).
 #![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-use common::*;
+use trellis_testkit::*;
 
 use serde_json::{Value, json};
 use std::io::Write;
@@ -57,7 +56,7 @@ fn validate(file: &Path) {
 
 /// Runs `trellis ARGS` with `stdin`; (exit code, stdout, stderr).
 fn run(args: &[&str], stdin: &str) -> (i32, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_trellis"))
+    let mut child = trellis_command()
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -252,23 +251,22 @@ impl Injector {
         );
         let addr = listen_addr();
         let log = pki.path("injector.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_trellis"))
-            .args(["injector", "--addr", &addr.to_string()])
-            .args(["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()])
-            .args(["--trust-bundle", pki.bundle().to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(addr).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "injector not up: {}",
-                std::fs::read_to_string(&log).unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let (addr_s, bundle) = (addr.to_string(), pki.bundle());
+        let args: [&std::ffi::OsStr; 9] = [
+            "injector".as_ref(),
+            "--addr".as_ref(),
+            addr_s.as_ref(),
+            "--tls-cert".as_ref(),
+            cert.as_os_str(),
+            "--tls-key".as_ref(),
+            key.as_os_str(),
+            "--trust-bundle".as_ref(),
+            bundle.as_os_str(),
+        ];
+        let mut child = spawn_trellis(&args, &log, &[]);
+        wait_ready_or_panic(&mut child, &log, "serving", Duration::from_secs(20), || {
+            std::net::TcpStream::connect(addr).is_ok()
+        });
         Injector { child, addr, log }
     }
 }
@@ -437,7 +435,7 @@ fn the_sidecar_writes_its_bootstrap_from_the_pod() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("run/proxy.yaml");
     // Without the pod's facts: exit 2 naming what is missing.
-    let out = Command::new(env!("CARGO_BIN_EXE_trellis"))
+    let out = trellis_command()
         .args(["proxy", "--sidecar", "--config", config.to_str().unwrap()])
         .env_remove("TRELLIS_POD_NAMESPACE")
         .output()
@@ -445,7 +443,7 @@ fn the_sidecar_writes_its_bootstrap_from_the_pod() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--sidecar needs --pod-name"), "{out:?}");
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_trellis"))
+    let mut child = trellis_command()
         .args(["proxy", "--sidecar", "--config", config.to_str().unwrap()])
         .env("TRELLIS_POD_NAME", "web-7d4b9c8f6-x2x9q")
         .env("TRELLIS_POD_NAMESPACE", "shop")

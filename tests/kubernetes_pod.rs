@@ -8,8 +8,7 @@
 //! root); skipped with a message elsewhere.
 #![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-use common::*;
+use trellis_testkit::*;
 
 use serde_json::Value;
 use std::net::SocketAddr;
@@ -219,7 +218,7 @@ async fn injected_pods_get_their_identity_from_their_token_and_their_traffic_is_
         let ca = trellis_certs::Ca::cert_path(d.join("ca"));
         let manifest = data.path().join("pods.yaml");
         std::fs::write(&manifest, MANIFEST).unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_trellis"))
+        let out = trellis_command()
             .args(["inject", "-f", manifest.to_str().unwrap(), "--trust-bundle", ca.to_str().unwrap()])
             .args(["--control-plane", &net.wire_ip.to_string()])
             .output()

@@ -5,8 +5,7 @@
 //! peers, and dot segments cannot escape a path rule. Rotation is in mtls_rotation.rs.
 #![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-use common::*;
+use trellis_testkit::*;
 
 use http_body_util::BodyExt;
 use std::net::SocketAddr;
@@ -16,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 use trellis_certs::Ca;
 
-include!("support/mesh_helpers.rs");
+use trellis_testkit::mesh::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mesh_listener_authenticates_and_authorizes_peers() {

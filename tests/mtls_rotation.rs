@@ -3,8 +3,7 @@
 //! kept, and a refused reload leaves the expiry gauge of the identity in use.
 #![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-use common::*;
+use trellis_testkit::*;
 
 use http_body_util::BodyExt;
 use std::net::SocketAddr;
@@ -14,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 use trellis_certs::Ca;
 
-include!("support/mesh_helpers.rs");
+use trellis_testkit::mesh::*;
 
 /// An inbound sidecar for `checkout` (mesh listener, `authz` policy) in front of an echo
 /// app, and a client config holding the `frontend` identity.

@@ -4,8 +4,7 @@
 //! accepted reloads. (Reloads that remove routes and listeners: tests/drain.rs.)
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-use common::*;
+use trellis_testkit::*;
 
 use bytes::Bytes;
 use http::{Request, StatusCode};

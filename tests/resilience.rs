@@ -3,8 +3,7 @@
 //! rate limits, fault injection and active health checks.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-use common::*;
+use trellis_testkit::*;
 
 use http::Request;
 use std::net::SocketAddr;
@@ -66,7 +65,7 @@ async fn get(listen: SocketAddr, path: &str) -> Got {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn breaker_max_requests_trips_and_recovers() {
-    bounded(Duration::from_secs(15), async {
+    within(Duration::from_secs(15), async {
         let slow = echo_after("slow", Duration::from_millis(400)).await;
         let listen = listen_addr();
         let proxy =
@@ -94,7 +93,7 @@ async fn breaker_max_requests_trips_and_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn breaker_max_connections_trips_and_recovers() {
-    bounded(Duration::from_secs(15), async {
+    within(Duration::from_secs(15), async {
         let slow = echo_after("slow", Duration::from_millis(400)).await;
         let listen = listen_addr();
         // One worker, so one idle pool: the cluster's single connection is reusable by all.
@@ -118,7 +117,7 @@ async fn breaker_max_connections_trips_and_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn breaker_max_connections_is_given_back_when_an_upstream_connection_closes() {
-    bounded(Duration::from_secs(15), async {
+    within(Duration::from_secs(15), async {
         // The origin closes every connection after its answer.
         let (origin, seen) =
             counting_origin(|_, _| http::Response::builder().header("connection", "close").body(full("bye")).unwrap())
@@ -148,7 +147,7 @@ async fn breaker_max_connections_is_given_back_when_an_upstream_connection_close
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn breaker_max_pending_trips_and_recovers() {
-    bounded(Duration::from_secs(15), async {
+    within(Duration::from_secs(15), async {
         // A listener whose accept queue (backlog 0: one connection) is full: further
         // connects get no SYN-ACK and stay pending until the connect timeout.
         let hole = tokio::net::TcpSocket::new_v4().unwrap();
@@ -193,7 +192,7 @@ async fn breaker_max_pending_trips_and_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn breaker_max_retries_zero_means_no_retries() {
-    bounded(Duration::from_secs(15), async {
+    within(Duration::from_secs(15), async {
         let (origin, seen) = counting_origin(|_, _| status_response(503)).await;
         let listen = listen_addr();
         let retry = "retry: { attempts: 3, backoff: { base: 1ms, max: 5ms } }";
@@ -227,7 +226,7 @@ async fn breaker_max_retries_zero_means_no_retries() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn outlier_detection_ejects_returns_and_ejects_again_for_longer() {
-    bounded(Duration::from_secs(15), async {
+    within(Duration::from_secs(15), async {
         let good1 = Origin::echo("good1").await;
         let good2 = Origin::echo("good2").await;
         let (bad, seen) = counting_origin(|_, _| status_response(500)).await;
@@ -282,7 +281,7 @@ async fn outlier_detection_ejects_returns_and_ejects_again_for_longer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_one_of_three_upstreams_under_load_fails_no_request() {
-    bounded(Duration::from_secs(15), async {
+    within(Duration::from_secs(15), async {
         let a = KillableOrigin::echo("a").await;
         let b = KillableOrigin::echo("b").await;
         let c = KillableOrigin::echo("c").await;
@@ -330,7 +329,7 @@ async fn killing_one_of_three_upstreams_under_load_fails_no_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn retries_stay_within_the_budget_when_every_upstream_fails() {
-    bounded(Duration::from_secs(15), async {
+    within(Duration::from_secs(15), async {
         let mut seen = Vec::new();
         let mut origins = Vec::new();
         for _ in 0..3 {
@@ -374,7 +373,7 @@ async fn retries_stay_within_the_budget_when_every_upstream_fails() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn post_is_retried_only_with_non_idempotent() {
-    bounded(Duration::from_secs(15), async {
+    within(Duration::from_secs(15), async {
         let (origin, seen) = counting_origin(|_, _| status_response(503)).await;
         let listen = listen_addr();
         let yaml = bootstrap(
@@ -409,7 +408,7 @@ async fn post_is_retried_only_with_non_idempotent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bodies_over_the_buffer_are_not_retried_smaller_ones_are_replayed_whole() {
-    bounded(Duration::from_secs(15), async {
+    within(Duration::from_secs(15), async {
         // The first two requests fail, then everything succeeds.
         let (origin, seen) =
             counting_origin(|n, _| if n <= 2 { status_response(503) } else { status_response(200) }).await;
@@ -440,7 +439,7 @@ async fn bodies_over_the_buffer_are_not_retried_smaller_ones_are_replayed_whole(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn retry_after_is_honoured() {
-    bounded(Duration::from_secs(15), async {
+    within(Duration::from_secs(15), async {
         let (origin, seen) = counting_origin(|n, _| {
             if n == 1 {
                 http::Response::builder().status(503).header("retry-after", "1").body(full("later")).unwrap()
@@ -479,7 +478,7 @@ fn hedge_config(listen: SocketAddr, lb: &str, slow: SocketAddr, fast: SocketAddr
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hedging_cuts_the_tail_when_one_endpoint_stalls() {
-    bounded(Duration::from_secs(15), async {
+    within(Duration::from_secs(15), async {
         let slow = echo_after("slow", Duration::from_secs(1)).await;
         let fast = echo_after("fast", Duration::from_millis(2)).await;
         let listen = listen_addr();
@@ -516,7 +515,7 @@ async fn hedging_cuts_the_tail_when_one_endpoint_stalls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hedge_goes_to_another_endpoint_than_the_stalled_try() {
-    bounded(Duration::from_secs(30), async {
+    within(Duration::from_secs(30), async {
         let slow = echo_after("slow", Duration::from_secs(1)).await;
         let fast = echo_after("fast", Duration::from_millis(2)).await;
         let listen = listen_addr();
@@ -558,7 +557,7 @@ async fn keyed_successes(c: &mut Client, agent: &str, n: usize) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rate_limit_allows_the_burst_then_429_and_keys_are_independent() {
-    bounded(Duration::from_secs(15), async {
+    within(Duration::from_secs(15), async {
         let (origin, seen) = counting_origin(|_, _| status_response(200)).await;
         let listen = listen_addr();
         let yaml = bootstrap(
@@ -607,7 +606,7 @@ async fn rate_limit_allows_the_burst_then_429_and_keys_are_independent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fault_injection_aborts_and_delays() {
-    bounded(Duration::from_secs(15), async {
+    within(Duration::from_secs(15), async {
         let (origin, seen) = counting_origin(|_, _| status_response(200)).await;
         let listen = listen_addr();
         let yaml = bootstrap(
@@ -658,7 +657,7 @@ const TCP_HEALTH: &str = "health_check: { interval: 200ms, timeout: 100ms, unhea
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn http_health_check_takes_an_endpoint_out_and_back() {
-    bounded(Duration::from_secs(15), async {
+    within(Duration::from_secs(15), async {
         let good = Origin::echo("good").await;
         let failing = Arc::new(AtomicBool::new(false));
         let served = Arc::new(AtomicU64::new(0));
@@ -707,7 +706,7 @@ async fn http_health_check_takes_an_endpoint_out_and_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tcp_health_check_marks_a_closed_port_unhealthy() {
-    bounded(Duration::from_secs(15), async {
+    within(Duration::from_secs(15), async {
         let good = Origin::echo("good").await;
         let closed: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let listen = listen_addr();
@@ -723,7 +722,7 @@ async fn tcp_health_check_marks_a_closed_port_unhealthy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn all_endpoints_unhealthy_gives_503_until_one_comes_back() {
-    bounded(Duration::from_secs(15), async {
+    within(Duration::from_secs(15), async {
         let a: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let b: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let listen = listen_addr();

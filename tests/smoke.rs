@@ -2,14 +2,14 @@
 //! The cluster is `protocol: auto`: HTTP/1.1 to the origin unless it is known to speak h2
 //! (DESIGN §11), so an h2c client's request reaches it as HTTP/1.1, a gRPC one as h2.
 
-mod common;
-use common::*;
+use trellis_testkit::config::{self, ClusterProtocol};
+use trellis_testkit::*;
 
 #[tokio::test]
 async fn forwards_http1_and_h2c() {
     let origin = Origin::echo("a").await;
     let listen = listen_addr();
-    let _proxy = Proxy::start(&simple_config(listen, origin.addr, "auto"));
+    let _proxy = Proxy::start(&config::simple(listen, origin.addr, ClusterProtocol::Auto).yaml());
     let mut c = Client::h1(listen).await;
     let got = c.get("/hello?x=1").await;
     assert_eq!(got.status, 200);

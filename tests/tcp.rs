@@ -3,9 +3,6 @@
 //! through, and each closed connection writes one access log line.
 #![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::*;
 use http_body_util::BodyExt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,8 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use trellis_certs::Ca;
+use trellis_testkit::*;
 
-include!("support/mesh_helpers.rs");
+use trellis_testkit::mesh::*;
 
 const DB: &str = "spiffe://trellis.local/ns/default/sa/db";
 const LIMIT: Duration = Duration::from_secs(30);
@@ -32,7 +30,7 @@ async fn exchange(addr: SocketAddr, msg: &[u8]) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_sidecar_pair_carries_bytes_over_mtls_and_logs_each_connection() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         ring_provider();
         let dir = tempfile::tempdir().unwrap();
         let ca = trellis_certs::Ca::init(dir.path().join("ca"), false).unwrap();

@@ -3,8 +3,7 @@
 //! configs with exit code 2 and a message naming the field path, before binding anything;
 //! good configs validate; help works.
 
-mod common;
-use common::*;
+use trellis_testkit::*;
 
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Command, Output, Stdio};
@@ -58,7 +57,7 @@ fn edit(text: &str, from: &str, to: &str) -> String {
 /// Runs the binary with a time bound; returns its output and how long it ran.
 fn run(args: &[&str]) -> (Output, Duration) {
     let t0 = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_trellis"))
+    let mut child = trellis_command()
         .args(args)
         .env("TRELLIS_LOG", "info")
         .stdin(Stdio::null())

@@ -5,8 +5,7 @@
 //! and a real proxy gets its certificate with its token, re-read at every request.
 #![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-use common::*;
+use trellis_testkit::*;
 
 use http::{Request, Response};
 use hyper::body::Incoming;

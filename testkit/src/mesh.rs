@@ -1,12 +1,16 @@
-// Helpers shared by mtls.rs and mtls_rotation.rs (included, not a test crate of its own).
+//! Mesh sidecars for the mTLS tests: inbound (mesh listener + policy) and outbound configs,
+//! mesh clients, load loops over fresh handshakes, and a TCP echo.
 
-const FRONTEND: &str = "spiffe://trellis.local/ns/default/sa/frontend";
-const CHECKOUT: &str = "spiffe://trellis.local/ns/default/sa/checkout";
-const INTRUDER: &str = "spiffe://trellis.local/ns/default/sa/intruder";
+use super::*;
+use std::time::SystemTime;
+
+pub const FRONTEND: &str = "spiffe://trellis.local/ns/default/sa/frontend";
+pub const CHECKOUT: &str = "spiffe://trellis.local/ns/default/sa/checkout";
+pub const INTRUDER: &str = "spiffe://trellis.local/ns/default/sa/intruder";
 
 /// A server-side sidecar: mesh listeners `(name, address, policy)` in front of an HTTP/1.1
 /// app; policy `authz` lets the frontend GET/POST `/api/*`, `open` lets any mesh peer in.
-fn inbound_config(identity: &str, listeners: &[(&str, SocketAddr, Option<&str>)], app: SocketAddr) -> String {
+pub fn inbound_config(identity: &str, listeners: &[(&str, SocketAddr, Option<&str>)], app: SocketAddr) -> String {
     let mut y = format!("admin: {{ address: \"{{admin}}\" }}\ndrain_timeout: 1s\n{identity}listeners:\n");
     for (name, addr, policy) in listeners {
         y.push_str(&format!("  - name: {name}\n    address: \"{addr}\"\n    tls: {{ mode: mesh }}\n"));
@@ -40,7 +44,7 @@ policies:
 
 /// A client-side sidecar: plaintext listener `outbound` → mTLS HTTP/2 to `inbound`, whose
 /// SPIFFE ID must be `expect`.
-fn outbound_config(identity: &str, listen: SocketAddr, inbound: SocketAddr, expect: &str) -> String {
+pub fn outbound_config(identity: &str, listen: SocketAddr, inbound: SocketAddr, expect: &str) -> String {
     format!(
         r#"admin: {{ address: "{{admin}}" }}
 drain_timeout: 1s
@@ -62,12 +66,12 @@ clusters:
 }
 
 /// A test client presenting `PREFIX.pem`/`PREFIX.key` (any server certificate accepted).
-fn mesh_client(identity: Option<(PathBuf, PathBuf)>) -> Arc<rustls::ClientConfig> {
+pub fn mesh_client(identity: Option<(PathBuf, PathBuf)>) -> Arc<rustls::ClientConfig> {
     tls_client_config(&TlsClientOpts { identity, alpn: vec![b"http/1.1".to_vec()], ..Default::default() })
 }
 
 /// Established TCP connections (IPv4) whose remote port is `port`, from /proc/net/tcp.
-fn established_to(port: u16) -> usize {
+pub fn established_to(port: u16) -> usize {
     let text = std::fs::read_to_string("/proc/net/tcp").unwrap();
     text.lines()
         .skip(1)
@@ -80,21 +84,21 @@ fn established_to(port: u16) -> usize {
         .count()
 }
 
-fn unix(t: SystemTime) -> i64 {
+pub fn unix(t: SystemTime) -> i64 {
     t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() as i64
 }
 
-const DENIED: &str = "trellis_authz_denied_total";
-const HS_ERRORS: &str = "trellis_tls_handshake_errors_total";
-const EXPIRY: &str = "trellis_tls_cert_expiry_timestamp_seconds";
+pub const DENIED: &str = "trellis_authz_denied_total";
+pub const HS_ERRORS: &str = "trellis_tls_handshake_errors_total";
+pub const EXPIRY: &str = "trellis_tls_cert_expiry_timestamp_seconds";
 
-fn secs(n: u64) -> Duration {
+pub fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }
 
 /// Runs `tasks` client loops against a mesh listener until `stop_at`: each opens a fresh
 /// TLS connection, sends up to 5 GETs on it, and starts over. Returns (ok, failures).
-fn mesh_load(
+pub fn mesh_load(
     addr: SocketAddr,
     config: Arc<rustls::ClientConfig>,
     tasks: usize,
@@ -129,7 +133,7 @@ fn mesh_load(
         .collect()
 }
 
-async fn load_results(tasks: Vec<tokio::task::JoinHandle<(usize, Vec<String>)>>) -> (usize, Vec<String>) {
+pub async fn load_results(tasks: Vec<tokio::task::JoinHandle<(usize, Vec<String>)>>) -> (usize, Vec<String>) {
     let (mut ok, mut failed) = (0, Vec::new());
     for t in tasks {
         let (o, f) = t.await.unwrap();
@@ -140,12 +144,12 @@ async fn load_results(tasks: Vec<tokio::task::JoinHandle<(usize, Vec<String>)>>)
 }
 
 /// The SHA-256 of the leaf a fresh handshake gets.
-async fn presented(addr: SocketAddr, config: &Arc<rustls::ClientConfig>) -> Result<String, String> {
+pub async fn presented(addr: SocketAddr, config: &Arc<rustls::ClientConfig>) -> Result<String, String> {
     TlsConn::open(addr, config.clone(), "checkout").await.map(|c| c.seen.leaf.sha256)
 }
 
 /// A TCP echo server: writes back whatever it reads.
-async fn tcp_echo() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+pub async fn tcp_echo() -> (SocketAddr, tokio::task::JoinHandle<()>) {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let task = tokio::spawn(async move {
@@ -161,7 +165,7 @@ async fn tcp_echo() -> (SocketAddr, tokio::task::JoinHandle<()>) {
 }
 
 /// Over a fresh mTLS connection: writes `ping`, returns what came back before EOF/error (5 s).
-async fn tls_ping(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> Result<Vec<u8>, String> {
+pub async fn tls_ping(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> Result<Vec<u8>, String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let work = async {
         let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;

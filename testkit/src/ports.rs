@@ -1,5 +1,4 @@
-//! Ports for the processes a test starts (included by `tests/common` and by the test
-//! files that do not use it).
+//! Ports for the processes a test starts.
 
 /// A port nobody listens on right now, for a process the test starts to bind.
 ///
@@ -28,7 +27,11 @@ pub fn free_port() -> u16 {
 }
 
 /// `127.0.0.1:` a [`free_port`].
-#[allow(dead_code)]
 pub fn free_addr() -> std::net::SocketAddr {
     std::net::SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+/// A fresh listen address for a proxy listener.
+pub fn listen_addr() -> std::net::SocketAddr {
+    free_addr()
 }

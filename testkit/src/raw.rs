@@ -1,6 +1,14 @@
-// Helpers shared by the http_*.rs end-to-end tests (included, not a test crate of its own).
+//! Raw HTTP for the http_*.rs tests: an echo origin that reports authority and host, raw TCP
+//! origins that misbehave on purpose, requests and responses read and written by hand, HTTP/2
+//! frames by hand, and the proxy configs those tests share.
 
-const LIMIT: Duration = Duration::from_secs(60);
+use super::*;
+use http::Method;
+use http_body_util::StreamBody;
+use hyper::body::Frame;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub const LIMIT: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------------------------------------
 // Origins and small helpers
@@ -8,7 +16,7 @@ const LIMIT: Duration = Duration::from_secs(60);
 
 /// An echo origin that also reports the request's `:authority` and `Host`, joins repeated
 /// header lines with ", ", and tags its response with `x-origin: NAME`.
-async fn echo(name: &'static str) -> Origin {
+pub async fn echo(name: &'static str) -> Origin {
     Origin::start(move |req: Request<Incoming>| async move {
         let (parts, body) = req.into_parts();
         let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
@@ -38,9 +46,9 @@ async fn echo(name: &'static str) -> Origin {
 
 /// A raw TCP "origin": reads until the end of a request head (or the h2 preface), writes
 /// `reply` (possibly nothing) and closes the socket.
-struct RawOrigin {
-    addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
+pub struct RawOrigin {
+    pub addr: SocketAddr,
+    pub task: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for RawOrigin {
@@ -49,7 +57,7 @@ impl Drop for RawOrigin {
     }
 }
 
-async fn raw_origin(reply: &'static [u8]) -> RawOrigin {
+pub async fn raw_origin(reply: &'static [u8]) -> RawOrigin {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
@@ -80,12 +88,12 @@ async fn raw_origin(reply: &'static [u8]) -> RawOrigin {
     RawOrigin { addr, task }
 }
 
-fn get(path: &str, host: &str, h2: bool) -> http::request::Builder {
+pub fn get(path: &str, host: &str, h2: bool) -> http::request::Builder {
     req(Method::GET, path, host, h2)
 }
 
 /// A request to `host` + `path`: `Host` header for HTTP/1.1, absolute URI (`:authority`) for h2.
-fn req(method: Method, path: &str, host: &str, h2: bool) -> http::request::Builder {
+pub fn req(method: Method, path: &str, host: &str, h2: bool) -> http::request::Builder {
     if h2 {
         Request::builder().method(method).uri(format!("http://{host}{path}"))
     } else {
@@ -93,16 +101,16 @@ fn req(method: Method, path: &str, host: &str, h2: bool) -> http::request::Build
     }
 }
 
-async fn client(addr: SocketAddr, h2: bool) -> Client {
+pub async fn client(addr: SocketAddr, h2: bool) -> Client {
     if h2 { Client::h2(addr).await } else { Client::h1(addr).await }
 }
 
-fn proto_name(h2: bool) -> &'static str {
+pub fn proto_name(h2: bool) -> &'static str {
     if h2 { "h2c" } else { "HTTP/1.1" }
 }
 
 /// Asserts a proxy-generated error: status, `x-trellis-error`, plain-text body naming it.
-fn assert_proxy_error(got: &Got, status: u16, reason: &str, ctx: &str) {
+pub fn assert_proxy_error(got: &Got, status: u16, reason: &str, ctx: &str) {
     assert_eq!(got.status, status, "{ctx}: status; body: {}", got.text());
     assert_eq!(got.header("x-trellis-error"), Some(reason), "{ctx}: x-trellis-error; body: {}", got.text());
     let ct = got.header("content-type").unwrap_or("");
@@ -111,7 +119,7 @@ fn assert_proxy_error(got: &Got, status: u16, reason: &str, ctx: &str) {
 }
 
 /// Reads a response body frame by frame, noting when each data frame arrived.
-async fn read_timed(resp: Response<Incoming>, t0: Instant) -> (Vec<(Duration, Bytes)>, Option<String>) {
+pub async fn read_timed(resp: Response<Incoming>, t0: Instant) -> (Vec<(Duration, Bytes)>, Option<String>) {
     let mut body = resp.into_body();
     let mut frames = Vec::new();
     loop {
@@ -128,102 +136,85 @@ async fn read_timed(resp: Response<Incoming>, t0: Instant) -> (Vec<(Duration, By
 }
 
 /// A body of `chunks` × `chunk` bytes, produced lazily (no allocation per chunk).
-fn big_body(chunks: usize, chunk: Bytes) -> Body {
+pub fn big_body(chunks: usize, chunk: Bytes) -> Body {
     let s = futures_util::stream::iter((0..chunks).map(move |_| Ok::<_, Infallible>(Frame::data(chunk.clone()))));
     StreamBody::new(s).boxed()
 }
 
-const MIB: u64 = 1024 * 1024;
+pub const MIB: u64 = 1024 * 1024;
 
-fn versions_config(listen: SocketAddr, origin: SocketAddr) -> String {
-    format!(
-        r#"admin: {{ address: "{{admin}}" }}
-listeners:
-  - name: in
-    address: "{listen}"
-    routes: [to-h1, to-h2, to-auto]
-routes:
-  - name: to-h1
-    match: {{ path_prefix: /h1 }}
-    backends: [{{ cluster: c-h1 }}]
-  - name: to-h2
-    match: {{ path_prefix: /h2 }}
-    backends: [{{ cluster: c-h2 }}]
-  - name: to-auto
-    match: {{ path_prefix: /auto }}
-    backends: [{{ cluster: c-auto }}]
-# A burst of hundreds of simultaneous connects on a loaded CI machine can lose a SYN,
-# whose retransmission comes after 1 s: these tests are about protocols, not connect timeouts.
-clusters:
-  - name: c-h1
-    protocol: http1
-    connect_timeout: 5s
-    endpoints: [{{ address: "{origin}" }}]
-  - name: c-h2
-    protocol: http2
-    connect_timeout: 5s
-    endpoints: [{{ address: "{origin}" }}]
-  - name: c-auto
-    protocol: auto
-    connect_timeout: 5s
-    endpoints: [{{ address: "{origin}" }}]
-"#
-    )
+/// Listener `in` on `listen` with routes `/h1`, `/h2` and `/auto` to clusters of those
+/// protocols, all at `origin`.
+pub fn versions_config(listen: SocketAddr, origin: SocketAddr) -> String {
+    use config::{ClusterProtocol::*, cluster, listener, route};
+    let mut b = config::bootstrap();
+    b.listeners.push(listener("in", listen, &["to-h1", "to-h2", "to-auto"]));
+    for (name, proto) in [("h1", Http1), ("h2", Http2), ("auto", Auto)] {
+        b.routes.push(route(&format!("to-{name}"), &format!("/{name}"), &format!("c-{name}")));
+        // A burst of hundreds of simultaneous connects on a loaded CI machine can lose a
+        // SYN, whose retransmission comes after 1 s: these tests are about protocols, not
+        // connect timeouts.
+        let mut c = cluster(&format!("c-{name}"), proto, &[origin]);
+        c.connect_timeout = Some(trellis_api::Duration::from_secs(5));
+        b.clusters.push(c);
+    }
+    b.yaml()
 }
 
-struct ErrorEnv {
-    listen: SocketAddr,
-    proxy: Proxy,
-    _origin: Origin,
-    _reset: RawOrigin,
-    _trunc: RawOrigin,
+pub struct ErrorEnv {
+    pub listen: SocketAddr,
+    pub proxy: Proxy,
+    pub _origin: Origin,
+    pub _reset: RawOrigin,
+    pub _trunc: RawOrigin,
 }
 
-async fn error_env() -> ErrorEnv {
+pub async fn error_env() -> ErrorEnv {
     let origin = misbehaving_origin().await;
     let reset = raw_origin(b"").await;
     let trunc = raw_origin(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nabc").await;
     let refused = free_port();
     let listen = listen_addr();
-    let o = origin.addr;
-    let proxy = Proxy::start(&format!(
-        r#"admin: {{ address: "{{admin}}" }}
-listeners:
-  - name: in
-    address: "{listen}"
-    header_timeout: 500ms
-    max_header_bytes: 8192
-    routes: [refused, refused2, reset1, reset2, trunc, empty, slow, silent, sse-silent, sse-deadline, ok]
-routes:
-  - {{ name: refused, match: {{ path_prefix: /refused }}, backends: [{{ cluster: refused }}] }}
-  - {{ name: refused2, match: {{ path_prefix: /h2-refused }}, backends: [{{ cluster: refused2 }}] }}
-  - {{ name: reset1, match: {{ path_prefix: /reset1 }}, backends: [{{ cluster: reset1 }}] }}
-  - {{ name: reset2, match: {{ path_prefix: /reset2 }}, backends: [{{ cluster: reset2 }}] }}
-  - {{ name: trunc, match: {{ path_prefix: /trunc }}, backends: [{{ cluster: trunc }}] }}
-  - {{ name: empty, match: {{ path_prefix: /empty }}, backends: [{{ cluster: empty }}] }}
-  - {{ name: slow, match: {{ path_prefix: /slow }}, backends: [{{ cluster: o }}], timeout: 300ms }}
-  - {{ name: silent, match: {{ path_prefix: /silent }}, backends: [{{ cluster: o }}], idle_timeout: 300ms }}
-  - {{ name: sse-silent, match: {{ path_prefix: /sse-silent }}, backends: [{{ cluster: o }}], idle_timeout: 300ms }}
-  - {{ name: sse-deadline, match: {{ path_prefix: /sse-forever }}, backends: [{{ cluster: o }}], timeout: 500ms }}
-  - {{ name: ok, match: {{ path_prefix: / }}, backends: [{{ cluster: o }}] }}
-clusters:
-  - {{ name: refused, protocol: http1, endpoints: [{{ address: "127.0.0.1:{refused}" }}] }}
-  - {{ name: refused2, protocol: http2, endpoints: [{{ address: "127.0.0.1:{refused}" }}] }}
-  - {{ name: reset1, protocol: http1, endpoints: [{{ address: "{reset}" }}] }}
-  - {{ name: reset2, protocol: http2, endpoints: [{{ address: "{reset}" }}] }}
-  - {{ name: trunc, protocol: http1, endpoints: [{{ address: "{trunc}" }}] }}
-  - {{ name: empty, endpoints: [] }}
-  - {{ name: o, endpoints: [{{ address: "{o}" }}] }}
-"#,
-        reset = reset.addr,
-        trunc = trunc.addr,
-    ));
+    use config::{ClusterProtocol::*, cluster, listener, ms, route};
+    let mut b = config::bootstrap();
+    let mut l = listener("in", listen, &[]);
+    l.header_timeout = Some(ms(500));
+    l.max_header_bytes = Some(8192);
+    let refused = SocketAddr::from(([127, 0, 0, 1], refused));
+    let routes: [(&str, &str, &str, Option<trellis_api::Duration>, Option<trellis_api::Duration>); 11] = [
+        ("refused", "/refused", "refused", None, None),
+        ("refused2", "/h2-refused", "refused2", None, None),
+        ("reset1", "/reset1", "reset1", None, None),
+        ("reset2", "/reset2", "reset2", None, None),
+        ("trunc", "/trunc", "trunc", None, None),
+        ("empty", "/empty", "empty", None, None),
+        ("slow", "/slow", "o", Some(ms(300)), None),
+        ("silent", "/silent", "o", None, Some(ms(300))),
+        ("sse-silent", "/sse-silent", "o", None, Some(ms(300))),
+        ("sse-deadline", "/sse-forever", "o", Some(ms(500)), None),
+        ("ok", "/", "o", None, None),
+    ];
+    for (name, prefix, to, timeout, idle_timeout) in routes {
+        l.routes.push(name.into());
+        b.routes.push(config::Route { timeout, idle_timeout, ..route(name, prefix, to) });
+    }
+    b.listeners.push(l);
+    b.clusters = vec![
+        cluster("refused", Http1, &[refused]),
+        cluster("refused2", Http2, &[refused]),
+        cluster("reset1", Http1, &[reset.addr]),
+        cluster("reset2", Http2, &[reset.addr]),
+        cluster("trunc", Http1, &[trunc.addr]),
+        cluster("empty", Auto, &[]),
+        cluster("o", Auto, &[origin.addr]),
+    ];
+    let proxy = Proxy::start(&b.yaml());
     ErrorEnv { listen, proxy, _origin: origin, _reset: reset, _trunc: trunc }
 }
 
 /// One origin misbehaving by path: `/slow` answers after 2 s, `/silent` never answers,
 /// `/sse-silent` sends one event and then nothing, `/sse-forever` an event every 100 ms.
-async fn misbehaving_origin() -> Origin {
+pub async fn misbehaving_origin() -> Origin {
     Origin::start(|req: Request<Incoming>| async move {
         let path = req.uri().path().to_owned();
         if path.starts_with("/slow") {
@@ -261,7 +252,7 @@ async fn misbehaving_origin() -> Origin {
 
 /// Reads one response (its `content-length` body unless `head`) off `s`, keeping what
 /// follows in `buf`.
-async fn read_response(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>, head: bool) -> String {
+pub async fn read_response(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>, head: bool) -> String {
     loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let text = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
@@ -286,12 +277,12 @@ async fn read_response(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>, head: b
     }
 }
 
-fn body_json(resp: &str) -> serde_json::Value {
+pub fn body_json(resp: &str) -> serde_json::Value {
     let body = resp.split_once("\r\n\r\n").unwrap().1;
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {resp}"))
 }
 
-async fn read_to_end(s: &mut tokio::net::TcpStream) -> String {
+pub async fn read_to_end(s: &mut tokio::net::TcpStream) -> String {
     let mut out = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
         .await
@@ -301,7 +292,7 @@ async fn read_to_end(s: &mut tokio::net::TcpStream) -> String {
 }
 
 /// Reads from a raw connection until EOF, an error, or a 408; returns what was read and when.
-async fn wait_closed(s: &mut tokio::net::TcpStream, limit: Duration) -> Option<(Duration, String)> {
+pub async fn wait_closed(s: &mut tokio::net::TcpStream, limit: Duration) -> Option<(Duration, String)> {
     let t0 = Instant::now();
     let mut out = Vec::new();
     let mut buf = [0u8; 1024];
@@ -315,13 +306,12 @@ async fn wait_closed(s: &mut tokio::net::TcpStream, limit: Duration) -> Option<(
     }
 }
 
-
 /// A raw keep-alive "origin": on each connection, for every request head it reads (the
 /// bodies of requests are not read: send none), it writes `reply`. Counts connections.
-struct ScriptedOrigin {
-    addr: SocketAddr,
-    conns: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
+pub struct ScriptedOrigin {
+    pub addr: SocketAddr,
+    pub conns: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    pub task: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for ScriptedOrigin {
@@ -330,7 +320,7 @@ impl Drop for ScriptedOrigin {
     }
 }
 
-async fn scripted_origin(reply: &'static [u8]) -> ScriptedOrigin {
+pub async fn scripted_origin(reply: &'static [u8]) -> ScriptedOrigin {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let conns: std::sync::Arc<std::sync::atomic::AtomicUsize> = std::sync::Arc::default();
@@ -361,7 +351,7 @@ async fn scripted_origin(reply: &'static [u8]) -> ScriptedOrigin {
 }
 
 /// HTTP/2 frame types and flags the raw-frame tests use (RFC 9113 §6).
-mod h2raw {
+pub mod h2raw {
     pub const DATA: u8 = 0x0;
     pub const HEADERS: u8 = 0x1;
     pub const RST_STREAM: u8 = 0x3;
@@ -415,26 +405,26 @@ mod h2raw {
 }
 
 /// A raw HTTP/2 client connection: the frames it writes are its own to choose.
-struct RawH2 {
-    s: tokio::net::TcpStream,
-    buf: Vec<u8>,
+pub struct RawH2 {
+    pub s: tokio::net::TcpStream,
+    pub buf: Vec<u8>,
 }
 
 impl RawH2 {
     /// Connects, sends the preface and empty SETTINGS.
-    async fn connect(addr: SocketAddr) -> RawH2 {
+    pub async fn connect(addr: SocketAddr) -> RawH2 {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         s.write_all(h2raw::PREFACE).await.unwrap();
         s.write_all(&h2raw::frame(h2raw::SETTINGS, 0, 0, &[])).await.unwrap();
         RawH2 { s, buf: Vec::new() }
     }
 
-    async fn send(&mut self, frame: Vec<u8>) {
+    pub async fn send(&mut self, frame: Vec<u8>) {
         self.s.write_all(&frame).await.unwrap();
     }
 
     /// The next frame (SETTINGS are acknowledged and skipped), or `None` at EOF or after 5 s.
-    async fn next(&mut self) -> Option<h2raw::Frame> {
+    pub async fn next(&mut self) -> Option<h2raw::Frame> {
         loop {
             if self.buf.len() >= 9 {
                 let len = (usize::from(self.buf[0]) << 16) | (usize::from(self.buf[1]) << 8) | usize::from(self.buf[2]);
@@ -459,7 +449,7 @@ impl RawH2 {
     }
 
     /// Frames until one matches `want` (or `None`).
-    async fn until(&mut self, want: impl Fn(&h2raw::Frame) -> bool) -> Option<h2raw::Frame> {
+    pub async fn until(&mut self, want: impl Fn(&h2raw::Frame) -> bool) -> Option<h2raw::Frame> {
         while let Some(f) = self.next().await {
             if want(&f) {
                 return Some(f);

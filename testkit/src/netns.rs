@@ -461,7 +461,7 @@ impl Binary {
         if let Some(b) = shared.upgrade() {
             return b;
         }
-        let built = PathBuf::from(env!("CARGO_BIN_EXE_trellis"));
+        let built = trellis_bin();
         let b = Arc::new(if others_can_run(&built) {
             Binary { path: built, _copy: None }
         } else {

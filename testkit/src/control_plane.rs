@@ -1,8 +1,6 @@
 //! A `trellis control-plane` process for end-to-end tests, and its REST helpers.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use super::*;
-use std::process::{Child, Command, Stdio};
 
 /// A running `trellis control-plane`, killed (hard) on drop.
 pub struct ControlPlane {
@@ -18,38 +16,35 @@ impl ControlPlane {
     }
 
     /// Like [`ControlPlane::start`], with more command-line arguments (e.g. `--xds-tls`).
+    /// Waits until `/healthz` answers 200 (over `--api-tls`: until the port accepts).
     pub fn start_with(data: &std::path::Path, api: SocketAddr, xds: SocketAddr, args: &[&str]) -> ControlPlane {
         std::fs::create_dir_all(data).unwrap();
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(data.join("control-plane.log")).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_trellis"))
-            .arg("control-plane")
-            .arg("--data-dir")
-            .arg(data)
-            .args(["--api-addr", &api.to_string(), "--xds-addr", &xds.to_string(), "--endpoint-grace", "1s"])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        // Over TLS (`--api-tls`) a listening port is as far as a plain client can tell.
-        let tls = args.contains(&"--api-tls");
-        let up = || match tls {
-            true => std::net::TcpStream::connect(api).is_ok(),
-            false => admin_get(api, "/healthz").map(|(s, _)| s == 200).unwrap_or(false),
-        };
-        while Instant::now() < deadline {
-            if up() {
-                return ControlPlane { child, data: data.to_owned(), api, xds };
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let log = data.join("control-plane.log");
+        let (api_s, xds_s) = (api.to_string(), xds.to_string());
+        let mut argv: Vec<&std::ffi::OsStr> = vec!["control-plane".as_ref(), "--data-dir".as_ref(), data.as_os_str()];
+        for a in ["--api-addr", &api_s, "--xds-addr", &xds_s, "--endpoint-grace", "1s"]
+            .into_iter()
+            .chain(args.iter().copied())
+        {
+            argv.push(a.as_ref());
         }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!(
-            "control plane did not come up: {}",
-            std::fs::read_to_string(data.join("control-plane.log")).unwrap_or_default()
-        );
+        let mut child = spawn_trellis(&argv, &log, &[]);
+        let tls = args.contains(&"--api-tls");
+        wait_ready_or_panic(&mut child, &log, "serving its API", Duration::from_secs(20), || match tls {
+            true => std::net::TcpStream::connect(api).is_ok(),
+            false => admin_get(api, "/healthz").is_ok_and(|(s, _)| s == 200),
+        });
+        ControlPlane { child, data: data.to_owned(), api, xds }
+    }
+
+    /// A control plane on `data` with fresh API and discovery ports.
+    pub fn start_in(data: &std::path::Path) -> ControlPlane {
+        Self::start(data, free_addr(), free_addr())
+    }
+
+    /// A typed REST client of its API.
+    pub fn client(&self) -> trellis_control_plane::client::Client {
+        trellis_control_plane::client::Client::new(&self.api_url(), None).unwrap()
     }
 
     /// What it logged (stderr).
@@ -75,7 +70,7 @@ impl ControlPlane {
 
     pub fn fresh() -> (ControlPlane, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
-        let cp = ControlPlane::start(dir.path(), listen_addr(), listen_addr());
+        let cp = ControlPlane::start_in(dir.path());
         (cp, dir)
     }
 
@@ -90,10 +85,8 @@ impl ControlPlane {
 
     /// The bootstrap of a proxy of `service` taking everything from this control plane.
     pub fn bootstrap(&self, id: &str, service: &str) -> String {
-        format!(
-            "node: {{ id: {id}, service: {service} }}\nadmin: {{ address: \"{{admin}}\" }}\ndrain_timeout: 2s\ncontrol_plane: {{ address: \"http://{}\" }}\n",
-            self.xds
-        )
+        let b = config::discovery_bootstrap(self.xds, id, service);
+        config::Bootstrap { drain_timeout: Some(trellis_api::Duration::from_secs(2)), ..b }.yaml()
     }
 }
 
@@ -102,4 +95,17 @@ impl Drop for ControlPlane {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The control plane as a library in this process (`trellis_control_plane::start`) on
+/// ephemeral ports, its data in a fresh directory; `tune` sets options first.
+pub async fn in_process_control_plane(
+    tune: impl FnOnce(&mut trellis_control_plane::Options),
+) -> (trellis_control_plane::Running, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = trellis_control_plane::Options::new(dir.path().join("data"));
+    opts.api_addr = "127.0.0.1:0".parse().unwrap();
+    opts.xds_addr = "127.0.0.1:0".parse().unwrap();
+    tune(&mut opts);
+    (trellis_control_plane::start(opts).await.unwrap(), dir)
 }
