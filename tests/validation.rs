@@ -6,7 +6,7 @@
 use trellis_testkit::*;
 
 use std::net::{SocketAddr, TcpListener};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// A valid config on fresh ports.

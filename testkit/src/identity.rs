@@ -340,6 +340,12 @@ pub struct Pki {
     pub ca: trellis_certs::Ca,
 }
 
+impl Default for Pki {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Pki {
     pub fn new() -> Pki {
         ring_provider();

@@ -167,7 +167,7 @@ impl Proxy {
         let log = dir.path().join("proxy.log");
         std::fs::write(&config, yaml.replace("{admin}", &admin.to_string())).unwrap();
         let mut argv: Vec<&std::ffi::OsStr> = vec!["proxy".as_ref(), "--config".as_ref(), config.as_os_str()];
-        argv.extend(args.iter().map(|a| std::ffi::OsStr::new(a)));
+        argv.extend(args.iter().map(std::ffi::OsStr::new));
         let child = spawn_trellis(&argv, &log, &[("TRELLIS_LOG", "info,trellis_proxy=debug")]);
         Proxy { child, dir, config, admin, log }
     }

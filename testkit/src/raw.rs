@@ -181,7 +181,7 @@ pub async fn error_env() -> ErrorEnv {
     l.header_timeout = Some(ms(500));
     l.max_header_bytes = Some(8192);
     let refused = SocketAddr::from(([127, 0, 0, 1], refused));
-    let routes: [(&str, &str, &str, Option<trellis_api::Duration>, Option<trellis_api::Duration>); 11] = [
+    let routes = [
         ("refused", "/refused", "refused", None, None),
         ("refused2", "/h2-refused", "refused2", None, None),
         ("reset1", "/reset1", "reset1", None, None),
