@@ -6,28 +6,29 @@ use http::Request;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
+use trellis_testkit::config::{self, AccessLog, Bootstrap, Route, Yaml};
 use trellis_testkit::*;
 
 const LIMIT: Duration = Duration::from_secs(30);
 
 fn config(listen: SocketAddr, log: &Path, origin: SocketAddr, silent: SocketAddr) -> String {
-    format!(
-        r#"admin: {{ address: "{{admin}}" }}
-access_log: {{ path: "{log}" }}
-listeners:
-  - {{ name: edge, address: "{listen}", routes: [api, quiet, gone] }}
-routes:
-  - {{ name: api, match: {{ path_prefix: /api }}, backends: [{{ cluster: app }}] }}
-  - {{ name: quiet, match: {{ path_prefix: /quiet }}, backends: [{{ cluster: silent }}], idle_timeout: 200ms }}
-  - {{ name: gone, match: {{ path_prefix: /gone }}, backends: [{{ cluster: refused }}] }}
-clusters:
-  - {{ name: app, endpoints: [{{ address: "{origin}" }}] }}
-  - {{ name: silent, endpoints: [{{ address: "{silent}" }}] }}
-  - {{ name: refused, endpoints: [{{ address: "127.0.0.1:{refused}" }}] }}
-"#,
-        log = log.display(),
-        refused = free_port(),
-    )
+    use config::{ClusterProtocol::Auto, cluster, listener, route};
+    Bootstrap {
+        access_log: Some(AccessLog { path: log.display().to_string() }),
+        listeners: vec![listener("edge", listen, &["api", "quiet", "gone"])],
+        routes: vec![
+            route("api", "/api", "app"),
+            Route { idle_timeout: Some(config::ms(200)), ..route("quiet", "/quiet", "silent") },
+            route("gone", "/gone", "refused"),
+        ],
+        clusters: vec![
+            cluster("app", Auto, &[origin]),
+            cluster("silent", Auto, &[silent]),
+            cluster("refused", Auto, &[free_addr()]),
+        ],
+        ..config::bootstrap()
+    }
+    .yaml()
 }
 
 fn line_for<'a>(lines: &'a [serde_json::Value], path: &str, protocol: &str) -> &'a serde_json::Value {

@@ -12,8 +12,8 @@
 
 use super::*;
 pub use trellis_api::{
-    Admin, Backend, Bootstrap, Cluster, ClusterProtocol, ClusterTls, ControlPlane as ControlPlaneConfig, Endpoint,
-    Listener, ListenerProtocol, ListenerTls, Node, Route, RouteMatch,
+    AccessLog, Admin, Backend, Bootstrap, Cluster, ClusterProtocol, ClusterTls, ControlPlane as ControlPlaneConfig,
+    Endpoint, Listener, ListenerProtocol, ListenerTls, Node, Route, RouteMatch,
 };
 
 /// The admin address placeholder [`Proxy`] replaces with a free port.

@@ -31,7 +31,9 @@ impl ControlPlane {
         let mut child = spawn_trellis(&argv, &log, &[]);
         let tls = args.contains(&"--api-tls");
         wait_ready_or_panic(&mut child, &log, "serving its API", Duration::from_secs(20), || match tls {
-            true => std::net::TcpStream::connect(api).is_ok(),
+            // A listening port is as far as a plain client can tell; the CA it made first
+            // tells this control plane from another process that took the port meanwhile.
+            true => data.join("ca/ca.pem").exists() && std::net::TcpStream::connect(api).is_ok(),
             false => admin_get(api, "/healthz").is_ok_and(|(s, _)| s == 200),
         });
         ControlPlane { child, data: data.to_owned(), api, xds }

@@ -2,6 +2,23 @@
 
 use super::*;
 
+/// Accepts connections on `listener` until the task is aborted, running `serve(stream, peer)`
+/// for each on a task of its own; the listener's address and the accept task.
+pub fn accept_each<F, Fut>(listener: tokio::net::TcpListener, serve: F) -> (SocketAddr, tokio::task::JoinHandle<()>)
+where
+    F: Fn(tokio::net::TcpStream, SocketAddr) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, peer)) = listener.accept().await else { continue };
+            tokio::spawn(serve(stream, peer));
+        }
+    });
+    (addr, task)
+}
+
 /// The request and response body of the kit's origins and clients.
 pub type Body = BoxBody<Bytes, Infallible>;
 
@@ -50,26 +67,22 @@ impl Origin {
         F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Response<Body>> + Send + 'static,
     {
-        let addr = listener.local_addr().unwrap();
         let handler: Handler = Arc::new(move |req| Box::pin(handler(req)));
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
-                let handler = handler.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
-                        let h = handler.clone();
-                        async move { Ok::<_, Infallible>(h(req).await) }
-                    });
-                    let io = TokioIo::new(stream);
-                    if h1_only {
-                        let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
-                    } else {
-                        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                            .serve_connection(io, svc)
-                            .await;
-                    }
+        let (addr, task) = accept_each(listener, move |stream, _| {
+            let handler = handler.clone();
+            async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let h = handler.clone();
+                    async move { Ok::<_, Infallible>(h(req).await) }
                 });
+                let io = TokioIo::new(stream);
+                if h1_only {
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
+                } else {
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(io, svc)
+                        .await;
+                }
             }
         });
         Origin { addr, task }

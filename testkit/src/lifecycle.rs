@@ -62,21 +62,17 @@ where
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let handler = Arc::new(handler);
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((stream, peer)) = listener.accept().await else { continue };
-            let handler = handler.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| {
-                    let fut = handler.as_ref()(peer, req);
-                    async move { Ok::<_, Infallible>(fut.await) }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+    let (addr, task) = accept_each(listener, move |stream, peer| {
+        let handler = handler.clone();
+        async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let fut = handler.as_ref()(peer, req);
+                async move { Ok::<_, Infallible>(fut.await) }
             });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
         }
     });
     Origin { addr, task }

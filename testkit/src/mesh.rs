@@ -151,15 +151,9 @@ pub async fn presented(addr: SocketAddr, config: &Arc<rustls::ClientConfig>) -> 
 /// A TCP echo server: writes back whatever it reads.
 pub async fn tcp_echo() -> (SocketAddr, tokio::task::JoinHandle<()>) {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = l.accept().await else { continue };
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
+    let (addr, task) = accept_each(l, |mut s, _| async move {
+        let (mut r, mut w) = s.split();
+        let _ = tokio::io::copy(&mut r, &mut w).await;
     });
     (addr, task)
 }

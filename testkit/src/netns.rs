@@ -283,14 +283,7 @@ impl PodProxy {
         ok: impl Fn(f64) -> bool,
         limit: Duration,
     ) -> Option<f64> {
-        let deadline = Instant::now() + limit;
-        loop {
-            let v = blocking(|| self.metric(name, labels));
-            if v.is_some_and(&ok) || Instant::now() >= deadline {
-                return v;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_sample(|| self.metrics(), name, labels, ok, limit).await
     }
 
     /// Replaces the config and SIGHUPs; waits until `/config_dump` shows a newer version.

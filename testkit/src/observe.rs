@@ -61,9 +61,20 @@ pub async fn wait_metric(
     ok: impl Fn(f64) -> bool,
     limit: Duration,
 ) -> Option<f64> {
+    wait_sample(|| proxy.metrics(), name, labels, ok, limit).await
+}
+
+/// Like [`wait_metric`], reading the exposition text with `metrics` (a blocking call).
+pub async fn wait_sample(
+    metrics: impl Fn() -> String,
+    name: &str,
+    labels: &[(&str, &str)],
+    ok: impl Fn(f64) -> bool,
+    limit: Duration,
+) -> Option<f64> {
     let deadline = Instant::now() + limit;
     loop {
-        let v = metric_value(&blocking(|| proxy.metrics()), name, labels);
+        let v = metric_value(&blocking(&metrics), name, labels);
         if v.is_some_and(&ok) || Instant::now() >= deadline {
             return v;
         }

@@ -59,31 +59,25 @@ impl Drop for RawOrigin {
 
 pub async fn raw_origin(reply: &'static [u8]) -> RawOrigin {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
+    let (addr, task) = accept_each(listener, move |mut s, _| async move {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
         loop {
-            let Ok((mut s, _)) = listener.accept().await else { continue };
-            tokio::spawn(async move {
-                let mut got = Vec::new();
-                let mut buf = [0u8; 4096];
-                loop {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
-                    if got.windows(4).any(|w| w == b"\r\n\r\n") {
-                        break;
-                    }
-                }
-                if got.starts_with(b"PRI * HTTP/2.0") {
-                    // h2: let the client's SETTINGS/HEADERS arrive, then hang up on it.
-                    let _ = tokio::time::timeout(Duration::from_millis(100), s.read(&mut buf)).await;
-                }
-                let _ = s.write_all(reply).await;
-                let _ = s.flush().await;
-                drop(s);
-            });
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+            if got.windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
         }
+        if got.starts_with(b"PRI * HTTP/2.0") {
+            // h2: let the client's SETTINGS/HEADERS arrive, then hang up on it.
+            let _ = tokio::time::timeout(Duration::from_millis(100), s.read(&mut buf)).await;
+        }
+        let _ = s.write_all(reply).await;
+        let _ = s.flush().await;
+        drop(s);
     });
     RawOrigin { addr, task }
 }
@@ -322,29 +316,25 @@ impl Drop for ScriptedOrigin {
 
 pub async fn scripted_origin(reply: &'static [u8]) -> ScriptedOrigin {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let conns: std::sync::Arc<std::sync::atomic::AtomicUsize> = std::sync::Arc::default();
     let counted = conns.clone();
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else { continue };
-            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut got = Vec::new();
-                let mut buf = [0u8; 4096];
-                loop {
-                    while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-                        got.drain(..end + 4);
-                        if s.write_all(reply).await.is_err() {
-                            return;
-                        }
-                    }
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
+    let (addr, task) = accept_each(listener, move |mut s, _| {
+        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async move {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                    got.drain(..end + 4);
+                    if s.write_all(reply).await.is_err() {
+                        return;
                     }
                 }
-            });
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
         }
     });
     ScriptedOrigin { addr, conns, task }
