@@ -4,6 +4,7 @@
 //! The HTTP request path end to end, through the real `trellis` binary over real sockets:
 //! protocol translation, routing, weighted splits, header rules and proxy header semantics.
 
+use trellis_testkit::config::{self, Yaml};
 use trellis_testkit::*;
 
 use bytes::Bytes;
@@ -203,23 +204,18 @@ async fn weighted_backend_split() {
         let a = echo("a").await;
         let b = echo("b").await;
         let listen = listen_addr();
-        let proxy = Proxy::start(&format!(
-            r#"admin: {{ address: "{{admin}}" }}
-listeners:
-  - name: in
-    address: "{listen}"
-    routes: [split]
-routes:
-  - name: split
-    backends: [{{ cluster: a, weight: 80 }}, {{ cluster: b, weight: 20 }}]
-clusters:
-  - name: a
-    endpoints: [{{ address: "{}" }}]
-  - name: b
-    endpoints: [{{ address: "{}" }}]
-"#,
-            a.addr, b.addr
-        ));
+        let mut split = config::bootstrap();
+        split.listeners.push(config::listener("in", listen, &["split"]));
+        let mut r = config::route("split", "/", "a");
+        r.matches = config::RouteMatch::default();
+        r.backends = vec![
+            config::Backend { cluster: "a".into(), weight: 80 },
+            config::Backend { cluster: "b".into(), weight: 20 },
+        ];
+        split.routes.push(r);
+        split.clusters.push(config::cluster("a", config::ClusterProtocol::Auto, &[a.addr]));
+        split.clusters.push(config::cluster("b", config::ClusterProtocol::Auto, &[b.addr]));
+        let proxy = Proxy::start(&split.yaml());
         const N: usize = 1000;
         let mut tasks = Vec::new();
         for w in 0..4 {
