@@ -63,7 +63,7 @@ fn pattern(n: usize) -> Vec<u8> {
 async fn setup() -> (SocketAddr, Proxy, Origin) {
     let origin = origin().await;
     let listen = listen_addr();
-    let proxy = Proxy::start(&simple_config(listen, origin.addr, "http1"));
+    let proxy = Proxy::start(&config::simple(listen, origin.addr, config::ClusterProtocol::Http1).yaml());
     (listen, proxy, origin)
 }
 

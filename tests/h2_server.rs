@@ -41,7 +41,7 @@ async fn many_concurrent_streams_on_one_connection() {
         })
         .await;
         let listen = listen_addr();
-        let proxy = Proxy::start(&simple_config(listen, origin.addr, "http1"));
+        let proxy = Proxy::start(&config::simple(listen, origin.addr, config::ClusterProtocol::Http1).yaml());
         let c = Client::h2(listen).await;
         let started = Instant::now();
         let mut tasks = Vec::with_capacity(N);
@@ -149,7 +149,7 @@ async fn client_reset_before_the_response_cancels_the_upstream_request() {
         })
         .await;
         let listen = listen_addr();
-        let proxy = Proxy::start(&simple_config(listen, origin.addr, "http2"));
+        let proxy = Proxy::start(&config::simple(listen, origin.addr, config::ClusterProtocol::Http2).yaml());
         let mut c = Client::h2(listen).await;
         let mut stuck = c.clone_h2();
         // Dropping the request future before its head resets the stream (CANCEL).

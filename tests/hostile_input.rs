@@ -110,7 +110,7 @@ async fn requests_must_name_one_host() {
     within(LIMIT, async {
         let origin = echo("o").await;
         let listen = listen_addr();
-        let _proxy = Proxy::start(&simple_config(listen, origin.addr, "http1"));
+        let _proxy = Proxy::start(&config::simple(listen, origin.addr, config::ClusterProtocol::Http1).yaml());
         for (what, head) in [
             ("two Host fields", "GET / HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n"),
             ("no Host", "GET / HTTP/1.1\r\nConnection: close\r\n\r\n"),
@@ -148,7 +148,7 @@ async fn upstream_length_and_chunked_passes_the_chunked_body() {
         )
         .await;
         let listen = listen_addr();
-        let _proxy = Proxy::start(&simple_config(listen, origin.addr, "http1"));
+        let _proxy = Proxy::start(&config::simple(listen, origin.addr, config::ClusterProtocol::Http1).yaml());
         for h2 in [false, true] {
             let mut c = client(listen, h2).await;
             for _ in 0..2 {
@@ -171,7 +171,7 @@ async fn upstream_trailers_ended_by_a_bare_lf_end_the_response() {
         let origin =
             scripted_origin(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nx-sum: 7\n\n").await;
         let listen = listen_addr();
-        let _proxy = Proxy::start(&simple_config(listen, origin.addr, "http1"));
+        let _proxy = Proxy::start(&config::simple(listen, origin.addr, config::ClusterProtocol::Http1).yaml());
         let mut c = Client::h1(listen).await;
         for i in 0..3 {
             let resp = within(
@@ -200,7 +200,7 @@ async fn invalid_h2_preface_gets_goaway() {
     within(LIMIT, async {
         let origin = echo("o").await;
         let listen = listen_addr();
-        let _proxy = Proxy::start(&simple_config(listen, origin.addr, "http1"));
+        let _proxy = Proxy::start(&config::simple(listen, origin.addr, config::ClusterProtocol::Http1).yaml());
         for bad in [&b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n"[..], b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\r"] {
             let mut s = TcpStream::connect(listen).await.unwrap();
             s.write_all(bad).await.unwrap();
@@ -257,7 +257,7 @@ async fn early_h2_response_keeps_checking_the_clients_frames() {
     within(LIMIT, async {
         let origin = early_origin().await;
         let listen = listen_addr();
-        let _proxy = Proxy::start(&simple_config(listen, origin.addr, "http1"));
+        let _proxy = Proxy::start(&config::simple(listen, origin.addr, config::ClusterProtocol::Http1).yaml());
         let stream_error = |code| move |e: Option<(u8, u32, u32)>| matches!(e, Some((h2raw::RST_STREAM, 1, c)) | Some((h2raw::GOAWAY, _, c)) if c == code);
         let protocol_error = stream_error(0x1);
         for round in 0..3 {
@@ -298,7 +298,7 @@ async fn h2_window_overflow_is_a_flow_control_error() {
         })
         .await;
         let listen = listen_addr();
-        let _proxy = Proxy::start(&simple_config(listen, origin.addr, "http1"));
+        let _proxy = Proxy::start(&config::simple(listen, origin.addr, config::ClusterProtocol::Http1).yaml());
         let mut h2 = RawH2::connect(listen).await;
         let head = h2raw::block(&[(":method", "POST"), (":scheme", "http"), (":path", "/up"), (":authority", "x")]);
         let window = h2raw::frame(h2raw::WINDOW_UPDATE, 0, 1, &0x7fff_ffffu32.to_be_bytes());
@@ -322,7 +322,7 @@ async fn h2_crate_gaps() {
     within(LIMIT, async {
         let origin = early_origin().await;
         let listen = listen_addr();
-        let _proxy = Proxy::start(&simple_config(listen, origin.addr, "http1"));
+        let _proxy = Proxy::start(&config::simple(listen, origin.addr, config::ClusterProtocol::Http1).yaml());
         let mut h2 = answered_early(listen, false).await;
         let trailers = h2raw::block(&[(":path", "/x")]);
         let e = error_after(

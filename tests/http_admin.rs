@@ -31,7 +31,7 @@ async fn admin_metrics_config_dump_and_clusters() {
     within(LIMIT, async {
         let origin = echo("o").await;
         let listen = listen_addr();
-        let proxy = Proxy::start(&simple_config(listen, origin.addr, "auto"));
+        let proxy = Proxy::start(&config::simple(listen, origin.addr, config::ClusterProtocol::Auto).yaml());
         let mut c = Client::h1(listen).await;
         for i in 0..4 {
             assert_eq!(c.get(&format!("/m/{i}")).await.status, 200);
@@ -112,7 +112,7 @@ async fn upstream_error_statuses_pass_through() {
         })
         .await;
         let listen = listen_addr();
-        let proxy = Proxy::start(&simple_config(listen, origin.addr, "auto"));
+        let proxy = Proxy::start(&config::simple(listen, origin.addr, config::ClusterProtocol::Auto).yaml());
         for h2 in [false, true] {
             let mut c = client(listen, h2).await;
             for code in [404u16, 500, 502, 503, 504, 418] {
@@ -138,7 +138,7 @@ async fn http10_client() {
     within(LIMIT, async {
         let origin = echo("o").await;
         let listen = listen_addr();
-        let _proxy = Proxy::start(&simple_config(listen, origin.addr, "auto"));
+        let _proxy = Proxy::start(&config::simple(listen, origin.addr, config::ClusterProtocol::Auto).yaml());
         let mut s = tokio::net::TcpStream::connect(listen).await.unwrap();
         s.write_all(b"GET /old HTTP/1.0\r\nHost: legacy.test\r\n\r\n").await.unwrap();
         let mut out = Vec::new();
@@ -164,7 +164,7 @@ async fn upstream_closing_after_each_response_is_handled() {
     within(LIMIT, async {
         let one_shot = raw_origin(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
         let listen = listen_addr();
-        let proxy = Proxy::start(&simple_config(listen, one_shot.addr, "http1"));
+        let proxy = Proxy::start(&config::simple(listen, one_shot.addr, config::ClusterProtocol::Http1).yaml());
         let mut c = Client::h1(listen).await;
         for i in 0..30 {
             let got = c.get(&format!("/{i}")).await;
@@ -295,7 +295,7 @@ async fn expect_100_continue() {
     within(LIMIT, async {
         let origin = echo("o").await;
         let listen = listen_addr();
-        let _proxy = Proxy::start(&simple_config(listen, origin.addr, "http1"));
+        let _proxy = Proxy::start(&config::simple(listen, origin.addr, config::ClusterProtocol::Http1).yaml());
         let mut s = tokio::net::TcpStream::connect(listen).await.unwrap();
         s.write_all(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
             .await
@@ -553,7 +553,7 @@ async fn http2_cluster_multiplexes_concurrent_requests_on_one_connection() {
     within(Duration::from_secs(20), async {
         let origin = Origin::echo("o").await;
         let listen = listen_addr();
-        let proxy = Proxy::start(&simple_config(listen, origin.addr, "http2"));
+        let proxy = Proxy::start(&config::simple(listen, origin.addr, config::ClusterProtocol::Http2).yaml());
         let mut tasks = Vec::new();
         for _ in 0..8 {
             tasks.push(tokio::spawn(async move {

@@ -390,7 +390,7 @@ async fn hop_by_hop_headers_are_not_forwarded() {
         })
         .await;
         let listen = listen_addr();
-        let _proxy = Proxy::start(&simple_config(listen, origin.addr, "http1"));
+        let _proxy = Proxy::start(&config::simple(listen, origin.addr, config::ClusterProtocol::Http1).yaml());
 
         let mut c = Client::h1(listen).await;
         let got = c
@@ -437,7 +437,7 @@ async fn forwarding_headers() {
     within(LIMIT, async {
         let origin = echo("o").await;
         let listen = listen_addr();
-        let _proxy = Proxy::start(&simple_config(listen, origin.addr, "auto"));
+        let _proxy = Proxy::start(&config::simple(listen, origin.addr, config::ClusterProtocol::Auto).yaml());
         for h2 in [false, true] {
             let ctx = proto_name(h2);
             let mut c = client(listen, h2).await;
@@ -494,7 +494,7 @@ async fn forwarded_for_with_several_lines_keeps_the_whole_chain() {
     within(LIMIT, async {
         let origin = echo("o").await;
         let listen = listen_addr();
-        let proxy = Proxy::start(&simple_config(listen, origin.addr, "auto"));
+        let proxy = Proxy::start(&config::simple(listen, origin.addr, config::ClusterProtocol::Auto).yaml());
         for h2 in [false, true] {
             let mut c = client(listen, h2).await;
             let j = c

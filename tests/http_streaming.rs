@@ -46,7 +46,7 @@ async fn sse_events_stream_through_without_buffering() {
     within(LIMIT, async {
         let origin = ticking_sse_origin().await;
         let listen = listen_addr();
-        let _proxy = Proxy::start(&simple_config(listen, origin.addr, "auto"));
+        let _proxy = Proxy::start(&config::simple(listen, origin.addr, config::ClusterProtocol::Auto).yaml());
         let run = |h2: bool| async move {
             let mut c = client(listen, h2).await;
             let t0 = Instant::now();

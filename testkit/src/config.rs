@@ -134,25 +134,3 @@ pub fn simple(listen: SocketAddr, origin: SocketAddr, proto: ClusterProtocol) ->
         ..bootstrap()
     }
 }
-
-/// [`simple`] as hand-written YAML text, for the test files not yet moved to typed configs
-/// (they edit the text with `str::replace`, which a typed config makes unnecessary).
-pub fn simple_config(listen: SocketAddr, origin: SocketAddr, proto: &str) -> String {
-    format!(
-        r#"admin: {{ address: "{{admin}}" }}
-drain_timeout: 5s
-listeners:
-  - name: in
-    address: "{listen}"
-    routes: [all]
-routes:
-  - name: all
-    match: {{ path_prefix: / }}
-    backends: [{{ cluster: origin }}]
-clusters:
-  - name: origin
-    protocol: {proto}
-    endpoints: [{{ address: "{origin}" }}]
-"#
-    )
-}

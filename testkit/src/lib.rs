@@ -30,7 +30,7 @@ pub mod raw;
 pub mod resilience;
 pub mod workload;
 
-pub use config::{Yaml, simple_config};
+pub use config::Yaml;
 pub use control_plane::*;
 pub use etcd::*;
 pub use fake_cp::FakeControlPlane;

@@ -29,3 +29,25 @@ use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// `config::simple` as hand-written YAML text, for the files here that edit it with
+/// `str::replace` (a typed config makes that unnecessary); goes when they move to the kit.
+pub fn simple_config(listen: SocketAddr, origin: SocketAddr, proto: &str) -> String {
+    format!(
+        r#"admin: {{ address: "{{admin}}" }}
+drain_timeout: 5s
+listeners:
+  - name: in
+    address: "{listen}"
+    routes: [all]
+routes:
+  - name: all
+    match: {{ path_prefix: / }}
+    backends: [{{ cluster: origin }}]
+clusters:
+  - name: origin
+    protocol: {proto}
+    endpoints: [{{ address: "{origin}" }}]
+"#
+    )
+}
