@@ -517,3 +517,56 @@ fn grafana_dashboard_is_well_formed_and_queries_only_trellis_metrics() {
         assert!(queried.contains(m), "the dashboard does not show {m}");
     }
 }
+
+/// One trace across a sidecar pair (app → outbound sidecar `a` → mTLS → inbound sidecar `b`
+/// → app): `a`'s server span is the calling app's child, `a`'s client span (the try) is its
+/// child, `b`'s server span is the child of `a`'s client span (the `traceparent` crossed
+/// the mTLS hop), `b`'s client span is its child, and the app behind `b` sees `b`'s client
+/// span as its parent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_pair_makes_one_trace_with_parentage_across_the_mtls_hop() {
+    within(Duration::from_secs(60), async {
+        let (collector, got) = otlp_http().await;
+        let (app, seen) = counting_origin(|_, _| Response::builder().body(full("ok")).unwrap()).await;
+        let tracing = format!(
+            "tracing: {{ otlp: {{ endpoint: \"http://{}\", protocol: http }}, sample_ratio: 1.0 }}\n",
+            collector.addr
+        );
+        let pair = SidecarPair::start(app.addr, &tracing).await;
+        let trace: u128 = 0x0af7651916cd43dd8448eb211c80319c;
+        let caller: u64 = 0xb7ad6b7169203331;
+        let mut c = Client::h1(pair.a_out).await;
+        let req = Request::get("/orders/42")
+            .header("traceparent", format!("00-{trace:032x}-{caller:016x}-01"))
+            .body(full(""))
+            .unwrap();
+        assert_eq!(c.fetch(req).await.status, 200);
+
+        let spans = got.trace(trace, 4).await;
+        assert_eq!(spans.len(), 4, "{spans:#?}");
+        let child = |parent: &[u8], kind: SpanKind| {
+            let found: Vec<&Span> =
+                spans.iter().filter(|s| s.parent_span_id == parent && s.kind == kind as i32).collect();
+            assert_eq!(found.len(), 1, "one {kind:?} span under {parent:02x?}: {spans:#?}");
+            found[0]
+        };
+        let a_server = child(&caller.to_be_bytes(), SpanKind::Server);
+        let a_client = child(&a_server.span_id, SpanKind::Client);
+        let b_server = child(&a_client.span_id, SpanKind::Server);
+        let b_client = child(&b_server.span_id, SpanKind::Client);
+        assert_eq!(attr_str(a_server, "trellis.listener"), Some("a-out"));
+        assert_eq!(attr_str(a_client, "trellis.cluster"), Some("b"));
+        assert_eq!(attr_str(b_server, "trellis.listener"), Some("b-in"));
+        assert_eq!(attr_str(b_server, "trellis.peer.spiffe_id"), Some(spiffe("a").as_str()));
+        assert_eq!(attr_str(b_client, "trellis.cluster"), Some("b-app"));
+        for s in [a_server, a_client, b_server, b_client] {
+            assert_eq!(attr_int(s, "http.response.status_code"), Some(200), "{s:?}");
+        }
+
+        // The app behind `b` got the trace with `b`'s try as its parent.
+        let sent = seen.requests.lock().unwrap().last().unwrap().0.headers["traceparent"].to_str().unwrap().to_owned();
+        let b_try = u64::from_be_bytes(b_client.span_id.as_slice().try_into().unwrap());
+        assert_eq!(sent, format!("00-{trace:032x}-{b_try:016x}-01"));
+    })
+    .await;
+}
