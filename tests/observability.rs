@@ -570,3 +570,53 @@ async fn a_sidecar_pair_makes_one_trace_with_parentage_across_the_mtls_hop() {
     })
     .await;
 }
+
+/// An MCP route's server span names the JSON-RPC method and the tool, for a call that goes
+/// through and for one the policy refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_spans_carry_the_method_and_the_tool() {
+    within(Duration::from_secs(30), async {
+        let (collector, got) = otlp_http().await;
+        let origin = Origin::start(|_req: Request<Incoming>| async {
+            Response::builder()
+                .header("content-type", "application/json")
+                .body(full(r#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#))
+                .unwrap()
+        })
+        .await;
+        let listen = listen_addr();
+        let yaml = format!(
+            r#"admin: {{ address: "{{admin}}" }}
+drain_timeout: 1s
+tracing: {{ otlp: {{ endpoint: "http://{}", protocol: http }}, sample_ratio: 1.0 }}
+listeners:
+  - {{ name: in, address: "{listen}", policy: p, routes: [mcp] }}
+routes:
+  - {{ name: mcp, backends: [{{ cluster: app }}], mcp: {{}} }}
+clusters:
+  - {{ name: app, protocol: http1, endpoints: [{{ address: "{}" }}] }}
+policies:
+  - name: p
+    rules: [{{ mcp: {{ tools: [search] }} }}]
+"#,
+            collector.addr, origin.addr
+        );
+        let _proxy = blocking(|| Proxy::start(&yaml));
+        let mut c = Client::h1(listen).await;
+        for (trace, tool) in [(0x51u128, "search"), (0x52u128, "delete")] {
+            let body = serde_json::json!({ "jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": { "name": tool, "arguments": {} } });
+            let req = Request::post("/mcp")
+                .header("content-type", "application/json")
+                .header("accept", "application/json, text/event-stream")
+                .header("traceparent", format!("00-{trace:032x}-{:016x}-01", 7))
+                .body(full(body.to_string()))
+                .unwrap();
+            c.fetch(req).await;
+            let spans = got.trace(trace, 1).await;
+            let server = spans.iter().find(|s| s.kind == SpanKind::Server as i32).expect("a server span");
+            assert_eq!(attr_str(server, "mcp.method.name"), Some("tools/call"), "{server:?}");
+            assert_eq!(attr_str(server, "gen_ai.tool.name"), Some(tool), "{server:?}");
+        }
+    })
+    .await;
+}
