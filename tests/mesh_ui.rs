@@ -137,3 +137,52 @@ async fn ui_files_are_served_without_the_token_and_hold_no_data() {
     })
     .await;
 }
+
+/// `Stats/Report` refuses a caller without the token, a node with no discovery stream here,
+/// and a report over its bounds; a connected node's report is taken and answered with the
+/// interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_reports_are_refused_without_token_stream_or_within_bounds() {
+    use trellis_api::discovery::stats_client::StatsClient;
+    use trellis_api::discovery::{ClusterCounters, StatsReport};
+    within(Duration::from_secs(30), async {
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, "t0k3n").unwrap();
+        let token = token_file.display().to_string();
+        let cp = blocking(|| {
+            ControlPlane::start_with(&dir.path().join("cp"), listen_addr(), listen_addr(), &["--token-file", &token])
+        });
+        let yaml = format!(
+            "node: {{ id: p1, service: svc }}\nadmin: {{ address: \"{{admin}}\" }}\ndrain_timeout: 1s\ncontrol_plane: {{ address: \"{}\", token_file: \"{token}\" }}\n",
+            cp.xds_url()
+        );
+        let _proxy = blocking(|| Proxy::start(&yaml));
+        let channel = tonic::transport::Endpoint::from_shared(cp.xds_url()).unwrap().connect().await.unwrap();
+        let with_token = |mut req: tonic::Request<()>| {
+            req.metadata_mut().insert("authorization", "Bearer t0k3n".parse().unwrap());
+            Ok(req)
+        };
+        let report = |node: &str, clusters: usize| StatsReport {
+            node_id: node.into(),
+            clusters: (0..clusters)
+                .map(|i| ClusterCounters { cluster: format!("c{i}"), requests: 1, ..Default::default() })
+                .collect(),
+            certificates: vec![],
+        };
+
+        let mut anonymous = StatsClient::new(channel.clone());
+        let err = anonymous.report(report("p1", 1)).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+
+        let mut client = StatsClient::with_interceptor(channel, with_token);
+        let err = client.report(report("ghost", 1)).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+        let err = client.report(report("p1", 1025)).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+        assert!(err.message().contains("1025 clusters"), "{err}");
+        let reply = client.report(report("p1", 1)).await.unwrap().into_inner();
+        assert_eq!(reply.interval_ms, 10_000);
+    })
+    .await;
+}
