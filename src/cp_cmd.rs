@@ -66,6 +66,9 @@ pub struct ControlPlaneArgs {
     /// `identity.issuer` with an https:// server) and still send the bearer token.
     #[arg(long)]
     pub api_tls: bool,
+    /// How often proxies report their request counters for the mesh page (/ui), e.g. 10s.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub report_interval: Duration,
     #[command(flatten)]
     pub workload: WorkloadArgs,
 }
@@ -126,6 +129,7 @@ pub fn run(args: ControlPlaneArgs) -> Result<()> {
         xds_tls: args.xds_tls,
         api_tls: args.api_tls,
         workload_jwks: args.workload.source(),
+        report_interval: args.report_interval,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -517,3 +517,106 @@ fn grafana_dashboard_is_well_formed_and_queries_only_trellis_metrics() {
         assert!(queried.contains(m), "the dashboard does not show {m}");
     }
 }
+
+/// One trace across a sidecar pair (app → outbound sidecar `a` → mTLS → inbound sidecar `b`
+/// → app): `a`'s server span is the calling app's child, `a`'s client span (the try) is its
+/// child, `b`'s server span is the child of `a`'s client span (the `traceparent` crossed
+/// the mTLS hop), `b`'s client span is its child, and the app behind `b` sees `b`'s client
+/// span as its parent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_pair_makes_one_trace_with_parentage_across_the_mtls_hop() {
+    within(Duration::from_secs(60), async {
+        let (collector, got) = otlp_http().await;
+        let (app, seen) = counting_origin(|_, _| Response::builder().body(full("ok")).unwrap()).await;
+        let tracing = format!(
+            "tracing: {{ otlp: {{ endpoint: \"http://{}\", protocol: http }}, sample_ratio: 1.0 }}\n",
+            collector.addr
+        );
+        let pair = SidecarPair::start(app.addr, &tracing).await;
+        let trace: u128 = 0x0af7651916cd43dd8448eb211c80319c;
+        let caller: u64 = 0xb7ad6b7169203331;
+        let mut c = Client::h1(pair.a_out).await;
+        let req = Request::get("/orders/42")
+            .header("traceparent", format!("00-{trace:032x}-{caller:016x}-01"))
+            .body(full(""))
+            .unwrap();
+        assert_eq!(c.fetch(req).await.status, 200);
+
+        let spans = got.trace(trace, 4).await;
+        assert_eq!(spans.len(), 4, "{spans:#?}");
+        let child = |parent: &[u8], kind: SpanKind| {
+            let found: Vec<&Span> =
+                spans.iter().filter(|s| s.parent_span_id == parent && s.kind == kind as i32).collect();
+            assert_eq!(found.len(), 1, "one {kind:?} span under {parent:02x?}: {spans:#?}");
+            found[0]
+        };
+        let a_server = child(&caller.to_be_bytes(), SpanKind::Server);
+        let a_client = child(&a_server.span_id, SpanKind::Client);
+        let b_server = child(&a_client.span_id, SpanKind::Server);
+        let b_client = child(&b_server.span_id, SpanKind::Client);
+        assert_eq!(attr_str(a_server, "trellis.listener"), Some("a-out"));
+        assert_eq!(attr_str(a_client, "trellis.cluster"), Some("b"));
+        assert_eq!(attr_str(b_server, "trellis.listener"), Some("b-in"));
+        assert_eq!(attr_str(b_server, "trellis.peer.spiffe_id"), Some(spiffe("a").as_str()));
+        assert_eq!(attr_str(b_client, "trellis.cluster"), Some("b-app"));
+        for s in [a_server, a_client, b_server, b_client] {
+            assert_eq!(attr_int(s, "http.response.status_code"), Some(200), "{s:?}");
+        }
+
+        // The app behind `b` got the trace with `b`'s try as its parent.
+        let sent = seen.requests.lock().unwrap().last().unwrap().0.headers["traceparent"].to_str().unwrap().to_owned();
+        let b_try = u64::from_be_bytes(b_client.span_id.as_slice().try_into().unwrap());
+        assert_eq!(sent, format!("00-{trace:032x}-{b_try:016x}-01"));
+    })
+    .await;
+}
+
+/// An MCP route's server span names the JSON-RPC method and the tool, for a call that goes
+/// through and for one the policy refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_spans_carry_the_method_and_the_tool() {
+    within(Duration::from_secs(30), async {
+        let (collector, got) = otlp_http().await;
+        let origin = Origin::start(|_req: Request<Incoming>| async {
+            Response::builder()
+                .header("content-type", "application/json")
+                .body(full(r#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#))
+                .unwrap()
+        })
+        .await;
+        let listen = listen_addr();
+        let yaml = format!(
+            r#"admin: {{ address: "{{admin}}" }}
+drain_timeout: 1s
+tracing: {{ otlp: {{ endpoint: "http://{}", protocol: http }}, sample_ratio: 1.0 }}
+listeners:
+  - {{ name: in, address: "{listen}", policy: p, routes: [mcp] }}
+routes:
+  - {{ name: mcp, backends: [{{ cluster: app }}], mcp: {{}} }}
+clusters:
+  - {{ name: app, protocol: http1, endpoints: [{{ address: "{}" }}] }}
+policies:
+  - name: p
+    rules: [{{ mcp: {{ tools: [search] }} }}]
+"#,
+            collector.addr, origin.addr
+        );
+        let _proxy = blocking(|| Proxy::start(&yaml));
+        let mut c = Client::h1(listen).await;
+        for (trace, tool) in [(0x51u128, "search"), (0x52u128, "delete")] {
+            let body = serde_json::json!({ "jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": { "name": tool, "arguments": {} } });
+            let req = Request::post("/mcp")
+                .header("content-type", "application/json")
+                .header("accept", "application/json, text/event-stream")
+                .header("traceparent", format!("00-{trace:032x}-{:016x}-01", 7))
+                .body(full(body.to_string()))
+                .unwrap();
+            c.fetch(req).await;
+            let spans = got.trace(trace, 1).await;
+            let server = spans.iter().find(|s| s.kind == SpanKind::Server as i32).expect("a server span");
+            assert_eq!(attr_str(server, "mcp.method.name"), Some("tools/call"), "{server:?}");
+            assert_eq!(attr_str(server, "gen_ai.tool.name"), Some(tool), "{server:?}");
+        }
+    })
+    .await;
+}

@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 use trellis_api::digest::digest;
 use trellis_api::discovery::{
     DiscoveryRequest, DiscoveryResponse, HeldResource, Node, ResourceType, discovery_client::DiscoveryClient,
+    stats_client::StatsClient,
 };
 use trellis_api::endpoints::{self, NameError};
 use trellis_api::{self as api, Bootstrap};
@@ -218,6 +219,7 @@ pub async fn run(
     transparent: bool,
     reloader: Arc<Reloader>,
     status: Arc<Status>,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 ) {
     let token = cp.token_file.as_deref().and_then(|f| match std::fs::read_to_string(f) {
         Ok(t) => Some(t.trim().to_owned()),
@@ -239,7 +241,7 @@ pub async fn run(
     // A random first address spreads a fleet over the replicas.
     let mut at = fastrand::usize(..addresses.len());
     let mut backoff = Duration::from_millis(250);
-    let link = Link { cp, token, node, reloader, status: status.clone() };
+    let link = Link { cp, token, node, reloader, status: status.clone(), metrics };
     loop {
         let address = addresses[at].as_str();
         match link.session(address, &mut dynamic, &mut held).await {
@@ -267,6 +269,17 @@ struct Link {
     node: Node,
     reloader: Arc<Reloader>,
     status: Arc<Status>,
+    /// Where the stats reports' counters come from ([`crate::stats_report`]); none: no reports.
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+}
+
+/// Aborts its task when dropped: a stream's reporter ends with the stream.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Link {
@@ -282,16 +295,18 @@ impl Link {
             .map(|t| format!("Bearer {t}").parse())
             .transpose()
             .map_err(|_| "the token is not a valid header value")?;
-        let mut client = DiscoveryClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
+        let auth = move |mut req: tonic::Request<()>| {
             if let Some(b) = &bearer {
                 req.metadata_mut().insert("authorization", b.clone());
             }
             Ok(req)
-        })
-        // The first response carries the proxy's whole view; large meshes exceed tonic's 4 MiB.
-        .max_decoding_message_size(256 << 20)
-        // A resuming first request lists every resource held.
-        .max_encoding_message_size(64 << 20);
+        };
+        let stats = StatsClient::with_interceptor(channel.clone(), auth.clone());
+        let mut client = DiscoveryClient::with_interceptor(channel, auth)
+            // The first response carries the proxy's whole view; large meshes exceed tonic's 4 MiB.
+            .max_decoding_message_size(256 << 20)
+            // A resuming first request lists every resource held.
+            .max_encoding_message_size(64 << 20);
         let (tx, rx) = mpsc::channel::<DiscoveryRequest>(16);
         // What the proxy holds (from an earlier stream): the control plane sends what differs.
         let first = DiscoveryRequest {
@@ -306,6 +321,9 @@ impl Link {
         let mut responses = client.stream(requests).await.map_err(|e| format!("open stream: {e}"))?.into_inner();
         status.connected.store(true, std::sync::atomic::Ordering::Release);
         tracing::info!(address, node = %node.id, resuming, "connected to the control plane");
+        let _reporter = self.metrics.clone().map(|m| {
+            AbortOnDrop(tokio::spawn(crate::stats_report::report_forever(stats, node.id.clone(), m, reloader.clone())))
+        });
         // The parts of a large response received so far (`more`): applied together, answered once.
         let mut parts: Option<DiscoveryResponse> = None;
         let mut first_response = true;

@@ -26,6 +26,7 @@ pub mod mcp;
 pub mod reload;
 pub mod resilience;
 pub mod run;
+pub mod stats_report;
 pub mod tcp;
 pub mod telemetry;
 pub mod tls;

@@ -115,7 +115,8 @@ pub fn run(opts: Options) -> Result<(), RunError> {
             signals.clone(),
         ));
         if let Some(cp) = control_plane {
-            tokio::spawn(discovery::run(cp, node, transparent, reloader.clone(), discovery.clone()));
+            let metrics = Some(state.metrics.clone());
+            tokio::spawn(discovery::run(cp, node, transparent, reloader.clone(), discovery.clone(), metrics));
         }
         tracing::info!(config = %opts.config.display(), workers, admin = %admin_addr, "trellis proxy started");
         wait_and_reload(&opts, &reloader, &signals).await

@@ -85,6 +85,17 @@ impl ControlPlane {
         c.fetch(req).await
     }
 
+    /// `put` with `Authorization: Bearer TOKEN` (a control plane started with `--token-file`).
+    pub async fn put_with_token(&self, token: &str, kind: &str, name: &str, body: serde_json::Value) -> Got {
+        let mut c = Client::h1(self.api).await;
+        let req = Request::put(format!("/v1/{kind}/{name}"))
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {token}"))
+            .body(full(body.to_string()))
+            .unwrap();
+        c.fetch(req).await
+    }
+
     /// The bootstrap of a proxy of `service` taking everything from this control plane.
     pub fn bootstrap(&self, id: &str, service: &str) -> String {
         let b = config::discovery_bootstrap(self.xds, id, service);

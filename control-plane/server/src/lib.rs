@@ -27,8 +27,10 @@ pub mod etcd;
 pub mod manifest;
 pub mod metrics;
 pub mod server_tls;
+pub mod stats;
 pub mod store;
 pub mod stored;
+pub mod ui;
 pub mod workload;
 mod write_validation;
 
@@ -42,6 +44,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use trellis_api::discovery::discovery_server::DiscoveryServer;
+use trellis_api::discovery::stats_server::StatsServer;
 use trellis_certs::Ca;
 
 pub use error::Error;
@@ -103,6 +106,8 @@ pub struct Options {
     /// Sign certificates only for the workload a service-account JWT names, checked
     /// against these keys ([`workload`]); discovery over mTLS then needs no bearer token.
     pub workload_jwks: Option<workload::JwksSource>,
+    /// How often proxies report their traffic counters for `/ui` ([`stats`]).
+    pub report_interval: Duration,
 }
 
 impl Options {
@@ -119,6 +124,7 @@ impl Options {
             xds_tls: false,
             api_tls: false,
             workload_jwks: None,
+            report_interval: stats::DEFAULT_INTERVAL,
         }
     }
 }
@@ -210,8 +216,15 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
 
     let (stop, stopped) = watch::channel(false);
     let certificate_auth = workload.is_some();
-    let shared =
-        Arc::new(api::Shared { store: store.clone(), registry: registry.clone(), ca, token: token.clone(), workload });
+    let stats = Arc::new(stats::Stats::new(opts.report_interval));
+    let shared = Arc::new(api::Shared {
+        store: store.clone(),
+        registry: registry.clone(),
+        ca,
+        token: token.clone(),
+        workload,
+        stats: stats.clone(),
+    });
     let router = api::router(shared);
     let api = tokio::spawn({
         let mut stopped = stopped.clone();
@@ -230,6 +243,12 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
             served.map_err(|e| Error::Serve { what: "REST", reason: e.to_string() })
         }
     });
+    let stats_service = StatsServer::new(stats::Service {
+        stats,
+        registry: registry.clone(),
+        token: token.clone(),
+        certificate_suffices: certificate_auth,
+    });
     let xds_service = DiscoveryServer::new(
         discovery::Server::new(store.clone(), registry, token, stopped.clone()).certificate_suffices(certificate_auth),
     )
@@ -243,7 +262,7 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
             };
             let mut server =
                 tonic::transport::Server::builder().http2_keepalive_interval(Some(Duration::from_secs(30)));
-            let router = server.add_service(xds_service);
+            let router = server.add_service(xds_service).add_service(stats_service);
             let served = match xds_tls {
                 Some(config) => {
                     router.serve_with_incoming_shutdown(server_tls::incoming(xds_listener, config), until).await

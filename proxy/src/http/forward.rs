@@ -313,11 +313,17 @@ fn forward(
                     if let (Some(e), Some(c)) = (log.as_deref_mut(), a.first()) {
                         e.mcp = Some(crate::mcp::log_fields(c));
                     }
+                    if let (Some(s), Some(c)) = (span.as_deref_mut(), a.first()) {
+                        s.mcp(c.method.as_deref(), c.name.as_deref());
+                    }
                     mcp = Some(Box::new(a));
                 }
                 Err(r) => {
                     if let (Some(e), Some(c)) = (log.as_deref_mut(), &r.first) {
                         e.mcp = Some(crate::mcp::log_fields(c));
+                    }
+                    if let (Some(s), Some(c)) = (span.as_deref_mut(), &r.first) {
+                        s.mcp(c.method.as_deref(), c.name.as_deref());
                     }
                     backend.metrics.count(r.response.status().as_u16());
                     backend.metrics.observe(started.elapsed());

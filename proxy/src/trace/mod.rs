@@ -142,6 +142,23 @@ impl ServerSpan {
         self.attrs.push(kv("trellis.cluster", cluster));
     }
 
+    /// Notes an MCP request's JSON-RPC method and its target (`params.name` of tools/call and
+    /// prompts/get, `params.uri` of resources/*), after the OpenTelemetry MCP conventions:
+    /// `mcp.method.name`, `gen_ai.tool.name`, `gen_ai.prompt.name`, `mcp.resource.uri`.
+    pub fn mcp(&mut self, method: Option<&str>, name: Option<&str>) {
+        let Some(method) = method else { return };
+        self.attrs.push(kv("mcp.method.name", method));
+        let key = match method {
+            "tools/call" => "gen_ai.tool.name",
+            "prompts/get" => "gen_ai.prompt.name",
+            m if m.starts_with("resources/") => "mcp.resource.uri",
+            _ => return,
+        };
+        if let Some(name) = name {
+            self.attrs.push(kv(key, name));
+        }
+    }
+
     /// Notes the endpoint whose response the client gets.
     pub fn served_by(&mut self, ep: &Endpoint) {
         self.attrs.push(kv("trellis.endpoint", &ep.addr.to_string()));

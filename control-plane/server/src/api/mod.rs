@@ -36,6 +36,8 @@ pub struct Shared {
     pub token: Option<Arc<Token>>,
     /// Set: certificates are signed only for the workload a service-account JWT names.
     pub workload: Option<Arc<crate::workload::WorkloadAuth>>,
+    /// What proxies reported about their traffic (`/v1/mesh`, `/ui`).
+    pub stats: Arc<crate::stats::Stats>,
 }
 
 /// The REST router.
@@ -44,6 +46,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/healthz", get(healthz))
         .route("/openapi.json", get(openapi::document))
         .route("/v1/proxies", get(proxies))
+        .route("/v1/mesh", get(mesh))
+        .route("/ui", get(crate::ui::page))
+        .route("/ui/ui.js", get(crate::ui::script))
+        .route("/ui/ui.css", get(crate::ui::style))
         .route("/metrics", get(metrics))
         .route("/v1/certificates", post(certificates::sign))
         .route("/v1/{kind}", get(resources::list))
@@ -56,12 +62,14 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-/// Lets a request through when no token is configured, for `/healthz`, or when it carries
-/// `Authorization: Bearer <token>`. With workload identity on, `/v1/certificates` is
+/// Lets a request through when no token is configured, for `/healthz` and the `/ui` page's
+/// static files (they hold no data: the page asks for the token and fetches `/v1/mesh` with
+/// it), or when it carries `Authorization: Bearer <token>`. With workload identity on, `/v1/certificates` is
 /// authorized by the workload's own token instead (see `certificates`).
 async fn authorize(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+    let path = req.uri().path();
     let own_auth =
-        req.uri().path() == "/healthz" || (shared.workload.is_some() && req.uri().path() == "/v1/certificates");
+        path == "/healthz" || crate::ui::is_static(path) || (shared.workload.is_some() && path == "/v1/certificates");
     if let Some(token) = &shared.token
         && !own_auth
     {
@@ -81,6 +89,12 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
 
 async fn proxies(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "proxies": shared.registry.proxies() }))
+}
+
+/// The mesh as `/ui` shows it: proxies, services, edges with rates, certificates.
+async fn mesh(State(shared): State<Arc<Shared>>) -> Json<crate::stats::MeshView> {
+    let revision = shared.store.snapshot().revision();
+    Json(shared.stats.view(shared.registry.proxies(), shared.ca.not_after(), revision))
 }
 
 /// The control plane's metrics, Prometheus text (token-protected like the rest).

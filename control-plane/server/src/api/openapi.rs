@@ -119,7 +119,22 @@ pub fn spec() -> Value {
             "/v1/proxies": { "get": { "summary": "connected and recently disconnected proxies (of this replica)",
                 "responses": { "200": json_response("proxy status", json!({ "type": "object", "properties": {
                     "proxies": { "type": "array", "items": { "$ref": "#/components/schemas/Proxy" } } } })),
-                    "401": unauthorized } } },
+                    "401": unauthorized.clone() } } },
+            "/v1/mesh": { "get": { "summary": "the mesh as /ui shows it: proxies, services, edges with request rates and error ratios from the proxies' stats reports, certificates by expiry",
+                "responses": { "200": json_response("mesh view", json!({ "type": "object", "properties": {
+                    "revision": { "type": "integer" },
+                    "report_interval_seconds": { "type": "number" },
+                    "near_expiry_seconds": { "type": "integer" },
+                    "proxies": { "type": "array", "items": { "$ref": "#/components/schemas/Proxy" } },
+                    "services": { "type": "array", "items": { "type": "object" } },
+                    "edges": { "type": "array", "items": { "type": "object", "properties": {
+                        "from": { "type": "string" }, "to": { "type": "string" }, "mtls": { "type": "boolean" },
+                        "requests_per_second": { "type": ["number", "null"] },
+                        "error_ratio": { "type": ["number", "null"] } } } },
+                    "certificates": { "type": "array", "items": { "type": "object" } } } })),
+                    "401": unauthorized.clone() } } },
+            "/ui": { "get": { "summary": "the mesh page (HTML; asks for the token in the browser, then reads /v1/mesh)",
+                "responses": { "200": { "description": "text/html" } } } },
             "/v1/certificates": { "post": { "summary": "sign a CSR with the mesh CA",
                 "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object",
                     "required": ["csr"], "properties": {

@@ -78,14 +78,7 @@ impl Discovery for Server {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
-        let certified = self.certificate_suffices
-            && request.extensions().get::<crate::server_tls::Peer>().is_some_and(|p| p.spiffe_id.is_some());
-        if let Some(token) = self.token.as_ref().filter(|_| !certified) {
-            let header = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
-            if !token.accepts(header) {
-                return Err(Status::unauthenticated("missing or wrong bearer token in `authorization`"));
-            }
-        }
+        authenticate(self.token.as_deref(), self.certificate_suffices, &request)?;
         let peer = request.extensions().get::<crate::server_tls::Peer>().cloned();
         let mut inbound = request.into_inner();
         let first = match tokio::time::timeout(FIRST_REQUEST_TIMEOUT, inbound.message()).await {
@@ -113,6 +106,24 @@ impl Discovery for Server {
         tokio::spawn(session.run(inbound, tx));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
+}
+
+/// Checks the bearer token of a discovery-port call (the stream, a stats report), unless a
+/// verified client certificate suffices.
+pub(crate) fn authenticate<T>(
+    token: Option<&Token>,
+    certificate_suffices: bool,
+    request: &Request<T>,
+) -> Result<(), Status> {
+    let certified = certificate_suffices
+        && request.extensions().get::<crate::server_tls::Peer>().is_some_and(|p| p.spiffe_id.is_some());
+    if let Some(token) = token.filter(|_| !certified) {
+        let header = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
+        if !token.accepts(header) {
+            return Err(Status::unauthenticated("missing or wrong bearer token in `authorization`"));
+        }
+    }
+    Ok(())
 }
 
 /// Over mTLS a proxy may only speak for the service its identity names: a node with a

@@ -271,6 +271,12 @@ impl Registry {
         stream
     }
 
+    /// The verified identity of the connected stream of node `id` (`Some(None)`: connected
+    /// without one); `None` when no stream of that node is connected.
+    pub fn connected_identity(&self, id: &str) -> Option<Option<String>> {
+        self.lock().proxies.values().find(|p| p.connected && p.id == id).map(|p| p.identity.clone())
+    }
+
     /// `push` went out on `stream`.
     pub fn sent(&self, stream: StreamId, push: Push) {
         self.metrics.pushes.increment(1);

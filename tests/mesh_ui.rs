@@ -1,0 +1,188 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+// Each test file uses part of the shared helpers and imports.
+#![allow(dead_code, unused_imports)]
+//! The control plane's mesh page `/ui` (DESIGN §14) in headless Chromium: a real control
+//! plane, two real sidecars with mTLS between them reporting their counters, traffic, and
+//! the rendered DOM checked for the proxies, their acked versions and the edge's rate.
+
+mod common;
+use common::*;
+
+use http::Request;
+use std::time::{Duration, Instant};
+
+/// `data-NAME="VALUE"` of the element whose `data-KEY="ID"` opens it, in a dumped DOM.
+fn data_attr(dom: &str, key: &str, id: &str, name: &str) -> Option<String> {
+    let at = dom.find(&format!("data-{key}=\"{id}\""))?;
+    let tag = &dom[..at];
+    let start = tag.rfind('<')?;
+    let end = at + dom[at..].find('>')?;
+    let element = &dom[start..end];
+    let needle = format!("data-{name}=\"");
+    let v = &element[element.find(&needle)? + needle.len()..];
+    Some(v[..v.find('"')?].to_owned())
+}
+
+/// The acked version of each proxy, from `/v1/proxies`.
+async fn acked(pair: &SidecarPair, id: &str) -> u64 {
+    let proxies = pair.cp_get("/v1/proxies").await.json();
+    let p = proxies["proxies"].as_array().unwrap().iter().find(|p| p["id"] == id && p["connected"] == true).cloned();
+    p.and_then(|p| p["acked_version"].as_u64()).unwrap_or_else(|| panic!("{id} not acked: {proxies}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ui_shows_proxies_versions_and_the_mtls_edge_in_chromium() {
+    let Some(chromium) = chromium("ui_shows_proxies_versions_and_the_mtls_edge_in_chromium") else { return };
+    within(Duration::from_secs(90), async {
+        let app = Origin::echo("b-app").await;
+        let pair = SidecarPair::start(app.addr, "").await;
+
+        // Steady traffic a → b over mTLS while the page is looked at (bounded: at most 2,000
+        // requests, 10 ms apart): the edge's rate is measured between two reports.
+        let mut c = Client::h1(pair.a_out).await;
+        for _ in 0..40 {
+            assert_eq!(c.get("/work").await.status, 200);
+        }
+        let traffic = tokio::spawn(async move {
+            for _ in 0..2000 {
+                assert_eq!(c.get("/work").await.status, 200);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let edge = loop {
+            let mesh = pair.cp_get("/v1/mesh").await.json();
+            let edge = mesh["edges"].as_array().unwrap().iter().find(|e| e["from"] == "a" && e["to"] == "b").cloned();
+            if let Some(e) = edge.filter(|e| e["requests_total"].as_u64() >= Some(40)) {
+                break e;
+            }
+            assert!(Instant::now() < deadline, "no a → b edge with the traffic: {mesh}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert_eq!(edge["mtls"], true, "{edge}");
+        assert_eq!(edge["known_service"], true, "{edge}");
+        assert_eq!(edge["errors_total"], 0, "{edge}");
+
+        // The page, with the token in the URL fragment (it never reaches the server).
+        let url = format!("{}/ui#token={}", pair.cp.api_url(), pair.token);
+        let (va, vb) = (acked(&pair, "a-0").await, acked(&pair, "b-0").await);
+        let dom = blocking(|| headless_chromium(chromium, &url, Duration::from_secs(3), &["--dump-dom"]));
+        assert_eq!(data_attr(&dom, "proxy", "a-0", "acked").as_deref(), Some(va.to_string().as_str()), "{dom}");
+        assert_eq!(data_attr(&dom, "proxy", "b-0", "acked").as_deref(), Some(vb.to_string().as_str()), "{dom}");
+        let rate: f64 = data_attr(&dom, "edge", "a|b", "rate").unwrap_or_default().parse().unwrap_or(0.0);
+        assert!(rate > 0.0, "no request rate on a → b in the page: {dom}");
+        assert!(dom.contains(">mTLS<"), "{dom}");
+        assert!(dom.contains(">connected<"), "{dom}");
+        assert!(dom.contains("data-near-expiry"), "no certificates in the page: {dom}");
+
+        // A config change reaches the page: a's acked version moves, and the page shows it.
+        let to_b = serde_json::json!({ "backends": [{ "cluster": "b" }], "timeout": "9s" });
+        assert!(pair.cp.put_with_token(&pair.token, "routes", "to-b", to_b).await.status.is_success());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let va2 = loop {
+            let v = acked(&pair, "a-0").await;
+            if v > va {
+                break v;
+            }
+            assert!(Instant::now() < deadline, "a never acked the change");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let dom = blocking(|| headless_chromium(chromium, &url, Duration::from_secs(3), &["--dump-dom"]));
+        assert_eq!(data_attr(&dom, "proxy", "a-0", "acked").as_deref(), Some(va2.to_string().as_str()), "{dom}");
+
+        // While traffic flows, TRELLIS_UI_SCREENSHOT=docs/ui.png: the screenshot in the docs, from this mesh.
+        if let Some(path) = std::env::var_os("TRELLIS_UI_SCREENSHOT") {
+            let shot = format!("--screenshot={}", std::path::Path::new(&path).display());
+            blocking(|| headless_chromium(chromium, &url, Duration::from_secs(3), &[&shot, "--window-size=1280,1100"]));
+        }
+        traffic.abort();
+
+        // Without the token: the page asks for it and shows no data; the data is refused.
+        let dom = blocking(|| {
+            headless_chromium(chromium, &format!("{}/ui", pair.cp.api_url()), Duration::from_secs(3), &["--dump-dom"])
+        });
+        assert!(!dom.contains("data-proxy=\"a-0\""), "{dom}");
+        assert!(dom.contains("data-state=\"unauthorized\""), "{dom}");
+        let mut anonymous = Client::h1(pair.cp.api).await;
+        assert_eq!(anonymous.get("/v1/mesh").await.status, 401);
+        let mut wrong = Client::h1(pair.cp.api).await;
+        let req = Request::get("/v1/mesh").header("authorization", "Bearer nope").body(full("")).unwrap();
+        assert_eq!(wrong.fetch(req).await.status, 401);
+    })
+    .await;
+}
+
+/// The page's files are the binary's own, with a policy that forbids fetching anything else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ui_files_are_served_without_the_token_and_hold_no_data() {
+    within(Duration::from_secs(30), async {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token"), "t0k3n").unwrap();
+        let token = dir.path().join("token").display().to_string();
+        let cp = blocking(|| {
+            ControlPlane::start_with(&dir.path().join("cp"), listen_addr(), listen_addr(), &["--token-file", &token])
+        });
+        let mut c = Client::h1(cp.api).await;
+        let page = c.get("/ui").await;
+        assert_eq!(page.status, 200);
+        assert!(page.header("content-type").unwrap().starts_with("text/html"));
+        let csp = page.header("content-security-policy").unwrap();
+        assert!(csp.contains("default-src 'none'") && csp.contains("connect-src 'self'"), "{csp}");
+        assert!(page.text().contains("/ui/ui.js"));
+        assert_eq!(c.get("/ui/ui.js").await.status, 200);
+        assert_eq!(c.get("/ui/ui.css").await.status, 200);
+        // Nothing else under /ui is public.
+        assert_eq!(c.get("/ui/other").await.status, 401);
+        assert_eq!(c.get("/v1/mesh").await.status, 401);
+    })
+    .await;
+}
+
+/// `Stats/Report` refuses a caller without the token, a node with no discovery stream here,
+/// and a report over its bounds; a connected node's report is taken and answered with the
+/// interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_reports_are_refused_without_token_stream_or_within_bounds() {
+    use trellis_api::discovery::stats_client::StatsClient;
+    use trellis_api::discovery::{ClusterCounters, StatsReport};
+    within(Duration::from_secs(30), async {
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, "t0k3n").unwrap();
+        let token = token_file.display().to_string();
+        let cp = blocking(|| {
+            ControlPlane::start_with(&dir.path().join("cp"), listen_addr(), listen_addr(), &["--token-file", &token])
+        });
+        let yaml = format!(
+            "node: {{ id: p1, service: svc }}\nadmin: {{ address: \"{{admin}}\" }}\ndrain_timeout: 1s\ncontrol_plane: {{ address: \"{}\", token_file: \"{token}\" }}\n",
+            cp.xds_url()
+        );
+        let _proxy = blocking(|| Proxy::start(&yaml));
+        let channel = tonic::transport::Endpoint::from_shared(cp.xds_url()).unwrap().connect().await.unwrap();
+        let with_token = |mut req: tonic::Request<()>| {
+            req.metadata_mut().insert("authorization", "Bearer t0k3n".parse().unwrap());
+            Ok(req)
+        };
+        let report = |node: &str, clusters: usize| StatsReport {
+            node_id: node.into(),
+            clusters: (0..clusters)
+                .map(|i| ClusterCounters { cluster: format!("c{i}"), requests: 1, ..Default::default() })
+                .collect(),
+            certificates: vec![],
+        };
+
+        let mut anonymous = StatsClient::new(channel.clone());
+        let err = anonymous.report(report("p1", 1)).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+
+        let mut client = StatsClient::with_interceptor(channel, with_token);
+        let err = client.report(report("ghost", 1)).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+        let err = client.report(report("p1", 1025)).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+        assert!(err.message().contains("1025 clusters"), "{err}");
+        let reply = client.report(report("p1", 1)).await.unwrap().into_inner();
+        assert_eq!(reply.interval_ms, 10_000);
+    })
+    .await;
+}
