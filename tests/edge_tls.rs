@@ -518,6 +518,7 @@ async fn auto_tls_cluster_learns_the_upstream_version_by_alpn() {
         let h2_app = AlpnOrigin::start("h2-only", &cert, &key, &[b"h2"]).await;
         let h1_app = AlpnOrigin::start("h1-only", &cert, &key, &[b"http/1.1"]).await;
         let no_alpn = AlpnOrigin::start("no-alpn", &cert, &key, &[]).await;
+        let burst_app = AlpnOrigin::start("burst", &cert, &key, &[b"h2"]).await;
         let bundle = pki.bundle();
 
         let listen = listen_addr();
@@ -531,10 +532,15 @@ async fn auto_tls_cluster_learns_the_upstream_version_by_alpn() {
             format!("  - name: {name}\n    match: {{ path_prefix: /{name}/ }}\n    backends: [{{ cluster: {name} }}]\n")
         };
         let names = ["h2app", "h1app", "noalpn"];
-        let routes: String = names.iter().map(|n| route(n)).collect();
-        let clusters =
-            [cluster("h2app", h2_app.addr), cluster("h1app", h1_app.addr), cluster("noalpn", no_alpn.addr)].concat();
-        let proxy = Proxy::start(&bootstrap(listen, &names, &routes, &clusters));
+        let routes: String = names.iter().chain(&["burst"]).map(|n| route(n)).collect();
+        let clusters = [
+            cluster("h2app", h2_app.addr),
+            cluster("h1app", h1_app.addr),
+            cluster("noalpn", no_alpn.addr),
+            cluster("burst", burst_app.addr),
+        ]
+        .concat();
+        let proxy = Proxy::start(&bootstrap(listen, &["h2app", "h1app", "noalpn", "burst"], &routes, &clusters));
 
         // Before any request nothing is known.
         let view = |proxy: &Proxy| {
@@ -580,6 +586,20 @@ async fn auto_tls_cluster_learns_the_upstream_version_by_alpn() {
             assert_eq!(got.status, 200, "{}", got.text());
             assert_eq!(got.json()["version"], "HTTP/2.0");
         }
+        // A burst of first requests to an endpoint not yet known: one connection learns,
+        // the others wait for it and share it.
+        let many: Vec<_> = (0..20)
+            .map(|i| {
+                let mut c = c.clone_h2();
+                tokio::spawn(async move { c.get(&format!("/burst/b{i}")).await })
+            })
+            .collect();
+        for t in many {
+            let got = t.await.unwrap();
+            assert_eq!(got.status, 200, "{}", got.text());
+            assert_eq!(got.json()["version"], "HTTP/2.0");
+        }
+        assert_eq!(burst_app.handshakes(), vec![Some(b"h2".to_vec())], "a burst opens one connection");
         let h2_handshakes = h2_app.handshakes();
         assert_eq!(h2_handshakes, vec![Some(b"h2".to_vec())], "one connection, h2 selected");
         // The HTTP/1.1 upstreams never saw h2: one connection each, pooled (the

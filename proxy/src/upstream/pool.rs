@@ -267,7 +267,12 @@ async fn send_learning(
     match (wire, io) {
         (Wire::Http2, io) => {
             let (sender, conn) = match io {
-                Some(io) => register_h2(&ep, io).await?,
+                Some(io) => {
+                    let registered = register_h2(&ep, io).await;
+                    // In the pool now: the requests that waited share it.
+                    drop(opening);
+                    registered?
+                }
                 None => {
                     drop(opening);
                     checkout_or_connect_h2(&ep).await?
