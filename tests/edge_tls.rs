@@ -449,3 +449,163 @@ async fn edge_certificate_rotation_applies_to_new_handshakes() {
     })
     .await;
 }
+
+/// A TLS origin that speaks one HTTP version, chosen by its ALPN list: `h2` only (hyper's
+/// HTTP/2 server, nothing else), `http/1.1` only, or no ALPN at all (HTTP/1.1). Records the
+/// protocol each handshake selected; aborted on drop.
+struct AlpnOrigin {
+    addr: SocketAddr,
+    selected: Arc<std::sync::Mutex<Vec<Option<Vec<u8>>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for AlpnOrigin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl AlpnOrigin {
+    async fn start(name: &'static str, cert: &Path, key: &Path, alpn: &[&[u8]]) -> AlpnOrigin {
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+        let mut config = rustls::ServerConfig::builder_with_provider(ring_provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(trellis_certs::load_certs(cert).unwrap(), trellis_certs::load_key(key).unwrap())
+            .unwrap();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let h2_only = alpn == [b"h2"];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let selected: Arc<std::sync::Mutex<Vec<Option<Vec<u8>>>>> = Arc::default();
+        let seen = selected.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let (acceptor, seen) = (acceptor.clone(), seen.clone());
+                tokio::spawn(async move {
+                    let Ok(Ok(tls)) = tokio::time::timeout(secs(5), acceptor.accept(stream)).await else { return };
+                    seen.lock().unwrap().push(tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec));
+                    let svc = hyper::service::service_fn(move |req| async move {
+                        Ok::<_, std::convert::Infallible>(echo_answer(name, req).await)
+                    });
+                    let io = TokioIo::new(tls);
+                    if h2_only {
+                        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                            .serve_connection(io, svc)
+                            .await;
+                    } else {
+                        let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
+                    }
+                });
+            }
+        });
+        AlpnOrigin { addr, selected, task }
+    }
+
+    fn handshakes(&self) -> Vec<Option<Vec<u8>>> {
+        self.selected.lock().unwrap().clone()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_tls_cluster_learns_the_upstream_version_by_alpn() {
+    within(secs(40), async {
+        let pki = Pki::new();
+        let (cert, key) = pki.issue("origin", "spiffe://trellis.local/ns/default/sa/origin", &["origin.test"]);
+        let h2_app = AlpnOrigin::start("h2-only", &cert, &key, &[b"h2"]).await;
+        let h1_app = AlpnOrigin::start("h1-only", &cert, &key, &[b"http/1.1"]).await;
+        let no_alpn = AlpnOrigin::start("no-alpn", &cert, &key, &[]).await;
+        let burst_app = AlpnOrigin::start("burst", &cert, &key, &[b"h2"]).await;
+        let bundle = pki.bundle();
+
+        let listen = listen_addr();
+        let cluster = |name: &str, addr: SocketAddr| {
+            format!(
+                "  - name: {name}\n    protocol: auto\n    tls: {{ mode: tls, sni: origin.test, trust_bundle: \"{}\" }}\n    endpoints: [{{ address: \"{addr}\" }}]\n",
+                bundle.display()
+            )
+        };
+        let route = |name: &str| {
+            format!("  - name: {name}\n    match: {{ path_prefix: /{name}/ }}\n    backends: [{{ cluster: {name} }}]\n")
+        };
+        let names = ["h2app", "h1app", "noalpn"];
+        let routes: String = names.iter().chain(&["burst"]).map(|n| route(n)).collect();
+        let clusters = [
+            cluster("h2app", h2_app.addr),
+            cluster("h1app", h1_app.addr),
+            cluster("noalpn", no_alpn.addr),
+            cluster("burst", burst_app.addr),
+        ]
+        .concat();
+        let proxy = Proxy::start(&bootstrap(listen, &["h2app", "h1app", "noalpn", "burst"], &routes, &clusters));
+
+        // Before any request nothing is known.
+        let view = |proxy: &Proxy| {
+            let (status, body) = admin_get(proxy.admin, "/clusters").unwrap();
+            assert_eq!(status, 200);
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            let alpn_of = |name: &str| {
+                let list = v.as_array().or_else(|| v["clusters"].as_array()).expect("cluster list");
+                let c = list.iter().find(|c| c["name"] == name).unwrap_or_else(|| panic!("{name} in {v}"));
+                c["endpoints"][0]["alpn"].as_str().unwrap_or("null").to_owned()
+            };
+            names.map(alpn_of)
+        };
+        assert_eq!(view(&proxy), ["unknown", "unknown", "unknown"]);
+
+        // h2 and HTTP/1.1 clients, one after the other, then many at once on one h2 client.
+        for h2_client in [false, true] {
+            let mut c = if h2_client { Client::h2(listen).await } else { Client::h1(listen).await };
+            for (path, origin, version) in
+                [("/h2app/a", "h2-only", "HTTP/2.0"), ("/h1app/a", "h1-only", "HTTP/1.1"), ("/noalpn/a", "no-alpn", "HTTP/1.1")]
+            {
+                let got = c.get(path).await;
+                assert_eq!(got.status, 200, "{path} (h2 client: {h2_client}): {}\n{}", got.text(), proxy.logs());
+                let j = got.json();
+                assert_eq!(j["origin"], origin, "{j}");
+                assert_eq!(j["version"], version, "{path} (h2 client: {h2_client}): {j}");
+                assert_eq!(j["path"], path);
+            }
+        }
+        assert_eq!(view(&proxy), ["h2", "http/1.1", "http/1.1"]);
+
+        // The h2 upstream is multiplexed: 20 concurrent requests ride the one connection
+        // its first request opened (with both versions offered; the upstream chose h2).
+        let c = Client::h2(listen).await;
+        let many: Vec<_> = (0..20)
+            .map(|i| {
+                let mut c = c.clone_h2();
+                tokio::spawn(async move { c.get(&format!("/h2app/m{i}")).await })
+            })
+            .collect();
+        for t in many {
+            let got = t.await.unwrap();
+            assert_eq!(got.status, 200, "{}", got.text());
+            assert_eq!(got.json()["version"], "HTTP/2.0");
+        }
+        // A burst of first requests to an endpoint not yet known: one connection learns,
+        // the others wait for it and share it.
+        let many: Vec<_> = (0..20)
+            .map(|i| {
+                let mut c = c.clone_h2();
+                tokio::spawn(async move { c.get(&format!("/burst/b{i}")).await })
+            })
+            .collect();
+        for t in many {
+            let got = t.await.unwrap();
+            assert_eq!(got.status, 200, "{}", got.text());
+            assert_eq!(got.json()["version"], "HTTP/2.0");
+        }
+        assert_eq!(burst_app.handshakes(), vec![Some(b"h2".to_vec())], "a burst opens one connection");
+        let h2_handshakes = h2_app.handshakes();
+        assert_eq!(h2_handshakes, vec![Some(b"h2".to_vec())], "one connection, h2 selected");
+        // The HTTP/1.1 upstreams never saw h2: one connection each, pooled (the
+        // requests above were sequential).
+        assert!(h1_app.handshakes().iter().all(|p| p.as_deref() == Some(&b"http/1.1"[..])), "{:?}", h1_app.handshakes());
+        assert!(no_alpn.handshakes().iter().all(Option::is_none), "{:?}", no_alpn.handshakes());
+    })
+    .await;
+}

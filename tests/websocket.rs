@@ -408,3 +408,199 @@ clusters:
     })
     .await;
 }
+
+/// An h2 client connection to `addr` (its driver spawned).
+async fn h2_client(addr: SocketAddr) -> h2::client::SendRequest<bytes::Bytes> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client.ready().await.unwrap()
+}
+
+/// A classic CONNECT over HTTP/2 (RFC 9113 §8.5: `:method CONNECT` and `:authority` only).
+fn h2_connect(authority: &str) -> http::Request<()> {
+    // The h2 crate sends an authority-form URI as `:authority` alone, no `:scheme`/`:path`.
+    http::Request::builder().method("CONNECT").uri(authority).body(()).unwrap()
+}
+
+/// Reads DATA off `recv` until `n` bytes came.
+async fn read_h2_n(recv: &mut h2::RecvStream, n: usize) -> Vec<u8> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let chunk = recv.data().await.expect("stream open").unwrap();
+        let _ = recv.flow_control().release_capacity(chunk.len());
+        got.extend_from_slice(&chunk);
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_over_http2_tunnels_with_the_same_port_rules() {
+    bounded(LIMIT, async {
+        let (echo, _echo) = tcp_echo_server().await;
+        let (tunnels, plain) = (listen_addr(), listen_addr());
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("access.log");
+        let yaml = format!(
+            r#"admin: {{ address: "{{admin}}" }}
+access_log: {{ path: "{log}" }}
+listeners:
+  - {{ name: tunnels, address: "{tunnels}", connect: true, connect_ports: [443, 8443], routes: [db] }}
+  - {{ name: plain, address: "{plain}", routes: [db] }}
+routes:
+  - {{ name: db, match: {{ host: db.internal }}, idle_timeout: 2s, backends: [{{ cluster: db }}] }}
+clusters:
+  - {{ name: db, endpoints: [{{ address: "{echo}" }}] }}
+"#,
+            log = log.display()
+        );
+        let proxy = Proxy::start(&yaml);
+
+        // Two tunnels at once on one h2 connection, each its own stream of bytes.
+        let mut client = h2_client(tunnels).await;
+        let mut streams = Vec::new();
+        for port in [443, 8443] {
+            let (resp, send) = client.send_request(h2_connect(&format!("db.internal:{port}")), false).unwrap();
+            let resp = resp.await.unwrap();
+            assert_eq!(resp.status(), 200, "{resp:?}\n{}", proxy.logs());
+            assert!(resp.headers().get("content-length").is_none(), "no framing on a CONNECT 2xx: {resp:?}");
+            streams.push((send, resp.into_body()));
+            client = client.ready().await.unwrap();
+        }
+        for (i, (send, recv)) in streams.iter_mut().enumerate() {
+            let msg = format!("bytes through tunnel {i}");
+            send.send_data(bytes::Bytes::from(msg.clone()), false).unwrap();
+            assert_eq!(read_h2_n(recv, msg.len()).await, msg.as_bytes());
+        }
+        // 1 MiB through one tunnel and back: flow control both ways.
+        let (send, recv) = &mut streams[0];
+        let big: Vec<u8> = (0..1024 * 1024).map(|i| (i % 251) as u8).collect();
+        let write = async {
+            for chunk in big.chunks(16 * 1024) {
+                send.reserve_capacity(chunk.len());
+                while std::future::poll_fn(|cx| send.poll_capacity(cx)).await.expect("stream open").unwrap()
+                    < chunk.len()
+                {}
+                send.send_data(bytes::Bytes::copy_from_slice(chunk), false).unwrap();
+            }
+        };
+        let (_, echoed) = tokio::join!(write, read_h2_n(recv, big.len()));
+        assert!(echoed == big, "1 MiB echoed whole and in order");
+        // The client ends its side: the echo server closes, the stream ends.
+        for (mut send, mut recv) in streams {
+            send.send_data(bytes::Bytes::new(), true).unwrap();
+            let end = tokio::time::timeout(Duration::from_secs(5), async {
+                loop {
+                    match recv.data().await {
+                        Some(Ok(b)) if b.is_empty() => continue,
+                        other => return other,
+                    }
+                }
+            })
+            .await
+            .expect("the tunnel ends");
+            assert!(end.is_none(), "END_STREAM after the client's: {end:?}");
+        }
+
+        // A port not allowed: 403 with the reason; a listener without `connect`: 405.
+        for (addr, port, status, reason) in
+            [(tunnels, 22, 403, "connect port not allowed"), (plain, 443, 405, "connect not allowed")]
+        {
+            let mut client = h2_client(addr).await;
+            let (resp, _send) = client.send_request(h2_connect(&format!("db.internal:{port}")), false).unwrap();
+            let resp = resp.await.unwrap();
+            assert_eq!(resp.status(), status, "{resp:?}");
+            assert_eq!(resp.headers()["x-trellis-error"], reason, "{resp:?}");
+        }
+
+        let lines = access_log_lines(&log, 4).await;
+        let ok: Vec<_> = lines.iter().filter(|l| l["status"] == 200).collect();
+        assert_eq!(ok.len(), 2, "{lines:?}");
+        assert!(ok.iter().all(|l| l["method"] == "CONNECT" && l["protocol"] == "HTTP/2"), "{ok:?}");
+        let upgrades = metric_value(
+            &blocking(|| proxy.metrics()),
+            "trellis_upgrades_total",
+            &[("listener", "tunnels"), ("protocol", "connect")],
+        );
+        assert_eq!(upgrades, Some(2.0));
+    })
+    .await;
+}
+
+/// Reads until the peer closes (EOF or reset); returns when that happened.
+async fn closed_at(s: &mut TcpStream) -> Instant {
+    let mut buf = [0u8; 1024];
+    loop {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return Instant::now(),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Drain with tunnels open: a WebSocket (HTTP/1.1 upgrade) and a CONNECT over HTTP/2 to
+/// peers that never close and a route idle timeout far longer than the drain. The tunnels
+/// are opaque byte streams (no close frame is sent): they keep carrying bytes while the
+/// proxy drains and are cut at the drain deadline, and the process exits then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_cuts_upgraded_streams_at_the_deadline() {
+    bounded(LIMIT, async {
+        let (silent, _silent) = silent_upstream().await;
+        let (echo, _echo) = tcp_echo_server().await;
+        let listen = listen_addr();
+        let yaml = format!(
+            r#"admin: {{ address: "{{admin}}" }}
+drain_timeout: 2s
+listeners:
+  - {{ name: in, address: "{listen}", connect: true, routes: [db, ws] }}
+routes:
+  - {{ name: db, match: {{ host: db.internal }}, idle_timeout: 60s, backends: [{{ cluster: db }}] }}
+  - {{ name: ws, match: {{ path_prefix: /ws }}, idle_timeout: 60s, backends: [{{ cluster: ws }}] }}
+clusters:
+  - {{ name: db, endpoints: [{{ address: "{echo}" }}] }}
+  - {{ name: ws, endpoints: [{{ address: "{silent}" }}] }}
+"#
+        );
+        let mut proxy = Proxy::start(&yaml);
+
+        let mut ws = TcpStream::connect(listen).await.unwrap();
+        ws.write_all(upgrade_head("/ws").as_bytes()).await.unwrap();
+        assert!(read_head(&mut ws).await.starts_with("HTTP/1.1 101"));
+        let mut client = h2_client(listen).await;
+        let (resp, mut send) = client.send_request(h2_connect("db.internal:443"), false).unwrap();
+        let resp = resp.await.unwrap();
+        assert_eq!(resp.status(), 200, "{resp:?}");
+        let mut recv = resp.into_body();
+
+        proxy.signal("TERM");
+        let asked = Instant::now();
+        // While draining, the tunnel still carries bytes.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        send.send_data(bytes::Bytes::from_static(b"still open"), false).unwrap();
+        assert_eq!(read_h2_n(&mut recv, 10).await, b"still open");
+        ws.write_all(b"\x81\x80\0\0\0\0").await.unwrap();
+
+        let ws_closed = closed_at(&mut ws).await;
+        let tunnel_closed = async {
+            loop {
+                match recv.data().await {
+                    Some(Ok(b)) => {
+                        let _ = recv.flow_control().release_capacity(b.len());
+                    }
+                    _ => return Instant::now(),
+                }
+            }
+        }
+        .await;
+        for (what, at) in [("websocket", ws_closed), ("h2 CONNECT", tunnel_closed)] {
+            let after = at - asked;
+            assert!(after >= Duration::from_millis(1500), "{what} closed {after:?} after TERM: before the deadline");
+            assert!(after <= Duration::from_secs(6), "{what} closed {after:?} after TERM: held past the deadline");
+        }
+        let status = blocking(|| proxy.wait_exit(Duration::from_secs(5)));
+        assert!(status.is_some(), "the proxy exits after its drain: {}", proxy.logs());
+    })
+    .await;
+}

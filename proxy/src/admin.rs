@@ -114,6 +114,7 @@ fn clusters(snap: &Snapshot) -> serde_json::Value {
                         "total_requests": e.total.load(Ordering::Relaxed),
                         "idle_http1_connections": idle,
                         "http2_connections": h2,
+                        "alpn": e.alpn.label(),
                     })
                 })
                 .collect();

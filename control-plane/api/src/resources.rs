@@ -638,7 +638,8 @@ pub enum ClusterProtocol {
     /// HTTP/2 (h2c, or h2 over TLS), multiplexed.
     Http2,
     /// HTTP/1.1 unless the app is known to speak h2 (a mesh peer said so, a transparent
-    /// client chose h2 for it, or the request is gRPC); h2 between sidecars (DESIGN §9, §11).
+    /// client chose h2 for it, the request is gRPC, or over `tls: { mode: tls }` the
+    /// endpoint selected h2 by ALPN); h2 between sidecars (DESIGN §9, §11).
     #[default]
     Auto,
 }

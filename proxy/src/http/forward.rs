@@ -211,7 +211,7 @@ fn route_for(
         return Err(ForwardError::LoopDetected(max_hops));
     }
     if req.method() == http::Method::CONNECT {
-        check_connect(req, listener, ctx.h2)?;
+        check_connect(req, listener)?;
     }
     // Denied unless rules with MCP conditions allow each call of the body (mcp routes).
     let mut deferred = None;
@@ -482,14 +482,14 @@ fn mcp_caller<'a>(ctx: &'a ConnCtx, route: &'a Route) -> crate::mcp::Caller<'a> 
     crate::mcp::Caller { listener: &ctx.listener, route: &route.name, peer_id: ctx.peer_id.as_deref(), ip: ctx.peer.ip }
 }
 
-/// Whether this listener carries `req`, a CONNECT: `connect: true`, over HTTP/1.1 (the
-/// tunnel is carried by the HTTP/1 server), to a port in `connect_ports`.
-fn check_connect(req: &Request<ClientBody>, listener: &Listener, h2: bool) -> Result<(), ForwardError> {
+/// Whether this listener carries `req`, a CONNECT: `connect: true`, over HTTP/1.1 or
+/// HTTP/2 (whose servers carry tunnels; HTTP/3's does not), to a port in `connect_ports`.
+fn check_connect(req: &Request<ClientBody>, listener: &Listener) -> Result<(), ForwardError> {
     if !listener.spec.connect {
         return Err(ForwardError::ConnectRefused("CONNECT is not enabled on this listener (connect: true)"));
     }
-    if h2 || req.version() != http::Version::HTTP_11 {
-        return Err(ForwardError::ConnectRefused("CONNECT tunnels are carried over HTTP/1.1 only"));
+    if !matches!(req.version(), http::Version::HTTP_11 | http::Version::HTTP_2) {
+        return Err(ForwardError::ConnectRefused("CONNECT tunnels are carried over HTTP/1.1 and HTTP/2 only"));
     }
     let port = req.uri().port_u16().unwrap_or(0);
     let allowed = listener.spec.connect_ports.as_deref().unwrap_or(&trellis_api::DEFAULT_CONNECT_PORTS);

@@ -105,6 +105,14 @@ pub fn prepare_request<B>(req: &mut Request<B>, peer: &Peer, wire: Wire) {
         e.insert(traceparent(fastrand::u128(1..), fastrand::u64(1..)));
     }
 
+    set_form(req, wire);
+}
+
+/// Puts `req` in `wire`'s form: HTTP/1.1 with `Host` and an origin-form target, or
+/// HTTP/2 with `:authority` (also used when an endpoint's ALPN decides the version after
+/// [`prepare_request`] ran, `upstream::pool`).
+#[inline]
+pub fn set_form<B>(req: &mut Request<B>, wire: Wire) {
     // Parsed only when needed: an HTTP/1.1 request with a Host header keeps it as it is.
     let authority = |req: &Request<B>| -> Option<Authority> {
         req.uri()

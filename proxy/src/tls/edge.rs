@@ -101,14 +101,22 @@ pub fn server_config(tls: &api::ListenerTls) -> Result<EdgeServer, TlsError> {
     Ok(EdgeServer { tcp, quic, expiries })
 }
 
-/// The client config of a `tls` cluster for one ALPN protocol.
-pub fn client_config(trust_bundle: &str, alpn: &[u8]) -> Result<Arc<ClientConfig>, TlsError> {
+/// The client configs of a `tls` cluster, one per ALPN offer in `alpns` (the trust bundle
+/// read once; each config with its own session cache).
+pub fn client_configs(trust_bundle: &str, alpns: &[&[&[u8]]]) -> Result<Vec<Arc<ClientConfig>>, TlsError> {
     let roots = files::roots(Path::new(trust_bundle))?;
-    let mut c = ClientConfig::builder_with_provider(crate::tls::provider())
+    let base = ClientConfig::builder_with_provider(crate::tls::provider())
         .with_safe_default_protocol_versions()
         .map_err(|source| TlsError::Rustls { what: "tls client config".into(), source })?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    c.alpn_protocols = vec![alpn.to_vec()];
-    Ok(Arc::new(c))
+    Ok(alpns
+        .iter()
+        .map(|offer| {
+            let mut c = base.clone();
+            c.resumption = rustls::client::Resumption::default();
+            c.alpn_protocols = offer.iter().map(|p| p.to_vec()).collect();
+            Arc::new(c)
+        })
+        .collect())
 }

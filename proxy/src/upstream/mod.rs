@@ -3,6 +3,7 @@
 //! bodies of either version as `response::ResponseBody`). Endpoint objects (with their pools, load,
 //! outlier and health state) outlive config reloads while the endpoint stays in its cluster.
 
+pub mod alpn;
 pub mod balancer;
 pub mod h1;
 pub mod h2;
@@ -96,6 +97,8 @@ pub struct Endpoint {
     /// The SPIFFE ID the endpoint's proxy presents (an endpoint's `identity`, a registered
     /// sidecar's, or a transparent destination's).
     pub identity: Option<Arc<str>>,
+    /// The HTTP version its TLS handshake selected, for `auto` clusters over `tls`.
+    pub alpn: alpn::Alpn,
     pub pool: pool::Pool,
 }
 
@@ -118,6 +121,7 @@ impl Endpoint {
             tls_spec: None,
             host: addr.ip().to_string(),
             identity: None,
+            alpn: alpn::Alpn::new(false),
             pool: pool::Pool::new(workers),
         }
     }
@@ -157,9 +161,13 @@ impl Cluster {
         // By address, so a cluster of thousands of endpoints is rebuilt in linear time.
         let previous: std::collections::HashMap<SocketAddr, &Arc<Endpoint>> =
             prev.map(|p| p.endpoints.iter().map(|e| (e.addr, e)).collect()).unwrap_or_default();
+        let tls_cluster = spec.protocol == api::ClusterProtocol::Auto
+            && spec.tls.as_ref().is_some_and(|t| t.mode == api::ClusterTlsMode::Tls);
         let endpoints: Vec<Arc<Endpoint>> = addrs
             .into_iter()
             .map(|(addr, e, own_tls)| {
+                // Endpoints with an identity are sidecars over mesh mTLS: known to speak h2.
+                let learns = tls_cluster && e.identity.is_none();
                 let kept = previous.get(&addr).filter(|old| {
                     old.settings == settings
                         && old.weight == e.weight
@@ -167,6 +175,7 @@ impl Cluster {
                         && old.health_check == spec.health_check
                         && old.tls_spec == spec.tls
                         && old.identity.as_deref() == e.identity.as_deref()
+                        && old.alpn.learns() == learns
                 });
                 let ep = match kept {
                     Some(old) => (*old).clone(),
@@ -177,6 +186,7 @@ impl Cluster {
                         ep.health_check = spec.health_check.clone();
                         ep.tls_spec = spec.tls.clone();
                         ep.identity = e.identity.as_deref().map(Arc::from);
+                        ep.alpn = alpn::Alpn::new(learns);
                         ep.host = e
                             .address
                             .rsplit_once(':')

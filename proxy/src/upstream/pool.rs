@@ -8,6 +8,7 @@ use crate::http::body::{ClientBodyError, RequestBody};
 use crate::http::fault::Side;
 use crate::resilience::breaker::Threshold;
 use crate::tls::io::MaybeTls;
+use crate::upstream::alpn::Learned;
 use crate::upstream::h1;
 use crate::upstream::h2::{self, ConnState};
 use crate::upstream::response::ResponseBody;
@@ -208,14 +209,94 @@ pub fn send(
     }
     ep.active.fetch_add(1, Ordering::Relaxed);
     ep.total.fetch_add(1, Ordering::Relaxed);
+    let mut req = req;
+    // An endpoint that learns its version by ALPN (`tls` clusters under `auto`) decides it
+    // here; an upgrade stays HTTP/1.1, the version that has `Upgrade`. Others: one load.
+    let wire = match ep.alpn.get() {
+        Learned::Off => wire,
+        _ if req.headers().contains_key(http::header::UPGRADE) => wire,
+        Learned::Known(learned) => {
+            if learned != wire {
+                crate::http::headers::set_form(&mut req, learned);
+            }
+            learned
+        }
+        Learned::Unknown => {
+            let lease = Lease { endpoint: ep, h2_streams: None };
+            return Either::Left(Either::Left(Either::Right(Box::pin(send_learning(lease, req)))));
+        }
+    };
     // From here on the lease owns the `active` count, whatever happens.
     let lease = Lease { endpoint: ep, h2_streams: None };
     match wire {
         Wire::Http1 => match h1::Outgoing::new(req) {
-            Ok(out) => Either::Left(Either::Left(send_h1(lease, out))),
+            Ok(out) => Either::Left(Either::Left(Either::Left(send_h1(lease, out)))),
             Err(e) => Either::Right(ready(Err(e.into()))),
         },
         Wire::Http2 => Either::Left(Either::Right(send_h2(lease, req))),
+    }
+}
+
+/// The first exchange with an endpoint whose version is not known yet: a connection that
+/// offers `h2` and `http/1.1`, and the request sent in the version the upstream selected
+/// (which the endpoint remembers). One such connection at a time per endpoint: requests
+/// that waited go the learned way.
+async fn send_learning(
+    mut lease: Lease,
+    mut req: Request<RequestBody>,
+) -> Result<(Response<ResponseBody>, Lease), UpstreamError> {
+    let ep = lease.endpoint.clone();
+    let opening = ep.pool.h2_connecting.lock().await;
+    let wire = match ep.alpn.get() {
+        Learned::Known(w) => Some(w),
+        Learned::Off => Some(Wire::Http1),
+        Learned::Unknown => None,
+    };
+    let (wire, io) = match wire {
+        Some(w) => (w, None),
+        None => {
+            let io = connect_tcp(&ep, Use::Learn).await?;
+            let selected = match &io {
+                MaybeTls::Tls(t) => t.get_ref().1.alpn_protocol(),
+                MaybeTls::Plain(_) => None,
+            };
+            (ep.alpn.learn(selected), Some(io))
+        }
+    };
+    crate::http::headers::set_form(&mut req, wire);
+    match (wire, io) {
+        (Wire::Http2, io) => {
+            let (sender, conn) = match io {
+                Some(io) => {
+                    let registered = register_h2(&ep, io).await;
+                    // In the pool now: the requests that waited share it.
+                    drop(opening);
+                    registered?
+                }
+                None => {
+                    drop(opening);
+                    checkout_or_connect_h2(&ep).await?
+                }
+            };
+            let conn = lease.h2_streams.insert(conn);
+            let resp = h2::send(sender, conn, req).await?;
+            Ok((resp.map(ResponseBody::H2), lease))
+        }
+        (Wire::Http1, io) => {
+            drop(opening);
+            let mut out = h1::Outgoing::new(req)?;
+            let conn = match io {
+                Some(io) => h1::Conn::new(io, ConnSlot(ep.counts.clone())),
+                None => match ep.pool.take_h1() {
+                    Some(c) => c,
+                    None => connect_h1(&ep).await?,
+                },
+            };
+            match h1::exchange(conn, &mut out, &ep).await {
+                Ok(resp) => Ok((resp.map(ResponseBody::H1), lease)),
+                Err(f) => Err(f.error.into()),
+            }
+        }
     }
 }
 
@@ -309,6 +390,8 @@ enum Use {
     Http1,
     Http2,
     L4,
+    /// An endpoint learning its version: both offered (`upstream::alpn`).
+    Learn,
 }
 
 /// Opens a TCP connection under the cluster's `max_connections` and `max_pending`
@@ -345,6 +428,7 @@ async fn connect_tcp(ep: &Endpoint, what: Use) -> Result<MaybeTls, UpstreamError
         Use::Http1 => tls.h1.clone(),
         Use::Http2 => tls.h2.clone(),
         Use::L4 => tls.l4.clone(),
+        Use::Learn => tls.learn.clone().unwrap_or_else(|| tls.h1.clone()),
     };
     let name = tls.sni.as_deref().unwrap_or(&ep.host);
     let server_name = ServerName::try_from(name.to_owned()).unwrap_or_else(|_| ServerName::from(addr.ip()));
@@ -357,6 +441,8 @@ async fn connect_tcp(ep: &Endpoint, what: Use) -> Result<MaybeTls, UpstreamError
         Ok(Ok(s)) => Ok(MaybeTls::Tls(Box::new(s))),
         Ok(Err(e)) => {
             ep.counts.release(Threshold::MaxConnections);
+            // The upstream may have changed protocols (a learned one offered alone failed).
+            ep.alpn.forget();
             if let Some(m) = crate::tls::mesh::identity_mismatch(&e) {
                 return Err(UpstreamError::Identity(m.to_string()));
             }
@@ -393,10 +479,17 @@ async fn open_h2(ep: &Endpoint) -> Result<(h2::Sender, Arc<ConnState>), Upstream
         return Ok(c);
     }
     let io = connect_tcp(ep, Use::Http2).await?;
+    register_h2(ep, io).await
+}
+
+/// Runs the HTTP/2 handshake on a new connection to `ep` (holding a `max_connections`
+/// unit), starts its driver and adds it to the pool, with one stream counted for the caller.
+async fn register_h2(ep: &Endpoint, io: MaybeTls) -> Result<(h2::Sender, Arc<ConnState>), UpstreamError> {
     let (sender, conn) = match h2::handshake(io).await {
         Ok(x) => x,
         Err(e) => {
             ep.counts.release(Threshold::MaxConnections);
+            ep.alpn.forget();
             return Err(UpstreamError::Handshake(e));
         }
     };

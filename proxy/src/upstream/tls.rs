@@ -16,6 +16,9 @@ pub struct UpstreamTls {
     /// L4 (opaque TCP) connections: mesh ones say so by ALPN, so a transparent inbound
     /// proxy forwards them as bytes.
     pub l4: Arc<rustls::ClientConfig>,
+    /// `tls` clusters: offers `h2` and `http/1.1`, for an endpoint that learns its version
+    /// from the upstream's choice (`upstream::alpn`). Mesh peers are known to speak h2.
+    pub learn: Option<Arc<rustls::ClientConfig>>,
     /// `tls` clusters: the SNI (and verified name); else the endpoint's host.
     pub sni: Option<String>,
 }
@@ -27,6 +30,7 @@ impl UpstreamTls {
             h1: client_config(mesh, id, ALPN_HTTP1)?,
             h2: client_config(mesh, id, ALPN_H2)?,
             l4: client_config(mesh, id, ALPN_OPAQUE)?,
+            learn: None,
             sni: None,
         })
     }
@@ -43,13 +47,10 @@ pub fn tls_for(spec: &api::Cluster, mesh: Option<&Mesh>) -> Result<Option<Arc<Up
         }
         api::ClusterTlsMode::Tls => {
             let bundle = t.trust_bundle.as_deref().unwrap_or_default();
-            let h1 = crate::tls::edge::client_config(bundle, ALPN_HTTP1)?;
-            UpstreamTls {
-                l4: h1.clone(),
-                h1,
-                h2: crate::tls::edge::client_config(bundle, ALPN_H2)?,
-                sni: t.sni.clone(),
-            }
+            let offers: [&[&[u8]]; 3] = [&[ALPN_HTTP1], &[ALPN_H2], &[ALPN_H2, ALPN_HTTP1]];
+            let [h1, h2, learn] = <[_; 3]>::try_from(crate::tls::edge::client_configs(bundle, &offers)?)
+                .map_err(|_| TlsError::Invalid("tls client configs".into()))?;
+            UpstreamTls { l4: h1.clone(), h1, h2, learn: Some(learn), sni: t.sni.clone() }
         }
     };
     Ok(Some(Arc::new(built)))

@@ -170,11 +170,12 @@ async fn exchange(req: Request<RecvStream>, mut respond: SendResponse<Bytes>, ct
         }
     };
     let Some(mut resp) = forward_unless_reset(req, &mut respond, &ctx).await else { return };
+    // A tunnel comes with a 101 (the upstream switched: WebSocket) or a 200 (CONNECT).
     if let Some(recv) = tunnel
-        && resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
+        && matches!(resp.status(), http::StatusCode::SWITCHING_PROTOCOLS | http::StatusCode::OK)
         && let Some(t) = resp.extensions_mut().remove::<upgrade::Upgraded>().and_then(|u| u.take())
     {
-        // The upstream switched: a 200 opens the tunnel (RFC 8441 §5), the stream carries it.
+        // A 200 opens the tunnel (RFC 8441 §5, RFC 9113 §8.5), the stream carries it.
         let mut head = Response::new(());
         for name in [http::header::SEC_WEBSOCKET_PROTOCOL, http::header::SEC_WEBSOCKET_EXTENSIONS] {
             if let Some(v) = resp.headers().get(&name) {
@@ -184,7 +185,7 @@ async fn exchange(req: Request<RecvStream>, mut respond: SendResponse<Bytes>, ct
         head.headers_mut().insert(DATE, crate::http::date::value());
         match respond.send_response(head, false) {
             Ok(send) => upgrade::splice(&mut H2Io::new(send, recv), bytes::BytesMut::new(), t).await,
-            Err(e) => tracing::debug!(error = %e, "extended CONNECT: 200 not sent"),
+            Err(e) => tracing::debug!(error = %e, "CONNECT: 200 not sent"),
         }
         return;
     }
@@ -232,7 +233,9 @@ fn into_request(req: Request<RecvStream>) -> Result<Incoming, Reason> {
             tracing::debug!("h2 CONNECT with a body is not supported");
             return Err(Reason::INTERNAL_ERROR);
         }
-        return Ok(Incoming { req: Request::from_parts(parts, ClientBody::Empty), back: None, tunnel: None });
+        // RFC 9113 §8.5: the stream carries the tunnel once answered 2xx (`forward` checks
+        // the listener's `connect` and `connect_ports`).
+        return Ok(Incoming { req: Request::from_parts(parts, ClientBody::Empty), back: None, tunnel: Some(recv) });
     }
     if recv.is_end_stream() {
         let req = Request::from_parts(parts, ClientBody::H2(RecvBody::new(recv, len)));
