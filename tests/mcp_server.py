@@ -13,6 +13,7 @@ import asyncio
 import sys
 
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
 
 ARGS = sys.argv[2:]
 REPLICA = ARGS[ARGS.index("--replica") + 1] if "--replica" in ARGS else "r0"
@@ -23,7 +24,7 @@ server = MCPServer("trellis-test-tools")
 
 def check():
     if BROKEN:
-        raise RuntimeError(f"replica {REPLICA} is broken")
+        raise ToolError(f"replica {REPLICA} is broken")
 
 
 @server.tool()
@@ -64,7 +65,7 @@ async def slow(ms: int) -> str:
 @server.tool()
 def fail() -> str:
     """Always fails."""
-    raise ValueError("the fail tool failed, as asked")
+    raise ToolError("the fail tool failed, as asked")
 
 
 @server.tool()

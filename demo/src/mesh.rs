@@ -189,7 +189,9 @@ impl Mesh {
 
     pub fn print_guide(&self) {
         let d = self.dir.path().display();
-        println!("Trellis demo: a control plane, two sidecars with mTLS between them, and two agent services.");
+        println!(
+            "Trellis demo: a control plane, two sidecars with mTLS between them, two agent services and an MCP tool server."
+        );
         println!();
         println!("  planner app  http://{}/plan   (calls tools through its sidecar)", self.planner_app);
         println!("  planner sidecar  outbound {}  admin http://{}", self.outbound, self.admins[0]);
