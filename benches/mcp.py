@@ -6,7 +6,8 @@
    the same without it, same proxy process, same origin, runs interleaved (A B A B ...).
 2. Memory per open MCP SSE session: N GET streams, each with its own `Mcp-Session-Id`
    (so each is also a session remembered for affinity), held open through the `mcp`
-   route; the proxy's RSS growth divided by N.
+   route; the proxy's RSS growth divided by N; and the same N streams through the route
+   without `mcp` (each figure from a fresh proxy process).
 
 Layout: trellis-origin + wrk pinned on cpu0, the proxy (one worker) on cpu1. Bounded:
 every step has a timeout; everything started here is stopped by its own handle.
@@ -153,15 +154,30 @@ clusters:
         print(f"median: without mcp {med('plain'):.0f} rps, with mcp {med('mcp'):.0f} rps "
               f"({med('mcp') / med('plain'):.3f}x)")
 
-        before = rss_kb(proxy.pid)
-        loop = asyncio.new_event_loop()
-        conns = loop.run_until_complete(asyncio.wait_for(hold_sessions(mcp, a.sessions, 3), 120))
-        after = rss_kb(proxy.pid)
-        print(f"{a.sessions} open MCP SSE sessions: proxy RSS {before} kB -> {after} kB, "
-              f"{(after - before) * 1024 / a.sessions / 1000:.2f} KB per session")
-        for _, w in conns:
-            w.close()
-        loop.close()
+        proxy.kill()
+        proxy.wait()
+        # Memory: a fresh proxy per figure (freed memory stays with the allocator), the
+        # same N streams through the route without mcp, then through the mcp route.
+        for name, port in (("plain SSE streams (route without mcp)", plain), ("MCP SSE sessions", mcp)):
+            proxy = subprocess.Popen(
+                ["taskset", "-c", "1", f"{a.bin}/trellis", "proxy", "--config", cfg, "--threads", "1"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            started.append(proxy)
+            wait_ready(f"http://127.0.0.1:{admin}/ready")
+            time.sleep(1)
+            before = rss_kb(proxy.pid)
+            loop = asyncio.new_event_loop()
+            conns = loop.run_until_complete(asyncio.wait_for(hold_sessions(port, a.sessions, 3), 120))
+            after = rss_kb(proxy.pid)
+            print(f"{a.sessions} open {name}: proxy RSS {before} kB -> {after} kB, "
+                  f"{(after - before) * 1024 / a.sessions / 1000:.2f} KB each", flush=True)
+            for _, w in conns:
+                w.close()
+            loop.close()
+            proxy.kill()
+            proxy.wait()
     finally:
         for p in started:
             p.kill()
