@@ -15,4 +15,10 @@ fn demo_runs_a_mesh_with_traffic_and_no_errors() {
     assert!(ok > 10, "too few plans went through: {total}");
     assert!(total.contains(" 0 errors"), "errors in the demo: {total}\n{stderr}");
     assert!(stdout.contains("trellis ctl --server"), "the guide names ctl commands: {stdout}");
+    // The MCP session through the sidecars: the allowed tool answers, the denied one gets
+    // the policy's JSON-RPC error, and tools/list shows only the allowed tool.
+    let line = |start: &str| stdout.lines().find(|l| l.trim_start().starts_with(start)).unwrap_or_default();
+    assert!(line("tools/list").contains("[\"search_docs\"]"), "{stdout}");
+    assert!(line("tools/call search_docs").contains("200  allowed: \"3 documents match"), "{stdout}");
+    assert!(line("tools/call delete_repo").contains("403  denied: JSON-RPC -32001"), "{stdout}");
 }

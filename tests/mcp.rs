@@ -65,7 +65,8 @@ async fn an_mcp_session_sees_only_the_tools_its_identity_may_call() {
         assert_eq!(got["server"], "trellis-test-tools", "{kind}: {got}");
         // tools/list is filtered to what AGENT may call.
         assert_eq!(got["tools"], json!(["add", "search"]), "{kind}: {got}");
-        assert_eq!(got["calls"]["search"], json!({ "ok": true, "text": "results for mesh" }), "{kind}: {got}");
+        assert_eq!(got["calls"]["search"]["ok"], true, "{kind}: {got}");
+        assert_eq!(got["calls"]["search"]["text"], "results for mesh", "{kind}: {got}");
         assert_eq!(got["calls"]["add"]["text"], "5", "{kind}: {got}");
         // The denied call is a JSON-RPC error the client shows, made by the proxy.
         let denied = &got["calls"]["delete_everything"];
@@ -332,4 +333,160 @@ async fn a_body_that_stops_coming_gets_408() {
     assert_eq!(got.status, 408, "{}", got.text());
     assert_eq!(seen.count(), 0);
     drop(tx);
+}
+
+/// A plaintext listener with one `mcp` route (`mcp_yaml` its settings, `extra` more route
+/// fields) to a round-robin cluster of `apps` (`cluster` more cluster fields).
+fn replicas_config(listen: SocketAddr, apps: &[SocketAddr], mcp_yaml: &str, extra: &str, cluster: &str) -> String {
+    let endpoints: Vec<String> = apps.iter().map(|a| format!("{{ address: \"{a}\" }}")).collect();
+    format!(
+        r#"admin: {{ address: "{{admin}}" }}
+drain_timeout: 1s
+listeners:
+  - {{ name: in, address: "{listen}", routes: [mcp] }}
+routes:
+  - {{ name: mcp, backends: [{{ cluster: tools }}], mcp: {mcp_yaml}{extra} }}
+clusters:
+  - {{ name: tools, lb: round_robin, protocol: http1, endpoints: [{}]{cluster} }}
+"#,
+        endpoints.join(", ")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_stays_on_the_replica_that_initialized_it() {
+    if !mcp_sdk_available("a_session_stays_on_the_replica_that_initialized_it") {
+        return;
+    }
+    // Three replicas of a stateful server: a session's requests must all reach the one
+    // that answered its `initialize` (the others answer 404 to its id).
+    let (r1, r2, r3) = tokio::join!(
+        McpServer::start_with(&["--replica", "r1"]),
+        McpServer::start_with(&["--replica", "r2"]),
+        McpServer::start_with(&["--replica", "r3"]),
+    );
+    let listen = listen_addr();
+    let proxy = Proxy::start(&replicas_config(listen, &[r1.addr, r2.addr, r3.addr], "{}", "", ""));
+    let url = format!("http://{listen}/mcp");
+    let mut replicas = std::collections::BTreeSet::new();
+    for session in 0..3 {
+        let got = mcp_session(&url, &["whoami"; 6]).await;
+        let seen = got["texts"]["whoami"].as_array().cloned().unwrap_or_default();
+        assert_eq!(seen.len(), 6, "session {session}: {got}");
+        assert!(seen.iter().all(|r| r == &seen[0] && r.is_string()), "session {session} moved: {got}");
+        replicas.insert(seen[0].as_str().unwrap_or_default().to_owned());
+    }
+    // Round robin still spreads new sessions.
+    assert!(replicas.len() >= 2, "every session on one replica: {replicas:?}");
+    drop(proxy);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_whose_replica_is_gone_is_balanced_anew() {
+    if !mcp_sdk_available("a_session_whose_replica_is_gone_is_balanced_anew") {
+        return;
+    }
+    let (r1, r2) =
+        tokio::join!(McpServer::start_with(&["--replica", "r1"]), McpServer::start_with(&["--replica", "r2"]));
+    let listen = listen_addr();
+    // Connection failures eject at once; ejection is what marks the replica gone.
+    let od = ", outlier_detection: { consecutive_gateway_errors: 1, consecutive_5xx: 1, base_ejection: 60s }";
+    let _proxy = Proxy::start(&replicas_config(listen, &[r1.addr, r2.addr], "{}", "", od));
+    let accept = [("accept", "application/json, text/event-stream"), ("mcp-protocol-version", "2025-06-18")];
+    let init = json!({ "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": { "name": "t", "version": "1" } } })
+    .to_string();
+    let mut c = Client::h1(listen).await;
+    let got = c.fetch(post(init, &accept)).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    let id = got.header("mcp-session-id").expect("a session id").to_owned();
+    let mut with_id = accept.to_vec();
+    with_id.push(("mcp-session-id", &id));
+    let note = json!({ "jsonrpc": "2.0", "method": "notifications/initialized" }).to_string();
+    assert_eq!(c.fetch(post(note, &with_id)).await.status.as_u16(), 202);
+    let who = |id: u32| {
+        json!({ "jsonrpc": "2.0", "id": id, "method": "tools/call", "params": { "name": "whoami", "arguments": {} } })
+            .to_string()
+    };
+    let got = c.fetch(post(who(2), &with_id)).await;
+    let home = if got.text().contains("r1") { "r1" } else { "r2" };
+    for i in 3..6 {
+        assert!(c.fetch(post(who(i), &with_id)).await.text().contains(home));
+    }
+    // Its replica goes away: the session's requests go to the other one, which does not
+    // know the session and answers 404, on which an MCP client starts a new session.
+    drop(if home == "r1" { r1 } else { r2 });
+    let mut last = 0;
+    for i in 6..9 {
+        let mut c = Client::h1(listen).await;
+        last = c.fetch(post(who(i), &with_id)).await.status.as_u16();
+    }
+    assert_eq!(last, 404, "a lost session must answer 404");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_rpc_errors_eject_a_replica_that_always_fails() {
+    if !mcp_sdk_available("json_rpc_errors_eject_a_replica_that_always_fails") {
+        return;
+    }
+    // Three stateless replicas answering over SSE with HTTP 200; r3's tools always fail
+    // (a tool result with isError: true).
+    let (r1, r2, r3) = tokio::join!(
+        McpServer::start_with(&["--stateless", "--replica", "r1"]),
+        McpServer::start_with(&["--stateless", "--replica", "r2"]),
+        McpServer::start_with(&["--stateless", "--replica", "r3", "--broken"]),
+    );
+    let listen = listen_addr();
+    let od = ", outlier_detection: { consecutive_5xx: 3, base_ejection: 60s, max_ejection_percent: 50 }";
+    let yaml = replicas_config(listen, &[r1.addr, r2.addr, r3.addr], "{ errors_are_failures: true }", "", od);
+    let proxy = Proxy::start(&yaml);
+    let headers = [("accept", "application/json, text/event-stream"), ("mcp-protocol-version", "2025-06-18")];
+    let who = |id: u32| {
+        json!({ "jsonrpc": "2.0", "id": id, "method": "tools/call", "params": { "name": "whoami", "arguments": {} } })
+            .to_string()
+    };
+    let mut c = Client::h1(listen).await;
+    let mut broken = 0;
+    for i in 0..15 {
+        let got = c.fetch(post(who(i), &headers)).await;
+        assert_eq!(got.status, 200, "{}", got.text());
+        broken += usize::from(got.text().contains("r3 is broken"));
+    }
+    assert_eq!(broken, 3, "r3 answered {broken} of 15 before its ejection");
+    for i in 15..27 {
+        let got = c.fetch(post(who(i), &headers)).await;
+        let text = got.text();
+        assert!(text.contains("r1") || text.contains("r2"), "{text}");
+        assert!(!text.contains("r3"), "the ejected replica still serves: {text}");
+    }
+    let metrics = blocking(|| proxy.metrics());
+    assert_eq!(
+        metric_value(&metrics, "trellis_outlier_ejections_total", &[("cluster", "tools")]),
+        Some(1.0),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_streams_through_and_slow_and_failing_tools_answer() {
+    if !mcp_sdk_available("progress_streams_through_and_slow_and_failing_tools_answer") {
+        return;
+    }
+    let app = McpServer::start(false).await;
+    let listen = listen_addr();
+    let _proxy = Proxy::start(&replicas_config(listen, &[app.addr], "{}", ", timeout: 5s", ""));
+    let got = mcp_session(&format!("http://{listen}/mcp"), &["countdown", "slow", "fail"]).await;
+    // Four progress notifications, one every 400 ms, each arriving as it was sent: a
+    // buffered stream would deliver them together with the result.
+    let countdown = &got["calls"]["countdown"];
+    assert_eq!(countdown["text"], "counted 4", "{got}");
+    let at: Vec<u64> = countdown["progress"].as_array().unwrap().iter().filter_map(Value::as_u64).collect();
+    assert_eq!(at.len(), 4, "{got}");
+    assert!(at[3] - at[0] >= 900, "progress came bunched together: {at:?}");
+    assert!(countdown["ms"].as_u64().unwrap() >= at[0] + 1200, "the first progress came with the result: {got}");
+    // A slow tool under the route timeout answers; a failing one surfaces its error.
+    assert_eq!(got["calls"]["slow"]["text"], "slept 300 ms", "{got}");
+    let fail = &got["calls"]["fail"];
+    assert_eq!(fail["ok"], false, "{got}");
+    assert!(fail["text"].as_str().unwrap_or_default().contains("the fail tool failed"), "{got}");
 }

@@ -1,32 +1,51 @@
 """A real MCP client session (official SDK) for tests/mcp.rs.
 
 Usage: mcp_client.py URL TOOL [TOOL...]
-Runs initialize (the legacy handshake), tools/list, then tools/call of each TOOL, and
-prints one JSON object: {"server", "tools", "calls": {TOOL: {"ok", "text"|"code","message"}}}.
+Runs initialize (the legacy handshake), tools/list, then tools/call of each TOOL (a tool
+may be named several times), and prints one JSON object:
+{"server", "tools", "calls": {TOOL: {"ok", "text"|"code","message", "ms", "progress"}},
+ "texts": {TOOL: [text of each call]}}. "ms" is the call's duration, "progress" the
+milliseconds after the call started at which each progress notification arrived.
 """
 import asyncio
 import json
 import sys
+import time
 
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 
-ARGS = {"search": {"query": "mesh"}, "add": {"a": 2, "b": 3}}
+ARGS = {
+    "search": {"query": "mesh"},
+    "add": {"a": 2, "b": 3},
+    "slow": {"ms": 300},
+    "countdown": {"steps": 4, "interval_ms": 400},
+}
 
 
 async def main(url, tools):
-    out = {"calls": {}}
+    out = {"calls": {}, "texts": {}}
     async with Client(url, mode="legacy", read_timeout_seconds=10) as client:
         out["server"] = client.server_info.name if client.server_info else None
         listed = await client.list_tools()
         out["tools"] = sorted(t.name for t in listed.tools)
         for tool in tools:
+            start = time.monotonic()
+            progress = []
+
+            async def on_progress(done, total, message, progress=progress, start=start):
+                progress.append(round((time.monotonic() - start) * 1000))
+
             try:
-                r = await client.call_tool(tool, ARGS.get(tool, {}))
+                r = await client.call_tool(tool, ARGS.get(tool, {}), progress_callback=on_progress)
                 text = "".join(getattr(c, "text", "") for c in r.content)
-                out["calls"][tool] = {"ok": not r.is_error, "text": text}
+                call = {"ok": not r.is_error, "text": text}
             except MCPError as e:
-                out["calls"][tool] = {"ok": False, "code": e.error.code, "message": e.error.message}
+                call = {"ok": False, "code": e.error.code, "message": e.error.message}
+            call["ms"] = round((time.monotonic() - start) * 1000)
+            call["progress"] = progress
+            out["calls"][tool] = call
+            out["texts"].setdefault(tool, []).append(call.get("text"))
     print(json.dumps(out))
 
 

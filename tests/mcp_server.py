@@ -1,24 +1,43 @@
 """A real MCP server (official SDK, Streamable HTTP) for tests/mcp.rs.
 
-Usage: mcp_server.py PORT [--json]   (--json: answers as application/json, else SSE)
-Tools: search (read-only), add, delete_everything (what a policy should deny).
+Usage: mcp_server.py PORT [--json] [--stateless] [--replica NAME] [--broken]
+  --json       answers as application/json (else SSE)
+  --stateless  no sessions (any replica answers any request)
+  --replica    the name `whoami` answers (default "r0")
+  --broken     every tool call fails (a tool error, isError: true)
+Tools: search (read-only), add, delete_everything (what a policy should deny), whoami
+(the replica's name), slow (sleeps ms), fail (always a tool error), countdown (progress
+notifications over SSE, one every interval_ms).
 """
+import asyncio
 import sys
 
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+
+ARGS = sys.argv[2:]
+REPLICA = ARGS[ARGS.index("--replica") + 1] if "--replica" in ARGS else "r0"
+BROKEN = "--broken" in ARGS
 
 server = MCPServer("trellis-test-tools")
+
+
+def check():
+    if BROKEN:
+        raise ToolError(f"replica {REPLICA} is broken")
 
 
 @server.tool()
 def search(query: str) -> str:
     """Search the test corpus."""
+    check()
     return f"results for {query}"
 
 
 @server.tool()
 def add(a: int, b: int) -> int:
     """Add two numbers."""
+    check()
     return a + b
 
 
@@ -28,7 +47,42 @@ def delete_everything() -> str:
     return "everything deleted"
 
 
+@server.tool()
+def whoami() -> str:
+    """The replica answering."""
+    check()
+    return REPLICA
+
+
+@server.tool()
+async def slow(ms: int) -> str:
+    """Answers after ms milliseconds."""
+    check()
+    await asyncio.sleep(ms / 1000)
+    return f"slept {ms} ms"
+
+
+@server.tool()
+def fail() -> str:
+    """Always fails."""
+    raise ToolError("the fail tool failed, as asked")
+
+
+@server.tool()
+async def countdown(steps: int, interval_ms: int, ctx: Context) -> str:
+    """Reports progress `steps` times, one every interval_ms."""
+    check()
+    for i in range(1, steps + 1):
+        await ctx.report_progress(i, steps, f"step {i}")
+        await asyncio.sleep(interval_ms / 1000)
+    return f"counted {steps}"
+
+
 if __name__ == "__main__":
     server.run(
-        transport="streamable-http", host="127.0.0.1", port=int(sys.argv[1]), json_response="--json" in sys.argv[2:]
+        transport="streamable-http",
+        host="127.0.0.1",
+        port=int(sys.argv[1]),
+        json_response="--json" in ARGS,
+        stateless_http="--stateless" in ARGS,
     )

@@ -1,11 +1,13 @@
 //! `trellis demo`: brings up a whole local mesh on embedded defaults, in one process tree —
 //! a control plane (child process, store in a temp dir), a CA and two SPIFFE identities,
 //! two sidecars (child processes) with mTLS between them, and two small agent services
-//! (in this process) that call each other through the mesh, one of them streaming SSE.
+//! (in this process) that call each other through the mesh, one of them streaming SSE, and
+//! an MCP tool server whose sidecar allows one tool and denies another.
 //! It configures the mesh through the control plane's REST API, drives traffic, prints
 //! where to look and a live one-line summary, and on Ctrl-C stops everything it started.
 
 mod agents;
+mod mcp;
 mod mesh;
 mod traffic;
 
@@ -40,6 +42,10 @@ pub fn run(opts: Options) -> Result<(), DemoError> {
     rt.block_on(async move {
         let mesh = mesh::Mesh::start(&opts).await?;
         mesh.print_guide();
+        println!();
+        if let Err(e) = mcp::session(mesh.outbound).await {
+            println!("  MCP session failed: {e}");
+        }
         let stats = traffic::Stats::default();
         let load = tokio::spawn(traffic::drive(mesh.planner_app, opts.users, stats.clone()));
         let stop = async {

@@ -1,7 +1,7 @@
 //! Starting the demo mesh: certificates, the control plane, the resources (through its REST
 //! API, as a user would with `trellis ctl apply`), the sidecars and the agent services.
 
-use crate::{DemoError, Options, agents};
+use crate::{DemoError, Options, agents, mcp};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
@@ -22,7 +22,7 @@ pub struct Mesh {
     api: SocketAddr,
     xds: SocketAddr,
     admins: [SocketAddr; 2],
-    outbound: SocketAddr,
+    pub outbound: SocketAddr,
     inbound: SocketAddr,
 }
 
@@ -41,7 +41,7 @@ impl Mesh {
         let (api, xds) = (port(7070)?, port(7071)?);
         let admins = [port(9901)?, port(9902)?];
         let (outbound, inbound) = (port(4140)?, port(4143)?);
-        let (planner_app, tools_app) = (port(8081)?, port(8082)?);
+        let (planner_app, tools_app, mcp_app) = (port(8081)?, port(8082)?, port(8083)?);
 
         // The control plane's CA (it would make it on first start) and one SPIFFE identity
         // per service from it: the same identities secure the sidecars' mTLS and their
@@ -65,7 +65,7 @@ impl Mesh {
             .spawn()?;
         mesh.children.push(cp);
         wait_http(api, "/healthz").await?;
-        mesh.apply_resources(tools_app).await?;
+        mesh.apply_resources(tools_app, mcp_app).await?;
 
         for (i, (name, service, registers)) in
             [("planner", "planner", false), ("tools", "tools", true)].into_iter().enumerate()
@@ -96,6 +96,8 @@ impl Mesh {
 
         let tools = tokio::net::TcpListener::bind(tools_app).await?;
         mesh.agents.push(tokio::spawn(agents::serve(tools, agents::tools)));
+        let mcp_tools = tokio::net::TcpListener::bind(mcp_app).await?;
+        mesh.agents.push(tokio::spawn(agents::serve(mcp_tools, mcp::server)));
         let planner = tokio::net::TcpListener::bind(planner_app).await?;
         mesh.agents.push(tokio::spawn(agents::serve(planner, move |req| agents::planner(req, outbound))));
 
@@ -106,14 +108,18 @@ impl Mesh {
     }
 
     /// The mesh's resources, PUT through the REST API like `trellis ctl apply` does.
-    async fn apply_resources(&self, tools_app: SocketAddr) -> Result<(), DemoError> {
+    async fn apply_resources(&self, tools_app: SocketAddr, mcp_app: SocketAddr) -> Result<(), DemoError> {
         let resources = [
             (
                 "policies",
                 "tools-authz",
                 serde_json::json!({
                     "default": "deny",
-                    "rules": [{ "from": [PLANNER_ID], "paths": ["/search", "/run"], "methods": ["GET"] }],
+                    "rules": [
+                        { "from": [PLANNER_ID], "paths": ["/search", "/run"], "methods": ["GET"] },
+                        // MCP: the planner may call search_docs (and list tools), nothing else.
+                        { "from": [PLANNER_ID], "paths": ["/mcp"], "mcp": { "tools": [mcp::ALLOWED_TOOL] } },
+                    ],
                 }),
             ),
             (
@@ -125,11 +131,23 @@ impl Mesh {
             ),
             ("routes", "tools-local", serde_json::json!({ "backends": [{ "cluster": "tools-app" }] })),
             (
+                "clusters",
+                "tools-mcp-app",
+                serde_json::json!({ "protocol": "http1", "endpoints": [{ "address": mcp_app.to_string() }] }),
+            ),
+            (
+                "routes",
+                "tools-mcp",
+                serde_json::json!({
+                    "match": { "path": "/mcp" }, "backends": [{ "cluster": "tools-mcp-app" }], "mcp": {},
+                }),
+            ),
+            (
                 "listeners",
                 "tools-inbound",
                 serde_json::json!({
                     "service": "tools", "address": self.inbound.to_string(),
-                    "tls": { "mode": "mesh" }, "policy": "tools-authz", "routes": ["tools-local"],
+                    "tls": { "mode": "mesh" }, "policy": "tools-authz", "routes": ["tools-mcp", "tools-local"],
                 }),
             ),
             // Endpoints of `tools` come from the tools sidecar's registration.
@@ -171,7 +189,9 @@ impl Mesh {
 
     pub fn print_guide(&self) {
         let d = self.dir.path().display();
-        println!("Trellis demo: a control plane, two sidecars with mTLS between them, and two agent services.");
+        println!(
+            "Trellis demo: a control plane, two sidecars with mTLS between them, two agent services and an MCP tool server."
+        );
         println!();
         println!("  planner app  http://{}/plan   (calls tools through its sidecar)", self.planner_app);
         println!("  planner sidecar  outbound {}  admin http://{}", self.outbound, self.admins[0]);
@@ -185,6 +205,11 @@ impl Mesh {
         println!("  curl -s http://{}/clusters", self.admins[0]);
         println!("  curl -s http://{}/metrics | grep trellis_requests_total", self.admins[1]);
         println!("  curl -s http://{}/plan", self.planner_app);
+        println!(
+            "  curl -s http://{}/mcp -H 'content-type: application/json' -d '{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{{\"name\":\"{}\"}}}}'",
+            self.outbound,
+            mcp::DENIED_TOOL
+        );
         println!();
         println!("Ctrl-C stops everything.");
     }

@@ -10,8 +10,8 @@ pub fn mcp_sdk_available(test: &str) -> bool {
     python_module_available(test, "mcp", "TRELLIS_REQUIRE_MCP")
 }
 
-/// A running `tests/mcp_server.py` (tools search, add, delete_everything at `/mcp`),
-/// killed on drop.
+/// A running `tests/mcp_server.py` (tools search, add, delete_everything, whoami, slow,
+/// fail, countdown at `/mcp`), killed on drop.
 pub struct McpServer {
     child: Child,
     pub addr: SocketAddr,
@@ -21,12 +21,16 @@ impl McpServer {
     /// Starts it on a free port, answering in SSE or (`json`) application/json, and waits
     /// until it accepts connections.
     pub async fn start(json: bool) -> McpServer {
+        Self::start_with(if json { &["--json"] } else { &[] }).await
+    }
+
+    /// Starts it with `mcp_server.py`'s options (`--json`, `--stateless`, `--replica NAME`,
+    /// `--broken`).
+    pub async fn start_with(options: &[&str]) -> McpServer {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mcp_server.py");
         let mut args = vec![script.to_owned(), addr.port().to_string()];
-        if json {
-            args.push("--json".into());
-        }
+        args.extend(options.iter().map(|o| (*o).to_owned()));
         let child = Command::new("python3")
             .args(&args)
             .stdout(Stdio::null())
@@ -54,7 +58,7 @@ impl Drop for McpServer {
 }
 
 /// Runs an MCP client session against `url`: initialize, tools/list, then tools/call of
-/// each tool; returns `tests/mcp_client.py`'s JSON (`server`, `tools`, `calls`).
+/// each tool; returns `tests/mcp_client.py`'s JSON (`server`, `tools`, `calls`, `texts`).
 pub async fn mcp_session(url: &str, tools: &[&str]) -> serde_json::Value {
     let mut args = vec!["--kill-after=2".to_owned(), "30".into(), "python3".into()];
     args.push(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mcp_client.py").into());

@@ -564,12 +564,33 @@ pub struct McpRoute {
     /// retried like idempotent requests. Default: none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub idempotent_tools: Vec<String>,
+    /// Send every request of an MCP session (`Mcp-Session-Id`) to the endpoint that answered
+    /// its `initialize`. Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_affinity: Option<bool>,
+    /// Most sessions remembered for affinity; past it the least recently used is
+    /// forgotten. Default 10000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_sessions: Option<u32>,
+    /// A session unused this long is forgotten (its next request is balanced anew).
+    /// Default 30m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_idle_timeout: Option<Duration>,
+    /// A response whose JSON-RPC message is an error, or a tool result with `isError`,
+    /// counts as a failure of the endpoint for the cluster's outlier detection (like a
+    /// 5xx). Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub errors_are_failures: bool,
 }
 
 /// Default for [`McpRoute::max_body_bytes`].
 pub const DEFAULT_MCP_MAX_BODY_BYTES: u32 = 1024 * 1024;
 /// Default for [`McpRoute::max_batch`].
 pub const DEFAULT_MCP_MAX_BATCH: u32 = 64;
+/// Default for [`McpRoute::max_sessions`].
+pub const DEFAULT_MCP_MAX_SESSIONS: u32 = 10_000;
+/// Default for [`McpRoute::session_idle_timeout`].
+pub const DEFAULT_MCP_SESSION_IDLE: Duration = Duration::from_secs(30 * 60);
 
 /// Default for [`Route::idle_timeout`].
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);

@@ -519,6 +519,12 @@ fn validate_route_resilience(errs: &mut Errors, at: &str, r: &crate::Route) {
         if mcp.max_batch.is_some_and(|n| !(1..=1000).contains(&n)) {
             errs.push(format!("{at}.mcp.max_batch"), "must be 1–1000");
         }
+        if mcp.max_sessions.is_some_and(|n| !(1..=1_000_000).contains(&n)) {
+            errs.push(format!("{at}.mcp.max_sessions"), "must be 1–1000000");
+        }
+        if mcp.session_idle_timeout.is_some_and(crate::Duration::is_zero) {
+            errs.push(format!("{at}.mcp.session_idle_timeout"), "must be more than 0");
+        }
         for (j, n) in mcp.idempotent_tools.iter().enumerate() {
             if !is_name_pattern(n) {
                 errs.push(

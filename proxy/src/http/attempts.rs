@@ -45,6 +45,9 @@ pub struct Plan<'a> {
     pub since: Instant,
     /// The request's server span, when it is traced: each try gets a client span under it.
     pub trace: Option<&'a ServerSpan>,
+    /// A successful answer is counted for outlier detection later, by what its body says
+    /// (MCP routes with `errors_are_failures`).
+    pub defer_outcome: bool,
 }
 
 impl Plan<'_> {
@@ -286,7 +289,7 @@ fn settle(
                     cluster.latency.record(now - started);
                 }
             }
-            if cluster.detects_outliers() {
+            if cluster.detects_outliers() && !(plan.defer_outcome && resp.status().is_success()) {
                 cluster.record(ep, outcome_of(resp));
             }
         }

@@ -288,7 +288,7 @@ fn forward(
         let started = std::time::Instant::now();
         // gRPC runs over HTTP/2 and HTTP/3 only: HTTP/1.1 requests skip the lookup.
         let grpc = ctx.h2 && version::is_grpc(&req);
-        let (index, backend) = route.pick_backend();
+        let (mut index, mut backend) = route.pick_backend();
         if let Some(s) = span.as_deref_mut() {
             s.routed(&route.name, &backend.cluster.name);
         }
@@ -299,10 +299,10 @@ fn forward(
         // MCP routes read and check the body first (boxed, and kept boxed: other routes'
         // futures stay as small as they were).
         let mut mcp = None;
-        if let Some(m) = &route.mcp {
+        if route.mcp.is_some() {
             match Box::pin(crate::mcp::admit(
                 &mut req,
-                m,
+                &route,
                 route.idle_timeout,
                 mcp_policy.as_ref(),
                 mcp_caller(ctx, &route),
@@ -315,6 +315,13 @@ fn forward(
                     }
                     if let (Some(s), Some(c)) = (span.as_deref_mut(), a.first()) {
                         s.mcp(c.method.as_deref(), c.name.as_deref());
+                    }
+                    // Session affinity: the backend whose cluster holds the session.
+                    if let Some(p) = &a.pinned {
+                        (index, backend) = (p.backend, &route.backends[p.backend]);
+                        if let Some(e) = log.as_deref_mut() {
+                            e.cluster = Some(backend.cluster.name.clone());
+                        }
                     }
                     mcp = Some(Box::new(a));
                 }
@@ -412,10 +419,23 @@ fn forward(
             .filter(|_| replayable.unwrap_or_else(|| retry::is_idempotent(req.method())) && upgrade.is_none())
             .map(|h| (h.delay, h.max));
         // From here on `plan` holds these (the future keeps one copy across its awaits).
-        let target = target.as_ref();
+        let pinned = mcp.as_mut().and_then(|m| m.pinned.take());
+        let target = target.as_ref().or(pinned.as_ref().map(|p| &p.endpoint));
+        let defer_outcome = mcp.as_ref().is_some_and(|m| m.watch);
         let trace = span.as_deref();
-        let plan =
-            Plan { cluster, target, wire, key, deadline, idle_timeout: route.idle_timeout, retry, hedge, since, trace };
+        let plan = Plan {
+            cluster,
+            target,
+            wire,
+            key,
+            deadline,
+            idle_timeout: route.idle_timeout,
+            retry,
+            hedge,
+            since,
+            trace,
+            defer_outcome,
+        };
         let counted = route.retry.is_some() || route.hedge.is_some();
 
         // Retries and hedges need the body again: keep it in memory when it is small enough.
@@ -435,6 +455,10 @@ fn forward(
         let sent = match attempts::send(&plan, Request::from_parts(parts, body)).await {
             Ok(s) => s,
             Err((e, tries)) => return (fail(e, counted.then_some(tries)), log, span),
+        };
+        let sent = match (&mcp, &route.mcp) {
+            (Some(a), Some(m)) => crate::mcp::answered(a, m, cluster, sent),
+            _ => sent,
         };
         if let Some(s) = span.as_deref_mut() {
             s.served_by(sent.lease.endpoint());

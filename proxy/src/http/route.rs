@@ -87,7 +87,7 @@ impl Route {
             hedge: spec.hedge.clone(),
             rate_limit: spec.rate_limit.as_ref().map(Limiter::new),
             fault: spec.fault.clone(),
-            mcp: spec.mcp.as_deref().map(crate::mcp::McpRoute::new),
+            mcp: spec.mcp.as_deref().map(|m| crate::mcp::McpRoute::new(m, listener, &spec.name)),
             life,
         })
     }

@@ -6,6 +6,8 @@
 pub mod filter;
 pub mod message;
 pub mod reply;
+pub mod session;
+pub mod watch;
 
 use crate::authz::{Decision, Mcp, Pattern, Policy};
 use crate::http::body::{ClientBody, ProxyBody};
@@ -24,6 +26,10 @@ pub struct McpRoute {
     pub max_body: usize,
     pub max_batch: usize,
     idempotent_tools: Vec<Pattern>,
+    /// Where sessions live (`session_affinity`, on by default).
+    pub sessions: Option<Arc<session::Sessions>>,
+    /// JSON-RPC errors count against the endpoint for outlier detection.
+    pub errors_are_failures: bool,
     /// Tool names used as metric labels so far (clients choose them: bounded).
     labelled: std::sync::Mutex<std::collections::HashSet<Box<str>>>,
 }
@@ -32,8 +38,20 @@ pub struct McpRoute {
 pub const MAX_TOOL_LABELS: usize = 100;
 
 impl McpRoute {
-    pub fn new(spec: &api::McpRoute) -> Self {
+    /// The settings of `route` on `listener` (its session table is found again across
+    /// reloads by these names).
+    pub fn new(spec: &api::McpRoute, listener: &str, route: &str) -> Self {
+        let sessions = spec.session_affinity.unwrap_or(true).then(|| {
+            session::table(
+                listener,
+                route,
+                spec.max_sessions.unwrap_or(api::DEFAULT_MCP_MAX_SESSIONS) as usize,
+                spec.session_idle_timeout.unwrap_or(api::DEFAULT_MCP_SESSION_IDLE).get(),
+            )
+        });
         Self {
+            sessions,
+            errors_are_failures: spec.errors_are_failures,
             max_body: spec.max_body_bytes.unwrap_or(api::DEFAULT_MCP_MAX_BODY_BYTES) as usize,
             max_batch: spec.max_batch.unwrap_or(api::DEFAULT_MCP_MAX_BATCH) as usize,
             idempotent_tools: spec.idempotent_tools.iter().map(|t| Pattern::new(t)).collect(),
@@ -93,6 +111,15 @@ pub struct Admitted {
     /// The caller may not call every tool: `tools/list` answers are to be filtered by
     /// this policy (with the request's path, which rules may name).
     pub filter: Option<(Arc<Policy>, Box<str>)>,
+    /// The request's `Mcp-Session-Id` (routes with session affinity).
+    pub session: Option<HeaderValue>,
+    /// A DELETE: the end of its session.
+    pub delete: bool,
+    /// The endpoint of the request's session, when it is known and available.
+    pub pinned: Option<session::Pinned>,
+    /// The answer's JSON-RPC messages decide how the try counts for outlier detection
+    /// (`errors_are_failures`, a POST with requests).
+    pub watch: bool,
 }
 
 impl Admitted {
@@ -155,6 +182,28 @@ pub fn log_fields(c: &Call) -> Box<crate::access_log::McpFields> {
 /// `idle` (the route's `idle_timeout`) bounds each wait for a piece of the body.
 pub async fn admit(
     req: &mut Request<ClientBody>,
+    whole: &crate::http::route::Route,
+    idle: Option<std::time::Duration>,
+    policy: Option<&Arc<Policy>>,
+    caller: Caller<'_>,
+) -> Result<Admitted, Rejected> {
+    let Some(route) = whole.mcp.as_ref() else { return Ok(Admitted::default()) };
+    let mut admitted = checked(req, route, idle, policy, caller).await?;
+    if let Some(sessions) = &route.sessions
+        && let Some(id) = req.headers().get(&session::SESSION_HEADER)
+    {
+        admitted.pinned = session::lookup(sessions, whole, id.as_bytes());
+        admitted.session = Some(id.clone());
+        admitted.delete = req.method() == Method::DELETE;
+    }
+    admitted.watch = route.errors_are_failures
+        && admitted.parsed.as_ref().is_some_and(|p| p.calls.iter().any(|c| c.method.is_some() && c.id.is_some()));
+    Ok(admitted)
+}
+
+/// [`admit`]'s checks: the body read and parsed, headers and policy.
+async fn checked(
+    req: &mut Request<ClientBody>,
     route: &McpRoute,
     idle: Option<std::time::Duration>,
     policy: Option<&Arc<Policy>>,
@@ -205,7 +254,45 @@ pub async fn admit(
         // The answer is rewritten: it must come as text.
         req.headers_mut().remove(header::ACCEPT_ENCODING);
     }
-    Ok(Admitted { body: Some(body), parsed: Some(parsed), filter })
+    Ok(Admitted { body: Some(body), parsed: Some(parsed), filter, ..Admitted::default() })
+}
+
+/// What an answer from `cluster` tells about the request's session (see
+/// [`session::learn`]), and, with `errors_are_failures`, its body watched for JSON-RPC
+/// errors (the try was not yet counted for outlier detection when it succeeded).
+pub fn answered(
+    admitted: &Admitted,
+    route: &McpRoute,
+    cluster: &Arc<crate::upstream::Cluster>,
+    mut sent: crate::http::attempts::Sent,
+) -> crate::http::attempts::Sent {
+    let served = sent.lease.endpoint().clone();
+    if let Some(sessions) = &route.sessions {
+        session::learn(
+            sessions,
+            admitted.session.as_ref().map(HeaderValue::as_bytes),
+            admitted.delete,
+            sent.response.status(),
+            sent.response.headers(),
+            &cluster.name,
+            &served,
+        );
+    }
+    if admitted.watch && cluster.detects_outliers() && sent.response.status().is_success() {
+        let sse = sent
+            .response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        let status = sent.response.status().as_u16();
+        let cluster = cluster.clone();
+        sent.response = sent.response.map(|body| {
+            crate::upstream::response::ResponseBody::Mcp(Box::new(watch::Watched::new(
+                body, sse, status, cluster, served,
+            )))
+        });
+    }
+    sent
 }
 
 /// The body, whole, when it is at most `max` bytes; else 413 (read no further).
@@ -426,10 +513,11 @@ mod tests {
 
     #[test]
     fn only_idempotent_tools_and_other_requests_are_replayable() {
-        let route = McpRoute::new(&api::McpRoute {
-            idempotent_tools: vec!["search".into(), "read_*".into()],
-            ..Default::default()
-        });
+        let route = McpRoute::new(
+            &api::McpRoute { idempotent_tools: vec!["search".into(), "read_*".into()], ..Default::default() },
+            "l",
+            "r",
+        );
         let ok = |body: &str| route.replayable(&message::parse(body.as_bytes(), 8).unwrap_or_else(|e| panic!("{e}")));
         let call =
             |tool: &str| format!(r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"{tool}"}}}}"#);
@@ -442,7 +530,7 @@ mod tests {
 
     #[test]
     fn tool_labels_are_bounded() {
-        let route = McpRoute::new(&api::McpRoute::default());
+        let route = McpRoute::new(&api::McpRoute::default(), "l", "r");
         assert_eq!(route.tool_label(""), "");
         assert_eq!(route.tool_label(&"é".repeat(40)), "é".repeat(32));
         for i in 1..MAX_TOOL_LABELS {

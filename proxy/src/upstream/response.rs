@@ -14,6 +14,8 @@ use std::task::{Context, Poll};
 pub enum ResponseBody {
     H1(H1Body),
     H2(RecvBody),
+    /// An MCP answer watched for JSON-RPC errors (`mcp.errors_are_failures` routes only).
+    Mcp(Box<crate::mcp::watch::Watched>),
 }
 
 impl Body for ResponseBody {
@@ -24,6 +26,7 @@ impl Body for ResponseBody {
         match self.get_mut() {
             Self::H1(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::UpstreamH1),
             Self::H2(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::UpstreamH2),
+            Self::Mcp(b) => Pin::new(&mut **b).poll_frame(cx),
         }
     }
 
@@ -31,6 +34,7 @@ impl Body for ResponseBody {
         match self {
             Self::H1(b) => b.is_end_stream(),
             Self::H2(b) => b.is_end_stream(),
+            Self::Mcp(b) => b.is_end_stream(),
         }
     }
 
@@ -38,6 +42,7 @@ impl Body for ResponseBody {
         match self {
             Self::H1(b) => b.size_hint(),
             Self::H2(b) => b.size_hint(),
+            Self::Mcp(b) => b.size_hint(),
         }
     }
 }

@@ -228,13 +228,15 @@ fn offline_checks_take_host_names_by_form() {
 fn mcp_fields_are_checked_by_name() {
     let good = GOOD.replace("routes: [api] }", "routes: [api], max_hops: 8 }").replace(
         "backends: [{ cluster: a, weight: 9 }, { cluster: b }]",
-        "backends: [{ cluster: a, weight: 9 }, { cluster: b }]\n    mcp: { max_body_bytes: 65536, max_batch: 10, idempotent_tools: [search, \"read_*\"] }",
+        "backends: [{ cluster: a, weight: 9 }, { cluster: b }]\n    mcp: { max_body_bytes: 65536, max_batch: 10, idempotent_tools: [search, \"read_*\"], max_sessions: 100, session_idle_timeout: 5m, errors_are_failures: true }",
     ) + "policies:\n  - name: p\n    rules: [{ from: [\"spiffe://td/*\"], mcp: { methods: [tools/call, \"notifications/*\"], tools: [\"search*\"] } }]\n";
     assert_eq!(errors(&good), Vec::<String>::new());
     let bad = good
         .replace("max_hops: 8", "max_hops: 0")
         .replace("max_body_bytes: 65536", "max_body_bytes: 10")
         .replace("max_batch: 10", "max_batch: 0")
+        .replace("max_sessions: 100", "max_sessions: 0")
+        .replace("session_idle_timeout: 5m", "session_idle_timeout: 0s")
         .replace("\"search*\"", "\"se*rch\"")
         .replace("tools/call,", "\"\",")
         .replace("\"read_*\"", "\"*x\"");
@@ -254,10 +256,12 @@ fn mcp_fields_are_checked_by_name() {
         "policies[p].rules[0].mcp.tools[0]",
         "policies[p].rules[0].mcp.methods[0]",
         "routes[api].mcp.idempotent_tools[1]",
+        "routes[api].mcp.max_sessions",
+        "routes[api].mcp.session_idle_timeout",
     ] {
         assert!(e.iter().any(|e| e.starts_with(want)), "{want} missing from {e:?}");
     }
-    assert_eq!(e.len(), 6, "{e:?}");
+    assert_eq!(e.len(), 8, "{e:?}");
 }
 
 #[test]
