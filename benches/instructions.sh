@@ -6,20 +6,23 @@
 # hot path when RPS on a noisy, shared VM cannot (they do not count the kernel, cache
 # misses or waiting: the RPS benchmarks stay the measure of speed).
 #
-# Usage: benches/instructions.sh [--no-build] [--no-nginx] [--no-pair] [BIN...]
-#   BIN...  trellis binaries to compare (default: target/release/trellis)
+# Usage: benches/instructions.sh [--no-build] [--no-nginx] [--no-pair] [--tracing RATIO] [BIN...]
+#   BIN...           trellis binaries to compare (default: target/release/trellis)
+#   --tracing RATIO  also measure each binary with OTLP tracing on at this sample ratio
+#                    (spans exported over OTLP/HTTP to the origin, which answers 200)
 # Needs valgrind and wrk (nginx for its column). Listens on 127.0.0.1:2818x/2819x/2991x;
 # every process started here is ended by PID.
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BIN="$ROOT/target/release"
-BUILD=1; NGINX=1; PAIR=1; TRELLIS=()
+BUILD=1; NGINX=1; PAIR=1; TRACING=; TRELLIS=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --no-build) BUILD=0 ;;
         --no-nginx) NGINX=0 ;;
         --no-pair) PAIR=0 ;;
-        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        --tracing) TRACING=$2; shift ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
         -*) echo "unknown option: $1" >&2; exit 2 ;;
         *) TRELLIS+=("$(realpath "$1")") ;;
     esac
@@ -68,15 +71,22 @@ EOF
 
 echo "## User-space instructions per request (callgrind; wrk -t1 -c16, 5 s after a 2 s warm-up)"
 echo
+if [[ -n $TRACING ]]; then
+    { cat proxy.yaml; echo "tracing: { otlp: { endpoint: \"http://127.0.0.1:28181\", protocol: http }, sample_ratio: $TRACING }"; } >traced.yaml
+fi
 echo "HTTP/1.1 keep-alive GET, 2-byte body, one worker:"
 for b in "${TRELLIS[@]}"; do
-    cg "$TMP/t" "$b" proxy --config proxy.yaml --threads 1 >trellis.log 2>&1 &
-    p=$!; PIDS+=("$p")
-    wait_http http://127.0.0.1:29911/ready || { tail -5 trellis.log; exit 1; }
-    n=$(measure http://127.0.0.1:28180/ "$p")
-    ir=$(dump_ir "$p" "$TMP/t" http://127.0.0.1:28180/)
-    printf '  %-40s %8d instructions/request (%d requests)\n' "trellis $b" $((ir / n)) "$n"
-    stop "$p"; rm -f "$TMP"/t.*
+    for cfg in proxy.yaml ${TRACING:+traced.yaml}; do
+        cg "$TMP/t" "$b" proxy --config "$cfg" --threads 1 >trellis.log 2>&1 &
+        p=$!; PIDS+=("$p")
+        wait_http http://127.0.0.1:29911/ready || { tail -5 trellis.log; exit 1; }
+        n=$(measure http://127.0.0.1:28180/ "$p")
+        ir=$(dump_ir "$p" "$TMP/t" http://127.0.0.1:28180/)
+        label="trellis $b"
+        [[ $cfg == traced.yaml ]] && label="$label (tracing $TRACING)"
+        printf '  %-40s %8d instructions/request (%d requests)\n' "$label" $((ir / n)) "$n"
+        stop "$p"; rm -f "$TMP"/t.*
+    done
 done
 if ((NGINX)) && command -v nginx >/dev/null; then
     mkdir -p ng/tmp

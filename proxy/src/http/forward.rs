@@ -61,8 +61,6 @@ pub struct Target {
 struct Routed {
     route: Arc<Route>,
     target: Option<Arc<Endpoint>>,
-    /// `x-trellis-hops` as it came (0 when absent).
-    hops: u32,
     /// An MCP route's policy when only its rules with `mcp` conditions can allow the
     /// request: they are checked per JSON-RPC message once the body is read.
     mcp_policy: Option<Arc<authz::Policy>>,
@@ -122,7 +120,7 @@ pub fn handle(mut req: Request<ClientBody>, ctx: &ConnCtx) -> impl Future<Output
             Some(t) => t.start(&mut req, &ctx.listener, ctx.peer.ip, ctx.peer_id.as_deref()),
             None => None,
         };
-        (log, entry, route_for(&req, ctx, listener), span)
+        (log, entry, route_for(&mut req, ctx, listener), span)
     };
     match route {
         Ok(routed) => Either::Left(forward(req, ctx, routed, entry, span).map(|(resp, entry, span)| {
@@ -185,7 +183,7 @@ fn logged(
 /// header-size limit and authorization: the first listener route that matches, else (a
 /// transparent connection) the original destination; or why there is none.
 fn route_for(
-    req: &Request<ClientBody>,
+    req: &mut Request<ClientBody>,
     ctx: &ConnCtx,
     listener: Option<&Arc<Listener>>,
 ) -> Result<Routed, ForwardError> {
@@ -200,15 +198,23 @@ fn route_for(
         return Err(ForwardError::HeadersTooLarge);
     }
     check_host(req).map_err(ForwardError::Host)?;
-    let hops = match req.headers().get(&HOPS_HEADER) {
-        None => 0,
-        Some(v) => {
-            std::str::from_utf8(v.as_bytes()).ok().and_then(|s| s.parse::<u32>().ok()).ok_or(ForwardError::BadHops)?
-        }
-    };
+    // Read and counted up in one lookup of the field (this runs for every request); a
+    // request refused from here on is not sent anywhere, so the new count is harmless.
     let max_hops = listener.spec.max_hops.unwrap_or(trellis_api::DEFAULT_MAX_HOPS);
-    if hops >= max_hops {
-        return Err(ForwardError::LoopDetected(max_hops));
+    match req.headers_mut().entry(HOPS_HEADER) {
+        http::header::Entry::Vacant(v) => {
+            v.insert(count_value(1));
+        }
+        http::header::Entry::Occupied(mut o) => {
+            let hops = std::str::from_utf8(o.get().as_bytes())
+                .ok()
+                .and_then(|s| s.parse::<u32>().ok())
+                .ok_or(ForwardError::BadHops)?;
+            if hops >= max_hops {
+                return Err(ForwardError::LoopDetected(max_hops));
+            }
+            o.insert(count_value(hops + 1));
+        }
     }
     if req.method() == http::Method::CONNECT {
         check_connect(req, listener)?;
@@ -264,7 +270,7 @@ fn route_for(
             return Err(ForwardError::Forbidden);
         }
     };
-    Ok(Routed { route, target, hops, mcp_policy })
+    Ok(Routed { route, target, mcp_policy })
 }
 
 /// The request path proper on its route; `log` (set when the access log is on) learns the
@@ -284,7 +290,7 @@ fn forward(
 ) -> impl Future<Output = (Response<ProxyBody>, Option<Box<access_log::Entry>>, Option<Box<crate::trace::ServerSpan>>)>
 {
     async move {
-        let Routed { route, target, hops, mcp_policy } = routed;
+        let Routed { route, target, mcp_policy } = routed;
         let started = std::time::Instant::now();
         // gRPC runs over HTTP/2 and HTTP/3 only: HTTP/1.1 requests skip the lookup.
         let grpc = ctx.h2 && version::is_grpc(&req);
@@ -378,7 +384,9 @@ fn forward(
 
         let cluster = &backend.cluster;
         if req.method() == http::Method::CONNECT {
-            return match tunnel(&req, ctx, &route, cluster, log.as_deref_mut()).await {
+            // Boxed: a tunnel's connect state is large and CONNECT rare; inline, every request's
+            // future would be sized (and moved) for it.
+            return match Box::pin(tunnel(&req, ctx, &route, cluster, log.as_deref_mut())).await {
                 Ok(resp) => {
                     backend.metrics.count(200);
                     (resp, log, span)
@@ -390,7 +398,9 @@ fn forward(
         let down = version::Downstream { h2: ctx.h2, hint: ctx.hint };
         let (wire, told) = version::choose(&mut req, down, cluster.protocol, mesh);
         // An upgrade goes to HTTP/1.1, the version that has `Upgrade` (RFC 9110 §7.8).
-        let upgrade = req.extensions_mut().remove::<upgrade::Requested>();
+        // Left in the extensions too: the HTTP/1 client hands the connection over on a 101
+        // only for a request that carries it.
+        let upgrade = req.extensions().get::<upgrade::Requested>().cloned();
         let wire = if upgrade.is_some() { Wire::Http1 } else { wire };
         let key = cluster.hash_key(req.headers(), ctx.peer.ip);
         headers::prepare_request(&mut req, &ctx.peer, wire);
@@ -400,7 +410,6 @@ fn forward(
         if let Some(v) = told {
             req.headers_mut().insert(version::ORIG_PROTO.clone(), v);
         }
-        req.headers_mut().insert(HOPS_HEADER, count_value(hops + 1));
         route.request_headers.apply(req.headers_mut());
         if let Some(e) = log.as_deref_mut() {
             e.request_id = req.headers().get(&headers::X_REQUEST_ID).cloned();

@@ -30,7 +30,9 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
         .collect();
     h.remove(header::CONNECTION);
     for name in listed {
-        if name != header::TE {
+        // The hop count is the proxies' own: a client cannot have it dropped (and the
+        // loop guard skipped) by listing it in `Connection`.
+        if name != header::TE && name != crate::http::forward::HOPS_HEADER {
             h.remove(name);
         }
     }

@@ -81,7 +81,7 @@ where
             }
             Next::Done => return,
         };
-        let RequestHead { req, framing, close, trailers, expect_continue } = head;
+        let RequestHead { req, framing, close, trailers, expect_continue, upgrade: wants_upgrade } = head;
         let asked = Asked {
             close,
             to: Answering { version: req.version(), head: req.method() == Method::HEAD },
@@ -91,7 +91,8 @@ where
         };
         let (mut req, mut asked) = (req, asked);
         // An upgrade without a body (a body would leave the switch point unclear).
-        if framing == Framing::None
+        if wants_upgrade
+            && framing == Framing::None
             && req.version() == Version::HTTP_11
             && let Some(up) = upgrade::requested(req.headers())
         {

@@ -48,6 +48,8 @@ pub struct Fields {
     /// `Connection: close` / `Connection: keep-alive`.
     pub close: bool,
     pub keep_alive: bool,
+    /// `Connection: upgrade`.
+    pub upgrade: bool,
     /// `Expect: 100-continue`.
     pub expect_continue: bool,
     /// `TE: trailers`.
@@ -86,6 +88,8 @@ impl Fields {
                         self.close = true;
                     } else if token.eq_ignore_ascii_case(b"keep-alive") {
                         self.keep_alive = true;
+                    } else if token.eq_ignore_ascii_case(b"upgrade") {
+                        self.upgrade = true;
                     }
                 }
             }

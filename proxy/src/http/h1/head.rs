@@ -29,6 +29,9 @@ pub struct RequestHead<B> {
     pub trailers: bool,
     /// The client waits for `100 Continue` before it sends the body.
     pub expect_continue: bool,
+    /// `Connection` lists `upgrade`: the request may ask to switch protocols (only such
+    /// requests pay for the `Upgrade` lookup).
+    pub upgrade: bool,
 }
 
 /// A parsed response head.
@@ -116,6 +119,7 @@ pub fn request<B: Default>(buf: &mut BytesMut, scratch: &mut Scratch) -> Result<
         trailers: fields.trailers,
         // HTTP/1.0 has no 100 Continue (RFC 9110 §10.1.1).
         expect_continue: fields.expect_continue && framing != Framing::None && version == Version::HTTP_11,
+        upgrade: fields.upgrade,
     }))
 }
 

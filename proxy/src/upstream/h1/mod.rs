@@ -138,8 +138,8 @@ pub struct Outgoing<B> {
     replayable: bool,
     /// What the response's framing depends on (HEAD, CONNECT).
     requested: codec::head::Requested,
-    /// The request asks for an upgrade (it carries `Upgrade`, which only an upgrade
-    /// request keeps past `headers::prepare_request`): a 101 hands the connection over.
+    /// The request asks for an upgrade (`http::upgrade::Requested`, set by the server that
+    /// read it): a 101 hands the connection over.
     upgrade: bool,
 }
 
@@ -194,7 +194,7 @@ where
         if ended {
             push_end(&mut encoder, &mut pieces, None)?;
         }
-        let upgrade = parts.headers.contains_key(http::header::UPGRADE);
+        let upgrade = parts.extensions.get::<crate::http::upgrade::Requested>().is_some();
         crate::http::header_maps::give(parts.headers);
         let mut first = queue::Queue::default();
         first.push(Bytes::from(head));
