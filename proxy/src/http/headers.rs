@@ -168,7 +168,7 @@ pub fn prepare_response(h: &mut HeaderMap) {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-fn hex_into(out: &mut Vec<u8>, mut v: u128, digits: usize) {
+pub(crate) fn hex_into(out: &mut Vec<u8>, mut v: u128, digits: usize) {
     let start = out.len();
     out.resize(start + digits, b'0');
     for i in (0..digits).rev() {
@@ -180,7 +180,7 @@ fn hex_into(out: &mut Vec<u8>, mut v: u128, digits: usize) {
 /// A value made for this request only. Marked sensitive so HTTP/2 sends it as a
 /// never-indexed literal: entering it in the HPACK tables of both peers would only evict
 /// entries that do repeat (and cost a table insert on each side).
-fn unique_value(out: Vec<u8>) -> HeaderValue {
+pub(crate) fn unique_value(out: Vec<u8>) -> HeaderValue {
     let mut v =
         HeaderValue::from_maybe_shared(bytes::Bytes::from(out)).unwrap_or_else(|_| HeaderValue::from_static("0"));
     v.set_sensitive(true);
@@ -205,13 +205,7 @@ fn request_id(r: u128) -> HeaderValue {
 
 /// A W3C trace context starting a new sampled trace.
 fn traceparent(trace: u128, span: u64) -> HeaderValue {
-    let mut out = Vec::with_capacity(55);
-    out.extend_from_slice(b"00-");
-    hex_into(&mut out, trace, 32);
-    out.push(b'-');
-    hex_into(&mut out, u128::from(span), 16);
-    out.extend_from_slice(b"-01");
-    unique_value(out)
+    crate::trace::context::format(trace, span, true)
 }
 
 #[cfg(test)]
