@@ -12,8 +12,6 @@ pub use mcp::*;
 pub use observe::*;
 pub use trellis_testkit::*;
 pub use ws::*;
-// Also defined in observe.rs until it moves into the kit: the kit's copy is the one used.
-pub use trellis_testkit::{access_log_lines, metric_value, proc_status_kib, prometheus_labels};
 
 // What h3, mcp, observe and ws take from here (`use super::*`).
 use bytes::Bytes;

@@ -1,84 +1,12 @@
-//! Helpers that look at a running proxy: its memory, metrics samples and time bounds.
+//! Test helpers not yet in the kit: a time bound, headless Chromium, a sidecar pair under
+//! a control plane (metrics, memory and access-log helpers are the kit's).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use super::*;
 
-/// A field of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`, …).
-pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':')?.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
-}
-
-/// The value of the first Prometheus sample named `name` whose labels include every pair of
-/// `labels` (exposition text format, as served by admin `/metrics`).
-pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
-        let (series, value) = line.trim().rsplit_once(' ')?;
-        let (n, rest) = match series.split_once('{') {
-            Some((n, r)) => (n, r.strip_suffix('}')?),
-            None => (series, ""),
-        };
-        if n != name {
-            return None;
-        }
-        let have = prometheus_labels(rest);
-        if labels.iter().all(|(k, v)| have.iter().any(|(hk, hv)| hk == k && hv == v)) {
-            value.parse().ok()
-        } else {
-            None
-        }
-    })
-}
-
-/// `a="x",b="y"` → pairs (handles `\"`, `\\` and `\n` escapes).
-pub fn prometheus_labels(s: &str) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let mut rest = s;
-    while let Some((k, after)) = rest.split_once("=\"") {
-        let mut v = String::new();
-        let mut end = after.len();
-        let mut chars = after.char_indices();
-        while let Some((i, c)) = chars.next() {
-            match c {
-                '\\' => {
-                    if let Some((_, e)) = chars.next() {
-                        v.push(if e == 'n' { '\n' } else { e });
-                    }
-                }
-                '"' => {
-                    end = i + 1;
-                    break;
-                }
-                _ => v.push(c),
-            }
-        }
-        out.push((k.trim_start_matches(',').trim().to_owned(), v));
-        rest = &after[end..];
-    }
-    out
-}
-
 /// Runs `f` under a hard time bound so a hung proxy fails the test instead of the suite.
 pub async fn bounded<F: Future<Output = ()>>(limit: Duration, f: F) {
     tokio::time::timeout(limit, f).await.expect("test exceeded its time bound");
-}
-
-/// An access log's lines as JSON, once at least `n` are there (lines are written off the
-/// request path, so they may lag the response a little); panics after 5 s.
-pub async fn access_log_lines(log: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
-    for _ in 0..100 {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        let got: Vec<serde_json::Value> =
-            text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
-        if got.len() >= n {
-            return got;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("fewer than {n} lines in {}:\n{}", log.display(), std::fs::read_to_string(log).unwrap_or_default());
 }
 
 /// Debian's `chromium`, or `None` (with a message) when it is absent and
