@@ -130,13 +130,7 @@ fn call(id: u32, tool: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_or_denied_mcp_never_reaches_the_server() {
-    let (origin, seen) = counting_origin(|_, _| {
-        http::Response::builder()
-            .header("content-type", "application/json")
-            .body(full(r#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#))
-            .unwrap()
-    })
-    .await;
+    let (origin, seen) = counting_origin(|_, _| empty_tool_result()).await;
     let listen = listen_addr();
     let proxy = Proxy::start(&plain_config(listen, origin.addr));
     let mut c = Client::h1(listen).await;
@@ -280,13 +274,7 @@ clusters:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_tool_has_its_own_rate_limit() {
-    let (origin, seen) = counting_origin(|_, _| {
-        http::Response::builder()
-            .header("content-type", "application/json")
-            .body(full(r#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#))
-            .unwrap()
-    })
-    .await;
+    let (origin, seen) = counting_origin(|_, _| empty_tool_result()).await;
     let listen = listen_addr();
     let yaml = format!(
         r#"admin: {{ address: "{{admin}}" }}

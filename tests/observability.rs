@@ -577,13 +577,7 @@ async fn a_sidecar_pair_makes_one_trace_with_parentage_across_the_mtls_hop() {
 async fn mcp_spans_carry_the_method_and_the_tool() {
     within(Duration::from_secs(30), async {
         let (collector, got) = otlp_http().await;
-        let origin = Origin::start(|_req: Request<Incoming>| async {
-            Response::builder()
-                .header("content-type", "application/json")
-                .body(full(r#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#))
-                .unwrap()
-        })
-        .await;
+        let origin = Origin::start(|_req: Request<Incoming>| async { empty_tool_result() }).await;
         let listen = listen_addr();
         let yaml = format!(
             r#"admin: {{ address: "{{admin}}" }}

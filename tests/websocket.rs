@@ -341,15 +341,11 @@ async fn tcp_echo_server() -> (SocketAddr, tokio::task::JoinHandle<()>) {
     (addr, task)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connect_tunnels_only_on_connect_listeners_and_only_to_allowed_ports() {
-    bounded(LIMIT, async {
-        let (echo, _echo) = tcp_echo_server().await;
-        let (tunnels, plain) = (listen_addr(), listen_addr());
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("access.log");
-        let yaml = format!(
-            r#"admin: {{ address: "{{admin}}" }}
+/// Two listeners on one route to `echo` by host `db.internal`: `tunnels` carries CONNECT to
+/// ports 443 and 8443, `plain` has no `connect`; access log at `log`.
+fn connect_config(tunnels: SocketAddr, plain: SocketAddr, echo: SocketAddr, log: &std::path::Path) -> String {
+    format!(
+        r#"admin: {{ address: "{{admin}}" }}
 access_log: {{ path: "{log}" }}
 listeners:
   - {{ name: tunnels, address: "{tunnels}", connect: true, connect_ports: [443, 8443], routes: [db] }}
@@ -359,9 +355,18 @@ routes:
 clusters:
   - {{ name: db, endpoints: [{{ address: "{echo}" }}] }}
 "#,
-            log = log.display()
-        );
-        let proxy = Proxy::start(&yaml);
+        log = log.display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_tunnels_only_on_connect_listeners_and_only_to_allowed_ports() {
+    bounded(LIMIT, async {
+        let (echo, _echo) = tcp_echo_server().await;
+        let (tunnels, plain) = (listen_addr(), listen_addr());
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("access.log");
+        let proxy = Proxy::start(&connect_config(tunnels, plain, echo, &log));
         let connect = |port: u16| format!("CONNECT db.internal:{port} HTTP/1.1\r\nhost: db.internal:{port}\r\n\r\n");
 
         // An allowed port: 200, then bytes both ways, the client's first bytes sent with
@@ -443,20 +448,7 @@ async fn connect_over_http2_tunnels_with_the_same_port_rules() {
         let (tunnels, plain) = (listen_addr(), listen_addr());
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("access.log");
-        let yaml = format!(
-            r#"admin: {{ address: "{{admin}}" }}
-access_log: {{ path: "{log}" }}
-listeners:
-  - {{ name: tunnels, address: "{tunnels}", connect: true, connect_ports: [443, 8443], routes: [db] }}
-  - {{ name: plain, address: "{plain}", routes: [db] }}
-routes:
-  - {{ name: db, match: {{ host: db.internal }}, idle_timeout: 2s, backends: [{{ cluster: db }}] }}
-clusters:
-  - {{ name: db, endpoints: [{{ address: "{echo}" }}] }}
-"#,
-            log = log.display()
-        );
-        let proxy = Proxy::start(&yaml);
+        let proxy = Proxy::start(&connect_config(tunnels, plain, echo, &log));
 
         // Two tunnels at once on one h2 connection, each its own stream of bytes.
         let mut client = h2_client(tunnels).await;

@@ -74,3 +74,12 @@ pub async fn mcp_session(url: &str, tools: &[&str]) -> serde_json::Value {
     .await
     .unwrap()
 }
+
+/// A tool server's answer to any call: an empty JSON-RPC result (for origins that stand in
+/// for an MCP server).
+pub fn empty_tool_result() -> http::Response<Body> {
+    http::Response::builder()
+        .header("content-type", "application/json")
+        .body(full(r#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#))
+        .unwrap()
+}
