@@ -12,8 +12,9 @@
 
 use super::*;
 pub use trellis_api::{
-    AccessLog, Admin, Backend, Bootstrap, Cluster, ClusterProtocol, ClusterTls, ControlPlane as ControlPlaneConfig,
-    Endpoint, Listener, ListenerProtocol, ListenerTls, Node, Route, RouteMatch,
+    AccessLog, Admin, Backend, Bootstrap, CertPair, Cluster, ClusterProtocol, ClusterTls, ClusterTlsMode,
+    ControlPlane as ControlPlaneConfig, Endpoint, Identity, Listener, ListenerProtocol, ListenerTls, ListenerTlsMode,
+    Node, Route, RouteMatch, Tracing,
 };
 
 /// The admin address placeholder [`Proxy`] replaces with a free port.
@@ -133,4 +134,38 @@ pub fn simple(listen: SocketAddr, origin: SocketAddr, proto: ClusterProtocol) ->
         clusters: vec![cluster("origin", proto, &[origin])],
         ..bootstrap()
     }
+}
+
+/// Edge TLS (`mode: terminate`) with the certificate and key files `certs` (the first is the
+/// default; the others are chosen by SNI).
+pub fn terminate(certs: &[(PathBuf, PathBuf)]) -> ListenerTls {
+    ListenerTls {
+        mode: ListenerTlsMode::Terminate,
+        certificates: certs
+            .iter()
+            .map(|(cert, key)| CertPair { cert: cert.display().to_string(), key: key.display().to_string() })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// A mesh identity of these files (certificate, key, trust bundle), no issuer.
+pub fn identity(cert: &Path, key: &Path, trust_bundle: &Path) -> Identity {
+    Identity {
+        cert: cert.display().to_string(),
+        key: key.display().to_string(),
+        trust_bundle: trust_bundle.display().to_string(),
+        issuer: None,
+    }
+}
+
+/// Every trace sampled and exported with OTLP/HTTP to the collector at `collector`.
+pub fn otlp_http_tracing(collector: SocketAddr) -> Tracing {
+    // Through serde rather than a struct literal: fields the collector settings gain with a
+    // default need no change here.
+    serde_json::from_value(serde_json::json!({
+        "otlp": { "endpoint": format!("http://{collector}"), "protocol": "http" },
+        "sample_ratio": 1.0,
+    }))
+    .expect("a tracing config")
 }

@@ -8,19 +8,26 @@
 //! - [`http_io`]: in-process origins and clients; [`raw`]: raw HTTP/1 and HTTP/2 sockets.
 //! - [`identity`], [`mesh`]: certificates from our `certs` crate, TLS clients and origins,
 //!   sidecar configs; [`workload`]: service-account tokens.
+//! - [`sidecars`]: a sidecar pair under the real control plane.
+//! - [`tools`]: outside programs (python packages, websocat, chromium) and whether they are
+//!   here; [`h3`], [`ws`], [`mcp`], [`browser`]: the HTTP/3 client, WebSocket peers, MCP
+//!   server and client, and headless Chromium built on them.
 //! - [`ports`], [`observe`], [`lifecycle`], [`resilience`], [`etcd`], [`netns`].
 //!
 //! Everything is re-exported at the root (`use trellis_testkit::*`), except the modules of
 //! generic names (`config`, `raw`, `mesh`, `fake_cp`) that tests import by path.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod browser;
 pub mod config;
 pub mod control_plane;
 pub mod etcd;
 pub mod fake_cp;
+pub mod h3;
 pub mod http_io;
 pub mod identity;
 pub mod lifecycle;
+pub mod mcp;
 pub mod mesh;
 pub mod netns;
 pub mod observe;
@@ -28,21 +35,30 @@ pub mod ports;
 pub mod process;
 pub mod raw;
 pub mod resilience;
+pub mod sidecars;
+pub mod tools;
 pub mod workload;
+pub mod ws;
 
+pub use browser::*;
 pub use config::Yaml;
 pub use control_plane::*;
 pub use etcd::*;
 pub use fake_cp::FakeControlPlane;
+pub use h3::*;
 pub use http_io::*;
 pub use identity::*;
 pub use lifecycle::*;
+pub use mcp::*;
 pub use netns::*;
 pub use observe::*;
 pub use ports::*;
 pub use process::*;
 pub use resilience::*;
+pub use sidecars::*;
+pub use tools::*;
 pub use workload::*;
+pub use ws::*;
 
 // What the modules share (`use super::*`).
 use bytes::Bytes;
