@@ -5,8 +5,8 @@
 //! updates pushed mid-stream, many concurrent calls on one connection, and the raw wire
 //! (trailers carrying `grpc-status`).
 
-mod common;
-use common::*;
+use trellis_testkit::config::{self, ClusterProtocol, ListenerProtocol, Yaml};
+use trellis_testkit::*;
 
 use http::Request;
 use http_body_util::BodyExt;
@@ -49,24 +49,13 @@ async fn grpc_server() -> GrpcServer {
 }
 
 /// The proxy in front of `upstream` (listener `auto`, cluster `protocol`).
-fn grpc_config(listen: SocketAddr, upstream: SocketAddr, protocol: &str) -> String {
-    format!(
-        r#"admin: {{ address: "{{admin}}" }}
-listeners:
-  - name: in
-    address: "{listen}"
-    protocol: auto
-    routes: [grpc]
-routes:
-  - name: grpc
-    match: {{ path_prefix: /grpc.health.v1.Health/ }}
-    backends: [{{ cluster: health }}]
-clusters:
-  - name: health
-    protocol: {protocol}
-    endpoints: [{{ address: "{upstream}" }}]
-"#
-    )
+fn grpc_config(listen: SocketAddr, upstream: SocketAddr, protocol: ClusterProtocol) -> String {
+    let mut b = config::bootstrap();
+    b.listeners
+        .push(config::Listener { protocol: ListenerProtocol::Auto, ..config::listener("in", listen, &["grpc"]) });
+    b.routes.push(config::route("grpc", "/grpc.health.v1.Health/", "health"));
+    b.clusters.push(config::cluster("health", protocol, &[upstream]));
+    b.yaml()
 }
 
 async fn channel(listen: SocketAddr) -> Channel {
@@ -87,11 +76,11 @@ fn check_req(service: &str) -> tonic::Request<HealthCheckRequest> {
 /// in the trailers, which the proxy must carry), for an `http2` and an `auto` cluster.
 #[tokio::test]
 async fn unary_check_returns_serving() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let server = grpc_server().await;
         for protocol in ["http2", "auto"] {
             let listen = listen_addr();
-            let proxy = Proxy::start(&grpc_config(listen, server.addr, protocol));
+            let proxy = Proxy::start(&grpc_config(listen, server.addr, config::protocol(protocol)));
             let mut client = HealthClient::new(channel(listen).await);
             for service in ["", SERVICE] {
                 let resp = client
@@ -119,10 +108,10 @@ async fn unary_check_returns_serving() {
 /// trailers(-only) response reaches the client unchanged, and the proxy adds no error of its own.
 #[tokio::test]
 async fn unknown_service_status_passes_through() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let server = grpc_server().await;
         let listen = listen_addr();
-        let _proxy = Proxy::start(&grpc_config(listen, server.addr, "http2"));
+        let _proxy = Proxy::start(&grpc_config(listen, server.addr, ClusterProtocol::Http2));
         let mut client = HealthClient::new(channel(listen).await);
         let status = client.check(check_req("no.such.Service")).await.expect_err("unknown service must fail");
         assert_eq!(status.code(), Code::NotFound, "{status:?}");
@@ -138,10 +127,10 @@ async fn unknown_service_status_passes_through() {
 /// makes while the stream is open is pushed through the proxy as it happens.
 #[tokio::test]
 async fn watch_streams_status_updates() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let server = grpc_server().await;
         let listen = listen_addr();
-        let proxy = Proxy::start(&grpc_config(listen, server.addr, "http2"));
+        let proxy = Proxy::start(&grpc_config(listen, server.addr, ClusterProtocol::Http2));
         let mut client = HealthClient::new(channel(listen).await);
         let mut stream = client.watch(check_req(SERVICE)).await.unwrap().into_inner();
 
@@ -171,10 +160,10 @@ async fn next(s: &mut tonic::Streaming<HealthCheckResponse>) -> Result<Option<He
 /// 100 concurrent calls multiplexed on one client connection all succeed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_unary_calls_on_one_connection() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let server = grpc_server().await;
         let listen = listen_addr();
-        let _proxy = Proxy::start(&grpc_config(listen, server.addr, "http2"));
+        let _proxy = Proxy::start(&grpc_config(listen, server.addr, ClusterProtocol::Http2));
         let ch = channel(listen).await;
         let mut tasks = Vec::new();
         for i in 0..100 {
@@ -200,10 +189,10 @@ async fn concurrent_unary_calls_on_one_connection() {
 /// body and `grpc-status: 0` in real HTTP/2 trailers; an error comes back with `grpc-status: 5`.
 #[tokio::test]
 async fn raw_h2_trailers_carry_grpc_status() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let server = grpc_server().await;
         let listen = listen_addr();
-        let _proxy = Proxy::start(&grpc_config(listen, server.addr, "http2"));
+        let _proxy = Proxy::start(&grpc_config(listen, server.addr, ClusterProtocol::Http2));
         let mut c = Client::h2(listen).await;
         let call = |msg: Vec<u8>| {
             let mut framed = vec![0u8];
@@ -268,7 +257,7 @@ fn grpcurl_check(addr: SocketAddr) -> Option<String> {
 /// message, as tonic and grpcurl see them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_errors_for_grpc_calls_are_grpc_statuses() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let refused = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         // Takes connections and never answers (not even the HTTP/2 settings).
         let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -280,19 +269,14 @@ async fn proxy_errors_for_grpc_calls_are_grpc_statuses() {
             }
         });
         let (dead, slow) = (listen_addr(), listen_addr());
-        let yaml = format!(
-            r#"admin: {{ address: "{{admin}}" }}
-listeners:
-  - {{ name: dead, address: "{dead}", routes: [dead] }}
-  - {{ name: slow, address: "{slow}", routes: [slow] }}
-routes:
-  - {{ name: dead, match: {{ path_prefix: / }}, backends: [{{ cluster: dead }}] }}
-  - {{ name: slow, match: {{ path_prefix: / }}, timeout: 500ms, backends: [{{ cluster: slow }}] }}
-clusters:
-  - {{ name: dead, protocol: http2, endpoints: [{{ address: "{refused}" }}] }}
-  - {{ name: slow, protocol: http2, endpoints: [{{ address: "{silent_addr}" }}] }}
-"#
-        );
+        let mut b = config::bootstrap();
+        b.listeners.push(config::listener("dead", dead, &["dead"]));
+        b.listeners.push(config::listener("slow", slow, &["slow"]));
+        b.routes.push(config::route("dead", "/", "dead"));
+        b.routes.push(config::Route { timeout: Some(config::ms(500)), ..config::route("slow", "/", "slow") });
+        b.clusters.push(config::cluster("dead", ClusterProtocol::Http2, &[refused]));
+        b.clusters.push(config::cluster("slow", ClusterProtocol::Http2, &[silent_addr]));
+        let yaml = b.yaml();
         let proxy = Proxy::start(&yaml);
 
         let status = HealthClient::new(channel(dead).await).check(check_req("")).await.unwrap_err();
