@@ -5,8 +5,8 @@
 //! abandoned before its response head (route timeout) resetting the upstream stream even
 //! though the client's upload is still open.
 
-mod common;
-use common::*;
+use trellis_testkit::config::{self, ClusterProtocol, Yaml};
+use trellis_testkit::*;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response};
@@ -14,7 +14,7 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -78,10 +78,10 @@ async fn next_data(body: &mut Incoming) -> Bytes {
 /// origin and the response's trailers reach the client.
 #[tokio::test]
 async fn upload_and_download_stream_at_once_with_trailers() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let origin = duplex_origin().await;
         let listen = listen_addr();
-        let proxy = Proxy::start(&simple_config(listen, origin.addr, "http2"));
+        let proxy = Proxy::start(&config::simple(listen, origin.addr, ClusterProtocol::Http2).yaml());
         let mut c = Client::h2(listen).await;
         let (tx, body) = frame_body();
         let req = Request::post("/duplex").header("content-type", "application/octet-stream").body(body).unwrap();
@@ -114,10 +114,10 @@ async fn upload_and_download_stream_at_once_with_trailers() {
 /// h2 upstream whole, with its `content-length`.
 #[tokio::test]
 async fn whole_request_body_reaches_the_h2_upstream() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let origin = Origin::echo("o").await;
         let listen = listen_addr();
-        let _proxy = Proxy::start(&simple_config(listen, origin.addr, "http2"));
+        let _proxy = Proxy::start(&config::simple(listen, origin.addr, ClusterProtocol::Http2).yaml());
         for (h2, len) in [(false, 10), (true, 10), (false, 100_000), (true, 100_000)] {
             let mut c = if h2 { Client::h2(listen).await } else { Client::h1(listen).await };
             let got = c.fetch(Request::post("/").body(full(vec![b'x'; len])).unwrap()).await;
@@ -135,7 +135,7 @@ async fn whole_request_body_reaches_the_h2_upstream() {
 /// stream at once, although the client is still uploading: the origin sees its stream end.
 #[tokio::test]
 async fn abandoned_request_resets_the_upstream_stream_while_uploading() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         struct Guard(Arc<AtomicUsize>);
         impl Drop for Guard {
             fn drop(&mut self) {
@@ -155,20 +155,17 @@ async fn abandoned_request_resets_the_upstream_stream_while_uploading() {
         })
         .await;
         let listen = listen_addr();
-        let yaml = simple_config(listen, origin.addr, "http2")
-            .replace("    backends: [{ cluster: origin }]", "    backends: [{ cluster: origin }]\n    timeout: 500ms");
-        let proxy = Proxy::start(&yaml);
+        let mut b = config::simple(listen, origin.addr, ClusterProtocol::Http2);
+        b.routes[0].timeout = Some(config::ms(500));
+        let proxy = Proxy::start(&b.yaml());
         let mut c = Client::h2(listen).await;
         let (tx, body) = frame_body();
         tx.send(Frame::data(Bytes::from_static(b"first"))).await.unwrap();
         let got = c.fetch(Request::post("/upload").body(body).unwrap()).await;
         assert_eq!(got.status, 504, "{}", got.text());
         // The upload is still open (`tx` is alive): only the proxy can have ended the stream.
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while ended.load(Ordering::SeqCst) == 0 {
-            assert!(Instant::now() < deadline, "the origin's stream was never reset; logs: {}", log_tail(&proxy, 20));
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let reset = wait_until(Duration::from_secs(3), || async { ended.load(Ordering::SeqCst) > 0 }).await;
+        assert!(reset, "the origin's stream was never reset; logs: {}", log_tail(&proxy, 20));
         drop(tx);
     })
     .await;
@@ -231,10 +228,10 @@ async fn goaway_origin() -> GoawayOrigin {
 /// for its stream in flight: the next request goes on a new connection and succeeds.
 #[tokio::test]
 async fn goaway_connection_is_not_reused() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let origin = goaway_origin().await;
         let listen = listen_addr();
-        let proxy = Proxy::start(&simple_config(listen, origin.addr, "http2"));
+        let proxy = Proxy::start(&config::simple(listen, origin.addr, ClusterProtocol::Http2).yaml());
         let mut c = Client::h1(listen).await;
         let mut events = c.send(Request::get("/events").body(full("")).unwrap()).await.unwrap().into_body();
         next_data(&mut events).await;
