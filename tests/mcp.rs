@@ -3,9 +3,8 @@
 //! names tools; malformed MCP input refused before the upstream; the agent-chain hop guard.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use trellis_testkit::*;
 
-use common::*;
 use http::Request;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
