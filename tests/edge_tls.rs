@@ -4,8 +4,9 @@
 //! trust bundle; and the `trellis certs` command line.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-use common::*;
+use trellis_testkit::config::{self, ClusterProtocol, Yaml};
+use trellis_testkit::mesh::secs;
+use trellis_testkit::*;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -24,23 +25,16 @@ const EDGE_WILD: &str = "spiffe://trellis.local/ns/edge/sa/wild-b";
 type EdgeListener<'a> = (&'a str, SocketAddr, &'a [(PathBuf, PathBuf)], Option<&'a str>);
 
 fn edge_config(listeners: &[EdgeListener<'_>], app: SocketAddr) -> String {
-    let mut y = String::from("admin: { address: \"{admin}\" }\ndrain_timeout: 1s\nlisteners:\n");
+    let mut b = config::bootstrap();
+    b.drain_timeout = Some(config::ms(1000));
     for (name, addr, certs, min) in listeners {
-        let certs: Vec<String> =
-            certs.iter().map(|(c, k)| format!("{{ cert: \"{}\", key: \"{}\" }}", c.display(), k.display())).collect();
-        y.push_str(&format!(
-            "  - name: {name}\n    address: \"{addr}\"\n    tls:\n      mode: terminate\n      certificates: [{}]\n",
-            certs.join(", ")
-        ));
-        if let Some(v) = min {
-            y.push_str(&format!("      min_version: \"{v}\"\n"));
-        }
-        y.push_str("    routes: [all]\n");
+        let mut l = config::listener(name, *addr, &["all"]);
+        l.tls = Some(config::ListenerTls { min_version: min.map(str::to_owned), ..config::terminate(certs) });
+        b.listeners.push(l);
     }
-    y.push_str(&format!(
-        "routes:\n  - name: all\n    match: {{ path_prefix: / }}\n    backends: [{{ cluster: app }}]\nclusters:\n  - name: app\n    protocol: auto\n    endpoints: [{{ address: \"{app}\" }}]\n"
-    ));
-    y
+    b.routes.push(config::route("all", "/", "app"));
+    b.clusters.push(config::cluster("app", ClusterProtocol::Auto, &[app]));
+    b.yaml()
 }
 
 /// A client trusting `roots` (or anything, when `None`), offering `alpn`.
@@ -51,10 +45,6 @@ fn edge_client(roots: Option<&Path>, tls12_only: bool, alpn: &[&[u8]]) -> Arc<ru
         tls12_only,
         alpn: alpn.iter().map(|p| p.to_vec()).collect(),
     })
-}
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
 }
 
 const H1: &[&[u8]] = &[b"http/1.1"];
