@@ -5,8 +5,8 @@
 //! stream floods) is in `http3_abuse.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-use common::*;
+use trellis_testkit::config::{self, ClusterProtocol, Yaml};
+use trellis_testkit::*;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -21,8 +21,20 @@ const EDGE_A: &str = "spiffe://trellis.local/ns/edge/sa/a";
 const EDGE_B: &str = "spiffe://trellis.local/ns/edge/sa/b";
 const MIB: usize = 1024 * 1024;
 
-fn edge_yaml(listen: SocketAddr, certs: &[(PathBuf, PathBuf)], tls_extra: &str, app: SocketAddr, tail: &str) -> String {
-    h3_edge_yaml(listen, certs, tls_extra, "", app, tail)
+fn edge_yaml(listen: SocketAddr, certs: &[(PathBuf, PathBuf)], app: SocketAddr) -> String {
+    h3_edge(listen, certs, app).yaml()
+}
+
+/// [`h3_edge`] with its TLS settings changed by `tls`.
+fn edge_yaml_with(
+    listen: SocketAddr,
+    certs: &[(PathBuf, PathBuf)],
+    app: SocketAddr,
+    tls: impl FnOnce(&mut config::ListenerTls),
+) -> String {
+    let mut b = h3_edge(listen, certs, app);
+    tls(b.listeners[0].tls.as_mut().unwrap());
+    b.yaml()
 }
 
 /// Byte `i` of every generated body (the client's `bytes(range(256))` pattern).
@@ -159,8 +171,9 @@ async fn requests_trailers_and_observability() {
         let app = Origin::start(app).await;
         let edge = listen_addr();
         let log = pki.path("access.log");
-        let tail = format!("access_log: {{ path: \"{}\" }}\n", log.display());
-        let proxy = Proxy::start(&edge_yaml(edge, &certs, "", app.addr, &tail));
+        let mut b = h3_edge(edge, &certs, app.addr);
+        b.access_log = Some(config::AccessLog { path: log.display().to_string() });
+        let proxy = Proxy::start(&b.yaml());
         // 70 KB of headers (aioquic sends no single value that long), over the 64 KiB default.
         let big_head: serde_json::Map<String, Value> =
             (0..10).map(|i| (format!("x-big-{i}"), "a".repeat(7000).into())).collect();
@@ -241,15 +254,7 @@ async fn requests_trailers_and_observability() {
         assert_eq!(v, Some(1.0), "{}", blocking(|| proxy.metrics()));
 
         // Access log: protocol HTTP/3; metrics: protocol="h3".
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        let lines = loop {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            let lines: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-            if lines.len() >= 6 || std::time::Instant::now() > deadline {
-                break lines;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let lines = access_log_lines(&log, 6).await;
         let post = lines.iter().find(|l| l["path"] == "/post").unwrap_or_else(|| panic!("{lines:?}"));
         assert_eq!(post["protocol"], "HTTP/3", "{post}");
         assert_eq!(post["status"], 200);
@@ -286,7 +291,7 @@ async fn large_upload_is_streamed_and_sse_arrives_event_by_event() {
         let certs = [pki.issue("edge", EDGE_A, &["edge.test"])];
         let app = Origin::start(app).await;
         let edge = listen_addr();
-        let _proxy = Proxy::start(&edge_yaml(edge, &certs, "", app.addr, ""));
+        let _proxy = Proxy::start(&edge_yaml(edge, &certs, app.addr));
 
         // The client stops after 6 MiB until the app has received 4 MiB: the proxy must
         // forward the body as it comes (its windows hold ~3 MiB), not wait for its end.
@@ -333,7 +338,7 @@ async fn certificates_by_sni_and_alt_svc_over_tcp() {
         let certs = [pki.issue("a", EDGE_A, &["a.example.com"]), pki.issue("b", EDGE_B, &["b.example.com"])];
         let app = Origin::start(app).await;
         let edge = listen_addr();
-        let _proxy = Proxy::start(&edge_yaml(edge, &certs, "", app.addr, ""));
+        let _proxy = Proxy::start(&edge_yaml(edge, &certs, app.addr));
 
         let conn = json!([{ "requests": [{ "path": "/sni" }] }]);
         for (name, id, verified) in [
@@ -376,8 +381,8 @@ async fn zero_rtt_takes_safe_methods_only() {
         let certs = [pki.issue("edge", EDGE_A, &["edge.test"])];
         let app = Origin::start(app).await;
         let (on, off) = (listen_addr(), listen_addr());
-        let _on = Proxy::start(&edge_yaml(on, &certs, ", early_data: true", app.addr, ""));
-        let _off = Proxy::start(&edge_yaml(off, &certs, "", app.addr, ""));
+        let _on = Proxy::start(&edge_yaml_with(on, &certs, app.addr, |tls| tls.early_data = true));
+        let _off = Proxy::start(&edge_yaml(off, &certs, app.addr));
 
         // A first connection gets a session ticket; the second resumes with it and sends
         // its first requests in 0-RTT, then one more once the handshake is done.
@@ -447,19 +452,19 @@ async fn reload_applies_to_http3_and_a_removed_listener_stops() {
         let app = Origin::start(app).await;
         let other = Origin::echo("other").await;
         let edge = listen_addr();
-        let proxy = Proxy::start(&edge_yaml(edge, &a, "", app.addr, ""));
+        let proxy = Proxy::start(&edge_yaml(edge, &a, app.addr));
         let once = |path: &str| json!([{ "requests": [{ "path": path }] }]);
         let got = h3_client(h3_plan(edge, "edge.test", Some(&pki.bundle()), once("/one"))).await;
         assert_eq!(got["connections"][0]["peer_cert"]["uri"][0], EDGE_A, "{got}");
 
         // New certificate and a new upstream: the next connection sees both.
-        proxy.reload(&edge_yaml(edge, &b, "", other.addr, ""));
+        proxy.reload(&edge_yaml(edge, &b, other.addr));
         let got = h3_client(h3_plan(edge, "edge.test", Some(&pki.bundle()), once("/two"))).await;
         assert_eq!(got["connections"][0]["peer_cert"]["uri"][0], EDGE_B, "{got}");
         assert_eq!(body_json(&responses(&got)[0])["origin"], "other", "{got}");
 
         // HTTP/3 off: the UDP side stops, the TCP side stays and stops advertising it.
-        proxy.reload(&edge_yaml(edge, &b, "", other.addr, "").replace(", http3: true", ""));
+        proxy.reload(&edge_yaml_with(edge, &b, other.addr, |tls| tls.http3 = false));
         let mut plan = h3_plan(edge, "edge.test", Some(&pki.bundle()), once("/three"));
         plan["timeout"] = json!(3);
         let got = h3_client(plan.clone()).await;
@@ -474,11 +479,11 @@ async fn reload_applies_to_http3_and_a_removed_listener_stops() {
         assert_eq!(tcp.header("alt-svc"), None);
 
         // Back on, then the listener removed: nothing answers on UDP.
-        proxy.reload(&edge_yaml(edge, &a, "", app.addr, ""));
+        proxy.reload(&edge_yaml(edge, &a, app.addr));
         let got = h3_client(h3_plan(edge, "edge.test", Some(&pki.bundle()), once("/four"))).await;
         assert_eq!(responses(&got)[0]["status"], 200, "{got}");
         let other_port = listen_addr();
-        proxy.reload(&simple_config(other_port, app.addr, "auto"));
+        proxy.reload(&config::simple(other_port, app.addr, ClusterProtocol::Auto).yaml());
         let got = h3_client(plan).await;
         assert!(got["connections"][0]["error"].is_string(), "removed listener still answers: {got}");
     })
@@ -495,7 +500,7 @@ async fn drain_sends_goaway_and_finishes_requests_in_flight() {
         let certs = [pki.issue("edge", EDGE_A, &["edge.test"])];
         let app = Origin::start(app).await;
         let edge = listen_addr();
-        let mut proxy = Proxy::start(&edge_yaml(edge, &certs, "", app.addr, ""));
+        let mut proxy = Proxy::start(&edge_yaml(edge, &certs, app.addr));
 
         // A request that takes 1 s, on a connection kept until the server closes it.
         let mark = pki.path("arrived");
@@ -507,9 +512,10 @@ async fn drain_sends_goaway_and_finishes_requests_in_flight() {
             json!([{ "requests": [{ "path": path }], "goaway_wait": true }]),
         );
         let client = tokio::spawn(h3_client(plan));
-        while !mark.exists() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        assert!(
+            wait_until(Duration::from_secs(20), || async { mark.exists() }).await,
+            "the slow request never arrived"
+        );
         proxy.signal("TERM");
         let got = client.await.unwrap();
         let conn = &got["connections"][0];
@@ -542,7 +548,7 @@ fn a_busy_udp_port_fails_the_start_with_the_field() {
     // Held without SO_REUSEPORT: the proxy cannot share it.
     let _taken = std::net::UdpSocket::bind(edge).unwrap();
     let admin = listen_addr();
-    let yaml = edge_yaml(edge, &certs, "", "127.0.0.1:9".parse().unwrap(), "").replace("{admin}", &admin.to_string());
+    let yaml = edge_yaml(edge, &certs, "127.0.0.1:9".parse().unwrap()).replace("{admin}", &admin.to_string());
     let config = pki.path("busy.yaml");
     std::fs::write(&config, yaml).unwrap();
     let (code, err) = trellis(&["proxy", "--config", config.to_str().unwrap()]);
