@@ -4,8 +4,8 @@
 //! memory stays bounded, and it keeps serving.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-use common::*;
+use trellis_testkit::config::Yaml;
+use trellis_testkit::*;
 
 use serde_json::json;
 use std::net::{SocketAddr, UdpSocket};
@@ -14,7 +14,9 @@ use std::time::Duration;
 const EDGE: &str = "spiffe://trellis.local/ns/edge/sa/edge";
 
 fn edge_yaml(listen: SocketAddr, cert: &(std::path::PathBuf, std::path::PathBuf), app: SocketAddr) -> String {
-    h3_edge_yaml(listen, std::slice::from_ref(cert), "", "header_timeout: 1s", app, "")
+    let mut b = h3_edge(listen, std::slice::from_ref(cert), app);
+    b.listeners[0].header_timeout = Some(trellis_testkit::config::ms(1000));
+    b.yaml()
 }
 
 /// One GET on a fresh connection: its status.
