@@ -7,8 +7,8 @@
 //! never answers a close (the route's idle timeout ends the stream).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-use common::*;
+use trellis_testkit::config::{self, Bootstrap, ClusterProtocol, Route, Yaml};
+use trellis_testkit::*;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -20,22 +20,22 @@ const LIMIT: Duration = Duration::from_secs(60);
 /// One HTTP/1.1 listener `in` (header timeout 1 s) with routes `/ws` (idle 3 s) to `ws`,
 /// `/short` (idle 1 s) to `short`, and anything else to `plain`.
 fn config(listen: SocketAddr, ws: SocketAddr, short: SocketAddr, plain: SocketAddr, log: &std::path::Path) -> String {
-    format!(
-        r#"admin: {{ address: "{{admin}}" }}
-access_log: {{ path: "{log}" }}
-listeners:
-  - {{ name: in, address: "{listen}", header_timeout: 1s, routes: [ws, short, plain] }}
-routes:
-  - {{ name: ws, match: {{ path_prefix: /ws }}, idle_timeout: 3s, backends: [{{ cluster: ws }}] }}
-  - {{ name: short, match: {{ path_prefix: /short }}, idle_timeout: 1s, backends: [{{ cluster: short }}] }}
-  - {{ name: plain, match: {{ path_prefix: / }}, backends: [{{ cluster: plain }}] }}
-clusters:
-  - {{ name: ws, endpoints: [{{ address: "{ws}" }}] }}
-  - {{ name: short, endpoints: [{{ address: "{short}" }}] }}
-  - {{ name: plain, endpoints: [{{ address: "{plain}" }}] }}
-"#,
-        log = log.display()
-    )
+    let mut b = logged(log);
+    let mut l = config::listener("in", listen, &["ws", "short", "plain"]);
+    l.header_timeout = Some(config::ms(1000));
+    b.listeners.push(l);
+    b.routes.push(Route { idle_timeout: Some(config::ms(3000)), ..config::route("ws", "/ws", "ws") });
+    b.routes.push(Route { idle_timeout: Some(config::ms(1000)), ..config::route("short", "/short", "short") });
+    b.routes.push(config::route("plain", "/", "plain"));
+    for (name, addr) in [("ws", ws), ("short", short), ("plain", plain)] {
+        b.clusters.push(config::cluster(name, ClusterProtocol::default(), &[addr]));
+    }
+    b.yaml()
+}
+
+/// A bootstrap with an access log at `log`.
+fn logged(log: &std::path::Path) -> Bootstrap {
+    Bootstrap { access_log: Some(config::AccessLog { path: log.display().to_string() }), ..config::bootstrap() }
 }
 
 /// An upgrade request head for `path`.
@@ -94,7 +94,7 @@ async fn websocket_echo_idle_and_close_through_an_http1_listener() {
     if !ws_peers_available("websocket_echo_idle_and_close_through_an_http1_listener") {
         return;
     }
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let echo = WsEcho::start();
         let plain = Origin::echo("plain").await;
         let (silent, _silent) = silent_upstream().await;
@@ -159,7 +159,7 @@ async fn websocket_echo_idle_and_close_through_an_http1_listener() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgrade_the_upstream_declines_is_an_ordinary_response_and_a_silent_peer_is_cut_by_idle_timeout() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let plain = Origin::echo("plain").await;
         let (silent, _silent) = silent_upstream().await;
         let listen = listen_addr();
@@ -245,7 +245,7 @@ async fn websocket_over_http2_extended_connect_reaches_an_http1_websocket_server
     if !ws_peers_available("websocket_over_http2_extended_connect_reaches_an_http1_websocket_server") {
         return;
     }
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let echo = WsEcho::start();
         let plain = Origin::echo("plain").await;
         let listen = listen_addr();
@@ -344,24 +344,19 @@ async fn tcp_echo_server() -> (SocketAddr, tokio::task::JoinHandle<()>) {
 /// Two listeners on one route to `echo` by host `db.internal`: `tunnels` carries CONNECT to
 /// ports 443 and 8443, `plain` has no `connect`; access log at `log`.
 fn connect_config(tunnels: SocketAddr, plain: SocketAddr, echo: SocketAddr, log: &std::path::Path) -> String {
-    format!(
-        r#"admin: {{ address: "{{admin}}" }}
-access_log: {{ path: "{log}" }}
-listeners:
-  - {{ name: tunnels, address: "{tunnels}", connect: true, connect_ports: [443, 8443], routes: [db] }}
-  - {{ name: plain, address: "{plain}", routes: [db] }}
-routes:
-  - {{ name: db, match: {{ host: db.internal }}, idle_timeout: 2s, backends: [{{ cluster: db }}] }}
-clusters:
-  - {{ name: db, endpoints: [{{ address: "{echo}" }}] }}
-"#,
-        log = log.display()
-    )
+    let mut b = logged(log);
+    let mut l = config::listener("tunnels", tunnels, &["db"]);
+    (l.connect, l.connect_ports) = (true, Some(vec![443, 8443]));
+    b.listeners.push(l);
+    b.listeners.push(config::listener("plain", plain, &["db"]));
+    b.routes.push(Route { idle_timeout: Some(config::ms(2000)), ..config::host_route("db", "db.internal", "db") });
+    b.clusters.push(config::cluster("db", ClusterProtocol::default(), &[echo]));
+    b.yaml()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_tunnels_only_on_connect_listeners_and_only_to_allowed_ports() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let (echo, _echo) = tcp_echo_server().await;
         let (tunnels, plain) = (listen_addr(), listen_addr());
         let dir = tempfile::tempdir().unwrap();
@@ -443,7 +438,7 @@ async fn read_h2_n(recv: &mut h2::RecvStream, n: usize) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_over_http2_tunnels_with_the_same_port_rules() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let (echo, _echo) = tcp_echo_server().await;
         let (tunnels, plain) = (listen_addr(), listen_addr());
         let dir = tempfile::tempdir().unwrap();
@@ -538,23 +533,18 @@ async fn closed_at(s: &mut TcpStream) -> Instant {
 /// proxy drains and are cut at the drain deadline, and the process exits then.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_cuts_upgraded_streams_at_the_deadline() {
-    bounded(LIMIT, async {
+    within(LIMIT, async {
         let (silent, _silent) = silent_upstream().await;
         let (echo, _echo) = tcp_echo_server().await;
         let listen = listen_addr();
-        let yaml = format!(
-            r#"admin: {{ address: "{{admin}}" }}
-drain_timeout: 2s
-listeners:
-  - {{ name: in, address: "{listen}", connect: true, routes: [db, ws] }}
-routes:
-  - {{ name: db, match: {{ host: db.internal }}, idle_timeout: 60s, backends: [{{ cluster: db }}] }}
-  - {{ name: ws, match: {{ path_prefix: /ws }}, idle_timeout: 60s, backends: [{{ cluster: ws }}] }}
-clusters:
-  - {{ name: db, endpoints: [{{ address: "{echo}" }}] }}
-  - {{ name: ws, endpoints: [{{ address: "{silent}" }}] }}
-"#
-        );
+        let mut b = Bootstrap { drain_timeout: Some(config::ms(2000)), ..config::bootstrap() };
+        b.listeners.push(config::Listener { connect: true, ..config::listener("in", listen, &["db", "ws"]) });
+        let idle = Some(config::ms(60_000));
+        b.routes.push(Route { idle_timeout: idle, ..config::host_route("db", "db.internal", "db") });
+        b.routes.push(Route { idle_timeout: idle, ..config::route("ws", "/ws", "ws") });
+        b.clusters.push(config::cluster("db", ClusterProtocol::default(), &[echo]));
+        b.clusters.push(config::cluster("ws", ClusterProtocol::default(), &[silent]));
+        let yaml = b.yaml();
         let mut proxy = Proxy::start(&yaml);
 
         let mut ws = TcpStream::connect(listen).await.unwrap();
@@ -568,8 +558,8 @@ clusters:
 
         proxy.signal("TERM");
         let asked = Instant::now();
-        // While draining, the tunnel still carries bytes.
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // While draining (the listener no longer accepts), the tunnel still carries bytes.
+        assert!(wait_refused(listen, Duration::from_secs(5)).await.is_some(), "still accepting after TERM");
         send.send_data(bytes::Bytes::from_static(b"still open"), false).unwrap();
         assert_eq!(read_h2_n(&mut recv, 10).await, b"still open");
         ws.write_all(b"\x81\x80\0\0\0\0").await.unwrap();

@@ -96,6 +96,11 @@ pub fn route(name: &str, path_prefix: &str, cluster: &str) -> Route {
     }
 }
 
+/// A route sending requests for `host` (any path) to `cluster`.
+pub fn host_route(name: &str, host: &str, cluster: &str) -> Route {
+    Route { matches: RouteMatch { host: Some(host.into()), ..Default::default() }, ..route(name, "/", cluster) }
+}
+
 /// A cluster of `endpoints` (weight 1 each) spoken to over `protocol`.
 pub fn cluster(name: &str, protocol: ClusterProtocol, endpoints: &[SocketAddr]) -> Cluster {
     Cluster {
