@@ -1,11 +1,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-// Each test file uses part of the shared helpers and imports.
-#![allow(dead_code, unused_imports)]
 //! Observability (DESIGN §14) through the real `trellis` binary: `/metrics` of the proxy and
 //! of the control plane pass `promtool check metrics`.
 
-mod common;
-use common::*;
+use trellis_testkit::config;
+use trellis_testkit::*;
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -528,11 +526,7 @@ async fn a_sidecar_pair_makes_one_trace_with_parentage_across_the_mtls_hop() {
     within(Duration::from_secs(60), async {
         let (collector, got) = otlp_http().await;
         let (app, seen) = counting_origin(|_, _| Response::builder().body(full("ok")).unwrap()).await;
-        let tracing = format!(
-            "tracing: {{ otlp: {{ endpoint: \"http://{}\", protocol: http }}, sample_ratio: 1.0 }}\n",
-            collector.addr
-        );
-        let pair = SidecarPair::start(app.addr, &tracing).await;
+        let pair = SidecarPair::start(app.addr, Some(config::otlp_http_tracing(collector.addr))).await;
         let trace: u128 = 0x0af7651916cd43dd8448eb211c80319c;
         let caller: u64 = 0xb7ad6b7169203331;
         let mut c = Client::h1(pair.a_out).await;
