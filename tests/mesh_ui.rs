@@ -1,12 +1,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-// Each test file uses part of the shared helpers and imports.
-#![allow(dead_code, unused_imports)]
 //! The control plane's mesh page `/ui` (DESIGN §14) in headless Chromium: a real control
 //! plane, two real sidecars with mTLS between them reporting their counters, traffic, and
 //! the rendered DOM checked for the proxies, their acked versions and the edge's rate.
 
-mod common;
-use common::*;
+use trellis_testkit::config::{self, Yaml};
+use trellis_testkit::*;
 
 use http::Request;
 use std::time::{Duration, Instant};
@@ -35,7 +33,7 @@ async fn ui_shows_proxies_versions_and_the_mtls_edge_in_chromium() {
     let Some(chromium) = chromium("ui_shows_proxies_versions_and_the_mtls_edge_in_chromium") else { return };
     within(Duration::from_secs(90), async {
         let app = Origin::echo("b-app").await;
-        let pair = SidecarPair::start(app.addr, "").await;
+        let pair = SidecarPair::start(app.addr, None).await;
 
         // Steady traffic a → b over mTLS while the page is looked at (bounded: at most 2,000
         // requests, 10 ms apart): the edge's rate is measured between two reports.
@@ -153,11 +151,10 @@ async fn stats_reports_are_refused_without_token_stream_or_within_bounds() {
         let cp = blocking(|| {
             ControlPlane::start_with(&dir.path().join("cp"), listen_addr(), listen_addr(), &["--token-file", &token])
         });
-        let yaml = format!(
-            "node: {{ id: p1, service: svc }}\nadmin: {{ address: \"{{admin}}\" }}\ndrain_timeout: 1s\ncontrol_plane: {{ address: \"{}\", token_file: \"{token}\" }}\n",
-            cp.xds_url()
-        );
-        let _proxy = blocking(|| Proxy::start(&yaml));
+        let mut b = config::discovery_bootstrap(cp.xds, "p1", "svc");
+        b.drain_timeout = Some(config::ms(1000));
+        b.control_plane.as_mut().unwrap().token_file = Some(token.clone());
+        let _proxy = blocking(|| Proxy::start(&b.yaml()));
         let channel = tonic::transport::Endpoint::from_shared(cp.xds_url()).unwrap().connect().await.unwrap();
         let with_token = |mut req: tonic::Request<()>| {
             req.metadata_mut().insert("authorization", "Bearer t0k3n".parse().unwrap());
