@@ -13,16 +13,8 @@ use std::time::{Duration, Instant};
 
 /// `promtool`, or `None` (with a message) when it is absent and not required.
 fn promtool(test: &str) -> Option<&'static str> {
-    let found = Command::new("promtool").arg("--version").output().is_ok_and(|o| o.status.success());
-    if found {
-        return Some("promtool");
-    }
-    assert!(
-        std::env::var_os("TRELLIS_REQUIRE_PROMTOOL").is_none(),
-        "TRELLIS_REQUIRE_PROMTOOL is set but promtool is missing (apt-get install prometheus)"
-    );
-    eprintln!("SKIPPED {test}: promtool not found (Debian package `prometheus`)");
-    None
+    let install = "Debian package `prometheus`: apt-get install prometheus";
+    program_available(test, "promtool", "TRELLIS_REQUIRE_PROMTOOL", install).then_some("promtool")
 }
 
 /// Runs `promtool check metrics` on `text`; panics with its findings, if any.

@@ -5,15 +5,8 @@ use super::*;
 /// Debian's `chromium`, or `None` (with a message) when it is absent and
 /// `TRELLIS_REQUIRE_CHROMIUM` is not set (.ci/run sets it and installs chromium).
 pub fn chromium(test: &str) -> Option<&'static str> {
-    if runs("chromium", &["--version"]) {
-        return Some("chromium");
-    }
-    assert!(
-        std::env::var_os("TRELLIS_REQUIRE_CHROMIUM").is_none(),
-        "TRELLIS_REQUIRE_CHROMIUM is set but chromium is missing (apt-get install --no-install-recommends chromium)"
-    );
-    eprintln!("SKIPPED {test}: chromium not found (Debian package `chromium`)");
-    None
+    let install = "Debian package `chromium`: apt-get install --no-install-recommends chromium";
+    program_available(test, "chromium", "TRELLIS_REQUIRE_CHROMIUM", install).then_some("chromium")
 }
 
 /// Headless Chromium on `url` with a new profile and no background networking, letting the

@@ -20,6 +20,17 @@ pub fn python_module_available(test: &str, module: &str, require_env: &str) -> b
     ok
 }
 
+/// Whether `program --version` runs. Where `require_env` is set (CI) a missing program fails
+/// the test (`install` says how to get it); elsewhere the caller skips, and this prints why.
+pub fn program_available(test: &str, program: &str, require_env: &str, install: &str) -> bool {
+    let ok = runs(program, &["--version"]);
+    if !ok {
+        assert!(std::env::var_os(require_env).is_none(), "{require_env} is set but {program} is missing ({install})");
+        eprintln!("SKIPPED {test}: {program} not found ({install})");
+    }
+    ok
+}
+
 /// Whether `program ARGS…` runs and exits 0 (output discarded).
 pub fn runs(program: &str, args: &[&str]) -> bool {
     Command::new(program).args(args).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
