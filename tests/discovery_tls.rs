@@ -4,6 +4,7 @@
 //! control-plane identity, and a plaintext one get nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use trellis_testkit::config::{self, ControlPlaneConfig, Identity, Node, Yaml};
 use trellis_testkit::*;
 
 use std::net::SocketAddr;
@@ -13,33 +14,34 @@ use std::time::Duration;
 const LIMIT: Duration = Duration::from_secs(60);
 
 /// Issues `spiffe://trellis.local/ns/default/sa/SA` from the CA in `ca_dir` into `dir/SA.*`
-/// and returns the bootstrap's `identity:` line.
-fn identity(ca_dir: &Path, dir: &Path, sa: &str) -> String {
+/// and returns the bootstrap's identity.
+fn identity(ca_dir: &Path, dir: &Path, sa: &str) -> Identity {
     let ca = trellis_certs::Ca::load(ca_dir).unwrap();
-    let id = format!("spiffe://trellis.local/ns/default/sa/{sa}");
-    issue_identity(&ca, dir, sa, &id, &trellis_certs::Ca::cert_path(ca_dir))
+    let prefix = dir.join(sa);
+    issue_to(&ca, &format!("spiffe://trellis.local/ns/default/sa/{sa}"), &[], &prefix);
+    let (cert, key) = pem_key(&prefix);
+    config::identity(&cert, &key, &trellis_certs::Ca::cert_path(ca_dir))
 }
 
-/// A proxy of `service` with `identity`, taking its config from `cp` at `scheme://xds`.
-fn bootstrap(service: &str, identity: &str, scheme: &str, xds: SocketAddr, extra: &str) -> String {
-    format!(
-        "node: {{ id: {service}-0, service: {service} }}\nadmin: {{ address: \"{{admin}}\" }}\n{identity}control_plane: {{ address: \"{scheme}://{xds}\"{extra} }}\n"
-    )
+/// A proxy of `service` with `identity`, taking its config from `cp` at `scheme://xds`,
+/// which must present `cp_identity` (default: the control plane's).
+fn bootstrap(service: &str, identity: Identity, scheme: &str, xds: SocketAddr, cp_identity: Option<&str>) -> String {
+    config::Bootstrap {
+        node: Node { id: format!("{service}-0"), service: Some(service.into()), zone: None },
+        identity: Some(identity),
+        control_plane: Some(ControlPlaneConfig {
+            address: trellis_api::Addresses::one(format!("{scheme}://{xds}")),
+            identity: cp_identity.map(str::to_owned),
+            token_file: None,
+            inbound_address: None,
+        }),
+        ..config::bootstrap()
+    }
+    .yaml()
 }
 
 fn ready(proxy: &Proxy) -> bool {
     admin_get(proxy.admin, "/ready").map(|(s, _)| s == 200).unwrap_or(false)
-}
-
-async fn wait_ready(proxy: &Proxy, limit: Duration) -> bool {
-    let deadline = std::time::Instant::now() + limit;
-    while std::time::Instant::now() < deadline {
-        if blocking(|| ready(proxy)) {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,8 +67,9 @@ async fn only_proxies_with_the_control_planes_identities_get_config() {
         }
 
         // The right CA, the right service: config arrives over mTLS and the listener serves.
-        let shop = Proxy::start(&bootstrap("shop", &identity(&ca_dir, certs.path(), "shop"), "https", cp.xds, ""));
-        assert!(wait_ready(&shop, Duration::from_secs(10)).await, "{}", log_tail(&shop, 20));
+        let shop = Proxy::start(&bootstrap("shop", identity(&ca_dir, certs.path(), "shop"), "https", cp.xds, None));
+        let became_ready = wait_until(Duration::from_secs(10), || async { blocking(|| ready(&shop)) }).await;
+        assert!(became_ready, "{}", log_tail(&shop, 20));
         let got = Client::h1(listen).await.get("/hello").await;
         assert_eq!(got.status, 200, "{}", got.text());
         let (_, proxies) = admin_get(cp.api, "/v1/proxies").unwrap();
@@ -80,38 +83,40 @@ async fn only_proxies_with_the_control_planes_identities_get_config() {
         let other = tempfile::tempdir().unwrap();
         trellis_certs::Ca::init(other.path().join("ca"), false).unwrap();
         let foreign = Proxy::spawn_live(
-            &bootstrap("billing", &identity(&other.path().join("ca"), other.path(), "billing"), "https", cp.xds, ""),
+            &bootstrap("billing", identity(&other.path().join("ca"), other.path(), "billing"), "https", cp.xds, None),
             &["--threads", "1"],
         );
         // The right CA, but claiming another service than its identity's.
         let impostor = Proxy::spawn_live(
-            &bootstrap("payments", &identity(&ca_dir, certs.path(), "cart"), "https", cp.xds, ""),
+            &bootstrap("payments", identity(&ca_dir, certs.path(), "cart"), "https", cp.xds, None),
             &["--threads", "1"],
         );
         // Expecting another control-plane identity: the proxy refuses the server.
         let wary = Proxy::spawn_live(
             &bootstrap(
                 "shop",
-                &identity(&ca_dir, certs.path(), "shop"),
+                identity(&ca_dir, certs.path(), "shop"),
                 "https",
                 cp.xds,
-                ", identity: \"spiffe://trellis.local/ns/other/sa/control-plane\"",
+                Some("spiffe://trellis.local/ns/other/sa/control-plane"),
             ),
             &["--threads", "1"],
         );
         // Plaintext to an mTLS port.
         let plain =
-            Proxy::spawn_live(&bootstrap("shop", &identity(&ca_dir, certs.path(), "shop"), "http", cp.xds, ""), &["--threads", "1"]);
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        for (what, p, needle) in [
+            Proxy::spawn_live(&bootstrap("shop", identity(&ca_dir, certs.path(), "shop"), "http", cp.xds, None), &["--threads", "1"]);
+        let failures = [
             ("foreign CA", &foreign, "control-plane stream failed"),
             ("impostor", &impostor, "is not the service of this proxy's identity"),
             ("wrong control-plane identity", &wary, "the control plane's identity mismatch: expected spiffe://trellis.local/ns/other/sa/control-plane, got spiffe://trellis.local/ns/trellis-system/sa/control-plane"),
             ("plaintext", &plain, "control-plane stream failed"),
-        ] {
+        ];
+        for (what, p, needle) in failures {
+            let logged = wait_log(p, needle, Duration::from_secs(10)).await;
+            assert!(logged, "{what}: expected {needle:?} in:\n{}", log_tail(p, 10));
+        }
+        for (what, p, _) in failures {
             assert!(!blocking(|| ready(p)), "{what}: must not become ready");
-            let logs = plain_logs(p);
-            assert!(logs.contains(needle), "{what}: expected {needle:?} in:\n{}", log_tail(p, 10));
         }
         let (_, proxies) = admin_get(cp.api, "/v1/proxies").unwrap();
         for id in ["billing-0", "payments-0"] {
