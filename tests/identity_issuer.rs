@@ -4,6 +4,7 @@
 //! and refuses to start when the control plane refuses it.
 #![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
+use trellis_testkit::config::{self, Yaml};
 use trellis_testkit::*;
 
 use std::net::SocketAddr;
@@ -63,11 +64,15 @@ impl Mesh {
     }
 
     /// An inbound sidecar whose identity comes from the control plane, valid for `ttl`.
-    fn sidecar_yaml(&self, mesh: SocketAddr, app: SocketAddr, ttl: &str, token: &Path) -> String {
-        self.sidecar_yaml_at(&self.cert(), &self.key(), mesh, app, ttl, token)
+    fn sidecar(&self, mesh: SocketAddr, app: SocketAddr, ttl: &str, token: &Path) -> config::Bootstrap {
+        self.sidecar_at(&self.cert(), &self.key(), mesh, app, ttl, token)
     }
 
-    fn sidecar_yaml_at(
+    fn sidecar_yaml(&self, mesh: SocketAddr, app: SocketAddr, ttl: &str, token: &Path) -> String {
+        self.sidecar(mesh, app, ttl, token).yaml()
+    }
+
+    fn sidecar_at(
         &self,
         cert: &Path,
         key: &Path,
@@ -75,16 +80,15 @@ impl Mesh {
         app: SocketAddr,
         ttl: &str,
         token: &Path,
-    ) -> String {
-        let identity = format!(
-            "identity:\n  cert: \"{}\"\n  key: \"{}\"\n  trust_bundle: \"{}\"\n  issuer: {{ server: \"http://{}\", id: \"{CHECKOUT}\", token_file: \"{}\", ttl: {ttl} }}\n",
-            cert.display(),
-            key.display(),
-            self.bundle().display(),
-            self.cp.api,
-            token.display(),
-        );
-        inbound_config(&identity, &[("inbound", mesh, Some("authz"))], app)
+    ) -> config::Bootstrap {
+        let mut identity = config::identity(cert, key, &self.bundle());
+        identity.issuer = Some(trellis_api::Issuer {
+            server: format!("http://{}", self.cp.api),
+            id: CHECKOUT.into(),
+            token_file: Some(token.display().to_string()),
+            ttl: Some(ttl.parse().unwrap_or_else(|e| panic!("ttl {ttl:?}: {e:?}"))),
+        });
+        inbound(&identity, &[("inbound", mesh, Some("authz"))], app)
     }
 }
 
@@ -196,7 +200,7 @@ async fn a_reload_that_moves_the_identity_files_gets_them_issued_and_applies() {
     // New paths, nothing there yet: the first reload is refused for the missing files, the
     // proxy gets a certificate for them, and the reload then applies.
     let (cert, key) = (m.files.path().join("moved/id.pem"), m.files.path().join("moved/id.key"));
-    proxy.write_config(&m.sidecar_yaml_at(&cert, &key, mesh, app.addr, "1h", &m.token));
+    proxy.write_config(&m.sidecar_at(&cert, &key, mesh, app.addr, "1h", &m.token).yaml());
     assert!(wait_version_above(&proxy, version, Duration::from_secs(10)).await, "{}", proxy.logs());
     let written = trellis_certs::inspect_file(&cert).unwrap();
     let (status, leaf) = call(mesh, &m.fe).await.unwrap();
@@ -226,8 +230,10 @@ async fn over_https_the_issuer_must_be_the_control_plane_of_the_trust_bundle() {
     let m = Mesh::start_with(&["--api-tls"]);
     let app = Origin::echo("app").await;
     let mesh = listen_addr();
-    let yaml = m.sidecar_yaml(mesh, app.addr, "1h", &m.token).replace("http://", "https://");
-    let _proxy = Proxy::start(&yaml);
+    let mut b = m.sidecar(mesh, app.addr, "1h", &m.token);
+    let issuer = b.identity.as_mut().and_then(|i| i.issuer.as_mut()).unwrap();
+    issuer.server = issuer.server.replace("http://", "https://");
+    let _proxy = Proxy::start(&b.yaml());
     let (status, leaf) = call(mesh, &m.fe).await.unwrap();
     assert_eq!((status, leaf.spiffe_id.map(|i| i.to_string())), (200, Some(CHECKOUT.to_owned())));
 
@@ -235,10 +241,11 @@ async fn over_https_the_issuer_must_be_the_control_plane_of_the_trust_bundle() {
     let other = tempfile::tempdir().unwrap();
     Ca::init(other.path(), false).unwrap();
     let cfg = m.files.path().join("untrusting.yaml");
-    let yaml = yaml
-        .replace(&m.bundle().display().to_string(), &Ca::cert_path(other.path()).display().to_string())
-        .replace("id/checkout", "id2/checkout")
-        .replace("{admin}", &listen_addr().to_string());
+    let identity = b.identity.as_mut().unwrap();
+    identity.trust_bundle = Ca::cert_path(other.path()).display().to_string();
+    let id2 = |file: &str| m.files.path().join("id2").join(file).display().to_string();
+    (identity.cert, identity.key) = (id2("checkout.pem"), id2("checkout.key"));
+    let yaml = b.yaml().replace("{admin}", &listen_addr().to_string());
     std::fs::write(&cfg, yaml).unwrap();
     let started = Instant::now();
     let (code, err) = blocking(move || trellis(&["proxy", "--config", cfg.to_str().unwrap()]));

@@ -5,6 +5,7 @@
 //! peers, and dot segments cannot escape a path rule. Rotation is in mtls_rotation.rs.
 #![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
+use trellis_testkit::config::{self, Yaml};
 use trellis_testkit::*;
 
 use http_body_util::BodyExt;
@@ -43,7 +44,7 @@ async fn mesh_listener_authenticates_and_authorizes_peers() {
 
         let app = Origin::echo("app").await;
         let (mesh, closed) = (listen_addr(), listen_addr());
-        let identity = identity_yaml(&cert, &key, &pki.bundle());
+        let identity = config::identity(&cert, &key, &pki.bundle());
         let proxy = Proxy::start(&inbound_config(
             &identity,
             &[("mesh", mesh, Some("authz")), ("nopolicy", closed, None)],
@@ -125,7 +126,7 @@ async fn mesh_port_speaks_only_tls13() {
         let frontend = pki.issue("frontend", FRONTEND, &[]);
         let app = Origin::echo("app").await;
         let mesh = listen_addr();
-        let identity = identity_yaml(&cert, &key, &pki.bundle());
+        let identity = config::identity(&cert, &key, &pki.bundle());
         let proxy = Proxy::start(&inbound_config(&identity, &[("mesh", mesh, Some("authz"))], app.addr));
 
         // Plaintext HTTP: the connection ends without an HTTP answer.
@@ -185,17 +186,23 @@ async fn sidecar_pair_multiplexes_one_mtls_connection() {
         let (inbound, outbound) = (listen_addr(), listen_addr());
         let access = tempfile::tempdir().unwrap();
         let access = access.path().join("access.log");
-        let checkout = Proxy::start(&format!(
-            "access_log: {{ path: \"{}\" }}\n{}",
-            access.display(),
-            inbound_config(
-                &identity_yaml(&ccert, &ckey, &pki.bundle()),
-                &[("inbound", inbound, Some("authz"))],
-                app.addr
-            )
+        let checkout = Proxy::start(
+            &config::Bootstrap {
+                access_log: Some(config::AccessLog { path: access.display().to_string() }),
+                ..mesh::inbound(
+                    &config::identity(&ccert, &ckey, &pki.bundle()),
+                    &[("inbound", inbound, Some("authz"))],
+                    app.addr,
+                )
+            }
+            .yaml(),
+        );
+        let frontend = Proxy::start(&outbound_config(
+            &config::identity(&fcert, &fkey, &pki.bundle()),
+            outbound,
+            inbound,
+            CHECKOUT,
         ));
-        let frontend =
-            Proxy::start(&outbound_config(&identity_yaml(&fcert, &fkey, &pki.bundle()), outbound, inbound, CHECKOUT));
 
         let mut c = Client::h1(outbound).await;
         let got = c.get("/api/orders").await;
@@ -251,12 +258,12 @@ async fn upstream_identity_mismatch_is_a_502() {
         let app = Origin::echo("checkout-app").await;
         let (inbound, outbound) = (listen_addr(), listen_addr());
         let _checkout = Proxy::start(&inbound_config(
-            &identity_yaml(&ccert, &ckey, &pki.bundle()),
+            &config::identity(&ccert, &ckey, &pki.bundle()),
             &[("inbound", inbound, Some("authz"))],
             app.addr,
         ));
         let frontend = Proxy::start(&outbound_config(
-            &identity_yaml(&fcert, &fkey, &pki.bundle()),
+            &config::identity(&fcert, &fkey, &pki.bundle()),
             outbound,
             inbound,
             "spiffe://trellis.local/ns/default/sa/other",
@@ -280,24 +287,16 @@ async fn tcp_mesh_listener_closes_unauthorized_peers() {
         let intruder = pki.issue("intruder", INTRUDER, &[]);
         let (echo, _task) = tcp_echo().await;
         let l4 = listen_addr();
-        let yaml = format!(
-            r#"admin: {{ address: "{{admin}}" }}
-{}listeners:
-  - name: l4
-    address: "{l4}"
-    protocol: tcp
-    tls: {{ mode: mesh }}
-    policy: fe
-    cluster: echo
-clusters:
-  - name: echo
-    endpoints: [{{ address: "{echo}" }}]
-policies:
-  - name: fe
-    rules: [{{ from: [{FRONTEND}] }}]
-"#,
-            identity_yaml(&cert, &key, &pki.bundle())
-        );
+        let mut b =
+            config::Bootstrap { identity: Some(config::identity(&cert, &key, &pki.bundle())), ..config::bootstrap() };
+        b.listeners.push(config::Listener {
+            tls: Some(config::mesh_tls()),
+            policy: Some("fe".into()),
+            ..config::tcp_listener("l4", l4, "echo")
+        });
+        b.clusters.push(config::cluster("echo", config::ClusterProtocol::default(), &[echo]));
+        b.policies.push(config::allow_from("fe", &[FRONTEND]));
+        let yaml = b.yaml();
         let proxy = Proxy::start(&yaml);
 
         assert_eq!(tls_ping(l4, mesh_client(Some(frontend))).await.unwrap(), b"ping");
@@ -321,7 +320,7 @@ async fn dot_segments_do_not_escape_a_path_rule() {
         let app = Origin::echo("app").await;
         let mesh = listen_addr();
         let _proxy = Proxy::start(&inbound_config(
-            &identity_yaml(&cert, &key, &pki.bundle()),
+            &config::identity(&cert, &key, &pki.bundle()),
             &[("mesh", mesh, Some("authz"))],
             app.addr,
         ));
@@ -358,14 +357,15 @@ async fn sidecar_pair_speaks_each_apps_own_protocol() {
         let h1_app = Origin::echo_h1_only("h1-only-app").await;
         let any_app = Origin::echo("h1-h2c-app").await;
         let (to_h1, to_any, out_h1, out_any) = (listen_addr(), listen_addr(), listen_addr(), listen_addr());
-        let inbound_identity = identity_yaml(&ccert, &ckey, &pki.bundle());
-        let inbound = |app| inbound_config(&inbound_identity, &[("inbound", to_h1, Some("open"))], app);
-        let _h1_side = Proxy::start(&inbound(h1_app.addr).replace("protocol: http1", "protocol: auto"));
-        let any_side = inbound(any_app.addr)
-            .replace("protocol: http1", "protocol: auto")
-            .replace(&to_h1.to_string(), &to_any.to_string());
-        let _any_side = Proxy::start(&any_side);
-        let identity = identity_yaml(&fcert, &fkey, &pki.bundle());
+        let inbound_identity = config::identity(&ccert, &ckey, &pki.bundle());
+        let inbound = |listen, app| {
+            let mut b = inbound(&inbound_identity, &[("inbound", listen, Some("open"))], app);
+            b.clusters[0].protocol = config::ClusterProtocol::Auto;
+            b.yaml()
+        };
+        let _h1_side = Proxy::start(&inbound(to_h1, h1_app.addr));
+        let _any_side = Proxy::start(&inbound(to_any, any_app.addr));
+        let identity = config::identity(&fcert, &fkey, &pki.bundle());
         let _fe_h1 = Proxy::start(&outbound_config(&identity, out_h1, to_h1, CHECKOUT));
         let _fe_any = Proxy::start(&outbound_config(&identity, out_any, to_any, CHECKOUT));
 
@@ -398,15 +398,18 @@ async fn permissive_listener_takes_plaintext_too_and_counts_it() {
         let frontend = pki.issue("frontend", FRONTEND, &[]);
         let app = Origin::echo("app").await;
         let (open, guarded, strict) = (listen_addr(), listen_addr(), listen_addr());
-        let yaml = inbound_config(
-            &identity_yaml(&cert, &key, &pki.bundle()),
+        let mut b = inbound(
+            &config::identity(&cert, &key, &pki.bundle()),
             &[("open", open, Some("open")), ("guarded", guarded, Some("authz")), ("strict", strict, Some("open"))],
             app.addr,
         );
-        let yaml = yaml.replacen("tls: { mode: mesh }", "tls: { mode: permissive }", 2);
+        for l in &mut b.listeners[..2] {
+            l.tls = Some(config::ListenerTls { mode: config::ListenerTlsMode::Permissive, ..Default::default() });
+        }
         let access = tempfile::tempdir().unwrap();
         let log = access.path().join("access.log");
-        let proxy = Proxy::start(&format!("access_log: {{ path: \"{}\" }}\n{yaml}", log.display()));
+        b.access_log = Some(config::AccessLog { path: log.display().to_string() });
+        let proxy = Proxy::start(&b.yaml());
 
         // mTLS: the caller's identity, as on a mesh listener.
         let (got, _) = tls_fetch(open, mesh_client(Some(frontend.clone())), "checkout", "GET", "/api/a").await.unwrap();
@@ -449,23 +452,26 @@ async fn an_endpoint_identity_is_auto_mtls() {
         let app = Origin::echo("checkout-app").await;
         let (inbound, outbound) = (listen_addr(), listen_addr());
         let _checkout = Proxy::start(&inbound_config(
-            &identity_yaml(&ccert, &ckey, &pki.bundle()),
+            &config::identity(&ccert, &ckey, &pki.bundle()),
             &[("inbound", inbound, Some("authz"))],
             app.addr,
         ));
         // The outbound sidecar's config with the cluster's `protocol` and `tls` lines taken
         // out and the identity put on the endpoint.
-        let identity = identity_yaml(&fcert, &fkey, &pki.bundle());
-        let yaml = format!(
-            "{}    endpoints: [{{ address: \"{inbound}\", identity: \"{CHECKOUT}\" }}]\n",
-            outbound_config(&identity, outbound, inbound, CHECKOUT).split("    protocol: http2").next().unwrap()
-        );
-        let frontend = Proxy::start(&yaml);
+        let identity = config::identity(&fcert, &fkey, &pki.bundle());
+        let expecting = |id: &str| {
+            let mut b = mesh::outbound(&identity, outbound, inbound, CHECKOUT);
+            let checkout = &mut b.clusters[0];
+            (checkout.protocol, checkout.tls) = (config::ClusterProtocol::default(), None);
+            checkout.endpoints[0].identity = Some(id.into());
+            b.yaml()
+        };
+        let frontend = Proxy::start(&expecting(CHECKOUT));
         let got = Client::h1(outbound).await.get("/api/orders").await;
         assert_eq!(got.status, 200, "{} / {}", got.text(), log_tail(&frontend, 10));
         assert_eq!(got.json()["version"], "HTTP/1.1", "the app is spoken to in its own protocol");
 
-        frontend.reload(&yaml.replace(CHECKOUT, INTRUDER));
+        frontend.reload(&expecting(INTRUDER));
         let got = Client::h1(outbound).await.get("/api/orders").await;
         assert_eq!(got.status, 502, "{}", got.text());
         assert_eq!(got.header("x-trellis-error"), Some("upstream identity mismatch"), "{}", got.text());

@@ -3,6 +3,7 @@
 //! kept, and a refused reload leaves the expiry gauge of the identity in use.
 #![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
+use trellis_testkit::config::{self, Yaml};
 use trellis_testkit::*;
 
 use http_body_util::BodyExt;
@@ -36,7 +37,7 @@ impl Checkout {
         let app = Origin::echo("app").await;
         let mesh = listen_addr();
         let proxy = Proxy::start(&inbound_config(
-            &identity_yaml(&cert, &key, &pki.bundle()),
+            &config::identity(&cert, &key, &pki.bundle()),
             &[("mesh", mesh, Some("authz"))],
             app.addr,
         ));
@@ -164,12 +165,12 @@ async fn root_ca_rotation_fails_no_request() {
         let app = Origin::echo("checkout-app").await;
         let (inbound, outbound) = (listen_addr(), listen_addr());
         let checkout = Proxy::start(&inbound_config(
-            &identity_yaml(&ccert, &ckey, &cbundle),
+            &config::identity(&ccert, &ckey, &cbundle),
             &[("inbound", inbound, Some("authz"))],
             app.addr,
         ));
         let frontend =
-            Proxy::start(&outbound_config(&identity_yaml(&fcert, &fkey, &fbundle), outbound, inbound, CHECKOUT));
+            Proxy::start(&outbound_config(&config::identity(&fcert, &fkey, &fbundle), outbound, inbound, CHECKOUT));
 
         // Continuous load through the pair: 3 clients, a new connection every 5 requests.
         let stop = Arc::new(AtomicBool::new(false));
@@ -288,7 +289,7 @@ async fn root_ca_rotation_fails_no_request() {
         // A new sidecar with only the new root talks to the rotated inbound side.
         let outbound2 = listen_addr();
         let _frontend2 =
-            Proxy::start(&outbound_config(&identity_yaml(&fcert, &fkey, &fbundle), outbound2, inbound, CHECKOUT));
+            Proxy::start(&outbound_config(&config::identity(&fcert, &fkey, &fbundle), outbound2, inbound, CHECKOUT));
         let got = Client::h1(outbound2).await.get("/api/fresh").await;
         assert_eq!(got.status, 200, "{}", got.text());
     })
@@ -304,34 +305,21 @@ async fn refused_reload_leaves_the_expiry_gauge_of_the_identity_in_use() {
         let app = Origin::echo("app").await;
         let (mesh, edge) = (listen_addr(), listen_addr());
         let config = |cert: &Path, key: &Path, ecert: &Path| {
-            format!(
-                r#"admin: {{ address: "{{admin}}" }}
-{}listeners:
-  - name: mesh
-    address: "{mesh}"
-    tls: {{ mode: mesh }}
-    policy: open
-    routes: [all]
-  - name: edge
-    address: "{edge}"
-    tls: {{ mode: terminate, certificates: [{{ cert: "{}", key: "{}" }}] }}
-    routes: [all]
-routes:
-  - name: all
-    match: {{ path_prefix: / }}
-    backends: [{{ cluster: app }}]
-clusters:
-  - name: app
-    endpoints: [{{ address: "{}" }}]
-policies:
-  - name: open
-    default: allow
-"#,
-                identity_yaml(cert, key, &pki.bundle()),
-                ecert.display(),
-                ekey.display(),
-                app.addr
-            )
+            let mut b =
+                config::Bootstrap { identity: Some(config::identity(cert, key, &pki.bundle())), ..config::bootstrap() };
+            let mesh_listener =
+                config::Listener { tls: Some(config::mesh_tls()), ..config::listener("mesh", mesh, &["all"]) };
+            b.listeners.push(config::Listener { policy: Some("open".into()), ..mesh_listener });
+            let terminate = config::terminate(&[(ecert.to_owned(), ekey.clone())]);
+            b.listeners.push(config::Listener { tls: Some(terminate), ..config::listener("edge", edge, &["all"]) });
+            b.routes.push(config::route("all", "/", "app"));
+            b.clusters.push(config::cluster("app", config::ClusterProtocol::default(), &[app.addr]));
+            b.policies.push(config::Policy {
+                name: "open".into(),
+                default: config::PolicyDefault::Allow,
+                rules: vec![],
+            });
+            b.yaml()
         };
         let proxy = Proxy::start(&config(&cert, &key, &ecert));
         let old = trellis_certs::inspect_file(&cert).unwrap().remove(0);

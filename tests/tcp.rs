@@ -1,16 +1,13 @@
 //! L4 (`protocol: tcp`) forwarding from the real binary: a TCP sidecar pair carries raw
 //! bytes over mTLS with the server's SPIFFE ID checked, a wrong identity never gets a byte
 //! through, and each closed connection writes one access log line.
-#![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use http_body_util::BodyExt;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use trellis_certs::Ca;
+use trellis_testkit::config::{self, ClusterProtocol, Yaml};
 use trellis_testkit::*;
 
 use trellis_testkit::mesh::*;
@@ -37,31 +34,35 @@ async fn tcp_sidecar_pair_carries_bytes_over_mtls_and_logs_each_connection() {
         let (echo, _echo_task) = tcp_echo().await;
         let (inbound, outbound, wrong) = (listen_addr(), listen_addr(), listen_addr());
         let log = dir.path().join("outbound.log");
-        let inbound_yaml = format!(
-            r#"admin: {{ address: "{{admin}}" }}
-{}listeners:
-  - {{ name: db-in, address: "{inbound}", protocol: tcp, tls: {{ mode: mesh }}, policy: fe, cluster: db }}
-clusters:
-  - {{ name: db, endpoints: [{{ address: "{echo}" }}] }}
-policies:
-  - {{ name: fe, rules: [{{ from: ["{FRONTEND}"] }}] }}
-"#,
-            issue_identity(&ca, dir.path(), "db", DB, &Ca::cert_path(dir.path().join("ca")))
-        );
+        let identity = |name: &str, id: &str| {
+            let prefix = dir.path().join(name);
+            issue_to(&ca, id, &[], &prefix);
+            let (cert, key) = pem_key(&prefix);
+            Some(config::identity(&cert, &key, &Ca::cert_path(dir.path().join("ca"))))
+        };
+        let mut db = config::Bootstrap { identity: identity("db", DB), ..config::bootstrap() };
+        db.listeners.push(config::Listener {
+            tls: Some(config::mesh_tls()),
+            policy: Some("fe".into()),
+            ..config::tcp_listener("db-in", inbound, "db")
+        });
+        db.clusters.push(config::cluster("db", ClusterProtocol::default(), &[echo]));
+        db.policies.push(config::allow_from("fe", &[FRONTEND]));
+        let inbound_yaml = db.yaml();
         // `db-out` expects the right identity; `wrong-out` expects another one.
-        let outbound_yaml = format!(
-            r#"admin: {{ address: "{{admin}}" }}
-access_log: {{ path: "{log}" }}
-{}listeners:
-  - {{ name: db-out, address: "{outbound}", protocol: tcp, cluster: db }}
-  - {{ name: wrong-out, address: "{wrong}", protocol: tcp, cluster: impostor }}
-clusters:
-  - {{ name: db, tls: {{ mode: mesh, identity: "{DB}" }}, endpoints: [{{ address: "{inbound}" }}] }}
-  - {{ name: impostor, tls: {{ mode: mesh, identity: "{FRONTEND}" }}, endpoints: [{{ address: "{inbound}" }}] }}
-"#,
-            issue_identity(&ca, dir.path(), "frontend", FRONTEND, &Ca::cert_path(dir.path().join("ca"))),
-            log = log.display(),
-        );
+        let mut fe = config::Bootstrap {
+            access_log: Some(config::AccessLog { path: log.display().to_string() }),
+            identity: identity("frontend", FRONTEND),
+            ..config::bootstrap()
+        };
+        fe.listeners.push(config::tcp_listener("db-out", outbound, "db"));
+        fe.listeners.push(config::tcp_listener("wrong-out", wrong, "impostor"));
+        for (name, expect) in [("db", DB), ("impostor", FRONTEND)] {
+            let mut c = config::cluster(name, ClusterProtocol::default(), &[inbound]);
+            c.tls = Some(config::mesh_cluster_tls(expect));
+            fe.clusters.push(c);
+        }
+        let outbound_yaml = fe.yaml();
         let _db = Proxy::start(&inbound_yaml);
         let _frontend = Proxy::start(&outbound_yaml);
 

@@ -14,7 +14,7 @@ use super::*;
 pub use trellis_api::{
     AccessLog, Admin, Backend, Bootstrap, CertPair, Cluster, ClusterProtocol, ClusterTls, ClusterTlsMode,
     ControlPlane as ControlPlaneConfig, Endpoint, Identity, Listener, ListenerProtocol, ListenerTls, ListenerTlsMode,
-    Node, Route, RouteMatch, Tracing,
+    Node, Policy, PolicyDefault, PolicyRule, Route, RouteMatch, Tracing,
 };
 
 /// The admin address placeholder [`Proxy`] replaces with a free port.
@@ -96,6 +96,17 @@ pub fn route(name: &str, path_prefix: &str, cluster: &str) -> Route {
     }
 }
 
+/// A TCP listener on `address` forwarding every connection to `cluster`.
+pub fn tcp_listener(name: &str, address: SocketAddr, cluster: &str) -> Listener {
+    Listener { protocol: ListenerProtocol::Tcp, cluster: Some(cluster.into()), ..listener(name, address, &[]) }
+}
+
+/// A policy `name` letting in only the peers `from` (default deny).
+pub fn allow_from(name: &str, from: &[&str]) -> Policy {
+    let rule = PolicyRule { from: from.iter().map(|f| f.to_string()).collect(), ..Default::default() };
+    Policy { name: name.into(), default: PolicyDefault::Deny, rules: vec![rule] }
+}
+
 /// A route sending requests for `host` (any path) to `cluster`.
 pub fn host_route(name: &str, host: &str, cluster: &str) -> Route {
     Route { matches: RouteMatch { host: Some(host.into()), ..Default::default() }, ..route(name, "/", cluster) }
@@ -173,4 +184,14 @@ pub fn otlp_http_tracing(collector: SocketAddr) -> Tracing {
         "sample_ratio": 1.0,
     }))
     .expect("a tracing config")
+}
+
+/// Mesh mTLS on a listener (`tls: { mode: mesh }`).
+pub fn mesh_tls() -> ListenerTls {
+    ListenerTls { mode: ListenerTlsMode::Mesh, ..Default::default() }
+}
+
+/// Mesh mTLS to a cluster whose endpoints must present the SPIFFE ID `identity`.
+pub fn mesh_cluster_tls(identity: &str) -> ClusterTls {
+    ClusterTls { mode: ClusterTlsMode::Mesh, identity: Some(identity.into()), sni: None, trust_bundle: None }
 }

@@ -2,6 +2,7 @@
 //! mesh clients, load loops over fresh handshakes, and a TCP echo.
 
 use super::*;
+use crate::config::{self, Bootstrap, ClusterProtocol, Identity, Policy, PolicyDefault, PolicyRule, Yaml};
 use std::time::SystemTime;
 
 pub const FRONTEND: &str = "spiffe://trellis.local/ns/default/sa/frontend";
@@ -10,59 +11,49 @@ pub const INTRUDER: &str = "spiffe://trellis.local/ns/default/sa/intruder";
 
 /// A server-side sidecar: mesh listeners `(name, address, policy)` in front of an HTTP/1.1
 /// app; policy `authz` lets the frontend GET/POST `/api/*`, `open` lets any mesh peer in.
-pub fn inbound_config(identity: &str, listeners: &[(&str, SocketAddr, Option<&str>)], app: SocketAddr) -> String {
-    let mut y = format!("admin: {{ address: \"{{admin}}\" }}\ndrain_timeout: 1s\n{identity}listeners:\n");
+pub fn inbound(identity: &Identity, listeners: &[(&str, SocketAddr, Option<&str>)], app: SocketAddr) -> Bootstrap {
+    let mut b =
+        Bootstrap { drain_timeout: Some(config::ms(1000)), identity: Some(identity.clone()), ..config::bootstrap() };
     for (name, addr, policy) in listeners {
-        y.push_str(&format!("  - name: {name}\n    address: \"{addr}\"\n    tls: {{ mode: mesh }}\n"));
-        if let Some(p) = policy {
-            y.push_str(&format!("    policy: {p}\n"));
-        }
-        y.push_str("    routes: [local]\n");
+        let mut l = config::listener(name, *addr, &["local"]);
+        l.tls = Some(config::mesh_tls());
+        l.policy = policy.map(str::to_owned);
+        b.listeners.push(l);
     }
-    y.push_str(&format!(
-        r#"routes:
-  - name: local
-    match: {{ path_prefix: / }}
-    backends: [{{ cluster: app }}]
-clusters:
-  - name: app
-    protocol: http1
-    endpoints: [{{ address: "{app}" }}]
-policies:
-  - name: authz
-    default: deny
-    rules:
-      - from: [{FRONTEND}]
-        paths: ["/api/*"]
-        methods: [GET, POST]
-  - name: open
-    default: allow
-"#
-    ));
-    y
+    b.routes.push(config::route("local", "/", "app"));
+    b.clusters.push(config::cluster("app", ClusterProtocol::Http1, &[app]));
+    let api = PolicyRule {
+        from: vec![FRONTEND.into()],
+        paths: vec!["/api/*".into()],
+        methods: vec!["GET".into(), "POST".into()],
+        ..Default::default()
+    };
+    b.policies.push(Policy { name: "authz".into(), default: PolicyDefault::Deny, rules: vec![api] });
+    b.policies.push(Policy { name: "open".into(), default: PolicyDefault::Allow, rules: vec![] });
+    b
+}
+
+/// [`inbound`] as config text.
+pub fn inbound_config(identity: &Identity, listeners: &[(&str, SocketAddr, Option<&str>)], app: SocketAddr) -> String {
+    inbound(identity, listeners, app).yaml()
 }
 
 /// A client-side sidecar: plaintext listener `outbound` → mTLS HTTP/2 to `inbound`, whose
 /// SPIFFE ID must be `expect`.
-pub fn outbound_config(identity: &str, listen: SocketAddr, inbound: SocketAddr, expect: &str) -> String {
-    format!(
-        r#"admin: {{ address: "{{admin}}" }}
-drain_timeout: 1s
-{identity}listeners:
-  - name: outbound
-    address: "{listen}"
-    routes: [mesh]
-routes:
-  - name: mesh
-    match: {{ path_prefix: / }}
-    backends: [{{ cluster: checkout }}]
-clusters:
-  - name: checkout
-    protocol: http2
-    tls: {{ mode: mesh, identity: "{expect}" }}
-    endpoints: [{{ address: "{inbound}" }}]
-"#
-    )
+pub fn outbound(identity: &Identity, listen: SocketAddr, inbound: SocketAddr, expect: &str) -> Bootstrap {
+    let mut b =
+        Bootstrap { drain_timeout: Some(config::ms(1000)), identity: Some(identity.clone()), ..config::bootstrap() };
+    b.listeners.push(config::listener("outbound", listen, &["mesh"]));
+    b.routes.push(config::route("mesh", "/", "checkout"));
+    let mut checkout = config::cluster("checkout", ClusterProtocol::Http2, &[inbound]);
+    checkout.tls = Some(config::mesh_cluster_tls(expect));
+    b.clusters.push(checkout);
+    b
+}
+
+/// [`outbound`] as config text.
+pub fn outbound_config(identity: &Identity, listen: SocketAddr, inbound: SocketAddr, expect: &str) -> String {
+    outbound(identity, listen, inbound, expect).yaml()
 }
 
 /// A test client presenting `PREFIX.pem`/`PREFIX.key` (any server certificate accepted).
