@@ -4,6 +4,7 @@
 //! accepted reloads. (Reloads that remove routes and listeners: tests/drain.rs.)
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use trellis_testkit::config::{self, Bootstrap, ClusterProtocol, Yaml};
 use trellis_testkit::*;
 
 use bytes::Bytes;
@@ -32,33 +33,26 @@ enum Switch {
 /// Listener `in` with one catch-all route `main` that adds `x-gen: GENERATION` and goes to origin A
 /// (even generations) or B (odd ones).
 fn gen_config(listen: SocketAddr, a: SocketAddr, b: SocketAddr, generation: u64, switch: Switch) -> String {
+    gen_bootstrap(listen, a, b, generation, switch).yaml()
+}
+
+fn gen_bootstrap(listen: SocketAddr, a: SocketAddr, b: SocketAddr, generation: u64, switch: Switch) -> Bootstrap {
     let (cluster, clusters) = match switch {
-        Switch::Cluster => (
-            origin_of(generation),
-            format!(
-                "  - name: a\n    endpoints: [{{ address: \"{a}\" }}]\n  - name: b\n    endpoints: [{{ address: \"{b}\" }}]\n"
-            ),
-        ),
-        Switch::Endpoint => {
-            let ep = if generation.is_multiple_of(2) { a } else { b };
-            ("origin", format!("  - name: origin\n    endpoints: [{{ address: \"{ep}\" }}]\n"))
-        }
+        Switch::Cluster => (origin_of(generation), vec![("a", a), ("b", b)]),
+        Switch::Endpoint => ("origin", vec![("origin", if generation.is_multiple_of(2) { a } else { b })]),
     };
-    format!(
-        r#"admin: {{ address: "{{admin}}" }}
-drain_timeout: 5s
-listeners:
-  - name: in
-    address: "{listen}"
-    routes: [main]
-routes:
-  - name: main
-    match: {{ path_prefix: / }}
-    backends: [{{ cluster: {cluster} }}]
-    headers: {{ add: {{ x-gen: "{generation}" }} }}
-clusters:
-{clusters}"#
-    )
+    let mut main = config::route("main", "/", cluster);
+    main.headers.add.insert("x-gen".into(), generation.to_string());
+    Bootstrap {
+        drain_timeout: Some(config::ms(5000)),
+        listeners: vec![config::listener("in", listen, &["main"])],
+        routes: vec![main],
+        clusters: clusters
+            .into_iter()
+            .map(|(name, addr)| config::cluster(name, ClusterProtocol::default(), &[addr]))
+            .collect(),
+        ..config::bootstrap()
+    }
 }
 
 /// Checks an echo answer: 200, served by one consistent config generation (origin and header
@@ -262,7 +256,8 @@ async fn file_change_keeping_size_and_mtime_is_still_noticed() {
         std::fs::File::options().write(true).open(&tmp).unwrap().set_modified(old.modified().unwrap()).unwrap();
         std::fs::rename(&tmp, &proxy.config).unwrap();
 
-        tokio::time::sleep(Duration::from_millis(2000)).await;
+        // The file poll notices the new inode (a version above the first), or the check fails.
+        wait_version_above(&proxy, 1, Duration::from_millis(2000)).await;
         let mut c = Client::h1(listen).await;
         let got = c.get("/").await;
         assert_eq!(
@@ -302,30 +297,34 @@ async fn invalid_reload_is_refused_and_the_old_config_keeps_serving() {
         let proxy = Proxy::start(&gen_config(listen, a.addr, b.addr, 0, Switch::Cluster));
         let version = blocking(|| proxy.version());
         let mut kept = Client::h1(listen).await;
-        let next = gen_config(listen, a.addr, b.addr, 1, Switch::Cluster);
+        let next_config = gen_bootstrap(listen, a.addr, b.addr, 1, Switch::Cluster);
+        let next = next_config.yaml();
         let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let busy_addr = busy.local_addr().unwrap();
+        let edited = |edit: &dyn Fn(&mut Bootstrap)| {
+            let mut b = next_config.clone();
+            edit(&mut b);
+            b.yaml()
+        };
+        // A field no config type has: only the text can hold it.
+        let mut misspelt = serde_json::to_value(&next_config).unwrap();
+        misspelt["routes"][0]["timeuot"] = "5s".into();
 
         let cases = [
-            ("unknown field", next.replace("    headers:", "    timeuot: 5s\n    headers:"), "routes[0].timeuot"),
+            ("unknown field", misspelt.to_string(), "routes[0].timeuot"),
             (
                 "dangling cluster reference",
-                next.replace("{ cluster: b }", "{ cluster: nope }"),
+                edited(&|b| b.routes[0].backends[0].cluster = "nope".into()),
                 r#"routes[main].backends[0].cluster: no cluster named "nope""#,
             ),
             (
                 "dangling route reference",
-                next.replace("routes: [main]", "routes: [main, ghost]"),
+                edited(&|b| b.listeners[0].routes.push("ghost".into())),
                 r#"listeners[in].routes[1]: no route named "ghost""#,
             ),
             (
                 "new listener on a busy port",
-                next.replace(
-                    "routes:\n  - name: main",
-                    &format!(
-                        "  - name: extra\n    address: \"{busy_addr}\"\n    routes: [main]\nroutes:\n  - name: main"
-                    ),
-                ),
+                edited(&|b| b.listeners.push(config::listener("extra", busy_addr, &["main"]))),
                 "listeners[extra].address: cannot bind",
             ),
         ];
@@ -356,37 +355,30 @@ async fn invalid_reload_is_refused_and_the_old_config_keeps_serving() {
 /// B); `spare` (an unrelated route, listed first) exists in odd generations only. Every
 /// generation changes header rules of both `events` and `api`.
 fn sse_config(listen: SocketAddr, sse: SocketAddr, a: SocketAddr, b: SocketAddr, generation: u64) -> String {
-    let (spare_ref, spare) = if generation % 2 == 1 {
-        ("spare, ", "  - name: spare\n    match: { path_prefix: /spare }\n    backends: [{ cluster: a }]\n")
-    } else {
-        ("", "")
-    };
-    let api_cluster = origin_of(generation);
-    format!(
-        r#"admin: {{ address: "{{admin}}" }}
-drain_timeout: 1s
-listeners:
-  - name: in
-    address: "{listen}"
-    routes: [{spare_ref}events, api]
-routes:
-{spare}  - name: events
-    match: {{ path_prefix: /events }}
-    backends: [{{ cluster: sse }}]
-    response_headers: {{ add: {{ x-gen: "{generation}" }} }}
-  - name: api
-    match: {{ path_prefix: /api }}
-    backends: [{{ cluster: {api_cluster} }}]
-    headers: {{ add: {{ x-gen: "{generation}" }} }}
-clusters:
-  - name: sse
-    endpoints: [{{ address: "{sse}" }}]
-  - name: a
-    endpoints: [{{ address: "{a}" }}]
-  - name: b
-    endpoints: [{{ address: "{b}" }}]
-"#
-    )
+    let tag = generation.to_string();
+    let mut events = config::route("events", "/events", "sse");
+    events.response_headers.add.insert("x-gen".into(), tag.clone());
+    let mut api = config::route("api", "/api", origin_of(generation));
+    api.headers.add.insert("x-gen".into(), tag);
+    let (mut names, mut routes) = (vec![], vec![]);
+    if generation % 2 == 1 {
+        names.push("spare");
+        routes.push(config::route("spare", "/spare", "a"));
+    }
+    names.extend(["events", "api"]);
+    routes.extend([events, api]);
+    let clusters = [("sse", sse), ("a", a), ("b", b)];
+    Bootstrap {
+        drain_timeout: Some(config::ms(1000)),
+        listeners: vec![config::listener("in", listen, &names)],
+        routes,
+        clusters: clusters
+            .into_iter()
+            .map(|(name, addr)| config::cluster(name, ClusterProtocol::default(), &[addr]))
+            .collect(),
+        ..config::bootstrap()
+    }
+    .yaml()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -569,8 +561,9 @@ async fn config_version_counts_accepted_reloads_and_ready_stays_200() {
         tokio::time::sleep(settle).await;
         check(3, "SIGHUP, file unchanged");
 
-        let bad =
-            gen_config(listen, a.addr, b.addr, 2, Switch::Cluster).replace("name: main", "name: main\n    colour: red");
+        let mut bad = serde_json::to_value(gen_bootstrap(listen, a.addr, b.addr, 2, Switch::Cluster)).unwrap();
+        bad["routes"][0]["colour"] = "red".into();
+        let bad = bad.to_string();
         expect_refused(&proxy, &bad, "routes[0].colour").await;
         tokio::time::sleep(settle).await;
         check(3, "refused");
