@@ -82,12 +82,7 @@ impl Mesh {
         token: &Path,
     ) -> config::Bootstrap {
         let mut identity = config::identity(cert, key, &self.bundle());
-        identity.issuer = Some(trellis_api::Issuer {
-            server: format!("http://{}", self.cp.api),
-            id: CHECKOUT.into(),
-            token_file: Some(token.display().to_string()),
-            ttl: Some(ttl.parse().unwrap_or_else(|e| panic!("ttl {ttl:?}: {e:?}"))),
-        });
+        identity.issuer = Some(config::issuer(&self.cp.api_url(), CHECKOUT, token, ttl));
         inbound(&identity, &[("inbound", mesh, Some("authz"))], app)
     }
 }

@@ -13,8 +13,8 @@
 use super::*;
 pub use trellis_api::{
     AccessLog, Admin, Backend, Bootstrap, CertPair, Cluster, ClusterProtocol, ClusterTls, ClusterTlsMode,
-    ControlPlane as ControlPlaneConfig, Endpoint, Identity, Listener, ListenerProtocol, ListenerTls, ListenerTlsMode,
-    Node, Policy, PolicyDefault, PolicyRule, Route, RouteMatch, Tracing,
+    ControlPlane as ControlPlaneConfig, Endpoint, Identity, Issuer, Listener, ListenerProtocol, ListenerTls,
+    ListenerTlsMode, Node, Policy, PolicyDefault, PolicyRule, Route, RouteMatch, Tracing,
 };
 
 /// The admin address placeholder [`Proxy`] replaces with a free port.
@@ -194,4 +194,25 @@ pub fn mesh_tls() -> ListenerTls {
 /// Mesh mTLS to a cluster whose endpoints must present the SPIFFE ID `identity`.
 pub fn mesh_cluster_tls(identity: &str) -> ClusterTls {
     ClusterTls { mode: ClusterTlsMode::Mesh, identity: Some(identity.into()), sni: None, trust_bundle: None }
+}
+
+/// Discovery from `addresses` (one, or a fail-over list), nothing else set.
+pub fn control_plane(addresses: &[String]) -> ControlPlaneConfig {
+    ControlPlaneConfig {
+        address: serde_json::from_value(serde_json::json!(addresses)).expect("at least one address"),
+        identity: None,
+        token_file: None,
+        inbound_address: None,
+    }
+}
+
+/// The control plane's CA at `server` (its REST API) issuing `id` for `ttl` (`"1h"`), asked
+/// with the token in `token_file`.
+pub fn issuer(server: &str, id: &str, token_file: &Path, ttl: &str) -> Issuer {
+    Issuer {
+        server: server.into(),
+        id: id.into(),
+        token_file: Some(token_file.display().to_string()),
+        ttl: Some(ttl.parse().unwrap_or_else(|e| panic!("ttl {ttl:?}: {e:?}"))),
+    }
 }
