@@ -5,6 +5,7 @@
 //! and a real proxy gets its certificate with its token, re-read at every request.
 #![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
+use trellis_testkit::config::{self, Yaml};
 use trellis_testkit::*;
 
 use http::{Request, Response};
@@ -177,16 +178,12 @@ async fn unusable_keys_are_refused_at_start_or_answered_503() {
     assert!(got.json()["error"].as_str().unwrap().starts_with("workload keys:"), "{}", got.text());
 }
 
-/// The identity part of a sidecar's bootstrap that asks `cp` with the token in `token`.
-fn identity_with_token(dir: &Path, cp: &ControlPlane, token: &Path, ttl: &str) -> String {
-    format!(
-        "identity:\n  cert: \"{}\"\n  key: \"{}\"\n  trust_bundle: \"{}\"\n  issuer: {{ server: \"http://{}\", id: \"{WEB}\", token_file: \"{}\", ttl: {ttl} }}\n",
-        dir.join("id.pem").display(),
-        dir.join("id.key").display(),
-        trellis_certs::Ca::cert_path(dir.join("data/ca")).display(),
-        cp.api,
-        token.display(),
-    )
+/// The identity of a sidecar that asks `cp` with the token in `token`.
+fn identity_with_token(dir: &Path, cp: &ControlPlane, token: &Path, ttl: &str) -> config::Identity {
+    let bundle = trellis_certs::Ca::cert_path(dir.join("data/ca"));
+    let mut identity = config::identity(&dir.join("id.pem"), &dir.join("id.key"), &bundle);
+    identity.issuer = Some(config::issuer(&cp.api_url(), WEB, token, ttl));
+    identity
 }
 
 fn renewals(proxy: &Proxy, result: &str) -> f64 {
@@ -203,11 +200,13 @@ async fn a_proxy_gets_its_identity_with_its_service_account_token_read_anew_each
     let cp = control_plane(dir.path(), &jwks(&[&ec]), &["--xds-tls"]);
     let token = dir.path().join("token");
     let yaml = |ttl: &str| {
-        format!(
-            "node: {{ id: web-0, service: web }}\nadmin: {{ address: \"{{admin}}\" }}\ncontrol_plane: {{ address: \"https://{}\" }}\n{}",
-            cp.xds,
-            identity_with_token(dir.path(), &cp, &token, ttl)
-        )
+        config::Bootstrap {
+            node: config::Node { id: "web-0".into(), service: Some("web".into()), zone: None },
+            control_plane: Some(config::control_plane(&[format!("https://{}", cp.xds)])),
+            identity: Some(identity_with_token(dir.path(), &cp, &token, ttl)),
+            ..config::bootstrap()
+        }
+        .yaml()
     };
 
     // An expired token: the proxy does not start, and says why.
