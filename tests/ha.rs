@@ -8,6 +8,7 @@
 //! and sets TRELLIS_REQUIRE_ETCD so that they run there.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use trellis_testkit::config::{self, Yaml};
 use trellis_testkit::*;
 
 use std::net::SocketAddr;
@@ -53,12 +54,16 @@ async fn eventually<T>(limit: Duration, what: &str, mut f: impl AsyncFnMut() -> 
 
 /// A proxy of `service` taking its config from `addresses` (one, or a fail-over list).
 fn proxy_on(id: &str, service: &str, addresses: &[String], inbound: Option<SocketAddr>) -> Proxy {
-    let list = addresses.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ");
-    let inbound = inbound.map(|a| format!(", inbound_address: \"{a}\"")).unwrap_or_default();
-    let yaml = format!(
-        "node: {{ id: {id}, service: {service} }}\nadmin: {{ address: \"{{admin}}\" }}\ndrain_timeout: 1s\n\
-         control_plane: {{ address: [{list}]{inbound} }}\n"
-    );
+    let yaml = config::Bootstrap {
+        node: config::Node { id: id.into(), service: Some(service.into()), zone: None },
+        drain_timeout: Some(config::ms(1000)),
+        control_plane: Some(config::ControlPlaneConfig {
+            inbound_address: inbound.map(|a| a.to_string()),
+            ..config::control_plane(addresses)
+        }),
+        ..config::bootstrap()
+    }
+    .yaml();
     blocking(|| Proxy::start(&yaml))
 }
 
