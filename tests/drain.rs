@@ -4,7 +4,7 @@
 //! accepting at once while the others keep serving.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use trellis_testkit::config::{self, Yaml};
+use trellis_testkit::config::{self, Bootstrap, ClusterProtocol, Yaml};
 use trellis_testkit::*;
 
 use http::{Request, Response, StatusCode};
@@ -168,29 +168,17 @@ async fn probe(c: &mut Client) -> String {
 /// `/probe` goes to the origin over HTTP/1.1 (cluster `h1`), everything else over HTTP/2
 /// (cluster `h2`).
 fn split_config(listen: SocketAddr, o: SocketAddr) -> String {
-    format!(
-        r#"admin: {{ address: "{{admin}}" }}
-drain_timeout: 5s
-listeners:
-  - name: in
-    address: "{listen}"
-    routes: [probe, h2]
-routes:
-  - name: probe
-    match: {{ path_prefix: /probe }}
-    backends: [{{ cluster: h1 }}]
-  - name: h2
-    match: {{ path_prefix: / }}
-    backends: [{{ cluster: h2 }}]
-clusters:
-  - name: h1
-    protocol: http1
-    endpoints: [{{ address: "{o}" }}]
-  - name: h2
-    protocol: http2
-    endpoints: [{{ address: "{o}" }}]
-"#
-    )
+    Bootstrap {
+        drain_timeout: Some(config::ms(5000)),
+        listeners: vec![config::listener("in", listen, &["probe", "h2"])],
+        routes: vec![config::route("probe", "/probe", "h1"), config::route("h2", "/", "h2")],
+        clusters: vec![
+            config::cluster("h1", ClusterProtocol::Http1, &[o]),
+            config::cluster("h2", ClusterProtocol::Http2, &[o]),
+        ],
+        ..config::bootstrap()
+    }
+    .yaml()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -288,7 +276,15 @@ async fn a_connection_that_sent_nothing_does_not_hold_up_the_exit() {
         let silent = tokio::net::TcpStream::connect(listen).await.unwrap();
         let mut c = Client::h1(listen).await;
         assert_eq!(c.get("/x").await.status, 200);
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Both connections accepted (the silent one too) before the signal.
+        let accepted = wait_metric(
+            &proxy,
+            "trellis_downstream_connections_total",
+            &[("listener", "in")],
+            |v| v >= 2.0,
+            Duration::from_secs(3),
+        );
+        assert_eq!(accepted.await, Some(2.0), "{}", log_tail(&proxy, 10));
 
         let signalled = Instant::now();
         proxy.signal("TERM");
@@ -316,27 +312,17 @@ fn stream_config(
     stream_route: &str,
     stream_prefix: &str,
 ) -> String {
-    format!(
-        r#"admin: {{ address: "{{admin}}" }}
-drain_timeout: 1s
-listeners:
-  - name: in
-    address: "{listen}"
-    routes: [{stream_route}, api]
-routes:
-  - name: {stream_route}
-    match: {{ path_prefix: {stream_prefix} }}
-    backends: [{{ cluster: sse }}]
-  - name: api
-    match: {{ path_prefix: /api }}
-    backends: [{{ cluster: api }}]
-clusters:
-  - name: sse
-    endpoints: [{{ address: "{sse}" }}]
-  - name: api
-    endpoints: [{{ address: "{api}" }}]
-"#
-    )
+    Bootstrap {
+        drain_timeout: Some(config::ms(1000)),
+        listeners: vec![config::listener("in", listen, &[stream_route, "api"])],
+        routes: vec![config::route(stream_route, stream_prefix, "sse"), config::route("api", "/api", "api")],
+        clusters: vec![
+            config::cluster("sse", ClusterProtocol::default(), &[sse]),
+            config::cluster("api", ClusterProtocol::default(), &[api]),
+        ],
+        ..config::bootstrap()
+    }
+    .yaml()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -390,23 +376,16 @@ async fn removed_route_streams_run_for_drain_timeout_then_end() {
 
 /// Listener `in` on `main`, plus listener `extra` on `extra` when given; both route to `origin`.
 fn listeners_config(main: SocketAddr, extra: Option<SocketAddr>, origin: SocketAddr) -> String {
-    let extra = extra.map_or(String::new(), |e| format!("  - name: extra\n    address: \"{e}\"\n    routes: [all]\n"));
-    format!(
-        r#"admin: {{ address: "{{admin}}" }}
-drain_timeout: 1s
-listeners:
-  - name: in
-    address: "{main}"
-    routes: [all]
-{extra}routes:
-  - name: all
-    match: {{ path_prefix: / }}
-    backends: [{{ cluster: origin }}]
-clusters:
-  - name: origin
-    endpoints: [{{ address: "{origin}" }}]
-"#
-    )
+    let mut listeners = vec![config::listener("in", main, &["all"])];
+    listeners.extend(extra.map(|e| config::listener("extra", e, &["all"])));
+    Bootstrap {
+        drain_timeout: Some(config::ms(1000)),
+        listeners,
+        routes: vec![config::route("all", "/", "origin")],
+        clusters: vec![config::cluster("origin", ClusterProtocol::default(), &[origin])],
+        ..config::bootstrap()
+    }
+    .yaml()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
