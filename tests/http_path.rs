@@ -4,7 +4,7 @@
 //! The HTTP request path end to end, through the real `trellis` binary over real sockets:
 //! protocol translation, routing, weighted splits, header rules and proxy header semantics.
 
-use trellis_testkit::config::{self, Yaml};
+use trellis_testkit::config::{self, Bootstrap, ClusterProtocol, LbPolicy, Route, RouteMatch, Yaml};
 use trellis_testkit::*;
 
 use bytes::Bytes;
@@ -77,41 +77,35 @@ async fn protocol_matrix_h1_h2c_to_http1_http2_auto() {
 // ---------------------------------------------------------------------------------------------
 
 fn routing_config(listen: SocketAddr, origins: &HashMap<&'static str, Origin>) -> String {
-    let mut clusters = String::new();
-    for (name, o) in origins {
-        clusters.push_str(&format!("  - name: {name}\n    endpoints: [{{ address: \"{}\" }}]\n", o.addr));
+    let matching = |name: &str, m: RouteMatch| Route { matches: m, ..config::route(name, "/", name) };
+    let host = |h: &str| RouteMatch { host: Some(h.into()), ..Default::default() };
+    let routes = vec![
+        matching("exact-host", host("api.example.com")),
+        matching("suffix-host", host("*.example.com")),
+        matching("canary", RouteMatch { headers: [("X-Canary".into(), "1".into())].into(), ..Default::default() }),
+        matching("path-exact", RouteMatch { path: Some("/exact".into()), ..Default::default() }),
+        matching(
+            "methods",
+            RouteMatch {
+                path_prefix: Some("/m".into()),
+                methods: vec!["post".into(), "PUT".into()],
+                ..Default::default()
+            },
+        ),
+        matching("prefix", RouteMatch { path_prefix: Some("/api".into()), ..Default::default() }),
+        matching("any-host", RouteMatch { path_prefix: Some("/any".into()), ..host("*") }),
+    ];
+    let names: Vec<&str> = routes.iter().map(|r| r.name.as_str()).collect();
+    Bootstrap {
+        listeners: vec![config::listener("in", listen, &names)],
+        clusters: origins
+            .iter()
+            .map(|(name, o)| config::cluster(name, ClusterProtocol::default(), &[o.addr]))
+            .collect(),
+        routes,
+        ..config::bootstrap()
     }
-    format!(
-        r#"admin: {{ address: "{{admin}}" }}
-listeners:
-  - name: in
-    address: "{listen}"
-    routes: [exact-host, suffix-host, canary, path-exact, methods, prefix, any-host]
-routes:
-  - name: exact-host
-    match: {{ host: api.example.com }}
-    backends: [{{ cluster: exact-host }}]
-  - name: suffix-host
-    match: {{ host: "*.example.com" }}
-    backends: [{{ cluster: suffix-host }}]
-  - name: canary
-    match: {{ headers: {{ X-Canary: "1" }} }}
-    backends: [{{ cluster: canary }}]
-  - name: path-exact
-    match: {{ path: /exact }}
-    backends: [{{ cluster: path-exact }}]
-  - name: methods
-    match: {{ path_prefix: /m, methods: [post, PUT] }}
-    backends: [{{ cluster: methods }}]
-  - name: prefix
-    match: {{ path_prefix: /api }}
-    backends: [{{ cluster: prefix }}]
-  - name: any-host
-    match: {{ host: "*", path_prefix: /any }}
-    backends: [{{ cluster: any-host }}]
-clusters:
-{clusters}"#
-    )
+    .yaml()
 }
 
 /// (method, host, path, extra header, expected origin or `None` for a 404).
@@ -264,25 +258,19 @@ async fn round_robin_endpoint_weights_are_exact() {
         let e2 = echo("e2").await;
         let e3 = echo("e3").await;
         let listen = listen_addr();
-        let _proxy = Proxy::start(&format!(
-            r#"admin: {{ address: "{{admin}}" }}
-listeners:
-  - name: in
-    address: "{listen}"
-    routes: [all]
-routes:
-  - name: all
-    backends: [{{ cluster: rr }}]
-clusters:
-  - name: rr
-    lb: round_robin
-    endpoints:
-      - {{ address: "{}", weight: 3 }}
-      - {{ address: "{}", weight: 1 }}
-      - {{ address: "{}", weight: 2 }}
-"#,
-            e1.addr, e2.addr, e3.addr
-        ));
+        let mut rr = config::cluster("rr", ClusterProtocol::default(), &[]);
+        rr.lb = LbPolicy::RoundRobin;
+        rr.endpoints = [(e1.addr, 3), (e2.addr, 1), (e3.addr, 2)]
+            .into_iter()
+            .map(|(a, weight)| config::Endpoint { weight, ..config::endpoint(a) })
+            .collect();
+        let b = Bootstrap {
+            listeners: vec![config::listener("in", listen, &["all"])],
+            routes: vec![Route { matches: RouteMatch::default(), ..config::route("all", "/", "rr") }],
+            clusters: vec![rr],
+            ..config::bootstrap()
+        };
+        let _proxy = Proxy::start(&b.yaml());
         let mut c = Client::h1(listen).await;
         let mut seq = Vec::new();
         for _ in 0..60 {
@@ -324,23 +312,18 @@ async fn route_header_rules() {
         })
         .await;
         let listen = listen_addr();
-        let _proxy = Proxy::start(&format!(
-            r#"admin: {{ address: "{{admin}}" }}
-listeners:
-  - name: in
-    address: "{listen}"
-    routes: [rules]
-routes:
-  - name: rules
-    backends: [{{ cluster: origin }}]
-    headers: {{ add: {{ x-mesh: trellis, X-Override: new }}, remove: [X-Internal] }}
-    response_headers: {{ add: {{ x-served-by: trellis }}, remove: [x-origin-secret] }}
-clusters:
-  - name: origin
-    endpoints: [{{ address: "{}" }}]
-"#,
-            origin.addr
-        ));
+        let mut rules = Route { matches: RouteMatch::default(), ..config::route("rules", "/", "origin") };
+        rules.headers.add = [("x-mesh".into(), "trellis".into()), ("X-Override".into(), "new".into())].into();
+        rules.headers.remove = vec!["X-Internal".into()];
+        rules.response_headers.add = [("x-served-by".into(), "trellis".into())].into();
+        rules.response_headers.remove = vec!["x-origin-secret".into()];
+        let b = Bootstrap {
+            listeners: vec![config::listener("in", listen, &["rules"])],
+            routes: vec![rules],
+            clusters: vec![config::cluster("origin", ClusterProtocol::default(), &[origin.addr])],
+            ..config::bootstrap()
+        };
+        let _proxy = Proxy::start(&b.yaml());
         for h2 in [false, true] {
             let mut c = client(listen, h2).await;
             let got = c

@@ -13,7 +13,7 @@
 use super::*;
 pub use trellis_api::{
     AccessLog, Admin, Backend, Bootstrap, CertPair, Cluster, ClusterProtocol, ClusterTls, ClusterTlsMode,
-    ControlPlane as ControlPlaneConfig, Endpoint, Identity, Issuer, Listener, ListenerProtocol, ListenerTls,
+    ControlPlane as ControlPlaneConfig, Endpoint, Identity, Issuer, LbPolicy, Listener, ListenerProtocol, ListenerTls,
     ListenerTlsMode, Node, Policy, PolicyDefault, PolicyRule, Route, RouteMatch, Tracing,
 };
 
