@@ -332,21 +332,19 @@ async fn absolute_form_target_host_wins_over_host_header() {
         let api = echo("api").await;
         let other = echo("other").await;
         let listen = listen_addr();
-        let proxy = Proxy::start(&format!(
-            r#"admin: {{ address: "{{admin}}" }}
-listeners:
-  - name: in
-    address: "{listen}"
-    routes: [api, rest]
-routes:
-  - {{ name: api, match: {{ host: api.example.com }}, backends: [{{ cluster: api }}] }}
-  - {{ name: rest, backends: [{{ cluster: other }}] }}
-clusters:
-  - {{ name: api, protocol: http1, endpoints: [{{ address: "{}" }}] }}
-  - {{ name: other, protocol: http1, endpoints: [{{ address: "{}" }}] }}
-"#,
-            api.addr, other.addr
-        ));
+        let b = config::Bootstrap {
+            listeners: vec![config::listener("in", listen, &["api", "rest"])],
+            routes: vec![
+                config::host_route("api", "api.example.com", "api"),
+                config::Route { matches: config::RouteMatch::default(), ..config::route("rest", "/", "other") },
+            ],
+            clusters: vec![
+                config::cluster("api", config::ClusterProtocol::Http1, &[api.addr]),
+                config::cluster("other", config::ClusterProtocol::Http1, &[other.addr]),
+            ],
+            ..config::bootstrap()
+        };
+        let proxy = Proxy::start(&b.yaml());
         let mut s = tokio::net::TcpStream::connect(listen).await.unwrap();
         s.write_all(b"GET http://api.example.com/x HTTP/1.1\r\nHost: other.test\r\nConnection: close\r\n\r\n")
             .await
