@@ -6,7 +6,10 @@
 //! iptables (CI has them) and print SKIPPED elsewhere.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use trellis_testkit::config::{self, Yaml};
+use trellis_testkit::config::{
+    self, Bootstrap, ClusterProtocol, Identity, Listener, ListenerTls, ListenerTlsMode, OutboundPolicy, Policy,
+    PolicyDefault, PolicyRule, Yaml,
+};
 use trellis_testkit::*;
 
 use std::net::SocketAddr;
@@ -50,12 +53,13 @@ impl Identities {
         Identities { dir, ca, bundle }
     }
 
-    /// The bootstrap's `identity:` line for `id`, issued to files named `name`.
-    fn identity(&self, name: &str, id: &str) -> String {
-        let yaml = issue_identity(&self.ca, self.dir.path(), name, id, &self.bundle);
-        let (cert, key) = pem_key(&self.dir.path().join(name));
+    /// The bootstrap's identity `id`, issued to files named `name`.
+    fn identity(&self, name: &str, id: &str) -> Identity {
+        let prefix = self.dir.path().join(name);
+        issue_to(&self.ca, id, &[], &prefix);
+        let (cert, key) = pem_key(&prefix);
         give_to_proxy(&[&cert, &key]);
-        yaml
+        config::identity(&cert, &key, &self.bundle)
     }
 }
 
@@ -67,33 +71,50 @@ fn access_log(dir: &Path, name: &str) -> PathBuf {
     path
 }
 
-/// A pod's sidecar: transparent outbound on 127.0.0.1:4140 (`outbound` adds fields), and
-/// transparent inbound on 0.0.0.0:4143 with TLS `inbound_tls` and policy `callers`.
-fn sidecar(identity: &str, log: &Path, outbound: &str, inbound_tls: &str, rest: &str) -> String {
-    format!(
-        r#"admin: {{ address: "{{admin}}" }}
-drain_timeout: 1s
-access_log: {{ path: "{}" }}
-{identity}listeners:
-  - {{ name: outbound, address: "127.0.0.1:4140", transparent: true, detect_timeout: 300ms{outbound} }}
-  - {{ name: inbound, address: "0.0.0.0:4143", transparent: true, tls: {{ mode: {inbound_tls} }}, policy: callers }}
-{rest}"#,
-        log.display()
-    )
+/// A pod's sidecar: transparent outbound on 127.0.0.1:4140 (`outbound_policy` for
+/// destinations outside the mesh), and transparent inbound on 0.0.0.0:4143 with TLS
+/// `inbound_tls` and policy `callers` (see [`callers`]).
+fn sidecar(
+    identity: Identity,
+    log: &Path,
+    outbound_policy: Option<OutboundPolicy>,
+    inbound_tls: ListenerTlsMode,
+) -> Bootstrap {
+    let outbound = Listener {
+        transparent: true,
+        detect_timeout: Some(config::ms(300)),
+        outbound_policy,
+        ..config::listener("outbound", "127.0.0.1:4140".parse().unwrap(), &[])
+    };
+    let inbound = Listener {
+        transparent: true,
+        tls: Some(ListenerTls { mode: inbound_tls, ..Default::default() }),
+        policy: Some("callers".into()),
+        ..config::listener("inbound", "0.0.0.0:4143".parse().unwrap(), &[])
+    };
+    Bootstrap {
+        drain_timeout: Some(config::ms(1000)),
+        access_log: Some(config::AccessLog { path: log.display().to_string() }),
+        identity: Some(identity),
+        listeners: vec![outbound, inbound],
+        policies: vec![callers()],
+        ..config::bootstrap()
+    }
 }
 
 /// The policy every test's inbound side uses: the mesh's workloads, and anyone on /public/*.
-const CALLERS: &str = r#"policies:
-  - name: callers
-    default: deny
-    rules:
-      - from: ["spiffe://trellis.local/ns/default/*"]
-      - paths: ["/public/*"]
-"#;
+fn callers() -> Policy {
+    let workloads = PolicyRule { from: vec!["spiffe://trellis.local/ns/default/*".into()], ..Default::default() };
+    let public = PolicyRule { paths: vec!["/public/*".into()], ..Default::default() };
+    Policy { name: "callers".into(), default: PolicyDefault::Deny, rules: vec![workloads, public] }
+}
 
-/// A cluster naming the pod at `ip` as a mesh endpoint with `identity`.
-fn mesh_endpoint(name: &str, addr: SocketAddr, identity: &str) -> String {
-    format!("clusters:\n  - {{ name: {name}, endpoints: [{{ address: \"{addr}\", identity: \"{identity}\" }}] }}\n")
+/// A sidecar that also has a cluster naming the pod at `addr` as a mesh endpoint with `identity`.
+fn with_mesh_endpoint(mut sidecar: Bootstrap, name: &str, addr: SocketAddr, identity: &str) -> Bootstrap {
+    let mut cluster = config::cluster(name, ClusterProtocol::default(), &[addr]);
+    cluster.endpoints[0].identity = Some(identity.into());
+    sidecar.clusters.push(cluster);
+    sidecar
 }
 
 /// The apps of the "checkout" pod: an HTTP/1.1-only JSON echo on 8080, a TCP echo on 7000,
@@ -189,9 +210,10 @@ async fn pods_talk_through_their_sidecars_over_mtls() {
         let _apps = checkout_apps(b, &tag);
         let ids = Identities::new();
         let (a_log, b_log) = (access_log(ids.dir.path(), "frontend"), access_log(ids.dir.path(), "checkout"));
-        let rest = format!("{}{CALLERS}", mesh_endpoint("checkout", b.addr(APP), CHECKOUT));
-        let frontend = net.start_proxy(a, &sidecar(&ids.identity("frontend", FRONTEND), &a_log, "", "mesh", &rest));
-        let checkout = net.start_proxy(b, &sidecar(&ids.identity("checkout", CHECKOUT), &b_log, "", "mesh", CALLERS));
+        let fe = sidecar(ids.identity("frontend", FRONTEND), &a_log, None, ListenerTlsMode::Mesh);
+        let frontend = net.start_proxy(a, &with_mesh_endpoint(fe, "checkout", b.addr(APP), CHECKOUT).yaml());
+        let co = sidecar(ids.identity("checkout", CHECKOUT), &b_log, None, ListenerTlsMode::Mesh);
+        let checkout = net.start_proxy(b, &co.yaml());
         net.proxy_init(a, &["--skip-outbound-ports", &SKIPPED.to_string()]);
         net.proxy_init(b, &["--skip-inbound-ports", &SKIPPED.to_string()]);
         let wire = Capture::start(&net);
@@ -310,7 +332,11 @@ async fn registered_sidecars_are_mesh_destinations() {
         );
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while !blocking(|| in_ns(&net.wire, || admin_get(api, "/healthz"))).is_ok_and(|(s, _)| s == 200) {
-            assert!(std::time::Instant::now() < deadline, "control plane: {}", std::fs::read_to_string(&cp_log).unwrap_or_default());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "control plane: {}",
+                std::fs::read_to_string(&cp_log).unwrap_or_default()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let ids = Identities::of_control_plane(&d);
@@ -318,16 +344,21 @@ async fn registered_sidecars_are_mesh_destinations() {
         let _apps = checkout_apps(b, &tag);
         let b_log = access_log(ids.dir.path(), "checkout");
         let a_log = access_log(ids.dir.path(), "frontend");
-        let registered = |service: &str, pod: &Pod| {
-            format!(
-                "node: {{ id: {service}-0, service: {service} }}\ncontrol_plane: {{ address: \"https://{xds}\", inbound_address: \"{}\" }}\n{CALLERS}",
-                pod.addr(4143)
-            )
+        let registered = |service: &str, id: &str, log: &Path, pod: &Pod| {
+            Bootstrap {
+                node: config::Node { id: format!("{service}-0"), service: Some(service.into()), zone: None },
+                control_plane: Some(config::ControlPlaneConfig {
+                    inbound_address: Some(pod.addr(4143).to_string()),
+                    ..config::control_plane(&[format!("https://{xds}")])
+                }),
+                ..sidecar(ids.identity(service, id), log, None, ListenerTlsMode::Mesh)
+            }
+            .yaml()
         };
         net.proxy_init(a, &[]);
         net.proxy_init(b, &[]);
-        let frontend = net.spawn_proxy(a, &sidecar(&ids.identity("frontend", FRONTEND), &a_log, "", "mesh", &registered("frontend", a)));
-        let checkout = net.spawn_proxy(b, &sidecar(&ids.identity("checkout", CHECKOUT), &b_log, "", "mesh", &registered("checkout", b)));
+        let frontend = net.spawn_proxy(a, &registered("frontend", FRONTEND, &a_log, a));
+        let checkout = net.spawn_proxy(b, &registered("checkout", CHECKOUT, &b_log, b));
         for p in [&frontend, &checkout] {
             assert!(p.ready_within(Duration::from_secs(15)).await, "{}: {}", p.ns, p.logs());
         }
@@ -339,7 +370,8 @@ async fn registered_sidecars_are_mesh_destinations() {
             let attempt = async {
                 let s = connect_in(&a.ns, b.addr(APP)).await.ok()?;
                 let mut c = Client::over(s, b.addr(APP), false).await;
-                let resp = c.send(http::Request::get(format!("/api/registered-{tag}")).body(full("")).unwrap()).await.ok()?;
+                let resp =
+                    c.send(http::Request::get(format!("/api/registered-{tag}")).body(full("")).unwrap()).await.ok()?;
                 let status = resp.status();
                 let body = http_body_util::BodyExt::collect(resp.into_body()).await.ok()?.to_bytes();
                 Some((status, body))
@@ -385,12 +417,16 @@ async fn registry_only_refuses_outside_destinations_and_permissive_takes_plainte
         });
         let ids = Identities::new();
         let (a_log, b_log) = (access_log(ids.dir.path(), "frontend"), access_log(ids.dir.path(), "checkout"));
-        let rest = format!("{}{CALLERS}", mesh_endpoint("checkout", b.addr(APP), CHECKOUT));
-        let a_identity = ids.identity("frontend", FRONTEND);
-        let strict = sidecar(&a_identity, &a_log, ", outbound_policy: registry_only", "mesh", &rest);
-        let frontend = net.start_proxy(a, &strict);
-        let _checkout =
-            net.start_proxy(b, &sidecar(&ids.identity("checkout", CHECKOUT), &b_log, "", "permissive", CALLERS));
+        let strict = sidecar(
+            ids.identity("frontend", FRONTEND),
+            &a_log,
+            Some(OutboundPolicy::RegistryOnly),
+            ListenerTlsMode::Mesh,
+        );
+        let strict = with_mesh_endpoint(strict, "checkout", b.addr(APP), CHECKOUT);
+        let frontend = net.start_proxy(a, &strict.yaml());
+        let permissive = sidecar(ids.identity("checkout", CHECKOUT), &b_log, None, ListenerTlsMode::Permissive);
+        let _checkout = net.start_proxy(b, &permissive.yaml());
         net.proxy_init(a, &[]);
         net.proxy_init(b, &[]);
 
@@ -408,7 +444,9 @@ async fn registry_only_refuses_outside_destinations_and_permissive_takes_plainte
 
         // allow_any: the outside destination gets the connection as the app made it (its
         // echo sees the frontend pod's own address: plaintext, not through a sidecar).
-        frontend.reload(&strict.replace(", outbound_policy: registry_only", ", outbound_policy: allow_any")).await;
+        let mut open = strict.clone();
+        open.listeners[0].outbound_policy = Some(OutboundPolicy::AllowAny);
+        frontend.reload(&open.yaml()).await;
         let mut s = connect_in(&a.ns, c.addr(ECHO)).await.unwrap();
         let mut who = vec![0u8; format!("peer {}\n", a.ip).len()];
         tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut who)).await.expect("answer").unwrap();

@@ -14,7 +14,7 @@ use super::*;
 pub use trellis_api::{
     AccessLog, Admin, Backend, Bootstrap, CertPair, Cluster, ClusterProtocol, ClusterTls, ClusterTlsMode,
     ControlPlane as ControlPlaneConfig, Endpoint, Identity, Issuer, LbPolicy, Listener, ListenerProtocol, ListenerTls,
-    ListenerTlsMode, Node, Policy, PolicyDefault, PolicyRule, Route, RouteMatch, Tracing,
+    ListenerTlsMode, Node, OutboundPolicy, Policy, PolicyDefault, PolicyRule, Route, RouteMatch, Tracing,
 };
 
 /// The admin address placeholder [`Proxy`] replaces with a free port.
