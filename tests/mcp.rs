@@ -3,6 +3,10 @@
 //! names tools; malformed MCP input refused before the upstream; the agent-chain hop guard.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use trellis_testkit::config::{
+    self, Bootstrap, Cluster, ClusterProtocol, LbPolicy, Listener, McpRoute, Policy, PolicyDefault, PolicyMcp,
+    PolicyRule, RateLimit, RetryPolicy, Route, RouteMatch, Yaml,
+};
 use trellis_testkit::*;
 
 use http::Request;
@@ -18,33 +22,53 @@ const AGENT: &str = "spiffe://trellis.local/ns/agents/sa/planner";
 /// `mcp: {}` to an SSE-answering and a JSON-answering MCP server.
 fn mesh_config(pki: &Pki, outs: [SocketAddr; 2], ins: [SocketAddr; 2], apps: [SocketAddr; 2], log: &str) -> String {
     let (cert, key) = pki.issue("agent", AGENT, &[]);
-    let identity = identity_yaml(&cert, &key, &pki.bundle());
-    let mut y = format!(
-        "admin: {{ address: \"{{admin}}\" }}\ndrain_timeout: 1s\naccess_log: {{ path: \"{log}\" }}\n{identity}listeners:\n"
-    );
+    let mut b = Bootstrap {
+        drain_timeout: Some(config::ms(1000)),
+        access_log: Some(config::AccessLog { path: log.into() }),
+        identity: Some(config::identity(&cert, &key, &pki.bundle())),
+        ..config::bootstrap()
+    };
     for (i, kind) in ["sse", "json"].iter().enumerate() {
-        y.push_str(&format!(
-            "  - {{ name: out_{kind}, address: \"{}\", routes: [to_{kind}] }}\n  - {{ name: in_{kind}, address: \"{}\", tls: {{ mode: mesh }}, policy: tools, routes: [mcp_{kind}] }}\n",
-            outs[i], ins[i]
-        ));
+        let (to, mcp, mesh, app) =
+            (format!("to_{kind}"), format!("mcp_{kind}"), format!("mesh_{kind}"), format!("app_{kind}"));
+        b.listeners.push(config::listener(&format!("out_{kind}"), outs[i], &[&to]));
+        b.listeners.push(Listener {
+            tls: Some(config::mesh_tls()),
+            policy: Some("tools".into()),
+            ..config::listener(&format!("in_{kind}"), ins[i], &[&mcp])
+        });
+        b.routes.push(any_path(&to, &mesh));
+        b.routes.push(Route { mcp: Some(Box::default()), ..any_path(&mcp, &app) });
+        let mut to_mesh = config::cluster(&mesh, ClusterProtocol::Http2, &[ins[i]]);
+        to_mesh.tls = Some(config::mesh_cluster_tls(AGENT));
+        b.clusters.push(to_mesh);
+        b.clusters.push(config::cluster(&app, ClusterProtocol::Http1, &[apps[i]]));
     }
-    y.push_str("routes:\n");
-    for kind in ["sse", "json"] {
-        y.push_str(&format!(
-            "  - {{ name: to_{kind}, backends: [{{ cluster: mesh_{kind} }}] }}\n  - {{ name: mcp_{kind}, backends: [{{ cluster: app_{kind} }}], mcp: {{}} }}\n"
-        ));
+    b.policies.push(tools_policy("tools", &[AGENT], &["search", "add"]));
+    b.yaml()
+}
+
+/// A route of every request (no `match`) to `cluster`.
+fn any_path(name: &str, cluster: &str) -> Route {
+    Route { matches: RouteMatch::default(), ..config::route(name, "/", cluster) }
+}
+
+/// A policy letting `from` (anyone, when empty) call only `tools`.
+fn tools_policy(name: &str, from: &[&str], tools: &[&str]) -> Policy {
+    let mcp = PolicyMcp { tools: tools.iter().map(|t| t.to_string()).collect(), ..Default::default() };
+    let rule = PolicyRule { from: from.iter().map(|f| f.to_string()).collect(), mcp: Some(mcp), ..Default::default() };
+    Policy { name: name.into(), default: PolicyDefault::Deny, rules: vec![rule] }
+}
+
+/// Listener `in` on `listen` with the one route `route` and the one cluster `cluster`.
+fn one_route(listen: SocketAddr, route: Route, cluster: Cluster) -> Bootstrap {
+    Bootstrap {
+        drain_timeout: Some(config::ms(1000)),
+        listeners: vec![config::listener("in", listen, &[&route.name])],
+        routes: vec![route],
+        clusters: vec![cluster],
+        ..config::bootstrap()
     }
-    y.push_str("clusters:\n");
-    for (i, kind) in ["sse", "json"].iter().enumerate() {
-        y.push_str(&format!(
-            "  - {{ name: mesh_{kind}, protocol: http2, tls: {{ mode: mesh, identity: \"{AGENT}\" }}, endpoints: [{{ address: \"{}\" }}] }}\n  - {{ name: app_{kind}, protocol: http1, endpoints: [{{ address: \"{}\" }}] }}\n",
-            ins[i], apps[i]
-        ));
-    }
-    y.push_str(&format!(
-        "policies:\n  - name: tools\n    rules:\n      - {{ from: [\"{AGENT}\"], mcp: {{ tools: [search, add] }} }}\n"
-    ));
-    y
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,21 +121,16 @@ async fn an_mcp_session_sees_only_the_tools_its_identity_may_call() {
 
 /// A plaintext listener whose route is `mcp: {}` (batches of at most 8) to `origin`, with
 /// a policy that lets anyone call only `search`.
-fn plain_config(listen: SocketAddr, origin: SocketAddr) -> String {
-    format!(
-        r#"admin: {{ address: "{{admin}}" }}
-drain_timeout: 1s
-listeners:
-  - {{ name: in, address: "{listen}", policy: p, routes: [mcp] }}
-routes:
-  - {{ name: mcp, backends: [{{ cluster: app }}], mcp: {{ max_batch: 8 }} }}
-clusters:
-  - {{ name: app, protocol: http1, endpoints: [{{ address: "{origin}" }}] }}
-policies:
-  - name: p
-    rules: [{{ mcp: {{ tools: [search] }} }}]
-"#
-    )
+fn plain_config(listen: SocketAddr, origin: SocketAddr) -> Bootstrap {
+    let mcp = McpRoute { max_batch: Some(8), ..Default::default() };
+    let mut b = one_route(
+        listen,
+        Route { mcp: Some(Box::new(mcp)), ..any_path("mcp", "app") },
+        config::cluster("app", ClusterProtocol::Http1, &[origin]),
+    );
+    b.listeners[0].policy = Some("p".into());
+    b.policies.push(tools_policy("p", &[], &["search"]));
+    b
 }
 
 fn post(body: impl Into<bytes::Bytes>, headers: &[(&str, &str)]) -> Request<Body> {
@@ -131,7 +150,7 @@ fn call(id: u32, tool: &str) -> String {
 async fn malformed_or_denied_mcp_never_reaches_the_server() {
     let (origin, seen) = counting_origin(|_, _| empty_tool_result()).await;
     let listen = listen_addr();
-    let proxy = Proxy::start(&plain_config(listen, origin.addr));
+    let proxy = Proxy::start(&plain_config(listen, origin.addr).yaml());
     let mut c = Client::h1(listen).await;
 
     let error = |g: &Got| (g.status.as_u16(), g.json()["error"]["code"].as_i64().unwrap_or(0));
@@ -202,17 +221,9 @@ async fn a_request_looping_between_agents_stops_at_max_hops() {
     // The route sends requests back to the listener itself: a loop of agents calling
     // each other, one proxy per hop.
     let listen = listen_addr();
-    let yaml = format!(
-        r#"admin: {{ address: "{{admin}}" }}
-drain_timeout: 1s
-listeners:
-  - {{ name: in, address: "{listen}", max_hops: 5, routes: [loop] }}
-routes:
-  - {{ name: loop, backends: [{{ cluster: self }}] }}
-clusters:
-  - {{ name: self, protocol: http1, endpoints: [{{ address: "{listen}" }}] }}
-"#
-    );
+    let mut b = one_route(listen, any_path("loop", "self"), config::cluster("self", ClusterProtocol::Http1, &[listen]));
+    b.listeners[0].max_hops = Some(5);
+    let yaml = b.yaml();
     let _proxy = Proxy::start(&yaml);
     let mut c = Client::h1(listen).await;
     let got = within(Duration::from_secs(10), c.get("/agent")).await;
@@ -233,21 +244,14 @@ async fn only_tools_named_idempotent_are_retried() {
     .await;
     let (bad, bad_seen) = counting_origin(|_, _| status_response(503)).await;
     let listen = listen_addr();
-    let yaml = format!(
-        r#"admin: {{ address: "{{admin}}" }}
-drain_timeout: 1s
-listeners:
-  - {{ name: in, address: "{listen}", routes: [mcp] }}
-routes:
-  - name: mcp
-    backends: [{{ cluster: tools }}]
-    retry: {{ attempts: 2, on: [gateway_error] }}
-    mcp: {{ idempotent_tools: [search] }}
-clusters:
-  - {{ name: tools, lb: round_robin, protocol: http1, endpoints: [{{ address: "{}" }}, {{ address: "{}" }}] }}
-"#,
-        good.addr, bad.addr
-    );
+    let route = Route {
+        retry: Some(config::part::<RetryPolicy>(json!({ "attempts": 2, "on": ["gateway_error"] }))),
+        mcp: Some(Box::new(McpRoute { idempotent_tools: vec!["search".into()], ..Default::default() })),
+        ..any_path("mcp", "tools")
+    };
+    let mut tools = config::cluster("tools", ClusterProtocol::Http1, &[good.addr, bad.addr]);
+    tools.lb = LbPolicy::RoundRobin;
+    let yaml = one_route(listen, route, tools).yaml();
     let _proxy = Proxy::start(&yaml);
     let mut c = Client::h1(listen).await;
     for i in 0..6 {
@@ -275,21 +279,14 @@ clusters:
 async fn each_tool_has_its_own_rate_limit() {
     let (origin, seen) = counting_origin(|_, _| empty_tool_result()).await;
     let listen = listen_addr();
-    let yaml = format!(
-        r#"admin: {{ address: "{{admin}}" }}
-drain_timeout: 1s
-listeners:
-  - {{ name: in, address: "{listen}", routes: [mcp] }}
-routes:
-  - name: mcp
-    backends: [{{ cluster: tools }}]
-    rate_limit: {{ requests_per_second: 0.1, burst: 2, per_mcp_tool: true }}
-    mcp: {{}}
-clusters:
-  - {{ name: tools, protocol: http1, endpoints: [{{ address: "{}" }}] }}
-"#,
-        origin.addr
-    );
+    let route = Route {
+        rate_limit: Some(config::part::<RateLimit>(
+            json!({ "requests_per_second": 0.1, "burst": 2, "per_mcp_tool": true }),
+        )),
+        mcp: Some(Box::default()),
+        ..any_path("mcp", "tools")
+    };
+    let yaml = one_route(listen, route, config::cluster("tools", ClusterProtocol::Http1, &[origin.addr])).yaml();
     let _proxy = Proxy::start(&yaml);
     let mut c = Client::h1(listen).await;
     for i in 0..2 {
@@ -310,7 +307,9 @@ clusters:
 async fn a_body_that_stops_coming_gets_408() {
     let (origin, seen) = counting_origin(|_, _| status_response(200)).await;
     let listen = listen_addr();
-    let yaml = plain_config(listen, origin.addr).replace("mcp: { max_batch: 8 }", "mcp: {}, idle_timeout: 1s");
+    let mut b = plain_config(listen, origin.addr);
+    (b.routes[0].mcp, b.routes[0].idle_timeout) = (Some(Box::default()), Some(config::ms(1000)));
+    let yaml = b.yaml();
     let _proxy = Proxy::start(&yaml);
     let mut c = Client::h1(listen).await;
     let (tx, body) = chan_body();
@@ -322,22 +321,18 @@ async fn a_body_that_stops_coming_gets_408() {
     drop(tx);
 }
 
-/// A plaintext listener with one `mcp` route (`mcp_yaml` its settings, `extra` more route
-/// fields) to a round-robin cluster of `apps` (`cluster` more cluster fields).
-fn replicas_config(listen: SocketAddr, apps: &[SocketAddr], mcp_yaml: &str, extra: &str, cluster: &str) -> String {
-    let endpoints: Vec<String> = apps.iter().map(|a| format!("{{ address: \"{a}\" }}")).collect();
-    format!(
-        r#"admin: {{ address: "{{admin}}" }}
-drain_timeout: 1s
-listeners:
-  - {{ name: in, address: "{listen}", routes: [mcp] }}
-routes:
-  - {{ name: mcp, backends: [{{ cluster: tools }}], mcp: {mcp_yaml}{extra} }}
-clusters:
-  - {{ name: tools, lb: round_robin, protocol: http1, endpoints: [{}]{cluster} }}
-"#,
-        endpoints.join(", ")
-    )
+/// A plaintext listener with one `mcp: {}` route to a round-robin cluster of `apps`.
+fn replicas_config(listen: SocketAddr, apps: &[SocketAddr]) -> Bootstrap {
+    let mut tools = config::cluster("tools", ClusterProtocol::Http1, apps);
+    tools.lb = LbPolicy::RoundRobin;
+    one_route(listen, Route { mcp: Some(Box::default()), ..any_path("mcp", "tools") }, tools)
+}
+
+/// [`replicas_config`] whose cluster ejects endpoints as `outlier_detection` (JSON) says.
+fn replicas_ejecting(listen: SocketAddr, apps: &[SocketAddr], outlier_detection: Value) -> Bootstrap {
+    let mut b = replicas_config(listen, apps);
+    b.clusters[0].outlier_detection = Some(config::part(outlier_detection));
+    b
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -353,7 +348,7 @@ async fn a_session_stays_on_the_replica_that_initialized_it() {
         McpServer::start_with(&["--replica", "r3"]),
     );
     let listen = listen_addr();
-    let proxy = Proxy::start(&replicas_config(listen, &[r1.addr, r2.addr, r3.addr], "{}", "", ""));
+    let proxy = Proxy::start(&replicas_config(listen, &[r1.addr, r2.addr, r3.addr]).yaml());
     let url = format!("http://{listen}/mcp");
     let mut replicas = std::collections::BTreeSet::new();
     for session in 0..3 {
@@ -377,8 +372,8 @@ async fn a_session_whose_replica_is_gone_is_balanced_anew() {
         tokio::join!(McpServer::start_with(&["--replica", "r1"]), McpServer::start_with(&["--replica", "r2"]));
     let listen = listen_addr();
     // Connection failures eject at once; ejection is what marks the replica gone.
-    let od = ", outlier_detection: { consecutive_gateway_errors: 1, consecutive_5xx: 1, base_ejection: 60s }";
-    let _proxy = Proxy::start(&replicas_config(listen, &[r1.addr, r2.addr], "{}", "", od));
+    let od = json!({ "consecutive_gateway_errors": 1, "consecutive_5xx": 1, "base_ejection": "60s" });
+    let _proxy = Proxy::start(&replicas_ejecting(listen, &[r1.addr, r2.addr], od).yaml());
     let accept = [("accept", "application/json, text/event-stream"), ("mcp-protocol-version", "2025-06-18")];
     let init = json!({ "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
         "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": { "name": "t", "version": "1" } } })
@@ -424,8 +419,10 @@ async fn json_rpc_errors_eject_a_replica_that_always_fails() {
         McpServer::start_with(&["--stateless", "--replica", "r3", "--broken"]),
     );
     let listen = listen_addr();
-    let od = ", outlier_detection: { consecutive_5xx: 3, base_ejection: 60s, max_ejection_percent: 50 }";
-    let yaml = replicas_config(listen, &[r1.addr, r2.addr, r3.addr], "{ errors_are_failures: true }", "", od);
+    let od = json!({ "consecutive_5xx": 3, "base_ejection": "60s", "max_ejection_percent": 50 });
+    let mut b = replicas_ejecting(listen, &[r1.addr, r2.addr, r3.addr], od);
+    b.routes[0].mcp = Some(Box::new(McpRoute { errors_are_failures: true, ..Default::default() }));
+    let yaml = b.yaml();
     let proxy = Proxy::start(&yaml);
     let headers = [("accept", "application/json, text/event-stream"), ("mcp-protocol-version", "2025-06-18")];
     let who = |id: u32| {
@@ -461,7 +458,16 @@ async fn progress_streams_through_and_slow_and_failing_tools_answer() {
     }
     let app = McpServer::start(false).await;
     let listen = listen_addr();
-    let _proxy = Proxy::start(&replicas_config(listen, &[app.addr], "{}", ", timeout: 5s", ""));
+    let _proxy = Proxy::start(
+        &Bootstrap {
+            routes: vec![Route {
+                timeout: Some(config::ms(5000)),
+                ..replicas_config(listen, &[app.addr]).routes.remove(0)
+            }],
+            ..replicas_config(listen, &[app.addr])
+        }
+        .yaml(),
+    );
     let got = mcp_session(&format!("http://{listen}/mcp"), &["countdown", "slow", "fail"]).await;
     // Four progress notifications, one every 400 ms, each arriving as it was sent: a
     // buffered stream would deliver them together with the result.

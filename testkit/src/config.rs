@@ -14,7 +14,8 @@ use super::*;
 pub use trellis_api::{
     AccessLog, Admin, Backend, Bootstrap, CertPair, Cluster, ClusterProtocol, ClusterTls, ClusterTlsMode,
     ControlPlane as ControlPlaneConfig, Endpoint, Identity, Issuer, LbPolicy, Listener, ListenerProtocol, ListenerTls,
-    ListenerTlsMode, Node, OutboundPolicy, Policy, PolicyDefault, PolicyRule, Route, RouteMatch, Tracing,
+    ListenerTlsMode, McpRoute, Node, OutboundPolicy, Policy, PolicyDefault, PolicyMcp, PolicyRule, RateLimit,
+    RetryPolicy, Route, RouteMatch, Tracing,
 };
 
 /// The admin address placeholder [`Proxy`] replaces with a free port.
@@ -215,4 +216,12 @@ pub fn issuer(server: &str, id: &str, token_file: &Path, ttl: &str) -> Issuer {
         token_file: Some(token_file.display().to_string()),
         ttl: Some(ttl.parse().unwrap_or_else(|e| panic!("ttl {ttl:?}: {e:?}"))),
     }
+}
+
+/// A part of a config of which a test gives only some fields, the others taking their
+/// defaults as when read from a file (`RetryPolicy`, `OutlierDetection`, … have no
+/// `Default`): `config::part::<RetryPolicy>(json!({ "attempts": 2 }))`. Checked against
+/// the real type here, so a misspelt field fails in the test, not in the proxy.
+pub fn part<T: serde::de::DeserializeOwned>(json: serde_json::Value) -> T {
+    serde_json::from_value(json.clone()).unwrap_or_else(|e| panic!("{json} as {}: {e}", std::any::type_name::<T>()))
 }

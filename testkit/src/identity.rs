@@ -370,28 +370,3 @@ impl Pki {
         pem_key(&prefix)
     }
 }
-
-/// The bootstrap's `identity:` line for these files.
-pub fn identity_yaml(cert: &std::path::Path, key: &std::path::Path, bundle: &std::path::Path) -> String {
-    format!(
-        "identity: {{ cert: \"{}\", key: \"{}\", trust_bundle: \"{}\" }}\n",
-        cert.display(),
-        key.display(),
-        bundle.display()
-    )
-}
-
-/// Issues `id` from `ca` to `DIR/NAME.pem` + `DIR/NAME.key` and returns the bootstrap's
-/// `identity:` line, trusting `bundle`.
-pub fn issue_identity(
-    ca: &trellis_certs::Ca,
-    dir: &std::path::Path,
-    name: &str,
-    id: &str,
-    bundle: &std::path::Path,
-) -> String {
-    let prefix = dir.join(name);
-    issue_to(ca, id, &[], &prefix);
-    let (cert, key) = pem_key(&prefix);
-    identity_yaml(&cert, &key, bundle)
-}
