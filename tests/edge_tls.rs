@@ -225,27 +225,20 @@ async fn tls_cluster_verifies_the_origin_name() {
 
         let listen = listen_addr();
         let o = origin.addr;
-        let cluster = |name: &str, proto: &str, sni: Option<&str>, bundle: &Path| {
-            let sni = sni.map(|s| format!(", sni: {s}")).unwrap_or_default();
-            format!(
-                "  - name: {name}\n    protocol: {proto}\n    tls: {{ mode: tls{sni}, trust_bundle: \"{}\" }}\n    endpoints: [{{ address: \"{o}\" }}]\n",
-                bundle.display()
-            )
-        };
-        let route = |name: &str| {
-            format!("  - name: {name}\n    match: {{ path_prefix: /{name}/ }}\n    backends: [{{ cluster: {name} }}]\n")
+        let cluster = |name: &str, proto: ClusterProtocol, sni: Option<&str>, bundle: &Path| config::Cluster {
+            tls: Some(config::origin_tls(sni, bundle)),
+            ..config::cluster(name, proto, &[o])
         };
         let names = ["good", "good2", "wrong", "nosni", "untrusted"];
-        let routes: String = names.iter().map(|n| route(n)).collect();
-        let clusters = [
-            cluster("good", "http1", Some("origin.test"), &bundle),
-            cluster("good2", "http2", Some("origin.test"), &bundle),
-            cluster("wrong", "http1", Some("wrong.test"), &bundle),
-            cluster("nosni", "http1", None, &bundle),
-            cluster("untrusted", "http1", Some("origin.test"), &other_bundle),
-        ]
-        .concat();
-        let _proxy = Proxy::start(&bootstrap(listen, &names, &routes, &clusters));
+        let routes = names.iter().map(|n| config::route(n, &format!("/{n}/"), n)).collect();
+        let clusters = vec![
+            cluster("good", ClusterProtocol::Http1, Some("origin.test"), &bundle),
+            cluster("good2", ClusterProtocol::Http2, Some("origin.test"), &bundle),
+            cluster("wrong", ClusterProtocol::Http1, Some("wrong.test"), &bundle),
+            cluster("nosni", ClusterProtocol::Http1, None, &bundle),
+            cluster("untrusted", ClusterProtocol::Http1, Some("origin.test"), &other_bundle),
+        ];
+        let _proxy = Proxy::start(&config::serving(listen, routes, clusters).yaml());
 
         let mut c = Client::h1(listen).await;
         for (path, version) in [("/good/x", "HTTP/1.1"), ("/good2/x", "HTTP/2.0")] {
@@ -350,29 +343,22 @@ async fn certs_cli_init_issue_inspect() {
         // What the CLI issued works as mesh identities.
         let app = Origin::echo("app").await;
         let mesh = listen_addr();
-        let yaml = format!(
-            r#"admin: {{ address: "{{admin}}" }}
-identity: {{ cert: "{c}.pem", key: "{c}.key", trust_bundle: "{ca}/ca.pem" }}
-listeners:
-  - name: mesh
-    address: "{mesh}"
-    tls: {{ mode: mesh }}
-    policy: fe
-    routes: [all]
-routes:
-  - name: all
-    match: {{ path_prefix: / }}
-    backends: [{{ cluster: app }}]
-clusters:
-  - name: app
-    endpoints: [{{ address: "{app}" }}]
-policies:
-  - name: fe
-    rules: [{{ from: [spiffe://trellis.local/ns/default/sa/frontend] }}]
-"#,
-            c = p("out/checkout"),
-            app = app.addr,
+        let c = p("out/checkout");
+        let identity = config::identity(
+            Path::new(&format!("{c}.pem")),
+            Path::new(&format!("{c}.key")),
+            &Path::new(&ca).join("ca.pem"),
         );
+        let mut b = config::Bootstrap { identity: Some(identity), ..config::bootstrap() };
+        b.listeners.push(config::Listener {
+            tls: Some(config::mesh_tls()),
+            policy: Some("fe".into()),
+            ..config::listener("mesh", mesh, &["all"])
+        });
+        b.routes.push(config::route("all", "/", "app"));
+        b.clusters.push(config::cluster("app", ClusterProtocol::default(), &[app.addr]));
+        b.policies.push(config::allow_from("fe", &["spiffe://trellis.local/ns/default/sa/frontend"]));
+        let yaml = b.yaml();
         let _proxy = Proxy::start(&yaml);
         let client = tls_client_config(&TlsClientOpts {
             identity: Some(pem_key(Path::new(&p("out/frontend")))),
@@ -512,25 +498,19 @@ async fn auto_tls_cluster_learns_the_upstream_version_by_alpn() {
         let bundle = pki.bundle();
 
         let listen = listen_addr();
-        let cluster = |name: &str, addr: SocketAddr| {
-            format!(
-                "  - name: {name}\n    protocol: auto\n    tls: {{ mode: tls, sni: origin.test, trust_bundle: \"{}\" }}\n    endpoints: [{{ address: \"{addr}\" }}]\n",
-                bundle.display()
-            )
-        };
-        let route = |name: &str| {
-            format!("  - name: {name}\n    match: {{ path_prefix: /{name}/ }}\n    backends: [{{ cluster: {name} }}]\n")
+        let cluster = |name: &str, addr: SocketAddr| config::Cluster {
+            tls: Some(config::origin_tls(Some("origin.test"), &bundle)),
+            ..config::cluster(name, ClusterProtocol::Auto, &[addr])
         };
         let names = ["h2app", "h1app", "noalpn"];
-        let routes: String = names.iter().chain(&["burst"]).map(|n| route(n)).collect();
-        let clusters = [
+        let routes = names.iter().chain(&["burst"]).map(|n| config::route(n, &format!("/{n}/"), n)).collect();
+        let clusters = vec![
             cluster("h2app", h2_app.addr),
             cluster("h1app", h1_app.addr),
             cluster("noalpn", no_alpn.addr),
             cluster("burst", burst_app.addr),
-        ]
-        .concat();
-        let proxy = Proxy::start(&bootstrap(listen, &["h2app", "h1app", "noalpn", "burst"], &routes, &clusters));
+        ];
+        let proxy = Proxy::start(&config::serving(listen, routes, clusters).yaml());
 
         // Before any request nothing is known.
         let view = |proxy: &Proxy| {
@@ -549,9 +529,11 @@ async fn auto_tls_cluster_learns_the_upstream_version_by_alpn() {
         // h2 and HTTP/1.1 clients, one after the other, then many at once on one h2 client.
         for h2_client in [false, true] {
             let mut c = if h2_client { Client::h2(listen).await } else { Client::h1(listen).await };
-            for (path, origin, version) in
-                [("/h2app/a", "h2-only", "HTTP/2.0"), ("/h1app/a", "h1-only", "HTTP/1.1"), ("/noalpn/a", "no-alpn", "HTTP/1.1")]
-            {
+            for (path, origin, version) in [
+                ("/h2app/a", "h2-only", "HTTP/2.0"),
+                ("/h1app/a", "h1-only", "HTTP/1.1"),
+                ("/noalpn/a", "no-alpn", "HTTP/1.1"),
+            ] {
                 let got = c.get(path).await;
                 assert_eq!(got.status, 200, "{path} (h2 client: {h2_client}): {}\n{}", got.text(), proxy.logs());
                 let j = got.json();
@@ -594,7 +576,11 @@ async fn auto_tls_cluster_learns_the_upstream_version_by_alpn() {
         assert_eq!(h2_handshakes, vec![Some(b"h2".to_vec())], "one connection, h2 selected");
         // The HTTP/1.1 upstreams never saw h2: one connection each, pooled (the
         // requests above were sequential).
-        assert!(h1_app.handshakes().iter().all(|p| p.as_deref() == Some(&b"http/1.1"[..])), "{:?}", h1_app.handshakes());
+        assert!(
+            h1_app.handshakes().iter().all(|p| p.as_deref() == Some(&b"http/1.1"[..])),
+            "{:?}",
+            h1_app.handshakes()
+        );
         assert!(no_alpn.handshakes().iter().all(Option::is_none), "{:?}", no_alpn.handshakes());
     })
     .await;

@@ -62,13 +62,7 @@ fn tools_policy(name: &str, from: &[&str], tools: &[&str]) -> Policy {
 
 /// Listener `in` on `listen` with the one route `route` and the one cluster `cluster`.
 fn one_route(listen: SocketAddr, route: Route, cluster: Cluster) -> Bootstrap {
-    Bootstrap {
-        drain_timeout: Some(config::ms(1000)),
-        listeners: vec![config::listener("in", listen, &[&route.name])],
-        routes: vec![route],
-        clusters: vec![cluster],
-        ..config::bootstrap()
-    }
+    config::serving(listen, vec![route], vec![cluster])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -131,6 +131,19 @@ pub fn cluster(name: &str, protocol: ClusterProtocol, endpoints: &[SocketAddr]) 
     }
 }
 
+/// A bootstrap with listener `in` on `listen` taking `routes` (in their order) to
+/// `clusters`, drain timeout 1 s.
+pub fn serving(listen: SocketAddr, routes: Vec<Route>, clusters: Vec<Cluster>) -> Bootstrap {
+    let names: Vec<&str> = routes.iter().map(|r| r.name.as_str()).collect();
+    Bootstrap {
+        drain_timeout: Some(ms(1000)),
+        listeners: vec![listener("in", listen, &names)],
+        routes,
+        clusters,
+        ..bootstrap()
+    }
+}
+
 /// An endpoint at `address`, weight 1.
 pub fn endpoint(address: SocketAddr) -> Endpoint {
     Endpoint { address: address.to_string(), weight: 1, zone: None, identity: None }
@@ -224,4 +237,15 @@ pub fn issuer(server: &str, id: &str, token_file: &Path, ttl: &str) -> Issuer {
 /// the real type here, so a misspelt field fails in the test, not in the proxy.
 pub fn part<T: serde::de::DeserializeOwned>(json: serde_json::Value) -> T {
     serde_json::from_value(json.clone()).unwrap_or_else(|e| panic!("{json} as {}: {e}", std::any::type_name::<T>()))
+}
+
+/// Ordinary TLS to a cluster's endpoints: `sni` sent and verified (default: the endpoint's
+/// host) against the roots in `trust_bundle`.
+pub fn origin_tls(sni: Option<&str>, trust_bundle: &Path) -> ClusterTls {
+    ClusterTls {
+        mode: ClusterTlsMode::Tls,
+        identity: None,
+        sni: sni.map(str::to_owned),
+        trust_bundle: Some(trust_bundle.display().to_string()),
+    }
 }
