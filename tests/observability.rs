@@ -2,11 +2,12 @@
 //! Observability (DESIGN §14) through the real `trellis` binary: `/metrics` of the proxy and
 //! of the control plane pass `promtool check metrics`.
 
-use trellis_testkit::config;
+use trellis_testkit::config::{self, Bootstrap, ClusterProtocol, RetryPolicy, Route, Tracing, Yaml};
 use trellis_testkit::*;
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
+use serde_json::json;
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -33,10 +34,9 @@ fn check_metrics(promtool: &str, what: &str, text: &str) {
     assert!(out.status.success() && findings.trim().is_empty(), "promtool on {what}:\n{findings}\n---\n{text}");
 }
 
-fn route(name: &str, prefix: &str, cluster: &str, extra: &str) -> String {
-    format!(
-        "  - name: {name}\n    match: {{ path_prefix: {prefix} }}\n    backends: [{{ cluster: {cluster} }}]\n{extra}"
-    )
+/// Up to `attempts` tries on `on` (`connect_failure`, `gateway_error`, …), 1–2 ms apart.
+fn quick_retry(attempts: u32, on: &[&str]) -> Option<RetryPolicy> {
+    Some(config::part(json!({ "attempts": attempts, "on": on, "backoff": { "base": "1ms", "max": "2ms" } })))
 }
 
 /// Traffic that makes the proxy's families appear: answered requests, retries, an outlier
@@ -52,15 +52,22 @@ async fn proxy_and_control_plane_metrics_pass_promtool() {
         .await;
         let dead = listen_addr();
         let listen = listen_addr();
-        let retry = "    retry: { attempts: 3, on: [connect_failure, gateway_error], backoff: { base: 1ms, max: 2ms } }\n";
-        let routes = route("ok", "/ok", "ok", "")
-            + &route("flaky", "/flaky", "flaky", retry)
-            + &route("limited", "/limited", "ok", "    rate_limit: { requests_per_second: 1, burst: 1 }\n");
-        let clusters = format!(
-            "  - name: ok\n    endpoints: [{{ address: \"{}\" }}]\n  - name: flaky\n    outlier_detection: {{ consecutive_gateway_errors: 2, base_ejection: 30s }}\n    endpoints: [{{ address: \"{}\" }}, {{ address: \"{dead}\" }}]\n",
-            ok.addr, failing.addr
-        );
-        let yaml = bootstrap(listen, &["ok", "flaky", "limited"], &routes, &clusters);
+        let routes = vec![
+            config::route("ok", "/ok", "ok"),
+            Route {
+                retry: quick_retry(3, &["connect_failure", "gateway_error"]),
+                ..config::route("flaky", "/flaky", "flaky")
+            },
+            Route {
+                rate_limit: Some(config::part(json!({ "requests_per_second": 1, "burst": 1 }))),
+                ..config::route("limited", "/limited", "ok")
+            },
+        ];
+        let mut flaky = config::cluster("flaky", ClusterProtocol::default(), &[failing.addr, dead]);
+        flaky.outlier_detection =
+            Some(config::part(json!({ "consecutive_gateway_errors": 2, "base_ejection": "30s" })));
+        let clusters = vec![config::cluster("ok", ClusterProtocol::default(), &[ok.addr]), flaky];
+        let yaml = config::serving(listen, routes, clusters).yaml();
         let proxy = blocking(|| Proxy::start(&yaml));
         let mut c = Client::h1(listen).await;
         for _ in 0..3 {
@@ -262,11 +269,15 @@ fn attr_int(span: &Span, key: &str) -> Option<i64> {
     }
 }
 
-fn traced_config(listen: SocketAddr, origin: SocketAddr, tracing: &str) -> String {
-    let routes =
-        route("r", "/", "up", "    retry: { attempts: 3, on: [gateway_error], backoff: { base: 1ms, max: 2ms } }\n");
-    let clusters = format!("  - name: up\n    endpoints: [{{ address: \"{origin}\" }}]\n");
-    format!("node: {{ id: p1, service: front }}\n{tracing}\n{}", bootstrap(listen, &["r"], &routes, &clusters))
+fn traced_config(listen: SocketAddr, origin: SocketAddr, tracing: Tracing) -> String {
+    let route = Route { retry: quick_retry(3, &["gateway_error"]), ..config::route("r", "/", "up") };
+    let cluster = config::cluster("up", ClusterProtocol::default(), &[origin]);
+    Bootstrap {
+        node: config::Node { id: "p1".into(), service: Some("front".into()), zone: None },
+        tracing: Some(tracing),
+        ..config::serving(listen, vec![route], vec![cluster])
+    }
+    .yaml()
 }
 
 /// A sampled `traceparent` from the client: the proxy's server span is its child, each try
@@ -284,11 +295,8 @@ async fn otlp_http_spans_per_request_and_per_try_with_w3c_parentage() {
         })
         .await;
         let listen = listen_addr();
-        let tracing = format!(
-            "tracing: {{ otlp: {{ endpoint: \"http://{}\", protocol: http }}, sample_ratio: 1.0 }}",
-            collector.addr
-        );
-        let proxy = blocking(|| Proxy::start(&traced_config(listen, origin.addr, &tracing)));
+        let tracing = config::otlp_http_tracing(collector.addr);
+        let proxy = blocking(|| Proxy::start(&traced_config(listen, origin.addr, tracing)));
         let mut c = Client::h1(listen).await;
         let trace: u128 = 0x4bf92f3577b34da6a3ce929d0e0e4736;
         let parent: u64 = 0x00f067aa0ba902b7;
@@ -386,8 +394,9 @@ async fn otlp_grpc_export_honours_sampled_parents_and_counts_failed_exports() {
         let (collector, got) = otlp_grpc().await;
         let origin = Origin::echo("up").await;
         let listen = listen_addr();
-        let tracing = format!("tracing: {{ otlp: {{ endpoint: \"http://{collector}\" }}, sample_ratio: 0.0 }}");
-        let proxy = blocking(|| Proxy::start(&traced_config(listen, origin.addr, &tracing)));
+        let tracing =
+            config::part(json!({ "otlp": { "endpoint": format!("http://{collector}") }, "sample_ratio": 0.0 }));
+        let proxy = blocking(|| Proxy::start(&traced_config(listen, origin.addr, tracing)));
         let mut c = Client::h2(listen).await;
         let got_echo = c.get("/unsampled").await;
         let tp = got_echo.json()["headers"]["traceparent"].as_str().unwrap().to_owned();
@@ -412,9 +421,9 @@ async fn otlp_grpc_export_honours_sampled_parents_and_counts_failed_exports() {
 
         // A collector that is gone: the request is answered, the spans are counted as lost.
         let dead = listen_addr();
-        let tracing = format!("tracing: {{ otlp: {{ endpoint: \"http://{dead}\", protocol: http }} }}");
+        let tracing = config::part(json!({ "otlp": { "endpoint": format!("http://{dead}"), "protocol": "http" } }));
         let proxy2_listen = listen_addr();
-        let proxy2 = blocking(|| Proxy::start(&traced_config(proxy2_listen, origin.addr, &tracing)));
+        let proxy2 = blocking(|| Proxy::start(&traced_config(proxy2_listen, origin.addr, tracing)));
         let mut c2 = Client::h1(proxy2_listen).await;
         assert_eq!(c2.get("/lost").await.status, 200);
         let failed = [("reason", "export_failed")];
@@ -565,22 +574,16 @@ async fn mcp_spans_carry_the_method_and_the_tool() {
         let (collector, got) = otlp_http().await;
         let origin = Origin::start(|_req: Request<Incoming>| async { empty_tool_result() }).await;
         let listen = listen_addr();
-        let yaml = format!(
-            r#"admin: {{ address: "{{admin}}" }}
-drain_timeout: 1s
-tracing: {{ otlp: {{ endpoint: "http://{}", protocol: http }}, sample_ratio: 1.0 }}
-listeners:
-  - {{ name: in, address: "{listen}", policy: p, routes: [mcp] }}
-routes:
-  - {{ name: mcp, backends: [{{ cluster: app }}], mcp: {{}} }}
-clusters:
-  - {{ name: app, protocol: http1, endpoints: [{{ address: "{}" }}] }}
-policies:
-  - name: p
-    rules: [{{ mcp: {{ tools: [search] }} }}]
-"#,
-            collector.addr, origin.addr
-        );
+        let mcp = Route { mcp: Some(Box::default()), matches: config::RouteMatch::default(), ..config::route("mcp", "/", "app") };
+        let mut b = Bootstrap {
+            tracing: Some(config::otlp_http_tracing(collector.addr)),
+            ..config::serving(listen, vec![mcp], vec![config::cluster("app", ClusterProtocol::Http1, &[origin.addr])])
+        };
+        b.listeners[0].policy = Some("p".into());
+        let search = config::PolicyMcp { tools: vec!["search".into()], ..Default::default() };
+        let rule = config::PolicyRule { mcp: Some(search), ..Default::default() };
+        b.policies.push(config::Policy { name: "p".into(), default: config::PolicyDefault::Deny, rules: vec![rule] });
+        let yaml = b.yaml();
         let _proxy = blocking(|| Proxy::start(&yaml));
         let mut c = Client::h1(listen).await;
         for (trace, tool) in [(0x51u128, "search"), (0x52u128, "delete")] {
