@@ -4,9 +4,11 @@
 //! of the keys when one of ten endpoints leaves.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use trellis_testkit::config::{self, Cluster, ClusterProtocol, Yaml};
 use trellis_testkit::*;
 
 use http::Request;
+use serde_json::json;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -15,13 +17,18 @@ const NAMES: [&str; 10] = ["e0", "e1", "e2", "e3", "e4", "e5", "e6", "e7", "e8",
 
 /// One route `all` to cluster `c` (policy `lb`, optional `hash_on` header `x-session`).
 fn lb_config(listen: SocketAddr, lb: &str, hashed: bool, eps: &[(SocketAddr, u32)]) -> String {
-    let hash_on = if hashed { "    hash_on: { header: x-session }\n" } else { "" };
-    bootstrap(
-        listen,
-        &["all"],
-        "  - name: all\n    match: { path_prefix: / }\n    backends: [{ cluster: c }]\n",
-        &format!("  - name: c\n    lb: {lb}\n{hash_on}    endpoints: {}\n", endpoints_yaml(eps)),
-    )
+    let c = hashed_cluster("c", lb, hashed, eps);
+    config::serving(listen, vec![config::route("all", "/", "c")], vec![c]).yaml()
+}
+
+/// Cluster `name` balancing over `eps` with policy `lb`, hashing on header `x-session` when `hashed`.
+fn hashed_cluster(name: &str, lb: &str, hashed: bool, eps: &[(SocketAddr, u32)]) -> Cluster {
+    Cluster {
+        lb: config::part(json!(lb)),
+        hash_on: hashed.then(|| config::part(json!({ "header": "x-session" }))),
+        endpoints: config::weighted(eps),
+        ..config::cluster(name, ClusterProtocol::default(), &[])
+    }
 }
 
 /// Sends `requests` GETs through a proxy balancing over three echo origins of weight 1, 2
@@ -184,15 +191,10 @@ async fn peak_ewma_steers_away_from_a_slow_endpoint() {
 /// Two routes over the same endpoints: `/ring` (ring_hash) and `/maglev`, both on `x-session`.
 fn hash_config(listen: SocketAddr, eps: &[SocketAddr]) -> String {
     let eps: Vec<(SocketAddr, u32)> = eps.iter().map(|a| (*a, 1)).collect();
-    let list = endpoints_yaml(&eps);
-    bootstrap(
-        listen,
-        &["ring", "maglev"],
-        "  - name: ring\n    match: { path_prefix: /ring }\n    backends: [{ cluster: ring }]\n  - name: maglev\n    match: { path_prefix: /maglev }\n    backends: [{ cluster: maglev }]\n",
-        &format!(
-            "  - name: ring\n    lb: ring_hash\n    hash_on: {{ header: x-session }}\n    endpoints: {list}\n  - name: maglev\n    lb: maglev\n    hash_on: {{ header: x-session }}\n    endpoints: {list}\n"
-        ),
-    )
+    let routes = vec![config::route("ring", "/ring", "ring"), config::route("maglev", "/maglev", "maglev")];
+    let clusters =
+        vec![hashed_cluster("ring", "ring_hash", true, &eps), hashed_cluster("maglev", "maglev", true, &eps)];
+    config::serving(listen, routes, clusters).yaml()
 }
 
 /// Where each of `keys` sessions lands on `path` (4 concurrent connections).

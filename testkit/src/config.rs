@@ -144,6 +144,11 @@ pub fn serving(listen: SocketAddr, routes: Vec<Route>, clusters: Vec<Cluster>) -
     }
 }
 
+/// Endpoints `(address, weight)`.
+pub fn weighted(endpoints: &[(SocketAddr, u32)]) -> Vec<Endpoint> {
+    endpoints.iter().map(|(a, weight)| Endpoint { weight: *weight, ..endpoint(*a) }).collect()
+}
+
 /// An endpoint at `address`, weight 1.
 pub fn endpoint(address: SocketAddr) -> Endpoint {
     Endpoint { address: address.to_string(), weight: 1, zone: None, identity: None }
