@@ -9,6 +9,7 @@
 //! it get GOAWAY; and after an early complete HTTP/2 response, the client's frames on that
 //! stream still get the errors RFC 9113 asks for.
 
+use trellis_testkit::config::{self, Yaml};
 use trellis_testkit::*;
 
 use bytes::Bytes;
@@ -42,13 +43,13 @@ async fn client_garbage_and_aborted_uploads_never_eject_an_endpoint() {
         let (a, seen_a) = counting_origin(|_, _| Response::new(full("a"))).await;
         let (b, seen_b) = counting_origin(|_, _| Response::new(full("b"))).await;
         let listen = listen_addr();
-        let od = "outlier_detection: { consecutive_5xx: 2, consecutive_gateway_errors: 2, base_ejection: 30s, max_ejection_percent: 100 }";
-        let yaml = bootstrap(
-            listen,
-            &["all"],
-            "  - name: all\n    match: { path_prefix: / }\n    backends: [{ cluster: c }]\n",
-            &format!("  - name: c\n    lb: round_robin\n    {od}\n    endpoints: {}\n", endpoints_yaml(&[(a.addr, 1), (b.addr, 1)])),
-        );
+        let od = serde_json::json!({ "consecutive_5xx": 2, "consecutive_gateway_errors": 2, "base_ejection": "30s", "max_ejection_percent": 100 });
+        let c = config::Cluster {
+            lb: config::LbPolicy::RoundRobin,
+            outlier_detection: Some(config::part(od)),
+            ..config::cluster("c", config::ClusterProtocol::default(), &[a.addr, b.addr])
+        };
+        let yaml = config::serving(listen, vec![config::route("all", "/", "c")], vec![c]).yaml();
         let proxy = blocking(|| Proxy::start(&yaml));
 
         for round in 0..4 {
