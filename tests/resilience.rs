@@ -3,36 +3,39 @@
 //! rate limits, fault injection and active health checks.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use trellis_testkit::config::{self, Cluster, ClusterProtocol, Route, Yaml};
 use trellis_testkit::*;
 
 use http::Request;
+use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// YAML lines indented for a route or cluster entry.
-fn lines(items: &[&str]) -> String {
-    items.iter().map(|l| format!("    {l}\n")).collect()
+/// A route `name` taking `prefix` to `cluster`, with `extra` settings (fields of a route).
+fn route(name: &str, prefix: &str, cluster: &str, extra: serde_json::Value) -> Route {
+    config::with(config::route(name, prefix, cluster), extra)
 }
 
-/// A route entry `name` taking `prefix` to `cluster`, with extra settings.
-fn route(name: &str, prefix: &str, cluster: &str, extra: &[&str]) -> String {
-    format!(
-        "  - name: {name}\n    match: {{ path_prefix: {prefix} }}\n    backends: [{{ cluster: {cluster} }}]\n{}",
-        lines(extra)
-    )
+/// A cluster `name` over `eps` (weight 1 each), with `extra` settings (fields of a cluster).
+fn cluster(name: &str, extra: serde_json::Value, eps: &[SocketAddr]) -> Cluster {
+    config::with(config::cluster(name, ClusterProtocol::default(), eps), extra)
 }
 
-/// A cluster entry `name` over `eps` (weight 1 each), with extra settings.
-fn cluster(name: &str, extra: &[&str], eps: &[SocketAddr]) -> String {
-    let eps: Vec<(SocketAddr, u32)> = eps.iter().map(|a| (*a, 1)).collect();
-    format!("  - name: {name}\n{}    endpoints: {}\n", lines(extra), endpoints_yaml(&eps))
+/// Listener `in` taking `routes` to `clusters`.
+fn serving(listen: SocketAddr, routes: Vec<Route>, clusters: Vec<Cluster>) -> String {
+    config::serving(listen, routes, clusters).yaml()
 }
 
 /// One catch-all route `all` (with `route_extra`) to cluster `c` (with `cluster_extra`).
-fn single(listen: SocketAddr, route_extra: &[&str], cluster_extra: &[&str], eps: &[SocketAddr]) -> String {
-    bootstrap(listen, &["all"], &route("all", "/", "c", route_extra), &cluster("c", cluster_extra, eps))
+fn single(
+    listen: SocketAddr,
+    route_extra: serde_json::Value,
+    cluster_extra: serde_json::Value,
+    eps: &[SocketAddr],
+) -> String {
+    serving(listen, vec![route("all", "/", "c", route_extra)], vec![cluster("c", cluster_extra, eps)])
 }
 
 fn metric(proxy: &Proxy, name: &str, labels: &[(&str, &str)]) -> f64 {
@@ -68,8 +71,9 @@ async fn breaker_max_requests_trips_and_recovers() {
     within(Duration::from_secs(15), async {
         let slow = echo_after("slow", Duration::from_millis(400)).await;
         let listen = listen_addr();
-        let proxy =
-            blocking(|| Proxy::start(&single(listen, &[], &["circuit_breaker: { max_requests: 2 }"], &[slow.addr])));
+        let proxy = blocking(|| {
+            Proxy::start(&single(listen, json!({}), json!({ "circuit_breaker": { "max_requests": 2 } }), &[slow.addr]))
+        });
         let answers = load(listen, 5, 1, "/", None).await;
         let ok: Vec<_> = answers.iter().filter(|(g, _)| g.status == 200).collect();
         let refused: Vec<_> = answers.iter().filter(|(g, _)| is_overloaded(g)).collect();
@@ -97,7 +101,12 @@ async fn breaker_max_connections_trips_and_recovers() {
         let slow = echo_after("slow", Duration::from_millis(400)).await;
         let listen = listen_addr();
         // One worker, so one idle pool: the cluster's single connection is reusable by all.
-        let yaml = single(listen, &[], &["protocol: http1", "circuit_breaker: { max_connections: 1 }"], &[slow.addr]);
+        let yaml = single(
+            listen,
+            json!({}),
+            json!({ "protocol": "http1", "circuit_breaker": { "max_connections": 1 } }),
+            &[slow.addr],
+        );
         let proxy = blocking(|| Proxy::start_with(&yaml, &["--threads", "1"]));
         let answers = load(listen, 5, 1, "/", None).await;
         let ok = answers.iter().filter(|(g, _)| g.status == 200).count();
@@ -123,7 +132,12 @@ async fn breaker_max_connections_is_given_back_when_an_upstream_connection_close
             counting_origin(|_, _| http::Response::builder().header("connection", "close").body(full("bye")).unwrap())
                 .await;
         let listen = listen_addr();
-        let yaml = single(listen, &[], &["protocol: http1", "circuit_breaker: { max_connections: 1 }"], &[origin.addr]);
+        let yaml = single(
+            listen,
+            json!({}),
+            json!({ "protocol": "http1", "circuit_breaker": { "max_connections": 1 } }),
+            &[origin.addr],
+        );
         let proxy = blocking(|| Proxy::start_with(&yaml, &["--threads", "1"]));
         let mut c = Client::h1(listen).await;
         let mut statuses = Vec::new();
@@ -155,9 +169,9 @@ async fn breaker_max_pending_trips_and_recovers() {
         let hole = hole.listen(0).unwrap();
         let hole_addr = hole.local_addr().unwrap();
         let _filler = tokio::net::TcpStream::connect(hole_addr).await.unwrap();
-        let extra = ["protocol: http1", "connect_timeout: 1s", "circuit_breaker: { max_pending: 1 }"];
+        let extra = json!({ "protocol": "http1", "connect_timeout": "1s", "circuit_breaker": { "max_pending": 1 } });
         let listen = listen_addr();
-        let proxy = blocking(|| Proxy::start(&single(listen, &[], &extra, &[hole_addr])));
+        let proxy = blocking(|| Proxy::start(&single(listen, json!({}), extra.clone(), &[hole_addr])));
         let answers = load(listen, 3, 1, "/", None).await;
         let refused: Vec<_> = answers.iter().filter(|(g, _)| is_overloaded(g)).collect();
         let timed_out: Vec<_> = answers
@@ -179,7 +193,7 @@ async fn breaker_max_pending_trips_and_recovers() {
         assert_eq!(blocking(|| breaker_counts(&proxy))["pending"], 0);
         // Recovered: the same cluster (its counts survive a reload) now pointing at a live origin.
         let live = Origin::echo("live").await;
-        blocking(|| proxy.reload(&single(listen, &[], &extra, &[live.addr])));
+        blocking(|| proxy.reload(&single(listen, json!({}), extra, &[live.addr])));
         let mut c = Client::h1(listen).await;
         for _ in 0..3 {
             let got = c.get("/").await;
@@ -195,13 +209,14 @@ async fn breaker_max_retries_zero_means_no_retries() {
     within(Duration::from_secs(15), async {
         let (origin, seen) = counting_origin(|_, _| status_response(503)).await;
         let listen = listen_addr();
-        let retry = "retry: { attempts: 3, backoff: { base: 1ms, max: 5ms } }";
-        let yaml = bootstrap(
+        let retry = json!({ "retry": { "attempts": 3, "backoff": { "base": "1ms", "max": "5ms" } } });
+        let yaml = serving(
             listen,
-            &["limited", "control"],
-            &(route("limited", "/limited", "c", &[retry]) + &route("control", "/control", "c2", &[retry])),
-            &(cluster("c", &["circuit_breaker: { max_retries: 0 }"], &[origin.addr])
-                + &cluster("c2", &[], &[origin.addr])),
+            vec![route("limited", "/limited", "c", retry.clone()), route("control", "/control", "c2", retry)],
+            vec![
+                cluster("c", json!({ "circuit_breaker": { "max_retries": 0 } }), &[origin.addr]),
+                cluster("c2", json!({}), &[origin.addr]),
+            ],
         );
         let proxy = blocking(|| Proxy::start(&yaml));
         let mut c = Client::h1(listen).await;
@@ -231,8 +246,13 @@ async fn outlier_detection_ejects_returns_and_ejects_again_for_longer() {
         let good2 = Origin::echo("good2").await;
         let (bad, seen) = counting_origin(|_, _| status_response(500)).await;
         let listen = listen_addr();
-        let od = "outlier_detection: { consecutive_5xx: 3, base_ejection: 1s, interval: 1s, max_ejection_percent: 50 }";
-        let yaml = single(listen, &[], &["lb: round_robin", od], &[good1.addr, bad.addr, good2.addr]);
+        let od = json!({ "consecutive_5xx": 3, "base_ejection": "1s", "interval": "1s", "max_ejection_percent": 50 });
+        let yaml = single(
+            listen,
+            json!({}),
+            json!({ "lb": "round_robin", "outlier_detection": od }),
+            &[good1.addr, bad.addr, good2.addr],
+        );
         let proxy = blocking(|| Proxy::start(&yaml));
 
         // Steady traffic for 4.5 s: one request every ~5 ms.
@@ -288,8 +308,8 @@ async fn killing_one_of_three_upstreams_under_load_fails_no_request() {
         let listen = listen_addr();
         let yaml = single(
             listen,
-            &["retry: { attempts: 3, on: [connect_failure, reset, gateway_error], backoff: { base: 5ms, max: 20ms } }"],
-            &["lb: round_robin", "outlier_detection: { consecutive_gateway_errors: 3, base_ejection: 10s }"],
+            json!({ "retry": { "attempts": 3, "on": ["connect_failure", "reset", "gateway_error"], "backoff": { "base": "5ms", "max": "20ms" } } }),
+            json!({ "lb": "round_robin", "outlier_detection": { "consecutive_gateway_errors": 3, "base_ejection": "10s" } }),
             &[a.addr, b.addr, c.addr],
         );
         let proxy = blocking(|| Proxy::start(&yaml));
@@ -341,8 +361,8 @@ async fn retries_stay_within_the_budget_when_every_upstream_fails() {
         let listen = listen_addr();
         let yaml = single(
             listen,
-            &["retry: { attempts: 5, budget: { ratio: 0.2, min_per_second: 1 }, backoff: { base: 1ms, max: 5ms } }"],
-            &[],
+            json!({ "retry": { "attempts": 5, "budget": { "ratio": 0.2, "min_per_second": 1 }, "backoff": { "base": "1ms", "max": "5ms" } } }),
+            json!({}),
             &addrs,
         );
         let proxy = blocking(|| Proxy::start(&yaml));
@@ -376,17 +396,18 @@ async fn post_is_retried_only_with_non_idempotent() {
     within(Duration::from_secs(15), async {
         let (origin, seen) = counting_origin(|_, _| status_response(503)).await;
         let listen = listen_addr();
-        let yaml = bootstrap(
+        let yaml = serving(
             listen,
-            &["strict", "lenient"],
-            &(route("strict", "/strict", "c", &["retry: { attempts: 3, backoff: { base: 1ms, max: 5ms } }"])
-                + &route(
+            vec![
+                route("strict", "/strict", "c", json!({ "retry": { "attempts": 3, "backoff": { "base": "1ms", "max": "5ms" } } })),
+                route(
                     "lenient",
                     "/lenient",
                     "c",
-                    &["retry: { attempts: 3, non_idempotent: true, backoff: { base: 1ms, max: 5ms } }"],
-                )),
-            &cluster("c", &[], &[origin.addr]),
+                    json!({ "retry": { "attempts": 3, "non_idempotent": true, "backoff": { "base": "1ms", "max": "5ms" } } }),
+                ),
+            ],
+            vec![cluster("c", json!({}), &[origin.addr])],
         );
         let _proxy = blocking(|| Proxy::start(&yaml));
         let mut c = Client::h1(listen).await;
@@ -413,8 +434,9 @@ async fn bodies_over_the_buffer_are_not_retried_smaller_ones_are_replayed_whole(
         let (origin, seen) =
             counting_origin(|n, _| if n <= 2 { status_response(503) } else { status_response(200) }).await;
         let listen = listen_addr();
-        let retry = "retry: { attempts: 2, max_body_bytes: 1024, backoff: { base: 1ms, max: 5ms } }";
-        let _proxy = blocking(|| Proxy::start(&single(listen, &[retry], &[], &[origin.addr])));
+        let retry =
+            json!({ "retry": { "attempts": 2, "max_body_bytes": 1024, "backoff": { "base": "1ms", "max": "5ms" } } });
+        let _proxy = blocking(|| Proxy::start(&single(listen, retry, json!({}), &[origin.addr])));
         let mut c = Client::h1(listen).await;
         let big: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
         let got = c.fetch(Request::put("/big").body(full(big.clone())).unwrap()).await;
@@ -449,7 +471,9 @@ async fn retry_after_is_honoured() {
         })
         .await;
         let listen = listen_addr();
-        let _proxy = blocking(|| Proxy::start(&single(listen, &["retry: { attempts: 3 }"], &[], &[origin.addr])));
+        let _proxy = blocking(|| {
+            Proxy::start(&single(listen, json!({ "retry": { "attempts": 3 } }), json!({}), &[origin.addr]))
+        });
         let mut c = Client::h1(listen).await;
         let t = Instant::now();
         let got = c.get("/").await;
@@ -467,12 +491,16 @@ async fn retry_after_is_honoured() {
 // ---------------------------------------------------------------------------------------
 
 fn hedge_config(listen: SocketAddr, lb: &str, slow: SocketAddr, fast: SocketAddr) -> String {
-    let lb = format!("lb: {lb}");
-    bootstrap(
+    serving(
         listen,
-        &["hedged", "plain"],
-        &(route("hedged", "/h", "hedged", &["hedge: { delay: 50ms, max: 1 }"]) + &route("plain", "/p", "plain", &[])),
-        &(cluster("hedged", &[&lb], &[slow, fast]) + &cluster("plain", &[&lb], &[slow, fast])),
+        vec![
+            route("hedged", "/h", "hedged", json!({ "hedge": { "delay": "50ms", "max": 1 } })),
+            route("plain", "/p", "plain", json!({})),
+        ],
+        vec![
+            cluster("hedged", json!({ "lb": lb }), &[slow, fast]),
+            cluster("plain", json!({ "lb": lb }), &[slow, fast]),
+        ],
     )
 }
 
@@ -560,17 +588,18 @@ async fn rate_limit_allows_the_burst_then_429_and_keys_are_independent() {
     within(Duration::from_secs(15), async {
         let (origin, seen) = counting_origin(|_, _| status_response(200)).await;
         let listen = listen_addr();
-        let yaml = bootstrap(
+        let yaml = serving(
             listen,
-            &["shared", "keyed"],
-            &(route("shared", "/shared", "c", &["rate_limit: { requests_per_second: 5, burst: 5 }"])
-                + &route(
+            vec![
+                route("shared", "/shared", "c", json!({ "rate_limit": { "requests_per_second": 5, "burst": 5 } })),
+                route(
                     "keyed",
                     "/keyed",
                     "c",
-                    &["rate_limit: { requests_per_second: 5, burst: 5, per_header: x-agent }"],
-                )),
-            &cluster("c", &[], &[origin.addr]),
+                    json!({ "rate_limit": { "requests_per_second": 5, "burst": 5, "per_header": "x-agent" } }),
+                ),
+            ],
+            vec![cluster("c", json!({}), &[origin.addr])],
         );
         let proxy = blocking(|| Proxy::start(&yaml));
         let mut c = Client::h1(listen).await;
@@ -609,13 +638,14 @@ async fn fault_injection_aborts_and_delays() {
     within(Duration::from_secs(15), async {
         let (origin, seen) = counting_origin(|_, _| status_response(200)).await;
         let listen = listen_addr();
-        let yaml = bootstrap(
+        let yaml = serving(
             listen,
-            &["abort", "delay", "half"],
-            &(route("abort", "/abort", "c", &["fault: { abort: { percent: 100, status: 418 } }"])
-                + &route("delay", "/delay", "c", &["fault: { delay: { percent: 100, duration: 300ms } }"])
-                + &route("half", "/half", "c", &["fault: { abort: { percent: 50, status: 503 } }"])),
-            &cluster("c", &[], &[origin.addr]),
+            vec![
+                route("abort", "/abort", "c", json!({ "fault": { "abort": { "percent": 100, "status": 418 } } })),
+                route("delay", "/delay", "c", json!({ "fault": { "delay": { "percent": 100, "duration": "300ms" } } })),
+                route("half", "/half", "c", json!({ "fault": { "abort": { "percent": 50, "status": 503 } } })),
+            ],
+            vec![cluster("c", json!({}), &[origin.addr])],
         );
         let _proxy = blocking(|| Proxy::start(&yaml));
         let mut c = Client::h1(listen).await;
@@ -652,8 +682,15 @@ async fn fault_injection_aborts_and_delays() {
 // Active health checks
 // ---------------------------------------------------------------------------------------
 
-const HEALTH: &str = "health_check: { path: /healthz, interval: 200ms, timeout: 100ms, unhealthy: 2, healthy: 2 }";
-const TCP_HEALTH: &str = "health_check: { interval: 200ms, timeout: 100ms, unhealthy: 2, healthy: 2 }";
+/// An HTTP health check of `/healthz` every 200 ms.
+fn http_health() -> serde_json::Value {
+    json!({ "path": "/healthz", "interval": "200ms", "timeout": "100ms", "unhealthy": 2, "healthy": 2 })
+}
+
+/// A TCP health check (connect) every 200 ms.
+fn tcp_health() -> serde_json::Value {
+    json!({ "interval": "200ms", "timeout": "100ms", "unhealthy": 2, "healthy": 2 })
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn http_health_check_takes_an_endpoint_out_and_back() {
@@ -675,7 +712,12 @@ async fn http_health_check_takes_an_endpoint_out_and_back() {
         })
         .await;
         let listen = listen_addr();
-        let yaml = single(listen, &[], &["lb: round_robin", HEALTH], &[good.addr, flaky.addr]);
+        let yaml = single(
+            listen,
+            json!({}),
+            json!({ "lb": "round_robin", "health_check": http_health() }),
+            &[good.addr, flaky.addr],
+        );
         let proxy = blocking(|| Proxy::start(&yaml));
 
         let before = load(listen, 1, 20, "/", None).await;
@@ -710,8 +752,14 @@ async fn tcp_health_check_marks_a_closed_port_unhealthy() {
         let good = Origin::echo("good").await;
         let closed: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let listen = listen_addr();
-        let proxy =
-            blocking(|| Proxy::start(&single(listen, &[], &["lb: round_robin", TCP_HEALTH], &[good.addr, closed])));
+        let proxy = blocking(|| {
+            Proxy::start(&single(
+                listen,
+                json!({}),
+                json!({ "lb": "round_robin", "health_check": tcp_health() }),
+                &[good.addr, closed],
+            ))
+        });
         assert!(wait_health(&proxy, "c", closed, "unhealthy", Duration::from_secs(3)).await);
         assert_eq!(blocking(|| endpoint_json(&proxy, "c", good.addr))["health"], "healthy");
         let answers = load(listen, 2, 15, "/", None).await;
@@ -726,7 +774,8 @@ async fn all_endpoints_unhealthy_gives_503_until_one_comes_back() {
         let a: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let b: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let listen = listen_addr();
-        let proxy = blocking(|| Proxy::start(&single(listen, &[], &[TCP_HEALTH], &[a, b])));
+        let proxy =
+            blocking(|| Proxy::start(&single(listen, json!({}), json!({ "health_check": tcp_health() }), &[a, b])));
         assert!(wait_health(&proxy, "c", a, "unhealthy", Duration::from_secs(3)).await);
         assert!(wait_health(&proxy, "c", b, "unhealthy", Duration::from_secs(3)).await);
         let got = get(listen, "/").await;

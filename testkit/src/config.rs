@@ -254,3 +254,14 @@ pub fn origin_tls(sni: Option<&str>, trust_bundle: &Path) -> ClusterTls {
         trust_bundle: Some(trust_bundle.display().to_string()),
     }
 }
+
+/// `base` with `fields` (a JSON object of its fields, e.g. `{ "retry": { "attempts": 3 } }`)
+/// set on it, checked against its type: for the settings that have no builder.
+pub fn with<T: serde::Serialize + serde::de::DeserializeOwned>(base: T, fields: serde_json::Value) -> T {
+    let mut value = serde_json::to_value(&base).expect("a config serializes");
+    let serde_json::Value::Object(fields) = fields else { panic!("fields are a JSON object: {fields}") };
+    for (name, field) in fields {
+        value[name] = field;
+    }
+    part(value)
+}

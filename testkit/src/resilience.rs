@@ -1,22 +1,8 @@
-//! Helpers for balancing and resilience tests: bootstraps, counting and killable origins, load.
+//! Helpers for balancing and resilience tests: counting, slow and killable origins, load,
+//! the admin view of clusters.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use super::*;
-
-/// A bootstrap with listener `in` on `listen` taking the routes named in `route_names`, and
-/// the given `routes:` and `clusters:` list items (YAML, indented by two spaces).
-pub fn bootstrap(listen: SocketAddr, route_names: &[&str], routes: &str, clusters: &str) -> String {
-    format!(
-        "admin: {{ address: \"{{admin}}\" }}\ndrain_timeout: 1s\nlisteners:\n  - name: in\n    address: \"{listen}\"\n    routes: [{}]\nroutes:\n{routes}clusters:\n{clusters}",
-        route_names.join(", ")
-    )
-}
-
-/// A flow-style endpoint list: `[{ address: "A", weight: W }, …]`.
-pub fn endpoints_yaml(eps: &[(SocketAddr, u32)]) -> String {
-    let items: Vec<String> = eps.iter().map(|(a, w)| format!("{{ address: \"{a}\", weight: {w} }}")).collect();
-    format!("[{}]", items.join(", "))
-}
 
 /// Like [`Origin::echo`], but every answer waits `delay` first.
 pub async fn echo_after(name: &'static str, delay: Duration) -> Origin {
