@@ -16,10 +16,12 @@ use tokio::net::TcpStream;
 
 const LIMIT: Duration = Duration::from_secs(20);
 
-/// A raw origin: reads request heads (no bodies) and answers by path; counts connections.
+/// A raw origin: reads request heads (no bodies) and answers by path; counts connections,
+/// and the connections it has closed.
 struct RawOrigin {
     addr: std::net::SocketAddr,
     conns: Arc<AtomicUsize>,
+    closed: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -33,15 +35,20 @@ async fn raw_origin() -> RawOrigin {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let conns = Arc::new(AtomicUsize::new(0));
-    let counted = conns.clone();
+    let closed = Arc::new(AtomicUsize::new(0));
+    let (counted, ended) = (conns.clone(), closed.clone());
     let task = tokio::spawn(async move {
         loop {
             let Ok((s, _)) = listener.accept().await else { continue };
             counted.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(serve(s));
+            let ended = ended.clone();
+            tokio::spawn(async move {
+                serve(s).await;
+                ended.fetch_add(1, Ordering::SeqCst);
+            });
         }
     });
-    RawOrigin { addr, conns, task }
+    RawOrigin { addr, conns, closed, task }
 }
 
 async fn serve(mut s: TcpStream) {
@@ -175,10 +182,13 @@ async fn upstream_closing_pooled_connections() {
         let origin = raw_origin().await;
         let (_proxy, listen) = start(&origin);
         let mut c = Client::h1(listen).await;
-        for _ in 0..3 {
+        for n in 1..=3 {
             let got = c.get("/idle-close").await;
             assert_eq!((got.status.as_u16(), got.text()), (200, "ok".to_owned()));
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            // The origin closes the connection, now idle in the proxy's pool.
+            let closed =
+                wait_until(Duration::from_secs(5), || async { origin.closed.load(Ordering::SeqCst) >= n }).await;
+            assert!(closed, "the origin never closed connection {n}");
         }
         assert_eq!(origin.conns.load(Ordering::SeqCst), 3);
         for i in 0..3 {
