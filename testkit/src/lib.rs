@@ -9,9 +9,10 @@
 //! - [`identity`], [`mesh`]: certificates from our `certs` crate, TLS clients and origins,
 //!   sidecar configs; [`workload`]: service-account tokens.
 //! - [`ports`], [`observe`], [`lifecycle`], [`resilience`], [`etcd`], [`netns`].
+//! - [`otlp`]: a real OTLP collector (HTTP and gRPC, plaintext or TLS) for tracing tests.
 //!
 //! Everything is re-exported at the root (`use trellis_testkit::*`), except the modules of
-//! generic names (`config`, `raw`, `mesh`, `fake_cp`) that tests import by path.
+//! generic names (`config`, `raw`, `mesh`, `fake_cp`, `otlp`) that tests import by path.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod config;
@@ -24,6 +25,7 @@ pub mod lifecycle;
 pub mod mesh;
 pub mod netns;
 pub mod observe;
+pub mod otlp;
 pub mod ports;
 pub mod process;
 pub mod raw;
