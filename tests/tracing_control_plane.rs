@@ -171,6 +171,36 @@ async fn a_service_telemetry_overrides_the_bootstrap_and_its_removal_falls_back(
     .await;
 }
 
+/// Switching a proxy to another collector loses no span queued for the first one: the
+/// old exporter, released by the update, sends what it holds before it stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switching_collectors_loses_no_queued_span() {
+    within(Duration::from_secs(60), async {
+        let (cp, _dir) = ControlPlane::fresh();
+        let (first, second) = (Collector::plain().await, Collector::plain().await);
+        let origin = Origin::echo("app").await;
+        let listen = listen_addr();
+        serve_web(&cp, listen, &origin).await;
+        let proxy = blocking(|| Proxy::start(&cp.bootstrap("web-0", "web")));
+        let to = |c: &Collector| json!({ "tracing": { "otlp": { "endpoint": format!("http://{}", c.addr()), "protocol": "http" } } });
+        put_telemetry(&cp, "mesh", to(&first)).await;
+        wait_tracing(&proxy, |t| !t.is_null()).await;
+        // Spans wait up to 500 ms for a batch: these are most likely still queued when the
+        // update lands.
+        for trace in 60..70 {
+            assert!(traced(listen, trace).await);
+        }
+        put_telemetry(&cp, "mesh", to(&second)).await;
+        wait_tracing(&proxy, |t| t["otlp"]["endpoint"] == format!("http://{}", second.addr()).as_str()).await;
+        assert!(traced(listen, 70).await);
+        assert_eq!(first.spans.wait_count(20, Duration::from_secs(5)).await, 20, "{}", proxy.logs());
+        second.spans.wait_count(2, Duration::from_secs(5)).await;
+        assert_eq!(of_trace(&second.spans.all(), 70), 2);
+        assert_eq!(of_trace(&first.spans.all(), 70), 0);
+    })
+    .await;
+}
+
 /// Invalid Telemetry resources are refused by the REST API with the field named, and
 /// nothing is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

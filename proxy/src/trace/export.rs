@@ -266,3 +266,32 @@ fn resource(service: &str) -> Resource {
         ..Default::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Configs with the same collector share one exporter while any of them lives; once
+    /// none does, the exporter is released (its thread drains the queue and ends) and the
+    /// next config starts a new one.
+    #[test]
+    fn an_exporter_is_shared_while_used_and_released_after() {
+        let otlp = Otlp { endpoint: "http://127.0.0.1:9".into(), protocol: OtlpProtocol::Http, ca_file: None };
+        let service = "export-share-test";
+        let a = Queue::shared(&otlp, 8, service, None, 0);
+        let b = Queue::shared(&otlp, 8, service, None, 0);
+        assert!(Arc::ptr_eq(&a, &b), "same collector: one exporter");
+        let bigger = Queue::shared(&otlp, 16, service, None, 0);
+        assert!(!Arc::ptr_eq(&a, &bigger), "another queue size: another exporter");
+        let other_roots = Queue::shared(&otlp, 8, service, None, 7);
+        assert!(!Arc::ptr_eq(&a, &other_roots), "other TLS roots: another exporter");
+
+        let released = Arc::downgrade(&a);
+        drop((a, b));
+        assert!(released.upgrade().is_none(), "the registry does not keep an unused exporter");
+        let again = Queue::shared(&otlp, 8, service, None, 0);
+        assert!(!again.tx.is_closed());
+        let live = registry().lock().unwrap().values().filter(|q| q.strong_count() > 0).count();
+        assert!(live >= 3, "again, bigger and other_roots are registered");
+    }
+}
