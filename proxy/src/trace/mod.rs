@@ -7,7 +7,9 @@
 //! `traceparent`'s parent, so the upstream's spans hang under the try that reached it.
 //! Finished spans are encoded on the worker (sampled requests only) and handed to the
 //! exporter thread through a bounded queue ([`export`]): a full queue drops the span and
-//! counts it, and never makes a request wait.
+//! counts it, and never makes a request wait. `collector` holds the TLS to `https://`
+//! collectors. The tracing in effect is the control plane's `Telemetry` one when the proxy
+//! holds one (`discovery::Dynamic::merge_into`), else the bootstrap's.
 
 mod collector;
 pub mod context;
