@@ -407,3 +407,48 @@ async fn a_bootstrap_https_collector_with_a_bad_ca_file_is_a_config_error() {
     })
     .await;
 }
+
+/// Without `ca_file`, an `https://` collector is trusted through the system's roots (here
+/// `SSL_CERT_FILE`, which OpenSSL and the proxy read, names our CA's bundle); with no system
+/// roots at all, the config is refused with the endpoint named and the way out said.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_ca_file_the_system_roots_are_trusted() {
+    within(Duration::from_secs(60), async {
+        let pki = Pki::new();
+        let (cert, key) = pki.issue("collector", "spiffe://trellis.local/ns/obs/sa/collector", &["localhost"]);
+        let collector = Collector::tls(&cert, &key).await;
+        let origin = Origin::echo("app").await;
+        let listen = listen_addr();
+        let mut b = config::simple(listen, origin.addr, config::ClusterProtocol::Auto);
+        b.tracing = Some(trellis_api::Tracing {
+            otlp: trellis_api::Otlp {
+                endpoint: format!("https://localhost:{}", collector.addr().port()),
+                protocol: trellis_api::OtlpProtocol::Http,
+                ca_file: None,
+            },
+            sample_ratio: None,
+            max_queue: None,
+        });
+        let yaml = b.yaml();
+        let bundle = pki.bundle().display().to_string();
+        let proxy = blocking(|| Proxy::start_with_env(&yaml, &[("SSL_CERT_FILE", &bundle), ("SSL_CERT_DIR", "")]));
+        assert!(traced(listen, 80).await);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while of_trace(&collector.spans.all(), 80) < 2 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(of_trace(&collector.spans.all(), 80), 2, "{}", proxy.logs());
+        drop(proxy);
+
+        let empty = pki.path("no-roots.pem");
+        std::fs::write(&empty, "").unwrap();
+        let empty = empty.display().to_string();
+        let env = [("SSL_CERT_FILE", empty.as_str()), ("SSL_CERT_DIR", "/nonexistent-trellis-certs")];
+        let mut bad = blocking(|| Proxy::spawn_with_env(&yaml, &[], &env));
+        let status = blocking(|| bad.wait_exit(Duration::from_secs(10))).expect("exits");
+        assert!(!status.success());
+        let logs = plain_logs(&bad);
+        assert!(logs.contains("tracing.otlp.endpoint") && logs.contains("give ca_file"), "{logs}");
+    })
+    .await;
+}
