@@ -34,7 +34,7 @@ pub fn client_config(otlp: &Otlp, at: &str) -> Result<Option<Arc<ClientConfig>>,
             }
             roots
         }
-        None => Arc::new(system_roots().map_err(|e| format!("{at}.otlp.endpoint: {e}"))?),
+        None => system_roots().map_err(|e| format!("{at}.otlp.endpoint: {e}"))?,
     };
     let mut config = ClientConfig::builder_with_provider(crate::tls::provider())
         .with_safe_default_protocol_versions()
@@ -48,18 +48,25 @@ pub fn client_config(otlp: &Otlp, at: &str) -> Result<Option<Arc<ClientConfig>>,
     Ok(Some(Arc::new(config)))
 }
 
-/// The system's trust anchors (what `openssl` would use: SSL_CERT_FILE, /etc/ssl/certs…).
-fn system_roots() -> Result<RootCertStore, String> {
-    let found = rustls_native_certs::load_native_certs();
-    let mut roots = RootCertStore::empty();
-    let (added, _) = roots.add_parsable_certificates(found.certs);
-    if added == 0 {
-        let why = found.errors.first().map(|e| format!(" ({e})")).unwrap_or_default();
-        return Err(format!(
-            "https:// without ca_file trusts the system's roots, and none were found{why}: give ca_file"
-        ));
-    }
-    Ok(roots)
+/// The system's trust anchors (what `openssl` would use: SSL_CERT_FILE, /etc/ssl/certs…),
+/// read once per process: every config update builds the tracer again, and the system's
+/// bundle (a hundred-odd files) does not change under a running proxy.
+fn system_roots() -> Result<Arc<RootCertStore>, String> {
+    static ROOTS: std::sync::OnceLock<Result<Arc<RootCertStore>, String>> = std::sync::OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let found = rustls_native_certs::load_native_certs();
+            let mut roots = RootCertStore::empty();
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                let why = found.errors.first().map(|e| format!(" ({e})")).unwrap_or_default();
+                return Err(format!(
+                    "https:// without ca_file trusts the system's roots, and none were found{why}: give ca_file"
+                ));
+            }
+            Ok(Arc::new(roots))
+        })
+        .clone()
 }
 
 /// Dials `https://HOST:PORT` URIs: TCP, then TLS checking the certificate against the
