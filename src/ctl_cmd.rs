@@ -31,7 +31,7 @@ pub struct CtlArgs {
 #[derive(Debug, Subcommand)]
 pub enum CtlCmd {
     /// Create or update every resource in a multi-document YAML file (each document one
-    /// resource with `kind: Cluster|Route|Listener|Policy`); prints KIND/NAME
+    /// resource with `kind: Cluster|Route|Listener|Policy|Telemetry`); prints KIND/NAME
     /// created|configured|unchanged.
     Apply {
         /// The manifest; `-` reads standard input.
@@ -40,7 +40,7 @@ pub enum CtlCmd {
     },
     /// Print one resource, or every resource of a kind.
     Get {
-        /// clusters, routes, listeners or policies (singular works too).
+        /// clusters, routes, listeners, policies or telemetry (singular works too).
         kind: Kind,
         /// Print only this one.
         name: Option<String>,
@@ -50,7 +50,7 @@ pub enum CtlCmd {
     },
     /// Delete a resource nothing references.
     Delete {
-        /// clusters, routes, listeners or policies (singular works too).
+        /// clusters, routes, listeners, policies or telemetry (singular works too).
         kind: Kind,
         name: String,
     },

@@ -52,7 +52,8 @@ pub struct Snapshot {
     pub cert_expiry: Vec<(String, i64)>,
     /// Where each request's JSON line goes, when the bootstrap asks for an access log.
     pub access_log: Option<Arc<crate::access_log::AccessLog>>,
-    /// Span export, when the bootstrap has `tracing`.
+    /// Span export: the control plane's telemetry `tracing` when one applies, else the
+    /// bootstrap's.
     pub tracer: Option<Arc<crate::trace::Tracer>>,
     /// Mesh and registry membership of original destinations (transparent listeners).
     pub destinations: crate::intercept::Destinations,
@@ -245,7 +246,10 @@ pub fn build(b: Bootstrap, prev: Option<&Snapshot>, workers: usize, version: u64
     };
     let destinations = crate::intercept::Destinations::new(clusters.values());
     let service = b.node.service.as_deref().filter(|s| !s.is_empty()).unwrap_or("trellis");
-    let tracer = b.tracing.as_ref().map(|t| Arc::new(crate::trace::Tracer::new(t, service)));
+    let tracer = match &b.tracing {
+        Some(t) => Some(Arc::new(crate::trace::Tracer::new(t, service, "tracing").map_err(ConfigError::Build)?)),
+        None => None,
+    };
     Ok(Snapshot {
         version,
         access_log,
@@ -276,6 +280,7 @@ pub fn watched_files(config: &Path, b: &Bootstrap) -> Vec<PathBuf> {
     for c in &b.clusters {
         files.extend(c.tls.iter().filter_map(|t| t.trust_bundle.as_ref()).map(PathBuf::from));
     }
+    files.extend(b.tracing.iter().filter_map(|t| t.otlp.ca_file.as_ref()).map(PathBuf::from));
     files
 }
 

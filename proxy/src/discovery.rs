@@ -50,6 +50,8 @@ pub struct Dynamic {
     pub routes: BTreeMap<String, api::Route>,
     pub clusters: BTreeMap<String, api::Cluster>,
     pub policies: BTreeMap<String, api::Policy>,
+    /// Telemetry resources (the control plane sends the one selecting this proxy).
+    pub telemetry: BTreeMap<String, api::Telemetry>,
     /// Endpoints (ENDPOINTS resources) by cluster, then address.
     pub endpoints: BTreeMap<String, BTreeMap<String, endpoints::Body>>,
     pub system_version: String,
@@ -61,8 +63,12 @@ impl Dynamic {
     /// that sends them apart), then its written ENDPOINTS, then the registered ones, each
     /// by address. A static cluster that wins a clash takes only the registered ones. A
     /// proxy without an identity cannot do mTLS: endpoints' identities are left out then.
+    /// A telemetry resource's `tracing` (even none) replaces the file's.
     pub fn merge_into(&self, file: &Bootstrap) -> Bootstrap {
         let mut b = file.clone();
+        if let Some(t) = self.telemetry_for(file.node.service.as_deref()) {
+            b.tracing = t.tracing.clone();
+        }
         let from_file: HashSet<&str> = file.clusters.iter().map(|c| c.name.as_str()).collect();
         fn add<T: Clone>(into: &mut Vec<T>, from: &BTreeMap<String, T>, name: impl Fn(&T) -> &str) {
             for (n, r) in from {
@@ -95,6 +101,14 @@ impl Dynamic {
         b
     }
 
+    /// The telemetry resource that applies to a proxy of `service`: its service's, else
+    /// the mesh-wide one (a control plane sends one; should it send more, the choice is
+    /// the same one it would make).
+    pub fn telemetry_for(&self, service: Option<&str>) -> Option<&api::Telemetry> {
+        let own = self.telemetry.values().find(|t| t.service.is_some() && t.service.as_deref() == service);
+        own.or_else(|| self.telemetry.values().find(|t| t.service.is_none()))
+    }
+
     /// This plus one response's changes.
     fn with(&self, resp: &DiscoveryResponse) -> Result<Dynamic, UpdateError> {
         let mut next = self.clone();
@@ -118,6 +132,9 @@ impl Dynamic {
                 ResourceType::Policy => {
                     next.policies.insert(r.name.clone(), api::parse::parse(&r.body).map_err(at)?);
                 }
+                ResourceType::Telemetry => {
+                    next.telemetry.insert(r.name.clone(), api::parse::parse(&r.body).map_err(at)?);
+                }
                 ResourceType::Endpoints => {
                     let body: endpoints::Body = api::parse::parse(&r.body).map_err(at)?;
                     let cluster = body
@@ -134,6 +151,7 @@ impl Dynamic {
                 ResourceType::Route => next.routes.remove(&gone.name).map(drop),
                 ResourceType::Cluster => next.clusters.remove(&gone.name).map(drop),
                 ResourceType::Policy => next.policies.remove(&gone.name).map(drop),
+                ResourceType::Telemetry => next.telemetry.remove(&gone.name).map(drop),
                 ResourceType::Endpoints => {
                     // A name that does not split was never added: nothing to remove.
                     endpoints::split_name(&gone.name).ok().and_then(|(cluster, address)| {
@@ -204,6 +222,7 @@ impl Held {
         dynamic.routes.keys().for_each(|n| add(ResourceType::Route, n.clone()));
         dynamic.clusters.keys().for_each(|n| add(ResourceType::Cluster, n.clone()));
         dynamic.policies.keys().for_each(|n| add(ResourceType::Policy, n.clone()));
+        dynamic.telemetry.keys().for_each(|n| add(ResourceType::Telemetry, n.clone()));
         for (cluster, set) in &dynamic.endpoints {
             set.keys().for_each(|address| add(ResourceType::Endpoints, endpoints::name(cluster, address)));
         }
@@ -362,7 +381,7 @@ impl Link {
                     status.applied.store(true, std::sync::atomic::Ordering::Release);
                     *status.system_version.lock().unwrap_or_else(|p| p.into_inner()) = resp.system_version.clone();
                     let v = resp.system_version.parse::<f64>().unwrap_or(0.0);
-                    for t in ["listener", "cluster", "route", "policy", "endpoints"] {
+                    for t in ["listener", "cluster", "route", "policy", "endpoints", "telemetry"] {
                         metrics::gauge!(telemetry::CONFIG_VERSION, "type" => t).set(v);
                     }
                     tracing::info!(system_version = %resp.system_version, version, resumed = resp.resumed, "applied control-plane update");
@@ -509,5 +528,37 @@ mod tests {
         // Removing the cluster but not its endpoints leaves them orphaned: refused too.
         let orphaned = d.with(&response(vec![], &[(ResourceType::Cluster, "web")])).expect_err("refused");
         assert!(matches!(orphaned, UpdateError::UnknownCluster { .. }), "{orphaned}");
+    }
+
+    #[test]
+    fn telemetry_replaces_the_files_tracing_while_it_is_held() {
+        let file: Bootstrap =
+            api::parse_bootstrap("{node: {id: p, service: web}, tracing: {otlp: {endpoint: \"http://file:4317\"}}}")
+                .unwrap();
+        let endpoint = |b: &Bootstrap| b.tracing.as_ref().map(|t| t.otlp.endpoint.clone());
+        let tel = |name: &str, body: &str| res(ResourceType::Telemetry, name, body);
+        let mesh =
+            tel("mesh", r#"{"name":"mesh","tracing":{"otlp":{"endpoint":"http://mesh:4317"},"sample_ratio":0.5}}"#);
+        let d = Dynamic::default().with(&response(vec![mesh], &[])).expect("applies");
+        let merged = d.merge_into(&file);
+        assert_eq!(endpoint(&merged).as_deref(), Some("http://mesh:4317"));
+        assert_eq!(merged.tracing.as_ref().and_then(|t| t.sample_ratio), Some(0.5));
+
+        // The service's own wins over the mesh-wide one; one without tracing turns it off.
+        let own = tel("web-off", r#"{"name":"web-off","service":"web"}"#);
+        let d = d.with(&response(vec![own], &[])).expect("applies");
+        assert_eq!(endpoint(&d.merge_into(&file)), None);
+        let other: Bootstrap = api::parse_bootstrap("{node: {id: q, service: api}}").unwrap();
+        assert_eq!(endpoint(&d.merge_into(&other)).as_deref(), Some("http://mesh:4317"));
+
+        // Removed: the file's tracing again.
+        let gone = [(ResourceType::Telemetry, "web-off"), (ResourceType::Telemetry, "mesh")];
+        let d = d.with(&response(vec![], &gone)).expect("applies");
+        assert_eq!(endpoint(&d.merge_into(&file)).as_deref(), Some("http://file:4317"));
+
+        // A body that is not a telemetry resource is refused, naming it.
+        let bad = tel("t", r#"{"name":"t","tracing":{"otlp":{"endpoint":"http://c:1","protcol":"http"}}}"#);
+        let err = d.with(&response(vec![bad], &[])).expect_err("refused").to_string();
+        assert!(err.starts_with("telemetry[t]: tracing.otlp.protcol: unknown field"), "{err}");
     }
 }

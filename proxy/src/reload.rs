@@ -94,6 +94,9 @@ impl Reloader {
     pub fn apply_dynamic(&self, dynamic: Dynamic) -> Result<u64, ReloadError> {
         let result = (|| {
             let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(t) = dynamic.telemetry_for(sources.file.node.service.as_deref()) {
+                check_telemetry(t)?;
+            }
             let merged = dynamic.merge_into(&sources.file);
             let v = self.apply(merged)?;
             sources.dynamic = dynamic;
@@ -106,6 +109,19 @@ impl Reloader {
     fn apply(&self, bootstrap: Bootstrap) -> Result<u64, ReloadError> {
         trellis_api::validate(&bootstrap).map_err(|e| ReloadError::Config(ConfigError::Invalid(e)))?;
         apply(bootstrap, &self.shared, &self.workers, &self.h3)
+    }
+}
+
+/// The telemetry resource that will apply, checked first so that a refusal names it
+/// (`telemetry[NAME].tracing.otlp.ca_file: …`) rather than the merged config's `tracing`.
+fn check_telemetry(t: &trellis_api::Telemetry) -> Result<(), ConfigError> {
+    let alone = Bootstrap { telemetry: vec![t.clone()], ..Bootstrap::default() };
+    trellis_api::validate_resources(&alone).map_err(ConfigError::Invalid)?;
+    match &t.tracing {
+        Some(tracing) => {
+            crate::trace::Tracer::check(tracing, &format!("telemetry[{}].tracing", t.name)).map_err(ConfigError::Build)
+        }
+        None => Ok(()),
     }
 }
 

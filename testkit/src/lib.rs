@@ -13,9 +13,10 @@
 //!   here; [`h3`], [`ws`], [`mcp`], [`browser`]: the HTTP/3 client, WebSocket peers, MCP
 //!   server and client, and headless Chromium built on them.
 //! - [`ports`], [`observe`], [`lifecycle`], [`resilience`], [`etcd`], [`netns`].
+//! - [`otlp`]: a real OTLP collector (HTTP and gRPC, plaintext or TLS) for tracing tests.
 //!
 //! Everything is re-exported at the root (`use trellis_testkit::*`), except the modules of
-//! generic names (`config`, `raw`, `mesh`, `fake_cp`) that tests import by path.
+//! generic names (`config`, `raw`, `mesh`, `fake_cp`, `otlp`) that tests import by path.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod browser;
@@ -31,6 +32,7 @@ pub mod mcp;
 pub mod mesh;
 pub mod netns;
 pub mod observe;
+pub mod otlp;
 pub mod ports;
 pub mod process;
 pub mod raw;

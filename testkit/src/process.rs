@@ -161,6 +161,18 @@ impl Proxy {
 
     /// Starts the proxy without waiting for anything (e.g. for one expected to exit).
     pub fn spawn(yaml: &str, args: &[&str]) -> Proxy {
+        Self::spawn_with_env(yaml, args, &[])
+    }
+
+    /// Like [`Proxy::start`], with more environment variables (e.g. `SSL_CERT_FILE`).
+    pub fn start_with_env(yaml: &str, env: &[(&str, &str)]) -> Proxy {
+        let mut p = Self::spawn_with_env(yaml, &["--threads", "2"], env);
+        p.wait_admin("ready", "/ready");
+        p
+    }
+
+    /// Like [`Proxy::spawn`], with more environment variables.
+    pub fn spawn_with_env(yaml: &str, args: &[&str], env: &[(&str, &str)]) -> Proxy {
         let admin = free_addr();
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("trellis.yaml");
@@ -168,7 +180,9 @@ impl Proxy {
         std::fs::write(&config, yaml.replace("{admin}", &admin.to_string())).unwrap();
         let mut argv: Vec<&std::ffi::OsStr> = vec!["proxy".as_ref(), "--config".as_ref(), config.as_os_str()];
         argv.extend(args.iter().map(std::ffi::OsStr::new));
-        let child = spawn_trellis(&argv, &log, &[("TRELLIS_LOG", "info,trellis_proxy=debug")]);
+        let mut vars = vec![("TRELLIS_LOG", "info,trellis_proxy=debug")];
+        vars.extend_from_slice(env);
+        let child = spawn_trellis(&argv, &log, &vars);
         Proxy { child, dir, config, admin, log }
     }
 

@@ -15,30 +15,36 @@ pub fn bootstrap_schema() -> Schema {
 }
 
 /// The reference as Markdown: one section per type, starting from the bootstrap file and
-/// following its fields, each with a table of fields (or of values, for an enumeration).
+/// following its fields, then the kinds only the control plane holds (`Telemetry`), each
+/// with a table of fields (or of values, for an enumeration).
 pub fn markdown() -> String {
-    let schema = bootstrap_schema();
-    let root = schema.as_value();
-    let empty = Map::new();
-    let defs = root.get("$defs").and_then(Value::as_object).unwrap_or(&empty);
     let mut out = String::new();
     let mut seen = BTreeSet::new();
-    let mut queue = VecDeque::from([("Bootstrap".to_owned(), root)]);
-    while let Some((name, def)) = queue.pop_front() {
-        if !seen.insert(name.clone()) || name == "Duration" {
-            continue;
-        }
-        section(&mut out, &name, def);
-        let mut refs = Vec::new();
-        collect_refs(def, &mut refs);
-        for r in refs {
-            if let Some(d) = defs.get(&r) {
-                queue.push_back((r, d));
+    let mut duration = Value::Null;
+    for (name, schema) in [("Bootstrap", bootstrap_schema()), ("Telemetry", schemars::schema_for!(crate::Telemetry))] {
+        let root = schema.as_value();
+        let empty = Map::new();
+        let defs = root.get("$defs").and_then(Value::as_object).unwrap_or(&empty);
+        let mut queue = VecDeque::from([(name.to_owned(), root)]);
+        while let Some((name, def)) = queue.pop_front() {
+            if !seen.insert(name.clone()) || name == "Duration" {
+                continue;
             }
+            section(&mut out, &name, def);
+            let mut refs = Vec::new();
+            collect_refs(def, &mut refs);
+            for r in refs {
+                if let Some(d) = defs.get(&r) {
+                    queue.push_back((r, d));
+                }
+            }
+        }
+        if let Some(d) = defs.get("Duration") {
+            duration = d.clone();
         }
     }
     out.push_str("### Duration\n\n");
-    out.push_str(&description(defs.get("Duration").unwrap_or(&Value::Null)));
+    out.push_str(&description(&duration));
     out.push('\n');
     out
 }
@@ -175,7 +181,9 @@ mod tests {
     #[test]
     fn every_type_has_a_section() {
         let text = markdown();
-        for name in ["Bootstrap", "Listener", "Route", "Cluster", "Policy", "RetryPolicy", "LbPolicy", "Duration"] {
+        for name in
+            ["Bootstrap", "Listener", "Route", "Cluster", "Policy", "RetryPolicy", "LbPolicy", "Telemetry", "Duration"]
+        {
             assert!(text.contains(&format!("### {name}\n")), "no section for {name}");
         }
         assert!(text.contains("| `lb` | [LbPolicy](#lbpolicy) | `peak_ewma` |"), "{text}");

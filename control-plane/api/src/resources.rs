@@ -48,6 +48,30 @@ pub struct Bootstrap {
     /// Static authorization policies.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub policies: Vec<Policy>,
+    /// Telemetry resources: a control-plane kind only (never read from a file: `telemetry`
+    /// in a bootstrap is an unknown field). Here so that the control plane validates its
+    /// whole resource set as one config, like the other kinds.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub telemetry: Vec<Telemetry>,
+}
+
+/// A control plane's telemetry settings for a set of proxies (DESIGN §14), like Istio's
+/// `Telemetry`: the one selecting a proxy's `node.service` wins over the one without
+/// `service` (mesh-wide); its `tracing` replaces the bootstrap's `tracing` while it applies.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Telemetry {
+    /// Unique among telemetry resources.
+    pub name: String,
+    /// Only proxies whose `node.service` is this. Absent: every proxy (mesh-wide); at most
+    /// one telemetry resource per service and one mesh-wide.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// Span export for the selected proxies, in place of their bootstrap's `tracing`.
+    /// Absent: the selected proxies export no spans (`traceparent` is still propagated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<Tracing>,
 }
 
 /// The control plane a proxy takes resources from.
@@ -377,12 +401,16 @@ pub struct Tracing {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Otlp {
-    /// `http://HOST:PORT` of the collector (4317 for gRPC, 4318 for HTTP by convention).
-    /// HTTP export posts to `/v1/traces` under it.
+    /// `http://HOST:PORT` or `https://HOST:PORT` (TLS) of the collector (4317 for gRPC,
+    /// 4318 for HTTP by convention). HTTP export posts to `/v1/traces` under it.
     pub endpoint: String,
     /// `grpc` (default) or `http` (protobuf over HTTP).
     #[serde(default)]
     pub protocol: OtlpProtocol,
+    /// `https://` only: the roots (PEM) that the collector's certificate must chain to.
+    /// Absent: the system's roots. The certificate must name the endpoint's host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
 }
 
 /// How spans are sent to the collector.

@@ -64,21 +64,59 @@ fn validate_issuer(errs: &mut Errors, issuer: &crate::Issuer) {
     }
 }
 
-fn validate_tracing(errs: &mut Errors, t: &crate::Tracing) {
-    let rest = t.otlp.endpoint.strip_prefix("http://").unwrap_or("");
-    let port = rest.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-    if !port || rest.contains('/') {
-        let reason = match t.otlp.endpoint.starts_with("https://") {
-            true => "https:// collectors are not supported yet: use http://HOST:PORT (e.g. a local collector)",
-            false => "is not http://HOST:PORT",
-        };
-        errs.push("tracing.otlp.endpoint", format!("\"{}\" {reason}", t.otlp.endpoint));
+/// `tracing` (at `at`: `tracing` in a bootstrap, `telemetry[NAME].tracing` on the control
+/// plane). Whether `ca_file` can be read is the proxy's to say: it is a path on its host.
+fn validate_tracing(errs: &mut Errors, at: &str, t: &crate::Tracing) {
+    let endpoint = &t.otlp.endpoint;
+    let (tls, rest) = match (endpoint.strip_prefix("http://"), endpoint.strip_prefix("https://")) {
+        (Some(rest), _) => (false, rest),
+        (_, Some(rest)) => (true, rest),
+        _ => (false, ""),
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if !host_port(rest) || rest.contains('/') {
+        errs.push(
+            format!("{at}.otlp.endpoint"),
+            format!("\"{endpoint}\" is not http://HOST:PORT or https://HOST:PORT"),
+        );
+    }
+    match &t.otlp.ca_file {
+        Some(_) if !tls => errs.push(format!("{at}.otlp.ca_file"), "applies to https:// endpoints only"),
+        Some(f) if f.trim().is_empty() => errs.push(format!("{at}.otlp.ca_file"), "must not be empty"),
+        _ => {}
     }
     if t.sample_ratio.is_some_and(|r| !(0.0..=1.0).contains(&r)) {
-        errs.push("tracing.sample_ratio", "must be between 0.0 and 1.0");
+        errs.push(format!("{at}.sample_ratio"), "must be between 0.0 and 1.0");
     }
     if t.max_queue == Some(0) {
-        errs.push("tracing.max_queue", "must be at least 1");
+        errs.push(format!("{at}.max_queue"), "must be at least 1");
+    }
+}
+
+/// Telemetry resources: names, one per selector (a service, or mesh-wide), their tracing.
+fn validate_telemetry(errs: &mut Errors, all: &[crate::Telemetry]) {
+    unique_names(errs, "telemetry", all.iter().map(|t| t.name.as_str()));
+    let mut selectors: std::collections::HashMap<Option<&str>, &str> = std::collections::HashMap::new();
+    for t in all {
+        let at = format!("telemetry[{}]", t.name);
+        if let Some(s) = &t.service
+            && s.trim().is_empty()
+        {
+            errs.push(format!("{at}.service"), "must not be empty (leave it out for every proxy)");
+        }
+        match selectors.insert(t.service.as_deref(), &t.name) {
+            Some(other) if other != t.name => {
+                let whom = match &t.service {
+                    Some(s) => format!("service \"{s}\""),
+                    None => "every proxy (no service)".to_owned(),
+                };
+                errs.push(format!("{at}.service"), format!("{whom} is already selected by telemetry[{other}]"));
+            }
+            _ => {}
+        }
+        if let Some(tracing) = &t.tracing {
+            validate_tracing(errs, &format!("{at}.tracing"), tracing);
+        }
     }
 }
 
@@ -90,8 +128,9 @@ fn check(b: &Bootstrap, bootstrap: bool, resolve: bool) -> Result<(), Vec<Valida
     let policies = unique_names(&mut errs, "policies", b.policies.iter().map(|p| p.name.as_str()));
     validate_tls(&mut errs, b, bootstrap);
     if let Some(t) = &b.tracing {
-        validate_tracing(&mut errs, t);
+        validate_tracing(&mut errs, "tracing", t);
     }
+    validate_telemetry(&mut errs, &b.telemetry);
     if let Some(cp) = &b.control_plane {
         let all = cp.address.all();
         for (i, address) in all.iter().enumerate() {

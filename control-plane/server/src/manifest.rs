@@ -1,5 +1,5 @@
 //! Manifests for `trellis ctl`: multi-document YAML where each document is one resource
-//! with `kind: Cluster | Route | Listener | Policy` beside its fields (DESIGN §6), and the
+//! with `kind: Cluster | Route | Listener | Policy | Telemetry` beside its fields (DESIGN §6), and the
 //! same form back out for `ctl get`.
 
 use serde::Serialize;
@@ -39,8 +39,8 @@ pub fn parse(text: &str) -> Result<Vec<Document>, ManifestError> {
         };
         let kind = match object.remove("kind") {
             Some(Value::String(k)) => k.parse::<Kind>().map_err(|e| fail(format!("kind: {e}")))?,
-            Some(_) => return Err(fail("kind: must be Cluster, Route, Listener or Policy".into())),
-            None => return Err(fail("kind: missing (Cluster, Route, Listener or Policy)".into())),
+            Some(_) => return Err(fail("kind: must be Cluster, Route, Listener, Policy or Telemetry".into())),
+            None => return Err(fail("kind: missing (Cluster, Route, Listener, Policy or Telemetry)".into())),
         };
         let name = object.get("name").and_then(Value::as_str).map(str::to_string);
         let resource = Resource::from_value(kind, &Value::Object(object)).map_err(|e| {
@@ -79,6 +79,7 @@ impl Serialize for Tagged<'_> {
             Resource::Route(resource) => WithKind { kind, resource }.serialize(s),
             Resource::Listener(resource) => WithKind { kind, resource }.serialize(s),
             Resource::Policy(resource) => WithKind { kind, resource }.serialize(s),
+            Resource::Telemetry(resource) => WithKind { kind, resource }.serialize(s),
         }
     }
 }
@@ -131,7 +132,7 @@ backends: [{cluster: web}]
     #[test]
     fn kind_is_required_and_known() {
         let err = parse("name: x\n").unwrap_err().to_string();
-        assert_eq!(err, "document 1: kind: missing (Cluster, Route, Listener or Policy)");
+        assert_eq!(err, "document 1: kind: missing (Cluster, Route, Listener, Policy or Telemetry)");
         let err = parse("kind: Gateway\nname: x\n").unwrap_err().to_string();
         assert!(err.starts_with("document 1: kind: unknown kind \"Gateway\""), "{err}");
     }

@@ -1,4 +1,4 @@
-//! The four kinds of resource the control plane stores, and one stored resource as a value
+//! The five kinds of resource the control plane stores, and one stored resource as a value
 //! that knows its kind: parsing from the REST/manifest JSON, the canonical JSON it is kept
 //! and served as, and its place in a [`Bootstrap`] for validation.
 
@@ -7,21 +7,23 @@ use std::str::FromStr;
 
 use trellis_api::discovery::ResourceType;
 use trellis_api::parse::{ParseError, parse};
-use trellis_api::{Bootstrap, Cluster, Listener, Policy, Route};
+use trellis_api::{Bootstrap, Cluster, Listener, Policy, Route, Telemetry};
 
 /// A kind of stored resource. Ordered so that a resource comes after those it references
 /// (policies and clusters, then routes, then listeners): the order `ctl apply` writes in.
+/// Telemetry references nothing and nothing references it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
     Policy,
     Cluster,
     Route,
     Listener,
+    Telemetry,
 }
 
 impl Kind {
     /// Every kind, referenced ones first.
-    pub const ALL: [Kind; 4] = [Kind::Policy, Kind::Cluster, Kind::Route, Kind::Listener];
+    pub const ALL: [Kind; 5] = [Kind::Policy, Kind::Cluster, Kind::Route, Kind::Listener, Kind::Telemetry];
 
     /// The plural, as in REST paths and config sections: `clusters`.
     pub fn plural(self) -> &'static str {
@@ -30,6 +32,7 @@ impl Kind {
             Kind::Route => "routes",
             Kind::Listener => "listeners",
             Kind::Policy => "policies",
+            Kind::Telemetry => "telemetry",
         }
     }
 
@@ -40,6 +43,7 @@ impl Kind {
             Kind::Route => "Route",
             Kind::Listener => "Listener",
             Kind::Policy => "Policy",
+            Kind::Telemetry => "Telemetry",
         }
     }
 
@@ -50,6 +54,7 @@ impl Kind {
             Kind::Route => "route",
             Kind::Listener => "listener",
             Kind::Policy => "policy",
+            Kind::Telemetry => "telemetry",
         }
     }
 
@@ -60,6 +65,7 @@ impl Kind {
             Kind::Route => ResourceType::Route,
             Kind::Listener => ResourceType::Listener,
             Kind::Policy => ResourceType::Policy,
+            Kind::Telemetry => ResourceType::Telemetry,
         }
     }
 
@@ -77,7 +83,7 @@ impl fmt::Display for Kind {
 
 /// A kind name nobody knows.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown kind \"{0}\" (use clusters, routes, listeners or policies)")]
+#[error("unknown kind \"{0}\" (use clusters, routes, listeners, policies or telemetry)")]
 pub struct UnknownKind(pub String);
 
 impl FromStr for Kind {
@@ -100,6 +106,7 @@ pub enum Resource {
     Route(Route),
     Listener(Listener),
     Policy(Policy),
+    Telemetry(Telemetry),
 }
 
 impl Resource {
@@ -111,6 +118,7 @@ impl Resource {
             Kind::Route => Resource::Route(parse(text)?),
             Kind::Listener => Resource::Listener(parse(text)?),
             Kind::Policy => Resource::Policy(parse(text)?),
+            Kind::Telemetry => Resource::Telemetry(parse(text)?),
         })
     }
 
@@ -126,6 +134,7 @@ impl Resource {
             Resource::Route(_) => Kind::Route,
             Resource::Listener(_) => Kind::Listener,
             Resource::Policy(_) => Kind::Policy,
+            Resource::Telemetry(_) => Kind::Telemetry,
         }
     }
 
@@ -136,6 +145,7 @@ impl Resource {
             Resource::Route(r) => &r.name,
             Resource::Listener(r) => &r.name,
             Resource::Policy(r) => &r.name,
+            Resource::Telemetry(r) => &r.name,
         }
     }
 
@@ -148,6 +158,7 @@ impl Resource {
             Resource::Route(r) => serde_json::to_value(r),
             Resource::Listener(r) => serde_json::to_value(r),
             Resource::Policy(r) => serde_json::to_value(r),
+            Resource::Telemetry(r) => serde_json::to_value(r),
         };
         value.unwrap_or(serde_json::Value::Null)
     }
@@ -159,6 +170,7 @@ impl Resource {
             Resource::Route(r) => b.routes.push(r.clone()),
             Resource::Listener(r) => b.listeners.push(r.clone()),
             Resource::Policy(r) => b.policies.push(r.clone()),
+            Resource::Telemetry(r) => b.telemetry.push(r.clone()),
         }
     }
 }

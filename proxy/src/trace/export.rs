@@ -3,9 +3,14 @@
 //! batches of up to [`BATCH`] spans, at least every [`FLUSH_EVERY`], as an OTLP
 //! `ExportTraceServiceRequest` over gRPC or HTTP/protobuf. A batch the collector does not
 //! take is dropped and counted: spans are never retried into an unbounded backlog.
+//!
+//! Exporters are shared by collector: configs (reloads, control-plane updates) with the same
+//! collector, TLS roots, queue size and service share one queue, so a reload loses no queued
+//! span. When no config uses an exporter any more, its queue closes; the thread sends what
+//! is still queued and ends.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,6 +27,7 @@ use prost::Message;
 use tokio::sync::mpsc;
 use trellis_api::{Otlp, OtlpProtocol};
 
+use super::collector::TlsConnector;
 use crate::telemetry;
 
 /// Spans per export request at most.
@@ -48,27 +54,37 @@ pub struct Queue {
     full: Counter,
 }
 
-/// Every exporter started in this process, by collector, protocol and queue size.
-fn registry() -> &'static Mutex<HashMap<String, Arc<Queue>>> {
-    static QUEUES: OnceLock<Mutex<HashMap<String, Arc<Queue>>>> = OnceLock::new();
+/// Every exporter running in this process, by collector, TLS roots, queue size and service.
+fn registry() -> &'static Mutex<HashMap<String, Weak<Queue>>> {
+    static QUEUES: OnceLock<Mutex<HashMap<String, Weak<Queue>>>> = OnceLock::new();
     QUEUES.get_or_init(Default::default)
 }
 
 impl Queue {
-    /// The queue of the exporter for `otlp`, started on first use.
-    pub fn shared(otlp: &Otlp, max_queue: u32, service: &str) -> Arc<Queue> {
-        let key = format!("{:?} {} {max_queue} {service}", otlp.protocol, otlp.endpoint);
+    /// The queue of the exporter for `otlp`, started on first use. `tls` (an `https://`
+    /// collector) is the client config, `roots` names what it trusts (a digest of the CA
+    /// file, so that a changed file starts a new exporter).
+    pub fn shared(
+        otlp: &Otlp,
+        max_queue: u32,
+        service: &str,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        roots: u64,
+    ) -> Arc<Queue> {
+        let key = format!("{:?} {} {roots:x} {max_queue} {service}", otlp.protocol, otlp.endpoint);
         let mut all = registry().lock().unwrap_or_else(|p| p.into_inner());
-        all.entry(key)
-            .or_insert_with(|| {
-                let (tx, rx) = mpsc::channel(max_queue.max(1) as usize);
-                let exporter = Exporter { otlp: otlp.clone(), resource: resource(service), rx };
-                if let Err(e) = std::thread::Builder::new().name("trellis-otlp".into()).spawn(move || exporter.run()) {
-                    tracing::error!(error = %e, "cannot start the span exporter; spans will be dropped");
-                }
-                Arc::new(Queue { tx, full: spans_dropped("queue_full") })
-            })
-            .clone()
+        if let Some(q) = all.get(&key).and_then(Weak::upgrade) {
+            return q;
+        }
+        all.retain(|_, q| q.strong_count() > 0);
+        let (tx, rx) = mpsc::channel(max_queue.max(1) as usize);
+        let exporter = Exporter { otlp: otlp.clone(), tls, resource: resource(service), rx };
+        if let Err(e) = std::thread::Builder::new().name("trellis-otlp".into()).spawn(move || exporter.run()) {
+            tracing::error!(error = %e, "cannot start the span exporter; spans will be dropped");
+        }
+        let q = Arc::new(Queue { tx, full: spans_dropped("queue_full") });
+        all.insert(key, Arc::downgrade(&q));
+        q
     }
 
     /// Hands a finished span to the exporter, or drops it (counted) when the queue is full.
@@ -81,6 +97,8 @@ impl Queue {
 
 struct Exporter {
     otlp: Otlp,
+    /// `https://` collectors.
+    tls: Option<Arc<rustls::ClientConfig>>,
     resource: Resource,
     rx: mpsc::Receiver<Span>,
 }
@@ -89,6 +107,7 @@ struct Exporter {
 enum Sender {
     Grpc(TraceServiceClient<tonic::transport::Channel>),
     Http { client: Box<Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>>, uri: http::Uri },
+    Https { client: Box<Client<TlsConnector, Full<Bytes>>>, uri: http::Uri },
 }
 
 impl Exporter {
@@ -153,20 +172,33 @@ impl Exporter {
 
     fn sender(&self) -> Option<Sender> {
         let endpoint = self.otlp.endpoint.trim_end_matches('/');
+        let bad = |e: &dyn std::fmt::Display| {
+            tracing::error!(collector = %endpoint, error = %e, "bad OTLP endpoint; spans will be dropped");
+        };
         match self.otlp.protocol {
             OtlpProtocol::Grpc => match tonic::transport::Endpoint::from_shared(endpoint.to_owned()) {
-                Ok(e) => Some(Sender::Grpc(TraceServiceClient::new(e.connect_lazy()))),
+                Ok(e) => {
+                    let channel = match &self.tls {
+                        Some(tls) => e.connect_with_connector_lazy(TlsConnector(tls.clone())),
+                        None => e.connect_lazy(),
+                    };
+                    Some(Sender::Grpc(TraceServiceClient::new(channel)))
+                }
                 Err(e) => {
-                    tracing::error!(collector = %endpoint, error = %e, "bad OTLP endpoint; spans will be dropped");
+                    bad(&e);
                     None
                 }
             },
             OtlpProtocol::Http => match format!("{endpoint}/v1/traces").parse() {
-                Ok(uri) => {
-                    Some(Sender::Http { client: Box::new(Client::builder(TokioExecutor::new()).build_http()), uri })
-                }
+                Ok(uri) => Some(match &self.tls {
+                    Some(tls) => Sender::Https {
+                        client: Box::new(Client::builder(TokioExecutor::new()).build(TlsConnector(tls.clone()))),
+                        uri,
+                    },
+                    None => Sender::Http { client: Box::new(Client::builder(TokioExecutor::new()).build_http()), uri },
+                }),
                 Err(e) => {
-                    tracing::error!(collector = %endpoint, error = %e, "bad OTLP endpoint; spans will be dropped");
+                    bad(&e);
                     None
                 }
             },
@@ -176,19 +208,49 @@ impl Exporter {
 
 async fn send(sender: &mut Sender, request: ExportTraceServiceRequest) -> Result<(), String> {
     match sender {
-        Sender::Grpc(client) => client.export(request).await.map(drop).map_err(|s| s.to_string()),
-        Sender::Http { client, uri } => {
-            let req = http::Request::post(uri.clone())
-                .header(http::header::CONTENT_TYPE, "application/x-protobuf")
-                .body(Full::new(Bytes::from(request.encode_to_vec())))
-                .map_err(|e| e.to_string())?;
-            let resp = client.request(req).await.map_err(|e| e.to_string())?;
-            let status = resp.status();
-            // Read the (small) answer so the connection can be reused.
-            let _ = resp.into_body().collect().await;
-            if status.is_success() { Ok(()) } else { Err(format!("collector answered {status}")) }
-        }
+        Sender::Grpc(client) => client.export(request).await.map(drop).map_err(|s| grpc_error(&s)),
+        Sender::Http { client, uri } => post(client, uri, request).await,
+        Sender::Https { client, uri } => post(client, uri, request).await,
     }
+}
+
+/// tonic's status hides a transport failure's cause (a refused certificate) a few levels down.
+fn grpc_error(s: &tonic::Status) -> String {
+    let mut text = s.to_string();
+    let mut source = std::error::Error::source(s);
+    while let Some(e) = source {
+        text = format!("{text}: {e}");
+        source = e.source();
+    }
+    text
+}
+
+async fn post<C>(
+    client: &Client<C, Full<Bytes>>,
+    uri: &http::Uri,
+    request: ExportTraceServiceRequest,
+) -> Result<(), String>
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
+    let req = http::Request::post(uri.clone())
+        .header(http::header::CONTENT_TYPE, "application/x-protobuf")
+        .body(Full::new(Bytes::from(request.encode_to_vec())))
+        .map_err(|e| e.to_string())?;
+    let resp = client.request(req).await.map_err(|e| {
+        // The client's error says "client error (Connect)"; the cause is below it.
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            text = format!("{text}: {s}");
+            source = s.source();
+        }
+        text
+    })?;
+    let status = resp.status();
+    // Read the (small) answer so the connection can be reused.
+    let _ = resp.into_body().collect().await;
+    if status.is_success() { Ok(()) } else { Err(format!("collector answered {status}")) }
 }
 
 /// The resource every span of this proxy belongs to.
@@ -202,5 +264,34 @@ fn resource(service: &str) -> Resource {
             kv("service.version", env!("CARGO_PKG_VERSION")),
         ],
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Configs with the same collector share one exporter while any of them lives; once
+    /// none does, the exporter is released (its thread drains the queue and ends) and the
+    /// next config starts a new one.
+    #[test]
+    fn an_exporter_is_shared_while_used_and_released_after() {
+        let otlp = Otlp { endpoint: "http://127.0.0.1:9".into(), protocol: OtlpProtocol::Http, ca_file: None };
+        let service = "export-share-test";
+        let a = Queue::shared(&otlp, 8, service, None, 0);
+        let b = Queue::shared(&otlp, 8, service, None, 0);
+        assert!(Arc::ptr_eq(&a, &b), "same collector: one exporter");
+        let bigger = Queue::shared(&otlp, 16, service, None, 0);
+        assert!(!Arc::ptr_eq(&a, &bigger), "another queue size: another exporter");
+        let other_roots = Queue::shared(&otlp, 8, service, None, 7);
+        assert!(!Arc::ptr_eq(&a, &other_roots), "other TLS roots: another exporter");
+
+        let released = Arc::downgrade(&a);
+        drop((a, b));
+        assert!(released.upgrade().is_none(), "the registry does not keep an unused exporter");
+        let again = Queue::shared(&otlp, 8, service, None, 0);
+        assert!(!again.tx.is_closed());
+        let live = registry().lock().unwrap().values().filter(|q| q.strong_count() > 0).count();
+        assert!(live >= 3, "again, bigger and other_roots are registered");
     }
 }

@@ -7,8 +7,11 @@
 //! `traceparent`'s parent, so the upstream's spans hang under the try that reached it.
 //! Finished spans are encoded on the worker (sampled requests only) and handed to the
 //! exporter thread through a bounded queue ([`export`]): a full queue drops the span and
-//! counts it, and never makes a request wait.
+//! counts it, and never makes a request wait. `collector` holds the TLS to `https://`
+//! collectors. The tracing in effect is the control plane's `Telemetry` one when the proxy
+//! holds one (`discovery::Dynamic::merge_into`), else the bootstrap's.
 
+mod collector;
 pub mod context;
 mod export;
 
@@ -39,15 +42,28 @@ pub struct Tracer {
 }
 
 impl Tracer {
-    /// The tracer of `config`; the exporter is shared by every config with the same
+    /// The tracer of `config` (from `at`: `tracing`, or `telemetry[NAME].tracing` from the
+    /// control plane, for errors); the exporter is shared by every config with the same
     /// collector, so a reload neither loses queued spans nor opens a second connection.
-    pub fn new(config: &trellis_api::Tracing, service: &str) -> Tracer {
+    /// Errors: an `https://` collector's roots cannot be read.
+    pub fn new(config: &trellis_api::Tracing, service: &str, at: &str) -> Result<Tracer, String> {
+        let tls = collector::client_config(&config.otlp, at)?;
+        let roots = match (&tls, &config.otlp.ca_file) {
+            (Some(_), Some(file)) => std::fs::read(file).map(|pem| roots_digest(file, &pem)).unwrap_or_default(),
+            _ => 0,
+        };
         let ratio = config.sample_ratio.unwrap_or(1.0).clamp(0.0, 1.0);
-        Tracer {
+        let max_queue = config.max_queue.unwrap_or(DEFAULT_MAX_QUEUE);
+        Ok(Tracer {
             threshold: (ratio * u64::MAX as f64) as u64,
             always: ratio >= 1.0,
-            queue: export::Queue::shared(&config.otlp, config.max_queue.unwrap_or(DEFAULT_MAX_QUEUE), service),
-        }
+            queue: export::Queue::shared(&config.otlp, max_queue, service, tls, roots),
+        })
+    }
+
+    /// Checks what [`Tracer::new`] would refuse, without starting an exporter.
+    pub fn check(config: &trellis_api::Tracing, at: &str) -> Result<(), String> {
+        collector::client_config(&config.otlp, at).map(drop)
     }
 
     /// Decides whether `req` is traced: a `traceparent` decides for itself; otherwise the
@@ -242,6 +258,14 @@ impl ServerSpan {
 
 fn error_status(message: String) -> Status {
     Status { message, code: status::StatusCode::Error as i32 }
+}
+
+/// Tells one CA file's contents from another's (exporters are keyed by it).
+fn roots_digest(file: &str, pem: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (file, pem).hash(&mut h);
+    h.finish()
 }
 
 fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {

@@ -282,16 +282,72 @@ fn tracing_fields_are_checked_and_named() {
     assert_eq!(
         errors(&bad),
         vec![
-            r#"tracing.otlp.endpoint: "collector:4317" is not http://HOST:PORT"#,
+            r#"tracing.otlp.endpoint: "collector:4317" is not http://HOST:PORT or https://HOST:PORT"#,
             "tracing.sample_ratio: must be between 0.0 and 1.0",
             "tracing.max_queue: must be at least 1",
         ]
     );
-    let tls = format!("{GOOD}tracing: {{ otlp: {{ endpoint: \"https://c:4317\" }} }}\n");
-    assert!(
-        errors(&tls)[0].starts_with("tracing.otlp.endpoint: \"https://c:4317\" https:// collectors are not supported")
+    let tls = format!("{GOOD}tracing: {{ otlp: {{ endpoint: \"https://c:4317\", ca_file: /etc/ca.pem }} }}\n");
+    assert_eq!(errors(&tls), Vec::<String>::new(), "https:// collectors, with or without ca_file");
+    let ca_on_http = format!("{GOOD}tracing: {{ otlp: {{ endpoint: \"http://c:4317\", ca_file: ca.pem }} }}\n");
+    assert_eq!(errors(&ca_on_http), vec!["tracing.otlp.ca_file: applies to https:// endpoints only"]);
+    let empty_ca = format!("{GOOD}tracing: {{ otlp: {{ endpoint: \"https://c:4317\", ca_file: \"\" }} }}\n");
+    assert_eq!(errors(&empty_ca), vec!["tracing.otlp.ca_file: must not be empty"]);
+    let path = format!("{GOOD}tracing: {{ otlp: {{ endpoint: \"https://c:4317/v1\" }} }}\n");
+    assert_eq!(
+        errors(&path),
+        vec![r#"tracing.otlp.endpoint: "https://c:4317/v1" is not http://HOST:PORT or https://HOST:PORT"#]
     );
     let typo = format!("{GOOD}tracing: {{ otlp: {{ endpoint: \"http://c:4317\", protocol: udp }} }}\n");
     let err = parse_bootstrap(&typo).expect_err("unknown protocol").to_string();
     assert!(err.contains("tracing.otlp.protocol"), "{err}");
+}
+
+fn telemetry(yaml: &str) -> crate::Telemetry {
+    crate::parse::parse(yaml).expect("parses")
+}
+
+#[test]
+fn telemetry_is_checked_with_its_name_in_every_field() {
+    let ok = Bootstrap {
+        telemetry: vec![
+            telemetry("{name: mesh, tracing: {otlp: {endpoint: \"http://c:4317\"}, sample_ratio: 0.1}}"),
+            telemetry("{name: web, service: web, tracing: {otlp: {endpoint: \"https://c:4317\", ca_file: ca.pem}}}"),
+            telemetry("{name: quiet, service: batch}"),
+        ],
+        ..Default::default()
+    };
+    assert_eq!(validate_resources(&ok), Ok(()));
+
+    let bad = Bootstrap {
+        telemetry: vec![
+            telemetry("{name: a, tracing: {otlp: {endpoint: \"c:4317\"}, sample_ratio: 2}}"),
+            telemetry("{name: b}"),
+            telemetry("{name: c, service: web}"),
+            telemetry("{name: d, service: web, tracing: {otlp: {endpoint: \"http://c:1\", ca_file: x.pem}}}"),
+            telemetry("{name: e, service: \" \"}"),
+            telemetry("{name: a}"),
+        ],
+        ..Default::default()
+    };
+    let errs: Vec<String> = validate_resources(&bad).expect_err("invalid").iter().map(ToString::to_string).collect();
+    assert_eq!(
+        errs,
+        vec![
+            r#"telemetry[a].name: "a" is defined twice"#,
+            r#"telemetry[a].tracing.otlp.endpoint: "c:4317" is not http://HOST:PORT or https://HOST:PORT"#,
+            "telemetry[a].tracing.sample_ratio: must be between 0.0 and 1.0",
+            "telemetry[b].service: every proxy (no service) is already selected by telemetry[a]",
+            r#"telemetry[d].service: service "web" is already selected by telemetry[c]"#,
+            "telemetry[d].tracing.otlp.ca_file: applies to https:// endpoints only",
+            "telemetry[e].service: must not be empty (leave it out for every proxy)",
+            "telemetry[a].service: every proxy (no service) is already selected by telemetry[b]",
+        ]
+    );
+}
+
+#[test]
+fn telemetry_is_not_a_bootstrap_field() {
+    let err = parse_bootstrap("telemetry: [{name: a}]\n").expect_err("unknown").to_string();
+    assert!(err.contains("unknown field `telemetry`"), "{err}");
 }

@@ -25,7 +25,7 @@ fn etag_header() -> Value {
 /// The whole document.
 pub fn spec() -> Value {
     let kind = json!({ "name": "kind", "in": "path", "required": true,
-                       "schema": { "type": "string", "enum": ["clusters", "routes", "listeners", "policies"] } });
+                       "schema": { "type": "string", "enum": ["clusters", "routes", "listeners", "policies", "telemetry"] } });
     let name = json!({ "name": "name", "in": "path", "required": true, "schema": { "type": "string" } });
     let if_match = json!({ "name": "If-Match", "in": "header", "required": false,
                            "description": "\"<version>\" or *: the write happens only if it matches (else 412)",
@@ -51,7 +51,7 @@ pub fn spec() -> Value {
                     "field": { "type": "string", "description": "the field to blame, e.g. routes[api].backends[0].cluster" },
                     "more": { "type": "array", "items": { "type": "string" } } } },
                 "Resource": { "type": "object", "required": ["name"],
-                              "description": "a cluster, route, listener or policy, with the fields of DESIGN §3",
+                              "description": "a cluster, route, listener, policy (DESIGN §3) or telemetry (DESIGN §14)",
                               "properties": { "name": { "type": "string" } }, "additionalProperties": true },
                 "List": { "type": "object", "properties": {
                     "kind": { "type": "string" }, "revision": { "type": "integer" },

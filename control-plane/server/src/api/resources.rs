@@ -177,7 +177,9 @@ fn kind(text: &str) -> Result<Kind, ApiError> {
         Ok(k) if text == k.plural() => Ok(k),
         _ => Err(ApiError {
             field: Some("kind".into()),
-            ..ApiError::not_found(format!("unknown kind \"{text}\" (use clusters, routes, listeners or policies)"))
+            ..ApiError::not_found(format!(
+                "unknown kind \"{text}\" (use clusters, routes, listeners, policies or telemetry)"
+            ))
         }),
     }
 }

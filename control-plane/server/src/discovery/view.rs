@@ -71,7 +71,8 @@ impl ClusterParts {
 
 /// The view of a proxy of `service`: the listeners meant for it (no `service`, or its
 /// own), the routes, clusters and policies they reference, and the endpoints of those
-/// clusters: the written ones, then registered ones at other addresses. A `transparent`
+/// clusters: the written ones, then registered ones at other addresses; and the telemetry
+/// resource that selects it, if any. A `transparent`
 /// proxy (one that intercepts its pod's traffic) also gets every registered sidecar, under
 /// the cluster named after its service: the stored one, or an empty one made for it.
 pub fn compute(snap: &Snapshot, registered: &Endpoints, service: Option<&str>, transparent: bool) -> View {
@@ -107,6 +108,9 @@ pub fn compute(snap: &Snapshot, registered: &Endpoints, service: Option<&str>, t
             add_cluster(&mut view, name, item, registered);
         }
     }
+    if let Some(t) = telemetry_for(snap, service) {
+        add(&mut view, Kind::Telemetry, t);
+    }
     if transparent {
         for (name, set) in &registered.services {
             if clusters.contains(name.as_str()) {
@@ -129,6 +133,21 @@ pub fn compute(snap: &Snapshot, registered: &Endpoints, service: Option<&str>, t
     view
 }
 
+/// The telemetry resource a proxy of `service` gets: the one selecting its service, else
+/// the mesh-wide one (validation keeps each selector to one resource).
+fn telemetry_for<'a>(snap: &'a Snapshot, service: Option<&str>) -> Option<&'a str> {
+    let mut mesh_wide = None;
+    for item in snap.list(Kind::Telemetry) {
+        let Stored::Telemetry(t) = &item.resource else { continue };
+        match t.service.as_deref() {
+            Some(s) if Some(s) == service => return Some(&t.name),
+            None if mesh_wide.is_none() => mesh_wide = Some(t.name.as_str()),
+            _ => {}
+        }
+    }
+    mesh_wide
+}
+
 /// A stored cluster, its written endpoints, and the registered ones at other addresses.
 fn add_cluster(view: &mut View, name: &str, item: &Item, registered: &Endpoints) {
     let parts = item.discovery.get_or_init(|| ClusterParts::of(item));
@@ -145,8 +164,14 @@ fn add_cluster(view: &mut View, name: &str, item: &Item, registered: &Endpoints)
     }
 }
 
-const TYPES: [ResourceType; 5] =
-    [ResourceType::Listener, ResourceType::Cluster, ResourceType::Route, ResourceType::Policy, ResourceType::Endpoints];
+const TYPES: [ResourceType; 6] = [
+    ResourceType::Listener,
+    ResourceType::Cluster,
+    ResourceType::Route,
+    ResourceType::Policy,
+    ResourceType::Endpoints,
+    ResourceType::Telemetry,
+];
 
 /// Which names of one type a proxy wants.
 #[derive(Clone, Debug, Default, PartialEq)]

@@ -53,7 +53,7 @@ impl Item {
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     revision: u64,
-    kinds: [BTreeMap<String, Arc<Item>>; 4],
+    kinds: [BTreeMap<String, Arc<Item>>; Kind::ALL.len()],
 }
 
 impl Snapshot {

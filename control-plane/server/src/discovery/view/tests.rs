@@ -316,3 +316,34 @@ fn a_resuming_proxy_is_sent_what_differs_from_what_it_holds() {
     assert!(!sent.contains(&*same.1) && sent.contains(&*stale.1));
     assert_eq!(d.removed, [RemovedResource { r#type: ResourceType::Route as i32, name: "gone".into() }]);
 }
+
+#[test]
+fn a_proxy_gets_the_telemetry_of_its_service_else_the_mesh_wide_one() {
+    let eps = Endpoints::default();
+    let telemetry = |resources: Vec<Stored>| Snapshot::from_resources(3, resources);
+    let mesh = r(Kind::Telemetry, r#"{"name":"mesh","tracing":{"otlp":{"endpoint":"http://c:4317"}}}"#);
+    let web = r(Kind::Telemetry, r#"{"name":"web","service":"web"}"#);
+    let snap = telemetry(vec![mesh.clone(), web.clone()]);
+    assert_eq!(names(&compute(&snap, &eps, Some("web"), false)), ["TELEMETRY/web"]);
+    assert_eq!(names(&compute(&snap, &eps, Some("api"), false)), ["TELEMETRY/mesh"]);
+    assert_eq!(names(&compute(&snap, &eps, None, false)), ["TELEMETRY/mesh"]);
+
+    // Only a service's own: others get none. None at all: nothing is sent.
+    let snap = telemetry(vec![web]);
+    assert_eq!(names(&compute(&snap, &eps, Some("api"), false)), Vec::<String>::new());
+    assert!(compute(&telemetry(vec![]), &eps, Some("web"), false).entries.is_empty());
+
+    // The service's own resource arriving replaces the mesh-wide one in one delta.
+    let mut sent = compute(&telemetry(vec![mesh.clone()]), &eps, Some("web"), false);
+    let d = step(
+        &mut sent,
+        compute(&snap_with(&[mesh, r(Kind::Telemetry, r#"{"name":"w2","service":"web"}"#)]), &eps, Some("web"), false),
+    );
+    let added: Vec<&str> = d.resources.iter().map(|r| r.name.as_str()).collect();
+    let removed: Vec<&str> = d.removed.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!((added, removed), (vec!["w2"], vec!["mesh"]));
+}
+
+fn snap_with(resources: &[Stored]) -> Snapshot {
+    Snapshot::from_resources(4, resources.to_vec())
+}
