@@ -9,6 +9,7 @@ use crate::config::{Listener, Snapshot};
 use crate::detect;
 use crate::http::forward::ConnCtx;
 use crate::http::headers::Peer;
+use crate::http::upgrade::Switched;
 use crate::http::version::Hint;
 use crate::telemetry;
 use arc_swap::ArcSwap;
@@ -377,8 +378,15 @@ struct HttpConn {
 }
 
 impl HttpConn {
-    /// Serves `stream`, which speaks `proto`, from here on, counted as open.
-    async fn serve<S>(&self, stream: S, proto: detect::Protocol, tls: bool, peer_id: Option<Arc<str>>)
+    /// Serves `stream`, which speaks `proto`, from here on, counted as open; a connection
+    /// switched to another protocol is returned to be carried (`http::server::serve`).
+    async fn serve<S>(
+        &self,
+        stream: S,
+        proto: detect::Protocol,
+        tls: bool,
+        peer_id: Option<Arc<str>>,
+    ) -> Option<Switched<S>>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -392,7 +400,7 @@ impl HttpConn {
             h2: proto == detect::Protocol::Http2,
             target: None,
         });
-        crate::http::server::serve(stream, proto, ctx, &self.listener, open, &self.shared.stop).await;
+        crate::http::server::serve(stream, proto, ctx, &self.listener, open, &self.shared.stop).await
     }
 }
 
@@ -406,7 +414,10 @@ impl HttpConn {
 fn serve_plain(stream: tokio::net::TcpStream, conn: HttpConn) -> impl Future<Output = ()> + Send + 'static {
     async move {
         if let Ok(Some(proto)) = detect::sniff(&stream, conn.listener.header_timeout()).await {
-            Box::pin(conn.serve(stream, proto, false, None)).await;
+            let switched = Box::pin(conn.serve(stream, proto, false, None)).await;
+            if let Some(s) = switched {
+                Box::pin(s.run()).await;
+            }
         }
         conn.shared.gauge.decrement(1.0);
     }
@@ -424,18 +435,25 @@ fn serve_tls(
     async move {
         let first = tokio::time::timeout(conn.listener.header_timeout(), stream.readable()).await;
         if matches!(first, Ok(Ok(()))) {
-            Box::pin(serve_tls_handshake(stream, tls, &conn)).await;
+            let switched = Box::pin(serve_tls_handshake(stream, tls, &conn)).await;
+            if let Some(s) = switched {
+                Box::pin(s.run()).await;
+            }
         }
         conn.shared.gauge.decrement(1.0);
     }
 }
 
-async fn serve_tls_handshake(stream: tokio::net::TcpStream, tls: Arc<rustls::ServerConfig>, conn: &HttpConn) {
+async fn serve_tls_handshake(
+    stream: tokio::net::TcpStream,
+    tls: Arc<rustls::ServerConfig>,
+    conn: &HttpConn,
+) -> Option<Switched<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>> {
     let accepted = tokio::select! {
         s = crate::tls::accept(stream, tls, conn.listener.header_timeout(), &conn.shared.name) => s,
-        _ = conn.shared.stop.cancelled() => return,
+        _ = conn.shared.stop.cancelled() => return None,
     };
-    let Some(stream) = accepted else { return };
+    let stream = accepted?;
     let (_, session) = stream.get_ref();
     let proto = if session.alpn_protocol() == Some(crate::tls::ALPN_H2) {
         detect::Protocol::Http2
@@ -443,7 +461,7 @@ async fn serve_tls_handshake(stream: tokio::net::TcpStream, tls: Arc<rustls::Ser
         detect::Protocol::Http1
     };
     let peer_id = if conn.listener.mesh { crate::tls::mesh::peer_id(session.peer_certificates()) } else { None };
-    conn.serve(stream, proto, true, peer_id).await;
+    conn.serve(stream, proto, true, peer_id).await
 }
 
 async fn serve_tcp(

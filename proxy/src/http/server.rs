@@ -4,13 +4,16 @@
 use crate::config::Listener;
 use crate::detect::Protocol;
 use crate::http::forward::ConnCtx;
+use crate::http::upgrade::Switched;
 use crate::listener::Open;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
 /// Serves `stream` (plain TCP or TLS) until the client leaves or a graceful shutdown
-/// (`stop`) completes; `open` counts it for the drain until then.
+/// (`stop`) completes; `open` counts it for the drain until then. An HTTP/1.1 connection
+/// switched to another protocol is returned, for the caller to carry
+/// ([`Switched::run`], in a small box of its own: this future's state is freed first).
 pub async fn serve<S>(
     stream: S,
     proto: Protocol,
@@ -18,7 +21,8 @@ pub async fn serve<S>(
     listener: &Listener,
     open: Open,
     stop: &CancellationToken,
-) where
+) -> Option<Switched<S>>
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     match proto {
@@ -26,6 +30,9 @@ pub async fn serve<S>(
         // Boxed (one allocation per connection): a connection's task is allocated at the
         // size of its largest branch for its whole life, and HTTP/2's state is larger than
         // the HTTP/1.1 server's, so every HTTP/1.1 connection paid for it.
-        Protocol::Http2 => Box::pin(crate::http::h2::server::serve(stream, ctx, listener, open, stop)).await,
+        Protocol::Http2 => {
+            Box::pin(crate::http::h2::server::serve(stream, ctx, listener, open, stop)).await;
+            None
+        }
     }
 }

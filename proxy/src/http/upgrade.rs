@@ -11,6 +11,7 @@
 
 use crate::access_log::Pending;
 use crate::http::h1::framing::has_token;
+use crate::listener::Open;
 use crate::tcp::duplex;
 use crate::telemetry;
 use bytes::BytesMut;
@@ -101,6 +102,27 @@ impl Upgraded {
     /// Takes the tunnel (once).
     pub fn take(&self) -> Option<Tunnel> {
         self.0.lock().ok()?.take()
+    }
+}
+
+/// A downstream HTTP/1.1 connection whose 101 (or CONNECT 2xx) is written, handed out of
+/// the HTTP server so that its serving state (sized for a request's whole forwarding) is
+/// freed: an idle WebSocket then holds only its stream, the tunnel and this.
+pub struct Switched<S> {
+    pub io: S,
+    /// Bytes the client sent past its request head.
+    pub early: BytesMut,
+    pub tunnel: Tunnel,
+    /// Counts the connection as open (for the drain) until the stream ends.
+    pub open: Open,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Switched<S> {
+    /// Carries the stream to its end ([`splice`]).
+    pub async fn run(self) {
+        let Switched { mut io, early, tunnel, open } = self;
+        splice(&mut io, early, tunnel).await;
+        drop(open);
     }
 }
 

@@ -183,7 +183,10 @@ async fn serve_http<S>(
     // Boxed: the connection's task is allocated at the size of its largest state for its
     // whole life, and this one (an HTTP server, over TLS on the inbound side) is the largest.
     let open = Open::new(&conn.shared);
-    Box::pin(crate::http::server::serve(stream, proto, ctx, &conn.listener, open, stop)).await;
+    let switched = Box::pin(crate::http::server::serve(stream, proto, ctx, &conn.listener, open, stop)).await;
+    if let Some(s) = switched {
+        Box::pin(s.run()).await;
+    }
 }
 
 /// Carries a connection as opaque TCP to `target`, counted for the drain.

@@ -55,12 +55,19 @@ thread_local! {
 }
 
 /// Serves `io` until the client leaves, a response closes it, or draining ends it.
-/// `open` is held for the life of the connection so a drain waits for it.
-pub async fn serve<S>(mut io: S, ctx: Arc<ConnCtx>, listener: &Listener, open: Open, stop: &CancellationToken)
+/// `open` is held for the life of the connection so a drain waits for it. A connection
+/// switched to another protocol (a 101, or a CONNECT's 2xx, already written) is handed
+/// back with what its stream needs: the serving state is not kept for the stream's life.
+pub async fn serve<S>(
+    mut io: S,
+    ctx: Arc<ConnCtx>,
+    listener: &Listener,
+    open: Open,
+    stop: &CancellationToken,
+) -> Option<upgrade::Switched<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let _open = open;
     let mut conn = Conn {
         buf: BytesMut::new(),
         out: Vec::new(),
@@ -72,55 +79,40 @@ where
     };
     let mut stopped = pin!(stop.cancelled());
     loop {
-        let head = match conn.read_head(&mut io, stop, stopped.as_mut()).await {
-            Next::Head(head) => head,
+        // The head is taken apart outside this future (`Conn::start`): its locals, held
+        // here, would take room in every state of the connection's future.
+        let (req, asked) = match conn.read_head(&mut io, stop, stopped.as_mut()).await {
+            Next::Head(head) => conn.start(head),
             Next::Refuse(e) => {
                 tracing::debug!(error = %e, "request head refused");
                 conn.refuse(&mut io, &ForwardError::Request(e)).await;
-                return;
+                return None;
             }
-            Next::Done => return,
+            Next::Done => return None,
         };
-        let RequestHead { req, framing, close, trailers, expect_continue, upgrade: wants_upgrade } = head;
-        let asked = Asked {
-            close,
-            to: Answering { version: req.version(), head: req.method() == Method::HEAD },
-            connect: req.method() == Method::CONNECT,
-            trailers,
-            upgrade: false,
+        // The request's future is pinned here and polled in place (inside `response`'s own
+        // future it would be moved into it, whole, on every request), in a block of its
+        // own: once it has the response its slot is free, and the response's writing (a
+        // stream's, for its whole life) reuses the same bytes of this future.
+        let resp = {
+            let handled = pin!(forward::handle(req, &ctx));
+            conn.response(&mut io, handled).await
         };
-        let (mut req, mut asked) = (req, asked);
-        // An upgrade without a body (a body would leave the switch point unclear).
-        if wants_upgrade
-            && framing == Framing::None
-            && req.version() == Version::HTTP_11
-            && let Some(up) = upgrade::requested(req.headers())
-        {
-            req.extensions_mut().insert(up);
-            asked.upgrade = true;
-        }
-        if framing != Framing::None {
-            let (body, feed) = incoming::channel(framing, expect_continue);
-            *req.body_mut() = ClientBody::H1(body);
-            conn.feed = Some(feed);
-            if expect_continue {
-                // Answered here: the upstream gets the body without waiting.
-                req.headers_mut().remove(http::header::EXPECT);
-            }
-        }
-        // The request's future is pinned here and `exchange` polls it in place: inside
-        // `exchange`'s own future it would be moved into it, whole, on every request.
-        let handled = pin!(forward::handle(req, &ctx));
-        match conn.exchange(&mut io, handled, asked, stop).await {
+        let Ok(resp) = resp else { return None };
+        match conn.exchange(&mut io, resp, asked, stop).await {
             After::KeepAlive => {}
             After::Close { unread } => {
                 let _ = tokio::time::timeout(conn.header_timeout, io.shutdown()).await;
                 if unread {
                     linger(&mut io).await;
                 }
-                return;
+                return None;
             }
-            After::Abort => return,
+            After::Switched(tunnel) => {
+                let early = std::mem::take(&mut conn.buf);
+                return Some(upgrade::Switched { io, early, tunnel, open });
+            }
+            After::Abort => return None,
         }
     }
 }
@@ -186,6 +178,9 @@ enum After {
     Close {
         unread: bool,
     },
+    /// The 101 (or a CONNECT's 2xx) is written: the connection is the upstream's byte
+    /// stream from here on.
+    Switched(upgrade::Tunnel),
     /// The client left, or the response could not be sent whole.
     Abort,
 }
@@ -270,6 +265,39 @@ impl Conn {
         }
     }
 
+    /// Makes a request of `head`: what its response must honour, an upgrade it asks for,
+    /// and its body fed from this connection.
+    #[inline]
+    fn start(&mut self, head: RequestHead<ClientBody>) -> (http::Request<ClientBody>, Asked) {
+        let RequestHead { mut req, framing, close, trailers, expect_continue, upgrade: wants_upgrade } = head;
+        let mut asked = Asked {
+            close,
+            to: Answering { version: req.version(), head: req.method() == Method::HEAD },
+            connect: req.method() == Method::CONNECT,
+            trailers,
+            upgrade: false,
+        };
+        // An upgrade without a body (a body would leave the switch point unclear).
+        if wants_upgrade
+            && framing == Framing::None
+            && req.version() == Version::HTTP_11
+            && let Some(up) = upgrade::requested(req.headers())
+        {
+            req.extensions_mut().insert(up);
+            asked.upgrade = true;
+        }
+        if framing != Framing::None {
+            let (body, feed) = incoming::channel(framing, expect_continue);
+            *req.body_mut() = ClientBody::H1(body);
+            self.feed = Some(feed);
+            if expect_continue {
+                // Answered here: the upstream gets the body without waiting.
+                req.headers_mut().remove(http::header::EXPECT);
+            }
+        }
+        (req, asked)
+    }
+
     /// Answers a request that cannot be served and closes.
     async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(&mut self, io: &mut S, err: &ForwardError) {
         let resp = error_response(err);
@@ -328,19 +356,14 @@ impl Conn {
         }
     }
 
-    /// Gets the response to one request from `handled` (its forwarding) and writes it.
-    async fn exchange<S, F>(
-        &mut self,
-        io: &mut S,
-        mut handled: Pin<&mut F>,
-        asked: Asked,
-        stop: &CancellationToken,
-    ) -> After
+    /// Gets the response to one request from `handled` (its forwarding), reading the
+    /// request body for it meanwhile or watching for the client leaving.
+    async fn response<S, F>(&mut self, io: &mut S, mut handled: Pin<&mut F>) -> Result<Response<ProxyBody>, ClientGone>
     where
         S: AsyncRead + AsyncWrite + Unpin,
         F: Future<Output = Response<ProxyBody>>,
     {
-        let waited = poll_fn(|cx| {
+        poll_fn(|cx| {
             loop {
                 if let Poll::Ready(resp) = handled.as_mut().poll(cx) {
                     return Poll::Ready(Ok(resp));
@@ -350,8 +373,20 @@ impl Conn {
                 }
             }
         })
-        .await;
-        let Ok(mut resp) = waited else { return After::Abort };
+        .await
+    }
+
+    /// Writes the response to one request.
+    async fn exchange<S>(
+        &mut self,
+        io: &mut S,
+        mut resp: Response<ProxyBody>,
+        asked: Asked,
+        stop: &CancellationToken,
+    ) -> After
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
         let switching = (asked.upgrade && resp.status() == http::StatusCode::SWITCHING_PROTOCOLS)
             || (asked.connect && resp.status().is_success());
         if switching && let Some(tunnel) = resp.extensions_mut().remove::<upgrade::Upgraded>().and_then(|u| u.take()) {
@@ -395,8 +430,8 @@ impl Conn {
         }
     }
 
-    /// Writes a 101 and carries the connection as a byte stream to the upstream's
-    /// (`http::upgrade`); the connection ends with the stream.
+    /// Writes a 101 (or a CONNECT's 2xx); the caller then carries the connection as a byte
+    /// stream to the upstream's (`http::upgrade`).
     async fn switch<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         io: &mut S,
@@ -423,10 +458,7 @@ impl Conn {
             return After::Abort;
         }
         self.give_out();
-        self.timer = None;
-        let early = std::mem::take(&mut self.buf);
-        upgrade::splice(io, early, tunnel).await;
-        After::Abort
+        After::Switched(tunnel)
     }
 
     /// Whether the request body (if any) is read to its end, so the connection can carry
@@ -579,7 +611,8 @@ async fn write_all_vectored<S: AsyncWrite + Unpin>(io: &mut S, mut bufs: &mut [I
 /// so closing with unread bytes does not reset the connection before the client has read
 /// the answer.
 async fn linger<S: AsyncRead + Unpin>(io: &mut S) {
-    let mut scratch = [0u8; 4096];
+    // On the heap: on the stack it would be held in every connection's future.
+    let mut scratch = vec![0u8; 4096];
     let mut left = LINGER.1;
     let _ = tokio::time::timeout(LINGER.0, async {
         while left > 0 {
