@@ -261,7 +261,7 @@ async fn pods_talk_through_their_sidecars_over_mtls() {
         assert_eq!(refused, Ok(Vec::new()), "closed without an answer");
         assert!(frontend.wait_log("its original destination is this listener", secs(3)).await, "{}", frontend.logs());
         let loops =
-            frontend.wait_metric("trellis_transparent_refused_total", &[("reason", "loop")], |v| v >= 1.0, secs(3));
+            wait_metric(&frontend, "trellis_transparent_refused_total", &[("reason", "loop")], |v| v >= 1.0, secs(3));
         assert_eq!(loops.await, Some(1.0));
 
         // On the wire: the skipped port's plaintext (the capture sees payloads), TLS
@@ -434,7 +434,7 @@ async fn registry_only_refuses_outside_destinations_and_permissive_takes_plainte
         assert_eq!(answer_before_close(&a.ns, c.addr(ECHO), b"hello\n").await, Ok(Vec::new()));
         let refused = [("listener", "outbound"), ("reason", "registry_only")];
         assert_eq!(
-            frontend.wait_metric("trellis_transparent_refused_total", &refused, |v| v >= 1.0, secs(3)).await,
+            wait_metric(&frontend, "trellis_transparent_refused_total", &refused, |v| v >= 1.0, secs(3)).await,
             Some(1.0)
         );
         assert!(frontend.wait_log("destination outside the mesh registry", secs(3)).await);
@@ -453,7 +453,7 @@ async fn registry_only_refuses_outside_destinations_and_permissive_takes_plainte
         assert_eq!(String::from_utf8_lossy(&who), format!("peer {}\n", a.ip));
         let out = [("listener", "outbound"), ("protocol", "opaque"), ("mesh", "false")];
         assert_eq!(
-            frontend.wait_metric("trellis_transparent_connections_total", &out, |v| v >= 1.0, secs(3)).await,
+            wait_metric(&frontend, "trellis_transparent_connections_total", &out, |v| v >= 1.0, secs(3)).await,
             Some(1.0)
         );
 

@@ -275,17 +275,6 @@ impl PodProxy {
         false
     }
 
-    /// Polls `/metrics` until `name{labels}` satisfies `ok`, up to `limit`; the last value.
-    pub async fn wait_metric(
-        &self,
-        name: &str,
-        labels: &[(&str, &str)],
-        ok: impl Fn(f64) -> bool,
-        limit: Duration,
-    ) -> Option<f64> {
-        wait_sample(|| self.metrics(), name, labels, ok, limit).await
-    }
-
     /// Replaces the config and SIGHUPs; waits until `/config_dump` shows a newer version.
     pub async fn reload(&self, yaml: &str) {
         let version = || -> u64 {
@@ -474,4 +463,10 @@ fn others_can_run(p: &std::path::Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     let mode = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.permissions().mode()).unwrap_or(0);
     mode(p) & 0o005 == 0o005 && p.ancestors().skip(1).all(|d| d.as_os_str().is_empty() || mode(d) & 0o001 != 0)
+}
+
+impl crate::observe::Scrape for PodProxy {
+    fn scrape(&self) -> String {
+        self.metrics()
+    }
 }

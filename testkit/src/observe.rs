@@ -52,16 +52,28 @@ pub fn prometheus_labels(s: &str) -> Vec<(String, String)> {
     out
 }
 
+/// What serves a `/metrics` page: a proxy, or one in a pod's namespace.
+pub trait Scrape {
+    /// The `/metrics` text (a blocking call).
+    fn scrape(&self) -> String;
+}
+
+impl Scrape for Proxy {
+    fn scrape(&self) -> String {
+        self.metrics()
+    }
+}
+
 /// Polls `/metrics` until the sample `name{labels}` satisfies `ok`, up to `limit`; returns the
 /// last value seen (`None`: never present).
 pub async fn wait_metric(
-    proxy: &Proxy,
+    proxy: &impl Scrape,
     name: &str,
     labels: &[(&str, &str)],
     ok: impl Fn(f64) -> bool,
     limit: Duration,
 ) -> Option<f64> {
-    wait_sample(|| proxy.metrics(), name, labels, ok, limit).await
+    wait_sample(|| proxy.scrape(), name, labels, ok, limit).await
 }
 
 /// Like [`wait_metric`], reading the exposition text with `metrics` (a blocking call).

@@ -48,6 +48,8 @@ pub async fn echo(name: &'static str) -> Origin {
 /// `reply` (possibly nothing) and closes the socket.
 pub struct RawOrigin {
     pub addr: SocketAddr,
+    /// Connections accepted so far.
+    pub conns: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     pub task: tokio::task::JoinHandle<()>,
 }
 
@@ -57,9 +59,24 @@ impl Drop for RawOrigin {
     }
 }
 
-pub async fn raw_origin(reply: &'static [u8]) -> RawOrigin {
+/// A raw origin on 127.0.0.1 that counts its connections and serves each with `serve`.
+async fn counting_origin<F, Fut>(serve: F) -> RawOrigin
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (addr, task) = accept_each(listener, move |mut s, _| async move {
+    let conns: std::sync::Arc<std::sync::atomic::AtomicUsize> = std::sync::Arc::default();
+    let counted = conns.clone();
+    let (addr, task) = accept_each(listener, move |s, _| {
+        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        serve(s)
+    });
+    RawOrigin { addr, conns, task }
+}
+
+pub async fn raw_origin(reply: &'static [u8]) -> RawOrigin {
+    counting_origin(move |mut s| async move {
         let mut got = Vec::new();
         let mut buf = [0u8; 4096];
         loop {
@@ -77,9 +94,8 @@ pub async fn raw_origin(reply: &'static [u8]) -> RawOrigin {
         }
         let _ = s.write_all(reply).await;
         let _ = s.flush().await;
-        drop(s);
-    });
-    RawOrigin { addr, task }
+    })
+    .await
 }
 
 pub fn get(path: &str, host: &str, h2: bool) -> http::request::Builder {
@@ -302,42 +318,24 @@ pub async fn wait_closed(s: &mut tokio::net::TcpStream, limit: Duration) -> Opti
 
 /// A raw keep-alive "origin": on each connection, for every request head it reads (the
 /// bodies of requests are not read: send none), it writes `reply`. Counts connections.
-pub struct ScriptedOrigin {
-    pub addr: SocketAddr,
-    pub conns: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    pub task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for ScriptedOrigin {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-pub async fn scripted_origin(reply: &'static [u8]) -> ScriptedOrigin {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let conns: std::sync::Arc<std::sync::atomic::AtomicUsize> = std::sync::Arc::default();
-    let counted = conns.clone();
-    let (addr, task) = accept_each(listener, move |mut s, _| {
-        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        async move {
-            let mut got = Vec::new();
-            let mut buf = [0u8; 4096];
-            loop {
-                while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-                    got.drain(..end + 4);
-                    if s.write_all(reply).await.is_err() {
-                        return;
-                    }
-                }
-                match s.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => got.extend_from_slice(&buf[..n]),
+pub async fn scripted_origin(reply: &'static [u8]) -> RawOrigin {
+    counting_origin(move |mut s| async move {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                got.drain(..end + 4);
+                if s.write_all(reply).await.is_err() {
+                    return;
                 }
             }
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
         }
-    });
-    ScriptedOrigin { addr, conns, task }
+    })
+    .await
 }
 
 /// HTTP/2 frame types and flags the raw-frame tests use (RFC 9113 §6).
