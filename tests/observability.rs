@@ -166,90 +166,10 @@ async fn control_plane_metrics_need_the_token() {
 // OTLP tracing
 // ---------------------------------------------------------------------------------------------
 
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
-use prost::Message;
-use std::sync::{Arc, Mutex};
-
-/// A real OTLP receiver: every span of every `ExportTraceServiceRequest` it was sent, over
-/// OTLP/HTTP (`POST /v1/traces`, protobuf) or OTLP/gRPC.
-#[derive(Clone, Default)]
-struct Received(Arc<Mutex<Vec<Span>>>);
-
-impl Received {
-    fn take(&self, req: ExportTraceServiceRequest) {
-        let spans = req.resource_spans.into_iter().flat_map(|r| r.scope_spans).flat_map(|s| s.spans);
-        self.0.lock().unwrap().extend(spans);
-    }
-
-    /// The spans of `trace`, once there are at least `n` of them (5 s at most).
-    async fn trace(&self, trace: u128, n: usize) -> Vec<Span> {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let spans: Vec<Span> =
-                self.0.lock().unwrap().iter().filter(|s| s.trace_id == trace.to_be_bytes()).cloned().collect();
-            if spans.len() >= n || Instant::now() > deadline {
-                return spans;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-#[tonic::async_trait]
-impl TraceService for Received {
-    async fn export(
-        &self,
-        req: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        self.take(req.into_inner());
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
-    }
-}
-
-/// An OTLP/HTTP receiver; `/v1/traces` only.
-async fn otlp_http() -> (Origin, Received) {
-    let got = Received::default();
-    let keep = got.clone();
-    let origin = Origin::start(move |req: Request<Incoming>| {
-        let got = keep.clone();
-        async move {
-            use http_body_util::BodyExt;
-            let ok = req.method() == http::Method::POST
-                && req.uri().path() == "/v1/traces"
-                && req.headers().get("content-type").is_some_and(|v| v == "application/x-protobuf");
-            let body = req.into_body().collect().await.unwrap().to_bytes();
-            match ExportTraceServiceRequest::decode(body) {
-                Ok(r) if ok => {
-                    got.take(r);
-                    Response::builder()
-                        .header("content-type", "application/x-protobuf")
-                        .body(full(ExportTraceServiceResponse::default().encode_to_vec()))
-                        .unwrap()
-                }
-                _ => Response::builder().status(400).body(full("bad export")).unwrap(),
-            }
-        }
-    })
-    .await;
-    (origin, got)
-}
-
-/// An OTLP/gRPC receiver.
-async fn otlp_grpc() -> (SocketAddr, Received) {
-    let got = Received::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let svc = TraceServiceServer::new(got.clone());
-    tokio::spawn(async move {
-        let incoming = tonic::transport::server::TcpIncoming::from(listener);
-        let _ = tonic::transport::Server::builder().add_service(svc).serve_with_incoming(incoming).await;
-    });
-    (addr, got)
-}
+use trellis_testkit::otlp::Collector;
 
 fn attr<'a>(span: &'a Span, key: &str) -> Option<&'a AnyValue> {
     span.attributes.iter().find(|a| a.key == key).and_then(|a| a.value.as_ref()?.value.as_ref())
@@ -287,7 +207,8 @@ fn traced_config(listen: SocketAddr, origin: SocketAddr, tracing: Tracing) -> St
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn otlp_http_spans_per_request_and_per_try_with_w3c_parentage() {
     within(Duration::from_secs(60), async {
-        let (collector, got) = otlp_http().await;
+        let collector = Collector::plain().await;
+        let got = collector.spans.clone();
         // Every odd request fails (503): each traced request is retried once.
         let (origin, seen) = counting_origin(|n, _| {
             let status = if n % 2 == 1 { 503 } else { 200 };
@@ -295,7 +216,7 @@ async fn otlp_http_spans_per_request_and_per_try_with_w3c_parentage() {
         })
         .await;
         let listen = listen_addr();
-        let tracing = config::otlp_http_tracing(collector.addr);
+        let tracing = config::otlp_http_tracing(collector.addr());
         let proxy = blocking(|| Proxy::start(&traced_config(listen, origin.addr, tracing)));
         let mut c = Client::h1(listen).await;
         let trace: u128 = 0x4bf92f3577b34da6a3ce929d0e0e4736;
@@ -391,11 +312,13 @@ fn check_metrics_if_present(text: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn otlp_grpc_export_honours_sampled_parents_and_counts_failed_exports() {
     within(Duration::from_secs(60), async {
-        let (collector, got) = otlp_grpc().await;
+        let collector = Collector::plain().await;
+        let got = collector.spans.clone();
         let origin = Origin::echo("up").await;
         let listen = listen_addr();
-        let tracing =
-            config::part(json!({ "otlp": { "endpoint": format!("http://{collector}") }, "sample_ratio": 0.0 }));
+        let tracing = config::part(
+            json!({ "otlp": { "endpoint": format!("http://{}", collector.addr()) }, "sample_ratio": 0.0 }),
+        );
         let proxy = blocking(|| Proxy::start(&traced_config(listen, origin.addr, tracing)));
         let mut c = Client::h2(listen).await;
         let got_echo = c.get("/unsampled").await;
@@ -525,9 +448,10 @@ fn grafana_dashboard_is_well_formed_and_queries_only_trellis_metrics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sidecar_pair_makes_one_trace_with_parentage_across_the_mtls_hop() {
     within(Duration::from_secs(60), async {
-        let (collector, got) = otlp_http().await;
+        let collector = Collector::plain().await;
+        let got = collector.spans.clone();
         let (app, seen) = counting_origin(|_, _| Response::builder().body(full("ok")).unwrap()).await;
-        let pair = SidecarPair::start(app.addr, Some(config::otlp_http_tracing(collector.addr))).await;
+        let pair = SidecarPair::start(app.addr, Some(config::otlp_http_tracing(collector.addr()))).await;
         let trace: u128 = 0x0af7651916cd43dd8448eb211c80319c;
         let caller: u64 = 0xb7ad6b7169203331;
         let mut c = Client::h1(pair.a_out).await;
@@ -571,12 +495,13 @@ async fn a_sidecar_pair_makes_one_trace_with_parentage_across_the_mtls_hop() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mcp_spans_carry_the_method_and_the_tool() {
     within(Duration::from_secs(30), async {
-        let (collector, got) = otlp_http().await;
+        let collector = Collector::plain().await;
+        let got = collector.spans.clone();
         let origin = Origin::start(|_req: Request<Incoming>| async { empty_tool_result() }).await;
         let listen = listen_addr();
         let mcp = Route { mcp: Some(Box::default()), matches: config::RouteMatch::default(), ..config::route("mcp", "/", "app") };
         let mut b = Bootstrap {
-            tracing: Some(config::otlp_http_tracing(collector.addr)),
+            tracing: Some(config::otlp_http_tracing(collector.addr())),
             ..config::serving(listen, vec![mcp], vec![config::cluster("app", ClusterProtocol::Http1, &[origin.addr])])
         };
         b.listeners[0].policy = Some("p".into());

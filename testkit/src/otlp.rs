@@ -30,6 +30,19 @@ impl Spans {
         self.0.lock().unwrap().clone()
     }
 
+    /// The spans of `trace`, once there are at least `n` of them (5 s at most).
+    pub async fn trace(&self, trace: u128, n: usize) -> Vec<Span> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let spans: Vec<Span> =
+                self.0.lock().unwrap().iter().filter(|s| s.trace_id == trace.to_be_bytes()).cloned().collect();
+            if spans.len() >= n || Instant::now() > deadline {
+                return spans;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits until at least `n` spans arrived (up to `limit`); the count then.
     pub async fn wait_count(&self, n: usize, limit: Duration) -> usize {
         let deadline = Instant::now() + limit;
