@@ -528,3 +528,64 @@ async fn mcp_spans_carry_the_method_and_the_tool() {
     })
     .await;
 }
+
+/// The server span lasts as long as the response: a body the upstream sends 400 ms after
+/// its head ends the span then (not at the head), and a body cut by the upstream marks the
+/// span as an error although its head said 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_span_ends_with_the_response_body() {
+    within(Duration::from_secs(30), async {
+        let collector = Collector::plain().await;
+        let got = collector.spans.clone();
+        let origin = Origin::start(|req: Request<Incoming>| async move {
+            let (tx, body) = chan_body();
+            let cut = req.uri().path() == "/cut";
+            tokio::spawn(async move {
+                let _ = tx.send(bytes::Bytes::from_static(b"first ")).await;
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                if !cut {
+                    let _ = tx.send(bytes::Bytes::from_static(b"last")).await;
+                }
+                // `cut`: dropped with no end: the origin resets the stream.
+            });
+            let mut resp = Response::builder().header("content-type", "text/plain");
+            if cut {
+                resp = resp.header("content-length", "100");
+            }
+            resp.body(body).unwrap()
+        })
+        .await;
+        let listen = listen_addr();
+        let tracing = config::otlp_http_tracing(collector.addr());
+        let proxy = blocking(|| Proxy::start(&traced_config(listen, origin.addr, tracing)));
+        let mut c = Client::h1(listen).await;
+        for (path, trace) in [("/slow", 0x51u128), ("/cut", 0x52u128)] {
+            let req = Request::get(path)
+                .header("traceparent", format!("00-{trace:032x}-{:016x}-01", 9))
+                .body(full(""))
+                .unwrap();
+            let started = Instant::now();
+            let resp = c.send(req).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+            let body = http_body_util::BodyExt::collect(resp.into_body()).await;
+            assert!(started.elapsed() >= Duration::from_millis(400));
+            let spans = got.trace(trace, 2).await;
+            let server = spans.iter().find(|s| s.kind == SpanKind::Server as i32).expect("server span");
+            let lasted = Duration::from_nanos(server.end_time_unix_nano - server.start_time_unix_nano);
+            assert!(lasted >= Duration::from_millis(390), "{path}: the server span lasted {lasted:?}");
+            assert_eq!(attr_int(server, "http.response.status_code"), Some(200));
+            if path == "/cut" {
+                assert!(body.is_err(), "a cut body must reach the client as cut");
+                assert!(server.status.as_ref().is_some_and(|s| s.code == 2), "{server:?}");
+                assert!(attr_str(server, "error.type").is_some(), "{server:?}");
+                // The connection is not reused after a cut body.
+                c = Client::h1(listen).await;
+            } else {
+                assert_eq!(body.unwrap().to_bytes(), "first last");
+                assert!(server.status.is_none(), "{server:?}");
+            }
+        }
+        drop(proxy);
+    })
+    .await;
+}

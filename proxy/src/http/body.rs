@@ -271,6 +271,8 @@ pub struct UpstreamBody {
     exchange: Option<Exchange>,
     /// The access log entry, written when this body is dropped (sent or abandoned).
     log: Option<crate::access_log::Pending>,
+    /// The request's server span, ended when this body is dropped.
+    span: Option<Box<crate::trace::ServerSpan>>,
 }
 
 impl UpstreamBody {
@@ -290,6 +292,7 @@ impl UpstreamBody {
                 cut: None,
                 exchange: None,
                 log: None,
+                span: None,
             };
         }
         Self {
@@ -301,12 +304,18 @@ impl UpstreamBody {
             cut: streaming.then(|| Box::pin(route.life.cut())),
             exchange: Some(exchange),
             log: None,
+            span: None,
         }
     }
 
     /// Counts the bytes sent into `pending` and writes it when the body is done.
     pub fn log_on_end(&mut self, pending: crate::access_log::Pending) {
         self.log = Some(pending);
+    }
+
+    /// Ends the request's server span when the body is done.
+    pub fn span_on_end(&mut self, span: Box<crate::trace::ServerSpan>) {
+        self.span = Some(span);
     }
 
     fn settle(&mut self, clean: bool) {
@@ -320,6 +329,9 @@ impl UpstreamBody {
         self.settle(false);
         if let Some(p) = self.log.as_mut() {
             p.entry.error = Some(err.to_string());
+        }
+        if let Some(s) = self.span.as_mut() {
+            s.body_failed(&err.to_string());
         }
         Poll::Ready(Some(Err(err)))
     }

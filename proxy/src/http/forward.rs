@@ -124,7 +124,8 @@ pub fn handle(mut req: Request<ClientBody>, ctx: &ConnCtx) -> impl Future<Output
     };
     match route {
         Ok(routed) => Either::Left(forward(req, ctx, routed, entry, span).map(|(resp, entry, span)| {
-            finish_span(span, &resp);
+            let mut resp = resp;
+            finish_span(span, &mut resp);
             logged(resp, log, entry)
         })),
         Err(err) => {
@@ -134,17 +135,21 @@ pub fn handle(mut req: Request<ClientBody>, ctx: &ConnCtx) -> impl Future<Output
             if matches!(err, ForwardError::HeadersTooLarge | ForwardError::Host(_)) && !ctx.h2 {
                 resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
             }
-            finish_span(span, &resp);
+            finish_span(span, &mut resp);
             Either::Right(std::future::ready(logged(resp, log, entry)))
         }
     }
 }
 
-/// Ends a traced request's server span with its response head.
-fn finish_span(span: Option<Box<crate::trace::ServerSpan>>, resp: &Response<ProxyBody>) {
-    if let Some(span) = span {
+/// Notes the response head in a traced request's server span, which ends with the body
+/// (an upstream's, when it has been sent or abandoned) or now.
+fn finish_span(span: Option<Box<crate::trace::ServerSpan>>, resp: &mut Response<ProxyBody>) {
+    if let Some(mut span) = span {
         let error = resp.headers().get(crate::http::respond::ERROR_HEADER).and_then(|v| v.to_str().ok());
-        span.finish(resp.status().as_u16(), error);
+        span.respond(resp.status().as_u16(), error);
+        if let ProxyBody::Upstream(body) = resp.body_mut() {
+            body.span_on_end(span);
+        }
     }
 }
 

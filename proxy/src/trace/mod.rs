@@ -116,12 +116,15 @@ impl Tracer {
             method: req.method().clone(),
             attrs,
             tries: AtomicU32::new(0),
+            status: None,
             queue: self.queue.clone(),
         }))
     }
 }
 
-/// A traced request's server span, finished with its response ([`ServerSpan::finish`]).
+/// A traced request's server span. It ends when it is dropped: with the response body
+/// (sent or abandoned), or with a response that has none; [`ServerSpan::respond`] notes the
+/// response head.
 #[derive(Debug)]
 pub struct ServerSpan {
     trace_id: u128,
@@ -133,6 +136,8 @@ pub struct ServerSpan {
     attrs: Vec<KeyValue>,
     /// Tries started so far (retries and hedges included).
     tries: AtomicU32,
+    /// Set for an error (5xx, or a body cut after its head).
+    status: Option<Status>,
     queue: Arc<export::Queue>,
 }
 
@@ -231,15 +236,28 @@ impl ServerSpan {
         });
     }
 
-    /// Ends the server span with the response status (and the proxy's error reason, when
-    /// the proxy made the response).
-    pub fn finish(mut self, code: u16, error: Option<&str>) {
+    /// Notes the response head: its status (and the proxy's error reason, when the proxy
+    /// made the response).
+    pub fn respond(&mut self, code: u16, error: Option<&str>) {
         self.attrs.push(kv_int("http.response.status_code", i64::from(code)));
         // A server span's 4xx is the client's business, not an error (semconv).
-        let status = (code >= 500).then(|| {
+        if code >= 500 {
             self.attrs.push(kv("error.type", error.unwrap_or(&code.to_string())));
-            error.unwrap_or_default().to_owned()
-        });
+            self.status = Some(error_status(error.unwrap_or_default().to_owned()));
+        }
+    }
+
+    /// The response body failed after its head went out (upstream reset, deadline…).
+    pub fn body_failed(&mut self, reason: &str) {
+        if self.status.is_none() {
+            self.attrs.push(kv("error.type", reason));
+            self.status = Some(error_status(reason.to_owned()));
+        }
+    }
+}
+
+impl Drop for ServerSpan {
+    fn drop(&mut self) {
         let span = Span {
             trace_id: self.trace_id.to_be_bytes().to_vec(),
             span_id: self.span_id.to_be_bytes().to_vec(),
@@ -249,7 +267,7 @@ impl ServerSpan {
             start_time_unix_nano: self.start,
             end_time_unix_nano: now_ns(),
             attributes: std::mem::take(&mut self.attrs),
-            status: status.map(error_status),
+            status: self.status.take(),
             ..Default::default()
         };
         self.queue.push(span);
