@@ -105,8 +105,7 @@ impl ControlPlane {
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        end_process(&mut self.child, "control plane", &self.data.join("control-plane.log"));
     }
 }
 

@@ -241,8 +241,20 @@ impl Proxy {
 
 impl Drop for Proxy {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        end_process(&mut self.child, "proxy", &self.log);
+    }
+}
+
+/// Kills `child` and reaps it; when the test is failing (this runs while it unwinds), prints
+/// the end of the process's log, which is otherwise lost with its temp dir.
+pub fn end_process(child: &mut Child, what: &str, log: &Path) {
+    let _ = child.kill();
+    let _ = child.wait();
+    if std::thread::panicking() {
+        let text = read_log(log);
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(40)..];
+        eprintln!("--- last {} lines of the {what}'s log ({}):\n{}", tail.len(), log.display(), tail.join("\n"));
     }
 }
 
