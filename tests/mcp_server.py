@@ -7,7 +7,7 @@ Usage: mcp_server.py PORT [--json] [--stateless] [--replica NAME] [--broken]
   --broken     every tool call fails (a tool error, isError: true)
 Tools: search (read-only), add, delete_everything (what a policy should deny), whoami
 (the replica's name), slow (sleeps ms), fail (always a tool error), countdown (progress
-notifications over SSE, one every interval_ms).
+notifications over SSE, one every interval_ms). Prompt: summarize.
 """
 import asyncio
 import sys
@@ -76,6 +76,12 @@ async def countdown(steps: int, interval_ms: int, ctx: Context) -> str:
         await ctx.report_progress(i, steps, f"step {i}")
         await asyncio.sleep(interval_ms / 1000)
     return f"counted {steps}"
+
+
+@server.prompt()
+def summarize() -> str:
+    """A prompt (what a policy allowing only tools should deny)."""
+    return "Summarize the search results."
 
 
 if __name__ == "__main__":
