@@ -550,3 +550,72 @@ async fn a_rule_by_mcp_method_allows_tools_but_not_prompts() {
     assert_eq!(c.fetch(post(call(80, "anything"), &[])).await.status, 200);
     assert_eq!(seen.count(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_sees_a_per_tool_rate_limit_as_a_json_rpc_error() {
+    if !mcp_sdk_available("the_sdk_sees_a_per_tool_rate_limit_as_a_json_rpc_error") {
+        return;
+    }
+    let app = McpServer::start(false).await;
+    let listen = listen_addr();
+    // 8 calls per tool, refilled at one per 100 s: the 9th search is over the limit
+    // however slow the machine. The session's own requests (initialize, the
+    // initialized notification, tools/list, its GET stream and DELETE) share another bucket.
+    let route = Route {
+        rate_limit: Some(config::part::<RateLimit>(
+            json!({ "requests_per_second": 0.01, "burst": 8, "per_mcp_tool": true }),
+        )),
+        mcp: Some(Box::default()),
+        ..any_path("mcp", "tools")
+    };
+    let yaml = one_route(listen, route, config::cluster("tools", ClusterProtocol::Http1, &[app.addr])).yaml();
+    let _proxy = Proxy::start(&yaml);
+    let mut tools = vec!["search"; 9];
+    tools.push("add");
+    let got = mcp_session(&format!("http://{listen}/mcp"), &tools).await;
+    let results = got["results"].as_array().cloned().unwrap_or_default();
+    assert_eq!(results.len(), 10, "{got}");
+    for (i, r) in results[..8].iter().enumerate() {
+        assert_eq!(r["text"], "results for mesh", "search {i}: {got}");
+    }
+    // The SDK hands the caller the proxy's JSON-RPC error (not an HTTP failure).
+    assert_eq!((results[8]["ok"].clone(), results[8]["code"].clone()), (json!(false), json!(-32002)), "{got}");
+    assert!(results[8]["message"].as_str().unwrap_or_default().contains("rate"), "{got}");
+    // Another tool has a bucket of its own.
+    assert_eq!(results[9]["text"], "5", "{got}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_sees_an_idempotent_tool_succeed_across_a_failing_replica() {
+    if !mcp_sdk_available("the_sdk_sees_an_idempotent_tool_succeed_across_a_failing_replica") {
+        return;
+    }
+    // Two stateless replicas; r2 answers every tools/call with 503 (after reading it).
+    let (r1, r2) = tokio::join!(
+        McpServer::start_with(&["--stateless", "--replica", "r1"]),
+        McpServer::start_with(&["--stateless", "--replica", "r2", "--fail-calls"]),
+    );
+    let listen = listen_addr();
+    let mut b = replicas_config(listen, &[r1.addr, r2.addr]);
+    b.routes[0].retry = Some(config::part::<RetryPolicy>(json!({ "attempts": 2, "on": ["gateway_error"] })));
+    b.routes[0].mcp = Some(Box::new(McpRoute { idempotent_tools: vec!["search".into()], ..Default::default() }));
+    let proxy = Proxy::start(&b.yaml());
+    let mut tools = vec!["search"; 4];
+    tools.extend(["add"; 4]);
+    let got = mcp_session(&format!("http://{listen}/mcp"), &tools).await;
+    let results = got["results"].as_array().cloned().unwrap_or_default();
+    assert_eq!(results.len(), 8, "{got}");
+    // Round robin sends some searches to r2 first: retried on r1, every one succeeds.
+    for (i, r) in results[..4].iter().enumerate() {
+        assert_eq!(r["text"], "results for mesh", "search {i}: {got}");
+    }
+    let metrics = blocking(|| proxy.metrics());
+    let retries = metric_value(&metrics, "trellis_upstream_retries_total", &[("cluster", "tools")]).unwrap_or(0.0);
+    assert!(retries >= 1.0, "no search was retried: {metrics}");
+    // add is not named idempotent: a call r2 got fails (a retry would have reached r1),
+    // and the client sees r2's 503 as the SDK reports a failed HTTP answer.
+    let failed: Vec<&Value> = results[4..].iter().filter(|r| r["ok"] == false).collect();
+    assert!(!failed.is_empty(), "no add failed: retried, or none reached r2: {got}");
+    assert!(failed.iter().all(|r| r["code"] == -32603), "{got}");
+    assert!(results[4..].iter().all(|r| r["ok"] == false || r["text"] == "5"), "{got}");
+}

@@ -1,10 +1,12 @@
 """A real MCP server (official SDK, Streamable HTTP) for tests/mcp.rs.
 
-Usage: mcp_server.py PORT [--json] [--stateless] [--replica NAME] [--broken]
-  --json       answers as application/json (else SSE)
-  --stateless  no sessions (any replica answers any request)
-  --replica    the name `whoami` answers (default "r0")
-  --broken     every tool call fails (a tool error, isError: true)
+Usage: mcp_server.py PORT [--json] [--stateless] [--replica NAME] [--broken] [--fail-calls]
+  --json        answers as application/json (else SSE)
+  --stateless   no sessions (any replica answers any request)
+  --replica     the name `whoami` answers (default "r0")
+  --broken      every tool call fails (a tool error, isError: true)
+  --fail-calls  every POST holding a tools/call gets HTTP 503 (a replica failing at the
+                HTTP level after reading the request); other requests are served
 Tools: search (read-only), add, delete_everything (what a policy should deny), whoami
 (the replica's name), slow (sleeps ms), fail (always a tool error), countdown (progress
 notifications over SSE, one every interval_ms). Prompt: summarize.
@@ -84,11 +86,41 @@ def summarize() -> str:
     return "Summarize the search results."
 
 
+def fail_calls(app):
+    """ASGI middleware: 503 for a POST whose body holds a tools/call; others pass through."""
+
+    async def wrapped(scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return await app(scope, receive, send)
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        if b'"tools/call"' in body:
+            await send({"type": "http.response.start", "status": 503,
+                        "headers": [(b"content-type", b"text/plain")]})
+            return await send({"type": "http.response.body", "body": f"replica {REPLICA} fails calls".encode()})
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return await app(scope, replay, send)
+
+    return wrapped
+
+
 if __name__ == "__main__":
-    server.run(
-        transport="streamable-http",
-        host="127.0.0.1",
-        port=int(sys.argv[1]),
-        json_response="--json" in ARGS,
-        stateless_http="--stateless" in ARGS,
-    )
+    options = dict(json_response="--json" in ARGS, stateless_http="--stateless" in ARGS)
+    if "--fail-calls" in ARGS:
+        import uvicorn
+
+        app = fail_calls(server.streamable_http_app(**options))
+        uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+    else:
+        server.run(transport="streamable-http", host="127.0.0.1", port=int(sys.argv[1]), **options)
