@@ -132,3 +132,70 @@ fn every_file_a_run_script_names_exists() {
         }
     }
 }
+
+/// examples/mcp as its run.sh starts it (the same `trellis certs` commands, the same three
+/// configs), on free ports: two agents behind their own sidecars reach one MCP tool server
+/// behind its sidecar, and each gets what its identity's rule allows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mcp_example_gives_each_agent_its_own_tools() {
+    if !mcp_sdk_available("the_mcp_example_gives_each_agent_its_own_tools") {
+        return;
+    }
+    let example = examples_dir().join("mcp");
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = tmp.path().join("pki");
+    let pki_s = pki.to_str().unwrap();
+    let (code, out) = run(&["certs", "init", "--dir", pki_s], &[]);
+    assert_eq!(code, Some(0), "certs init: {out}");
+    for sa in ["planner", "researcher", "tools"] {
+        let (id, to) = (format!("spiffe://trellis.local/ns/agents/sa/{sa}"), format!("{pki_s}/{sa}"));
+        let (code, out) = run(&["certs", "issue", "--dir", pki_s, "--id", &id, "--out", &to], &[]);
+        assert_eq!(code, Some(0), "certs issue {sa}: {out}");
+    }
+    let app = McpServer::start(false).await;
+    let (planner, researcher, tools) = (listen_addr(), listen_addr(), listen_addr());
+    let moved = [("127.0.0.1:4140", planner), ("127.0.0.1:4141", researcher), ("127.0.0.1:4143", tools)];
+    let config = |name: &str| {
+        let mut yaml = std::fs::read_to_string(example.join(name)).unwrap();
+        for (from, to) in moved.iter().chain([&("127.0.0.1:8000", app.addr)]) {
+            yaml = yaml.replace(from, &to.to_string());
+        }
+        for admin in ["127.0.0.1:9901", "127.0.0.1:9902", "127.0.0.1:9903"] {
+            yaml = yaml.replace(admin, "\"{admin}\"");
+        }
+        let yaml = yaml.replace("pki/", &format!("{pki_s}/"));
+        // Every address left is one of the test's: the example's own would collide.
+        let ours: Vec<String> = moved.iter().map(|(_, a)| a.to_string()).chain([app.addr.to_string()]).collect();
+        for (at, _) in yaml.match_indices("127.0.0.1:") {
+            let port: String = yaml[at + 10..].chars().take_while(char::is_ascii_digit).collect();
+            let addr = format!("127.0.0.1:{port}");
+            assert!(ours.contains(&addr), "{name}: {addr} left unmoved");
+        }
+        yaml
+    };
+    let _tools = Proxy::start(&config("tools.yaml"));
+    let _planner = Proxy::start(&config("planner.yaml"));
+    let _researcher = Proxy::start(&config("researcher.yaml"));
+
+    let (planner_url, researcher_url) = (format!("http://{planner}/mcp"), format!("http://{researcher}/mcp"));
+    let (p, r) = tokio::join!(
+        mcp_session(&planner_url, &["search", "add", "countdown", "prompt:summarize"]),
+        mcp_session(&researcher_url, &["search", "countdown", "add", "prompt:summarize"]),
+    );
+    // The planner: search and add; countdown is not its tool; prompts are not restricted.
+    assert_eq!(p["tools"], serde_json::json!(["add", "search"]), "planner: {p}");
+    assert_eq!(p["calls"]["search"]["text"], "results for mesh", "planner: {p}");
+    assert_eq!(p["calls"]["add"]["text"], "5", "planner: {p}");
+    assert_eq!(p["calls"]["countdown"]["code"], -32001, "planner: {p}");
+    assert_eq!(p["calls"]["prompt:summarize"]["ok"], true, "planner: {p}");
+    // The researcher: search and countdown (its progress streams through both sidecars);
+    // add is the planner's, and its rule allows no prompts.
+    assert_eq!(r["tools"], serde_json::json!(["countdown", "search"]), "researcher: {r}");
+    assert_eq!(r["calls"]["search"]["text"], "results for mesh", "researcher: {r}");
+    assert_eq!(r["calls"]["countdown"]["text"], "counted 4", "researcher: {r}");
+    assert_eq!(r["calls"]["countdown"]["progress"].as_array().map(Vec::len), Some(4), "researcher: {r}");
+    assert_eq!(r["calls"]["add"]["code"], -32001, "researcher: {r}");
+    let message = r["calls"]["add"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("spiffe://trellis.local/ns/agents/sa/researcher"), "{message}");
+    assert_eq!(r["calls"]["prompt:summarize"]["code"], -32001, "researcher: {r}");
+}
