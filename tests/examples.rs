@@ -135,7 +135,8 @@ fn every_file_a_run_script_names_exists() {
 
 /// examples/mcp as its run.sh starts it (the same `trellis certs` commands, the same three
 /// configs), on free ports: two agents behind their own sidecars reach one MCP tool server
-/// behind its sidecar, and each gets what its identity's rule allows.
+/// behind its sidecar, each gets what its identity's rule allows, and the planner reaches
+/// the tool server through the researcher agent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_mcp_example_gives_each_agent_its_own_tools() {
     if !mcp_sdk_available("the_mcp_example_gives_each_agent_its_own_tools") {
@@ -152,12 +153,25 @@ async fn the_mcp_example_gives_each_agent_its_own_tools() {
         let (code, out) = run(&["certs", "issue", "--dir", pki_s, "--id", &id, "--out", &to], &[]);
         assert_eq!(code, Some(0), "certs issue {sa}: {out}");
     }
-    let app = McpServer::start(false).await;
     let (planner, researcher, tools) = (listen_addr(), listen_addr(), listen_addr());
-    let moved = [("127.0.0.1:4140", planner), ("127.0.0.1:4141", researcher), ("127.0.0.1:4143", tools)];
+    let (to_researcher, researcher_in) = (listen_addr(), listen_addr());
+    // The tool server, and the researcher agent: an MCP server whose `research` tool calls
+    // the tool server's `search` through the researcher's sidecar.
+    let upstream = format!("http://{researcher}/mcp");
+    let agent_args = ["--upstream", upstream.as_str()];
+    let (app, agent) = tokio::join!(McpServer::start(false), McpServer::start_with(&agent_args));
+    let moved = [
+        ("127.0.0.1:4140", planner),
+        ("127.0.0.1:4141", researcher),
+        ("127.0.0.1:4142", to_researcher),
+        ("127.0.0.1:4143", tools),
+        ("127.0.0.1:4144", researcher_in),
+        ("127.0.0.1:8000", app.addr),
+        ("127.0.0.1:8001", agent.addr),
+    ];
     let config = |name: &str| {
         let mut yaml = std::fs::read_to_string(example.join(name)).unwrap();
-        for (from, to) in moved.iter().chain([&("127.0.0.1:8000", app.addr)]) {
+        for (from, to) in &moved {
             yaml = yaml.replace(from, &to.to_string());
         }
         for admin in ["127.0.0.1:9901", "127.0.0.1:9902", "127.0.0.1:9903"] {
@@ -165,7 +179,7 @@ async fn the_mcp_example_gives_each_agent_its_own_tools() {
         }
         let yaml = yaml.replace("pki/", &format!("{pki_s}/"));
         // Every address left is one of the test's: the example's own would collide.
-        let ours: Vec<String> = moved.iter().map(|(_, a)| a.to_string()).chain([app.addr.to_string()]).collect();
+        let ours: Vec<String> = moved.iter().map(|(_, a)| a.to_string()).collect();
         for (at, _) in yaml.match_indices("127.0.0.1:") {
             let port: String = yaml[at + 10..].chars().take_while(char::is_ascii_digit).collect();
             let addr = format!("127.0.0.1:{port}");
@@ -198,4 +212,13 @@ async fn the_mcp_example_gives_each_agent_its_own_tools() {
     let message = r["calls"]["add"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("spiffe://trellis.local/ns/agents/sa/researcher"), "{message}");
     assert_eq!(r["calls"]["prompt:summarize"]["code"], -32001, "researcher: {r}");
+
+    // The chain: the planner calls the researcher agent's `research`, which calls the tool
+    // server's `search` as the researcher. x-trellis-hops reached the agent as 2 (the
+    // planner's sidecar, then the researcher's). The researcher's sidecar lets the planner
+    // call `research` only.
+    let chain = mcp_session(&format!("http://{to_researcher}/mcp"), &["research", "search"]).await;
+    assert_eq!(chain["tools"], serde_json::json!(["research"]), "chain: {chain}");
+    assert_eq!(chain["calls"]["research"]["text"], "researched at hop 2: results for mesh", "chain: {chain}");
+    assert_eq!(chain["calls"]["search"]["code"], -32001, "chain: {chain}");
 }

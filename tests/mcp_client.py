@@ -19,6 +19,7 @@ from mcp.shared.exceptions import MCPError
 
 ARGS = {
     "search": {"query": "mesh"},
+    "research": {"query": "mesh"},
     "add": {"a": 2, "b": 3},
     "slow": {"ms": 300},
     "countdown": {"steps": 4, "interval_ms": 400},

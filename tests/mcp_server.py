@@ -1,12 +1,15 @@
 """A real MCP server (official SDK, Streamable HTTP) for tests/mcp.rs.
 
 Usage: mcp_server.py PORT [--json] [--stateless] [--replica NAME] [--broken] [--fail-calls]
+                        [--upstream URL]
   --json        answers as application/json (else SSE)
   --stateless   no sessions (any replica answers any request)
   --replica     the name `whoami` answers (default "r0")
   --broken      every tool call fails (a tool error, isError: true)
   --fail-calls  every POST holding a tools/call gets HTTP 503 (a replica failing at the
                 HTTP level after reading the request); other requests are served
+  --upstream    also a tool `research` (an agent that calls tools): it calls `search` on the
+                MCP server at URL, passing on the x-trellis-hops it was called with
 Tools: search (read-only), add, delete_everything (what a policy should deny), whoami
 (the replica's name), slow (sleeps ms), fail (always a tool error), countdown (progress
 notifications over SSE, one every interval_ms). Prompt: summarize.
@@ -20,6 +23,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 ARGS = sys.argv[2:]
 REPLICA = ARGS[ARGS.index("--replica") + 1] if "--replica" in ARGS else "r0"
 BROKEN = "--broken" in ARGS
+UPSTREAM = ARGS[ARGS.index("--upstream") + 1] if "--upstream" in ARGS else None
 
 server = MCPServer("trellis-test-tools")
 
@@ -78,6 +82,28 @@ async def countdown(steps: int, interval_ms: int, ctx: Context) -> str:
         await ctx.report_progress(i, steps, f"step {i}")
         await asyncio.sleep(interval_ms / 1000)
     return f"counted {steps}"
+
+
+async def research(query: str, ctx: Context) -> str:
+    """Researches by calling the upstream's search (an agent calling a tool)."""
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp.shared._httpx_utils import create_mcp_http_client
+
+    # Passed on like traceparent, so a loop between agents stops at the proxies' max_hops.
+    incoming = getattr(ctx.request_context.request, "headers", {})
+    hops = incoming.get("x-trellis-hops", "0")
+    http = create_mcp_http_client(headers={"x-trellis-hops": hops})
+    async with Client(streamable_http_client(UPSTREAM, http_client=http), mode="legacy") as client:
+        r = await client.call_tool("search", {"query": query})
+    text = "".join(getattr(c, "text", "") for c in r.content)
+    if r.is_error:
+        raise ToolError(f"search failed: {text}")
+    return f"researched at hop {hops}: {text}"
+
+
+if UPSTREAM:
+    server.tool()(research)
 
 
 @server.prompt()
