@@ -477,3 +477,145 @@ async fn progress_streams_through_and_slow_and_failing_tools_answer() {
     assert_eq!(fail["ok"], false, "{got}");
     assert!(fail["text"].as_str().unwrap_or_default().contains("the fail tool failed"), "{got}");
 }
+
+/// A policy letting anyone send only the JSON-RPC `methods` (any tool).
+fn methods_policy(name: &str, methods: &[&str]) -> Policy {
+    let mcp = PolicyMcp { methods: methods.iter().map(|m| m.to_string()).collect(), ..Default::default() };
+    let rule = PolicyRule { mcp: Some(mcp), ..Default::default() };
+    Policy { name: name.into(), default: PolicyDefault::Deny, rules: vec![rule] }
+}
+
+/// A plaintext listener whose `mcp: {}` route goes to `origin`, under a policy allowing
+/// the session's plumbing and tools/list and tools/call, but no prompt.
+fn tools_only_config(listen: SocketAddr, origin: SocketAddr) -> Bootstrap {
+    let mut b = one_route(
+        listen,
+        Route { mcp: Some(Box::default()), ..any_path("mcp", "app") },
+        config::cluster("app", ClusterProtocol::Http1, &[origin]),
+    );
+    b.listeners[0].policy = Some("tools-only".into());
+    b.policies
+        .push(methods_policy("tools-only", &["initialize", "ping", "notifications/*", "tools/list", "tools/call"]));
+    b
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_by_mcp_method_allows_tools_but_not_prompts() {
+    if !mcp_sdk_available("a_rule_by_mcp_method_allows_tools_but_not_prompts") {
+        return;
+    }
+    // The real SDK client against the real server: tools work, the prompt is refused
+    // with the JSON-RPC error the client shows.
+    let app = McpServer::start(false).await;
+    let listen = listen_addr();
+    let proxy = Proxy::start(&tools_only_config(listen, app.addr).yaml());
+    let got = mcp_session(&format!("http://{listen}/mcp"), &["search", "prompt:summarize", "add"]).await;
+    assert_eq!(got["tools"].as_array().map(Vec::len), Some(7), "tools/list is not filtered by methods: {got}");
+    assert_eq!(got["calls"]["search"]["text"], "results for mesh", "{got}");
+    assert_eq!(got["calls"]["add"]["text"], "5", "{got}");
+    let denied = &got["calls"]["prompt:summarize"];
+    assert_eq!(denied["code"], -32001, "{got}");
+    let message = denied["message"].as_str().unwrap_or_default();
+    assert!(message.contains("policy \"tools-only\""), "{message}");
+    let metrics = blocking(|| proxy.metrics());
+    let prompt = |outcome| [("route", "mcp"), ("method", "prompts/get"), ("outcome", outcome)];
+    assert_eq!(metric_value(&metrics, "trellis_mcp_requests_total", &prompt("denied")), Some(1.0), "{metrics}");
+    assert_eq!(metric_value(&metrics, "trellis_mcp_requests_total", &prompt("allowed")), None, "{metrics}");
+    drop(proxy);
+
+    // The same policy in front of a counting server: the denied request carries its id
+    // back and never reaches the server; in a batch, the error names the denied id only.
+    let (origin, seen) = counting_origin(|_, _| empty_tool_result()).await;
+    let listen = listen_addr();
+    let _proxy = Proxy::start(&tools_only_config(listen, origin.addr).yaml());
+    let mut c = Client::h1(listen).await;
+    let prompt = |id: u32| {
+        json!({ "jsonrpc": "2.0", "id": id, "method": "prompts/get", "params": { "name": "summarize" } }).to_string()
+    };
+    let got = c.fetch(post(prompt(77), &[])).await;
+    assert_eq!(
+        (got.status.as_u16(), got.json()["id"].clone(), got.json()["error"]["code"].clone()),
+        (403, json!(77), json!(-32001)),
+        "{}",
+        got.text()
+    );
+    assert_eq!(got.header("x-trellis-error"), Some("forbidden"));
+    let list = json!({ "jsonrpc": "2.0", "id": 78, "method": "tools/list" }).to_string();
+    let got = c.fetch(post(format!("[{list},{}]", prompt(79)), &[])).await;
+    assert_eq!(got.status, 403, "{}", got.text());
+    let ids: Vec<Value> = got.json().as_array().unwrap().iter().map(|e| e["id"].clone()).collect();
+    assert_eq!(ids, [json!(79)], "{}", got.text());
+    assert_eq!(seen.count(), 0, "a denied prompts/get reached the server");
+    assert_eq!(c.fetch(post(list, &[])).await.status, 200);
+    assert_eq!(c.fetch(post(call(80, "anything"), &[])).await.status, 200);
+    assert_eq!(seen.count(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_sees_a_per_tool_rate_limit_as_a_json_rpc_error() {
+    if !mcp_sdk_available("the_sdk_sees_a_per_tool_rate_limit_as_a_json_rpc_error") {
+        return;
+    }
+    let app = McpServer::start(false).await;
+    let listen = listen_addr();
+    // 8 calls per tool, refilled at one per 100 s: the 9th search is over the limit
+    // however slow the machine. The session's own requests (initialize, the
+    // initialized notification, tools/list, its GET stream and DELETE) share another bucket.
+    let route = Route {
+        rate_limit: Some(config::part::<RateLimit>(
+            json!({ "requests_per_second": 0.01, "burst": 8, "per_mcp_tool": true }),
+        )),
+        mcp: Some(Box::default()),
+        ..any_path("mcp", "tools")
+    };
+    let yaml = one_route(listen, route, config::cluster("tools", ClusterProtocol::Http1, &[app.addr])).yaml();
+    let _proxy = Proxy::start(&yaml);
+    let mut tools = vec!["search"; 9];
+    tools.push("add");
+    let got = mcp_session(&format!("http://{listen}/mcp"), &tools).await;
+    let results = got["results"].as_array().cloned().unwrap_or_default();
+    assert_eq!(results.len(), 10, "{got}");
+    for (i, r) in results[..8].iter().enumerate() {
+        assert_eq!(r["text"], "results for mesh", "search {i}: {got}");
+    }
+    // The SDK hands the caller the proxy's JSON-RPC error (not an HTTP failure).
+    assert_eq!((results[8]["ok"].clone(), results[8]["code"].clone()), (json!(false), json!(-32002)), "{got}");
+    assert!(results[8]["message"].as_str().unwrap_or_default().contains("rate"), "{got}");
+    // Another tool has a bucket of its own.
+    assert_eq!(results[9]["text"], "5", "{got}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_sees_an_idempotent_tool_succeed_across_a_failing_replica() {
+    if !mcp_sdk_available("the_sdk_sees_an_idempotent_tool_succeed_across_a_failing_replica") {
+        return;
+    }
+    // Two stateless replicas; r2 answers every tools/call with 503 (after reading it).
+    let (r1, r2) = tokio::join!(
+        McpServer::start_with(&["--stateless", "--replica", "r1"]),
+        McpServer::start_with(&["--stateless", "--replica", "r2", "--fail-calls"]),
+    );
+    let listen = listen_addr();
+    let mut b = replicas_config(listen, &[r1.addr, r2.addr]);
+    b.routes[0].retry = Some(config::part::<RetryPolicy>(json!({ "attempts": 2, "on": ["gateway_error"] })));
+    b.routes[0].mcp = Some(Box::new(McpRoute { idempotent_tools: vec!["search".into()], ..Default::default() }));
+    let proxy = Proxy::start(&b.yaml());
+    let mut tools = vec!["search"; 4];
+    tools.extend(["add"; 4]);
+    let got = mcp_session(&format!("http://{listen}/mcp"), &tools).await;
+    let results = got["results"].as_array().cloned().unwrap_or_default();
+    assert_eq!(results.len(), 8, "{got}");
+    // Round robin sends some searches to r2 first: retried on r1, every one succeeds.
+    for (i, r) in results[..4].iter().enumerate() {
+        assert_eq!(r["text"], "results for mesh", "search {i}: {got}");
+    }
+    let metrics = blocking(|| proxy.metrics());
+    let retries = metric_value(&metrics, "trellis_upstream_retries_total", &[("cluster", "tools")]).unwrap_or(0.0);
+    assert!(retries >= 1.0, "no search was retried: {metrics}");
+    // add is not named idempotent: a call r2 got fails (a retry would have reached r1),
+    // and the client sees r2's 503 as the SDK reports a failed HTTP answer.
+    let failed: Vec<&Value> = results[4..].iter().filter(|r| r["ok"] == false).collect();
+    assert!(!failed.is_empty(), "no add failed: retried, or none reached r2: {got}");
+    assert!(failed.iter().all(|r| r["code"] == -32603), "{got}");
+    assert!(results[4..].iter().all(|r| r["ok"] == false || r["text"] == "5"), "{got}");
+}
