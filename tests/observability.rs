@@ -359,6 +359,47 @@ async fn otlp_grpc_export_honours_sampled_parents_and_counts_failed_exports() {
     .await;
 }
 
+/// A collector that takes the connection and never answers, and an export queue of one span:
+/// once the exporter is stuck sending its first batch (the collector took its connection),
+/// a burst of sampled requests fills the queue; the spans that do not fit are dropped and
+/// counted as `queue_full`, and every request is answered without waiting for the exporter
+/// (a stuck export holds for its 10 s limit; a request that waited on it would take that long).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_export_queue_drops_spans_counted_and_requests_do_not_wait() {
+    within(Duration::from_secs(60), async {
+        let stalled = trellis_testkit::otlp::Stalled::start().await;
+        let origin = Origin::echo("up").await;
+        let listen = listen_addr();
+        let tracing = config::part(json!({
+            "otlp": { "endpoint": format!("http://{}", stalled.addr), "protocol": "http" },
+            "sample_ratio": 1.0,
+            "max_queue": 1,
+        }));
+        let proxy = blocking(|| Proxy::start(&traced_config(listen, origin.addr, tracing)));
+        let mut c = Client::h1(listen).await;
+        assert_eq!(c.get("/first").await.status, 200);
+        // The first batch goes out within the exporter's 500 ms gathering window.
+        assert_eq!(stalled.wait_accepted(1, Duration::from_secs(5)).await, 1, "the exporter never connected");
+
+        const BURST: usize = 20;
+        for i in 0..BURST {
+            let started = Instant::now();
+            assert_eq!(c.get(&format!("/burst/{i}")).await.status, 200);
+            let took = started.elapsed();
+            assert!(took < Duration::from_secs(5), "request {i} waited {took:?}: blocked behind the exporter?");
+        }
+        // Two spans a request (server + client), at most one of them queued.
+        let full = [("reason", "queue_full")];
+        let want = (2 * BURST - 1) as f64;
+        let dropped =
+            wait_metric(&proxy, "trellis_trace_spans_dropped_total", &full, |v| v >= want, Duration::from_secs(3))
+                .await;
+        assert!(dropped.is_some_and(|d| d >= want), "queue_full drops {dropped:?}:\n{}", proxy.metrics());
+        assert_eq!(metric_value(&proxy.metrics(), "trellis_trace_spans_exported_total", &[]).unwrap_or(0.0), 0.0);
+    })
+    .await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Grafana dashboard
 // ---------------------------------------------------------------------------------------------
