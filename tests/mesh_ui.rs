@@ -22,6 +22,46 @@ fn data_attr(dom: &str, key: &str, id: &str, name: &str) -> Option<String> {
     Some(v[..v.find('"')?].to_owned())
 }
 
+/// Between Chromium and the control plane: every request is passed on as it came, but the
+/// page's second `GET /v1/mesh` (its first periodic refresh) is held, the test told it
+/// arrived, until the test releases it. Chromium's virtual time stands still while a fetch
+/// is pending, so the page's 2 s timer is exercised without waiting 2 s, and the state the
+/// refresh shows is the one the test set up while the request was held.
+async fn refresh_gate(
+    cp: std::net::SocketAddr,
+) -> (Origin, tokio::sync::mpsc::Receiver<()>, tokio::sync::watch::Sender<bool>) {
+    use http_body_util::BodyExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (arrived_tx, arrived) = tokio::sync::mpsc::channel(1);
+    let (release, released) = tokio::sync::watch::channel(false);
+    let meshes = std::sync::Arc::new(AtomicUsize::new(0));
+    let gate = Origin::start(move |req: Request<hyper::body::Incoming>| {
+        let (arrived_tx, mut released, meshes) = (arrived_tx.clone(), released.clone(), meshes.clone());
+        async move {
+            let (parts, body) = req.into_parts();
+            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            if parts.uri.path() == "/v1/mesh" && meshes.fetch_add(1, Ordering::SeqCst) == 1 {
+                let _ = arrived_tx.try_send(());
+                let _ = released.wait_for(|r| *r).await;
+            }
+            let mut fwd = Request::builder().method(parts.method).uri(parts.uri.path_and_query().unwrap().as_str());
+            for (k, v) in &parts.headers {
+                fwd = fwd.header(k, v);
+            }
+            let got = Client::h1(cp).await.fetch(fwd.body(full(body)).unwrap()).await;
+            let mut resp = http::Response::builder().status(got.status);
+            for (k, v) in &got.headers {
+                if k != http::header::CONTENT_LENGTH && k != http::header::TRANSFER_ENCODING {
+                    resp = resp.header(k, v);
+                }
+            }
+            resp.body(full(got.body)).unwrap()
+        }
+    })
+    .await;
+    (gate, arrived, release)
+}
+
 /// The acked version of each proxy, from `/v1/proxies`.
 async fn acked(pair: &SidecarPair, id: &str) -> u64 {
     let proxies = pair.cp_get("/v1/proxies").await.json();
@@ -112,7 +152,18 @@ async fn ui_shows_proxies_versions_and_the_mtls_edge_in_chromium() {
         assert!(dom.contains(">connected<"), "{dom}");
         assert!(dom.contains("data-near-expiry"), "no certificates in the page: {dom}");
 
-        // A config change reaches the page: a's acked version moves, and the page shows it.
+        // A config change reaches an open page by its own periodic refresh: the page loads
+        // (its first /v1/mesh passes), its refresh is held while a's acked version moves,
+        // then let through; the DOM at the end shows the new version.
+        let (gate, mut arrived, release) = refresh_gate(pair.cp.api).await;
+        let gated = format!("http://{}/ui#token={}", gate.addr, pair.token);
+        let page = tokio::task::spawn_blocking(move || {
+            headless_chromium(chromium, &gated, Duration::from_secs(5), &["--dump-dom"])
+        });
+        tokio::time::timeout(Duration::from_secs(30), arrived.recv())
+            .await
+            .expect("the page never refreshed /v1/mesh")
+            .unwrap();
         let to_b = serde_json::json!({ "backends": [{ "cluster": "b" }], "timeout": "9s" });
         assert!(pair.cp.put_with_token(&pair.token, "routes", "to-b", to_b).await.status.is_success());
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -124,7 +175,8 @@ async fn ui_shows_proxies_versions_and_the_mtls_edge_in_chromium() {
             assert!(Instant::now() < deadline, "a never acked the change");
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
-        let dom = blocking(|| headless_chromium(chromium, &url, Duration::from_secs(3), &["--dump-dom"]));
+        release.send(true).unwrap();
+        let dom = page.await.unwrap();
         assert_eq!(data_attr(&dom, "proxy", "a-0", "acked").as_deref(), Some(va2.to_string().as_str()), "{dom}");
 
         // A screenshot while traffic flows: a PNG of the rendered page. With
