@@ -359,6 +359,121 @@ async fn otlp_grpc_export_honours_sampled_parents_and_counts_failed_exports() {
     .await;
 }
 
+/// A collector that takes the connection and never answers, and an export queue of one span:
+/// once the exporter is stuck sending its first batch (the collector took its connection),
+/// a burst of sampled requests fills the queue; the spans that do not fit are dropped and
+/// counted as `queue_full`, and every request is answered without waiting for the exporter
+/// (a stuck export holds for its 10 s limit; a request that waited on it would take that long).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_export_queue_drops_spans_counted_and_requests_do_not_wait() {
+    within(Duration::from_secs(60), async {
+        let stalled = trellis_testkit::otlp::Stalled::start().await;
+        let origin = Origin::echo("up").await;
+        let listen = listen_addr();
+        let tracing = config::part(json!({
+            "otlp": { "endpoint": format!("http://{}", stalled.addr), "protocol": "http" },
+            "sample_ratio": 1.0,
+            "max_queue": 1,
+        }));
+        let proxy = blocking(|| Proxy::start(&traced_config(listen, origin.addr, tracing)));
+        let mut c = Client::h1(listen).await;
+        assert_eq!(c.get("/first").await.status, 200);
+        // The first batch goes out within the exporter's 500 ms gathering window.
+        assert_eq!(stalled.wait_accepted(1, Duration::from_secs(5)).await, 1, "the exporter never connected");
+
+        const BURST: usize = 20;
+        for i in 0..BURST {
+            let started = Instant::now();
+            assert_eq!(c.get(&format!("/burst/{i}")).await.status, 200);
+            let took = started.elapsed();
+            assert!(took < Duration::from_secs(5), "request {i} waited {took:?}: blocked behind the exporter?");
+        }
+        // Two spans a request (server + client), at most one of them queued.
+        let full = [("reason", "queue_full")];
+        let want = (2 * BURST - 1) as f64;
+        let dropped =
+            wait_metric(&proxy, "trellis_trace_spans_dropped_total", &full, |v| v >= want, Duration::from_secs(3))
+                .await;
+        assert!(dropped.is_some_and(|d| d >= want), "queue_full drops {dropped:?}:\n{}", proxy.metrics());
+        assert_eq!(metric_value(&proxy.metrics(), "trellis_trace_spans_exported_total", &[]).unwrap_or(0.0), 0.0);
+    })
+    .await;
+}
+
+/// A hedged request whose first try stalls and whose hedge answers: both tries are client
+/// spans under the server span, the first without `http.request.resend_count` (0: the
+/// conventions set it only on resends), the hedge with 1; the first, given up when the hedge
+/// won, is exported as cancelled (`error.type: cancelled`, status unset), ended when it was
+/// given up rather than when its upstream would have answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hedge_and_the_try_it_beat_are_separate_client_spans() {
+    within(Duration::from_secs(60), async {
+        let collector = Collector::plain().await;
+        let got = collector.spans.clone();
+        const STALL: Duration = Duration::from_secs(5);
+        let n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let origin = Origin::start(move |_req: Request<Incoming>| {
+            let first = n.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+            async move {
+                if first {
+                    tokio::time::sleep(STALL).await;
+                }
+                Response::builder().body(full(if first { "slow" } else { "hedge" })).unwrap()
+            }
+        })
+        .await;
+        let listen = listen_addr();
+        let route =
+            Route { hedge: Some(config::part(json!({ "delay": "100ms", "max": 1 }))), ..config::route("h", "/", "up") };
+        let yaml = Bootstrap {
+            tracing: Some(config::otlp_http_tracing(collector.addr())),
+            ..config::serving(
+                listen,
+                vec![route],
+                vec![config::cluster("up", ClusterProtocol::default(), &[origin.addr])],
+            )
+        }
+        .yaml();
+        let proxy = blocking(|| Proxy::start(&yaml));
+        let mut c = Client::h1(listen).await;
+        let trace: u128 = 0x5eed_0000_0000_0000_0000_0000_0000_0042;
+        let req = Request::get("/hedged")
+            .header("traceparent", format!("00-{trace:032x}-{:016x}-01", 9))
+            .body(full(""))
+            .unwrap();
+        let resp = c.fetch(req).await;
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.text(), "hedge");
+        assert_eq!(resp.header("x-trellis-attempts"), Some("2"));
+
+        let spans = got.trace(trace, 3).await;
+        assert_eq!(spans.len(), 3, "{spans:#?}");
+        let server = spans.iter().find(|s| s.kind == SpanKind::Server as i32).expect("server span");
+        let mut tries: Vec<&Span> = spans.iter().filter(|s| s.kind == SpanKind::Client as i32).collect();
+        tries.sort_by_key(|s| s.start_time_unix_nano);
+        let [first, hedge] = tries[..] else { panic!("two client spans: {spans:#?}") };
+        for t in [first, hedge] {
+            assert_eq!(t.parent_span_id, server.span_id, "each try is a child of the server span");
+            assert_eq!(attr_str(t, "trellis.cluster"), Some("up"));
+        }
+        assert_eq!(attr_int(first, "http.request.resend_count"), None, "the first try is no resend");
+        assert_eq!(attr_int(hedge, "http.request.resend_count"), Some(1));
+        assert_eq!(attr_int(hedge, "http.response.status_code"), Some(200));
+        assert_eq!(hedge.status.as_ref().map_or(0, |s| s.code), 0, "{hedge:?}");
+
+        assert_eq!(attr_str(first, "error.type"), Some("cancelled"), "{first:?}");
+        assert_eq!(attr_int(first, "http.response.status_code"), None);
+        assert_eq!(first.status.as_ref().map_or(0, |s| s.code), 0, "a cancelled try's status is unset: {first:?}");
+        assert!(first.end_time_unix_nano >= hedge.end_time_unix_nano, "given up once the hedge answered");
+        assert!(first.end_time_unix_nano <= server.end_time_unix_nano);
+        let held = Duration::from_nanos(first.end_time_unix_nano - first.start_time_unix_nano);
+        assert!(held < STALL, "the first try's span lasted {held:?}: ended by its upstream, not when given up");
+        assert_eq!(attr_int(server, "http.response.status_code"), Some(200));
+        drop(proxy);
+    })
+    .await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Grafana dashboard
 // ---------------------------------------------------------------------------------------------

@@ -134,3 +134,44 @@ async fn grpc(spans: Spans, req: Request<Incoming>) -> Response<Body> {
     let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames.into_iter().map(Ok)));
     Response::from_parts(parts, BodyExt::boxed(body))
 }
+
+/// A collector that takes connections and never answers, not even a byte: every export to
+/// it waits for the exporter's time limit (for tests of a full export queue).
+pub struct Stalled {
+    pub addr: SocketAddr,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Stalled {
+    pub async fn start() -> Stalled {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                held.push(s);
+            }
+        });
+        Stalled { addr, accepted, task }
+    }
+
+    /// Waits until at least `n` connections were taken (up to `limit`); the count then.
+    pub async fn wait_accepted(&self, n: usize, limit: Duration) -> usize {
+        let deadline = Instant::now() + limit;
+        let count = || self.accepted.load(std::sync::atomic::Ordering::Relaxed);
+        while count() < n && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        count()
+    }
+}
+
+impl Drop for Stalled {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

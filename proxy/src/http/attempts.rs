@@ -214,6 +214,24 @@ pin_project_lite::pin_project! {
         // The try's client span, when the request is traced.
         span: Option<ClientSpan>,
     }
+    impl<'a, F> PinnedDrop for Try<'a, F> {
+        // A try dropped before it ended (a hedge that lost the race, or a request that
+        // ended first) still ends its span: the trace shows every try that was made.
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(span) = this.span.take() {
+                cancelled_span(this.plan, span, this.ep.as_ref());
+            }
+        }
+    }
+}
+
+/// Ends the span of a try dropped before it ended (out of line: only traced tries get here).
+#[cold]
+fn cancelled_span(plan: &Plan<'_>, span: ClientSpan, ep: Option<&Arc<Endpoint>>) {
+    if let Some(trace) = plan.trace {
+        trace.end_try(span, ep.map(|e| &**e), &plan.cluster.name, TryEnd::Cancelled);
+    }
 }
 
 /// Ends a traced try's client span with how the try went.

@@ -154,6 +154,10 @@ pub struct ClientSpan {
 pub enum TryEnd<'a> {
     Status(u16),
     Failed(&'static str, &'a dyn std::fmt::Display),
+    /// Dropped before its response head: a hedge that lost the race, or a request that
+    /// ended first. `error.type` `cancelled`, status unset: the proxy gave the try up itself,
+    /// and whatever failed (if anything) is on the server span.
+    Cancelled,
 }
 
 impl ServerSpan {
@@ -220,6 +224,10 @@ impl ServerSpan {
             TryEnd::Failed(kind, message) => {
                 attrs.push(kv("error.type", kind));
                 Some(message.to_string())
+            }
+            TryEnd::Cancelled => {
+                attrs.push(kv("error.type", "cancelled"));
+                None
             }
         };
         self.queue.push(Span {

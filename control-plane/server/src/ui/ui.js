@@ -107,7 +107,7 @@ function render(mesh) {
     const sent = el("td", (p.sent_version ?? "—") + (behind ? " (not acked)" : ""), behind ? "num warn" : "num");
     const reported = p.reported_seconds_ago === null ? "never" : duration(p.reported_seconds_ago) + " ago";
     row(proxies, [el("td", p.id, "proxy-id"), p.service || "—", conn, acked, sent, nack, reported],
-      { "data-proxy": p.id, "data-acked": p.acked_version ?? "" });
+      { "data-proxy": p.id, "data-acked": p.acked_version ?? "", "data-nack": p.last_nack ? p.last_nack.error : "" });
   }
 
   const edges = fill("edges", mesh.edges, "No traffic reported yet.", 7);
@@ -119,7 +119,7 @@ function render(mesh) {
       el("td", e.mtls ? "mTLS" : "plaintext", e.mtls ? "ok" : "warn"),
       el("td", num(e.requests_per_second, 2), "num rate"), ratioCell,
       el("td", e.requests_total, "num"), el("td", e.errors_total, "num")],
-      { "data-edge": e.from + "|" + e.to, "data-rate": e.requests_per_second ?? "" });
+      { "data-edge": e.from + "|" + e.to, "data-rate": e.requests_per_second ?? "", "data-error-ratio": ratio ?? "" });
   }
   $("edges-note").textContent = "Rates are over the proxies' last report interval (" +
     mesh.report_interval_seconds + " s); totals since each proxy started.";
