@@ -529,6 +529,56 @@ async fn drain_sends_goaway_and_finishes_requests_in_flight() {
     .await;
 }
 
+/// Cluster `protocol: auto` in front of an app that speaks only HTTP/1.1 (DESIGN §11): an
+/// HTTP/3 client gets the app's answer, the app sees HTTP/1.1, and request bodies cross
+/// with and without a length (the latter chunked upstream).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http3_client_of_an_http1_only_app_gets_its_answer() {
+    if !h3_client_available("an_http3_client_of_an_http1_only_app_gets_its_answer") {
+        return;
+    }
+    within(Duration::from_secs(60), async {
+        let pki = Pki::new();
+        let certs = [pki.issue("edge", EDGE_A, &["edge.test"])];
+        let app = Origin::echo_h1_only("h1-only-app").await;
+        let edge = listen_addr();
+        let mut b = h3_edge(edge, &certs, app.addr);
+        b.clusters[0].protocol = ClusterProtocol::Auto;
+        let proxy = Proxy::start(&b.yaml());
+
+        let got = h3_client(h3_plan(
+            edge,
+            "edge.test",
+            Some(&pki.bundle()),
+            json!([{ "requests": [
+                { "method": "GET", "path": "/orders?id=7" },
+                { "method": "POST", "path": "/orders", "body": "no length given" },
+                { "method": "POST", "path": "/sized", "body": "12345", "headers": { "content-length": "5" } },
+            ]}]),
+        ))
+        .await;
+        let r = responses(&got);
+        let statuses: Vec<&Value> = r.iter().map(|r| &r["status"]).collect();
+        assert_eq!(statuses, [200, 200, 200], "{got}\n{}", proxy.logs());
+        for (resp, (method, path, len)) in
+            r.iter().zip([("GET", "/orders?id=7", 0), ("POST", "/orders", 15), ("POST", "/sized", 5)])
+        {
+            let j = body_json(resp);
+            assert_eq!(j["origin"], "h1-only-app", "{j}");
+            assert_eq!(j["version"], "HTTP/1.1", "the app is spoken to in its own protocol: {j}");
+            assert_eq!((j["method"].as_str(), j["path"].as_str()), (Some(method), Some(path)), "{j}");
+            assert_eq!(j["body_len"], len, "{j}");
+            assert_eq!(j["headers"]["x-forwarded-proto"], "https", "{j}");
+        }
+        let j = body_json(&r[1]);
+        assert_eq!(j["headers"]["transfer-encoding"], "chunked", "a body of unknown length is chunked: {j}");
+        let m = blocking(|| proxy.metrics());
+        let h3 = metric_value(&m, "trellis_downstream_requests_total", &[("listener", "edge"), ("protocol", "h3")]);
+        assert_eq!(h3, Some(3.0), "{m}");
+    })
+    .await;
+}
+
 #[test]
 fn bad_http3_config_is_refused_with_the_field() {
     let dir = tempfile::tempdir().unwrap();
