@@ -579,6 +579,64 @@ async fn an_http3_client_of_an_http1_only_app_gets_its_answer() {
     .await;
 }
 
+/// The listener's policy holds over HTTP/3 as over TCP: a request no rule allows gets 403
+/// (`x-trellis-error: forbidden`) and never reaches the app, counted in
+/// `trellis_authz_denied_total`; an allowed one is served, on the same connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_denies_over_http3_before_the_app() {
+    if !h3_client_available("policy_denies_over_http3_before_the_app") {
+        return;
+    }
+    within(Duration::from_secs(60), async {
+        let pki = Pki::new();
+        let certs = [pki.issue("edge", EDGE_A, &["edge.test"])];
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let app = {
+            let seen = seen.clone();
+            Origin::start(move |req: Request<Incoming>| {
+                seen.lock().unwrap().push(format!("{} {}", req.method(), req.uri().path()));
+                echo(req)
+            })
+            .await
+        };
+        let edge = listen_addr();
+        let mut b = h3_edge(edge, &certs, app.addr);
+        b.listeners[0].policy = Some("edge-authz".into());
+        // Default deny; GETs under /public/ allowed.
+        let rule =
+            config::PolicyRule { paths: vec!["/public/*".into()], methods: vec!["GET".into()], ..Default::default() };
+        b.policies.push(config::Policy {
+            name: "edge-authz".into(),
+            default: config::PolicyDefault::Deny,
+            rules: vec![rule],
+        });
+        let proxy = Proxy::start(&b.yaml());
+
+        let got = h3_client(h3_plan(
+            edge,
+            "edge.test",
+            Some(&pki.bundle()),
+            json!([{ "requests": [
+                { "method": "GET", "path": "/admin/users" },
+                { "method": "POST", "path": "/public/form", "body": "x" },
+                { "method": "GET", "path": "/public/page" },
+            ]}]),
+        ))
+        .await;
+        let r = responses(&got);
+        for denied in &r[..2] {
+            assert_eq!(denied["status"], 403, "{got}");
+            assert_eq!(denied["headers"]["x-trellis-error"], "forbidden", "{got}");
+        }
+        assert_eq!(r[2]["status"], 200, "{got}");
+        assert_eq!(body_json(&r[2])["path"], "/public/page");
+        assert_eq!(*seen.lock().unwrap(), ["GET /public/page"], "denied requests never reach the app");
+        let denied = metric_value(&blocking(|| proxy.metrics()), "trellis_authz_denied_total", &[("listener", "edge")]);
+        assert_eq!(denied, Some(2.0));
+    })
+    .await;
+}
+
 #[test]
 fn bad_http3_config_is_refused_with_the_field() {
     let dir = tempfile::tempdir().unwrap();
