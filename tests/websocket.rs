@@ -230,6 +230,56 @@ async fn an_upgrade_the_upstream_declines_is_an_ordinary_response_and_a_silent_p
     .await;
 }
 
+/// One HTTP/1.1 listener `in` with one route `chat` (`/chat`, no `idle_timeout`: the
+/// defaults) to `upstream`; access log at `log`.
+fn default_route_config(listen: SocketAddr, upstream: SocketAddr, log: &std::path::Path) -> String {
+    let mut b = logged(log);
+    b.listeners.push(config::listener("in", listen, &["chat"]));
+    b.routes.push(config::route("chat", "/chat", "chat"));
+    b.clusters.push(config::cluster("chat", ClusterProtocol::default(), &[upstream]));
+    b.yaml()
+}
+
+/// websocat at both ends, as docs/websocket.md has a user try it: `websocat ws-l:… mirror:`
+/// as the WebSocket server behind an HTTP/1.1 listener, `websocat -1` as the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocat_client_and_server_through_an_http1_listener() {
+    if !ws_peers_available("websocat_client_and_server_through_an_http1_listener") {
+        return;
+    }
+    within(LIMIT, async {
+        let server = WebsocatEcho::start().await;
+        let listen = listen_addr();
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("access.log");
+        let proxy = Proxy::start(&default_route_config(listen, server.addr, &log));
+
+        for msg in ["hello websocat server\n", "and again\n"] {
+            let (ok, out) = websocat_once(format!("ws://{listen}/chat/room"), msg).await;
+            assert!(ok, "websocat failed: {out}\n{}", proxy.logs());
+            assert_eq!(out.trim(), msg.trim());
+        }
+
+        let lines = access_log_lines(&log, 2).await;
+        for line in &lines {
+            assert_eq!(line["status"], 101, "{line}");
+            assert_eq!(line["route"], "chat", "{line}");
+            assert_eq!(line["path"], "/chat/room", "{line}");
+            assert!(line["bytes_sent"].as_u64().unwrap() > 0, "the echo came back: {line}");
+        }
+        let upgrades = wait_metric(
+            &proxy,
+            "trellis_upgrades_total",
+            &[("listener", "in"), ("protocol", "websocket")],
+            |v| v >= 2.0,
+            Duration::from_secs(5),
+        )
+        .await;
+        assert_eq!(upgrades, Some(2.0));
+    })
+    .await;
+}
+
 /// A client WebSocket frame (FIN, masked as RFC 6455 §5.3 requires of clients).
 fn client_frame(opcode: u8, payload: &[u8]) -> bytes::Bytes {
     assert!(payload.len() < 126);
