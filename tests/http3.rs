@@ -637,6 +637,71 @@ async fn policy_denies_over_http3_before_the_app() {
     .await;
 }
 
+/// `tls.http3_max_connections`: a listener limited to two serves two connections at once
+/// and refuses a third (QUIC CONNECTION_REFUSED), counted as `result="refused"`; once the
+/// two have closed, a new connection is served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_listeners_limit_are_refused_and_counted() {
+    if !h3_client_available("connections_over_the_listeners_limit_are_refused_and_counted") {
+        return;
+    }
+    within(Duration::from_secs(60), async {
+        let pki = Pki::new();
+        let certs = [pki.issue("edge", EDGE_A, &["edge.test"])];
+        let app = Origin::start(app).await;
+        let edge = listen_addr();
+        let mut b = h3_edge(edge, &certs, app.addr);
+        b.listeners[0].tls.as_mut().unwrap().http3_max_connections = Some(2);
+        let proxy = Proxy::start(&b.yaml());
+        let plan = |path: &str, hold: bool, timeout: u64| {
+            let mut p = h3_plan(
+                edge,
+                "edge.test",
+                Some(&pki.bundle()),
+                json!([{ "requests": [{ "path": path }], "goaway_wait": hold }]),
+            );
+            p["timeout"] = json!(timeout);
+            p
+        };
+
+        // Two clients that each keep their connection open for 8 s after a request.
+        let holders = [tokio::spawn(h3_client(plan("/one", true, 8))), tokio::spawn(h3_client(plan("/two", true, 8)))];
+        let open = wait_metric(
+            &proxy,
+            "trellis_http3_connections",
+            &[("listener", "edge")],
+            |v| v >= 2.0,
+            Duration::from_secs(15),
+        )
+        .await;
+        assert_eq!(open, Some(2.0), "{}", proxy.logs());
+        let refused = h3_client(plan("/three", false, 3)).await;
+        let conn = &refused["connections"][0];
+        assert!(conn["error"].is_string() && conn["responses"].as_array().unwrap().is_empty(), "{refused}");
+        let m = blocking(|| proxy.metrics());
+        let count =
+            |result| metric_value(&m, "trellis_http3_connections_total", &[("listener", "edge"), ("result", result)]);
+        assert_eq!((count("accepted"), count("refused")), (Some(2.0), Some(1.0)), "{m}");
+
+        for holder in holders {
+            let got = holder.await.unwrap();
+            assert_eq!(got["connections"][0]["responses"][0]["status"], 200, "{got}");
+        }
+        let open = wait_metric(
+            &proxy,
+            "trellis_http3_connections",
+            &[("listener", "edge")],
+            |v| v == 0.0,
+            Duration::from_secs(10),
+        )
+        .await;
+        assert_eq!(open, Some(0.0));
+        let again = h3_client(plan("/four", false, 10)).await;
+        assert_eq!(responses(&again)[0]["status"], 200, "{again}");
+    })
+    .await;
+}
+
 #[test]
 fn bad_http3_config_is_refused_with_the_field() {
     let dir = tempfile::tempdir().unwrap();

@@ -231,7 +231,15 @@ pub struct ListenerTls {
     /// retries once the handshake is done. Default false: no 0-RTT.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub early_data: bool,
+    /// HTTP/3: connections this listener serves at once, per proxy (handshakes in progress
+    /// included). Further attempts are refused (QUIC CONNECTION_REFUSED) and counted in
+    /// `trellis_http3_connections_total{result="refused"}`. Default 10000, 1–1000000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http3_max_connections: Option<u32>,
 }
+
+/// Default for [`ListenerTls::http3_max_connections`].
+pub const DEFAULT_HTTP3_MAX_CONNECTIONS: u32 = 10_000;
 
 /// What TLS a listener speaks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
