@@ -529,6 +529,179 @@ async fn drain_sends_goaway_and_finishes_requests_in_flight() {
     .await;
 }
 
+/// Cluster `protocol: auto` in front of an app that speaks only HTTP/1.1 (DESIGN §11): an
+/// HTTP/3 client gets the app's answer, the app sees HTTP/1.1, and request bodies cross
+/// with and without a length (the latter chunked upstream).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http3_client_of_an_http1_only_app_gets_its_answer() {
+    if !h3_client_available("an_http3_client_of_an_http1_only_app_gets_its_answer") {
+        return;
+    }
+    within(Duration::from_secs(60), async {
+        let pki = Pki::new();
+        let certs = [pki.issue("edge", EDGE_A, &["edge.test"])];
+        let app = Origin::echo_h1_only("h1-only-app").await;
+        let edge = listen_addr();
+        let mut b = h3_edge(edge, &certs, app.addr);
+        b.clusters[0].protocol = ClusterProtocol::Auto;
+        let proxy = Proxy::start(&b.yaml());
+
+        let got = h3_client(h3_plan(
+            edge,
+            "edge.test",
+            Some(&pki.bundle()),
+            json!([{ "requests": [
+                { "method": "GET", "path": "/orders?id=7" },
+                { "method": "POST", "path": "/orders", "body": "no length given" },
+                { "method": "POST", "path": "/sized", "body": "12345", "headers": { "content-length": "5" } },
+            ]}]),
+        ))
+        .await;
+        let r = responses(&got);
+        let statuses: Vec<&Value> = r.iter().map(|r| &r["status"]).collect();
+        assert_eq!(statuses, [200, 200, 200], "{got}\n{}", proxy.logs());
+        for (resp, (method, path, len)) in
+            r.iter().zip([("GET", "/orders?id=7", 0), ("POST", "/orders", 15), ("POST", "/sized", 5)])
+        {
+            let j = body_json(resp);
+            assert_eq!(j["origin"], "h1-only-app", "{j}");
+            assert_eq!(j["version"], "HTTP/1.1", "the app is spoken to in its own protocol: {j}");
+            assert_eq!((j["method"].as_str(), j["path"].as_str()), (Some(method), Some(path)), "{j}");
+            assert_eq!(j["body_len"], len, "{j}");
+            assert_eq!(j["headers"]["x-forwarded-proto"], "https", "{j}");
+        }
+        let j = body_json(&r[1]);
+        assert_eq!(j["headers"]["transfer-encoding"], "chunked", "a body of unknown length is chunked: {j}");
+        let m = blocking(|| proxy.metrics());
+        let h3 = metric_value(&m, "trellis_downstream_requests_total", &[("listener", "edge"), ("protocol", "h3")]);
+        assert_eq!(h3, Some(3.0), "{m}");
+    })
+    .await;
+}
+
+/// The listener's policy holds over HTTP/3 as over TCP: a request no rule allows gets 403
+/// (`x-trellis-error: forbidden`) and never reaches the app, counted in
+/// `trellis_authz_denied_total`; an allowed one is served, on the same connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_denies_over_http3_before_the_app() {
+    if !h3_client_available("policy_denies_over_http3_before_the_app") {
+        return;
+    }
+    within(Duration::from_secs(60), async {
+        let pki = Pki::new();
+        let certs = [pki.issue("edge", EDGE_A, &["edge.test"])];
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let app = {
+            let seen = seen.clone();
+            Origin::start(move |req: Request<Incoming>| {
+                seen.lock().unwrap().push(format!("{} {}", req.method(), req.uri().path()));
+                echo(req)
+            })
+            .await
+        };
+        let edge = listen_addr();
+        let mut b = h3_edge(edge, &certs, app.addr);
+        b.listeners[0].policy = Some("edge-authz".into());
+        // Default deny; GETs under /public/ allowed.
+        let rule =
+            config::PolicyRule { paths: vec!["/public/*".into()], methods: vec!["GET".into()], ..Default::default() };
+        b.policies.push(config::Policy {
+            name: "edge-authz".into(),
+            default: config::PolicyDefault::Deny,
+            rules: vec![rule],
+        });
+        let proxy = Proxy::start(&b.yaml());
+
+        let got = h3_client(h3_plan(
+            edge,
+            "edge.test",
+            Some(&pki.bundle()),
+            json!([{ "requests": [
+                { "method": "GET", "path": "/admin/users" },
+                { "method": "POST", "path": "/public/form", "body": "x" },
+                { "method": "GET", "path": "/public/page" },
+            ]}]),
+        ))
+        .await;
+        let r = responses(&got);
+        for denied in &r[..2] {
+            assert_eq!(denied["status"], 403, "{got}");
+            assert_eq!(denied["headers"]["x-trellis-error"], "forbidden", "{got}");
+        }
+        assert_eq!(r[2]["status"], 200, "{got}");
+        assert_eq!(body_json(&r[2])["path"], "/public/page");
+        assert_eq!(*seen.lock().unwrap(), ["GET /public/page"], "denied requests never reach the app");
+        let denied = metric_value(&blocking(|| proxy.metrics()), "trellis_authz_denied_total", &[("listener", "edge")]);
+        assert_eq!(denied, Some(2.0));
+    })
+    .await;
+}
+
+/// `tls.http3_max_connections`: a listener limited to two serves two connections at once
+/// and refuses a third (QUIC CONNECTION_REFUSED), counted as `result="refused"`; once the
+/// two have closed, a new connection is served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_listeners_limit_are_refused_and_counted() {
+    if !h3_client_available("connections_over_the_listeners_limit_are_refused_and_counted") {
+        return;
+    }
+    within(Duration::from_secs(60), async {
+        let pki = Pki::new();
+        let certs = [pki.issue("edge", EDGE_A, &["edge.test"])];
+        let app = Origin::start(app).await;
+        let edge = listen_addr();
+        let mut b = h3_edge(edge, &certs, app.addr);
+        b.listeners[0].tls.as_mut().unwrap().http3_max_connections = Some(2);
+        let proxy = Proxy::start(&b.yaml());
+        let plan = |path: &str, hold: bool, timeout: u64| {
+            let mut p = h3_plan(
+                edge,
+                "edge.test",
+                Some(&pki.bundle()),
+                json!([{ "requests": [{ "path": path }], "goaway_wait": hold }]),
+            );
+            p["timeout"] = json!(timeout);
+            p
+        };
+
+        // Two clients that each keep their connection open for 8 s after a request.
+        let holders = [tokio::spawn(h3_client(plan("/one", true, 8))), tokio::spawn(h3_client(plan("/two", true, 8)))];
+        let open = wait_metric(
+            &proxy,
+            "trellis_http3_connections",
+            &[("listener", "edge")],
+            |v| v >= 2.0,
+            Duration::from_secs(15),
+        )
+        .await;
+        assert_eq!(open, Some(2.0), "{}", proxy.logs());
+        let refused = h3_client(plan("/three", false, 3)).await;
+        let conn = &refused["connections"][0];
+        assert!(conn["error"].is_string() && conn["responses"].as_array().unwrap().is_empty(), "{refused}");
+        let m = blocking(|| proxy.metrics());
+        let count =
+            |result| metric_value(&m, "trellis_http3_connections_total", &[("listener", "edge"), ("result", result)]);
+        assert_eq!((count("accepted"), count("refused")), (Some(2.0), Some(1.0)), "{m}");
+
+        for holder in holders {
+            let got = holder.await.unwrap();
+            assert_eq!(got["connections"][0]["responses"][0]["status"], 200, "{got}");
+        }
+        let open = wait_metric(
+            &proxy,
+            "trellis_http3_connections",
+            &[("listener", "edge")],
+            |v| v == 0.0,
+            Duration::from_secs(10),
+        )
+        .await;
+        assert_eq!(open, Some(0.0));
+        let again = h3_client(plan("/four", false, 10)).await;
+        assert_eq!(responses(&again)[0]["status"], 200, "{again}");
+    })
+    .await;
+}
+
 #[test]
 fn bad_http3_config_is_refused_with_the_field() {
     let dir = tempfile::tempdir().unwrap();

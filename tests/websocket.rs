@@ -230,6 +230,95 @@ async fn an_upgrade_the_upstream_declines_is_an_ordinary_response_and_a_silent_p
     .await;
 }
 
+/// One HTTP/1.1 listener `in` with one route `chat` (`/chat`, no `idle_timeout`: the
+/// defaults) to `upstream`; access log at `log`.
+fn default_route_config(listen: SocketAddr, upstream: SocketAddr, log: &std::path::Path) -> String {
+    let mut b = logged(log);
+    b.listeners.push(config::listener("in", listen, &["chat"]));
+    b.routes.push(config::route("chat", "/chat", "chat"));
+    b.clusters.push(config::cluster("chat", ClusterProtocol::default(), &[upstream]));
+    b.yaml()
+}
+
+/// websocat at both ends, as docs/websocket.md has a user try it: `websocat ws-l:… mirror:`
+/// as the WebSocket server behind an HTTP/1.1 listener, `websocat -1` as the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocat_client_and_server_through_an_http1_listener() {
+    if !ws_peers_available("websocat_client_and_server_through_an_http1_listener") {
+        return;
+    }
+    within(LIMIT, async {
+        let server = WebsocatEcho::start().await;
+        let listen = listen_addr();
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("access.log");
+        let proxy = Proxy::start(&default_route_config(listen, server.addr, &log));
+
+        for msg in ["hello websocat server\n", "and again\n"] {
+            let (ok, out) = websocat_once(format!("ws://{listen}/chat/room"), msg).await;
+            assert!(ok, "websocat failed: {out}\n{}", proxy.logs());
+            assert_eq!(out.trim(), msg.trim());
+        }
+
+        let lines = access_log_lines(&log, 2).await;
+        for line in &lines {
+            assert_eq!(line["status"], 101, "{line}");
+            assert_eq!(line["route"], "chat", "{line}");
+            assert_eq!(line["path"], "/chat/room", "{line}");
+            assert!(line["bytes_sent"].as_u64().unwrap() > 0, "the echo came back: {line}");
+        }
+        let upgrades = wait_metric(
+            &proxy,
+            "trellis_upgrades_total",
+            &[("listener", "in"), ("protocol", "websocket")],
+            |v| v >= 2.0,
+            Duration::from_secs(5),
+        )
+        .await;
+        assert_eq!(upgrades, Some(2.0));
+    })
+    .await;
+}
+
+/// A quiet WebSocket stays open on the default route settings (no `idle_timeout`): 61 s
+/// without a byte either way from the moment it opens — past the 60 s default that bounds
+/// a response — and then a message still echoes. (A stream's default idle timeout is 300 s,
+/// as Envoy's stream idle timeout; with 60 s the proxy would have cut it at 60 s.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_websocket_outlives_a_minute_on_default_route_settings() {
+    if !ws_peers_available("an_idle_websocket_outlives_a_minute_on_default_route_settings") {
+        return;
+    }
+    within(Duration::from_secs(100), async {
+        let server = WebsocatEcho::start().await;
+        let listen = listen_addr();
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("access.log");
+        let proxy = Proxy::start(&default_route_config(listen, server.addr, &log));
+
+        let plan = serde_json::json!({
+            "url": format!("ws://{listen}/chat"),
+            "steps": [
+                {"sleep": 61.0},
+                {"text": "after a quiet minute"},
+                {"close": true},
+            ],
+        });
+        let answer = ws_client(plan, 90).await;
+        assert_eq!(answer["ok"], true, "{answer}\n{}", proxy.logs());
+        assert_eq!(answer["echoes"][0]["same"], true, "{answer}");
+        // websocat answers a close with a close frame without a code (1005), which came
+        // through: not an abnormal end (1006).
+        assert_eq!(answer["close_code"], 1005, "{answer}");
+
+        let lines = access_log_lines(&log, 1).await;
+        assert_eq!(lines[0]["status"], 101, "{}", lines[0]);
+        assert!(lines[0]["duration_ms"].as_f64().unwrap() >= 61_000.0, "{}", lines[0]);
+        assert!(lines[0].get("error").is_none_or(serde_json::Value::is_null), "not cut: {}", lines[0]);
+    })
+    .await;
+}
+
 /// A client WebSocket frame (FIN, masked as RFC 6455 §5.3 requires of clients).
 fn client_frame(opcode: u8, payload: &[u8]) -> bytes::Bytes {
     assert!(payload.len() < 126);

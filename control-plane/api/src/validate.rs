@@ -477,6 +477,13 @@ fn validate_tls(errs: &mut Errors, b: &Bootstrap, bootstrap: bool) {
         if tls.early_data && !tls.http3 {
             errs.push(format!("{at}.early_data"), "early data (0-RTT) is offered over HTTP/3 only: set http3: true");
         }
+        if let Some(n) = tls.http3_max_connections {
+            if !tls.http3 {
+                errs.push(format!("{at}.http3_max_connections"), "applies to HTTP/3 only: set http3: true");
+            } else if !(1..=1_000_000).contains(&n) {
+                errs.push(format!("{at}.http3_max_connections"), "must be 1–1000000");
+            }
+        }
     }
     for c in &b.clusters {
         for (i, e) in c.endpoints.iter().enumerate() {

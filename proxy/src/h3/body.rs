@@ -115,7 +115,14 @@ impl Body for RecvBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.remaining.map_or_else(SizeHint::default, SizeHint::with_exact)
+        // `remaining` has already counted a frame `ended_with_head` peeked: without it, a
+        // body read whole by the peek would look empty (an HTTP/1.1 upstream got
+        // `content-length: 0` and no body).
+        let peeked = match &self.peeked {
+            Some(Ok(frame)) => frame.data_ref().map_or(0, |d| d.len() as u64),
+            _ => 0,
+        };
+        self.remaining.map_or_else(SizeHint::default, |n| SizeHint::with_exact(n + peeked))
     }
 }
 

@@ -18,8 +18,8 @@
 //! of removed listeners, hands kept ones their new TLS config (certificates, 0-RTT), and
 //! starts the new ones.
 
+use super::RETRY_ABOVE;
 use super::conn::{self, Settings};
-use super::{MAX_CONNECTIONS, RETRY_ABOVE};
 use crate::config::Snapshot;
 use crate::listener::Workers;
 use crate::telemetry;
@@ -184,24 +184,27 @@ pub async fn serve(
                 None => break,
             },
         };
+        // The listener's settings now: a reload's new limit applies to the next attempt.
         let settings = {
             let snap = config.load();
             snap.listener(&name).and_then(|l| {
-                Some(Settings {
+                let h3 = l.h3.as_ref()?;
+                let settings = Settings {
                     name: name.clone(),
                     config: config.clone(),
-                    early_data: l.h3.as_ref()?.early_data,
+                    early_data: h3.early_data,
                     header_timeout: l.header_timeout(),
                     max_header_bytes: l.max_header_bytes(),
                     handshaking: handshaking.clone(),
-                })
+                };
+                Some((settings, h3.max_connections))
             })
         };
-        let Some(settings) = settings else {
+        let Some((settings, max_connections)) = settings else {
             incoming.refuse();
             continue;
         };
-        if conns.len() >= MAX_CONNECTIONS {
+        if conns.len() >= max_connections {
             counted("refused");
             incoming.refuse();
             continue;

@@ -4,7 +4,7 @@
 //!
 //! - `endpoint`: the UDP socket and quinn endpoint of a listener, its accept loop (one
 //!   worker drives the socket; each connection is served on a worker picked in turn), the
-//!   connection limit, and the registry that reloads start, stop and re-key.
+//!   connection limit (`tls.http3_max_connections`), and the registry that reloads start, stop and re-key.
 //! - `conn`: one connection: handshake (0-RTT when `early_data` allows it), requests as
 //!   concurrent futures in the connection's task, GOAWAY when draining.
 //! - `body`: a request stream's data and trailers as a body; a response body copied to
@@ -41,9 +41,6 @@ const SEND_WINDOW: u64 = 2 * 1024 * 1024;
 /// A connection without a packet this long is closed (QUIC has no FIN/RST to learn a
 /// client is gone).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
-/// Connections one listener serves at once, per proxy; further handshakes are refused
-/// (CONNECTION_REFUSED).
-pub const MAX_CONNECTIONS: usize = 10_000;
 /// Handshakes in progress beyond which a client whose address is not yet validated is sent
 /// a Retry first (RFC 9000 §8.1.2), so a flood of spoofed Initials costs one stateless
 /// packet each instead of a handshake.
@@ -63,11 +60,19 @@ pub struct ListenerH3 {
     pub alt_svc: HeaderValue,
     /// 0-RTT is accepted (`tls.early_data`).
     pub early_data: bool,
+    /// Connections served at once, per proxy (`tls.http3_max_connections`); further
+    /// attempts are refused (CONNECTION_REFUSED).
+    pub max_connections: usize,
 }
 
 impl ListenerH3 {
     /// The settings of a listener on `port` whose QUIC TLS config is `tls`.
-    pub fn new(tls: Arc<rustls::ServerConfig>, port: u16, early_data: bool) -> Result<Self, TlsError> {
+    pub fn new(
+        tls: Arc<rustls::ServerConfig>,
+        port: u16,
+        early_data: bool,
+        max_connections: usize,
+    ) -> Result<Self, TlsError> {
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
             .map_err(|e| TlsError::Invalid(format!("QUIC TLS config: {e}")))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -78,7 +83,7 @@ impl ListenerH3 {
             .incoming_buffer_size_total(INCOMING_BUFFER_TOTAL);
         let alt_svc = HeaderValue::try_from(format!("h3=\":{port}\"; ma=86400"))
             .map_err(|e| TlsError::Invalid(format!("alt-svc: {e}")))?;
-        Ok(Self { server, alt_svc, early_data })
+        Ok(Self { server, alt_svc, early_data, max_connections })
     }
 }
 

@@ -485,7 +485,7 @@ fn forward(
         // The downstream connection decides its own version; an HTTP/1.0 upstream must not
         // turn the client's keep-alive connection into a 1.0 one.
         parts.version = http::Version::HTTP_11;
-        let switched = switched(&mut parts, upgrade.as_ref(), route.idle_timeout);
+        let switched = switched(&mut parts, upgrade.as_ref(), route.tunnel_idle_timeout);
         headers::prepare_response(&mut parts.headers);
         if let Some(protocol) = switched {
             upgrade::restore(&mut parts.headers, &protocol);
@@ -564,7 +564,7 @@ async fn tunnel(
         }
     };
     let tunnel = upgrade::Upgraded::new(conn.into_h1());
-    tunnel.with(|t| t.idle = route.idle_timeout);
+    tunnel.with(|t| t.idle = route.tunnel_idle_timeout);
     upgrade::count(&ctx.listener, "connect");
     let mut resp = Response::new(ProxyBody::Full(None));
     resp.extensions_mut().insert(tunnel);
@@ -572,8 +572,8 @@ async fn tunnel(
 }
 
 /// For an upstream's 101 to an upgrade request: the protocol it switched to, and the
-/// tunnel told the route's idle timeout. A 101 that is not one (no upgraded connection
-/// came with it: the upstream client refuses those) is left alone.
+/// tunnel told the route's idle timeout for streams. A 101 that is not one (no upgraded
+/// connection came with it: the upstream client refuses those) is left alone.
 fn switched(
     parts: &mut http::response::Parts,
     asked: Option<&upgrade::Requested>,

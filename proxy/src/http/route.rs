@@ -24,6 +24,9 @@ pub struct Route {
     pub timeout: Option<Duration>,
     /// Longest silence from the upstream (head or between body chunks).
     pub idle_timeout: Option<Duration>,
+    /// Longest an upgraded stream or CONNECT tunnel stays open with no byte moving: the
+    /// route's `idle_timeout`, or a longer default than a response's when it sets none.
+    pub tunnel_idle_timeout: Option<Duration>,
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
     pub retry: Option<Retry>,
@@ -79,6 +82,7 @@ impl Route {
             total_weight: total,
             timeout: nonzero(spec.timeout),
             idle_timeout: nonzero(Some(spec.idle_timeout.unwrap_or(api::DEFAULT_IDLE_TIMEOUT))),
+            tunnel_idle_timeout: nonzero(Some(spec.idle_timeout.unwrap_or(api::DEFAULT_TUNNEL_IDLE_TIMEOUT))),
             request_headers: HeaderOps::new(&spec.headers)
                 .map_err(|e| format!("routes[{}].headers: {e}", spec.name))?,
             response_headers: HeaderOps::new(&spec.response_headers)

@@ -186,6 +186,18 @@ fn http3_needs_terminate_on_an_http_listener() {
         errors(&tls(", early_data: true")),
         vec!["listeners[in].tls.early_data: early data (0-RTT) is offered over HTTP/3 only: set http3: true"]
     );
+    assert_eq!(errors(&tls(", http3: true, http3_max_connections: 1")), Vec::<String>::new());
+    assert_eq!(
+        errors(&tls(", http3_max_connections: 100")),
+        vec!["listeners[in].tls.http3_max_connections: applies to HTTP/3 only: set http3: true"]
+    );
+    for bad in [0, 1_000_001] {
+        assert_eq!(
+            errors(&tls(&format!(", http3: true, http3_max_connections: {bad}"))),
+            vec!["listeners[in].tls.http3_max_connections: must be 1–1000000"],
+            "{bad}"
+        );
+    }
     let plain = GOOD.replace("routes: [api] }", "routes: [api], tls: { mode: none, http3: true } }");
     assert_eq!(errors(&plain), vec!["listeners[in].tls.http3: HTTP/3 needs mode terminate"]);
     let tcp = tls(", http3: true").replace("routes: [api], tls", "protocol: tcp, cluster: a, tls");
