@@ -1,5 +1,6 @@
 //! `trellis demo` end to end: the real binary brings up a control plane, two sidecars with
-//! mTLS and two agent services, drives traffic through them, and stops everything.
+//! mTLS and two agent services, drives traffic through them, shows an MCP session and one
+//! request's trace, and stops everything.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use trellis_testkit::trellis_command;
@@ -21,4 +22,18 @@ fn demo_runs_a_mesh_with_traffic_and_no_errors() {
     assert!(line("tools/list").contains("[\"search_docs\"]"), "{stdout}");
     assert!(line("tools/call search_docs").contains("200  allowed: \"3 documents match"), "{stdout}");
     assert!(line("tools/call delete_repo").contains("403  denied: JSON-RPC -32001"), "{stdout}");
+    // One traced request: tracing set by the control plane's Telemetry resource, spans from
+    // both sidecars in one tree (the planner's server span, its try, the tools sidecar's
+    // server span under the try).
+    assert!(!stdout.contains("tracing:"), "the demo's trace failed: {stdout}\n{stderr}");
+    assert!(!line("server span  GET planner 200").is_empty(), "{stdout}");
+    assert!(!line("client span  GET planner 200").is_empty(), "{stdout}");
+    assert!(!line("server span  GET tools 200").is_empty(), "{stdout}");
+    let indent = |start: &str| {
+        stdout.lines().find(|l| l.trim_start().starts_with(start)).map(|l| l.len() - l.trim_start().len())
+    };
+    assert!(
+        indent("server span  GET tools") > indent("client span  GET planner"),
+        "the tools sidecar's span hangs under the planner's try: {stdout}"
+    );
 }

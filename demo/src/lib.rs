@@ -2,13 +2,16 @@
 //! a control plane (child process, store in a temp dir), a CA and two SPIFFE identities,
 //! two sidecars (child processes) with mTLS between them, and two small agent services
 //! (in this process) that call each other through the mesh, one of them streaming SSE, and
-//! an MCP tool server whose sidecar allows one tool and denies another.
+//! an MCP tool server whose sidecar allows one tool and denies another; both sidecars
+//! export spans to a collector in the demo (tracing set by the control plane), and the
+//! demo prints one request's trace.
 //! It configures the mesh through the control plane's REST API, drives traffic, prints
 //! where to look and a live one-line summary, and on Ctrl-C stops everything it started.
 
 mod agents;
 mod mcp;
 mod mesh;
+mod trace;
 mod traffic;
 
 use std::time::Duration;
@@ -45,6 +48,9 @@ pub fn run(opts: Options) -> Result<(), DemoError> {
         println!();
         if let Err(e) = mcp::session(mesh.outbound).await {
             println!("  MCP session failed: {e}");
+        }
+        if let Err(e) = trace::show(mesh.outbound, &mesh.collector).await {
+            println!("  tracing: {e}");
         }
         let stats = traffic::Stats::default();
         let load = tokio::spawn(traffic::drive(mesh.planner_app, opts.users, stats.clone()));

@@ -24,6 +24,9 @@ pub struct Mesh {
     admins: [SocketAddr; 2],
     pub outbound: SocketAddr,
     inbound: SocketAddr,
+    /// The OTLP collector the sidecars export spans to, and what it received.
+    otlp: SocketAddr,
+    pub collector: crate::trace::Collector,
 }
 
 /// The default port if it is free, else any free one.
@@ -42,6 +45,7 @@ impl Mesh {
         let admins = [port(9901)?, port(9902)?];
         let (outbound, inbound) = (port(4140)?, port(4143)?);
         let (planner_app, tools_app, mcp_app) = (port(8081)?, port(8082)?, port(8083)?);
+        let otlp = port(4318)?;
 
         // The control plane's CA (it would make it on first start) and one SPIFFE identity
         // per service from it: the same identities secure the sidecars' mTLS and their
@@ -52,8 +56,21 @@ impl Mesh {
             ca.issue(&SpiffeId::parse(id)?, Duration::from_secs(24 * 3600), &[])?.write(d.join(name))?;
         }
 
-        let mut mesh =
-            Mesh { dir, children: Vec::new(), agents: Vec::new(), planner_app, api, xds, admins, outbound, inbound };
+        let mut mesh = Mesh {
+            dir,
+            children: Vec::new(),
+            agents: Vec::new(),
+            planner_app,
+            api,
+            xds,
+            admins,
+            outbound,
+            inbound,
+            otlp,
+            collector: crate::trace::Collector::default(),
+        };
+        let collector = tokio::net::TcpListener::bind(otlp).await?;
+        mesh.agents.push(tokio::spawn(mesh.collector.clone().serve(collector)));
         let log = |name: &str| std::fs::File::create(d.join(format!("{name}.log")));
         let cp = Command::new(&opts.trellis)
             .args(["control-plane", "--data-dir"])
@@ -110,6 +127,18 @@ impl Mesh {
     /// The mesh's resources, PUT through the REST API like `trellis ctl apply` does.
     async fn apply_resources(&self, tools_app: SocketAddr, mcp_app: SocketAddr) -> Result<(), DemoError> {
         let resources = [
+            // Tracing for every proxy of the mesh, from the control plane: spans go to the
+            // demo's collector; only requests whose `traceparent` is sampled are traced.
+            (
+                "telemetry",
+                "mesh",
+                serde_json::json!({
+                    "tracing": {
+                        "otlp": { "endpoint": format!("http://{}", self.otlp), "protocol": "http" },
+                        "sample_ratio": 0.0,
+                    },
+                }),
+            ),
             (
                 "policies",
                 "tools-authz",
@@ -197,6 +226,7 @@ impl Mesh {
         println!("  planner sidecar  outbound {}  admin http://{}", self.outbound, self.admins[0]);
         println!("  tools sidecar    inbound  {} (mTLS)  admin http://{}", self.inbound, self.admins[1]);
         println!("  control plane    REST http://{}  discovery https://{} (mTLS)", self.api, self.xds);
+        println!("  OTLP collector   http://{} (in the demo; the sidecars export to it: telemetry/mesh)", self.otlp);
         println!("  files and logs   {d}");
         println!();
         println!("Try:");
