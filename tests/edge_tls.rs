@@ -444,15 +444,8 @@ impl Drop for AlpnOrigin {
 impl AlpnOrigin {
     async fn start(name: &'static str, cert: &Path, key: &Path, alpn: &[&[u8]]) -> AlpnOrigin {
         use hyper_util::rt::{TokioExecutor, TokioIo};
-        let mut config = rustls::ServerConfig::builder_with_provider(ring_provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(trellis_certs::load_certs(cert).unwrap(), trellis_certs::load_key(key).unwrap())
-            .unwrap();
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         let h2_only = alpn == [b"h2"];
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_tls(cert, key, alpn)));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let selected: Arc<std::sync::Mutex<Vec<Option<Vec<u8>>>>> = Arc::default();

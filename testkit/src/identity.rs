@@ -284,6 +284,19 @@ pub async fn tls_echo_origin(
     tls_origin(cert, key, move |req| echo_answer(name, req)).await
 }
 
+/// A TLS server config (ring, no client certificates) presenting `cert`/`key` (PEM files)
+/// and offering `alpn`.
+pub fn server_tls(cert: &std::path::Path, key: &std::path::Path, alpn: &[&[u8]]) -> rustls::ServerConfig {
+    let mut config = rustls::ServerConfig::builder_with_provider(ring_provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(trellis_certs::load_certs(cert).unwrap(), trellis_certs::load_key(key).unwrap())
+        .unwrap();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config
+}
+
 /// A TLS origin (HTTP/1.1 and HTTP/2 by ALPN) answering with `handler`, with the given
 /// server certificate; the returned list records the SNI of every accepted handshake.
 pub async fn tls_origin<F, Fut>(
@@ -295,14 +308,7 @@ where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
-    let mut config = rustls::ServerConfig::builder_with_provider(ring_provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(trellis_certs::load_certs(cert).unwrap(), trellis_certs::load_key(key).unwrap())
-        .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_tls(cert, key, &[b"h2", b"http/1.1"])));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let snis: Arc<std::sync::Mutex<Vec<Option<String>>>> = Arc::default();
