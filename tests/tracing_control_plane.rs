@@ -71,6 +71,16 @@ async fn requests(listen: SocketAddr, n: usize) {
     }
 }
 
+/// Span export to `endpoint`, as a bootstrap's `tracing`.
+fn tracing_to(
+    endpoint: String,
+    protocol: trellis_api::OtlpProtocol,
+    ca_file: Option<String>,
+    sample_ratio: Option<f64>,
+) -> trellis_api::Tracing {
+    trellis_api::Tracing { otlp: trellis_api::Otlp { endpoint, protocol, ca_file }, sample_ratio, max_queue: None }
+}
+
 fn of_trace(spans: &[opentelemetry_proto::tonic::trace::v1::Span], trace: u128) -> usize {
     spans.iter().filter(|s| s.trace_id == trace.to_be_bytes()).count()
 }
@@ -139,15 +149,8 @@ async fn a_service_telemetry_overrides_the_bootstrap_and_its_removal_falls_back(
         let listen = listen_addr();
         serve_web(&cp, listen, &origin).await;
         let mut b = config::discovery_bootstrap(cp.xds, "web-0", "web");
-        b.tracing = Some(trellis_api::Tracing {
-            otlp: trellis_api::Otlp {
-                endpoint: format!("http://{}", from_file.addr()),
-                protocol: trellis_api::OtlpProtocol::Http,
-                ca_file: None,
-            },
-            sample_ratio: Some(1.0),
-            max_queue: None,
-        });
+        b.tracing =
+            Some(tracing_to(format!("http://{}", from_file.addr()), trellis_api::OtlpProtocol::Http, None, Some(1.0)));
         let proxy = blocking(|| Proxy::start(&b.yaml()));
         assert!(traced(listen, 10).await);
         assert_eq!(from_file.spans.wait_count(2, Duration::from_secs(5)).await, 2);
@@ -341,11 +344,7 @@ async fn https_collectors_over_grpc_and_http_trust_ca_file() {
             wait_tracing(&proxy, |t| t["otlp"]["protocol"] == protocol).await;
             let trace = 30 + i as u128;
             assert!(traced(listen, trace).await);
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while of_trace(&collector.spans.all(), trace) < 2 && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            assert_eq!(of_trace(&collector.spans.all(), trace), 2, "{protocol} over TLS: {}", proxy.logs());
+            assert_eq!(collector.spans.trace(trace, 2).await.len(), 2, "{protocol} over TLS: {}", proxy.logs());
         }
 
         // Another CA's bundle: the handshake fails, the spans are dropped and counted.
@@ -379,15 +378,12 @@ async fn a_bootstrap_https_collector_with_a_bad_ca_file_is_a_config_error() {
         let listen = listen_addr();
         let with_ca = |ca: &str| {
             let mut b = config::simple(listen, origin.addr, config::ClusterProtocol::Auto);
-            b.tracing = Some(trellis_api::Tracing {
-                otlp: trellis_api::Otlp {
-                    endpoint: format!("https://localhost:{}", collector.addr().port()),
-                    protocol: trellis_api::OtlpProtocol::Grpc,
-                    ca_file: Some(ca.to_owned()),
-                },
-                sample_ratio: None,
-                max_queue: None,
-            });
+            b.tracing = Some(tracing_to(
+                format!("https://localhost:{}", collector.addr().port()),
+                trellis_api::OtlpProtocol::Grpc,
+                Some(ca.to_owned()),
+                None,
+            ));
             b.yaml()
         };
         let junk = pki.path("junk.pem");
@@ -399,11 +395,7 @@ async fn a_bootstrap_https_collector_with_a_bad_ca_file_is_a_config_error() {
 
         let good = blocking(|| Proxy::start(&with_ca(pki.bundle().to_str().unwrap())));
         assert!(traced(listen, 50).await);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while of_trace(&collector.spans.all(), 50) < 2 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert_eq!(of_trace(&collector.spans.all(), 50), 2, "{}", good.logs());
+        assert_eq!(collector.spans.trace(50, 2).await.len(), 2, "{}", good.logs());
     })
     .await;
 }
@@ -420,24 +412,17 @@ async fn without_ca_file_the_system_roots_are_trusted() {
         let origin = Origin::echo("app").await;
         let listen = listen_addr();
         let mut b = config::simple(listen, origin.addr, config::ClusterProtocol::Auto);
-        b.tracing = Some(trellis_api::Tracing {
-            otlp: trellis_api::Otlp {
-                endpoint: format!("https://localhost:{}", collector.addr().port()),
-                protocol: trellis_api::OtlpProtocol::Http,
-                ca_file: None,
-            },
-            sample_ratio: None,
-            max_queue: None,
-        });
+        b.tracing = Some(tracing_to(
+            format!("https://localhost:{}", collector.addr().port()),
+            trellis_api::OtlpProtocol::Http,
+            None,
+            None,
+        ));
         let yaml = b.yaml();
         let bundle = pki.bundle().display().to_string();
         let proxy = blocking(|| Proxy::start_with_env(&yaml, &[("SSL_CERT_FILE", &bundle), ("SSL_CERT_DIR", "")]));
         assert!(traced(listen, 80).await);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while of_trace(&collector.spans.all(), 80) < 2 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert_eq!(of_trace(&collector.spans.all(), 80), 2, "{}", proxy.logs());
+        assert_eq!(collector.spans.trace(80, 2).await.len(), 2, "{}", proxy.logs());
         drop(proxy);
 
         let empty = pki.path("no-roots.pem");
