@@ -101,15 +101,20 @@ pub fn server_config(tls: &api::ListenerTls) -> Result<EdgeServer, TlsError> {
     Ok(EdgeServer { tcp, quic, expiries })
 }
 
-/// The client configs of a `tls` cluster, one per ALPN offer in `alpns` (the trust bundle
-/// read once; each config with its own session cache).
-pub fn client_configs(trust_bundle: &str, alpns: &[&[&[u8]]]) -> Result<Vec<Arc<ClientConfig>>, TlsError> {
-    let roots = files::roots(Path::new(trust_bundle))?;
-    let base = ClientConfig::builder_with_provider(crate::tls::provider())
+/// A client config (our provider, TLS 1.2+, no client certificate) that verifies servers
+/// against `roots`.
+pub fn verifying(roots: Arc<rustls::RootCertStore>) -> Result<ClientConfig, TlsError> {
+    Ok(ClientConfig::builder_with_provider(crate::tls::provider())
         .with_safe_default_protocol_versions()
         .map_err(|source| TlsError::Rustls { what: "tls client config".into(), source })?
         .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_no_client_auth())
+}
+
+/// The client configs of a `tls` cluster, one per ALPN offer in `alpns` (the trust bundle
+/// read once; each config with its own session cache).
+pub fn client_configs(trust_bundle: &str, alpns: &[&[&[u8]]]) -> Result<Vec<Arc<ClientConfig>>, TlsError> {
+    let base = verifying(files::roots(Path::new(trust_bundle))?)?;
     Ok(alpns
         .iter()
         .map(|offer| {

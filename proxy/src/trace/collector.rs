@@ -36,11 +36,7 @@ pub fn client_config(otlp: &Otlp, at: &str) -> Result<Option<Arc<ClientConfig>>,
         }
         None => system_roots().map_err(|e| format!("{at}.otlp.endpoint: {e}"))?,
     };
-    let mut config = ClientConfig::builder_with_provider(crate::tls::provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("{at}.otlp: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let mut config = crate::tls::edge::verifying(roots).map_err(|e| format!("{at}.otlp: {e}"))?;
     config.alpn_protocols = vec![match otlp.protocol {
         OtlpProtocol::Grpc => ALPN_H2.to_vec(),
         OtlpProtocol::Http => ALPN_HTTP1.to_vec(),
