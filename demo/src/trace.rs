@@ -12,6 +12,7 @@ use hyper_util::rt::TokioIo;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::trace::v1::Span;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use prost::Message;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -69,7 +70,7 @@ impl Collector {
 /// Sends one sampled request through the planner's sidecar and prints its trace: the spans
 /// the two sidecars exported for it, as a tree.
 pub async fn show(outbound: SocketAddr, collector: &Collector) -> Result<(), String> {
-    let trace = fastrand_u128();
+    let trace = new_trace_id();
     let status = get(outbound, "/search?q=tracing", &format!("00-{trace:032x}-{:016x}-01", 0x1d3au64)).await?;
     // The sidecars export in batches at least every 500 ms.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -89,7 +90,7 @@ pub async fn show(outbound: SocketAddr, collector: &Collector) -> Result<(), Str
 
 fn print_tree(spans: &[(String, Span)], parent: &[u8], depth: usize) {
     for (service, s) in spans.iter().filter(|(_, s)| s.parent_span_id == parent) {
-        let kind = if s.kind == 2 { "server" } else { "client" };
+        let kind = if s.kind == SpanKind::Server as i32 { "server" } else { "client" };
         let micros = s.end_time_unix_nano.saturating_sub(s.start_time_unix_nano) / 1000;
         let status = s
             .attributes
@@ -105,7 +106,7 @@ fn print_tree(spans: &[(String, Span)], parent: &[u8], depth: usize) {
     }
 }
 
-fn fastrand_u128() -> u128 {
+fn new_trace_id() -> u128 {
     // A trace id needs only to be unlikely to repeat: the clock's nanoseconds mixed with the
     // process id.
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
