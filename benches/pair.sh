@@ -19,7 +19,9 @@
 # the same layout. It is the reference for what a mature proxy pair adds on this machine.
 #
 # Usage: benches/pair.sh [--reps N] [--lat-reps N] [--duration S] [--layout shared|nodes]
-#                        [--no-nginx] [--no-build]
+#                        [--no-nginx] [--no-build] [--rates R1,R2,...]
+#   --rates  also run every pair open-loop at these fixed rates (e.g. 2000,6000,12000) and
+#            report the sidecars' CPU per request, trellis pair ÷ nginx pair
 # Env: TRELLIS_BIN, the trellis binary measured (default target/release/trellis; e.g.
 # target/pgo/trellis after benches/pgo.sh).
 # Everything listens on 127.0.0.1:2814x/2815x/2809x/2990x; processes started here are
@@ -28,7 +30,7 @@ set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BIN="$ROOT/target/release"
 TRELLIS_BIN="${TRELLIS_BIN:-$BIN/trellis}"   # e.g. target/pgo/trellis after benches/pgo.sh
-REPS=3; LAT_REPS=5; DUR=6; BUILD=1; LAYOUT=shared; USE_NGINX=1
+REPS=3; LAT_REPS=5; DUR=6; BUILD=1; LAYOUT=shared; USE_NGINX=1; RATES=
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --reps) REPS="$2"; shift ;;
@@ -37,6 +39,7 @@ while [[ $# -gt 0 ]]; do
         --layout) LAYOUT="$2"; shift ;;
         --no-nginx) USE_NGINX=0 ;;
         --no-build) BUILD=0 ;;
+        --rates) RATES="$2"; shift ;;
         -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
         *) echo "unknown option: $1" >&2; exit 2 ;;
     esac
@@ -178,16 +181,23 @@ echo
 echo "Layout: load driver cpu0, origin cpu$ORIGIN_CPU, outbound sidecar cpu$OUT_CPU, inbound sidecar cpu$IN_CPU." \
     "Pairs: trellis ($(basename "$TRELLIS_BIN"), h2 over mTLS between the sidecars)$([[ " ${TARGETS[*]} " == *" nginx "* ]] && echo ", nginx ($(nginx -v 2>&1 | sed 's/.*\///'), HTTP/1.1 over mTLS)")."
 echo
-# run TARGET ARGS...: one load run; prints "rps p50_us p99_us steal% sidecar_cpu%" and the line.
+# run TARGET ARGS...: one load run; prints "rps p50_us p99_us steal% sidecar_cpu% errors
+# sidecar_cpu_us_per_request" (the CPU of both sidecars over the run, warm-up included, per
+# request at the run's rate).
 run() {
     local t=$1; shift
     local s0 t0 s1 t1 c0 c1 w0 w1 j
     read -r s0 t0 < <(steal); c0=$(cpu_ns "${SIDECARS[$t]:-$$}"); w0=$(date +%s%N)
     j=$(load "${URL[$t]}" "$@")
     read -r s1 t1 < <(steal); c1=$(cpu_ns "${SIDECARS[$t]:-$$}"); w1=$(date +%s%N)
-    local cpu="-"
-    [[ -n ${SIDECARS[$t]} ]] && cpu=$(awk -v a="$c0" -v b="$c1" -v x="$w0" -v y="$w1" 'BEGIN {printf "%.0f", (b - a) * 100 / (y - x)}')
-    echo "$(field rps <<<"$j") $(field p50_us <<<"$j") $(field p99_us <<<"$j") $(( (s1 - s0) * 100 / (t1 - t0 + 1) )) $cpu $(field errors <<<"$j")"
+    local cpu="-" per="-" rps
+    rps=$(field rps <<<"$j")
+    if [[ -n ${SIDECARS[$t]} ]]; then
+        cpu=$(awk -v a="$c0" -v b="$c1" -v x="$w0" -v y="$w1" 'BEGIN {printf "%.0f", (b - a) * 100 / (y - x)}')
+        per=$(awk -v a="$c0" -v b="$c1" -v x="$w0" -v y="$w1" -v r="$rps" \
+            'BEGIN {if (r > 0) printf "%.1f", (b - a) / 1000 / (r * (y - x) / 1e9); else print "-"}')
+    fi
+    echo "$rps $(field p50_us <<<"$j") $(field p99_us <<<"$j") $(( (s1 - s0) * 100 / (t1 - t0 + 1) )) $cpu $(field errors <<<"$j") $per"
 }
 
 echo "closed loop, HTTP/1.1, 64 connections, ${DUR}s per run (sidecar CPU: both sidecars together, % of one core, warm-up included):"
@@ -232,6 +242,36 @@ open_loop() {
 open_loop "$(awk -v p="$(med "${RPS[trellis]}")" 'BEGIN {printf "%d", p / 2}')" "half of the trellis pair's maximum"
 # The same at a rate the nginx pair also keeps up with: each pair at most at half its maximum.
 [[ " ${TARGETS[*]} " == *" nginx "* ]] && open_loop "$(awk -v p="$(med "${RPS[nginx]}")" 'BEGIN {printf "%d", p / 2}')" "half of the nginx pair's maximum"
+
+# CPU per request at fixed open-loop rates: what a pair costs at a given traffic, the
+# figure that decides how many cores a mesh takes from its apps.
+if [[ -n $RATES ]]; then
+    echo
+    echo "CPU per request at fixed open-loop rates (both sidecars, us of CPU per request; ${DUR}s per run, $LAT_REPS reps, medians):"
+    echo
+    echo "| rate | pair | achieved RPS | sidecar CPU us/req | p99 | steal | pair ÷ nginx pair (CPU/req) |"
+    echo "|---|---|---|---|---|---|---|"
+    for rate in ${RATES//,/ }; do
+        declare -A PER=() ACH=() Q99=() ST=()
+        for rep in $(seq "$LAT_REPS"); do
+            for t in "${TARGETS[@]}"; do
+                [[ $t == direct ]] && continue
+                read -r rps _ p99 st _ _ per < <(run "$t" --rate "$rate" -d "${DUR}s")
+                PER[$t]+=" ${per/-/0}"; ACH[$t]+=" ${rps%.*}"; Q99[$t]+=" $p99"; ST[$t]+=" $st"
+            done
+        done
+        for t in "${TARGETS[@]}"; do
+            [[ $t == direct ]] && continue
+            m=$(med "${PER[$t]}")
+            r="–"
+            if [[ $t == trellis && -n ${PER[nginx]:-} ]]; then
+                n=$(med "${PER[nginx]}")
+                r=$(awk -v a="$m" -v b="$n" 'BEGIN {if (b > 0) printf "%.2f×", a / b; else print "–"}')
+            fi
+            echo "| $rate | $t | $(med "${ACH[$t]}") | $m | $(ms "$(med "${Q99[$t]}")") ms | $(med "${ST[$t]}")% | $r |"
+        done
+    done
+fi
 [[ -n ${NOUT:-} ]] && kill "$NOUT" "$NIN" 2>/dev/null
 kill "$OUT"
 echo

@@ -9,6 +9,9 @@
 # Usage: benches/run.sh [--quick] [--reps N] [--duration S] [--no-build] [--no-memory]
 #                       [--memory-only] [--idle-conns N] [--sse-streams N]
 #                       [--sse-client auto|h1|h2c] [--sse-h2-upstream N] [--no-nginx] [--no-haproxy]
+#                       [--no-tls]
+#        --no-tls: skip the TLS loads (HTTP/1.1 over TLS with wrk, h2 over TLS with h2load;
+#                  each proxy terminates TLS with a P-256 certificate from `trellis certs`)
 #        --sse-h2-upstream N: N SSE streams from HTTP/1.1 clients through an h2c upstream
 #                             cluster, Trellis only (default 10000; 0 skips it)
 # Env:   TRELLIS_CLUSTER_PROTOCOL     protocol Trellis speaks to the origin (default http1)
@@ -51,6 +54,9 @@ TRELLIS_ADMIN=19901
 NGINX_PORT=18082
 NGINX_H2_PORT=18083     # nginx 1.22: a plain `listen ... http2` accepts only h2c prior knowledge
 HAPROXY_PORT=18085
+TRELLIS_TLS_PORT=18443
+NGINX_TLS_PORT=18444
+HAPROXY_TLS_PORT=18445
 
 REPS=3
 DURATION=8
@@ -60,6 +66,7 @@ MEMORY=1
 MEMORY_ONLY=0           # skip the throughput and open-loop loads
 USE_NGINX=1
 USE_HAPROXY=1
+USE_TLS=1
 IDLE_CONNS=1000
 SSE_STREAMS=10000
 HOLD_SECS=10
@@ -79,6 +86,7 @@ while [[ $# -gt 0 ]]; do
         --memory-only) MEMORY_ONLY=1 ;;
         --no-nginx) USE_NGINX=0 ;;
         --no-haproxy) USE_HAPROXY=0 ;;
+        --no-tls) USE_TLS=0 ;;
         --idle-conns) IDLE_CONNS="$2"; shift ;;
         --sse-streams) SSE_STREAMS="$2"; shift ;;
         --sse-client) SSE_CLIENT="$2"; shift ;;
@@ -276,6 +284,20 @@ if [[ ! -x "$TRELLIS_BIN" ]]; then
     TRELLIS_OK=0
 fi
 
+# One server certificate for every proxy's TLS listener (P-256, from our own `certs`).
+HAVE_TLS=0
+PKI="$TMP/pki"
+if ((USE_TLS && TRELLIS_OK)); then
+    if "$TRELLIS_BIN" certs init --dir "$PKI" >/dev/null 2>"$TMP/certs.log" &&
+        "$TRELLIS_BIN" certs issue --dir "$PKI" --id spiffe://trellis.local/ns/bench/sa/edge \
+            --dns localhost --out "$PKI/edge" >/dev/null 2>>"$TMP/certs.log"; then
+        cat "$PKI/edge.pem" "$PKI/edge.key" >"$PKI/edge.combined.pem" # HAProxy's `crt` form
+        HAVE_TLS=1
+    else
+        warn "making a certificate failed ($(tail -n 1 "$TMP/certs.log")): no TLS loads"
+    fi
+fi
+
 # ---------------------------------------------------------------------------------------
 # Origin (cpu0, with the load generator).
 # ---------------------------------------------------------------------------------------
@@ -304,6 +326,12 @@ start_trellis() {
         echo "    address: 127.0.0.1:$TRELLIS_PORT"
         echo "    protocol: auto"
         echo "    routes: [all]"
+        if ((HAVE_TLS)); then
+            echo "  - name: bench-tls"
+            echo "    address: 127.0.0.1:$TRELLIS_TLS_PORT"
+            echo "    tls: { mode: terminate, certificates: [{ cert: $PKI/edge.pem, key: $PKI/edge.key }] }"
+            echo "    routes: [all]"
+        fi
         if [[ "$H2_CLUSTER_PROTOCOL" != "$CLUSTER_PROTOCOL" ]]; then
             echo "  - name: bench-h2"
             echo "    address: 127.0.0.1:$TRELLIS_H2_PORT"
@@ -375,6 +403,9 @@ http {
     server {
         listen 127.0.0.1:$NGINX_PORT;
         listen 127.0.0.1:$NGINX_H2_PORT http2;
+$( ((HAVE_TLS)) && echo "        listen 127.0.0.1:$NGINX_TLS_PORT ssl http2;
+        ssl_certificate $PKI/edge.pem;
+        ssl_certificate_key $PKI/edge.key;")
         location / {
             proxy_pass http://origin;
             proxy_http_version 1.1;
@@ -420,6 +451,7 @@ defaults
     http-reuse always
 frontend fe
     bind 127.0.0.1:$HAPROXY_PORT
+$( ((HAVE_TLS)) && echo "    bind 127.0.0.1:$HAPROXY_TLS_PORT ssl crt $PKI/edge.combined.pem alpn h2,http/1.1")
     default_backend be
 backend be
     server origin 127.0.0.1:$ORIGIN_PORT
@@ -438,7 +470,7 @@ EOF
 }
 
 TARGETS=(direct)
-declare -A SUT_PID H1_URL H2_URL IDLE_RSS
+declare -A SUT_PID H1_URL H2_URL TLS_URL IDLE_RSS
 SUT_PID[direct]=$ORIGIN_PID
 H1_URL[direct]="http://127.0.0.1:$ORIGIN_PORT/"
 H2_URL[direct]="http://127.0.0.1:$ORIGIN_PORT/"
@@ -447,18 +479,21 @@ if ((TRELLIS_OK)) && start_trellis; then
     SUT_PID[trellis]=$TRELLIS_PID
     H1_URL[trellis]="http://127.0.0.1:$TRELLIS_PORT/"
     H2_URL[trellis]="http://127.0.0.1:$TRELLIS_H2_URL_PORT/"
+    TLS_URL[trellis]="https://127.0.0.1:$TRELLIS_TLS_PORT/"
 fi
 if ((HAVE_NGINX)) && start_nginx; then
     TARGETS+=(nginx)
     SUT_PID[nginx]=$NGINX_PID
     H1_URL[nginx]="http://127.0.0.1:$NGINX_PORT/"
     H2_URL[nginx]="http://127.0.0.1:$NGINX_H2_PORT/"
+    TLS_URL[nginx]="https://127.0.0.1:$NGINX_TLS_PORT/"
 fi
 if ((HAVE_HAPROXY)) && start_haproxy; then
     TARGETS+=(haproxy)
     SUT_PID[haproxy]=$HAPROXY_PID
     H1_URL[haproxy]="http://127.0.0.1:$HAPROXY_PORT/"
     H2_URL[haproxy]="http://127.0.0.1:$HAPROXY_PORT/"
+    TLS_URL[haproxy]="https://127.0.0.1:$HAPROXY_TLS_PORT/"
 fi
 sleep 1
 for t in "${TARGETS[@]}"; do
@@ -495,10 +530,11 @@ record() { # rep target load rps p50 p90 p99 p999 max errors cpu
     log "  $2 $3: rps=$4 p50=$5us p99=$7us errors=${10} sut_cpu=${11}%"
 }
 
+# run_wrk REP TARGET [LOAD URL]: HTTP/1.1 keep-alive, 64 connections (default h1-wrk, H1_URL).
 run_wrk() {
-    local rep=$1 target=$2 url=${H1_URL[$2]} o rps p50 p90 p99 max errs
+    local rep=$1 target=$2 load=${3:-h1-wrk} url=${4:-${H1_URL[$2]}} o rps p50 p90 p99 max errs
     run_fg "$TMP/warm" taskset -c 0 timeout -k 5 $((WARMUP + 30)) wrk -t1 -c64 -d"${WARMUP}s" "$url" || true
-    measure "$rep" "$target" h1-wrk taskset -c 0 wrk -t1 -c64 -d"${DURATION}s" --latency "$url"
+    measure "$rep" "$target" "$load" taskset -c 0 wrk -t1 -c64 -d"${DURATION}s" --latency "$url"
     o="$TMP/out"
     rps=$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' "$o")
     lat() { local l; l=$(awk -v p="$1%" '$1==p {print $2}' "$o" | sed -E 's/([0-9.]+)([a-z]+)/\1 \2/'); [[ -n "$l" ]] && to_us $l || echo NA; }
@@ -506,13 +542,15 @@ run_wrk() {
     max=$(awk '$1=="Latency" && NF>=4 {print $4; exit}' "$o" | sed -E 's/([0-9.]+)([a-z]+)/\1 \2/')
     [[ -n "$max" ]] && max=$(to_us $max) || max=NA
     errs=$(awk '/Non-2xx/ {n+=$NF} /Socket errors/ {gsub(",",""); n+=$4+$6+$8+$10} END {print n+0}' "$o")
-    record "$rep" "$target" h1-wrk "${rps:-0}" "$p50" "$p90" "$p99" NA "$max" "$errs" "$CPU"
+    record "$rep" "$target" "$load" "${rps:-0}" "$p50" "$p90" "$p99" NA "$max" "$errs" "$CPU"
 }
 
+# run_h2load REP TARGET [LOAD URL]: 8 connections x 8 streams (default h2c-h2load, H2_URL;
+# an https:// URL negotiates h2 by ALPN).
 run_h2load() {
-    local rep=$1 target=$2 url=${H2_URL[$2]} o rps pcts errs max
+    local rep=$1 target=$2 load=${3:-h2c-h2load} url=${4:-${H2_URL[$2]}} o rps pcts errs max
     rm -f "$TMP/h2load.log"
-    measure "$rep" "$target" h2c-h2load taskset -c 0 h2load -t1 -c8 -m8 -D "$DURATION" \
+    measure "$rep" "$target" "$load" taskset -c 0 h2load -t1 -c8 -m8 -D "$DURATION" \
         --warm-up-time "$WARMUP" --log-file "$TMP/h2load.log" "$url"
     o="$TMP/out"
     rps=$(awk '/^finished in/ {gsub(",",""); printf "%.0f", $4}' "$o")
@@ -525,7 +563,7 @@ run_h2load() {
               for (i = 1; i <= n; i++) { r = int(q[i] * NR + 0.999999); if (r < 1) r = 1; printf "%s ", a[r] }
               print a[NR] }')
     read -r p50 p90 p99 p999 max <<<"$pcts"
-    record "$rep" "$target" h2c-h2load "${rps:-0}" "$p50" "$p90" "$p99" "$p999" "$max" "${errs:-NA}" "$CPU"
+    record "$rep" "$target" "$load" "${rps:-0}" "$p50" "$p90" "$p99" "$p999" "$max" "${errs:-NA}" "$CPU"
 }
 
 # run_driver REP TARGET LOAD ARGS...: our driver, JSON result.
@@ -561,6 +599,10 @@ if ((!MEMORY_ONLY)); then
     LOADS+=(h1-driver)
     ((HAVE_H2LOAD)) && LOADS+=(h2c-h2load)
     LOADS+=(h2c-driver)
+    if ((HAVE_TLS)); then
+        ((HAVE_WRK)) && LOADS+=(tls-h1-wrk)
+        ((HAVE_H2LOAD)) && LOADS+=(tls-h2-h2load)
+    fi
 fi
 log "targets: ${TARGETS[*]}; loads: ${LOADS[*]}; $REPS x ${DURATION}s (+${WARMUP}s warm-up)"
 START_LOADAVG=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -575,6 +617,8 @@ for rep in $(seq "$REPS"); do
                 h1-driver) run_driver "$rep" "$target" h1-driver --url "${H1_URL[$target]}" -c 64 ;;
                 h2c-h2load) run_h2load "$rep" "$target" ;;
                 h2c-driver) run_driver "$rep" "$target" h2c-driver --url "${H2_URL[$target]}" --h2 -c 8 -m 8 ;;
+                tls-h1-wrk) [[ -n "${TLS_URL[$target]:-}" ]] && run_wrk "$rep" "$target" tls-h1-wrk "${TLS_URL[$target]}" ;;
+                tls-h2-h2load) [[ -n "${TLS_URL[$target]:-}" ]] && run_h2load "$rep" "$target" tls-h2-h2load "${TLS_URL[$target]}" ;;
             esac
         done
     done
@@ -712,7 +756,7 @@ has() { [[ " ${TARGETS[*]} " == *" $1 "* ]]; }
         echo "- $REPS interleaved repetition(s) × ${DURATION} s (+${WARMUP} s warm-up); medians with min–max."
     fi
     echo "- Load generator + origin (\`trellis-origin --threads 1\`) pinned on cpu0; each proxy alone on cpu1 with one worker/thread."
-    echo "- Trellis cluster protocol: h1 scenario \`$CLUSTER_PROTOCOL\`, h2c scenario \`$H2_CLUSTER_PROTOCOL\`. nginx: upstream keepalive 64, HTTP/1.1 upstream."
+    echo "- Trellis cluster protocol: h1 scenario \`$CLUSTER_PROTOCOL\`, h2c scenario \`$H2_CLUSTER_PROTOCOL\`. nginx: upstream keepalive 64, HTTP/1.1 upstream. HAProxy: \`http-reuse always\`, HTTP/1.1 upstream, one thread."
     echo "- Machine: $(nproc) cores, $(uname -r), load average before the run: $START_LOADAVG; $(nginx -v 2>&1 | sed 's/.*: //'); wrk $WRK_VERSION; h2load $( ((HAVE_H2LOAD)) && h2load --version | awk '{print $2}' || echo none)."
     ((TRELLIS_OK)) && has trellis || echo "- **Trellis was not measured** (binary missing or not ready): only the other columns are meaningful."
     echo
@@ -722,6 +766,8 @@ has() { [[ " ${TARGETS[*]} " == *" $1 "* ]]; }
         hdr="| load |"; sep="|---|"
         for t in "${TARGETS[@]}"; do hdr+=" $t RPS |"; sep+="---|"; done
         has trellis && has nginx && { hdr+=" trellis/nginx |"; sep+="---|"; }
+        has trellis && has haproxy && { hdr+=" trellis/haproxy |"; sep+="---|"; }
+        has trellis && has nginx && has haproxy && { hdr+=" trellis/best C proxy |"; sep+="---|"; }
         has trellis && { hdr+=" trellis/direct |"; sep+="---|"; }
         echo "$hdr"; echo "$sep"
         for load in "${LOADS[@]}"; do
@@ -733,9 +779,12 @@ has() { [[ " ${TARGETS[*]} " == *" $1 "* ]]; }
             if has trellis; then
                 read -r tm _ _ <<<"$(agg trellis "$load" 4)"
                 read -r dm _ _ <<<"$(agg direct "$load" 4)"
-                if has nginx; then
-                    read -r nm _ _ <<<"$(agg nginx "$load" 4)"
-                    row+=" $(ratio "$tm" "$nm") |"
+                nm=NA; hm=NA
+                has nginx && { read -r nm _ _ <<<"$(agg nginx "$load" 4)"; row+=" $(ratio "$tm" "$nm") |"; }
+                has haproxy && { read -r hm _ _ <<<"$(agg haproxy "$load" 4)"; row+=" $(ratio "$tm" "$hm") |"; }
+                if has nginx && has haproxy; then
+                    best=$(awk -v a="$nm" -v b="$hm" 'BEGIN { if (a == "NA") print b; else if (b == "NA" || a > b) print a; else print b }')
+                    row+=" $(ratio "$tm" "$best") |"
                 fi
                 row+=" $(ratio "$tm" "$dm") |"
             fi
@@ -763,6 +812,7 @@ has() { [[ " ${TARGETS[*]} " == *" $1 "* ]]; }
         done
         echo
         echo "\"direct\" is the origin alone; its CPU% is the origin's, which shares cpu0 with the load generator."
+        ((HAVE_TLS)) && echo "TLS loads: each proxy terminates TLS (TLS 1.3, the same P-256 certificate) and forwards plain HTTP/1.1 to the origin; the origin speaks no TLS, so there is no direct row."
         echo
     else
         echo "No throughput loads (\`--memory-only\`)."
