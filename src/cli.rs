@@ -9,7 +9,8 @@ use std::path::PathBuf;
 #[derive(Parser)]
 #[command(name = "trellis", version, about, propagate_version = true)]
 pub struct Cli {
-    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `trellis_proxy=debug`.
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `trellis_proxy=debug`. Release
+    /// builds log at most `debug` (trace-level callsites are compiled out).
     #[arg(long, global = true, env = "TRELLIS_LOG", default_value = "info")]
     pub log: String,
     /// Log as JSON lines instead of text.

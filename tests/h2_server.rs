@@ -174,3 +174,44 @@ async fn client_reset_before_the_response_cancels_the_upstream_request() {
     })
     .await;
 }
+
+/// A client with a 1 KiB stream and connection window gets a 300 KB response whole: the
+/// body's last chunk, handed to h2 without waiting for capacity, still goes out only as the
+/// client opens its window. The `date` field is there (sent as a never-indexed literal).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_client_window_gets_a_large_response_whole() {
+    const LEN: usize = 300_000;
+    within(LIMIT, async {
+        let origin = Origin::start(|_req: Request<Incoming>| async move {
+            Response::new(full((0..LEN).map(|i| b'a' + (i % 26) as u8).collect::<Vec<u8>>()))
+        })
+        .await;
+        let listen = listen_addr();
+        let proxy = Proxy::start(&config::simple(listen, origin.addr, config::ClusterProtocol::Http1).yaml());
+        let tcp = tokio::net::TcpStream::connect(listen).await.unwrap();
+        let (client, conn) = h2::client::Builder::new()
+            .initial_window_size(1024)
+            .initial_connection_window_size(1024)
+            .handshake::<_, Bytes>(tcp)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let mut client = client.ready().await.unwrap();
+        let req = Request::get(format!("http://{listen}/big")).body(()).unwrap();
+        let (resp, _) = client.send_request(req, true).unwrap();
+        let resp = resp.await.unwrap();
+        assert_eq!(resp.status(), 200, "logs: {}", log_tail(&proxy, 10));
+        assert!(resp.headers().contains_key(http::header::DATE));
+        let mut body = resp.into_body();
+        let mut got = Vec::with_capacity(LEN);
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.unwrap();
+            // Opening the window only by what was read keeps the proxy waiting on it.
+            body.flow_control().release_capacity(chunk.len()).unwrap();
+            got.extend_from_slice(&chunk);
+        }
+        assert_eq!(got.len(), LEN, "logs: {}", log_tail(&proxy, 10));
+        assert!(got.iter().enumerate().all(|(i, b)| *b == b'a' + (i % 26) as u8), "body bytes differ");
+    })
+    .await;
+}

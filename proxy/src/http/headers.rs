@@ -80,6 +80,9 @@ pub const ADDED_TO_REQUESTS: usize = 5;
 /// Rewrites a downstream request in place for forwarding to an upstream over `wire`.
 pub fn prepare_request<B>(req: &mut Request<B>, peer: &Peer, wire: Wire) {
     let h = req.headers_mut();
+    // Room for what is added below, at once (a map from the h2 decoder is sized for what
+    // the client sent: two inserts would grow and rehash it).
+    h.reserve(ADDED_TO_REQUESTS);
     strip_hop_by_hop(h);
 
     // Entries: one lookup per header whether it is there or not.

@@ -134,14 +134,10 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         loop {
-            // Registers for RST_STREAM while waiting on the body or for capacity.
-            if let Poll::Ready(reason) = this.stream.poll_reset(cx) {
-                return Poll::Ready(Err(PipeError::Reset(reason?)));
-            }
             if let Some((chunk, eos)) = this.pending.take() {
                 if this.poll_capacity(cx)?.is_pending() {
                     this.pending = Some((chunk, eos));
-                    return Poll::Pending;
+                    return this.wait_or_reset(cx);
                 }
                 this.stream.send_data(chunk, eos)?;
                 if eos {
@@ -149,8 +145,10 @@ where
                 }
                 continue;
             }
-            if ready!(this.next_frame(cx))? {
-                return Poll::Ready(Ok(()));
+            match this.next_frame(cx)? {
+                Poll::Ready(true) => return Poll::Ready(Ok(())),
+                Poll::Ready(false) => {}
+                Poll::Pending => return this.wait_or_reset(cx),
             }
         }
     }
@@ -161,6 +159,16 @@ where
     B: Body<Data = Bytes> + Unpin,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
+    /// Pending, registered for the client's RST_STREAM while the pipe waits (on the body or
+    /// for capacity). Checked only then: each stream call takes h2's lock, and a body that
+    /// is ready is sent (or fails to send on a reset stream) without it.
+    fn wait_or_reset(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), PipeError>> {
+        match self.stream.poll_reset(cx) {
+            Poll::Ready(reason) => Poll::Ready(Err(PipeError::Reset(reason?))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
     /// Waits until the stream may send at least one byte.
     fn poll_capacity(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), PipeError>> {
         while self.stream.capacity() == 0 {
@@ -187,6 +195,11 @@ where
         };
         let eos = self.body.is_end_stream();
         match frame.into_data() {
+            // The last chunk goes without waiting for capacity: h2 buffers it and asks for
+            // the window itself, and waiting would hold no less (the chunk is in memory and
+            // nothing is read after it). Most responses are one chunk: this saves two
+            // stream calls, each one a lock of h2's state.
+            Ok(chunk) if eos => Poll::Ready(self.stream.send_data(chunk, true).map(|()| true).map_err(Into::into)),
             // Claim a minimal share of the window, not the chunk's size: h2 raises it as
             // data is buffered, and a whole-chunk claim starves other streams (hyper#4003).
             Ok(chunk) if !chunk.is_empty() => {
@@ -194,7 +207,7 @@ where
                 self.pending = Some((chunk, eos));
                 Poll::Ready(Ok(false))
             }
-            Ok(chunk) => Poll::Ready(self.stream.send_data(chunk, eos).map(|()| eos).map_err(Into::into)),
+            Ok(_) => Poll::Ready(Ok(false)),
             Err(frame) => match frame.into_trailers() {
                 Ok(trailers) => {
                     self.stream.reserve_capacity(0);
