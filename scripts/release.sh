@@ -11,11 +11,12 @@
 #    LLVM versions, git commit, flags, sha256 of the binary and of the profile).
 # Same source, same behaviour as `cargo build --release`; ~20% fewer instructions per request.
 #
-# Usage: scripts/release.sh [--out DIR] [--train-secs S] [--profile FILE]
+# Usage: scripts/release.sh [--out DIR] [--train-secs S] [--profile FILE | --profile-only]
 #   --out DIR        where the artifact goes (default: dist/, git-ignored)
 #   --train-secs S   seconds per training workload (default 6, as every published build)
 #   --profile FILE   skip steps 1-2: build with this merged profile (e.g. the trellis.profdata
 #                    of an earlier build, to reproduce that build bit for bit)
+#   --profile-only   stop after steps 1-2: write OUT/trellis.profdata (to compare profiles)
 # Needs git, curl, and llvm-profdata of rustc's LLVM major version ($LLVM_PROFDATA,
 # rustup's llvm-tools component, or Debian's llvm-N). Listens on 127.0.0.1:2820x and
 # 2992x; every process started here is ended by PID. Takes 20-30 minutes on 2 cores.
@@ -24,19 +25,22 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 OUT="$ROOT/dist"
 SECS=6
 PROFILE_IN=
+PROFILE_ONLY=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --out) OUT="$2"; shift ;;
         --train-secs) SECS="$2"; shift ;;
         --profile) PROFILE_IN="$2"; shift ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        --profile-only) PROFILE_ONLY=1 ;;
+        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
         *) echo "unknown option: $1" >&2; exit 2 ;;
     esac
     shift
 done
 die() { echo "error: $*" >&2; exit 1; }
-say() { echo "[release] $*"; }
+say() { echo "[release $(date -u +%T)] $*"; }
 [[ "$SECS" =~ ^[1-9][0-9]*$ ]] || die "--train-secs takes a whole number of seconds, got '$SECS'"
+[[ -z "$PROFILE_IN" ]] || ((PROFILE_ONLY == 0)) || die "--profile and --profile-only exclude each other"
 if [[ -n "$PROFILE_IN" ]]; then
     [[ -f "$PROFILE_IN" ]] || die "--profile: no such file: $PROFILE_IN"
     PROFILE_IN=$(realpath "$PROFILE_IN")
@@ -180,6 +184,12 @@ else
     shopt -s nullglob
     raws=("$RAW"/*.profraw)
     ((${#raws[@]} >= 3)) || die "expected a profile from each of 3 proxies, found ${#raws[@]}"
+    if ((PROFILE_ONLY)); then
+        # Not into $PROFILE: a profile-guided build may be reading it.
+        "$PROFDATA" merge -o "$OUT/trellis.profdata" "${raws[@]}" || die "llvm-profdata merge failed"
+        say "done: $OUT/trellis.profdata"
+        exit 0
+    fi
     "$PROFDATA" merge -o "$PROFILE" "${raws[@]}" || die "llvm-profdata merge failed"
     SOURCE="trained by scripts/release.sh, $SECS s per workload"
 fi
@@ -213,4 +223,4 @@ sha() { awk -v f="$1" '$2 == f {print $1}' "$OUT/SHA256SUMS"; }
     echo "trellis sha256: $(sha trellis)"
 } >"$OUT/MANIFEST"
 sed 's/^/[release]   /' "$OUT/MANIFEST"
-say "done: $OUT/trellis"
+say "done in $((SECONDS / 60)) min: $OUT/trellis"
