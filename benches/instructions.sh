@@ -6,8 +6,12 @@
 # hot path when RPS on a noisy, shared VM cannot (they do not count the kernel, cache
 # misses or waiting: the RPS benchmarks stay the measure of speed).
 #
-# Usage: benches/instructions.sh [--no-build] [--no-nginx] [--no-pair] [--tracing RATIO] [BIN...]
+# Usage: benches/instructions.sh [--no-build] [--no-nginx] [--no-pair] [--tracing RATIO]
+#                                [--warmup S] [BIN...]
 #   BIN...           trellis binaries to compare (default: target/release/trellis)
+#   --warmup S       seconds of load before counting (default 2). HTTP/2's HPACK tables take
+#                    about a minute to fill with a new `date` each second: use ~70 for the
+#                    steady state of a long-lived connection (the pair's mTLS h2 hop)
 #   --tracing RATIO  also measure each binary with OTLP tracing on at this sample ratio
 #                    (spans exported over OTLP/HTTP to the origin, which answers 200)
 # Needs valgrind and wrk (nginx for its column). Listens on 127.0.0.1:2818x/2819x/2991x;
@@ -15,14 +19,15 @@
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BIN="$ROOT/target/release"
-BUILD=1; NGINX=1; PAIR=1; TRACING=; TRELLIS=()
+BUILD=1; NGINX=1; PAIR=1; TRACING=; TRELLIS=(); WARMUP=2
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --no-build) BUILD=0 ;;
         --no-nginx) NGINX=0 ;;
         --no-pair) PAIR=0 ;;
         --tracing) TRACING=$2; shift ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        --warmup) WARMUP=$2; shift ;;
+        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
         -*) echo "unknown option: $1" >&2; exit 2 ;;
         *) TRELLIS+=("$(realpath "$1")") ;;
     esac
@@ -50,7 +55,7 @@ dump_ir() {
 # measure URL PID... : warm up, zero the counters, run wrk -c16 for 5 s; prints the request count.
 measure() {
     local url=$1 p; shift
-    taskset -c 0 wrk -t1 -c16 -d2s "$url" >/dev/null
+    taskset -c 0 wrk -t1 -c16 -d"${WARMUP}s" "$url" >/dev/null
     for p in "$@"; do callgrind_control -z "$p" >/dev/null 2>&1; done
     taskset -c 0 wrk -t1 -c16 -d5s "$url" | awk '/requests in/ {print $1}'
 }
