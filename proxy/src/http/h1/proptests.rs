@@ -275,6 +275,20 @@ fn hyper_response_body(input: &[u8]) -> HyperRead {
     })
 }
 
+/// Whether the head has a `Transfer-Encoding` line with no value. There hyper and the RFC
+/// part: hyper looks only at the last line's last coding (none: not chunked, so a response
+/// is read to its close), while RFC 9110 §5.6.1 has a recipient ignore empty list elements,
+/// so `gzip, chunked` then an empty line still ends in chunked, as the codec reads it.
+fn has_empty_te_line(input: &[u8]) -> bool {
+    let head = input.split(|&b| b == b'\n').take_while(|l| !l.is_empty() && *l != b"\r");
+    head.into_iter().any(|line| {
+        let line = String::from_utf8_lossy(line);
+        line.split_once(':').is_some_and(|(name, value)| {
+            name.trim().eq_ignore_ascii_case("transfer-encoding") && value.trim().is_empty()
+        })
+    })
+}
+
 fn cuts() -> impl Strategy<Value = Vec<usize>> {
     proptest::collection::vec(0usize..400, 0..6)
 }
@@ -352,6 +366,7 @@ proptest! {
     #[test]
     fn responses_read_as_hyper_reads_them(input in response()) {
         if let Read::Message { body, end: End::Clean, .. } = read_response(&input, &Method::GET)
+            && !has_empty_te_line(&input)
             && let Some(theirs) = hyper_response_body(&input)
         {
             prop_assert_eq!(body, theirs, "{:?}", String::from_utf8_lossy(&input));

@@ -425,6 +425,14 @@ fn responses() {
             message(Close, "zzz", End::Clean, false, ""),
         ),
         (
+            // RFC 9110 §5.6.1: an empty list element is ignored, so the list still ends in
+            // chunked (hyper reads only the last line and would read to the close).
+            "gzip, chunked, then an empty TE line",
+            get.clone(),
+            format!("{OK}Transfer-Encoding: gzip, chunked\r\nTransfer-Encoding: \r\n\r\n3\r\nabc\r\n0\r\n\r\n"),
+            ok(Chunked, "abc"),
+        ),
+        (
             "no length: read to close",
             get.clone(),
             format!("{OK}\r\nall of it"),
