@@ -204,7 +204,7 @@ echo "closed loop, HTTP/1.1, 64 connections, ${DUR}s per run (sidecar CPU: both 
 declare -A RPS
 for rep in $(seq "$REPS"); do
     for t in "${TARGETS[@]}"; do
-        read -r rps p50 p99 st cpu err < <(run "$t" -d "${DUR}s")
+        read -r rps p50 p99 st cpu err _ < <(run "$t" -d "${DUR}s")
         RPS[$t]+=" $rps"
         printf '  rep %d %-8s %9.0f rps, p50 %6s ms, p99 %6s ms, errors %s | steal %2d%%, sidecars %s%%\n' \
             "$rep" "$t:" "$rps" "$(ms "$p50")" "$(ms "$p99")" "$err" "$st" "$cpu"
@@ -226,7 +226,7 @@ open_loop() {
     echo "open loop at $2 ($rate req/s), ${DUR}s per run, $LAT_REPS reps:"
     for rep in $(seq "$LAT_REPS"); do
         for t in "${TARGETS[@]}"; do
-            read -r rps p50 p99 st cpu err < <(run "$t" --rate "$rate" -d "${DUR}s")
+            read -r rps p50 p99 st cpu err _ < <(run "$t" --rate "$rate" -d "${DUR}s")
             P50[$t]+=" $p50"; P99[$t]+=" $p99"
             printf '  rep %d %-8s p50 %7s ms, p99 %8s ms, errors %s | steal %2d%%, sidecars %s%%\n' \
                 "$rep" "$t:" "$(ms "$p50")" "$(ms "$p99")" "$err" "$st" "$cpu"
