@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Trellis comparison benchmark: direct origin vs Trellis vs nginx (vs HAProxy if installed).
 #
-# Follows shared/BENCHMARKING.md: load generator and origin pinned on cpu0, the system
+# Follows the method of benches/README.md ("Method"): load generator and origin pinned on cpu0, the system
 # under test (SUT) alone on cpu1, scenarios interleaved within each repetition, medians of
 # >= 3 repetitions with min-max, SUT CPU% from /proc, the run in its own session with a
 # raised autogroup priority. See benches/README.md for what every column means.
