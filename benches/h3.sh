@@ -50,14 +50,7 @@ listeners:
     address: "127.0.0.1:28443"
     tls: { mode: terminate, certificates: [{ cert: pki/edge.pem, key: pki/edge.key }], http3: $1 }
     routes: [all]
-routes:
-  - name: all
-    match: { path_prefix: / }
-    backends: [{ cluster: origin }]
-clusters:
-  - name: origin
-    protocol: http1
-    endpoints: [{ address: "127.0.0.1:28441" }]
+$(forward_all_yaml 127.0.0.1:28441)
 EOF
 }
 config false >off.yaml

@@ -50,14 +50,7 @@ listeners:
     address: 127.0.0.1:$PORT
     protocol: auto
     routes: [all]
-routes:
-  - name: all
-    match: { path_prefix: / }
-    backends: [{ cluster: origin }]
-clusters:
-  - name: origin
-    protocol: http1
-    endpoints: [{ address: 127.0.0.1:$ORIGIN_PORT }]
+$(forward_all_yaml "127.0.0.1:$ORIGIN_PORT")
 EOF
 "$ORIGIN" --listen 127.0.0.1:$ORIGIN_PORT --threads 1 >origin.log 2>&1 &
 PIDS+=($!)

@@ -68,10 +68,7 @@ cat >proxy.yaml <<EOF
 admin: { address: 127.0.0.1:29911 }
 listeners:
   - { name: bench, address: 127.0.0.1:28180, routes: [all] }
-routes:
-  - { name: all, match: { path_prefix: / }, backends: [{ cluster: origin }] }
-clusters:
-  - { name: origin, protocol: http1, endpoints: [{ address: 127.0.0.1:28181 }] }
+$(forward_all_yaml 127.0.0.1:28181)
 EOF
 
 echo "## User-space instructions per request (callgrind; wrk -t1 -c16, 5 s after a 2 s warm-up)"

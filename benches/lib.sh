@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Sourced by the benchmark scripts (pair.sh, instructions.sh, pgo.sh): a working directory
-# that is removed on exit, processes recorded in PIDS that are ended by PID on exit, and a
-# readiness wait.
+# Sourced by the benchmark scripts: a working directory that is removed on exit, processes
+# recorded in PIDS that are ended by PID on exit, a readiness wait, a process tree's CPU
+# time, and the configs several scripts share.
 
 # bench_workdir NAME: makes /tmp/NAME.XXXXXX, sets TMP, arms the exit cleanup, cd's there.
 bench_workdir() {
@@ -26,4 +26,45 @@ wait_ready() {
     for _ in $(seq 100); do curl -sf "$1" >/dev/null && return 0; sleep 0.1; done
     echo "error: $1 not ready" >&2
     exit 1
+}
+
+# pid_tree PID: the process and all its descendants (nginx's workers under its master).
+pid_tree() {
+    local pid=$1 c
+    [[ -d /proc/$pid ]] || return 0
+    echo "$pid"
+    for c in $(cat /proc/"$pid"/task/*/children 2>/dev/null); do
+        pid_tree "$c"
+    done
+}
+
+# tree_ticks PID: "user system" CPU clock ticks summed over the process tree.
+tree_ticks() {
+    local p u=0 s=0 f a b
+    for p in $(pid_tree "$1"); do
+        # Fields after the ")" of the command name: utime is field 14, stime 15 overall.
+        f=$(sed -E 's/^.*\) //' /proc/"$p"/stat 2>/dev/null) || continue
+        read -r _ _ _ _ _ _ _ _ _ _ _ a b _ <<<"$f"
+        u=$((u + a)); s=$((s + b))
+    done
+    echo "$u $s"
+}
+
+# forward_all_yaml ORIGIN: the routes and clusters of a proxy that forwards every request
+# to one HTTP/1.1 origin (host:port); listeners name the route `all`.
+forward_all_yaml() {
+    printf 'routes:\n  - { name: all, match: { path_prefix: / }, backends: [{ cluster: origin }] }\n'
+    printf 'clusters:\n  - { name: origin, protocol: http1, endpoints: [{ address: "%s" }] }\n' "$1"
+}
+
+# haproxy_config THREADS MAXCONN ORIGIN BIND...: HAProxy in HTTP mode forwarding to ORIGIN
+# (host:port) over reused HTTP/1.1 connections, one `bind` line per BIND argument.
+haproxy_config() {
+    local threads=$1 maxconn=$2 origin=$3 b
+    shift 3
+    printf 'global\n    nbthread %s\n    maxconn %s\n' "$threads" "$maxconn"
+    printf 'defaults\n    mode http\n    timeout connect 5s\n    timeout client 1h\n    timeout server 1h\n    http-reuse always\n'
+    printf 'frontend fe\n'
+    for b in "$@"; do printf '    bind %s\n' "$b"; done
+    printf '    default_backend be\nbackend be\n    server origin %s\n' "$origin"
 }

@@ -65,10 +65,7 @@ listeners:
     address: "127.0.0.1:${TLS_PORT[trellis]}"
     tls: { mode: terminate, certificates: [{ cert: $TMP/pki/edge.pem, key: $TMP/pki/edge.key }] }
     routes: [all]
-routes:
-  - { name: all, match: { path_prefix: / }, backends: [{ cluster: origin }] }
-clusters:
-  - { name: origin, protocol: http1, endpoints: [{ address: "127.0.0.1:$ORIGIN" }] }
+$(forward_all_yaml "127.0.0.1:$ORIGIN")
 EOF
 mkdir -p ng/tmp
 cat >ng/nginx.conf <<EOF
@@ -85,7 +82,8 @@ http { access_log off; client_body_temp_path $TMP/ng/tmp/b; proxy_temp_path $TMP
   ssl_certificate $TMP/pki/edge.pem; ssl_certificate_key $TMP/pki/edge.key;
   location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
 EOF
-cat >haproxy.cfg <<EOF
+haproxy_config "$THREADS" 4000 "127.0.0.1:$ORIGIN" "127.0.0.1:${PORT[haproxy]}" \
+    "127.0.0.1:${TLS_PORT[haproxy]} ssl crt $TMP/pki/edge.combined.pem alpn h2,http/1.1" >haproxy.cfg
 global
     nbthread $THREADS
     maxconn 4000
@@ -123,10 +121,6 @@ start() { # start NAME: the proxy on cpu1; sets SUT[NAME]
     wait_ready "http://127.0.0.1:$(h1_port "$1")/"
 }
 h1_port() { if [[ $1 == nginx ]]; then echo $H1_NGINX; else echo "${PORT[$1]}"; fi; }
-# pids PID: PID and its children, comma-separated (nginx's workers under its master).
-pids() { local c; c=$(pgrep -P "$1" | paste -sd,); echo "$1${c:+,$c}"; }
-# ticks PID: user and system CPU of PID and its children (clock ticks).
-ticks() { local p u=0 s=0 a b; for p in ${1} $(pgrep -P "$1"); do read -r a b < <(awk '{print $14, $15}' "/proc/$p/stat"); u=$((u + a)); s=$((s + b)); done; echo "$u $s"; }
 
 # run NAME MODE: prints "syscalls/req ctxsw/req user_us/req sys_us/req rps"
 run() {
@@ -138,10 +132,10 @@ run() {
         tls-h2) url="https://127.0.0.1:${TLS_PORT[$name]}/"; args=(-c8 -m8) ;;
     esac
     taskset -c "$LOAD_CPUS" h2load -t1 "${args[@]}" -n $((N / 10)) "$url" >/dev/null 2>&1 # warm-up
-    read -r u0 s0 <<<"$(ticks "$pid")"
-    out=$(perf stat -x, -e raw_syscalls:sys_enter,context-switches -p "$(pids "$pid")" -- \
+    read -r u0 s0 <<<"$(tree_ticks "$pid")"
+    out=$(perf stat -x, -e raw_syscalls:sys_enter,context-switches -p "$(pid_tree "$pid" | paste -sd,)" -- \
         taskset -c "$LOAD_CPUS" h2load -t1 "${args[@]}" -n "$N" "$url" 2>&1)
-    read -r u1 s1 <<<"$(ticks "$pid")"
+    read -r u1 s1 <<<"$(tree_ticks "$pid")"
     local sys cs rps ok
     sys=$(awk -F, '/raw_syscalls:sys_enter/ {print $1}' <<<"$out")
     cs=$(awk -F, '/context-switches/ {print $1}' <<<"$out")

@@ -165,26 +165,14 @@ run_fg() {
     return "$rc"
 }
 
-# The process and all its descendants.
-pid_tree() {
-    local pid=$1 c
-    [[ -d /proc/$pid ]] || return 0
-    echo "$pid"
-    for c in $(cat /proc/"$pid"/task/*/children 2>/dev/null); do
-        pid_tree "$c"
-    done
-}
+# shellcheck source=benches/lib.sh
+source "$ROOT/benches/lib.sh"   # pid_tree, tree_ticks, haproxy_config
 
-# utime+stime ticks summed over the tree.
+# utime+stime ticks summed over the process tree.
 cpu_ticks() {
-    local total=0 p f
-    for p in $(pid_tree "$1"); do
-        # Fields after the ")" of the command name: utime is field 14, stime 15 overall.
-        f=$(sed -E 's/^.*\) //' /proc/"$p"/stat 2>/dev/null) || continue
-        set -- $f
-        total=$((total + ${12} + ${13}))
-    done
-    echo "$total"
+    local u s
+    read -r u s <<<"$(tree_ticks "$1")"
+    echo $((u + s))
 }
 
 # VmRSS (or another /proc/PID/status field) in kB, summed over the tree.
@@ -439,23 +427,9 @@ HAPROXY_PID=""
 start_haproxy() {
     local cfg="$TMP/haproxy.cfg"
     # HAProxy refuses to start if it cannot get ~2 descriptors per maxconn.
-    cat >"$cfg" <<EOF
-global
-    nbthread 1
-    maxconn $(((NOFILE - 500) / 2))
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 1h
-    timeout server 1h
-    http-reuse always
-frontend fe
-    bind 127.0.0.1:$HAPROXY_PORT
-$( ((HAVE_TLS)) && echo "    bind 127.0.0.1:$HAPROXY_TLS_PORT ssl crt $PKI/edge.combined.pem alpn h2,http/1.1")
-    default_backend be
-backend be
-    server origin 127.0.0.1:$ORIGIN_PORT
-EOF
+    local binds=("127.0.0.1:$HAPROXY_PORT")
+    ((HAVE_TLS)) && binds+=("127.0.0.1:$HAPROXY_TLS_PORT ssl crt $PKI/edge.combined.pem alpn h2,http/1.1")
+    haproxy_config 1 $(((NOFILE - 500) / 2)) "127.0.0.1:$ORIGIN_PORT" "${binds[@]}" >"$cfg"
     taskset -c 1 haproxy -db -f "$cfg" >"$TMP/haproxy.log" 2>&1 &
     HAPROXY_PID=$!
     PIDS+=("$HAPROXY_PID")
