@@ -357,14 +357,7 @@ pub(crate) fn response_head(resp: Response<ProxyBody>) -> (Response<()>, ProxyBo
     // its table and finds a value by walking every entry of the same name, oldest first:
     // a new date each second filled the table with dates, and every response then
     // compared its date with ~40 others (about 1,700 instructions, 4% of a request).
-    match headers.entry(DATE) {
-        http::header::Entry::Occupied(mut e) => e.get_mut().set_sensitive(true),
-        http::header::Entry::Vacant(e) => {
-            let mut v = crate::http::date::value();
-            v.set_sensitive(true);
-            e.insert(v);
-        }
-    }
+    headers.entry(DATE).or_insert_with(crate::http::date::value).set_sensitive(true);
     if !body.is_end_stream()
         && let Some(len) = body.size_hint().exact()
     {
