@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # User-space instructions per proxied request, counted by valgrind's callgrind: Trellis
 # (one worker) and nginx (one worker, upstream keep-alive) forwarding HTTP/1.1 keep-alive
-# GETs to the same origin, and the sidecar pair (each sidecar separately). Instruction
-# counts do not depend on what else the machine is doing, so they show a change to the
-# hot path when RPS on a noisy, shared VM cannot (they do not count the kernel, cache
-# misses or waiting: the RPS benchmarks stay the measure of speed).
+# GETs to the same origin, h2c GETs (Trellis only; needs h2load), and the sidecar pair
+# (each sidecar separately). Instruction counts do not depend on what else the machine is
+# doing, so they show a change to the hot path when RPS on a noisy, shared VM cannot (they
+# do not count the kernel, cache misses or waiting: the RPS benchmarks stay the measure of
+# speed).
 #
 # Usage: benches/instructions.sh [--no-build] [--no-nginx] [--no-pair] [--tracing RATIO]
 #                                [--warmup S] [BIN...]
@@ -14,8 +15,8 @@
 #                    steady state of a long-lived connection (the pair's mTLS h2 hop)
 #   --tracing RATIO  also measure each binary with OTLP tracing on at this sample ratio
 #                    (spans exported over OTLP/HTTP to the origin, which answers 200)
-# Needs valgrind and wrk (nginx for its column). Listens on 127.0.0.1:2818x/2819x/2991x;
-# every process started here is ended by PID.
+# Needs valgrind and wrk (nginx for its column, h2load for the h2c lines). Listens on
+# 127.0.0.1:2818x/2819x/2991x; every process started here is ended by PID.
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BIN="$ROOT/target/release"
@@ -27,7 +28,7 @@ while [[ $# -gt 0 ]]; do
         --no-pair) PAIR=0 ;;
         --tracing) TRACING=$2; shift ;;
         --warmup) WARMUP=$2; shift ;;
-        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         -*) echo "unknown option: $1" >&2; exit 2 ;;
         *) TRELLIS+=("$(realpath "$1")") ;;
     esac
@@ -58,6 +59,12 @@ measure() {
     taskset -c 0 wrk -t1 -c16 -d"${WARMUP}s" "$url" >/dev/null
     for p in "$@"; do callgrind_control -z "$p" >/dev/null 2>&1; done
     taskset -c 0 wrk -t1 -c16 -d5s "$url" | awk '/requests in/ {print $1}'
+}
+# measure_h2c URL PID: the same with h2load over h2c (8 connections x 8 streams).
+measure_h2c() {
+    taskset -c 0 h2load -c8 -m8 -D "$WARMUP" "$1" >/dev/null 2>&1
+    callgrind_control -z "$2" >/dev/null 2>&1
+    taskset -c 0 h2load -c8 -m8 -D 5 "$1" 2>/dev/null | awk '/^requests:/ {print $8}'
 }
 stop() { local p; for p in "$@"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done; }
 cg() { exec valgrind --tool=callgrind --callgrind-out-file="$1.%p" "${@:2}"; }
@@ -90,6 +97,19 @@ for b in "${TRELLIS[@]}"; do
         stop "$p"; rm -f "$TMP"/t.*
     done
 done
+if command -v h2load >/dev/null; then
+    echo
+    echo "h2c GET (prior knowledge), 2-byte body, h2load -c8 -m8, one worker:"
+    for b in "${TRELLIS[@]}"; do
+        cg "$TMP/t" "$b" proxy --config proxy.yaml --threads 1 >trellis.log 2>&1 &
+        p=$!; PIDS+=("$p")
+        wait_http http://127.0.0.1:29911/ready || { tail -5 trellis.log; exit 1; }
+        n=$(measure_h2c http://127.0.0.1:28180/ "$p")
+        ir=$(dump_ir "$p" "$TMP/t" http://127.0.0.1:28180/)
+        printf '  %-40s %8d instructions/request (%d requests)\n' "trellis $b" $((ir / n)) "$n"
+        stop "$p"; rm -f "$TMP"/t.*
+    done
+fi
 if ((NGINX)) && command -v nginx >/dev/null; then
     mkdir -p ng/tmp
     cat >ng/nginx.conf <<EOF

@@ -14,10 +14,11 @@
 #                  nbthread; default 1). Above 1 nothing is pinned: on a 2-core machine the
 #                  proxies then share the cores with h2load and the origin, so compare
 #                  the per-request counts, not the RPS, with a --threads 1 run.
-# Modes: h1 (h2load --h1, 64 connections), h2c (8 connections x 8 streams), and, with the
-# proxies terminating TLS with the same P-256 certificate, tls-h1 and tls-h2. Every proxy
-# speaks HTTP/1.1 to the origin over kept-alive connections. Needs perf (for the syscall
-# tracepoints), h2load, nginx and haproxy (a missing one is left out). Listens on
+# Modes: h1 (h2load --h1, 64 connections), h1-c1 (one connection, one request at a time:
+# a lightly loaded proxy, where per-request wake-ups show), h2c (8 connections x 8 streams),
+# and, with the proxies terminating TLS with the same P-256 certificate, tls-h1 and tls-h2.
+# Every proxy speaks HTTP/1.1 to the origin over kept-alive connections. Needs perf (for the
+# syscall tracepoints), h2load, nginx and haproxy (a missing one is left out). Listens on
 # 127.0.0.1:2830x; every process started here is ended by PID.
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -31,7 +32,7 @@ while [[ $# -gt 0 ]]; do
         --bin) TRELLIS=$(realpath "$2"); shift ;;
         --no-tls) TLS=0 ;;
         --threads) THREADS=$2; shift ;;
-        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
         *) echo "unknown option: $1" >&2; exit 2 ;;
     esac
     shift
@@ -127,6 +128,7 @@ run() {
     local name=$1 mode=$2 pid=${SUT[$1]} url args u0 s0 u1 s1 out
     case "$mode" in
         h1) url="http://127.0.0.1:$(h1_port "$name")/"; args=(--h1 -c64 -m1) ;;
+        h1-c1) url="http://127.0.0.1:$(h1_port "$name")/"; args=(--h1 -c1 -m1) ;;
         h2c) url="http://127.0.0.1:${PORT[$name]}/"; args=(-c8 -m8) ;;
         tls-h1) url="https://127.0.0.1:${TLS_PORT[$name]}/"; args=(--h1 -c64 -m1) ;;
         tls-h2) url="https://127.0.0.1:${TLS_PORT[$name]}/"; args=(-c8 -m8) ;;
@@ -146,7 +148,7 @@ run() {
         'BEGIN { printf "%.2f %.3f %.2f %.2f %s", s / n, c / n, u / hz * 1e6 / n, k / hz * 1e6 / n, r }'
 }
 
-MODES=(h1 h2c)
+MODES=(h1 h1-c1 h2c)
 ((TLS)) && MODES+=(tls-h1 tls-h2)
 echo "## Per request: system calls, context switches, CPU time (user + system) of the proxy"
 echo
