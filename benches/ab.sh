@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Same-run A/B of two trellis builds in requests per second: both run at once as two
+# proxies on cpu1 (one worker each, the same config on other ports), origin and load on
+# cpu0; only one carries load at a time, in the order A B, B A, A B ... Loads: HTTP/1.1
+# keep-alive GET (wrk -c64) and h2c GET (h2load -c8 -m8). The figure is the median of the
+# per-repetition ratios B ÷ A: on a shared VM, RPS drifts from one minute to the next, so
+# only the ratio within a repetition compares the builds.
+#
+# Usage: benches/ab.sh [--reps N] [--duration S] A/trellis B/trellis
+# Needs wrk and h2load. Listens on 127.0.0.1:2832x; every process started here is ended by PID.
+set -uo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BIN="$ROOT/target/release"; REPS=5; DUR=6; AB=()
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --reps) REPS=$2; shift ;;
+        --duration) DUR=$2; shift ;;
+        -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+        -*) echo "unknown option: $1" >&2; exit 2 ;;
+        *) AB+=("$(realpath "$1")") ;;
+    esac
+    shift
+done
+((${#AB[@]} == 2)) || { echo "usage: benches/ab.sh [--reps N] [--duration S] A B" >&2; exit 2; }
+for tool in wrk h2load curl; do
+    command -v "$tool" >/dev/null || { echo "error: $tool is not installed" >&2; exit 1; }
+done
+# shellcheck source=benches/lib.sh
+source "$ROOT/benches/lib.sh"
+bench_workdir trellis-ab
+
+taskset -c 0 "$BIN/trellis-origin" --listen 127.0.0.1:28320 --threads 1 >origin.log 2>&1 &
+PIDS+=($!)
+declare -A PORT=([A]=28321 [B]=28322) ADMIN=([A]=28323 [B]=28324) EXE=([A]=${AB[0]} [B]=${AB[1]})
+for side in A B; do
+    cat >"$side.yaml" <<EOF
+admin: { address: "127.0.0.1:${ADMIN[$side]}" }
+listeners:
+  - { name: bench, address: "127.0.0.1:${PORT[$side]}", routes: [all] }
+$(forward_all_yaml 127.0.0.1:28320)
+EOF
+    taskset -c 1 "${EXE[$side]}" proxy --config "$side.yaml" --threads 1 >"$side.log" 2>&1 &
+    PIDS+=($!)
+    wait_ready "http://127.0.0.1:${ADMIN[$side]}/ready"
+done
+
+# rps LOAD SIDE SECONDS
+rps() {
+    local url="http://127.0.0.1:${PORT[$2]}/"
+    case "$1" in
+        h1) taskset -c 0 wrk -t1 -c64 -d"$3"s "$url" | awk '/Requests\/sec/ {print $2}' ;;
+        h2c) taskset -c 0 h2load -t1 -c8 -m8 -D "$3" "$url" 2>/dev/null | awk '/^finished in/ {print $4}' ;;
+    esac
+}
+median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
+
+echo "A: ${EXE[A]}"
+echo "B: ${EXE[B]}"
+echo "$REPS repetitions × ${DUR} s per build and load; load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo
+echo "| load | A median RPS | B median RPS | B ÷ A (median of per-rep ratios) | per rep |"
+echo "|---|---|---|---|---|"
+for load in h1 h2c; do
+    rps "$load" A 2 >/dev/null; rps "$load" B 2 >/dev/null
+    RA=(); RB=(); RATIO=()
+    for ((i = 1; i <= REPS; i++)); do
+        if ((i % 2)); then a=$(rps "$load" A "$DUR"); b=$(rps "$load" B "$DUR"); else b=$(rps "$load" B "$DUR"); a=$(rps "$load" A "$DUR"); fi
+        RA+=("$a"); RB+=("$b"); RATIO+=("$(echo "$b / $a" | bc -l)")
+    done
+    printf '| %s | %.0f | %.0f | %.3f× | %s |\n' "$load" "$(median "${RA[@]}")" "$(median "${RB[@]}")" \
+        "$(median "${RATIO[@]}")" "$(printf '%.2f ' "${RATIO[@]}")"
+done
+echo
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
