@@ -162,10 +162,7 @@ fn body_json(resp: &Value) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_trailers_and_observability() {
-    if !h3_client_available("requests_trailers_and_observability") {
-        return;
-    }
-    within(Duration::from_secs(60), async {
+    with_h3_client("requests_trailers_and_observability", Duration::from_secs(60), async {
         let pki = Pki::new();
         let certs = [pki.issue("edge", EDGE_A, &["edge.test"])];
         let app = Origin::start(app).await;
@@ -283,10 +280,7 @@ async fn requests_trailers_and_observability() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_upload_is_streamed_and_sse_arrives_event_by_event() {
-    if !h3_client_available("large_upload_is_streamed_and_sse_arrives_event_by_event") {
-        return;
-    }
-    within(Duration::from_secs(60), async {
+    with_h3_client("large_upload_is_streamed_and_sse_arrives_event_by_event", Duration::from_secs(60), async {
         let pki = Pki::new();
         let certs = [pki.issue("edge", EDGE_A, &["edge.test"])];
         let app = Origin::start(app).await;
@@ -330,10 +324,7 @@ async fn large_upload_is_streamed_and_sse_arrives_event_by_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_by_sni_and_alt_svc_over_tcp() {
-    if !h3_client_available("certificates_by_sni_and_alt_svc_over_tcp") {
-        return;
-    }
-    within(Duration::from_secs(60), async {
+    with_h3_client("certificates_by_sni_and_alt_svc_over_tcp", Duration::from_secs(60), async {
         let pki = Pki::new();
         let certs = [pki.issue("a", EDGE_A, &["a.example.com"]), pki.issue("b", EDGE_B, &["b.example.com"])];
         let app = Origin::start(app).await;
@@ -373,10 +364,7 @@ async fn certificates_by_sni_and_alt_svc_over_tcp() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zero_rtt_takes_safe_methods_only() {
-    if !h3_client_available("zero_rtt_takes_safe_methods_only") {
-        return;
-    }
-    within(Duration::from_secs(60), async {
+    with_h3_client("zero_rtt_takes_safe_methods_only", Duration::from_secs(60), async {
         let pki = Pki::new();
         let certs = [pki.issue("edge", EDGE_A, &["edge.test"])];
         let app = Origin::start(app).await;
@@ -442,10 +430,7 @@ async fn zero_rtt_takes_safe_methods_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_applies_to_http3_and_a_removed_listener_stops() {
-    if !h3_client_available("reload_applies_to_http3_and_a_removed_listener_stops") {
-        return;
-    }
-    within(Duration::from_secs(60), async {
+    with_h3_client("reload_applies_to_http3_and_a_removed_listener_stops", Duration::from_secs(60), async {
         let pki = Pki::new();
         let a = [pki.issue("a", EDGE_A, &["edge.test"])];
         let b = [pki.issue("b", EDGE_B, &["edge.test"])];
@@ -492,10 +477,7 @@ async fn reload_applies_to_http3_and_a_removed_listener_stops() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_sends_goaway_and_finishes_requests_in_flight() {
-    if !h3_client_available("drain_sends_goaway_and_finishes_requests_in_flight") {
-        return;
-    }
-    within(Duration::from_secs(60), async {
+    with_h3_client("drain_sends_goaway_and_finishes_requests_in_flight", Duration::from_secs(60), async {
         let pki = Pki::new();
         let certs = [pki.issue("edge", EDGE_A, &["edge.test"])];
         let app = Origin::start(app).await;
@@ -534,10 +516,7 @@ async fn drain_sends_goaway_and_finishes_requests_in_flight() {
 /// with and without a length (the latter chunked upstream).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http3_client_of_an_http1_only_app_gets_its_answer() {
-    if !h3_client_available("an_http3_client_of_an_http1_only_app_gets_its_answer") {
-        return;
-    }
-    within(Duration::from_secs(60), async {
+    with_h3_client("an_http3_client_of_an_http1_only_app_gets_its_answer", Duration::from_secs(60), async {
         let pki = Pki::new();
         let certs = [pki.issue("edge", EDGE_A, &["edge.test"])];
         let app = Origin::echo_h1_only("h1-only-app").await;
@@ -584,10 +563,7 @@ async fn an_http3_client_of_an_http1_only_app_gets_its_answer() {
 /// `trellis_authz_denied_total`; an allowed one is served, on the same connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_denies_over_http3_before_the_app() {
-    if !h3_client_available("policy_denies_over_http3_before_the_app") {
-        return;
-    }
-    within(Duration::from_secs(60), async {
+    with_h3_client("policy_denies_over_http3_before_the_app", Duration::from_secs(60), async {
         let pki = Pki::new();
         let certs = [pki.issue("edge", EDGE_A, &["edge.test"])];
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
@@ -642,10 +618,7 @@ async fn policy_denies_over_http3_before_the_app() {
 /// two have closed, a new connection is served again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_the_listeners_limit_are_refused_and_counted() {
-    if !h3_client_available("connections_over_the_listeners_limit_are_refused_and_counted") {
-        return;
-    }
-    within(Duration::from_secs(60), async {
+    with_h3_client("connections_over_the_listeners_limit_are_refused_and_counted", Duration::from_secs(60), async {
         let pki = Pki::new();
         let certs = [pki.issue("edge", EDGE_A, &["edge.test"])];
         let app = Origin::start(app).await;

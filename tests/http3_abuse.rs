@@ -47,10 +47,7 @@ fn long_header(version: u32, len: usize) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_datagrams_are_dropped_or_answered_by_the_protocol() {
-    if !h3_client_available("garbage_datagrams_are_dropped_or_answered_by_the_protocol") {
-        return;
-    }
-    within(Duration::from_secs(60), async {
+    with_h3_client("garbage_datagrams_are_dropped_or_answered_by_the_protocol", Duration::from_secs(60), async {
         let pki = Pki::new();
         let cert = pki.issue("edge", EDGE, &["edge.test"]);
         let app = Origin::echo("app").await;
@@ -115,10 +112,7 @@ async fn garbage_datagrams_are_dropped_or_answered_by_the_protocol() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_streams_are_held_to_the_stream_limit() {
-    if !h3_client_available("ten_thousand_streams_are_held_to_the_stream_limit") {
-        return;
-    }
-    within(Duration::from_secs(90), async {
+    with_h3_client("ten_thousand_streams_are_held_to_the_stream_limit", Duration::from_secs(90), async {
         let pki = Pki::new();
         let cert = pki.issue("edge", EDGE, &["edge.test"]);
         let app = Origin::echo("app").await;
@@ -162,29 +156,30 @@ async fn ten_thousand_streams_are_held_to_the_stream_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_heads_that_never_complete_are_ended_after_the_header_timeout() {
-    if !h3_client_available("request_heads_that_never_complete_are_ended_after_the_header_timeout") {
-        return;
-    }
-    within(Duration::from_secs(60), async {
-        let pki = Pki::new();
-        let cert = pki.issue("edge", EDGE, &["edge.test"]);
-        let app = Origin::echo("app").await;
-        let edge = listen_addr();
-        let _proxy = Proxy::start(&edge_yaml(edge, &cert, app.addr));
+    with_h3_client(
+        "request_heads_that_never_complete_are_ended_after_the_header_timeout",
+        Duration::from_secs(60),
+        async {
+            let pki = Pki::new();
+            let cert = pki.issue("edge", EDGE, &["edge.test"]);
+            let app = Origin::echo("app").await;
+            let edge = listen_addr();
+            let _proxy = Proxy::start(&edge_yaml(edge, &cert, app.addr));
 
-        // 100 streams (the whole allowance) stuck in a HEADERS frame: after the listener's
-        // 1 s header_timeout each is ended, freeing its slot, and a request on the same
-        // connection is served.
-        let got = h3_client(h3_plan(
-            edge,
-            "edge.test",
-            Some(&pki.bundle()),
-            json!([{ "partial_heads": 100, "requests": [{ "path": "/after" }] }]),
-        ))
-        .await;
-        let conn = &got["connections"][0];
-        assert!(conn["partial"].get("None").is_none(), "streams left open: {got}");
-        assert_eq!(conn["responses"][0]["status"], 200, "{got}");
-    })
+            // 100 streams (the whole allowance) stuck in a HEADERS frame: after the listener's
+            // 1 s header_timeout each is ended, freeing its slot, and a request on the same
+            // connection is served.
+            let got = h3_client(h3_plan(
+                edge,
+                "edge.test",
+                Some(&pki.bundle()),
+                json!([{ "partial_heads": 100, "requests": [{ "path": "/after" }] }]),
+            ))
+            .await;
+            let conn = &got["connections"][0];
+            assert!(conn["partial"].get("None").is_none(), "streams left open: {got}");
+            assert_eq!(conn["responses"][0]["status"], 200, "{got}");
+        },
+    )
     .await;
 }

@@ -11,6 +11,14 @@ pub fn h3_client_available(test: &str) -> bool {
     python_module_available(test, "aioquic", "TRELLIS_REQUIRE_H3_CLIENT")
 }
 
+/// An HTTP/3 test's frame: runs `body` within `limit`, or skips as [`h3_client_available`]
+/// says when the client cannot run here.
+pub async fn with_h3_client(test: &str, limit: std::time::Duration, body: impl std::future::Future<Output = ()>) {
+    if h3_client_available(test) {
+        within(limit, body).await;
+    }
+}
+
 /// Runs `tests/h3_client.py` on `plan` (see its docstring) and returns its JSON answer.
 /// The client is killed if it runs past the plan's timeout per connection plus a margin.
 pub async fn h3_client(plan: serde_json::Value) -> serde_json::Value {
