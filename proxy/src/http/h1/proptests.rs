@@ -280,8 +280,8 @@ fn hyper_response_body(input: &[u8]) -> HyperRead {
 /// is read to its close), while RFC 9110 §5.6.1 has a recipient ignore empty list elements,
 /// so `gzip, chunked` then an empty line still ends in chunked, as the codec reads it.
 fn has_empty_te_line(input: &[u8]) -> bool {
-    let head = input.split(|&b| b == b'\n').take_while(|l| !l.is_empty() && *l != b"\r");
-    head.into_iter().any(|line| {
+    let mut head = input.split(|&b| b == b'\n').take_while(|l| !l.is_empty() && *l != b"\r");
+    head.any(|line| {
         let line = String::from_utf8_lossy(line);
         line.split_once(':').is_some_and(|(name, value)| {
             name.trim().eq_ignore_ascii_case("transfer-encoding") && value.trim().is_empty()
