@@ -181,9 +181,13 @@ async fn client_reset_before_the_response_cancels_the_upstream_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_client_window_gets_a_large_response_whole() {
     const LEN: usize = 300_000;
+    /// Byte `i` of the response body.
+    fn letter(i: usize) -> u8 {
+        b'a' + (i % 26) as u8
+    }
     within(LIMIT, async {
         let origin = Origin::start(|_req: Request<Incoming>| async move {
-            Response::new(full((0..LEN).map(|i| b'a' + (i % 26) as u8).collect::<Vec<u8>>()))
+            Response::new(full((0..LEN).map(letter).collect::<Vec<u8>>()))
         })
         .await;
         let listen = listen_addr();
@@ -211,7 +215,7 @@ async fn a_small_client_window_gets_a_large_response_whole() {
             got.extend_from_slice(&chunk);
         }
         assert_eq!(got.len(), LEN, "logs: {}", log_tail(&proxy, 10));
-        assert!(got.iter().enumerate().all(|(i, b)| *b == b'a' + (i % 26) as u8), "body bytes differ");
+        assert!(got.iter().enumerate().all(|(i, b)| *b == letter(i)), "body bytes differ");
     })
     .await;
 }
