@@ -73,16 +73,15 @@ impl Peer {
     }
 }
 
-/// How many headers [`prepare_request`] may add (x-forwarded-for, x-forwarded-proto,
+/// How many headers the proxy may add to a request on its way: `x-trellis-hops` (the loop
+/// guard, `forward`) and what [`prepare_request`] adds (x-forwarded-for, x-forwarded-proto,
 /// x-request-id, traceparent, host).
-pub const ADDED_TO_REQUESTS: usize = 5;
+pub const ADDED_TO_REQUESTS: usize = 6;
 
 /// Rewrites a downstream request in place for forwarding to an upstream over `wire`.
 pub fn prepare_request<B>(req: &mut Request<B>, peer: &Peer, wire: Wire) {
+    // `forward::handle` made room for what is added below (ADDED_TO_REQUESTS).
     let h = req.headers_mut();
-    // Room for what is added below, at once (a map from the h2 decoder is sized for what
-    // the client sent: two inserts would grow and rehash it).
-    h.reserve(ADDED_TO_REQUESTS);
     strip_hop_by_hop(h);
 
     // Entries: one lookup per header whether it is there or not.
@@ -254,6 +253,21 @@ mod tests {
         assert_eq!(req.headers()[header::HOST], "svc.local");
         assert_eq!(req.headers()["x-request-id"], "keep");
         assert_eq!(req.headers()["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn the_room_reserved_takes_every_added_header_without_growing_the_map() {
+        // As h2's decoder sizes a map: exactly the client's fields, no room to spare.
+        let mut req = Request::get("http://svc.local/p").body(()).unwrap();
+        *req.headers_mut() = HeaderMap::with_capacity(2);
+        req.headers_mut().insert(header::USER_AGENT, HeaderValue::from_static("h2load"));
+        req.headers_mut().insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        req.headers_mut().reserve(ADDED_TO_REQUESTS);
+        let room = req.headers().capacity();
+        req.headers_mut().insert(crate::http::forward::HOPS_HEADER, HeaderValue::from_static("1"));
+        prepare_request(&mut req, &Peer::new("127.0.0.9".parse().unwrap(), false), Wire::Http1);
+        assert_eq!(req.headers().len(), 2 + ADDED_TO_REQUESTS, "every header the proxy adds is counted");
+        assert_eq!(req.headers().capacity(), room, "added without growing the map");
     }
 
     #[test]
