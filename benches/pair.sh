@@ -22,6 +22,10 @@
 #                        [--no-nginx] [--no-build] [--rates R1,R2,...]
 #   --rates  also run every pair open-loop at these fixed rates (e.g. 2000,6000,12000) and
 #            report the sidecars' CPU per request, trellis pair ÷ nginx pair
+#   --floor  with --rates: also two pairs that only relay bytes (plain TCP both hops, no
+#            TLS, no HTTP): trellis `tcp` listeners, and nginx `stream` (when its module is
+#            installed: libnginx-mod-stream). What two processes in the request's path cost
+#            before any proxying work: the floor under the CPU-per-request ratio.
 # Env: TRELLIS_BIN, the trellis binary measured (default target/release/trellis; e.g.
 # target/pgo/trellis after benches/pgo.sh).
 # Everything listens on 127.0.0.1:2814x/2815x/2809x/2990x; processes started here are
@@ -30,7 +34,7 @@ set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BIN="$ROOT/target/release"
 TRELLIS_BIN="${TRELLIS_BIN:-$BIN/trellis}"   # e.g. target/pgo/trellis after benches/pgo.sh
-REPS=3; LAT_REPS=5; DUR=6; BUILD=1; LAYOUT=shared; USE_NGINX=1; RATES=
+REPS=3; LAT_REPS=5; DUR=6; BUILD=1; LAYOUT=shared; USE_NGINX=1; RATES=; FLOOR=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --reps) REPS="$2"; shift ;;
@@ -40,7 +44,8 @@ while [[ $# -gt 0 ]]; do
         --no-nginx) USE_NGINX=0 ;;
         --no-build) BUILD=0 ;;
         --rates) RATES="$2"; shift ;;
-        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+        --floor) FLOOR=1 ;;
+        -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
         *) echo "unknown option: $1" >&2; exit 2 ;;
     esac
     shift
@@ -170,10 +175,67 @@ EOF
     return 1
 }
 TARGETS=(direct trellis)
-declare -A URL=([direct]=http://127.0.0.1:28090/api/x [trellis]=http://127.0.0.1:28140/api/x [nginx]=http://127.0.0.1:28150/api/x)
+declare -A URL=([direct]=http://127.0.0.1:28090/api/x [trellis]=http://127.0.0.1:28140/api/x [nginx]=http://127.0.0.1:28150/api/x
+    [trellis-tcp]=http://127.0.0.1:28160/api/x [nginx-tcp]=http://127.0.0.1:28170/api/x)
 declare -A SIDECARS=([direct]="" [trellis]="$IN $OUT")
 if ((USE_NGINX)) && command -v nginx >/dev/null && start_nginx_pair; then
     TARGETS+=(nginx); SIDECARS[nginx]="$NIN $NOUT"
+fi
+
+# The floor pairs (--floor): app -> relay -> relay -> origin, plain TCP both hops, in the
+# same layout as the pairs. Ports: trellis 28160 -> 28163, nginx 28170 -> 28173.
+FLOORS=()
+floor_port() { case $1 in trellis-in) echo 28163 ;; trellis-out) echo 28160 ;; nginx-in) echo 28173 ;; nginx-out) echo 28170 ;; esac; }
+start_floor() {
+    local n
+    for n in in out; do
+        cat >"tcp-$n.yaml" <<EOF
+admin: { address: "127.0.0.1:$([[ $n == in ]] && echo 29912 || echo 29911)" }
+listeners:
+  - { name: relay, address: "127.0.0.1:$(floor_port "trellis-$n")", protocol: tcp, cluster: next }
+clusters:
+  - { name: next, endpoints: [{ address: "127.0.0.1:$([[ $n == in ]] && echo 28090 || floor_port trellis-in)" }] }
+EOF
+    done
+    taskset -c "$IN_CPU" "$TRELLIS_BIN" proxy --config tcp-in.yaml --threads 1 >tcp-in.log 2>&1 &
+    TIN=$!; PIDS+=("$TIN")
+    taskset -c "$OUT_CPU" "$TRELLIS_BIN" proxy --config tcp-out.yaml --threads 1 >tcp-out.log 2>&1 &
+    TOUT=$!; PIDS+=("$TOUT")
+    wait_ready http://127.0.0.1:29912/ready && wait_ready http://127.0.0.1:29911/ready || return 1
+    FLOORS+=(trellis-tcp); SIDECARS[trellis-tcp]="$TIN $TOUT"
+    local module=/usr/lib/nginx/modules/ngx_stream_module.so
+    ((USE_NGINX)) && command -v nginx >/dev/null && [[ -f $module ]] || return 0
+    for n in in out; do
+        mkdir -p "$TMP/stream-$n"
+        {
+            echo "load_module $module;"
+            [[ $EUID -eq 0 ]] && echo "user root;"
+            cat <<EOF
+worker_processes 1;
+daemon off;
+master_process on;
+pid $TMP/stream-$n/nginx.pid;
+error_log $TMP/stream-$n/error.log warn;
+events { worker_connections 4096; }
+stream { server { listen 127.0.0.1:$(floor_port "nginx-$n"); proxy_pass 127.0.0.1:$([[ $n == in ]] && echo 28090 || floor_port nginx-in); } }
+EOF
+        } >"$TMP/stream-$n/nginx.conf"
+    done
+    taskset -c "$IN_CPU" nginx -p "$TMP/stream-in" -c "$TMP/stream-in/nginx.conf" >stream-in.log 2>&1 &
+    SIN=$!; PIDS+=("$SIN")
+    taskset -c "$OUT_CPU" nginx -p "$TMP/stream-out" -c "$TMP/stream-out/nginx.conf" >stream-out.log 2>&1 &
+    SOUT=$!; PIDS+=("$SOUT")
+    for _ in $(seq 50); do
+        if [[ $(curl -s -o /dev/null -w '%{http_code}' "${URL[nginx-tcp]}") == 200 ]]; then
+            FLOORS+=(nginx-tcp); SIDECARS[nginx-tcp]="$SIN $SOUT"
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "warning: the nginx stream pair did not answer; no nginx-tcp floor" >&2
+}
+if ((FLOOR)) && [[ -n $RATES ]]; then
+    start_floor || echo "warning: the trellis tcp relays did not start; no floor" >&2
 fi
 
 echo "## Sidecar pair ($(nproc) cores, layout $LAYOUT, load average $(cut -d' ' -f1-3 /proc/loadavg))"
@@ -254,17 +316,17 @@ if [[ -n $RATES ]]; then
     for rate in ${RATES//,/ }; do
         declare -A PER=() ACH=() Q99=() ST=()
         for rep in $(seq "$LAT_REPS"); do
-            for t in "${TARGETS[@]}"; do
+            for t in "${TARGETS[@]}" "${FLOORS[@]}"; do
                 [[ $t == direct ]] && continue
                 read -r rps _ p99 st _ _ per < <(run "$t" --rate "$rate" -d "${DUR}s")
                 PER[$t]+=" ${per/-/0}"; ACH[$t]+=" ${rps%.*}"; Q99[$t]+=" $p99"; ST[$t]+=" $st"
             done
         done
-        for t in "${TARGETS[@]}"; do
+        for t in "${TARGETS[@]}" "${FLOORS[@]}"; do
             [[ $t == direct ]] && continue
             m=$(med "${PER[$t]}")
             r="–"
-            if [[ $t == trellis && -n ${PER[nginx]:-} ]]; then
+            if [[ $t != nginx && -n ${PER[nginx]:-} ]]; then
                 n=$(med "${PER[nginx]}")
                 r=$(awk -v a="$m" -v b="$n" 'BEGIN {if (b > 0) printf "%.2f×", a / b; else print "–"}')
             fi
@@ -273,6 +335,8 @@ if [[ -n $RATES ]]; then
     done
 fi
 [[ -n ${NOUT:-} ]] && kill "$NOUT" "$NIN" 2>/dev/null
+[[ -n ${SOUT:-} ]] && kill "$SOUT" "$SIN" 2>/dev/null
+[[ -n ${TOUT:-} ]] && kill "$TOUT" "$TIN" 2>/dev/null
 kill "$OUT"
 echo
 echo "new mTLS handshakes on the inbound (mesh) listener alone, full TLS 1.3 handshakes, no resumption:"
