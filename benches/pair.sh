@@ -98,6 +98,21 @@ OUT=$!; PIDS+=("$OUT")
 wait_ready http://127.0.0.1:29902/ready
 wait_ready http://127.0.0.1:29901/ready
 
+# nginx_pair NAME URL: starts nginx with $TMP/NAME-in/nginx.conf on the inbound sidecar's
+# core and $TMP/NAME-out/nginx.conf on the outbound one, sets PAIR_IN and PAIR_OUT to their
+# PIDs, and waits (5 s at most) for URL to answer 200 through them.
+nginx_pair() {
+    taskset -c "$IN_CPU" nginx -p "$TMP/$1-in" -c "$TMP/$1-in/nginx.conf" >"$1-in.log" 2>&1 &
+    PAIR_IN=$!; PIDS+=("$PAIR_IN")
+    taskset -c "$OUT_CPU" nginx -p "$TMP/$1-out" -c "$TMP/$1-out/nginx.conf" >"$1-out.log" 2>&1 &
+    PAIR_OUT=$!; PIDS+=("$PAIR_OUT")
+    for _ in $(seq 50); do
+        [[ $(curl -s -o /dev/null -w '%{http_code}' "$2") == 200 ]] && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
 # The nginx pair: outbound 127.0.0.1:28150 -> HTTP/1.1 over mTLS -> inbound 28153 -> origin.
 # nginx verifies a DNS name, not a SPIFFE URI, so its server certificate also has one.
 start_nginx_pair() {
@@ -162,14 +177,10 @@ EOF
             fi
         } >"$TMP/$n/nginx.conf"
     done
-    taskset -c "$IN_CPU" nginx -p "$TMP/nginx-in" -c "$TMP/nginx-in/nginx.conf" >nginx-in.log 2>&1 &
-    NIN=$!; PIDS+=("$NIN")
-    taskset -c "$OUT_CPU" nginx -p "$TMP/nginx-out" -c "$TMP/nginx-out/nginx.conf" >nginx-out.log 2>&1 &
-    NOUT=$!; PIDS+=("$NOUT")
-    for _ in $(seq 50); do
-        [[ $(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:28150/api/x) == 200 ]] && return 0
-        sleep 0.1
-    done
+    nginx_pair nginx "${URL[nginx]}"
+    local up=$?
+    NIN=$PAIR_IN; NOUT=$PAIR_OUT
+    ((up == 0)) && return 0
     echo "warning: the nginx pair did not answer; no nginx column" >&2
     cat nginx-in.log nginx-out.log "$TMP"/nginx-*/error.log >&2 2>/dev/null
     return 1
@@ -221,18 +232,12 @@ stream { server { listen 127.0.0.1:$(floor_port "nginx-$n"); proxy_pass 127.0.0.
 EOF
         } >"$TMP/stream-$n/nginx.conf"
     done
-    taskset -c "$IN_CPU" nginx -p "$TMP/stream-in" -c "$TMP/stream-in/nginx.conf" >stream-in.log 2>&1 &
-    SIN=$!; PIDS+=("$SIN")
-    taskset -c "$OUT_CPU" nginx -p "$TMP/stream-out" -c "$TMP/stream-out/nginx.conf" >stream-out.log 2>&1 &
-    SOUT=$!; PIDS+=("$SOUT")
-    for _ in $(seq 50); do
-        if [[ $(curl -s -o /dev/null -w '%{http_code}' "${URL[nginx-tcp]}") == 200 ]]; then
-            FLOORS+=(nginx-tcp); SIDECARS[nginx-tcp]="$SIN $SOUT"
-            return 0
-        fi
-        sleep 0.1
-    done
-    echo "warning: the nginx stream pair did not answer; no nginx-tcp floor" >&2
+    if nginx_pair stream "${URL[nginx-tcp]}"; then
+        FLOORS+=(nginx-tcp); SIDECARS[nginx-tcp]="$PAIR_IN $PAIR_OUT"
+    else
+        echo "warning: the nginx stream pair did not answer; no nginx-tcp floor" >&2
+    fi
+    SIN=$PAIR_IN; SOUT=$PAIR_OUT
 }
 if ((FLOOR)) && [[ -n $RATES ]]; then
     start_floor || echo "warning: the trellis tcp relays did not start; no floor" >&2
