@@ -194,6 +194,34 @@ async fn upstream_trailers_ended_by_a_bare_lf_end_the_response() {
     .await;
 }
 
+/// A request with as many fields as a header map holds (24,576 short ones, which a listener
+/// allowing 1 MiB heads takes) leaves no room for the fields the proxy adds: it is refused
+/// like any oversized head (431), not dropped with its connection, which keeps serving.
+#[tokio::test]
+async fn a_request_filling_the_header_map_gets_431() {
+    within(LIMIT, async {
+        let origin = echo("o").await;
+        let listen = listen_addr();
+        let mut cfg = config::simple(listen, origin.addr, config::ClusterProtocol::Http1);
+        cfg.listeners[0].max_header_bytes = Some(1 << 20);
+        let _proxy = Proxy::start(&cfg.yaml());
+        let mut c = client(listen, true).await;
+        let mut full_map = get("/", "x", true).body(full("")).unwrap();
+        let h = full_map.headers_mut();
+        for i in 0.. {
+            if h.len() == 24_576 {
+                break;
+            }
+            h.insert(http::HeaderName::try_from(format!("x{i:x}")).unwrap(), http::HeaderValue::from_static("1"));
+        }
+        let got = c.fetch(full_map).await;
+        assert_proxy_error(&got, 431, "header block too large", "a request filling the header map");
+        let got = c.fetch(get("/", "x", true).body(full("")).unwrap()).await;
+        assert_eq!(got.status, 200, "the connection keeps serving: {}", got.text());
+    })
+    .await;
+}
+
 /// Bytes that start like the HTTP/2 preface but are not it: HTTP/2's answer (SETTINGS, then
 /// GOAWAY with PROTOCOL_ERROR, then close), not an HTTP/1.1 400.
 #[tokio::test]

@@ -98,11 +98,6 @@ pub fn audit_denied(
 /// is `forward`'s with no state of its own around it (an `async fn` would hold the request
 /// and `forward`'s whole future besides).
 pub fn handle(mut req: Request<ClientBody>, ctx: &ConnCtx) -> impl Future<Output = Response<ProxyBody>> {
-    // Room, at once, for every header added on the way (the hop count below, the forwarding
-    // headers later). A map from the h2 or h3 decoder is sized for what the client sent, so
-    // adding them one by one grew and rehashed it twice per request (one grow saved: 630 of
-    // an h2c request's 38,000 instructions); the HTTP/1.1 codec's maps already have the room.
-    req.headers_mut().reserve(headers::ADDED_TO_REQUESTS);
     // One config load per request; the route (and the clusters it holds) is kept alive by
     // this request even if a reload replaces it meanwhile.
     let (log, entry, route, span) = {
@@ -204,7 +199,14 @@ fn route_for(
     if !req.method().is_safe() && req.extensions().get::<crate::h3::EarlyData>().is_some() {
         return Err(ForwardError::TooEarly);
     }
-    if header_block_size(req) > listener.max_header_bytes() {
+    // Room, at once, for every header added on the way (the hop count below, the forwarding
+    // headers later). A map from the h2 or h3 decoder is sized for what the client sent, so
+    // adding them one by one grew and rehashed it twice per request (one grow saved: 630 of
+    // an h2c request's 38,000 instructions); the HTTP/1.1 codec's maps already have the room.
+    // A map at its limit (24,576 fields, which a 1 MiB head allows) cannot take them.
+    if header_block_size(req) > listener.max_header_bytes()
+        || req.headers_mut().try_reserve(headers::ADDED_TO_REQUESTS).is_err()
+    {
         return Err(ForwardError::HeadersTooLarge);
     }
     check_host(req).map_err(ForwardError::Host)?;

@@ -80,7 +80,7 @@ pub const ADDED_TO_REQUESTS: usize = 6;
 
 /// Rewrites a downstream request in place for forwarding to an upstream over `wire`.
 pub fn prepare_request<B>(req: &mut Request<B>, peer: &Peer, wire: Wire) {
-    // `forward::handle` made room for what is added below (ADDED_TO_REQUESTS).
+    // `forward::route_for` made room for what is added below (ADDED_TO_REQUESTS).
     let h = req.headers_mut();
     strip_hop_by_hop(h);
 
