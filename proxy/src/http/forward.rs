@@ -199,12 +199,16 @@ fn route_for(
     if !req.method().is_safe() && req.extensions().get::<crate::h3::EarlyData>().is_some() {
         return Err(ForwardError::TooEarly);
     }
-    // Room, at once, for every header added on the way (the hop count below, the forwarding
-    // headers later). A map from the h2 or h3 decoder is sized for what the client sent, so
-    // adding them one by one grew and rehashed it twice per request (one grow saved: 630 of
-    // an h2c request's 38,000 instructions); the HTTP/1.1 codec's maps already have the room.
-    // A map at its limit (24,576 fields, which a 1 MiB head allows) cannot take them.
+    // The field count is capped for HTTP/2 and HTTP/3 as the HTTP/1.1 codec caps it: their
+    // decoders take up to a header map's limit (24,576 fields, within a large
+    // `max_header_bytes`), and a full map cannot take the fields added below.
+    //
+    // Then room, at once, for every header added on the way (the hop count below, the
+    // forwarding headers later). A map from the h2 or h3 decoder is sized for what the client
+    // sent, so adding them one by one grew and rehashed it twice per request (one grow saved:
+    // 630 of an h2c request's 38,000 instructions); the HTTP/1.1 codec's maps have the room.
     if header_block_size(req) > listener.max_header_bytes()
+        || req.headers().len() > crate::http::h1::MAX_HEADERS
         || req.headers_mut().try_reserve(headers::ADDED_TO_REQUESTS).is_err()
     {
         return Err(ForwardError::HeadersTooLarge);
