@@ -24,11 +24,9 @@ while [[ $# -gt 0 ]]; do
     shift
 done
 ((${#AB[@]} == 2)) || { echo "usage: benches/ab.sh [--reps N] [--duration S] A B" >&2; exit 2; }
-for tool in wrk h2load curl; do
-    command -v "$tool" >/dev/null || { echo "error: $tool is not installed" >&2; exit 1; }
-done
 # shellcheck source=benches/lib.sh
 source "$ROOT/benches/lib.sh"
+need_tools wrk h2load curl
 bench_workdir trellis-ab
 
 taskset -c 0 "$BIN/trellis-origin" --listen 127.0.0.1:28320 --threads 1 >origin.log 2>&1 &
@@ -66,7 +64,6 @@ run() {
     c0=$(cpu_ns "${PROC[$2]}"); r=$(rps "$@"); c1=$(cpu_ns "${PROC[$2]}")
     echo "${r:-0} $(awk -v a="$c0" -v b="$c1" -v r="${r:-0}" -v s="$3" 'BEGIN {printf "%.3f", (r > 0 ? (b - a) / 1000 / (r * s) : 0)}')"
 }
-median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 
 echo "A: ${EXE[A]}"
 echo "B: ${EXE[B]}"

@@ -132,7 +132,6 @@ HELD=$(sed -n 's/hold: established \([0-9]*\).*/\1/p' hold.log)
 wait "$HOLDER"
 echo "uptime after: $(uptime)"
 
-median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]}'; }
 M_H2=$(median "${H2_RPS[@]}"); M_H3=$(median "${H3_RPS[@]}")
 P_H2=$(median "${H2_PER[@]}"); P_H3=$(median "${H3_PER[@]}")
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.2f", a / b}'; }

@@ -35,13 +35,11 @@ while [[ $# -gt 0 ]]; do
     shift
 done
 ((${#TRELLIS[@]})) || TRELLIS=("$BIN/trellis")
-for tool in valgrind callgrind_control wrk curl; do
-    command -v "$tool" >/dev/null || { echo "error: $tool is not installed" >&2; exit 1; }
-done
-((BUILD)) && { (cd "$ROOT" && cargo build --release -q -p trellis -p trellis-bench) || exit 1; }
-
 # shellcheck source=benches/lib.sh
 source "$ROOT/benches/lib.sh"
+need_tools valgrind callgrind_control wrk curl
+((BUILD)) && { (cd "$ROOT" && cargo build --release -q -p trellis -p trellis-bench) || exit 1; }
+
 bench_workdir trellis-instr
 
 wait_http() { for _ in $(seq 100); do curl -s -o /dev/null "$1" && return 0; sleep 0.3; done; echo "error: $1 not up" >&2; return 1; }

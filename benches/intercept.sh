@@ -59,15 +59,13 @@ case "$LAYOUT" in
     nodes) A_CPU=0; B_CPU=1; A_PROXY_CPU=0; B_PROXY_CPU=1 ;;
     *) echo "--layout: expected shared or nodes, got '$LAYOUT'" >&2; exit 2 ;;
 esac
-for tool in ip iptables-restore setpriv taskset; do
-    command -v "$tool" >/dev/null || { echo "error: $tool is not installed" >&2; exit 1; }
-done
+# shellcheck source=benches/lib.sh
+source "$ROOT/benches/lib.sh"
+need_tools ip iptables-restore setpriv taskset
 [[ "$TRELLIS_BIN" == /* ]] || TRELLIS_BIN="$PWD/$TRELLIS_BIN"
 ((BUILD)) && { (cd "$ROOT" && cargo build --release -q -p trellis -p trellis-bench) || exit 1; }
 echo -10 >/proc/self/autogroup 2>/dev/null || echo "warning: could not raise the autogroup priority" >&2
 
-# shellcheck source=benches/lib.sh
-source "$ROOT/benches/lib.sh"
 bench_workdir trellis-intercept
 chmod 755 "$TMP"
 P="trl15b-$$"; W="$P-w"; A="$P-a"; B="$P-b"

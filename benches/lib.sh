@@ -28,6 +28,17 @@ wait_ready() {
     exit 1
 }
 
+# need_tools TOOL...: exits with an error naming the first one that is not installed.
+need_tools() {
+    local tool
+    for tool in "$@"; do
+        command -v "$tool" >/dev/null || { echo "error: $tool is not installed" >&2; exit 1; }
+    done
+}
+
+# median VALUE...: the median of numbers (the lower middle one of an even count).
+median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
+
 # pid_tree PID: the process and all its descendants (nginx's workers under its master).
 pid_tree() {
     local pid=$1 c

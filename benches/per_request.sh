@@ -37,15 +37,13 @@ while [[ $# -gt 0 ]]; do
     esac
     shift
 done
-for tool in perf h2load curl; do
-    command -v "$tool" >/dev/null || { echo "error: $tool is not installed" >&2; exit 1; }
-done
+# shellcheck source=benches/lib.sh
+source "$ROOT/benches/lib.sh"
+need_tools perf h2load curl
 ((BUILD)) && { (cd "$ROOT" && cargo build --release -q -p trellis -p trellis-bench) || exit 1; }
 SUT_CPUS=1; LOAD_CPUS=0
 ((THREADS > 1)) && { SUT_CPUS=0-$(($(nproc) - 1)); LOAD_CPUS=$SUT_CPUS; }
 
-# shellcheck source=benches/lib.sh
-source "$ROOT/benches/lib.sh"
 bench_workdir trellis-per-request
 
 ORIGIN=28300

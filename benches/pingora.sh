@@ -40,9 +40,7 @@ fi
 if ((BUILD)) || [[ ! -x $PINGORA ]]; then
     CARGO_TARGET_DIR=$ROOT/target/pingora cargo build --release -q --manifest-path "$ROOT/benches/pingora/Cargo.toml" || exit 1
 fi
-for tool in wrk h2load curl; do
-    command -v "$tool" >/dev/null || { echo "error: $tool is not installed" >&2; exit 1; }
-done
+need_tools wrk h2load curl
 
 bench_workdir trellis-pingora
 ORIGIN=127.0.0.1:28420
@@ -80,7 +78,6 @@ run() {
     read -r b0 s0 < <(busy 0); read -r b1 s1 < <(busy 1)
     echo "${rps:-0} $(((b0 - a0) * 100 / (s0 - t0 + 1))) $(((b1 - a1) * 100 / (s1 - t1 + 1)))"
 }
-median() { tr ' ' '\n' <<<"$1" | sed '/^$/d' | sort -g | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
 
 for load in h1 h2c; do
     echo
@@ -105,7 +102,7 @@ for load in h1 h2c; do
             "${R[trellis]}" "${C[trellis]}" "${R[pingora]}" "${C[pingora]}" "$ratio" "$ceil"
     done
     echo
-    echo "Median trellis ÷ pingora: **$(median "$RATIOS")×**; 2.5 × pingora is $(median "$CEIL")× the direct connection (above 1: more than the origin and load generator do with no proxy at all)."
+    echo "Median trellis ÷ pingora: **$(median $RATIOS)×**; 2.5 × pingora is $(median $CEIL)× the direct connection (above 1: more than the origin and load generator do with no proxy at all)."
 done
 echo
 echo "Load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
