@@ -50,7 +50,6 @@ for ((i = 1; i <= REPS; i++)); do
     OFF+=("$a"); ON+=("$b")
     printf 'rep %d: tracing off %.0f rps, on (%s) %.0f rps (%.3fx)\n' "$i" "$a" "$RATIO" "$b" "$(echo "$b / $a" | bc -l)"
 done
-median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 mo=$(median "${OFF[@]}"); mn=$(median "${ON[@]}")
 printf 'median: off %.0f rps, on %.0f rps: %.3fx (cost %.1f%%)\n' "$mo" "$mn" "$(echo "$mn / $mo" | bc -l)" "$(echo "(1 - $mn / $mo) * 100" | bc -l)"
 exported=$(curl -s http://127.0.0.1:28285/metrics | awk '/^trellis_trace_spans_exported_total/ {print $2}')
