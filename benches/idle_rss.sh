@@ -5,9 +5,12 @@
 # one `protocol: auto` listener, one route, one http1 cluster to trellis-origin, the admin
 # listener), each measured once it is ready and has served one request (+1 s): VmRSS,
 # RssAnon, RssFile and the thread count; the last one of each set is broken down by mapping
-# from /proc/PID/smaps.
+# from /proc/PID/smaps. With --sidecar, the two proxies of examples/sidecar-pair instead
+# (inbound: an mTLS listener with a policy; outbound: an mTLS HTTP/2 cluster), measured once
+# one request has gone through both.
 #
 #   benches/idle_rss.sh [--bin PATH]... [--origin PATH] [--runs N] [--threads "1 default"]
+#                       [--sidecar]
 #
 # --bin may be given several times (A/B of builds, alternated run by run); default
 # target/release/trellis. --threads: a list of `--threads` values, `default` meaning no
@@ -22,13 +25,15 @@ BINS=()
 ORIGIN=""
 RUNS=3
 THREADS="1 default"
+ROLES=plain
 while (($#)); do
     case $1 in
         --bin) BINS+=("$(realpath "$2")"); shift 2 ;;
         --origin) ORIGIN=$(realpath "$2"); shift 2 ;;
         --runs) RUNS=$2; shift 2 ;;
         --threads) THREADS=$2; shift 2 ;;
-        -h | --help) sed -n 2,15p "$0"; exit 0 ;;
+        --sidecar) ROLES="inbound outbound"; shift ;;
+        -h | --help) sed -n 2,18p "$0"; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -55,6 +60,15 @@ EOF
 "$ORIGIN" --listen 127.0.0.1:$ORIGIN_PORT --threads 1 >origin.log 2>&1 &
 PIDS+=($!)
 wait_ready "http://127.0.0.1:$ORIGIN_PORT/"
+if [[ $ROLES != plain ]]; then
+    "${BINS[0]}" certs init --dir pki >/dev/null
+    for sa in frontend checkout; do
+        "${BINS[0]}" certs issue --dir pki --id "spiffe://trellis.local/ns/default/sa/$sa" \
+            --out "pki/$sa" >/dev/null
+    done
+    sed "s/8080/$ORIGIN_PORT/; s/9902/$ADMIN/; s/4143/18182/" "$ROOT/examples/sidecar-pair/checkout.yaml" >inbound.yaml
+    sed "s/9901/19912/; s/4140/$PORT/; s/4143/18182/" "$ROOT/examples/sidecar-pair/frontend.yaml" >outbound.yaml
+fi
 
 # breakdown PID EXE: resident kB per kind of mapping, from smaps (markdown rows).
 breakdown() {
@@ -103,23 +117,47 @@ print(f"| (2 MiB stack mappings: {stacks}) | |")
 PY
 }
 
-# one BIN THREADS: starts a proxy, measures it, stops it; writes "rss anon file threads"
-# to one.out (not a subshell: the exit cleanup must know the proxy's PID).
-one() {
-    local bin=$1 threads=$2 args=(proxy --config trellis.yaml) pid
-    [[ $threads == default ]] || args+=(--threads "$threads")
-    "$bin" "${args[@]}" >trellis.log 2>&1 &
-    pid=$!
-    PIDS+=("$pid")
-    wait_ready "http://127.0.0.1:$ADMIN/ready"
-    curl -sf "http://127.0.0.1:$PORT/" >/dev/null || { echo "error: no answer through the proxy" >&2; exit 1; }
-    sleep 1
+# status PID: "rss anon file threads" of a process, in kB.
+status() {
     awk '$1=="VmRSS:"{r=$2} $1=="RssAnon:"{a=$2} $1=="RssFile:"{f=$2} $1=="Threads:"{t=$2}
-         END {print r, a, f, t}' "/proc/$pid/status" >one.out
-    if [[ -n ${BREAKDOWN:-} ]]; then
+         END {print r, a, f, t}' "/proc/$1/status"
+}
+
+# start BIN THREADS CONFIG ADMIN_PORT: starts a proxy and waits until it is ready; sets PID.
+start() {
+    local args=(proxy --config "$3")
+    [[ $2 == default ]] || args+=(--threads "$2")
+    "$1" "${args[@]}" >>trellis.log 2>&1 &
+    PID=$!
+    PIDS+=("$PID")
+    wait_ready "http://127.0.0.1:$4/ready"
+}
+
+# one BIN THREADS: starts the proxy (or the sidecar pair), sends one request, measures each
+# proxy a second later, stops them; writes "role rss anon file threads" lines to one.out
+# (not a subshell: the exit cleanup must know the proxies' PIDs).
+one() {
+    local bin=$1 threads=$2 role pid
+    local -A pids=()
+    if [[ $ROLES == plain ]]; then
+        start "$bin" "$threads" trellis.yaml "$ADMIN"
+        pids[plain]=$PID
+    else
+        start "$bin" "$threads" inbound.yaml "$ADMIN"
+        pids[inbound]=$PID
+        start "$bin" "$threads" outbound.yaml 19912
+        pids[outbound]=$PID
+    fi
+    curl -sf "http://127.0.0.1:$PORT/api/x" >/dev/null || { echo "error: no answer through the proxy" >&2; exit 1; }
+    sleep 1
+    : >one.out
+    for role in $ROLES; do
+        pid=${pids[$role]}
+        echo "$role $(status "$pid")" >>one.out
+        [[ -n ${BREAKDOWN:-} ]] || continue
         {
             echo
-            echo "Breakdown, $LABEL (kB resident):"
+            echo "Breakdown, $LABEL, $role (kB resident):"
             echo
             echo "| mapping | kB |"
             echo "|---|---|"
@@ -129,13 +167,13 @@ one() {
             for t in /proc/"$pid"/task/*; do cat "$t/comm"; done | sort | uniq -c | awk '{printf "%s ×%s; ", $2, $1}'
             echo
         } >>breakdowns.md
-    fi
-    kill "$pid"
-    wait "$pid" 2>/dev/null || true
+    done
+    for role in $ROLES; do kill "${pids[$role]}"; done
+    for role in $ROLES; do wait "${pids[$role]}" 2>/dev/null || true; done
 }
 
-echo "| binary | threads | VmRSS kB (runs) | RssAnon kB | RssFile kB | threads |"
-echo "|---|---|---|---|---|---|"
+echo "| binary | proxy | threads | VmRSS kB (runs) | RssAnon kB | RssFile kB | threads |"
+echo "|---|---|---|---|---|---|---|"
 for threads in $THREADS; do
     declare -A RSS=() ANON=() FILE=() THR=()
     for ((i = 1; i <= RUNS; i++)); do
@@ -144,16 +182,20 @@ for threads in $THREADS; do
             BREAKDOWN=""
             if ((i == RUNS)); then BREAKDOWN=1; fi
             one "$bin" "$threads"
-            read -r r a f t <one.out
-            RSS[$bin]+="$r "
-            ANON[$bin]+="$a "
-            FILE[$bin]+="$f "
-            THR[$bin]=$t
+            while read -r role r a f t; do
+                RSS[$bin $role]+="$r "
+                ANON[$bin $role]+="$a "
+                FILE[$bin $role]+="$f "
+                THR[$bin $role]=$t
+            done <one.out
         done
     done
     for bin in "${BINS[@]}"; do
-        printf '| %s | %s | %s | %s | %s | %s |\n' "$bin" "$threads" \
-            "${RSS[$bin]% }" "${ANON[$bin]% }" "${FILE[$bin]% }" "${THR[$bin]}"
+        for role in $ROLES; do
+            k="$bin $role"
+            printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$bin" "$role" "$threads" \
+                "${RSS[$k]% }" "${ANON[$k]% }" "${FILE[$k]% }" "${THR[$k]}"
+        done
     done
     unset RSS ANON FILE THR
 done
