@@ -31,12 +31,11 @@ while [[ $# -gt 0 ]]; do
     shift
 done
 [[ "$TRELLIS_BIN" == /* ]] || TRELLIS_BIN="$PWD/$TRELLIS_BIN"
-if ((BUILD)); then
-    (cd "$ROOT" && cargo build --release -q -p trellis -p trellis-bench) || exit 1
-fi
-
 # shellcheck source=benches/lib.sh
 source "$ROOT/benches/lib.sh"
+if ((BUILD)); then
+    build_release -q || exit 1
+fi
 bench_workdir trellis-h3
 
 "$TRELLIS_BIN" certs init --dir pki >/dev/null

@@ -38,7 +38,7 @@ done
 # shellcheck source=benches/lib.sh
 source "$ROOT/benches/lib.sh"
 need_tools valgrind callgrind_control wrk curl
-((BUILD)) && { (cd "$ROOT" && cargo build --release -q -p trellis -p trellis-bench) || exit 1; }
+((BUILD)) && { build_release -q || exit 1; }
 
 bench_workdir trellis-instr
 

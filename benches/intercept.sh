@@ -63,7 +63,7 @@ esac
 source "$ROOT/benches/lib.sh"
 need_tools ip iptables-restore setpriv taskset
 [[ "$TRELLIS_BIN" == /* ]] || TRELLIS_BIN="$PWD/$TRELLIS_BIN"
-((BUILD)) && { (cd "$ROOT" && cargo build --release -q -p trellis -p trellis-bench) || exit 1; }
+((BUILD)) && { build_release -q || exit 1; }
 echo -10 >/proc/self/autogroup 2>/dev/null || echo "warning: could not raise the autogroup priority" >&2
 
 bench_workdir trellis-intercept

@@ -36,6 +36,13 @@ need_tools() {
     done
 }
 
+# build_release [CARGO_ARGS...]: the proxy built as users build it, then the load tools, from
+# $ROOT. Two builds, not one: built together, trellis-bench's dependency features would change
+# the proxy's symbol names, and its code layout (build.rs, link/trellis.order) would not apply.
+build_release() {
+    (cd "$ROOT" && cargo build --release "$@" -p trellis && cargo build --release "$@" -p trellis-bench)
+}
+
 # median VALUE...: the median of numbers (the lower middle one of an even count).
 median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
 

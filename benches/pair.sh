@@ -56,10 +56,10 @@ case "$LAYOUT" in
     *) echo "--layout: expected shared or nodes, got '$LAYOUT'" >&2; exit 2 ;;
 esac
 [[ "$TRELLIS_BIN" == /* ]] || TRELLIS_BIN="$PWD/$TRELLIS_BIN"
-((BUILD)) && (cd "$ROOT" && cargo build --release -q -p trellis -p trellis-bench) || ((BUILD == 0)) || exit 1
 
 # shellcheck source=benches/lib.sh
 source "$ROOT/benches/lib.sh"
+((BUILD)) && build_release -q || ((BUILD == 0)) || exit 1
 bench_workdir trellis-pair
 
 "$BIN/trellis" certs init --dir pki >/dev/null

@@ -40,7 +40,7 @@ done
 # shellcheck source=benches/lib.sh
 source "$ROOT/benches/lib.sh"
 need_tools perf h2load curl
-((BUILD)) && { (cd "$ROOT" && cargo build --release -q -p trellis -p trellis-bench) || exit 1; }
+((BUILD)) && { build_release -q || exit 1; }
 SUT_CPUS=1; LOAD_CPUS=0
 ((THREADS > 1)) && { SUT_CPUS=0-$(($(nproc) - 1)); LOAD_CPUS=$SUT_CPUS; }
 

@@ -35,7 +35,7 @@ TRELLIS_BIN=$(realpath "${TRELLIS_BIN:-$ROOT/target/release/trellis}")
 BIN=$ROOT/target/release
 PINGORA=$ROOT/target/pingora/release/pingora-ref
 if ((BUILD)); then
-    (cd "$ROOT" && cargo build --release -q -p trellis -p trellis-bench) || exit 1
+    build_release -q || exit 1
 fi
 if ((BUILD)) || [[ ! -x $PINGORA ]]; then
     CARGO_TARGET_DIR=$ROOT/target/pingora cargo build --release -q --manifest-path "$ROOT/benches/pingora/Cargo.toml" || exit 1

@@ -252,8 +252,8 @@ HAVE_HAPROXY=0; ((USE_HAPROXY)) && command -v haproxy >/dev/null && HAVE_HAPROXY
 
 TRELLIS_OK=1
 if ((BUILD)); then
-    log "building (cargo build --release -p trellis -p trellis-bench)"
-    if ! (cd "$ROOT" && cargo build --release -p trellis -p trellis-bench) >"$TMP/build.log" 2>&1; then
+    log "building (cargo build --release -p trellis, then -p trellis-bench)"
+    if ! build_release >"$TMP/build.log" 2>&1; then
         warn "building trellis failed (tail of the log below); benchmarking without Trellis"
         tail -n 15 "$TMP/build.log" >&2
         TRELLIS_OK=0

@@ -3,7 +3,8 @@
 # sends a few requests to show routing, then keeps running until Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-cargo build --release -q -p trellis -p trellis-bench
+# Two builds: built together, the proxy would lose its code layout (build.rs).
+cargo build --release -q -p trellis && cargo build --release -q -p trellis-bench
 bin=target/release
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }

@@ -9,7 +9,8 @@ set -euo pipefail
 issuer=0; [[ "${1:-}" == "--issuer" ]] && issuer=1
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$here/../.."
-(cd "$root" && cargo build --release -q -p trellis -p trellis-bench)
+# Two builds: built together, the proxy would lose its code layout (build.rs).
+(cd "$root" && cargo build --release -q -p trellis && cargo build --release -q -p trellis-bench)
 bin="$root/target/release"
 cd "$here"
 pids=()
