@@ -352,6 +352,61 @@ async fn h2_window_overflow_is_a_flow_control_error() {
 /// PROTOCOL_ERROR; h2 dropped them and delivered the rest), trailers short of the
 /// content-length (h2 closed the stream, then could not reset it), and a WINDOW_UPDATE that
 /// overflows the stream's window (§6.9.1: FLOW_CONTROL_ERROR; h2 skipped the update).
+/// The patched `check_headers` of vendor/h2 (one pass over the names): a HEADERS frame with
+/// a connection-specific field (RFC 9113 §8.2.2) is refused before it is sent, `te:
+/// trailers` is not, and the connection keeps working. Client and server are h2 itself, so
+/// the patched code runs on both sides of a real loopback connection.
+#[tokio::test]
+async fn patched_h2_still_refuses_connection_specific_fields_it_would_send() {
+    within(LIMIT, async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            let mut h2 = h2::server::handshake(tcp).await.expect("server handshake");
+            while let Some(Ok((_, mut respond))) = h2.accept().await {
+                // The server's side of the check: a forbidden field in a response is refused.
+                let mut bad = Response::new(());
+                bad.headers_mut().insert("keep-alive", http::HeaderValue::from_static("5"));
+                let refused = respond.send_response(bad, true).is_err();
+                let status = if refused { 200 } else { 500 };
+                let ok = Response::builder().status(status).body(()).expect("response");
+                let _ = respond.send_response(ok, true);
+            }
+        });
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let (client, connection) = h2::client::handshake(tcp).await.expect("client handshake");
+        tokio::spawn(connection);
+        let mut client = client.ready().await.expect("ready");
+        for (name, value, allowed) in [
+            ("connection", "close", false),
+            ("transfer-encoding", "chunked", false),
+            ("upgrade", "websocket", false),
+            ("keep-alive", "5", false),
+            ("proxy-connection", "close", false),
+            ("te", "gzip", false),
+            ("te", "trailers", true),
+            ("x-ordinary", "1", true),
+        ] {
+            let request =
+                Request::builder().uri(format!("http://{addr}/")).header(name, value).body(()).expect("request");
+            match client.send_request(request, true) {
+                Ok((response, _)) => {
+                    assert!(allowed, "{name}: {value} was sent");
+                    let response = response.await.expect("response");
+                    assert_eq!(response.status(), 200, "the server sent a keep-alive field");
+                }
+                Err(e) => {
+                    assert!(!allowed, "{name}: {value} was refused: {e}");
+                    assert!(e.to_string().contains("malformed headers"), "{name}: {e}");
+                }
+            }
+            client = client.ready().await.expect("the connection still works");
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn patched_h2_checks_trailers_and_windows_after_the_response() {
     within(LIMIT, async {
