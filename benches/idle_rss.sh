@@ -61,13 +61,7 @@ EOF
 PIDS+=($!)
 wait_ready "http://127.0.0.1:$ORIGIN_PORT/"
 if [[ $ROLES != plain ]]; then
-    "${BINS[0]}" certs init --dir pki >/dev/null
-    for sa in frontend checkout; do
-        "${BINS[0]}" certs issue --dir pki --id "spiffe://trellis.local/ns/default/sa/$sa" \
-            --out "pki/$sa" >/dev/null
-    done
-    sed "s/8080/$ORIGIN_PORT/; s/9902/$ADMIN/; s/4143/18182/" "$ROOT/examples/sidecar-pair/checkout.yaml" >inbound.yaml
-    sed "s/9901/19912/; s/4140/$PORT/; s/4143/18182/" "$ROOT/examples/sidecar-pair/frontend.yaml" >outbound.yaml
+    sidecar_pair_yaml "${BINS[0]}" "$ORIGIN_PORT" "$ADMIN" 18182 19912 "$PORT" || exit 1
 fi
 
 # breakdown PID EXE: resident kB per kind of mapping, from smaps (markdown rows).
@@ -143,9 +137,9 @@ one() {
         start "$bin" "$threads" trellis.yaml "$ADMIN"
         pids[plain]=$PID
     else
-        start "$bin" "$threads" inbound.yaml "$ADMIN"
+        start "$bin" "$threads" checkout.yaml "$ADMIN"
         pids[inbound]=$PID
-        start "$bin" "$threads" outbound.yaml 19912
+        start "$bin" "$threads" frontend.yaml 19912
         pids[outbound]=$PID
     fi
     curl -sf "http://127.0.0.1:$PORT/api/x" >/dev/null || { echo "error: no answer through the proxy" >&2; exit 1; }

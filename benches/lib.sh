@@ -75,6 +75,21 @@ forward_all_yaml() {
     printf 'clusters:\n  - { name: origin, protocol: http1, endpoints: [{ address: "%s" }] }\n' "$1"
 }
 
+# sidecar_pair_yaml TRELLIS APP INBOUND_ADMIN INBOUND OUTBOUND_ADMIN OUTBOUND: the sidecar pair
+# of examples/sidecar-pair on other ports (APP: the origin's port; INBOUND: the mTLS
+# listener's; OUTBOUND: the app-facing listener's), with a mesh CA and both identities made
+# by TRELLIS in ./pki; writes checkout.yaml (inbound) and frontend.yaml (outbound).
+sidecar_pair_yaml() {
+    local bin=$1 sa
+    "$bin" certs init --dir pki >/dev/null || return 1
+    for sa in frontend checkout; do
+        "$bin" certs issue --dir pki --id "spiffe://trellis.local/ns/default/sa/$sa" --out "pki/$sa" >/dev/null ||
+            return 1
+    done
+    sed "s/8080/$2/; s/9902/$3/; s/4143/$4/" "$ROOT/examples/sidecar-pair/checkout.yaml" >checkout.yaml
+    sed "s/9901/$5/; s/4140/$6/; s/4143/$4/" "$ROOT/examples/sidecar-pair/frontend.yaml" >frontend.yaml
+}
+
 # haproxy_config THREADS MAXCONN ORIGIN BIND...: HAProxy in HTTP mode forwarding to ORIGIN
 # (host:port) over reused HTTP/1.1 connections, one `bind` line per BIND argument.
 haproxy_config() {

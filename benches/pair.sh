@@ -62,11 +62,7 @@ source "$ROOT/benches/lib.sh"
 ((BUILD)) && build_release -q || ((BUILD == 0)) || exit 1
 bench_workdir trellis-pair
 
-"$BIN/trellis" certs init --dir pki >/dev/null
-"$BIN/trellis" certs issue --dir pki --id spiffe://trellis.local/ns/default/sa/frontend --out pki/frontend >/dev/null
-"$BIN/trellis" certs issue --dir pki --id spiffe://trellis.local/ns/default/sa/checkout --out pki/checkout >/dev/null
-sed 's/8080/28090/; s/9902/29902/; s/4143/28143/' "$ROOT/examples/sidecar-pair/checkout.yaml" >checkout.yaml
-sed 's/9901/29901/; s/4140/28140/; s/4143/28143/' "$ROOT/examples/sidecar-pair/frontend.yaml" >frontend.yaml
+sidecar_pair_yaml "$BIN/trellis" 28090 29902 28143 29901 28140 || exit 1
 
 # cpu_ns "PID...": CPU time of the processes, their threads and their children (nginx workers).
 cpu_ns() {

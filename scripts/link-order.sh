@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Writes link/trellis.order, the code layout of the release `trellis` binary (build.rs):
-# the functions it runs, counted by valgrind's callgrind, in the order of four scenarios,
+# the functions it runs, counted by valgrind's callgrind, in the order of five scenarios,
 # each scenario's new functions hottest first:
 #   1. a proxy with a plain listener (benches' config) starting, answering /ready, one
 #      HTTP/1.1 and one h2c request and /metrics, then idle;
-#   2. a sidecar pair (examples/sidecar-pair): one request over the mTLS HTTP/2 hop;
-#   3. a proxy fed by the control plane (xDS), and one request through it;
-#   4. the control plane itself (REST apply, discovery).
+#   2. an edge proxy terminating TLS: one HTTP/1.1 and one HTTP/2 request;
+#   3. a sidecar pair (examples/sidecar-pair): one request over the mTLS HTTP/2 hop;
+#   4. a proxy fed by the control plane (xDS), and one request through it;
+#   5. the control plane itself (REST apply, discovery).
 # Functions the binary runs in every deployment come first, so that code is contiguous.
 #
 #   scripts/link-order.sh           regenerate (builds with `cargo build --release -p trellis`,
@@ -114,27 +115,42 @@ EOF
     finish 1-plain "$p" http://127.0.0.1:18372/ready
     ((CHECK)) && return
 
-    # 2. the sidecar pair, as in benches/pair.sh
-    "$BIN/trellis" certs init --dir pki >/dev/null
-    for sa in frontend checkout; do
-        "$BIN/trellis" certs issue --dir pki --id "spiffe://trellis.local/ns/default/sa/$sa" \
-            --out "pki/$sa" >/dev/null
-    done
-    sed 's/8080/18371/; s/9902/18374/; s/4143/18375/' "$ROOT/examples/sidecar-pair/checkout.yaml" >checkout.yaml
-    sed 's/9901/18373/; s/4140/18376/; s/4143/18375/' "$ROOT/examples/sidecar-pair/frontend.yaml" >frontend.yaml
-    under_callgrind 2-inbound proxy --config checkout.yaml
+    # 2. an edge proxy terminating TLS (benches/run.sh's TLS listener)
+    "$BIN/trellis" certs init --dir edge-pki >/dev/null
+    "$BIN/trellis" certs issue --dir edge-pki --id spiffe://trellis.local/ns/bench/sa/edge \
+        --dns localhost --out edge-pki/edge >/dev/null
+    cat >edge.yaml <<EOF
+admin: { address: 127.0.0.1:18382 }
+listeners:
+  - name: edge
+    address: 127.0.0.1:18381
+    tls: { mode: terminate, certificates: [{ cert: edge-pki/edge.pem, key: edge-pki/edge.key }] }
+    routes: [all]
+$(forward_all_yaml 127.0.0.1:18371)
+EOF
+    under_callgrind 2-edge proxy --config edge.yaml
+    p=${PIDS[-1]}
+    until_ready http://127.0.0.1:18382/ready
+    curl -sfk -o /dev/null --http1.1 https://localhost:18381/
+    curl -sfk -o /dev/null --http2 https://localhost:18381/
+    sleep 1
+    finish 2-edge "$p" http://127.0.0.1:18382/ready
+
+    # 3. the sidecar pair, as in benches/pair.sh
+    sidecar_pair_yaml "$BIN/trellis" 18371 18374 18375 18373 18376
+    under_callgrind 3-inbound proxy --config checkout.yaml
     local inbound=${PIDS[-1]}
-    under_callgrind 2-outbound proxy --config frontend.yaml
+    under_callgrind 3-outbound proxy --config frontend.yaml
     local outbound=${PIDS[-1]}
     until_ready http://127.0.0.1:18374/ready
     until_ready http://127.0.0.1:18373/ready
     curl -sf -o /dev/null http://127.0.0.1:18376/api/x
     sleep 2
-    finish 2-outbound "$outbound" http://127.0.0.1:18373/ready
-    finish 2-inbound "$inbound" http://127.0.0.1:18374/ready
+    finish 3-outbound "$outbound" http://127.0.0.1:18373/ready
+    finish 3-inbound "$inbound" http://127.0.0.1:18374/ready
 
-    # 3 and 4. the control plane and a proxy it configures
-    under_callgrind 4-control-plane control-plane --data-dir cp \
+    # 4 and 5. the control plane and a proxy it configures
+    under_callgrind 5-control-plane control-plane --data-dir cp \
         --api-addr 127.0.0.1:18377 --xds-addr 127.0.0.1:18378
     local cp=${PIDS[-1]}
     until_ready http://127.0.0.1:18377/healthz
@@ -160,13 +176,13 @@ node: { id: web-0, service: web }
 admin: { address: 127.0.0.1:18380 }
 control_plane: { address: "http://127.0.0.1:18378" }
 EOF
-    under_callgrind 3-xds proxy --config xds.yaml
+    under_callgrind 4-xds proxy --config xds.yaml
     local xds=${PIDS[-1]}
     until_ready http://127.0.0.1:18380/ready
     until_ready http://127.0.0.1:18379/
     sleep 2
-    finish 3-xds "$xds" http://127.0.0.1:18380/ready
-    finish 4-control-plane "$cp" http://127.0.0.1:18377/healthz
+    finish 4-xds "$xds" http://127.0.0.1:18380/ready
+    finish 5-control-plane "$cp" http://127.0.0.1:18377/healthz
 }
 
 if ((CHECK)); then
@@ -180,7 +196,7 @@ fi
 # build script differ from one without: build, count, write, build again with the new list.
 build_release -q
 scenarios
-python3 - "$BIN/trellis" "$ORDER" 1-plain.cg 2-inbound.cg 2-outbound.cg 3-xds.cg 4-control-plane.cg <<'PY'
+python3 - "$BIN/trellis" "$ORDER" 1-plain.cg 2-edge.cg 3-inbound.cg 3-outbound.cg 4-xds.cg 5-control-plane.cg <<'PY'
 import collections, re, subprocess, sys
 binary, order, runs = sys.argv[1], sys.argv[2], sys.argv[3:]
 text = set()
@@ -212,7 +228,7 @@ def self_costs(path):
     return {names[k]: v for k, v in cost.items() if k in names}
 
 seen, out = set(), []
-groups = [runs[0:1], runs[1:3], runs[3:4], runs[4:5]]
+groups = [runs[0:1], runs[1:2], runs[2:4], runs[4:5], runs[5:6]]
 for group in groups:
     total = collections.Counter()
     for run in group:
