@@ -21,9 +21,10 @@ bench_cleanup() {
     rm -rf "$TMP"
 }
 
-# wait_ready URL: waits up to 10 s for URL to answer 2xx, else exits with an error.
+# wait_ready URL [SECONDS]: waits up to SECONDS (default 10) for URL to answer 2xx, else
+# exits with an error.
 wait_ready() {
-    for _ in $(seq 100); do curl -sf "$1" >/dev/null && return 0; sleep 0.1; done
+    for _ in $(seq $((${2:-10} * 10))); do curl -sf "$1" >/dev/null && return 0; sleep 0.1; done
     echo "error: $1 not ready" >&2
     exit 1
 }

@@ -64,11 +64,7 @@ need_tools valgrind callgrind_control curl python3 nm
 
 bench_workdir trellis-link-order
 # until_ready URL: valgrind starts a program ~50× slower; waits up to 60 s.
-until_ready() {
-    for _ in $(seq 300); do curl -sf "$1" >/dev/null && return 0; sleep 0.2; done
-    echo "error: $1 not ready" >&2
-    exit 1
-}
+until_ready() { wait_ready "$1" 60; }
 # under_callgrind NAME ARGS...: runs trellis ARGS under callgrind (mangled names), output NAME.cg.
 under_callgrind() {
     local name=$1
