@@ -25,7 +25,7 @@ ORDER=$ROOT/link/trellis.order
 # shellcheck source=benches/lib.sh
 source "$ROOT/benches/lib.sh"
 
-# layout.py ORDER BINARY [CALLGRIND_FILE]: listed names the binary has, and the code pages the
+# layout ORDER BINARY [CALLGRIND_FILE]: listed names the binary has, and the code pages the
 # functions of a callgrind run occupy in it.
 layout() {
     python3 - "$@" <<'PY'
@@ -188,8 +188,8 @@ if ((CHECK)); then
     exit 0
 fi
 
-# Symbol names carry a hash of the build that made them, and the hashes of a build with this
-# build script differ from one without: build, count, write, build again with the new list.
+# The names must be those of the build users make (`-p trellis` alone: see build_release):
+# build, count, write, then link again with the new list (the names stay the same).
 build_release -q
 scenarios
 python3 - "$BIN/trellis" "$ORDER" 1-plain.cg 2-edge.cg 3-inbound.cg 3-outbound.cg 4-xds.cg 5-control-plane.cg <<'PY'
