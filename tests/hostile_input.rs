@@ -407,6 +407,54 @@ async fn patched_h2_still_refuses_connection_specific_fields_it_would_send() {
     .await;
 }
 
+/// The patched `convert_poll_message` of vendor/h2 (a request head built in place, not
+/// with `Request::builder()`): a request arrives upstream as sent, and each malformed head
+/// still gets its stream error of type PROTOCOL_ERROR (RFC 9113 §8.3.1), the one whose URI
+/// parts do not make a URI (no `:path`) included.
+#[tokio::test]
+async fn patched_h2_builds_request_heads_and_refuses_malformed_ones() {
+    within(LIMIT, async {
+        let origin = Origin::start(|req: Request<Incoming>| async move {
+            let host = req.headers().get("host").and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
+            Response::new(full(format!("{} {} {host}", req.method(), req.uri())))
+        })
+        .await;
+        let listen = listen_addr();
+        let _proxy = Proxy::start(&config::simple(listen, origin.addr, config::ClusterProtocol::Http1).yaml());
+        let base = [(":method", "GET"), (":scheme", "http"), (":path", "/a?b=1"), (":authority", "x")];
+
+        let mut h2 = RawH2::connect(listen).await;
+        h2.send(h2raw::frame(h2raw::HEADERS, h2raw::END_HEADERS | h2raw::END_STREAM, 1, &h2raw::block(&base))).await;
+        let data = h2.until(|f| f.stream == 1 && f.kind == h2raw::DATA).await.expect("the response body");
+        assert_eq!(String::from_utf8_lossy(&data.payload), "GET /a?b=1 x");
+
+        let without = |name: &str| base.iter().copied().filter(|(n, _)| *n != name).collect::<Vec<_>>();
+        let with = |field: (&'static str, &'static str)| {
+            let mut f = base.to_vec();
+            f.push(field);
+            f
+        };
+        let mut bad_authority = without(":authority");
+        bad_authority.push((":authority", "a b"));
+        for (case, fields) in [
+            ("no :method", without(":method")),
+            ("no :scheme", without(":scheme")),
+            ("no :path", without(":path")),
+            (":protocol on a GET", with((":protocol", "websocket"))),
+            (":status in a request", with((":status", "200"))),
+            ("a malformed :authority", bad_authority),
+        ] {
+            let mut h2 = RawH2::connect(listen).await;
+            h2.send(h2raw::frame(h2raw::HEADERS, h2raw::END_HEADERS | h2raw::END_STREAM, 1, &h2raw::block(&fields)))
+                .await;
+            let e = h2.until(|f| f.kind == h2raw::RST_STREAM || f.kind == h2raw::GOAWAY || f.stream == 1).await;
+            let e = e.map(|f| (f.kind, if f.stream == 1 && f.kind != h2raw::RST_STREAM { 0 } else { f.error_code() }));
+            assert!(matches!(e, Some((h2raw::RST_STREAM | h2raw::GOAWAY, 0x1))), "{case}: a PROTOCOL_ERROR, not {e:?}");
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn patched_h2_checks_trailers_and_windows_after_the_response() {
     within(LIMIT, async {
