@@ -83,22 +83,6 @@ http { access_log off; client_body_temp_path $TMP/ng/tmp/b; proxy_temp_path $TMP
 EOF
 haproxy_config "$THREADS" 4000 "127.0.0.1:$ORIGIN" "127.0.0.1:${PORT[haproxy]}" \
     "127.0.0.1:${TLS_PORT[haproxy]} ssl crt $TMP/pki/edge.combined.pem alpn h2,http/1.1" >haproxy.cfg
-global
-    nbthread $THREADS
-    maxconn 4000
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 1h
-    timeout server 1h
-    http-reuse always
-frontend fe
-    bind 127.0.0.1:${PORT[haproxy]}
-    bind 127.0.0.1:${TLS_PORT[haproxy]} ssl crt $TMP/pki/edge.combined.pem alpn h2,http/1.1
-    default_backend be
-backend be
-    server origin 127.0.0.1:$ORIGIN
-EOF
 
 # nginx 1.22: a port with `http2` and no TLS takes only h2c prior knowledge, so its h1
 # mode uses a second, plain port.

@@ -85,6 +85,8 @@ DIRTY=no
 unset RUSTFLAGS CARGO_BUILD_RUSTFLAGS CARGO_TARGET_DIR CARGO_BUILD_TARGET CARGO_INCREMENTAL
 CARGO_HOME_DIR=${CARGO_HOME:-$HOME/.cargo}
 BASE_FLAGS=("--remap-path-prefix=$ROOT=/trellis" "--remap-path-prefix=$CARGO_HOME_DIR=/cargo")
+# The code generation flags of .cargo/config.toml, which CARGO_ENCODED_RUSTFLAGS replaces.
+[[ "$(uname -m)" == x86_64 ]] && BASE_FLAGS+=("-Cllvm-args=--max-store-memcpy=32")
 SOURCE_DATE_EPOCH=$(git -C "$ROOT" log -1 --format=%ct HEAD)
 export SOURCE_DATE_EPOCH
 # cargo_build TARGET_DIR FLAG...: a locked release build of `trellis` with exactly these
