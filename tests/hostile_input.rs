@@ -347,11 +347,6 @@ async fn h2_window_overflow_is_a_flow_control_error() {
     .await;
 }
 
-/// Checks the published `h2` crate lacks and our patched copy adds (vendor/README.md), on a
-/// stream whose response has ended: pseudo-header fields in trailers (RFC 9113 §8.1:
-/// PROTOCOL_ERROR; h2 dropped them and delivered the rest), trailers short of the
-/// content-length (h2 closed the stream, then could not reset it), and a WINDOW_UPDATE that
-/// overflows the stream's window (§6.9.1: FLOW_CONTROL_ERROR; h2 skipped the update).
 /// The patched `check_headers` of vendor/h2 (one pass over the names): a HEADERS frame with
 /// a connection-specific field (RFC 9113 §8.2.2) is refused before it is sent, `te:
 /// trailers` is not, and the connection keeps working. Client and server are h2 itself, so
@@ -455,6 +450,11 @@ async fn patched_h2_builds_request_heads_and_refuses_malformed_ones() {
     .await;
 }
 
+/// Checks the published `h2` crate lacks and our patched copy adds (vendor/README.md), on a
+/// stream whose response has ended: pseudo-header fields in trailers (RFC 9113 §8.1:
+/// PROTOCOL_ERROR; h2 dropped them and delivered the rest), trailers short of the
+/// content-length (h2 closed the stream, then could not reset it), and a WINDOW_UPDATE that
+/// overflows the stream's window (§6.9.1: FLOW_CONTROL_ERROR; h2 skipped the update).
 #[tokio::test]
 async fn patched_h2_checks_trailers_and_windows_after_the_response() {
     within(LIMIT, async {
