@@ -25,7 +25,7 @@ while [[ $# -gt 0 ]]; do
     esac
     shift
 done
-((${#AB[@]} == 2)) || { echo "usage: benches/ab.sh [--reps N] [--duration S] A B" >&2; exit 2; }
+((${#AB[@]} == 2)) || { echo "usage: benches/ab.sh [--reps N] [--duration S] [--loads LOADS] A B" >&2; exit 2; }
 # shellcheck source=benches/lib.sh
 source "$ROOT/benches/lib.sh"
 need_tools wrk h2load curl
@@ -35,9 +35,7 @@ taskset -c 0 "$BIN/trellis-origin" --listen 127.0.0.1:28320 --threads 1 >origin.
 PIDS+=($!)
 declare -A PORT=([A]=28321 [B]=28322) TLS_PORT=([A]=28325 [B]=28326) ADMIN=([A]=28323 [B]=28324)
 declare -A EXE=([A]=${AB[0]} [B]=${AB[1]}) PROC=()
-"${EXE[A]}" certs init --dir pki >/dev/null || exit 1
-"${EXE[A]}" certs issue --dir pki --id spiffe://trellis.local/ns/bench/sa/edge --dns localhost \
-    --out pki/edge >/dev/null || exit 1
+edge_pki "${EXE[A]}" pki || exit 1
 for side in A B; do
     cat >"$side.yaml" <<EOF
 admin: { address: "127.0.0.1:${ADMIN[$side]}" }

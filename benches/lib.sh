@@ -76,6 +76,16 @@ forward_all_yaml() {
     printf 'clusters:\n  - { name: origin, protocol: http1, endpoints: [{ address: "%s" }] }\n' "$1"
 }
 
+# edge_pki TRELLIS DIR: a CA and the edge server certificate every TLS listener of the
+# benchmarks uses (P-256, for `localhost`, made by TRELLIS), in DIR: edge.pem and edge.key,
+# and edge.combined.pem (HAProxy's `crt` form). Fails (status 1) if a step does.
+edge_pki() {
+    "$1" certs init --dir "$2" >/dev/null &&
+        "$1" certs issue --dir "$2" --id spiffe://trellis.local/ns/bench/sa/edge --dns localhost \
+            --out "$2/edge" >/dev/null &&
+        cat "$2/edge.pem" "$2/edge.key" >"$2/edge.combined.pem"
+}
+
 # sidecar_pair_yaml TRELLIS APP INBOUND_ADMIN INBOUND OUTBOUND_ADMIN OUTBOUND: the sidecar pair
 # of examples/sidecar-pair on other ports (APP: the origin's port; INBOUND: the mTLS
 # listener's; OUTBOUND: the app-facing listener's), with a mesh CA and both identities made

@@ -49,9 +49,7 @@ bench_workdir trellis-per-request
 ORIGIN=28300
 declare -A PORT=([trellis]=28301 [nginx]=28302 [haproxy]=28303)
 declare -A TLS_PORT=([trellis]=28311 [nginx]=28312 [haproxy]=28313)
-"$TRELLIS" certs init --dir pki >/dev/null || exit 1
-"$TRELLIS" certs issue --dir pki --id spiffe://trellis.local/ns/bench/sa/edge --dns localhost --out pki/edge >/dev/null || exit 1
-cat pki/edge.pem pki/edge.key >pki/edge.combined.pem
+edge_pki "$TRELLIS" pki || exit 1
 
 taskset -c "$LOAD_CPUS" "$BIN/trellis-origin" --listen "127.0.0.1:$ORIGIN" --threads 1 >origin.log 2>&1 &
 PIDS+=($!)

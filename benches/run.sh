@@ -276,10 +276,7 @@ fi
 HAVE_TLS=0
 PKI="$TMP/pki"
 if ((USE_TLS && TRELLIS_OK)); then
-    if "$TRELLIS_BIN" certs init --dir "$PKI" >/dev/null 2>"$TMP/certs.log" &&
-        "$TRELLIS_BIN" certs issue --dir "$PKI" --id spiffe://trellis.local/ns/bench/sa/edge \
-            --dns localhost --out "$PKI/edge" >/dev/null 2>>"$TMP/certs.log"; then
-        cat "$PKI/edge.pem" "$PKI/edge.key" >"$PKI/edge.combined.pem" # HAProxy's `crt` form
+    if edge_pki "$TRELLIS_BIN" "$PKI" 2>"$TMP/certs.log"; then
         HAVE_TLS=1
     else
         warn "making a certificate failed ($(tail -n 1 "$TMP/certs.log")): no TLS loads"

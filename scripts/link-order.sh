@@ -112,9 +112,7 @@ EOF
     ((CHECK)) && return
 
     # 2. an edge proxy terminating TLS (benches/run.sh's TLS listener)
-    "$BIN/trellis" certs init --dir edge-pki >/dev/null
-    "$BIN/trellis" certs issue --dir edge-pki --id spiffe://trellis.local/ns/bench/sa/edge \
-        --dns localhost --out edge-pki/edge >/dev/null
+    edge_pki "$BIN/trellis" edge-pki || exit 1
     cat >edge.yaml <<EOF
 admin: { address: 127.0.0.1:18382 }
 listeners:
