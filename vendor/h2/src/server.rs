@@ -263,6 +263,10 @@ pub struct Builder {
     ///
     /// When this gets exhausted, we issue a GOAWAY with `ENHANCE_YOUR_CALM`.
     data_frame_budget: proto::DataFrameBudget,
+
+    /// Trellis patch: fields of room each received request's header map gets for
+    /// fields the application adds to it.
+    fields_headroom: usize,
 }
 
 /// Send a response back to the client
@@ -395,6 +399,9 @@ where
         if let Some(max) = builder.settings.max_header_list_size() {
             codec.set_max_recv_header_list_size(max as usize);
         }
+
+        // Trellis patch: see `Builder::header_map_headroom`.
+        codec.set_recv_fields_headroom(builder.fields_headroom);
 
         // Send initial settings frame.
         codec
@@ -663,7 +670,17 @@ impl Builder {
             max_send_buffer_size: proto::DEFAULT_MAX_SEND_BUFFER_SIZE,
             local_max_error_reset_streams: Some(proto::DEFAULT_LOCAL_RESET_COUNT_MAX),
             data_frame_budget: proto::DataFrameBudget::Auto,
+            fields_headroom: 0,
         }
+    }
+
+    /// Trellis patch: makes each received request's `HeaderMap` with room for `n` more
+    /// fields than recent requests carried (at most 64), so an application that adds
+    /// fields before forwarding the request (a proxy's `x-forwarded-*`) does not grow and
+    /// rehash the map per request. The default is 0, as h2 had it.
+    pub fn header_map_headroom(&mut self, n: usize) -> &mut Self {
+        self.fields_headroom = n;
+        self
     }
 
     /// Indicates the initial window size (in octets) for stream-level

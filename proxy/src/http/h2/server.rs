@@ -66,6 +66,9 @@ fn builder(listener: &Listener) -> Builder {
         .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESET_STREAMS))
         .max_send_buffer_size(MAX_SEND_BUF_SIZE)
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        // Each request's map is made with room for the headers `forward` adds (a grow and
+        // rehash of every request's map saved: vendor/README.md).
+        .header_map_headroom(crate::http::headers::ADDED_TO_REQUESTS)
         // RFC 8441: WebSocket over HTTP/2 (extended CONNECT with `:protocol`).
         .enable_connect_protocol();
     b
@@ -422,5 +425,34 @@ mod tests {
         assert_eq!(head.headers().get(DATE).map(HeaderValue::as_bytes), Some(&b"then"[..]));
         assert!(head.headers().get(DATE).is_some_and(HeaderValue::is_sensitive), "an upstream's date is never indexed");
         assert!(head.headers().get(CONTENT_LENGTH).is_none());
+    }
+
+    /// The field count and capacity of the header map the fourth request on a connection
+    /// arrives in (h2 sizes a map by the field counts of the requests before it), from a
+    /// server built by `b`.
+    async fn received_capacity(b: &Builder) -> (usize, usize) {
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let (server, client) =
+            tokio::join!(b.clone().handshake::<_, Bytes>(server_io), h2::client::handshake(client_io));
+        let (mut server, (mut send, conn)) = (server.expect("server handshake"), client.expect("client handshake"));
+        tokio::spawn(conn);
+        let mut last = (0, 0);
+        for _ in 0..4 {
+            let req = http::Request::get("http://x/").header("user-agent", "t").header("accept", "*/*").body(());
+            let (_resp, _) = send.send_request(req.expect("request"), true).expect("sent");
+            let (req, _respond) = server.accept().await.expect("a stream").expect("a request");
+            last = (req.headers().len(), req.headers().capacity());
+        }
+        last
+    }
+
+    #[tokio::test]
+    async fn requests_arrive_with_room_for_the_forwarding_headers() {
+        let (len, plain) = received_capacity(&Builder::new()).await;
+        assert!(plain < len + crate::http::headers::ADDED_TO_REQUESTS, "h2 alone sizes the map to the request");
+        let mut b = Builder::new();
+        b.header_map_headroom(crate::http::headers::ADDED_TO_REQUESTS);
+        let (len, room) = received_capacity(&b).await;
+        assert!(room >= len + crate::http::headers::ADDED_TO_REQUESTS, "{room} fields of room for {len}");
     }
 }

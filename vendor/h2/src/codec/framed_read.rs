@@ -43,6 +43,11 @@ struct FrameDecoder {
     /// size the next block's `HeaderMap` so decoding it doesn't rehash.
     fields_hint: usize,
 
+    // Trellis patch: room reserved in each received header block's map beyond
+    // `fields_hint`, for fields the application adds before forwarding it (one
+    // allocation instead of a grow and rehash per request).
+    fields_headroom: usize,
+
     partial: Option<Partial>,
 }
 
@@ -107,6 +112,13 @@ impl<T> FramedRead<T> {
     pub fn set_header_table_size(&mut self, val: usize) {
         self.decoder.set_header_table_size(val);
     }
+
+    /// Trellis patch: fields of room each received header block's map gets beyond the
+    /// recent field count (capped at `MAX_FIELDS_HINT`).
+    #[inline]
+    pub fn set_fields_headroom(&mut self, val: usize) {
+        self.decoder.fields_headroom = val.min(MAX_FIELDS_HINT);
+    }
 }
 
 fn calc_max_continuation_frames(header_max: usize, frame_max: usize) -> usize {
@@ -129,6 +141,7 @@ impl FrameDecoder {
                 max_frame_size,
             ),
             fields_hint: 0,
+            fields_headroom: 0,
             partial: None,
         }
     }
@@ -186,7 +199,7 @@ fn decode_frame(decoder: &mut FrameDecoder, mut bytes: BytesMut) -> Result<Optio
             $bytes.advance(frame::HEADER_LEN);
 
             // Parse the header frame w/o parsing the payload
-            let (mut frame, mut payload) = match frame::$frame::load($head, $bytes, decoder.fields_hint) {
+            let (mut frame, mut payload) = match frame::$frame::load($head, $bytes, decoder.fields_hint + decoder.fields_headroom) {
                 Ok(res) => res,
                 Err(frame::Error::InvalidDependencyId) => {
                     proto_err!(stream: "invalid HEADERS dependency ID");

@@ -105,6 +105,11 @@ impl<T, B> Codec<T, B> {
         self.inner.set_max_header_list_size(val);
     }
 
+    /// Trellis patch: room for fields added to each received header block's map.
+    pub fn set_recv_fields_headroom(&mut self, val: usize) {
+        self.inner.set_fields_headroom(val);
+    }
+
     /// Get a reference to the inner stream.
     #[cfg(feature = "unstable")]
     pub fn get_ref(&self) -> &T {
