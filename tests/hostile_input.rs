@@ -450,6 +450,34 @@ async fn patched_h2_builds_request_heads_and_refuses_malformed_ones() {
     .await;
 }
 
+/// Never-indexed values (a response's `date`, a request id) go out as plain string literals,
+/// not Huffman-coded (vendor/README.md: made per message, coding them cost more than the
+/// bytes it saved); clients decode them as any literal.
+#[tokio::test]
+async fn patched_h2_sends_never_indexed_values_without_huffman_coding() {
+    within(LIMIT, async {
+        let origin = Origin::start(|_req: Request<Incoming>| async move { Response::new(full("ok")) }).await;
+        let listen = listen_addr();
+        let _proxy = Proxy::start(&config::simple(listen, origin.addr, config::ClusterProtocol::Http1).yaml());
+        let fields = [(":method", "GET"), (":scheme", "http"), (":path", "/"), (":authority", "x")];
+        let mut h2 = RawH2::connect(listen).await;
+        h2.send(h2raw::frame(h2raw::HEADERS, h2raw::END_HEADERS | h2raw::END_STREAM, 1, &h2raw::block(&fields))).await;
+        let head = h2.until(|f| f.stream == 1 && f.kind == h2raw::HEADERS).await.expect("the response head");
+        // Literal never indexed, name `date` (static index 33): 0x1f 0x12, then the value's
+        // length with the Huffman bit clear, then its 29 bytes as they are.
+        let at = head.payload.windows(2).position(|w| w == [0x1f, 0x12]).expect("date as a never-indexed literal");
+        assert_eq!(head.payload.get(at + 2), Some(&29), "length 29, H bit clear: {:02x?}", head.payload);
+        let date = head.payload.get(at + 3..at + 32).expect("the value");
+        assert!(date.ends_with(b" GMT"), "{}", String::from_utf8_lossy(date));
+
+        // A real client reads the response as before.
+        let got = Client::h2(listen).await.get("/").await;
+        assert!(got.header("date").is_some_and(|d| d.ends_with(" GMT")), "{:?}", got.headers);
+        assert_eq!(got.text(), "ok");
+    })
+    .await;
+}
+
 /// Checks the published `h2` crate lacks and our patched copy adds (vendor/README.md), on a
 /// stream whose response has ended: pseudo-header fields in trailers (RFC 9113 §8.1:
 /// PROTOCOL_ERROR; h2 dropped them and delivered the rest), trailers short of the

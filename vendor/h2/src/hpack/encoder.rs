@@ -235,11 +235,12 @@ fn encode_size_update(val: usize, dst: &mut BytesMut) {
 fn encode_not_indexed(name: usize, value: &[u8], sensitive: bool, dst: &mut BytesMut) {
     if sensitive {
         encode_int(name, 4, 0b10000, dst);
+        // Trellis patch: see `encode_str_raw`.
+        encode_str_raw(value, dst);
     } else {
         encode_int(name, 4, 0, dst);
+        encode_str(value, dst);
     }
-
-    encode_str(value, dst);
 }
 
 fn encode_not_indexed2(name: &[u8], value: &[u8], sensitive: bool, dst: &mut BytesMut) {
@@ -250,7 +251,21 @@ fn encode_not_indexed2(name: &[u8], value: &[u8], sensitive: bool, dst: &mut Byt
     }
 
     encode_str(name, dst);
-    encode_str(value, dst);
+    if sensitive {
+        // Trellis patch: see `encode_str_raw`.
+        encode_str_raw(value, dst);
+    } else {
+        encode_str(value, dst);
+    }
+}
+
+/// Trellis patch: a string literal without Huffman coding (RFC 7541 §5.2, H = 0), for the
+/// values of never-indexed fields. Those are made per message (a date, a request id, a
+/// trace context): Huffman-coding them cost the sender, and decoding them the receiver,
+/// more work per request than the handful of bytes it saved.
+fn encode_str_raw(val: &[u8], dst: &mut BytesMut) {
+    encode_int(val.len(), 7, 0, dst);
+    dst.put_slice(val);
 }
 
 fn encode_str(val: &[u8], dst: &mut BytesMut) {
