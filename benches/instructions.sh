@@ -15,12 +15,15 @@
 #                    steady state of a long-lived connection (the pair's mTLS h2 hop)
 #   --tracing RATIO  also measure each binary with OTLP tracing on at this sample ratio
 #                    (spans exported over OTLP/HTTP to the origin, which answers 200)
+#   --keep DIR       keep each counted profile in DIR (h1-N, h2c-N, pair-out-N, pair-in-N
+#                    for the Nth binary from 0, h1-Ntraced.yaml with --tracing; read them
+#                    with callgrind_annotate)
 # Needs valgrind and wrk (nginx for its column, h2load for the h2c lines). Listens on
 # 127.0.0.1:2818x/2819x/2991x; every process started here is ended by PID.
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BIN="$ROOT/target/release"
-BUILD=1; NGINX=1; PAIR=1; TRACING=; TRELLIS=(); WARMUP=2
+BUILD=1; NGINX=1; PAIR=1; TRACING=; TRELLIS=(); WARMUP=2; KEEP=
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --no-build) BUILD=0 ;;
@@ -28,7 +31,8 @@ while [[ $# -gt 0 ]]; do
         --no-pair) PAIR=0 ;;
         --tracing) TRACING=$2; shift ;;
         --warmup) WARMUP=$2; shift ;;
-        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+        --keep) KEEP=$(mkdir -p "$2" && realpath "$2") || exit 2; shift ;;
+        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
         -*) echo "unknown option: $1" >&2; exit 2 ;;
         *) TRELLIS+=("$(realpath "$1")") ;;
     esac
@@ -44,12 +48,15 @@ bench_workdir trellis-instr
 
 wait_http() { for _ in $(seq 100); do curl -s -o /dev/null "$1" && return 0; sleep 0.3; done; echo "error: $1 not up" >&2; return 1; }
 # Total instructions in a callgrind dump of process $1 (written under prefix $2). An idle
-# process sees the request only when it next runs: one more request ($3) wakes it.
+# process sees the request only when it next runs: one more request ($3) wakes it. With
+# --keep, the dump is copied to $KEEP/$4.
 dump_ir() {
     callgrind_control -d "$1" >/dev/null 2>&1 &
     local c=$!
     sleep 0.5; curl -s -o /dev/null "$3"; wait "$c"; sleep 0.5
-    awk '/^summary:/ {print $2}' "$(ls -t "$2".*.* | head -1)"
+    local f; f=$(ls -t "$2".*.* | head -1)
+    [[ -n $KEEP && -n ${4:-} ]] && cp "$f" "$KEEP/$4"
+    awk '/^summary:/ {print $2}' "$f"
 }
 # measure URL PID... : warm up, zero the counters, run wrk -c16 for 5 s; prints the request count.
 measure() {
@@ -82,13 +89,14 @@ if [[ -n $TRACING ]]; then
     { cat proxy.yaml; echo "tracing: { otlp: { endpoint: \"http://127.0.0.1:28181\", protocol: http }, sample_ratio: $TRACING }"; } >traced.yaml
 fi
 echo "HTTP/1.1 keep-alive GET, 2-byte body, one worker:"
-for b in "${TRELLIS[@]}"; do
+for i in "${!TRELLIS[@]}"; do
+    b=${TRELLIS[$i]}
     for cfg in proxy.yaml ${TRACING:+traced.yaml}; do
         cg "$TMP/t" "$b" proxy --config "$cfg" --threads 1 >trellis.log 2>&1 &
         p=$!; PIDS+=("$p")
         wait_http http://127.0.0.1:29911/ready || { tail -5 trellis.log; exit 1; }
         n=$(measure http://127.0.0.1:28180/ "$p")
-        ir=$(dump_ir "$p" "$TMP/t" http://127.0.0.1:28180/)
+        ir=$(dump_ir "$p" "$TMP/t" http://127.0.0.1:28180/ "h1-$i${cfg%proxy.yaml}")
         label="trellis $b"
         [[ $cfg == traced.yaml ]] && label="$label (tracing $TRACING)"
         printf '  %-40s %8d instructions/request (%d requests)\n' "$label" $((ir / n)) "$n"
@@ -98,12 +106,13 @@ done
 if command -v h2load >/dev/null; then
     echo
     echo "h2c GET (prior knowledge), 2-byte body, h2load -c8 -m8, one worker:"
-    for b in "${TRELLIS[@]}"; do
+    for i in "${!TRELLIS[@]}"; do
+        b=${TRELLIS[$i]}
         cg "$TMP/t" "$b" proxy --config proxy.yaml --threads 1 >trellis.log 2>&1 &
         p=$!; PIDS+=("$p")
         wait_http http://127.0.0.1:29911/ready || { tail -5 trellis.log; exit 1; }
         n=$(measure_h2c http://127.0.0.1:28180/ "$p")
-        ir=$(dump_ir "$p" "$TMP/t" http://127.0.0.1:28180/)
+        ir=$(dump_ir "$p" "$TMP/t" http://127.0.0.1:28180/ "h2c-$i")
         printf '  %-40s %8d instructions/request (%d requests)\n' "trellis $b" $((ir / n)) "$n"
         stop "$p"; rm -f "$TMP"/t.*
     done
@@ -137,7 +146,8 @@ for sa in frontend checkout; do
 done
 sed 's/8080/28181/; s/9902/29912/; s/4143/28193/' "$ROOT/examples/sidecar-pair/checkout.yaml" >checkout.yaml
 sed 's/9901/29913/; s/4140/28190/; s/4143/28193/' "$ROOT/examples/sidecar-pair/frontend.yaml" >frontend.yaml
-for b in "${TRELLIS[@]}"; do
+for i in "${!TRELLIS[@]}"; do
+    b=${TRELLIS[$i]}
     cg "$TMP/in" "$b" proxy --config checkout.yaml --threads 1 >inbound.log 2>&1 &
     pi=$!; PIDS+=("$pi")
     cg "$TMP/out" "$b" proxy --config frontend.yaml --threads 1 >outbound.log 2>&1 &
@@ -145,7 +155,8 @@ for b in "${TRELLIS[@]}"; do
     wait_http http://127.0.0.1:29912/ready || exit 1
     wait_http http://127.0.0.1:29913/ready || exit 1
     n=$(measure http://127.0.0.1:28190/api/x "$pi" "$po")
-    ii=$(dump_ir "$pi" "$TMP/in" http://127.0.0.1:28190/api/x); io=$(dump_ir "$po" "$TMP/out" http://127.0.0.1:28190/api/x)
+    ii=$(dump_ir "$pi" "$TMP/in" http://127.0.0.1:28190/api/x "pair-in-$i")
+    io=$(dump_ir "$po" "$TMP/out" http://127.0.0.1:28190/api/x "pair-out-$i")
     printf '  %-40s outbound %d + inbound %d instructions/request (%d requests)\n' "trellis $b" $((io / n)) $((ii / n)) "$n"
     stop "$pi" "$po"; rm -f "$TMP"/in.* "$TMP"/out.*
 done

@@ -478,6 +478,35 @@ async fn patched_h2_sends_never_indexed_values_without_huffman_coding() {
     .await;
 }
 
+/// The same on the way to an HTTP/2 upstream: `x-request-id` and `traceparent` (new in each
+/// request) go as never-indexed literals whose names and values are plain, not Huffman-coded.
+#[tokio::test]
+async fn patched_h2_sends_never_indexed_names_plain_upstream() {
+    within(LIMIT, async {
+        let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listen = listen_addr();
+        let config = config::simple(listen, upstream.local_addr().expect("address"), config::ClusterProtocol::Http2);
+        let _proxy = Proxy::start(&config.yaml());
+        // Never answered: the request is only read here.
+        let client = tokio::spawn(async move { Client::h1(listen).await.get("/").await });
+        let (mut s, _) = upstream.accept().await.expect("the proxy connects");
+        let mut preface = [0u8; 24];
+        s.read_exact(&mut preface).await.expect("the connection preface");
+        let mut h2 = RawH2 { s, buf: Vec::new() };
+        let head = h2.until(|f| f.kind == h2raw::HEADERS).await.expect("the request head");
+        for (name, len) in [("x-request-id", 36), ("traceparent", 55)] {
+            // Literal never indexed with a literal name (0x10), the name's length (H clear),
+            // the name, then the value's length (H clear).
+            let mut literal = vec![0x10, name.len() as u8];
+            literal.extend_from_slice(name.as_bytes());
+            literal.push(len);
+            assert!(head.payload.windows(literal.len()).any(|w| w == literal), "{name}: {:02x?}", head.payload);
+        }
+        client.abort();
+    })
+    .await;
+}
+
 /// Checks the published `h2` crate lacks and our patched copy adds (vendor/README.md), on a
 /// stream whose response has ended: pseudo-header fields in trailers (RFC 9113 §8.1:
 /// PROTOCOL_ERROR; h2 dropped them and delivered the rest), trailers short of the

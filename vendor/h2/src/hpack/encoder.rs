@@ -250,19 +250,21 @@ fn encode_not_indexed2(name: &[u8], value: &[u8], sensitive: bool, dst: &mut Byt
         dst.put_u8(0);
     }
 
-    encode_str(name, dst);
     if sensitive {
         // Trellis patch: see `encode_str_raw`.
+        encode_str_raw(name, dst);
         encode_str_raw(value, dst);
     } else {
+        encode_str(name, dst);
         encode_str(value, dst);
     }
 }
 
 /// Trellis patch: a string literal without Huffman coding (RFC 7541 §5.2, H = 0), for the
-/// values of never-indexed fields. Those are made per message (a date, a request id, a
-/// trace context): Huffman-coding them cost the sender, and decoding them the receiver,
-/// more work per request than the handful of bytes it saved.
+/// strings of never-indexed fields. Their values are made per message (a date, a request
+/// id, a trace context) and a custom name goes as a literal with each one: Huffman-coding
+/// them cost the sender, and decoding them the receiver, more work per request than the
+/// handful of bytes it saved.
 fn encode_str_raw(val: &[u8], dst: &mut BytesMut) {
     encode_int(val.len(), 7, 0, dst);
     dst.put_slice(val);
