@@ -418,8 +418,7 @@ async fn patched_h2_builds_request_heads_and_refuses_malformed_ones() {
         let _proxy = Proxy::start(&config::simple(listen, origin.addr, config::ClusterProtocol::Http1).yaml());
         let base = [(":method", "GET"), (":scheme", "http"), (":path", "/a?b=1"), (":authority", "x")];
 
-        let mut h2 = RawH2::connect(listen).await;
-        h2.send(h2raw::frame(h2raw::HEADERS, h2raw::END_HEADERS | h2raw::END_STREAM, 1, &h2raw::block(&base))).await;
+        let mut h2 = RawH2::request(listen, &base).await;
         let data = h2.until(|f| f.stream == 1 && f.kind == h2raw::DATA).await.expect("the response body");
         assert_eq!(String::from_utf8_lossy(&data.payload), "GET /a?b=1 x");
 
@@ -439,9 +438,7 @@ async fn patched_h2_builds_request_heads_and_refuses_malformed_ones() {
             (":status in a request", with((":status", "200"))),
             ("a malformed :authority", bad_authority),
         ] {
-            let mut h2 = RawH2::connect(listen).await;
-            h2.send(h2raw::frame(h2raw::HEADERS, h2raw::END_HEADERS | h2raw::END_STREAM, 1, &h2raw::block(&fields)))
-                .await;
+            let mut h2 = RawH2::request(listen, &fields).await;
             let e = h2.until(|f| f.kind == h2raw::RST_STREAM || f.kind == h2raw::GOAWAY || f.stream == 1).await;
             let e = e.map(|f| (f.kind, if f.stream == 1 && f.kind != h2raw::RST_STREAM { 0 } else { f.error_code() }));
             assert!(matches!(e, Some((h2raw::RST_STREAM | h2raw::GOAWAY, 0x1))), "{case}: a PROTOCOL_ERROR, not {e:?}");
@@ -460,8 +457,7 @@ async fn patched_h2_sends_never_indexed_values_without_huffman_coding() {
         let listen = listen_addr();
         let _proxy = Proxy::start(&config::simple(listen, origin.addr, config::ClusterProtocol::Http1).yaml());
         let fields = [(":method", "GET"), (":scheme", "http"), (":path", "/"), (":authority", "x")];
-        let mut h2 = RawH2::connect(listen).await;
-        h2.send(h2raw::frame(h2raw::HEADERS, h2raw::END_HEADERS | h2raw::END_STREAM, 1, &h2raw::block(&fields))).await;
+        let mut h2 = RawH2::request(listen, &fields).await;
         let head = h2.until(|f| f.stream == 1 && f.kind == h2raw::HEADERS).await.expect("the response head");
         // Literal never indexed, name `date` (static index 33): 0x1f 0x12, then the value's
         // length with the Huffman bit clear, then its 29 bytes as they are.

@@ -407,6 +407,13 @@ impl RawH2 {
         RawH2 { s, buf: Vec::new() }
     }
 
+    /// Connects and sends one request head, `fields`, on stream 1, ending the stream.
+    pub async fn request(addr: SocketAddr, fields: &[(&str, &str)]) -> RawH2 {
+        let mut h2 = RawH2::connect(addr).await;
+        h2.send(h2raw::frame(h2raw::HEADERS, h2raw::END_HEADERS | h2raw::END_STREAM, 1, &h2raw::block(fields))).await;
+        h2
+    }
+
     pub async fn send(&mut self, frame: Vec<u8>) {
         self.s.write_all(&frame).await.unwrap();
     }

@@ -246,15 +246,11 @@ fn encode_not_indexed(name: usize, value: &[u8], sensitive: bool, dst: &mut Byte
 fn encode_not_indexed2(name: &[u8], value: &[u8], sensitive: bool, dst: &mut BytesMut) {
     if sensitive {
         dst.put_u8(0b10000);
-    } else {
-        dst.put_u8(0);
-    }
-
-    if sensitive {
         // Trellis patch: see `encode_str_raw`.
         encode_str_raw(name, dst);
         encode_str_raw(value, dst);
     } else {
+        dst.put_u8(0);
         encode_str(name, dst);
         encode_str(value, dst);
     }
