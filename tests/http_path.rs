@@ -290,27 +290,33 @@ async fn round_robin_endpoint_weights_are_exact() {
 // Headers
 // ---------------------------------------------------------------------------------------------
 
+/// An origin that answers with the request's fields as JSON, each name's lines joined with
+/// ", " (so a field sent twice shows), and a few response fields for rules to act on.
+async fn joined_fields_origin() -> Origin {
+    Origin::start(|req: Request<Incoming>| async move {
+        let seen: serde_json::Map<String, serde_json::Value> = req
+            .headers()
+            .keys()
+            .map(|k| {
+                let all: Vec<&str> = req.headers().get_all(k).iter().map(|v| v.to_str().unwrap()).collect();
+                (k.to_string(), all.join(", ").into())
+            })
+            .collect();
+        Response::builder()
+            .header("x-origin-secret", "s3cr3t")
+            .header("x-origin-kept", "yes")
+            .header("x-served-by", "origin")
+            .body(full(serde_json::Value::Object(seen).to_string()))
+            .unwrap()
+    })
+    .await
+}
+
 /// Route `headers` rules shape what the upstream sees; `response_headers` what the client sees.
 #[tokio::test]
 async fn route_header_rules() {
     within(LIMIT, async {
-        let origin = Origin::start(|req: Request<Incoming>| async move {
-            let seen: serde_json::Map<String, serde_json::Value> = req
-                .headers()
-                .keys()
-                .map(|k| {
-                    let all: Vec<&str> = req.headers().get_all(k).iter().map(|v| v.to_str().unwrap()).collect();
-                    (k.to_string(), all.join(", ").into())
-                })
-                .collect();
-            Response::builder()
-                .header("x-origin-secret", "s3cr3t")
-                .header("x-origin-kept", "yes")
-                .header("x-served-by", "origin")
-                .body(full(serde_json::Value::Object(seen).to_string()))
-                .unwrap()
-        })
-        .await;
+        let origin = joined_fields_origin().await;
         let listen = listen_addr();
         let mut rules = Route { matches: RouteMatch::default(), ..config::route("rules", "/", "origin") };
         rules.headers.add = [("x-mesh".into(), "trellis".into()), ("X-Override".into(), "new".into())].into();
@@ -465,6 +471,72 @@ async fn forwarding_headers() {
             // A client cannot claim https.
             let p = c.get_json(get("/", "svc.example", h2).header("x-forwarded-proto", "https")).await;
             assert_eq!(p["headers"]["x-forwarded-proto"], "http", "{ctx}: {p}");
+        }
+    })
+    .await;
+}
+
+/// The fields the proxy adds go out once each, over HTTP/1.1 (written beside the request's
+/// own fields) and HTTP/2 (entered in its map), including when a route's rules name them
+/// and when the client listed one in `Connection`.
+#[tokio::test]
+async fn forwarding_fields_go_out_once_each() {
+    within(LIMIT, async {
+        let origin = joined_fields_origin().await;
+        let listen = listen_addr();
+        let plain = config::route("plain", "/plain", "h1");
+        let mut ruled = config::route("ruled", "/ruled", "h2");
+        ruled.headers.add = [("x-request-id".into(), "from-rule".into())].into();
+        ruled.headers.remove = vec!["x-forwarded-proto".into()];
+        let b = Bootstrap {
+            listeners: vec![config::listener("in", listen, &["plain", "ruled"])],
+            routes: vec![plain, ruled],
+            clusters: vec![
+                config::cluster("h1", ClusterProtocol::Http1, &[origin.addr]),
+                config::cluster("h2", ClusterProtocol::Http2, &[origin.addr]),
+            ],
+            ..config::bootstrap()
+        };
+        let _proxy = Proxy::start(&b.yaml());
+        for h2 in [false, true] {
+            let ctx = proto_name(h2);
+            let mut c = client(listen, h2).await;
+            for path in ["/plain", "/ruled"] {
+                let seen = c.fetch(get(path, "svc", h2).body(full("")).unwrap()).await.json();
+                let once = |name: &str| seen[name].as_str().filter(|v| !v.contains(", ")).map(str::len);
+                assert_eq!(once("x-trellis-hops"), Some(1), "{ctx} {path}: {seen}");
+                assert_eq!(seen["x-forwarded-for"], "127.0.0.1", "{ctx} {path}: {seen}");
+                assert_eq!(once("traceparent"), Some(55), "{ctx} {path}: {seen}");
+                if path == "/plain" {
+                    assert_eq!(once("x-request-id"), Some(36), "{ctx} {path}: {seen}");
+                    assert_eq!(seen["x-forwarded-proto"], "http", "{ctx} {path}: {seen}");
+                } else {
+                    assert_eq!(seen["x-request-id"], "from-rule", "{ctx} {path}: the rule's value only: {seen}");
+                    assert!(seen.get("x-forwarded-proto").is_none(), "{ctx} {path}: removed by the rule: {seen}");
+                }
+            }
+            // Listed in `Connection`, the client's id is dropped and the proxy's own sent.
+            let seen = c
+                .fetch(
+                    get("/plain", "svc", h2)
+                        .header("x-request-id", "listed")
+                        .header("x-trellis-hops", "1")
+                        .body(full(""))
+                        .map(|mut r| {
+                            if !h2 {
+                                r.headers_mut().insert("connection", "x-request-id".parse().unwrap());
+                            }
+                            r
+                        })
+                        .unwrap(),
+                )
+                .await
+                .json();
+            assert_eq!(seen["x-trellis-hops"], "2", "{ctx}: counted up in place: {seen}");
+            if !h2 {
+                let id = seen["x-request-id"].as_str().unwrap_or("");
+                assert!(id.len() == 36 && !id.contains(", "), "{ctx}: the proxy's id, once: {seen}");
+            }
         }
     })
     .await;

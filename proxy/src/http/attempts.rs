@@ -48,6 +48,8 @@ pub struct Plan<'a> {
     /// A successful answer is counted for outlier detection later, by what its body says
     /// (MCP routes with `errors_are_failures`).
     pub defer_outcome: bool,
+    /// The fields added to every try's request (`headers::prepare_request`).
+    pub forwarding: crate::http::headers::Forwarding,
 }
 
 impl Plan<'_> {
@@ -182,7 +184,7 @@ fn try_on<'a>(
     // where making the timer after it cost a second move.
     Try {
         sent: Some(Timed {
-            fut: pool::send(ep.clone(), plan.wire, req),
+            fut: pool::send(ep.clone(), plan.wire, req, &plan.forwarding),
             deadline,
             idle_after: plan.idle_timeout,
             since,

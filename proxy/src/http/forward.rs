@@ -29,7 +29,7 @@ pub const ATTEMPTS_HEADER: &str = "x-trellis-attempts";
 
 /// Request header counting the proxies a request has passed (DESIGN §13): each one adds 1,
 /// and a listener answers 508 once it has reached `max_hops`.
-pub const HOPS_HEADER: http::HeaderName = http::HeaderName::from_static("x-trellis-hops");
+pub use crate::http::headers::HOPS_HEADER;
 
 /// What a downstream connection knows about itself.
 #[derive(Debug)]
@@ -64,6 +64,8 @@ struct Routed {
     /// An MCP route's policy when only its rules with `mcp` conditions can allow the
     /// request: they are checked per JSON-RPC message once the body is read.
     mcp_policy: Option<Arc<authz::Policy>>,
+    /// Which of the fields the proxy rewrites the request came with.
+    seen: headers::Seen,
 }
 
 /// Writes the audit line and counts a denial.
@@ -214,23 +216,22 @@ fn route_for(
         return Err(ForwardError::HeadersTooLarge);
     }
     check_host(req).map_err(ForwardError::Host)?;
-    // Read and counted up in one lookup of the field (this runs for every request); a
-    // request refused from here on is not sent anywhere, so the new count is harmless.
-    let max_hops = listener.spec.max_hops.unwrap_or(trellis_api::DEFAULT_MAX_HOPS);
-    match req.headers_mut().entry(HOPS_HEADER) {
-        http::header::Entry::Vacant(v) => {
-            v.insert(count_value(1));
+    // Read and counted up in one lookup of the field when it is there (a request without
+    // it goes out with `x-trellis-hops: 1`, `headers::Forwarding`); a request refused from
+    // here on is not sent anywhere, so the new count is harmless.
+    let seen = headers::Seen::of(req.headers());
+    if seen.hops
+        && let http::header::Entry::Occupied(mut o) = req.headers_mut().entry(HOPS_HEADER)
+    {
+        let max_hops = listener.spec.max_hops.unwrap_or(trellis_api::DEFAULT_MAX_HOPS);
+        let hops = std::str::from_utf8(o.get().as_bytes())
+            .ok()
+            .and_then(|s| s.parse::<u32>().ok())
+            .ok_or(ForwardError::BadHops)?;
+        if hops >= max_hops {
+            return Err(ForwardError::LoopDetected(max_hops));
         }
-        http::header::Entry::Occupied(mut o) => {
-            let hops = std::str::from_utf8(o.get().as_bytes())
-                .ok()
-                .and_then(|s| s.parse::<u32>().ok())
-                .ok_or(ForwardError::BadHops)?;
-            if hops >= max_hops {
-                return Err(ForwardError::LoopDetected(max_hops));
-            }
-            o.insert(count_value(hops + 1));
-        }
+        o.insert(count_value(hops + 1));
     }
     if req.method() == http::Method::CONNECT {
         check_connect(req, listener)?;
@@ -286,7 +287,7 @@ fn route_for(
             return Err(ForwardError::Forbidden);
         }
     };
-    Ok(Routed { route, target, mcp_policy })
+    Ok(Routed { route, target, mcp_policy, seen })
 }
 
 /// The request path proper on its route; `log` (set when the access log is on) learns the
@@ -306,7 +307,7 @@ fn forward(
 ) -> impl Future<Output = (Response<ProxyBody>, Option<Box<access_log::Entry>>, Option<Box<crate::trace::ServerSpan>>)>
 {
     async move {
-        let Routed { route, target, mcp_policy } = routed;
+        let Routed { route, target, mcp_policy, seen } = routed;
         let started = std::time::Instant::now();
         // gRPC runs over HTTP/2 and HTTP/3 only: HTTP/1.1 requests skip the lookup.
         let grpc = ctx.h2 && version::is_grpc(&req);
@@ -419,7 +420,15 @@ fn forward(
         let upgrade = req.extensions().get::<upgrade::Requested>().cloned();
         let wire = if upgrade.is_some() { Wire::Http1 } else { wire };
         let key = cluster.hash_key(req.headers(), ctx.peer.ip);
-        headers::prepare_request(&mut req, &ctx.peer, wire);
+        let mut forwarding = headers::prepare_request(&mut req, &ctx.peer, wire, seen);
+        // A traced request's tries each carry their own span as the parent (`start_try`).
+        if span.is_some() {
+            forwarding.traceparent = None;
+        }
+        // Rules that name a forwarding field see it in the map, as they would any other.
+        if route.request_headers.names_forwarding() {
+            std::mem::take(&mut forwarding).enter(req.headers_mut());
+        }
         if let Some(up) = &upgrade {
             upgrade::restore(req.headers_mut(), up);
         }
@@ -428,7 +437,7 @@ fn forward(
         }
         route.request_headers.apply(req.headers_mut());
         if let Some(e) = log.as_deref_mut() {
-            e.request_id = req.headers().get(&headers::X_REQUEST_ID).cloned();
+            e.request_id = req.headers().get(&headers::X_REQUEST_ID).cloned().or_else(|| forwarding.request_id());
         }
         let deadline = route.timeout.map(|t| Instant::from_std(started) + t);
         // On an MCP route a POST's messages decide whether it may be sent twice (a tool
@@ -460,6 +469,7 @@ fn forward(
             since,
             trace,
             defer_outcome,
+            forwarding,
         };
         let counted = route.retry.is_some() || route.hedge.is_some();
 

@@ -2,16 +2,24 @@
 //! headers (`x-forwarded-for`, `x-forwarded-proto`, `x-request-id`, `traceparent`) in, the
 //! route's rules applied, and the request target reshaped for the upstream's HTTP version.
 
+use crate::http::h1::encode::Field;
 use crate::upstream::Wire;
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{Request, Version};
 use std::net::IpAddr;
 
-pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const HOPS: &str = "x-trellis-hops";
+const FORWARDED_FOR: &str = "x-forwarded-for";
+const FORWARDED_PROTO: &str = "x-forwarded-proto";
+const REQUEST_ID: &str = "x-request-id";
+const TRACE_CONTEXT: &str = "traceparent";
+/// The loop guard's hop count, which each Trellis on the way counts up.
+pub const HOPS_HEADER: HeaderName = HeaderName::from_static(HOPS);
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static(FORWARDED_FOR);
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static(FORWARDED_PROTO);
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID);
+pub static TRACEPARENT: HeaderName = HeaderName::from_static(TRACE_CONTEXT);
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -19,9 +27,13 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// `TE: trailers` is end-to-end in practice (gRPC needs it) and is kept.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     // One pass over the names first: most requests and responses carry none of these.
-    if !h.keys().any(is_hop_by_hop) {
-        return;
+    if h.keys().any(is_hop_by_hop) {
+        strip_listed(h);
     }
+}
+
+/// [`strip_hop_by_hop`] for a map known to hold at least one hop-by-hop field.
+fn strip_listed(h: &mut HeaderMap) {
     let listed: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
@@ -32,7 +44,7 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     for name in listed {
         // The hop count is the proxies' own: a client cannot have it dropped (and the
         // loop guard skipped) by listing it in `Connection`.
-        if name != header::TE && name != crate::http::forward::HOPS_HEADER {
+        if name != header::TE && name != HOPS_HEADER {
             h.remove(name);
         }
     }
@@ -43,6 +55,41 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
         && !te.as_bytes().eq_ignore_ascii_case(b"trailers")
     {
         h.remove(header::TE);
+    }
+}
+
+/// Whether `k` is one of the fields [`Forwarding`] adds.
+pub(crate) fn is_forwarding(k: &HeaderName) -> bool {
+    matches!(k.as_str(), HOPS | FORWARDED_FOR | FORWARDED_PROTO | REQUEST_ID | TRACE_CONTEXT)
+}
+
+/// Which of the fields the proxy rewrites a request's map holds: one pass over its names,
+/// where a lookup of each would hash each name (a custom name's hash is ~100
+/// instructions, and these are all custom).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Seen {
+    pub hop_by_hop: bool,
+    pub hops: bool,
+    pub forwarded_for: bool,
+    pub forwarded_proto: bool,
+    pub request_id: bool,
+    pub traceparent: bool,
+}
+
+impl Seen {
+    pub fn of(h: &HeaderMap) -> Self {
+        let mut seen = Self::default();
+        for k in h.keys() {
+            match k.as_str() {
+                HOPS => seen.hops = true,
+                FORWARDED_FOR => seen.forwarded_for = true,
+                FORWARDED_PROTO => seen.forwarded_proto = true,
+                REQUEST_ID => seen.request_id = true,
+                TRACE_CONTEXT => seen.traceparent = true,
+                _ => seen.hop_by_hop |= is_hop_by_hop(k),
+            }
+        }
+        seen
     }
 }
 
@@ -74,23 +121,88 @@ impl Peer {
 }
 
 /// How many headers the proxy may add to a request on its way: `x-trellis-hops` (the loop
-/// guard, `forward`) and what [`prepare_request`] adds (x-forwarded-for, x-forwarded-proto,
-/// x-request-id, traceparent, host).
+/// guard) and the forwarding fields (x-forwarded-for, x-forwarded-proto, x-request-id,
+/// traceparent), and `host`. Maps are made with this much room: entering the fields one by
+/// one must not grow them.
 pub const ADDED_TO_REQUESTS: usize = 6;
 
-/// Rewrites a downstream request in place for forwarding to an upstream over `wire`.
-pub fn prepare_request<B>(req: &mut Request<B>, peer: &Peer, wire: Wire) {
-    // `forward::route_for` made room for what is added below (ADDED_TO_REQUESTS).
-    let h = req.headers_mut();
-    strip_hop_by_hop(h);
+/// The fields the proxy adds to a request that its client did not send: the hop count,
+/// `x-forwarded-for`, `x-forwarded-proto`, `x-request-id` and `traceparent`. They are kept
+/// here, beside the request, rather than entered in its header map: the HTTP/1.1 encoder
+/// writes them after the map's fields ([`Forwarding::fields`]), so a request pays no hash
+/// and no table insert for them. A request sent another way (HTTP/2), or whose route's
+/// header rules name one of them, gets them entered in its map ([`Forwarding::enter`]).
+#[derive(Debug, Clone, Default)]
+pub struct Forwarding {
+    /// `x-trellis-hops: 1`: the request came with no hop count.
+    pub hops: bool,
+    pub forwarded_for: Option<HeaderValue>,
+    pub forwarded_proto: Option<&'static str>,
+    pub request_id: Option<[u8; 36]>,
+    pub traceparent: Option<[u8; 55]>,
+}
 
-    // Entries: one lookup per header whether it is there or not.
-    match h.entry(&X_FORWARDED_FOR) {
-        Entry::Vacant(e) => {
-            e.insert(peer.ip_value.clone());
+/// As many fields as a [`Forwarding`] holds.
+pub const FORWARDING_FIELDS: usize = 5;
+
+impl Forwarding {
+    /// Each field as (name, value), in a fixed array with the count used.
+    pub fn fields(&self) -> ([Field<'_>; FORWARDING_FIELDS], usize) {
+        let mut out: [Field<'_>; FORWARDING_FIELDS] = [(b"", b""); FORWARDING_FIELDS];
+        let mut n = 0;
+        let fields = [
+            self.hops.then_some((HOPS.as_bytes(), b"1".as_slice())),
+            self.forwarded_for.as_ref().map(|v| (FORWARDED_FOR.as_bytes(), v.as_bytes())),
+            self.forwarded_proto.map(|v| (FORWARDED_PROTO.as_bytes(), v.as_bytes())),
+            self.request_id.as_ref().map(|v| (REQUEST_ID.as_bytes(), v.as_slice())),
+            self.traceparent.as_ref().map(|v| (TRACE_CONTEXT.as_bytes(), v.as_slice())),
+        ];
+        for f in fields.into_iter().flatten() {
+            out[n] = f;
+            n += 1;
         }
+        (out, n)
+    }
+
+    /// Enters the fields in `h` (as [`prepare_request`] did before they were kept aside).
+    pub fn enter(self, h: &mut HeaderMap) {
+        if self.hops {
+            h.insert(HOPS_HEADER, HeaderValue::from_static("1"));
+        }
+        if let Some(v) = self.forwarded_for {
+            h.insert(X_FORWARDED_FOR.clone(), v);
+        }
+        if let Some(v) = self.forwarded_proto {
+            h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(v));
+        }
+        if let Some(v) = self.request_id {
+            h.insert(X_REQUEST_ID.clone(), unique_value(v.to_vec()));
+        }
+        if let Some(v) = self.traceparent {
+            h.insert(TRACEPARENT.clone(), unique_value(v.to_vec()));
+        }
+    }
+
+    /// The request id this request goes out with, if the proxy made it.
+    pub fn request_id(&self) -> Option<HeaderValue> {
+        self.request_id.map(|v| unique_value(v.to_vec()))
+    }
+}
+
+/// Rewrites a downstream request in place for forwarding to an upstream over `wire`, and
+/// returns the fields to add that its client did not send. `seen` is what [`Seen::of`] found
+/// in its map (`forward::route_for` looked, and dealt with the hop count).
+pub fn prepare_request<B>(req: &mut Request<B>, peer: &Peer, wire: Wire, mut seen: Seen) -> Forwarding {
+    let h = req.headers_mut();
+    if seen.hop_by_hop {
+        strip_listed(h);
+        // A client may list any field in `Connection`: what was there may be gone.
+        seen = Seen { hops: seen.hops, ..Seen::of(h) };
+    }
+    let mut fwd = Forwarding { hops: !seen.hops, ..Forwarding::default() };
+    if seen.forwarded_for {
         // Several x-forwarded-for lines are one list (RFC 9110 §5.3): keep the whole chain.
-        Entry::Occupied(mut e) => {
+        if let Entry::Occupied(mut e) = h.entry(&X_FORWARDED_FOR) {
             let mut chain = e.iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>().join(", ");
             if !chain.is_empty() {
                 chain.push_str(", ");
@@ -100,16 +212,22 @@ pub fn prepare_request<B>(req: &mut Request<B>, peer: &Peer, wire: Wire) {
                 e.insert(v);
             }
         }
+    } else {
+        fwd.forwarded_for = Some(peer.ip_value.clone());
     }
-    h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(if peer.tls { "https" } else { "http" }));
-    if let Entry::Vacant(e) = h.entry(&X_REQUEST_ID) {
-        e.insert(request_id(fastrand::u128(..)));
+    // The proxy says how the client reached it, whatever the client claimed.
+    if seen.forwarded_proto {
+        h.remove(&X_FORWARDED_PROTO);
     }
-    if let Entry::Vacant(e) = h.entry(&TRACEPARENT) {
-        e.insert(traceparent(fastrand::u128(1..), fastrand::u64(1..)));
+    fwd.forwarded_proto = Some(if peer.tls { "https" } else { "http" });
+    if !seen.request_id {
+        fwd.request_id = Some(request_id(fastrand::u128(..)));
     }
-
+    if !seen.traceparent {
+        fwd.traceparent = Some(crate::trace::context::write(fastrand::u128(1..), fastrand::u64(1..), true));
+    }
     set_form(req, wire);
+    fwd
 }
 
 /// Puts `req` in `wire`'s form: HTTP/1.1 with `Host` and an origin-form target, or
@@ -170,11 +288,10 @@ pub fn prepare_response(h: &mut HeaderMap) {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-pub(crate) fn hex_into(out: &mut Vec<u8>, mut v: u128, digits: usize) {
-    let start = out.len();
-    out.resize(start + digits, b'0');
-    for i in (0..digits).rev() {
-        out[start + i] = HEX[(v & 0xf) as usize];
+/// Fills `out` with the low hex digits of `v`, most significant first.
+pub(crate) fn hex_into(out: &mut [u8], mut v: u128) {
+    for b in out.iter_mut().rev() {
+        *b = HEX[(v & 0xf) as usize];
         v >>= 4;
     }
 }
@@ -190,24 +307,15 @@ pub(crate) fn unique_value(out: Vec<u8>) -> HeaderValue {
 }
 
 /// A random UUID-v4-shaped request id.
-fn request_id(r: u128) -> HeaderValue {
+fn request_id(r: u128) -> [u8; 36] {
     let r = (r & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
-    let mut out = Vec::with_capacity(36);
-    hex_into(&mut out, r >> 96, 8);
-    out.push(b'-');
-    hex_into(&mut out, (r >> 80) & 0xffff, 4);
-    out.push(b'-');
-    hex_into(&mut out, (r >> 64) & 0xffff, 4);
-    out.push(b'-');
-    hex_into(&mut out, (r >> 48) & 0xffff, 4);
-    out.push(b'-');
-    hex_into(&mut out, r & 0xffff_ffff_ffff, 12);
-    unique_value(out)
-}
-
-/// A W3C trace context starting a new sampled trace.
-fn traceparent(trace: u128, span: u64) -> HeaderValue {
-    crate::trace::context::format(trace, span, true)
+    let mut out = [b'-'; 36];
+    hex_into(&mut out[..8], r >> 96);
+    hex_into(&mut out[9..13], r >> 80);
+    hex_into(&mut out[14..18], r >> 64);
+    hex_into(&mut out[19..23], r >> 48);
+    hex_into(&mut out[24..], r);
+    out
 }
 
 #[cfg(test)]
@@ -232,27 +340,65 @@ mod tests {
         assert!(!h.contains_key(header::TE));
     }
 
+    /// What `forward` does: look, prepare, and (here) enter the kept-aside fields.
+    fn prepared<B>(req: &mut Request<B>, peer: &Peer, wire: Wire) -> Forwarding {
+        let fwd = prepare_request(req, peer, wire, Seen::of(req.headers()));
+        fwd.clone().enter(req.headers_mut());
+        fwd
+    }
+
     #[test]
     fn request_gets_forwarding_headers_and_h2_target() {
         let mut req =
             Request::get("/a?b=1").header("host", "svc:80").header("x-forwarded-for", "10.0.0.1").body(()).unwrap();
-        prepare_request(&mut req, &Peer::new("127.0.0.9".parse().unwrap(), false), Wire::Http2);
+        prepared(&mut req, &Peer::new("127.0.0.9".parse().unwrap(), false), Wire::Http2);
         assert_eq!(req.uri().to_string(), "http://svc:80/a?b=1");
         assert!(req.headers().get(header::HOST).is_none());
         assert_eq!(req.headers()["x-forwarded-for"], "10.0.0.1, 127.0.0.9");
         assert_eq!(req.headers()["x-forwarded-proto"], "http");
         assert_eq!(req.headers()["x-request-id"].len(), 36);
         assert_eq!(req.headers()["traceparent"].len(), 55);
+        assert_eq!(req.headers()[HOPS_HEADER], "1");
+        // Unique per request: never indexed by HPACK.
+        assert!(req.headers()["x-request-id"].is_sensitive() && req.headers()["traceparent"].is_sensitive());
     }
 
     #[test]
     fn h2_request_to_h1_gets_host_and_origin_form() {
         let mut req = Request::get("http://svc.local/p").header("x-request-id", "keep").body(()).unwrap();
-        prepare_request(&mut req, &Peer::new("::1".parse().unwrap(), true), Wire::Http1);
+        prepared(&mut req, &Peer::new("::1".parse().unwrap(), true), Wire::Http1);
         assert_eq!(req.uri().to_string(), "/p");
         assert_eq!(req.headers()[header::HOST], "svc.local");
         assert_eq!(req.headers()["x-request-id"], "keep");
         assert_eq!(req.headers()["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn kept_aside_fields_are_only_those_the_client_did_not_send() {
+        // The client's own proto is replaced, its id, trace context and hop count kept; a
+        // field it listed in `Connection` is gone, and the proxy's own takes its place.
+        let mut req = Request::get("/")
+            .header("host", "svc")
+            .header("x-forwarded-proto", "https")
+            .header("x-trellis-hops", "2")
+            .header("traceparent", "00-00000000000000000000000000000abc-0000000000000012-01")
+            .header("x-request-id", "listed")
+            .header("connection", "x-request-id")
+            .body(())
+            .unwrap();
+        let seen = Seen::of(req.headers());
+        assert!(seen.hop_by_hop && seen.hops && seen.forwarded_proto && seen.request_id && seen.traceparent);
+        let fwd = prepare_request(&mut req, &Peer::new("127.0.0.9".parse().unwrap(), false), Wire::Http1, seen);
+        let h = req.headers();
+        assert!(
+            h.get("x-forwarded-proto").is_none() && h.get("x-request-id").is_none() && h.get("connection").is_none()
+        );
+        assert_eq!((h["x-trellis-hops"].as_bytes(), h["traceparent"].len()), (b"2".as_slice(), 55));
+        let (fields, n) = fwd.fields();
+        let names: Vec<_> = fields[..n].iter().map(|(k, _)| std::str::from_utf8(k).unwrap()).collect();
+        assert_eq!(names, ["x-forwarded-for", "x-forwarded-proto", "x-request-id"]);
+        assert_eq!((fields[0].1, fields[1].1), (b"127.0.0.9".as_slice(), b"http".as_slice()));
+        assert_eq!(fields[2].1.len(), 36);
     }
 
     #[test]
@@ -264,8 +410,7 @@ mod tests {
         req.headers_mut().insert(header::ACCEPT, HeaderValue::from_static("*/*"));
         req.headers_mut().reserve(ADDED_TO_REQUESTS);
         let room = req.headers().capacity();
-        req.headers_mut().insert(crate::http::forward::HOPS_HEADER, HeaderValue::from_static("1"));
-        prepare_request(&mut req, &Peer::new("127.0.0.9".parse().unwrap(), false), Wire::Http1);
+        prepared(&mut req, &Peer::new("127.0.0.9".parse().unwrap(), false), Wire::Http1);
         assert_eq!(req.headers().len(), 2 + ADDED_TO_REQUESTS, "every header the proxy adds is counted");
         assert_eq!(req.headers().capacity(), room, "added without growing the map");
     }
@@ -273,11 +418,12 @@ mod tests {
     #[test]
     fn ids_are_well_formed() {
         let id = request_id(u128::MAX);
-        // Never indexed by HPACK: unique per request.
-        assert!(id.is_sensitive() && traceparent(1, 2).is_sensitive());
-        let s = id.to_str().unwrap();
+        let s = std::str::from_utf8(&id).unwrap();
         assert_eq!(s.as_bytes()[14], b'4');
         assert_eq!(s.split('-').map(str::len).collect::<Vec<_>>(), vec![8, 4, 4, 4, 12]);
-        assert_eq!(traceparent(1, 2).to_str().unwrap(), "00-00000000000000000000000000000001-0000000000000002-01");
+        assert!(s.bytes().all(|b| b == b'-' || b.is_ascii_hexdigit()));
+        assert_eq!(&request_id(0)[..], b"00000000-0000-4000-8000-000000000000");
+        let tp = crate::trace::context::write(1, 2, true);
+        assert_eq!(&tp[..], b"00-00000000000000000000000000000001-0000000000000002-01");
     }
 }

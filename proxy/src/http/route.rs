@@ -142,6 +142,12 @@ impl HeaderOps {
         self.add.push((name, value));
     }
 
+    /// Whether a rule names a field the proxy adds to requests (`headers::Forwarding`):
+    /// the request's map must hold them before [`HeaderOps::apply`].
+    pub fn names_forwarding(&self) -> bool {
+        self.remove.iter().chain(self.add.iter().map(|(n, _)| n)).any(crate::http::headers::is_forwarding)
+    }
+
     /// Removes, then adds (replacing any existing value).
     pub fn apply(&self, headers: &mut HeaderMap) {
         for name in &self.remove {

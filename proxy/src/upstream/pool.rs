@@ -6,6 +6,7 @@
 
 use crate::http::body::{ClientBodyError, RequestBody};
 use crate::http::fault::Side;
+use crate::http::headers::Forwarding;
 use crate::resilience::breaker::Threshold;
 use crate::tls::io::MaybeTls;
 use crate::upstream::alpn::Learned;
@@ -203,6 +204,7 @@ pub fn send(
     ep: Arc<Endpoint>,
     wire: Wire,
     req: Request<RequestBody>,
+    forwarding: &Forwarding,
 ) -> impl Future<Output = Result<(Response<ResponseBody>, Lease), UpstreamError>> {
     if let Err(t) = ep.counts.acquire(Threshold::MaxRequests, ep.settings.limits.as_ref(), &ep.cluster) {
         return Either::Right(ready(Err(UpstreamError::Overloaded(t))));
@@ -222,6 +224,7 @@ pub fn send(
             learned
         }
         Learned::Unknown => {
+            forwarding.clone().enter(req.headers_mut());
             let lease = Lease { endpoint: ep, h2_streams: None };
             return Either::Left(Either::Left(Either::Right(Box::pin(send_learning(lease, req)))));
         }
@@ -229,11 +232,17 @@ pub fn send(
     // From here on the lease owns the `active` count, whatever happens.
     let lease = Lease { endpoint: ep, h2_streams: None };
     match wire {
-        Wire::Http1 => match h1::Outgoing::new(req) {
-            Ok(out) => Either::Left(Either::Left(Either::Left(send_h1(lease, out)))),
-            Err(e) => Either::Right(ready(Err(e.into()))),
-        },
-        Wire::Http2 => Either::Left(Either::Right(send_h2(lease, req))),
+        Wire::Http1 => {
+            let (fields, n) = forwarding.fields();
+            match h1::Outgoing::new(req, &fields[..n]) {
+                Ok(out) => Either::Left(Either::Left(Either::Left(send_h1(lease, out)))),
+                Err(e) => Either::Right(ready(Err(e.into()))),
+            }
+        }
+        Wire::Http2 => {
+            forwarding.clone().enter(req.headers_mut());
+            Either::Left(Either::Right(send_h2(lease, req)))
+        }
     }
 }
 
@@ -284,7 +293,7 @@ async fn send_learning(
         }
         (Wire::Http1, io) => {
             drop(opening);
-            let mut out = h1::Outgoing::new(req)?;
+            let mut out = h1::Outgoing::new(req, &[])?;
             let conn = match io {
                 Some(io) => h1::Conn::new(io, ConnSlot(ep.counts.clone())),
                 None => match ep.pool.take_h1() {

@@ -7,6 +7,9 @@ use super::framing::{self, Framing};
 use http::header;
 use http::{Method, StatusCode, Version, request, response};
 
+/// A field line's name and value, as written.
+pub type Field<'a> = (&'a [u8], &'a [u8]);
+
 /// Appends `name: value\r\n`.
 pub fn header_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
@@ -129,8 +132,14 @@ fn payload_method(m: &Method) -> bool {
 /// Encodes the request line and fields, with the framing fields for the body: none for
 /// an empty body (`content-length: 0` for a method that defines a body), its length when
 /// known, else chunked, except for GET, HEAD and CONNECT, which are sent without one (as
-/// hyper's client did). Returns the head and how the body goes.
-pub fn request_head(parts: &request::Parts, empty: bool, exact: Option<u64>) -> (Vec<u8>, Framing) {
+/// hyper's client did). `added` fields follow the map's. Returns the head and how the body
+/// goes.
+pub fn request_head(
+    parts: &request::Parts,
+    added: &[Field<'_>],
+    empty: bool,
+    exact: Option<u64>,
+) -> (Vec<u8>, Framing) {
     let h = &parts.headers;
     let framing = match exact {
         _ if empty => Framing::None,
@@ -149,7 +158,7 @@ pub fn request_head(parts: &request::Parts, empty: bool, exact: Option<u64>) -> 
         }
     };
     let mut digits = [0; 20];
-    let added: Option<(&[u8], &[u8])> = match framing {
+    let framing_field: Option<Field<'_>> = match framing {
         Framing::Length(n) => Some((b"content-length", decimal(n, &mut digits))),
         Framing::Chunked => Some((b"transfer-encoding", b"chunked")),
         // An empty body of a method that defines one is announced (RFC 9110 §8.6).
@@ -164,7 +173,8 @@ pub fn request_head(parts: &request::Parts, empty: bool, exact: Option<u64>) -> 
         + target.len()
         + 11
         + h.iter().filter(|(k, _)| sent(k)).map(|(k, v)| line(k.as_str().as_bytes(), v.as_bytes())).sum::<usize>()
-        + added.map_or(0, |(k, v)| line(k, v))
+        + added.iter().map(|&(k, v)| line(k, v)).sum::<usize>()
+        + framing_field.map_or(0, |(k, v)| line(k, v))
         + 2;
     let mut out = Vec::with_capacity(size);
     out.extend_from_slice(parts.method.as_str().as_bytes());
@@ -174,7 +184,7 @@ pub fn request_head(parts: &request::Parts, empty: bool, exact: Option<u64>) -> 
     for (k, v) in h.iter().filter(|(k, _)| sent(k)) {
         header_line(&mut out, k.as_str().as_bytes(), v.as_bytes());
     }
-    if let Some((k, v)) = added {
+    for &(k, v) in added.iter().chain(&framing_field) {
         header_line(&mut out, k, v);
     }
     out.extend_from_slice(b"\r\n");
