@@ -288,11 +288,24 @@ pub fn prepare_response(h: &mut HeaderMap) {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-/// Fills `out` with the low hex digits of `v`, most significant first.
+/// The two hex digits of each byte value: ids are written a byte at a time.
+static HEX_PAIRS: [[u8; 2]; 256] = {
+    let mut t = [[0; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = [HEX[i >> 4], HEX[i & 0xf]];
+        i += 1;
+    }
+    t
+};
+
+/// Fills `out` (an even number of digits) with the low hex digits of `v`, most
+/// significant first.
 pub(crate) fn hex_into(out: &mut [u8], mut v: u128) {
-    for b in out.iter_mut().rev() {
-        *b = HEX[(v & 0xf) as usize];
-        v >>= 4;
+    debug_assert!(out.len().is_multiple_of(2));
+    for pair in out.rchunks_exact_mut(2) {
+        pair.copy_from_slice(&HEX_PAIRS[(v & 0xff) as usize]);
+        v >>= 8;
     }
 }
 
