@@ -49,7 +49,7 @@ pub struct Plan<'a> {
     /// (MCP routes with `errors_are_failures`).
     pub defer_outcome: bool,
     /// The fields added to every try's request (`headers::prepare_request`).
-    pub forwarding: crate::http::headers::Forwarding,
+    pub forwarding: crate::http::headers::Forwarding<'a>,
 }
 
 impl Plan<'_> {

@@ -427,7 +427,8 @@ fn forward(
         }
         // Rules that name a forwarding field see it in the map, as they would any other.
         if route.request_headers.names_forwarding() {
-            std::mem::take(&mut forwarding).enter(req.headers_mut());
+            forwarding.enter(req.headers_mut());
+            forwarding = headers::Forwarding::default();
         }
         if let Some(up) = &upgrade {
             upgrade::restore(req.headers_mut(), up);

@@ -2,7 +2,7 @@
 //! headers (`x-forwarded-for`, `x-forwarded-proto`, `x-request-id`, `traceparent`) in, the
 //! route's rules applied, and the request target reshaped for the upstream's HTTP version.
 
-use crate::http::h1::encode::Field;
+use crate::http::h1::encode::{ExtraLines, header_line};
 use crate::upstream::Wire;
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
@@ -129,70 +129,94 @@ pub const ADDED_TO_REQUESTS: usize = 6;
 /// The fields the proxy adds to a request that its client did not send: the hop count,
 /// `x-forwarded-for`, `x-forwarded-proto`, `x-request-id` and `traceparent`. They are kept
 /// here, beside the request, rather than entered in its header map: the HTTP/1.1 encoder
-/// writes them after the map's fields ([`Forwarding::fields`]), so a request pays no hash
-/// and no table insert for them. A request sent another way (HTTP/2), or whose route's
-/// header rules name one of them, gets them entered in its map ([`Forwarding::enter`]).
-#[derive(Debug, Clone, Default)]
-pub struct Forwarding {
+/// writes them after the map's fields (its [`ExtraLines`]), so a request pays no hash and
+/// no table insert for them, and the ids are formatted straight into the head. A request
+/// sent another way (HTTP/2), or whose route's header rules name one of them, gets them
+/// entered in its map ([`Forwarding::enter`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Forwarding<'a> {
     /// `x-trellis-hops: 1`: the request came with no hop count.
     pub hops: bool,
-    pub forwarded_for: Option<HeaderValue>,
+    /// The peer's address (`Peer::ip_value`).
+    pub forwarded_for: Option<&'a HeaderValue>,
     pub forwarded_proto: Option<&'static str>,
-    pub request_id: Option<[u8; 36]>,
-    pub traceparent: Option<[u8; 55]>,
+    /// The random bits of a new request id ([`request_id`]).
+    pub request_id: Option<u128>,
+    /// A new sampled trace context: trace and span id.
+    pub traceparent: Option<(u128, u64)>,
 }
 
-/// As many fields as a [`Forwarding`] holds.
-pub const FORWARDING_FIELDS: usize = 5;
-
-impl Forwarding {
-    /// Each field as (name, value), in a fixed array with the count used.
-    pub fn fields(&self) -> ([Field<'_>; FORWARDING_FIELDS], usize) {
-        let mut out: [Field<'_>; FORWARDING_FIELDS] = [(b"", b""); FORWARDING_FIELDS];
-        let mut n = 0;
-        let fields = [
-            self.hops.then_some((HOPS.as_bytes(), b"1".as_slice())),
-            self.forwarded_for.as_ref().map(|v| (FORWARDED_FOR.as_bytes(), v.as_bytes())),
-            self.forwarded_proto.map(|v| (FORWARDED_PROTO.as_bytes(), v.as_bytes())),
-            self.request_id.as_ref().map(|v| (REQUEST_ID.as_bytes(), v.as_slice())),
-            self.traceparent.as_ref().map(|v| (TRACE_CONTEXT.as_bytes(), v.as_slice())),
-        ];
-        for f in fields.into_iter().flatten() {
-            out[n] = f;
-            n += 1;
-        }
-        (out, n)
-    }
-
+impl Forwarding<'_> {
     /// Enters the fields in `h` (as [`prepare_request`] did before they were kept aside).
-    pub fn enter(self, h: &mut HeaderMap) {
+    pub fn enter(&self, h: &mut HeaderMap) {
         if self.hops {
             h.insert(HOPS_HEADER, HeaderValue::from_static("1"));
         }
         if let Some(v) = self.forwarded_for {
-            h.insert(X_FORWARDED_FOR.clone(), v);
+            h.insert(X_FORWARDED_FOR.clone(), v.clone());
         }
         if let Some(v) = self.forwarded_proto {
             h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(v));
         }
-        if let Some(v) = self.request_id {
-            h.insert(X_REQUEST_ID.clone(), unique_value(v.to_vec()));
+        if let Some(v) = self.request_id() {
+            h.insert(X_REQUEST_ID.clone(), v);
         }
-        if let Some(v) = self.traceparent {
-            h.insert(TRACEPARENT.clone(), unique_value(v.to_vec()));
+        if let Some((trace, span)) = self.traceparent {
+            h.insert(TRACEPARENT.clone(), crate::trace::context::format(trace, span, true));
         }
     }
 
     /// The request id this request goes out with, if the proxy made it.
     pub fn request_id(&self) -> Option<HeaderValue> {
-        self.request_id.map(|v| unique_value(v.to_vec()))
+        self.request_id.map(|r| unique_value(request_id(r).to_vec()))
+    }
+}
+
+impl ExtraLines for Forwarding<'_> {
+    fn size(&self) -> usize {
+        let line = |name: &str, value: usize| name.len() + value + 4;
+        let mut n = 0;
+        if self.hops {
+            n += line(HOPS, 1);
+        }
+        if let Some(v) = self.forwarded_for {
+            n += line(FORWARDED_FOR, v.len());
+        }
+        if let Some(v) = self.forwarded_proto {
+            n += line(FORWARDED_PROTO, v.len());
+        }
+        if self.request_id.is_some() {
+            n += line(REQUEST_ID, 36);
+        }
+        if self.traceparent.is_some() {
+            n += line(TRACE_CONTEXT, 55);
+        }
+        n
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        if self.hops {
+            header_line(out, HOPS.as_bytes(), b"1");
+        }
+        if let Some(v) = self.forwarded_for {
+            header_line(out, FORWARDED_FOR.as_bytes(), v.as_bytes());
+        }
+        if let Some(v) = self.forwarded_proto {
+            header_line(out, FORWARDED_PROTO.as_bytes(), v.as_bytes());
+        }
+        if let Some(r) = self.request_id {
+            header_line(out, REQUEST_ID.as_bytes(), &request_id(r));
+        }
+        if let Some((trace, span)) = self.traceparent {
+            header_line(out, TRACE_CONTEXT.as_bytes(), &crate::trace::context::write(trace, span, true));
+        }
     }
 }
 
 /// Rewrites a downstream request in place for forwarding to an upstream over `wire`, and
 /// returns the fields to add that its client did not send. `seen` is what [`Seen::of`] found
 /// in its map (`forward::route_for` looked, and dealt with the hop count).
-pub fn prepare_request<B>(req: &mut Request<B>, peer: &Peer, wire: Wire, mut seen: Seen) -> Forwarding {
+pub fn prepare_request<'a, B>(req: &mut Request<B>, peer: &'a Peer, wire: Wire, mut seen: Seen) -> Forwarding<'a> {
     let h = req.headers_mut();
     if seen.hop_by_hop {
         strip_listed(h);
@@ -213,7 +237,7 @@ pub fn prepare_request<B>(req: &mut Request<B>, peer: &Peer, wire: Wire, mut see
             }
         }
     } else {
-        fwd.forwarded_for = Some(peer.ip_value.clone());
+        fwd.forwarded_for = Some(&peer.ip_value);
     }
     // The proxy says how the client reached it, whatever the client claimed.
     if seen.forwarded_proto {
@@ -221,10 +245,10 @@ pub fn prepare_request<B>(req: &mut Request<B>, peer: &Peer, wire: Wire, mut see
     }
     fwd.forwarded_proto = Some(if peer.tls { "https" } else { "http" });
     if !seen.request_id {
-        fwd.request_id = Some(request_id(fastrand::u128(..)));
+        fwd.request_id = Some(fastrand::u128(..));
     }
     if !seen.traceparent {
-        fwd.traceparent = Some(crate::trace::context::write(fastrand::u128(1..), fastrand::u64(1..), true));
+        fwd.traceparent = Some((fastrand::u128(1..), fastrand::u64(1..)));
     }
     set_form(req, wire);
     fwd
@@ -354,10 +378,9 @@ mod tests {
     }
 
     /// What `forward` does: look, prepare, and (here) enter the kept-aside fields.
-    fn prepared<B>(req: &mut Request<B>, peer: &Peer, wire: Wire) -> Forwarding {
+    fn prepared<B>(req: &mut Request<B>, peer: &Peer, wire: Wire) {
         let fwd = prepare_request(req, peer, wire, Seen::of(req.headers()));
-        fwd.clone().enter(req.headers_mut());
-        fwd
+        fwd.enter(req.headers_mut());
     }
 
     #[test]
@@ -401,17 +424,24 @@ mod tests {
             .unwrap();
         let seen = Seen::of(req.headers());
         assert!(seen.hop_by_hop && seen.hops && seen.forwarded_proto && seen.request_id && seen.traceparent);
-        let fwd = prepare_request(&mut req, &Peer::new("127.0.0.9".parse().unwrap(), false), Wire::Http1, seen);
+        let peer = Peer::new("127.0.0.9".parse().unwrap(), false);
+        let fwd = prepare_request(&mut req, &peer, Wire::Http1, seen);
         let h = req.headers();
         assert!(
             h.get("x-forwarded-proto").is_none() && h.get("x-request-id").is_none() && h.get("connection").is_none()
         );
         assert_eq!((h["x-trellis-hops"].as_bytes(), h["traceparent"].len()), (b"2".as_slice(), 55));
-        let (fields, n) = fwd.fields();
-        let names: Vec<_> = fields[..n].iter().map(|(k, _)| std::str::from_utf8(k).unwrap()).collect();
-        assert_eq!(names, ["x-forwarded-for", "x-forwarded-proto", "x-request-id"]);
-        assert_eq!((fields[0].1, fields[1].1), (b"127.0.0.9".as_slice(), b"http".as_slice()));
-        assert_eq!(fields[2].1.len(), 36);
+        let mut lines = Vec::new();
+        fwd.write(&mut lines);
+        assert_eq!(lines.len(), fwd.size());
+        let lines = String::from_utf8(lines).unwrap();
+        let names: Vec<_> = lines.lines().map(|l| l.split_once(": ").unwrap().0).collect();
+        assert_eq!(names, ["x-forwarded-for", "x-forwarded-proto", "x-request-id"], "{lines}");
+        assert!(lines.starts_with("x-forwarded-for: 127.0.0.9\r\nx-forwarded-proto: http\r\nx-request-id: "));
+        assert_eq!(
+            lines.len(),
+            "x-forwarded-for: 127.0.0.9\r\nx-forwarded-proto: http\r\nx-request-id: \r\n".len() + 36
+        );
     }
 
     #[test]

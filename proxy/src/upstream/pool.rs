@@ -204,7 +204,7 @@ pub fn send(
     ep: Arc<Endpoint>,
     wire: Wire,
     req: Request<RequestBody>,
-    forwarding: &Forwarding,
+    forwarding: &Forwarding<'_>,
 ) -> impl Future<Output = Result<(Response<ResponseBody>, Lease), UpstreamError>> {
     if let Err(t) = ep.counts.acquire(Threshold::MaxRequests, ep.settings.limits.as_ref(), &ep.cluster) {
         return Either::Right(ready(Err(UpstreamError::Overloaded(t))));
@@ -224,7 +224,7 @@ pub fn send(
             learned
         }
         Learned::Unknown => {
-            forwarding.clone().enter(req.headers_mut());
+            forwarding.enter(req.headers_mut());
             let lease = Lease { endpoint: ep, h2_streams: None };
             return Either::Left(Either::Left(Either::Right(Box::pin(send_learning(lease, req)))));
         }
@@ -232,15 +232,12 @@ pub fn send(
     // From here on the lease owns the `active` count, whatever happens.
     let lease = Lease { endpoint: ep, h2_streams: None };
     match wire {
-        Wire::Http1 => {
-            let (fields, n) = forwarding.fields();
-            match h1::Outgoing::new(req, &fields[..n]) {
-                Ok(out) => Either::Left(Either::Left(Either::Left(send_h1(lease, out)))),
-                Err(e) => Either::Right(ready(Err(e.into()))),
-            }
-        }
+        Wire::Http1 => match h1::Outgoing::new(req, forwarding) {
+            Ok(out) => Either::Left(Either::Left(Either::Left(send_h1(lease, out)))),
+            Err(e) => Either::Right(ready(Err(e.into()))),
+        },
         Wire::Http2 => {
-            forwarding.clone().enter(req.headers_mut());
+            forwarding.enter(req.headers_mut());
             Either::Left(Either::Right(send_h2(lease, req)))
         }
     }
@@ -293,7 +290,7 @@ async fn send_learning(
         }
         (Wire::Http1, io) => {
             drop(opening);
-            let mut out = h1::Outgoing::new(req, &[])?;
+            let mut out = h1::Outgoing::new(req, &())?;
             let conn = match io {
                 Some(io) => h1::Conn::new(io, ConnSlot(ep.counts.clone())),
                 None => match ep.pool.take_h1() {

@@ -7,8 +7,23 @@ use super::framing::{self, Framing};
 use http::header;
 use http::{Method, StatusCode, Version, request, response};
 
-/// A field line's name and value, as written.
-pub type Field<'a> = (&'a [u8], &'a [u8]);
+/// Field lines a request head gets after its map's (the proxy's forwarding fields,
+/// `headers::Forwarding`), written straight into the head.
+pub trait ExtraLines {
+    /// Their size in bytes, as written.
+    fn size(&self) -> usize;
+    /// Appends them, each `name: value\r\n`.
+    fn write(&self, out: &mut Vec<u8>);
+}
+
+/// No extra lines.
+impl ExtraLines for () {
+    fn size(&self) -> usize {
+        0
+    }
+
+    fn write(&self, _: &mut Vec<u8>) {}
+}
 
 /// Appends `name: value\r\n`.
 pub fn header_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -132,11 +147,11 @@ fn payload_method(m: &Method) -> bool {
 /// Encodes the request line and fields, with the framing fields for the body: none for
 /// an empty body (`content-length: 0` for a method that defines a body), its length when
 /// known, else chunked, except for GET, HEAD and CONNECT, which are sent without one (as
-/// hyper's client did). `added` fields follow the map's. Returns the head and how the body
-/// goes.
-pub fn request_head(
+/// hyper's client did). `extra` lines follow the map's fields. Returns the head and how
+/// the body goes.
+pub fn request_head<E: ExtraLines + ?Sized>(
     parts: &request::Parts,
-    added: &[Field<'_>],
+    extra: &E,
     empty: bool,
     exact: Option<u64>,
 ) -> (Vec<u8>, Framing) {
@@ -158,7 +173,7 @@ pub fn request_head(
         }
     };
     let mut digits = [0; 20];
-    let framing_field: Option<Field<'_>> = match framing {
+    let added: Option<(&[u8], &[u8])> = match framing {
         Framing::Length(n) => Some((b"content-length", decimal(n, &mut digits))),
         Framing::Chunked => Some((b"transfer-encoding", b"chunked")),
         // An empty body of a method that defines one is announced (RFC 9110 §8.6).
@@ -173,8 +188,8 @@ pub fn request_head(
         + target.len()
         + 11
         + h.iter().filter(|(k, _)| sent(k)).map(|(k, v)| line(k.as_str().as_bytes(), v.as_bytes())).sum::<usize>()
-        + added.iter().map(|&(k, v)| line(k, v)).sum::<usize>()
-        + framing_field.map_or(0, |(k, v)| line(k, v))
+        + extra.size()
+        + added.map_or(0, |(k, v)| line(k, v))
         + 2;
     let mut out = Vec::with_capacity(size);
     out.extend_from_slice(parts.method.as_str().as_bytes());
@@ -184,7 +199,8 @@ pub fn request_head(
     for (k, v) in h.iter().filter(|(k, _)| sent(k)) {
         header_line(&mut out, k.as_str().as_bytes(), v.as_bytes());
     }
-    for &(k, v) in added.iter().chain(&framing_field) {
+    extra.write(&mut out);
+    if let Some((k, v)) = added {
         header_line(&mut out, k, v);
     }
     out.extend_from_slice(b"\r\n");

@@ -83,7 +83,7 @@ fn response_heads_for_http10() {
 
 fn request(req: Request<()>, empty: bool, exact: Option<u64>) -> (String, Framing) {
     let (parts, ()) = req.into_parts();
-    let (h, f) = encode::request_head(&parts, &[], empty, exact);
+    let (h, f) = encode::request_head(&parts, &(), empty, exact);
     (String::from_utf8(h).unwrap(), f)
 }
 

@@ -154,11 +154,11 @@ where
     ///
     /// Not async: it needs no `.await`, and as an `async fn` its state (the request, then
     /// its parts and the wire pieces) was part of every HTTP/1.1 request's future.
-    /// `added`: fields written after the request's own (`headers::Forwarding`).
-    pub fn new(req: Request<B>, added: &[codec::encode::Field<'_>]) -> Result<Self, Error> {
+    /// `extra`: field lines written after the request's own (`headers::Forwarding`).
+    pub fn new<E: codec::encode::ExtraLines + ?Sized>(req: Request<B>, extra: &E) -> Result<Self, Error> {
         let (parts, mut body) = req.into_parts();
         let (mut head, framing) =
-            codec::encode::request_head(&parts, added, body.is_end_stream(), body.size_hint().exact());
+            codec::encode::request_head(&parts, extra, body.is_end_stream(), body.size_hint().exact());
         let mut encoder = Encoder::new(framing, Side::Client);
         let idempotent = crate::resilience::retry::is_idempotent(&parts.method);
         let mut pieces = queue::Queue::default();
