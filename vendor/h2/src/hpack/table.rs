@@ -149,6 +149,15 @@ impl Table {
             return Index::Indexed(n, header);
         }
 
+        // Trellis patch: a never-indexed (sensitive) field is never entered in the dynamic
+        // table, so it is not looked up there either: its name goes by its static index or
+        // as a literal. (A dynamic entry of the same name could only come from a field sent
+        // without the flag; finding it cost a hash of the name and a probe on every
+        // message, to save a few bytes in that rare case.)
+        if header.is_sensitive() {
+            return Index::new(statik, header);
+        }
+
         // Don't index large headers
         if header.len() * 4 > self.max_size * 3 {
             return Index::new(statik, header);
