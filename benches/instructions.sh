@@ -132,6 +132,8 @@ EOF
     wait_http http://127.0.0.1:28182/ || exit 1
     n=$(measure http://127.0.0.1:28182/ "$p")
     ir=$(dump_ir "$p" "$TMP/n" http://127.0.0.1:28182/)
+    echo
+    echo "HTTP/1.1 keep-alive GET through nginx (one worker, upstream keep-alive), the same load:"
     printf '  %-40s %8d instructions/request (%d requests)\n' "nginx $(nginx -v 2>&1 | sed 's/.*\///')" $((ir / n)) "$n"
     stop "$p"
 fi
