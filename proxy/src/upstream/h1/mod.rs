@@ -161,7 +161,8 @@ where
             codec::encode::request_head(&parts, extra, body.is_end_stream(), body.size_hint().exact());
         let mut encoder = Encoder::new(framing, Side::Client);
         let idempotent = crate::resilience::retry::is_idempotent(&parts.method);
-        let mut pieces = queue::Queue::default();
+        // The head goes in front once a small whole body may have joined it.
+        let mut pieces = queue::Queue::with_front_room();
         let mut ended = framing == Framing::None;
         if !ended {
             // Only a look at whether a frame is ready now, so a no-op waker does: if the
@@ -198,9 +199,8 @@ where
         }
         let upgrade = parts.extensions.get::<crate::http::upgrade::Requested>().is_some();
         crate::http::header_maps::give(parts.headers);
-        let mut first = queue::Queue::default();
-        first.push(Bytes::from(head));
-        first.append(pieces);
+        let mut first = pieces;
+        first.put_front(Bytes::from(head));
         let replayable = ended && idempotent;
         let requested = codec::head::Requested::new(&parts.method);
         Ok(Self { first, encoder, rest: (!ended).then_some(body), replayable, requested, upgrade })

@@ -35,11 +35,17 @@ impl Queue {
         self.end += 1;
     }
 
-    /// Adds `other`'s pieces.
-    pub fn append(&mut self, other: Queue) {
-        for p in other.parts.into_iter().skip(other.start).take(other.end - other.start).flatten() {
-            self.push(p);
-        }
+    /// An empty queue whose first slot is kept for a piece that comes last
+    /// ([`Queue::put_front`]): a request's head, finished after its first body pieces.
+    pub fn with_front_room() -> Self {
+        Self { start: 1, end: 1, ..Self::default() }
+    }
+
+    /// Puts `b` before the queued pieces, in the slot [`Queue::with_front_room`] kept.
+    pub fn put_front(&mut self, b: Bytes) {
+        debug_assert!(self.start > 0, "no room kept in front");
+        self.start = self.start.saturating_sub(1);
+        self.parts[self.start] = Some(b);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -157,6 +163,17 @@ mod tests {
         while q.poll_write(&mut w, &mut cx).is_pending() {}
         assert_eq!(w.got, b"GET / HTTP/1.1\r\nahost: h\r\n\r\n");
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn the_front_slot_kept_takes_the_last_piece_first() {
+        let mut q = Queue::with_front_room();
+        for i in 0..QUEUE + 1 {
+            q.push(Bytes::from(vec![b'a' + i as u8]));
+        }
+        q.put_front(Bytes::from_static(b"head:"));
+        let all: Vec<u8> = q.parts[q.start..q.end].iter().flatten().flat_map(|b| b.to_vec()).collect();
+        assert_eq!(all, b"head:abcdefghi");
     }
 
     #[test]
