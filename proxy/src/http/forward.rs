@@ -27,10 +27,6 @@ use tokio::time::Instant;
 /// Response header with the number of tries a request took (routes with retry or hedge).
 pub const ATTEMPTS_HEADER: &str = "x-trellis-attempts";
 
-/// Request header counting the proxies a request has passed (DESIGN §13): each one adds 1,
-/// and a listener answers 508 once it has reached `max_hops`.
-pub use crate::http::headers::HOPS_HEADER;
-
 /// What a downstream connection knows about itself.
 #[derive(Debug)]
 pub struct ConnCtx {
@@ -221,7 +217,7 @@ fn route_for(
     // here on is not sent anywhere, so the new count is harmless.
     let seen = headers::Seen::of(req.headers());
     if seen.hops
-        && let http::header::Entry::Occupied(mut o) = req.headers_mut().entry(HOPS_HEADER)
+        && let http::header::Entry::Occupied(mut o) = req.headers_mut().entry(headers::HOPS_HEADER)
     {
         let max_hops = listener.spec.max_hops.unwrap_or(trellis_api::DEFAULT_MAX_HOPS);
         let hops = std::str::from_utf8(o.get().as_bytes())

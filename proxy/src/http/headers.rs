@@ -14,7 +14,8 @@ const FORWARDED_FOR: &str = "x-forwarded-for";
 const FORWARDED_PROTO: &str = "x-forwarded-proto";
 const REQUEST_ID: &str = "x-request-id";
 const TRACE_CONTEXT: &str = "traceparent";
-/// The loop guard's hop count, which each Trellis on the way counts up.
+/// Request header counting the proxies a request has passed (DESIGN §13): each one adds 1,
+/// and a listener answers 508 once it has reached `max_hops` (`forward::route_for`).
 pub const HOPS_HEADER: HeaderName = HeaderName::from_static(HOPS);
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static(FORWARDED_FOR);
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static(FORWARDED_PROTO);
@@ -147,7 +148,8 @@ pub struct Forwarding<'a> {
 }
 
 impl Forwarding<'_> {
-    /// Enters the fields in `h` (as [`prepare_request`] did before they were kept aside).
+    /// Enters the fields in `h`, for a request whose fields all go in its map (HTTP/2
+    /// upstreams, routes whose header rules name one of them).
     pub fn enter(&self, h: &mut HeaderMap) {
         if self.hops {
             h.insert(HOPS_HEADER, HeaderValue::from_static("1"));

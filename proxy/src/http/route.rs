@@ -113,6 +113,8 @@ impl Route {
 pub struct HeaderOps {
     add: Vec<(HeaderName, HeaderValue)>,
     remove: Vec<HeaderName>,
+    /// A rule names a field the proxy adds to requests (`headers::Forwarding`).
+    names_forwarding: bool,
 }
 
 impl HeaderOps {
@@ -132,7 +134,9 @@ impl HeaderOps {
             .iter()
             .map(|k| HeaderName::try_from(k.as_str()).map_err(|e| format!("{k}: {e}")))
             .collect::<Result<_, String>>()?;
-        Ok(Self { add, remove })
+        let mut ops = Self { add, remove, names_forwarding: false };
+        ops.note_forwarding();
+        Ok(ops)
     }
 
     /// Adds `name: value` to what is set (after the configured rules: it wins).
@@ -140,12 +144,18 @@ impl HeaderOps {
         self.remove.retain(|n| n != name);
         self.add.retain(|(n, _)| n != name);
         self.add.push((name, value));
+        self.note_forwarding();
+    }
+
+    fn note_forwarding(&mut self) {
+        self.names_forwarding =
+            self.remove.iter().chain(self.add.iter().map(|(n, _)| n)).any(crate::http::headers::is_forwarding);
     }
 
     /// Whether a rule names a field the proxy adds to requests (`headers::Forwarding`):
     /// the request's map must hold them before [`HeaderOps::apply`].
     pub fn names_forwarding(&self) -> bool {
-        self.remove.iter().chain(self.add.iter().map(|(n, _)| n)).any(crate::http::headers::is_forwarding)
+        self.names_forwarding
     }
 
     /// Removes, then adds (replacing any existing value).

@@ -41,10 +41,10 @@ impl Queue {
         Self { start: 1, end: 1, ..Self::default() }
     }
 
-    /// Puts `b` before the queued pieces, in the slot [`Queue::with_front_room`] kept.
+    /// Puts `b` before the queued pieces, in the slot [`Queue::with_front_room`] kept (once:
+    /// a queue made otherwise has no such slot, and this panics rather than drop a piece).
     pub fn put_front(&mut self, b: Bytes) {
-        debug_assert!(self.start > 0, "no room kept in front");
-        self.start = self.start.saturating_sub(1);
+        self.start -= 1;
         self.parts[self.start] = Some(b);
     }
 
