@@ -112,7 +112,9 @@ fn builder() -> Builder {
         .max_header_list_size(MAX_HEADER_LIST_SIZE)
         .max_send_buffer_size(MAX_SEND_BUF_SIZE)
         .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESET_STREAMS))
-        .enable_push(false);
+        .enable_push(false)
+        // Responses' maps from, and requests' maps back to, the worker's stock.
+        .header_maps(crate::http::header_maps::for_h2());
     b
 }
 

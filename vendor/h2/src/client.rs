@@ -348,6 +348,9 @@ pub struct Builder {
     ///
     /// When this gets exhausted, we issue a GOAWAY with `ENHANCE_YOUR_CALM`.
     data_frame_budget: proto::DataFrameBudget,
+
+    /// Trellis patch: where header maps come from and go (`Builder::header_maps`).
+    maps: crate::HeaderMaps,
 }
 
 #[derive(Debug)]
@@ -669,7 +672,16 @@ impl Builder {
             stream_id: 1.into(),
             local_max_error_reset_streams: Some(proto::DEFAULT_LOCAL_RESET_COUNT_MAX),
             data_frame_budget: proto::DataFrameBudget::Auto,
+            maps: crate::HeaderMaps::default(),
         }
+    }
+
+    /// Trellis patch: takes each received response's `HeaderMap` from `maps` and hands
+    /// each sent request's map, emptied, back to it (by default a new map per response,
+    /// and each sent map dropped, as h2 had it).
+    pub fn header_maps(&mut self, maps: crate::HeaderMaps) -> &mut Self {
+        self.maps = maps;
+        self
     }
 
     /// Indicates the initial window size (in octets) for stream-level
@@ -1346,6 +1358,8 @@ where
 
         // Create the codec
         let mut codec = Codec::new(io);
+        // Trellis patch: see `Builder::header_maps`.
+        codec.set_header_maps(builder.maps);
 
         if let Some(max) = builder.settings.max_frame_size() {
             codec.set_max_recv_frame_size(max as usize);

@@ -130,12 +130,16 @@ pub mod client;
 pub mod ext;
 pub mod server;
 mod share;
+// Trellis patch: see `header_maps`.
+mod header_maps;
 
 #[cfg(fuzzing)]
 #[cfg_attr(feature = "unstable", allow(missing_docs))]
 pub mod fuzz_bridge;
 
 pub use crate::error::{Error, Reason};
+// Trellis patch: see `header_maps`.
+pub use crate::header_maps::HeaderMaps;
 pub use crate::share::{FlowControl, Ping, PingPong, Pong, RecvStream, SendStream, StreamId};
 
 #[cfg(feature = "unstable")]

@@ -267,6 +267,9 @@ pub struct Builder {
     /// Trellis patch: fields of room each received request's header map gets for
     /// fields the application adds to it.
     fields_headroom: usize,
+
+    /// Trellis patch: where header maps come from and go (`Builder::header_maps`).
+    maps: crate::HeaderMaps,
 }
 
 /// Send a response back to the client
@@ -402,6 +405,8 @@ where
 
         // Trellis patch: see `Builder::header_map_headroom`.
         codec.set_recv_fields_headroom(builder.fields_headroom);
+        // Trellis patch: see `Builder::header_maps`.
+        codec.set_header_maps(builder.maps);
 
         // Send initial settings frame.
         codec
@@ -671,7 +676,16 @@ impl Builder {
             local_max_error_reset_streams: Some(proto::DEFAULT_LOCAL_RESET_COUNT_MAX),
             data_frame_budget: proto::DataFrameBudget::Auto,
             fields_headroom: 0,
+            maps: crate::HeaderMaps::default(),
         }
+    }
+
+    /// Trellis patch: takes each received request's `HeaderMap` from `maps` and hands
+    /// each sent response's map, emptied, back to it (by default a new map per request,
+    /// and each sent map dropped, as h2 had it).
+    pub fn header_maps(&mut self, maps: crate::HeaderMaps) -> &mut Self {
+        self.maps = maps;
+        self
     }
 
     /// Trellis patch: makes each received request's `HeaderMap` with room for `n` more

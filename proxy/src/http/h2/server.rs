@@ -69,6 +69,8 @@ fn builder(listener: &Listener) -> Builder {
         // Each request's map is made with room for the headers `forward` adds (a grow and
         // rehash of every request's map saved: vendor/README.md).
         .header_map_headroom(crate::http::headers::ADDED_TO_REQUESTS)
+        // Requests' maps from, and responses' maps back to, the worker's stock.
+        .header_maps(crate::http::header_maps::for_h2())
         // RFC 8441: WebSocket over HTTP/2 (extended CONNECT with `:protocol`).
         .enable_connect_protocol();
     b
@@ -454,5 +456,56 @@ mod tests {
         b.header_map_headroom(crate::http::headers::ADDED_TO_REQUESTS);
         let (len, room) = received_capacity(&b).await;
         assert!(room >= len + crate::http::headers::ADDED_TO_REQUESTS, "{room} fields of room for {len}");
+    }
+
+    thread_local! {
+        static TAKEN: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+        static GIVEN: std::cell::RefCell<Vec<(usize, usize)>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    /// Maps far larger than h2 would make, so a map from here can be told apart.
+    const MARKED: usize = 40;
+    fn marked_take(_fields: usize) -> http::HeaderMap {
+        TAKEN.with(|t| t.set(t.get() + 1));
+        http::HeaderMap::with_capacity(MARKED)
+    }
+    fn recorded_give(map: http::HeaderMap) {
+        GIVEN.with(|g| g.borrow_mut().push((map.len(), map.capacity())));
+    }
+
+    #[tokio::test]
+    async fn header_maps_come_from_the_stock_and_go_back_to_it_emptied() {
+        let maps = h2::HeaderMaps::new(marked_take, recorded_give);
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let mut sb = Builder::new();
+        sb.header_maps(maps);
+        let mut cb = h2::client::Builder::new();
+        cb.header_maps(maps);
+        let (server, client) = tokio::join!(sb.handshake::<_, Bytes>(server_io), cb.handshake::<_, Bytes>(client_io));
+        let (mut server, (mut send, conn)) = (server.expect("server handshake"), client.expect("client handshake"));
+        tokio::spawn(conn);
+        for i in 0..3 {
+            let req = http::Request::get("http://x/").header("x-a", "1").header("x-b", i.to_string()).body(());
+            let (resp, _) = send.send_request(req.expect("request"), true).expect("sent");
+            let (req, mut respond) = server.accept().await.expect("a stream").expect("a request");
+            assert!(req.headers().capacity() >= MARKED, "the request's map came from the stock");
+            assert_eq!(req.headers().get("x-b").map(HeaderValue::as_bytes), Some(i.to_string().as_bytes()));
+            assert_eq!(req.headers().len(), 2);
+            let mut answer = Response::new(());
+            answer.headers_mut().insert("x-c", HeaderValue::from_static("3"));
+            respond.send_response(answer, true).expect("response sent");
+            // The server's connection writes the response while it is driven.
+            let resp = tokio::select! {
+                r = resp => r.expect("response"),
+                _ = std::future::poll_fn(|cx| server.poll_closed(cx)) => panic!("the server's connection ended"),
+            };
+            assert!(resp.headers().capacity() >= MARKED, "the response's map came from the stock");
+            assert_eq!(resp.headers().get("x-c").map(HeaderValue::as_bytes), Some(&b"3"[..]));
+        }
+        // Three requests and three responses decoded into maps from the stock; the six
+        // sent (the first two of each side's fields) came back empty, with their room.
+        assert_eq!(TAKEN.with(std::cell::Cell::get), 6);
+        let given = GIVEN.with(|g| g.borrow().clone());
+        assert_eq!(given.len(), 6, "{given:?}");
+        assert!(given.iter().all(|&(len, cap)| len == 0 && cap > 0), "{given:?}");
     }
 }

@@ -48,6 +48,9 @@ struct FrameDecoder {
     // allocation instead of a grow and rehash per request).
     fields_headroom: usize,
 
+    // Trellis patch: where each received header block's map comes from.
+    maps: crate::HeaderMaps,
+
     partial: Option<Partial>,
 }
 
@@ -119,6 +122,12 @@ impl<T> FramedRead<T> {
     pub fn set_fields_headroom(&mut self, val: usize) {
         self.decoder.fields_headroom = val.min(MAX_FIELDS_HINT);
     }
+
+    /// Trellis patch: where each received header block's map comes from.
+    #[inline]
+    pub fn set_header_maps(&mut self, maps: crate::HeaderMaps) {
+        self.decoder.maps = maps;
+    }
 }
 
 fn calc_max_continuation_frames(header_max: usize, frame_max: usize) -> usize {
@@ -142,6 +151,7 @@ impl FrameDecoder {
             ),
             fields_hint: 0,
             fields_headroom: 0,
+            maps: crate::HeaderMaps::default(),
             partial: None,
         }
     }
@@ -199,7 +209,7 @@ fn decode_frame(decoder: &mut FrameDecoder, mut bytes: BytesMut) -> Result<Optio
             $bytes.advance(frame::HEADER_LEN);
 
             // Parse the header frame w/o parsing the payload
-            let (mut frame, mut payload) = match frame::$frame::load($head, $bytes, decoder.fields_hint + decoder.fields_headroom) {
+            let (mut frame, mut payload) = match frame::$frame::load($head, $bytes, decoder.maps.take(decoder.fields_hint + decoder.fields_headroom)) {
                 Ok(res) => res,
                 Err(frame::Error::InvalidDependencyId) => {
                     proto_err!(stream: "invalid HEADERS dependency ID");

@@ -343,6 +343,11 @@ impl<T, B> FramedWrite<T, B> {
         self.encoder.hpack.update_max_size(val);
     }
 
+    /// Trellis patch: where the maps of sent header blocks go.
+    pub fn set_header_maps(&mut self, maps: crate::HeaderMaps) {
+        self.encoder.hpack.set_header_maps(maps);
+    }
+
     /// Retrieve the last data frame that has been sent
     pub fn take_last_data_frame(&mut self) -> Option<frame::Data<B>> {
         self.encoder.last_data_frame.take()

@@ -110,6 +110,12 @@ impl<T, B> Codec<T, B> {
         self.inner.set_fields_headroom(val);
     }
 
+    /// Trellis patch: where received header blocks' maps come from and sent ones' go.
+    pub fn set_header_maps(&mut self, maps: crate::HeaderMaps) {
+        self.inner.set_header_maps(maps);
+        self.framed_write().set_header_maps(maps);
+    }
+
     /// Get a reference to the inner stream.
     #[cfg(feature = "unstable")]
     pub fn get_ref(&self) -> &T {

@@ -78,12 +78,13 @@ pub struct Pseudo {
 }
 
 #[derive(Debug)]
-pub struct Iter {
+pub struct Iter<'a> {
     /// Pseudo headers
     pseudo: Option<Pseudo>,
 
-    /// Header fields
-    fields: header::IntoIter<HeaderValue>,
+    /// Header fields (Trellis patch: drained from the map, which goes back to the
+    /// encoder's `HeaderMaps` once empty)
+    fields: header::Drain<'a, HeaderValue>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -151,7 +152,7 @@ impl Headers {
     /// Loads the header frame but doesn't actually do HPACK decoding.
     ///
     /// HPACK decoding is done in the `load_hpack` step.
-    pub fn load(head: Head, mut src: BytesMut, capacity: usize) -> Result<(Self, BytesMut), Error> {
+    pub fn load(head: Head, mut src: BytesMut, fields: HeaderMap) -> Result<(Self, BytesMut), Error> {
         let flags = HeadersFlag(head.flag());
         let mut pad = 0;
 
@@ -204,7 +205,8 @@ impl Headers {
             stream_id: head.stream_id(),
             stream_dep,
             header_block: HeaderBlock {
-                fields: HeaderMap::with_capacity(capacity),
+                // Trellis patch: the map comes from the decoder's `HeaderMaps`.
+                fields,
                 field_size: 0,
                 is_over_size: false,
                 pseudo: Pseudo::default(),
@@ -414,7 +416,7 @@ impl PushPromise {
     /// Loads the push promise frame but doesn't actually do HPACK decoding.
     ///
     /// HPACK decoding is done in the `load_hpack` step.
-    pub fn load(head: Head, mut src: BytesMut, capacity: usize) -> Result<(Self, BytesMut), Error> {
+    pub fn load(head: Head, mut src: BytesMut, fields: HeaderMap) -> Result<(Self, BytesMut), Error> {
         let flags = PushPromiseFlag(head.flag());
         let mut pad = 0;
 
@@ -455,7 +457,8 @@ impl PushPromise {
         let frame = PushPromise {
             flags,
             header_block: HeaderBlock {
-                fields: HeaderMap::with_capacity(capacity),
+                // Trellis patch: the map comes from the decoder's `HeaderMaps`.
+                fields,
                 field_size: 0,
                 is_over_size: false,
                 pseudo: Pseudo::default(),
@@ -710,7 +713,7 @@ impl EncodingHeaderBlock {
 
 // ===== impl Iter =====
 
-impl Iterator for Iter {
+impl Iterator for Iter<'_> {
     type Item = hpack::Header<Option<HeaderName>>;
 
     fn next(&mut self) -> Option<Self::Item> {
@@ -992,12 +995,15 @@ impl HeaderBlock {
     fn into_encoding(self, encoder: &mut hpack::Encoder) -> EncodingHeaderBlock {
         let mut hpack = encoder.take_scratch();
         hpack.clear();
+        let mut fields = self.fields;
         let headers = Iter {
             pseudo: Some(self.pseudo),
-            fields: self.fields.into_iter(),
+            fields: fields.drain(),
         };
 
         encoder.encode(headers, &mut hpack);
+        // Trellis patch: the emptied map goes back where maps come from.
+        encoder.give_map(fields);
 
         EncodingHeaderBlock { hpack }
     }

@@ -18,6 +18,8 @@ pub struct Encoder {
     /// across frames instead of being allocated and freed per frame. See
     /// `take_scratch` / `return_scratch`.
     scratch: BytesMut,
+    /// Trellis patch: where the maps of encoded header blocks go.
+    maps: crate::HeaderMaps,
 }
 
 #[derive(Debug, Copy, Clone, Eq, PartialEq)]
@@ -35,7 +37,18 @@ impl Encoder {
             max_allowed_size: DEFAULT_MAX_ALLOWED_SIZE,
             size_update: None,
             scratch: BytesMut::new(),
+            maps: crate::HeaderMaps::default(),
         }
+    }
+
+    /// Trellis patch: where the maps of encoded header blocks go.
+    pub(crate) fn set_header_maps(&mut self, maps: crate::HeaderMaps) {
+        self.maps = maps;
+    }
+
+    /// Trellis patch: hands an encoded block's emptied map to the `HeaderMaps`.
+    pub(crate) fn give_map(&mut self, map: http::HeaderMap) {
+        self.maps.give(map);
     }
 
     #[cfg(test)]
