@@ -23,7 +23,8 @@ pub mod fuzz_logic {
 
     fn encode(e: &mut hpack::Encoder, hdrs: Vec<hpack::Header<Option<HeaderName>>>) -> BytesMut {
         let mut dst = BytesMut::with_capacity(1024);
-        e.encode(&mut hdrs.into_iter(), &mut dst);
+        // Trellis patch: the encoder takes reified fields.
+        e.encode(hdrs.into_iter().map(hpack::Header::reify), &mut dst);
         dst
     }
 }

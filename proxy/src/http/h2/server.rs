@@ -458,6 +458,48 @@ mod tests {
         assert!(room >= len + crate::http::headers::ADDED_TO_REQUESTS, "{room} fields of room for {len}");
     }
 
+    /// The patched HPACK encoder lends each field to its table instead of moving it in
+    /// (vendor/README.md): every way a field can go out — a new entry, a full match, a new
+    /// value of a known name, a static name, never indexed with and without a static
+    /// name, and further values of a name in each case — still decodes to the same fields.
+    #[tokio::test]
+    async fn hpack_encodes_every_kind_of_field_as_before() {
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let (server, client) =
+            tokio::join!(Builder::new().handshake::<_, Bytes>(server_io), h2::client::handshake(client_io));
+        let (mut server, (mut send, conn)) = (server.expect("server handshake"), client.expect("client handshake"));
+        tokio::spawn(conn);
+        let secret = |v: &str| {
+            let mut v = HeaderValue::from_str(v).expect("value");
+            v.set_sensitive(true);
+            v
+        };
+        for i in 0..4 {
+            let mut req = http::Request::get(format!("http://x/p{i}")).body(()).expect("request");
+            let h = req.headers_mut();
+            h.append("x-same", HeaderValue::from_static("a"));
+            h.append("x-same", HeaderValue::from_static("b"));
+            h.append("x-new", HeaderValue::from_str(&format!("v{}", i / 2)).expect("value"));
+            h.append("x-new", HeaderValue::from_static("c"));
+            h.append("x-secret", secret(&format!("s{i}")));
+            h.append("x-secret", secret("t"));
+            h.append(http::header::AUTHORIZATION, secret("Bearer x"));
+            h.append(http::header::AUTHORIZATION, secret("Bearer y"));
+            h.append(http::header::ACCEPT, HeaderValue::from_static("*/*"));
+            h.append(http::header::ACCEPT, HeaderValue::from_static("text/plain"));
+            let sent = req.headers().clone();
+            let (_resp, _) = send.send_request(req, true).expect("sent");
+            let (got, _respond) = server.accept().await.expect("a stream").expect("a request");
+            assert_eq!(got.uri().path(), format!("/p{i}"));
+            for name in sent.keys() {
+                let a: Vec<_> = sent.get_all(name).iter().collect();
+                let b: Vec<_> = got.headers().get_all(name).iter().collect();
+                assert_eq!(a, b, "request {i}, {name}");
+            }
+            assert_eq!(got.headers().len(), sent.len(), "request {i}");
+        }
+    }
+
     thread_local! {
         static TAKEN: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
         static GIVEN: std::cell::RefCell<Vec<(usize, usize)>> = const { std::cell::RefCell::new(Vec::new()) };

@@ -3,7 +3,7 @@ use crate::ext::Protocol;
 use crate::frame::{Error, Frame, Head, Kind};
 use crate::hpack::{self, BytesStr};
 
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{uri, HeaderMap, Method, Request, StatusCode, Uri};
 
 use bytes::{Buf, BufMut, BytesMut};
@@ -713,43 +713,47 @@ impl EncodingHeaderBlock {
 
 // ===== impl Iter =====
 
+// Trellis patch: yields each field as the encoder takes it (`hpack::Encoder::encode`): a
+// named field, or `Err` with a further value of the field before it; h2 yielded a
+// `Header<Option<HeaderName>>` the encoder moved once more to tell the two apart.
 impl Iterator for Iter<'_> {
-    type Item = hpack::Header<Option<HeaderName>>;
+    type Item = Result<hpack::Header, HeaderValue>;
 
     fn next(&mut self) -> Option<Self::Item> {
         use crate::hpack::Header::*;
 
         if let Some(ref mut pseudo) = self.pseudo {
             if let Some(method) = pseudo.method.take() {
-                return Some(Method(method));
+                return Some(Ok(Method(method)));
             }
 
             if let Some(scheme) = pseudo.scheme.take() {
-                return Some(Scheme(scheme));
+                return Some(Ok(Scheme(scheme)));
             }
 
             if let Some(authority) = pseudo.authority.take() {
-                return Some(Authority(authority));
+                return Some(Ok(Authority(authority)));
             }
 
             if let Some(path) = pseudo.path.take() {
-                return Some(Path(path));
+                return Some(Ok(Path(path)));
             }
 
             if let Some(protocol) = pseudo.protocol.take() {
-                return Some(Protocol(protocol));
+                return Some(Ok(Protocol(protocol)));
             }
 
             if let Some(status) = pseudo.status.take() {
-                return Some(Status(status));
+                return Some(Ok(Status(status)));
             }
         }
 
         self.pseudo = None;
 
-        self.fields
-            .next()
-            .map(|(name, value)| Field { name, value })
+        self.fields.next().map(|(name, value)| match name {
+            Some(name) => Ok(Field { name, value }),
+            None => Err(value),
+        })
     }
 }
 
@@ -1050,6 +1054,8 @@ mod test {
     use super::*;
     use crate::frame;
     use crate::hpack::{huffman, Encoder};
+    // Trellis patch: the module above no longer names `HeaderName`.
+    use http::header::HeaderName;
 
     #[test]
     fn test_nameless_header_at_resume() {

@@ -113,35 +113,42 @@ impl Encoder {
     /// Encode a set of headers into the provide buffer
     pub fn encode<I>(&mut self, headers: I, dst: &mut BytesMut)
     where
-        I: IntoIterator<Item = Header<Option<HeaderName>>>,
+        // Trellis patch: `Err` is a further value of the field before it.
+        I: IntoIterator<Item = Result<Header, HeaderValue>>,
     {
         let span = tracing::trace_span!("hpack::encode");
         let _e = span.enter();
 
         self.encode_size_updates(dst);
 
-        let mut last_index = None;
+        // Trellis patch: what a following field without a name (another value of the same
+        // name) needs of the last one: its index, or its name when it has none.
+        let mut last_name = None;
 
-        for header in headers {
-            match header.reify() {
+        for item in headers {
+            match item {
                 // The header has an associated name. In which case, try to
                 // index it in the table.
-                Ok(header) => {
+                Ok(ref header) => {
                     let index = self.table.index(header);
-                    self.encode_header(&index, dst);
+                    self.encode_header(index, header, dst);
 
-                    last_index = Some(index);
+                    last_name = Some(match (index, item) {
+                        (Index::NotIndexed, Ok(Header::Field { name, .. })) => LastName::Literal(name),
+                        (Index::NotIndexed, _) => unreachable!("pseudo-header fields have static names"),
+                        (index, _) => LastName::Index(self.table.resolve_idx(&index)),
+                    });
                 }
                 // The header does not have an associated name. This means that
                 // the name is the same as the previously yielded header. In
                 // which case, we skip table lookup and just use the same index
                 // as the previous entry.
-                Err(value) => {
+                Err(ref value) => {
                     self.encode_header_without_name(
-                        last_index.as_ref().unwrap_or_else(|| {
+                        last_name.as_ref().unwrap_or_else(|| {
                             panic!("encoding header without name, but no previous index to use for name");
                         }),
-                        &value,
+                        value,
                         dst,
                     );
                 }
@@ -165,19 +172,17 @@ impl Encoder {
         }
     }
 
-    fn encode_header(&mut self, index: &Index, dst: &mut BytesMut) {
-        match *index {
-            Index::Indexed(idx, _) => {
+    // Trellis patch: the header comes from the caller (an entry the table has just made
+    // for it is a clone of it).
+    fn encode_header(&mut self, index: Index, header: &Header, dst: &mut BytesMut) {
+        match index {
+            Index::Indexed(idx) => {
                 encode_int(idx, 7, 0x80, dst);
             }
-            Index::Name(idx, _) => {
-                let header = self.table.resolve(index);
-
+            Index::Name(idx) => {
                 encode_not_indexed(idx, header.value_slice(), header.is_sensitive(), dst);
             }
             Index::Inserted(_) => {
-                let header = self.table.resolve(index);
-
                 assert!(!header.is_sensitive());
 
                 dst.put_u8(0b0100_0000);
@@ -186,16 +191,12 @@ impl Encoder {
                 encode_str(header.value_slice(), dst);
             }
             Index::InsertedValue(idx, _) => {
-                let header = self.table.resolve(index);
-
                 assert!(!header.is_sensitive());
 
                 encode_int(idx, 6, 0b0100_0000, dst);
                 encode_str(header.value_slice(), dst);
             }
-            Index::NotIndexed(_) => {
-                let header = self.table.resolve(index);
-
+            Index::NotIndexed => {
                 encode_not_indexed2(
                     header.name().as_slice(),
                     header.value_slice(),
@@ -208,31 +209,26 @@ impl Encoder {
 
     fn encode_header_without_name(
         &mut self,
-        last: &Index,
+        last: &LastName,
         value: &HeaderValue,
         dst: &mut BytesMut,
     ) {
         match *last {
-            Index::Indexed(..)
-            | Index::Name(..)
-            | Index::Inserted(..)
-            | Index::InsertedValue(..) => {
-                let idx = self.table.resolve_idx(last);
-
+            LastName::Index(idx) => {
                 encode_not_indexed(idx, value.as_ref(), value.is_sensitive(), dst);
             }
-            Index::NotIndexed(_) => {
-                let last = self.table.resolve(last);
-
-                encode_not_indexed2(
-                    last.name().as_slice(),
-                    value.as_ref(),
-                    value.is_sensitive(),
-                    dst,
-                );
+            LastName::Literal(ref name) => {
+                encode_not_indexed2(name.as_ref(), value.as_ref(), value.is_sensitive(), dst);
             }
         }
     }
+}
+
+/// Trellis patch: the name of the last field encoded, for further values of it: the index
+/// of a table entry with that name, or the name itself when no entry has it.
+enum LastName {
+    Index(usize),
+    Literal(HeaderName),
 }
 
 impl Default for Encoder {
@@ -802,7 +798,8 @@ mod test {
 
     fn encode(e: &mut Encoder, hdrs: Vec<Header<Option<HeaderName>>>) -> BytesMut {
         let mut dst = BytesMut::with_capacity(1024);
-        e.encode(hdrs, &mut dst);
+        // Trellis patch: the encoder takes reified fields.
+        e.encode(hdrs.into_iter().map(Header::reify), &mut dst);
         dst
     }
 

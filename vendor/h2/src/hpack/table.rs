@@ -20,13 +20,16 @@ pub struct Table {
     max_size: usize,
 }
 
-#[derive(Debug)]
+// Trellis patch: an `Index` no longer carries the header it was made for. The encoder
+// keeps the header and lends it to `Table::index`, which clones it only to enter it in
+// the table; h2 moved every field (~80 bytes) into the index and out again.
+#[derive(Debug, Clone, Copy)]
 pub enum Index {
     // The header is already fully indexed
-    Indexed(usize, Header),
+    Indexed(usize),
 
     // The name is indexed, but not the value
-    Name(usize, Header),
+    Name(usize),
 
     // The full header has been inserted into the table.
     Inserted(usize),
@@ -35,7 +38,7 @@ pub enum Index {
     InsertedValue(usize, usize),
 
     // The header is not indexed by this table
-    NotIndexed(Header),
+    NotIndexed,
 }
 
 #[derive(Debug)]
@@ -105,35 +108,22 @@ impl Table {
         self.max_size
     }
 
-    /// Gets the header stored in the table
-    pub fn resolve<'a>(&'a self, index: &'a Index) -> &'a Header {
-        use self::Index::*;
-
-        match *index {
-            Indexed(_, ref h) => h,
-            Name(_, ref h) => h,
-            Inserted(idx) => &self.slots[idx].header,
-            InsertedValue(_, idx) => &self.slots[idx].header,
-            NotIndexed(ref h) => h,
-        }
-    }
-
     pub fn resolve_idx(&self, index: &Index) -> usize {
         use self::Index::*;
 
         match *index {
-            Indexed(idx, ..) => idx,
-            Name(idx, ..) => idx,
+            Indexed(idx) => idx,
+            Name(idx) => idx,
             Inserted(idx) => idx + DYN_OFFSET,
             InsertedValue(_name_idx, slot_idx) => slot_idx + DYN_OFFSET,
-            NotIndexed(_) => panic!("cannot resolve index"),
+            NotIndexed => panic!("cannot resolve index"),
         }
     }
 
-    /// Index the header in the HPACK table.
-    pub fn index(&mut self, header: Header) -> Index {
+    /// Index the header in the HPACK table (Trellis patch: lent, cloned if entered).
+    pub fn index(&mut self, header: &Header) -> Index {
         // Check the static table
-        let statik = index_static(&header);
+        let statik = index_static(header);
 
         // Don't index certain headers. This logic is borrowed from nghttp2.
         if header.skip_value_index() {
@@ -141,12 +131,12 @@ impl Table {
             // static table. At some point in the future, this might not be true
             // and this logic will need to be updated.
             debug_assert!(statik.is_some(), "skip_value_index requires a static name",);
-            return Index::new(statik, header);
+            return Index::new(statik);
         }
 
         // If the header is already indexed by the static table, return that
         if let Some((n, true)) = statik {
-            return Index::Indexed(n, header);
+            return Index::Indexed(n);
         }
 
         // Trellis patch: a never-indexed (sensitive) field is never entered in the dynamic
@@ -155,18 +145,18 @@ impl Table {
         // without the flag; finding it cost a hash of the name and a probe on every
         // message, to save a few bytes in that rare case.)
         if header.is_sensitive() {
-            return Index::new(statik, header);
+            return Index::new(statik);
         }
 
         // Don't index large headers
         if header.len() * 4 > self.max_size * 3 {
-            return Index::new(statik, header);
+            return Index::new(statik);
         }
 
         self.index_dynamic(header, statik)
     }
 
-    fn index_dynamic(&mut self, header: Header, statik: Option<(usize, bool)>) -> Index {
+    fn index_dynamic(&mut self, header: &Header, statik: Option<(usize, bool)>) -> Index {
         debug_assert!(self.assert_valid_state("one"));
 
         if header.len() + self.size < self.max_size || !header.is_sensitive() {
@@ -178,10 +168,10 @@ impl Table {
             // If `indices` is not empty, then it is impossible for all
             // `indices` entries to be `Some`. So, we only need to check for the
             // empty case.
-            return Index::new(statik, header);
+            return Index::new(statik);
         }
 
-        let hash = hash_header(&header);
+        let hash = hash_header(header);
 
         let desired_pos = desired_pos(self.mask, hash);
         let mut probe = desired_pos;
@@ -213,7 +203,7 @@ impl Table {
 
     fn index_occupied(
         &mut self,
-        header: Header,
+        header: &Header,
         hash: HashValue,
         mut index: usize,
         statik: Option<usize>,
@@ -227,7 +217,7 @@ impl Table {
             // Compute the real index into the VecDeque
             let real_idx = index.wrapping_add(self.inserted);
 
-            if self.slots[real_idx].header.value_eq(&header) {
+            if self.slots[real_idx].header.value_eq(header) {
                 // We have a full match!
                 return Index::dynamic_match(real_idx + DYN_OFFSET, header);
             }
@@ -240,13 +230,13 @@ impl Table {
             if header.is_sensitive() {
                 // Should we assert this?
                 // debug_assert!(statik.is_none());
-                return Index::Name(real_idx + DYN_OFFSET, header);
+                return Index::Name(real_idx + DYN_OFFSET);
             }
 
             self.update_size(header.len(), Some(index));
 
             // Insert the new header
-            self.insert(header, hash);
+            self.insert(header.clone(), hash);
 
             // Recompute real_idx as it just changed.
             let new_real_idx = index.wrapping_add(self.inserted);
@@ -274,14 +264,14 @@ impl Table {
 
     fn index_vacant(
         &mut self,
-        header: Header,
+        header: &Header,
         hash: HashValue,
         mut dist: usize,
         mut probe: usize,
         statik: Option<(usize, bool)>,
     ) -> Index {
         if header.is_sensitive() {
-            return Index::new(statik, header);
+            return Index::new(statik);
         }
 
         debug_assert!(self.assert_valid_state("top"));
@@ -311,7 +301,7 @@ impl Table {
 
         debug_assert!(self.assert_valid_state("after update"));
 
-        self.insert(header, hash);
+        self.insert(header.clone(), hash);
 
         let pos_idx = 0usize.wrapping_sub(self.inserted);
 
@@ -648,19 +638,19 @@ impl Index {
     /// Reuse the name index and emit a never-indexed literal instead,
     /// leaving the table untouched. Static table entries hold no secrets,
     /// so static full matches stay indexed.
-    fn dynamic_match(n: usize, header: Header) -> Index {
+    fn dynamic_match(n: usize, header: &Header) -> Index {
         if header.is_sensitive() {
-            Index::Name(n, header)
+            Index::Name(n)
         } else {
-            Index::Indexed(n, header)
+            Index::Indexed(n)
         }
     }
 
-    fn new(v: Option<(usize, bool)>, e: Header) -> Index {
+    fn new(v: Option<(usize, bool)>) -> Index {
         match v {
-            None => Index::NotIndexed(e),
-            Some((n, true)) => Index::Indexed(n, e),
-            Some((n, false)) => Index::Name(n, e),
+            None => Index::NotIndexed,
+            Some((n, true)) => Index::Indexed(n),
+            Some((n, false)) => Index::Name(n),
         }
     }
 }
