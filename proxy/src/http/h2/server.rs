@@ -461,7 +461,8 @@ mod tests {
     /// The patched HPACK encoder lends each field to its table instead of moving it in
     /// (vendor/README.md): every way a field can go out — a new entry, a full match, a new
     /// value of a known name, a static name, never indexed with and without a static
-    /// name, and further values of a name in each case — still decodes to the same fields.
+    /// name, and further values of a name in each case — still decodes to the same fields,
+    /// and the patched decoder's memory of names it received as literals gives them back.
     #[tokio::test]
     async fn hpack_encodes_every_kind_of_field_as_before() {
         let (client_io, server_io) = tokio::io::duplex(64 * 1024);
@@ -487,6 +488,11 @@ mod tests {
             h.append(http::header::AUTHORIZATION, secret("Bearer y"));
             h.append(http::header::ACCEPT, HeaderValue::from_static("*/*"));
             h.append(http::header::ACCEPT, HeaderValue::from_static("text/plain"));
+            // More names sent as literals than the decoder remembers (it parses the ones
+            // it has forgotten again), one a prefix of another.
+            for k in ["x-l", "x-lit", "x-lit-1", "x-lit-2", "x-lit-3", "x-lit-4"] {
+                h.append(http::HeaderName::from_static(k), secret(&format!("{k}-{i}")));
+            }
             let sent = req.headers().clone();
             let (_resp, _) = send.send_request(req, true).expect("sent");
             let (got, _respond) = server.accept().await.expect("a stream").expect("a request");

@@ -20,7 +20,15 @@ pub struct Decoder {
     last_max_update: usize,
     table: Table,
     buffer: BytesMut,
+    // Trellis patch: the last few field names received as literals (a peer's never-indexed
+    // fields come with their names as literals in every message: `x-request-id`,
+    // `traceparent`), so a repeated one is not parsed and copied into a new name again.
+    literal_names: [Option<header::HeaderName>; LITERAL_NAMES],
+    literal_next: usize,
 }
+
+/// Trellis patch: how many literal names the decoder remembers.
+const LITERAL_NAMES: usize = 4;
 
 /// Represents all errors that can be encountered while performing the decoding
 /// of an HPACK header set.
@@ -159,6 +167,8 @@ impl Decoder {
             last_max_update: size,
             table: Table::new(size),
             buffer: BytesMut::with_capacity(4096),
+            literal_names: Default::default(),
+            literal_next: 0,
         }
     }
 
@@ -301,7 +311,19 @@ impl Decoder {
             // Read the name as a literal
             let name = name_marker.consume(buf);
             let value = value_marker.consume(buf);
-            Header::new(name, value)
+            // Trellis patch: a name received as a literal before is taken as it was then.
+            if let Some(known) = self.literal_names.iter().flatten().find(|n| n.as_str().as_bytes() == &name[..]) {
+                return Ok(Header::Field {
+                    name: known.clone(),
+                    value: header::HeaderValue::from_bytes(&value)?,
+                });
+            }
+            let header = Header::new(name, value)?;
+            if let Header::Field { ref name, .. } = header {
+                self.literal_names[self.literal_next] = Some(name.clone());
+                self.literal_next = (self.literal_next + 1) % LITERAL_NAMES;
+            }
+            Ok(header)
         } else {
             let e = self.table.get(table_idx)?;
             let value = self.decode_string(buf)?;
