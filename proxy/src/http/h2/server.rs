@@ -242,9 +242,11 @@ fn into_request(req: Request<RecvStream>) -> Result<Incoming, Reason> {
         // the listener's `connect` and `connect_ports`).
         return Ok(Incoming { req: Request::from_parts(parts, ClientBody::Empty), back: None, tunnel: Some(recv) });
     }
+    // A request whose HEADERS ended the stream (a GET) has no body to read: its stream's
+    // handle goes now, and the body's end is known without asking h2 (each question is a
+    // lock of the connection's state).
     if recv.is_end_stream() {
-        let req = Request::from_parts(parts, ClientBody::H2(RecvBody::new(recv, len)));
-        return Ok(Incoming { req, back: None, tunnel: None });
+        return Ok(Incoming { req: Request::from_parts(parts, ClientBody::Empty), back: None, tunnel: None });
     }
     let back = Returned::default();
     let req = Request::from_parts(parts, ClientBody::H2(RecvBody::returning(recv, len, back.clone())));
@@ -504,6 +506,28 @@ mod tests {
             }
             assert_eq!(got.headers().len(), sent.len(), "request {i}");
         }
+    }
+
+    /// A request whose HEADERS ended its stream comes with an empty body that needs no
+    /// more questions to h2; one with data to come keeps its stream.
+    #[tokio::test]
+    async fn a_request_ended_by_its_headers_has_an_empty_body() {
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let (server, client) =
+            tokio::join!(Builder::new().handshake::<_, Bytes>(server_io), h2::client::handshake(client_io));
+        let (mut server, (mut send, conn)) = (server.expect("server handshake"), client.expect("client handshake"));
+        tokio::spawn(conn);
+        let get = http::Request::get("http://x/").body(()).expect("request");
+        let _ = send.send_request(get, true).expect("sent");
+        let (req, _respond) = server.accept().await.expect("a stream").expect("a request");
+        let incoming = into_request(req).map_err(|r| format!("{r:?}")).expect("accepted");
+        assert!(matches!(incoming.req.body(), ClientBody::Empty) && incoming.back.is_none());
+        let post = http::Request::post("http://x/").body(()).expect("request");
+        let (_, mut body) = send.send_request(post, false).expect("sent");
+        body.send_data(Bytes::from_static(b"abc"), true).expect("data");
+        let (req, _respond) = server.accept().await.expect("a stream").expect("a request");
+        let incoming = into_request(req).map_err(|r| format!("{r:?}")).expect("accepted");
+        assert!(matches!(incoming.req.body(), ClientBody::H2(_)) && incoming.back.is_some());
     }
 
     thread_local! {
