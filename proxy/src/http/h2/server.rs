@@ -530,6 +530,23 @@ mod tests {
         assert!(matches!(incoming.req.body(), ClientBody::H2(_)) && incoming.back.is_some());
     }
 
+    /// The patched h2 reuses the parse of the last `:authority` it saw when the next one is
+    /// the same (vendor/README.md): each request still gets its own.
+    #[tokio::test]
+    async fn each_request_keeps_its_own_authority() {
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let (server, client) =
+            tokio::join!(Builder::new().handshake::<_, Bytes>(server_io), h2::client::handshake(client_io));
+        let (mut server, (mut send, conn)) = (server.expect("server handshake"), client.expect("client handshake"));
+        tokio::spawn(conn);
+        for authority in ["a.example", "a.example", "b.example:8080", "a.example", "a.example:80", "[::1]:9"] {
+            let req = http::Request::get(format!("http://{authority}/")).body(()).expect("request");
+            let _ = send.send_request(req, true).expect("sent");
+            let (req, _respond) = server.accept().await.expect("a stream").expect("a request");
+            assert_eq!(req.uri().authority().map(http::uri::Authority::as_str), Some(authority));
+        }
+    }
+
     thread_local! {
         static TAKEN: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
         static GIVEN: std::cell::RefCell<Vec<(usize, usize)>> = const { std::cell::RefCell::new(Vec::new()) };
