@@ -431,15 +431,25 @@ mod tests {
         assert!(head.headers().get(CONTENT_LENGTH).is_none());
     }
 
+    /// A server built by `server` and a client built by `client`, joined by an in-memory
+    /// pipe; the client's connection runs in its own task.
+    async fn joined(
+        server: &Builder,
+        client: &h2::client::Builder,
+    ) -> (Connection<tokio::io::DuplexStream, Bytes>, h2::client::SendRequest<Bytes>) {
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let (server, client) =
+            tokio::join!(server.handshake::<_, Bytes>(server_io), client.handshake::<_, Bytes>(client_io));
+        let (server, (send, conn)) = (server.expect("server handshake"), client.expect("client handshake"));
+        tokio::spawn(conn);
+        (server, send)
+    }
+
     /// The field count and capacity of the header map the fourth request on a connection
     /// arrives in (h2 sizes a map by the field counts of the requests before it), from a
     /// server built by `b`.
     async fn received_capacity(b: &Builder) -> (usize, usize) {
-        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
-        let (server, client) =
-            tokio::join!(b.clone().handshake::<_, Bytes>(server_io), h2::client::handshake(client_io));
-        let (mut server, (mut send, conn)) = (server.expect("server handshake"), client.expect("client handshake"));
-        tokio::spawn(conn);
+        let (mut server, mut send) = joined(b, &h2::client::Builder::new()).await;
         let mut last = (0, 0);
         for _ in 0..4 {
             let req = http::Request::get("http://x/").header("user-agent", "t").header("accept", "*/*").body(());
@@ -467,11 +477,7 @@ mod tests {
     /// and the patched decoder's memory of names it received as literals gives them back.
     #[tokio::test]
     async fn hpack_encodes_every_kind_of_field_as_before() {
-        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
-        let (server, client) =
-            tokio::join!(Builder::new().handshake::<_, Bytes>(server_io), h2::client::handshake(client_io));
-        let (mut server, (mut send, conn)) = (server.expect("server handshake"), client.expect("client handshake"));
-        tokio::spawn(conn);
+        let (mut server, mut send) = joined(&Builder::new(), &h2::client::Builder::new()).await;
         let secret = |v: &str| {
             let mut v = HeaderValue::from_str(v).expect("value");
             v.set_sensitive(true);
@@ -512,11 +518,7 @@ mod tests {
     /// more questions to h2; one with data to come keeps its stream.
     #[tokio::test]
     async fn a_request_ended_by_its_headers_has_an_empty_body() {
-        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
-        let (server, client) =
-            tokio::join!(Builder::new().handshake::<_, Bytes>(server_io), h2::client::handshake(client_io));
-        let (mut server, (mut send, conn)) = (server.expect("server handshake"), client.expect("client handshake"));
-        tokio::spawn(conn);
+        let (mut server, mut send) = joined(&Builder::new(), &h2::client::Builder::new()).await;
         let get = http::Request::get("http://x/").body(()).expect("request");
         let _ = send.send_request(get, true).expect("sent");
         let (req, _respond) = server.accept().await.expect("a stream").expect("a request");
@@ -534,17 +536,37 @@ mod tests {
     /// the same (vendor/README.md): each request still gets its own.
     #[tokio::test]
     async fn each_request_keeps_its_own_authority() {
-        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
-        let (server, client) =
-            tokio::join!(Builder::new().handshake::<_, Bytes>(server_io), h2::client::handshake(client_io));
-        let (mut server, (mut send, conn)) = (server.expect("server handshake"), client.expect("client handshake"));
-        tokio::spawn(conn);
+        let (mut server, mut send) = joined(&Builder::new(), &h2::client::Builder::new()).await;
         for authority in ["a.example", "a.example", "b.example:8080", "a.example", "a.example:80", "[::1]:9"] {
             let req = http::Request::get(format!("http://{authority}/")).body(()).expect("request");
             let _ = send.send_request(req, true).expect("sent");
             let (req, _respond) = server.accept().await.expect("a stream").expect("a request");
             assert_eq!(req.uri().authority().map(http::uri::Authority::as_str), Some(authority));
         }
+    }
+
+    /// A peer whose HPACK table holds nothing (SETTINGS_HEADER_TABLE_SIZE 0) gets an
+    /// extended CONNECT's `:protocol`, a pseudo-header field with no static name, as a
+    /// literal (the patched encoder keeps no "last name" for it).
+    #[tokio::test]
+    async fn a_pseudo_field_without_a_table_entry_goes_as_a_literal() {
+        let mut sb = Builder::new();
+        sb.header_table_size(0).enable_connect_protocol();
+        let (mut server, mut send) = joined(&sb, &h2::client::Builder::new()).await;
+        let ping = tokio::spawn(async move {
+            let (req, _respond) = server.accept().await.expect("a stream").expect("a request");
+            req.extensions().get::<h2::ext::Protocol>().map(|p| p.as_str().to_owned())
+        });
+        for _ in 0..100 {
+            if send.is_extended_connect_protocol_enabled() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut req = http::Request::connect("http://x/chat").body(()).expect("request");
+        req.extensions_mut().insert(h2::ext::Protocol::from_static("websocket"));
+        let _ = send.send_request(req, false).expect("sent");
+        assert_eq!(ping.await.expect("server task").as_deref(), Some("websocket"));
     }
 
     thread_local! {
@@ -564,14 +586,11 @@ mod tests {
     #[tokio::test]
     async fn header_maps_come_from_the_stock_and_go_back_to_it_emptied() {
         let maps = h2::HeaderMaps::new(marked_take, recorded_give);
-        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
         let mut sb = Builder::new();
         sb.header_maps(maps);
         let mut cb = h2::client::Builder::new();
         cb.header_maps(maps);
-        let (server, client) = tokio::join!(sb.handshake::<_, Bytes>(server_io), cb.handshake::<_, Bytes>(client_io));
-        let (mut server, (mut send, conn)) = (server.expect("server handshake"), client.expect("client handshake"));
-        tokio::spawn(conn);
+        let (mut server, mut send) = joined(&sb, &cb).await;
         for i in 0..3 {
             let req = http::Request::get("http://x/").header("x-a", "1").header("x-b", i.to_string()).body(());
             let (resp, _) = send.send_request(req.expect("request"), true).expect("sent");

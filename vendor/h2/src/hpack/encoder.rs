@@ -133,11 +133,13 @@ impl Encoder {
                     let index = self.table.index(header);
                     self.encode_header(index, header, dst);
 
-                    last_name = Some(match (index, item) {
-                        (Index::NotIndexed, Ok(Header::Field { name, .. })) => LastName::Literal(name),
-                        (Index::NotIndexed, _) => unreachable!("pseudo-header fields have static names"),
-                        (index, _) => LastName::Index(self.table.resolve_idx(&index)),
-                    });
+                    last_name = match (index, item) {
+                        (Index::NotIndexed, Ok(Header::Field { name, .. })) => Some(LastName::Literal(name)),
+                        // A pseudo-header field the table has no name for (`:protocol`,
+                        // when the peer's table is too small): no further value follows one.
+                        (Index::NotIndexed, _) => None,
+                        (index, _) => Some(LastName::Index(self.table.resolve_idx(&index))),
+                    };
                 }
                 // The header does not have an associated name. This means that
                 // the name is the same as the previously yielded header. In
