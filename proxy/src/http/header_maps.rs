@@ -2,9 +2,8 @@
 //! or h2 decodes needs a `HeaderMap` (two allocations: its index table and its entries), and
 //! the map of a forwarded request or response is done with as soon as its head has been
 //! written or encoded. Handing those maps back saves four allocations and frees per
-//! proxied request. A worker is one
-//! thread, so the stock takes no lock; a map taken on one thread and given back on another
-//! simply joins that thread's stock.
+//! proxied request. A worker is one thread, so the stock takes no lock; a map taken on one
+//! thread and given back on another simply joins that thread's stock.
 
 use crate::http::recycle;
 use http::HeaderMap;
