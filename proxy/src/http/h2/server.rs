@@ -545,6 +545,50 @@ mod tests {
         }
     }
 
+    /// The patched h2 finds its streams by id with FNV instead of SipHash
+    /// (vendor/README.md): with many streams open at once, answered in reverse order and
+    /// some reset, each answer still reaches the request it belongs to.
+    #[tokio::test]
+    async fn many_open_streams_each_get_their_own_answer() {
+        const STREAMS: usize = 200;
+        let (mut server, mut send) = joined(&Builder::new(), &h2::client::Builder::new()).await;
+        let answering = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while open.len() < STREAMS {
+                let (req, respond) = server.accept().await.expect("a stream").expect("a request");
+                open.push((req.uri().path().to_owned(), respond));
+            }
+            for (path, mut respond) in open.into_iter().rev() {
+                let i: usize = path.trim_start_matches('/').parse().expect("index");
+                if i % 7 == 3 {
+                    respond.send_reset(h2::Reason::CANCEL);
+                    continue;
+                }
+                let resp = http::Response::builder().header("x-path", &path).body(()).expect("response");
+                respond.send_response(resp, true).expect("answered");
+            }
+            // Drives the connection until the client has read every answer.
+            while server.accept().await.is_some() {}
+        });
+        let mut waiting = Vec::new();
+        for i in 0..STREAMS {
+            let req = http::Request::get(format!("http://x/{i}")).body(()).expect("request");
+            send = send.ready().await.expect("room for a stream");
+            waiting.push(send.send_request(req, true).expect("sent").0);
+        }
+        for (i, resp) in waiting.into_iter().enumerate() {
+            match resp.await {
+                Ok(resp) => {
+                    assert_ne!(i % 7, 3, "stream {i} was reset");
+                    assert_eq!(resp.headers()["x-path"], format!("/{i}").as_str());
+                }
+                Err(e) => assert_eq!((i % 7, e.reason()), (3, Some(h2::Reason::CANCEL)), "stream {i}"),
+            }
+        }
+        drop(send);
+        answering.abort();
+    }
+
     /// A peer whose HPACK table holds nothing (SETTINGS_HEADER_TABLE_SIZE 0) gets an
     /// extended CONNECT's `:protocol`, a pseudo-header field with no static name, as a
     /// literal (the patched encoder keeps no "last name" for it).
