@@ -148,7 +148,7 @@ where
             // Accepting also drives the connection: all reading and writing happen here.
             while let Poll::Ready(accepted) = conn.poll_accept(cx) {
                 match accepted {
-                    Some(Ok((req, respond))) => streams.push(Box::pin(exchange(req, respond, ctx.clone()))),
+                    Some(Ok((req, respond))) => streams.push(in_place(|| exchange(req, respond, ctx.clone()))),
                     Some(Err(e)) => return Poll::Ready(Err(e)),
                     None => return Poll::Ready(Ok(())),
                 }
@@ -163,6 +163,15 @@ where
         }
     })
     .await
+}
+
+/// Boxes the future `make` returns with its box allocated first, so the future is written
+/// into it: `Box::pin(exchange(..))` built the (~5 KB) future on the stack and copied all of
+/// it to the heap, though a future not yet polled holds only its arguments.
+#[inline(always)]
+fn in_place<F: Future<Output = ()> + Send + 'static>(make: impl FnOnce() -> F) -> StreamFuture {
+    let boxed: Box<F> = Box::write(Box::new_uninit(), make());
+    Box::into_pin(boxed)
 }
 
 /// One stream: forwards the request and sends the response back.
