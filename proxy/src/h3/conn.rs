@@ -18,6 +18,7 @@ use crate::http::body::ClientBody;
 use crate::http::forward::{self, ConnCtx};
 use crate::http::h1::content_length;
 use crate::http::headers::Peer;
+use crate::http::server::{StreamFuture, stream_future};
 use crate::telemetry;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -25,7 +26,6 @@ use futures_util::future::{FutureExt, Shared};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use h3::error::Code;
 use http::{HeaderName, HeaderValue, Method, Request};
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -36,9 +36,6 @@ type Resolver = h3::server::RequestResolver<h3_quinn::Connection, Bytes>;
 /// The handshake's completion, shared by the exchanges that must know whether their
 /// request came before it.
 type Handshake = Shared<quinn::ZeroRttAccepted>;
-/// One stream's exchange, boxed: the request path's state is large, and only a pointer
-/// should sit in the connection's `FuturesUnordered`.
-type StreamFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 static EARLY_DATA_HEADER: HeaderName = HeaderName::from_static("early-data");
 
@@ -147,12 +144,9 @@ pub(super) async fn serve(incoming: quinn::Incoming, s: Settings, stop: Cancella
             }
             accepted = h3.accept() => match accepted {
                 Ok(Some(resolver)) if draining => streams.push(Box::pin(reject(resolver, s.header_timeout))),
-                Ok(Some(resolver)) => streams.push(Box::pin(exchange(
-                    resolver,
-                    ctx.clone(),
-                    pending.clone(),
-                    s.header_timeout,
-                ))),
+                Ok(Some(resolver)) => {
+                    streams.push(stream_future(|| exchange(resolver, ctx.clone(), pending.clone(), s.header_timeout)))
+                }
                 // The client sent GOAWAY and its requests are done.
                 Ok(None) => {
                     graceful = true;

@@ -6,6 +6,8 @@ use crate::detect::Protocol;
 use crate::http::forward::ConnCtx;
 use crate::http::upgrade::Switched;
 use crate::listener::Open;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
@@ -35,4 +37,18 @@ where
             None
         }
     }
+}
+
+/// One stream's exchange on a multiplexed connection (HTTP/2, HTTP/3), boxed: the request
+/// path's state is large (~5 KB), and `FuturesUnordered` keeps a stub of its future type per
+/// connection, so only a pointer may be inline.
+pub(crate) type StreamFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Boxes the future `make` returns with its box allocated first, so the future is written
+/// into it: `Box::pin(exchange(..))` built the whole future on the stack and copied all of
+/// it to the heap, though a future not yet polled holds only its arguments.
+#[inline(always)]
+pub(crate) fn stream_future<F: Future<Output = ()> + Send + 'static>(make: impl FnOnce() -> F) -> StreamFuture {
+    let boxed: Box<F> = Box::write(Box::new_uninit(), make());
+    Box::into_pin(boxed)
 }

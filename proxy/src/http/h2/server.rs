@@ -17,6 +17,7 @@ use crate::http::h1::content_length;
 use crate::http::h2::body::{Pipe, RecvBody, Returned};
 use crate::http::h2::headers::{Kind, strip_connection_headers};
 use crate::http::h2::tunnel::H2Io;
+use crate::http::server::{StreamFuture, stream_future};
 use crate::http::upgrade;
 use crate::listener::Open;
 use bytes::Bytes;
@@ -28,7 +29,7 @@ use http::header::{CONTENT_LENGTH, DATE};
 use http::{HeaderValue, Method, Request, Response};
 use http_body::Body;
 use std::future::{Future, poll_fn};
-use std::pin::{Pin, pin};
+use std::pin::pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -49,11 +50,6 @@ const MAX_CONCURRENT_STREAMS: u32 = 1024;
 const LINGER: (Duration, usize) = (Duration::from_secs(5), 1024 * 1024);
 /// GOAWAY(last stream 0, PROTOCOL_ERROR): the answer to a connection preface that is not one.
 const GOAWAY_PROTOCOL_ERROR: [u8; 17] = [0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
-
-/// One stream's exchange, boxed: the request path's state is large (~5 KB), and
-/// `FuturesUnordered` keeps a stub of its future type per connection, so only a pointer
-/// may be inline.
-type StreamFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 fn builder(listener: &Listener) -> Builder {
     let mut b = Builder::new();
@@ -148,7 +144,7 @@ where
             // Accepting also drives the connection: all reading and writing happen here.
             while let Poll::Ready(accepted) = conn.poll_accept(cx) {
                 match accepted {
-                    Some(Ok((req, respond))) => streams.push(in_place(|| exchange(req, respond, ctx.clone()))),
+                    Some(Ok((req, respond))) => streams.push(stream_future(|| exchange(req, respond, ctx.clone()))),
                     Some(Err(e)) => return Poll::Ready(Err(e)),
                     None => return Poll::Ready(Ok(())),
                 }
@@ -163,15 +159,6 @@ where
         }
     })
     .await
-}
-
-/// Boxes the future `make` returns with its box allocated first, so the future is written
-/// into it: `Box::pin(exchange(..))` built the (~5 KB) future on the stack and copied all of
-/// it to the heap, though a future not yet polled holds only its arguments.
-#[inline(always)]
-fn in_place<F: Future<Output = ()> + Send + 'static>(make: impl FnOnce() -> F) -> StreamFuture {
-    let boxed: Box<F> = Box::write(Box::new_uninit(), make());
-    Box::into_pin(boxed)
 }
 
 /// One stream: forwards the request and sends the response back.
