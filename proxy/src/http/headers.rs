@@ -471,4 +471,19 @@ mod tests {
         let tp = crate::trace::context::write(1, 2, true);
         assert_eq!(&tp[..], b"00-00000000000000000000000000000001-0000000000000002-01");
     }
+
+    #[test]
+    fn hex_digits_are_those_format_writes() {
+        let mut values = vec![0, 1, 9, 10, 15, 16, 0x9a, u128::MAX, 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210];
+        values.extend((0..128).map(|i| 1u128 << i));
+        values.extend((0..64).map(|_| fastrand::u128(..)));
+        for v in values {
+            for len in [4, 8, 12, 16, 32] {
+                let mut out = [0u8; 32];
+                hex_into(&mut out[..len], v);
+                let want = format!("{v:032x}");
+                assert_eq!(std::str::from_utf8(&out[..len]), Ok(&want[32 - len..]), "{v:#x}, {len} digits");
+            }
+        }
+    }
 }
