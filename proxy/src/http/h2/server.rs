@@ -541,37 +541,50 @@ mod tests {
         }
     }
 
-    /// The patched h2 finds its streams by id with FNV instead of SipHash
-    /// (vendor/README.md): with many streams open at once, answered in reverse order and
-    /// some reset, each answer still reaches the request it belongs to.
+    /// The patched h2 finds its streams by id with FNV instead of SipHash and looks once at
+    /// a stream that is not closed before leaving it be (vendor/README.md): with 50 streams
+    /// open at a time, answered in reverse order and some reset, each answer still reaches
+    /// the request it belongs to, and each closed stream frees its place for the next ones.
     #[tokio::test]
     async fn many_open_streams_each_get_their_own_answer() {
         const STREAMS: usize = 200;
-        let (mut server, mut send) = joined(&Builder::new(), &h2::client::Builder::new()).await;
+        const AT_ONCE: usize = 50;
+        let mut sb = Builder::new();
+        sb.max_concurrent_streams(AT_ONCE as u32);
+        let (mut server, mut send) = joined(&sb, &h2::client::Builder::new()).await;
         let answering = tokio::spawn(async move {
-            let mut open = Vec::new();
-            while open.len() < STREAMS {
-                let (req, respond) = server.accept().await.expect("a stream").expect("a request");
-                open.push((req.uri().path().to_owned(), respond));
-            }
-            for (path, mut respond) in open.into_iter().rev() {
-                let i: usize = path.trim_start_matches('/').parse().expect("index");
-                if i % 7 == 3 {
-                    respond.send_reset(h2::Reason::CANCEL);
-                    continue;
+            for _ in 0..STREAMS / AT_ONCE {
+                let mut open = Vec::new();
+                while open.len() < AT_ONCE {
+                    let (req, respond) = server.accept().await.expect("a stream").expect("a request");
+                    open.push((req.uri().path().to_owned(), respond));
                 }
-                let resp = http::Response::builder().header("x-path", &path).body(()).expect("response");
-                respond.send_response(resp, true).expect("answered");
+                for (path, mut respond) in open.into_iter().rev() {
+                    let i: usize = path.trim_start_matches('/').parse().expect("index");
+                    if i % 7 == 3 {
+                        respond.send_reset(h2::Reason::CANCEL);
+                        continue;
+                    }
+                    let resp = http::Response::builder().header("x-path", &path).body(()).expect("response");
+                    respond.send_response(resp, true).expect("answered");
+                }
             }
             // Drives the connection until the client has read every answer.
             while server.accept().await.is_some() {}
         });
-        let mut waiting = Vec::new();
-        for i in 0..STREAMS {
-            let req = http::Request::get(format!("http://x/{i}")).body(()).expect("request");
-            send = send.ready().await.expect("room for a stream");
-            waiting.push(send.send_request(req, true).expect("sent").0);
-        }
+        let sending = async {
+            let mut waiting = Vec::new();
+            for i in 0..STREAMS {
+                let req = http::Request::get(format!("http://x/{i}")).body(()).expect("request");
+                // Waits for a closed stream's place once 50 are open.
+                send = send.clone().ready().await.expect("room for a stream");
+                waiting.push(send.send_request(req, true).expect("sent").0);
+            }
+            waiting
+        };
+        let waiting = tokio::time::timeout(std::time::Duration::from_secs(10), sending)
+            .await
+            .expect("each closed stream made room for another");
         for (i, resp) in waiting.into_iter().enumerate() {
             match resp.await {
                 Ok(resp) => {
