@@ -598,6 +598,31 @@ mod tests {
         answering.abort();
     }
 
+    /// The patched HPACK decoder advances over each field it decoded instead of splitting
+    /// it off (vendor/README.md): a head larger than a frame, sent as HEADERS and
+    /// CONTINUATION frames, still arrives whole, its fields in order, twice on a connection
+    /// (the second time from the table the first one filled).
+    #[tokio::test]
+    async fn a_head_in_continuation_frames_arrives_whole() {
+        let (mut server, mut send) = joined(&Builder::new(), &h2::client::Builder::new()).await;
+        let big = "v".repeat(40 * 1024);
+        for i in 0..2 {
+            let mut req = http::Request::get(format!("http://x/c{i}")).body(()).expect("request");
+            let h = req.headers_mut();
+            h.append("x-before", HeaderValue::from_static("a"));
+            h.append("x-big", HeaderValue::from_str(&big).expect("value"));
+            h.append(http::header::ACCEPT, HeaderValue::from_static("*/*"));
+            for k in 0..50 {
+                h.append("x-after", HeaderValue::from_str(&format!("{i}-{k}")).expect("value"));
+            }
+            let sent = req.headers().clone();
+            let (_resp, _) = send.send_request(req, true).expect("sent");
+            let (got, _respond) = server.accept().await.expect("a stream").expect("a request");
+            assert_eq!(got.uri().path(), format!("/c{i}"));
+            assert_eq!(got.headers(), &sent, "request {i}");
+        }
+    }
+
     /// A peer whose HPACK table holds nothing (SETTINGS_HEADER_TABLE_SIZE 0) gets an
     /// extended CONNECT's `:protocol`, a pseudo-header field with no static name, as a
     /// literal (the patched encoder keeps no "last name" for it).

@@ -511,7 +511,11 @@ fn consume(buf: &mut Cursor<&mut BytesMut>) {
     // remove bytes from the internal BytesMut when they have been successfully
     // decoded. This is a more permanent cursor position, which will be
     // used to resume if decoding was only partial.
-    take(buf, 0);
+    // Trellis patch: the decoded bytes are advanced over; h2 split them off into a
+    // `Bytes` it dropped at once (`take(buf, 0)`), ~60 instructions per field.
+    let pos = buf.position() as usize;
+    buf.get_mut().advance(pos);
+    buf.set_position(0);
 }
 
 // ===== impl Table =====
