@@ -470,10 +470,21 @@ mod tests {
     /// (vendor/README.md): every way a field can go out — a new entry, a full match, a new
     /// value of a known name, a static name, never indexed with and without a static
     /// name, and further values of a name in each case — still decodes to the same fields,
-    /// and the patched decoder's memory of names it received as literals gives them back.
+    /// and the patched decoder's memory of names it received as literals gives them back,
+    /// with the values it copies from the buffer in place. Also to a server whose table
+    /// holds nothing, which gets every field that has no static name as a literal name
+    /// with a Huffman-coded value.
     #[tokio::test]
     async fn hpack_encodes_every_kind_of_field_as_before() {
-        let (mut server, mut send) = joined(&Builder::new(), &h2::client::Builder::new()).await;
+        let mut tableless = Builder::new();
+        tableless.header_table_size(0);
+        for server in [Builder::new(), tableless] {
+            every_kind_of_field_to(&server).await;
+        }
+    }
+
+    async fn every_kind_of_field_to(server: &Builder) {
+        let (mut server, mut send) = joined(server, &h2::client::Builder::new()).await;
         let secret = |v: &str| {
             let mut v = HeaderValue::from_str(v).expect("value");
             v.set_sensitive(true);

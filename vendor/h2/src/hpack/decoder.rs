@@ -307,17 +307,24 @@ impl Decoder {
             let old_pos = buf.position();
             let name_marker = self.try_decode_string(buf)?;
             let value_marker = self.try_decode_string(buf)?;
+            // Trellis patch: a name received as a literal before is taken as it was then,
+            // and the value copied from where it lies in the buffer (the field is complete:
+            // the caller's `consume` drops its bytes), without splitting either off first.
+            let name_at = old_pos as usize + name_marker.offset;
+            let value_at = name_at + name_marker.len + value_marker.offset;
+            let src = &buf.get_ref()[..];
+            let name = name_marker.string.as_deref().unwrap_or(&src[name_at..name_at + name_marker.len]);
+            if let Some(known) = self.literal_names.iter().flatten().find(|n| n.as_str().as_bytes() == name) {
+                let value = value_marker.string.as_deref().unwrap_or(&src[value_at..value_at + value_marker.len]);
+                return Ok(Header::Field {
+                    name: known.clone(),
+                    value: header::HeaderValue::from_bytes(value)?,
+                });
+            }
             buf.set_position(old_pos);
             // Read the name as a literal
             let name = name_marker.consume(buf);
             let value = value_marker.consume(buf);
-            // Trellis patch: a name received as a literal before is taken as it was then.
-            if let Some(known) = self.literal_names.iter().flatten().find(|n| n.as_str().as_bytes() == &name[..]) {
-                return Ok(Header::Field {
-                    name: known.clone(),
-                    value: header::HeaderValue::from_bytes(&value)?,
-                });
-            }
             let header = Header::new(name, value)?;
             if let Header::Field { ref name, .. } = header {
                 self.literal_names[self.literal_next] = Some(name.clone());
@@ -326,6 +333,20 @@ impl Decoder {
             Ok(header)
         } else {
             let e = self.table.get(table_idx)?;
+            // Trellis patch: a field's value is copied from where it lies in the buffer
+            // (as above); the pseudo-header fields keep theirs as h2 had them.
+            if let Header::Field { name, .. } = e {
+                let at = buf.position() as usize;
+                let marker = self.try_decode_string(buf)?;
+                let value = match marker.string.as_deref() {
+                    Some(decoded) => decoded,
+                    None => &buf.get_ref()[at + marker.offset..at + marker.offset + marker.len],
+                };
+                return Ok(Header::Field {
+                    name,
+                    value: header::HeaderValue::from_bytes(value)?,
+                });
+            }
             let value = self.decode_string(buf)?;
 
             e.name().into_entry(value)
