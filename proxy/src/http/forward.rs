@@ -25,7 +25,8 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 /// Response header with the number of tries a request took (routes with retry or hedge).
-pub const ATTEMPTS_HEADER: &str = "x-trellis-attempts";
+/// (A `HeaderName`, as `respond::ERROR_HEADER`.)
+pub const ATTEMPTS_HEADER: http::HeaderName = http::HeaderName::from_static("x-trellis-attempts");
 
 /// What a downstream connection knows about itself.
 #[derive(Debug)]
@@ -143,7 +144,7 @@ pub fn handle(mut req: Request<ClientBody>, ctx: &ConnCtx) -> impl Future<Output
 /// (an upstream's, when it has been sent or abandoned) or now.
 fn finish_span(span: Option<Box<crate::trace::ServerSpan>>, resp: &mut Response<ProxyBody>) {
     if let Some(mut span) = span {
-        let error = resp.headers().get(crate::http::respond::ERROR_HEADER).and_then(|v| v.to_str().ok());
+        let error = resp.headers().get(&crate::http::respond::ERROR_HEADER).and_then(|v| v.to_str().ok());
         span.respond(resp.status().as_u16(), error);
         if let ProxyBody::Upstream(body) = resp.body_mut() {
             body.span_on_end(span);
@@ -160,9 +161,9 @@ fn logged(
 ) -> Response<ProxyBody> {
     if let (Some(log), Some(mut entry)) = (log, entry) {
         entry.status = resp.status().as_u16();
-        let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok());
-        entry.error = header(crate::http::respond::ERROR_HEADER).map(str::to_owned);
-        entry.attempts = header(ATTEMPTS_HEADER).and_then(|v| v.parse().ok());
+        let header = |name: &http::HeaderName| resp.headers().get(name).and_then(|v| v.to_str().ok());
+        entry.error = header(&crate::http::respond::ERROR_HEADER).map(str::to_owned);
+        entry.attempts = header(&ATTEMPTS_HEADER).and_then(|v| v.parse().ok());
         let pending = access_log::Pending { entry, log };
         if let Some(up) = resp.extensions().get::<upgrade::Upgraded>() {
             // Written when the stream ends.
