@@ -212,11 +212,13 @@ fn route_for(
     {
         return Err(ForwardError::HeadersTooLarge);
     }
-    check_host(req).map_err(ForwardError::Host)?;
+    let seen = headers::Seen::of(req.headers());
+    if seen.host {
+        check_host(req).map_err(ForwardError::Host)?;
+    }
     // Read and counted up in one lookup of the field when it is there (a request without
     // it goes out with `x-trellis-hops: 1`, `headers::Forwarding`); a request refused from
     // here on is not sent anywhere, so the new count is harmless.
-    let seen = headers::Seen::of(req.headers());
     if seen.hops
         && let http::header::Entry::Occupied(mut o) = req.headers_mut().entry(headers::HOPS_HEADER)
     {
