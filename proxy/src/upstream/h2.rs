@@ -169,7 +169,8 @@ where
     }
 }
 
-/// Sends `req` on the connection of `sender` and waits for the response head. A body that
+/// Sends `req` on the connection of `sender`, with the `forwarding` fields after its own
+/// (never entered in its map), and waits for the response head. A body that
 /// is still streaming when the head goes out is piped by a task of its own, so that it can
 /// go on while the response streams back (full duplex); otherwise nothing is spawned.
 ///
@@ -180,6 +181,7 @@ pub(crate) fn send(
     mut sender: Sender,
     state: &ConnState,
     req: Request<RequestBody>,
+    forwarding: Vec<(http::HeaderName, http::HeaderValue)>,
 ) -> impl Future<Output = Result<Response<RecvBody>, UpstreamError>> {
     let (parts, body) = req.into_parts();
     let mut head = Request::from_parts(parts, ());
@@ -193,7 +195,8 @@ pub(crate) fn send(
             UpstreamError::Reset(e.into())
         })?;
         let eos = body.is_end_stream();
-        let (response, stream) = sender.send_request(head, eos).map_err(|e| send_failed(state, e))?;
+        let (response, stream) =
+            sender.send_request_with_fields(head, forwarding, eos).map_err(|e| send_failed(state, e))?;
         let cancel = if eos { None } else { send_body(body, stream).await? };
         let resp = response.await.map_err(|e| match cancel.as_ref().and_then(CancelPipe::client_failure) {
             // The pipe reset the stream because the client's body failed.

@@ -236,10 +236,7 @@ pub fn send(
             Ok(out) => Either::Left(Either::Left(Either::Left(send_h1(lease, out)))),
             Err(e) => Either::Right(ready(Err(e.into()))),
         },
-        Wire::Http2 => {
-            forwarding.enter(req.headers_mut());
-            Either::Left(Either::Right(send_h2(lease, req)))
-        }
+        Wire::Http2 => Either::Left(Either::Right(send_h2(lease, req, forwarding.fields()))),
     }
 }
 
@@ -285,7 +282,8 @@ async fn send_learning(
                 }
             };
             let conn = lease.h2_streams.insert(conn);
-            let resp = h2::send(sender, conn, req).await?;
+            // The forwarding fields were entered in the map before the version was known.
+            let resp = h2::send(sender, conn, req, Vec::new()).await?;
             Ok((resp.map(ResponseBody::H2), lease))
         }
         (Wire::Http1, io) => {
@@ -314,12 +312,13 @@ async fn send_learning(
 fn send_h2(
     mut lease: Lease,
     req: Request<RequestBody>,
+    forwarding: Vec<(http::HeaderName, http::HeaderValue)>,
 ) -> impl Future<Output = Result<(Response<ResponseBody>, Lease), UpstreamError>> {
     async move {
         let (sender, conn) = checkout_or_connect_h2(&lease.endpoint).await?;
         // The lease owns the stream slot from here on, even if this future is dropped.
         let conn = lease.h2_streams.insert(conn);
-        let resp = h2::send(sender, conn, req).await?;
+        let resp = h2::send(sender, conn, req, forwarding).await?;
         Ok((resp.map(ResponseBody::H2), lease))
     }
 }

@@ -522,8 +522,21 @@ where
         request: Request<()>,
         end_of_stream: bool,
     ) -> Result<(ResponseFuture, SendStream<B>), crate::Error> {
+        self.send_request_with_fields(request, Vec::new(), end_of_stream)
+    }
+
+    /// Trellis patch: [`send_request`](Self::send_request), with `fields` sent after the
+    /// request's own. They are never entered in its `HeaderMap` (each entry hashes its name
+    /// and moves the field in, to be drained out again by the HPACK encoder), and not
+    /// checked for connection-specific names: the caller vouches for them.
+    pub fn send_request_with_fields(
+        &mut self,
+        request: Request<()>,
+        fields: Vec<(http::HeaderName, http::HeaderValue)>,
+        end_of_stream: bool,
+    ) -> Result<(ResponseFuture, SendStream<B>), crate::Error> {
         self.inner
-            .send_request(request, end_of_stream, self.pending.as_ref())
+            .send_request(request, fields, end_of_stream, self.pending.as_ref())
             .map_err(Into::into)
             .map(|(stream, is_full)| {
                 if stream.is_pending_open() && is_full {

@@ -634,6 +634,29 @@ mod tests {
         }
     }
 
+    /// The patched h2 client sends fields given beside a request after the request's own
+    /// (vendor/README.md; the proxy's forwarding fields to an HTTP/2 upstream): the server
+    /// gets them all, a name in both places with both values, the request's first.
+    #[tokio::test]
+    async fn fields_sent_beside_a_request_arrive_after_its_own() {
+        let (mut server, mut send) = joined(&Builder::new(), &h2::client::Builder::new()).await;
+        for i in 0..3 {
+            let req = http::Request::get("http://x/").header("x-own", "1").header("x-both", "own").body(());
+            let extra = vec![
+                (HeaderName::from_static("x-forwarded-for"), HeaderValue::from_static("10.0.0.1")),
+                (HeaderName::from_static("x-both"), HeaderValue::from_static("extra")),
+                (HeaderName::from_static("x-request-id"), HeaderValue::from_str(&format!("id-{i}")).expect("value")),
+            ];
+            let _ = send.send_request_with_fields(req.expect("request"), extra, true).expect("sent");
+            let (got, _respond) = server.accept().await.expect("a stream").expect("a request");
+            let h = got.headers();
+            assert_eq!((h["x-own"].as_bytes(), h["x-forwarded-for"].as_bytes()), (&b"1"[..], &b"10.0.0.1"[..]));
+            assert_eq!(h.get_all("x-both").iter().collect::<Vec<_>>(), ["own", "extra"]);
+            assert_eq!(h["x-request-id"], format!("id-{i}").as_str());
+            assert_eq!(h.len(), 5, "{h:?}");
+        }
+    }
+
     /// A peer whose HPACK table holds nothing (SETTINGS_HEADER_TABLE_SIZE 0) gets an
     /// extended CONNECT's `:protocol`, a pseudo-header field with no static name, as a
     /// literal (the patched encoder keeps no "last name" for it).

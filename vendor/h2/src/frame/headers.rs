@@ -85,6 +85,9 @@ pub struct Iter<'a> {
     /// Header fields (Trellis patch: drained from the map, which goes back to the
     /// encoder's `HeaderMaps` once empty)
     fields: header::Drain<'a, HeaderValue>,
+
+    /// Trellis patch: the block's extra fields, after the map's (none: a block without)
+    extra: Option<std::vec::IntoIter<(header::HeaderName, HeaderValue)>>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -101,6 +104,11 @@ struct HeaderBlock {
     /// Pseudo headers, these are broken out as they must be sent as part of the
     /// headers frame.
     pseudo: Pseudo,
+
+    /// Trellis patch: fields sent after those of the map, never entered in it (see
+    /// `client::SendRequest::send_request_with_fields`); none in a received block (an
+    /// `Option`: dropping an empty `Vec` still calls its elements' drop glue).
+    extra: Option<Vec<(header::HeaderName, HeaderValue)>>,
 }
 
 #[derive(Debug)]
@@ -127,6 +135,7 @@ impl Headers {
                 fields,
                 is_over_size: false,
                 pseudo,
+                extra: None,
             },
             flags: HeadersFlag::default(),
         }
@@ -144,6 +153,7 @@ impl Headers {
                 fields,
                 is_over_size: false,
                 pseudo: Pseudo::default(),
+                extra: None,
             },
             flags,
         }
@@ -210,6 +220,7 @@ impl Headers {
                 field_size: 0,
                 is_over_size: false,
                 pseudo: Pseudo::default(),
+                extra: None,
             },
             flags,
         };
@@ -248,6 +259,11 @@ impl Headers {
 
     pub fn is_over_size(&self) -> bool {
         self.header_block.is_over_size
+    }
+
+    /// Trellis patch: fields to send after the map's.
+    pub(crate) fn set_extra_fields(&mut self, extra: Vec<(header::HeaderName, HeaderValue)>) {
+        self.header_block.extra = Some(extra);
     }
 
     pub fn into_parts(self) -> (Pseudo, HeaderMap) {
@@ -370,6 +386,7 @@ impl PushPromise {
                 fields,
                 is_over_size: false,
                 pseudo,
+                extra: None,
             },
             promised_id,
             stream_id,
@@ -462,6 +479,7 @@ impl PushPromise {
                 field_size: 0,
                 is_over_size: false,
                 pseudo: Pseudo::default(),
+                extra: None,
             },
             promised_id,
             stream_id: head.stream_id(),
@@ -750,10 +768,11 @@ impl Iterator for Iter<'_> {
 
         self.pseudo = None;
 
-        self.fields.next().map(|(name, value)| match name {
-            Some(name) => Ok(Field { name, value }),
-            None => Err(value),
-        })
+        match self.fields.next() {
+            Some((Some(name), value)) => Some(Ok(Field { name, value })),
+            Some((None, value)) => Some(Err(value)),
+            None => self.extra.as_mut()?.next().map(|(name, value)| Ok(Field { name, value })),
+        }
     }
 }
 
@@ -1003,6 +1022,7 @@ impl HeaderBlock {
         let headers = Iter {
             pseudo: Some(self.pseudo),
             fields: fields.drain(),
+            extra: self.extra.map(Vec::into_iter),
         };
 
         encoder.encode(headers, &mut hpack);

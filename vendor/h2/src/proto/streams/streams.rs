@@ -265,6 +265,8 @@ where
     pub fn send_request(
         &mut self,
         mut request: Request<()>,
+        // Trellis patch: fields sent after the request's own (`Headers::set_extra_fields`)
+        extra: Vec<(http::HeaderName, http::HeaderValue)>,
         end_of_stream: bool,
         pending: Option<&OpaqueStreamRef>,
     ) -> Result<(StreamRef<B>, bool), SendError> {
@@ -320,8 +322,11 @@ where
         }
 
         // Convert the message
-        let headers =
+        let mut headers =
             client::Peer::convert_send_message(stream_id, request, protocol, end_of_stream)?;
+        if !extra.is_empty() {
+            headers.set_extra_fields(extra);
+        }
 
         let mut stream = me.store.insert(stream.id, stream);
 
