@@ -137,9 +137,10 @@ pub const ADDED_TO_REQUESTS: usize = 6;
 /// `x-forwarded-for`, `x-forwarded-proto`, `x-request-id` and `traceparent`. They are kept
 /// here, beside the request, rather than entered in its header map: the HTTP/1.1 encoder
 /// writes them after the map's fields (its [`ExtraLines`]), so a request pays no hash and
-/// no table insert for them, and the ids are formatted straight into the head. A request
-/// sent another way (HTTP/2), or whose route's header rules name one of them, gets them
-/// entered in its map ([`Forwarding::enter`]).
+/// no table insert for them, and the ids are formatted straight into the head; an HTTP/2
+/// upstream's HPACK encoder sends them after the map's fields too ([`Forwarding::fields`]).
+/// A request whose route's header rules name one of them, or sent to an upstream whose
+/// version is being learned, gets them entered in its map ([`Forwarding::enter`]).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Forwarding<'a> {
     /// `x-trellis-hops: 1`: the request came with no hop count.
