@@ -24,8 +24,8 @@ use http::{HeaderValue, Request, Response};
 use std::sync::Arc;
 use tokio::time::Instant;
 
-/// Response header with the number of tries a request took (routes with retry or hedge).
-/// (A `HeaderName`, as `respond::ERROR_HEADER`.)
+/// Response header with the number of tries a request took (routes with retry or hedge);
+/// a `HeaderName` for the reason `respond::ERROR_HEADER` is one.
 pub const ATTEMPTS_HEADER: http::HeaderName = http::HeaderName::from_static("x-trellis-attempts");
 
 /// What a downstream connection knows about itself.

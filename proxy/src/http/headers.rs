@@ -83,11 +83,8 @@ impl Seen {
     pub fn of(h: &HeaderMap) -> Self {
         let mut seen = Self::default();
         for k in h.keys() {
-            if k == header::HOST {
-                seen.host = true;
-                continue;
-            }
             match k.as_str() {
+                "host" => seen.host = true,
                 HOPS => seen.hops = true,
                 FORWARDED_FOR => seen.forwarded_for = true,
                 FORWARDED_PROTO => seen.forwarded_proto = true,
